@@ -1,0 +1,101 @@
+"""The one exception hierarchy of channelgate.
+
+Every error carries the data its protocol needs as class attributes and is rendered once, at the edge
+(``gateway.pages`` for browsers, JSON for APIs). Messages are written for the person who has to act on them
+and never contain a secret.
+
+    ChannelgateError
+    ├── ConfigError                      bad channelgate.toml / CHANNELGATE_* values (start-up, check-config)
+    ├── StorageError                     database unreachable or a write failed
+    ├── SessionStoreUnavailable   503    Redis / session store unreachable: fail closed, never a pass
+    ├── AuthenticationRequired    401    no valid session
+    │   ├── SessionExpired               idle or absolute timeout (ASVS 7.3)
+    │   └── LoginFailed                  OIDC callback rejected (state, nonce, iss, signature, ...)
+    ├── AccessDenied              403    authenticated but not allowed
+    │   └── AgentDisabled                the agent was deprovisioned or is not active
+    ├── BadRequest                400    malformed input (cookies, headers, paths)
+    ├── NotFound                  404
+    ├── UpstreamError             502    the channel console failed or timed out
+    └── VaultError                       a channel credential cannot be decrypted or is missing
+"""
+
+from __future__ import annotations
+
+
+class ChannelgateError(Exception):
+    """Base of every error channelgate raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Extra, non-secret context for the access log (never shown to an unauthenticated client).
+        self.detail = detail
+
+
+class ConfigError(ChannelgateError):
+    """The configuration is invalid; the message names every bad field."""
+
+    code = "config_error"
+
+
+class StorageError(ChannelgateError):
+    status = 503
+    code = "storage_unavailable"
+
+
+class SessionStoreUnavailable(ChannelgateError):
+    """The session store cannot be reached. Requests are refused (fail closed), never passed."""
+
+    status = 503
+    code = "session_store_unavailable"
+
+
+class AuthenticationRequired(ChannelgateError):
+    status = 401
+    code = "authentication_required"
+
+
+class SessionExpired(AuthenticationRequired):
+    code = "session_expired"
+
+
+class LoginFailed(AuthenticationRequired):
+    """The OIDC callback was rejected; ``code`` names the check that failed."""
+
+    code = "login_failed"
+
+    def __init__(self, message: str, *, reason: str, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.reason = reason
+
+
+class AccessDenied(ChannelgateError):
+    status = 403
+    code = "access_denied"
+
+
+class AgentDisabled(AccessDenied):
+    code = "agent_disabled"
+
+
+class BadRequest(ChannelgateError):
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(ChannelgateError):
+    status = 404
+    code = "not_found"
+
+
+class UpstreamError(ChannelgateError):
+    status = 502
+    code = "upstream_error"
+
+
+class VaultError(ChannelgateError):
+    status = 500
+    code = "vault_error"

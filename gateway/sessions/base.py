@@ -1,0 +1,150 @@
+"""The session-store protocol shared by the embedded and the Redis store.
+
+Session ids are opaque 256-bit values from ``secrets`` (ASVS 7.2.3 asks ≥ 128 bits). Stores keep only the
+SHA-256 of an id, so a dump of the store yields no usable cookie. Idle and absolute timeouts (ASVS 7.3.1/7.3.2)
+are enforced by the store on every read, with the clock passed in by the caller so tests can freeze it.
+Every method raises ``SessionStoreUnavailable`` when the backend cannot be reached: the gateway then answers
+503 and never lets a request pass (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+SESSION_ID_BYTES = 32
+
+
+def new_session_id() -> str:
+    """A fresh opaque id: 256 bits from the OS CSPRNG, URL-safe."""
+    return secrets.token_urlsafe(SESSION_ID_BYTES)
+
+
+def session_key(session_id: str) -> str:
+    """The storage key of a session id: its SHA-256, so stored keys are not bearer credentials."""
+    return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionData:
+    """What a logged-in session knows about its agent (all taken from the validated ID token)."""
+
+    agent_id: str
+    user_name: str
+    issuer: str
+    subject: str
+    groups: frozenset[str] = frozenset()
+    #: The IdP session id (``sid``), for back-channel logout (OIDC Back-Channel Logout 1.0 §2.4).
+    idp_session_id: str | None = None
+    #: Kept for RP-initiated logout's ``id_token_hint``; never sent upstream or logged.
+    id_token: str | None = None
+    acr: str | None = None
+    amr: tuple[str, ...] = ()
+    auth_time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    data: SessionData
+    created_at: float
+    last_seen_at: float
+
+
+class SessionState(Enum):
+    VALID = "valid"
+    MISSING = "missing"
+    IDLE_EXPIRED = "idle_expired"
+    ABSOLUTE_EXPIRED = "absolute_expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The result of reading a session: the session when valid, otherwise why not (for the access log)."""
+
+    state: SessionState
+    session: Session | None = None
+    #: For expired sessions: the agent it belonged to, so the expiry can be audited.
+    data: SessionData | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A broadcast telling every replica that these agents' sessions are gone (close their WebSockets)."""
+
+    agent_id: str
+    #: Unique id of this revocation, echoed in each replica's acknowledgement.
+    revocation_id: str
+    origin_replica: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLogin:
+    """OIDC request state bound to the browser by a short-lived cookie (ASVS 10.1.2, RFC 9700 §2.1)."""
+
+    state: str
+    nonce: str
+    code_verifier: str
+    return_to: str
+    created_at: float = field(default=0.0)
+
+
+class SessionStore(Protocol):
+    """Where sessions live. All timestamps are seconds since the epoch, supplied by the caller."""
+
+    replica_id: str
+
+    async def create(self, data: SessionData, now: float) -> Session:
+        """Store a new session under a fresh id (a new id at every login, ASVS 7.2.4)."""
+        ...
+
+    async def lookup(self, session_id: str, now: float) -> Lookup:
+        """Read a session; expire it if idle or past its absolute lifetime; refresh its idle clock."""
+        ...
+
+    async def delete(self, session_id: str) -> SessionData | None:
+        """End one session (logout). Returns what it held, or None if it did not exist."""
+        ...
+
+    async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
+        """End every session of one agent on every replica and broadcast the revocation.
+
+        Returns the number of sessions removed and the broadcast revocation.
+        """
+        ...
+
+    async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
+        """The live sessions of an agent (admin views, tests)."""
+        ...
+
+    async def put_pending_login(self, login_id: str, pending: PendingLogin, ttl_seconds: int) -> None: ...
+
+    async def take_pending_login(self, login_id: str) -> PendingLogin | None:
+        """Return and delete the pending login (single use: a replayed callback finds nothing)."""
+        ...
+
+    def revocations(self) -> AsyncIterator[Revocation]:
+        """Every revocation broadcast by any replica (including this one), as it arrives."""
+        ...
+
+    async def acknowledge(self, revocation: Revocation) -> None:
+        """Tell the revoking replica this replica has closed that agent's connections."""
+        ...
+
+    async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:
+        """Wait until every live replica acknowledged; returns (acknowledged, missing) replica ids."""
+        ...
+
+    async def heartbeat(self, now: float) -> None:
+        """Mark this replica alive (live replicas are those expected to acknowledge revocations)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise SessionStoreUnavailable unless the backend answers."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,284 @@
+"""Settings: one TOML file plus ``CHANNELGATE_*`` environment overrides, validated once at start.
+
+``CHANNELGATE_OIDC__CLIENT_SECRET=...`` overrides ``[oidc] client_secret``: sections and keys are joined by a
+double underscore. Values are parsed as TOML literals when they parse (``true``, ``30``, ``["a"]``) and taken as
+plain strings otherwise. Secrets are ``SecretStr`` so they print as ``**********`` in any repr or log line.
+A bad file fails with one ``ConfigError`` naming every bad field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "CHANNELGATE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    #: The origin agents use (scheme://host[:port]); builds the OIDC redirect URI and same-origin checks.
+    public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
+    #: Peers whose X-Forwarded-For/-Proto are believed (ASVS 4.1.3). Default: none.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Development switch for plain-HTTP loopback only: cookie ``channelgate`` without ``Secure``/``__Host-``.
+    insecure_dev_cookies: bool = False
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16384
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR network") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _dev_cookies_only_on_loopback(self) -> ServerSettings:
+        url = urlsplit(str(self.public_url))
+        if url.scheme == "http" and not self.insecure_dev_cookies:
+            raise ValueError(
+                "public_url is plain http: set insecure_dev_cookies = true (loopback development only) "
+                "or serve channelgate over https"
+            )
+        if self.insecure_dev_cookies and url.hostname not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError("insecure_dev_cookies is allowed only when public_url is a loopback address")
+        return self
+
+
+class DatabaseSettings(_Section):
+    #: SQLAlchemy async URL: ``sqlite+aiosqlite:///path.db`` (embedded) or ``postgresql+asyncpg://...``.
+    url: SecretStr = SecretStr("sqlite+aiosqlite:///./channelgate.db")
+    pool_size: Annotated[int, Field(ge=1)] = 10
+    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _driver(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().split(":", 1)[0]
+        if scheme not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
+            raise ValueError(
+                f"unsupported driver {scheme!r}: use sqlite+aiosqlite:///FILE or postgresql+asyncpg://..."
+            )
+        return value
+
+
+class SessionSettings(_Section):
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = None
+    idle_timeout_seconds: Annotated[int, Field(ge=60)] = 1800
+    absolute_timeout_seconds: Annotated[int, Field(ge=300)] = 12 * 3600
+    #: How long a revocation waits for every live replica to confirm it closed that agent's WebSockets.
+    revocation_ack_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> SessionSettings:
+        if self.store == "redis" and self.redis_url is None:
+            raise ValueError("store = 'redis' needs redis_url (redis://host:port/db or rediss://...)")
+        if self.absolute_timeout_seconds < self.idle_timeout_seconds:
+            raise ValueError("absolute_timeout_seconds must not be shorter than idle_timeout_seconds")
+        return self
+
+
+class OidcSettings(_Section):
+    issuer: AnyHttpUrl
+    client_id: str
+    client_secret: SecretStr
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    groups_claim: str = "groups"
+    #: Asymmetric algorithms only: ``none`` and HMAC are refused (ASVS 9.1.2, CVE-2024-33663).
+    allowed_algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256", "EdDSA")
+    #: Which ID-token claim becomes the agent's userName at first login.
+    username_claim: str = "preferred_username"
+    http_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_https(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if value.scheme != "https" and value.host not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError("the issuer must use https (plain http only on loopback for development)")
+        return value
+
+    @field_validator("allowed_algorithms")
+    @classmethod
+    def _asymmetric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+        bad = [alg for alg in value if alg not in allowed]
+        if bad or not value:
+            raise ValueError(f"only asymmetric algorithms are allowed, got {bad or 'none'}")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "openid" not in value:
+            raise ValueError("scopes must include 'openid'")
+        return value
+
+
+class AssertionSettings(_Section):
+    """The signed identity assertion sent upstream (JWT, ES256 or RS256, JWKS at /.channelgate/jwks.json)."""
+
+    algorithm: Literal["ES256", "RS256"] = "ES256"
+    #: PEM private keys; the first signs, the rest stay published in the JWKS during rotation.
+    private_keys: tuple[SecretStr, ...] = ()
+    private_key_files: tuple[Path, ...] = ()
+    header: str = "X-Channelgate-Assertion"
+    lifetime_seconds: Annotated[int, Field(ge=5, le=600)] = 60
+
+
+class VaultSettings(_Section):
+    """AES-256-GCM keys for channel credentials at rest: ``{key_id = "base64 of 32 bytes"}``."""
+
+    keys: dict[str, SecretStr] = Field(default_factory=dict)
+    active_key: str | None = None
+
+    @model_validator(mode="after")
+    def _active_exists(self) -> VaultSettings:
+        if self.keys and (self.active_key or "") not in self.keys:
+            raise ValueError(f"active_key must name one of the keys ({', '.join(sorted(self.keys))})")
+        return self
+
+
+class AdminSettings(_Section):
+    #: Bearer tokens for the admin API and the CLI. Compared in constant time.
+    tokens: tuple[SecretStr, ...] = ()
+
+
+class ChannelSettings(_Section):
+    """One channel console's connector. ``kind = "static"`` injects one shared credential from the vault."""
+
+    kind: Literal["static"] = "static"
+    display_name: str | None = None
+    #: How the credential is presented upstream.
+    inject: Literal["bearer", "header", "basic"] = "bearer"
+    #: For ``inject = "header"``: the header name.
+    header_name: str | None = None
+
+    @model_validator(mode="after")
+    def _header_name(self) -> ChannelSettings:
+        if self.inject == "header" and not self.header_name:
+            raise ValueError("inject = 'header' needs header_name")
+        return self
+
+
+class RouteSettings(_Section):
+    """A path prefix (and optional host) mapped to one channel console."""
+
+    channel: str
+    prefix: str
+    upstream: AnyHttpUrl
+    host: str | None = None
+    #: IdP groups allowed to open this route (any of them). Empty means nobody.
+    allowed_groups: tuple[str, ...] = ()
+    strip_prefix: bool = True
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/") or not value.endswith("/"):
+            raise ValueError("prefix must start and end with '/' (for example '/chat/')")
+        if value.startswith("/.channelgate/") or value.startswith("/scim/"):
+            raise ValueError("prefix must not shadow /.channelgate/ or /scim/")
+        return value
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    oidc: OidcSettings
+    assertion: AssertionSettings = Field(default_factory=AssertionSettings)
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    channels: dict[str, ChannelSettings] = Field(default_factory=dict)
+    routes: tuple[RouteSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _routes_name_channels(self) -> Settings:
+        unknown = sorted({r.channel for r in self.routes} - set(self.channels))
+        if unknown:
+            raise ValueError(f"routes name channels that are not configured: {', '.join(unknown)}")
+        seen: set[tuple[str | None, str]] = set()
+        for route in self.routes:
+            key = (route.host, route.prefix)
+            if key in seen:
+                raise ValueError(f"two routes share prefix {route.prefix!r} on host {route.host!r}")
+            seen.add(key)
+        return self
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``CHANNELGATE_A__B=value`` onto ``data["a"]["b"]`` (keys lower-cased)."""
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = _parse_env_value(raw)
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, overlay and validate the configuration once; raise one ConfigError naming every bad field."""
+    environ = os.environ if environ is None else environ
+    path = path or Path(environ.get(ENV_PREFIX + "CONFIG", "channelgate.toml"))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Settings.model_validate(apply_env_overrides(data, environ))
+    except ValidationError as exc:
+        count = exc.error_count()
+        raise ConfigError(f"{path}: {count} invalid setting{'s' if count != 1 else ''}:\n{_describe(exc)}") from None

@@ -1,0 +1,134 @@
+"""The relational schema: one database for agents, groups, channel credentials and the access log.
+
+SCIM users *are* agents (issue 3), LDAP sync writes the same rows (issue 6), and OIDC logins link to them by
+(issuer, subject) (ASVS 6.8.1). Alembic migrations in ``migrations/versions`` create exactly these tables.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite stores BIGINT primary keys as INTEGER only when declared so; this keeps autoincrement on both.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_name", String(256), nullable=False),
+    #: Lower-cased userName: SCIM (RFC 7643 §4.1.1) treats userName case-insensitively; uniqueness is on this.
+    Column("user_name_key", String(256), nullable=False),
+    Column("external_id", String(256)),
+    Column("display_name", String(256)),
+    Column("email", String(320)),
+    Column("employee_number", String(64)),
+    Column("manager_id", String(256)),
+    Column("active", Boolean, nullable=False, default=True),
+    #: Soft delete (RFC 7644 §3.6): a deleted agent answers 404 and frees its userName for a rehire.
+    Column("deleted_at", DateTime(timezone=True)),
+    Column("disabled_reason", Text),
+    Column("oidc_issuer", String(512)),
+    Column("oidc_subject", String(256)),
+    #: Who manages the record: "oidc" (created at first login), "scim", "ldap", "admin".
+    Column("source", String(16), nullable=False, default="oidc"),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("oidc_issuer", "oidc_subject"),
+)
+# Unique userName among live agents only, so a deleted agent's userName can be reused (rehire).
+Index(
+    "uq_agents_live_user_name_key",
+    agents.c.user_name_key,
+    unique=True,
+    sqlite_where=agents.c.deleted_at.is_(None),
+    postgresql_where=agents.c.deleted_at.is_(None),
+)
+Index("ix_agents_external_id", agents.c.external_id)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("display_name", String(256), nullable=False),
+    Column("external_id", String(256)),
+    Column("source", String(16), nullable=False, default="scim"),
+    Column("version", Integer, nullable=False, default=1),
+    Column("deleted_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", String(36), ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("agent_id", String(36), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+)
+Index("ix_group_members_agent_id", group_members.c.agent_id)
+
+channel_credentials = Table(
+    "channel_credentials",
+    metadata,
+    Column("channel", String(64), primary_key=True),
+    #: The vault key that encrypted it, so rotation can re-encrypt key by key.
+    Column("key_id", String(64), nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    #: "request" for proxied requests; "login", "login_failed", "logout", "expired", "deprovision", ... otherwise.
+    Column("kind", String(32), nullable=False),
+    Column("request_id", String(64)),
+    Column("agent_id", String(36)),
+    Column("agent_name", String(256)),
+    Column("source_ip", String(64)),
+    Column("channel", String(64)),
+    Column("method", String(16)),
+    #: The path without query values (query keys only), so personal data in queries stays out of the log.
+    Column("path", Text),
+    Column("status", Integer),
+    Column("decision", String(16)),
+    Column("reason", Text),
+    Column("bytes_in", BigInteger),
+    Column("bytes_out", BigInteger),
+    Column("duration_ms", Integer),
+    Column("actor", String(256)),
+    Column("detail", JSON),
+    #: Reserved for the tamper-evident chain (issue 5): hash of (canonical record, previous hash).
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
+)
+Index("ix_access_log_agent_time", access_log.c.agent_id, access_log.c.time)
+Index("ix_access_log_time", access_log.c.time)
