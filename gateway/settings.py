@@ -81,9 +81,7 @@ class DatabaseSettings(_Section):
     def _driver(cls, value: SecretStr) -> SecretStr:
         scheme = value.get_secret_value().split(":", 1)[0]
         if scheme not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
-            raise ValueError(
-                f"unsupported driver {scheme!r}: use sqlite+aiosqlite:///FILE or postgresql+asyncpg://..."
-            )
+            raise ValueError(f"unsupported driver {scheme!r}: use sqlite+aiosqlite:///FILE or postgresql+asyncpg://...")
         return value
 
 
@@ -105,7 +103,8 @@ class SessionSettings(_Section):
 
 
 class OidcSettings(_Section):
-    issuer: AnyHttpUrl
+    #: Kept exactly as written: the provider's metadata must name this very string (no normalisation).
+    issuer: str
     client_id: str
     client_secret: SecretStr
     scopes: tuple[str, ...] = ("openid", "profile", "email")
@@ -118,8 +117,11 @@ class OidcSettings(_Section):
 
     @field_validator("issuer")
     @classmethod
-    def _issuer_https(cls, value: AnyHttpUrl) -> AnyHttpUrl:
-        if value.scheme != "https" and value.host not in {"127.0.0.1", "localhost", "::1"}:
+    def _issuer_https(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in {"http", "https"} or not url.hostname or url.query or url.fragment:
+            raise ValueError("the issuer must be an https URL without query or fragment")
+        if url.scheme != "https" and url.hostname not in {"127.0.0.1", "localhost", "::1"}:
             raise ValueError("the issuer must use https (plain http only on loopback for development)")
         return value
 

@@ -1,0 +1,142 @@
+"""The ASGI application: wires settings → services → endpoints, and renders every error once, here at the edge.
+
+Request path: ``/.channelgate/*`` (login, callback, logout, admin API, health, metrics, JWKS) is served by the
+gateway itself; every other path goes through the inline proxy (session → decision → connector → upstream),
+with the access log written beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from gateway import admin_api, ops
+from gateway.authn import require_session
+from gateway.errors import AuthenticationRequired, ChannelgateError
+from gateway.inline_proxy import proxy_http, proxy_websocket_endpoint
+from gateway.oidc import routes as login_routes
+from gateway.pages import error_response, render
+from gateway.scope import scope_of
+from gateway.services import Services, open_gateway
+from gateway.settings import Settings
+from policies.decision import Subject, Target
+from policies.groups import decide
+
+log = logging.getLogger("channelgate")
+
+HEARTBEAT_SECONDS = 5.0
+
+
+async def home(request: Request) -> Response:
+    services: Services = request.app.state.services
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    try:
+        session = await require_session(request, services, scope)
+    except AuthenticationRequired:
+        return RedirectResponse("/.channelgate/login?rd=/", status_code=302)
+    subject = Subject(session.data.agent_id, session.data.user_name, session.data.groups)
+    channels = []
+    for route in services.settings.routes:
+        if decide(subject, Target(route.channel, route.allowed_groups)).allowed:
+            channel = services.settings.channels[route.channel]
+            channels.append({"prefix": route.prefix, "display_name": channel.display_name or route.channel})
+    return render("home.html", user_name=session.data.user_name, groups=sorted(session.data.groups), channels=channels)
+
+
+async def jwks(request: Request) -> Response:
+    services: Services = request.app.state.services
+    assert services.signer is not None
+    return JSONResponse(services.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+async def _on_error(connection: HTTPConnection, exc: Exception) -> Response:
+    services: Services = connection.app.state.services
+    scope = scope_of(connection, services.settings.server.trusted_proxies)
+    if isinstance(exc, ChannelgateError):
+        if exc.status == 503:
+            services.metrics.fail_closed.labels(exc.code).inc()
+        return error_response(connection, exc, scope.request_id)
+    log.exception("unexpected error in request %s", scope.request_id)
+    return error_response(connection, ChannelgateError("Something went wrong on our side."), scope.request_id)
+
+
+async def _revocation_listener(services: Services) -> None:
+    """Close this replica's WebSockets of every revoked agent and acknowledge to the revoking replica."""
+    async for revocation in services.sessions.revocations():
+        try:
+            if revocation.agent_id == "*":
+                # Resync after the broadcast channel dropped: re-check every open socket against the store.
+                for agent_id in list(services.websockets.agents()):
+                    if not await services.sessions.sessions_of(agent_id, time.time()):
+                        await services.websockets.close_agent(agent_id)
+                continue
+            await services.websockets.close_agent(revocation.agent_id)
+            await services.sessions.acknowledge(revocation)
+        except ChannelgateError as exc:
+            log.error("could not apply revocation %s: %s", revocation.revocation_id, exc.message)
+
+
+async def _heartbeat(services: Services) -> None:
+    while True:
+        try:
+            await services.sessions.heartbeat(time.time())
+        except ChannelgateError as exc:
+            log.warning("session store heartbeat failed: %s", exc.message)
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        built = services or open_gateway(settings)
+        app.state.services = built
+        if built.signer is not None and built.signer.ephemeral:
+            log.warning(
+                "no assertion signing key is configured: using an ephemeral key; configure "
+                "[assertion] private_key_files so every replica signs with the same keys"
+            )
+        if built.upstream is not None:
+            await built.upstream.start()
+        built.audit.start()
+        tasks = [
+            asyncio.create_task(_revocation_listener(built), name="channelgate-revocations"),
+            asyncio.create_task(_heartbeat(built), name="channelgate-heartbeat"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await built.websockets.close_all()
+            await built.close()
+
+    routes = [
+        Route("/", home, methods=["GET"]),
+        Route("/.channelgate/login", login_routes.login, methods=["GET"]),
+        Route("/.channelgate/callback", login_routes.callback, methods=["GET"]),
+        Route("/.channelgate/logout", login_routes.logout, methods=["POST"]),
+        Route("/.channelgate/healthz", ops.healthz, methods=["GET"]),
+        Route("/.channelgate/readyz", ops.readyz, methods=["GET"]),
+        Route("/.channelgate/metrics", ops.metrics, methods=["GET"]),
+        Route("/.channelgate/jwks.json", jwks, methods=["GET"]),
+        Route("/.channelgate/admin/agents/{agent}", admin_api.agent_status, methods=["GET"]),
+        Route("/.channelgate/admin/agents/{agent}/deprovision", admin_api.deprovision, methods=["POST"]),
+        Route("/{path:path}", proxy_http, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+        WebSocketRoute("/{path:path}", proxy_websocket_endpoint),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Exception: _on_error, ChannelgateError: _on_error},
+    )

@@ -1,0 +1,53 @@
+"""Who is asking: the session behind the request's cookie, or a refusal that says why.
+
+A missing, malformed or unknown cookie is "not signed in" (401); an expired one is audited as an expiry. A store
+that cannot be reached raises SessionStoreUnavailable, which the edge renders as 503: never a pass (fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from starlette.requests import HTTPConnection
+
+from gateway.errors import AuthenticationRequired, SessionExpired
+from gateway.scope import RequestScope
+from gateway.services import Services
+from gateway.sessions.base import Session, SessionState
+from gateway.storage.access_log import AccessRecord
+from gateway.timeutil import utcnow
+
+#: What our ids look like (base64url of 32 bytes); anything else is rejected before touching the store.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def session_cookie(connection: HTTPConnection, services: Services) -> str | None:
+    value = connection.cookies.get(services.cookies.session_name)
+    if value is None or not _SESSION_ID.fullmatch(value):
+        return None
+    return value
+
+
+async def require_session(connection: HTTPConnection, services: Services, scope: RequestScope) -> Session:
+    session_id = session_cookie(connection, services)
+    if session_id is None:
+        raise AuthenticationRequired("Please sign in to continue.")
+    lookup = await services.sessions.lookup(session_id, time.time())
+    if lookup.state is SessionState.VALID and lookup.session is not None:
+        scope.session = lookup.session
+        return lookup.session
+    if lookup.state in (SessionState.IDLE_EXPIRED, SessionState.ABSOLUTE_EXPIRED) and lookup.data is not None:
+        await services.audit.write(
+            AccessRecord(
+                time=utcnow(),
+                kind="expired",
+                request_id=scope.request_id,
+                agent_id=lookup.data.agent_id,
+                agent_name=lookup.data.user_name,
+                source_ip=scope.client_ip,
+                reason=lookup.state.value,
+            )
+        )
+        raise SessionExpired("Your session has ended. Please sign in again.")
+    raise AuthenticationRequired("Please sign in to continue.")

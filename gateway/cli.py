@@ -1,0 +1,310 @@
+"""``channelgate`` — the command line for operators.
+
+    channelgate serve                        run the gateway (migrates the database first)
+    channelgate check-config FILE            validate a configuration, naming every bad field
+    channelgate migrate                      bring the database schema up to date
+    channelgate agents deprovision AGENT --reason TEXT
+    channelgate agents status AGENT
+    channelgate channels set-credential CHANNEL   (reads the credential from standard input)
+    channelgate vault generate-key
+    channelgate vault rotate
+    channelgate audit tail [-n N] [--follow]
+
+The configuration file comes from ``--config`` or ``CHANNELGATE_CONFIG`` (default ``channelgate.toml``).
+Exit codes: 0 ok, 1 the action failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.errors import ChannelgateError, ConfigError
+from gateway.settings import Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config) if args.config else None)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(Path(args.file))
+    print(f"{args.file}: valid")
+    print(f"  sessions: {settings.sessions.store}; database: {settings.database.url.get_secret_value().split(':')[0]}")
+    for route in settings.routes:
+        print(f"  route {route.prefix} -> channel {route.channel} (groups: {', '.join(route.allowed_groups) or 'none'})")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway.storage.migrate import upgrade_to_head
+
+    settings = _settings(args)
+    asyncio.run(upgrade_to_head(settings.database.url.get_secret_value()))
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.storage.migrate import upgrade_to_head
+
+    settings = _settings(args)
+    if not args.no_migrate:
+        asyncio.run(upgrade_to_head(settings.database.url.get_secret_value()))
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        proxy_headers=False,  # X-Forwarded-* are judged by our own trusted_proxies rule (ASVS 4.1.3)
+        server_header=False,
+        h11_max_incomplete_event_size=settings.server.max_header_bytes,
+        ws_max_size=16 * 1024 * 1024,
+    )
+    return 0
+
+
+async def _deprovision_direct(settings: Settings, agent: str, reason: str) -> dict[str, object]:
+    from gateway.services import open_core
+
+    services = open_core(settings)
+    try:
+        result = await services.killer.deprovision(agent, reason=reason, actor="cli", source="cli")
+        return result.as_dict()
+    finally:
+        await services.close()
+
+
+async def _deprovision_via_api(settings: Settings, agent: str, reason: str) -> dict[str, object]:
+    """In-process sessions live in the running gateway, so ask it to do the kill through its admin API."""
+    import aiohttp
+
+    if not settings.admin.tokens:
+        raise ConfigError("[admin] tokens is empty: the CLI needs an admin token to reach the running gateway.")
+    token = settings.admin.tokens[0].get_secret_value()
+    url = f"http://{settings.server.host}:{settings.server.port}/.channelgate/admin/agents/{agent}/deprovision"
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.post(
+                url, json={"reason": reason}, headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                body = await response.json(content_type=None)
+                if response.status != 200:
+                    raise ChannelgateError(f"the gateway refused: {body.get('message', response.status)}")
+                return dict(body)
+        except aiohttp.ClientConnectionError:
+            # No gateway runs, so no in-process session exists: disabling the agent in the database is all.
+            result = await _deprovision_direct(settings, agent, reason)
+            result["note"] = "no gateway was running; the agent is disabled and cannot log in"
+            return result
+
+
+def cmd_agents_deprovision(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    started = time.perf_counter()
+    if settings.sessions.store == "redis":
+        result = asyncio.run(_deprovision_direct(settings, args.agent, args.reason))
+    else:
+        result = asyncio.run(_deprovision_via_api(settings, args.agent, args.reason))
+    result["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    _print_json(result)
+    missing = result.get("replicas_missing")
+    if missing:
+        print(f"warning: replicas did not confirm in time: {missing}", file=sys.stderr)
+    return 0
+
+
+def cmd_agents_status(args: argparse.Namespace) -> int:
+    from gateway.services import open_core
+
+    async def run() -> int:
+        services = open_core(_settings(args))
+        try:
+            agent = await services.agents.find(args.agent)
+            if agent is None:
+                print(f"no agent has the id or userName {args.agent!r}", file=sys.stderr)
+                return 1
+            sessions = await services.sessions.sessions_of(agent.id, time.time())
+            _print_json(
+                {
+                    "agent_id": agent.id,
+                    "user_name": agent.user_name,
+                    "active": agent.active,
+                    "disabled_reason": agent.disabled_reason,
+                    "live_sessions_in_shared_store": len(sessions)
+                    if services.settings.sessions.store == "redis"
+                    else "in-process (ask the running gateway)",
+                }
+            )
+            return 0
+        finally:
+            await services.close()
+
+    return asyncio.run(run())
+
+
+def cmd_channels_set_credential(args: argparse.Namespace) -> int:
+    from connectors.vault import store_credential
+    from gateway.services import open_core
+    from gateway.timeutil import utcnow
+
+    settings = _settings(args)
+    if args.channel not in settings.channels:
+        raise ConfigError(f"channel {args.channel!r} is not configured (known: {', '.join(settings.channels)})")
+    value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        raise ConfigError("no credential on standard input (pipe it in: echo \"$TOKEN\" | channelgate channels ...)")
+
+    async def run() -> None:
+        services = open_core(settings)
+        try:
+            if services.vault is None:
+                raise ConfigError("[vault] has no keys: add one (channelgate vault generate-key) first")
+            await store_credential(services.credentials, services.vault, args.channel, value.encode(), utcnow())
+        finally:
+            await services.close()
+
+    asyncio.run(run())
+    print(f"credential for channel {args.channel!r} stored (encrypted)")
+    return 0
+
+
+def cmd_vault_generate_key(args: argparse.Namespace) -> int:
+    from connectors.vault import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def cmd_vault_rotate(args: argparse.Namespace) -> int:
+    from connectors.vault import rotate_all
+    from gateway.services import open_core
+    from gateway.timeutil import utcnow
+
+    async def run() -> int:
+        services = open_core(_settings(args))
+        try:
+            if services.vault is None:
+                raise ConfigError("[vault] has no keys")
+            return await rotate_all(services.credentials, services.vault, utcnow())
+        finally:
+            await services.close()
+
+    print(f"re-encrypted {asyncio.run(run())} credential(s) under the active key")
+    return 0
+
+
+def _format_record(record: object) -> str:
+    fields = ("seq", "time", "kind", "agent_name", "source_ip", "channel", "method", "path", "status", "decision",
+              "reason")
+    parts = []
+    for name in fields:
+        value = getattr(record, name, None)
+        if value is not None:
+            text = str(value).encode("unicode_escape").decode("ascii")  # no terminal injection (ASVS 16.4.1)
+            parts.append(f"{name}={text}")
+    return " ".join(parts)
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from gateway.services import open_core
+
+    async def run() -> None:
+        services = open_core(_settings(args))
+        repository = services.audit._repository  # noqa: SLF001 - same package, read-only use
+        try:
+            records = await repository.tail(args.n)
+            last = 0
+            for record in records:
+                print(_format_record(record))
+                last = record.seq or last
+            while args.follow:
+                await asyncio.sleep(0.5)
+                for record in await repository.after(last, 1000):
+                    print(_format_record(record), flush=True)
+                    last = record.seq or last
+        finally:
+            await services.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="channelgate", description="identity and access gateway for channel consoles")
+    parser.add_argument("--config", help="configuration file (default: $CHANNELGATE_CONFIG or channelgate.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--no-migrate", action="store_true", help="do not upgrade the database schema at start")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    sub.add_parser("migrate", help="upgrade the database schema").set_defaults(func=cmd_migrate)
+
+    agents = sub.add_parser("agents", help="agents").add_subparsers(dest="agents_command", required=True)
+    p = agents.add_parser("deprovision", help="end an agent's access everywhere, now")
+    p.add_argument("agent", help="agent id or userName")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_agents_deprovision)
+    p = agents.add_parser("status", help="show an agent")
+    p.add_argument("agent")
+    p.set_defaults(func=cmd_agents_status)
+
+    channels = sub.add_parser("channels", help="channel credentials").add_subparsers(dest="ch_command", required=True)
+    p = channels.add_parser("set-credential", help="store a channel's credential (read from stdin), encrypted")
+    p.add_argument("channel")
+    p.set_defaults(func=cmd_channels_set_credential)
+
+    vault = sub.add_parser("vault", help="vault keys").add_subparsers(dest="vault_command", required=True)
+    vault.add_parser("generate-key", help="print a new random AES-256 key").set_defaults(func=cmd_vault_generate_key)
+    vault.add_parser("rotate", help="re-encrypt every credential under the active key").set_defaults(
+        func=cmd_vault_rotate
+    )
+
+    audit = sub.add_parser("audit", help="access log").add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("tail", help="show the newest access-log records")
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("--follow", "-f", action="store_true")
+    p.set_defaults(func=cmd_audit_tail)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"channelgate: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except ChannelgateError as exc:
+        print(f"channelgate: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Step 1 of deprovisioning: mark the agent disabled and end every session on every replica, synchronously.
+
+Order matters: the agent is disabled first (and that change commits together with its access-log record), so a
+login racing with the kill is refused; then every session is deleted from the shared store and the revocation is
+broadcast; each replica closes the agent's open WebSockets and acknowledges. The call returns only after that,
+so "deprovisioned" means no replica will serve the agent again (ASVS 7.4.2).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from gateway.audit.writer import AuditLog
+from gateway.errors import NotFound
+from gateway.metrics import Metrics
+from gateway.proxy.websocket import WebSocketRegistry
+from gateway.sessions.base import SessionStore
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.agents import Agent, AgentRepository
+from gateway.storage.database import Database
+from gateway.timeutil import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class KillResult:
+    agent: Agent
+    sessions_revoked: int
+    websockets_closed_here: int
+    replicas_confirmed: frozenset[str]
+    replicas_missing: frozenset[str]
+    duration_ms: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "agent_id": self.agent.id,
+            "user_name": self.agent.user_name,
+            "active": self.agent.active,
+            "sessions_revoked": self.sessions_revoked,
+            "websockets_closed_here": self.websockets_closed_here,
+            "replicas_confirmed": sorted(self.replicas_confirmed),
+            "replicas_missing": sorted(self.replicas_missing),
+            "duration_ms": round(self.duration_ms, 1),
+        }
+
+
+class SessionKiller:
+    def __init__(
+        self,
+        database: Database,
+        agents: AgentRepository,
+        sessions: SessionStore,
+        websockets: WebSocketRegistry | None,
+        audit: AuditLog,
+        metrics: Metrics,
+        ack_timeout: float,
+    ) -> None:
+        self._database = database
+        self._agents = agents
+        self._sessions = sessions
+        self._websockets = websockets
+        self._audit = audit
+        self._metrics = metrics
+        self._ack_timeout = ack_timeout
+
+    async def deprovision(self, identifier: str, *, reason: str, actor: str, source: str) -> KillResult:
+        """Disable the agent named by id or userName and kill every session everywhere before returning."""
+        started = time.perf_counter()
+        agent = await self._agents.find(identifier)
+        if agent is None:
+            raise NotFound(f"No agent has the id or userName {identifier!r}.")
+        now = utcnow()
+        async with self._database.begin() as conn:
+            agent = await self._agents.set_active(agent.id, False, reason, now, conn=conn)
+            await self._audit.write(
+                AccessRecord(
+                    time=now,
+                    kind="deprovision",
+                    agent_id=agent.id,
+                    agent_name=agent.user_name,
+                    actor=actor,
+                    reason=reason,
+                    decision="disabled",
+                    detail={"source": source, "step": "disable"},
+                ),
+                conn=conn,
+            )
+        count, revocation = await self._sessions.revoke_agent(agent.id)
+        closed = await self._websockets.close_agent(agent.id) if self._websockets is not None else 0
+        confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
+        duration = (time.perf_counter() - started) * 1000
+        result = KillResult(agent, count, closed, frozenset(confirmed), frozenset(missing), duration)
+        await self._audit.write(
+            AccessRecord(
+                time=utcnow(),
+                kind="sessions_revoked",
+                agent_id=agent.id,
+                agent_name=agent.user_name,
+                actor=actor,
+                reason=reason,
+                decision="revoked",
+                duration_ms=round(duration),
+                detail={
+                    "source": source,
+                    "sessions": count,
+                    "replicas_confirmed": sorted(confirmed),
+                    "replicas_missing": sorted(missing),
+                },
+            )
+        )
+        self._metrics.revocations.inc()
+        self._metrics.sessions_revoked.inc(count)
+        return result

@@ -1,0 +1,1 @@
+"""OpenID Connect relying party: discovery, the code flow with PKCE, ID-token validation, logout."""

@@ -1,0 +1,176 @@
+"""The login endpoints: ``/.channelgate/login``, ``/.channelgate/callback``, ``/.channelgate/logout``.
+
+A new session id is issued at every login and any session the browser already had is ended (ASVS 7.2.4, session
+fixation: Keycloak CVE-2026-7507). Logout is a POST (no state change on GET), deletes the server-side session and
+clears the cookie so a replayed cookie finds nothing (oauth2-proxy CVE-2026-34454).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from gateway.errors import AgentDisabled, BadRequest, LoginFailed
+from gateway.oidc.redirects import safe_return_to
+from gateway.scope import scope_of
+from gateway.services import Services
+from gateway.storage.access_log import AccessRecord
+from gateway.timeutil import utcnow
+
+PENDING_LOGIN_TTL = 600
+_LOGIN_ID_BYTES = 32
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _redirect(url: str) -> RedirectResponse:
+    response = RedirectResponse(url, status_code=302)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def login(request: Request) -> Response:
+    services = _services(request)
+    assert services.oidc is not None
+    return_to = safe_return_to(request.query_params.get("rd"))
+    authorize_url, pending = await services.oidc.begin(return_to, time.time())
+    login_id = secrets.token_urlsafe(_LOGIN_ID_BYTES)
+    await services.sessions.put_pending_login(login_id, pending, PENDING_LOGIN_TTL)
+    response = _redirect(authorize_url)
+    services.cookies.set(response, services.cookies.login_name, login_id, max_age=PENDING_LOGIN_TTL)
+    return response
+
+
+async def callback(request: Request) -> Response:
+    services = _services(request)
+    assert services.oidc is not None
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    params = {key: value for key, value in request.query_params.items()}
+    if len(request.query_params.getlist("state")) > 1 or len(request.query_params.getlist("code")) > 1:
+        raise BadRequest("The sign-in response repeats a parameter; refusing it.")
+    try:
+        login_id = request.cookies.get(services.cookies.login_name)
+        pending = await services.sessions.take_pending_login(login_id) if login_id else None
+        if pending is None:
+            raise LoginFailed(
+                "This sign-in was not started here, was already used, or took too long. Please sign in again.",
+                reason="unknown_state",
+            )
+        identity = await services.oidc.complete(params, pending, time.time())
+        agent = await services.agents.link_or_create_from_login(
+            issuer=identity.issuer,
+            subject=identity.subject,
+            user_name=identity.user_name,
+            email=identity.email,
+            display_name=identity.display_name,
+            now=utcnow(),
+        )
+        if not agent.active:
+            raise AgentDisabled(
+                "Your access to the consoles has been ended by your organisation. "
+                "If you think this is a mistake, contact your supervisor."
+            )
+    except LoginFailed as exc:
+        services.metrics.logins.labels("failed").inc()
+        await services.audit.write(
+            AccessRecord(
+                time=utcnow(),
+                kind="login_failed",
+                request_id=scope.request_id,
+                source_ip=scope.client_ip,
+                reason=exc.reason,
+                detail={"detail": exc.detail} if exc.detail else None,
+            )
+        )
+        raise
+    except AgentDisabled:
+        services.metrics.logins.labels("refused").inc()
+        await services.audit.write(
+            AccessRecord(
+                time=utcnow(),
+                kind="login_refused",
+                request_id=scope.request_id,
+                agent_id=agent.id,
+                agent_name=agent.user_name,
+                source_ip=scope.client_ip,
+                reason="agent_disabled",
+            )
+        )
+        raise
+    from gateway.sessions.base import SessionData
+
+    old_session = request.cookies.get(services.cookies.session_name)
+    if old_session:
+        await services.sessions.delete(old_session)
+    session = await services.sessions.create(
+        SessionData(
+            agent_id=agent.id,
+            user_name=agent.user_name,
+            issuer=identity.issuer,
+            subject=identity.subject,
+            groups=identity.groups,
+            idp_session_id=identity.idp_session_id,
+            id_token=identity.id_token,
+            acr=identity.acr,
+            amr=identity.amr,
+            auth_time=identity.auth_time,
+        ),
+        time.time(),
+    )
+    # A deprovisioning that committed while this login was in flight must win: re-read after creating.
+    current = await services.agents.get(agent.id)
+    if current is None or not current.active:
+        await services.sessions.delete(session.id)
+        raise AgentDisabled("Your access to the consoles has been ended by your organisation.")
+    services.metrics.logins.labels("ok").inc()
+    await services.audit.write(
+        AccessRecord(
+            time=utcnow(),
+            kind="login",
+            request_id=scope.request_id,
+            agent_id=agent.id,
+            agent_name=agent.user_name,
+            source_ip=scope.client_ip,
+            decision="allow",
+            detail={"groups": sorted(identity.groups), "acr": identity.acr, "amr": list(identity.amr)},
+        )
+    )
+    response = _redirect(pending.return_to)
+    services.cookies.set(
+        response, services.cookies.session_name, session.id, max_age=services.settings.sessions.absolute_timeout_seconds
+    )
+    services.cookies.clear(response, services.cookies.login_name)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    services = _services(request)
+    assert services.oidc is not None
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    origin = request.headers.get("origin")
+    if origin is not None and origin != services.public_url:
+        raise BadRequest("Sign-out must come from the gateway's own pages.")
+    session_id = request.cookies.get(services.cookies.session_name)
+    data = await services.sessions.delete(session_id) if session_id else None
+    if data is not None:
+        await services.audit.write(
+            AccessRecord(
+                time=utcnow(),
+                kind="logout",
+                request_id=scope.request_id,
+                agent_id=data.agent_id,
+                agent_name=data.user_name,
+                source_ip=scope.client_ip,
+            )
+        )
+    target = await services.oidc.logout_url(data.id_token if data else None, services.public_url + "/")
+    response = _redirect(target or "/")
+    response.status_code = 303
+    services.cookies.clear(response, services.cookies.session_name)
+    return response

@@ -1,0 +1,247 @@
+"""Forward one HTTP request to a channel console and stream the answer back.
+
+One ``aiohttp.ClientSession`` per process: httpx's pool collapses under proxy concurrency (encode/httpx#3215),
+aiohttp's does not. The session follows no redirects (a 3xx belongs to the browser), keeps no cookie jar (the
+cookies of one agent must never be replayed for another), does not decompress (bytes pass through with their
+``Content-Encoding``) and adds no ``Accept-Encoding``/``User-Agent`` of its own.
+
+Neither body is buffered: the request body is streamed upstream as it arrives, the response body is relayed
+chunk by chunk (Server-Sent Events flush per event). The upstream connection is released when the body ends and
+closed when the client goes away early, so a disconnect never leaks a pooled connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+from yarl import URL
+
+from gateway.errors import UpstreamError
+from gateway.proxy.headers import sanitise_response_headers
+
+#: Headers aiohttp would otherwise invent; the client's own copies (if any) are forwarded instead.
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+class UpstreamTimeout(UpstreamError):
+    """The channel console did not answer (connect or first byte) within the route's timeout."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    """What the access log needs about one forwarded request. Filled in as the exchange progresses."""
+
+    status: int = 0
+    #: Request body bytes sent upstream.
+    bytes_in: int = 0
+    #: Response body bytes relayed to the client.
+    bytes_out: int = 0
+    #: Seconds from sending the request until the upstream's status line and headers arrived.
+    upstream_latency: float = 0.0
+    #: Seconds from sending the request until the response body ended (or was abandoned).
+    duration: float = 0.0
+    #: True when the whole response body reached the client.
+    completed: bool = False
+    #: Short, credential-free reason when the body did not complete (``client_disconnected``, ...).
+    error: str | None = None
+
+
+StatsCallback = Callable[[ForwardStats], Awaitable[None]]
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}".rstrip(":")
+
+
+class ProxyResponse(StreamingResponse):
+    """A ``StreamingResponse`` relaying an upstream body; releases the upstream connection whatever happens."""
+
+    def __init__(
+        self,
+        upstream: aiohttp.ClientResponse,
+        headers: list[tuple[str, str]],
+        stats: ForwardStats,
+        started: float,
+        on_complete: StatsCallback | None,
+    ) -> None:
+        super().__init__(self._relay(), status_code=upstream.status)
+        self.raw_headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        self.stats = stats
+        self._upstream = upstream
+        self._started = started
+        self._on_complete = on_complete
+
+    async def _relay(self) -> AsyncIterator[bytes]:
+        async for chunk in self._upstream.content.iter_any():
+            self.stats.bytes_out += len(chunk)
+            yield chunk
+        self.stats.completed = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.stats.error = "upstream_failed_mid_body"
+            # Headers are already sent: re-raising makes the server abort the connection, so the client sees
+            # a truncated body instead of a well-formed but incomplete one.
+            raise UpstreamError(
+                "The channel console stopped in the middle of its response.", detail=type(exc).__name__
+            ) from None
+        finally:
+            self._finish()
+            if self._on_complete is not None:
+                await self._on_complete(self.stats)
+
+    def _finish(self) -> None:
+        self.stats.duration = time.monotonic() - self._started
+        if self.stats.completed:
+            self._upstream.release()
+        else:
+            self.stats.error = self.stats.error or "client_disconnected"
+            self._upstream.close()
+
+
+class UpstreamClient:
+    """Owns the process's upstream connection pool. ``start()`` at application start-up, ``close()`` at
+    shutdown (or use ``async with``)."""
+
+    def __init__(
+        self,
+        *,
+        limit: int = 512,
+        limit_per_host: int = 128,
+        keepalive_seconds: float = 30.0,
+        max_response_header_bytes: int = 16384,
+    ) -> None:
+        self._limit = limit
+        self._limit_per_host = limit_per_host
+        self._keepalive = keepalive_seconds
+        self._max_field_size = max_response_header_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self._limit,
+            limit_per_host=self._limit_per_host,
+            keepalive_timeout=self._keepalive,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            requote_redirect_url=False,
+            max_field_size=self._max_field_size,
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> UpstreamClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared session (the WebSocket proxy connects through it too)."""
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() has not been called")
+        return self._session
+
+    async def forward(
+        self,
+        request: Request,
+        upstream_url: str,
+        headers: list[tuple[str, str]],
+        timeout: float,  # noqa: ASYNC109 - bounds each connect/read gap, not the whole (streamed) exchange
+        *,
+        gateway_cookie_names: tuple[str, ...] = (),
+        on_complete: StatsCallback | None = None,
+    ) -> ProxyResponse:
+        """Send ``request`` to ``upstream_url`` with ``headers`` (already sanitised and injected) and return a
+        streaming response. ``timeout`` bounds the connect and every read gap, including the wait for headers.
+
+        Raises ``UpstreamTimeout`` (504) or ``UpstreamError`` (502); messages name the failure, never a header,
+        a credential or the query string. ``ClientDisconnect`` propagates if the client leaves mid-upload.
+        """
+        stats = ForwardStats()
+        body_state = {"disconnected": False}
+        data = self._request_body(request, stats, body_state) if _has_body(request) else None
+        client_timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
+        started = time.monotonic()
+        try:
+            upstream = await self.session.request(
+                request.method,
+                URL(upstream_url, encoded=True),
+                headers=CIMultiDict(headers),
+                data=data,
+                allow_redirects=False,
+                timeout=client_timeout,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(
+                f"The channel console did not answer within {timeout:g} seconds.",
+                detail=f"{type(exc).__name__} from {_origin(upstream_url)}",
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if body_state["disconnected"]:
+                raise ClientDisconnect() from None
+            raise UpstreamError(
+                "The channel console could not be reached.",
+                detail=f"{type(exc).__name__} from {_origin(upstream_url)}",
+            ) from None
+        stats.status = upstream.status
+        stats.upstream_latency = time.monotonic() - started
+        response_headers = sanitise_response_headers(
+            ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers),
+            gateway_cookie_names=gateway_cookie_names,
+        )
+        return ProxyResponse(upstream, response_headers, stats, started, on_complete)
+
+    @staticmethod
+    async def _request_body(request: Request, stats: ForwardStats, state: dict[str, bool]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    stats.bytes_in += len(chunk)
+                    yield chunk
+        except ClientDisconnect:
+            state["disconnected"] = True
+            raise
+
+
+def _has_body(request: Request) -> bool:
+    """RFC 9112 §6.3: a request has a body only with Transfer-Encoding or a non-zero Content-Length. Sending an
+    empty chunked body for a GET makes some servers wait for a body or reject the request."""
+    if "transfer-encoding" in request.headers:
+        return True
+    length = request.headers.get("content-length", "0").strip()
+    return length != "0" and length != ""
+
+
+__all__ = ["ForwardStats", "ProxyResponse", "StatsCallback", "UpstreamClient", "UpstreamTimeout"]

@@ -1,0 +1,86 @@
+"""Route table: a canonical path (and the Host) to one channel console upstream.
+
+Matching runs on the output of ``normalise_path`` only, so the route the decision is made for is the route the
+upstream serves. Like nginx ``server``/``location``: a route bound to the request's host beats every host-less
+route, then the longest prefix wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from gateway.settings import RouteSettings
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A matched route. ``redirect`` means: answer 308 to ``location`` (``/chat`` → ``/chat/``)."""
+
+    route: RouteSettings
+    redirect: bool = False
+
+    @property
+    def location(self) -> str:
+        return self.route.prefix
+
+
+def _normalise_host(host: str, *, keep_port: bool) -> str:
+    host = host.strip().lower()
+    if not keep_port:
+        if host.startswith("["):
+            host = host[: host.find("]") + 1]
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _host_matches(route_host: str, request_host: str) -> bool:
+    route_host = route_host.lower().rstrip(".")
+    keep_port = "]:" in route_host if route_host.startswith("[") else ":" in route_host
+    return _normalise_host(request_host, keep_port=keep_port) == route_host
+
+
+class RouteTable:
+    """Immutable table of routes; ``match`` is pure and cheap (routes are few)."""
+
+    def __init__(self, routes: Sequence[RouteSettings]) -> None:
+        # Longest prefix first so the first hit in each group is the answer.
+        self._routes = tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def match(self, host: str | None, path: str) -> RouteMatch | None:
+        """Return the route for ``path`` (already canonical) on ``host``, or ``None``."""
+        host_routes = [r for r in self._routes if r.host is not None and host and _host_matches(r.host, host)]
+        hostless = [r for r in self._routes if r.host is None]
+        for group in (host_routes, hostless):
+            found = self._longest(group, path)
+            if found is not None:
+                return found
+        return None
+
+    @staticmethod
+    def _longest(routes: Sequence[RouteSettings], path: str) -> RouteMatch | None:
+        for route in routes:
+            if path.startswith(route.prefix):
+                return RouteMatch(route)
+            if path == route.prefix[:-1]:
+                return RouteMatch(route, redirect=True)
+        return None
+
+
+def upstream_path(match: RouteMatch, path: str) -> str:
+    """The path sent upstream: the route prefix removed when ``strip_prefix`` (keeping the leading ``/``)."""
+    if match.route.strip_prefix:
+        return "/" + path[len(match.route.prefix) :]
+    return path
+
+
+def upstream_url(match: RouteMatch, path: str, query: str = "") -> str:
+    """Join the route's upstream origin and base path with ``upstream_path`` and the raw query."""
+    base = urlsplit(str(match.route.upstream))
+    joined = base.path.rstrip("/") + upstream_path(match, path)
+    return f"{base.scheme}://{base.netloc}{joined}" + (f"?{query}" if query else "")

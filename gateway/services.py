@@ -1,0 +1,128 @@
+"""Everything a running gateway holds, built once from the settings and closed once (the app's edge wiring)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from connectors.base import Connector
+from connectors.registry import build_connectors
+from connectors.vault import Vault, load_credential
+from gateway.audit.writer import AuditLog
+from gateway.deprovision.kill import SessionKiller
+from gateway.metrics import Metrics
+from gateway.oidc.client import OidcClient
+from gateway.proxy.assertion import AssertionSigner
+from gateway.proxy.forward import UpstreamClient
+from gateway.proxy.routes import RouteTable
+from gateway.proxy.websocket import WebSocketRegistry
+from gateway.sessions.base import SessionStore
+from gateway.sessions.cookies import CookiePolicy
+from gateway.sessions.factory import create_session_store
+from gateway.settings import Settings
+from gateway.storage.access_log import AccessLogRepository
+from gateway.storage.agents import AgentRepository
+from gateway.storage.credentials import ChannelCredentialRepository
+from gateway.storage.database import Database, create_engine
+
+log = logging.getLogger("channelgate")
+
+
+def new_replica_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    replica_id: str
+    metrics: Metrics
+    database: Database
+    agents: AgentRepository
+    credentials: ChannelCredentialRepository
+    audit: AuditLog
+    sessions: SessionStore
+    cookies: CookiePolicy
+    killer: SessionKiller
+    vault: Vault | None
+    connectors: dict[str, Connector]
+    websockets: WebSocketRegistry = field(default_factory=WebSocketRegistry)
+    oidc: OidcClient | None = None
+    signer: AssertionSigner | None = None
+    upstream: UpstreamClient | None = None
+    routes: RouteTable | None = None
+    idp_http: aiohttp.ClientSession | None = None
+
+    @property
+    def public_url(self) -> str:
+        return str(self.settings.server.public_url).rstrip("/")
+
+    async def close(self) -> None:
+        for connector in self.connectors.values():
+            await connector.aclose()
+        if self.upstream is not None:
+            await self.upstream.close()
+        if self.idp_http is not None:
+            await self.idp_http.close()
+        await self.audit.stop()
+        await self.sessions.close()
+        await self.database.dispose()
+
+
+def open_core(settings: Settings, replica_id: str | None = None) -> Services:
+    """The parts the CLI needs too: database, repositories, audit, session store, vault, killer."""
+    replica_id = replica_id or new_replica_id()
+    metrics = Metrics()
+    database = Database(create_engine(settings.database))
+    agents = AgentRepository(database.engine)
+    credentials = ChannelCredentialRepository(database.engine)
+    audit = AuditLog(AccessLogRepository(database.engine), metrics)
+    sessions = create_session_store(settings.sessions, replica_id)
+    websockets = WebSocketRegistry()
+    vault = Vault.from_settings(settings.vault) if settings.vault.keys else None
+
+    def loader_for(channel: str):  # type: ignore[no-untyped-def]
+        async def load():  # type: ignore[no-untyped-def]
+            if vault is None:
+                from gateway.errors import VaultError
+
+                raise VaultError(f"No vault key is configured, so the credential of channel {channel!r} cannot be read.")
+            return await load_credential(credentials, vault, channel)
+
+        return load
+
+    connectors = build_connectors(settings.channels, loader_for)
+    killer = SessionKiller(
+        database, agents, sessions, websockets, audit, metrics, settings.sessions.revocation_ack_timeout_seconds
+    )
+    return Services(
+        settings=settings,
+        replica_id=replica_id,
+        metrics=metrics,
+        database=database,
+        agents=agents,
+        credentials=credentials,
+        audit=audit,
+        sessions=sessions,
+        cookies=CookiePolicy(secure=not settings.server.insecure_dev_cookies),
+        killer=killer,
+        vault=vault,
+        connectors=connectors,
+        websockets=websockets,
+    )
+
+
+def open_gateway(settings: Settings, replica_id: str | None = None) -> Services:
+    """Everything the HTTP gateway needs on top of the core."""
+    services = open_core(settings, replica_id)
+    timeout = aiohttp.ClientTimeout(total=settings.oidc.http_timeout_seconds)
+    services.idp_http = aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
+    services.oidc = OidcClient(settings.oidc, services.public_url + "/.channelgate/callback", services.idp_http)
+    services.signer = AssertionSigner(settings.assertion, services.public_url)
+    services.upstream = UpstreamClient()
+    services.routes = RouteTable(settings.routes)
+    return services

@@ -1,0 +1,103 @@
+"""The access log: append-only, one row per proxied request or identity event, ordered by ``seq``.
+
+There is no update or delete here on purpose: an audit trail that the gateway can rewrite proves nothing
+(ASVS 16.4.2). ``prev_hash``/``hash`` are stored as given; the tamper-evident chain fills them (issue 5).
+On PostgreSQL ``seq`` comes from a sequence, so concurrent writers may *commit* out of ``seq`` order: a reader
+tailing with ``after()`` sees every record once the chain serialises appends (issue 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import RowMapping, Select, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.storage._time import from_db, to_db
+from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.schema import access_log
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessRecord:
+    time: datetime
+    #: "request", "login", "login_failed", "logout", "expired", "deprovision", ...
+    kind: str
+    #: Assigned by the database on append; None on a record not yet written.
+    seq: int | None = None
+    request_id: str | None = None
+    agent_id: str | None = None
+    agent_name: str | None = None
+    source_ip: str | None = None
+    channel: str | None = None
+    method: str | None = None
+    #: The path with query keys only, never query values (personal data stays out of the log).
+    path: str | None = None
+    status: int | None = None
+    decision: str | None = None
+    reason: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    duration_ms: int | None = None
+    actor: str | None = None
+    detail: dict[str, Any] | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+
+
+_COLUMNS = tuple(column.name for column in access_log.columns)
+
+
+def _record(row: RowMapping) -> AccessRecord:
+    values = {name: row[name] for name in _COLUMNS}
+    values["time"] = from_db(values["time"])
+    return AccessRecord(**values)
+
+
+class AccessLogRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def append(self, records: Iterable[AccessRecord], conn: AsyncConnection | None = None) -> list[AccessRecord]:
+        """Insert ``records`` in order, in one transaction (or in ``conn``'s); return them with ``seq`` set."""
+        batch = list(records)
+        if not batch:
+            return []
+        rows = []
+        for record in batch:
+            row = asdict(record)
+            del row["seq"]
+            row["time"] = to_db(record.time)
+            rows.append(row)
+        statement = insert(access_log).returning(access_log.c.seq, sort_by_parameter_order=True)
+        async with write_transaction(self._engine, conn) as c:
+            seqs = (await c.execute(statement, rows)).scalars().all()
+        return [
+            replace(record, seq=seq, time=from_db(to_db(record.time))) for record, seq in zip(batch, seqs, strict=True)
+        ]
+
+    async def tail(self, limit: int = 100, *, conn: AsyncConnection | None = None) -> list[AccessRecord]:
+        """The newest ``limit`` records, newest last."""
+        return await self._newest(select(access_log), limit, conn)
+
+    async def after(self, seq: int, limit: int = 100, *, conn: AsyncConnection | None = None) -> list[AccessRecord]:
+        """Up to ``limit`` records with a ``seq`` greater than ``seq``, oldest first (for tailing exports)."""
+        query = select(access_log).where(access_log.c.seq > seq).order_by(access_log.c.seq).limit(limit)
+        async with read_transaction(self._engine, conn) as c:
+            return [_record(row) for row in (await c.execute(query)).mappings()]
+
+    async def for_agent(
+        self, agent_id: str, limit: int = 100, *, conn: AsyncConnection | None = None
+    ) -> list[AccessRecord]:
+        """The agent's newest ``limit`` records, newest last."""
+        return await self._newest(select(access_log).where(access_log.c.agent_id == agent_id), limit, conn)
+
+    async def _newest(self, query: Select[Any], limit: int, conn: AsyncConnection | None) -> list[AccessRecord]:
+        query = query.order_by(access_log.c.seq.desc()).limit(limit)
+        async with read_transaction(self._engine, conn) as c:
+            records = [_record(row) for row in (await c.execute(query)).mappings()]
+        records.reverse()
+        return records

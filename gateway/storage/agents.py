@@ -1,0 +1,226 @@
+"""Agents: the people behind the consoles, linked to their IdP account by (issuer, subject).
+
+A login links only by (iss, sub), never by userName alone (OIDC Core §5.7: only ``sub`` with ``iss`` is a
+stable identifier; ``preferred_username`` may be reassigned or chosen by the user). Linking by name would let
+whoever controls a colliding userName at the IdP take over the agent, so a taken name is refused instead.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import RowMapping, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.errors import AccessDenied, NotFound
+from gateway.storage._time import from_db, to_db
+from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.schema import agents
+
+
+class UserNameConflict(AccessDenied):
+    """A first login's userName belongs to another live agent; an administrator must link the accounts."""
+
+    code = "user_name_conflict"
+
+
+def user_name_key(user_name: str) -> str:
+    """The uniqueness key of a userName: SCIM compares userName case-insensitively (RFC 7643 §4.1.1)."""
+    return user_name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    user_name: str
+    external_id: str | None
+    display_name: str | None
+    email: str | None
+    active: bool
+    #: Soft-deleted (RFC 7644 §3.6): kept for the audit trail and (iss, sub) lookups, gone everywhere else.
+    deleted: bool
+    disabled_reason: str | None
+    oidc_issuer: str | None
+    oidc_subject: str | None
+    source: str
+    manager_id: str | None
+    employee_number: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def may_sign_in(self) -> bool:
+        return self.active and not self.deleted
+
+
+def _agent(row: RowMapping) -> Agent:
+    return Agent(
+        id=row["id"],
+        user_name=row["user_name"],
+        external_id=row["external_id"],
+        display_name=row["display_name"],
+        email=row["email"],
+        active=bool(row["active"]),
+        deleted=row["deleted_at"] is not None,
+        disabled_reason=row["disabled_reason"],
+        oidc_issuer=row["oidc_issuer"],
+        oidc_subject=row["oidc_subject"],
+        source=row["source"],
+        manager_id=row["manager_id"],
+        employee_number=row["employee_number"],
+        version=row["version"],
+        created_at=from_db(row["created_at"]),
+        updated_at=from_db(row["updated_at"]),
+    )
+
+
+_LIVE = agents.c.deleted_at.is_(None)
+
+
+class AgentRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def _one(self, conn: AsyncConnection, *where: Any) -> Agent | None:
+        row = (await conn.execute(select(agents).where(*where))).mappings().first()
+        return None if row is None else _agent(row)
+
+    async def get(self, agent_id: str, *, conn: AsyncConnection | None = None) -> Agent | None:
+        """The live agent with this id; a deleted agent is not found."""
+        async with read_transaction(self._engine, conn) as c:
+            return await self._one(c, agents.c.id == agent_id, _LIVE)
+
+    async def find_by_user_name(self, user_name: str, *, conn: AsyncConnection | None = None) -> Agent | None:
+        """The live agent with this userName, compared case-insensitively."""
+        async with read_transaction(self._engine, conn) as c:
+            return await self._one(c, agents.c.user_name_key == user_name_key(user_name), _LIVE)
+
+    async def find_by_oidc(self, issuer: str, subject: str, *, conn: AsyncConnection | None = None) -> Agent | None:
+        """The agent linked to this IdP account, deleted or not, so a deleted agent's login is refused."""
+        async with read_transaction(self._engine, conn) as c:
+            return await self._one(c, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
+
+    async def find(self, identifier: str, *, conn: AsyncConnection | None = None) -> Agent | None:
+        """The live agent whose id, else whose userName, is ``identifier`` (admin API and CLI)."""
+        async with read_transaction(self._engine, conn) as c:
+            return await self._one(c, agents.c.id == identifier, _LIVE) or await self._one(
+                c, agents.c.user_name_key == user_name_key(identifier), _LIVE
+            )
+
+    async def list(
+        self, limit: int = 100, offset: int = 0, *, conn: AsyncConnection | None = None
+    ) -> builtins.list[Agent]:
+        """Live agents ordered by userName."""
+        query = select(agents).where(_LIVE).order_by(agents.c.user_name_key).limit(limit).offset(offset)
+        async with read_transaction(self._engine, conn) as c:
+            return [_agent(row) for row in (await c.execute(query)).mappings()]
+
+    async def link_or_create_from_login(
+        self,
+        issuer: str,
+        subject: str,
+        user_name: str,
+        email: str | None,
+        display_name: str | None,
+        now: datetime,
+        *,
+        conn: AsyncConnection | None = None,
+    ) -> Agent:
+        """The agent for this (iss, sub), created active on first login; never linked by userName.
+
+        Returns a deleted or disabled agent as found: the caller refuses the login (``Agent.may_sign_in``).
+        Raises ``UserNameConflict`` when another live agent already holds ``user_name``.
+        """
+        async with write_transaction(self._engine, conn) as c:
+            linked = await self._one(c, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
+            if linked is not None:
+                return linked
+            holder = await self._one(c, agents.c.user_name_key == user_name_key(user_name), _LIVE)
+            if holder is not None:
+                # On PostgreSQL a concurrent first login of this account may have committed in between.
+                if (holder.oidc_issuer, holder.oidc_subject) == (issuer, subject):
+                    return holder
+                raise _conflict(user_name)
+            moment = to_db(now)
+            values: dict[str, Any] = {
+                "id": str(uuid4()),
+                "user_name": user_name,
+                "user_name_key": user_name_key(user_name),
+                "email": email,
+                "display_name": display_name,
+                "active": True,
+                "oidc_issuer": issuer,
+                "oidc_subject": subject,
+                "source": "oidc",
+                "attributes": {},
+                "version": 1,
+                "created_at": moment,
+                "updated_at": moment,
+            }
+            try:
+                async with c.begin_nested():
+                    row = (await c.execute(insert(agents).values(values).returning(*agents.c))).mappings().one()
+            except IntegrityError:
+                # A concurrent first login won the race: for the same account, return its agent.
+                linked = await self._one(c, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
+                if linked is not None:
+                    return linked
+                raise _conflict(user_name) from None
+            return _agent(row)
+
+    async def set_active(
+        self,
+        agent_id: str,
+        active: bool,
+        reason: str | None,
+        now: datetime,
+        *,
+        conn: AsyncConnection | None = None,
+    ) -> Agent:
+        """Enable or disable a live agent; ``reason`` is kept while disabled. Bumps the version (SCIM ETag)."""
+        return await self._change(
+            agent_id,
+            {"active": active, "disabled_reason": None if active else reason},
+            now,
+            conn,
+        )
+
+    async def mark_deleted(
+        self, agent_id: str, reason: str | None, now: datetime, *, conn: AsyncConnection | None = None
+    ) -> Agent:
+        """Soft-delete a live agent: it frees its userName for a rehire and keeps its (iss, sub) link,
+        so the deleted account cannot sign in again and silently get a fresh agent."""
+        return await self._change(
+            agent_id,
+            {"active": False, "deleted_at": to_db(now), "disabled_reason": reason},
+            now,
+            conn,
+        )
+
+    async def _change(
+        self, agent_id: str, values: dict[str, Any], now: datetime, conn: AsyncConnection | None
+    ) -> Agent:
+        statement = (
+            update(agents)
+            .where(agents.c.id == agent_id, _LIVE)
+            .values(**values, version=agents.c.version + 1, updated_at=to_db(now))
+            .returning(*agents.c)
+        )
+        async with write_transaction(self._engine, conn) as c:
+            row = (await c.execute(statement)).mappings().first()
+        if row is None:
+            raise NotFound(f"no agent with id {agent_id!r}")
+        return _agent(row)
+
+
+def _conflict(user_name: str) -> UserNameConflict:
+    return UserNameConflict(
+        f"the userName {user_name!r} already belongs to another agent; an administrator must link this sign-in to it",
+        detail="first login refused: userName taken by an agent not linked to this (issuer, subject)",
+    )

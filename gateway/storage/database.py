@@ -1,0 +1,170 @@
+"""The database engine: SQLite (embedded, one node) or PostgreSQL (replicated gateways), tuned once here.
+
+SQLite runs in WAL mode so readers never block the writer, with ``synchronous=FULL``: in WAL mode ``NORMAL``
+is safe from corruption but may lose the last committed transactions on power loss, and the access log is an
+audit trail whose committed records must survive (ASVS 7.3.3 / 16.4). ``foreign_keys=ON`` because SQLite
+ignores foreign keys otherwise. SQLAlchemy, not the ``sqlite3`` driver, emits ``BEGIN``: the driver's legacy
+mode never begins before a SELECT or SAVEPOINT, which breaks repeatable reads and nested transactions. Write
+transactions use ``BEGIN IMMEDIATE`` so two writers queue on ``busy_timeout`` instead of one failing with
+``SQLITE_BUSY`` when it upgrades its read lock.
+
+Errors leave this package as ``StorageError`` with the URL's password masked: a message may reach a log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from gateway.errors import StorageError
+from gateway.settings import DatabaseSettings
+
+#: Connection execution option that makes the SQLite ``begin`` hook take the write lock up front.
+_WRITE_OPTION = "channelgate_write"
+
+
+def create_engine(settings: DatabaseSettings, *, enforce_foreign_keys: bool = True) -> AsyncEngine:
+    """Build the async engine for ``settings.url``.
+
+    ``enforce_foreign_keys=False`` is for SQLite migrations only: a batch migration recreates a table, and
+    dropping the old copy with foreign keys on would cascade-delete its children (SQLite §"ALTER TABLE").
+    """
+    url = make_url(settings.url.get_secret_value())
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, settings, enforce_foreign_keys=enforce_foreign_keys)
+    return create_async_engine(
+        url,
+        pool_size=settings.pool_size,
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": settings.connect_timeout_seconds,
+            "server_settings": {"application_name": "channelgate"},
+        },
+    )
+
+
+def _is_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:")
+
+
+def _sqlite_engine(url: URL, settings: DatabaseSettings, *, enforce_foreign_keys: bool) -> AsyncEngine:
+    options: dict[str, Any] = {"connect_args": {"timeout": settings.connect_timeout_seconds}}
+    if not _is_memory(url):
+        assert url.database is not None
+        directory = Path(url.database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create the database directory {directory}: {error.strerror}") from None
+        options["pool_size"] = settings.pool_size
+    engine = create_async_engine(url, **options)
+    busy_ms = int(settings.connect_timeout_seconds * 1000)
+    foreign_keys = "ON" if enforce_foreign_keys else "OFF"
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _configure(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, see the module docstring.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA foreign_keys={foreign_keys}")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def safe_url(engine: AsyncEngine) -> str:
+    """The engine's URL with its password masked, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _scrub(message: str, engine: AsyncEngine) -> str:
+    password = engine.url.password
+    if password:
+        message = message.replace(str(password), "***")
+    return message
+
+
+@contextmanager
+def storage_errors(engine: AsyncEngine, action: str) -> Iterator[None]:
+    """Turn driver and connection failures into ``StorageError``; integrity errors pass through untouched.
+
+    The original exception is not chained (``from None``): driver messages and tracebacks may carry the DSN.
+    """
+    try:
+        yield
+    except exc.IntegrityError:
+        raise
+    except (exc.DBAPIError, exc.TimeoutError, OSError) as error:
+        cause = _scrub(f"{type(error).__name__}: {getattr(error, 'orig', None) or error}", engine)
+        raise StorageError(f"{action} failed on {safe_url(engine)}", detail=cause.splitlines()[0]) from None
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine, conn: AsyncConnection | None = None) -> AsyncIterator[AsyncConnection]:
+    """A write transaction that commits on exit, or ``conn`` as given (its owner commits).
+
+    Passing ``conn`` lets a state change and its access-log record commit together (or not at all).
+    """
+    if conn is not None:
+        yield conn
+        return
+    with storage_errors(engine, "database write"):
+        async with engine.connect() as fresh:
+            await fresh.execution_options(**{_WRITE_OPTION: True})
+            async with fresh.begin():
+                yield fresh
+
+
+@asynccontextmanager
+async def read_transaction(engine: AsyncEngine, conn: AsyncConnection | None = None) -> AsyncIterator[AsyncConnection]:
+    """A read-only snapshot, rolled back on exit, or ``conn`` as given."""
+    if conn is not None:
+        yield conn
+        return
+    with storage_errors(engine, "database read"):
+        async with engine.connect() as fresh:
+            yield fresh
+
+
+class Database:
+    """The application's one engine, with a health check and the write-transaction entry point."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings) -> Database:
+        return cls(create_engine(settings))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def ping(self) -> None:
+        """Run ``SELECT 1``; raise ``StorageError`` (password masked) when the database cannot answer."""
+        with storage_errors(self.engine, "database ping"):
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction for several repository calls: pass the connection as ``conn=``."""
+        return write_transaction(self.engine)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

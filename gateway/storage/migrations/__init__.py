@@ -1,0 +1,1 @@
+"""Alembic migrations, run programmatically by ``gateway.storage.migrate`` (no alembic.ini needed)."""

@@ -1,0 +1,427 @@
+"""The storage contract: every test runs against SQLite (a temporary file) and a real PostgreSQL server.
+
+Each database is created by the migrations, not by ``metadata.create_all``, so these tests also prove that the
+migrated schema behaves as ``schema.py`` says (partial unique index, foreign keys, autoincrementing ``seq``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from pydantic import SecretStr
+from sqlalchemy import insert
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.errors import AccessDenied, NotFound, StorageError
+from gateway.settings import DatabaseSettings
+from gateway.storage.access_log import AccessLogRepository, AccessRecord
+from gateway.storage.agents import AgentRepository, UserNameConflict
+from gateway.storage.credentials import ChannelCredentialRepository
+from gateway.storage.database import Database
+from gateway.storage.migrate import current_revision, head_revision, upgrade_to_head
+from gateway.storage.schema import agents, group_members, metadata
+
+pytest_plugins = ["tests.components.fixtures"]
+
+ISSUER = "https://idp.example.com"
+NOW = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    await upgrade_to_head(database_url)
+    database = Database.from_settings(DatabaseSettings(url=SecretStr(database_url)))
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def engine(database: Database) -> AsyncEngine:
+    return database.engine
+
+
+@pytest.fixture
+def repo(engine: AsyncEngine) -> AgentRepository:
+    return AgentRepository(engine)
+
+
+async def _provision(engine: AsyncEngine, user_name: str, agent_id: str = "scim-1") -> None:
+    """An agent created by SCIM: it has a userName but no (issuer, subject) link yet."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(agents).values(
+                id=agent_id,
+                user_name=user_name,
+                user_name_key=user_name.lower(),
+                active=True,
+                source="scim",
+                attributes={},
+                version=1,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+
+
+# --- migrations -------------------------------------------------------------------------------------------
+
+
+def _schema_diff(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, metadata))
+
+
+def _live_user_name_index(connection: Connection) -> tuple[bool, str]:
+    """(unique, WHERE clause) of the partial index, which ``compare_metadata`` does not compare."""
+    index = next(i for i in sa_inspect(connection).get_indexes("agents") if i["name"] == "uq_agents_live_user_name_key")
+    where = next(str(value) for key, value in index.get("dialect_options", {}).items() if key.endswith("_where"))
+    return bool(index["unique"]), " ".join(where.lower().strip("()").split())
+
+
+async def test_migrations_match_the_schema(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        assert await conn.run_sync(_schema_diff) == []
+        assert await conn.run_sync(current_revision) == head_revision()
+        assert await conn.run_sync(_live_user_name_index) == (True, "deleted_at is null")
+
+
+async def test_migrating_an_up_to_date_database_changes_nothing(database_url: str, engine: AsyncEngine) -> None:
+    await upgrade_to_head(database_url)
+    async with engine.connect() as conn:
+        assert await conn.run_sync(_schema_diff) == []
+
+
+async def test_foreign_keys_are_enforced(engine: AsyncEngine) -> None:
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as conn:
+            await conn.execute(insert(group_members).values(group_id="no-such-group", agent_id="no-such-agent"))
+
+
+async def test_ping_answers_on_a_reachable_database(database: Database) -> None:
+    await database.ping()
+
+
+# --- agents -----------------------------------------------------------------------------------------------
+
+
+async def test_first_login_creates_an_active_agent_linked_to_issuer_and_subject(repo: AgentRepository) -> None:
+    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "Alice", "alice@example.com", "Alice A", NOW)
+
+    assert (agent.user_name, agent.email, agent.display_name) == ("Alice", "alice@example.com", "Alice A")
+    assert (agent.oidc_issuer, agent.oidc_subject, agent.source) == (ISSUER, "sub-1", "oidc")
+    assert agent.active
+    assert not agent.deleted
+    assert agent.may_sign_in
+    assert agent.version == 1
+    assert agent.created_at == agent.updated_at == NOW
+    assert await repo.get(agent.id) == agent
+
+
+async def test_login_returns_the_same_agent_for_the_same_issuer_and_subject(repo: AgentRepository) -> None:
+    first = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW)
+    again = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice-renamed", None, None, NOW)
+
+    assert again == first
+    assert await repo.find_by_oidc(ISSUER, "sub-1") == first
+
+
+async def test_user_name_is_unique_case_insensitively_among_live_agents(
+    repo: AgentRepository, engine: AsyncEngine
+) -> None:
+    await repo.link_or_create_from_login(ISSUER, "sub-1", "Alice", None, None, NOW)
+
+    with pytest.raises(UserNameConflict):
+        await repo.link_or_create_from_login(ISSUER, "sub-2", "ALICE", None, None, NOW)
+    with pytest.raises(IntegrityError):
+        await _provision(engine, "aLiCe")
+    assert (await repo.find_by_user_name("aLIce")) is not None
+
+
+async def test_login_never_links_to_an_agent_by_user_name_alone(repo: AgentRepository, engine: AsyncEngine) -> None:
+    await _provision(engine, "alice")
+
+    with pytest.raises(UserNameConflict) as refused:
+        await repo.link_or_create_from_login(ISSUER, "attacker-sub", "Alice", None, None, NOW)
+
+    assert isinstance(refused.value, AccessDenied)
+    assert refused.value.status == 403
+    provisioned = await repo.get("scim-1")
+    assert provisioned is not None
+    assert (provisioned.oidc_issuer, provisioned.oidc_subject) == (None, None)
+    assert await repo.find_by_oidc(ISSUER, "attacker-sub") is None
+
+
+async def test_the_same_subject_at_another_issuer_is_another_account(repo: AgentRepository) -> None:
+    await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW)
+
+    with pytest.raises(UserNameConflict):
+        await repo.link_or_create_from_login("https://other-idp.example.com", "sub-1", "alice", None, None, NOW)
+
+
+async def test_concurrent_first_logins_of_one_account_create_one_agent(repo: AgentRepository) -> None:
+    results = await asyncio.gather(
+        *(repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW) for _ in range(5))
+    )
+
+    assert len({agent.id for agent in results}) == 1
+    assert len(await repo.list()) == 1
+
+
+async def test_deleted_agent_frees_its_user_name_for_rehire(repo: AgentRepository) -> None:
+    leaver = await repo.link_or_create_from_login(ISSUER, "sub-old", "alice", None, None, NOW)
+    deleted = await repo.mark_deleted(leaver.id, "left the company", NOW + timedelta(days=1))
+
+    rehired = await repo.link_or_create_from_login(ISSUER, "sub-new", "Alice", None, None, NOW + timedelta(days=30))
+
+    assert (deleted.deleted, deleted.active, deleted.version) == (True, False, 2)
+    assert rehired.id != leaver.id
+    assert await repo.get(leaver.id) is None
+    assert await repo.find_by_user_name("alice") == rehired
+
+
+async def test_a_deleted_agent_signing_in_again_gets_its_deleted_record_not_a_fresh_one(
+    repo: AgentRepository,
+) -> None:
+    leaver = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW)
+    await repo.mark_deleted(leaver.id, "left", NOW)
+
+    again = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW)
+
+    assert again.id == leaver.id
+    assert not again.may_sign_in
+
+
+async def test_disabling_keeps_the_reason_and_bumps_the_version(repo: AgentRepository) -> None:
+    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW)
+    later = NOW + timedelta(hours=1)
+
+    disabled = await repo.set_active(agent.id, False, "SCIM active=false", later)
+    enabled = await repo.set_active(agent.id, True, None, later + timedelta(hours=1))
+
+    assert (disabled.active, disabled.disabled_reason, disabled.version, disabled.updated_at) == (
+        False,
+        "SCIM active=false",
+        2,
+        later,
+    )
+    assert not disabled.may_sign_in
+    assert (enabled.active, enabled.disabled_reason, enabled.version) == (True, None, 3)
+    assert enabled.created_at == NOW
+
+
+async def test_changing_an_unknown_or_deleted_agent_raises_not_found(repo: AgentRepository) -> None:
+    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW)
+    await repo.mark_deleted(agent.id, None, NOW)
+
+    with pytest.raises(NotFound):
+        await repo.set_active("no-such-agent", False, "x", NOW)
+    with pytest.raises(NotFound):
+        await repo.set_active(agent.id, True, None, NOW)
+
+
+async def test_find_accepts_an_id_or_a_user_name(repo: AgentRepository) -> None:
+    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "Alice", None, None, NOW)
+
+    assert await repo.find(agent.id) == agent
+    assert await repo.find("ALICE") == agent
+    assert await repo.find("bob") is None
+
+
+async def test_list_pages_through_live_agents_by_user_name(repo: AgentRepository) -> None:
+    for number, name in enumerate(["carol", "Alice", "bob", "dave"]):
+        await repo.link_or_create_from_login(ISSUER, f"sub-{number}", name, None, None, NOW)
+    dave = await repo.find("dave")
+    assert dave is not None
+    await repo.mark_deleted(dave.id, None, NOW)
+
+    first_page = await repo.list(limit=2)
+    second_page = await repo.list(limit=2, offset=2)
+
+    assert [a.user_name for a in first_page + second_page] == ["Alice", "bob", "carol"]
+
+
+async def test_timestamps_are_stored_and_returned_as_aware_utc(repo: AgentRepository) -> None:
+    paris = datetime(2025, 3, 1, 10, 30, tzinfo=timezone(timedelta(hours=1)))
+
+    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, paris)
+
+    assert agent.created_at == NOW
+    assert agent.created_at.tzinfo is UTC
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await repo.set_active(agent.id, False, "x", datetime(2025, 3, 1, 9, 30))
+
+
+# --- channel credentials ----------------------------------------------------------------------------------
+
+
+async def test_credential_put_stores_bytes_and_replaces_the_previous_one(engine: AsyncEngine) -> None:
+    credentials = ChannelCredentialRepository(engine)
+
+    await credentials.put("chat", "k1", b"\x00nonce-1", b"\xffsealed-1", NOW)
+    await credentials.put("chat", "k2", b"\x00nonce-2", b"\xffsealed-2", NOW + timedelta(days=1))
+    stored = await credentials.get("chat")
+
+    assert stored is not None
+    assert (stored.key_id, stored.nonce, stored.ciphertext) == ("k2", b"\x00nonce-2", b"\xffsealed-2")
+    assert stored.updated_at == NOW + timedelta(days=1)
+    assert "sealed" not in repr(stored)
+
+
+async def test_credentials_are_listed_by_channel_and_deleted_one_by_one(engine: AsyncEngine) -> None:
+    credentials = ChannelCredentialRepository(engine)
+    for channel in ["voice", "chat", "email"]:
+        await credentials.put(channel, "k1", b"n", b"c", NOW)
+
+    assert await credentials.list_channels() == ["chat", "email", "voice"]
+    assert await credentials.delete("email") is True
+    assert await credentials.delete("email") is False
+    assert await credentials.get("email") is None
+    assert await credentials.list_channels() == ["chat", "voice"]
+
+
+# --- access log -------------------------------------------------------------------------------------------
+
+
+def _request(number: int, agent_id: str = "agent-1") -> AccessRecord:
+    return AccessRecord(
+        time=NOW + timedelta(seconds=number),
+        kind="request",
+        agent_id=agent_id,
+        path=f"/chat/{number}",
+        status=200,
+        decision="allow",
+    )
+
+
+async def test_access_log_keeps_insertion_order_and_is_append_only(engine: AsyncEngine) -> None:
+    log = AccessLogRepository(engine)
+
+    first = await log.append([_request(n) for n in range(3)])
+    second = await log.append([_request(n) for n in range(3, 6)])
+
+    seqs = [record.seq for record in first + second]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 6
+    assert [r.path for r in await log.tail(4)] == ["/chat/2", "/chat/3", "/chat/4", "/chat/5"]
+    assert await log.tail(100) == first + second
+    first_seq = first[0].seq
+    assert first_seq is not None
+    assert [r.path for r in await log.after(first_seq, limit=2)] == ["/chat/1", "/chat/2"]
+    public = {name for name, _ in inspect.getmembers(AccessLogRepository) if not name.startswith("_")}
+    assert public == {"append", "tail", "after", "for_agent"}
+
+
+async def test_access_log_returns_an_agents_newest_records_last(engine: AsyncEngine) -> None:
+    log = AccessLogRepository(engine)
+    await log.append([_request(n, agent_id="alice" if n % 2 else "bob") for n in range(6)])
+
+    assert [r.path for r in await log.for_agent("alice", limit=2)] == ["/chat/3", "/chat/5"]
+    assert await log.for_agent("nobody") == []
+    assert await log.append([]) == []
+
+
+async def test_access_log_round_trips_every_column(engine: AsyncEngine) -> None:
+    log = AccessLogRepository(engine)
+    record = AccessRecord(
+        time=NOW,
+        kind="deprovision",
+        request_id="req-1",
+        agent_id="agent-1",
+        agent_name="alice",
+        source_ip="2001:db8::1",
+        channel="chat",
+        method="POST",
+        path="/chat/messages?to",
+        status=403,
+        decision="deny",
+        reason="group_denied",
+        bytes_in=5_000_000_000,
+        bytes_out=0,
+        duration_ms=12,
+        actor="scim",
+        detail={"sessions_killed": 2, "channels": ["chat", "voice"]},
+        prev_hash="0" * 64,
+        hash="f" * 64,
+    )
+
+    [written] = await log.append([record])
+
+    assert written.seq is not None
+    assert await log.tail(1) == [written]
+    assert written == replace(record, seq=written.seq)
+
+
+async def test_a_state_change_and_its_record_commit_together_or_not_at_all(
+    database: Database, repo: AgentRepository
+) -> None:
+    log = AccessLogRepository(database.engine)
+    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW)
+
+    async def deprovision(*, fail: bool) -> None:
+        async with database.begin() as conn:
+            await repo.set_active(agent.id, False, "deprovisioned", NOW, conn=conn)
+            await log.append([AccessRecord(time=NOW, kind="deprovision", agent_id=agent.id)], conn=conn)
+            if fail:
+                raise RuntimeError("the revocation step failed")
+
+    with pytest.raises(RuntimeError):
+        await deprovision(fail=True)
+    unchanged = await repo.get(agent.id)
+    assert unchanged is not None
+    assert unchanged.active
+    assert await log.tail() == []
+
+    await deprovision(fail=False)
+    disabled = await repo.get(agent.id)
+    assert disabled is not None
+    assert not disabled.active
+    assert [r.kind for r in await log.for_agent(agent.id)] == ["deprovision"]
+
+
+# --- failures ---------------------------------------------------------------------------------------------
+
+PASSWORD = "hunter2-Secret"
+
+
+async def test_storage_error_message_never_contains_the_password(database_url: str, tmp_path: Path) -> None:
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        broken = url.set(password=PASSWORD, database="no_such_database")
+    else:
+        broken = url.set(database=str(tmp_path))  # a directory: SQLite cannot open it
+    database = Database.from_settings(DatabaseSettings(url=SecretStr(broken.render_as_string(hide_password=False))))
+
+    with pytest.raises(StorageError) as failed:
+        await database.ping()
+    await database.dispose()
+
+    error = failed.value
+    assert error.status == 503
+    for text in (str(error), repr(error), error.detail or ""):
+        assert PASSWORD not in text
+    assert error.__cause__ is None
+    assert error.__suppress_context__
