@@ -43,7 +43,7 @@ async def deprovision(request: Request) -> Response:
     services: Services = request.app.state.services
     actor = _authorise(request, services)
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise BadRequest("Send a JSON body with Content-Type: application/json, e.g. {\"reason\": \"left\"}.")
+        raise BadRequest('Send a JSON body with Content-Type: application/json, e.g. {"reason": "left"}.')
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise BadRequest("The request body is too large.")
@@ -53,7 +53,7 @@ async def deprovision(request: Request) -> Response:
         raise BadRequest("The request body is not valid JSON.") from None
     reason = body.get("reason") if isinstance(body, dict) else None
     if not isinstance(reason, str) or not reason.strip():
-        raise BadRequest("Give a reason: {\"reason\": \"why this agent's access ends\"}.")
+        raise BadRequest('Give a reason: {"reason": "why this agent\'s access ends"}.')
     result = await services.killer.deprovision(
         request.path_params["agent"], reason=reason.strip()[:500], actor=actor, source="admin_api"
     )

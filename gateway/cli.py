@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -41,7 +42,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.file}: valid")
     print(f"  sessions: {settings.sessions.store}; database: {settings.database.url.get_secret_value().split(':')[0]}")
     for route in settings.routes:
-        print(f"  route {route.prefix} -> channel {route.channel} (groups: {', '.join(route.allowed_groups) or 'none'})")
+        print(
+            f"  route {route.prefix} -> channel {route.channel} (groups: {', '.join(route.allowed_groups) or 'none'})"
+        )
     return 0
 
 
@@ -167,7 +170,7 @@ def cmd_channels_set_credential(args: argparse.Namespace) -> int:
         raise ConfigError(f"channel {args.channel!r} is not configured (known: {', '.join(settings.channels)})")
     value = sys.stdin.readline().rstrip("\r\n")
     if not value:
-        raise ConfigError("no credential on standard input (pipe it in: echo \"$TOKEN\" | channelgate channels ...)")
+        raise ConfigError('no credential on standard input (pipe it in: echo "$TOKEN" | channelgate channels ...)')
 
     async def run() -> None:
         services = open_core(settings)
@@ -209,8 +212,19 @@ def cmd_vault_rotate(args: argparse.Namespace) -> int:
 
 
 def _format_record(record: object) -> str:
-    fields = ("seq", "time", "kind", "agent_name", "source_ip", "channel", "method", "path", "status", "decision",
-              "reason")
+    fields = (
+        "seq",
+        "time",
+        "kind",
+        "agent_name",
+        "source_ip",
+        "channel",
+        "method",
+        "path",
+        "status",
+        "decision",
+        "reason",
+    )
     parts = []
     for name in fields:
         value = getattr(record, name, None)
@@ -225,7 +239,7 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         services = open_core(_settings(args))
-        repository = services.audit._repository  # noqa: SLF001 - same package, read-only use
+        repository = services.audit._repository
         try:
             records = await repository.tail(args.n)
             last = 0
@@ -240,10 +254,8 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
         finally:
             await services.close()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

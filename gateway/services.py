@@ -90,7 +90,9 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
             if vault is None:
                 from gateway.errors import VaultError
 
-                raise VaultError(f"No vault key is configured, so the credential of channel {channel!r} cannot be read.")
+                raise VaultError(
+                    f"No vault key is configured, so the credential of channel {channel!r} cannot be read."
+                )
             return await load_credential(credentials, vault, channel)
 
         return load

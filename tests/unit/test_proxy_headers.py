@@ -65,16 +65,19 @@ HOP_BY_HOP = [
 ]
 
 
-def sanitise(headers: list[tuple[str, str]], **kwargs: object) -> list[tuple[str, str]]:
+def sanitise(
+    headers: list[tuple[str, str]], *, also_remove: tuple[str, ...] = (), max_header_bytes: int | None = None
+) -> list[tuple[str, str]]:
     raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
-    options: dict[str, object] = {
-        "gateway_cookie_names": COOKIES,
-        "client_ip": "203.0.113.7",
-        "scheme": "https",
-        "host": "gw.example.com",
-    }
-    options.update(kwargs)
-    return sanitise_request_headers(raw, **options)  # type: ignore[arg-type]
+    return sanitise_request_headers(
+        raw,
+        gateway_cookie_names=COOKIES,
+        client_ip="203.0.113.7",
+        scheme="https",
+        host="gw.example.com",
+        also_remove=also_remove,
+        max_header_bytes=max_header_bytes,
+    )
 
 
 def names(headers: list[tuple[str, str]]) -> list[str]:

@@ -42,7 +42,7 @@ REFUSED = [
     ("", "empty path"),
 ]
 
-NORMALISED = [
+NORMALISED: list[tuple[str | bytes, str]] = [
     ("/", "/"),
     ("/chat/", "/chat/"),
     ("//a", "/a"),

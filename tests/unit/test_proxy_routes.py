@@ -56,7 +56,8 @@ def test_host_bound_routes_win_then_the_longest_prefix(
 
 def test_a_path_without_its_trailing_slash_redirects_to_the_prefix() -> None:
     match = TABLE.match(None, "/chat")
-    assert match is not None and match.redirect
+    assert match is not None
+    assert match.redirect
     assert match.location == "/chat/"
 
 

@@ -1,0 +1,227 @@
+"""The inline proxy: request → session → decision → connector → upstream, with the access log beside it.
+
+The path is normalised before anything matches it, so the decision is made for the path the upstream will see
+(security-tests items 18-19). The client's identity headers, Authorization and the gateway's cookies are removed
+before the connector adds the channel credential and the gateway adds its signed identity assertion; only the
+upstream request ever holds the credential. Every request — allowed, denied or failed — leaves one record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import RedirectResponse, Response
+from starlette.websockets import WebSocket
+
+from connectors.base import AgentRef, UpstreamRequest
+from gateway.authn import require_session
+from gateway.errors import AccessDenied, AuthenticationRequired, ChannelgateError, NotFound
+from gateway.pages import error_response, wants_html
+from gateway.proxy.forward import ForwardStats
+from gateway.proxy.headers import check_header_size, sanitise_request_headers
+from gateway.proxy.paths import normalise_path, strip_query_values
+from gateway.proxy.routes import RouteMatch, upstream_url
+from gateway.proxy.websocket import proxy_websocket
+from gateway.scope import RequestScope, scope_of
+from gateway.services import Services
+from gateway.sessions.base import Session
+from gateway.storage.access_log import AccessRecord
+from gateway.timeutil import utcnow
+from policies.decision import Decision, Subject, Target
+from policies.groups import decide
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request that passed every check and may go upstream."""
+
+    match: RouteMatch
+    session: Session
+    decision: Decision
+    path: str
+    url: str
+    headers: list[tuple[str, str]]
+
+
+class Forbidden(AccessDenied):
+    """Denied by the route's rule; the message explains which group is missing."""
+
+    code = "forbidden"
+
+
+def _services(connection: HTTPConnection) -> Services:
+    services: Services = connection.app.state.services
+    return services
+
+
+def _record(
+    scope: RequestScope, connection: HTTPConnection, method: str, log_path: str, **fields: object
+) -> AccessRecord:
+    session = scope.session
+    return AccessRecord(
+        time=utcnow(),
+        kind="request",
+        request_id=scope.request_id,
+        agent_id=session.data.agent_id if session else None,
+        agent_name=session.data.user_name if session else None,
+        source_ip=scope.client_ip,
+        channel=scope.channel,
+        method=method,
+        path=log_path,
+        decision=("allow" if scope.decision.allowed else "deny") if scope.decision else None,
+        reason=",".join(scope.decision.policy_ids) if scope.decision else None,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def _admit(connection: HTTPConnection, services: Services, scope: RequestScope, method: str) -> Admitted:
+    """Every check a request must pass before it may reach a channel console."""
+    settings = services.settings
+    check_header_size(connection.headers.raw, settings.server.max_header_bytes)
+    path = normalise_path(connection.scope.get("raw_path") or connection.scope["path"].encode())
+    assert services.routes is not None
+    match = services.routes.match(connection.headers.get("host"), path)
+    if match is None:
+        raise NotFound("No console is served at this address.")
+    scope.channel = match.route.channel
+    if match.redirect:
+        return Admitted(match, None, None, path, "", [])  # type: ignore[arg-type]
+    session = await require_session(connection, services, scope)
+    decision = decide(
+        Subject(session.data.agent_id, session.data.user_name, session.data.groups),
+        Target(match.route.channel, match.route.allowed_groups),
+    )
+    scope.decision = decision
+    services.metrics.decisions.labels(match.route.channel, "allow" if decision.allowed else "deny").inc()
+    if not decision.allowed:
+        raise Forbidden(decision.explain())
+    services.audit.check_capacity()
+    connector = services.connectors[match.route.channel]
+    assert services.signer is not None
+    assertion_header = settings.assertion.header
+    headers = sanitise_request_headers(
+        connection.headers.raw,
+        gateway_cookie_names=services.cookies.names,
+        client_ip=scope.client_ip,
+        scheme=connection.url.scheme,
+        host=connection.headers.get("host", ""),
+        also_remove=(assertion_header,),
+    )
+    url = upstream_url(match, path, connection.scope.get("query_string", b"").decode("latin-1"))
+    upstream = UpstreamRequest(method=method, url=url, headers=headers)
+    await connector.prepare(
+        AgentRef(agent_id=session.data.agent_id, user_name=session.data.user_name, email=None), upstream
+    )
+    upstream.headers.append(
+        (
+            assertion_header,
+            services.signer.sign(
+                session.data.agent_id, session.data.user_name, session.data.groups, match.route.channel, time.time()
+            ),
+        )
+    )
+    return Admitted(match, session, decision, path, url, upstream.headers)
+
+
+def _login_redirect(connection: HTTPConnection) -> Response:
+    target = connection.url.path + (f"?{connection.url.query}" if connection.url.query else "")
+    return RedirectResponse("/.channelgate/login?rd=" + quote(target, safe=""), status_code=302)
+
+
+async def proxy_http(request: Request) -> Response:
+    services = _services(request)
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    log_path = strip_query_values(request.url.path, request.url.query)
+    try:
+        admitted = await _admit(request, services, scope, request.method)
+    except ChannelgateError as exc:
+        response: Response
+        if isinstance(exc, AuthenticationRequired) and request.method in ("GET", "HEAD") and wants_html(request):
+            response = _login_redirect(request)
+        else:
+            response = error_response(request, exc, scope.request_id)
+        services.audit.submit(
+            _record(
+                scope, request, request.method, log_path, status=response.status_code, duration_ms=_elapsed_ms(scope)
+            )
+        )
+        services.metrics.requests.labels(scope.channel or "-", f"{response.status_code // 100}xx").inc()
+        return response
+    if admitted.match.redirect:
+        return RedirectResponse(admitted.match.location, status_code=308)
+    channel = admitted.match.route.channel
+
+    async def finished(stats: ForwardStats) -> None:
+        services.metrics.upstream_latency.labels(channel).observe(stats.upstream_latency)
+        services.metrics.requests.labels(channel, f"{stats.status // 100}xx").inc()
+        services.audit.submit(
+            _record(
+                scope,
+                request,
+                request.method,
+                log_path,
+                status=stats.status,
+                bytes_in=stats.bytes_in,
+                bytes_out=stats.bytes_out,
+                duration_ms=_elapsed_ms(scope),
+                detail={"error": stats.error} if stats.error else None,
+            )
+        )
+
+    assert services.upstream is not None
+    try:
+        return await services.upstream.forward(
+            request,
+            admitted.url,
+            admitted.headers,
+            admitted.match.route.timeout_seconds,
+            gateway_cookie_names=tuple(services.cookies.names),
+            on_complete=finished,
+        )
+    except ChannelgateError as exc:
+        response = error_response(request, exc, scope.request_id)
+        services.audit.submit(
+            _record(
+                scope,
+                request,
+                request.method,
+                log_path,
+                status=response.status_code,
+                duration_ms=_elapsed_ms(scope),
+                detail={"error": exc.code, "detail": exc.detail},
+            )
+        )
+        services.metrics.requests.labels(channel, f"{response.status_code // 100}xx").inc()
+        return response
+
+
+def _elapsed_ms(scope: RequestScope) -> int:
+    return round((time.perf_counter() - scope.started) * 1000)
+
+
+async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
+    services = _services(websocket)
+    scope = scope_of(websocket, services.settings.server.trusted_proxies)
+    log_path = strip_query_values(websocket.url.path, websocket.url.query)
+    try:
+        admitted = await _admit(websocket, services, scope, "GET")
+        if admitted.match.redirect:
+            raise NotFound("No console is served at this address.")
+    except ChannelgateError as exc:
+        services.audit.submit(_record(scope, websocket, "WEBSOCKET", log_path, status=exc.status))
+        await websocket.close(code=1008 if exc.status in (401, 403) else 1011)
+        return
+    assert services.upstream is not None
+    ws_url = "ws" + admitted.url.removeprefix("http")
+    await proxy_websocket(
+        websocket,
+        ws_url,
+        admitted.headers,
+        services.upstream.session,
+        services.websockets,
+        admitted.session.data.agent_id,
+    )
+    services.audit.submit(_record(scope, websocket, "WEBSOCKET", log_path, status=101, duration_ms=_elapsed_ms(scope)))
