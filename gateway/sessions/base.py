@@ -72,14 +72,28 @@ class Lookup:
     data: SessionData | None = None
 
 
+#: ``Revocation.agent_id`` of the resync marker: the broadcast channel dropped and came back, so revocations
+#: may have been missed meanwhile; every open WebSocket must be re-checked against the store. Never acknowledged.
+RESYNC_AGENT_ID = "*"
+
+
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """A broadcast telling every replica that these agents' sessions are gone (close their WebSockets)."""
+    """A broadcast telling every replica that these agents' sessions are gone (close their WebSockets).
+
+    A revocation whose ``agent_id`` is ``RESYNC_AGENT_ID`` is not a broadcast but a local resync marker that
+    ``SessionStore.revocations()`` yields after it reconnected (see ``is_resync``).
+    """
 
     agent_id: str
     #: Unique id of this revocation, echoed in each replica's acknowledgement.
     revocation_id: str
     origin_replica: str
+
+    @property
+    def is_resync(self) -> bool:
+        """True for the marker yielded after the broadcast channel reconnected (revocations may be lost)."""
+        return self.agent_id == RESYNC_AGENT_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +132,10 @@ class SessionStore(Protocol):
         ...
 
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
-        """The live sessions of an agent (admin views, tests)."""
+        """The live sessions of an agent (admin views, tests).
+
+        The raw ids are never stored, so each ``Session.id`` here is the storage key (``session_key``).
+        """
         ...
 
     async def put_pending_login(self, login_id: str, pending: PendingLogin, ttl_seconds: int) -> None: ...
@@ -128,14 +145,17 @@ class SessionStore(Protocol):
         ...
 
     def revocations(self) -> AsyncIterator[Revocation]:
-        """Every revocation broadcast by any replica (including this one), as it arrives."""
+        """Every revocation broadcast by any replica (including this one), as it arrives.
+
+        After the channel dropped and came back this yields a resync marker (``Revocation.is_resync``).
+        """
         ...
 
     async def acknowledge(self, revocation: Revocation) -> None:
         """Tell the revoking replica this replica has closed that agent's connections."""
         ...
 
-    async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:
+    async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:  # noqa: ASYNC109
         """Wait until every live replica acknowledged; returns (acknowledged, missing) replica ids."""
         ...
 

@@ -1,7 +1,7 @@
 """The access log: append-only, one row per proxied request or identity event, ordered by ``seq``.
 
 There is no update or delete here on purpose: an audit trail that the gateway can rewrite proves nothing
-(ASVS 16.4.2). ``prev_hash``/``hash`` are stored as given; the tamper-evident chain fills them (issue 5).
+(ASVS 5.0 §16.4). ``prev_hash``/``hash`` are stored as given; the tamper-evident chain fills them (issue 5).
 On PostgreSQL ``seq`` comes from a sequence, so concurrent writers may *commit* out of ``seq`` order: a reader
 tailing with ``after()`` sees every record once the chain serialises appends (issue 5).
 """

@@ -2,7 +2,7 @@
 
 SQLite runs in WAL mode so readers never block the writer, with ``synchronous=FULL``: in WAL mode ``NORMAL``
 is safe from corruption but may lose the last committed transactions on power loss, and the access log is an
-audit trail whose committed records must survive (ASVS 7.3.3 / 16.4). ``foreign_keys=ON`` because SQLite
+audit trail whose committed records must survive (ASVS 5.0 §16.4, log protection). ``foreign_keys=ON`` because SQLite
 ignores foreign keys otherwise. SQLAlchemy, not the ``sqlite3`` driver, emits ``BEGIN``: the driver's legacy
 mode never begins before a SELECT or SAVEPOINT, which breaks repeatable reads and nested transactions. Write
 transactions use ``BEGIN IMMEDIATE`` so two writers queue on ``busy_timeout`` instead of one failing with

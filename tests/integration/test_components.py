@@ -37,7 +37,6 @@ from tests.components.ports import LOOPBACK, free_port, port_is_open
 from tests.components.postgres_server import PostgresServer
 from tests.components.redis_server import RedisServer, ping
 
-
 CLIENT_ID = TEST_CLIENT_ID
 CLIENT_SECRET = TEST_CLIENT_SECRET
 

@@ -1,0 +1,1 @@
+"""Deployment material: the demo stack, and the configuration for running channelgate behind real servers."""

@@ -1,0 +1,1 @@
+"""The demo stack: a development OpenID provider (``idp``), three channel consoles (``consoles``), and ``run``."""

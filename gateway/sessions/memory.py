@@ -1,0 +1,176 @@
+"""The embedded session store: in-process dictionaries for a single gateway replica.
+
+Nothing survives a restart and nothing is shared, so it suits one node (development, small sites). It keeps the
+same rules as the Redis store — SHA-256 keys, idle and absolute timeouts checked with the caller's clock,
+single-use pending logins — and the contract suite holds both to them. Expired entries are purged as the store
+is used, so memory stays bounded by the live sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from gateway.sessions.base import (
+    Lookup,
+    PendingLogin,
+    Revocation,
+    Session,
+    SessionData,
+    SessionState,
+    new_session_id,
+    session_key,
+)
+
+#: How often (in seconds) a write sweeps out expired sessions and pending logins.
+PURGE_INTERVAL_SECONDS = 60.0
+#: Pending logins kept at most; beyond it the oldest go first, so a flood of unfinished logins cannot fill memory.
+MAX_PENDING_LOGINS = 100_000
+
+
+def expiry_state(created_at: float, last_seen_at: float, now: float, idle: float, absolute: float) -> SessionState:
+    """Whether a session is still valid at ``now`` (ASVS 7.3.1 idle, 7.3.2 absolute); the absolute limit wins."""
+    if now - created_at >= absolute:
+        return SessionState.ABSOLUTE_EXPIRED
+    if now - last_seen_at >= idle:
+        return SessionState.IDLE_EXPIRED
+    return SessionState.VALID
+
+
+@dataclass(slots=True)
+class _Stored:
+    data: SessionData
+    created_at: float
+    last_seen_at: float
+
+
+class MemorySessionStore:
+    """A ``SessionStore`` in this process only: the single replica is its own broadcast and its own ack."""
+
+    def __init__(self, idle_timeout: float, absolute_timeout: float, replica_id: str) -> None:
+        self.replica_id = replica_id
+        self.idle_timeout = idle_timeout
+        self.absolute_timeout = absolute_timeout
+        self._sessions: dict[str, _Stored] = {}
+        self._by_agent: dict[str, set[str]] = {}
+        self._pending: dict[str, tuple[float, PendingLogin]] = {}
+        self._subscribers: set[asyncio.Queue[Revocation | None]] = set()
+        self._last_purge = float("-inf")
+        self._last_pending_purge = float("-inf")
+        self._closed = False
+
+    async def create(self, data: SessionData, now: float) -> Session:
+        self._maybe_purge(now)
+        session_id = new_session_id()
+        key = session_key(session_id)
+        self._sessions[key] = _Stored(data, now, now)
+        self._by_agent.setdefault(data.agent_id, set()).add(key)
+        return Session(session_id, data, now, now)
+
+    async def lookup(self, session_id: str, now: float) -> Lookup:
+        key = session_key(session_id)
+        stored = self._sessions.get(key)
+        if stored is None:
+            return Lookup(SessionState.MISSING)
+        state = expiry_state(stored.created_at, stored.last_seen_at, now, self.idle_timeout, self.absolute_timeout)
+        if state is not SessionState.VALID:
+            self._remove(key)
+            return Lookup(state, data=stored.data)
+        stored.last_seen_at = max(stored.last_seen_at, now)
+        return Lookup(SessionState.VALID, Session(session_id, stored.data, stored.created_at, stored.last_seen_at))
+
+    async def delete(self, session_id: str) -> SessionData | None:
+        stored = self._remove(session_key(session_id))
+        return stored.data if stored is not None else None
+
+    async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
+        keys = self._by_agent.pop(agent_id, set())
+        for key in keys:
+            self._sessions.pop(key, None)
+        revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
+        for queue in self._subscribers:
+            queue.put_nowait(revocation)
+        return len(keys), revocation
+
+    async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
+        found = []
+        for key in sorted(self._by_agent.get(agent_id, ())):
+            stored = self._sessions[key]
+            state = expiry_state(stored.created_at, stored.last_seen_at, now, self.idle_timeout, self.absolute_timeout)
+            if state is SessionState.VALID:
+                found.append(Session(key, stored.data, stored.created_at, stored.last_seen_at))
+        return found
+
+    async def put_pending_login(self, login_id: str, pending: PendingLogin, ttl_seconds: int) -> None:
+        now = time.monotonic()
+        if now - self._last_pending_purge >= PURGE_INTERVAL_SECONDS or len(self._pending) >= MAX_PENDING_LOGINS:
+            self._last_pending_purge = now
+            self._pending = {key: entry for key, entry in self._pending.items() if entry[0] > now}
+            while len(self._pending) >= MAX_PENDING_LOGINS:
+                del self._pending[next(iter(self._pending))]
+        self._pending[session_key(login_id)] = (now + ttl_seconds, pending)
+
+    async def take_pending_login(self, login_id: str) -> PendingLogin | None:
+        entry = self._pending.pop(session_key(login_id), None)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+    async def revocations(self) -> AsyncIterator[Revocation]:
+        # An in-process queue never drops, so there is never a resync marker here.
+        queue: asyncio.Queue[Revocation | None] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            while not self._closed:
+                revocation = await queue.get()
+                if revocation is None:
+                    return
+                yield revocation
+        finally:
+            self._subscribers.discard(queue)
+
+    async def acknowledge(self, revocation: Revocation) -> None:
+        """Nothing to send: the revoking replica is this one."""
+
+    async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:  # noqa: ASYNC109
+        """The only replica is the caller, which closed its own WebSockets before asking."""
+        return {self.replica_id}, set()
+
+    async def heartbeat(self, now: float) -> None:
+        """Liveness is implied: a single replica cannot miss itself."""
+
+    async def ping(self) -> None:
+        """Always reachable: the store is this process."""
+
+    async def close(self) -> None:
+        """End every ``revocations()`` iterator; the data is left for the garbage collector."""
+        self._closed = True
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+
+    def _remove(self, key: str) -> _Stored | None:
+        stored = self._sessions.pop(key, None)
+        if stored is not None:
+            keys = self._by_agent.get(stored.data.agent_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_agent[stored.data.agent_id]
+        return stored
+
+    def _maybe_purge(self, now: float) -> None:
+        """Drop expired sessions at most once per ``PURGE_INTERVAL_SECONDS`` of caller time."""
+        if now - self._last_purge < PURGE_INTERVAL_SECONDS:
+            return
+        self._last_purge = now
+        expired = [
+            key
+            for key, stored in self._sessions.items()
+            if expiry_state(stored.created_at, stored.last_seen_at, now, self.idle_timeout, self.absolute_timeout)
+            is not SessionState.VALID
+        ]
+        for key in expired:
+            self._remove(key)

@@ -1,0 +1,390 @@
+"""The shared session store on Redis: every replica sees every session and every revocation.
+
+Keys (the raw session id is never stored, only its SHA-256, so a dump of Redis yields no usable cookie):
+
+    cg:s:{session_key}     hash: data (JSON), agent, created, seen; TTL = min(idle, remaining absolute) + grace
+    cg:a:{agent_id}        set of the agent's session keys (pruned of expired members as it is used)
+    cg:l:{sha256(login)}   a pending OIDC login (JSON), read once with GETDEL
+    cg:replicas            sorted set: replica id scored by its last heartbeat
+    cg:ack:{revocation}    list of the replicas that closed the revoked agent's connections
+    cg:revocations         pub/sub channel of Revocation JSON
+
+The timeouts are decided by the caller's clock inside Lua scripts, one round trip per request; the Redis TTL only
+collects garbage (its grace lets a late lookup still name why a session ended). The scripts touch keys derived
+from what they read, so this store wants a single Redis (or a replicated primary), not Redis Cluster. Every
+failure becomes ``SessionStoreUnavailable`` after at most ``socket_timeout``: the gateway fails closed, and the
+connection pool reconnects by itself once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import NoReturn, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.errors import ConfigError, SessionStoreUnavailable
+from gateway.sessions.base import (
+    RESYNC_AGENT_ID,
+    Lookup,
+    PendingLogin,
+    Revocation,
+    Session,
+    SessionData,
+    SessionState,
+    new_session_id,
+    session_key,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+UNAVAILABLE = "the session store (Redis) is unreachable; requests are refused until it is back"
+SESSION_PREFIX = "cg:s:"
+AGENT_PREFIX = "cg:a:"
+LOGIN_PREFIX = "cg:l:"
+ACK_PREFIX = "cg:ack:"
+REPLICAS_KEY = "cg:replicas"
+REVOCATION_CHANNEL = "cg:revocations"
+ACK_TTL_SECONDS = 300
+
+# KEYS: session, agent index. ARGV: data, agent, now, ttl ms, index ttl s, member, session prefix.
+_CREATE = """
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'agent', ARGV[2], 'created', ARGV[3], 'seen', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[7] .. member) == 0 then redis.call('SREM', KEYS[2], member) end
+end
+redis.call('SADD', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+# KEYS: session. ARGV: now, idle s, absolute s, grace s, agent prefix, member. The absolute limit wins.
+_LOOKUP = """
+local f = redis.call('HMGET', KEYS[1], 'data', 'agent', 'created', 'seen')
+if not f[1] then return {'missing'} end
+local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local created, seen = tonumber(f[3]), tonumber(f[4])
+local state = 'valid'
+if now - created >= absolute then state = 'absolute_expired' elseif now - seen >= idle then state = 'idle_expired' end
+if state ~= 'valid' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', ARGV[5] .. f[2], ARGV[6])
+  return {state, f[1], f[3], f[4]}
+end
+if now > seen then redis.call('HSET', KEYS[1], 'seen', ARGV[1]); f[4] = ARGV[1] end
+local ttl = math.min(idle, absolute - (now - created)) + tonumber(ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000))
+return {state, f[1], f[3], f[4]}
+"""
+
+# KEYS: session. ARGV: agent prefix, member.
+_DELETE = """
+local f = redis.call('HMGET', KEYS[1], 'data', 'agent')
+if not f[1] then return false end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', ARGV[1] .. f[2], ARGV[2])
+return f[1]
+"""
+
+# KEYS: agent index. ARGV: session prefix, channel, revocation JSON. Deletes and broadcasts atomically.
+_REVOKE = """
+local count = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  count = count + redis.call('DEL', ARGV[1] .. member)
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return count
+"""
+
+# KEYS: agent index. ARGV: session prefix, now, idle s, absolute s. Returns member, data, created, seen, ...
+_SESSIONS_OF = """
+local out = {}
+local now, idle, absolute = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local f = redis.call('HMGET', ARGV[1] .. member, 'data', 'created', 'seen')
+  if not f[1] then
+    redis.call('SREM', KEYS[1], member)
+  elseif now - tonumber(f[2]) < absolute and now - tonumber(f[3]) < idle then
+    table.insert(out, member); table.insert(out, f[1]); table.insert(out, f[2]); table.insert(out, f[3])
+  end
+end
+return out
+"""
+
+
+def encode_data(data: SessionData) -> str:
+    return json.dumps(
+        {
+            "agent_id": data.agent_id,
+            "user_name": data.user_name,
+            "issuer": data.issuer,
+            "subject": data.subject,
+            "groups": sorted(data.groups),
+            "idp_session_id": data.idp_session_id,
+            "id_token": data.id_token,
+            "acr": data.acr,
+            "amr": list(data.amr),
+            "auth_time": data.auth_time,
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode_data(raw: str) -> SessionData:
+    value = json.loads(raw)
+    return SessionData(
+        agent_id=value["agent_id"],
+        user_name=value["user_name"],
+        issuer=value["issuer"],
+        subject=value["subject"],
+        groups=frozenset(value["groups"]),
+        idp_session_id=value["idp_session_id"],
+        id_token=value["id_token"],
+        acr=value["acr"],
+        amr=tuple(value["amr"]),
+        auth_time=value["auth_time"],
+    )
+
+
+def encode_revocation(revocation: Revocation) -> str:
+    return json.dumps(
+        {
+            "agent_id": revocation.agent_id,
+            "revocation_id": revocation.revocation_id,
+            "origin": revocation.origin_replica,
+        }
+    )
+
+
+def decode_revocation(raw: str) -> Revocation:
+    value = json.loads(raw)
+    return Revocation(str(value["agent_id"]), str(value["revocation_id"]), str(value["origin"]))
+
+
+class RedisSessionStore:
+    """A ``SessionStore`` shared by every replica through one Redis."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        idle_timeout: float,
+        absolute_timeout: float,
+        replica_id: str,
+        *,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+        health_check_interval: int = 5,
+        liveness_seconds: float = 15.0,
+        reconnect_backoff: tuple[float, float] = (0.1, 5.0),
+        expiry_grace_seconds: float = 60.0,
+    ) -> None:
+        self.replica_id = replica_id
+        self.idle_timeout = idle_timeout
+        self.absolute_timeout = absolute_timeout
+        self.liveness_seconds = liveness_seconds
+        self.reconnect_backoff = reconnect_backoff
+        self.expiry_grace_seconds = expiry_grace_seconds
+        self._socket_timeout = socket_timeout
+        self._closed = False
+        try:
+            # No client-side retries: one failed attempt is reported at once (fail closed, fast). The pool
+            # reconnects on the next call, so the store recovers by itself when Redis is back.
+            self._redis: Redis = Redis.from_url(
+                redis_url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                health_check_interval=health_check_interval,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+            )
+        except ValueError:
+            raise ConfigError("sessions.redis_url is not a Redis URL (redis://, rediss:// or unix://)") from None
+        self._create = self._redis.register_script(_CREATE)
+        self._lookup = self._redis.register_script(_LOOKUP)
+        self._delete = self._redis.register_script(_DELETE)
+        self._revoke = self._redis.register_script(_REVOKE)
+        self._sessions_of = self._redis.register_script(_SESSIONS_OF)
+
+    async def create(self, data: SessionData, now: float) -> Session:
+        session_id = new_session_id()
+        key = session_key(session_id)
+        ttl = min(self.idle_timeout, self.absolute_timeout) + self.expiry_grace_seconds
+        index_ttl = self.absolute_timeout + self.expiry_grace_seconds
+        await self._call(
+            self._create(
+                keys=[SESSION_PREFIX + key, AGENT_PREFIX + data.agent_id],
+                args=[encode_data(data), data.agent_id, repr(now), int(ttl * 1000), int(index_ttl) + 1, key,
+                      SESSION_PREFIX],
+            )
+        )  # fmt: skip
+        return Session(session_id, data, now, now)
+
+    async def lookup(self, session_id: str, now: float) -> Lookup:
+        key = session_key(session_id)
+        args: list[str | float] = [
+            repr(now), self.idle_timeout, self.absolute_timeout, self.expiry_grace_seconds, AGENT_PREFIX, key
+        ]  # fmt: skip
+        reply = await self._call(self._lookup(keys=[SESSION_PREFIX + key], args=args))
+        state = SessionState(reply[0])
+        if state is SessionState.MISSING:
+            return Lookup(state)
+        data = decode_data(reply[1])
+        if state is not SessionState.VALID:
+            return Lookup(state, data=data)
+        return Lookup(state, Session(session_id, data, float(reply[2]), float(reply[3])))
+
+    async def delete(self, session_id: str) -> SessionData | None:
+        key = session_key(session_id)
+        raw = await self._call(self._delete(keys=[SESSION_PREFIX + key], args=[AGENT_PREFIX, key]))
+        return decode_data(raw) if raw is not None else None
+
+    async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
+        if agent_id == RESYNC_AGENT_ID:
+            raise ValueError("'*' is the resync marker, not an agent id")
+        revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
+        args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation)]
+        count = await self._call(self._revoke(keys=[AGENT_PREFIX + agent_id], args=args))
+        return int(count), revocation
+
+    async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
+        args: list[str | float] = [SESSION_PREFIX, repr(now), self.idle_timeout, self.absolute_timeout]
+        flat = await self._call(self._sessions_of(keys=[AGENT_PREFIX + agent_id], args=args))
+        found = [
+            Session(flat[i], decode_data(flat[i + 1]), float(flat[i + 2]), float(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+        ]
+        return sorted(found, key=lambda session: session.id)
+
+    async def put_pending_login(self, login_id: str, pending: PendingLogin, ttl_seconds: int) -> None:
+        value = json.dumps(
+            {
+                "state": pending.state,
+                "nonce": pending.nonce,
+                "code_verifier": pending.code_verifier,
+                "return_to": pending.return_to,
+                "created_at": pending.created_at,
+            }
+        )
+        await self._call(self._redis.set(LOGIN_PREFIX + session_key(login_id), value, ex=ttl_seconds))
+
+    async def take_pending_login(self, login_id: str) -> PendingLogin | None:
+        raw = await self._call(self._redis.getdel(LOGIN_PREFIX + session_key(login_id)))
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return PendingLogin(
+            value["state"], value["nonce"], value["code_verifier"], value["return_to"], value["created_at"]
+        )
+
+    async def revocations(self) -> AsyncIterator[Revocation]:
+        """Follow the broadcast channel for as long as the store is open, resubscribing with backoff.
+
+        Anything published while the subscription was down is lost (pub/sub keeps nothing), so every reconnect
+        yields a resync marker before the next broadcast.
+        """
+        first, backoff = True, self.reconnect_backoff[0]
+        while not self._closed:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
+            try:
+                await self._subscribe(pubsub)
+                if not first:
+                    log.info("revocation channel is back; resyncing open connections")
+                    yield Revocation(RESYNC_AGENT_ID, uuid.uuid4().hex, self.replica_id)
+                first, backoff = False, self.reconnect_backoff[0]
+                while not self._closed:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._socket_timeout)
+                    if message is None or message["type"] != "message":
+                        continue
+                    try:
+                        yield decode_revocation(message["data"])
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("ignored a malformed message on %s", REVOCATION_CHANNEL)
+            except (RedisError, OSError) as exc:
+                if self._closed:
+                    return
+                log.warning("revocation channel lost (%s); reconnecting in %.1f s", type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.reconnect_backoff[1])
+            finally:
+                await self._close_pubsub(pubsub)
+
+    async def acknowledge(self, revocation: Revocation) -> None:
+        key = ACK_PREFIX + revocation.revocation_id
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, self.replica_id)
+            pipe.expire(key, ACK_TTL_SECONDS)
+            await self._call(pipe.execute())
+
+    async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:  # noqa: ASYNC109
+        """Collect acknowledgements until every replica with a recent heartbeat answered or ``timeout`` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        since = time.time() - self.liveness_seconds
+        live = {str(replica) for replica in await self._call(self._redis.zrangebyscore(REPLICAS_KEY, since, "+inf"))}
+        acked: set[str] = set()
+        key = ACK_PREFIX + revocation.revocation_id
+        # Each BLPOP waits less than the socket timeout, so a slow answer is never mistaken for a dead Redis.
+        slice_seconds = max(0.01, self._socket_timeout / 2)
+        while not live <= acked:
+            remaining = deadline - loop.time()
+            if remaining < 0.01:
+                break
+            item = await self._call(self._redis.blpop([key], timeout=min(remaining, slice_seconds)))
+            if item is not None:
+                acked.add(str(item[1]))
+        return acked, live - acked
+
+    async def heartbeat(self, now: float) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(REPLICAS_KEY, {self.replica_id: now})
+            pipe.zremrangebyscore(REPLICAS_KEY, "-inf", now - 10 * self.liveness_seconds)
+            await self._call(pipe.execute())
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._redis.aclose()
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        """Subscribe and wait for Redis to confirm, so nothing published after this returns can be missed."""
+        await pubsub.subscribe(REVOCATION_CHANNEL)
+        while True:
+            message = await pubsub.get_message(timeout=self._socket_timeout)
+            if message is None:
+                raise TimeoutError("no subscribe confirmation")
+            if message["type"] == "subscribe":
+                return
+
+    @staticmethod
+    async def _close_pubsub(pubsub: PubSub) -> None:
+        try:
+            await pubsub.aclose()
+        except (RedisError, OSError):
+            log.debug("closing a broken pub/sub connection failed", exc_info=True)
+
+    @staticmethod
+    async def _call(awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            _unavailable(exc)
+
+
+def _unavailable(exc: BaseException) -> NoReturn:
+    """Fail closed without the cause's text: it may name the host, and a URL may carry the password."""
+    raise SessionStoreUnavailable(UNAVAILABLE, detail=type(exc).__name__) from None

@@ -1,0 +1,395 @@
+"""The session-store contract: every test in ``TestSessionStoreContract`` runs against the embedded store and a
+real Redis server; the replica and fault tests below it need Redis (two stores on one server, a killed server).
+
+Time is frozen: each call passes its own ``now``, so idle and absolute expiry are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.errors import SessionStoreUnavailable
+from gateway.sessions.base import (
+    RESYNC_AGENT_ID,
+    PendingLogin,
+    Revocation,
+    SessionData,
+    SessionState,
+    SessionStore,
+    session_key,
+)
+from gateway.sessions.memory import MemorySessionStore
+from gateway.sessions.redis_store import UNAVAILABLE, RedisSessionStore
+from tests.components.redis_server import RedisServer
+
+IDLE = 600.0
+ABSOLUTE = 3600.0
+T0 = 1_750_000_000.125
+REVOCATION_CHANNEL = "cg:revocations"
+
+ALICE = SessionData(
+    agent_id="agent-alice",
+    user_name="alice",
+    issuer="https://idp.example.com",
+    subject="sub-alice",
+    groups=frozenset({"tier1", "voice"}),
+    idp_session_id="sid-1",
+    id_token="eyJ.header.sig",
+    acr="urn:mace:incommon:iap:silver",
+    amr=("pwd", "otp"),
+    auth_time=1_749_999_990.5,
+)
+BOB = SessionData(agent_id="agent-bob", user_name="bob", issuer="https://idp.example.com", subject="sub-bob")
+PENDING = PendingLogin(state="st", nonce="nn", code_verifier="cv" * 30, return_to="/console", created_at=T0)
+
+
+def redis_store(url: str, replica_id: str, **options: float) -> RedisSessionStore:
+    return RedisSessionStore(url, IDLE, ABSOLUTE, replica_id, reconnect_backoff=(0.05, 0.2), **options)
+
+
+async def wait_for_subscribers(url: str, count: int, timeout: float = 5.0) -> None:
+    """Block until ``count`` connections listen on the revocation channel (PUBSUB NUMSUB)."""
+    async with Redis.from_url(url, decode_responses=True) as raw:
+        deadline = time.monotonic() + timeout
+        while True:
+            [(_, listening)] = await raw.pubsub_numsub(REVOCATION_CHANNEL)
+            if int(listening) >= count:
+                return
+            assert time.monotonic() < deadline, f"only {listening} of {count} subscribers after {timeout} s"
+            await asyncio.sleep(0.01)
+
+
+@dataclass
+class Backend:
+    """What a test needs to see behind the protocol: the raw stored bytes, and when a subscriber is listening."""
+
+    name: str
+    store: SessionStore
+    url: str | None
+
+    async def stored_text(self) -> str:
+        if isinstance(self.store, MemorySessionStore):
+            return repr(vars(self.store))
+        assert self.url is not None
+        async with Redis.from_url(self.url, decode_responses=True) as raw:
+            parts = []
+            for key in await raw.keys("*"):
+                kind = await raw.type(key)
+                value = await raw.hgetall(key) if kind == "hash" else await raw.smembers(key) if kind == "set" else ""
+                parts.append(f"{key}={value!r}")
+            return "\n".join(parts)
+
+    async def wait_subscribed(self, count: int) -> None:
+        if self.url is None:
+            for _ in range(5):  # the in-process queue is registered on the generator's first step
+                await asyncio.sleep(0)
+        else:
+            await wait_for_subscribers(self.url, count)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "memory":
+        return None
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+async def backend(backend_url: str | None) -> AsyncIterator[Backend]:
+    store: SessionStore
+    if backend_url is None:
+        store = MemorySessionStore(IDLE, ABSOLUTE, "replica-a")
+    else:
+        store = redis_store(backend_url, "replica-a")
+    yield Backend("memory" if backend_url is None else "redis", store, backend_url)
+    await store.close()
+
+
+class TestSessionStoreContract:
+    async def test_session_ids_are_unique_and_carry_at_least_128_bits_over_10k_sessions(self, backend: Backend) -> None:
+        ids = [(await backend.store.create(BOB, T0)).id for _ in range(10_000)]
+        assert len(set(ids)) == len(ids)
+        assert all(len(base64.urlsafe_b64decode(i + "=" * (-len(i) % 4))) * 8 >= 128 for i in ids)
+
+    async def test_the_store_keeps_the_sha256_of_the_id_never_the_id(self, backend: Backend) -> None:
+        session = await backend.store.create(ALICE, T0)
+        stored = await backend.stored_text()
+        assert session_key(session.id) in stored
+        assert session.id not in stored
+
+    async def test_a_new_session_is_found_with_all_its_data(self, backend: Backend) -> None:
+        session = await backend.store.create(ALICE, T0)
+        found = await backend.store.lookup(session.id, T0 + 1)
+        assert found.state is SessionState.VALID
+        assert found.session is not None
+        assert found.session.id == session.id
+        assert found.session.data == ALICE
+        assert (found.session.created_at, found.session.last_seen_at) == (T0, T0 + 1)
+
+    async def test_an_unknown_id_is_missing(self, backend: Backend) -> None:
+        found = await backend.store.lookup("not-a-session", T0)
+        assert (found.state, found.session, found.data) == (SessionState.MISSING, None, None)
+
+    async def test_lookup_refreshes_the_idle_clock(self, backend: Backend) -> None:
+        session = await backend.store.create(ALICE, T0)
+        for step in range(1, 5):
+            found = await backend.store.lookup(session.id, T0 + step * (IDLE - 1))
+            assert found.state is SessionState.VALID, step
+        assert (await backend.store.lookup(session.id, T0 + 4 * (IDLE - 1) + IDLE)).state is SessionState.IDLE_EXPIRED
+
+    async def test_an_idle_session_is_reported_idle_expired_with_its_data_and_deleted(self, backend: Backend) -> None:
+        session = await backend.store.create(ALICE, T0)
+        assert (await backend.store.lookup(session.id, T0 + IDLE - 0.5)).state is SessionState.VALID
+        found = await backend.store.lookup(session.id, T0 + 2 * IDLE)
+        assert (found.state, found.session, found.data) == (SessionState.IDLE_EXPIRED, None, ALICE)
+        assert (await backend.store.lookup(session.id, T0 + 2 * IDLE)).state is SessionState.MISSING
+        assert await backend.store.sessions_of(ALICE.agent_id, T0 + 2 * IDLE) == []
+
+    async def test_a_busy_session_still_ends_at_its_absolute_lifetime(self, backend: Backend) -> None:
+        session = await backend.store.create(ALICE, T0)
+        now = T0
+        while now + IDLE / 2 < T0 + ABSOLUTE:
+            now += IDLE / 2
+            assert (await backend.store.lookup(session.id, now)).state is SessionState.VALID
+        found = await backend.store.lookup(session.id, T0 + ABSOLUTE)
+        assert (found.state, found.data) == (SessionState.ABSOLUTE_EXPIRED, ALICE)
+        assert (await backend.store.lookup(session.id, T0 + ABSOLUTE)).state is SessionState.MISSING
+
+    async def test_delete_returns_the_data_once_and_ends_the_session(self, backend: Backend) -> None:
+        session = await backend.store.create(ALICE, T0)
+        assert await backend.store.delete(session.id) == ALICE
+        assert await backend.store.delete(session.id) is None
+        assert (await backend.store.lookup(session.id, T0)).state is SessionState.MISSING
+        assert await backend.store.sessions_of(ALICE.agent_id, T0) == []
+
+    async def test_sessions_of_lists_live_sessions_by_storage_key_only(self, backend: Backend) -> None:
+        first = await backend.store.create(ALICE, T0)
+        second = await backend.store.create(ALICE, T0 + IDLE / 2)
+        await backend.store.create(BOB, T0)
+        listed = await backend.store.sessions_of(ALICE.agent_id, T0 + IDLE / 2)
+        assert {s.id for s in listed} == {session_key(first.id), session_key(second.id)}
+        assert all(s.data == ALICE for s in listed)
+        later = await backend.store.sessions_of(ALICE.agent_id, T0 + IDLE)
+        assert [s.id for s in later] == [session_key(second.id)]
+
+    async def test_revoke_agent_removes_every_session_of_that_agent_and_no_other(self, backend: Backend) -> None:
+        alice = [await backend.store.create(ALICE, T0) for _ in range(3)]
+        bob = await backend.store.create(BOB, T0)
+        count, revocation = await backend.store.revoke_agent(ALICE.agent_id)
+        assert count == 3
+        assert (revocation.agent_id, revocation.origin_replica) == (ALICE.agent_id, "replica-a")
+        assert not revocation.is_resync
+        for session in alice:
+            assert (await backend.store.lookup(session.id, T0 + 1)).state is SessionState.MISSING
+        assert (await backend.store.lookup(bob.id, T0 + 1)).state is SessionState.VALID
+        assert await backend.store.sessions_of(ALICE.agent_id, T0 + 1) == []
+        assert (await backend.store.revoke_agent(ALICE.agent_id))[0] == 0
+
+    async def test_each_revocation_has_its_own_id(self, backend: Backend) -> None:
+        _, first = await backend.store.revoke_agent(ALICE.agent_id)
+        _, second = await backend.store.revoke_agent(ALICE.agent_id)
+        assert first.revocation_id != second.revocation_id
+
+    async def test_every_revocations_iterator_receives_the_broadcast(self, backend: Backend) -> None:
+        async with aclosing(backend.store.revocations()) as one, aclosing(backend.store.revocations()) as two:
+            pending = [asyncio.create_task(anext(one)), asyncio.create_task(anext(two))]
+            await backend.wait_subscribed(2)
+            _, revocation = await backend.store.revoke_agent(ALICE.agent_id)
+            received = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
+        assert received == [revocation, revocation]
+
+    async def test_this_replica_acknowledging_satisfies_wait_for_acks(self, backend: Backend) -> None:
+        await backend.store.heartbeat(time.time())
+        _, revocation = await backend.store.revoke_agent(ALICE.agent_id)
+        await backend.store.acknowledge(revocation)
+        started = time.monotonic()
+        acked, missing = await backend.store.wait_for_acks(revocation, timeout=5)
+        assert (acked, missing) == ({"replica-a"}, set())
+        assert time.monotonic() - started < 1
+
+    async def test_a_pending_login_can_be_taken_only_once(self, backend: Backend) -> None:
+        await backend.store.put_pending_login("login-1", PENDING, ttl_seconds=60)
+        assert await backend.store.take_pending_login("login-1") == PENDING
+        assert await backend.store.take_pending_login("login-1") is None
+        assert "login-1" not in await backend.stored_text()
+
+    async def test_a_pending_login_expires(self, backend: Backend) -> None:
+        await backend.store.put_pending_login("login-2", PENDING, ttl_seconds=1)
+        await asyncio.sleep(1.2)
+        assert await backend.store.take_pending_login("login-2") is None
+
+    async def test_ping_answers_when_the_store_is_up(self, backend: Backend) -> None:
+        await backend.store.ping()
+
+
+@pytest.mark.redis
+class TestRedisReplicas:
+    @pytest.fixture
+    async def replicas(self, redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
+        a, b = redis_store(redis_url, "replica-a"), redis_store(redis_url, "replica-b")
+        yield a, b
+        await a.close()
+        await b.close()
+
+    async def test_two_replicas_see_each_others_sessions(self, replicas: tuple[RedisSessionStore, ...]) -> None:
+        a, b = replicas
+        session = await a.create(ALICE, T0)
+        assert (await b.lookup(session.id, T0 + 1)).state is SessionState.VALID
+        assert await b.delete(session.id) == ALICE
+        assert (await a.lookup(session.id, T0 + 2)).state is SessionState.MISSING
+
+    async def test_a_session_lives_in_redis_no_longer_than_its_idle_timeout_plus_grace(self, redis_url: str) -> None:
+        store = redis_store(redis_url, "replica-a", expiry_grace_seconds=5)
+        try:
+            session = await store.create(ALICE, T0)
+            async with Redis.from_url(redis_url) as raw:
+                ttl = await raw.pttl(f"cg:s:{session_key(session.id)}")
+                assert 0 < ttl <= (IDLE + 5) * 1000
+                # Near the absolute limit the remaining lifetime, not the idle timeout, bounds the TTL.
+                for now in (T0 + ABSOLUTE - IDLE / 2 - 10, T0 + ABSOLUTE - 10):
+                    await store.heartbeat(now)  # keep the test honest: only lookups refresh the session
+                now = T0
+                while now < T0 + ABSOLUTE - 10:
+                    now = min(now + IDLE / 2, T0 + ABSOLUTE - 10)
+                    assert (await store.lookup(session.id, now)).state is SessionState.VALID
+                assert 0 < await raw.pttl(f"cg:s:{session_key(session.id)}") <= 15_000
+        finally:
+            await store.close()
+
+    async def test_each_replica_receives_the_revocation_broadcast(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        a, b = replicas
+        async with aclosing(a.revocations()) as feed_a, aclosing(b.revocations()) as feed_b:
+            pending = [asyncio.create_task(anext(feed_a)), asyncio.create_task(anext(feed_b))]
+            await wait_for_subscribers(redis_url, 2)
+            _, revocation = await b.revoke_agent(ALICE.agent_id)
+            received = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
+        assert received == [revocation, revocation]
+        assert revocation.origin_replica == "replica-b"
+
+    async def test_acks_from_both_replicas_are_collected_and_a_dead_replica_is_not_awaited(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        a, b = replicas
+        dead = redis_store(redis_url, "replica-dead")
+        try:
+            await dead.heartbeat(time.time() - 60)
+            await a.heartbeat(time.time())
+            await b.heartbeat(time.time())
+            _, revocation = await a.revoke_agent(ALICE.agent_id)
+
+            async def ack_later() -> None:
+                await asyncio.sleep(0.2)
+                await b.acknowledge(revocation)
+                await a.acknowledge(revocation)
+
+            started = time.monotonic()
+            acks = asyncio.create_task(ack_later())
+            acked, missing = await a.wait_for_acks(revocation, timeout=5)
+            await acks
+        finally:
+            await dead.close()
+        assert (acked, missing) == ({"replica-a", "replica-b"}, set())
+        assert time.monotonic() - started < 2
+
+    async def test_a_live_replica_that_never_acknowledges_is_reported_missing_after_the_timeout(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore]
+    ) -> None:
+        a, b = replicas
+        await a.heartbeat(time.time())
+        await b.heartbeat(time.time())
+        _, revocation = await a.revoke_agent(ALICE.agent_id)
+        await a.acknowledge(revocation)
+        started = time.monotonic()
+        acked, missing = await a.wait_for_acks(revocation, timeout=0.8)
+        assert (acked, missing) == ({"replica-a"}, {"replica-b"})
+        assert 0.7 < time.monotonic() - started < 1.5
+
+
+@pytest.mark.redis
+class TestRedisOutage:
+    """Each test owns its Redis server, so killing it disturbs no other test."""
+
+    @pytest.fixture
+    def server(self) -> Iterator[RedisServer]:
+        with RedisServer() as server:
+            yield server
+
+    @pytest.fixture
+    async def store(self, server: RedisServer) -> AsyncIterator[RedisSessionStore]:
+        store = redis_store(server.url, "replica-a")
+        yield store
+        await store.close()
+
+    @staticmethod
+    def calls(store: RedisSessionStore, revocation: Revocation) -> dict[str, Callable[[], object]]:
+        return {
+            "create": lambda: store.create(ALICE, T0),
+            "lookup": lambda: store.lookup("some-id", T0),
+            "delete": lambda: store.delete("some-id"),
+            "revoke_agent": lambda: store.revoke_agent(ALICE.agent_id),
+            "sessions_of": lambda: store.sessions_of(ALICE.agent_id, T0),
+            "put_pending_login": lambda: store.put_pending_login("login", PENDING, 60),
+            "take_pending_login": lambda: store.take_pending_login("login"),
+            "acknowledge": lambda: store.acknowledge(revocation),
+            "wait_for_acks": lambda: store.wait_for_acks(revocation, 5),
+            "heartbeat": lambda: store.heartbeat(T0),
+            "ping": lambda: store.ping(),
+        }
+
+    async def test_every_method_fails_closed_within_two_seconds_when_redis_is_killed(
+        self, server: RedisServer, store: RedisSessionStore
+    ) -> None:
+        session = await store.create(ALICE, T0)  # the pool holds live connections when Redis dies
+        revocation = Revocation(ALICE.agent_id, "rev-1", "replica-a")
+        server.kill()
+        for name, call in self.calls(store, revocation).items():
+            started = time.monotonic()
+            with pytest.raises(SessionStoreUnavailable) as caught:
+                await call()  # type: ignore[misc]
+            assert time.monotonic() - started < 2, name
+            assert caught.value.message == UNAVAILABLE
+            text = f"{caught.value} {caught.value.detail} {caught.value!r}"
+            assert str(server.port) not in text and "redis://" not in text, name
+        with pytest.raises(SessionStoreUnavailable):
+            await store.lookup(session.id, T0)
+
+    async def test_the_same_store_works_again_by_itself_after_redis_restarts(
+        self, server: RedisServer, store: RedisSessionStore
+    ) -> None:
+        await store.ping()
+        server.kill()
+        with pytest.raises(SessionStoreUnavailable):
+            await store.ping()
+        server.restart()
+        session = await store.create(ALICE, T0)
+        assert (await store.lookup(session.id, T0 + 1)).state is SessionState.VALID
+        count, _ = await store.revoke_agent(ALICE.agent_id)
+        assert count == 1
+
+    async def test_revocations_resume_after_a_redis_restart_with_a_resync_marker_first(
+        self, server: RedisServer, store: RedisSessionStore
+    ) -> None:
+        async with aclosing(store.revocations()) as feed:
+            first = asyncio.create_task(anext(feed))
+            await wait_for_subscribers(server.url, 1)
+            server.kill()
+            server.restart()
+            marker = await asyncio.wait_for(first, timeout=10)
+            assert marker.is_resync
+            assert marker.agent_id == RESYNC_AGENT_ID
+            assert marker.origin_replica == "replica-a"
+            following = asyncio.create_task(anext(feed))
+            await wait_for_subscribers(server.url, 1)
+            _, revocation = await store.revoke_agent(BOB.agent_id)
+            assert await asyncio.wait_for(following, timeout=5) == revocation
