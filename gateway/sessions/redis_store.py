@@ -3,7 +3,7 @@
 Keys (the raw session id is never stored, only its SHA-256, so a dump of Redis yields no usable cookie):
 
     cg:s:{session_key}     hash: data (JSON), agent, created, seen; TTL = min(idle, remaining absolute) + grace
-    cg:a:{agent_id}        set of the agent's session keys (pruned of expired members as it is used)
+    cg:a:{agent_id}        set of the agent's session keys (ended ones pruned a few at a time as it is used)
     cg:l:{sha256(login)}   a pending OIDC login (JSON), read once with GETDEL
     cg:replicas            sorted set: replica id scored by its last heartbeat
     cg:ack:{revocation}    list of the replicas that closed the revoked agent's connections
@@ -59,10 +59,12 @@ REVOCATION_CHANNEL = "cg:revocations"
 ACK_TTL_SECONDS = 300
 
 # KEYS: session, agent index. ARGV: data, agent, now, ttl ms, index ttl s, member, session prefix.
+# Checks a few random index members and drops the ended ones: O(1) per login, and the index stays near its
+# live size (an agent who logs in daily would otherwise keep every expired key until the index's TTL).
 _CREATE = """
 redis.call('HSET', KEYS[1], 'data', ARGV[1], 'agent', ARGV[2], 'created', ARGV[3], 'seen', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+for _, member in ipairs(redis.call('SRANDMEMBER', KEYS[2], 8)) do
   if redis.call('EXISTS', ARGV[7] .. member) == 0 then redis.call('SREM', KEYS[2], member) end
 end
 redis.call('SADD', KEYS[2], ARGV[6])

@@ -1,0 +1,138 @@
+"""The spine end to end: real oidc-provider, Redis, PostgreSQL, two gateway replicas and three consoles.
+
+Login on replica 1, use the session on replica 2, deprovision by the CLI: both replicas refuse within a second
+and the agent's chat WebSocket is closed. The channel credentials never reach the browser or the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import websockets
+
+from tests.components.browserless_login import login
+from tests.components.gateway import GatewayStack
+from tests.components.oidc_provider import DEMO_PASSWORD
+from tests.components.oidc_provider import OidcProviderFactory as Factory
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.oidc, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def stack(redis_url: str, postgres_url: str, oidc_provider_factory: Factory) -> Iterator[GatewayStack]:
+    stack = GatewayStack(issuer="", database_url=postgres_url, redis_url=redis_url)
+    stack.allocate(replicas=2)
+    provider = oidc_provider_factory(stack.redirect_uris, post_logout_redirect_uris=[stack.url(0) + "/"])
+    stack.issuer = provider.issuer
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+async def alice(stack: GatewayStack) -> AsyncIterator[httpx.AsyncClient]:
+    client = await login(stack.url(0), "alice", DEMO_PASSWORD, return_to="/chat/")
+    yield client
+    await client.aclose()
+
+
+def _cookie_header(client: httpx.AsyncClient) -> str:
+    return "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+
+
+async def test_a_session_made_on_one_replica_works_on_the_other(stack: GatewayStack, alice: httpx.AsyncClient) -> None:
+    for replica in (0, 1):
+        page = await alice.get(stack.url(replica) + "/chat/", headers={"Accept": "text/html"})
+        assert page.status_code == 200, page.text[:300]
+        assert "alice" in page.text
+
+
+async def test_each_console_gets_its_credential_and_the_agent_never_sees_one(
+    stack: GatewayStack, alice: httpx.AsyncClient
+) -> None:
+    bodies = []
+    for channel in ("chat", "phone", "mail"):
+        response = await alice.get(f"{stack.url(1)}/{channel}/", headers={"Accept": "text/html"})
+        assert response.status_code == 200, (channel, response.text[:300])
+        bodies.append(response.text + json.dumps(dict(response.headers)))
+    bodies.append((await alice.get(stack.url(0) + "/")).text)
+    bodies.append((await alice.get(stack.url(0) + "/chat/../phone/")).text)
+    leaked = [c for c in stack.credentials.values() for body in bodies if c in body]
+    assert leaked == []
+    logs = stack.gateway_logs() + stack.cli("audit", "tail", "-n", "200").stdout
+    assert all(credential not in logs for credential in stack.credentials.values())
+
+
+async def test_a_route_outside_the_agents_groups_is_refused_with_the_missing_group_named(
+    stack: GatewayStack,
+) -> None:
+    bob = await login(stack.url(0), "bob", DEMO_PASSWORD)
+    try:
+        response = await bob.get(stack.url(0) + "/phone/", headers={"Accept": "text/html"})
+        assert response.status_code == 403
+        assert "phone-agents" in response.text
+        assert (await bob.get(stack.url(0) + "/chat/")).status_code == 200
+    finally:
+        await bob.aclose()
+
+
+async def test_deprovision_by_cli_shuts_every_replica_and_the_open_websocket(
+    stack: GatewayStack, alice: httpx.AsyncClient
+) -> None:
+    ws_url = stack.url(1).replace("http", "ws") + "/chat/ws"
+    async with websockets.connect(ws_url, additional_headers={"Cookie": _cookie_header(alice)}) as socket:
+        await socket.send("hello")
+        assert "hello" in str(await socket.recv())
+
+        started = time.monotonic()
+        result = await asyncio.to_thread(stack.cli, "agents", "deprovision", "alice", "--reason", "left")
+        report = json.loads(result.stdout)
+        assert report["active"] is False
+        assert report["sessions_revoked"] >= 1
+        assert report["replicas_missing"] == []
+
+        refused = {}
+        while len(refused) < 2 and time.monotonic() - started < 1.0:
+            for replica in (0, 1):
+                if replica not in refused:
+                    status = (await alice.get(stack.url(replica) + "/chat/")).status_code
+                    if status != 200:
+                        refused[replica] = status
+        assert refused == {0: 401, 1: 401}
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), timeout=1.0)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+    again = await login_refused(stack)
+    assert again.status_code == 403
+    assert "ended" in again.text
+
+
+async def login_refused(stack: GatewayStack) -> httpx.Response:
+    from tests.components.browserless_login import complete_login, login_steps
+
+    steps = await login_steps(stack.url(0), "alice", DEMO_PASSWORD)
+    try:
+        return await complete_login(steps.client, steps.callback_url)
+    finally:
+        await steps.client.aclose()
+
+
+async def test_the_access_log_records_logins_requests_and_the_deprovisioning(
+    stack: GatewayStack, alice: httpx.AsyncClient
+) -> None:
+    await alice.get(stack.url(0) + "/chat/?customer=12345")
+    await asyncio.to_thread(stack.cli, "agents", "deprovision", "alice", "--reason", "left")
+    await asyncio.sleep(0.3)  # request records are batched every 20 ms
+    tail = stack.cli("audit", "tail", "-n", "50").stdout
+    assert "kind=login " in tail
+    assert "kind=request" in tail and "path=/chat/?customer " in tail
+    assert "12345" not in tail  # query values stay out of the log
+    assert "kind=deprovision" in tail and "kind=sessions_revoked" in tail
