@@ -108,7 +108,7 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
         client_ip=scope.client_ip,
         scheme=connection.url.scheme,
         host=connection.headers.get("host", ""),
-        also_remove=(assertion_header,),
+        also_remove=(assertion_header, *connector.injected_headers()),
     )
     url = upstream_url(match, path, connection.scope.get("query_string", b"").decode("latin-1"))
     upstream = UpstreamRequest(method=method, url=url, headers=headers)

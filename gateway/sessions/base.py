@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -144,10 +144,11 @@ class SessionStore(Protocol):
         """Return and delete the pending login (single use: a replayed callback finds nothing)."""
         ...
 
-    def revocations(self) -> AsyncIterator[Revocation]:
+    def revocations(self) -> AsyncGenerator[Revocation, None]:
         """Every revocation broadcast by any replica (including this one), as it arrives.
 
         After the channel dropped and came back this yields a resync marker (``Revocation.is_resync``).
+        Close it (``aclose``) to release its subscription.
         """
         ...
 

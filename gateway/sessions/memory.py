@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from gateway.sessions.base import (
+    RESYNC_AGENT_ID,
     Lookup,
     PendingLogin,
     Revocation,
@@ -87,6 +88,8 @@ class MemorySessionStore:
         return stored.data if stored is not None else None
 
     async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
+        if agent_id == RESYNC_AGENT_ID:
+            raise ValueError("'*' is the resync marker, not an agent id")
         keys = self._by_agent.pop(agent_id, set())
         for key in keys:
             self._sessions.pop(key, None)
@@ -119,7 +122,7 @@ class MemorySessionStore:
             return None
         return entry[1]
 
-    async def revocations(self) -> AsyncIterator[Revocation]:
+    async def revocations(self) -> AsyncGenerator[Revocation, None]:
         # An in-process queue never drops, so there is never a resync marker here.
         queue: asyncio.Queue[Revocation | None] = asyncio.Queue()
         self._subscribers.add(queue)

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import NoReturn, TypeVar
 
 from redis.asyncio import Redis
@@ -291,7 +291,7 @@ class RedisSessionStore:
             value["state"], value["nonce"], value["code_verifier"], value["return_to"], value["created_at"]
         )
 
-    async def revocations(self) -> AsyncIterator[Revocation]:
+    async def revocations(self) -> AsyncGenerator[Revocation, None]:
         """Follow the broadcast channel for as long as the store is open, resubscribing with backoff.
 
         Anything published while the subscription was down is lost (pub/sub keeps nothing), so every reconnect
@@ -311,9 +311,11 @@ class RedisSessionStore:
                     if message is None or message["type"] != "message":
                         continue
                     try:
-                        yield decode_revocation(message["data"])
+                        revocation = decode_revocation(message["data"])
                     except (ValueError, KeyError, TypeError):
                         log.warning("ignored a malformed message on %s", REVOCATION_CHANNEL)
+                        continue
+                    yield revocation
             except (RedisError, OSError) as exc:
                 if self._closed:
                     return

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -51,7 +52,7 @@ BOB = SessionData(agent_id="agent-bob", user_name="bob", issuer="https://idp.exa
 PENDING = PendingLogin(state="st", nonce="nn", code_verifier="cv" * 30, return_to="/console", created_at=T0)
 
 
-def redis_store(url: str, replica_id: str, **options: float) -> RedisSessionStore:
+def redis_store(url: str, replica_id: str, **options: Any) -> RedisSessionStore:
     return RedisSessionStore(url, IDLE, ABSOLUTE, replica_id, reconnect_backoff=(0.05, 0.2), **options)
 
 
@@ -65,6 +66,10 @@ async def wait_for_subscribers(url: str, count: int, timeout: float = 5.0) -> No
                 return
             assert time.monotonic() < deadline, f"only {listening} of {count} subscribers after {timeout} s"
             await asyncio.sleep(0.01)
+
+
+async def next_of(feed: AsyncGenerator[Revocation, None]) -> Revocation:
+    return await anext(feed)
 
 
 @dataclass
@@ -84,7 +89,7 @@ class Backend:
             for key in await raw.keys("*"):
                 kind = await raw.type(key)
                 value = await raw.hgetall(key) if kind == "hash" else await raw.smembers(key) if kind == "set" else ""
-                parts.append(f"{key}={value!r}")
+                parts.append(f"{key!s}={value!r}")
             return "\n".join(parts)
 
     async def wait_subscribed(self, count: int) -> None:
@@ -194,6 +199,18 @@ class TestSessionStoreContract:
         assert await backend.store.sessions_of(ALICE.agent_id, T0 + 1) == []
         assert (await backend.store.revoke_agent(ALICE.agent_id))[0] == 0
 
+    async def test_the_resync_marker_cannot_be_revoked_as_an_agent(self, backend: Backend) -> None:
+        with pytest.raises(ValueError, match="resync"):
+            await backend.store.revoke_agent(RESYNC_AGENT_ID)
+
+    async def test_closing_the_store_ends_its_revocations_iterators(self, backend: Backend) -> None:
+        async with aclosing(backend.store.revocations()) as feed:
+            waiting = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            await backend.store.close()
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(waiting, timeout=3)
+
     async def test_each_revocation_has_its_own_id(self, backend: Backend) -> None:
         _, first = await backend.store.revoke_agent(ALICE.agent_id)
         _, second = await backend.store.revoke_agent(ALICE.agent_id)
@@ -201,7 +218,7 @@ class TestSessionStoreContract:
 
     async def test_every_revocations_iterator_receives_the_broadcast(self, backend: Backend) -> None:
         async with aclosing(backend.store.revocations()) as one, aclosing(backend.store.revocations()) as two:
-            pending = [asyncio.create_task(anext(one)), asyncio.create_task(anext(two))]
+            pending = [asyncio.create_task(next_of(one)), asyncio.create_task(next_of(two))]
             await backend.wait_subscribed(2)
             _, revocation = await backend.store.revoke_agent(ALICE.agent_id)
             received = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
@@ -270,7 +287,7 @@ class TestRedisReplicas:
     ) -> None:
         a, b = replicas
         async with aclosing(a.revocations()) as feed_a, aclosing(b.revocations()) as feed_b:
-            pending = [asyncio.create_task(anext(feed_a)), asyncio.create_task(anext(feed_b))]
+            pending = [asyncio.create_task(next_of(feed_a)), asyncio.create_task(next_of(feed_b))]
             await wait_for_subscribers(redis_url, 2)
             _, revocation = await b.revoke_agent(ALICE.agent_id)
             received = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
@@ -381,7 +398,7 @@ class TestRedisOutage:
         self, server: RedisServer, store: RedisSessionStore
     ) -> None:
         async with aclosing(store.revocations()) as feed:
-            first = asyncio.create_task(anext(feed))
+            first = asyncio.create_task(next_of(feed))
             await wait_for_subscribers(server.url, 1)
             server.kill()
             server.restart()
@@ -389,7 +406,7 @@ class TestRedisOutage:
             assert marker.is_resync
             assert marker.agent_id == RESYNC_AGENT_ID
             assert marker.origin_replica == "replica-a"
-            following = asyncio.create_task(anext(feed))
+            following = asyncio.create_task(next_of(feed))
             await wait_for_subscribers(server.url, 1)
             _, revocation = await store.revoke_agent(BOB.agent_id)
             assert await asyncio.wait_for(following, timeout=5) == revocation

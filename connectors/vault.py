@@ -1,0 +1,140 @@
+"""Channel credentials encrypted at rest with AES-256-GCM (NIST SP 800-38D) under keys from the configuration.
+
+Each credential is sealed with a fresh 96-bit random nonce and the channel name as associated data, so a
+ciphertext copied onto another channel's row fails to decrypt. Every sealed value records its key id: to rotate,
+add a new key, make it ``active_key``, run ``channelgate vault rotate`` (re-encrypts everything under it), then
+remove the old key from the configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from connectors.secret import Secret
+from gateway.errors import ConfigError, VaultError
+from gateway.settings import VaultSettings
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+
+    def __repr__(self) -> str:
+        return f"Sealed(key_id={self.key_id!r}, ...)"
+
+
+class CredentialStore(Protocol):
+    """What the vault needs from storage (``gateway.storage.credentials.ChannelCredentialRepository``)."""
+
+    async def put(self, channel: str, key_id: str, nonce: bytes, ciphertext: bytes, now: datetime) -> object: ...
+
+    async def get(self, channel: str) -> _Stored | None: ...
+
+    async def list_channels(self) -> list[str]: ...
+
+
+class _Stored(Protocol):
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def nonce(self) -> bytes: ...
+    @property
+    def ciphertext(self) -> bytes: ...
+
+
+def generate_key() -> str:
+    """A new random AES-256 key, base64, for ``[vault] keys``."""
+    return base64.b64encode(os.urandom(KEY_BYTES)).decode("ascii")
+
+
+class Vault:
+    def __init__(self, keys: Mapping[str, bytes], active_key: str) -> None:
+        if active_key not in keys:
+            raise ConfigError(f"vault: active_key {active_key!r} is not one of the configured keys")
+        self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.items()}
+        self.active_key = active_key
+
+    @classmethod
+    def from_settings(cls, settings: VaultSettings) -> Vault:
+        keys: dict[str, bytes] = {}
+        bad: list[str] = []
+        for key_id, secret in settings.keys.items():
+            try:
+                raw = base64.b64decode(secret.get_secret_value(), validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != KEY_BYTES:
+                bad.append(key_id)
+            keys[key_id] = raw
+        if bad:
+            raise ConfigError(
+                f"vault keys {', '.join(sorted(bad))} are not base64 of exactly {KEY_BYTES} bytes "
+                "(make one with: channelgate vault generate-key)"
+            )
+        return cls(keys, settings.active_key or "")
+
+    def encrypt(self, channel: str, plaintext: bytes) -> Sealed:
+        nonce = os.urandom(NONCE_BYTES)
+        ciphertext = self._ciphers[self.active_key].encrypt(nonce, plaintext, channel.encode())
+        return Sealed(self.active_key, nonce, ciphertext)
+
+    def decrypt(self, sealed: _Stored | Sealed, channel: str) -> bytes:
+        cipher = self._ciphers.get(sealed.key_id)
+        if cipher is None:
+            raise VaultError(
+                f"The credential of channel {channel!r} is sealed with vault key {sealed.key_id!r}, which is not "
+                "configured any more; add it back or store the credential again."
+            )
+        try:
+            return cipher.decrypt(sealed.nonce, sealed.ciphertext, channel.encode())
+        except InvalidTag:
+            raise VaultError(
+                f"The credential of channel {channel!r} does not decrypt with vault key {sealed.key_id!r}: "
+                "it was altered or belongs to another channel."
+            ) from None
+
+    def needs_rotation(self, sealed: _Stored | Sealed) -> bool:
+        return sealed.key_id != self.active_key
+
+
+async def store_credential(store: CredentialStore, vault: Vault, channel: str, value: bytes, now: datetime) -> None:
+    sealed = vault.encrypt(channel, value)
+    await store.put(channel, sealed.key_id, sealed.nonce, sealed.ciphertext, now)
+
+
+async def load_credential(store: CredentialStore, vault: Vault, channel: str) -> Secret:
+    stored = await store.get(channel)
+    if stored is None:
+        raise VaultError(
+            f"No credential is stored for channel {channel!r}; set one with: "
+            f"channelgate channels set-credential {channel}"
+        )
+    try:
+        return Secret(vault.decrypt(stored, channel).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise VaultError(f"The credential of channel {channel!r} is not UTF-8 text.") from None
+
+
+async def rotate_all(store: CredentialStore, vault: Vault, now: datetime) -> int:
+    """Re-encrypt every credential not sealed under the active key; returns how many were re-encrypted."""
+    count = 0
+    for channel in await store.list_channels():
+        stored = await store.get(channel)
+        if stored is not None and vault.needs_rotation(stored):
+            await store_credential(store, vault, channel, vault.decrypt(stored, channel), now)
+            count += 1
+    return count
