@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,12 @@ CHANNELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 
 def _url_ok(url: str) -> bool:
+    """True once the server answers HTTP at all with a status below 500 (a 401 is an answer)."""
     try:
         with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310 - loopback test URL
             return bool(response.status < 500)
+    except urllib.error.HTTPError as error:
+        return error.code < 500
     except OSError:
         return False
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -29,8 +28,8 @@ def stack(redis_url: str, postgres_url: str, oidc_provider_factory: Factory) -> 
     stack.allocate(replicas=2)
     provider = oidc_provider_factory(stack.redirect_uris, post_logout_redirect_uris=[stack.url(0) + "/"])
     stack.issuer = provider.issuer
-    stack.start()
     try:
+        stack.start()
         yield stack
     finally:
         stack.stop()
@@ -91,20 +90,15 @@ async def test_deprovision_by_cli_shuts_every_replica_and_the_open_websocket(
         await socket.send("hello")
         assert "hello" in str(await socket.recv())
 
-        started = time.monotonic()
         result = await asyncio.to_thread(stack.cli, "agents", "deprovision", "alice", "--reason", "left")
         report = json.loads(result.stdout)
         assert report["active"] is False
         assert report["sessions_revoked"] >= 1
         assert report["replicas_missing"] == []
-
-        refused = {}
-        while len(refused) < 2 and time.monotonic() - started < 1.0:
-            for replica in (0, 1):
-                if replica not in refused:
-                    status = (await alice.get(stack.url(replica) + "/chat/")).status_code
-                    if status != 200:
-                        refused[replica] = status
+        # The kill itself (disable, delete sessions, broadcast, every replica's acknowledgement) is well under 1 s;
+        # the CLI returns only after it, so the very first request afterwards must be refused on every replica.
+        assert report["duration_ms"] < 1000
+        refused = {replica: (await alice.get(stack.url(replica) + "/chat/")).status_code for replica in (0, 1)}
         assert refused == {0: 401, 1: 401}
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(socket.recv(), timeout=1.0)
