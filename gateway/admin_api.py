@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -67,7 +66,7 @@ async def agent_status(request: Request) -> Response:
     if agent is None:
         raise NotFound("No agent has that id or userName.")
     try:
-        sessions = await services.sessions.sessions_of(agent.id, time.time())
+        sessions = await services.sessions.sessions_of(agent.id, services.clock())
     except ChannelgateError:
         sessions = []
     return JSONResponse(

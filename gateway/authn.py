@@ -7,7 +7,6 @@ that cannot be reached raises SessionStoreUnavailable, which the edge renders as
 from __future__ import annotations
 
 import re
-import time
 
 from starlette.requests import HTTPConnection
 
@@ -33,7 +32,7 @@ async def require_session(connection: HTTPConnection, services: Services, scope:
     session_id = session_cookie(connection, services)
     if session_id is None:
         raise AuthenticationRequired("Please sign in to continue.")
-    lookup = await services.sessions.lookup(session_id, time.time())
+    lookup = await services.sessions.lookup(session_id, services.clock())
     if lookup.state is SessionState.VALID and lookup.session is not None:
         scope.session = lookup.session
         return lookup.session

@@ -119,7 +119,11 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
         (
             assertion_header,
             services.signer.sign(
-                session.data.agent_id, session.data.user_name, session.data.groups, match.route.channel, time.time()
+                session.data.agent_id,
+                session.data.user_name,
+                session.data.groups,
+                match.route.channel,
+                services.clock(),
             ),
         )
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -56,6 +58,8 @@ class Services:
     upstream: UpstreamClient | None = None
     routes: RouteTable | None = None
     idp_http: aiohttp.ClientSession | None = None
+    #: Seconds since the epoch; tests replace it to move past idle and absolute timeouts.
+    clock: Callable[[], float] = time.time
 
     @property
     def public_url(self) -> str:

@@ -8,7 +8,6 @@ clears the cookie so a replayed cookie finds nothing (oauth2-proxy CVE-2026-3445
 from __future__ import annotations
 
 import secrets
-import time
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -39,7 +38,7 @@ async def login(request: Request) -> Response:
     services = _services(request)
     assert services.oidc is not None
     return_to = safe_return_to(request.query_params.get("rd"))
-    authorize_url, pending = await services.oidc.begin(return_to, time.time())
+    authorize_url, pending = await services.oidc.begin(return_to, services.clock())
     login_id = secrets.token_urlsafe(_LOGIN_ID_BYTES)
     await services.sessions.put_pending_login(login_id, pending, PENDING_LOGIN_TTL)
     response = _redirect(authorize_url)
@@ -62,7 +61,7 @@ async def callback(request: Request) -> Response:
                 "This sign-in was not started here, was already used, or took too long. Please sign in again.",
                 reason="unknown_state",
             )
-        identity = await services.oidc.complete(params, pending, time.time())
+        identity = await services.oidc.complete(params, pending, services.clock())
         agent = await services.agents.link_or_create_from_login(
             issuer=identity.issuer,
             subject=identity.subject,
@@ -121,7 +120,7 @@ async def callback(request: Request) -> Response:
             amr=identity.amr,
             auth_time=identity.auth_time,
         ),
-        time.time(),
+        services.clock(),
     )
     # A deprovisioning that committed while this login was in flight must win: re-read after creating.
     current = await services.agents.get(agent.id)

@@ -30,9 +30,7 @@ class CookiePolicy:
         return frozenset({self.session_name, self.login_name})
 
     def set(self, response: Response, name: str, value: str, max_age: int | None) -> None:
-        response.set_cookie(
-            name, value, max_age=max_age, path="/", secure=self.secure, httponly=True, samesite="lax"
-        )
+        response.set_cookie(name, value, max_age=max_age, path="/", secure=self.secure, httponly=True, samesite="lax")
 
     def clear(self, response: Response, name: str) -> None:
         response.delete_cookie(name, path="/", secure=self.secure, httponly=True, samesite="lax")

@@ -45,6 +45,71 @@ def _url_ok(url: str) -> bool:
         return False
 
 
+def config_toml(
+    *,
+    base_dir: Path,
+    public_url: str,
+    issuer: str,
+    database_url: str,
+    console_ports: dict[str, int],
+    admin_token: str,
+    redis_url: str | None = None,
+    idle_timeout_seconds: int = 1800,
+) -> str:
+    """A complete channelgate.toml for tests: three channels (bearer, header, basic), a fresh vault key and an
+    ES256 assertion key written under ``base_dir``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = base_dir / "assertion.pem"
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    sessions = f'store = "redis"\nredis_url = "{redis_url}"\n' if redis_url else 'store = "memory"\n'
+    channels = "".join(
+        f'[channels.{name}]\ninject = "{inject}"\n{extra}\n' for name, (inject, extra, _) in CHANNELS.items()
+    )
+    routes = "".join(
+        f'[[routes]]\nchannel = "{name}"\nprefix = "/{name}/"\n'
+        f'upstream = "http://{LOOPBACK}:{console_ports[name]}"\n'
+        f"allowed_groups = {list(groups)!r}\ntimeout_seconds = 5\n\n".replace("'", '"')
+        for name, (_, _, groups) in CHANNELS.items()
+    )
+    vault_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    port = public_url.rsplit(":", 1)[1]
+    return f"""
+[server]
+host = "{LOOPBACK}"
+port = {port}
+public_url = "{public_url}"
+insecure_dev_cookies = true
+
+[database]
+url = "{database_url}"
+
+[sessions]
+{sessions}idle_timeout_seconds = {idle_timeout_seconds}
+revocation_ack_timeout_seconds = 2.0
+
+[oidc]
+issuer = "{issuer}"
+client_id = "{TEST_CLIENT_ID}"
+client_secret = "{TEST_CLIENT_SECRET}"
+scopes = ["openid", "profile", "email", "groups"]
+
+[assertion]
+private_key_files = ["{key_file}"]
+
+[vault]
+active_key = "k1"
+keys = {{ k1 = "{vault_key}" }}
+
+[admin]
+tokens = ["{admin_token}"]
+
+{channels}
+{routes}
+"""
+
+
 @dataclass
 class GatewayStack:
     issuer: str
@@ -80,60 +145,17 @@ class GatewayStack:
         self.console_ports = {channel: free_port() for channel in CHANNELS}
 
     def write_config(self) -> Path:
-        key = ec.generate_private_key(ec.SECP256R1())
-        key_file = self.base_dir / "assertion.pem"
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        sessions = (
-            f'store = "redis"\nredis_url = "{self.redis_url}"\n' if self.redis_url else 'store = "memory"\n'
-        )
-        channels = "".join(
-            f'[channels.{name}]\ninject = "{inject}"\n{extra}\n' for name, (inject, extra, _) in CHANNELS.items()
-        )
-        routes = "".join(
-            f'[[routes]]\nchannel = "{name}"\nprefix = "/{name}/"\n'
-            f'upstream = "http://{LOOPBACK}:{self.console_ports[name]}"\n'
-            f"allowed_groups = {list(groups)!r}\ntimeout_seconds = 5\n\n".replace("'", '"')
-            for name, (_, _, groups) in CHANNELS.items()
-        )
-        vault_key = base64.b64encode(secrets.token_bytes(32)).decode()
         self.config_path.write_text(
-            f"""
-[server]
-host = "{LOOPBACK}"
-port = {self.gateway_ports[0]}
-public_url = "{self.public_url}"
-insecure_dev_cookies = true
-
-[database]
-url = "{self.database_url}"
-
-[sessions]
-{sessions}idle_timeout_seconds = {self.idle_timeout_seconds}
-revocation_ack_timeout_seconds = 2.0
-
-[oidc]
-issuer = "{self.issuer}"
-client_id = "{TEST_CLIENT_ID}"
-client_secret = "{TEST_CLIENT_SECRET}"
-scopes = ["openid", "profile", "email", "groups"]
-
-[assertion]
-private_key_files = ["{key_file}"]
-
-[vault]
-active_key = "k1"
-keys = {{ k1 = "{vault_key}" }}
-
-[admin]
-tokens = ["{self.admin_token}"]
-
-{channels}
-{routes}
-""",
+            config_toml(
+                base_dir=self.base_dir,
+                public_url=self.public_url,
+                issuer=self.issuer,
+                database_url=self.database_url,
+                redis_url=self.redis_url,
+                console_ports=self.console_ports,
+                admin_token=self.admin_token,
+                idle_timeout_seconds=self.idle_timeout_seconds,
+            ),
             encoding="utf-8",
         )
         return self.config_path
@@ -158,10 +180,21 @@ tokens = ["{self.admin_token}"]
             self.cli("channels", "set-credential", channel, stdin=credential + "\n")
             console = ChildProcess(
                 [
-                    sys.executable, "-m", "deploy.demo.consoles", "--channel", channel,
-                    "--port", str(self.console_ports[channel]), "--credential", credential,
-                    "--gateway-jwks", f"{self.public_url}/.channelgate/jwks.json",
-                    "--gateway-issuer", self.public_url, "--log-level", "warning",
+                    sys.executable,
+                    "-m",
+                    "deploy.demo.consoles",
+                    "--channel",
+                    channel,
+                    "--port",
+                    str(self.console_ports[channel]),
+                    "--credential",
+                    credential,
+                    "--gateway-jwks",
+                    f"{self.public_url}/.channelgate/jwks.json",
+                    "--gateway-issuer",
+                    self.public_url,
+                    "--log-level",
+                    "warning",
                 ],
                 self.base_dir / f"console-{channel}.log",
                 name=f"{channel} console",
@@ -172,8 +205,17 @@ tokens = ["{self.admin_token}"]
         for index, port in enumerate(self.gateway_ports):
             gateway = ChildProcess(
                 [
-                    sys.executable, "-m", "gateway", "--config", str(self.config_path), "serve", "--no-migrate",
-                    "--port", str(port), "--log-level", "warning",
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "--config",
+                    str(self.config_path),
+                    "serve",
+                    "--no-migrate",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
                 ],
                 self.base_dir / f"gateway-{index}.log",
                 name=f"gateway replica {index}",
@@ -192,9 +234,7 @@ tokens = ["{self.admin_token}"]
             )
 
     def gateway_logs(self) -> str:
-        return "\n".join(
-            path.read_text(errors="replace") for path in sorted(self.base_dir.glob("gateway-*.log"))
-        )
+        return "\n".join(path.read_text(errors="replace") for path in sorted(self.base_dir.glob("gateway-*.log")))
 
     def stop(self) -> None:
         for child in reversed(self._children):
