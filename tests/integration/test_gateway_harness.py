@@ -1,0 +1,255 @@
+"""The harness the ``test_gateway_*`` modules share: the real gateway in this process, in front of echo consoles.
+
+``deployment()`` starts three echo consoles (chat, phone, mail), writes a full channelgate.toml with
+``tests.components.gateway.config_toml`` for a real oidc-provider, serves it with uvicorn in this process
+(``running_gateway``) and stores each channel's credential in the vault. An echo console stands in for a
+third-party console: it records every request it gets, so a test can prove what did (and did not) reach it.
+``raw_request`` speaks HTTP/1.1 over a socket, for request targets an HTTP client would tidy up (``..``, ``%2e``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from jose import jwt
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from connectors.vault import store_credential
+from gateway.services import Services
+from gateway.settings import load_settings
+from gateway.timeutil import utcnow
+from tests.components.browserless_login import login
+from tests.components.gateway import CHANNELS, ROOT, config_toml
+from tests.components.inprocess import running_gateway
+from tests.components.oidc_provider import DEMO_PASSWORD, OidcProviderFactory
+from tests.components.ports import LOOPBACK, free_port
+
+#: gateway/oidc/client.py passes ``aiohttp.BasicAuth`` as ``auth=``, both deprecated since aiohttp 3.14; with
+#: ``filterwarnings = error`` the in-process gateway's token redemption would fail. Owned elsewhere; reported.
+AIOHTTP_BASIC_AUTH_DEPRECATIONS = [
+    pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning"),
+]
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+
+    def values(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name.lower()]
+
+
+@dataclass
+class EchoConsole:
+    """A console that records each request: ``/echo`` answers the headers it got, ``/hang`` never answers in
+    time, anything else is a plain page."""
+
+    channel: str
+    port: int = field(default_factory=free_port)
+    seen: list[SeenRequest] = field(default_factory=list)
+    hang_seconds: float = 30.0
+    _server: uvicorn.Server | None = None
+    _task: asyncio.Task[None] | None = None
+
+    def app(self) -> Starlette:
+        async def any_path(request: Request) -> Response:
+            raw_path = request.scope["raw_path"].decode("latin-1")
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+            self.seen.append(SeenRequest(request.method, raw_path, headers))
+            if "/hang" in raw_path:
+                await asyncio.sleep(self.hang_seconds)
+            if "/echo" in raw_path:
+                return JSONResponse({"channel": self.channel, "path": raw_path, "headers": headers})
+            return HTMLResponse(f"<h1>{self.channel} console</h1><p>{raw_path}</p>")
+
+        return Starlette(routes=[Route("/{path:path}", any_path, methods=ALL_METHODS)])
+
+    async def start(self) -> None:
+        config = uvicorn.Config(
+            self.app(), host=LOOPBACK, port=self.port, lifespan="off", log_level="critical", proxy_headers=False
+        )
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
+            await self._task
+        self._server = self._task = None
+
+
+@dataclass
+class Deployment:
+    url: str
+    services: Services
+    config_path: Path
+    admin_token: str
+    consoles: dict[str, EchoConsole]
+    credentials: dict[str, str]
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    async def login(self, user: str, return_to: str = "/") -> httpx.AsyncClient:
+        client = await login(self.url, user, DEMO_PASSWORD, return_to=return_to)
+        self.clients.append(client)
+        return client
+
+    def admin_headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.admin_token}", "Content-Type": "application/json"}
+
+    async def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``python -m gateway --config FILE ...`` in a thread, so the gateway in this loop keeps serving."""
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway", "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+
+    async def verify_assertion(self, token: str, channel: str) -> dict[str, Any]:
+        """Check the identity assertion as a console would: signature by a key in the gateway's JWKS, iss, aud."""
+        async with httpx.AsyncClient() as client:
+            jwks = (await client.get(self.url + "/.channelgate/jwks.json")).json()
+        kid = jwt.get_unverified_header(token)["kid"]
+        key = next(key for key in jwks["keys"] if key["kid"] == kid)
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=["ES256"], audience=channel, issuer=self.url)
+        return claims
+
+
+@contextlib.asynccontextmanager
+async def deployment(
+    oidc_provider_factory: OidcProviderFactory,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    route_timeout_seconds: float = 5,
+    extra_server_toml: str = "",
+) -> AsyncIterator[Deployment]:
+    """The gateway (memory sessions unless ``redis_url``; SQLite file unless ``database_url``) and three consoles."""
+    base_dir = Path(tempfile.mkdtemp(prefix="channelgate-it-"))
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    provider = oidc_provider_factory([url + "/.channelgate/callback"])
+    consoles = {channel: EchoConsole(channel) for channel in CHANNELS}
+    admin_token = secrets.token_urlsafe(24)
+    text = config_toml(
+        base_dir=base_dir,
+        public_url=url,
+        issuer=provider.issuer,
+        database_url=database_url or f"sqlite+aiosqlite:///{base_dir / 'channelgate.db'}",
+        console_ports={channel: console.port for channel, console in consoles.items()},
+        admin_token=admin_token,
+        redis_url=redis_url,
+    )
+    text = text.replace("timeout_seconds = 5\n", f"timeout_seconds = {route_timeout_seconds}\n")
+    text = text.replace("insecure_dev_cookies = true\n", f"insecure_dev_cookies = true\n{extra_server_toml}\n")
+    config_path = base_dir / "channelgate.toml"
+    config_path.write_text(text, encoding="utf-8")
+    settings = load_settings(config_path, environ={})
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for console in consoles.values():
+                await console.start()
+                stack.push_async_callback(console.stop)
+            gateway = await stack.enter_async_context(running_gateway(settings, port))
+            services = gateway.services
+            assert services.vault is not None
+            credentials = {}
+            for channel in CHANNELS:
+                credentials[channel] = f"cred-{channel}-{secrets.token_urlsafe(18)}"
+                await store_credential(
+                    services.credentials, services.vault, channel, credentials[channel].encode(), utcnow()
+                )
+            deployed = Deployment(url, services, config_path, admin_token, consoles, credentials)
+            try:
+                yield deployed
+            finally:
+                for client in deployed.clients:
+                    await client.aclose()
+    finally:
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    head: str
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.head + "\r\n\r\n" + self.body.decode("utf-8", "replace")
+
+
+async def raw_request(base_url: str, target: str, headers: list[tuple[str, bytes]] | None = None) -> RawResponse:
+    """Send ``GET target`` byte for byte (no client-side path clean-up) and read the whole response."""
+    url = httpx.URL(base_url)
+    assert url.port is not None
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        lines = [f"GET {target} HTTP/1.1".encode(), f"Host: {url.host}:{url.port}".encode(), b"Connection: close"]
+        lines += [name.encode() + b": " + value for name, value in headers or []]
+        writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return RawResponse(int(head.split(b" ", 2)[1]), head.decode("latin-1"), body)
+
+
+def cookie_of(client: httpx.AsyncClient) -> str:
+    return "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Await ``check()`` until it returns something truthy; fail with its last value after ``timeout`` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value or asyncio.get_running_loop().time() > deadline:
+            assert value, f"still {value!r} after {timeout} s"
+            return value
+        await asyncio.sleep(0.1)
+
+
+async def test_the_echo_console_records_what_reached_it_and_answers_with_its_headers() -> None:
+    console = EchoConsole("chat")
+    await console.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://{LOOPBACK}:{console.port}/echo?x=1", headers={"X-Probe": "1"})
+        assert response.json()["path"] == "/echo"
+        assert console.seen[0].values("x-probe") == ["1"]
+    finally:
+        await console.stop()
