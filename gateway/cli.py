@@ -37,8 +37,29 @@ def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def _deep_check(settings: Settings) -> list[str]:
+    """What the settings model cannot see alone: vault keys that decode, assertion keys that load."""
+    from connectors.vault import Vault
+    from gateway.proxy.assertion import AssertionSigner
+
+    problems = []
+    if settings.vault.keys:
+        try:
+            Vault.from_settings(settings.vault)
+        except ConfigError as exc:
+            problems.append(exc.message)
+    try:
+        AssertionSigner(settings.assertion, str(settings.server.public_url))
+    except ConfigError as exc:
+        problems.append(exc.message)
+    return problems
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(Path(args.file))
+    problems = _deep_check(settings)
+    if problems:
+        raise ConfigError(f"{args.file}: " + "; ".join(problems))
     print(f"{args.file}: valid")
     print(f"  sessions: {settings.sessions.store}; database: {settings.database.url.get_secret_value().split(':')[0]}")
     for route in settings.routes:
@@ -64,6 +85,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.storage.migrate import upgrade_to_head
 
     settings = _settings(args)
+    problems = _deep_check(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
     if not args.no_migrate:
         asyncio.run(upgrade_to_head(settings.database.url.get_secret_value()))
     host = args.host or settings.server.host
