@@ -130,3 +130,19 @@ async def test_the_access_log_records_logins_requests_and_the_deprovisioning(
     assert "kind=request" in tail and "path=/chat/?customer " in tail
     assert "12345" not in tail  # query values stay out of the log
     assert "kind=deprovision" in tail and "kind=sessions_revoked" in tail
+
+
+async def test_server_sent_events_stream_through_the_gateway_as_they_happen(
+    stack: GatewayStack, alice: httpx.AsyncClient
+) -> None:
+    arrivals: list[float] = []
+    async with alice.stream("GET", stack.url(1) + "/chat/events", headers={"Accept": "text/event-stream"}) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        async for line in stream.aiter_lines():
+            if line.startswith("data: tick"):
+                arrivals.append(asyncio.get_running_loop().time())
+            if len(arrivals) == 3:
+                break
+    # One tick a second: relayed as produced, not buffered until the stream ends.
+    assert arrivals[2] - arrivals[0] > 1.5
