@@ -74,11 +74,11 @@ async def _revocation_listener(services: Services) -> None:
         try:
             if revocation.agent_id == "*":
                 # Resync after the broadcast channel dropped: re-check every open socket against the store.
-                for agent_id in list(services.websockets.agents()):
+                for agent_id in list(services.live.agents()):
                     if not await services.sessions.sessions_of(agent_id, time.time()):
-                        await services.websockets.close_agent(agent_id)
+                        await services.live.close_agent(agent_id)
                 continue
-            await services.websockets.close_agent(revocation.agent_id)
+            await services.live.close_agent(revocation.agent_id)
             await services.sessions.acknowledge(revocation)
         except ChannelgateError as exc:
             log.error("could not apply revocation %s: %s", revocation.revocation_id, exc.message)
@@ -118,7 +118,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await built.websockets.close_all()
+            await built.live.close_all()
             await built.close()
 
     routes = [

@@ -9,6 +9,7 @@ upstream request ever holds the credential. Every request — allowed, denied or
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -158,7 +159,11 @@ async def proxy_http(request: Request) -> Response:
         return RedirectResponse(admitted.match.location, status_code=308)
     channel = admitted.match.route.channel
 
+    untrack: list[Callable[[], None]] = []
+
     async def finished(stats: ForwardStats) -> None:
+        for forget in untrack:
+            forget()
         services.metrics.upstream_latency.labels(channel).observe(stats.upstream_latency)
         services.metrics.requests.labels(channel, f"{stats.status // 100}xx").inc()
         services.audit.submit(
@@ -177,7 +182,7 @@ async def proxy_http(request: Request) -> Response:
 
     assert services.upstream is not None
     try:
-        return await services.upstream.forward(
+        response = await services.upstream.forward(
             request,
             admitted.url,
             admitted.headers,
@@ -185,6 +190,8 @@ async def proxy_http(request: Request) -> Response:
             gateway_cookie_names=tuple(services.cookies.names),
             on_complete=finished,
         )
+        untrack.append(services.live.streams.track(admitted.session.data.agent_id, response.abort))
+        return response
     except ChannelgateError as exc:
         response = error_response(request, exc, scope.request_id)
         services.audit.submit(
@@ -225,7 +232,7 @@ async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
         ws_url,
         admitted.headers,
         services.upstream.session,
-        services.websockets,
+        services.live.websockets,
         admitted.session.data.agent_id,
     )
     services.audit.submit(_record(scope, websocket, "WEBSOCKET", log_path, status=101, duration_ms=_elapsed_ms(scope)))

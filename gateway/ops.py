@@ -33,6 +33,6 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
-    services.metrics.websockets.set(services.websockets.count())
+    services.metrics.websockets.set(services.live.websockets.count())
     services.metrics.audit_queue.set(services.audit.pending)
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

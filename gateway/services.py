@@ -13,15 +13,18 @@ import aiohttp
 
 from connectors.base import Connector
 from connectors.registry import build_connectors
+from connectors.secret import Secret
+from connectors.static import CredentialLoader
 from connectors.vault import Vault, load_credential
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
+from gateway.errors import VaultError
 from gateway.metrics import Metrics
 from gateway.oidc.client import OidcClient
 from gateway.proxy.assertion import AssertionSigner
 from gateway.proxy.forward import UpstreamClient
 from gateway.proxy.routes import RouteTable
-from gateway.proxy.websocket import WebSocketRegistry
+from gateway.proxy.streams import LiveConnections
 from gateway.sessions.base import SessionStore
 from gateway.sessions.cookies import CookiePolicy
 from gateway.sessions.factory import create_session_store
@@ -52,7 +55,7 @@ class Services:
     killer: SessionKiller
     vault: Vault | None
     connectors: dict[str, Connector]
-    websockets: WebSocketRegistry = field(default_factory=WebSocketRegistry)
+    live: LiveConnections = field(default_factory=LiveConnections)
     oidc: OidcClient | None = None
     signer: AssertionSigner | None = None
     upstream: UpstreamClient | None = None
@@ -86,14 +89,12 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     credentials = ChannelCredentialRepository(database.engine)
     audit = AuditLog(AccessLogRepository(database.engine), metrics)
     sessions = create_session_store(settings.sessions, replica_id)
-    websockets = WebSocketRegistry()
+    live = LiveConnections()
     vault = Vault.from_settings(settings.vault) if settings.vault.keys else None
 
-    def loader_for(channel: str):  # type: ignore[no-untyped-def]
-        async def load():  # type: ignore[no-untyped-def]
+    def loader_for(channel: str) -> CredentialLoader:
+        async def load() -> Secret:
             if vault is None:
-                from gateway.errors import VaultError
-
                 raise VaultError(
                     f"No vault key is configured, so the credential of channel {channel!r} cannot be read."
                 )
@@ -103,7 +104,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
 
     connectors = build_connectors(settings.channels, loader_for)
     killer = SessionKiller(
-        database, agents, sessions, websockets, audit, metrics, settings.sessions.revocation_ack_timeout_seconds
+        database, agents, sessions, live, audit, metrics, settings.sessions.revocation_ack_timeout_seconds
     )
     return Services(
         settings=settings,
@@ -118,7 +119,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         killer=killer,
         vault=vault,
         connectors=connectors,
-        websockets=websockets,
+        live=live,
     )
 
 

@@ -2,8 +2,8 @@
 
 Order matters: the agent is disabled first (and that change commits together with its access-log record), so a
 login racing with the kill is refused; then every session is deleted from the shared store and the revocation is
-broadcast; each replica closes the agent's open WebSockets and acknowledges. The call returns only after that,
-so "deprovisioned" means no replica will serve the agent again (ASVS 7.4.2).
+broadcast; each replica closes the agent's open WebSockets and streamed responses and acknowledges. The call
+returns only after that, so "deprovisioned" means no replica will serve the agent again (ASVS 7.4.2).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gateway.audit.writer import AuditLog
 from gateway.errors import NotFound
 from gateway.metrics import Metrics
-from gateway.proxy.websocket import WebSocketRegistry
+from gateway.proxy.streams import LiveConnections
 from gateway.sessions.base import SessionStore
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, AgentRepository
@@ -26,7 +26,7 @@ from gateway.timeutil import utcnow
 class KillResult:
     agent: Agent
     sessions_revoked: int
-    websockets_closed_here: int
+    connections_closed_here: int
     replicas_confirmed: frozenset[str]
     replicas_missing: frozenset[str]
     duration_ms: float
@@ -37,7 +37,7 @@ class KillResult:
             "user_name": self.agent.user_name,
             "active": self.agent.active,
             "sessions_revoked": self.sessions_revoked,
-            "websockets_closed_here": self.websockets_closed_here,
+            "connections_closed_here": self.connections_closed_here,
             "replicas_confirmed": sorted(self.replicas_confirmed),
             "replicas_missing": sorted(self.replicas_missing),
             "duration_ms": round(self.duration_ms, 1),
@@ -50,7 +50,7 @@ class SessionKiller:
         database: Database,
         agents: AgentRepository,
         sessions: SessionStore,
-        websockets: WebSocketRegistry | None,
+        live: LiveConnections | None,
         audit: AuditLog,
         metrics: Metrics,
         ack_timeout: float,
@@ -58,7 +58,7 @@ class SessionKiller:
         self._database = database
         self._agents = agents
         self._sessions = sessions
-        self._websockets = websockets
+        self._live = live
         self._audit = audit
         self._metrics = metrics
         self._ack_timeout = ack_timeout
@@ -86,7 +86,7 @@ class SessionKiller:
                 conn=conn,
             )
         count, revocation = await self._sessions.revoke_agent(agent.id)
-        closed = await self._websockets.close_agent(agent.id) if self._websockets is not None else 0
+        closed = await self._live.close_agent(agent.id) if self._live is not None else 0
         confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
         duration = (time.perf_counter() - started) * 1000
         result = KillResult(agent, count, closed, frozenset(confirmed), frozenset(missing), duration)

@@ -94,7 +94,7 @@ class ProxyResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.stats.error = "upstream_failed_mid_body"
+            self.stats.error = self.stats.error or "upstream_failed_mid_body"
             # Headers are already sent: re-raising makes the server abort the connection, so the client sees
             # a truncated body instead of a well-formed but incomplete one.
             raise UpstreamError(
@@ -104,6 +104,13 @@ class ProxyResponse(StreamingResponse):
             self._finish()
             if self._on_complete is not None:
                 await self._on_complete(self.stats)
+
+    def abort(self, reason: str = "revoked") -> None:
+        """Cut the relay now (the agent's access was revoked): closing the upstream connection ends the body
+        mid-stream, so the client's connection is aborted rather than finished cleanly."""
+        if not self.stats.completed:
+            self.stats.error = reason
+            self._upstream.close()
 
     def _finish(self) -> None:
         self.stats.duration = time.monotonic() - self._started

@@ -146,3 +146,20 @@ async def test_server_sent_events_stream_through_the_gateway_as_they_happen(
                 break
     # One tick a second: relayed as produced, not buffered until the stream ends.
     assert arrivals[2] - arrivals[0] > 1.5
+
+
+async def test_deprovisioning_cuts_an_open_event_stream(stack: GatewayStack, alice: httpx.AsyncClient) -> None:
+    revoked_at: float | None = None
+    ticks_after = 0
+    with pytest.raises(httpx.RemoteProtocolError):  # the stream is aborted, not finished cleanly
+        async with alice.stream("GET", stack.url(0) + "/chat/events") as stream:
+            async for line in stream.aiter_lines():
+                if not line.startswith("data: tick"):
+                    continue
+                if revoked_at is None:
+                    await asyncio.to_thread(stack.cli, "agents", "deprovision", "alice", "--reason", "left")
+                    revoked_at = asyncio.get_running_loop().time()
+                else:
+                    ticks_after += 1  # at most one tick already on the wire may still arrive
+                assert ticks_after <= 1, "the stream went on after the agent was deprovisioned"
+    assert revoked_at is not None

@@ -27,7 +27,7 @@ pytestmark = [*AIOHTTP_BASIC_AUTH_DEPRECATIONS, pytest.mark.oidc, pytest.mark.ti
 
 JSON = {"Accept": "application/json"}
 HTML = {"Accept": "text/html"}
-MAX_HEADER_BYTES = 4096
+MAX_HEADER_BYTES = 8192
 
 #: Headers a client may send to pose as someone, or as coming from somewhere; none may reach a console.
 SPOOFED_HEADERS = [
