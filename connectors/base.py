@@ -1,10 +1,11 @@
 """The connector protocol: how the gateway presents an agent to one channel console and ends their access there.
 
 Shaped like an httpx ``Auth`` flow: ``prepare`` adds credentials to the upstream request (after the proxy has
-already removed every client-sent credential and identity header); on a 401 from upstream the proxy may call
-``on_upstream_unauthorized`` once to refresh and resend. The deprovisioning pipeline asks each connector only
-for what its ``capabilities`` declare: revoke tokens (RFC 7009), disable seats, hand over tickets, end console
-sessions, and verify that no access remains (RFC 7662 introspection, seat status).
+already removed every client-sent credential and identity header); on a 401 from upstream the proxy calls
+``on_upstream_unauthorized`` once, which may refresh the credential and rewrite the request to be resent. The
+deprovisioning pipeline asks each connector only for what its ``capabilities`` declare: revoke tokens (RFC 7009),
+disable seats, hand over tickets, end console sessions, and verify that no access remains (RFC 7662
+introspection, seat status). A step a connector cannot do answers ``Outcome.NOT_APPLICABLE``, never silence.
 """
 
 from __future__ import annotations
@@ -15,39 +16,57 @@ from typing import Protocol
 
 
 class Capability(Enum):
+    """What a connector can do at its channel; the deprovisioning pipeline plans its steps from these."""
+
+    #: Adds a credential to proxied requests (every connector today).
     INJECT = "inject"
+    #: Revokes the agent's own tokens at the channel's authorization server (RFC 7009).
     REVOKE_TOKENS = "revoke_tokens"
+    #: Disables or frees the agent's seat through the vendor's admin API.
     SEATS = "seats"
+    #: Reassigns the agent's open tickets / conversations to a successor or a queue.
     TICKETS = "tickets"
+    #: Ends the agent's sessions inside the console itself (vendor logout, cookie-jar sessions).
     CONSOLE_LOGOUT = "console_logout"
+    #: Can confirm afterwards that no access remains (RFC 7662 introspection, seat status).
     VERIFY = "verify"
 
 
 class Outcome(Enum):
     DONE = "done"
+    #: This connector has nothing to do for this step (it does not declare the capability).
     NOT_APPLICABLE = "not_applicable"
+    #: Tried and failed for good (the receipt says why); a person has to look.
     FAILED = "failed"
+    #: Tried and failed for now (timeout, 5xx, 429): the pipeline schedules another attempt.
     RETRY = "retry"
 
 
 @dataclass(frozen=True, slots=True)
 class AgentRef:
+    """Who the connector acts for; ``manager_user_name`` is the default successor for handed-over work."""
+
     agent_id: str
     user_name: str
     email: str | None = None
     manager_user_name: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    """The request about to go upstream; connectors add headers to ``headers`` and nowhere else."""
+    """The request about to go upstream. ``headers`` is the one place a connector may write a credential."""
 
     method: str
     url: str
     headers: list[tuple[str, str]] = field(default_factory=list)
 
+    def header(self, name: str) -> str | None:
+        """The value of the first header of this name (case-insensitive), if any."""
+        lowered = name.lower()
+        return next((v for n, v in self.headers if n.lower() == lowered), None)
+
     def set_header(self, name: str, value: str) -> None:
-        """Replace every header of this name (case-insensitive) with one value."""
+        """Replace every header of this name, in any spelling, with one value, so a client copy cannot survive."""
         lowered = name.lower()
         self.headers[:] = [(n, v) for n, v in self.headers if n.lower() != lowered]
         self.headers.append((name, value))
@@ -55,7 +74,7 @@ class UpstreamRequest:
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """One deprovisioning step's receipt at one channel."""
+    """One deprovisioning step's receipt at one channel. ``detail`` is for people and never holds a secret."""
 
     channel: str
     step: str
@@ -65,31 +84,41 @@ class StepResult:
 
 
 class Connector(Protocol):
+    """One channel console. A connector puts credentials only into ``UpstreamRequest.headers``: never into the
+    URL, a log line, an exception message or a ``StepResult``, because all of those end up in the access log."""
+
     channel: str
     capabilities: frozenset[Capability]
 
     def injected_headers(self) -> tuple[str, ...]:
-        """Headers this connector sets upstream: client copies in any spelling are stripped first."""
+        """Headers this connector sets upstream; the proxy strips client copies in any spelling first."""
         ...
 
     async def prepare(self, agent: AgentRef, request: UpstreamRequest) -> None:
-        """Add this channel's credential for ``agent`` to the upstream request."""
+        """Add this channel's credential for ``agent`` (RFC 6750 bearer, RFC 7617 basic, a vendor header, a
+        cookie jar's session cookie) to the request headers."""
         ...
 
-    async def on_upstream_unauthorized(self, agent: AgentRef) -> bool:
-        """The upstream answered 401: refresh the credential once; True means "resend"."""
+    async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
+        """The upstream answered 401 to ``request``: refresh the credential once (RFC 6749 §6 refresh grant, a
+        re-login, a re-read of the vault) and rewrite ``request``. True means "resend it", at most once."""
         ...
 
     async def revoke(self, agent: AgentRef) -> StepResult:
-        """End the agent's credentials at the channel (RFC 7009 revocation, seat disable, console logout)."""
+        """End the agent's access at the channel: RFC 7009 token revocation (refresh token first, §2.1), seat
+        disable through the admin API, console logout."""
         ...
 
-    async def hand_over(self, agent: AgentRef, successor: str | None) -> StepResult:
-        """Reassign the agent's open work (tickets) to ``successor`` or the channel's fallback queue."""
+    async def hand_over(self, agent: AgentRef, successor: AgentRef | None) -> StepResult:
+        """Reassign the agent's open work (tickets, conversations) to ``successor``, or to the channel's fallback
+        queue when there is none."""
         ...
 
     async def verify_no_access(self, agent: AgentRef) -> StepResult:
-        """Check that no access remains (RFC 7662 introspection says inactive, the seat is disabled, ...)."""
+        """Check that no access remains: RFC 7662 introspection answers ``active: false`` for every token
+        issued to the agent, the seat reads disabled, the console lists no session."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release HTTP clients and forget cached credentials."""
+        ...

@@ -37,17 +37,9 @@ class Sealed:
         return f"Sealed(key_id={self.key_id!r}, ...)"
 
 
-class CredentialStore(Protocol):
-    """What the vault needs from storage (``gateway.storage.credentials.ChannelCredentialRepository``)."""
+class SealedRecord(Protocol):
+    """Anything carrying a sealed value: a ``Sealed`` or a stored row (``StoredCredential``)."""
 
-    async def put(self, channel: str, key_id: str, nonce: bytes, ciphertext: bytes, now: datetime) -> object: ...
-
-    async def get(self, channel: str) -> _Stored | None: ...
-
-    async def list_channels(self) -> list[str]: ...
-
-
-class _Stored(Protocol):
     @property
     def key_id(self) -> str: ...
     @property
@@ -56,13 +48,28 @@ class _Stored(Protocol):
     def ciphertext(self) -> bytes: ...
 
 
+class CredentialStore(Protocol):
+    """What the vault needs from storage (``gateway.storage.credentials.ChannelCredentialRepository``)."""
+
+    async def put(self, channel: str, key_id: str, nonce: bytes, ciphertext: bytes, now: datetime) -> object: ...
+
+    async def get(self, channel: str) -> SealedRecord | None: ...
+
+    async def list_channels(self) -> list[str]: ...
+
+
 def generate_key() -> str:
     """A new random AES-256 key, base64, for ``[vault] keys``."""
     return base64.b64encode(os.urandom(KEY_BYTES)).decode("ascii")
 
 
 class Vault:
+    """AES-256-GCM under named keys: ``active_key`` seals, every key still configured opens."""
+
     def __init__(self, keys: Mapping[str, bytes], active_key: str) -> None:
+        short = sorted(key_id for key_id, key in keys.items() if len(key) != KEY_BYTES)
+        if short:
+            raise ConfigError(f"vault keys {', '.join(short)} are not {KEY_BYTES} bytes (AES-256)")
         if active_key not in keys:
             raise ConfigError(f"vault: active_key {active_key!r} is not one of the configured keys")
         self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.items()}
@@ -88,16 +95,23 @@ class Vault:
         return cls(keys, settings.active_key or "")
 
     def encrypt(self, channel: str, plaintext: bytes) -> Sealed:
+        """Seal under the active key with a fresh random 96-bit nonce (SP 800-38D §8.2.2) and the channel as AD."""
         nonce = os.urandom(NONCE_BYTES)
         ciphertext = self._ciphers[self.active_key].encrypt(nonce, plaintext, channel.encode())
         return Sealed(self.active_key, nonce, ciphertext)
 
-    def decrypt(self, sealed: _Stored | Sealed, channel: str) -> bytes:
+    def decrypt(self, sealed: SealedRecord, channel: str) -> bytes:
+        """Open a value sealed for ``channel``; any alteration, or another channel's value, is a VaultError."""
         cipher = self._ciphers.get(sealed.key_id)
         if cipher is None:
             raise VaultError(
                 f"The credential of channel {channel!r} is sealed with vault key {sealed.key_id!r}, which is not "
                 "configured any more; add it back or store the credential again."
+            )
+        if len(sealed.nonce) != NONCE_BYTES:
+            raise VaultError(
+                f"The credential of channel {channel!r} (vault key {sealed.key_id!r}) has a "
+                f"{len(sealed.nonce)}-byte nonce, not {NONCE_BYTES}: it was altered."
             )
         try:
             return cipher.decrypt(sealed.nonce, sealed.ciphertext, channel.encode())
@@ -107,16 +121,19 @@ class Vault:
                 "it was altered or belongs to another channel."
             ) from None
 
-    def needs_rotation(self, sealed: _Stored | Sealed) -> bool:
+    def needs_rotation(self, sealed: SealedRecord) -> bool:
+        """Whether ``sealed`` is under a key other than the active one (``channelgate vault rotate`` re-seals it)."""
         return sealed.key_id != self.active_key
 
 
 async def store_credential(store: CredentialStore, vault: Vault, channel: str, value: bytes, now: datetime) -> None:
+    """Seal ``value`` for ``channel`` and store it, replacing the previous credential."""
     sealed = vault.encrypt(channel, value)
     await store.put(channel, sealed.key_id, sealed.nonce, sealed.ciphertext, now)
 
 
 async def load_credential(store: CredentialStore, vault: Vault, channel: str) -> Secret:
+    """The channel's credential, decrypted into a ``Secret`` that cannot print."""
     stored = await store.get(channel)
     if stored is None:
         raise VaultError(
@@ -134,7 +151,13 @@ async def rotate_all(store: CredentialStore, vault: Vault, now: datetime) -> int
     count = 0
     for channel in await store.list_channels():
         stored = await store.get(channel)
-        if stored is not None and vault.needs_rotation(stored):
-            await store_credential(store, vault, channel, vault.decrypt(stored, channel), now)
+        if stored is None or not vault.needs_rotation(stored):
+            continue
+        plaintext = vault.decrypt(stored, channel)
+        current = await store.get(channel)
+        # Skip a credential replaced meanwhile (set-credential seals under the active key already), so rotation
+        # does not write an older value back over it.
+        if current is not None and (current.key_id, current.nonce) == (stored.key_id, stored.nonce):
+            await store_credential(store, vault, channel, plaintext, now)
             count += 1
     return count

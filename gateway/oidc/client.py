@@ -8,6 +8,7 @@ token (OIDC Core §3.1.3.7) with an asymmetric algorithm allowlist. Agents are k
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,16 +131,17 @@ class OidcClient:
             "redirect_uri": self.redirect_uri,
             "code_verifier": verifier,
         }
-        auth: aiohttp.BasicAuth | None = None
+        headers = {"Accept": "application/json"}
         secret = self._settings.client_secret.get_secret_value()
         if "client_secret_basic" in metadata.token_auth_methods:
             # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
-            auth = aiohttp.BasicAuth(quote(self._settings.client_id, safe=""), quote(secret, safe=""))
+            pair = f"{quote(self._settings.client_id, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         else:
             form.update(client_id=self._settings.client_id, client_secret=secret)
         try:
             async with self._http.post(
-                metadata.token_endpoint, data=form, auth=auth, allow_redirects=False
+                metadata.token_endpoint, data=form, headers=headers, allow_redirects=False
             ) as response:
                 body = await response.json(content_type=None)
                 status = response.status
@@ -190,6 +192,11 @@ class OidcClient:
                 "The identity provider's ID token is not valid for this sign-in.",
                 detail=f"{type(exc).__name__}: {exc}",
             ) from exc
+        if claims["aud"] not in (self._settings.client_id, [self._settings.client_id]):
+            # §3.1.3.7 step 3: refuse a token that also names audiences we do not trust (ASVS 10.5.4).
+            raise _fail(
+                "invalid_id_token", "The ID token was issued to other parties too.", detail=f"aud={claims['aud']!r}"
+            )
         return dict(claims)
 
     def _identity(self, claims: dict[str, Any], id_token: str) -> Identity:

@@ -87,20 +87,24 @@ async def discover(http: aiohttp.ClientSession, issuer: str) -> ProviderMetadata
 
 
 class ProviderKeys:
-    """The provider's JWKS, cached, re-read on an unknown ``kid`` at most once per interval."""
+    """The provider's JWKS, cached; re-read at once on the first unknown ``kid`` (a rotation), then at most
+    once per interval, so forged ``kid`` values cannot turn us into a load generator against the provider."""
 
     def __init__(self, http: aiohttp.ClientSession, jwks_uri: str, refresh_interval: float = 10.0) -> None:
         self._http = http
         self._jwks_uri = jwks_uri
         self._refresh_interval = refresh_interval
         self._keys: KeySet | None = None
-        self._fetched_at = float("-inf")
+        self._forced_at = float("-inf")
         self._lock = asyncio.Lock()
 
     async def key_set(self, *, refresh: bool = False) -> KeySet:
         async with self._lock:
-            stale = time.monotonic() - self._fetched_at >= self._refresh_interval
-            if self._keys is None or (refresh and stale):
+            now = time.monotonic()
+            forced = refresh and now - self._forced_at >= self._refresh_interval
+            if self._keys is None or forced:
+                if forced:
+                    self._forced_at = now
                 raw = await _get_json(self._http, self._jwks_uri, "signing keys (JWKS)")
                 try:
                     # Public keys only: a JWKS that carries private or symmetric keys is refused below.
@@ -110,5 +114,4 @@ class ProviderKeys:
                 if any(key.key_type == "oct" for key in keys.keys):
                     raise ProviderUnavailable("the provider's JWKS contains a symmetric key; refusing it")
                 self._keys = keys
-                self._fetched_at = time.monotonic()
             return self._keys

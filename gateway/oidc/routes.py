@@ -17,6 +17,7 @@ from gateway.oidc.redirects import safe_return_to
 from gateway.scope import scope_of
 from gateway.services import Services
 from gateway.storage.access_log import AccessRecord
+from gateway.storage.agents import UserNameConflict
 from gateway.timeutil import utcnow
 
 PENDING_LOGIN_TTL = 600
@@ -51,9 +52,9 @@ async def callback(request: Request) -> Response:
     assert services.oidc is not None
     scope = scope_of(request, services.settings.server.trusted_proxies)
     params = {key: value for key, value in request.query_params.items()}
-    if len(request.query_params.getlist("state")) > 1 or len(request.query_params.getlist("code")) > 1:
-        raise BadRequest("The sign-in response repeats a parameter; refusing it.")
     try:
+        if any(len(request.query_params.getlist(name)) > 1 for name in ("state", "code", "iss", "error")):
+            raise LoginFailed("The sign-in response repeats a parameter; refusing it.", reason="repeated_parameter")
         login_id = request.cookies.get(services.cookies.login_name)
         pending = await services.sessions.take_pending_login(login_id) if login_id else None
         if pending is None:
@@ -85,6 +86,20 @@ async def callback(request: Request) -> Response:
                 source_ip=scope.client_ip,
                 reason=exc.reason,
                 detail={"detail": exc.detail} if exc.detail else None,
+            )
+        )
+        raise
+    except UserNameConflict as exc:
+        services.metrics.logins.labels("refused").inc()
+        await services.audit.write(
+            AccessRecord(
+                time=utcnow(),
+                kind="login_refused",
+                request_id=scope.request_id,
+                agent_name=identity.user_name,
+                source_ip=scope.client_ip,
+                reason=exc.code,
+                detail={"detail": exc.detail, "subject": identity.subject},
             )
         )
         raise

@@ -1,120 +1,155 @@
-"""One contract for every connector kind: declared capabilities match behaviour, and the credential goes only
-into the upstream request's headers, replacing any client copy."""
+"""The connector contract: every test in ``ConnectorContract`` runs against every connector kind (only ``static``
+today, in each of its injection schemes). A new kind adds one ``Test...`` class with a ``connector`` fixture.
+
+The contract: declared capabilities match behaviour, the credential goes only into the upstream request headers
+(replacing any client copy), and every deprovisioning step answers with a receipt for the connector's channel.
+"""
 
 from __future__ import annotations
 
 import base64
+import logging
 
 import pytest
 
-from connectors.base import AgentRef, Capability, Connector, Outcome, UpstreamRequest
+from connectors.base import AgentRef, Capability, Connector, Outcome, StepResult, UpstreamRequest
 from connectors.secret import Secret
 from connectors.static import StaticCredentialConnector
 from gateway.settings import ChannelSettings
 
 CREDENTIAL = "s3cr3t-channel-credential"
-AGENT = AgentRef(agent_id="agent-1", user_name="alice", email="alice@example.com")
+AGENT = AgentRef(agent_id="agent-1", user_name="alice", email="alice@example.com", manager_user_name="carol")
+SUCCESSOR = AgentRef(agent_id="agent-2", user_name="carol")
+URL = "https://console.internal/api/queue?x=1"
+CLIENT_HEADERS = [("Accept", "application/json"), ("X-Request-Id", "r-1")]
+
+#: Which capability makes each deprovisioning step applicable.
+STEP_CAPABILITIES = {
+    "revoke": {Capability.REVOKE_TOKENS, Capability.SEATS, Capability.CONSOLE_LOGOUT},
+    "hand_over": {Capability.TICKETS},
+    "verify_no_access": {Capability.VERIFY},
+}
+
+
+async def _steps(connector: Connector) -> dict[str, StepResult]:
+    return {
+        "revoke": await connector.revoke(AGENT),
+        "hand_over": await connector.hand_over(AGENT, SUCCESSOR),
+        "verify_no_access": await connector.verify_no_access(AGENT),
+    }
+
+
+def _decoded(value: str) -> str:
+    """A header value with any Basic credentials decoded, so the credential is visible in every encoding."""
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "basic":
+        return value + "\n" + base64.b64decode(rest).decode()
+    return value
+
+
+async def _prepared(connector: Connector, headers: list[tuple[str, str]] | None = None) -> UpstreamRequest:
+    request = UpstreamRequest("GET", URL, list(CLIENT_HEADERS if headers is None else headers))
+    await connector.prepare(AGENT, request)
+    return request
+
+
+class ConnectorContract:
+    """Shared by every connector kind; subclasses provide the ``connector`` fixture, injecting ``CREDENTIAL``."""
+
+    @pytest.fixture
+    def connector(self) -> Connector:
+        raise NotImplementedError
+
+    async def test_a_connector_that_declares_inject_adds_each_injected_header_once(self, connector: Connector) -> None:
+        request = await _prepared(connector)
+        names = [name.lower() for name, _ in request.headers]
+        for injected in connector.injected_headers():
+            expected = 1 if Capability.INJECT in connector.capabilities else 0
+            assert names.count(injected.lower()) == expected
+
+    async def test_prepare_changes_only_the_injected_headers(self, connector: Connector) -> None:
+        request = await _prepared(connector)
+        injected = {name.lower() for name in connector.injected_headers()}
+        assert [(n, v) for n, v in request.headers if n.lower() not in injected] == CLIENT_HEADERS
+        assert (request.method, request.url) == ("GET", URL)
+
+    async def test_the_credential_reaches_the_upstream_headers_and_nothing_else(
+        self, connector: Connector, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        request = await _prepared(connector)
+        assert CREDENTIAL in "\n".join(_decoded(v) for _, v in request.headers)
+        injected = {name.lower() for name in connector.injected_headers()}
+        presented = [v for n, v in request.headers if n.lower() in injected]
+        markers = {CREDENTIAL, *presented, *(part for v in presented for part in v.split() if len(part) >= 8)}
+        results = await _steps(connector)
+        await connector.on_upstream_unauthorized(AGENT, request)
+        elsewhere = [
+            request.url,
+            request.method,
+            repr(connector),
+            str(connector),
+            repr(getattr(connector, "__dict__", {})),
+            caplog.text,
+            *(repr(result) for result in results.values()),
+        ]
+        for marker in markers:
+            assert all(marker not in text for text in elsewhere)
+
+    @pytest.mark.parametrize("spelling", [str.upper, str.lower])
+    async def test_a_client_copy_of_an_injected_header_is_replaced_in_any_spelling(
+        self, connector: Connector, spelling: object
+    ) -> None:
+        forged = [(spelling(name), "forged-by-client") for name in connector.injected_headers()]  # type: ignore[operator]
+        request = await _prepared(connector, [*CLIENT_HEADERS, *forged])
+        assert "forged-by-client" not in "\n".join(_decoded(v) for _, v in request.headers)
+        names = [name.lower() for name, _ in request.headers]
+        assert all(names.count(name.lower()) == 1 for name in connector.injected_headers())
+
+    async def test_every_step_answers_with_a_receipt_for_its_channel(self, connector: Connector) -> None:
+        for step, result in (await _steps(connector)).items():
+            assert isinstance(result, StepResult)
+            assert result.channel == connector.channel
+            assert result.step == step
+            assert result.detail
+
+    async def test_a_step_is_not_applicable_exactly_when_its_capability_is_not_declared(
+        self, connector: Connector
+    ) -> None:
+        for step, result in (await _steps(connector)).items():
+            declared = bool(STEP_CAPABILITIES[step] & connector.capabilities)
+            assert (result.outcome is Outcome.NOT_APPLICABLE) is not declared
+
+    async def test_after_an_upstream_401_the_request_still_carries_one_credential(self, connector: Connector) -> None:
+        request = await _prepared(connector)
+        resend = await connector.on_upstream_unauthorized(AGENT, request)
+        assert isinstance(resend, bool)
+        names = [name.lower() for name, _ in request.headers]
+        assert all(names.count(name.lower()) == 1 for name in connector.injected_headers())
+
+    async def test_close_forgets_and_can_be_called_twice(self, connector: Connector) -> None:
+        await _prepared(connector)
+        await connector.aclose()
+        await connector.aclose()
 
 
 async def _load() -> Secret:
     return Secret(CREDENTIAL)
 
 
-def _static(inject: str, header_name: str | None = None) -> Connector:
-    settings = ChannelSettings(inject=inject, header_name=header_name)  # type: ignore[arg-type]
-    return StaticCredentialConnector("chat", settings, _load)
+class TestStaticBearer(ConnectorContract):
+    @pytest.fixture
+    def connector(self) -> Connector:
+        return StaticCredentialConnector("chat", ChannelSettings(inject="bearer"), _load)
 
 
-CONNECTORS = {
-    "static-bearer": lambda: _static("bearer"),
-    "static-header": lambda: _static("header", "X-Api-Key"),
-    "static-basic": lambda: _static("basic"),
-}
+class TestStaticHeader(ConnectorContract):
+    @pytest.fixture
+    def connector(self) -> Connector:
+        return StaticCredentialConnector("chat", ChannelSettings(inject="header", header_name="X-Api-Key"), _load)
 
 
-@pytest.fixture(params=sorted(CONNECTORS))
-def connector(request: pytest.FixtureRequest) -> Connector:
-    made: Connector = CONNECTORS[request.param]()
-    return made
-
-
-def _presented(headers: list[tuple[str, str]]) -> str:
-    """Every header value, Basic credentials decoded, so a leak in any encoding is visible."""
-    values = []
-    for _, value in headers:
-        values.append(value)
-        if value.startswith("Basic "):
-            values.append(base64.b64decode(value.removeprefix("Basic ")).decode())
-    return "\n".join(values)
-
-
-async def test_prepare_puts_the_credential_into_the_upstream_headers_only(connector: Connector) -> None:
-    request = UpstreamRequest("GET", "http://console.internal/", [("Accept", "text/html")])
-    await connector.prepare(AGENT, request)
-    assert CREDENTIAL in _presented(request.headers)
-    assert CREDENTIAL not in request.url
-    assert CREDENTIAL not in repr(connector.__dict__)
-
-
-async def test_prepare_replaces_a_client_sent_copy_of_the_injected_header(connector: Connector) -> None:
-    injected = connector.injected_headers()
-    request = UpstreamRequest("GET", "http://console.internal/", [(name.upper(), "evil") for name in injected])
-    await connector.prepare(AGENT, request)
-    names = [name.lower() for name, _ in request.headers]
-    assert all(names.count(name.lower()) == 1 for name in injected)
-    assert "evil" not in _presented(request.headers)
-
-
-async def test_every_step_answers_with_a_receipt_for_its_channel(connector: Connector) -> None:
-    for result in (
-        await connector.revoke(AGENT),
-        await connector.hand_over(AGENT, "bob"),
-        await connector.verify_no_access(AGENT),
-    ):
-        assert result.channel == "chat"
-        assert result.outcome in set(Outcome)
-        assert CREDENTIAL not in result.detail
-
-
-async def test_a_connector_without_a_capability_reports_the_step_as_not_applicable(connector: Connector) -> None:
-    steps = {
-        Capability.REVOKE_TOKENS: connector.revoke(AGENT),
-        Capability.TICKETS: connector.hand_over(AGENT, None),
-        Capability.VERIFY: connector.verify_no_access(AGENT),
-    }
-    for capability, step in steps.items():
-        result = await step
-        if capability not in connector.capabilities:
-            assert result.outcome is Outcome.NOT_APPLICABLE
-
-
-@pytest.mark.parametrize(
-    ("inject", "header_name", "expected"),
-    [
-        ("bearer", None, ("Authorization", f"Bearer {CREDENTIAL}")),
-        ("header", "X-Api-Key", ("X-Api-Key", CREDENTIAL)),
-        ("basic", None, ("Authorization", "Basic " + base64.b64encode(f"channelgate:{CREDENTIAL}".encode()).decode())),
-    ],
-)
-async def test_the_static_connector_presents_the_credential_in_the_configured_scheme(
-    inject: str, header_name: str | None, expected: tuple[str, str]
-) -> None:
-    request = UpstreamRequest("GET", "http://console.internal/")
-    await _static(inject, header_name).prepare(AGENT, request)
-    assert request.headers == [expected]
-
-
-async def test_a_changed_credential_is_picked_up_after_an_upstream_401() -> None:
-    current = {"value": "one"}
-
-    async def load() -> Secret:
-        return Secret(current["value"])
-
-    connector = StaticCredentialConnector("chat", ChannelSettings(), load)
-    request = UpstreamRequest("GET", "http://console.internal/")
-    await connector.prepare(AGENT, request)
-    current["value"] = "two"
-    assert await connector.on_upstream_unauthorized(AGENT) is True
-    await connector.prepare(AGENT, request)
-    assert request.headers == [("Authorization", "Bearer two")]
-    assert await connector.on_upstream_unauthorized(AGENT) is False
+class TestStaticBasic(ConnectorContract):
+    @pytest.fixture
+    def connector(self) -> Connector:
+        return StaticCredentialConnector("chat", ChannelSettings(inject="basic"), _load)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
-from jose.exceptions import JWTError
+from jose.exceptions import ExpiredSignatureError, JWTError
 from pydantic import SecretStr
 
 from gateway.errors import ConfigError
-from gateway.proxy.assertion import AssertionSigner
+from gateway.proxy.assertion import AssertionSigner, _thumbprint
 from gateway.settings import AssertionSettings
 
 ISSUER = "https://gw.example.com"
@@ -27,7 +28,7 @@ def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
 
 def _signer(*keys: str, algorithm: str = "ES256") -> AssertionSigner:
     return AssertionSigner(
-        AssertionSettings(algorithm=algorithm, private_keys=tuple(SecretStr(k) for k in keys)),  # type: ignore[arg-type]
+        AssertionSettings(algorithm=algorithm, private_keys=tuple(SecretStr(k) for k in keys)),
         ISSUER,
     )
 
@@ -70,13 +71,71 @@ def test_a_tampered_assertion_does_not_verify() -> None:
         _verify(f"{header}.{forged}.{signature}", signer)
 
 
-def test_the_jwks_holds_no_private_key_material() -> None:
-    signer = _signer(_pem(rsa.generate_private_key(65537, 2048)), algorithm="RS256")
-    for key in signer.jwks()["keys"]:
-        assert set(key) <= {"kty", "n", "e", "kid", "use", "alg"}
-    ec_signer = _signer(_pem(ec.generate_private_key(ec.SECP256R1())))
-    for key in ec_signer.jwks()["keys"]:
-        assert set(key) <= {"kty", "crv", "x", "y", "kid", "use", "alg"}
+def test_a_token_with_a_flipped_signature_byte_does_not_verify() -> None:
+    signer = _signer(_pem(ec.generate_private_key(ec.SECP256R1())))
+    token = signer.sign("agent-1", "alice", frozenset(), "chat", NOW)
+    flipped = token[:-6] + ("A" if token[-6] != "A" else "B") + token[-5:]
+    with pytest.raises(JWTError):
+        _verify(flipped, signer)
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
+def test_a_fresh_token_passes_the_expiry_checks_and_an_old_one_fails_them(algorithm: str) -> None:
+    signer = AssertionSigner(AssertionSettings(algorithm=algorithm, lifetime_seconds=60), ISSUER)
+    fresh = signer.sign("agent-1", "alice", frozenset(), "chat", time.time())
+    claims = jwt.decode(fresh, signer.jwks(), algorithms=[algorithm], audience="chat", issuer=ISSUER)
+    assert claims["exp"] - claims["iat"] == 60
+    assert claims["nbf"] == claims["iat"]
+    stale = signer.sign("agent-1", "alice", frozenset(), "chat", time.time() - 120)
+    with pytest.raises(ExpiredSignatureError):
+        jwt.decode(stale, signer.jwks(), algorithms=[algorithm], audience="chat", issuer=ISSUER)
+
+
+def test_an_assertion_signed_with_another_algorithm_than_configured_is_refused() -> None:
+    signer = _signer(_pem(ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(JWTError):
+        jwt.decode(signer.sign("agent-1", "alice", frozenset(), "chat", NOW), signer.jwks(), algorithms=["RS256"])
+
+
+PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}  # RFC 7518 §6.2.2, §6.3.2, §6.4
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "make", "public_members"),
+    [
+        ("RS256", lambda: rsa.generate_private_key(65537, 2048), {"kty", "n", "e"}),
+        ("ES256", lambda: ec.generate_private_key(ec.SECP256R1()), {"kty", "crv", "x", "y"}),
+    ],
+)
+def test_the_jwks_holds_no_private_key_material(algorithm: str, make: object, public_members: set[str]) -> None:
+    signer = _signer(_pem(make()), _pem(make()), algorithm=algorithm)  # type: ignore[operator]
+    keys = signer.jwks()["keys"]
+    assert len(keys) == 2
+    for key in keys:
+        assert not PRIVATE_MEMBERS & set(key)
+        assert set(key) == public_members | {"kid", "use", "alg"}
+        assert key["alg"] == algorithm
+    ephemeral = AssertionSigner(AssertionSettings(algorithm=algorithm), ISSUER)
+    assert not PRIVATE_MEMBERS & set(ephemeral.jwks()["keys"][0])
+
+
+def test_the_kid_is_the_rfc_7638_thumbprint() -> None:
+    # RFC 7638 §3.1: the example RSA key and its thumbprint.
+    n = (
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3"
+        "oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZ"
+        "Hzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEg"
+        "U8awapJzKnqDKgw"
+    )
+    assert _thumbprint({"kty": "RSA", "n": n, "e": "AQAB"}) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    signer = _signer(_pem(ec.generate_private_key(ec.SECP256R1())))
+    assert signer.kid == _thumbprint(signer.jwks()["keys"][0])
+
+
+def test_a_key_configured_twice_is_refused() -> None:
+    key = _pem(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(ConfigError, match="twice"):
+        _signer(key, key)
 
 
 def test_during_rotation_tokens_of_the_old_key_still_verify() -> None:
@@ -96,6 +155,12 @@ def test_a_token_is_reused_until_half_its_lifetime_then_renewed() -> None:
     assert signer.sign("agent-1", "alice", frozenset(), "chat", NOW + 29) == first
     assert signer.sign("agent-1", "alice", frozenset({"new-group"}), "chat", NOW + 29) != first
     assert signer.sign("agent-1", "alice", frozenset(), "chat", NOW + 31) != first
+    assert signer.sign("agent-1", "alice", frozenset(), "chat", NOW + 31) == signer.sign(
+        "agent-1", "alice", frozenset(), "chat", NOW + 32
+    )
+    assert signer.sign("agent-1", "alice", frozenset(), "chat", NOW - 1) != first  # clock stepped back
+    assert signer.sign("agent-2", "alice", frozenset(), "chat", NOW) != first
+    assert signer.sign("agent-1", "alice", frozenset(), "phone", NOW) != first
 
 
 def test_a_key_of_the_wrong_type_or_size_is_refused_with_a_clear_message(tmp_path: Path) -> None:

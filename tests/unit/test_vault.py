@@ -64,15 +64,23 @@ def test_every_encryption_uses_a_fresh_nonce() -> None:
     [
         lambda s: replace(s, ciphertext=bytes([s.ciphertext[0] ^ 1]) + s.ciphertext[1:]),
         lambda s: replace(s, nonce=bytes([s.nonce[0] ^ 1]) + s.nonce[1:]),
+        lambda s: replace(s, ciphertext=s.ciphertext[:-1] + bytes([s.ciphertext[-1] ^ 0x80])),
         lambda s: replace(s, ciphertext=s.ciphertext[:-1]),
+        lambda s: replace(s, ciphertext=b""),
+        lambda s: replace(s, nonce=s.nonce[:8]),
+        lambda s: replace(s, nonce=b""),
     ],
-    ids=["flipped-ciphertext-byte", "flipped-nonce-byte", "truncated"],
-)
-def test_an_altered_ciphertext_is_refused(tamper: object) -> None:
+    ids=["flipped-ciphertext-byte", "flipped-nonce-byte", "flipped-tag-byte", "truncated", "empty", "short-nonce",
+         "no-nonce"],
+)  # fmt: skip
+def test_an_altered_ciphertext_is_refused_naming_channel_and_key_but_not_the_value(tamper: object) -> None:
     vault, _ = _vault("k1")
-    sealed = tamper(vault.encrypt("chat", b"token"))  # type: ignore[operator]
-    with pytest.raises(VaultError, match="altered"):
+    sealed = tamper(vault.encrypt("chat", b"token-value"))  # type: ignore[operator]
+    with pytest.raises(VaultError, match="altered") as error:
         vault.decrypt(sealed, "chat")
+    assert "'chat'" in error.value.message
+    assert "'k1'" in error.value.message
+    assert "token-value" not in str(error.value)
 
 
 def test_a_ciphertext_moved_to_another_channel_does_not_decrypt() -> None:
@@ -85,6 +93,17 @@ def test_an_unknown_key_id_is_named_in_the_error() -> None:
     vault, _ = _vault("k1")
     with pytest.raises(VaultError, match="'gone'"):
         vault.decrypt(Sealed("gone", b"0" * 12, b"x" * 32), "chat")
+
+
+def test_a_key_of_the_wrong_size_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match="k16"):
+        Vault({"k16": bytes(16), "k32": bytes(32)}, "k32")
+
+
+def test_settings_keys_decode_into_a_working_vault() -> None:
+    vault = Vault.from_settings(VaultSettings(keys={"a": SecretStr(generate_key())}, active_key="a"))
+    assert vault.decrypt(vault.encrypt("chat", b"v"), "chat") == b"v"
+    assert len(base64.b64decode(generate_key(), validate=True)) == 32
 
 
 def test_settings_with_a_short_or_non_base64_key_fail_naming_each_bad_key() -> None:
@@ -112,6 +131,34 @@ async def test_rotation_re_encrypts_under_the_active_key_and_old_values_still_de
     assert await rotate_all(store, new, NOW) == 0
     only_new = Vault({"k2": keys["k2"]}, "k2")
     assert (await load_credential(store, only_new, "mail")).reveal() == "mail-token"
+    with pytest.raises(VaultError, match="'k2'"):
+        await load_credential(store, Vault({"k1": keys["k1"]}, "k1"), "chat")
+
+
+def test_only_values_under_another_key_need_rotation() -> None:
+    old, keys = _vault("k1", "k2")
+    sealed = old.encrypt("chat", b"x")
+    assert not old.needs_rotation(sealed)
+    assert Vault(keys, "k2").needs_rotation(sealed)
+
+
+async def test_rotation_does_not_write_an_old_value_over_one_set_meanwhile() -> None:
+    old, keys = _vault("k1", "k2")
+    store = MemoryCredentials()
+    await store_credential(store, old, "chat", b"before", NOW)
+    new = Vault(keys, "k2")
+    get = store.get
+    reads = {"n": 0}
+
+    async def racing_get(channel: str) -> _Row | None:
+        reads["n"] += 1
+        if reads["n"] == 2:  # an admin sets a new credential between rotation's read and its write
+            await store_credential(store, new, "chat", b"after", NOW)
+        return await get(channel)
+
+    store.get = racing_get  # type: ignore[method-assign]
+    assert await rotate_all(store, new, NOW) == 0
+    assert (await load_credential(store, new, "chat")).reveal() == "after"
 
 
 async def test_a_missing_credential_says_how_to_set_it() -> None:
