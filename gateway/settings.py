@@ -2,7 +2,8 @@
 
 ``CHANNELGATE_OIDC__CLIENT_SECRET=...`` overrides ``[oidc] client_secret``: sections and keys are joined by a
 double underscore. Values are parsed as TOML literals when they parse (``true``, ``30``, ``["a"]``) and taken as
-plain strings otherwise. Secrets are ``SecretStr`` so they print as ``**********`` in any repr or log line.
+plain strings otherwise; a string setting always gets a string (a numeric client secret stays ``"12345"``).
+Secrets are ``SecretStr`` so they print as ``**********`` in any repr or log line.
 A bad file fails with one ``ConfigError`` naming every bad field.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -242,6 +244,18 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
+def _is_text_setting(path: Sequence[str]) -> bool:
+    """Whether ``path`` names a ``str`` / ``SecretStr`` setting (optional or not)."""
+    annotation: Any = Settings
+    for part in path:
+        fields = getattr(annotation, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+    members = typing.get_args(annotation) or (annotation,)
+    return any(m in (str, SecretStr) for m in members) and all(m in (str, SecretStr, type(None)) for m in members)
+
+
 def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Overlay ``CHANNELGATE_A__B=value`` onto ``data["a"]["b"]`` (keys lower-cased)."""
     merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
@@ -256,7 +270,8 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
                 child = {}
             node[part] = child = dict(child)
             node = child
-        node[path[-1]] = _parse_env_value(raw)
+        value = _parse_env_value(raw)
+        node[path[-1]] = raw if _is_text_setting(path) and not isinstance(value, str) else value
     return merged
 
 

@@ -49,6 +49,8 @@ class AuditLog:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: One flush at a time: two would both write the head of the queue (duplicate records), then over-pop it.
+        self._flushing = asyncio.Lock()
 
     async def write(self, *records: AccessRecord, conn: AsyncConnection | None = None) -> None:
         """Write now (strict): raises StorageError if the records cannot be committed."""
@@ -84,12 +86,13 @@ class AuditLog:
             self._task = None
 
     async def flush(self) -> None:
-        while self._pending:
-            batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
-            await self._repository.append(batch)
-            for _ in batch:
-                self._pending.popleft()
-            self._metrics.audit_queue.set(len(self._pending))
+        async with self._flushing:
+            while self._pending:
+                batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
+                await self._repository.append(batch)
+                for _ in batch:
+                    self._pending.popleft()
+                self._metrics.audit_queue.set(len(self._pending))
 
     async def _run(self) -> None:
         backoff = self._flush_interval

@@ -152,16 +152,18 @@ async def test_deprovisioning_cuts_an_open_event_stream(stack: GatewayStack, ali
     ticks_after_revocation: list[str] = []
 
     async def follow_stream() -> None:
-        revoked = False
+        kill: asyncio.Task[object] | None = None
         async with alice.stream("GET", stack.url(0) + "/chat/events") as stream:
             async for line in stream.aiter_lines():
                 if not line.startswith("data: tick"):
                     continue
-                if revoked:
+                if kill is None:
+                    # Keep reading while the CLI runs, so ticks sent before the kill are not counted after it.
+                    kill = asyncio.create_task(
+                        asyncio.to_thread(stack.cli, "agents", "deprovision", "alice", "--reason", "left")
+                    )
+                elif kill.done():
                     ticks_after_revocation.append(line)
-                else:
-                    await asyncio.to_thread(stack.cli, "agents", "deprovision", "alice", "--reason", "left")
-                    revoked = True
                 if len(ticks_after_revocation) > 1:
                     return
 

@@ -11,15 +11,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.components.oidc_provider import OidcProviderFactory
-from tests.integration.test_gateway_harness import (
-    AIOHTTP_BASIC_AUTH_DEPRECATIONS,
+from tests.components.echo_gateway import (
     Deployment,
     cookie_of,
     deployment,
 )
+from tests.components.oidc_provider import OidcProviderFactory
 
-pytestmark = [*AIOHTTP_BASIC_AUTH_DEPRECATIONS, pytest.mark.oidc, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 
 JSON = {"Accept": "application/json"}
 

@@ -16,12 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.components.echo_gateway import Deployment, deployment, eventually
 from tests.components.oidc_provider import OidcProviderFactory
 from tests.components.postgres_server import PostgresServer
 from tests.components.redis_server import RedisServer
-from tests.integration.test_gateway_harness import AIOHTTP_BASIC_AUTH_DEPRECATIONS, Deployment, deployment, eventually
-
-pytestmark = AIOHTTP_BASIC_AUTH_DEPRECATIONS
 
 HTML = {"Accept": "text/html"}
 JSON = {"Accept": "application/json"}

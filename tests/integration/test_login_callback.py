@@ -14,9 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.components.browserless_login import complete_login, login_steps
-from tests.components.oidc_provider import DEMO_PASSWORD
-from tests.integration.test_gateway_harness import AIOHTTP_BASIC_AUTH_DEPRECATIONS
-from tests.integration.test_login_harness import (
+from tests.components.login_gateway import (
     HTML,
     JSON,
     LoginGateway,
@@ -24,9 +22,9 @@ from tests.integration.test_login_harness import (
     provider_pool,
     with_query,
 )
+from tests.components.oidc_provider import DEMO_PASSWORD
 
 pytestmark = [
-    *AIOHTTP_BASIC_AUTH_DEPRECATIONS,
     pytest.mark.oidc,
     pytest.mark.timeout(90),
     pytest.mark.asyncio(loop_scope="module"),

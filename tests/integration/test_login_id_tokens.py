@@ -37,6 +37,7 @@ from gateway.oidc import discovery
 from gateway.oidc.client import OidcClient
 from gateway.settings import OidcSettings
 from tests.components.browserless_login import complete_login, login_steps
+from tests.components.login_gateway import JSON, LoginGateway, login_gateway, provider_pool
 from tests.components.oidc_provider import (
     DEMO_PASSWORD,
     STANDARD_ACCOUNTS,
@@ -50,11 +51,8 @@ from tests.components.oidc_provider import (
     public_jwks,
 )
 from tests.components.ports import LOOPBACK, free_port
-from tests.integration.test_gateway_harness import AIOHTTP_BASIC_AUTH_DEPRECATIONS
-from tests.integration.test_login_harness import JSON, LoginGateway, login_gateway, provider_pool
 
 pytestmark = [
-    *AIOHTTP_BASIC_AUTH_DEPRECATIONS,
     pytest.mark.oidc,
     pytest.mark.timeout(90),
     pytest.mark.asyncio(loop_scope="module"),

@@ -17,12 +17,10 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from tests.components.browserless_login import provider_logout
+from tests.components.login_gateway import HTML, JSON, LoginGateway, login_gateway, provider_pool
 from tests.components.oidc_provider import public_jwks
-from tests.integration.test_gateway_harness import AIOHTTP_BASIC_AUTH_DEPRECATIONS
-from tests.integration.test_login_harness import HTML, JSON, LoginGateway, login_gateway, provider_pool
 
 pytestmark = [
-    *AIOHTTP_BASIC_AUTH_DEPRECATIONS,
     pytest.mark.oidc,
     pytest.mark.timeout(90),
     pytest.mark.asyncio(loop_scope="module"),

@@ -13,19 +13,16 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
-import pytest
 
 from gateway.services import Services
 from gateway.storage.access_log import AccessRecord
+from tests.components.echo_gateway import Deployment, deployment
 from tests.components.oidc_provider import (
     STANDARD_ACCOUNTS,
     OidcAccount,
     OidcProvider,
     provider_config,
 )
-from tests.integration.test_gateway_harness import AIOHTTP_BASIC_AUTH_DEPRECATIONS, Deployment, deployment
-
-pytestmark = [*AIOHTTP_BASIC_AUTH_DEPRECATIONS, pytest.mark.oidc, pytest.mark.timeout(60)]
 
 JSON = {"Accept": "application/json"}
 HTML = {"Accept": "text/html"}
@@ -127,13 +124,3 @@ def with_query(url: httpx.URL, **changes: str | None) -> httpx.URL:
     params = [(key, value) for key, value in url.params.multi_items() if key not in changes]
     params += [(key, value) for key, value in changes.items() if value is not None]
     return url.copy_with(params=httpx.QueryParams(params))
-
-
-async def test_the_harness_logs_alice_in_and_reads_her_login_record() -> None:
-    with provider_pool() as pool:
-        async with login_gateway(pool) as gateway:
-            mark = await gateway.audit_mark()
-            alice = await gateway.login("alice")
-            assert (await alice.get(gateway.url + "/chat/echo", headers=JSON)).status_code == 200
-            logins = await gateway.records_since(mark, "login")
-            assert [record.agent_name for record in logins] == ["alice"]

@@ -2,8 +2,9 @@
 
 ``deployment()`` starts three echo consoles (chat, phone, mail), writes a full channelgate.toml with
 ``tests.components.gateway.config_toml`` for a real oidc-provider, serves it with uvicorn in this process
-(``running_gateway``) and stores each channel's credential in the vault. An echo console stands in for a
-third-party console: it records every request it gets, so a test can prove what did (and did not) reach it.
+(like ``running_gateway``, on a socket held from the start) and stores each channel's credential in the vault.
+An echo console stands in for a third-party console: it records every request it gets, so a test can prove
+what did (and did not) reach it.
 ``raw_request`` speaks HTTP/1.1 over a socket, for request targets an HTTP client would tidy up (``..``, ``%2e``).
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 from jose import jwt
 from starlette.applications import Starlette
@@ -31,22 +32,18 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from connectors.vault import store_credential
-from gateway.services import Services
-from gateway.settings import load_settings
+from gateway.app import create_app
+from gateway.services import Services, open_gateway
+from gateway.settings import Settings, load_settings
+from gateway.storage.migrate import upgrade_to_head
 from gateway.timeutil import utcnow
 from tests.components.browserless_login import login
 from tests.components.gateway import CHANNELS, ROOT, config_toml
-from tests.components.inprocess import running_gateway
 from tests.components.oidc_provider import DEMO_PASSWORD, OidcProviderFactory
-from tests.components.ports import LOOPBACK, free_port
+from tests.components.ports import LOOPBACK
 
 #: gateway/oidc/client.py passes ``aiohttp.BasicAuth`` as ``auth=``, both deprecated since aiohttp 3.14; with
 #: ``filterwarnings = error`` the in-process gateway's token redemption would fail. Owned elsewhere; reported.
-AIOHTTP_BASIC_AUTH_DEPRECATIONS = [
-    pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning"),
-]
-
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -60,17 +57,46 @@ class SeenRequest:
         return [value for key, value in self.headers if key == name.lower()]
 
 
+def bound_socket() -> socket.socket:
+    """A listening-ready socket on a kernel-chosen loopback port, held from now on.
+
+    Choosing a free port and binding it later races with every outgoing connection on the machine, which may
+    take that same ephemeral port in between; holding the socket closes the race.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, 0))
+    return sock
+
+
+async def start_server(config: uvicorn.Config, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Serve ``config`` on the already bound ``sock`` in this event loop; return once it accepts connections."""
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped before it started")
+        await asyncio.sleep(0.01)
+    return server, task
+
+
 @dataclass
 class EchoConsole:
     """A console that records each request: ``/echo`` answers the headers it got, ``/hang`` never answers in
     time, anything else is a plain page."""
 
     channel: str
-    port: int = field(default_factory=free_port)
+    sock: socket.socket = field(default_factory=bound_socket)
     seen: list[SeenRequest] = field(default_factory=list)
     hang_seconds: float = 30.0
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        port: int = self.sock.getsockname()[1]
+        return port
 
     def app(self) -> Starlette:
         async def any_path(request: Request) -> Response:
@@ -86,22 +112,17 @@ class EchoConsole:
         return Starlette(routes=[Route("/{path:path}", any_path, methods=ALL_METHODS)])
 
     async def start(self) -> None:
-        config = uvicorn.Config(
-            self.app(), host=LOOPBACK, port=self.port, lifespan="off", log_level="critical", proxy_headers=False
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
+        config = uvicorn.Config(self.app(), lifespan="off", log_level="critical", proxy_headers=False)
+        self._server, self._task = await start_server(config, self.sock)
 
     async def stop(self) -> None:
+        """Stop answering: afterwards a connection to the port is refused."""
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             self._server.force_exit = True
             await self._task
         self._server = self._task = None
+        self.sock.close()
 
 
 @dataclass
@@ -155,8 +176,8 @@ async def deployment(
 ) -> AsyncIterator[Deployment]:
     """The gateway (memory sessions unless ``redis_url``; SQLite file unless ``database_url``) and three consoles."""
     base_dir = Path(tempfile.mkdtemp(prefix="channelgate-it-"))
-    port = free_port()
-    url = f"http://{LOOPBACK}:{port}"
+    gateway_sock = bound_socket()
+    url = f"http://{LOOPBACK}:{gateway_sock.getsockname()[1]}"
     provider = oidc_provider_factory([url + "/.channelgate/callback"])
     consoles = {channel: EchoConsole(channel) for channel in CHANNELS}
     admin_token = secrets.token_urlsafe(24)
@@ -179,8 +200,7 @@ async def deployment(
             for console in consoles.values():
                 await console.start()
                 stack.push_async_callback(console.stop)
-            gateway = await stack.enter_async_context(running_gateway(settings, port))
-            services = gateway.services
+            services = await stack.enter_async_context(_running_gateway(settings, gateway_sock))
             assert services.vault is not None
             credentials = {}
             for channel in CHANNELS:
@@ -195,7 +215,24 @@ async def deployment(
                 for client in deployed.clients:
                     await client.aclose()
     finally:
+        gateway_sock.close()
         shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def _running_gateway(settings: Settings, sock: socket.socket) -> AsyncIterator[Services]:
+    """``tests.components.inprocess.running_gateway``, but on a socket bound before the provider was told the URL."""
+    await upgrade_to_head(settings.database.url.get_secret_value())
+    services = open_gateway(settings)
+    config = uvicorn.Config(
+        create_app(settings, services), log_level="warning", proxy_headers=False, lifespan="on", ws="websockets-sansio"
+    )
+    server, task = await start_server(config, sock)
+    try:
+        yield services
+    finally:
+        server.should_exit = True
+        await task
 
 
 @dataclass(frozen=True)
@@ -241,15 +278,3 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
             assert value, f"still {value!r} after {timeout} s"
             return value
         await asyncio.sleep(0.1)
-
-
-async def test_the_echo_console_records_what_reached_it_and_answers_with_its_headers() -> None:
-    console = EchoConsole("chat")
-    await console.start()
-    try:
-        async with httpx.AsyncClient() as client:
-            response = await client.get(f"http://{LOOPBACK}:{console.port}/echo?x=1", headers={"X-Probe": "1"})
-        assert response.json()["path"] == "/echo"
-        assert console.seen[0].values("x-probe") == ["1"]
-    finally:
-        await console.stop()

@@ -1,0 +1,175 @@
+"""Render docs/benchmarks.md from one run's results."""
+
+from __future__ import annotations
+
+import statistics
+
+from bench.revocation import RevocationResult, Trial, percentile
+from bench.throughput import TARGETS, ThroughputResult
+
+THROUGHPUT_GOAL = 0.8
+REVOCATION_GOAL_MS = 100.0
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def throughput_section(result: ThroughputResult) -> list[str]:
+    rounds = len(result.rounds)
+    lines = [
+        "## 1. Inline proxy throughput",
+        "",
+        f"Load: `wrk -t{result.threads} -c{result.connections} -d{result.duration:g}s --latency` on `GET /chat/`, "
+        f"{rounds} round(s); each round runs every target once, in the order below, after a short warm-up run. "
+        'The upstream is one nginx worker answering `return 200 "ok"`; every proxy forwards to it over '
+        "keep-alive connections. Figures are the median over the rounds; ratios are taken per round (against "
+        "the bare proxy measured in the same round) and the median is shown, with every round's value after it.",
+        "",
+        "| target | req/s | p50 ms | p90 ms | p99 ms | non-2xx | socket errors | req/s ÷ bare proxy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for target, label in TARGETS.items():
+        ratios = result.ratio(target)
+        errors = sum(run[target].non_2xx for run in result.rounds)
+        sockets = sum(run[target].socket_errors for run in result.rounds)
+        each = " / ".join(f"{value:.2f}" for value in ratios)
+        lines.append(
+            f"| {label} | {result.median(target, 'requests_per_second'):,.0f} "
+            f"| {result.median(target, 'p50_ms'):.2f} | {result.median(target, 'p90_ms'):.2f} "
+            f"| {result.median(target, 'p99_ms'):.2f} | {errors} | {sockets} "
+            f"| {statistics.median(ratios):.2f}× ({each}) |"
+        )
+    memory = statistics.median(result.ratio("memory"))
+    redis = statistics.median(result.ratio("redis"))
+    verdict = "meets" if memory >= THROUGHPUT_GOAL else "**misses**"
+    lines += [
+        "",
+        f"**(c) ÷ (b) = {memory:.2f}×** (goal ≥ {THROUGHPUT_GOAL}×: {verdict} it); "
+        f"with the Redis store (d) ÷ (b) = {redis:.2f}×. "
+        f"nginx `proxy_pass` ÷ bare Python proxy = {statistics.median(result.ratio('nginx')):.1f}×.",
+        "",
+        "What the figures mean:",
+        "",
+        "- **req/s** is completed responses per second over the whole run, wrk and every server sharing the "
+        "same CPUs (see the machine above): it is a comparison between targets in the same run, not a capacity "
+        "figure for a production host.",
+        "- **p50/p90/p99** are wrk's latency percentiles per request with 50 connections kept open, so they include "
+        "queueing behind the other 49 connections; on a saturated single process, p50 ≈ 50 ÷ req/s.",
+        "- **non-2xx** counts responses outside 2xx/3xx; every gateway request must be a 200 from the upstream "
+        "(one request is checked by hand before the run, as wrk would count the login redirect as a success).",
+        "- (c) and (d) do everything a real request does: read the session (memory dict or one Redis Lua "
+        "round trip), decide by groups, strip client identity headers, inject the channel credential, sign a fresh "
+        "ES256 identity assertion, stream the response, and queue an access-log record (batched into SQLite).",
+        "",
+    ]
+    return lines
+
+
+def _row(label: str, values: list[float]) -> str:
+    return (
+        f"| {label} | {len(values)} | {_ms(percentile(values, 50))} | {_ms(percentile(values, 95))} "
+        f"| {_ms(percentile(values, 99))} | {_ms(max(values))} |"
+    )
+
+
+def _method_table(trials: list[Trial], replicas: int) -> list[str]:
+    lines = ["| measured | trials | p50 ms | p95 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
+    for index in range(replicas):
+        lines.append(_row(f"first 401 from replica {index}", [t.refused_after[index] for t in trials]))
+    lines.append(_row("**both replicas refusing** (later of the two)", [t.worst for t in trials]))
+    lines.append(_row("deprovision call, start → answer", [t.call_seconds for t in trials]))
+    lines.append(_row("kill as reported by the gateway (`duration_ms`)", [t.reported_ms / 1000 for t in trials]))
+    lines.append(_row("poll round trip (median per trial)", [t.poll_rtt_ms / 1000 for t in trials]))
+    return lines
+
+
+def revocation_section(result: RevocationResult) -> list[str]:
+    api, cli = result.of("admin_api"), result.of("cli")
+    lines = [
+        "## 2. Revocation latency",
+        "",
+        f"Two gateway replicas, Redis session store, {result.database}. Per trial a fresh agent logs in through "
+        "the real OIDC flow on replica 0, one poller per replica requests `/chat/` with that session in a tight "
+        "loop (one keep-alive connection each, through to the upstream), and once both pollers have seen 200s the "
+        "agent is deprovisioned. Latency = time from the start of the deprovision call until the first 401 from "
+        "that replica *arrived* at the poller (so it includes up to one poll round trip, shown in the last row).",
+        "",
+    ]
+    if api:
+        worst = [t.worst for t in api]
+        p99 = percentile(worst, 99) * 1000
+        verdict = "meets" if p99 < REVOCATION_GOAL_MS else "**misses**"
+        lines += [
+            f"### Admin API — `POST /.channelgate/admin/agents/{{agent}}/deprovision`, {len(api)} trials",
+            "",
+            "The call goes to replica 0 or 1 alternately (trial number mod 2), so both the replica that kills "
+            "and the replica that hears the broadcast are measured in both roles.",
+            "",
+            *_method_table(api, len(api[0].refused_after)),
+            "",
+            f"**p99 until both replicas refuse: {p99:.1f} ms** (goal < {REVOCATION_GOAL_MS:.0f} ms: {verdict} it). "
+            f"Requests sent after the call returned and still allowed: {sum(t.late_allows for t in api)} "
+            f"(must be 0). Trials with a replica missing its acknowledgement: "
+            f"{sum(1 for t in api if t.replicas_missing)}. In-flight responses cut mid-body by the kill "
+            f"(the gateway aborts an agent's open streams): {sum(t.cut_responses for t in api)}.",
+            "",
+        ]
+    if cli:
+        lines += [
+            f"### CLI — `channelgate agents deprovision AGENT --reason ...`, {len(cli)} trials",
+            "",
+            "The same kill from a new Python process (with the Redis store the CLI does the kill itself: it opens "
+            "the database and Redis, disables the agent, deletes the sessions, broadcasts and waits for both "
+            "replicas' acknowledgements). The difference from the admin API is interpreter start-up and imports.",
+            "",
+            *_method_table(cli, len(cli[0].refused_after)),
+            "",
+            f"Requests sent after the CLI returned and still allowed: {sum(t.late_allows for t in cli)} (must be 0).",
+            "",
+        ]
+    return lines
+
+
+def render(
+    *,
+    machine: dict[str, str],
+    date: str,
+    command: str,
+    elapsed: float,
+    throughput: ThroughputResult | None,
+    revocation: RevocationResult | None,
+    quick: bool,
+) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench.run`); do not edit by hand, run it again. "
+        "Every figure is compared with baselines measured in the same run on the same machine, because absolute "
+        "figures on a small shared machine move by ±15 % from run to run.",
+        "",
+    ]
+    if quick:
+        lines += ["> **Quick smoke run (`--quick`)**: short durations and few trials; not for comparison.", ""]
+    lines += [
+        f"- Date: {date}",
+        f"- Command: `{command}` ({elapsed / 60:.1f} min)",
+        *(f"- {name}: {value}" for name, value in machine.items()),
+        "- Every server (nginx, the proxies, the gateways, Redis, PostgreSQL, the provider) and the load generator "
+        "run on this one machine; each Python server is a single process (one uvicorn worker).",
+        "",
+    ]
+    if throughput is not None:
+        lines += throughput_section(throughput)
+    if revocation is not None:
+        lines += revocation_section(revocation)
+    lines += [
+        "## Reproduce",
+        "",
+        "`make bench` (about 5 minutes), or `python -m bench.run --help` for durations, rounds and trial counts; "
+        "`python -m bench.run --quick` is a one-minute smoke run. The sources are in `bench/`: `bare_proxy.py` "
+        "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
+        "`throughput.py`, `revocation.py`.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Run every benchmark and write docs/benchmarks.md.
+
+python -m bench.run                 # the full run (make bench), about 5 minutes
+python -m bench.run --quick         # a smoke run of about a minute
+python -m bench.run --duration 30 --rounds 5 --trials 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.machine import describe
+from bench.nginx import Nginx
+from bench.report import render
+from bench.revocation import RevocationResult, run_revocation
+from bench.stack import Gateway, bench_accounts
+from bench.throughput import ThroughputResult, run_throughput
+from tests.components.oidc_provider import STANDARD_ACCOUNTS, OidcProvider, provider_config
+from tests.components.postgres_server import PostgresServer
+from tests.components.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "docs" / "benchmarks.md"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description="channelgate benchmarks")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (2 s loads, 1 round, 10+2 trials)")
+    parser.add_argument("--duration", type=float, help="seconds of each wrk run (default 10; quick 2)")
+    parser.add_argument("--warmup", type=float, help="seconds of the warm-up before each wrk run (default 2)")
+    parser.add_argument("--rounds", type=int, help="wrk rounds over all targets (default 3; quick 1)")
+    parser.add_argument("--trials", type=int, help="admin-API revocation trials (default 100; quick 10)")
+    parser.add_argument("--cli-trials", type=int, help="CLI revocation trials (default 5; quick 2)")
+    parser.add_argument(
+        "--database", choices=("postgres", "sqlite"), default="postgres", help="revocation database (default postgres)"
+    )
+    parser.add_argument("--skip", choices=("throughput", "revocation"), action="append", default=[])
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.duration = args.duration or (2.0 if quick else 10.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.trials = args.trials if args.trials is not None else (10 if quick else 100)
+    args.cli_trials = args.cli_trials if args.cli_trials is not None else (2 if quick else 5)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    work = Path(tempfile.mkdtemp(prefix="channelgate-bench-"))
+    cleanups = []
+    throughput: ThroughputResult | None = None
+    revocation: RevocationResult | None = None
+    try:
+        nginx = Nginx()
+        cleanups.append(nginx.close)
+        nginx.start()
+        redis_throughput, redis_revocation = RedisServer(), RedisServer()
+        for server in (redis_throughput, redis_revocation):
+            cleanups.append(server.close)
+            server.start()
+
+        memory_gw = Gateway("memory", f"sqlite+aiosqlite:///{work}/memory.db", nginx.upstream_port)
+        redis_gw = Gateway("redis", f"sqlite+aiosqlite:///{work}/redis.db", nginx.upstream_port, redis_throughput.url)
+        if args.database == "postgres":
+            # Its own mkdtemp directory: the postgres user must traverse every parent (see PostgresServer).
+            postgres_dir = Path(tempfile.mkdtemp(prefix="channelgate-bench-pg-"))
+            postgres = PostgresServer(postgres_dir)
+            cleanups.append(lambda: shutil.rmtree(postgres_dir, ignore_errors=True))
+            cleanups.append(postgres.stop)
+            postgres.start()
+            revocation_db = postgres.create_database("bench_revocation")
+            database_label = "PostgreSQL 15 (asyncpg)"
+        else:
+            revocation_db = f"sqlite+aiosqlite:///{work}/revocation.db"
+            database_label = "SQLite (shared file)"
+        replicas = Gateway("revocation", revocation_db, nginx.upstream_port, redis_revocation.url, replicas=2)
+        cleanups.append(replicas.stop)
+
+        provider = OidcProvider(
+            provider_config(
+                [*memory_gw.redirect_uris, *redis_gw.redirect_uris, *replicas.redirect_uris],
+                accounts=(*STANDARD_ACCOUNTS, *bench_accounts(args.trials + args.cli_trials)),
+            )
+        )
+        cleanups.append(provider.close)
+        provider.start()
+
+        if "throughput" not in args.skip:
+            throughput = run_throughput(
+                nginx=nginx,
+                issuer=provider.issuer,
+                memory_gateway=memory_gw,
+                redis_gateway=redis_gw,
+                duration=args.duration,
+                warmup=args.warmup,
+                rounds=args.rounds,
+            )
+        if "revocation" not in args.skip:
+            replicas.start(provider.issuer)
+            revocation = asyncio.run(
+                run_revocation(replicas, api_trials=args.trials, cli_trials=args.cli_trials, database=database_label)
+            )
+            replicas.stop()
+    finally:
+        for cleanup in reversed(cleanups):
+            try:
+                cleanup()
+            except Exception as exc:
+                print(f"cleanup failed: {exc}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+
+    command = "python -m bench.run" + ("" if argv is None and len(sys.argv) == 1 else " " + shlex.join(sys.argv[1:]))
+    machine = describe()
+    # Everything shares the CPUs: other work on the machine during the run moves every figure.
+    machine["Load average (1/5/15 min) before → after"] = (
+        f"{' / '.join(f'{v:.2f}' for v in load_before)} → {' / '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
+    text = render(
+        machine=machine,
+        date=date,
+        command=command,
+        elapsed=time.monotonic() - started,
+        throughput=throughput,
+        revocation=revocation,
+        quick=args.quick,
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Settings are validated once: a bad file names every bad field in one error, and secrets cannot print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.settings import load_settings
+
+GOOD = """
+[server]
+public_url = "https://gateway.example"
+
+[database]
+url = "postgresql+asyncpg://channelgate:db-password-s3cret@db.example/channelgate"
+
+[sessions]
+store = "redis"
+redis_url = "redis://:redis-password-s3cret@redis.example:6379/0"
+
+[oidc]
+issuer = "https://idp.example"
+client_id = "channelgate"
+client_secret = "client-secret-from-file"
+
+[vault]
+active_key = "k1"
+keys = { k1 = "dmF1bHQta2V5LXMzY3JldC0zMi1ieXRlcy1sb25nISE=" }
+
+[admin]
+tokens = ["admin-token-s3cret"]
+
+[channels.chat]
+inject = "bearer"
+
+[[routes]]
+channel = "chat"
+prefix = "/chat/"
+upstream = "http://chat.internal:8080"
+allowed_groups = ["chat-agents"]
+"""
+
+SECRETS = [
+    "db-password-s3cret",
+    "redis-password-s3cret",
+    "client-secret-from-file",
+    "dmF1bHQta2V5LXMzY3JldC0zMi1ieXRlcy1sb25nISE=",
+    "admin-token-s3cret",
+]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "channelgate.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _error(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(_write(tmp_path, text), environ=environ or {})
+    return raised.value.message
+
+
+def test_a_good_file_loads(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, GOOD), environ={})
+    assert settings.routes[0].channel == "chat"
+    assert settings.sessions.store == "redis"
+
+
+def test_one_error_names_every_bad_field_at_once(tmp_path: Path) -> None:
+    bad = (
+        GOOD.replace('public_url = "https://gateway.example"', 'public_url = "https://gateway.example"\nport = 0')
+        .replace('issuer = "https://idp.example"', 'issuer = "ftp://idp.example"')
+        .replace('store = "redis"', 'store = "redis"\nidle_timeout_seconds = 5')
+        .replace('prefix = "/chat/"', 'prefix = "chat"')
+        .replace('inject = "bearer"', 'inject = "carrier-pigeon"')
+        .replace('url = "postgresql+asyncpg://', 'url = "mysql://')
+    )
+    message = _error(tmp_path, bad)
+    for field in (
+        "server.port",
+        "oidc.issuer",
+        "sessions.idle_timeout_seconds",
+        "routes.0.prefix",
+        "channels.chat.inject",
+        "database.url",
+    ):
+        assert field in message
+    assert "6 invalid settings" in message
+
+
+def test_an_unknown_key_is_named_rather_than_ignored(tmp_path: Path) -> None:
+    message = _error(tmp_path, GOOD.replace("[admin]", "[admin]\ntokenz = []"))
+    assert "admin.tokenz" in message
+
+
+def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
+    settings = load_settings(
+        _write(tmp_path, GOOD),
+        environ={"CHANNELGATE_OIDC__CLIENT_SECRET": "from-the-environment", "CHANNELGATE_SERVER__PORT": "9443"},
+    )
+    assert settings.oidc.client_secret.get_secret_value() == "from-the-environment"
+    assert settings.server.port == 9443
+
+
+@pytest.mark.parametrize("value", ["12345678", "true", "2024-01-01", "[1]", "1e5"])
+def test_a_secret_from_the_environment_stays_a_string_even_when_it_looks_like_toml(tmp_path: Path, value: str) -> None:
+    settings = load_settings(_write(tmp_path, GOOD), environ={"CHANNELGATE_OIDC__CLIENT_SECRET": value})
+    assert settings.oidc.client_secret.get_secret_value() == value
+
+
+def test_a_bad_environment_value_is_named_like_a_bad_file_value(tmp_path: Path) -> None:
+    message = _error(tmp_path, GOOD, {"CHANNELGATE_SERVER__PORT": "seventy"})
+    assert "server.port" in message
+
+
+def test_no_secret_prints_in_the_repr_of_the_settings(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, GOOD), environ={})
+    text = repr(settings) + str(settings) + settings.model_dump_json()
+    assert [secret for secret in SECRETS if secret in text] == []
+    assert "**********" in repr(settings)
+
+
+def test_no_secret_prints_in_a_config_error(tmp_path: Path) -> None:
+    message = _error(tmp_path, GOOD.replace('prefix = "/chat/"', 'prefix = "chat"'))
+    assert [secret for secret in SECRETS if secret in message] == []
+
+
+@pytest.mark.parametrize(
+    ("server", "complaint"),
+    [
+        ('public_url = "http://gateway.example"\ninsecure_dev_cookies = true', "loopback"),
+        ('public_url = "https://gateway.example"\ninsecure_dev_cookies = true', "loopback"),
+        ('public_url = "http://10.0.0.5:8000"\ninsecure_dev_cookies = true', "loopback"),
+        ('public_url = "http://gateway.example"', "plain http"),
+        ('public_url = "http://127.0.0.1:8000"', "plain http"),
+    ],
+    ids=["http-public", "https-public", "http-private-ip", "http-without-switch", "loopback-without-switch"],
+)
+def test_insecure_cookies_are_refused_off_loopback_and_http_needs_the_switch(
+    tmp_path: Path, server: str, complaint: str
+) -> None:
+    message = _error(tmp_path, GOOD.replace('public_url = "https://gateway.example"', server))
+    assert "server" in message and complaint in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000"])
+def test_insecure_cookies_are_accepted_on_a_loopback_http_url(tmp_path: Path, host: str) -> None:
+    server = f'public_url = "http://{host}"\ninsecure_dev_cookies = true'
+    settings = load_settings(_write(tmp_path, GOOD.replace('public_url = "https://gateway.example"', server)), {})
+    assert settings.server.insecure_dev_cookies is True
+
+
+def test_a_route_naming_an_unknown_channel_is_refused(tmp_path: Path) -> None:
+    message = _error(tmp_path, GOOD.replace('channel = "chat"', 'channel = "fax"'))
+    assert "fax" in message and "not configured" in message
+
+
+def test_a_redis_store_without_a_url_is_refused(tmp_path: Path) -> None:
+    message = _error(tmp_path, GOOD.replace('redis_url = "redis://:redis-password-s3cret@redis.example:6379/0"', ""))
+    assert "sessions" in message and "redis_url" in message
+
+
+@pytest.mark.parametrize("algorithms", ['["none"]', '["HS256"]', '["RS256", "HS512"]', "[]"])
+def test_only_asymmetric_id_token_algorithms_are_accepted(tmp_path: Path, algorithms: str) -> None:
+    message = _error(tmp_path, GOOD.replace("[oidc]", f"[oidc]\nallowed_algorithms = {algorithms}"))
+    assert "oidc.allowed_algorithms" in message
+
+
+def test_a_missing_file_and_broken_toml_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_settings(tmp_path / "absent.toml", environ={})
+    assert "not valid TOML" in _error(tmp_path, "[server\nport = 1")
