@@ -190,7 +190,8 @@ async def proxy_http(request: Request) -> Response:
             gateway_cookie_names=tuple(services.cookies.names),
             on_complete=finished,
         )
-        untrack.append(services.live.streams.track(admitted.session.data.agent_id, response.abort))
+        if not response.stats.completed:
+            untrack.append(services.live.streams.track(admitted.session.data.agent_id, response.abort))
         return response
     except ChannelgateError as exc:
         response = error_response(request, exc, scope.request_id)

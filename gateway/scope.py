@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -24,16 +24,22 @@ class RequestScope:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+_KEY = "channelgate.scope"
+
+
 def scope_of(connection: HTTPConnection, trusted_proxies: tuple[str, ...]) -> RequestScope:
     """The request's scope, created on first use; the request id is ours, never the client's."""
-    existing = getattr(connection.state, "channelgate", None)
-    if isinstance(existing, RequestScope):
-        return existing
-    peer = connection.client.host if connection.client else "0.0.0.0"  # noqa: S104 - an address, not a bind
+    asgi = connection.scope
+    existing = asgi.get(_KEY)
+    if existing is not None:
+        return existing  # type: ignore[no-any-return]
+    client = asgi.get("client")
+    peer = client[0] if client else "0.0.0.0"  # noqa: S104 - an address, not a bind
     created = RequestScope(
-        request_id=secrets.token_hex(8),
-        client_ip=client_address(peer, connection.headers.raw, trusted_proxies),
+        request_id=os.urandom(8).hex(),
+        # Forwarding headers count only from configured proxies; with none, the TCP peer is the client.
+        client_ip=client_address(peer, connection.headers.raw, trusted_proxies) if trusted_proxies else peer,
         started=time.perf_counter(),
     )
-    connection.state.channelgate = created
+    asgi[_KEY] = created
     return created

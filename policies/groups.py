@@ -6,14 +6,22 @@ of ``decide`` and keeps its signature.
 
 from __future__ import annotations
 
+import functools
+
 from policies.decision import Decision, Reason, Subject, Target
 
 
 def decide(subject: Subject, target: Target) -> Decision:
     """Allow when the agent is in at least one of the route's allowed groups; deny otherwise (closed by default)."""
+    return _decide(subject.groups, target)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decide(groups: frozenset[str], target: Target) -> Decision:
+    """The rule depends only on the groups and the route, so agents with the same groups share one answer."""
     if not target.allowed_groups:
         return Decision(False, frozenset({Reason.ROUTE_CLOSED}), (f"route:{target.channel}:closed",))
-    matched = sorted(set(target.allowed_groups) & subject.groups)
+    matched = sorted(set(target.allowed_groups) & groups)
     if matched:
         ids = tuple(f"route:{target.channel}:group:{group}" for group in matched)
         return Decision(True, frozenset({Reason.GROUP_ALLOWED}), ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 
@@ -88,8 +89,8 @@ class AuditLog:
     async def flush(self) -> None:
         async with self._flushing:
             while self._pending:
-                batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
-                await self._repository.append(batch)
+                batch = list(itertools.islice(self._pending, self._batch_size))
+                await self._repository.append_batch(batch)
                 for _ in batch:
                     self._pending.popleft()
                 self._metrics.audit_queue.set(len(self._pending))

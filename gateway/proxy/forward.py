@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDict
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
@@ -121,6 +121,25 @@ class ProxyResponse(StreamingResponse):
             self._upstream.close()
 
 
+#: Responses that announce at most this many bytes are read whole and sent as one body: no streaming task group
+#: per response (Starlette's StreamingResponse listens for disconnects in a task group), which halves the cost
+#: of the small JSON/HTML answers consoles mostly send. Anything larger, or without Content-Length (SSE,
+#: chunked downloads), is streamed.
+SMALL_BODY_BYTES = 64 * 1024
+
+
+class BufferedProxyResponse(Response):
+    """A small upstream answer, read whole; already complete when returned (nothing left to abort)."""
+
+    def __init__(self, body: bytes, status: int, headers: list[tuple[str, str]], stats: ForwardStats) -> None:
+        super().__init__(body, status_code=status)
+        self.raw_headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        self.stats = stats
+
+    def abort(self, reason: str = "revoked") -> None:
+        """Nothing to cut: the body was complete before the response started."""
+
+
 class UpstreamClient:
     """Owns the process's upstream connection pool. ``start()`` at application start-up, ``close()`` at
     shutdown (or use ``async with``)."""
@@ -189,9 +208,10 @@ class UpstreamClient:
         *,
         gateway_cookie_names: tuple[str, ...] = (),
         on_complete: StatsCallback | None = None,
-    ) -> ProxyResponse:
+    ) -> ProxyResponse | BufferedProxyResponse:
         """Send ``request`` to ``upstream_url`` with ``headers`` (already sanitised and injected) and return a
-        streaming response. ``timeout`` bounds the connect and every read gap, including the wait for headers.
+        streaming response (or, for a small body of known length, the whole body). ``timeout`` bounds the
+        connect and every read gap, including the wait for headers.
 
         Raises ``UpstreamTimeout`` (504) or ``UpstreamError`` (502); messages name the failure, never a header,
         a credential or the query string. ``ClientDisconnect`` propagates if the client leaves mid-upload.
@@ -228,6 +248,22 @@ class UpstreamClient:
             ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers),
             gateway_cookie_names=gateway_cookie_names,
         )
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY_BYTES:
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                upstream.close()
+                raise UpstreamError(
+                    "The channel console stopped in the middle of its response.", detail=type(exc).__name__
+                ) from None
+            upstream.release()
+            stats.bytes_out = len(body)
+            stats.completed = True
+            stats.duration = time.monotonic() - started
+            if on_complete is not None:
+                await on_complete(stats)
+            return BufferedProxyResponse(body, upstream.status, response_headers, stats)
         return ProxyResponse(upstream, response_headers, stats, started, on_complete)
 
     @staticmethod

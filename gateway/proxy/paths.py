@@ -30,6 +30,7 @@ UTF-8, the way browsers send them.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from urllib.parse import quote, unquote
@@ -101,9 +102,11 @@ def _check_segments(path: str) -> None:
             raise _refuse("a segment becomes '..', a separator or ';' after Unicode normalisation")
 
 
+@functools.lru_cache(maxsize=8192)
 def normalise_path(raw_path: bytes | str) -> str:
     """Return the canonical path the upstream will see, or raise ``BadRequest`` for ambiguous spellings.
 
+    Pure, so the results for the paths agents actually use are cached (refusals are not).
     ``raw_path`` is the undecoded path without the query (ASGI ``scope["raw_path"]``). Bytes are read as
     Latin-1 so that each byte stays one character; non-ASCII bytes are then re-encoded as ``%XX``.
     """

@@ -331,7 +331,7 @@ async def test_access_log_keeps_insertion_order_and_is_append_only(engine: Async
     assert first_seq is not None
     assert [r.path for r in await log.after(first_seq, limit=2)] == ["/chat/1", "/chat/2"]
     public = {name for name, _ in inspect.getmembers(AccessLogRepository) if not name.startswith("_")}
-    assert public == {"append", "tail", "after", "for_agent"}
+    assert public == {"append", "append_batch", "tail", "after", "for_agent"}
 
 
 async def test_access_log_returns_an_agents_newest_records_last(engine: AsyncEngine) -> None:
@@ -433,3 +433,17 @@ async def test_storage_error_message_never_contains_the_password(database_url: s
         assert PASSWORD not in text
     assert error.__cause__ is None
     assert error.__suppress_context__
+
+
+async def test_batched_appends_keep_order_and_every_field(engine: AsyncEngine) -> None:
+    log = AccessLogRepository(engine)
+    records = [
+        AccessRecord(time=NOW, kind="request", path=f"/chat/{i}", status=200, bytes_out=i, detail={"i": i})
+        for i in range(300)
+    ]
+    await log.append_batch(records)
+    stored = await log.tail(300)
+    assert [r.path for r in stored] == [f"/chat/{i}" for i in range(300)]
+    assert stored[7].detail == {"i": 7}
+    assert stored[7].bytes_out == 7
+    assert stored[7].time == NOW
