@@ -53,6 +53,9 @@ class Forbidden(AccessDenied):
     code = "forbidden"
 
 
+_HTTP_SCHEME = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+
+
 def _services(connection: HTTPConnection) -> Services:
     services: Services = connection.app.state.services
     return services
@@ -107,7 +110,7 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
         connection.headers.raw,
         gateway_cookie_names=services.cookies.names,
         client_ip=scope.client_ip,
-        scheme=connection.url.scheme,
+        scheme=_HTTP_SCHEME.get(connection.scope.get("scheme", "http"), "http"),
         host=connection.headers.get("host", ""),
         also_remove=(assertion_header, *connector.injected_headers()),
     )
@@ -131,6 +134,12 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
     return Admitted(match, session, decision, path, url, upstream.headers)
 
 
+def _log_path(connection: HTTPConnection) -> str:
+    """The path as requested, with query keys but no values (read from the ASGI scope: no URL object)."""
+    asgi = connection.scope
+    return strip_query_values(asgi["path"], asgi.get("query_string", b"").decode("latin-1"))
+
+
 def _login_redirect(connection: HTTPConnection) -> Response:
     target = connection.url.path + (f"?{connection.url.query}" if connection.url.query else "")
     return RedirectResponse("/.channelgate/login?rd=" + quote(target, safe=""), status_code=302)
@@ -139,7 +148,7 @@ def _login_redirect(connection: HTTPConnection) -> Response:
 async def proxy_http(request: Request) -> Response:
     services = _services(request)
     scope = scope_of(request, services.settings.server.trusted_proxies)
-    log_path = strip_query_values(request.url.path, request.url.query)
+    log_path = _log_path(request)
     try:
         admitted = await _admit(request, services, scope, request.method)
     except ChannelgateError as exc:
@@ -217,7 +226,7 @@ def _elapsed_ms(scope: RequestScope) -> int:
 async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
     services = _services(websocket)
     scope = scope_of(websocket, services.settings.server.trusted_proxies)
-    log_path = strip_query_values(websocket.url.path, websocket.url.query)
+    log_path = _log_path(websocket)
     try:
         admitted = await _admit(websocket, services, scope, "GET")
         if admitted.match.redirect:
