@@ -27,6 +27,7 @@ http {{
     server {{
         listen {host}:{upstream_port};
         location / {{ default_type text/plain; return 200 "ok\\n"; }}
+        location ~ /big/ {{ root {dir}/files; }}
     }}
     server {{
         listen {host}:{proxy_port};
@@ -38,6 +39,9 @@ http {{
     }}
 }}
 """
+
+
+STREAMED_BODY_BYTES = 256 * 1024
 
 
 class Nginx:
@@ -68,6 +72,13 @@ class Nginx:
         return f"http://{LOOPBACK}:{self.proxy_port}"
 
     def start(self) -> None:
+        # A body above the gateway's small-body threshold (64 KiB), so it is streamed chunk by chunk by every
+        # proxy; reachable as /big/… (the gateway strips /chat/) and as /chat/big/… (the bare proxy does not).
+        self._dir.chmod(0o755)  # nginx's worker (user nobody) must reach the files
+        for folder in ("big", "chat/big"):
+            target = self._dir / "files" / folder
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "blob.bin").write_bytes(bytes(range(256)) * (STREAMED_BODY_BYTES // 256))
         self._process.start()
         wait_for_port(LOOPBACK, self.upstream_port)
         wait_for_port(LOOPBACK, self.proxy_port)

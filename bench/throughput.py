@@ -26,7 +26,12 @@ TARGETS = {
     "bare": "(b) bare Python proxy (uvicorn + Starlette + aiohttp, no auth)",
     "memory": "(c) channelgate, memory sessions, SQLite",
     "redis": "(d) channelgate, Redis sessions, SQLite",
+    "bare-stream": "(b2) bare Python proxy, 256 KiB body (streamed)",
+    "memory-stream": "(c2) channelgate, memory sessions, 256 KiB body (streamed)",
 }
+
+#: The baseline each target's ratio is taken against: streamed bodies against the streamed bare proxy.
+BASELINES = {"bare-stream": "bare-stream", "memory-stream": "bare-stream"}
 
 
 @dataclass
@@ -39,8 +44,9 @@ class ThroughputResult:
     def median(self, target: str, attribute: str) -> float:
         return float(statistics.median(getattr(run[target], attribute) for run in self.rounds))
 
-    def ratio(self, target: str, baseline: str = "bare") -> list[float]:
-        """Per round, req/s of ``target`` over req/s of ``baseline`` measured in the same round."""
+    def ratio(self, target: str, baseline: str | None = None) -> list[float]:
+        """Per round, req/s of ``target`` over req/s of its baseline measured in the same round."""
+        baseline = baseline or BASELINES.get(target, "bare")
         return [run[target].requests_per_second / run[baseline].requests_per_second for run in self.rounds]
 
 
@@ -83,6 +89,10 @@ def run_throughput(
             gateway.start(issuer)
             cookies[label] = asyncio.run(session_cookie(gateway, "alice"))
             urls[label] = gateway.url(0) + "/chat/"
+        urls["bare-stream"] = urls["bare"] + "big/blob.bin"
+        urls["memory-stream"] = urls["memory"] + "big/blob.bin"
+        cookies["bare-stream"] = None
+        cookies["memory-stream"] = cookies["memory"]
         bare.wait_until(lambda: _answers(urls["bare"]), timeout=20, what="HTTP")
         for target, url in urls.items():
             check_one_request(url, cookies[target])
