@@ -8,14 +8,17 @@ clears the cookie so a replayed cookie finds nothing (oauth2-proxy CVE-2026-3445
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway.errors import AgentDisabled, BadRequest, LoginFailed
+from gateway.oidc.client import Identity
 from gateway.oidc.redirects import safe_return_to
-from gateway.scope import scope_of
+from gateway.scope import RequestScope, scope_of
 from gateway.services import Services
+from gateway.sessions.base import PendingLogin, SessionData
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import UserNameConflict
 from gateway.timeutil import utcnow
@@ -47,22 +50,40 @@ async def login(request: Request) -> Response:
     return response
 
 
+async def _audit_login(services: Services, scope: RequestScope, kind: str, outcome: str, **fields: Any) -> None:
+    """One record per login attempt, whatever its outcome (ASVS 16.3.1)."""
+    services.metrics.logins.labels(outcome).inc()
+    await services.audit.write(
+        AccessRecord(time=utcnow(), kind=kind, request_id=scope.request_id, source_ip=scope.client_ip, **fields)
+    )
+
+
+async def _authenticate(request: Request, services: Services) -> tuple[PendingLogin, Identity]:
+    """Check the callback against the pending login bound to this browser and validate the provider's answer."""
+    assert services.oidc is not None
+    if any(len(request.query_params.getlist(name)) > 1 for name in ("state", "code", "iss", "error")):
+        raise LoginFailed("The sign-in response repeats a parameter; refusing it.", reason="repeated_parameter")
+    login_id = request.cookies.get(services.cookies.login_name)
+    pending = await services.sessions.take_pending_login(login_id) if login_id else None
+    if pending is None:
+        raise LoginFailed(
+            "This sign-in was not started here, was already used, or took too long. Please sign in again.",
+            reason="unknown_state",
+        )
+    params = dict(request.query_params.items())
+    return pending, await services.oidc.complete(params, pending, services.clock())
+
+
 async def callback(request: Request) -> Response:
     services = _services(request)
-    assert services.oidc is not None
     scope = scope_of(request, services.settings.server.trusted_proxies)
-    params = {key: value for key, value in request.query_params.items()}
     try:
-        if any(len(request.query_params.getlist(name)) > 1 for name in ("state", "code", "iss", "error")):
-            raise LoginFailed("The sign-in response repeats a parameter; refusing it.", reason="repeated_parameter")
-        login_id = request.cookies.get(services.cookies.login_name)
-        pending = await services.sessions.take_pending_login(login_id) if login_id else None
-        if pending is None:
-            raise LoginFailed(
-                "This sign-in was not started here, was already used, or took too long. Please sign in again.",
-                reason="unknown_state",
-            )
-        identity = await services.oidc.complete(params, pending, services.clock())
+        pending, identity = await _authenticate(request, services)
+    except LoginFailed as exc:
+        detail = {"detail": exc.detail} if exc.detail else None
+        await _audit_login(services, scope, "login_failed", "failed", reason=exc.reason, detail=detail)
+        raise
+    try:
         agent = await services.agents.link_or_create_from_login(
             issuer=identity.issuer,
             subject=identity.subject,
@@ -71,96 +92,57 @@ async def callback(request: Request) -> Response:
             display_name=identity.display_name,
             now=utcnow(),
         )
-        if not agent.active:
-            raise AgentDisabled(
-                "Your access to the consoles has been ended by your organisation. "
-                "If you think this is a mistake, contact your supervisor."
-            )
-    except LoginFailed as exc:
-        services.metrics.logins.labels("failed").inc()
-        await services.audit.write(
-            AccessRecord(
-                time=utcnow(),
-                kind="login_failed",
-                request_id=scope.request_id,
-                source_ip=scope.client_ip,
-                reason=exc.reason,
-                detail={"detail": exc.detail} if exc.detail else None,
-            )
-        )
-        raise
     except UserNameConflict as exc:
-        services.metrics.logins.labels("refused").inc()
-        await services.audit.write(
-            AccessRecord(
-                time=utcnow(),
-                kind="login_refused",
-                request_id=scope.request_id,
-                agent_name=identity.user_name,
-                source_ip=scope.client_ip,
-                reason=exc.code,
-                detail={"detail": exc.detail, "subject": identity.subject},
-            )
-        )
+        await _audit_login(
+            services, scope, "login_refused", "refused", agent_name=identity.user_name, reason=exc.code,
+            detail={"detail": exc.detail, "subject": identity.subject},
+        )  # fmt: skip
         raise
-    except AgentDisabled:
-        services.metrics.logins.labels("refused").inc()
-        await services.audit.write(
-            AccessRecord(
-                time=utcnow(),
-                kind="login_refused",
-                request_id=scope.request_id,
-                agent_id=agent.id,
-                agent_name=agent.user_name,
-                source_ip=scope.client_ip,
-                reason="agent_disabled",
-            )
-        )
-        raise
-    from gateway.sessions.base import SessionData
-
     old_session = request.cookies.get(services.cookies.session_name)
     if old_session:
         await services.sessions.delete(old_session)
-    session = await services.sessions.create(
-        SessionData(
-            agent_id=agent.id,
-            user_name=agent.user_name,
-            issuer=identity.issuer,
-            subject=identity.subject,
-            groups=identity.groups,
-            idp_session_id=identity.idp_session_id,
-            id_token=identity.id_token,
-            acr=identity.acr,
-            amr=identity.amr,
-            auth_time=identity.auth_time,
-        ),
-        services.clock(),
-    )
-    # A deprovisioning that committed while this login was in flight must win: re-read after creating.
-    current = await services.agents.get(agent.id)
-    if current is None or not current.active:
-        await services.sessions.delete(session.id)
-        raise AgentDisabled("Your access to the consoles has been ended by your organisation.")
-    services.metrics.logins.labels("ok").inc()
-    await services.audit.write(
-        AccessRecord(
-            time=utcnow(),
-            kind="login",
-            request_id=scope.request_id,
-            agent_id=agent.id,
-            agent_name=agent.user_name,
-            source_ip=scope.client_ip,
-            decision="allow",
-            detail={"groups": sorted(identity.groups), "acr": identity.acr, "amr": list(identity.amr)},
+    session = None
+    if agent.active:
+        session = await services.sessions.create(_session_data(agent.id, agent.user_name, identity), services.clock())
+        # A deprovisioning that committed while this login was in flight must win: re-read after creating.
+        current = await services.agents.get(agent.id)
+        if current is None or not current.active:
+            await services.sessions.delete(session.id)
+            session = None
+    if session is None:
+        await _audit_login(
+            services, scope, "login_refused", "refused", agent_id=agent.id, agent_name=agent.user_name,
+            reason="agent_disabled",
+        )  # fmt: skip
+        raise AgentDisabled(
+            "Your access to the consoles has been ended by your organisation. "
+            "If you think this is a mistake, contact your supervisor."
         )
-    )
+    await _audit_login(
+        services, scope, "login", "ok", agent_id=agent.id, agent_name=agent.user_name, decision="allow",
+        detail={"groups": sorted(identity.groups), "acr": identity.acr, "amr": list(identity.amr)},
+    )  # fmt: skip
     response = _redirect(pending.return_to)
     services.cookies.set(
         response, services.cookies.session_name, session.id, max_age=services.settings.sessions.absolute_timeout_seconds
     )
     services.cookies.clear(response, services.cookies.login_name)
     return response
+
+
+def _session_data(agent_id: str, user_name: str, identity: Identity) -> SessionData:
+    return SessionData(
+        agent_id=agent_id,
+        user_name=user_name,
+        issuer=identity.issuer,
+        subject=identity.subject,
+        groups=identity.groups,
+        idp_session_id=identity.idp_session_id,
+        id_token=identity.id_token,
+        acr=identity.acr,
+        amr=identity.amr,
+        auth_time=identity.auth_time,
+    )
 
 
 async def logout(request: Request) -> Response:
