@@ -28,12 +28,12 @@ def _authorise(request: Request, services: Services) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise AdminTokenRequired("The admin API needs 'Authorization: Bearer <admin token>'.")
-    matched = False
+    actor: str | None = None
     for index, candidate in enumerate(services.settings.admin.tokens):
+        # Every token is compared, so the time taken does not tell which one (or whether any) matched.
         if hmac.compare_digest(token.encode(), candidate.get_secret_value().encode()):
-            matched = True
             actor = f"admin-token-{index}"
-    if not matched:
+    if actor is None:
         raise AdminTokenRequired("The admin token is not valid.")
     return actor
 
