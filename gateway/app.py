@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from gateway import admin_api, ops
 from gateway.authn import require_session
@@ -29,6 +29,7 @@ from gateway.services import Services, open_gateway
 from gateway.settings import Settings
 from policies.decision import Subject, Target
 from policies.groups import decide
+from scim.app import MOUNT_PATH, scim_endpoint
 
 log = logging.getLogger("channelgate")
 
@@ -132,6 +133,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/.channelgate/jwks.json", jwks, methods=["GET"]),
         Route("/.channelgate/admin/agents/{agent}", admin_api.agent_status, methods=["GET"]),
         Route("/.channelgate/admin/agents/{agent}/deprovision", admin_api.deprovision, methods=["POST"]),
+        Mount(MOUNT_PATH, app=scim_endpoint),
         Route("/{path:path}", proxy_http, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         WebSocketRoute("/{path:path}", proxy_websocket_endpoint),
     ]

@@ -9,6 +9,7 @@
     channelgate vault generate-key
     channelgate vault rotate
     channelgate audit tail [-n N] [--follow]
+    channelgate scim-tokens create NAME | list | revoke NAME   (one bearer token per IdP client)
 
 The configuration file comes from ``--config`` or ``CHANNELGATE_CONFIG`` (default ``channelgate.toml``).
 Exit codes: 0 ok, 1 the action failed, 2 bad usage or configuration.
@@ -236,6 +237,39 @@ def cmd_vault_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scim_tokens(args: argparse.Namespace) -> int:
+    """Create (printed once, stored as SHA-256), list or revoke the bearer token of a SCIM client."""
+    from gateway.storage.database import Database
+    from gateway.storage.scim_tokens import ScimTokenRepository
+    from gateway.timeutil import utcnow
+
+    async def run() -> int:
+        database = Database.from_settings(_settings(args).database)
+        tokens = ScimTokenRepository(database.engine)
+        try:
+            if args.scim_command == "create":
+                given = sys.stdin.readline().strip() if args.token_stdin else None
+                if args.token_stdin and not given:
+                    raise ConfigError("--token-stdin: no token on standard input")
+                print(await tokens.create(args.name, utcnow(), given))
+                print(f"token of SCIM client {args.name!r}: shown once, stored hashed", file=sys.stderr)
+            elif args.scim_command == "revoke":
+                await tokens.revoke(args.name, utcnow())
+                print(f"token of SCIM client {args.name!r} revoked")
+            else:
+                _print_json(
+                    [
+                        {"name": t.name, "active": t.active, "created_at": t.created_at, "last_used_at": t.last_used_at}
+                        for t in await tokens.list()
+                    ]
+                )
+            return 0
+        finally:
+            await database.dispose()
+
+    return asyncio.run(run())
+
+
 def _format_record(record: object) -> str:
     fields = (
         "seq",
@@ -327,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=20)
     p.add_argument("--follow", "-f", action="store_true")
     p.set_defaults(func=cmd_audit_tail)
+
+    scim = sub.add_parser("scim-tokens", help="SCIM client tokens").add_subparsers(dest="scim_command", required=True)
+    p = scim.add_parser("create", help="create a SCIM client's bearer token and print it once")
+    p.add_argument("name")
+    p.add_argument("--token-stdin", action="store_true", help="use the token read from stdin (pre-shared)")
+    p.set_defaults(func=cmd_scim_tokens)
+    p = scim.add_parser("revoke", help="revoke a SCIM client's token")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_scim_tokens)
+    scim.add_parser("list", help="list SCIM clients (never the tokens)").set_defaults(func=cmd_scim_tokens)
     return parser
 
 

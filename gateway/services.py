@@ -33,6 +33,11 @@ from gateway.storage.access_log import AccessLogRepository
 from gateway.storage.agents import AgentRepository
 from gateway.storage.credentials import ChannelCredentialRepository
 from gateway.storage.database import Database, create_engine
+from gateway.storage.groups import GroupRepository
+from gateway.storage.scim_tokens import ScimTokenRepository
+from scim.app import ScimApplication
+from scim.storage import DatabaseStorage
+from scim.triggers import GatewayLifecycle
 
 log = logging.getLogger("channelgate")
 
@@ -55,12 +60,16 @@ class Services:
     killer: SessionKiller
     vault: Vault | None
     connectors: dict[str, Connector]
+    groups: GroupRepository
+    scim_tokens: ScimTokenRepository
     live: LiveConnections = field(default_factory=LiveConnections)
     oidc: OidcClient | None = None
     signer: AssertionSigner | None = None
     upstream: UpstreamClient | None = None
     routes: RouteTable | None = None
     idp_http: aiohttp.ClientSession | None = None
+    #: The SCIM 2.0 endpoint mounted at /scim/v2 (issue 3).
+    scim: ScimApplication | None = None
     #: Seconds since the epoch; tests replace it to move past idle and absolute timeouts.
     clock: Callable[[], float] = time.time
 
@@ -119,6 +128,8 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         killer=killer,
         vault=vault,
         connectors=connectors,
+        groups=GroupRepository(database.engine),
+        scim_tokens=ScimTokenRepository(database.engine),
         live=live,
     )
 
@@ -132,4 +143,14 @@ def open_gateway(settings: Settings, replica_id: str | None = None) -> Services:
     services.signer = AssertionSigner(settings.assertion, services.public_url)
     services.upstream = UpstreamClient()
     services.routes = RouteTable(settings.routes)
+    services.scim = open_scim(services)
     return services
+
+
+def open_scim(services: Services) -> ScimApplication:
+    """The SCIM endpoint on the gateway's database, deprovisioning through the gateway's killer."""
+    lifecycle = GatewayLifecycle(services.killer, services.sessions, services.groups, lambda: services.clock())
+    storage = DatabaseStorage(services.database.engine, services.agents, services.groups, lifecycle)
+    return ScimApplication(
+        storage, services.scim_tokens, services.agents, lifecycle, services.audit, services.public_url
+    )

@@ -25,6 +25,8 @@ GATEWAY = "http://127.0.0.1:8000"
 IDP_PORT = 8001
 CONSOLES = {"chat": 8101, "phone": 8102, "mail": 8103}
 CLIENT_ID = "channelgate-demo"
+#: The development SCIM token the demo IdP client uses; never use a guessable token outside the demo.
+SCIM_TOKEN = "demo-scim-token"
 
 
 def _write_config(client_secret: str, admin_token: str) -> Path:
@@ -141,6 +143,10 @@ def main() -> int:
             "--post-logout-redirect-uri", f"{GATEWAY}/",
         )  # fmt: skip
         subprocess.run([python, "-m", "gateway", "migrate"], cwd=ROOT, env=env, check=True)  # noqa: S603
+        subprocess.run(  # noqa: S603
+            [python, "-m", "gateway", "scim-tokens", "create", "demo-idp", "--token-stdin"],
+            cwd=ROOT, env=env, input=(SCIM_TOKEN + "\n").encode(), check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
         for channel, port in CONSOLES.items():
             credential = secrets.token_urlsafe(24)
             subprocess.run(  # noqa: S603
@@ -166,7 +172,18 @@ def main() -> int:
        CHANNELGATE_CONFIG={config} .venv/bin/channelgate agents deprovision alice --reason "left the company"
 
      Her open consoles stop working at once (the chat WebSocket closes) and her next sign-in is refused.
-  4. The access log:  CHANNELGATE_CONFIG={config} .venv/bin/channelgate audit tail -n 30
+  4. Or deactivate alice as an IdP would, over SCIM (development token {SCIM_TOKEN!r}):
+
+       ID=$(curl -s -H "Authorization: Bearer {SCIM_TOKEN}" \\
+              "{GATEWAY}/scim/v2/Users?filter=userName%20eq%20%22alice%22" | python3 -c \\
+              'import json,sys; print(json.load(sys.stdin)["Resources"][0]["id"])')
+       curl -X PATCH -H "Authorization: Bearer {SCIM_TOKEN}" -H "Content-Type: application/scim+json" \\
+            -d '{{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                 "Operations":[{{"op":"replace","path":"active","value":false}}]}}' \\
+            "{GATEWAY}/scim/v2/Users/$ID"
+
+     (alice exists once she has signed in; the PATCH answers only after her sessions are gone.)
+  5. The access log:  CHANNELGATE_CONFIG={config} .venv/bin/channelgate audit tail -n 30
 
   Ctrl-C stops everything.
 """,

@@ -92,6 +92,21 @@ group_members = Table(
 )
 Index("ix_group_members_agent_id", group_members.c.agent_id)
 
+# Groups are looked up by displayName (Okta Group Push, Entra matching); not unique, as RFC 7643 §4.2 allows.
+Index("ix_groups_display_name", groups.c.display_name)
+
+#: One bearer token per SCIM client (IdP). Only the SHA-256 of the token is kept: a dump of the table holds no
+#: usable credential, and the tokens carry 256 bits from ``secrets``, so an unsalted hash is enough.
+scim_tokens = Table(
+    "scim_tokens",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+)
+
 channel_credentials = Table(
     "channel_credentials",
     metadata,

@@ -1,0 +1,174 @@
+"""The SCIM 2.0 endpoint at /scim/v2 (RFC 7644): scim2-server's ASGI core with our auth, errors and audit.
+
+Every request but /ServiceProviderConfig needs a bearer token of one IdP client (RFC 7644 §2; stored hashed,
+``gateway.storage.scim_tokens``); without one the answer is a 401 SCIM Error. Nothing here is rate-limited:
+a throttled deactivation waits for the IdP's retry (Okta: 5 min and doubling, Entra: the next 40-min cycle).
+A PUT or PATCH that sets ``active`` to false disables the agent even when the rest of the request fails
+(fail closed; the error is still reported). Every write is recorded in the access log, refused or not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from scim2_models import SCIMException, UnauthorizedException
+from scim2_server.applications.asgi import ASGIApplication, Receive, Scope
+from scim2_server.requests import ScimRequest
+from scim2_server.responses import ScimResponse
+from scim2_server.routing import Operation
+from scim2_server.service import ScimService
+from starlette import types
+
+from gateway.audit.writer import AuditLog
+from gateway.errors import ChannelgateError
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.agents import AgentRepository
+from gateway.storage.scim_tokens import ScimTokenRepository
+from gateway.timeutil import utcnow
+from scim import requests
+from scim.errors import ScimError
+from scim.lifecycle import CLIENT, Lifecycle, actor
+from scim.provider import MAX_BODY_BYTES, scim_provider
+from scim.storage import DatabaseStorage
+
+log = logging.getLogger("channelgate.scim")
+
+MOUNT_PATH = "/scim"
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class _Service(ScimService):
+    def max_body_size(self, request: ScimRequest) -> int | None:
+        return MAX_BODY_BYTES
+
+
+def _scim_exception(exc: ChannelgateError) -> SCIMException:
+    """One of our errors as the SCIM Error the engine renders (RFC 7644 §3.12)."""
+    rendered = SCIMException(detail=exc.message)
+    rendered.status = exc.status
+    rendered.scim_type = (exc.scim_type if isinstance(exc, ScimError) else None) or ""
+    return rendered
+
+
+class ScimApplication(ASGIApplication):
+    def __init__(
+        self,
+        storage: DatabaseStorage,
+        tokens: ScimTokenRepository,
+        agents: AgentRepository,
+        lifecycle: Lifecycle,
+        audit: AuditLog,
+        base_url: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        provider = scim_provider()
+        super().__init__(storage, provider, _Service(provider))
+        self._tokens = tokens
+        self._agents = agents
+        self._lifecycle = lifecycle
+        self._audit = audit
+        self._base_url = base_url.rstrip("/") + MOUNT_PATH + "/v2"
+        self._clock = clock
+
+    def get_base_url(self, scope: Scope) -> str:  # type: ignore[override]
+        """The configured public URL, never the Host header: Location and meta.location cannot be steered."""
+        return self._base_url
+
+    async def read_request(self, scope: Scope, receive: Receive) -> ScimRequest:
+        request = await super().read_request(scope, receive)
+        body = requests.parse(request.body)
+        if body is not None and len(request.body) <= MAX_BODY_BYTES:
+            request.body = json.dumps(requests.normalise(request.method.upper(), body)).encode()
+        return request
+
+    async def _authenticate(self, request: ScimRequest) -> str:
+        scheme, _, token = (request.header("Authorization") or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthorizedException(
+                detail="send the SCIM client's token as 'Authorization: Bearer <token>' "
+                "(create one with: channelgate scim-tokens create NAME)"
+            )
+        client = await self._tokens.authenticate(token.strip(), self._clock())
+        if client is None:
+            raise UnauthorizedException(detail="the bearer token is unknown or revoked; ask for a new SCIM token")
+        return client
+
+    async def dispatch_request(self, request: ScimRequest) -> ScimResponse:
+        if self.needs_auth(request):
+            request.subject = await self._authenticate(request)
+            CLIENT.set(request.subject)
+        method = request.method.upper()
+        target = self.service.match(request)
+        deactivating = (
+            target.endpoint == "Users"
+            and target.resource_id is not None
+            and target.operation in (Operation.patch, Operation.replace)
+            and requests.deactivates(method, requests.parse(request.body))
+        )
+        try:
+            return await self.handler.handle(request)
+        except Exception:
+            if deactivating:
+                assert target.resource_id is not None
+                await self._fail_closed(target.resource_id)
+            raise
+
+    async def _fail_closed(self, agent_id: str) -> None:
+        """The request asked to deactivate and failed for another reason: deactivate anyway."""
+        agent = await self._agents.get(agent_id)
+        if agent is not None:
+            log.warning("SCIM request failed but asked to deactivate agent %s: deactivating it", agent_id)
+            await self._lifecycle.deactivated(agent_id, was_active=agent.active)
+
+    def handle_exception(self, request: ScimRequest, exception: Exception) -> ScimResponse:
+        if isinstance(exception, ChannelgateError):
+            if exception.status >= 500:
+                log.error("SCIM %s %s failed: %s", request.method, request.path, exception.message)
+            return self.service.error_response(_scim_exception(exception))
+        return super().handle_exception(request, exception)
+
+    async def serve(self, request: ScimRequest) -> ScimResponse:
+        started = time.perf_counter()
+        CLIENT.set("unauthenticated")
+        response = await super().serve(request)
+        if request.method.upper() in _WRITES:
+            await self._record(request, response, started)
+        return response
+
+    async def _record(self, request: ScimRequest, response: ScimResponse, started: float) -> None:
+        body: Any = response.body if isinstance(response.body, dict) else {}
+        parts = request.path.strip("/").split("/")
+        agent_id = None
+        if parts[0] == "Users":
+            agent_id = parts[1] if len(parts) > 1 else body.get("id")
+        await self._audit.write(
+            AccessRecord(
+                time=utcnow(),
+                kind="scim",
+                agent_id=agent_id,
+                agent_name=body.get("userName"),
+                method=request.method.upper(),
+                path=MOUNT_PATH + "/v2" + request.path,
+                status=int(response.status),
+                decision="applied" if int(response.status) < 400 else "refused",
+                reason=body.get("detail") if int(response.status) >= 400 else None,
+                duration_ms=round((time.perf_counter() - started) * 1000),
+                actor=actor(),
+                detail={"scimType": body.get("scimType")} if body.get("scimType") else None,
+            )
+        )
+
+
+async def scim_endpoint(scope: types.Scope, receive: types.Receive, send: types.Send) -> None:
+    """The mount point in the gateway app: the ``ScimApplication`` that ``gateway.services`` built."""
+    application: ScimApplication | None = scope["app"].state.services.scim
+    if application is None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await application(dict(scope), receive, send)  # type: ignore[arg-type]

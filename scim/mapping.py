@@ -1,0 +1,127 @@
+"""SCIM resources ↔ our rows, with no I/O (RFC 7643 §4).
+
+A SCIM user is an agent: the attributes the gateway and the filters use live in indexed columns, and the whole
+SCIM representation is kept in ``agents.attributes`` so an IdP reads back what it wrote. The columns win on
+read: an agent created at first login (no SCIM representation) still reads as a User. ``password`` is never
+stored (Okta sends a dummy one); ``groups`` is computed from the memberships; ``id`` and ``meta`` are ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from scim2_models import (
+    Context,
+    Email,
+    EnterpriseUser,
+    Group,
+    GroupMember,
+    GroupMembership,
+    Manager,
+    Meta,
+    User,
+)
+
+from gateway.storage._time import from_db
+from gateway.storage.agents import user_name_key
+from gateway.storage.groups import Group as GroupRow
+
+UserModel: Final = User[EnterpriseUser]
+#: Never kept in ``agents.attributes``: ours (id, meta), computed (groups), or never stored (password).
+_NOT_STORED: Final = frozenset({"id", "meta", "password", "groups"})
+
+
+def etag(version: int) -> str:
+    """``meta.version`` is a weak ETag of the row version (RFC 7644 §3.14)."""
+    return f'W/"{version}"'
+
+
+def version_of(text: str) -> int | None:
+    """The row version named by an ETag we issued; None for any other string (it then matches nothing)."""
+    value = text.strip().removeprefix("W/").strip('"')
+    return int(value) if value.isdigit() else None
+
+
+def work_email(user: User[Any]) -> str | None:
+    """The one searchable email: the work one, else the primary one, else the first."""
+    emails = [email for email in user.emails or [] if email.value]
+    chosen = (
+        next((e for e in emails if e.type == "work"), None) or next((e for e in emails if e.primary), None)
+        if emails
+        else None
+    )
+    chosen = chosen or (emails[0] if emails else None)
+    return None if chosen is None else str(chosen.value)
+
+
+def user_columns(user: User[Any]) -> dict[str, Any]:
+    """The indexed columns of ``agents`` for a User; ``active`` is left to the caller (lifecycle)."""
+    enterprise = user[EnterpriseUser]
+    manager = enterprise.manager if enterprise is not None else None
+    assert user.user_name is not None  # required in every request context, checked by the engine
+    return {
+        "user_name": user.user_name,
+        "user_name_key": user_name_key(user.user_name),
+        "external_id": user.external_id,
+        "display_name": user.display_name,
+        "email": work_email(user),
+        "employee_number": enterprise.employee_number if enterprise is not None else None,
+        "manager_id": manager.value if manager is not None else None,
+        "attributes": stored_attributes(user),
+    }
+
+
+def stored_attributes(user: User[Any]) -> dict[str, Any]:
+    dumped: dict[str, Any] = user.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE)
+    return {key: value for key, value in dumped.items() if key not in _NOT_STORED}
+
+
+def user_resource(row: Any, groups: Sequence[tuple[str, str]]) -> User[Any]:
+    """The User for an ``agents`` row and its (group id, displayName) memberships."""
+    user = UserModel.model_validate(row["attributes"] or {}, scim_ctx=None)
+    user.id = row["id"]
+    user.user_name = row["user_name"]
+    user.external_id = row["external_id"]
+    user.display_name = row["display_name"]
+    user.active = bool(row["active"])
+    if row["email"] and not user.emails:
+        user.emails = [Email(value=row["email"], type="work", primary=True)]
+    if row["employee_number"] is not None or row["manager_id"] is not None:
+        enterprise = user[EnterpriseUser] or EnterpriseUser()
+        enterprise.employee_number = row["employee_number"]
+        if row["manager_id"] is None:
+            enterprise.manager = None
+        elif enterprise.manager is None or enterprise.manager.value != row["manager_id"]:
+            enterprise.manager = Manager(value=row["manager_id"], ref=f"Users/{row['manager_id']}")
+        user[EnterpriseUser] = enterprise
+    user.groups = [
+        GroupMembership(value=group_id, display=name, ref=f"Groups/{group_id}", type="direct")
+        for group_id, name in groups
+    ] or None
+    user.meta = _meta("User", from_db(row["created_at"]), from_db(row["updated_at"]), row["version"])
+    return user
+
+
+def group_resource(group: GroupRow) -> Group:
+    resource = Group(
+        id=group.id,
+        display_name=group.display_name,
+        external_id=group.external_id,
+        members=[
+            GroupMember(value=member.agent_id, display=member.user_name, type="User", ref=f"Users/{member.agent_id}")
+            for member in group.members
+        ]
+        or None,
+    )
+    resource.meta = _meta("Group", group.created_at, group.updated_at, group.version)
+    return resource
+
+
+def member_ids(group: Group) -> list[str]:
+    return [member.value for member in group.members or [] if member.value]
+
+
+def _meta(resource_type: str, created: datetime, updated: datetime, version: int) -> Meta:
+    return Meta(resource_type=resource_type, created=created, last_modified=updated, version=etag(version))

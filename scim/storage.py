@@ -1,0 +1,261 @@
+"""SCIM resources on our database: Users are rows of ``agents``, Groups of ``groups`` (scim2-server storage ABC).
+
+scim2-server applies PUT and PATCH to the stored resource and hands ``update`` the whole new state, so the
+lifecycle is read here by comparing ``active`` before and after: true → false deprovisions (after the row
+committed, before ``update`` returns, hence before the response); false → true re-enables the agent, whose old
+sessions stay dead. DELETE deprovisions and then soft-deletes (RFC 7644 §3.6): the id answers 404 from then on
+and the userName is free for a rehire. Searches page by a fixed order (created, id), stable across pages as
+Okta requires; filters go through ``scim.filters``' allow-list and never widen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+from scim2_models import (
+    Group,
+    InvalidFilterException,
+    InvalidValueException,
+    NotFoundException,
+    NotImplementedException,
+    PreconditionFailedException,
+    Resource,
+    ResourceType,
+    ResponseParameters,
+    SearchRequest,
+    UniquenessException,
+    User,
+)
+from scim2_server.storage import AsyncScimStorage, SearchPage
+from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.errors import NotFound
+from gateway.storage._time import to_db
+from gateway.storage.agents import AgentRepository
+from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.groups import GroupRepository, StaleVersion, UnknownMembers
+from gateway.storage.schema import agents, group_members, groups
+from gateway.timeutil import utcnow
+from scim.errors import InvalidFilter
+from scim.filters import group_filter, user_filter
+from scim.lifecycle import Lifecycle
+from scim.mapping import group_resource, member_ids, user_columns, user_resource, version_of
+from scim.provider import MAX_RESULTS
+
+_LIVE = agents.c.deleted_at.is_(None)
+
+
+def _expected(expected_version: str | None) -> int | None:
+    if expected_version is None:
+        return None
+    version = version_of(expected_version)
+    if version is None:
+        raise PreconditionFailedException(detail=f"If-Match {expected_version} is not a version of this resource")
+    return version
+
+
+def _stale(found: int, expected: int | None) -> None:
+    if expected is not None and found != expected:
+        raise PreconditionFailedException(
+            detail=f'the resource changed (now version W/"{found}"); GET it again and resend with its ETag'
+        )
+
+
+def _not_found(kind: str, resource_id: str) -> NotFoundException:
+    return NotFoundException(detail=f"no {kind} has the id {resource_id!r}")
+
+
+class DatabaseStorage(AsyncScimStorage):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        agent_repository: AgentRepository,
+        group_repository: GroupRepository,
+        lifecycle: Lifecycle,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._agents = agent_repository
+        self._groups = group_repository
+        self._lifecycle = lifecycle
+        self._clock = clock
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    async def get(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        response_parameters: ResponseParameters[Any] | None = None,
+    ) -> Resource[Any]:
+        if resource_type.name == "User":
+            async with read_transaction(self._engine) as conn:
+                row = (await conn.execute(select(agents).where(agents.c.id == resource_id, _LIVE))).mappings().first()
+                if row is None:
+                    raise _not_found("user", resource_id)
+                return user_resource(row, (await self._memberships(conn, [resource_id]))[resource_id])
+        group = await self._groups.get(resource_id)
+        if group is None:
+            raise _not_found("group", resource_id)
+        return group_resource(group)
+
+    async def search(
+        self,
+        resource_types: list[ResourceType],
+        search_request: SearchRequest[Any],
+        *,
+        position: Any = None,
+    ) -> SearchPage:
+        if len(resource_types) != 1:
+            raise NotImplementedException(detail="search /Users or /Groups; a search at the root is not supported")
+        text = None if search_request.filter is None else str(search_request.filter)
+        is_user = resource_types[0].name == "User"
+        try:
+            condition = None if text is None else (user_filter(text) if is_user else group_filter(text))
+        except InvalidFilter as exc:
+            raise InvalidFilterException(detail=exc.message) from None
+        offset = search_request.start_index_0 or 0
+        limit = MAX_RESULTS if search_request.count is None else search_request.count
+        if not is_user:
+            total, found = await self._groups.search(condition, offset, limit)
+            return SearchPage(total, [group_resource(group) for group in found])
+        return await self._search_users(condition, offset, limit)
+
+    async def _search_users(self, condition: ColumnElement[bool] | None, offset: int, limit: int) -> SearchPage:
+        where = [_LIVE] if condition is None else [_LIVE, condition]
+        query = select(agents).where(*where).order_by(agents.c.created_at, agents.c.id).offset(offset).limit(limit)
+        async with read_transaction(self._engine) as conn:
+            total = (await conn.execute(select(func.count()).select_from(agents).where(*where))).scalar_one()
+            rows = (await conn.execute(query)).mappings().all()
+            memberships = await self._memberships(conn, [row["id"] for row in rows])
+        return SearchPage(total, [user_resource(row, memberships[row["id"]]) for row in rows])
+
+    async def _memberships(self, conn: AsyncConnection, agent_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+        found: dict[str, list[tuple[str, str]]] = {agent_id: [] for agent_id in agent_ids}
+        if agent_ids:
+            query = (
+                select(group_members.c.agent_id, groups.c.id, groups.c.display_name)
+                .join(groups, groups.c.id == group_members.c.group_id)
+                .where(group_members.c.agent_id.in_(agent_ids), groups.c.deleted_at.is_(None))
+                .order_by(groups.c.display_name, groups.c.id)
+            )
+            for agent_id, group_id, name in (await conn.execute(query)).all():
+                found[agent_id].append((group_id, name))
+        return found
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    async def create(self, resource_type: ResourceType, resource: Resource[Any]) -> Resource[Any]:
+        if isinstance(resource, Group):
+            return await self._group_write(resource, None, None)
+        assert isinstance(resource, User)
+        agent_id, now = str(uuid4()), to_db(self._clock())
+        values = {
+            **user_columns(resource),
+            "id": agent_id,
+            "active": resource.active is not False,
+            "source": "scim",
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with write_transaction(self._engine) as conn:
+                await conn.execute(insert(agents).values(values))
+        except IntegrityError:
+            raise _taken(values["user_name"]) from None
+        return await self.get(resource_type, agent_id)
+
+    async def update(
+        self, resource_type: ResourceType, resource: Resource[Any], *, expected_version: str | None = None
+    ) -> Resource[Any]:
+        expected = _expected(expected_version)
+        assert resource.id is not None
+        if isinstance(resource, Group):
+            return await self._group_write(resource, resource.id, expected)
+        assert isinstance(resource, User)
+        values = user_columns(resource)
+        try:
+            async with write_transaction(self._engine) as conn:
+                row = (await conn.execute(select(agents).where(agents.c.id == resource.id, _LIVE))).mappings().first()
+                if row is None:
+                    raise _not_found("user", resource.id)
+                _stale(row["version"], expected)
+                was_active = bool(row["active"])
+                # An absent ``active`` keeps the current state: a PUT that omits it never re-enables anyone.
+                active = was_active if resource.active is None else resource.active
+                if active != was_active:
+                    values |= {"active": active, "disabled_reason": None if active else "deactivated by SCIM"}
+                await conn.execute(
+                    update(agents)
+                    .where(agents.c.id == resource.id)
+                    .values(**values, version=agents.c.version + 1, updated_at=to_db(self._clock()))
+                )
+        except IntegrityError:
+            raise _taken(values["user_name"]) from None
+        if not active:
+            await self._lifecycle.deactivated(resource.id, was_active=was_active)
+        return await self.get(resource_type, resource.id)
+
+    async def delete(
+        self, resource_type: ResourceType, resource_id: str, *, expected_version: str | None = None
+    ) -> None:
+        expected = _expected(expected_version)
+        if resource_type.name != "User":
+            await self._group_delete(resource_id, expected)
+            return
+        agent = await self._agents.get(resource_id)
+        if agent is None:
+            raise _not_found("user", resource_id)
+        _stale(agent.version, expected)
+        await self._lifecycle.deleting(resource_id)
+        try:
+            await self._agents.mark_deleted(resource_id, "deleted by SCIM", self._clock())
+        except NotFound:
+            raise _not_found("user", resource_id) from None
+
+    async def _group_write(self, group: Group, group_id: str | None, expected: int | None) -> Resource[Any]:
+        assert group.display_name is not None  # required in every request context, checked by the engine
+        try:
+            if group_id is None:
+                members = member_ids(group)
+                change = await self._groups.create(group.display_name, group.external_id, members, self._clock())
+            else:
+                change = await self._groups.replace(
+                    group_id, group.display_name, group.external_id, member_ids(group), expected, self._clock()
+                )
+        except UnknownMembers as exc:
+            raise InvalidValueException(detail=exc.message) from None
+        except StaleVersion:
+            raise _group_stale() from None
+        except NotFound:
+            raise _not_found("group", group_id or "") from None
+        await self._lifecycle.groups_changed(change.affected_agents)
+        assert change.group is not None
+        return group_resource(change.group)
+
+    async def _group_delete(self, group_id: str, expected: int | None) -> None:
+        try:
+            change = await self._groups.delete(group_id, expected, self._clock())
+        except StaleVersion:
+            raise _group_stale() from None
+        except NotFound:
+            raise _not_found("group", group_id) from None
+        await self._lifecycle.groups_changed(change.affected_agents)
+
+
+def _taken(user_name: str) -> UniquenessException:
+    return UniquenessException(
+        detail=f"the userName {user_name!r} is already taken by another user (userName is compared "
+        "case-insensitively); look the user up with a filter and update it instead"
+    )
+
+
+def _group_stale() -> PreconditionFailedException:
+    return PreconditionFailedException(detail="the group changed; GET it again and resend with its ETag")
