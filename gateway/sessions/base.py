@@ -131,6 +131,16 @@ class SessionStore(Protocol):
         """
         ...
 
+    async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
+        """Replace the groups of every live session of the agent; returns how many sessions were updated.
+
+        ASVS 8.3.2: a directory change (SCIM, LDAP) applies on the agent's very next request on every replica,
+        with no directory read on the hot path. Atomic: a concurrent lookup sees the old groups or the new ones.
+        Timestamps are kept, so an update never revives or extends a session (one past its timeout but not yet
+        collected may be counted; it stays expired).
+        """
+        ...
+
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
         """The live sessions of an agent (admin views, tests).
 

@@ -9,6 +9,7 @@ is used, so memory stays bounded by the live sessions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -97,6 +98,14 @@ class MemorySessionStore:
         for queue in self._subscribers:
             queue.put_nowait(revocation)
         return len(keys), revocation
+
+    async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
+        # No await between the reads and the writes, so no lookup can run halfway through.
+        keys = self._by_agent.get(agent_id, set())
+        for key in keys:
+            stored = self._sessions[key]
+            stored.data = dataclasses.replace(stored.data, groups=frozenset(groups))
+        return len(keys)
 
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
         found = []

@@ -111,6 +111,38 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return count
 """
 
+# KEYS: agent index. ARGV: session prefix, groups (JSON array). Splices the array into each session's data
+# in place of the old one; every other byte, the timestamps and the TTL stay. Text, not cjson: cjson would
+# turn an empty array into {} and round floats to 14 digits. The key is found as ',"groups":[', which cannot
+# occur inside a JSON string (a quote there is always escaped); the old array ends at the first ']' outside
+# a string. Ended sessions are pruned from the index, never written (HSET would recreate them).
+_UPDATE_GROUPS = """
+local count = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local data = redis.call('HGET', ARGV[1] .. member, 'data')
+  if not data then
+    redis.call('SREM', KEYS[1], member)
+  else
+    local _, open = string.find(data, ',"groups":[', 1, true)
+    local i, quoted = open and open + 1, false
+    while i and i <= #data do
+      local c = string.sub(data, i, i)
+      if quoted then
+        if c == '\\\\' then i = i + 1 elseif c == '"' then quoted = false end
+      elseif c == '"' then quoted = true
+      elseif c == ']' then
+        data = string.sub(data, 1, open - 1) .. ARGV[2] .. string.sub(data, i + 1)
+        redis.call('HSET', ARGV[1] .. member, 'data', data)
+        count = count + 1
+        break
+      end
+      i = i + 1
+    end
+  end
+end
+return count
+"""
+
 # KEYS: agent index. ARGV: session prefix, now, idle s, absolute s. Returns member, data, created, seen, ...
 _SESSIONS_OF = """
 local out = {}
@@ -219,6 +251,7 @@ class RedisSessionStore:
         self._delete = self._redis.register_script(_DELETE)
         self._revoke = self._redis.register_script(_REVOKE)
         self._sessions_of = self._redis.register_script(_SESSIONS_OF)
+        self._update_groups = self._redis.register_script(_UPDATE_GROUPS)
 
     async def create(self, data: SessionData, now: float) -> Session:
         session_id = new_session_id()
@@ -260,6 +293,12 @@ class RedisSessionStore:
         args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation)]
         count = await self._call(self._revoke(keys=[AGENT_PREFIX + agent_id], args=args))
         return int(count), revocation
+
+    async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
+        """One script over the agent's index, so every replica's next lookup sees the new groups, never a mix."""
+        array = json.dumps(sorted(groups), separators=(",", ":"))
+        count = await self._call(self._update_groups(keys=[AGENT_PREFIX + agent_id], args=[SESSION_PREFIX, array]))
+        return int(count)
 
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
         args: list[str | float] = [SESSION_PREFIX, repr(now), self.idle_timeout, self.absolute_timeout]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
@@ -28,7 +29,7 @@ from gateway.sessions.base import (
     session_key,
 )
 from gateway.sessions.memory import MemorySessionStore
-from gateway.sessions.redis_store import UNAVAILABLE, RedisSessionStore
+from gateway.sessions.redis_store import UNAVAILABLE, RedisSessionStore, encode_data
 from tests.components.redis_server import RedisServer
 
 IDLE = 600.0
@@ -49,6 +50,15 @@ ALICE = SessionData(
     auth_time=1_749_999_990.5,
 )
 BOB = SessionData(agent_id="agent-bob", user_name="bob", issuer="https://idp.example.com", subject="sub-bob")
+#: Group names a directory may send: each must land whole, and none may disturb the rest of the stored session.
+ODD_GROUPS = [
+    frozenset(),
+    frozenset({"phone-agents"}),
+    frozenset({"chat-agents", "phone-agents", "mail-agents", "supervisors"}),
+    frozenset({'a"b', "c]d", "e\\", "\\", "]", '"', '],"groups":["admins"]', ',"groups":[', 'x\\"]'}),
+    frozenset({"Ärzte", "客服", "emoji-\U0001f4de", "tab\tnew\nline", "</script>"}),
+]
+ODD_GROUP_IDS = ["none", "one", "four", "json-breakers", "unicode-and-controls"]
 PENDING = PendingLogin(state="st", nonce="nn", code_verifier="cv" * 30, return_to="/console", created_at=T0)
 
 
@@ -199,6 +209,79 @@ class TestSessionStoreContract:
         assert await backend.store.sessions_of(ALICE.agent_id, T0 + 1) == []
         assert (await backend.store.revoke_agent(ALICE.agent_id))[0] == 0
 
+    @pytest.mark.parametrize("groups", ODD_GROUPS, ids=ODD_GROUP_IDS)
+    async def test_a_group_update_replaces_the_groups_of_every_session_of_that_agent_and_no_other(
+        self, backend: Backend, groups: frozenset[str]
+    ) -> None:
+        alice = [await backend.store.create(ALICE, T0 + i) for i in range(3)]
+        bob = await backend.store.create(BOB, T0)
+        assert await backend.store.update_agent_groups(ALICE.agent_id, groups) == 3
+        for i, session in enumerate(alice):
+            found = await backend.store.lookup(session.id, T0 + 10)
+            assert found.session is not None
+            assert found.session.data == dataclasses.replace(ALICE, groups=groups)
+            assert (found.session.created_at, found.session.last_seen_at) == (T0 + i, T0 + 10)
+        found = await backend.store.lookup(bob.id, T0 + 10)
+        assert found.session is not None and found.session.data == BOB
+        assert {s.data.groups for s in await backend.store.sessions_of(ALICE.agent_id, T0 + 10)} == {groups}
+
+    async def test_each_group_update_replaces_the_last_one(self, backend: Backend) -> None:
+        session = await backend.store.create(ALICE, T0)
+        for step, groups in enumerate([*ODD_GROUPS, ALICE.groups], start=1):
+            assert await backend.store.update_agent_groups(ALICE.agent_id, groups) == 1
+            found = await backend.store.lookup(session.id, T0 + step)
+            assert found.session is not None and found.session.data.groups == groups, step
+
+    async def test_a_group_update_for_an_agent_without_sessions_updates_nothing(self, backend: Backend) -> None:
+        await backend.store.create(BOB, T0)
+        assert await backend.store.update_agent_groups(ALICE.agent_id, frozenset({"voice"})) == 0
+        assert await backend.store.sessions_of(ALICE.agent_id, T0) == []
+
+    async def test_a_group_update_does_not_bring_back_a_revoked_deleted_or_expired_session(
+        self, backend: Backend
+    ) -> None:
+        revoked = await backend.store.create(ALICE, T0)
+        await backend.store.revoke_agent(ALICE.agent_id)
+        deleted = await backend.store.create(ALICE, T0)
+        await backend.store.delete(deleted.id)
+        expired = await backend.store.create(ALICE, T0)
+        assert (await backend.store.lookup(expired.id, T0 + IDLE)).state is SessionState.IDLE_EXPIRED
+        assert await backend.store.update_agent_groups(ALICE.agent_id, frozenset({"voice"})) == 0
+        for session in (revoked, deleted, expired):
+            assert (await backend.store.lookup(session.id, T0 + 1)).state is SessionState.MISSING
+        assert await backend.store.sessions_of(ALICE.agent_id, T0 + 1) == []
+
+    async def test_a_group_update_does_not_refresh_the_idle_or_absolute_clock(self, backend: Backend) -> None:
+        idle = await backend.store.create(ALICE, T0)
+        busy = await backend.store.create(ALICE, T0)
+        now = T0
+        while now + IDLE / 2 < T0 + ABSOLUTE:
+            now += IDLE / 2
+            assert (await backend.store.lookup(busy.id, now)).state is SessionState.VALID
+        voice = frozenset({"voice"})
+        await backend.store.update_agent_groups(ALICE.agent_id, voice)
+        found = await backend.store.lookup(idle.id, T0 + IDLE)
+        assert (found.state, found.data) == (SessionState.IDLE_EXPIRED, dataclasses.replace(ALICE, groups=voice))
+        assert (await backend.store.lookup(busy.id, T0 + ABSOLUTE)).state is SessionState.ABSOLUTE_EXPIRED
+
+    async def test_lookups_racing_a_group_update_see_the_old_groups_or_the_new_never_a_mix(
+        self, backend: Backend
+    ) -> None:
+        sessions = [await backend.store.create(ALICE, T0) for _ in range(20)]
+        new = frozenset({"voice", "supervisors"})
+
+        async def groups_seen(session_id: str) -> frozenset[str]:
+            found = await backend.store.lookup(session_id, T0 + 1)
+            assert found.session is not None
+            return found.session.data.groups
+
+        racing = [asyncio.create_task(groups_seen(session.id)) for session in sessions]
+        update = asyncio.create_task(backend.store.update_agent_groups(ALICE.agent_id, new))
+        seen = await asyncio.gather(*racing)
+        assert await update == 20
+        assert set(seen) <= {ALICE.groups, new}
+        assert {await groups_seen(session.id) for session in sessions} == {new}
+
     async def test_the_resync_marker_cannot_be_revoked_as_an_agent(self, backend: Backend) -> None:
         with pytest.raises(ValueError, match="resync"):
             await backend.store.revoke_agent(RESYNC_AGENT_ID)
@@ -282,6 +365,38 @@ class TestRedisReplicas:
         finally:
             await store.close()
 
+    async def test_a_group_update_on_one_replica_applies_to_the_next_lookup_on_the_other(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore]
+    ) -> None:
+        a, b = replicas
+        sessions = [await a.create(ALICE, T0) for _ in range(2)]
+        assert (await b.lookup(sessions[0].id, T0 + 1)).state is SessionState.VALID
+        assert await b.update_agent_groups(ALICE.agent_id, frozenset({"voice"})) == 2
+        for store, session in ((a, sessions[0]), (a, sessions[1]), (b, sessions[1])):
+            found = await store.lookup(session.id, T0 + 2)
+            assert found.session is not None and found.session.data.groups == {"voice"}
+
+    @pytest.mark.parametrize("groups", ODD_GROUPS, ids=ODD_GROUP_IDS)
+    async def test_a_group_update_rewrites_only_the_groups_and_keeps_the_ttl(
+        self, redis_url: str, groups: frozenset[str]
+    ) -> None:
+        store = redis_store(redis_url, "replica-a")
+        try:
+            odd = dataclasses.replace(
+                ALICE, user_name='al"ice],"groups":[', groups=ODD_GROUPS[3], auth_time=1_749_999_990.123456789
+            )
+            session = await store.create(odd, T0)
+            key = f"cg:s:{session_key(session.id)}"
+            async with Redis.from_url(redis_url, decode_responses=True) as raw:
+                before = await raw.hgetall(key)
+                ttl = await raw.pttl(key)
+                assert await store.update_agent_groups(ALICE.agent_id, groups) == 1
+                after = await raw.hgetall(key)
+                assert after == before | {"data": encode_data(dataclasses.replace(odd, groups=groups))}
+                assert ttl - 5_000 < await raw.pttl(key) <= ttl
+        finally:
+            await store.close()
+
     async def test_each_replica_receives_the_revocation_broadcast(
         self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
     ) -> None:
@@ -356,6 +471,7 @@ class TestRedisOutage:
             "delete": lambda: store.delete("some-id"),
             "revoke_agent": lambda: store.revoke_agent(ALICE.agent_id),
             "sessions_of": lambda: store.sessions_of(ALICE.agent_id, T0),
+            "update_agent_groups": lambda: store.update_agent_groups(ALICE.agent_id, frozenset({"voice"})),
             "put_pending_login": lambda: store.put_pending_login("login", PENDING, 60),
             "take_pending_login": lambda: store.take_pending_login("login"),
             "acknowledge": lambda: store.acknowledge(revocation),

@@ -78,3 +78,10 @@ def test_a_malformed_redis_url_is_a_config_error_that_does_not_echo_it() -> None
     with pytest.raises(ConfigError) as caught:
         RedisSessionStore("http://:hunter2@example/0", 600, 3600, "r1")
     assert "hunter2" not in str(caught.value)
+
+
+async def test_a_group_update_for_an_unknown_agent_leaves_no_empty_index_behind() -> None:
+    store = MemorySessionStore(600, 3600, "r1")
+    assert await store.update_agent_groups("nobody", frozenset({"chat-agents"})) == 0
+    assert store._by_agent == {}
+    assert store._sessions == {}
