@@ -173,6 +173,19 @@ class AdminSettings(_Section):
     tokens: tuple[SecretStr, ...] = ()
 
 
+#: How a login finds the directory-provisioned agent (SCIM or LDAP, not yet linked) it belongs to.
+LinkRule = Literal["external_id_is_sub", "user_name_is_preferred_username", "user_name_is_email"]
+
+
+class ScimSettings(_Section):
+    """How SCIM-provisioned agents meet their first OIDC login (docs/architecture.md, "Linking")."""
+
+    #: ``external_id_is_sub``: the IdP sends the OIDC ``sub`` as SCIM externalId (strongest: ``sub`` is stable,
+    #: OIDC Core §5.7). ``user_name_is_preferred_username``: SCIM userName equals the ``[oidc] username_claim``
+    #: claim, case-insensitively. ``user_name_is_email``: SCIM userName equals the ID token's *verified* email.
+    link_by: LinkRule = "user_name_is_preferred_username"
+
+
 class ChannelSettings(_Section):
     """One channel console's connector. ``kind = "static"`` injects one shared credential from the vault."""
 
@@ -220,6 +233,7 @@ class Settings(_Section):
     assertion: AssertionSettings = Field(default_factory=AssertionSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    scim: ScimSettings = Field(default_factory=ScimSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     routes: tuple[RouteSettings, ...] = ()
 

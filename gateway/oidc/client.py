@@ -39,6 +39,8 @@ class Identity:
     subject: str
     user_name: str
     email: str | None
+    #: ``email_verified`` is exactly true (OIDC Core §5.1): only then may the email link a directory agent.
+    email_verified: bool
     display_name: str | None
     groups: frozenset[str]
     idp_session_id: str | None
@@ -223,6 +225,7 @@ class OidcClient:
             subject=str(claims["sub"]),
             user_name=user_name.strip(),
             email=email if isinstance(email, str) else None,
+            email_verified=claims.get("email_verified") is True,
             display_name=name if isinstance(name, str) else None,
             groups=groups,
             idp_session_id=sid if isinstance(sid, str) else None,

@@ -20,7 +20,7 @@ from gateway.scope import RequestScope, scope_of
 from gateway.services import Services
 from gateway.sessions.base import PendingLogin, SessionData
 from gateway.storage.access_log import AccessRecord
-from gateway.storage.agents import UserNameConflict
+from gateway.storage.agents import DIRECTORY_SOURCES, AmbiguousLink, UserNameConflict
 from gateway.timeutil import utcnow
 
 PENDING_LOGIN_TTL = 600
@@ -91,8 +91,10 @@ async def callback(request: Request) -> Response:
             email=identity.email,
             display_name=identity.display_name,
             now=utcnow(),
+            link_by=services.settings.scim.link_by,
+            email_verified=identity.email_verified,
         )
-    except UserNameConflict as exc:
+    except (UserNameConflict, AmbiguousLink) as exc:
         await _audit_login(
             services, scope, "login_refused", "refused", agent_name=identity.user_name, reason=exc.code,
             detail={"detail": exc.detail, "subject": identity.subject},
@@ -102,13 +104,22 @@ async def callback(request: Request) -> Response:
     if old_session:
         await services.sessions.delete(old_session)
     session = None
+    # The directory is authoritative for its agents: a group it removed must not come back from the ID token.
+    groups = await services.groups.names_of(agent.id) if agent.source in DIRECTORY_SOURCES else identity.groups
     if agent.active:
-        session = await services.sessions.create(_session_data(agent.id, agent.user_name, identity), services.clock())
+        data = _session_data(agent.id, agent.user_name, identity, groups)
+        session = await services.sessions.create(data, services.clock())
         # A deprovisioning that committed while this login was in flight must win: re-read after creating.
         current = await services.agents.get(agent.id)
         if current is None or not current.active:
             await services.sessions.delete(session.id)
             session = None
+        elif agent.source in DIRECTORY_SOURCES:
+            # Likewise a SCIM group change that pushed to live sessions before this one existed.
+            fresh = await services.groups.names_of(agent.id)
+            if fresh != groups:
+                await services.sessions.update_agent_groups(agent.id, fresh)
+                groups = fresh
     if session is None:
         await _audit_login(
             services, scope, "login_refused", "refused", agent_id=agent.id, agent_name=agent.user_name,
@@ -120,7 +131,7 @@ async def callback(request: Request) -> Response:
         )
     await _audit_login(
         services, scope, "login", "ok", agent_id=agent.id, agent_name=agent.user_name, decision="allow",
-        detail={"groups": sorted(identity.groups), "acr": identity.acr, "amr": list(identity.amr)},
+        detail={"groups": sorted(groups), "source": agent.source, "acr": identity.acr, "amr": list(identity.amr)},
     )  # fmt: skip
     response = _redirect(pending.return_to)
     services.cookies.set(
@@ -130,13 +141,13 @@ async def callback(request: Request) -> Response:
     return response
 
 
-def _session_data(agent_id: str, user_name: str, identity: Identity) -> SessionData:
+def _session_data(agent_id: str, user_name: str, identity: Identity, groups: frozenset[str]) -> SessionData:
     return SessionData(
         agent_id=agent_id,
         user_name=user_name,
         issuer=identity.issuer,
         subject=identity.subject,
-        groups=identity.groups,
+        groups=groups,
         idp_session_id=identity.idp_session_id,
         id_token=identity.id_token,
         acr=identity.acr,

@@ -1,8 +1,10 @@
 """Agents: the people behind the consoles, linked to their IdP account by (issuer, subject).
 
-A login links only by (iss, sub), never by userName alone (OIDC Core §5.7: only ``sub`` with ``iss`` is a
-stable identifier; ``preferred_username`` may be reassigned or chosen by the user). Linking by name would let
-whoever controls a colliding userName at the IdP take over the agent, so a taken name is refused instead.
+A login is first looked up by (iss, sub), the only stable identifier (OIDC Core §5.7). An agent the directory
+provisioned (SCIM or LDAP) and that no login has claimed yet is linked once, by the configured ``LinkRule``: the
+directory and the IdP are the same authority, so its record names the account. Any other name match is refused:
+``preferred_username`` may be reassigned or chosen by the user, so linking an agent created by an earlier login
+(``source = "oidc"``) or already linked by name would let whoever controls a colliding userName take it over.
 """
 
 from __future__ import annotations
@@ -13,20 +15,30 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import RowMapping, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import AccessDenied, NotFound
+from gateway.settings import LinkRule
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import agents
+
+#: Sources whose agents the directory manages: linkable once by the link rule, groups taken from the directory.
+DIRECTORY_SOURCES = frozenset({"scim", "ldap"})
 
 
 class UserNameConflict(AccessDenied):
     """A first login's userName belongs to another live agent; an administrator must link the accounts."""
 
     code = "user_name_conflict"
+
+
+class AmbiguousLink(AccessDenied):
+    """The link rule matches several unlinked directory agents; guessing could hand one person another's agent."""
+
+    code = "ambiguous_link"
 
 
 def user_name_key(user_name: str) -> str:
@@ -130,49 +142,107 @@ class AgentRepository:
         display_name: str | None,
         now: datetime,
         *,
+        link_by: LinkRule,
+        email_verified: bool,
         conn: AsyncConnection | None = None,
     ) -> Agent:
-        """The agent for this (iss, sub), created active on first login; never linked by userName.
+        """The agent for this (iss, sub); else the unlinked directory agent ``link_by`` names, linked now;
+        else a new active agent.
 
         Returns a deleted or disabled agent as found: the caller refuses the login (``Agent.may_sign_in``).
-        Raises ``UserNameConflict`` when another live agent already holds ``user_name``.
+        Raises ``UserNameConflict`` when another live agent already holds ``user_name`` and ``AmbiguousLink``
+        when the rule names more than one directory agent.
         """
         async with write_transaction(self._engine, conn) as c:
             linked = await self._one(c, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
             if linked is not None:
                 return linked
+            rule = _link_condition(link_by, subject, user_name, email if email_verified else None)
+            if rule is not None:
+                directory = await self._link_directory_agent(c, rule, issuer, subject, user_name)
+                if directory is not None:
+                    return directory
             holder = await self._one(c, agents.c.user_name_key == user_name_key(user_name), _LIVE)
             if holder is not None:
                 # On PostgreSQL a concurrent first login of this account may have committed in between.
                 if (holder.oidc_issuer, holder.oidc_subject) == (issuer, subject):
                     return holder
                 raise _conflict(user_name)
-            moment = to_db(now)
-            values: dict[str, Any] = {
-                "id": str(uuid4()),
-                "user_name": user_name,
-                "user_name_key": user_name_key(user_name),
-                "email": email,
-                "display_name": display_name,
-                "active": True,
-                "oidc_issuer": issuer,
-                "oidc_subject": subject,
-                "source": "oidc",
-                "attributes": {},
-                "version": 1,
-                "created_at": moment,
-                "updated_at": moment,
-            }
-            try:
-                async with c.begin_nested():
-                    row = (await c.execute(insert(agents).values(values).returning(*agents.c))).mappings().one()
-            except IntegrityError:
-                # A concurrent first login won the race: for the same account, return its agent.
-                linked = await self._one(c, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
-                if linked is not None:
-                    return linked
-                raise _conflict(user_name) from None
+            return await self._create(c, issuer, subject, user_name, email, display_name, now)
+
+    async def _link_directory_agent(
+        self, conn: AsyncConnection, rule: ColumnElement[bool], issuer: str, subject: str, user_name: str
+    ) -> Agent | None:
+        """Claim the one unlinked live directory agent matching ``rule``; None when there is none.
+
+        The UPDATE applies only while ``oidc_subject`` is still NULL, so of two concurrent logins naming the
+        same agent exactly one links it; the other finds its own link (same account) or is refused. The SCIM
+        representation does not change, so neither does the version (ETag) nor lastModified.
+        """
+        unlinked = (agents.c.source.in_(DIRECTORY_SOURCES), agents.c.oidc_subject.is_(None), _LIVE)
+        found = (await conn.execute(select(agents.c.id).where(rule, *unlinked).limit(2))).scalars().all()
+        if len(found) > 1:
+            raise AmbiguousLink(
+                "Your sign-in matches more than one account provisioned by your organisation; "
+                "an administrator must link it.",
+                detail=f"link rule matched {len(found)} unlinked directory agents",
+            )
+        if not found:
+            return None
+        claim = (
+            update(agents)
+            .where(agents.c.id == found[0], *unlinked)
+            .values(oidc_issuer=issuer, oidc_subject=subject)
+            .returning(*agents.c)
+        )
+        try:
+            async with conn.begin_nested():
+                row = (await conn.execute(claim)).mappings().first()
+        except IntegrityError:
+            row = None  # a concurrent login of this account linked or created another agent first
+        if row is not None:
             return _agent(row)
+        linked = await self._one(conn, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
+        if linked is not None:
+            return linked
+        raise _conflict(user_name)
+
+    async def _create(
+        self,
+        conn: AsyncConnection,
+        issuer: str,
+        subject: str,
+        user_name: str,
+        email: str | None,
+        display_name: str | None,
+        now: datetime,
+    ) -> Agent:
+        moment = to_db(now)
+        values: dict[str, Any] = {
+            "id": str(uuid4()),
+            "user_name": user_name,
+            "user_name_key": user_name_key(user_name),
+            "email": email,
+            "display_name": display_name,
+            "active": True,
+            "oidc_issuer": issuer,
+            "oidc_subject": subject,
+            "source": "oidc",
+            "attributes": {},
+            "version": 1,
+            "created_at": moment,
+            "updated_at": moment,
+        }
+        try:
+            async with conn.begin_nested():
+                row = (await conn.execute(insert(agents).values(values).returning(*agents.c))).mappings().one()
+        except IntegrityError:
+            # A concurrent first login won the race: for the same account, return its agent.
+            linked = await self._one(conn, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
+            if linked is not None:
+                return linked
+            raise _conflict(user_name) from None
+        return _agent(row)
 
     async def set_active(
         self,
@@ -217,6 +287,19 @@ class AgentRepository:
         if row is None:
             raise NotFound(f"no agent with id {agent_id!r}")
         return _agent(row)
+
+
+def _link_condition(
+    link_by: LinkRule, subject: str, user_name: str, verified_email: str | None
+) -> ColumnElement[bool] | None:
+    """The WHERE clause naming the directory agent this login belongs to, or None when the rule cannot apply."""
+    if link_by == "external_id_is_sub":
+        return agents.c.external_id == subject
+    if link_by == "user_name_is_preferred_username":
+        return agents.c.user_name_key == user_name_key(user_name)
+    if verified_email is None:
+        return None
+    return agents.c.user_name_key == user_name_key(verified_email)
 
 
 def _conflict(user_name: str) -> UserNameConflict:

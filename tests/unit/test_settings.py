@@ -173,3 +173,21 @@ def test_a_missing_file_and_broken_toml_are_config_errors(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_settings(tmp_path / "absent.toml", environ={})
     assert "not valid TOML" in _error(tmp_path, "[server\nport = 1")
+
+
+def test_scim_links_by_preferred_username_unless_configured(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, GOOD), environ={})
+    assert settings.scim.link_by == "user_name_is_preferred_username"
+
+
+@pytest.mark.parametrize("rule", ["external_id_is_sub", "user_name_is_preferred_username", "user_name_is_email"])
+def test_every_scim_link_rule_is_accepted_from_the_file_and_the_environment(tmp_path: Path, rule: str) -> None:
+    from_file = load_settings(_write(tmp_path, GOOD + f'\n[scim]\nlink_by = "{rule}"\n'), environ={})
+    from_env = load_settings(_write(tmp_path, GOOD), environ={"CHANNELGATE_SCIM__LINK_BY": rule})
+    assert from_file.scim.link_by == from_env.scim.link_by == rule
+
+
+@pytest.mark.parametrize("section", ['link_by = "display_name"', 'link_by = "user_name"', "link_by_email = true"])
+def test_an_unknown_scim_link_rule_or_key_is_named(tmp_path: Path, section: str) -> None:
+    message = _error(tmp_path, GOOD + f"\n[scim]\n{section}\n")
+    assert "scim.link_by" in message
