@@ -1,6 +1,6 @@
 """Run every benchmark and write docs/benchmarks.md.
 
-python -m bench.run                 # the full run (make bench), about 5 minutes
+python -m bench.run                 # the full run (make bench), about 7 minutes
 python -m bench.run --quick         # a smoke run of about a minute
 python -m bench.run --duration 30 --rounds 5 --trials 200
 """
@@ -22,6 +22,7 @@ from bench.machine import describe
 from bench.nginx import Nginx
 from bench.report import render
 from bench.revocation import RevocationResult, run_revocation
+from bench.scim import ScimDisableResult, ScimResult, run_scim_disable, run_scim_lookups
 from bench.stack import Gateway, bench_accounts
 from bench.throughput import ThroughputResult, run_throughput
 from tests.components.oidc_provider import STANDARD_ACCOUNTS, OidcProvider, provider_config
@@ -39,11 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of the warm-up before each wrk run (default 2)")
     parser.add_argument("--rounds", type=int, help="wrk rounds over all targets (default 3; quick 1)")
     parser.add_argument("--trials", type=int, help="admin-API revocation trials (default 100; quick 10)")
+    parser.add_argument("--scim-trials", type=int, help="SCIM disable trials (default 50; quick 5)")
     parser.add_argument("--cli-trials", type=int, help="CLI revocation trials (default 5; quick 2)")
     parser.add_argument(
         "--database", choices=("postgres", "sqlite"), default="postgres", help="revocation database (default postgres)"
     )
-    parser.add_argument("--skip", choices=("throughput", "revocation"), action="append", default=[])
+    parser.add_argument("--skip", choices=("throughput", "revocation", "scim"), action="append", default=[])
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -51,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     args.rounds = args.rounds or (1 if quick else 3)
     args.trials = args.trials if args.trials is not None else (10 if quick else 100)
+    args.scim_trials = args.scim_trials if args.scim_trials is not None else (5 if quick else 50)
     args.cli_trials = args.cli_trials if args.cli_trials is not None else (2 if quick else 5)
     return args
 
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     cleanups = []
     throughput: ThroughputResult | None = None
     revocation: RevocationResult | None = None
+    scim: ScimResult | None = None
+    scim_disable: ScimDisableResult | None = None
     try:
         nginx = Nginx()
         cleanups.append(nginx.close)
@@ -75,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
 
         memory_gw = Gateway("memory", f"sqlite+aiosqlite:///{work}/memory.db", nginx.upstream_port)
         redis_gw = Gateway("redis", f"sqlite+aiosqlite:///{work}/redis.db", nginx.upstream_port, redis_throughput.url)
-        if args.database == "postgres":
+        postgres: PostgresServer | None = None
+        if args.database == "postgres" or "scim" not in args.skip:
             # Its own mkdtemp directory: the postgres user must traverse every parent (see PostgresServer).
             postgres_dir = Path(tempfile.mkdtemp(prefix="channelgate-bench-pg-"))
             postgres = PostgresServer(postgres_dir)
             cleanups.append(lambda: shutil.rmtree(postgres_dir, ignore_errors=True))
             cleanups.append(postgres.stop)
             postgres.start()
+        if args.database == "postgres":
+            assert postgres is not None
             revocation_db = postgres.create_database("bench_revocation")
             database_label = "PostgreSQL 15 (asyncpg)"
         else:
@@ -89,11 +97,20 @@ def main(argv: list[str] | None = None) -> int:
             database_label = "SQLite (shared file)"
         replicas = Gateway("revocation", revocation_db, nginx.upstream_port, redis_revocation.url, replicas=2)
         cleanups.append(replicas.stop)
+        scim_replicas = Gateway("scim-disable", revocation_db, nginx.upstream_port, redis_revocation.url, replicas=2)
+        cleanups.append(scim_replicas.stop)
+        # The SCIM disable trials log in their own agents, after those of the revocation trials.
+        first_scim_agent = args.trials + args.cli_trials
 
         provider = OidcProvider(
             provider_config(
-                [*memory_gw.redirect_uris, *redis_gw.redirect_uris, *replicas.redirect_uris],
-                accounts=(*STANDARD_ACCOUNTS, *bench_accounts(args.trials + args.cli_trials)),
+                [
+                    *memory_gw.redirect_uris,
+                    *redis_gw.redirect_uris,
+                    *replicas.redirect_uris,
+                    *scim_replicas.redirect_uris,
+                ],
+                accounts=(*STANDARD_ACCOUNTS, *bench_accounts(first_scim_agent + args.scim_trials)),
             )
         )
         cleanups.append(provider.close)
@@ -115,6 +132,23 @@ def main(argv: list[str] | None = None) -> int:
                 run_revocation(replicas, api_trials=args.trials, cli_trials=args.cli_trials, database=database_label)
             )
             replicas.stop()
+        if "scim" not in args.skip:
+            assert postgres is not None
+            scim = run_scim_lookups(
+                {
+                    "SQLite (file, WAL)": f"sqlite+aiosqlite:///{work}/scim.db",
+                    "PostgreSQL 15 (asyncpg)": postgres.create_database("bench_scim"),
+                },
+                issuer=provider.issuer,
+                upstream_port=nginx.upstream_port,
+                duration=args.duration,
+                warmup=args.warmup,
+            )
+            if args.scim_trials:
+                scim_replicas.start(provider.issuer)
+                names = [f"agent{index:03d}" for index in range(first_scim_agent, first_scim_agent + args.scim_trials)]
+                scim_disable = asyncio.run(run_scim_disable(scim_replicas, names, database=database_label))
+                scim_replicas.stop()
     finally:
         for cleanup in reversed(cleanups):
             try:
@@ -137,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         throughput=throughput,
         revocation=revocation,
         quick=args.quick,
+        scim=scim,
+        scim_disable=scim_disable,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")

@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import delete, insert, select, update
@@ -24,6 +24,8 @@ from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import scim_tokens
 
 TOKEN_PREFIX: Final = "cgscim_"  # noqa: S105 - a public prefix, not a secret
+#: How stale ``last_used_at`` may be: it tells an operator whether a client is still in use, not when exactly.
+LAST_USED_RESOLUTION: Final = timedelta(minutes=1)
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -72,18 +74,28 @@ class ScimTokenRepository:
         return token
 
     async def authenticate(self, token: str, now: datetime) -> str | None:
-        """The client name of a live token, or None; records when the token was last used."""
+        """The client name of a live token, or None; records when the token was last used, to the minute.
+
+        Every SCIM request authenticates, so a write (and a commit to disk) per request would cap /scim/v2 at
+        the disk's commit rate; ``last_used_at`` is rewritten only once it is older than ``LAST_USED_RESOLUTION``.
+        """
         digest = token_hash(token)
-        async with write_transaction(self._engine) as conn:
+        async with read_transaction(self._engine) as conn:
             row = (
                 await conn.execute(
-                    update(scim_tokens)
-                    .where(scim_tokens.c.token_hash == digest, scim_tokens.c.revoked_at.is_(None))
-                    .values(last_used_at=to_db(now))
-                    .returning(scim_tokens.c.name)
+                    select(scim_tokens.c.name, scim_tokens.c.last_used_at).where(
+                        scim_tokens.c.token_hash == digest, scim_tokens.c.revoked_at.is_(None)
+                    )
                 )
             ).first()
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        if row.last_used_at is None or from_db(row.last_used_at) <= now - LAST_USED_RESOLUTION:
+            async with write_transaction(self._engine) as conn:
+                await conn.execute(
+                    update(scim_tokens).where(scim_tokens.c.token_hash == digest).values(last_used_at=to_db(now))
+                )
+        return str(row.name)
 
     async def revoke(self, name: str, now: datetime) -> None:
         async with write_transaction(self._engine) as conn:
