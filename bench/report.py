@@ -162,9 +162,10 @@ def scim_section(result: ScimResult) -> list[str]:
     lines += [
         "",
         f"Goal: ≥ {GOAL_RPS:,.0f} req/s and p99 < {GOAL_P99_MS:.0f} ms. Every request authenticates its bearer "
-        "token (a SHA-256 lookup that also records `last_used_at`, at most one token write per client a minute), reads the "
-        "agent through the unique index on the lower-cased userName, counts the matches and reads the agent's "
-        "group memberships.",
+        "token (a SHA-256 lookup; `last_used_at` is written at most once a minute per client), then the lookup "
+        "path (`scim/lookups.py`) reads the agent through the unique index on the lower-cased userName and its "
+        "group memberships, and renders the ListResponse from the stored SCIM document. On SQLite both reads run "
+        "inline on the event loop (`gateway/storage/quick_reads.py`); on PostgreSQL through asyncpg.",
         "",
     ]
     return lines

@@ -34,6 +34,7 @@ from gateway.storage.agents import AgentRepository
 from gateway.storage.credentials import ChannelCredentialRepository
 from gateway.storage.database import Database, create_engine
 from gateway.storage.groups import GroupRepository
+from gateway.storage.quick_reads import QuickReads
 from gateway.storage.scim_tokens import ScimTokenRepository
 from scim.app import ScimApplication
 from scim.storage import DatabaseStorage
@@ -62,6 +63,8 @@ class Services:
     connectors: dict[str, Connector]
     groups: GroupRepository
     scim_tokens: ScimTokenRepository
+    #: Short indexed reads without a thread hop on SQLite (SCIM token checks and lookups).
+    reads: QuickReads
     live: LiveConnections = field(default_factory=LiveConnections)
     oidc: OidcClient | None = None
     signer: AssertionSigner | None = None
@@ -86,6 +89,7 @@ class Services:
             await self.idp_http.close()
         await self.audit.stop()
         await self.sessions.close()
+        await self.reads.dispose()
         await self.database.dispose()
 
 
@@ -94,6 +98,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     replica_id = replica_id or new_replica_id()
     metrics = Metrics()
     database = Database(create_engine(settings.database))
+    reads = QuickReads.open(settings.database, database.engine)
     agents = AgentRepository(database.engine)
     credentials = ChannelCredentialRepository(database.engine)
     audit = AuditLog(AccessLogRepository(database.engine), metrics)
@@ -129,7 +134,8 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         vault=vault,
         connectors=connectors,
         groups=GroupRepository(database.engine),
-        scim_tokens=ScimTokenRepository(database.engine),
+        scim_tokens=ScimTokenRepository(database.engine, reads),
+        reads=reads,
         live=live,
     )
 
@@ -147,10 +153,22 @@ def open_gateway(settings: Settings, replica_id: str | None = None) -> Services:
     return services
 
 
-def open_scim(services: Services) -> ScimApplication:
-    """The SCIM endpoint on the gateway's database, deprovisioning through the gateway's killer."""
+def open_scim(services: Services, *, fast_lookups: bool = True) -> ScimApplication:
+    """The SCIM endpoint on the gateway's database, deprovisioning through the gateway's killer.
+
+    ``fast_lookups=False`` serves every request through the engine (the reference the lookup path is tested
+    against).
+    """
     lifecycle = GatewayLifecycle(services.killer, services.sessions, services.groups, lambda: services.clock())
-    storage = DatabaseStorage(services.database.engine, services.agents, services.groups, lifecycle)
+    storage = DatabaseStorage(
+        services.database.engine, services.agents, services.groups, lifecycle, reads=services.reads
+    )
     return ScimApplication(
-        storage, services.scim_tokens, services.agents, lifecycle, services.audit, services.public_url
+        storage,
+        services.scim_tokens,
+        services.agents,
+        lifecycle,
+        services.audit,
+        services.public_url,
+        fast_lookups=fast_lookups,
     )

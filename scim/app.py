@@ -33,6 +33,7 @@ from gateway.timeutil import utcnow
 from scim import requests
 from scim.errors import ScimError
 from scim.lifecycle import CLIENT, Lifecycle, actor
+from scim.lookups import Lookups
 from scim.provider import MAX_BODY_BYTES, scim_provider
 from scim.storage import DatabaseStorage
 
@@ -65,6 +66,8 @@ class ScimApplication(ASGIApplication):
         audit: AuditLog,
         base_url: str,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        fast_lookups: bool = True,
     ) -> None:
         provider = scim_provider()
         super().__init__(storage, provider, _Service(provider))
@@ -74,6 +77,7 @@ class ScimApplication(ASGIApplication):
         self._audit = audit
         self._base_url = base_url.rstrip("/") + MOUNT_PATH + "/v2"
         self._clock = clock
+        self._lookups = Lookups(storage, self._base_url) if fast_lookups else None
 
     def get_base_url(self, scope: Scope) -> str:  # type: ignore[override]
         """The configured public URL, never the Host header: Location and meta.location cannot be steered."""
@@ -102,6 +106,8 @@ class ScimApplication(ASGIApplication):
         if self.needs_auth(request):
             request.subject = await self._authenticate(request)
             CLIENT.set(request.subject)
+            if self._lookups is not None and (answer := await self._lookups.answer(request)) is not None:
+                return answer
         method = request.method.upper()
         target = self.service.match(request)
         deactivating = (

@@ -37,7 +37,7 @@ from scim2_filter_parser import ast
 from scim2_filter_parser.parser import SCIMParser, SCIMParserError
 from sly.lex import Token  # type: ignore[import-untyped]
 from sly.yacc import ParserMeta  # type: ignore[import-untyped]
-from sqlalchemy import ColumnElement, String, and_, exists, func, not_, or_, true
+from sqlalchemy import Column, ColumnElement, String, and_, exists, func, not_, or_, true
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -45,6 +45,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from gateway.storage.agents import user_name_key
 from gateway.storage.schema import agents, group_members, groups
 from scim.errors import InvalidFilter
+from scim.urns import ENTERPRISE_USER_SCHEMA, GROUP_SCHEMA, USER_SCHEMA
 
 #: Longer filters are refused before parsing; IdPs send one or two comparisons.
 MAX_FILTER_LENGTH: Final = 4096
@@ -53,9 +54,6 @@ MAX_FILTER_DEPTH: Final = 16
 #: Most attribute comparisons in one filter; bounds the tree (and the SQL) before the walk recurses over it.
 MAX_FILTER_TERMS: Final = 64
 
-USER_SCHEMA: Final = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP_SCHEMA: Final = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ENTERPRISE_USER_SCHEMA: Final = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 # ---------------------------------------------------------------------------------------------- tokens
 
@@ -585,3 +583,20 @@ def group_filter(text: str) -> ColumnElement[bool]:
     ``members.value`` and ``members[value ...]`` become a correlated EXISTS on ``group_members``.
     """
     return _Walk(_GROUP).filter(_parse(text), None, True)
+
+
+def user_equality(attribute: str, lexeme: str) -> tuple[str, str]:
+    """The ``agents`` column and the value ``<attribute> eq <lexeme>`` compares, its case rule applied.
+
+    For the lookup path (``scim.lookups``), which skips the parser for the one filter shape IdPs send most.
+    Only a case-exact or ``userName`` string attribute qualifies: an ASCII-folded one needs a function on the
+    column, which the lookup's prebuilt statements do not have. Raises ``InvalidFilter`` like ``user_filter``.
+    """
+    found = _USER.attributes.get(attribute.lower())
+    if found is None or found.kind is not _Kind.STRING or found.case is _Case.ASCII:
+        raise InvalidFilter(f"{attribute} is not a lookup attribute")
+    value = _string(lexeme, len(attribute)).value
+    assert isinstance(value, str)
+    column = found.column
+    assert isinstance(column, Column)
+    return column.name, user_name_key(value) if found.case is _Case.KEY else value

@@ -14,12 +14,9 @@ from typing import Any, Final
 
 from scim2_models import (
     Context,
-    Email,
     EnterpriseUser,
     Group,
     GroupMember,
-    GroupMembership,
-    Manager,
     Meta,
     User,
 )
@@ -27,6 +24,7 @@ from scim2_models import (
 from gateway.storage._time import from_db
 from gateway.storage.agents import user_name_key
 from gateway.storage.groups import Group as GroupRow
+from scim.urns import ENTERPRISE_USER_SCHEMA, USER_SCHEMA
 
 UserModel: Final = User[EnterpriseUser]
 #: Never kept in ``agents.attributes``: ours (id, meta), computed (groups), or never stored (password).
@@ -78,30 +76,64 @@ def stored_attributes(user: User[Any]) -> dict[str, Any]:
     return {key: value for key, value in dumped.items() if key not in _NOT_STORED}
 
 
-def user_resource(row: Any, groups: Sequence[tuple[str, str]]) -> User[Any]:
-    """The User for an ``agents`` row and its (group id, displayName) memberships."""
-    user = UserModel.model_validate(row["attributes"] or {}, scim_ctx=None)
-    user.id = row["id"]
-    user.user_name = row["user_name"]
-    user.external_id = row["external_id"]
-    user.display_name = row["display_name"]
-    user.active = bool(row["active"])
-    if row["email"] and not user.emails:
-        user.emails = [Email(value=row["email"], type="work", primary=True)]
+def user_document(row: Any, groups: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The stored SCIM representation of an ``agents`` row and its (group id, displayName) memberships.
+
+    References are relative (``Users/{id}``) and ``meta`` has no location: the engine publishes both against
+    the base URL. The columns win over ``attributes`` (an agent created at login, or changed by another source,
+    has columns the stored representation does not know about).
+    """
+    document: dict[str, Any] = dict(row["attributes"] or {})
+    schemas = list(document.get("schemas") or [USER_SCHEMA])
+    document |= {"id": row["id"], "userName": row["user_name"], "active": bool(row["active"])}
+    for key, column in (("externalId", "external_id"), ("displayName", "display_name")):
+        if row[column] is None:
+            document.pop(key, None)
+        else:
+            document[key] = row[column]
+    if row["email"] and not document.get("emails"):
+        document["emails"] = [{"value": row["email"], "type": "work", "primary": True}]
     if row["employee_number"] is not None or row["manager_id"] is not None:
-        enterprise = user[EnterpriseUser] or EnterpriseUser()
-        enterprise.employee_number = row["employee_number"]
+        enterprise = dict(document.get(ENTERPRISE_USER_SCHEMA) or {})
+        _set_or_drop(enterprise, "employeeNumber", row["employee_number"])
+        manager = enterprise.get("manager") or {}
         if row["manager_id"] is None:
-            enterprise.manager = None
-        elif enterprise.manager is None or enterprise.manager.value != row["manager_id"]:
-            enterprise.manager = Manager(value=row["manager_id"], ref=f"Users/{row['manager_id']}")
-        user[EnterpriseUser] = enterprise
-    user.groups = [
-        GroupMembership(value=group_id, display=name, ref=f"Groups/{group_id}", type="direct")
-        for group_id, name in groups
-    ] or None
-    user.meta = _meta("User", from_db(row["created_at"]), from_db(row["updated_at"]), row["version"])
-    return user
+            enterprise.pop("manager", None)
+        elif manager.get("value") != row["manager_id"]:
+            enterprise["manager"] = {"value": row["manager_id"], "$ref": f"Users/{row['manager_id']}"}
+        document[ENTERPRISE_USER_SCHEMA] = enterprise
+        if ENTERPRISE_USER_SCHEMA not in schemas:
+            schemas.append(ENTERPRISE_USER_SCHEMA)
+    document["schemas"] = schemas
+    if groups:
+        document["groups"] = [
+            {"value": group_id, "$ref": f"Groups/{group_id}", "display": name, "type": "direct"}
+            for group_id, name in groups
+        ]
+    document["meta"] = {
+        "resourceType": "User",
+        "created": _timestamp(from_db(row["created_at"])),
+        "lastModified": _timestamp(from_db(row["updated_at"])),
+        "version": etag(row["version"]),
+    }
+    return document
+
+
+def user_resource(row: Any, groups: Sequence[tuple[str, str]]) -> User[Any]:
+    """The User for an ``agents`` row and its memberships, as the SCIM engine handles it."""
+    return UserModel.model_validate(user_document(row, groups), scim_ctx=None)
+
+
+def _set_or_drop(target: dict[str, Any], key: str, value: Any) -> None:
+    if value is None:
+        target.pop(key, None)
+    else:
+        target[key] = value
+
+
+def _timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, as scim2-models writes it (RFC 7643 §2.3.5)."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def group_resource(group: GroupRow) -> Group:

@@ -10,9 +10,10 @@ Okta requires; filters go through ``scim.filters``' allow-list and never widen.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from uuid import uuid4
 
 from scim2_models import (
@@ -30,7 +31,8 @@ from scim2_models import (
     User,
 )
 from scim2_server.storage import AsyncScimStorage, SearchPage
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -39,12 +41,13 @@ from gateway.storage._time import to_db
 from gateway.storage.agents import AgentRepository
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.groups import GroupRepository, StaleVersion, UnknownMembers
+from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import agents, group_members, groups
 from gateway.timeutil import utcnow
 from scim.errors import InvalidFilter
 from scim.filters import group_filter, user_filter
 from scim.lifecycle import Lifecycle
-from scim.mapping import group_resource, member_ids, user_columns, user_resource, version_of
+from scim.mapping import group_resource, member_ids, user_columns, user_document, user_resource, version_of
 from scim.provider import MAX_RESULTS
 
 _LIVE = agents.c.deleted_at.is_(None)
@@ -70,6 +73,47 @@ def _not_found(kind: str, resource_id: str) -> NotFoundException:
     return NotFoundException(detail=f"no {kind} has the id {resource_id!r}")
 
 
+#: The live groups of a list of agents (an expanding IN), in a stable order.
+_MEMBERSHIPS: Final = (
+    select(group_members.c.agent_id, groups.c.id, groups.c.display_name)
+    .join(groups, groups.c.id == group_members.c.group_id)
+    .where(group_members.c.agent_id.in_(bindparam("ids", expanding=True)), groups.c.deleted_at.is_(None))
+    .order_by(groups.c.display_name, groups.c.id)
+)
+#: Live users in the paging order (created, id): stable across pages, as Okta requires.
+_USER_PAGE: Final = select(agents).where(_LIVE).order_by(agents.c.created_at, agents.c.id)
+
+
+@functools.cache
+def _lookup_statement(column: str) -> Select[Any]:
+    """A page of live users with ``column`` = :value, outer-joined to their live groups, in the paging order."""
+    page = (
+        _USER_PAGE.where(agents.c[column] == bindparam("value"))
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+        .subquery()
+    )
+    live_groups = group_members.join(groups, (groups.c.id == group_members.c.group_id) & groups.c.deleted_at.is_(None))
+    return (
+        select(page, groups.c.id.label("group_id"), groups.c.display_name.label("group_name"))
+        .select_from(page.outerjoin(live_groups, group_members.c.agent_id == page.c.id))
+        .order_by(page.c.created_at, page.c.id, groups.c.display_name, groups.c.id)
+    )
+
+
+@functools.cache
+def _lookup_count(column: str) -> Select[int]:
+    return select(func.count()).select_from(agents).where(_LIVE, agents.c[column] == bindparam("value"))
+
+
+def _memberships_by_agent(agent_ids: list[str], rows: Iterable[Any]) -> dict[str, list[tuple[str, str]]]:
+    """(group id, displayName) of every live group of each agent, from the rows of ``_memberships_query``."""
+    found: dict[str, list[tuple[str, str]]] = {agent_id: [] for agent_id in agent_ids}
+    for agent_id, group_id, name in rows:
+        found[agent_id].append((group_id, name))
+    return found
+
+
 class DatabaseStorage(AsyncScimStorage):
     def __init__(
         self,
@@ -78,8 +122,10 @@ class DatabaseStorage(AsyncScimStorage):
         group_repository: GroupRepository,
         lifecycle: Lifecycle,
         clock: Callable[[], datetime] = utcnow,
+        reads: QuickReads | None = None,
     ) -> None:
         self._engine = engine
+        self._reads = reads or QuickReads(engine)
         self._agents = agent_repository
         self._groups = group_repository
         self._lifecycle = lifecycle
@@ -129,25 +175,43 @@ class DatabaseStorage(AsyncScimStorage):
 
     async def _search_users(self, condition: ColumnElement[bool] | None, offset: int, limit: int) -> SearchPage:
         where = [_LIVE] if condition is None else [_LIVE, condition]
-        query = select(agents).where(*where).order_by(agents.c.created_at, agents.c.id).offset(offset).limit(limit)
+        query = (_USER_PAGE if condition is None else _USER_PAGE.where(condition)).offset(offset).limit(limit)
         async with read_transaction(self._engine) as conn:
             total = (await conn.execute(select(func.count()).select_from(agents).where(*where))).scalar_one()
             rows = (await conn.execute(query)).mappings().all()
             memberships = await self._memberships(conn, [row["id"] for row in rows])
         return SearchPage(total, [user_resource(row, memberships[row["id"]]) for row in rows])
 
+    async def lookup_users(self, column: str, value: str, offset: int, limit: int) -> tuple[int, list[Any]]:
+        """Users whose ``column`` equals ``value`` (``scim.filters.user_equality``): total and one page, as
+        stored documents (``user_document``), for ``scim.lookups``.
+
+        One prebuilt statement reads the page and its live groups, so PostgreSQL answers in one round trip and
+        SQLAlchemy builds nothing per request. The read may run inline on the event loop
+        (``gateway.storage.quick_reads``): the column is indexed. A page shorter than asked for, from the
+        start, is the whole result and needs no count.
+        """
+        query, parameters = _lookup_statement(column), {"value": value, "offset": offset, "limit": limit}
+
+        def read(conn: Connection) -> tuple[int, list[Any]]:
+            rows: dict[str, Any] = {}
+            memberships: dict[str, list[tuple[str, str]]] = {}
+            for row in conn.execute(query, parameters).mappings():
+                rows.setdefault(row["id"], row)
+                found = memberships.setdefault(row["id"], [])
+                if row["group_id"] is not None:
+                    found.append((row["group_id"], row["group_name"]))
+            if offset == 0 and len(rows) < limit:
+                total = len(rows)
+            else:
+                total = conn.execute(_lookup_count(column), parameters).scalar_one()
+            return total, [user_document(row, memberships[agent_id]) for agent_id, row in rows.items()]
+
+        return await self._reads.run(read)
+
     async def _memberships(self, conn: AsyncConnection, agent_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
-        found: dict[str, list[tuple[str, str]]] = {agent_id: [] for agent_id in agent_ids}
-        if agent_ids:
-            query = (
-                select(group_members.c.agent_id, groups.c.id, groups.c.display_name)
-                .join(groups, groups.c.id == group_members.c.group_id)
-                .where(group_members.c.agent_id.in_(agent_ids), groups.c.deleted_at.is_(None))
-                .order_by(groups.c.display_name, groups.c.id)
-            )
-            for agent_id, group_id, name in (await conn.execute(query)).all():
-                found[agent_id].append((group_id, name))
-        return found
+        rows = (await conn.execute(_MEMBERSHIPS, {"ids": agent_ids})).all() if agent_ids else []
+        return _memberships_by_agent(agent_ids, rows)
 
     # ------------------------------------------------------------------------------------------ writes
 

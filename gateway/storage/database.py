@@ -30,19 +30,24 @@ from gateway.settings import DatabaseSettings
 _WRITE_OPTION = "channelgate_write"
 
 
-def create_engine(settings: DatabaseSettings, *, enforce_foreign_keys: bool = True) -> AsyncEngine:
+def create_engine(
+    settings: DatabaseSettings, *, enforce_foreign_keys: bool = True, pre_ping: bool = True, **options: Any
+) -> AsyncEngine:
     """Build the async engine for ``settings.url``.
 
     ``enforce_foreign_keys=False`` is for SQLite migrations only: a batch migration recreates a table, and
     dropping the old copy with foreign keys on would cascade-delete its children (SQLite §"ALTER TABLE").
+    ``pre_ping=False`` (PostgreSQL) saves a round trip per checkout for callers that retry a dropped
+    connection themselves (``gateway.storage.quick_reads``); ``options`` go to SQLAlchemy as they are.
     """
     url = make_url(settings.url.get_secret_value())
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, settings, enforce_foreign_keys=enforce_foreign_keys)
+    options.setdefault("pool_size", settings.pool_size)
     return create_async_engine(
         url,
-        pool_size=settings.pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
+        **options,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
             "server_settings": {"application_name": "channelgate"},

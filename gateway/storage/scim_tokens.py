@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.errors import BadRequest, NotFound
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import scim_tokens
 
 TOKEN_PREFIX: Final = "cgscim_"  # noqa: S105 - a public prefix, not a secret
@@ -50,8 +51,9 @@ class ScimToken:
 
 
 class ScimTokenRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: QuickReads | None = None) -> None:
         self._engine = engine
+        self._reads = reads or QuickReads(engine)
 
     async def create(self, name: str, now: datetime, token: str | None = None) -> str:
         """Store a token for client ``name`` and return it (the only time it is visible).
@@ -80,14 +82,10 @@ class ScimTokenRepository:
         the disk's commit rate; ``last_used_at`` is rewritten only once it is older than ``LAST_USED_RESOLUTION``.
         """
         digest = token_hash(token)
-        async with read_transaction(self._engine) as conn:
-            row = (
-                await conn.execute(
-                    select(scim_tokens.c.name, scim_tokens.c.last_used_at).where(
-                        scim_tokens.c.token_hash == digest, scim_tokens.c.revoked_at.is_(None)
-                    )
-                )
-            ).first()
+        query = select(scim_tokens.c.name, scim_tokens.c.last_used_at).where(
+            scim_tokens.c.token_hash == digest, scim_tokens.c.revoked_at.is_(None)
+        )
+        row = await self._reads.run(lambda conn: conn.execute(query).first())
         if row is None:
             return None
         if row.last_used_at is None or from_db(row.last_used_at) <= now - LAST_USED_RESOLUTION:
