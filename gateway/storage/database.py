@@ -31,14 +31,20 @@ _WRITE_OPTION = "channelgate_write"
 
 
 def create_engine(
-    settings: DatabaseSettings, *, enforce_foreign_keys: bool = True, pre_ping: bool = True, **options: Any
+    settings: DatabaseSettings,
+    *,
+    enforce_foreign_keys: bool = True,
+    pre_ping: bool = True,
+    read_only: bool = False,
+    **options: Any,
 ) -> AsyncEngine:
     """Build the async engine for ``settings.url``.
 
     ``enforce_foreign_keys=False`` is for SQLite migrations only: a batch migration recreates a table, and
     dropping the old copy with foreign keys on would cascade-delete its children (SQLite §"ALTER TABLE").
     ``pre_ping=False`` (PostgreSQL) saves a round trip per checkout for callers that retry a dropped
-    connection themselves (``gateway.storage.quick_reads``); ``options`` go to SQLAlchemy as they are.
+    connection themselves (``gateway.storage.quick_reads``), and ``read_only=True`` makes the server refuse
+    every write on its connections; ``options`` go to SQLAlchemy as they are.
     """
     url = make_url(settings.url.get_secret_value())
     if url.get_backend_name() == "sqlite":
@@ -50,7 +56,8 @@ def create_engine(
         **options,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
-            "server_settings": {"application_name": "channelgate"},
+            "server_settings": {"application_name": "channelgate"}
+            | ({"default_transaction_read_only": "on"} if read_only else {}),
         },
     )
 

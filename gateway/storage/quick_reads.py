@@ -9,9 +9,9 @@ ROLLBACK around it, against ~0.39 ms without them. Every SCIM request authentica
 - SQLite: the read runs inline on the event loop, on a read-only connection to the same file. WAL readers never
   wait for the writer, so it does not stall behind a write; the rare ``SQLITE_BUSY`` a reader can get (WAL
   recovery, a truncating checkpoint) hands the read to the threaded engine after a 50 ms busy timeout.
-- PostgreSQL: the read runs through ``AsyncConnection.run_sync`` (asyncpg, no thread) on an engine of its own in
-  autocommit, without pre-ping; a connection found dead (a server restart) is discarded and the read retried once
-  on a fresh one, which is what the pre-ping would have done.
+- PostgreSQL: the read runs through ``AsyncConnection.run_sync`` (asyncpg, no thread) on an engine of its own:
+  autocommit, read-only transactions, no pre-ping, a small pool (``QUICK_POOL_SIZE``). A connection found dead
+  (a server restart) is discarded and the read retried once on a fresh one, as the pre-ping would have done.
 
 Only bounded work belongs here: lookups by a unique or selective index that return at most a page. A scan of a
 large table would block every other request of the process for its duration; those stay on the async engine.
@@ -19,6 +19,7 @@ large table would block every other request of the process for its duration; tho
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +32,9 @@ from gateway.settings import DatabaseSettings
 from gateway.storage import database
 
 T = TypeVar("T")
+
+#: SQLITE_BUSY and SQLITE_LOCKED (https://www.sqlite.org/rescode.html): the only errors worth a second try.
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 #: PostgreSQL connections of the quick reader. Its reads take well under a millisecond, so a few connections
 #: serve any number of concurrent requests (they queue in the pool, not in the kernel's run queue): on a 2-core
@@ -81,6 +85,7 @@ class QuickReads:
         own = database.create_engine(
             settings,
             pre_ping=False,
+            read_only=True,
             isolation_level="AUTOCOMMIT",
             pool_size=QUICK_POOL_SIZE,
             max_overflow=0,
@@ -95,11 +100,14 @@ class QuickReads:
     async def run(self, read: Callable[[Connection], T]) -> T:
         """``read(connection)``; storage failures raise ``StorageError`` with the password masked (fail closed)."""
         if self._inline is not None:
-            try:
-                with self._inline.connect() as conn:
-                    return read(conn)
-            except exc.DBAPIError:
-                pass  # locked or busy (or broken): the threaded engine waits, or raises StorageError
+            with database.storage_errors(self._engine, "database read"):
+                try:
+                    with self._inline.connect() as conn:
+                        return read(conn)
+                except exc.OperationalError as error:
+                    if getattr(error.orig, "sqlite_errorcode", None) not in _BUSY:
+                        raise
+            # Busy or locked: the threaded engine waits for the lock without blocking the loop.
         with database.storage_errors(self._engine, "database read"):
             try:
                 return await self._run_async(read)

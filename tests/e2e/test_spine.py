@@ -171,3 +171,36 @@ async def test_deprovisioning_cuts_an_open_event_stream(stack: GatewayStack, ali
         await follow_stream()
     # At most one tick that was already on the wire when the kill returned may still arrive.
     assert len(ticks_after_revocation) <= 1
+
+
+async def test_an_entra_scim_disable_shuts_every_replica_and_the_open_websocket(
+    stack: GatewayStack, alice: httpx.AsyncClient
+) -> None:
+    """Issue 3: the IdP's disable, sent to one replica, ends the agent's access on both before it is answered."""
+    token = stack.cli("scim-tokens", "create", "entra").stdout.strip()
+    scim = httpx.AsyncClient(
+        base_url=stack.url(0) + "/scim/v2",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"},
+    )
+    ws_url = stack.url(1).replace("http", "ws") + "/chat/ws"
+    try:
+        found = (await scim.get("/Users", params={"filter": 'userName eq "alice"'})).json()
+        assert found["totalResults"] == 1, found
+        agent_id = found["Resources"][0]["id"]
+        assert {(await alice.get(stack.url(replica) + "/chat/")).status_code for replica in (0, 1)} == {200}
+        async with websockets.connect(ws_url, additional_headers={"Cookie": _cookie_header(alice)}) as socket:
+            # Entra ID's disable, exactly as it sends it (research note §2): capitalised op, string boolean.
+            disable = {
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "Replace", "path": "active", "value": "False"}],
+            }
+            response = await scim.patch(f"/Users/{agent_id}", json=disable)
+            assert response.status_code in (200, 204), response.text
+            refused = {replica: (await alice.get(stack.url(replica) + "/chat/")).status_code for replica in (0, 1)}
+            assert refused == {0: 401, 1: 401}
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.recv(), timeout=1.0)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    finally:
+        await scim.aclose()
+    assert (await login_refused(stack)).status_code == 403
