@@ -22,7 +22,8 @@ def throughput_section(result: ThroughputResult) -> list[str]:
         "## 1. Inline proxy throughput",
         "",
         f"Load: `wrk -t{result.threads} -c{result.connections} -d{result.duration:g}s --latency` on `GET /chat/`, "
-        f"{rounds} round(s); each round runs every target once, in the order below, after a short warm-up run. "
+        f"{rounds} round(s); each round runs every target once after a short warm-up run, in the order below in "
+        "even rounds and in reverse in odd ones (so a drift in the shared machine's speed favours no side). "
         'The upstream is one nginx worker answering `return 200 "ok"`; every proxy forwards to it over '
         "keep-alive connections. Figures are the median over the rounds; ratios are taken per round (against "
         "the bare proxy measured in the same round) and the median is shown, with every round's value after it.",

@@ -36,9 +36,9 @@ OUTPUT = ROOT / "docs" / "benchmarks.md"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="channelgate benchmarks")
     parser.add_argument("--quick", action="store_true", help="short smoke run (2 s loads, 1 round, 10+2 trials)")
-    parser.add_argument("--duration", type=float, help="seconds of each wrk run (default 10; quick 2)")
+    parser.add_argument("--duration", type=float, help="seconds of each wrk run (default 8; quick 2)")
     parser.add_argument("--warmup", type=float, help="seconds of the warm-up before each wrk run (default 2)")
-    parser.add_argument("--rounds", type=int, help="wrk rounds over all targets (default 3; quick 1)")
+    parser.add_argument("--rounds", type=int, help="wrk rounds over all targets (default 6; quick 1)")
     parser.add_argument("--trials", type=int, help="admin-API revocation trials (default 100; quick 10)")
     parser.add_argument("--scim-trials", type=int, help="SCIM disable trials (default 50; quick 5)")
     parser.add_argument("--cli-trials", type=int, help="CLI revocation trials (default 5; quick 2)")
@@ -49,9 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     quick = args.quick
-    args.duration = args.duration or (2.0 if quick else 10.0)
+    args.duration = args.duration or (2.0 if quick else 8.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
-    args.rounds = args.rounds or (1 if quick else 3)
+    args.rounds = args.rounds or (1 if quick else 6)
     args.trials = args.trials if args.trials is not None else (10 if quick else 100)
     args.scim_trials = args.scim_trials if args.scim_trials is not None else (5 if quick else 50)
     args.cli_trials = args.cli_trials if args.cli_trials is not None else (2 if quick else 5)

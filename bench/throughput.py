@@ -98,7 +98,11 @@ def run_throughput(
             check_one_request(url, cookies[target])
         for number in range(rounds):
             measured: dict[str, WrkResult] = {}
-            for target, url in urls.items():
+            # Odd rounds run the targets in reverse, so a drift in the machine's speed during a round (this is a
+            # shared 2-core VM: the same server's req/s moves by ±25 % from minute to minute) favours neither
+            # side of a ratio across rounds.
+            order = list(urls.items()) if number % 2 == 0 else list(reversed(urls.items()))
+            for target, url in order:
                 headers = {"Cookie": f"{SESSION_COOKIE}={cookies[target]}"} if cookies[target] else None
                 if warmup > 0:
                     run_wrk(target, url, threads=threads, connections=connections, duration=warmup, headers=headers)

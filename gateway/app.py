@@ -122,17 +122,22 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             await built.live.close_all()
             await built.close()
 
+    # The gateway's own endpoints sit under one mount, so a proxied request (the hot path) is matched against
+    # three patterns, not eleven, and a wrong method on one of them is a 405, never a request to a console.
+    own = [
+        Route("/login", login_routes.login, methods=["GET"]),
+        Route("/callback", login_routes.callback, methods=["GET"]),
+        Route("/logout", login_routes.logout, methods=["POST"]),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
+        Route("/jwks.json", jwks, methods=["GET"]),
+        Route("/admin/agents/{agent}", admin_api.agent_status, methods=["GET"]),
+        Route("/admin/agents/{agent}/deprovision", admin_api.deprovision, methods=["POST"]),
+    ]
     routes = [
         Route("/", home, methods=["GET"]),
-        Route("/.channelgate/login", login_routes.login, methods=["GET"]),
-        Route("/.channelgate/callback", login_routes.callback, methods=["GET"]),
-        Route("/.channelgate/logout", login_routes.logout, methods=["POST"]),
-        Route("/.channelgate/healthz", ops.healthz, methods=["GET"]),
-        Route("/.channelgate/readyz", ops.readyz, methods=["GET"]),
-        Route("/.channelgate/metrics", ops.metrics, methods=["GET"]),
-        Route("/.channelgate/jwks.json", jwks, methods=["GET"]),
-        Route("/.channelgate/admin/agents/{agent}", admin_api.agent_status, methods=["GET"]),
-        Route("/.channelgate/admin/agents/{agent}/deprovision", admin_api.deprovision, methods=["POST"]),
+        Mount("/.channelgate", routes=own),
         Mount(MOUNT_PATH, app=scim_endpoint),
         Route("/{path:path}", proxy_http, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         WebSocketRoute("/{path:path}", proxy_websocket_endpoint),

@@ -22,7 +22,19 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def session_cookie(connection: HTTPConnection, services: Services) -> str | None:
-    value = connection.cookies.get(services.cookies.session_name)
+    """The session id from the ``Cookie`` header(s), or None when absent or not shaped like one of ours.
+
+    Only the gateway's cookie is looked for (consoles behind the gateway may set many cookies on its origin);
+    as in Starlette's parser, a later copy wins. A quoted value is not unquoted: our ids never are.
+    """
+    name, value = services.cookies.session_name, None
+    raw: bytes
+    for key, raw in connection.scope["headers"]:
+        if key == b"cookie":
+            for pair in raw.decode("latin-1").split(";"):
+                found, equals, text = pair.partition("=")
+                if equals and found.strip() == name:
+                    value = str(text.strip())
     if value is None or not _SESSION_ID.fullmatch(value):
         return None
     return value

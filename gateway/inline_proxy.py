@@ -99,7 +99,7 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
         Target(match.route.channel, match.route.allowed_groups),
     )
     scope.decision = decision
-    services.metrics.decisions.labels(match.route.channel, "allow" if decision.allowed else "deny").inc()
+    services.metrics.decision(match.route.channel, decision.allowed).inc()
     if not decision.allowed:
         raise Forbidden(decision.explain())
     services.audit.check_capacity()
@@ -162,7 +162,7 @@ async def proxy_http(request: Request) -> Response:
                 scope, request, request.method, log_path, status=response.status_code, duration_ms=_elapsed_ms(scope)
             )
         )
-        services.metrics.requests.labels(scope.channel or "-", f"{response.status_code // 100}xx").inc()
+        services.metrics.request(scope.channel or "-", response.status_code).inc()
         return response
     if admitted.match.redirect:
         return RedirectResponse(admitted.match.location, status_code=308)
@@ -173,8 +173,8 @@ async def proxy_http(request: Request) -> Response:
     async def finished(stats: ForwardStats) -> None:
         for forget in untrack:
             forget()
-        services.metrics.upstream_latency.labels(channel).observe(stats.upstream_latency)
-        services.metrics.requests.labels(channel, f"{stats.status // 100}xx").inc()
+        services.metrics.latency(channel).observe(stats.upstream_latency)
+        services.metrics.request(channel, stats.status).inc()
         services.audit.submit(
             _record(
                 scope,
@@ -215,7 +215,7 @@ async def proxy_http(request: Request) -> Response:
                 detail={"error": exc.code, "detail": exc.detail},
             )
         )
-        services.metrics.requests.labels(channel, f"{response.status_code // 100}xx").inc()
+        services.metrics.request(channel, response.status_code).inc()
         return response
 
 

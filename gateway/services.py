@@ -101,7 +101,9 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     reads = QuickReads.open(settings.database, database.engine)
     agents = AgentRepository(database.engine)
     credentials = ChannelCredentialRepository(database.engine)
-    audit = AuditLog(AccessLogRepository(database.engine), metrics)
+    audit = AuditLog(
+        AccessLogRepository(database.engine, busy_timeout_seconds=settings.database.connect_timeout_seconds), metrics
+    )
     sessions = create_session_store(settings.sessions, replica_id)
     live = LiveConnections()
     vault = Vault.from_settings(settings.vault) if settings.vault.keys else None

@@ -85,6 +85,7 @@ class AuditLog:
         if self._task is not None:
             await self._task
             self._task = None
+        self._repository.close()
 
     async def flush(self) -> None:
         async with self._flushing:

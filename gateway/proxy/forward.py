@@ -12,6 +12,7 @@ closed when the client goes away early, so a disconnect never leaks a pooled con
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ class UpstreamClient:
         stats = ForwardStats()
         body_state = {"disconnected": False}
         data = self._request_body(request, stats, body_state) if _has_body(request) else None
-        client_timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
+        client_timeout = _client_timeout(timeout)
         started = time.monotonic()
         try:
             upstream = await self.session.request(
@@ -276,6 +277,12 @@ class UpstreamClient:
         except ClientDisconnect:
             state["disconnected"] = True
             raise
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """One (immutable) timeout per route setting, not one per request."""
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
 
 
 def _has_body(request: Request) -> bool:

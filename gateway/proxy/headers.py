@@ -129,21 +129,24 @@ def sanitise_request_headers(
     """
     if max_header_bytes is not None:
         check_header_size(headers, max_header_bytes)
-    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
-    connection_listed = _connection_tokens(v for n, v in decoded if normalise_header_name(n) == "connection")
+    # Each name is normalised once: this runs on every proxied request.
+    decoded = [
+        (n, normalise_header_name(n), v) for n, v in ((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
+    ]
+    connection_listed = _connection_tokens(value for _, norm, value in decoded if norm == "connection")
     removed = {normalise_header_name(n) for n in also_remove}
     cookie_names = {n.lower() for n in gateway_cookie_names}
-    has_transfer_encoding = any(normalise_header_name(n) == "transfer-encoding" for n, _ in decoded)
+    has_transfer_encoding = any(norm == "transfer-encoding" for _, norm, _ in decoded)
 
     out: list[tuple[str, str]] = []
-    for name, value in decoded:
-        norm = normalise_header_name(name)
+    for name, norm, value in decoded:
         if (
             norm in HOP_BY_HOP
             or norm in connection_listed
             or norm in _REQUEST_DROP
             or norm in removed
-            or is_identity_header(norm)
+            or norm in IDENTITY_EXACT
+            or norm.startswith(IDENTITY_PREFIXES)
             # RFC 9112 §6.3: with Transfer-Encoding, Content-Length must be ignored; the body is re-framed.
             or (norm == "content-length" and has_transfer_encoding)
         ):
@@ -213,12 +216,11 @@ def sanitise_response_headers(
 ) -> list[tuple[str, str]]:
     """Drop hop-by-hop fields and any ``Set-Cookie`` for a gateway cookie: an upstream must not overwrite
     (or, with ``Max-Age=0``, log out) the gateway session. Everything else passes unchanged."""
-    materialised = list(headers)
-    connection_listed = _connection_tokens(v for n, v in materialised if normalise_header_name(n) == "connection")
+    materialised = [(name, normalise_header_name(name), value) for name, value in headers]
+    connection_listed = _connection_tokens(value for _, norm, value in materialised if norm == "connection")
     cookie_names = {n.lower() for n in gateway_cookie_names}
     out: list[tuple[str, str]] = []
-    for name, value in materialised:
-        norm = normalise_header_name(name)
+    for name, norm, value in materialised:
         if norm in HOP_BY_HOP or norm in connection_listed:
             continue
         if norm == "set-cookie" and _set_cookie_name(value).lower() in cookie_names:

@@ -125,12 +125,16 @@ def normalise_path(raw_path: bytes | str) -> str:
     return path
 
 
+_QUERY_KEY_SAFE = "".join(sorted(_LITERAL - {"&", "="})) + "%"
+
+
 def strip_query_values(path: str, query: str) -> str:
     """Return ``path?key1&key2`` for the access log: query keys are kept, values (tokens, e-mails) are not.
 
     Keys stay percent-encoded as sent and anything else is escaped, so a key cannot inject a line into the log.
     """
+    if not query:
+        return path
     keys = [part.split("=", 1)[0] for part in query.split("&") if part]
-    safe = "".join(sorted(_LITERAL - {"&", "="})) + "%"
-    escaped = [quote(key, safe=safe) for key in keys if key]
+    escaped = [quote(key, safe=_QUERY_KEY_SAFE) for key in keys if key]
     return f"{path}?{'&'.join(escaped)}" if escaped else path

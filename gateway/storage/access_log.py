@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import access_log
+from gateway.storage.sqlite_batches import SqliteBatchWriter, sqlite_file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,8 +62,19 @@ _INSERT_COLUMNS = tuple(name for name in _COLUMNS if name != "seq")
 
 
 class AccessLogRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, busy_timeout_seconds: float = 5.0) -> None:
         self._engine = engine
+        path = sqlite_file(engine.url)
+        self._sqlite_batches = (
+            None
+            if path is None
+            else SqliteBatchWriter(path, access_log.name, _INSERT_COLUMNS, busy_timeout_seconds=busy_timeout_seconds)
+        )
+
+    def close(self) -> None:
+        """Release the batch writer's own SQLite connection (the engine is disposed by its owner)."""
+        if self._sqlite_batches is not None:
+            self._sqlite_batches.close()
 
     async def append(self, records: Iterable[AccessRecord], conn: AsyncConnection | None = None) -> list[AccessRecord]:
         """Insert ``records`` in order, in one transaction (or in ``conn``'s); return them with ``seq`` set."""
@@ -84,8 +96,12 @@ class AccessLogRepository:
 
     async def append_batch(self, records: Sequence[AccessRecord]) -> None:
         """Insert many records in order in one transaction, returning nothing: the fast path for the batched
-        request records (no RETURNING, no per-row copies), about 3x cheaper per row than ``append``."""
+        request records (no RETURNING, no per-row copies). On SQLite the rows go through ``sqlite3`` in a worker
+        thread (``gateway.storage.sqlite_batches``, ~5x cheaper per row than SQLAlchemy with aiosqlite)."""
         if not records:
+            return
+        if self._sqlite_batches is not None:
+            await self._sqlite_batches.append(records)
             return
         rows = [
             {name: getattr(record, name) for name in _INSERT_COLUMNS} | {"time": to_db(record.time)}

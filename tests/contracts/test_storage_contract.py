@@ -523,7 +523,7 @@ async def test_access_log_keeps_insertion_order_and_is_append_only(engine: Async
     assert first_seq is not None
     assert [r.path for r in await log.after(first_seq, limit=2)] == ["/chat/1", "/chat/2"]
     public = {name for name, _ in inspect.getmembers(AccessLogRepository) if not name.startswith("_")}
-    assert public == {"append", "append_batch", "tail", "after", "for_agent"}
+    assert public == {"append", "append_batch", "tail", "after", "for_agent", "close"}
 
 
 async def test_access_log_returns_an_agents_newest_records_last(engine: AsyncEngine) -> None:
@@ -639,3 +639,42 @@ async def test_batched_appends_keep_order_and_every_field(engine: AsyncEngine) -
     assert stored[7].detail == {"i": 7}
     assert stored[7].bytes_out == 7
     assert stored[7].time == NOW
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [NOW, NOW.replace(microsecond=7), datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5)))],
+)
+async def test_a_batched_record_reads_back_exactly_like_one_written_strictly(
+    engine: AsyncEngine, moment: datetime
+) -> None:
+    """``append_batch`` takes a faster path on SQLite (``gateway.storage.sqlite_batches``): same rows all the same."""
+    log = AccessLogRepository(engine)
+    try:
+        for detail in (None, {"error": "client_disconnected", "n": [1, 2.5, None, "é"]}):
+            record = AccessRecord(
+                time=moment,
+                kind="request",
+                request_id="0123456789abcdef",
+                agent_id="agent-1",
+                agent_name="Zoë",
+                source_ip="2001:db8::1",
+                channel="chat",
+                method="GET",
+                path="/chat/ü?q",
+                status=200,
+                decision="allow",
+                reason="route:chat",
+                bytes_in=0,
+                bytes_out=2**40,
+                duration_ms=3,
+                detail=detail,
+            )
+            [strict] = await log.append([record])
+            await log.append_batch([record])
+            [_, batched] = await log.tail(2)
+            assert batched == replace(strict, seq=batched.seq)
+            assert batched.seq is not None and strict.seq is not None and batched.seq > strict.seq
+            assert batched.time == moment
+    finally:
+        log.close()

@@ -235,3 +235,21 @@ async def test_the_channel_credentials_never_appear_in_responses_error_pages_log
     haystacks = {"responses": "\n".join(texts), "gateway log": logs, "audit tail": tail.stdout + tail.stderr}
     leaks = {where: secret for where, text in haystacks.items() for secret in _secrets(gateway) if secret in text}
     assert leaks == {}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/.channelgate/logout", 405),  # logout is a POST (CSRF-safe); a GET must not log anyone out
+        ("POST", "/.channelgate/healthz", 405),
+        ("GET", "/.channelgate/no-such-endpoint", 404),
+        ("GET", "/.channelgate/admin/agents", 404),
+    ],
+)
+async def test_the_gateways_own_paths_are_never_proxied_to_a_console(
+    gateway: Deployment, method: str, path: str, status: int
+) -> None:
+    alice = await gateway.login("alice")
+    response = await alice.request(method, gateway.url + path, headers=JSON)
+    assert response.status_code == status
+    assert all(console.seen == [] for console in gateway.consoles.values())
