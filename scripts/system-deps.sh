@@ -6,6 +6,7 @@
 #   bench     wrk                          ldap    slapd ldap-utils
 #   postgres  postgresql-15 server         node    nodejs npm
 #   browser   chromium                     oidc    node + `npm ci` of tests/components/oidc_provider
+#   demo      curl (the demo prints curl commands; a test runs them)
 #   python-venv  python3-venv (only when asked for by name: the Makefile's fallback when venv fails)
 #
 # Idempotent and fast when everything is present: apt-get runs only if a package is missing. Runs as root,
@@ -14,7 +15,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OP_DIR="$ROOT/tests/components/oidc_provider"
-ALL_GROUPS=(redis nginx bench ldap postgres node browser oidc)
+ALL_GROUPS=(redis nginx bench ldap postgres node browser oidc demo)
 
 groups=("$@")
 if ((${#groups[@]} == 0)); then
@@ -49,6 +50,7 @@ for group in "${groups[@]}"; do
       [[ "$group" == oidc ]] && want_oidc=1
       ;;
     browser) command -v chromium >/dev/null || need chromium ;;
+    demo) command -v curl >/dev/null || need curl ;;
     python-venv) need python3-venv ;;
     *)
       echo "system-deps: unknown group '$group' (known: ${ALL_GROUPS[*]} python-venv)" >&2

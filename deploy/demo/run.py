@@ -6,6 +6,7 @@ credentials, so nothing here is a shared secret. Python only: no Node.js needed.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import secrets
@@ -14,47 +15,59 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 ROOT = Path(__file__).resolve().parents[2]
-STATE = ROOT / ".demo"
-GATEWAY = "http://127.0.0.1:8000"
-IDP_PORT = 8001
-CONSOLES = {"chat": 8101, "phone": 8102, "mail": 8103}
 CLIENT_ID = "channelgate-demo"
 #: The development SCIM token the demo IdP client uses; never use a guessable token outside the demo.
 SCIM_TOKEN = "demo-scim-token"
 
 
-def _write_config(client_secret: str, admin_token: str) -> Path:
+@dataclass(frozen=True)
+class Layout:
+    """Where the demo runs: the defaults are what the README promises; tests pass free ports and a temp dir."""
+
+    state: Path = ROOT / ".demo"
+    port: int = 8000
+    idp_port: int = 8001
+    consoles: dict[str, int] = field(default_factory=lambda: {"chat": 8101, "phone": 8102, "mail": 8103})
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _write_config(layout: Layout, client_secret: str, admin_token: str) -> Path:
+    state, base_url, idp_port, consoles = layout.state, layout.gateway, layout.idp_port, layout.consoles
     key = ec.generate_private_key(ec.SECP256R1())
-    key_file = STATE / "assertion-key.pem"
+    key_file = state / "assertion-key.pem"
     key_file.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     key_file.chmod(0o600)
     vault_key = base64.b64encode(secrets.token_bytes(32)).decode()
-    config = STATE / "channelgate.toml"
+    config = state / "channelgate.toml"
     config.write_text(
         f"""# Written by `make demo`: development only, plain HTTP on loopback.
 [server]
 host = "127.0.0.1"
-port = 8000
-public_url = "{GATEWAY}"
+port = {layout.port}
+public_url = "{base_url}"
 insecure_dev_cookies = true
 
 [database]
-url = "sqlite+aiosqlite:///{STATE / "channelgate.db"}"
+url = "sqlite+aiosqlite:///{state / "channelgate.db"}"
 
 [sessions]
 store = "memory"
 idle_timeout_seconds = 1800
 
 [oidc]
-issuer = "http://127.0.0.1:{IDP_PORT}"
+issuer = "http://127.0.0.1:{idp_port}"
 client_id = "{CLIENT_ID}"
 client_secret = "{client_secret}"
 scopes = ["openid", "profile", "email", "groups"]
@@ -86,19 +99,19 @@ inject = "basic"
 [[routes]]
 channel = "chat"
 prefix = "/chat/"
-upstream = "http://127.0.0.1:{CONSOLES["chat"]}"
+upstream = "http://127.0.0.1:{consoles["chat"]}"
 allowed_groups = ["chat-agents"]
 
 [[routes]]
 channel = "phone"
 prefix = "/phone/"
-upstream = "http://127.0.0.1:{CONSOLES["phone"]}"
+upstream = "http://127.0.0.1:{consoles["phone"]}"
 allowed_groups = ["phone-agents"]
 
 [[routes]]
 channel = "mail"
 prefix = "/mail/"
-upstream = "http://127.0.0.1:{CONSOLES["mail"]}"
+upstream = "http://127.0.0.1:{consoles["mail"]}"
 allowed_groups = ["mail-agents"]
 """,
         encoding="utf-8",
@@ -120,13 +133,36 @@ def _wait(url: str, process: subprocess.Popen[bytes], name: str, timeout: float 
     raise SystemExit(f"demo: {name} did not start within {timeout:g} s")
 
 
-def main() -> int:
-    STATE.mkdir(exist_ok=True)
-    for stale in STATE.glob("channelgate.db*"):
+def _layout(argv: list[str] | None) -> Layout:
+    parser = argparse.ArgumentParser(prog="python -m deploy.demo.run", description=__doc__.splitlines()[0])
+    default = Layout()
+    parser.add_argument("--state", type=Path, default=default.state, help="directory for config, keys, database")
+    parser.add_argument("--port", type=int, default=default.port, help="the gateway's port")
+    parser.add_argument("--idp-port", type=int, default=default.idp_port)
+    parser.add_argument(
+        "--console-ports", default=",".join(str(p) for p in default.consoles.values()), help="chat,phone,mail"
+    )
+    args = parser.parse_args(argv)
+    ports = [int(port) for port in args.console_ports.split(",")]
+    if len(ports) != 3:
+        parser.error("--console-ports takes three ports: chat,phone,mail")
+    return Layout(args.state, args.port, args.idp_port, dict(zip(("chat", "phone", "mail"), ports, strict=True)))
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    layout = _layout(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's stop, like Ctrl-C, stops every child too
+    state, base_url, idp_port, consoles = layout.state, layout.gateway, layout.idp_port, layout.consoles
+    state.mkdir(parents=True, exist_ok=True)
+    for stale in state.glob("channelgate.db*"):
         stale.unlink()
     client_secret = secrets.token_urlsafe(24)
     admin_token = secrets.token_urlsafe(24)
-    config = _write_config(client_secret, admin_token)
+    config = _write_config(layout, client_secret, admin_token)
     python = sys.executable
     env = {**os.environ, "CHANNELGATE_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
     children: list[subprocess.Popen[bytes]] = []
@@ -138,16 +174,16 @@ def main() -> int:
 
     try:
         idp = start(
-            "-m", "deploy.demo.idp", "--port", str(IDP_PORT), "--client-id", CLIENT_ID,
-            "--client-secret", client_secret, "--redirect-uri", f"{GATEWAY}/.channelgate/callback",
-            "--post-logout-redirect-uri", f"{GATEWAY}/",
+            "-m", "deploy.demo.idp", "--port", str(idp_port), "--client-id", CLIENT_ID,
+            "--client-secret", client_secret, "--redirect-uri", f"{base_url}/.channelgate/callback",
+            "--post-logout-redirect-uri", f"{base_url}/",
         )  # fmt: skip
         subprocess.run([python, "-m", "gateway", "migrate"], cwd=ROOT, env=env, check=True)  # noqa: S603
         subprocess.run(  # noqa: S603
             [python, "-m", "gateway", "scim-tokens", "create", "demo-idp", "--token-stdin"],
             cwd=ROOT, env=env, input=(SCIM_TOKEN + "\n").encode(), check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        for channel, port in CONSOLES.items():
+        for channel, port in consoles.items():
             credential = secrets.token_urlsafe(24)
             subprocess.run(  # noqa: S603
                 [python, "-m", "gateway", "channels", "set-credential", channel],
@@ -155,16 +191,16 @@ def main() -> int:
             )  # fmt: skip
             start(
                 "-m", "deploy.demo.consoles", "--channel", channel, "--port", str(port), "--credential", credential,
-                "--gateway-jwks", f"{GATEWAY}/.channelgate/jwks.json", "--gateway-issuer", GATEWAY,
+                "--gateway-jwks", f"{base_url}/.channelgate/jwks.json", "--gateway-issuer", base_url,
             )  # fmt: skip
-        _wait(f"http://127.0.0.1:{IDP_PORT}/.well-known/openid-configuration", idp, "the OpenID provider")
+        _wait(f"http://127.0.0.1:{idp_port}/.well-known/openid-configuration", idp, "the OpenID provider")
         gateway = start("-m", "gateway", "serve", "--no-migrate", "--log-level", "warning")
-        _wait(f"{GATEWAY}/.channelgate/healthz", gateway, "the gateway")
+        _wait(f"{base_url}/.channelgate/healthz", gateway, "the gateway")
         print(
             f"""
   channelgate demo is running.
 
-  1. Open {GATEWAY}/ and sign in as alice (every console), bob (chat only) or carol (phone and mail);
+  1. Open {base_url}/ and sign in as alice (every console), bob (chat only) or carol (phone and mail);
      the password is "demo".
   2. Open the consoles. Each one shows who the gateway says you are; none of them ever shows you its API key.
   3. End alice's access from another terminal:
@@ -175,12 +211,12 @@ def main() -> int:
   4. Or deactivate alice as an IdP would, over SCIM (development token {SCIM_TOKEN!r}):
 
        ID=$(curl -s -H "Authorization: Bearer {SCIM_TOKEN}" \\
-              "{GATEWAY}/scim/v2/Users?filter=userName%20eq%20%22alice%22" | python3 -c \\
+              "{base_url}/scim/v2/Users?filter=userName%20eq%20%22alice%22" | python3 -c \\
               'import json,sys; print(json.load(sys.stdin)["Resources"][0]["id"])')
        curl -X PATCH -H "Authorization: Bearer {SCIM_TOKEN}" -H "Content-Type: application/scim+json" \\
             -d '{{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
                  "Operations":[{{"op":"replace","path":"active","value":false}}]}}' \\
-            "{GATEWAY}/scim/v2/Users/$ID"
+            "{base_url}/scim/v2/Users/$ID"
 
      (alice exists once she has signed in; the PATCH answers only after her sessions are gone.)
   5. The access log:  CHANNELGATE_CONFIG={config} .venv/bin/channelgate audit tail -n 30
