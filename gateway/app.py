@@ -23,6 +23,7 @@ from gateway.authn import require_session
 from gateway.errors import AuthenticationRequired, ChannelgateError
 from gateway.inline_proxy import proxy_http, proxy_websocket_endpoint
 from gateway.oidc import routes as login_routes
+from gateway.oidc.backchannel import backchannel_logout
 from gateway.pages import error_response, render
 from gateway.scope import scope_of
 from gateway.services import Services, open_gateway
@@ -128,6 +129,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/login", login_routes.login, methods=["GET"]),
         Route("/callback", login_routes.callback, methods=["GET"]),
         Route("/logout", login_routes.logout, methods=["POST"]),
+        Route("/backchannel-logout", backchannel_logout, methods=["POST"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),

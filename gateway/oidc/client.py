@@ -158,16 +158,27 @@ class OidcClient:
             )
         return body
 
-    async def _validate_id_token(self, id_token: str, nonce: str, now: float) -> dict[str, Any]:
-        """Validate the ID token (OIDC Core §3.1.3.7); the nonce binds it to this login, so a replay fails."""
+    async def verify_signature(self, token: str) -> jwt.Token:
+        """The JWT, its signature checked against the provider's keys with the algorithm allowlist (no ``none``,
+        no HMAC); an unknown ``kid`` re-reads the JWKS once (rotation). Raises joserfc's ``JoseError``."""
+        if self._keys is None:
+            await self.metadata()
         assert self._keys is not None
         algorithms = list(self._settings.allowed_algorithms)
         try:
-            try:
-                token = jwt.decode(id_token, await self._keys.key_set(), algorithms=algorithms)
-            except InvalidKeyIdError:
-                # The provider may have rotated its keys since we last read them.
-                token = jwt.decode(id_token, await self._keys.key_set(refresh=True), algorithms=algorithms)
+            return jwt.decode(token, await self._keys.key_set(), algorithms=algorithms)
+        except InvalidKeyIdError:
+            # The provider may have rotated its keys since we last read them.
+            return jwt.decode(token, await self._keys.key_set(refresh=True), algorithms=algorithms)
+
+    @property
+    def client_id(self) -> str:
+        return self._settings.client_id
+
+    async def _validate_id_token(self, id_token: str, nonce: str, now: float) -> dict[str, Any]:
+        """Validate the ID token (OIDC Core §3.1.3.7); the nonce binds it to this login, so a replay fails."""
+        try:
+            token = await self.verify_signature(id_token)
         except JoseError as exc:
             raise _fail(
                 "invalid_id_token",

@@ -131,6 +131,17 @@ class SessionStore(Protocol):
         """
         ...
 
+    async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:
+        """End the agent's sessions that came from one IdP session (OIDC Back-Channel Logout 1.0 §2.4 ``sid``) on
+        every replica. Broadcasts a revocation for the agent only when a session ended (replicas then close the
+        agent's open WebSockets, which reconnect if another of the agent's sessions is still valid)."""
+        ...
+
+    async def first_use(self, key: str, ttl_seconds: int) -> bool:
+        """True the first time ``key`` is seen within ``ttl_seconds`` on any replica, False after (replay guard
+        for single-use tokens: a logout token's ``jti``)."""
+        ...
+
     async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
         """Replace the groups of every live session of the agent; returns how many sessions were updated.
 

@@ -31,6 +31,8 @@ from gateway.sessions.base import (
 PURGE_INTERVAL_SECONDS = 60.0
 #: Pending logins kept at most; beyond it the oldest go first, so a flood of unfinished logins cannot fill memory.
 MAX_PENDING_LOGINS = 100_000
+#: Single-use keys (``first_use``) remembered before expired ones are swept out.
+_SEEN_PRUNE_AT = 10_000
 
 
 def expiry_state(created_at: float, last_seen_at: float, now: float, idle: float, absolute: float) -> SessionState:
@@ -60,6 +62,7 @@ class MemorySessionStore:
         self._by_agent: dict[str, set[str]] = {}
         self._pending: dict[str, tuple[float, PendingLogin]] = {}
         self._subscribers: set[asyncio.Queue[Revocation | None]] = set()
+        self._seen: dict[str, float] = {}
         self._last_purge = float("-inf")
         self._last_pending_purge = float("-inf")
         self._closed = False
@@ -98,6 +101,30 @@ class MemorySessionStore:
         for queue in self._subscribers:
             queue.put_nowait(revocation)
         return len(keys), revocation
+
+    async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:
+        keys = self._by_agent.get(agent_id, set())
+        ended = {key for key in keys if self._sessions[key].data.idp_session_id == idp_session_id}
+        if not ended:
+            return 0, None
+        for key in ended:
+            del self._sessions[key]
+        keys -= ended
+        if not keys:
+            self._by_agent.pop(agent_id, None)
+        revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
+        for queue in self._subscribers:
+            queue.put_nowait(revocation)
+        return len(ended), revocation
+
+    async def first_use(self, key: str, ttl_seconds: int) -> bool:
+        now = time.monotonic()
+        if len(self._seen) > _SEEN_PRUNE_AT:
+            self._seen = {seen: until for seen, until in self._seen.items() if until > now}
+        if self._seen.get(key, 0.0) > now:
+            return False
+        self._seen[key] = now + ttl_seconds
+        return True
 
     async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
         # No await between the reads and the writes, so no lookup can run halfway through.

@@ -53,6 +53,7 @@ UNAVAILABLE = "the session store (Redis) is unreachable; requests are refused un
 SESSION_PREFIX = "cg:s:"
 AGENT_PREFIX = "cg:a:"
 LOGIN_PREFIX = "cg:l:"
+ONCE_PREFIX = "cg:o:"
 ACK_PREFIX = "cg:ack:"
 REPLICAS_KEY = "cg:replicas"
 REVOCATION_CHANNEL = "cg:revocations"
@@ -108,6 +109,25 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
+return count
+"""
+
+# KEYS: agent index. ARGV: session prefix, channel, revocation JSON, IdP session id. Deletes the agent's sessions
+# whose data names that ``sid`` (back-channel logout) and broadcasts only if one ended, atomically. cjson only
+# reads here, so its re-encoding quirks (see _UPDATE_GROUPS) cannot touch the stored data.
+_REVOKE_IDP_SESSION = """
+local count = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local data = redis.call('HGET', ARGV[1] .. member, 'data')
+  if not data then
+    redis.call('SREM', KEYS[1], member)
+  elseif cjson.decode(data)['idp_session_id'] == ARGV[4] then
+    redis.call('DEL', ARGV[1] .. member)
+    redis.call('SREM', KEYS[1], member)
+    count = count + 1
+  end
+end
+if count > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return count
 """
 
@@ -250,6 +270,7 @@ class RedisSessionStore:
         self._lookup = self._redis.register_script(_LOOKUP)
         self._delete = self._redis.register_script(_DELETE)
         self._revoke = self._redis.register_script(_REVOKE)
+        self._revoke_idp_session = self._redis.register_script(_REVOKE_IDP_SESSION)
         self._sessions_of = self._redis.register_script(_SESSIONS_OF)
         self._update_groups = self._redis.register_script(_UPDATE_GROUPS)
 
@@ -293,6 +314,15 @@ class RedisSessionStore:
         args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation)]
         count = await self._call(self._revoke(keys=[AGENT_PREFIX + agent_id], args=args))
         return int(count), revocation
+
+    async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:
+        revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
+        args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation), idp_session_id]
+        count = int(await self._call(self._revoke_idp_session(keys=[AGENT_PREFIX + agent_id], args=args)))
+        return count, (revocation if count else None)
+
+    async def first_use(self, key: str, ttl_seconds: int) -> bool:
+        return bool(await self._call(self._redis.set(ONCE_PREFIX + session_key(key), "1", nx=True, ex=ttl_seconds)))
 
     async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
         """One script over the agent's index, so every replica's next lookup sees the new groups, never a mix."""

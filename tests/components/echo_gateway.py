@@ -39,7 +39,7 @@ from gateway.storage.migrate import upgrade_to_head
 from gateway.timeutil import utcnow
 from tests.components.browserless_login import login
 from tests.components.gateway import CHANNELS, ROOT, config_toml
-from tests.components.oidc_provider import DEMO_PASSWORD, OidcProviderFactory
+from tests.components.oidc_provider import DEMO_PASSWORD, OidcProvider, OidcProviderFactory
 from tests.components.ports import LOOPBACK
 
 #: gateway/oidc/client.py passes ``aiohttp.BasicAuth`` as ``auth=``, both deprecated since aiohttp 3.14; with
@@ -134,6 +134,8 @@ class Deployment:
     consoles: dict[str, EchoConsole]
     credentials: dict[str, str]
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    #: The npm oidc-provider the gateway trusts (its private keys too, for forging tokens in tests).
+    provider: OidcProvider | None = None
 
     async def login(self, user: str, return_to: str = "/") -> httpx.AsyncClient:
         client = await login(self.url, user, DEMO_PASSWORD, return_to=return_to)
@@ -178,7 +180,9 @@ async def deployment(
     base_dir = Path(tempfile.mkdtemp(prefix="channelgate-it-"))
     gateway_sock = bound_socket()
     url = f"http://{LOOPBACK}:{gateway_sock.getsockname()[1]}"
-    provider = oidc_provider_factory([url + "/.channelgate/callback"])
+    provider = oidc_provider_factory(
+        [url + "/.channelgate/callback"], backchannel_logout_uri=url + "/.channelgate/backchannel-logout"
+    )
     consoles = {channel: EchoConsole(channel) for channel in CHANNELS}
     admin_token = secrets.token_urlsafe(24)
     text = config_toml(
@@ -208,7 +212,7 @@ async def deployment(
                 await store_credential(
                     services.credentials, services.vault, channel, credentials[channel].encode(), utcnow()
                 )
-            deployed = Deployment(url, services, config_path, admin_token, consoles, credentials)
+            deployed = Deployment(url, services, config_path, admin_token, consoles, credentials, provider=provider)
             try:
                 yield deployed
             finally:

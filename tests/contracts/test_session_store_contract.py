@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -208,6 +208,32 @@ class TestSessionStoreContract:
         assert (await backend.store.lookup(bob.id, T0 + 1)).state is SessionState.VALID
         assert await backend.store.sessions_of(ALICE.agent_id, T0 + 1) == []
         assert (await backend.store.revoke_agent(ALICE.agent_id))[0] == 0
+
+    async def test_a_back_channel_logout_ends_only_the_sessions_of_that_idp_session(self, backend: Backend) -> None:
+        """OIDC Back-Channel Logout 1.0 §2.4: ``sid`` names one IdP session; the agent's others stay."""
+        laptop = [await backend.store.create(replace(ALICE, idp_session_id="sid-laptop"), T0) for _ in range(2)]
+        phone = await backend.store.create(replace(ALICE, idp_session_id="sid-phone"), T0)
+        other = await backend.store.create(replace(BOB, idp_session_id="sid-laptop"), T0)  # same sid, other agent
+        async with aclosing(backend.store.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            count, revocation = await backend.store.revoke_idp_session(ALICE.agent_id, "sid-laptop")
+            assert count == 2 and revocation is not None
+            assert await asyncio.wait_for(pending, timeout=5) == revocation
+        for session in laptop:
+            assert (await backend.store.lookup(session.id, T0 + 1)).state is SessionState.MISSING
+        assert (await backend.store.lookup(phone.id, T0 + 1)).state is SessionState.VALID
+        assert (await backend.store.lookup(other.id, T0 + 1)).state is SessionState.VALID
+        assert [s.data.idp_session_id for s in await backend.store.sessions_of(ALICE.agent_id, T0 + 1)] == ["sid-phone"]
+        assert await backend.store.revoke_idp_session(ALICE.agent_id, "sid-laptop") == (0, None)
+        assert await backend.store.revoke_idp_session("agent-nobody", "sid-phone") == (0, None)
+
+    async def test_a_single_use_key_is_accepted_once_until_it_expires(self, backend: Backend) -> None:
+        assert await backend.store.first_use("jti-1", ttl_seconds=1) is True
+        assert await backend.store.first_use("jti-1", ttl_seconds=1) is False
+        assert await backend.store.first_use("jti-2", ttl_seconds=1) is True
+        await asyncio.sleep(1.2)
+        assert await backend.store.first_use("jti-1", ttl_seconds=1) is True
 
     @pytest.mark.parametrize("groups", ODD_GROUPS, ids=ODD_GROUP_IDS)
     async def test_a_group_update_replaces_the_groups_of_every_session_of_that_agent_and_no_other(

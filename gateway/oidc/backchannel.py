@@ -1,0 +1,175 @@
+"""OIDC Back-Channel Logout 1.0: the provider tells the gateway, server to server, that a user's session ended.
+
+``POST /.channelgate/backchannel-logout`` with the form field ``logout_token`` (§2.5). The token is validated as
+§2.6 requires: the signature with the provider's keys and the ID-token algorithm allowlist; ``iss`` exactly the
+configured issuer; ``aud`` our client id and no one else; ``iat`` recent; ``events`` holding the back-channel
+logout event; ``sub`` or ``sid``; no ``nonce`` (so an ID token can never pass as a logout token); ``typ``, when
+present, ``logout+jwt`` (§2.4, RFC 8725 §3.11); and a ``jti`` never seen before on any replica (a replay is
+refused). Then ``sid`` ends the agent's sessions of that IdP session, and ``sub`` alone every session of the agent.
+
+This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. The answer is 200 with
+``Cache-Control: no-store``, or 400 with an OAuth error body (§2.8); every answer leaves an access-log record.
+A token carrying ``sid`` without ``sub`` is refused: sessions are found through the agent, keyed on (iss, sub).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import BadRequest, ChannelgateError
+from gateway.scope import scope_of
+from gateway.services import Services
+from gateway.storage.access_log import AccessRecord
+from gateway.timeutil import utcnow
+
+LOGOUT_EVENT: Final = "http://schemas.openid.net/event/backchannel-logout"
+#: Oldest ``iat`` accepted (seconds). A ``jti`` is remembered a little longer than this, so a token old enough
+#: to be forgotten is refused by its age instead.
+MAX_AGE_SECONDS: Final = 300
+LEEWAY_SECONDS: Final = 60
+#: Largest request body read; a logout token is a few hundred bytes.
+MAX_BODY_BYTES: Final = 16 * 1024
+
+
+class InvalidLogoutToken(BadRequest):
+    """§2.8: the logout token or request is not valid; the provider gets ``invalid_request``."""
+
+    code = "invalid_request"
+
+
+@dataclass(frozen=True, slots=True)
+class LogoutRequest:
+    issuer: str
+    jti: str
+    subject: str | None
+    session_id: str | None
+
+
+def logout_request(token: jwt.Token, *, issuer: str, client_id: str, now: float) -> LogoutRequest:
+    """The checks of §2.6 steps 3-7 on a token whose signature is already verified; raises InvalidLogoutToken."""
+    header, claims = token.header, token.claims
+    typ = header.get("typ")
+    if typ is not None and str(typ).lower() not in ("logout+jwt", "application/logout+jwt"):
+        raise InvalidLogoutToken(f"the token's typ is {typ!r}, not logout+jwt")
+    if header.get("crit"):
+        raise InvalidLogoutToken("the token uses critical header extensions")
+    if claims.get("iss") != issuer:
+        raise InvalidLogoutToken("the token was not issued by the configured provider")
+    audience = claims.get("aud")
+    if audience != client_id and audience != [client_id]:
+        raise InvalidLogoutToken("the token is not addressed to this gateway alone")
+    iat = claims.get("iat")
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        raise InvalidLogoutToken("the token has no iat")
+    if iat > now + LEEWAY_SECONDS or iat < now - MAX_AGE_SECONDS:
+        raise InvalidLogoutToken(f"the token's iat is outside the last {MAX_AGE_SECONDS} seconds")
+    exp = claims.get("exp")
+    if exp is not None and (not isinstance(exp, int | float) or exp < now - LEEWAY_SECONDS):
+        raise InvalidLogoutToken("the token has expired")
+    events = claims.get("events")
+    if not isinstance(events, dict) or not isinstance(events.get(LOGOUT_EVENT), dict):
+        raise InvalidLogoutToken(f"the token's events claim has no {LOGOUT_EVENT} member")
+    if "nonce" in claims:
+        raise InvalidLogoutToken("the token has a nonce: an ID token is not a logout token")
+    jti, subject, session_id = claims.get("jti"), claims.get("sub"), claims.get("sid")
+    if not isinstance(jti, str) or not jti:
+        raise InvalidLogoutToken("the token has no jti")
+    if (subject is not None and not isinstance(subject, str)) or (
+        session_id is not None and not isinstance(session_id, str)
+    ):
+        raise InvalidLogoutToken("the token's sub and sid must be strings")
+    if not subject:
+        raise InvalidLogoutToken("the token has no sub; a logout by sid alone is not supported")
+    return LogoutRequest(issuer, jti, subject, session_id or None)
+
+
+async def _logout_token(request: Request) -> str:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise InvalidLogoutToken("send the logout token as application/x-www-form-urlencoded")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidLogoutToken("the request body is too large for a logout token")
+    values = parse_qs(body.decode("latin-1"), keep_blank_values=True).get("logout_token", [])
+    if len(values) != 1 or not values[0]:
+        raise InvalidLogoutToken("the request must carry exactly one logout_token")
+    return values[0]
+
+
+async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
+    assert logout.subject is not None
+    if not await services.sessions.first_use(f"bcl:{logout.issuer}:{logout.jti}", MAX_AGE_SECONDS + LEEWAY_SECONDS):
+        raise InvalidLogoutToken("this logout token was already used")
+    agent = await services.agents.find_by_oidc(logout.issuer, logout.subject)
+    if agent is None:
+        raise InvalidLogoutToken("no agent signed in with this subject")
+    if logout.session_id is not None:
+        count, revocation = await services.sessions.revoke_idp_session(agent.id, logout.session_id)
+        if revocation is None:
+            raise InvalidLogoutToken("no session of this agent came from that sid")
+    else:
+        count, revocation = await services.sessions.revoke_agent(agent.id)
+    await services.live.close_agent(agent.id)
+    timeout = services.settings.sessions.revocation_ack_timeout_seconds
+    confirmed, missing = await services.sessions.wait_for_acks(revocation, timeout)
+    return {
+        "agent_id": agent.id,
+        "agent_name": agent.user_name,
+        "sessions": count,
+        "sid": logout.session_id,
+        "replicas_confirmed": sorted(confirmed),
+        "replicas_missing": sorted(missing),
+    }
+
+
+async def backchannel_logout(request: Request) -> Response:
+    services: Services = request.app.state.services
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    assert services.oidc is not None
+    record: dict[str, Any] = {}
+    try:
+        token = await _logout_token(request)
+        try:
+            verified = await services.oidc.verify_signature(token)
+        except (JoseError, ValueError, TypeError) as exc:
+            raise InvalidLogoutToken("the token's signature could not be verified", detail=type(exc).__name__) from None
+        logout = logout_request(
+            verified, issuer=services.oidc.issuer, client_id=services.oidc.client_id, now=services.clock()
+        )
+        record = await _apply(services, logout)
+    except ChannelgateError as exc:
+        await _audit(services, scope.request_id, scope.client_ip, record, exc.status, refused=exc.message)
+        body = {"error": exc.code if exc.status == 400 else "temporarily_unavailable", "error_description": exc.message}
+        return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
+    await _audit(services, scope.request_id, scope.client_ip, record, 200, refused=None)
+    return Response(status_code=200, headers={"Cache-Control": "no-store"})
+
+
+async def _audit(
+    services: Services, request_id: str, source_ip: str, record: dict[str, Any], status: int, *, refused: str | None
+) -> None:
+    await services.audit.write(
+        AccessRecord(
+            time=utcnow(),
+            kind="backchannel_logout",
+            request_id=request_id,
+            agent_id=record.get("agent_id"),
+            agent_name=record.get("agent_name"),
+            source_ip=source_ip,
+            method="POST",
+            path="/.channelgate/backchannel-logout",
+            status=status,
+            decision="refused" if refused else "revoked",
+            reason=refused,
+            actor="idp",
+            detail={k: v for k, v in record.items() if k not in ("agent_id", "agent_name")} or None,
+        )
+    )

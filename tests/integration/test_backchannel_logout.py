@@ -1,0 +1,171 @@
+"""OIDC Back-Channel Logout 1.0 against npm oidc-provider: the provider ends a session, the gateway follows.
+
+The first test lets the real provider send its logout token (RP sessions end when the user logs out at the
+provider). The others post tokens signed with the provider's own key, to cover what a provider never sends:
+replays, forgeries, ID tokens posing as logout tokens, unknown sessions. Each is refused with a 400, changes
+nothing, and leaves a record in the access log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from gateway.oidc.backchannel import LOGOUT_EVENT
+from tests.components.echo_gateway import Deployment, deployment, eventually
+from tests.components.oidc_provider import TEST_CLIENT_ID, OidcProviderFactory, generate_signing_key
+
+pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
+JSON = {"Accept": "application/json"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture
+async def gateway(oidc_provider_factory: OidcProviderFactory) -> AsyncIterator[Deployment]:
+    async with deployment(oidc_provider_factory) as deployed:
+        yield deployed
+
+
+async def _chat(client: httpx.AsyncClient, gateway: Deployment) -> int:
+    return (await client.get(gateway.url + "/chat/", headers=JSON)).status_code
+
+
+async def _session_data(gateway: Deployment, agent_name: str) -> list[Any]:
+    agent = await gateway.services.agents.find(agent_name)
+    assert agent is not None
+    return [s.data for s in await gateway.services.sessions.sessions_of(agent.id, time.time())]
+
+
+def _token(
+    gateway: Deployment, *, header: dict[str, Any] | None = None, key: dict[str, Any] | None = None, **claims: Any
+) -> str:
+    assert gateway.provider is not None
+    private = key or gateway.provider.jwks["keys"][0]
+    now = int(time.time())
+    body = {
+        "iss": gateway.provider.issuer,
+        "aud": TEST_CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": uuid.uuid4().hex,
+        "events": {LOGOUT_EVENT: {}},
+    } | claims
+    body = {name: value for name, value in body.items() if value is not None}
+    return jwt.encode(
+        {"alg": "RS256", "kid": private["kid"], "typ": "logout+jwt"} | (header or {}), body, RSAKey.import_key(private)
+    )
+
+
+async def _post(gateway: Deployment, token: str) -> httpx.Response:
+    async with httpx.AsyncClient() as idp:
+        return await idp.post(
+            gateway.url + "/.channelgate/backchannel-logout", content=f"logout_token={token}", headers=FORM
+        )
+
+
+async def test_logging_out_at_the_provider_ends_that_browsers_gateway_session_and_no_other(gateway: Deployment) -> None:
+    laptop = await gateway.login("alice")
+    phone = await gateway.login("alice")
+    assert (await _chat(laptop, gateway), await _chat(phone, gateway)) == (200, 200)
+    assert gateway.provider is not None
+
+    # The user logs out at the provider in the laptop's browser (oidc-provider's end_session confirm form).
+    form = await laptop.get(gateway.provider.issuer + "/session/end")
+    xsrf = re.search(r'name="xsrf" value="([^"]+)"', form.text)
+    assert xsrf is not None, form.text[:500]
+    await laptop.post(gateway.provider.issuer + "/session/end/confirm", data={"xsrf": xsrf.group(1), "logout": "yes"})
+
+    async def laptop_refused() -> bool:
+        return await _chat(laptop, gateway) == 401
+
+    await eventually(laptop_refused)
+    assert await _chat(phone, gateway) == 200
+    agent = await gateway.services.agents.find("alice")
+    assert agent is not None and agent.active  # a logout, not a deprovisioning
+    records = await gateway.services.audit._repository.for_agent(agent.id)
+    assert [r.decision for r in records if r.kind == "backchannel_logout"] == ["revoked"]
+
+
+async def test_a_logout_token_with_only_sub_ends_every_session_of_the_agent(gateway: Deployment) -> None:
+    laptop, phone = await gateway.login("alice"), await gateway.login("alice")
+    subject = (await _session_data(gateway, "alice"))[0].subject
+    response = await _post(gateway, _token(gateway, sub=subject))
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+    assert (await _chat(laptop, gateway), await _chat(phone, gateway)) == (401, 401)
+    again = await gateway.login("alice")
+    assert await _chat(again, gateway) == 200
+
+
+async def test_a_replayed_logout_token_is_refused(gateway: Deployment) -> None:
+    await gateway.login("alice")
+    data = (await _session_data(gateway, "alice"))[0]
+    token = _token(gateway, sub=data.subject, sid=data.idp_session_id)
+    assert (await _post(gateway, token)).status_code == 200
+    replay_target = await gateway.login("alice")  # a new session, and the same token sent again
+    replayed = await _post(gateway, token)
+    assert replayed.status_code == 400
+    assert "already used" in replayed.json()["error_description"]
+    assert await _chat(replay_target, gateway) == 200
+
+
+BAD_TOKENS: dict[str, dict[str, Any]] = {
+    "signed with another key": {"key": generate_signing_key("attacker")},
+    "for another client": {"aud": "someone-else"},
+    "for us and another client": {"aud": [TEST_CLIENT_ID, "someone-else"]},
+    "from another issuer": {"iss": "https://evil.example"},
+    "an id token (nonce)": {"nonce": "n-1"},
+    "without the logout event": {"events": {"urn:other": {}}},
+    "without events": {"events": None},
+    "without jti": {"jti": None},
+    "issued an hour ago": {"iat": int(time.time()) - 3600, "exp": None},
+    "typed as a plain JWT": {"header": {"typ": "JWT"}},
+    "for an unknown sid": {"sid": "sid-that-never-was"},
+    "for an unknown subject": {"sub": "nobody-at-all"},
+}
+
+
+@pytest.mark.parametrize("case", BAD_TOKENS, ids=list(BAD_TOKENS))
+async def test_a_bad_logout_token_is_refused_changes_nothing_and_is_logged(gateway: Deployment, case: str) -> None:
+    alice = await gateway.login("alice")
+    data = (await _session_data(gateway, "alice"))[0]
+    claims = {"sub": data.subject, "sid": data.idp_session_id} | BAD_TOKENS[case]
+    response = await _post(gateway, _token(gateway, **claims))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert await _chat(alice, gateway) == 200
+    mark = await gateway.services.audit._repository.tail(5)
+    assert any(r.kind == "backchannel_logout" and r.decision == "refused" for r in mark)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["", "logout_token=", "logout_token=a&logout_token=b", "logout_token=not.a.jwt", "logout_token=" + "x" * 20000],
+)
+async def test_a_malformed_request_is_a_400_never_a_500(gateway: Deployment, body: str) -> None:
+    async with httpx.AsyncClient() as idp:
+        response = await idp.post(gateway.url + "/.channelgate/backchannel-logout", content=body, headers=FORM)
+    assert response.status_code == 400
+
+
+async def test_an_unsigned_logout_token_is_refused(gateway: Deployment) -> None:
+    await gateway.login("alice")
+    data = (await _session_data(gateway, "alice"))[0]
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    assert gateway.provider is not None
+    claims = {"iss": gateway.provider.issuer, "aud": TEST_CLIENT_ID, "iat": int(time.time()), "jti": "j-1",
+              "events": {LOGOUT_EVENT: {}}, "sub": data.subject}  # fmt: skip
+    response = await _post(gateway, f"{part({'alg': 'none', 'typ': 'logout+jwt'})}.{part(claims)}.")
+    assert response.status_code == 400
