@@ -16,7 +16,6 @@ from scim2_models import (
     Context,
     EnterpriseUser,
     Group,
-    GroupMember,
     Meta,
     User,
 )
@@ -24,6 +23,7 @@ from scim2_models import (
 from gateway.storage._time import from_db
 from gateway.storage.agents import user_name_key
 from gateway.storage.groups import Group as GroupRow
+from scim.provider import ScimGroup, ScimGroupMember
 from scim.urns import ENTERPRISE_USER_SCHEMA, USER_SCHEMA
 
 UserModel: Final = User[EnterpriseUser]
@@ -136,13 +136,15 @@ def _timestamp(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def group_resource(group: GroupRow) -> Group:
-    resource = Group(
+def group_resource(group: GroupRow) -> ScimGroup:
+    resource = ScimGroup(
         id=group.id,
         display_name=group.display_name,
         external_id=group.external_id,
         members=[
-            GroupMember(value=member.agent_id, display=member.user_name, type="User", ref=f"Users/{member.agent_id}")
+            ScimGroupMember(
+                value=member.agent_id, display=member.user_name, type="User", ref=f"Users/{member.agent_id}"
+            )
             for member in group.members
         ]
         or None,

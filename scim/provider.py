@@ -9,17 +9,20 @@ path that triggers deprovisioning, and paging is by a fixed, stable order.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, ClassVar, Final
 
 from scim2_models import (
     AuthenticationScheme,
     Bulk,
     ChangePassword,
+    ComplexAttribute,
     EnterpriseUser,
     ETag,
     External,
     Filter,
     Group,
+    GroupMember,
+    Mutability,
     Patch,
     Reference,
     ResourceType,
@@ -29,6 +32,21 @@ from scim2_models import (
     Sort,
     User,
 )
+
+
+class ScimGroupMember(GroupMember):
+    """A member as we serve it: ``display`` is the member's userName, computed, so it is declared read-only
+    (RFC 7643 §7: a client value is ignored, not stored). scim2-models leaves it readWrite, which would promise
+    clients that a ``display`` they send comes back."""
+
+    display: Annotated[str | None, Mutability.read_only] = None
+
+
+class ScimGroup(Group):
+    members: list[ScimGroupMember] | None = None  # type: ignore[assignment]
+
+    Members: ClassVar[type[ComplexAttribute]] = ScimGroupMember
+
 
 #: Largest page a search returns; a larger ``count`` is lowered to it (RFC 7644 §3.4.2.4).
 MAX_RESULTS: Final = 200
@@ -64,10 +82,10 @@ def service_provider_config() -> ServiceProviderConfig:
 
 def scim_provider() -> ScimProvider:
     return ScimProvider(
-        models=[User, EnterpriseUser, Group],
+        models=[User, EnterpriseUser, ScimGroup],
         resource_types=[
             ResourceType.from_resource(User[EnterpriseUser]),
-            ResourceType.from_resource(Group),
+            ResourceType.from_resource(ScimGroup),
         ],
         config=service_provider_config(),
         policy=TOLERANT_POLICY,

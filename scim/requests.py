@@ -2,6 +2,9 @@
 
 * Entra sends the enterprise ``manager`` as a bare id string (SCIM-SDK#686, apache/directory-scimple#1242)
   where RFC 7643 §4.3 has a complex ``{"value": id}``; it is rewritten to the RFC form.
+* A group member's ``display`` is read-only here (we answer the member's userName, ``scim.provider``), and
+  RFC 7643 §7 has a client's value for a read-only attribute ignored: Okta's group push sends one with every
+  member, so it is dropped instead of failing the request with ``mutability``.
 * Whether a request disables the user is read here, from the raw body, so that a PATCH whose ``active=false``
   comes with an operation that fails still disables the agent (fail closed): the deactivation must not depend
   on the rest of the request being valid.
@@ -43,9 +46,20 @@ def _manager(value: Any) -> Any:
     return value
 
 
+def _without_display(members: Any) -> Any:
+    if not isinstance(members, list):
+        return members
+    return [
+        {k: v for k, v in member.items() if k.lower() != "display"} if isinstance(member, dict) else member
+        for member in members
+    ]
+
+
 def _normalise_resource(resource: dict[str, Any]) -> None:
     for key, value in resource.items():
-        if key.lower() == ENTERPRISE and isinstance(value, dict):
+        if key.lower() == "members":
+            resource[key] = _without_display(value)
+        elif key.lower() == ENTERPRISE and isinstance(value, dict):
             for sub in value:
                 if sub.lower() == "manager":
                     value[sub] = _manager(value[sub])
@@ -64,6 +78,8 @@ def normalise(method: str, body: Any) -> Any:
             path = operation.get("path")
             if isinstance(path, str) and path.lower() in _MANAGER_PATHS:
                 operation["value"] = _manager(operation.get("value"))
+            elif isinstance(path, str) and path.lower() == "members":
+                operation["value"] = _without_display(operation.get("value"))
             elif path is None and isinstance(operation.get("value"), dict):
                 _normalise_resource(operation["value"])
     return body

@@ -29,11 +29,12 @@ DELIBERATE: dict[tuple[str, str, str], str] = {
         "drops it can neither re-enable a deprovisioned agent nor leave the gateway guessing (scim/storage.py)"
     ),
     ("Group", "check_add_attribute", "Attribute 'members' was not added"): (
-        "members[].display is READ-ONLY (RFC 7643 §2.4) and we answer the member's userName; scim2-models leaves "
-        "it readWrite, so scim2-tester expects back the random display it sent"
+        "members[].display is computed (the member's userName) and declared readOnly in our /Schemas "
+        "(scim.provider.ScimGroupMember); scim2-tester sends no display but compares the whole member, "
+        "read-only sub-attributes included"
     ),
     ("Group", "check_replace_attribute", "Attribute 'members' was not replaced"): (
-        "the same read-only members[].display (RFC 7643 §2.4)"
+        "the same read-only members[].display"
     ),
 }
 
@@ -92,6 +93,8 @@ async def test_scim2_tester_finds_no_failure_against_the_live_gateway() -> None:
         token = await gateway.token("scim2-tester")
         results = await asyncio.to_thread(run_checks, gateway.scim_url, token)
     failed = [result for result in results if result.status in FAILED and not deliberate(result)]
+    excused = [result for result in results if result.status in FAILED and deliberate(result)]
+    print(f"scim2-tester: {len(results)} checks, {len(failed) + len(excused)} failed, {len(excused)} deliberate")
     assert len(results) > 50, f"scim2-tester ran only {len(results)} checks:\n{describe(results)}"
     assert not failed, f"{len(failed)} of {len(results)} scim2-tester checks failed:\n{describe(failed)}"
     checked = {result.resource_type for result in results if result.resource_type}

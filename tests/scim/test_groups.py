@@ -99,3 +99,15 @@ async def test_a_deleted_user_drops_out_of_its_groups(scim: httpx.AsyncClient) -
     gid = (await new_group(scim, "chat", members=[{"value": ana}]))["id"]
     assert (await scim.delete(f"/Users/{ana}")).status_code == 204
     assert await members(scim, gid) == set()
+
+
+async def test_a_members_display_is_declared_read_only_and_answered_with_the_members_user_name(
+    scim: httpx.AsyncClient,
+) -> None:
+    schema = (await scim.get(f"/Schemas/{GROUP}")).json()
+    members = next(a for a in schema["attributes"] if a["name"] == "members")
+    display = next(a for a in members["subAttributes"] if a["name"] == "display")
+    assert display["mutability"] == "readOnly"
+    ana = await new_user(scim, "ana")
+    group = await new_group(scim, "mail-agents", members=[{"value": ana, "display": "Someone Else"}])
+    assert [(m["value"], m["display"]) for m in group["members"]] == [(ana, "ana")]
