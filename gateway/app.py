@@ -28,6 +28,7 @@ from gateway.pages import error_response, render
 from gateway.scope import scope_of
 from gateway.services import Services, open_gateway
 from gateway.settings import Settings
+from gateway.signals.receiver import receive_event
 from policies.decision import Subject, Target
 from policies.groups import decide
 from scim.app import MOUNT_PATH, scim_endpoint
@@ -130,6 +131,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/callback", login_routes.callback, methods=["GET"]),
         Route("/logout", login_routes.logout, methods=["POST"]),
         Route("/backchannel-logout", backchannel_logout, methods=["POST"]),
+        Route("/ssf/events", receive_event, methods=["POST"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),

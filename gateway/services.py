@@ -21,6 +21,7 @@ from gateway.deprovision.kill import SessionKiller
 from gateway.errors import VaultError
 from gateway.metrics import Metrics
 from gateway.oidc.client import OidcClient
+from gateway.oidc.discovery import ProviderKeys
 from gateway.proxy.assertion import AssertionSigner
 from gateway.proxy.forward import UpstreamClient
 from gateway.proxy.routes import RouteTable
@@ -73,6 +74,8 @@ class Services:
     idp_http: aiohttp.ClientSession | None = None
     #: The SCIM 2.0 endpoint mounted at /scim/v2 (issue 3).
     scim: ScimApplication | None = None
+    #: JWKS of the Shared Signals transmitters, by URI, fetched on first use (``gateway.signals.receiver``).
+    signal_keys: dict[str, ProviderKeys] = field(default_factory=dict)
     #: Seconds since the epoch; tests replace it to move past idle and absolute timeouts.
     clock: Callable[[], float] = time.time
 

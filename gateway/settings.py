@@ -186,6 +186,35 @@ class ScimSettings(_Section):
     link_by: LinkRule = "user_name_is_preferred_username"
 
 
+class SsfTransmitterSettings(_Section):
+    """One Shared Signals transmitter allowed to push Security Event Tokens (RFC 8935) to the gateway."""
+
+    #: The SETs' ``iss``, compared exactly.
+    issuer: Annotated[str, Field(min_length=1)]
+    #: Where its signing keys are published (RFC 7517 JWKS).
+    jwks_uri: AnyHttpUrl
+    #: The bearer token it sends with every push (RFC 8935 §2 leaves push authentication to the deployment).
+    token: SecretStr
+
+    @field_validator("token")
+    @classmethod
+    def _long_token(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "use a token of at least 32 characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+
+class SsfSettings(_Section):
+    """Shared Signals receiver at ``/.channelgate/ssf/events`` (CAEP and RISC events pushed as SETs)."""
+
+    #: The ``aud`` every SET must carry; empty means the gateway's public URL.
+    audience: str = ""
+    transmitters: tuple[SsfTransmitterSettings, ...] = ()
+
+
 class ChannelSettings(_Section):
     """One channel console's connector. ``kind = "static"`` injects one shared credential from the vault."""
 
@@ -234,6 +263,7 @@ class Settings(_Section):
     vault: VaultSettings = Field(default_factory=VaultSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     scim: ScimSettings = Field(default_factory=ScimSettings)
+    ssf: SsfSettings = Field(default_factory=SsfSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     routes: tuple[RouteSettings, ...] = ()
 

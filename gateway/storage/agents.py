@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import ColumnElement, RowMapping, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -117,6 +117,12 @@ class AgentRepository:
         """The agent linked to this IdP account, deleted or not, so a deleted agent's login is refused."""
         async with read_transaction(self._engine, conn) as c:
             return await self._one(c, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
+
+    async def find_by_email(self, email: str, *, conn: AsyncConnection | None = None) -> builtins.list[Agent]:
+        """The live agents with this email, compared case-insensitively (several means the email is ambiguous)."""
+        query = select(agents).where(func.lower(agents.c.email) == email.lower(), _LIVE).limit(2)
+        async with read_transaction(self._engine, conn) as c:
+            return [_agent(row) for row in (await c.execute(query)).mappings()]
 
     async def find(self, identifier: str, *, conn: AsyncConnection | None = None) -> Agent | None:
         """The live agent whose id, else whose userName, is ``identifier`` (admin API and CLI)."""

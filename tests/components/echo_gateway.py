@@ -175,6 +175,7 @@ async def deployment(
     redis_url: str | None = None,
     route_timeout_seconds: float = 5,
     extra_server_toml: str = "",
+    extra_toml: str = "",
 ) -> AsyncIterator[Deployment]:
     """The gateway (memory sessions unless ``redis_url``; SQLite file unless ``database_url``) and three consoles."""
     base_dir = Path(tempfile.mkdtemp(prefix="channelgate-it-"))
@@ -196,6 +197,7 @@ async def deployment(
     )
     text = text.replace("timeout_seconds = 5\n", f"timeout_seconds = {route_timeout_seconds}\n")
     text = text.replace("insecure_dev_cookies = true\n", f"insecure_dev_cookies = true\n{extra_server_toml}\n")
+    text += f"\n{extra_toml}\n"  # whole tables, appended after the routes
     config_path = base_dir / "channelgate.toml"
     config_path.write_text(text, encoding="utf-8")
     settings = load_settings(config_path, environ={})

@@ -191,3 +191,15 @@ def test_every_scim_link_rule_is_accepted_from_the_file_and_the_environment(tmp_
 def test_an_unknown_scim_link_rule_or_key_is_named(tmp_path: Path, section: str) -> None:
     message = _error(tmp_path, GOOD + f"\n[scim]\n{section}\n")
     assert "scim.link_by" in message
+
+
+def test_a_shared_signals_transmitter_needs_a_real_url_and_a_long_token_which_never_prints(tmp_path: Path) -> None:
+    transmitter = '\n[[ssf.transmitters]]\nissuer = "https://idp.example"\njwks_uri = "{uri}"\ntoken = "{token}"\n'
+    good = load_settings(
+        _write(tmp_path, GOOD + transmitter.format(uri="https://idp.example/jwks", token="t" * 40)), environ={}
+    )
+    assert good.ssf.transmitters[0].issuer == "https://idp.example"
+    assert "t" * 40 not in repr(good)
+    message = _error(tmp_path, GOOD + transmitter.format(uri="not a url", token="short-token"))
+    assert "ssf.transmitters.0.jwks_uri" in message and "ssf.transmitters.0.token" in message
+    assert "short-token" not in message

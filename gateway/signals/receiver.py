@@ -1,0 +1,174 @@
+"""The push endpoint of a Shared Signals receiver (RFC 8935): ``POST /.channelgate/ssf/events``.
+
+A configured transmitter (``[[ssf.transmitters]]``) authenticates with its bearer token, compared in constant
+time, and posts one SET as ``application/secevent+jwt``. Its signature is checked against that transmitter's
+JWKS with the same asymmetric allowlist as ID tokens; ``gateway.signals.events`` checks the claims; each
+``jti`` is accepted once across replicas. Then the strongest action the events ask for runs before the answer:
+RISC ``account-disabled`` deprovisions the agent (``SessionKiller``), CAEP ``session-revoked`` and
+``credential-change`` end all of the agent's sessions. The answer is 202 (accepted, including events about an
+unknown subject or of a type we ignore, so the transmitter does not retry them), 400 with an RFC 8935 §2.4
+error object, or 401; every SET leaves an access-log record.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Final
+
+from joserfc import jwt
+from joserfc.errors import InvalidKeyIdError, JoseError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import ChannelgateError
+from gateway.oidc.discovery import ProviderKeys
+from gateway.scope import scope_of
+from gateway.services import Services
+from gateway.settings import SsfTransmitterSettings
+from gateway.signals.events import LEEWAY_SECONDS, MAX_AGE_SECONDS, Action, InvalidSet, SecurityEvent, security_event
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.agents import Agent
+from gateway.timeutil import utcnow
+
+MAX_BODY_BYTES: Final = 64 * 1024
+_PATH: Final = "/.channelgate/ssf/events"
+
+
+class Unauthenticated(ChannelgateError):
+    status = 401
+    code = "authentication_failed"
+
+
+def _transmitter(services: Services, request: Request) -> SsfTransmitterSettings:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        for transmitter in services.settings.ssf.transmitters:
+            if hmac.compare_digest(transmitter.token.get_secret_value().encode(), token.strip().encode()):
+                return transmitter
+    raise Unauthenticated("send a configured transmitter's token as 'Authorization: Bearer <token>'")
+
+
+def _keys(services: Services, transmitter: SsfTransmitterSettings) -> ProviderKeys:
+    cache: dict[str, ProviderKeys] = services.signal_keys
+    uri = str(transmitter.jwks_uri)
+    if uri not in cache:
+        assert services.idp_http is not None
+        cache[uri] = ProviderKeys(services.idp_http, uri)
+    return cache[uri]
+
+
+async def _verified(services: Services, transmitter: SsfTransmitterSettings, token: str) -> jwt.Token:
+    keys = _keys(services, transmitter)
+    algorithms = list(services.settings.oidc.allowed_algorithms)
+    try:
+        try:
+            return jwt.decode(token, await keys.key_set(), algorithms=algorithms)
+        except InvalidKeyIdError:  # the transmitter may have rotated its keys
+            return jwt.decode(token, await keys.key_set(refresh=True), algorithms=algorithms)
+    except (JoseError, ValueError, TypeError) as exc:
+        raise InvalidSet("the SET's signature could not be verified", err="invalid_key") from exc
+
+
+async def _read(request: Request) -> str:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/secevent+jwt":
+        raise InvalidSet("send the SET as application/secevent+jwt (RFC 8935 §2)")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidSet("the SET is too large")
+    try:
+        return body.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise InvalidSet("a SET is a compact JWS: ASCII only") from None
+
+
+async def _agents(services: Services, event: SecurityEvent) -> list[Agent]:
+    """The live agents the subject names: one, none, or (an email several agents share) more."""
+    subject = event.subject
+    if subject.issuer is not None and subject.subject is not None:
+        agent = await services.agents.find_by_oidc(subject.issuer, subject.subject)
+        return [agent] if agent is not None and not agent.deleted else []
+    if subject.email is not None:
+        return await services.agents.find_by_email(subject.email)
+    return []
+
+
+async def _apply(services: Services, transmitter: SsfTransmitterSettings, event: SecurityEvent) -> dict[str, Any]:
+    outcome: dict[str, Any] = {"events": [name for name, _ in event.events], "action": event.action.value}
+    found = await _agents(services, event)
+    if len(found) != 1:
+        # Acting on a guess could end the wrong agent's access, or nobody's: the record shows it for a person.
+        outcome["result"] = "no such agent" if not found else "ambiguous subject: several agents share this email"
+        return outcome
+    agent = found[0]
+    outcome |= {"agent_id": agent.id, "agent_name": agent.user_name}
+    if event.action is Action.DEPROVISION:
+        kill = await services.killer.deprovision(
+            agent.id, reason=f"account disabled at {transmitter.issuer} (RISC)", actor="ssf", source="ssf"
+        )
+        outcome |= {"result": "deprovisioned", "sessions": kill.sessions_revoked}
+    elif event.action is Action.END_SESSIONS:
+        count, revocation = await services.sessions.revoke_agent(agent.id)
+        await services.live.close_agent(agent.id)
+        timeout = services.settings.sessions.revocation_ack_timeout_seconds
+        _, missing = await services.sessions.wait_for_acks(revocation, timeout)
+        outcome |= {"result": "sessions ended", "sessions": count, "replicas_missing": sorted(missing)}
+    else:
+        outcome["result"] = "ignored"
+    return outcome
+
+
+async def receive_event(request: Request) -> Response:
+    services: Services = request.app.state.services
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    audience = services.settings.ssf.audience or services.public_url
+    outcome: dict[str, Any] = {}
+    transmitter: SsfTransmitterSettings | None = None
+    try:
+        transmitter = _transmitter(services, request)
+        token = await _read(request)
+        verified = await _verified(services, transmitter, token)
+        event = security_event(
+            verified.header, verified.claims, issuer=transmitter.issuer, audience=audience, now=services.clock()
+        )
+        if not await services.sessions.first_use(
+            f"set:{transmitter.issuer}:{event.jti}", MAX_AGE_SECONDS + LEEWAY_SECONDS
+        ):
+            raise InvalidSet("this SET was already received")
+        outcome = await _apply(services, transmitter, event)
+    except ChannelgateError as exc:
+        await _audit(services, scope.request_id, scope.client_ip, transmitter, outcome, exc.status, exc.message)
+        body = {"err": exc.code if exc.status < 500 else "temporarily_unavailable", "description": exc.message}
+        return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
+    await _audit(services, scope.request_id, scope.client_ip, transmitter, outcome, 202, None)
+    return Response(status_code=202)
+
+
+async def _audit(
+    services: Services,
+    request_id: str,
+    source_ip: str,
+    transmitter: SsfTransmitterSettings | None,
+    outcome: dict[str, Any],
+    status: int,
+    refused: str | None,
+) -> None:
+    detail = {k: v for k, v in outcome.items() if k not in ("agent_id", "agent_name")}
+    await services.audit.write(
+        AccessRecord(
+            time=utcnow(),
+            kind="security_event",
+            request_id=request_id,
+            agent_id=outcome.get("agent_id"),
+            agent_name=outcome.get("agent_name"),
+            source_ip=source_ip,
+            method="POST",
+            path=_PATH,
+            status=status,
+            decision="refused" if refused else str(outcome.get("result", "accepted")),
+            reason=refused,
+            actor=f"ssf:{transmitter.issuer}" if transmitter is not None else None,
+            detail=detail or None,
+        )
+    )

@@ -1,0 +1,214 @@
+"""The Shared Signals receiver (RFC 8935 push, RFC 8417 SETs, CAEP and RISC events) end to end.
+
+The transmitter here is a test double that speaks the real protocol: it publishes its signing key as a JWKS
+over HTTP and pushes signed SETs with its bearer token. The gateway is real (npm oidc-provider for the
+logins), and so are its consequences: sessions refused, agents disabled, records in the access log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.signals.events import CAEP, RISC
+from tests.components.echo_gateway import Deployment, bound_socket, deployment, start_server
+from tests.components.oidc_provider import OidcProviderFactory, generate_signing_key, public_jwks
+
+pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
+JSON = {"Accept": "application/json"}
+ISSUER = "https://signals.idp.example"
+
+
+@dataclass
+class Transmitter:
+    key: dict[str, Any] = field(default_factory=lambda: generate_signing_key("ssf-1"))
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    sock: Any = field(default_factory=bound_socket)
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/jwks"
+
+    def toml(self) -> str:
+        return (
+            f'[ssf]\n[[ssf.transmitters]]\nissuer = "{ISSUER}"\njwks_uri = "{self.jwks_uri}"\ntoken = "{self.token}"\n'
+        )
+
+    def sign(self, events: dict[str, Any], *, header: dict[str, Any] | None = None, key: dict[str, Any] | None = None,
+             **claims: Any) -> str:  # fmt: skip
+        signer = key or self.key
+        body = {"iss": ISSUER, "iat": int(time.time()), "jti": uuid.uuid4().hex, "events": events} | claims
+        body = {name: value for name, value in body.items() if value is not None}
+        head = {"alg": "RS256", "kid": signer["kid"], "typ": "secevent+jwt"} | (header or {})
+        return jwt.encode(head, body, RSAKey.import_key(signer))
+
+
+@pytest.fixture
+async def transmitter() -> AsyncIterator[Transmitter]:
+    sender = Transmitter()
+
+    async def jwks(_request: Request) -> JSONResponse:
+        return JSONResponse(public_jwks({"keys": [sender.key]}))
+
+    config = uvicorn.Config(Starlette(routes=[Route("/jwks", jwks)]), lifespan="off", log_level="critical")
+    server, task = await start_server(config, sender.sock)
+    try:
+        yield sender
+    finally:
+        server.should_exit = True
+        await task
+        sender.sock.close()
+
+
+@pytest.fixture
+async def gateway(oidc_provider_factory: OidcProviderFactory, transmitter: Transmitter) -> AsyncIterator[Deployment]:
+    async with deployment(oidc_provider_factory, extra_toml=transmitter.toml()) as deployed:
+        yield deployed
+
+
+async def _push(
+    gateway: Deployment, body: str, token: str | None, content_type: str = "application/secevent+jwt"
+) -> httpx.Response:
+    headers = {"Content-Type": content_type} | ({"Authorization": f"Bearer {token}"} if token else {})
+    async with httpx.AsyncClient() as client:
+        return await client.post(gateway.url + "/.channelgate/ssf/events", content=body, headers=headers)
+
+
+async def _alice(gateway: Deployment) -> tuple[httpx.AsyncClient, dict[str, Any]]:
+    client = await gateway.login("alice")
+    agent = await gateway.services.agents.find("alice")
+    assert agent is not None
+    subject = {"format": "iss_sub", "iss": agent.oidc_issuer, "sub": agent.oidc_subject}
+    return client, subject
+
+
+async def _chat(client: httpx.AsyncClient, gateway: Deployment) -> int:
+    return (await client.get(gateway.url + "/chat/", headers=JSON)).status_code
+
+
+async def _last_record(gateway: Deployment) -> Any:
+    await gateway.services.audit.flush()
+    return [r for r in await gateway.services.audit._repository.tail(20) if r.kind == "security_event"][-1]
+
+
+async def test_a_risc_account_disabled_event_deprovisions_the_agent(
+    gateway: Deployment, transmitter: Transmitter
+) -> None:
+    alice, subject = await _alice(gateway)
+    response = await _push(
+        gateway, transmitter.sign({RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject), transmitter.token
+    )
+    assert response.status_code == 202, response.text
+    assert await _chat(alice, gateway) == 401
+    agent = await gateway.services.agents.find_by_oidc(subject["iss"], subject["sub"])
+    assert agent is not None and not agent.active
+    record = await _last_record(gateway)
+    assert (record.decision, record.actor, record.agent_name) == ("deprovisioned", f"ssf:{ISSUER}", "alice")
+
+
+@pytest.mark.parametrize("event", ["session-revoked", "credential-change"])
+async def test_a_caep_event_ends_every_session_but_leaves_the_agent_enabled(
+    gateway: Deployment, transmitter: Transmitter, event: str
+) -> None:
+    laptop, subject = await _alice(gateway)
+    phone = await gateway.login("alice")
+    body = transmitter.sign({CAEP + event: {"event_timestamp": int(time.time())}}, aud=gateway.url, sub_id=subject)
+    assert (await _push(gateway, body, transmitter.token)).status_code == 202
+    assert (await _chat(laptop, gateway), await _chat(phone, gateway)) == (401, 401)
+    assert await _chat(await gateway.login("alice"), gateway) == 200
+
+
+async def test_an_email_subject_inside_the_event_is_matched(gateway: Deployment, transmitter: Transmitter) -> None:
+    alice, _ = await _alice(gateway)
+    agent = await gateway.services.agents.find("alice")
+    assert agent is not None and agent.email
+    event = {CAEP + "session-revoked": {"subject": {"format": "email", "email": agent.email.upper()}}}
+    assert (await _push(gateway, transmitter.sign(event, aud=gateway.url), transmitter.token)).status_code == 202
+    assert await _chat(alice, gateway) == 401
+
+
+async def test_events_about_nobody_or_of_other_types_are_accepted_recorded_and_change_nothing(
+    gateway: Deployment, transmitter: Transmitter
+) -> None:
+    alice, subject = await _alice(gateway)
+    nobody = {"format": "iss_sub", "iss": subject["iss"], "sub": "nobody"}
+    unknown = transmitter.sign({RISC + "account-disabled": {}}, aud=gateway.url, sub_id=nobody)
+    assert (await _push(gateway, unknown, transmitter.token)).status_code == 202
+    assert (await _last_record(gateway)).decision == "no such agent"
+    other = transmitter.sign({CAEP + "assurance-level-change": {}}, aud=gateway.url, sub_id=subject)
+    assert (await _push(gateway, other, transmitter.token)).status_code == 202
+    assert (await _last_record(gateway)).decision == "ignored"
+    assert await _chat(alice, gateway) == 200
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'secevent+jwt'})}.{part(claims)}."
+
+
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "signed with another key": ({"key": generate_signing_key("ssf-1")}, "invalid_key"),
+    "for another audience": ({"aud": "https://someone-else.example"}, "invalid_audience"),
+    "from another issuer": ({"iss": "https://evil.example"}, "invalid_issuer"),
+    "issued an hour ago": ({"iat": int(time.time()) - 3600}, "invalid_request"),
+    "an id token (nonce)": ({"nonce": "n"}, "invalid_request"),
+    "typed as a plain JWT": ({"header": {"typ": "JWT"}}, "invalid_request"),
+    "without jti": ({"jti": None}, "invalid_request"),
+    "without a subject": ({"sub_id": None}, "invalid_request"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+async def test_a_bad_set_is_refused_with_its_rfc_8935_error_and_changes_nothing(
+    gateway: Deployment, transmitter: Transmitter, case: str
+) -> None:
+    alice, subject = await _alice(gateway)
+    changes, err = REFUSED[case]
+    claims = {"aud": gateway.url, "sub_id": subject} | changes
+    response = await _push(gateway, transmitter.sign({RISC + "account-disabled": {}}, **claims), transmitter.token)
+    assert response.status_code == 400, response.text
+    assert response.json()["err"] == err
+    assert await _chat(alice, gateway) == 200
+    assert (await _last_record(gateway)).decision == "refused"
+
+
+async def test_a_replayed_set_is_refused(gateway: Deployment, transmitter: Transmitter) -> None:
+    _, subject = await _alice(gateway)
+    body = transmitter.sign({CAEP + "session-revoked": {}}, aud=gateway.url, sub_id=subject)
+    assert (await _push(gateway, body, transmitter.token)).status_code == 202
+    again = await gateway.login("alice")
+    replayed = await _push(gateway, body, transmitter.token)
+    assert replayed.status_code == 400 and "already received" in replayed.json()["description"]
+    assert await _chat(again, gateway) == 200
+
+
+async def test_a_push_without_the_transmitters_token_or_as_the_wrong_type_is_refused(
+    gateway: Deployment, transmitter: Transmitter
+) -> None:
+    alice, subject = await _alice(gateway)
+    body = transmitter.sign({RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject)
+    assert (await _push(gateway, body, None)).status_code == 401
+    assert (await _push(gateway, body, "x" * 43)).status_code == 401
+    assert (await _push(gateway, body, transmitter.token, content_type="application/json")).status_code == 400
+    claims = {"iss": ISSUER, "aud": gateway.url, "iat": int(time.time()), "jti": "j", "sub_id": subject,
+              "events": {RISC + "account-disabled": {}}}  # fmt: skip
+    assert (await _push(gateway, _unsigned(claims), transmitter.token)).status_code == 400
+    assert await _chat(alice, gateway) == 200
