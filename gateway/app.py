@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -96,7 +97,11 @@ async def _heartbeat(services: Services) -> None:
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
-def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+def create_app(settings: Settings, services: Services | None = None, *, freeze_heap: bool = False) -> Starlette:
+    """The ASGI app. ``freeze_heap`` (``channelgate serve``) moves everything built at start-up out of the
+    cyclic garbage collector's reach (``gc.freeze``): a full collection then walks only what requests created,
+    instead of pausing the process for the whole heap (~80 ms here) every few seconds under load."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         built = services or open_gateway(settings)
@@ -113,6 +118,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             asyncio.create_task(_revocation_listener(built), name="channelgate-revocations"),
             asyncio.create_task(_heartbeat(built), name="channelgate-heartbeat"),
         ]
+        if freeze_heap:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
