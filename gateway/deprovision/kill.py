@@ -23,6 +23,16 @@ from gateway.timeutil import utcnow
 
 
 @dataclass(frozen=True, slots=True)
+class EndedSessions:
+    """Steps 2-3 for one agent: how many sessions ended, and which replicas confirmed closing its connections."""
+
+    count: int
+    closed_here: int
+    confirmed: frozenset[str]
+    missing: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class KillResult:
     agent: Agent
     sessions_revoked: int
@@ -63,6 +73,22 @@ class SessionKiller:
         self._metrics = metrics
         self._ack_timeout = ack_timeout
 
+    async def end_sessions(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
+        """End the agent's sessions on every replica (all of them, or those of one IdP session ``sid``), close
+        its open WebSockets and streams, and wait for every live replica's acknowledgement. A logout (OIDC
+        back-channel, CAEP) stops here; a deprovisioning disables the agent first. None when ``sid`` matched
+        no session (nothing was ended or broadcast)."""
+        if idp_session_id is None:
+            count, revocation = await self._sessions.revoke_agent(agent_id)
+        else:
+            count, found = await self._sessions.revoke_idp_session(agent_id, idp_session_id)
+            if found is None:
+                return None
+            revocation = found
+        closed = await self._live.close_agent(agent_id) if self._live is not None else 0
+        confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
+        return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
+
     async def deprovision(self, identifier: str, *, reason: str, actor: str, source: str) -> KillResult:
         """Disable the agent named by id or userName and kill every session everywhere before returning."""
         started = time.perf_counter()
@@ -85,11 +111,11 @@ class SessionKiller:
                 ),
                 conn=conn,
             )
-        count, revocation = await self._sessions.revoke_agent(agent.id)
-        closed = await self._live.close_agent(agent.id) if self._live is not None else 0
-        confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
+        ended = await self.end_sessions(agent.id)
+        assert ended is not None  # every session of the agent: a revocation is always broadcast
+        count, confirmed, missing = ended.count, ended.confirmed, ended.missing
         duration = (time.perf_counter() - started) * 1000
-        result = KillResult(agent, count, closed, frozenset(confirmed), frozenset(missing), duration)
+        result = KillResult(agent, count, ended.closed_here, confirmed, missing, duration)
         await self._audit.write(
             AccessRecord(
                 time=utcnow(),

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.errors import BadRequest, ChannelgateError
 from gateway.scope import scope_of
 from gateway.services import Services
+from gateway.small_bodies import read_small_body
 from gateway.storage.access_log import AccessRecord
 from gateway.timeutil import utcnow
 
@@ -91,13 +92,9 @@ def logout_request(token: jwt.Token, *, issuer: str, client_id: str, now: float)
 
 
 async def _logout_token(request: Request) -> str:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise InvalidLogoutToken("send the logout token as application/x-www-form-urlencoded")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise InvalidLogoutToken("the request body is too large for a logout token")
+    body = await read_small_body(
+        request, expected_type="application/x-www-form-urlencoded", max_bytes=MAX_BODY_BYTES, refuse=InvalidLogoutToken
+    )
     values = parse_qs(body.decode("latin-1"), keep_blank_values=True).get("logout_token", [])
     if len(values) != 1 or not values[0]:
         raise InvalidLogoutToken("the request must carry exactly one logout_token")
@@ -111,22 +108,16 @@ async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
     agent = await services.agents.find_by_oidc(logout.issuer, logout.subject)
     if agent is None:
         raise InvalidLogoutToken("no agent signed in with this subject")
-    if logout.session_id is not None:
-        count, revocation = await services.sessions.revoke_idp_session(agent.id, logout.session_id)
-        if revocation is None:
-            raise InvalidLogoutToken("no session of this agent came from that sid")
-    else:
-        count, revocation = await services.sessions.revoke_agent(agent.id)
-    await services.live.close_agent(agent.id)
-    timeout = services.settings.sessions.revocation_ack_timeout_seconds
-    confirmed, missing = await services.sessions.wait_for_acks(revocation, timeout)
+    ended = await services.killer.end_sessions(agent.id, logout.session_id)
+    if ended is None:
+        raise InvalidLogoutToken("no session of this agent came from that sid")
     return {
         "agent_id": agent.id,
         "agent_name": agent.user_name,
-        "sessions": count,
+        "sessions": ended.count,
         "sid": logout.session_id,
-        "replicas_confirmed": sorted(confirmed),
-        "replicas_missing": sorted(missing),
+        "replicas_confirmed": sorted(ended.confirmed),
+        "replicas_missing": sorted(ended.missing),
     }
 
 

@@ -26,6 +26,7 @@ from gateway.scope import scope_of
 from gateway.services import Services
 from gateway.settings import SsfTransmitterSettings
 from gateway.signals.events import LEEWAY_SECONDS, MAX_AGE_SECONDS, Action, InvalidSet, SecurityEvent, security_event
+from gateway.small_bodies import read_small_body
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent
 from gateway.timeutil import utcnow
@@ -70,13 +71,10 @@ async def _verified(services: Services, transmitter: SsfTransmitterSettings, tok
 
 
 async def _read(request: Request) -> str:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/secevent+jwt":
-        raise InvalidSet("send the SET as application/secevent+jwt (RFC 8935 §2)")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise InvalidSet("the SET is too large")
+    # RFC 8935 §2: one SET per request, as application/secevent+jwt.
+    body = await read_small_body(
+        request, expected_type="application/secevent+jwt", max_bytes=MAX_BODY_BYTES, refuse=InvalidSet
+    )
     try:
         return body.decode("ascii").strip()
     except UnicodeDecodeError:
@@ -109,11 +107,9 @@ async def _apply(services: Services, transmitter: SsfTransmitterSettings, event:
         )
         outcome |= {"result": "deprovisioned", "sessions": kill.sessions_revoked}
     elif event.action is Action.END_SESSIONS:
-        count, revocation = await services.sessions.revoke_agent(agent.id)
-        await services.live.close_agent(agent.id)
-        timeout = services.settings.sessions.revocation_ack_timeout_seconds
-        _, missing = await services.sessions.wait_for_acks(revocation, timeout)
-        outcome |= {"result": "sessions ended", "sessions": count, "replicas_missing": sorted(missing)}
+        ended = await services.killer.end_sessions(agent.id)
+        assert ended is not None  # all of the agent's sessions: always broadcast
+        outcome |= {"result": "sessions ended", "sessions": ended.count, "replicas_missing": sorted(ended.missing)}
     else:
         outcome["result"] = "ignored"
     return outcome
