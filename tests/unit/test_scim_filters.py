@@ -15,7 +15,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.storage.schema import agents, group_members, groups, metadata
 from scim.errors import InvalidFilter, ScimError
-from scim.filters import MAX_FILTER_DEPTH, MAX_FILTER_LENGTH, MAX_FILTER_TERMS, group_filter, user_filter
+from scim.filter_syntax import MAX_FILTER_DEPTH, MAX_FILTER_LENGTH, MAX_FILTER_TERMS
+from scim.filters import group_filter, user_filter
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
