@@ -7,10 +7,7 @@ migrated schema behaves as ``schema.py`` says (partial unique index, foreign key
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -38,37 +35,6 @@ ISSUER = "https://idp.example.com"
 NOW = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
 #: The default link rule; an unverified email, so no test links by email unless it says so.
 BY_NAME: dict[str, Any] = {"link_by": "user_name_is_preferred_username", "email_verified": False}
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    await upgrade_to_head(database_url)
-    database = Database.from_settings(DatabaseSettings(url=SecretStr(database_url)))
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-def engine(database: Database) -> AsyncEngine:
-    return database.engine
-
-
-@pytest.fixture
-def repo(engine: AsyncEngine) -> AgentRepository:
-    return AgentRepository(engine)
 
 
 async def _provision(
@@ -497,75 +463,6 @@ async def test_credentials_are_listed_by_channel_and_deleted_one_by_one(engine: 
 # --- access log -------------------------------------------------------------------------------------------
 
 
-def _request(number: int, agent_id: str = "agent-1") -> AccessRecord:
-    return AccessRecord(
-        time=NOW + timedelta(seconds=number),
-        kind="request",
-        agent_id=agent_id,
-        path=f"/chat/{number}",
-        status=200,
-        decision="allow",
-    )
-
-
-async def test_access_log_keeps_insertion_order_and_is_append_only(engine: AsyncEngine) -> None:
-    log = AccessLogRepository(engine)
-
-    first = await log.append([_request(n) for n in range(3)])
-    second = await log.append([_request(n) for n in range(3, 6)])
-
-    seqs = [record.seq for record in first + second if record.seq is not None]
-    assert len(set(seqs)) == 6
-    assert seqs == sorted(seqs)
-    assert [r.path for r in await log.tail(4)] == ["/chat/2", "/chat/3", "/chat/4", "/chat/5"]
-    assert await log.tail(100) == first + second
-    first_seq = first[0].seq
-    assert first_seq is not None
-    assert [r.path for r in await log.after(first_seq, limit=2)] == ["/chat/1", "/chat/2"]
-    public = {name for name, _ in inspect.getmembers(AccessLogRepository) if not name.startswith("_")}
-    assert public == {"append", "append_batch", "tail", "after", "for_agent", "close"}
-
-
-async def test_access_log_returns_an_agents_newest_records_last(engine: AsyncEngine) -> None:
-    log = AccessLogRepository(engine)
-    await log.append([_request(n, agent_id="alice" if n % 2 else "bob") for n in range(6)])
-
-    assert [r.path for r in await log.for_agent("alice", limit=2)] == ["/chat/3", "/chat/5"]
-    assert await log.for_agent("nobody") == []
-    assert await log.append([]) == []
-
-
-async def test_access_log_round_trips_every_column(engine: AsyncEngine) -> None:
-    log = AccessLogRepository(engine)
-    record = AccessRecord(
-        time=NOW,
-        kind="deprovision",
-        request_id="req-1",
-        agent_id="agent-1",
-        agent_name="alice",
-        source_ip="2001:db8::1",
-        channel="chat",
-        method="POST",
-        path="/chat/messages?to",
-        status=403,
-        decision="deny",
-        reason="group_denied",
-        bytes_in=5_000_000_000,
-        bytes_out=0,
-        duration_ms=12,
-        actor="scim",
-        detail={"sessions_killed": 2, "channels": ["chat", "voice"]},
-        prev_hash="0" * 64,
-        hash="f" * 64,
-    )
-
-    [written] = await log.append([record])
-
-    assert written.seq is not None
-    assert await log.tail(1) == [written]
-    assert written == replace(record, seq=written.seq)
-
-
 async def test_a_state_change_and_its_record_commit_together_or_not_at_all(
     database: Database, repo: AgentRepository
 ) -> None:
@@ -625,56 +522,3 @@ async def test_storage_error_message_never_contains_the_password(database_url: s
         assert PASSWORD not in text
     assert error.__cause__ is None
     assert error.__suppress_context__
-
-
-async def test_batched_appends_keep_order_and_every_field(engine: AsyncEngine) -> None:
-    log = AccessLogRepository(engine)
-    records = [
-        AccessRecord(time=NOW, kind="request", path=f"/chat/{i}", status=200, bytes_out=i, detail={"i": i})
-        for i in range(300)
-    ]
-    await log.append_batch(records)
-    stored = await log.tail(300)
-    assert [r.path for r in stored] == [f"/chat/{i}" for i in range(300)]
-    assert stored[7].detail == {"i": 7}
-    assert stored[7].bytes_out == 7
-    assert stored[7].time == NOW
-
-
-@pytest.mark.parametrize(
-    "moment",
-    [NOW, NOW.replace(microsecond=7), datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5)))],
-)
-async def test_a_batched_record_reads_back_exactly_like_one_written_strictly(
-    engine: AsyncEngine, moment: datetime
-) -> None:
-    """``append_batch`` takes a faster path on SQLite (``gateway.storage.sqlite_batches``): same rows all the same."""
-    log = AccessLogRepository(engine)
-    try:
-        for detail in (None, {"error": "client_disconnected", "n": [1, 2.5, None, "é"]}):
-            record = AccessRecord(
-                time=moment,
-                kind="request",
-                request_id="0123456789abcdef",
-                agent_id="agent-1",
-                agent_name="Zoë",
-                source_ip="2001:db8::1",
-                channel="chat",
-                method="GET",
-                path="/chat/ü?q",
-                status=200,
-                decision="allow",
-                reason="route:chat",
-                bytes_in=0,
-                bytes_out=2**40,
-                duration_ms=3,
-                detail=detail,
-            )
-            [strict] = await log.append([record])
-            await log.append_batch([record])
-            [_, batched] = await log.tail(2)
-            assert batched == replace(strict, seq=batched.seq)
-            assert batched.seq is not None and strict.seq is not None and batched.seq > strict.seq
-            assert batched.time == moment
-    finally:
-        log.close()
