@@ -20,6 +20,11 @@ class Capability(Enum):
 
     #: Adds a credential to proxied requests (every connector today).
     INJECT = "inject"
+    #: Creates the agent's account or seat at the channel ahead of first use (``provision``).
+    PROVISION = "provision"
+    #: Keeps the console's cookies server-side: the proxy hands every upstream response's headers to
+    #: ``on_upstream_response`` (which takes the ``Set-Cookie`` lines out) before the browser sees them.
+    COOKIE_JAR = "cookie_jar"
     #: Revokes the agent's own tokens at the channel's authorization server (RFC 7009).
     REVOKE_TOKENS = "revoke_tokens"
     #: Disables or frees the agent's seat through the vendor's admin API.
@@ -50,6 +55,19 @@ class AgentRef:
     user_name: str
     email: str | None = None
     manager_user_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """One attempt at one pipeline step at one channel.
+
+    ``idempotency_key`` is the same on every attempt of the step (it is derived from the pipeline run, the
+    channel and the step), so a connector sends it to the vendor (``Idempotency-Key`` header) and a retry after
+    a crash between the vendor's answer and our commit has one effect, not two.
+    """
+
+    idempotency_key: str
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,19 +122,33 @@ class Connector(Protocol):
         re-login, a re-read of the vault) and rewrite ``request``. True means "resend it", at most once."""
         ...
 
-    async def revoke(self, agent: AgentRef) -> StepResult:
+    async def on_upstream_response(self, agent: AgentRef, status: int, headers: list[tuple[str, str]]) -> None:
+        """Called only for connectors declaring ``COOKIE_JAR``: take what belongs to the gateway (``Set-Cookie``)
+        out of the upstream response ``headers`` in place, before they are sent to the browser."""
+        ...
+
+    async def provision(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        """Create the agent's seat or account at the channel (``PROVISION``); idempotent."""
+        ...
+
+    async def revoke(self, agent: AgentRef, ctx: StepContext) -> StepResult:
         """End the agent's access at the channel: RFC 7009 token revocation (refresh token first, §2.1), seat
         disable through the admin API, console logout."""
         ...
 
-    async def hand_over(self, agent: AgentRef, successor: AgentRef | None) -> StepResult:
+    async def hand_over(self, agent: AgentRef, successor: AgentRef | None, ctx: StepContext) -> StepResult:
         """Reassign the agent's open work (tickets, conversations) to ``successor``, or to the channel's fallback
         queue when there is none."""
         ...
 
-    async def verify_no_access(self, agent: AgentRef) -> StepResult:
+    async def verify_no_access(self, agent: AgentRef, ctx: StepContext) -> StepResult:
         """Check that no access remains: RFC 7662 introspection answers ``active: false`` for every token
         issued to the agent, the seat reads disabled, the console lists no session."""
+        ...
+
+    async def forget(self, agent_id: str) -> None:
+        """Drop whatever this replica caches for the agent (tokens, cookie jar): called on every replica when the
+        agent's sessions are revoked, so nothing cached outlives the access it stood for."""
         ...
 
     async def aclose(self) -> None:

@@ -5,27 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from connectors.base import Connector
-from connectors.static import CredentialLoader, StaticCredentialConnector
+from connectors.context import ConnectorContext
+from connectors.static import StaticCredentialConnector
 from gateway.errors import ConfigError
-from gateway.settings import ChannelSettings
 
-ConnectorFactory = Callable[[str, ChannelSettings, CredentialLoader], Connector]
+ConnectorFactory = Callable[[ConnectorContext], Connector]
 
 KINDS: Mapping[str, ConnectorFactory] = {
-    "static": StaticCredentialConnector,
+    "static": StaticCredentialConnector.from_context,
 }
 
 
-def build_connectors(
-    channels: Mapping[str, ChannelSettings], credential_loader_factory: Callable[[str], CredentialLoader]
-) -> dict[str, Connector]:
-    """One connector per configured channel; ``credential_loader_factory(channel)`` reads that channel's vault entry."""
-    unknown = sorted(f"{name} ({settings.kind!r})" for name, settings in channels.items() if settings.kind not in KINDS)
+def build_connectors(contexts: Mapping[str, ConnectorContext]) -> dict[str, Connector]:
+    """One connector per configured channel."""
+    unknown = sorted(f"{name} ({c.settings.kind!r})" for name, c in contexts.items() if c.settings.kind not in KINDS)
     if unknown:
         raise ConfigError(
             f"unknown connector kind for channel {', '.join(unknown)}: known kinds are {', '.join(sorted(KINDS))}"
         )
-    return {
-        name: KINDS[settings.kind](name, settings, credential_loader_factory(name))
-        for name, settings in channels.items()
-    }
+    return {name: KINDS[context.settings.kind](context) for name, context in contexts.items()}

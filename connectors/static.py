@@ -13,20 +13,19 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from connectors.base import AgentRef, Capability, Outcome, StepResult, UpstreamRequest
+from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
+from connectors.context import ConnectorContext, CredentialLoader
 from connectors.secret import Secret
 from gateway.errors import ConfigError, VaultError
-from gateway.settings import ChannelSettings
+from gateway.settings import StaticChannelSettings
 
 CACHE_SECONDS = 5.0
 #: After an upstream 401 the vault is read again, but not more often than this: a burst of 401s is one read.
 RELOAD_FLOOR_SECONDS = 1.0
 BASIC_USER = "channelgate"
 NOT_PER_AGENT = "shared credential: nothing per agent to revoke"
-
-CredentialLoader = Callable[[], Awaitable[Secret]]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.1 field-name
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # RFC 9110 §5.5: no CR, LF, NUL or other controls
@@ -41,7 +40,7 @@ class StaticCredentialConnector:
     def __init__(
         self,
         channel: str,
-        settings: ChannelSettings,
+        settings: StaticChannelSettings,
         credential_loader: CredentialLoader,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -56,6 +55,11 @@ class StaticCredentialConnector:
         self._cached: Secret | None = None
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_context(cls, context: ConnectorContext) -> StaticCredentialConnector:
+        assert isinstance(context.settings, StaticChannelSettings)
+        return cls(context.channel, context.settings, context.credential)
 
     def __repr__(self) -> str:
         return f"StaticCredentialConnector(channel={self.channel!r}, inject={self._inject!r})"
@@ -103,14 +107,23 @@ class StaticCredentialConnector:
     def _not_applicable(self, step: str) -> StepResult:
         return StepResult(self.channel, step, Outcome.NOT_APPLICABLE, detail=NOT_PER_AGENT)
 
-    async def revoke(self, agent: AgentRef) -> StepResult:
+    async def on_upstream_response(self, agent: AgentRef, status: int, headers: list[tuple[str, str]]) -> None:
+        return None
+
+    async def provision(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        return self._not_applicable("provision")
+
+    async def revoke(self, agent: AgentRef, ctx: StepContext) -> StepResult:
         return self._not_applicable("revoke")
 
-    async def hand_over(self, agent: AgentRef, successor: AgentRef | None) -> StepResult:
+    async def hand_over(self, agent: AgentRef, successor: AgentRef | None, ctx: StepContext) -> StepResult:
         return self._not_applicable("hand_over")
 
-    async def verify_no_access(self, agent: AgentRef) -> StepResult:
+    async def verify_no_access(self, agent: AgentRef, ctx: StepContext) -> StepResult:
         return self._not_applicable("verify_no_access")
+
+    async def forget(self, agent_id: str) -> None:
+        return None
 
     async def aclose(self) -> None:
         self._cached = None

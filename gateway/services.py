@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from connectors.base import Connector
+from connectors.context import AgentSecrets, ConnectorContext, CredentialLoader
 from connectors.registry import build_connectors
 from connectors.secret import Secret
-from connectors.static import CredentialLoader
 from connectors.vault import Vault, load_credential
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
@@ -31,6 +31,7 @@ from gateway.sessions.cookies import CookiePolicy
 from gateway.sessions.factory import create_session_store
 from gateway.settings import Settings
 from gateway.storage.access_log import AccessLogRepository
+from gateway.storage.agent_secrets import AgentSecretRepository
 from gateway.storage.agents import AgentRepository
 from gateway.storage.credentials import ChannelCredentialRepository
 from gateway.storage.database import Database, create_engine
@@ -62,6 +63,7 @@ class Services:
     killer: SessionKiller
     vault: Vault | None
     connectors: dict[str, Connector]
+    connector_contexts: dict[str, ConnectorContext]
     groups: GroupRepository
     scim_tokens: ScimTokenRepository
     #: Short indexed reads without a thread hop on SQLite (SCIM token checks and lookups).
@@ -86,6 +88,8 @@ class Services:
     async def close(self) -> None:
         for connector in self.connectors.values():
             await connector.aclose()
+        for context in self.connector_contexts.values():
+            await context.aclose()
         if self.upstream is not None:
             await self.upstream.close()
         if self.idp_http is not None:
@@ -121,7 +125,12 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
 
         return load
 
-    connectors = build_connectors(settings.channels, loader_for)
+    agent_secrets = AgentSecretRepository(database.engine)
+    contexts = {
+        name: ConnectorContext(name, channel, loader_for(name), AgentSecrets(name, agent_secrets, vault))
+        for name, channel in settings.channels.items()
+    }
+    connectors = build_connectors(contexts)
     killer = SessionKiller(
         database, agents, sessions, live, audit, metrics, settings.sessions.revocation_ack_timeout_seconds
     )
@@ -138,6 +147,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         killer=killer,
         vault=vault,
         connectors=connectors,
+        connector_contexts=contexts,
         groups=GroupRepository(database.engine),
         scim_tokens=ScimTokenRepository(database.engine, reads),
         reads=reads,
@@ -152,6 +162,8 @@ def open_gateway(settings: Settings, replica_id: str | None = None) -> Services:
     services.idp_http = aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
     services.oidc = OidcClient(settings.oidc, services.public_url + "/.channelgate/callback", services.idp_http)
     services.signer = AssertionSigner(settings.assertion, services.public_url)
+    for context in services.connector_contexts.values():
+        context.assertions = services.signer
     services.upstream = UpstreamClient()
     services.routes = RouteTable(settings.routes)
     services.scim = open_scim(services)

@@ -22,8 +22,10 @@ from pydantic import (
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -215,21 +217,110 @@ class SsfSettings(_Section):
     transmitters: tuple[SsfTransmitterSettings, ...] = ()
 
 
-class ChannelSettings(_Section):
-    """One channel console's connector. ``kind = "static"`` injects one shared credential from the vault."""
+class TicketSettings(_Section):
+    """A channel's REST ticket API, used to hand a departing agent's open tickets to a successor (issue 4)."""
+
+    #: Base URL of the ticket API (``GET {url}tickets?assignee=…&status=open``, ``POST {url}tickets/{id}/assign``).
+    url: AnyHttpUrl
+    #: Where open tickets go when the agent has no successor (no manager, none given on the command line).
+    fallback_queue: str
+
+    @field_validator("url")
+    @classmethod
+    def _trailing_slash(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if not str(value).endswith("/"):
+            raise ValueError("url must end with '/' (the ticket API's base, for example http://host/api/)")
+        return value
+
+
+class _ChannelBase(_Section):
+    display_name: str | None = None
+    #: The channel's ticket API, if it has one: the deprovisioning pipeline hands open tickets over through it.
+    tickets: TicketSettings | None = None
+    #: Time limit of one call to the channel's admin, token or ticket API (the pipeline retries after it).
+    api_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+
+
+class StaticChannelSettings(_ChannelBase):
+    """``kind = "static"``: one shared credential from the vault, injected for every agent."""
 
     kind: Literal["static"] = "static"
-    display_name: str | None = None
     #: How the credential is presented upstream.
     inject: Literal["bearer", "header", "basic"] = "bearer"
     #: For ``inject = "header"``: the header name.
     header_name: str | None = None
 
     @model_validator(mode="after")
-    def _header_name(self) -> ChannelSettings:
+    def _header_name(self) -> StaticChannelSettings:
         if self.inject == "header" and not self.header_name:
             raise ValueError("inject = 'header' needs header_name")
         return self
+
+
+class OAuth2ChannelSettings(_ChannelBase):
+    """``kind = "oauth2"``: per-agent OAuth 2.0 tokens the gateway obtains at the channel's authorization server
+    (RFC 8693 token exchange, the gateway's identity assertion as subject token), caches, refreshes, and revokes
+    on deprovisioning (RFC 7009); verified gone by introspection (RFC 7662). The client secret is the channel's
+    vault credential (``channelgate channels set-credential``)."""
+
+    kind: Literal["oauth2"]
+    token_url: AnyHttpUrl
+    revocation_url: AnyHttpUrl
+    introspection_url: AnyHttpUrl
+    client_id: str
+    scope: str | None = None
+    #: Refresh an access token this long before it expires, so a request never carries one about to lapse.
+    refresh_margin_seconds: Annotated[float, Field(ge=0)] = 30.0
+
+
+class SeatsChannelSettings(_ChannelBase):
+    """``kind = "seats"``: a per-agent seat created through the vendor's REST admin API (admin key = the
+    channel's vault credential); the seat's own API key is kept in the vault and injected upstream. On
+    deprovisioning the seat is disabled, and deleted once approved when ``remove = "delete"``."""
+
+    kind: Literal["seats"]
+    #: Base URL of the seats admin API (``{admin_url}seats``, ``{admin_url}seats/{userName}``).
+    admin_url: AnyHttpUrl
+    inject: Literal["bearer", "header"] = "bearer"
+    header_name: str | None = None
+    remove: Literal["disable", "delete"] = "disable"
+
+    @model_validator(mode="after")
+    def _header_name(self) -> SeatsChannelSettings:
+        if self.inject == "header" and not self.header_name:
+            raise ValueError("inject = 'header' needs header_name")
+        return self
+
+
+class CookieJarChannelSettings(_ChannelBase):
+    """``kind = "cookie_jar"``: a legacy console with a login form. The gateway logs in as the agent (the
+    agent's console password is in the vault), keeps the console's cookies server-side (never sent to the
+    browser) and logs the console session out on deprovisioning."""
+
+    kind: Literal["cookie_jar"]
+    #: The console's origin (the login form and logout are under it).
+    console_url: AnyHttpUrl
+    login_path: str = "/login"
+    logout_path: str = "/logout"
+    username_field: str = "username"
+    password_field: str = "password"  # noqa: S105 - the form field's name, not a password
+
+
+def _channel_kind(value: Any) -> str:
+    # ``kind`` may be left out for the first kind, as before other kinds existed.
+    if isinstance(value, Mapping):
+        return str(value.get("kind", "static"))
+    return str(getattr(value, "kind", "static"))
+
+
+#: One channel console's connector settings, by ``kind`` (connectors/registry.py maps kinds to classes).
+ChannelSettings = Annotated[
+    Annotated[StaticChannelSettings, Tag("static")]
+    | Annotated[OAuth2ChannelSettings, Tag("oauth2")]
+    | Annotated[SeatsChannelSettings, Tag("seats")]
+    | Annotated[CookieJarChannelSettings, Tag("cookie_jar")],
+    Discriminator(_channel_kind),
+]
 
 
 class RouteSettings(_Section):
@@ -319,10 +410,17 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
     return merged
 
 
+#: The tags of the ``channels`` union: pydantic puts the chosen tag in an error's location; people never wrote it.
+_CHANNEL_TAGS = frozenset({"static", "oauth2", "seats", "cookie_jar"})
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        loc = list(item["loc"])
+        if len(loc) > 2 and loc[0] == "channels" and loc[2] in _CHANNEL_TAGS:
+            del loc[2]
+        where = ".".join(str(p) for p in loc) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"  - {where}: {message}")
     return "\n".join(lines)

@@ -147,3 +147,67 @@ access_log = Table(
 )
 Index("ix_access_log_agent_time", access_log.c.agent_id, access_log.c.time)
 Index("ix_access_log_time", access_log.c.time)
+
+#: Per-agent secrets a connector holds at its channel (OAuth tokens it obtained, a seat's API key, a console
+#: cookie jar), sealed by the vault with "<channel>/<agent_id>/<name>" as associated data. Shared by every
+#: replica, so the deprovisioning pipeline can revoke what any replica obtained.
+agent_secrets = Table(
+    "agent_secrets",
+    metadata,
+    Column("agent_id", String(36), primary_key=True),
+    Column("channel", String(64), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("key_id", String(64), nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    #: Not secret: what a connector needs to decide without decrypting (expiry, token type).
+    Column("meta", JSON, nullable=False, default=dict),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: One deprovisioning of one agent (issue 4). Written in the trigger's own transaction, together with the agent's
+#: ``active = false`` and its steps: a transactional outbox, so a crash cannot keep the one without the others.
+deprovision_runs = Table(
+    "deprovision_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("agent_id", String(36), nullable=False),
+    Column("user_name", String(256), nullable=False),
+    #: cli, admin_api, scim, ldap, risc ...
+    Column("source", String(32), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
+    #: Successor given by the trigger (userName); else the agent's manager, else each channel's fallback queue.
+    Column("successor", String(256)),
+    #: running | done | attention (a step is dead or failed) | held (waits for an admin's approval)
+    Column("state", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("approved_by", String(256)),
+)
+Index("ix_deprovision_runs_agent_id", deprovision_runs.c.agent_id, deprovision_runs.c.created_at)
+Index("ix_deprovision_runs_created_at", deprovision_runs.c.created_at)
+
+deprovision_steps = Table(
+    "deprovision_steps",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), ForeignKey("deprovision_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", String(64), nullable=False),
+    #: revoke | hand_over | verify
+    Column("step", String(16), nullable=False),
+    #: pending | held | done | not_applicable | failed | dead
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    #: A worker's claim: no other worker takes the step until ``lease_until`` has passed (a crashed worker's
+    #: steps are taken over once their lease expires).
+    Column("lease_owner", String(64)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("idempotency_key", String(128), nullable=False, unique=True),
+    Column("vendor_reference", String(256)),
+    Column("detail", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("run_id", "channel", "step"),
+)
+Index("ix_deprovision_steps_due", deprovision_steps.c.state, deprovision_steps.c.next_attempt_at)

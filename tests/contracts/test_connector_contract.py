@@ -12,13 +12,14 @@ import logging
 
 import pytest
 
-from connectors.base import AgentRef, Capability, Connector, Outcome, StepResult, UpstreamRequest
+from connectors.base import AgentRef, Capability, Connector, Outcome, StepContext, StepResult, UpstreamRequest
 from connectors.secret import Secret
 from connectors.static import StaticCredentialConnector
-from gateway.settings import ChannelSettings
+from gateway.settings import StaticChannelSettings
 
 CREDENTIAL = "s3cr3t-channel-credential"
 AGENT = AgentRef(agent_id="agent-1", user_name="alice", email="alice@example.com", manager_user_name="carol")
+CTX = StepContext(idempotency_key="run-1:chat:step")
 SUCCESSOR = AgentRef(agent_id="agent-2", user_name="carol")
 URL = "https://console.internal/api/queue?x=1"
 CLIENT_HEADERS = [("Accept", "application/json"), ("X-Request-Id", "r-1")]
@@ -33,9 +34,9 @@ STEP_CAPABILITIES = {
 
 async def _steps(connector: Connector) -> dict[str, StepResult]:
     return {
-        "revoke": await connector.revoke(AGENT),
-        "hand_over": await connector.hand_over(AGENT, SUCCESSOR),
-        "verify_no_access": await connector.verify_no_access(AGENT),
+        "revoke": await connector.revoke(AGENT, CTX),
+        "hand_over": await connector.hand_over(AGENT, SUCCESSOR, CTX),
+        "verify_no_access": await connector.verify_no_access(AGENT, CTX),
     }
 
 
@@ -140,16 +141,16 @@ async def _load() -> Secret:
 class TestStaticBearer(ConnectorContract):
     @pytest.fixture
     def connector(self) -> Connector:
-        return StaticCredentialConnector("chat", ChannelSettings(inject="bearer"), _load)
+        return StaticCredentialConnector("chat", StaticChannelSettings(inject="bearer"), _load)
 
 
 class TestStaticHeader(ConnectorContract):
     @pytest.fixture
     def connector(self) -> Connector:
-        return StaticCredentialConnector("chat", ChannelSettings(inject="header", header_name="X-Api-Key"), _load)
+        return StaticCredentialConnector("chat", StaticChannelSettings(inject="header", header_name="X-Api-Key"), _load)
 
 
 class TestStaticBasic(ConnectorContract):
     @pytest.fixture
     def connector(self) -> Connector:
-        return StaticCredentialConnector("chat", ChannelSettings(inject="basic"), _load)
+        return StaticCredentialConnector("chat", StaticChannelSettings(inject="basic"), _load)

@@ -6,13 +6,14 @@ import base64
 
 import pytest
 
-from connectors.base import AgentRef, Outcome, UpstreamRequest
+from connectors.base import AgentRef, Outcome, StepContext, UpstreamRequest
 from connectors.secret import Secret
 from connectors.static import CACHE_SECONDS, NOT_PER_AGENT, StaticCredentialConnector
 from gateway.errors import ConfigError, VaultError
-from gateway.settings import ChannelSettings
+from gateway.settings import StaticChannelSettings
 
 AGENT = AgentRef(agent_id="agent-1", user_name="alice")
+CTX = StepContext(idempotency_key="run-1:chat:step")
 URL = "https://console.internal/"
 
 
@@ -33,7 +34,7 @@ class Vault:
 
 
 def _connector(vault: Vault, inject: str = "bearer", header_name: str | None = None) -> StaticCredentialConnector:
-    settings = ChannelSettings(inject=inject, header_name=header_name)
+    settings = StaticChannelSettings(inject=inject, header_name=header_name)
     return StaticCredentialConnector("chat", settings, vault.load, clock=vault.clock)
 
 
@@ -145,9 +146,9 @@ def test_a_header_name_that_cannot_carry_a_credential_is_a_config_error(header_n
 async def test_nothing_per_agent_is_revoked_handed_over_or_verified() -> None:
     connector = _connector(Vault("tok"))
     results = [
-        await connector.revoke(AGENT),
-        await connector.hand_over(AGENT, None),
-        await connector.verify_no_access(AGENT),
+        await connector.revoke(AGENT, CTX),
+        await connector.hand_over(AGENT, None, CTX),
+        await connector.verify_no_access(AGENT, CTX),
     ]
     assert {(r.outcome, r.detail, r.channel) for r in results} == {(Outcome.NOT_APPLICABLE, NOT_PER_AGENT, "chat")}
     assert NOT_PER_AGENT == "shared credential: nothing per agent to revoke"
@@ -163,7 +164,7 @@ async def test_a_vault_error_reaches_the_proxy_and_is_not_cached() -> None:
             raise VaultError("No credential is stored for channel 'chat'")
         return await vault.load()
 
-    connector = StaticCredentialConnector("chat", ChannelSettings(), flaky, clock=vault.clock)
+    connector = StaticCredentialConnector("chat", StaticChannelSettings(), flaky, clock=vault.clock)
     with pytest.raises(VaultError):
         await connector.prepare(AGENT, UpstreamRequest("GET", URL))
     request = UpstreamRequest("GET", URL)
