@@ -146,6 +146,12 @@ class Connector(Protocol):
         issued to the agent, the seat reads disabled, the console lists no session."""
         ...
 
+    async def remove(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        """The irreversible last step, after ``verify_no_access``: delete the agent's seat or account (only where
+        configured, e.g. ``remove = "delete"``; otherwise ``NOT_APPLICABLE``). The mass-deletion guard holds it
+        for an admin's approval when a broken directory sync looks like it is deprovisioning everyone."""
+        ...
+
     async def forget(self, agent_id: str) -> None:
         """Drop whatever this replica caches for the agent (tokens, cookie jar): called on every replica when the
         agent's sessions are revoked, so nothing cached outlives the access it stood for."""

@@ -122,6 +122,9 @@ class StaticCredentialConnector:
     async def verify_no_access(self, agent: AgentRef, ctx: StepContext) -> StepResult:
         return self._not_applicable("verify_no_access")
 
+    async def remove(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        return self._not_applicable("remove")
+
     async def forget(self, agent_id: str) -> None:
         return None
 
