@@ -217,6 +217,41 @@ class SsfSettings(_Section):
     transmitters: tuple[SsfTransmitterSettings, ...] = ()
 
 
+class MassDeletionGuardSettings(_Section):
+    """Issue 4 item 6: a broken directory sync must not wipe out the workforce. When more than ``max_share`` of
+    the agents (and at least ``min_agents``) are deprovisioned within ``window_seconds``, sessions are still
+    killed at once, but the irreversible steps (ticket hand-over, seat deletion) wait for an admin's approval."""
+
+    enabled: bool = True
+    max_share: Annotated[float, Field(gt=0, le=1)] = 0.10
+    window_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    #: Below this many deprovisionings in the window the guard never trips (a small team losing two people).
+    min_agents: Annotated[int, Field(ge=1)] = 20
+
+
+class DeprovisionSettings(_Section):
+    """The deprovisioning pipeline's retries and workers (``gateway/deprovision/worker.py``)."""
+
+    #: Attempts per step before it is dead-lettered (first try included).
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 12
+    #: Exponential backoff with full jitter: attempt n waits uniform(0, min(max, base * 2**(n-1))) seconds.
+    retry_base_seconds: Annotated[float, Field(gt=0)] = 2.0
+    retry_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    #: How long a worker owns a claimed step; a crashed worker's steps are taken over after it.
+    lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    #: Steps one replica runs at once (across channels and agents).
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
+    #: How often an idle worker looks for due steps (retries, other replicas' runs, runs left by a crash).
+    poll_seconds: Annotated[float, Field(gt=0)] = 1.0
+    guard: MassDeletionGuardSettings = Field(default_factory=MassDeletionGuardSettings)
+
+    @model_validator(mode="after")
+    def _backoff(self) -> DeprovisionSettings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("retry_max_seconds must be at least retry_base_seconds")
+        return self
+
+
 class TicketSettings(_Section):
     """A channel's REST ticket API, used to hand a departing agent's open tickets to a successor (issue 4)."""
 
@@ -355,6 +390,7 @@ class Settings(_Section):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     scim: ScimSettings = Field(default_factory=ScimSettings)
     ssf: SsfSettings = Field(default_factory=SsfSettings)
+    deprovision: DeprovisionSettings = Field(default_factory=DeprovisionSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     routes: tuple[RouteSettings, ...] = ()
 
