@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +40,12 @@ class Effect:
     subject: str
     detail: str
     idempotency_key: str | None
+
+
+class EffectRecorder(Protocol):
+    """Where a protocol records its effects (:class:`Effects`, or the log of a mode that keeps its own)."""
+
+    def record(self, effect: str, subject: str, detail: str, idempotency_key: str | None) -> None: ...
 
 
 @dataclass
