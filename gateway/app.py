@@ -27,7 +27,7 @@ from gateway.oidc import routes as login_routes
 from gateway.oidc.backchannel import backchannel_logout
 from gateway.pages import error_response, render
 from gateway.scope import scope_of
-from gateway.services import Services, open_gateway
+from gateway.services import Services, open_gateway, start_worker
 from gateway.settings import Settings
 from gateway.signals.receiver import receive_event
 from policies.decision import Subject, Target
@@ -83,6 +83,8 @@ async def _revocation_listener(services: Services) -> None:
                         await services.live.close_agent(agent_id)
                 continue
             await services.live.close_agent(revocation.agent_id)
+            for connector in services.connectors.values():
+                await connector.forget(revocation.agent_id)
             await services.sessions.acknowledge(revocation)
         except ChannelgateError as exc:
             log.error("could not apply revocation %s: %s", revocation.revocation_id, exc.message)
@@ -114,9 +116,11 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         if built.upstream is not None:
             await built.upstream.start()
         built.audit.start()
+        worker = built.worker or start_worker(built)
         tasks = [
             asyncio.create_task(_revocation_listener(built), name="channelgate-revocations"),
             asyncio.create_task(_heartbeat(built), name="channelgate-heartbeat"),
+            asyncio.create_task(worker.run_forever(), name="channelgate-pipeline"),
         ]
         if freeze_heap:
             gc.collect()

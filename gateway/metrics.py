@@ -35,6 +35,29 @@ class Metrics:
         self.logins = Counter("channelgate_logins", "Login attempts by outcome", ["outcome"], registry=r)
         self.websockets = Gauge("channelgate_websockets_open", "Open proxied WebSockets", registry=r)
         self.audit_queue = Gauge("channelgate_audit_queue", "Access-log records waiting to be written", registry=r)
+        self.pipeline_steps = Counter(
+            "channelgate_deprovision_steps",
+            "Deprovisioning step attempts recorded, by the state they left the step in",
+            ["channel", "step", "state"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "channelgate_deprovision_dead_letters",
+            "Deprovisioning steps that spent their retry budget (alert on any increase)",
+            ["channel", "step"],
+            registry=r,
+        )
+        self.guard_holds = Counter(
+            "channelgate_deprovision_guard_holds",
+            "Deprovisionings whose irreversible steps the mass-deletion guard held for approval (alert)",
+            registry=r,
+        )
+        self.pipeline_backlog = Gauge(
+            "channelgate_deprovision_backlog",
+            "Deprovisioning steps by state (refreshed by each worker)",
+            ["state"],
+            registry=r,
+        )
         self.fail_closed = Counter(
             "channelgate_fail_closed", "Requests refused because a dependency was down", ["dependency"], registry=r
         )

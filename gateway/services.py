@@ -18,6 +18,8 @@ from connectors.secret import Secret
 from connectors.vault import Vault, load_credential
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
+from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
+from gateway.deprovision.worker import PipelineWorker
 from gateway.errors import VaultError
 from gateway.metrics import Metrics
 from gateway.oidc.client import OidcClient
@@ -36,6 +38,7 @@ from gateway.storage.agents import AgentRepository
 from gateway.storage.credentials import ChannelCredentialRepository
 from gateway.storage.database import Database, create_engine
 from gateway.storage.groups import GroupRepository
+from gateway.storage.pipeline import PipelineRepository
 from gateway.storage.quick_reads import QuickReads
 from gateway.storage.scim_tokens import ScimTokenRepository
 from scim.app import ScimApplication
@@ -61,6 +64,8 @@ class Services:
     sessions: SessionStore
     cookies: CookiePolicy
     killer: SessionKiller
+    #: The deprovisioning pipeline's runs and steps (issue 4).
+    pipeline: PipelineRepository
     vault: Vault | None
     connectors: dict[str, Connector]
     connector_contexts: dict[str, ConnectorContext]
@@ -69,6 +74,8 @@ class Services:
     #: Short indexed reads without a thread hop on SQLite (SCIM token checks and lookups).
     reads: QuickReads
     live: LiveConnections = field(default_factory=LiveConnections)
+    #: Runs the pipeline's steps (started by the gateway's lifespan, or by ``channelgate deprovision work``).
+    worker: PipelineWorker | None = None
     oidc: OidcClient | None = None
     signer: AssertionSigner | None = None
     upstream: UpstreamClient | None = None
@@ -131,8 +138,20 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         for name, channel in settings.channels.items()
     }
     connectors = build_connectors(contexts)
+    pipeline = PipelineRepository(database.engine)
+    planner = RunPlanner(
+        connectors, pipeline, MassDeletionGuard(settings.deprovision.guard, agents, pipeline), audit, metrics
+    )
     killer = SessionKiller(
-        database, agents, sessions, live, audit, metrics, settings.sessions.revocation_ack_timeout_seconds
+        database,
+        agents,
+        sessions,
+        live,
+        audit,
+        metrics,
+        settings.sessions.revocation_ack_timeout_seconds,
+        planner,
+        pipeline,
     )
     return Services(
         settings=settings,
@@ -145,6 +164,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         sessions=sessions,
         cookies=CookiePolicy(secure=not settings.server.insecure_dev_cookies),
         killer=killer,
+        pipeline=pipeline,
         vault=vault,
         connectors=connectors,
         connector_contexts=contexts,
@@ -153,6 +173,23 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         reads=reads,
         live=live,
     )
+
+
+def start_worker(services: Services) -> PipelineWorker:
+    """The pipeline worker of this process; the killer wakes it when it queues a run."""
+    worker = PipelineWorker(
+        services.settings.deprovision,
+        services.database,
+        services.pipeline,
+        services.agents,
+        services.connectors,
+        services.audit,
+        services.metrics,
+        services.replica_id,
+    )
+    services.worker = worker
+    services.killer.on_enqueued = worker.wake
+    return worker
 
 
 def open_gateway(settings: Settings, replica_id: str | None = None) -> Services:
@@ -176,7 +213,9 @@ def open_scim(services: Services, *, fast_lookups: bool = True) -> ScimApplicati
     ``fast_lookups=False`` serves every request through the engine (the reference the lookup path is tested
     against).
     """
-    lifecycle = GatewayLifecycle(services.killer, services.sessions, services.groups, lambda: services.clock())
+    lifecycle = GatewayLifecycle(
+        services.killer, services.sessions, services.groups, services.agents, lambda: services.clock()
+    )
     storage = DatabaseStorage(
         services.database.engine, services.agents, services.groups, lifecycle, reads=services.reads
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Protocol
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 #: The SCIM client (token name) of the request being served; set by ``scim.app`` after authentication.
 CLIENT: ContextVar[str] = ContextVar("scim_client", default="unknown")
 
@@ -18,6 +20,11 @@ def actor() -> str:
 
 
 class Lifecycle(Protocol):
+    async def deactivating(self, agent_id: str, *, conn: AsyncConnection) -> None:
+        """The agent is being disabled (``active`` true → false) in ``conn``'s transaction: queue its
+        deprovisioning pipeline run in that same transaction (the outbox), so the two commit together."""
+        ...
+
     async def deactivated(self, agent_id: str, *, was_active: bool) -> None:
         """The agent was disabled (``active`` false by PATCH or PUT): kill every session everywhere.
 

@@ -261,6 +261,8 @@ class DatabaseStorage(AsyncScimStorage):
                     .where(agents.c.id == resource.id)
                     .values(**values, version=agents.c.version + 1, updated_at=to_db(self._clock()))
                 )
+                if was_active and not active:
+                    await self._lifecycle.deactivating(resource.id, conn=conn)
         except IntegrityError:
             raise _taken(values["user_name"]) from None
         if not active:

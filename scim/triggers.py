@@ -6,8 +6,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from gateway.deprovision.kill import SessionKiller
 from gateway.sessions.base import SessionStore
+from gateway.storage.agents import AgentRepository
 from gateway.storage.groups import GroupRepository
 from scim.lifecycle import actor
 
@@ -20,12 +23,21 @@ class GatewayLifecycle:
         killer: SessionKiller,
         sessions: SessionStore,
         groups: GroupRepository,
+        agents: AgentRepository,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._killer = killer
         self._sessions = sessions
         self._groups = groups
+        self._agents = agents
         self._clock = clock
+
+    async def deactivating(self, agent_id: str, *, conn: AsyncConnection) -> None:
+        agent = await self._agents.get(agent_id, conn=conn)
+        if agent is not None:
+            await self._killer.enqueue_in(
+                conn, agent, was_active=True, source="scim", actor=actor(), reason="deactivated by SCIM"
+            )
 
     async def deactivated(self, agent_id: str, *, was_active: bool) -> None:
         if not was_active and not await self._sessions.sessions_of(agent_id, self._clock()):

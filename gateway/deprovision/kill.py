@@ -1,17 +1,28 @@
-"""Step 1 of deprovisioning: mark the agent disabled and end every session on every replica, synchronously.
+"""Step 1 of deprovisioning: mark the agent disabled and end every session on every replica, synchronously;
+queue steps 2-4 (``gateway/deprovision/worker.py``) in the same transaction as the disable.
 
 Order matters: the agent is disabled first (and that change commits together with its access-log record), so a
 login racing with the kill is refused; then every session is deleted from the shared store and the revocation is
 broadcast; each replica closes the agent's open WebSockets and streamed responses and acknowledges. The call
 returns only after that, so "deprovisioned" means no replica will serve the agent again (ASVS 7.4.2).
+
+The pipeline run (revoke at each channel, hand tickets over, verify, remove) is inserted in the transaction that
+disables the agent (a transactional outbox): there is no moment, and no crash, at which the agent is disabled but
+the channel work is not queued. A trigger for an agent whose run is still going joins that run instead of
+starting another (IdPs repeat their disable calls).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from gateway.audit.writer import AuditLog
+from gateway.deprovision.plan import RunState
+from gateway.deprovision.runs import RunPlanner
 from gateway.errors import NotFound
 from gateway.metrics import Metrics
 from gateway.proxy.streams import LiveConnections
@@ -19,6 +30,7 @@ from gateway.sessions.base import SessionStore
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, AgentRepository
 from gateway.storage.database import Database
+from gateway.storage.pipeline import PipelineRepository, RunRecord
 from gateway.timeutil import utcnow
 
 
@@ -40,8 +52,10 @@ class KillResult:
     replicas_confirmed: frozenset[str]
     replicas_missing: frozenset[str]
     duration_ms: float
+    run: RunRecord | None = None
 
     def as_dict(self) -> dict[str, object]:
+        pipeline = None if self.run is None else {"run_id": self.run.id, "state": self.run.state.value}
         return {
             "agent_id": self.agent.id,
             "user_name": self.agent.user_name,
@@ -51,6 +65,7 @@ class KillResult:
             "replicas_confirmed": sorted(self.replicas_confirmed),
             "replicas_missing": sorted(self.replicas_missing),
             "duration_ms": round(self.duration_ms, 1),
+            "pipeline": pipeline,
         }
 
 
@@ -64,6 +79,8 @@ class SessionKiller:
         audit: AuditLog,
         metrics: Metrics,
         ack_timeout: float,
+        planner: RunPlanner | None = None,
+        runs: PipelineRepository | None = None,
     ) -> None:
         self._database = database
         self._agents = agents
@@ -72,6 +89,35 @@ class SessionKiller:
         self._audit = audit
         self._metrics = metrics
         self._ack_timeout = ack_timeout
+        self._planner = planner
+        self._runs = runs
+        #: Called after a run was queued and committed (the local worker wakes up instead of waiting to poll).
+        self.on_enqueued: Callable[[], None] | None = None
+
+    async def enqueue_in(
+        self,
+        conn: AsyncConnection,
+        agent: Agent,
+        *,
+        was_active: bool,
+        source: str,
+        actor: str,
+        reason: str,
+        successor: str | None = None,
+    ) -> RunRecord | None:
+        """Queue the agent's pipeline run in ``conn``'s transaction (the one disabling the agent), unless a run
+        for it is still going, or it was already disabled and has been through the pipeline before."""
+        if self._planner is None or self._runs is None:
+            return None
+        previous = await self._runs.runs_of_agent(agent.id, conn=conn)
+        going = [r for r in previous if r.state in (RunState.RUNNING, RunState.HELD)]
+        if going:
+            return going[0]
+        if previous and not was_active:
+            return previous[0]
+        return await self._planner.enqueue(
+            agent, source=source, actor=actor, reason=reason, successor=successor, now=utcnow(), conn=conn
+        )
 
     async def end_sessions(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
         """End the agent's sessions on every replica (all of them, or those of one IdP session ``sid``), close
@@ -89,13 +135,17 @@ class SessionKiller:
         confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
         return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
 
-    async def deprovision(self, identifier: str, *, reason: str, actor: str, source: str) -> KillResult:
-        """Disable the agent named by id or userName and kill every session everywhere before returning."""
+    async def deprovision(
+        self, identifier: str, *, reason: str, actor: str, source: str, successor: str | None = None
+    ) -> KillResult:
+        """Disable the agent named by id or userName, queue its pipeline run, and kill every session everywhere
+        before returning. ``successor`` (a userName) takes the agent's open tickets instead of its manager."""
         started = time.perf_counter()
         agent = await self._agents.find(identifier)
         if agent is None:
             raise NotFound(f"No agent has the id or userName {identifier!r}.")
         now = utcnow()
+        was_active = agent.active
         async with self._database.begin() as conn:
             agent = await self._agents.set_active(agent.id, False, reason, now, conn=conn)
             await self._audit.write(
@@ -111,11 +161,16 @@ class SessionKiller:
                 ),
                 conn=conn,
             )
+            run = await self.enqueue_in(
+                conn, agent, was_active=was_active, source=source, actor=actor, reason=reason, successor=successor
+            )
+        if run is not None and self.on_enqueued is not None:
+            self.on_enqueued()
         ended = await self.end_sessions(agent.id)
         assert ended is not None  # every session of the agent: a revocation is always broadcast
         count, confirmed, missing = ended.count, ended.confirmed, ended.missing
         duration = (time.perf_counter() - started) * 1000
-        result = KillResult(agent, count, ended.closed_here, confirmed, missing, duration)
+        result = KillResult(agent, count, ended.closed_here, confirmed, missing, duration, run)
         await self._audit.write(
             AccessRecord(
                 time=utcnow(),

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import ColumnElement, RowMapping, func, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -108,6 +108,11 @@ class AgentRepository:
         async with read_transaction(self._engine, conn) as c:
             return await self._one(c, agents.c.id == agent_id, _LIVE)
 
+    async def get_any(self, agent_id: str, *, conn: AsyncConnection | None = None) -> Agent | None:
+        """The agent with this id, deleted or not (the deprovisioning pipeline acts for deleted agents too)."""
+        async with read_transaction(self._engine, conn) as c:
+            return await self._one(c, agents.c.id == agent_id)
+
     async def find_by_user_name(self, user_name: str, *, conn: AsyncConnection | None = None) -> Agent | None:
         """The live agent with this userName, compared case-insensitively."""
         async with read_transaction(self._engine, conn) as c:
@@ -138,6 +143,17 @@ class AgentRepository:
         query = select(agents).where(_LIVE).order_by(agents.c.user_name_key).limit(limit).offset(offset)
         async with read_transaction(self._engine, conn) as c:
             return [_agent(row) for row in (await c.execute(query)).mappings()]
+
+    async def count_workforce(self, since: datetime, *, conn: AsyncConnection | None = None) -> int:
+        """Agents that were not deleted before ``since``: the mass-deletion guard's denominator (agents deleted
+        or disabled inside the window still count, they are the ones the window is about)."""
+        query = (
+            select(func.count())
+            .select_from(agents)
+            .where(or_(agents.c.deleted_at.is_(None), agents.c.deleted_at >= to_db(since)))
+        )
+        async with read_transaction(self._engine, conn) as c:
+            return int((await c.execute(query)).scalar_one())
 
     async def link_or_create_from_login(
         self,
