@@ -1,17 +1,23 @@
 """The admin API: bearer-token authenticated, JSON only, no cookies (so a cross-site form cannot drive it).
 
 ``POST /.channelgate/admin/agents/{agent}/deprovision`` ends an agent's access everywhere and answers only after
-every session on every replica is gone; ``GET /.channelgate/admin/agents/{agent}`` shows the agent's state.
+every session on every replica is gone (the channel steps continue in the pipeline);
+``GET /.channelgate/admin/agents/{agent}`` shows the agent's state and every pipeline step per channel;
+``POST /.channelgate/admin/deprovision/approve`` releases runs held by the mass-deletion guard;
+``POST /.channelgate/admin/deprovision/runs/{run}/retry`` gives a run's dead steps a fresh budget.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.deprovision.operator import approve_runs, retry_run
+from gateway.deprovision.status import agent_pipeline
 from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError, NotFound
 from gateway.services import Services
 
@@ -38,11 +44,9 @@ def _authorise(request: Request, services: Services) -> str:
     return actor
 
 
-async def deprovision(request: Request) -> Response:
-    services: Services = request.app.state.services
-    actor = _authorise(request, services)
+async def _json_body(request: Request, example: str) -> dict[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise BadRequest('Send a JSON body with Content-Type: application/json, e.g. {"reason": "left"}.')
+        raise BadRequest(f"Send a JSON body with Content-Type: application/json, e.g. {example}.")
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise BadRequest("The request body is too large.")
@@ -50,13 +54,58 @@ async def deprovision(request: Request) -> Response:
         body = json.loads(raw or b"{}")
     except ValueError:
         raise BadRequest("The request body is not valid JSON.") from None
-    reason = body.get("reason") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        raise BadRequest(f"The request body must be a JSON object, e.g. {example}.")
+    return body
+
+
+async def deprovision(request: Request) -> Response:
+    services: Services = request.app.state.services
+    actor = _authorise(request, services)
+    body = await _json_body(request, '{"reason": "left"}')
+    reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         raise BadRequest('Give a reason: {"reason": "why this agent\'s access ends"}.')
+    successor = body.get("successor")
+    if successor is not None and (not isinstance(successor, str) or not successor.strip()):
+        raise BadRequest('"successor" must be the userName of the agent who takes over the open tickets.')
     result = await services.killer.deprovision(
-        request.path_params["agent"], reason=reason.strip()[:500], actor=actor, source="admin_api"
+        request.path_params["agent"],
+        reason=reason.strip()[:500],
+        actor=actor,
+        source="admin_api",
+        successor=successor.strip() if successor else None,
     )
     return JSONResponse(result.as_dict())
+
+
+async def approve(request: Request) -> Response:
+    services: Services = request.app.state.services
+    actor = _authorise(request, services)
+    body = await _json_body(request, '{"runs": ["<run id>"]} or {"all": true}')
+    runs = body.get("runs")
+    if body.get("all") is True:
+        chosen = None
+    elif isinstance(runs, list) and runs and all(isinstance(r, str) for r in runs):
+        chosen = runs
+    else:
+        raise BadRequest('Name the held runs to approve, {"runs": ["<run id>"]}, or approve all: {"all": true}.')
+    approved = await approve_runs(services.database, services.pipeline, services.audit, chosen, actor)
+    if services.worker is not None:
+        services.worker.wake()
+    return JSONResponse({"approved": approved})
+
+
+async def retry(request: Request) -> Response:
+    services: Services = request.app.state.services
+    actor = _authorise(request, services)
+    run_id = request.path_params["run"]
+    if await services.pipeline.get_run(run_id) is None:
+        raise NotFound("No deprovisioning run has that id.")
+    count = await retry_run(services.database, services.pipeline, services.audit, run_id, actor)
+    if services.worker is not None:
+        services.worker.wake()
+    return JSONResponse({"run_id": run_id, "steps_requeued": count})
 
 
 async def agent_status(request: Request) -> Response:
@@ -76,5 +125,6 @@ async def agent_status(request: Request) -> Response:
             "active": agent.active,
             "disabled_reason": agent.disabled_reason,
             "live_sessions": len(sessions),
+            "deprovisioning": await agent_pipeline(services.pipeline, agent.id),
         }
     )

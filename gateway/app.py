@@ -150,6 +150,8 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         Route("/jwks.json", jwks, methods=["GET"]),
         Route("/admin/agents/{agent}", admin_api.agent_status, methods=["GET"]),
         Route("/admin/agents/{agent}/deprovision", admin_api.deprovision, methods=["POST"]),
+        Route("/admin/deprovision/approve", admin_api.approve, methods=["POST"]),
+        Route("/admin/deprovision/runs/{run}/retry", admin_api.retry, methods=["POST"]),
     ]
     routes = [
         Route("/", home, methods=["GET"]),

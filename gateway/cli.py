@@ -3,8 +3,12 @@
     channelgate serve                        run the gateway (migrates the database first)
     channelgate check-config FILE            validate a configuration, naming every bad field
     channelgate migrate                      bring the database schema up to date
-    channelgate agents deprovision AGENT --reason TEXT
-    channelgate agents status AGENT
+    channelgate agents deprovision AGENT --reason TEXT [--successor USER]
+    channelgate agents status AGENT          the agent, its sessions and every pipeline step per channel
+    channelgate deprovision list [--state held|attention|running|done]
+    channelgate deprovision approve RUN... | --all    release runs held by the mass-deletion guard
+    channelgate deprovision retry RUN        fresh budget for a run's dead/failed/blocked steps
+    channelgate deprovision work [--within S]        run due steps here until none is due
     channelgate channels set-credential CHANNEL   (reads the credential from standard input)
     channelgate vault generate-key
     channelgate vault rotate
@@ -12,7 +16,8 @@
     channelgate scim-tokens create NAME | list | revoke NAME   (one bearer token per IdP client)
 
 The configuration file comes from ``--config`` or ``CHANNELGATE_CONFIG`` (default ``channelgate.toml``).
-Exit codes: 0 ok, 1 the action failed, 2 bad usage or configuration.
+Exit codes: 0 ok, 1 the action failed, 2 bad usage or configuration, 3 ``deprovision work`` stopped with
+steps still due.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -107,18 +113,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _deprovision_direct(settings: Settings, agent: str, reason: str) -> dict[str, object]:
+async def _deprovision_direct(
+    settings: Settings, agent: str, reason: str, successor: str | None = None
+) -> dict[str, object]:
     from gateway.services import open_core
 
     services = open_core(settings)
     try:
-        result = await services.killer.deprovision(agent, reason=reason, actor="cli", source="cli")
+        result = await services.killer.deprovision(agent, reason=reason, actor="cli", source="cli", successor=successor)
         return result.as_dict()
     finally:
         await services.close()
 
 
-async def _deprovision_via_api(settings: Settings, agent: str, reason: str) -> dict[str, object]:
+async def _deprovision_via_api(
+    settings: Settings, agent: str, reason: str, successor: str | None = None
+) -> dict[str, object]:
     """In-process sessions live in the running gateway, so ask it to do the kill through its admin API."""
     import aiohttp
 
@@ -129,7 +139,7 @@ async def _deprovision_via_api(settings: Settings, agent: str, reason: str) -> d
     async with aiohttp.ClientSession() as http:
         try:
             async with http.post(
-                url, json={"reason": reason}, headers={"Authorization": f"Bearer {token}"}
+                url, json={"reason": reason, "successor": successor}, headers={"Authorization": f"Bearer {token}"}
             ) as response:
                 body = await response.json(content_type=None)
                 if response.status != 200:
@@ -137,8 +147,11 @@ async def _deprovision_via_api(settings: Settings, agent: str, reason: str) -> d
                 return dict(body)
         except aiohttp.ClientConnectionError:
             # No gateway runs, so no in-process session exists: disabling the agent in the database is all.
-            result = await _deprovision_direct(settings, agent, reason)
-            result["note"] = "no gateway was running; the agent is disabled and cannot log in"
+            result = await _deprovision_direct(settings, agent, reason, successor)
+            result["note"] = (
+                "no gateway was running; the agent is disabled and cannot log in; the channel steps run when a "
+                "gateway starts (or: channelgate deprovision work)"
+            )
             return result
 
 
@@ -146,9 +159,9 @@ def cmd_agents_deprovision(args: argparse.Namespace) -> int:
     settings = _settings(args)
     started = time.perf_counter()
     if settings.sessions.store == "redis":
-        result = asyncio.run(_deprovision_direct(settings, args.agent, args.reason))
+        result = asyncio.run(_deprovision_direct(settings, args.agent, args.reason, args.successor))
     else:
-        result = asyncio.run(_deprovision_via_api(settings, args.agent, args.reason))
+        result = asyncio.run(_deprovision_via_api(settings, args.agent, args.reason, args.successor))
     result["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
     _print_json(result)
     missing = result.get("replicas_missing")
@@ -158,6 +171,7 @@ def cmd_agents_deprovision(args: argparse.Namespace) -> int:
 
 
 def cmd_agents_status(args: argparse.Namespace) -> int:
+    from gateway.deprovision.status import agent_pipeline
     from gateway.services import open_core
 
     async def run() -> int:
@@ -177,8 +191,52 @@ def cmd_agents_status(args: argparse.Namespace) -> int:
                     "live_sessions_in_shared_store": len(sessions)
                     if services.settings.sessions.store == "redis"
                     else "in-process (ask the running gateway)",
+                    "deprovisioning": await agent_pipeline(services.pipeline, agent.id),
                 }
             )
+            return 0
+        finally:
+            await services.close()
+
+    return asyncio.run(run())
+
+
+def cmd_deprovision(args: argparse.Namespace) -> int:
+    """``channelgate deprovision list|approve|retry|work``: the pipeline's runs, for operators."""
+    from gateway.deprovision.operator import approve_runs, retry_run
+    from gateway.deprovision.plan import RunState
+    from gateway.deprovision.status import runs_with_steps
+    from gateway.services import open_core, start_worker
+
+    async def run() -> int:
+        services = open_core(_settings(args))
+        try:
+            pipeline = services.pipeline
+            if args.dp_command == "list":
+                states = [RunState(s) for s in args.state] if args.state else list(RunState)
+                _print_json(await runs_with_steps(pipeline, await pipeline.runs_in_state(states, args.limit)))
+            elif args.dp_command == "approve":
+                if not args.all and not args.runs:
+                    raise ConfigError(
+                        "name the runs to approve, or --all (see: channelgate deprovision list --state held)"
+                    )
+                chosen = None if args.all else args.runs
+                approved = await approve_runs(services.database, pipeline, services.audit, chosen, f"cli:{args.actor}")
+                _print_json({"approved": approved})
+                if not approved:
+                    print("no held run matched", file=sys.stderr)
+                    return 1
+            elif args.dp_command == "retry":
+                count = await retry_run(services.database, pipeline, services.audit, args.run, "cli")
+                _print_json({"run_id": args.run, "steps_requeued": count})
+                if not count:
+                    print("that run has no dead, failed or blocked step", file=sys.stderr)
+                    return 1
+            else:
+                services.audit.start()
+                idle = await start_worker(services).drain(args.within)
+                _print_json({"idle": idle, "counts": {k.value: v for k, v in (await pipeline.count_steps()).items()}})
+                return 0 if idle else 3
             return 0
         finally:
             await services.close()
@@ -340,10 +398,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = agents.add_parser("deprovision", help="end an agent's access everywhere, now")
     p.add_argument("agent", help="agent id or userName")
     p.add_argument("--reason", required=True)
+    p.add_argument("--successor", help="userName who takes the agent's open tickets (default: the agent's manager)")
     p.set_defaults(func=cmd_agents_deprovision)
     p = agents.add_parser("status", help="show an agent")
     p.add_argument("agent")
     p.set_defaults(func=cmd_agents_status)
+
+    dp = sub.add_parser("deprovision", help="the deprovisioning pipeline's runs").add_subparsers(
+        dest="dp_command", required=True
+    )
+    p = dp.add_parser("list", help="runs with every step per channel")
+    p.add_argument("--state", action="append", choices=["running", "held", "done", "attention"])
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_deprovision)
+    p = dp.add_parser("approve", help="release runs held by the mass-deletion guard")
+    p.add_argument("runs", nargs="*", help="run ids")
+    p.add_argument("--all", action="store_true", help="every held run")
+    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who approves (recorded)")
+    p.set_defaults(func=cmd_deprovision)
+    p = dp.add_parser("retry", help="give a run's dead, failed and blocked steps a fresh retry budget")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_deprovision)
+    p = dp.add_parser("work", help="run due steps in this process until none is due (no gateway needed)")
+    p.add_argument("--within", type=float, default=300.0, help="give up after this many seconds")
+    p.set_defaults(func=cmd_deprovision)
 
     channels = sub.add_parser("channels", help="channel credentials").add_subparsers(dest="ch_command", required=True)
     p = channels.add_parser("set-credential", help="store a channel's credential (read from stdin), encrypted")

@@ -321,9 +321,11 @@ class PipelineRepository:
         async with read_transaction(self._engine, conn) as c:
             return [_run(row) for row in (await c.execute(query)).mappings()]
 
-    async def approve(self, run_ids: Sequence[str] | None, actor: str, now: datetime) -> list[str]:
+    async def approve(
+        self, run_ids: Sequence[str] | None, actor: str, now: datetime, *, conn: AsyncConnection | None = None
+    ) -> list[str]:
         """Release held runs (all of them when ``run_ids`` is None): their held steps become due."""
-        async with write_transaction(self._engine) as c:
+        async with write_transaction(self._engine, conn) as c:
             query = select(deprovision_runs.c.id).where(deprovision_runs.c.state == RunState.HELD.value)
             if run_ids is not None:
                 query = query.where(deprovision_runs.c.id.in_(list(run_ids)))
@@ -342,9 +344,9 @@ class PipelineRepository:
             )
         return ids
 
-    async def retry(self, run_id: str, now: datetime) -> int:
+    async def retry(self, run_id: str, now: datetime, *, conn: AsyncConnection | None = None) -> int:
         """Give a run's dead, failed and blocked steps a fresh budget (after a person fixed the cause)."""
-        async with write_transaction(self._engine) as c:
+        async with write_transaction(self._engine, conn) as c:
             result = await c.execute(
                 update(deprovision_steps)
                 .where(
