@@ -1,0 +1,438 @@
+"""Per-agent OAuth 2.0 tokens (``kind = "oauth2"``): obtained, cached, refreshed, revoked and verified gone.
+
+The gateway is a confidential client of the channel's authorization server (``client_secret_basic``, RFC 6749
+§2.3.1; the secret is the channel's vault credential). An agent's access token comes, in this order, from this
+replica's memory, from ``agent_secrets`` (another replica may have obtained it), from the RFC 6749 §6 refresh
+grant, or from an RFC 8693 token exchange of a freshly signed identity assertion for the channel. One lock per
+agent makes concurrent requests wait for one token instead of each obtaining their own.
+
+Every token obtained is stored sealed by the vault (``access:<id>``, ``refresh:<grant>``, expiry in ``meta``)
+until the deprovisioning pipeline has revoked it (RFC 7009, refresh tokens first, §2.1) and introspection
+(RFC 7662) has answered ``active: false`` for it, so any replica, or a restarted process, can end what another
+obtained. Access-token rows are dropped on their own only an hour after the expiry the server stated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+from urllib.parse import quote_plus, urlsplit
+from weakref import WeakValueDictionary
+
+import aiohttp
+
+from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
+from connectors.context import AgentSecretValue, ConnectorContext
+from connectors.secret import Secret
+from gateway.errors import ConfigError, UpstreamError
+from gateway.settings import OAuth2ChannelSettings
+
+log = logging.getLogger(__name__)
+
+# RFC 8693 §2.1 / §3 identifiers (names, not secrets).
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+#: RFC 6749 §5.1 only recommends ``expires_in``; without it the token is treated as this short-lived.
+ASSUMED_LIFETIME_SECONDS = 60.0
+#: An access-token row is dropped this long after the expiry the server stated (slack for clock skew), so a
+#: long session does not pile up rows for the pipeline to revoke.
+EXPIRED_ROW_GRACE_SECONDS = 3600.0
+MAX_CACHED_AGENTS = 10_000
+#: Answers to token, revocation and introspection calls are small; a larger one is refused unread.
+MAX_ANSWER_BYTES = 64 * 1024
+#: 4xx answers that mean "not now" rather than "never" (RFC 9110 §15.5.9, §15.5.10; RFC 8470; RFC 6585 §4).
+RETRY_STATUSES = frozenset({408, 409, 425, 429})
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1: what a Bearer header can carry
+_ERROR_CODE = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5.2 "error"
+_DESCRIPTION = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,200}")  # RFC 6749 §5.2 "error_description"
+
+Kind = Literal["access", "refresh"]
+
+
+class _CallFailed(Exception):
+    """A token, revocation or introspection call that did not succeed; ``detail`` is safe to show."""
+
+    def __init__(self, outcome: Outcome, detail: str, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+        self.detail = detail
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    """One stored token: the ``agent_secrets`` row ``name`` and what ``meta`` says about it (never the value)."""
+
+    name: str
+    kind: Kind
+    value: Secret
+    grant: str
+    obtained_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    #: An access token the console answered 401 to, or a refresh token the server answered invalid_grant to.
+    refused: bool = False
+
+    @classmethod
+    def from_row(cls, row: AgentSecretValue) -> _Token | None:
+        meta = row.meta
+        kind, grant = meta.get("kind"), meta.get("grant")
+        if kind not in ("access", "refresh") or not isinstance(grant, str):
+            return None
+        return cls(
+            row.name,
+            kind,
+            row.value,
+            grant,
+            float(meta.get("obtained_at", 0.0)),
+            _number(meta.get("expires_at")),
+            _number(meta.get("revoked_at")),
+            bool(meta.get("refused", False)),
+        )
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "grant": self.grant,
+            "obtained_at": self.obtained_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "refused": self.refused,
+        }
+
+    @property
+    def hint(self) -> str:
+        """RFC 7009 §2.1 / RFC 7662 §2.1 ``token_type_hint``."""
+        return f"{self.kind}_token"
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _client_authorization(client_id: str, secret: Secret) -> str:
+    """RFC 6749 §2.3.1: both parts form-urlencoded *before* Basic (RFC 7617), so a ':' in either survives."""
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret.reveal())}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+class OAuth2Connector:
+    """``kind = "oauth2"``: see the module docstring."""
+
+    def __init__(self, context: ConnectorContext, *, clock: Callable[[], float] = time.time) -> None:
+        if not isinstance(context.settings, OAuth2ChannelSettings):
+            raise ConfigError(f"channel {context.channel!r}: the oauth2 connector needs kind = 'oauth2' settings")
+        self.channel = context.channel
+        self._context = context
+        self._settings: OAuth2ChannelSettings = context.settings
+        self._clock = clock
+        self._cache: OrderedDict[str, _Token] = OrderedDict()
+        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        self.capabilities = frozenset({Capability.INJECT, Capability.REVOKE_TOKENS, Capability.VERIFY})
+
+    @classmethod
+    def from_context(cls, context: ConnectorContext) -> OAuth2Connector:
+        return cls(context)
+
+    def __repr__(self) -> str:
+        return f"OAuth2Connector(channel={self.channel!r}, client_id={self._settings.client_id!r})"
+
+    def injected_headers(self) -> tuple[str, ...]:
+        return ("Authorization",)
+
+    # -- the proxy's side -------------------------------------------------------------------------------------
+
+    async def prepare(self, agent: AgentRef, request: UpstreamRequest) -> None:
+        """``Authorization: Bearer`` (RFC 6750 §2.1) with the agent's access token."""
+        token = await self._access_token(agent)
+        request.set_header("Authorization", f"Bearer {token.value.reveal()}")
+
+    async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
+        """The console refused the token (RFC 6750 §3.1 invalid_token): refresh, or exchange anew, once."""
+        sent = request.header("Authorization") or ""
+        scheme, _, refused = sent.partition(" ")
+        token = await self._access_token(agent, refused=refused.strip() if scheme.lower() == "bearer" else "")
+        request.set_header("Authorization", f"Bearer {token.value.reveal()}")
+        return request.header("Authorization") != sent
+
+    async def on_upstream_response(self, agent: AgentRef, status: int, headers: list[tuple[str, str]]) -> None:
+        return None
+
+    def _usable(self, token: _Token, now: float) -> bool:
+        margin = self._settings.refresh_margin_seconds
+        return (
+            token.kind == "access"
+            and token.revoked_at is None
+            and not token.refused
+            and token.expires_at is not None
+            and token.expires_at - margin > now
+        )
+
+    def _lock(self, agent_id: str) -> asyncio.Lock:
+        lock = self._locks.get(agent_id)
+        if lock is None:
+            lock = self._locks[agent_id] = asyncio.Lock()
+        return lock
+
+    def _remember(self, agent_id: str, token: _Token) -> None:
+        self._cache[agent_id] = token
+        self._cache.move_to_end(agent_id)
+        while len(self._cache) > MAX_CACHED_AGENTS:
+            self._cache.popitem(last=False)
+
+    async def _access_token(self, agent: AgentRef, *, refused: str | None = None) -> _Token:
+        """A usable access token; ``refused`` (the value the console just answered 401 to) is never returned."""
+        cached = self._cache.get(agent.agent_id)
+        if refused is None and cached is not None and self._usable(cached, self._clock()):
+            return cached
+        async with self._lock(agent.agent_id):
+            # Whoever held the lock before us may have obtained one already: concurrent requests share it.
+            cached = self._cache.get(agent.agent_id)
+            if cached is not None and self._usable(cached, self._clock()) and cached.value.reveal() != refused:
+                return cached
+            self._cache.pop(agent.agent_id, None)
+            try:
+                token = await self._obtain(agent, refused)
+            except _CallFailed as failure:
+                raise UpstreamError(
+                    f"channel {self.channel!r}: no access token for the agent: {failure.detail}", detail=failure.code
+                ) from None
+            self._remember(agent.agent_id, token)
+            return token
+
+    async def _stored(self, agent_id: str) -> list[_Token]:
+        rows = await self._context.secrets.list(agent_id)
+        return [token for row in rows if (token := _Token.from_row(row)) is not None]
+
+    async def _obtain(self, agent: AgentRef, refused: str | None) -> _Token:
+        stored = await self._stored(agent.agent_id)
+        now = self._clock()
+        if refused is None:
+            usable = [token for token in stored if self._usable(token, now)]
+            if usable:
+                return max(usable, key=lambda token: token.expires_at or 0.0)
+        else:
+            for token in stored:
+                if token.kind == "access" and not token.refused and token.value.reveal() == refused:
+                    await self._put(agent.agent_id, replace(token, refused=True))
+        refreshable = [t for t in stored if t.kind == "refresh" and t.revoked_at is None and not t.refused]
+        for refresh in sorted(refreshable, key=lambda token: token.obtained_at, reverse=True):
+            try:
+                return await self._refresh(agent, refresh, stored)
+            except _CallFailed as failure:
+                if failure.code != "invalid_grant":
+                    raise
+                # Rotated by another replica, expired or revoked at the server: kept for the pipeline to check.
+                await self._put(agent.agent_id, replace(refresh, refused=True))
+        return await self._exchange(agent, stored)
+
+    async def _exchange(self, agent: AgentRef, stored: Sequence[_Token]) -> _Token:
+        """RFC 8693 §2.1 with the gateway's assertion as subject token. It names the agent only: groups travel
+        in each proxied request's own assertion, so a group change applies to the next request, not token."""
+        if self._context.assertions is None:
+            raise ConfigError(f"channel {self.channel!r}: this process signs no identity assertions to exchange")
+        subject = self._context.assertions.sign(agent.agent_id, agent.user_name, frozenset(), self.channel, time.time())
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": subject,
+            "subject_token_type": JWT_TOKEN_TYPE,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+        }
+        if self._settings.scope:
+            form["scope"] = self._settings.scope
+        answer = await self._token_call(form, sent=(subject,))
+        return await self._keep(agent, answer, secrets.token_hex(8), stored)
+
+    async def _refresh(self, agent: AgentRef, refresh: _Token, stored: Sequence[_Token]) -> _Token:
+        """RFC 6749 §6. A new refresh token replaces the old one, which the client must discard (§6)."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh.value.reveal()}
+        answer = await self._token_call(form, sent=(refresh.value.reveal(),))
+        return await self._keep(agent, answer, refresh.grant, stored)
+
+    async def _token_call(self, form: Mapping[str, str], sent: Sequence[str]) -> Mapping[str, Any]:
+        status, answer = await self._post("token endpoint", self._settings.token_url, form, sent)
+        if status != 200:
+            raise self._failure("token endpoint", status, answer, sent)
+        if not isinstance(answer, Mapping):
+            raise _CallFailed(Outcome.FAILED, "the token endpoint answered 200 without a JSON object")
+        return answer
+
+    async def _keep(self, agent: AgentRef, answer: Mapping[str, Any], grant: str, stored: Sequence[_Token]) -> _Token:
+        """Check a token response (RFC 6749 §5.1, RFC 8693 §2.2.1), store what it carries, prune expired rows."""
+        access, refresh = answer.get("access_token"), answer.get("refresh_token")
+        token_type, issued_type = answer.get("token_type"), answer.get("issued_token_type", ACCESS_TOKEN_TYPE)
+        if not (isinstance(access, str) and _B64TOKEN.fullmatch(access)) or str(token_type).lower() != "bearer":
+            raise _CallFailed(Outcome.FAILED, "the token endpoint answered without a usable Bearer access token")
+        if issued_type != ACCESS_TOKEN_TYPE:
+            raise _CallFailed(Outcome.FAILED, f"the token endpoint issued {issued_type!r}, not an access token")
+        lifetime = _number(answer.get("expires_in"))
+        now = self._clock()
+        expires_at = now + (lifetime if lifetime is not None and lifetime > 0 else ASSUMED_LIFETIME_SECONDS)
+        token = _Token(f"access:{secrets.token_hex(8)}", "access", Secret(access), grant, now, expires_at)
+        await self._put(agent.agent_id, token)
+        if isinstance(refresh, str) and refresh:
+            await self._put(agent.agent_id, _Token(f"refresh:{grant}", "refresh", Secret(refresh), grant, now))
+        for old in stored:
+            expired = old.expires_at is not None and old.expires_at < now - EXPIRED_ROW_GRACE_SECONDS
+            if old.kind == "access" and expired:
+                await self._context.secrets.delete(agent.agent_id, old.name)
+        log.info(
+            "channel %s: access token obtained for agent %s (grant %s, valid %.0f s)",
+            self.channel,
+            agent.agent_id,
+            grant,
+            expires_at - now,
+        )
+        return token
+
+    async def _put(self, agent_id: str, token: _Token) -> None:
+        await self._context.secrets.put(agent_id, token.name, token.value, token.meta())
+
+    # -- HTTP -------------------------------------------------------------------------------------------------
+
+    async def _post(
+        self,
+        what: str,
+        url: object,
+        form: Mapping[str, str],
+        sent: Sequence[str],
+        idempotency_key: str | None = None,
+    ) -> tuple[int, object]:
+        """POST a form with client authentication; (status, JSON or None). Unreachable → RETRY."""
+        headers = {
+            "Authorization": _client_authorization(self._settings.client_id, await self._context.credential()),
+            "Accept": "application/json",
+        }
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        origin = urlsplit(str(url)).netloc
+        try:
+            async with self._context.http().post(
+                str(url), data=dict(form), headers=headers, allow_redirects=False
+            ) as response:
+                body = await response.content.read(MAX_ANSWER_BYTES + 1)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _CallFailed(
+                Outcome.RETRY, f"the {what} at {origin} cannot be reached ({type(exc).__name__})"
+            ) from None
+        if len(body) > MAX_ANSWER_BYTES:
+            return status, None
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, None
+
+    def _failure(self, what: str, status: int, answer: object, sent: Sequence[str]) -> _CallFailed:
+        """An RFC 6749 §5.2 error as a safe, actionable detail: the server's description only if it is plain
+        text that repeats nothing we sent (a hostile server could echo a token back)."""
+        fields = answer if isinstance(answer, Mapping) else {}
+        code = fields.get("error") if isinstance(fields.get("error"), str) else None
+        code = code if code is not None and _ERROR_CODE.fullmatch(code) else None
+        outcome = Outcome.RETRY if status >= 500 or status in RETRY_STATUSES else Outcome.FAILED
+        if status == 401 or code == "invalid_client":
+            detail = (
+                f"the {what} refused the gateway's client authentication (HTTP {status} invalid_client): check "
+                f"client_id {self._settings.client_id!r} in [channels.{self.channel}] and the channel's "
+                f"credential (channelgate channels set-credential {self.channel})"
+            )
+            return _CallFailed(Outcome.FAILED, detail, "invalid_client")
+        detail = f"the {what} answered HTTP {status}" + (f" {code}" if code else "")
+        description = fields.get("error_description")
+        plain = isinstance(description, str) and _DESCRIPTION.fullmatch(description) is not None
+        if plain and not any(value and value in str(description) for value in sent):
+            detail += f": {description}"
+        return _CallFailed(outcome, detail, code)
+
+    # -- the deprovisioning pipeline's side --------------------------------------------------------------------
+
+    async def provision(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        return StepResult(self.channel, "provision", Outcome.NOT_APPLICABLE, detail="tokens are obtained on first use")
+
+    async def revoke(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        """RFC 7009 for every stored token not yet revoked, refresh tokens first (§2.1: that also ends the
+        grant's access tokens). Each token gets its own Idempotency-Key, derived from the step's, so a retried
+        step replays per token instead of one token's answer standing in for another's."""
+        async with self._lock(agent.agent_id):
+            self._cache.pop(agent.agent_id, None)
+            stored = await self._stored(agent.agent_id)
+            pending = sorted(
+                (token for token in stored if token.revoked_at is None), key=lambda token: token.kind != "refresh"
+            )
+            for done, token in enumerate(pending):
+                form = {"token": token.value.reveal(), "token_type_hint": token.hint}
+                key = f"{ctx.idempotency_key}:{token.name}"
+                try:
+                    status, answer = await self._post(
+                        "revocation endpoint", self._settings.revocation_url, form, (token.value.reveal(),), key
+                    )
+                    if status != 200:
+                        raise self._failure("revocation endpoint", status, answer, (token.value.reveal(),))
+                except _CallFailed as failure:
+                    detail = f"{failure.detail} ({done} of {len(pending)} tokens revoked so far)"
+                    return StepResult(self.channel, "revoke", failure.outcome, detail=detail)
+                await self._put(agent.agent_id, replace(token, revoked_at=self._clock()))
+        if not stored:
+            return StepResult(self.channel, "revoke", Outcome.DONE, detail="no token was obtained for the agent")
+        refresh = sum(1 for token in pending if token.kind == "refresh")
+        detail = (
+            f"revoked {len(pending)} tokens ({refresh} refresh, {len(pending) - refresh} access) at the "
+            "authorization server (RFC 7009)"
+        )
+        if len(stored) > len(pending):
+            detail += f"; {len(stored) - len(pending)} had been revoked by an earlier attempt"
+        return StepResult(self.channel, "revoke", Outcome.DONE, detail=detail)
+
+    async def verify_no_access(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        """RFC 7662 for every stored token: DONE, and the rows deleted, only when all answer ``active: false``."""
+        stored = await self._stored(agent.agent_id)
+        active: list[_Token] = []
+        for token in stored:
+            form = {"token": token.value.reveal(), "token_type_hint": token.hint}
+            try:
+                status, answer = await self._post(
+                    "introspection endpoint", self._settings.introspection_url, form, (token.value.reveal(),)
+                )
+                if status != 200:
+                    raise self._failure("introspection endpoint", status, answer, (token.value.reveal(),))
+            except _CallFailed as failure:
+                return StepResult(self.channel, "verify_no_access", failure.outcome, detail=failure.detail)
+            verdict = answer.get("active") if isinstance(answer, Mapping) else None
+            if not isinstance(verdict, bool):
+                detail = "the introspection endpoint answered without a boolean 'active' (RFC 7662 §2.2)"
+                return StepResult(self.channel, "verify_no_access", Outcome.FAILED, detail=detail)
+            if verdict:
+                active.append(token)
+        if active:
+            kinds = ", ".join(sorted({f"{token.kind} token" for token in active}))
+            detail = f"access remains: {len(active)} of {len(stored)} tokens still active ({kinds})"
+            return StepResult(self.channel, "verify_no_access", Outcome.FAILED, detail=detail)
+        for token in stored:
+            await self._context.secrets.delete(agent.agent_id, token.name)
+        detail = f"introspection (RFC 7662): all {len(stored)} tokens obtained for the agent are inactive"
+        return StepResult(self.channel, "verify_no_access", Outcome.DONE, detail=detail)
+
+    async def hand_over(self, agent: AgentRef, successor: AgentRef | None, ctx: StepContext) -> StepResult:
+        detail = f"channel {self.channel!r} has no ticket API configured ([channels.{self.channel}.tickets])"
+        return StepResult(self.channel, "hand_over", Outcome.NOT_APPLICABLE, detail=detail)
+
+    async def remove(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        detail = "the agent's tokens are their only footprint at this channel: no account to delete"
+        return StepResult(self.channel, "remove", Outcome.NOT_APPLICABLE, detail=detail)
+
+    async def forget(self, agent_id: str) -> None:
+        self._cache.pop(agent_id, None)
+
+    async def aclose(self) -> None:
+        self._cache.clear()
+        await self._context.aclose()
