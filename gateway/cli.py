@@ -3,7 +3,7 @@
     channelgate serve                        run the gateway (migrates the database first)
     channelgate check-config FILE            validate a configuration, naming every bad field
     channelgate migrate                      bring the database schema up to date
-    channelgate agents deprovision AGENT --reason TEXT [--successor USER]
+    channelgate agents deprovision AGENT --reason TEXT [--successor USER] [--wait [S]]
     channelgate agents status AGENT          the agent, its sessions and every pipeline step per channel
     channelgate deprovision list [--state held|attention|running|done]
     channelgate deprovision approve RUN... | --all    release runs held by the mass-deletion guard
@@ -167,7 +167,45 @@ def cmd_agents_deprovision(args: argparse.Namespace) -> int:
     missing = result.get("replicas_missing")
     if missing:
         print(f"warning: replicas did not confirm in time: {missing}", file=sys.stderr)
+    pipeline = result.get("pipeline")
+    if args.wait and isinstance(pipeline, dict):
+        return asyncio.run(_wait_for_run(settings, str(pipeline["run_id"]), args.wait))
     return 0
+
+
+async def _wait_for_run(settings: Settings, run_id: str, seconds: float) -> int:
+    """Follow a run until it finishes (or ``seconds`` pass), printing each step as it changes; 0 only if done."""
+    from gateway.deprovision.plan import RunState
+    from gateway.deprovision.status import render_run, runs_with_steps
+    from gateway.services import open_core
+
+    services = open_core(settings)
+    try:
+        deadline = time.monotonic() + seconds
+        shown = ""
+        while True:
+            run = await services.pipeline.get_run(run_id)
+            if run is None:
+                raise ChannelgateError(f"deprovisioning run {run_id} is not in the database")
+            [entry] = await runs_with_steps(services.pipeline, [run])
+            table = render_run(entry)
+            if table != shown:
+                print(table, flush=True)
+                shown = table
+            if run.state is RunState.DONE:
+                return 0
+            if run.state is RunState.ATTENTION:
+                print(
+                    "some steps did not complete; see the lines above (channelgate deprovision retry RUN)",
+                    file=sys.stderr,
+                )
+                return 1
+            if time.monotonic() > deadline:
+                print(f"still {run.state.value} after {seconds:g} s; the pipeline keeps going", file=sys.stderr)
+                return 3
+            await asyncio.sleep(0.5)
+    finally:
+        await services.close()
 
 
 def cmd_agents_status(args: argparse.Namespace) -> int:
@@ -399,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("agent", help="agent id or userName")
     p.add_argument("--reason", required=True)
     p.add_argument("--successor", help="userName who takes the agent's open tickets (default: the agent's manager)")
+    p.add_argument(
+        "--wait", type=float, nargs="?", const=120.0, default=None, metavar="SECONDS",
+        help="follow the channel steps until the pipeline finishes (default 120 s), printing each receipt",
+    )  # fmt: skip
     p.set_defaults(func=cmd_agents_deprovision)
     p = agents.add_parser("status", help="show an agent")
     p.add_argument("agent")

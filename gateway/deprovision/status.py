@@ -19,3 +19,20 @@ async def runs_with_steps(pipeline: PipelineRepository, runs: list[RunRecord]) -
 async def agent_pipeline(pipeline: PipelineRepository, agent_id: str, limit: int = 5) -> list[dict[str, object]]:
     """The agent's newest ``limit`` runs with their steps."""
     return await runs_with_steps(pipeline, (await pipeline.runs_of_agent(agent_id))[:limit])
+
+
+def render_run(run: dict[str, object]) -> str:
+    """A run as a terminal table: one line per step and channel, the receipt's detail and vendor reference."""
+    lines = [
+        f"deprovisioning run {run['run_id']} of {run['user_name']} ({run['source']}, by {run['actor']}): "
+        f"{str(run['state']).upper()}"
+    ]
+    steps = run.get("steps")
+    for step in steps if isinstance(steps, list) else []:
+        reference = f" [ref {step['vendor_reference']}]" if step.get("vendor_reference") else ""
+        tries = f" after {step['attempts']} attempts" if int(step.get("attempts") or 0) > 1 else ""
+        lines.append(
+            f"  {step['channel']:<10} {step['step']:<10} {step['state']:<15} {step.get('detail') or ''}{tries}"
+            f"{reference}"
+        )
+    return "\n".join(lines)
