@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from connectors.base import Connector
 from connectors.context import ConnectorContext
 from connectors.oauth2 import OAuth2Connector
+from connectors.seats import SeatsConnector
 from connectors.static import StaticCredentialConnector
 from gateway.errors import ConfigError
 
@@ -15,6 +16,7 @@ ConnectorFactory = Callable[[ConnectorContext], Connector]
 KINDS: Mapping[str, ConnectorFactory] = {
     "static": StaticCredentialConnector.from_context,
     "oauth2": OAuth2Connector.from_context,
+    "seats": SeatsConnector.from_context,
 }
 
 

@@ -15,9 +15,12 @@ import re
 import time
 from collections.abc import Callable
 
+import aiohttp
+
 from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
 from connectors.context import ConnectorContext, CredentialLoader
 from connectors.secret import Secret
+from connectors.tickets import TicketDesk
 from gateway.errors import ConfigError, VaultError
 from gateway.settings import StaticChannelSettings
 
@@ -44,6 +47,7 @@ class StaticCredentialConnector:
         credential_loader: CredentialLoader,
         *,
         clock: Callable[[], float] = time.monotonic,
+        http: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
         self.channel = channel
         self._inject = settings.inject
@@ -55,11 +59,18 @@ class StaticCredentialConnector:
         self._cached: Secret | None = None
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
+        # Open tickets are handed over through the channel's ticket API, presenting the credential as upstream.
+        self._tickets: TicketDesk | None = None
+        if settings.tickets is not None:
+            if http is None:
+                raise ConfigError(f"channel {channel!r}: a ticket API needs the connector's HTTP client")
+            self._tickets = TicketDesk(channel, settings.tickets, credential_loader, http, self._ticket_authorization)
+            self.capabilities = frozenset({Capability.INJECT, Capability.TICKETS})
 
     @classmethod
     def from_context(cls, context: ConnectorContext) -> StaticCredentialConnector:
         assert isinstance(context.settings, StaticChannelSettings)
-        return cls(context.channel, context.settings, context.credential)
+        return cls(context.channel, context.settings, context.credential, http=context.http)
 
     def __repr__(self) -> str:
         return f"StaticCredentialConnector(channel={self.channel!r}, inject={self._inject!r})"
@@ -95,6 +106,9 @@ class StaticCredentialConnector:
             )
         return presented
 
+    def _ticket_authorization(self, credential: Secret) -> tuple[str, str]:
+        return self._header, self._presentation(credential)
+
     async def prepare(self, agent: AgentRef, request: UpstreamRequest) -> None:
         request.set_header(self._header, self._presentation(await self._credential()))
 
@@ -117,6 +131,8 @@ class StaticCredentialConnector:
         return self._not_applicable("revoke")
 
     async def hand_over(self, agent: AgentRef, successor: AgentRef | None, ctx: StepContext) -> StepResult:
+        if self._tickets is not None:
+            return await self._tickets.hand_over(agent, successor, ctx)
         return self._not_applicable("hand_over")
 
     async def verify_no_access(self, agent: AgentRef, ctx: StepContext) -> StepResult:

@@ -319,6 +319,16 @@ class SeatsChannelSettings(_ChannelBase):
     inject: Literal["bearer", "header"] = "bearer"
     header_name: str | None = None
     remove: Literal["disable", "delete"] = "disable"
+    #: A side-effect-free URL at the console that answers 2xx to a live seat key and 401/403 to any other (like
+    #: Slack's ``auth.test``); when set, the final check also proves the agent's old key is refused there.
+    key_check_url: AnyHttpUrl | None = None
+
+    @field_validator("admin_url")
+    @classmethod
+    def _admin_base(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if not str(value).endswith("/"):
+            raise ValueError("admin_url must end with '/' (the admin API's base, for example http://host/admin/)")
+        return value
 
     @model_validator(mode="after")
     def _header_name(self) -> SeatsChannelSettings:

@@ -55,11 +55,16 @@ async def _prepared(connector: Connector, headers: list[tuple[str, str]] | None 
 
 
 class ConnectorContract:
-    """Shared by every connector kind; subclasses provide the ``connector`` fixture, injecting ``CREDENTIAL``."""
+    """Shared by every connector kind; subclasses provide the ``connector`` fixture, injecting ``CREDENTIAL``
+    (or, for a kind with per-agent secrets, the ``credential`` fixture naming the one it injects for ``AGENT``)."""
 
     @pytest.fixture
     def connector(self) -> Connector:
         raise NotImplementedError
+
+    @pytest.fixture
+    def credential(self) -> str:
+        return CREDENTIAL
 
     async def test_a_connector_that_declares_inject_adds_each_injected_header_once(self, connector: Connector) -> None:
         request = await _prepared(connector)
@@ -75,14 +80,14 @@ class ConnectorContract:
         assert (request.method, request.url) == ("GET", URL)
 
     async def test_the_credential_reaches_the_upstream_headers_and_nothing_else(
-        self, connector: Connector, caplog: pytest.LogCaptureFixture
+        self, connector: Connector, credential: str, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
         request = await _prepared(connector)
-        assert CREDENTIAL in "\n".join(_decoded(v) for _, v in request.headers)
+        assert credential in "\n".join(_decoded(v) for _, v in request.headers)
         injected = {name.lower() for name in connector.injected_headers()}
         presented = [v for n, v in request.headers if n.lower() in injected]
-        markers = {CREDENTIAL, *presented, *(part for v in presented for part in v.split() if len(part) >= 8)}
+        markers = {credential, *presented, *(part for v in presented for part in v.split() if len(part) >= 8)}
         results = await _steps(connector)
         await connector.on_upstream_unauthorized(AGENT, request)
         elsewhere = [
