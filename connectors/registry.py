@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 from connectors.base import Connector
 from connectors.context import ConnectorContext
+from connectors.cookie_jar import CookieJarConnector
 from connectors.oauth2 import OAuth2Connector
 from connectors.seats import SeatsConnector
 from connectors.static import StaticCredentialConnector
@@ -17,6 +18,7 @@ KINDS: Mapping[str, ConnectorFactory] = {
     "static": StaticCredentialConnector.from_context,
     "oauth2": OAuth2Connector.from_context,
     "seats": SeatsConnector.from_context,
+    "cookie_jar": CookieJarConnector.from_context,
 }
 
 

@@ -339,16 +339,34 @@ class SeatsChannelSettings(_ChannelBase):
 
 class CookieJarChannelSettings(_ChannelBase):
     """``kind = "cookie_jar"``: a legacy console with a login form. The gateway logs in as the agent (the
-    agent's console password is in the vault), keeps the console's cookies server-side (never sent to the
-    browser) and logs the console session out on deprovisioning."""
+    agent's console password is in the vault: ``channelgate channels set-agent-password``), keeps the console's
+    cookies server-side (never sent to the browser) and logs the console session out on deprovisioning."""
 
     kind: Literal["cookie_jar"]
     #: The console's origin (the login form and logout are under it).
     console_url: AnyHttpUrl
+    #: Paths on the console's origin. A redirect to ``login_path`` means "session gone": the gateway logs in again.
     login_path: str = "/login"
     logout_path: str = "/logout"
     username_field: str = "username"
     password_field: str = "password"  # noqa: S105 - the form field's name, not a password
+    #: The console's listing of a user's live sessions (``GET {sessions_path}?user=U``, the channel's vault
+    #: credential as ``Authorization: Bearer``), asked to verify that none survived a deprovisioning. Leave it
+    #: empty for a console without one: the kind then does not declare ``verify``.
+    sessions_path: str = "/admin/sessions"
+
+    @field_validator("login_path", "logout_path", "sessions_path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.startswith("//") or any(c in value for c in "?#\\")):
+            raise ValueError("must be an absolute path on the console's origin, such as '/login'")
+        return value
+
+    @model_validator(mode="after")
+    def _login_path_is_set(self) -> CookieJarChannelSettings:
+        if not self.login_path or not self.logout_path:
+            raise ValueError("login_path and logout_path are required (the console's form login and logout)")
+        return self
 
 
 def _channel_kind(value: Any) -> str:

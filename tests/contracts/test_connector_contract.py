@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from connectors.base import AgentRef, Capability, Connector, Outcome, StepContext, StepResult, UpstreamRequest
+from connectors.console_cookies import CookieJar
+from connectors.cookie_jar import JAR_PREFIX
 from connectors.secret import Secret
 from connectors.static import StaticCredentialConnector
 from gateway.settings import StaticChannelSettings
+from tests.components.form_console import form_console
+from tests.components.form_console import replicas as cookie_jar_replicas
 
 CREDENTIAL = "s3cr3t-channel-credential"
 AGENT = AgentRef(agent_id="agent-1", user_name="alice", email="alice@example.com", manager_user_name="carol")
@@ -159,3 +166,16 @@ class TestStaticBasic(ConnectorContract):
     @pytest.fixture
     def connector(self) -> Connector:
         return StaticCredentialConnector("chat", StaticChannelSettings(inject="basic"), _load)
+
+
+class TestCookieJar(ConnectorContract):
+    """The vault holds a jar with ``CREDENTIAL`` as the console session cookie of ``AGENT`` (as if another replica
+    had logged in); on a 401 the connector signs in to the real form-login console with alice's stored password."""
+
+    @pytest.fixture
+    async def connector(self, tmp_path: Path) -> AsyncIterator[Connector]:
+        async with form_console() as console, cookie_jar_replicas(tmp_path) as replicas:
+            await replicas.set_password(AGENT.agent_id, AGENT.user_name)
+            jar = CookieJar().merge([f"legacy_session={CREDENTIAL}; Path=/"], time.time())
+            await replicas.secrets().put(AGENT.agent_id, JAR_PREFIX + "seeded", Secret(jar.dumps()))
+            yield replicas.connector(console)

@@ -1,0 +1,382 @@
+"""Cookie-jar login (``kind = "cookie_jar"``): the gateway signs in to a legacy console's form as the agent and
+keeps the console's cookies server-side, so the browser never holds the console session (issue 4).
+
+Per agent and channel, sealed by the vault in ``agent_secrets`` and shared by every replica: the agent's console
+password (``password``, stored by ``channelgate channels set-agent-password``) and every jar a login obtained
+(``cookie_jar/<id>``). ``prepare`` sends the jar as the upstream ``Cookie`` header (the proxy has dropped the
+browser's cookies for the channel): from this replica's memory, else the newest stored jar (another replica's
+login), else a form login, one at a time per agent. ``on_upstream_response`` takes every ``Set-Cookie`` out of the
+console's answer and into the jar (RFC 6265 §5.3, connectors/console_cookies.py), storing it when it changed.
+``on_upstream_unauthorized`` (a 401, or a redirect to the login form) adopts a jar another request obtained in
+the meantime, else logs in again and logs the refused jar out — at most once per ``RELOGIN_FLOOR_SECONDS`` per
+agent, so a page that always answers 401 does not become a login per request. A refused password is not tried
+again for ``REFUSED_BACKOFF_SECONDS`` unless it is stored anew, so a wrong password cannot lock the console
+account by repetition.
+
+Each login is a row of its own, so two replicas logging in at the same moment both leave a jar for ``revoke``,
+which logs every stored jar out (``Idempotency-Key`` per jar) and then forgets it: the console never keeps a
+session the gateway lost track of. ``verify_no_access`` asks the console's session listing, the only proof
+that no session survived. ``remove`` deletes the stored password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urljoin, urlsplit
+from weakref import WeakValueDictionary
+
+import aiohttp
+
+from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
+from connectors.console_cookies import CookieJar
+from connectors.context import AgentSecrets, AgentSecretValue, ConnectorContext, CredentialLoader
+from connectors.secret import Secret
+from connectors.tickets import TicketDesk
+from connectors.vendor_http import Unreachable, VendorAnswer, call
+from gateway.errors import UpstreamError, VaultError
+from gateway.settings import CookieJarChannelSettings
+from gateway.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+PASSWORD = "password"  # noqa: S105 - the name of the agent_secrets row, not a password
+JAR_PREFIX = "cookie_jar/"
+RELOGIN_FLOOR_SECONDS = 5.0
+REFUSED_BACKOFF_SECONDS = 30.0
+MAX_CACHED_AGENTS = 10_000
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class ConsoleLoginFailed(UpstreamError):
+    """The console refused the stored password, or none is stored: answered with what an administrator must do,
+    never retried in a loop."""
+
+    code = "console_login_failed"
+
+
+def login_redirect(status: int, location: str | None, request_url: str, login_path: str) -> bool:
+    """Whether an answer to ``request_url`` is a redirect to the console's login form (its session is gone):
+    ``Location`` resolved against the request (RFC 9110 §10.2.2), compared on the path."""
+    if status not in REDIRECTS or not location:
+        return False
+    return urlsplit(urljoin(request_url, location)).path == login_path
+
+
+@dataclass(frozen=True, slots=True)
+class HeldJar:
+    """A jar and the ``agent_secrets`` row it is stored in."""
+
+    name: str
+    jar: CookieJar
+    updated_at: datetime | None = None
+
+
+def _set_cookies(headers: list[tuple[str, str]]) -> list[str]:
+    """Remove every ``Set-Cookie`` from ``headers`` in place and return their values."""
+    taken = [value for name, value in headers if name.lower() == "set-cookie"]
+    if taken:
+        headers[:] = [(name, value) for name, value in headers if name.lower() != "set-cookie"]
+    return taken
+
+
+class CookieJarConnector:
+    def __init__(
+        self,
+        channel: str,
+        settings: CookieJarChannelSettings,
+        secrets_: AgentSecrets,
+        credential: CredentialLoader,
+        http: Callable[[], aiohttp.ClientSession],
+        *,
+        tickets: TicketDesk | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.channel = channel
+        self._settings = settings
+        self._secrets = secrets_
+        self._credential = credential
+        self._http = http
+        self._tickets = tickets
+        self._clock = clock
+        self._monotonic = monotonic
+        origin = urlsplit(str(settings.console_url))
+        self._origin = f"{origin.scheme}://{origin.netloc}"
+        capabilities = {Capability.INJECT, Capability.COOKIE_JAR, Capability.CONSOLE_LOGOUT}
+        if settings.sessions_path:
+            capabilities.add(Capability.VERIFY)
+        if tickets is not None:
+            capabilities.add(Capability.TICKETS)
+        self.capabilities = frozenset(capabilities)
+        self._jars: OrderedDict[str, HeldJar] = OrderedDict()
+        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        self._last_login: dict[str, float] = {}
+        #: agent_id → (the refused password's updated_at, monotonic time until which it is not tried again).
+        self._refused: dict[str, tuple[datetime, float]] = {}
+
+    @classmethod
+    def from_context(cls, context: ConnectorContext) -> CookieJarConnector:
+        assert isinstance(context.settings, CookieJarChannelSettings)
+        return cls(
+            context.channel,
+            context.settings,
+            context.secrets,
+            context.credential,
+            context.http,
+            tickets=TicketDesk.for_context(context),
+        )
+
+    def __repr__(self) -> str:
+        return f"CookieJarConnector(channel={self.channel!r}, console={self._origin!r})"
+
+    @property
+    def login_path(self) -> str:
+        return self._settings.login_path
+
+    def injected_headers(self) -> tuple[str, ...]:
+        return ("Cookie",)
+
+    # --- the proxied request --------------------------------------------------------------------------------
+
+    def _lock(self, agent_id: str) -> asyncio.Lock:
+        lock = self._locks.get(agent_id)
+        if lock is None:
+            lock = self._locks[agent_id] = asyncio.Lock()
+        return lock
+
+    def _remember(self, agent_id: str, held: HeldJar) -> HeldJar:
+        self._jars[agent_id] = held
+        while len(self._jars) > MAX_CACHED_AGENTS:
+            self._jars.popitem(last=False)
+        return held
+
+    @staticmethod
+    def _present(request: UpstreamRequest, header: str) -> None:
+        if header:
+            request.set_header("Cookie", header)
+        else:
+            request.headers[:] = [(n, v) for n, v in request.headers if n.lower() != "cookie"]
+
+    async def prepare(self, agent: AgentRef, request: UpstreamRequest) -> None:
+        held = self._jars.get(agent.agent_id)
+        if held is None or not held.jar.live(self._clock()):
+            held = await self._usable_jar(agent, stale=held)
+        self._present(request, held.jar.header(request.url, self._clock()))
+
+    async def _usable_jar(self, agent: AgentRef, stale: HeldJar | None) -> HeldJar:
+        async with self._lock(agent.agent_id):
+            held = self._jars.get(agent.agent_id)
+            if held is not None and held is not stale and held.jar.live(self._clock()):
+                return held  # another request of this agent got one while this one waited
+            stored = await self._newest_stored(agent.agent_id)
+            if stored is not None:
+                return self._remember(agent.agent_id, stored)
+            return await self._login(agent)
+
+    async def on_upstream_response(self, agent: AgentRef, status: int, headers: list[tuple[str, str]]) -> None:
+        """Every ``Set-Cookie`` goes into the agent's jar, none to the browser (RFC 6265 §5.3 storage model)."""
+        lines = _set_cookies(headers)
+        if not lines:
+            return
+        async with self._lock(agent.agent_id):
+            held = self._jars.get(agent.agent_id) or await self._newest_stored(agent.agent_id)
+            if held is None:
+                return  # nothing of ours to update: the cookies are dropped, never passed on
+            merged = held.jar.merge(lines, self._clock())
+            if merged == held.jar:
+                return
+            if merged.live(self._clock()):
+                await self._secrets.put(agent.agent_id, held.name, Secret(merged.dumps()))
+                self._remember(agent.agent_id, HeldJar(held.name, merged))
+            else:
+                # The console deleted its session cookie. The stored row keeps the cookies it had: this answer
+                # may belong to an older session than the cached jar, and a row is dropped only once a logout
+                # (the next re-login's, or revoke's) has been answered, so no live session is ever forgotten.
+                self._jars.pop(agent.agent_id, None)
+
+    async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
+        """The console refused the jar that was sent: use a newer one if another request or replica got it,
+        else log in again (at most once per ``RELOGIN_FLOOR_SECONDS``) and log the refused jar out."""
+        sent = request.header("Cookie") or ""
+        async with self._lock(agent.agent_id):
+            now = self._clock()
+            held = self._jars.get(agent.agent_id)
+            candidates = [h for h in (held, await self._newest_stored(agent.agent_id)) if h is not None]
+            for candidate in candidates:
+                header = candidate.jar.header(request.url, now)
+                if candidate.jar.live(now) and header != sent:
+                    self._remember(agent.agent_id, candidate)
+                    self._present(request, header)
+                    return True
+            if self._monotonic() - self._last_login.get(agent.agent_id, float("-inf")) < RELOGIN_FLOOR_SECONDS:
+                return False  # a fresh session was refused too: another login would not help
+            fresh = await self._login(agent)
+            refused = {c.name: c for c in candidates if c.jar.header(request.url, now) == sent}
+            for old in refused.values():
+                await self._retire(agent.agent_id, old)
+            self._present(request, fresh.jar.header(request.url, self._clock()))
+            return True
+
+    # --- the console's form login and logout ----------------------------------------------------------------
+
+    async def _stored(self, agent_id: str) -> list[HeldJar]:
+        rows: Sequence[AgentSecretValue] = await self._secrets.list(agent_id)
+        return [
+            HeldJar(row.name, CookieJar.loads(row.value.reveal()), row.updated_at)
+            for row in rows
+            if row.name.startswith(JAR_PREFIX)
+        ]
+
+    async def _newest_stored(self, agent_id: str) -> HeldJar | None:
+        now = self._clock()
+        live = [held for held in await self._stored(agent_id) if held.jar.live(now)]
+        return max(live, key=lambda held: held.updated_at or datetime.min, default=None)
+
+    def _refusal(self, agent: AgentRef) -> ConsoleLoginFailed:
+        return ConsoleLoginFailed(
+            f"The {self.channel} console refused the password channelgate holds for {agent.user_name}. "
+            f"An administrator stores the right one with: "
+            f"channelgate channels set-agent-password {self.channel} {agent.user_name}",
+        )
+
+    async def _login(self, agent: AgentRef) -> HeldJar:
+        """POST the console's login form as the agent; a success is a redirect away from the form that sets a
+        cookie (the POST/redirect/GET every form login answers with, RFC 9110 §15.4.4)."""
+        password = await self._secrets.get(agent.agent_id, PASSWORD)
+        if password is None:
+            raise ConsoleLoginFailed(
+                f"channelgate holds no {self.channel} console password for {agent.user_name}. An administrator "
+                f"stores it with: channelgate channels set-agent-password {self.channel} {agent.user_name}"
+            )
+        refused = self._refused.get(agent.agent_id)
+        if refused is not None and refused[0] == password.updated_at and self._monotonic() < refused[1]:
+            raise self._refusal(agent)
+        url = self._origin + self._settings.login_path
+        form = {self._settings.username_field: agent.user_name, self._settings.password_field: password.value.reveal()}
+        try:
+            async with self._http().post(url, data=form, allow_redirects=False) as response:
+                status, location = response.status, response.headers.get("Location")
+                lines = response.headers.getall("Set-Cookie", [])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(
+                f"The {self.channel} console could not be reached to sign you in; try again shortly.",
+                detail=f"login: {type(exc).__name__}",
+            ) from None
+        if status >= 500 or status in (408, 429):
+            raise UpstreamError(
+                f"The {self.channel} console failed while signing you in; try again shortly.",
+                detail=f"login answered HTTP {status}",
+            )
+        now = self._clock()
+        jar = CookieJar().merge(lines, now)
+        if status not in REDIRECTS or not jar.live(now) or login_redirect(status, location, url, self.login_path):
+            self._refused[agent.agent_id] = (password.updated_at, self._monotonic() + REFUSED_BACKOFF_SECONDS)
+            log.warning("console login refused: channel=%s agent=%s status=%s", self.channel, agent.agent_id, status)
+            raise self._refusal(agent)
+        self._refused.pop(agent.agent_id, None)
+        held = HeldJar(JAR_PREFIX + secrets.token_hex(8), jar)
+        await self._secrets.put(agent.agent_id, held.name, Secret(jar.dumps()), {"obtained_at": utcnow().isoformat()})
+        self._last_login[agent.agent_id] = self._monotonic()
+        return self._remember(agent.agent_id, held)
+
+    async def _logout(self, held: HeldJar, idempotency_key: str) -> VendorAnswer | Unreachable:
+        url = self._origin + self._settings.logout_path
+        cookie = held.jar.header(url, self._clock())
+        return await call(self._http(), "POST", url, authorization=("Cookie", cookie), idempotency_key=idempotency_key)
+
+    async def _retire(self, agent_id: str, held: HeldJar) -> None:
+        """Log out a jar the console refused and forget it; kept for ``revoke`` when the console did not answer."""
+        answer = await self._logout(held, f"retire:{held.name}")
+        if isinstance(answer, VendorAnswer) and answer.status < 500:
+            await self._secrets.delete(agent_id, held.name)
+
+    # --- deprovisioning -------------------------------------------------------------------------------------
+
+    def _result(self, step: str, outcome: Outcome, detail: str) -> StepResult:
+        return StepResult(self.channel, step, outcome, detail=detail)
+
+    async def provision(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        return self._result(
+            "provision",
+            Outcome.NOT_APPLICABLE,
+            "the console's accounts are its own; the gateway holds the agent's password (set-agent-password)",
+        )
+
+    async def revoke(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        """Log out every console session the gateway holds for the agent, then forget its jar."""
+        async with self._lock(agent.agent_id):
+            self._jars.pop(agent.agent_id, None)
+            held = await self._stored(agent.agent_id)
+            ended = 0
+            for jar in held:
+                answer = await self._logout(jar, f"{ctx.idempotency_key}/{jar.name}")
+                if answer.outcome is Outcome.DONE or (isinstance(answer, VendorAnswer) and answer.status in REDIRECTS):
+                    await self._secrets.delete(agent.agent_id, jar.name)
+                    ended += 1
+                    continue
+                left = len(held) - ended
+                return self._result(
+                    "revoke",
+                    answer.outcome,
+                    f"console logout of {agent.user_name}: {answer.describe()}; {left} session(s) still to log out",
+                )
+        if not held:
+            return self._result("revoke", Outcome.DONE, f"no console session held for {agent.user_name}")
+        return self._result("revoke", Outcome.DONE, f"logged out {ended} console session(s) of {agent.user_name}")
+
+    async def verify_no_access(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        """The console's own listing of the agent's live sessions must be empty."""
+        step = "verify_no_access"
+        if not self._settings.sessions_path:
+            return self._result(step, Outcome.NOT_APPLICABLE, "the console lists no sessions (sessions_path unset)")
+        try:
+            credential = await self._credential()
+        except VaultError as exc:
+            return self._result(step, Outcome.FAILED, exc.message)
+        answer = await call(
+            self._http(),
+            "GET",
+            self._origin + self._settings.sessions_path,
+            authorization=("Authorization", f"Bearer {credential.reveal()}"),
+            params={"user": agent.user_name},
+        )
+        if isinstance(answer, Unreachable) or answer.outcome is not Outcome.DONE:
+            detail = f"console session listing for {agent.user_name}: {answer.describe()}"
+            if isinstance(answer, VendorAnswer) and answer.status in (401, 403):
+                detail += f"; store the channel credential again (channelgate channels set-credential {self.channel})"
+            return self._result(step, answer.outcome, detail)
+        sessions = answer.field("sessions")
+        if not isinstance(sessions, list):
+            return self._result(step, Outcome.FAILED, "the console's session listing has no 'sessions' list")
+        if sessions:
+            return self._result(
+                step, Outcome.FAILED, f"access remains: the console lists {len(sessions)} live session(s) for "
+                f"{agent.user_name}"
+            )  # fmt: skip
+        return self._result(step, Outcome.DONE, f"the console lists no live session for {agent.user_name}")
+
+    async def hand_over(self, agent: AgentRef, successor: AgentRef | None, ctx: StepContext) -> StepResult:
+        if self._tickets is not None:
+            return await self._tickets.hand_over(agent, successor, ctx)
+        return self._result("hand_over", Outcome.NOT_APPLICABLE, "the channel has no ticket API configured")
+
+    async def remove(self, agent: AgentRef, ctx: StepContext) -> StepResult:
+        """Delete the stored console password, so the gateway can no longer sign in as the departed agent."""
+        deleted = await self._secrets.delete(agent.agent_id, PASSWORD)
+        detail = "stored console password deleted" if deleted else "no console password was stored"
+        return self._result("remove", Outcome.DONE, detail)
+
+    async def forget(self, agent_id: str) -> None:
+        self._jars.pop(agent_id, None)
+
+    async def aclose(self) -> None:
+        self._jars.clear()
+        self._last_login.clear()
+        self._refused.clear()
