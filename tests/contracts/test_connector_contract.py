@@ -23,6 +23,8 @@ from connectors.static import StaticCredentialConnector
 from gateway.settings import StaticChannelSettings
 from tests.components.form_console import form_console
 from tests.components.form_console import replicas as cookie_jar_replicas
+from tests.components.oauth_console import oauth_console
+from tests.components.oauth_console import replicas as oauth2_replicas
 
 CREDENTIAL = "s3cr3t-channel-credential"
 AGENT = AgentRef(agent_id="agent-1", user_name="alice", email="alice@example.com", manager_user_name="carol")
@@ -178,4 +180,17 @@ class TestCookieJar(ConnectorContract):
             await replicas.set_password(AGENT.agent_id, AGENT.user_name)
             jar = CookieJar().merge([f"legacy_session={CREDENTIAL}; Path=/"], time.time())
             await replicas.secrets().put(AGENT.agent_id, JAR_PREFIX + "seeded", Secret(jar.dumps()))
+            yield replicas.connector(console)
+
+
+class TestOAuth2(ConnectorContract):
+    """``agent_secrets`` holds ``CREDENTIAL`` as ``AGENT``'s live access token (as if another replica had obtained
+    it); on a 401 the connector exchanges a new one at the real console's token endpoint."""
+
+    @pytest.fixture
+    async def connector(self, tmp_path: Path) -> AsyncIterator[Connector]:
+        async with oauth_console() as console, oauth2_replicas(tmp_path) as replicas:
+            now = time.time()
+            meta = {"kind": "access", "grant": "seeded", "obtained_at": now, "expires_at": now + 300}
+            await replicas.secrets().put(AGENT.agent_id, "access:seeded", Secret(CREDENTIAL), meta)
             yield replicas.connector(console)

@@ -1,0 +1,414 @@
+"""The ``oauth2`` connector against the real chat console in its OAuth 2.0 mode, over HTTP.
+
+Each connector is one gateway replica: connectors built from one :class:`Replicas` share a real ``agent_secrets``
+table (SQLite, migrated) and vault keys. Subject tokens are signed by the gateway's real AssertionSigner, whose
+JWKS the console fetches over HTTP. See tests/components/oauth_console.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
+from connectors.oauth2 import EXPIRED_ROW_GRACE_SECONDS, OAuth2Connector
+from deploy.demo.console_auth import ASSERTION_HEADER
+from gateway.errors import UpstreamError
+from gateway.storage.agent_secrets import AgentSecretRepository, StoredAgentSecret
+from tests.components.oauth_console import (
+    CHANNEL,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    OAuthConsole,
+    Replicas,
+    oauth_console,
+    serve_asgi,
+)
+from tests.components.oauth_console import replicas as shared_database
+
+ALICE = AgentRef(agent_id="agent-alice", user_name="alice")
+BOB = AgentRef(agent_id="agent-bob", user_name="bob")
+CTX = StepContext(idempotency_key="run-1:chat:revoke")
+
+
+@pytest.fixture
+async def console() -> AsyncIterator[OAuthConsole]:
+    async with oauth_console() as console:
+        yield console
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path) -> AsyncIterator[Replicas]:
+    async with shared_database(tmp_path) as replicas:
+        yield replicas
+
+
+class Clock:
+    """Wall time plus a shift the test moves, for the connector's expiry decisions only: the console keeps real
+    time, and subject tokens are always signed at real time."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.shift
+
+
+async def prepared(connector: OAuth2Connector, agent: AgentRef = ALICE) -> UpstreamRequest:
+    request = UpstreamRequest("GET", "http://console.internal/")
+    await connector.prepare(agent, request)
+    return request
+
+
+def bearer(request: UpstreamRequest) -> str:
+    scheme, _, token = (request.header("Authorization") or "").partition(" ")
+    assert scheme == "Bearer"
+    return token
+
+
+async def console_page(console: OAuthConsole, request: UpstreamRequest, agent: AgentRef = ALICE) -> httpx.Response:
+    """What the console answers to the prepared request, sent with the gateway's assertion as the proxy would."""
+    headers = {**dict(request.headers), ASSERTION_HEADER: console.assertion(agent.agent_id, agent.user_name)}
+    async with httpx.AsyncClient() as client:
+        return await client.get(f"{console.url}/", headers=headers)
+
+
+async def revoke_at_console(console: OAuthConsole, token: str) -> None:
+    """What an administrator of the channel would do: revoke one token through RFC 7009 directly."""
+    pair = f"{quote_plus(CLIENT_ID)}:{quote_plus(CLIENT_SECRET)}"  # RFC 6749 §2.3.1
+    headers = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{console.url}/oauth/revoke", data={"token": token}, headers=headers)
+    assert answer.status_code == 200
+
+
+class CountingRepository(AgentSecretRepository):
+    """The real repository, counting reads: proves the hot path does not go to the database."""
+
+    reads = 0
+
+    async def list(
+        self, agent_id: str, channel: str, *, conn: AsyncConnection | None = None
+    ) -> list[StoredAgentSecret]:
+        self.reads += 1
+        return await super().list(agent_id, channel, conn=conn)
+
+
+async def test_a_token_is_obtained_once_and_then_served_from_memory(console: OAuthConsole, replicas: Replicas) -> None:
+    counting = CountingRepository(replicas.repository._engine)
+    replicas.repository = counting
+    connector = replicas.connector(console)
+    first = await prepared(connector)
+    reads = counting.reads
+    later = [await prepared(connector) for _ in range(5)]
+    assert {bearer(request) for request in later} == {bearer(first)}
+    assert counting.reads == reads
+    assert console.oauth.tokens.exchanges == 1
+    page = await console_page(console, first)
+    assert page.status_code == 200
+    assert "You are <strong>alice</strong>" in page.text
+
+
+async def test_every_token_obtained_is_stored_sealed_with_its_expiry(console: OAuthConsole, replicas: Replicas) -> None:
+    request = await prepared(replicas.connector(console))
+    rows = {row.name.split(":")[0]: row for row in await replicas.secrets().list(ALICE.agent_id)}
+    assert set(rows) == {"access", "refresh"}
+    assert rows["access"].value.reveal() == bearer(request)
+    assert rows["access"].meta["expires_at"] == pytest.approx(time.time() + 300, abs=5)
+    assert rows["refresh"].meta["grant"] == rows["access"].meta["grant"]
+    for stored in await replicas.repository.list(ALICE.agent_id, CHANNEL):
+        assert bearer(request).encode() not in stored.ciphertext
+
+
+async def test_concurrent_requests_for_one_agent_obtain_one_token(console: OAuthConsole, replicas: Replicas) -> None:
+    connector = replicas.connector(console)
+    requests = await asyncio.gather(*(prepared(connector) for _ in range(20)))
+    assert len({bearer(request) for request in requests}) == 1
+    assert console.oauth.tokens.exchanges == 1
+
+
+async def test_another_replica_uses_the_stored_token_without_a_new_exchange(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    first = await prepared(replicas.connector(console))
+    second = await prepared(replicas.connector(console))
+    assert bearer(second) == bearer(first)
+    assert console.oauth.tokens.exchanges == 1
+
+
+async def test_each_agent_gets_their_own_token(console: OAuthConsole, replicas: Replicas) -> None:
+    connector = replicas.connector(console)
+    alice, bob = await prepared(connector, ALICE), await prepared(connector, BOB)
+    assert bearer(alice) != bearer(bob)
+    assert (await console_page(console, bob, BOB)).status_code == 200
+    assert (await console_page(console, alice, BOB)).status_code == 401  # alice's token is not bob's
+
+
+async def test_the_token_is_refreshed_before_it_expires(console: OAuthConsole, replicas: Replicas) -> None:
+    clock = Clock()
+    connector = replicas.connector(console, clock=clock, refresh_margin_seconds=30)
+    first = await prepared(connector)
+    clock.shift = 300 - 30 + 1
+    second = await prepared(connector)
+    assert bearer(second) != bearer(first)
+    assert console.oauth.tokens.exchanges == 1  # the refresh grant, not another exchange
+    assert (await console_page(console, second)).status_code == 200
+    names = [row.name for row in await replicas.secrets().list(ALICE.agent_id)]
+    assert sum(name.startswith("refresh:") for name in names) == 1  # the rotated refresh token replaced (§6)
+
+
+async def test_access_token_rows_long_past_expiry_are_dropped(console: OAuthConsole, replicas: Replicas) -> None:
+    clock = Clock()
+    connector = replicas.connector(console, clock=clock)
+    first = await prepared(connector)
+    clock.shift = 300 + EXPIRED_ROW_GRACE_SECONDS + 1
+    second = await prepared(connector)
+    values = {row.value.reveal() for row in await replicas.secrets().list(ALICE.agent_id)}
+    assert bearer(second) in values
+    assert bearer(first) not in values
+
+
+async def test_a_401_refreshes_once_and_the_resent_request_is_accepted(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    request = await prepared(connector)
+    await revoke_at_console(console, bearer(request))
+    refused = await console_page(console, request)
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    assert await connector.on_upstream_unauthorized(ALICE, request) is True
+    assert (await console_page(console, request)).status_code == 200
+    assert console.oauth.tokens.exchanges == 1
+    assert [name for name, _ in request.headers].count("Authorization") == 1
+
+
+async def test_after_the_grant_is_revoked_a_401_exchanges_a_new_token(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    request = await prepared(connector)
+    [refresh] = [r for r in await replicas.secrets().list(ALICE.agent_id) if r.name.startswith("refresh:")]
+    await revoke_at_console(console, refresh.value.reveal())
+    assert await connector.on_upstream_unauthorized(ALICE, request) is True
+    assert (await console_page(console, request)).status_code == 200
+    assert console.oauth.tokens.exchanges == 2
+
+
+async def test_a_401_for_a_token_another_request_already_replaced_takes_the_new_one(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    one, two = await prepared(connector), await prepared(connector)
+    await revoke_at_console(console, bearer(one))
+    results = await asyncio.gather(
+        connector.on_upstream_unauthorized(ALICE, one), connector.on_upstream_unauthorized(ALICE, two)
+    )
+    assert list(results) == [True, True]
+    assert bearer(one) == bearer(two)
+    access_rows = [r for r in await replicas.secrets().list(ALICE.agent_id) if r.name.startswith("access:")]
+    assert len(access_rows) == 2  # the refused one (kept for the pipeline) and one replacement, not two
+
+
+async def test_tokens_obtained_on_one_replica_are_revoked_and_verified_by_another(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    replica_a, replica_b = replicas.connector(console), replicas.connector(console)
+    request = await prepared(replica_a)
+    revoked = await replica_b.revoke(ALICE, CTX)
+    assert revoked.outcome is Outcome.DONE, revoked.detail
+    assert "revoked 2 tokens (1 refresh, 1 access)" in revoked.detail
+    refused = await console_page(console, request)
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    rows = await replicas.secrets().list(ALICE.agent_id)
+    assert len(rows) == 2
+    assert all(row.meta["revoked_at"] for row in rows)  # kept until verified
+    [effect] = console.effects.entries
+    assert (effect.effect, effect.subject) == ("token_revoked", "alice")
+    assert effect.idempotency_key is not None
+    assert effect.idempotency_key.startswith(CTX.idempotency_key)
+    verified = await replica_b.verify_no_access(ALICE, CTX)
+    assert verified.outcome is Outcome.DONE, verified.detail
+    assert await replicas.secrets().list(ALICE.agent_id) == []
+
+
+async def test_after_revocation_the_agent_is_not_served_the_revoked_token_again(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    first = await prepared(connector)
+    await connector.revoke(ALICE, CTX)
+    again = await prepared(connector)
+    assert bearer(again) != bearer(first)
+    assert console.oauth.tokens.exchanges == 2
+
+
+async def test_verification_fails_while_a_token_is_still_active(console: OAuthConsole, replicas: Replicas) -> None:
+    connector = replicas.connector(console)
+    await prepared(connector)
+    result = await connector.verify_no_access(ALICE, CTX)
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("access remains: 2 of 2 tokens still active")
+    assert len(await replicas.secrets().list(ALICE.agent_id)) == 2
+
+
+async def test_with_nothing_obtained_revoke_and_verify_are_done_and_say_so(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    revoked = await connector.revoke(ALICE, CTX)
+    verified = await connector.verify_no_access(ALICE, CTX)
+    assert (revoked.outcome, verified.outcome) == (Outcome.DONE, Outcome.DONE)
+    assert revoked.detail == "no token was obtained for the agent"
+    assert "all 0 tokens" in verified.detail
+    assert console.effects.entries == []
+
+
+async def test_a_channel_that_cannot_be_reached_is_retried_and_completes_when_it_is_back(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    await prepared(connector)
+    await console.served.stop()
+    revoked = await connector.revoke(ALICE, CTX)
+    verified = await connector.verify_no_access(ALICE, CTX)
+    assert (revoked.outcome, verified.outcome) == (Outcome.RETRY, Outcome.RETRY)
+    assert "cannot be reached" in revoked.detail
+    assert "0 of 2 tokens revoked so far" in revoked.detail
+    assert all(row.meta["revoked_at"] is None for row in await replicas.secrets().list(ALICE.agent_id))
+    with pytest.raises(UpstreamError, match="cannot be reached"):
+        await prepared(connector, BOB)
+
+
+async def test_a_wrong_client_secret_fails_with_an_actionable_detail_and_no_secret(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    wrong = "not-the-client-secret-9d1e"
+    await prepared(replicas.connector(console))
+    misconfigured = replicas.connector(console, secret=wrong)
+    with pytest.raises(UpstreamError) as raised:
+        await prepared(misconfigured, BOB)
+    results = [await misconfigured.revoke(ALICE, CTX), await misconfigured.verify_no_access(ALICE, CTX)]
+    assert [result.outcome for result in results] == [Outcome.FAILED, Outcome.FAILED]
+    for text in (str(raised.value), *(result.detail for result in results)):
+        assert "invalid_client" in text
+        assert f"client_id {CLIENT_ID!r}" in text
+        assert f"channelgate channels set-credential {CHANNEL}" in text
+        assert wrong not in text
+        assert CLIENT_SECRET not in text
+    assert console.effects.entries == []
+
+
+async def test_a_retried_revocation_reaches_the_console_as_a_replay_with_one_effect(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    await prepared(connector)
+    before = await replicas.repository.list(ALICE.agent_id, CHANNEL)
+    assert (await connector.revoke(ALICE, CTX)).outcome is Outcome.DONE
+    # A crash between the console's answers and our commit: the rows come back unmarked, the step runs again.
+    for stored in before:
+        await replicas.repository.put(stored)
+    again = await replicas.connector(console).revoke(ALICE, CTX)
+    assert again.outcome is Outcome.DONE
+    assert console.oauth.replays == 2  # one per token, each under its own key
+    assert len(console.effects.entries) == 1
+    assert (await connector.verify_no_access(ALICE, CTX)).outcome is Outcome.DONE
+
+
+async def test_hand_over_and_remove_are_not_applicable_without_a_ticket_api(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    assert connector.capabilities == {Capability.INJECT, Capability.REVOKE_TOKENS, Capability.VERIFY}
+    assert (await connector.hand_over(ALICE, BOB, CTX)).outcome is Outcome.NOT_APPLICABLE
+    assert (await connector.remove(ALICE, CTX)).outcome is Outcome.NOT_APPLICABLE
+    assert (await connector.provision(ALICE, CTX)).outcome is Outcome.NOT_APPLICABLE
+
+
+async def test_forget_drops_this_replicas_memory_but_not_the_stored_token(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    counting = CountingRepository(replicas.repository._engine)
+    replicas.repository = counting
+    connector = replicas.connector(console)
+    first = await prepared(connector)
+    await connector.forget(ALICE.agent_id)
+    reads = counting.reads
+    again = await prepared(connector)
+    assert counting.reads == reads + 1
+    assert bearer(again) == bearer(first)
+    assert console.oauth.tokens.exchanges == 1
+
+
+async def test_no_token_or_secret_appears_in_receipts_logs_exceptions_or_reprs(
+    console: OAuthConsole, replicas: Replicas, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    clock = Clock()
+    connector = replicas.connector(console, clock=clock)
+    seen: set[str] = {CLIENT_SECRET, "wrong-secret-0f3b"}
+    request = await prepared(connector)
+    # The subject token of that exchange: the signer hands out the same assertion again for a while.
+    seen.add(console.signer.sign(ALICE.agent_id, ALICE.user_name, frozenset(), CHANNEL, time.time()))
+    seen |= {row.value.reveal() for row in await replicas.secrets().list(ALICE.agent_id)}
+    clock.shift = 290
+    await prepared(connector)
+    await connector.on_upstream_unauthorized(ALICE, request)
+    seen |= {row.value.reveal() for row in await replicas.secrets().list(ALICE.agent_id)}
+    texts: list[str] = [repr(connector), str(connector), repr(vars(connector))]
+    wrong = replicas.connector(console, secret="wrong-secret-0f3b")
+    results: list[StepResult] = [
+        await wrong.revoke(ALICE, CTX),
+        await connector.verify_no_access(ALICE, CTX),
+        await connector.revoke(ALICE, CTX),
+        await connector.verify_no_access(ALICE, CTX),
+    ]
+    assert [result.outcome for result in results] == [Outcome.FAILED, Outcome.FAILED, Outcome.DONE, Outcome.DONE]
+    await console.served.stop()
+    for failing in (connector, wrong):
+        try:
+            await prepared(failing, BOB)
+        except UpstreamError as error:
+            texts += [str(error), repr(error), str(error.detail)]
+    texts += [repr(result) for result in results]
+    texts.append(caplog.text)
+    assert len(seen) >= 5  # the secret, two access tokens and the rotated refresh tokens
+    assert "access token obtained for agent agent-alice" in caplog.text
+    for secret in seen:
+        assert all(secret not in text for text in texts)
+
+
+async def test_a_server_echoing_the_token_in_its_error_does_not_get_it_into_the_receipt(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    async def echo(request: Request) -> JSONResponse:
+        token = (await request.form())["token"]
+        return JSONResponse({"error": "invalid_request", "error_description": f"bad token {token}"}, status_code=400)
+
+    async def plain(request: Request) -> JSONResponse:
+        return JSONResponse({"error": "invalid_request", "error_description": "token_type_hint is odd"}, 400)
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/plain", plain, methods=["POST"])])
+    async with serve_asgi(app) as hostile:
+        request = await prepared(replicas.connector(console))
+        echoed = await replicas.connector(console, revocation_url=f"{hostile.url}/echo").revoke(ALICE, CTX)
+        described = await replicas.connector(console, revocation_url=f"{hostile.url}/plain").revoke(ALICE, CTX)
+    assert (echoed.outcome, described.outcome) == (Outcome.FAILED, Outcome.FAILED)
+    assert bearer(request) not in echoed.detail
+    assert echoed.detail.startswith("the revocation endpoint answered HTTP 400 invalid_request (")
+    assert described.detail.startswith("the revocation endpoint answered HTTP 400 invalid_request: token_type_hint")
