@@ -33,6 +33,7 @@ import aiohttp
 from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
 from connectors.context import AgentSecretValue, ConnectorContext
 from connectors.secret import Secret
+from connectors.tickets import TicketDesk
 from gateway.errors import ConfigError, UpstreamError
 from gateway.settings import OAuth2ChannelSettings
 
@@ -138,7 +139,12 @@ class OAuth2Connector:
         self._clock = clock
         self._cache: OrderedDict[str, _Token] = OrderedDict()
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
-        self.capabilities = frozenset({Capability.INJECT, Capability.REVOKE_TOKENS, Capability.VERIFY})
+        # Open tickets go through the channel's ticket API, which takes the channel credential as a Bearer token.
+        self._tickets = TicketDesk.for_context(context)
+        self.capabilities = frozenset(
+            {Capability.INJECT, Capability.REVOKE_TOKENS, Capability.VERIFY}
+            | ({Capability.TICKETS} if self._tickets is not None else set())
+        )
 
     @classmethod
     def from_context(cls, context: ConnectorContext) -> OAuth2Connector:
@@ -423,6 +429,8 @@ class OAuth2Connector:
         return StepResult(self.channel, "verify_no_access", Outcome.DONE, detail=detail)
 
     async def hand_over(self, agent: AgentRef, successor: AgentRef | None, ctx: StepContext) -> StepResult:
+        if self._tickets is not None:
+            return await self._tickets.hand_over(agent, successor, ctx)
         detail = f"channel {self.channel!r} has no ticket API configured ([channels.{self.channel}.tickets])"
         return StepResult(self.channel, "hand_over", Outcome.NOT_APPLICABLE, detail=detail)
 

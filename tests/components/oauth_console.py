@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from connectors.vault import Vault
 from deploy.demo.consoles import create_app
 from deploy.demo.effects import Effects
 from deploy.demo.oauth_server import OAuthServer
+from deploy.demo.tickets_api import Ticket
 from gateway.proxy.assertion import AssertionSigner
 from gateway.settings import AssertionSettings, DatabaseSettings, OAuth2ChannelSettings
 from gateway.storage.agent_secrets import AgentSecretRepository
@@ -118,8 +119,11 @@ class OAuthConsole:
 
 
 @contextlib.asynccontextmanager
-async def oauth_console(token_lifetime_seconds: int = 300) -> AsyncIterator[OAuthConsole]:
-    """The chat console with ``--auth oauth2``, trusting a real gateway signer whose JWKS is served over HTTP."""
+async def oauth_console(
+    token_lifetime_seconds: int = 300, tickets: Sequence[Ticket] | None = None
+) -> AsyncIterator[OAuthConsole]:
+    """The chat console with ``--auth oauth2`` (and the ticket API when ``tickets`` are given), trusting a real
+    gateway signer whose JWKS is served over HTTP."""
     signer = AssertionSigner(AssertionSettings(), ISSUER)
 
     async def jwks(request: Request) -> JSONResponse:
@@ -134,6 +138,7 @@ async def oauth_console(token_lifetime_seconds: int = 300) -> AsyncIterator[OAut
             auth="oauth2",
             client_id=CLIENT_ID,
             token_lifetime_seconds=token_lifetime_seconds,
+            tickets=tickets,
         )
         async with serve_asgi(app) as console:
             yield OAuthConsole(console, app.state.oauth, signer)

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
 from connectors.oauth2 import EXPIRED_ROW_GRACE_SECONDS, OAuth2Connector
 from deploy.demo.console_auth import ASSERTION_HEADER
+from deploy.demo.tickets_api import Ticket
 from gateway.errors import UpstreamError
 from gateway.storage.agent_secrets import AgentSecretRepository, StoredAgentSecret
 from tests.components.oauth_console import (
@@ -412,3 +413,14 @@ async def test_a_server_echoing_the_token_in_its_error_does_not_get_it_into_the_
     assert bearer(request) not in echoed.detail
     assert echoed.detail.startswith("the revocation endpoint answered HTTP 400 invalid_request (")
     assert described.detail.startswith("the revocation endpoint answered HTTP 400 invalid_request: token_type_hint")
+
+
+async def test_with_a_ticket_api_open_tickets_are_handed_to_the_successor(replicas: Replicas) -> None:
+    tickets = [Ticket("T-1", "Refund", "alice"), Ticket("T-2", "Login", "alice"), Ticket("T-3", "Other", "bob")]
+    async with oauth_console(tickets=tickets) as console:
+        desk = {"url": f"{console.url}/api/", "fallback_queue": "support"}
+        connector = replicas.connector(console, tickets=desk)
+        assert Capability.TICKETS in connector.capabilities
+        result = await connector.hand_over(ALICE, AgentRef("agent-carol", "carol"), CTX)
+    assert (result.outcome, result.detail) == (Outcome.DONE, "2 open tickets handed to carol")
+    assert [(e.effect, e.subject) for e in console.effects.entries] == [("ticket reassigned", "alice")] * 2
