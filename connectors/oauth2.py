@@ -6,7 +6,7 @@ replica's memory, from ``agent_secrets`` (another replica may have obtained it),
 grant, or from an RFC 8693 token exchange of a freshly signed identity assertion for the channel. One lock per
 agent makes concurrent requests wait for one token instead of each obtaining their own.
 
-Every token obtained is stored sealed by the vault (``access:<id>``, ``refresh:<grant>``, expiry in ``meta``)
+Every token obtained is stored sealed by the vault (``access:<id>``, ``refresh:<id>``; grant and expiry in ``meta``)
 until the deprovisioning pipeline has revoked it (RFC 7009, refresh tokens first, §2.1) and introspection
 (RFC 7662) has answered ``active: false`` for it, so any replica, or a restarted process, can end what another
 obtained. Access-token rows are dropped on their own only an hour after the expiry the server stated.
@@ -95,7 +95,7 @@ class _Token:
             kind,
             row.value,
             grant,
-            float(meta.get("obtained_at", 0.0)),
+            _number(meta.get("obtained_at")) or 0.0,
             _number(meta.get("expires_at")),
             _number(meta.get("revoked_at")),
             bool(meta.get("refused", False)),
@@ -263,7 +263,7 @@ class OAuth2Connector:
         """RFC 6749 §6. A new refresh token replaces the old one, which the client must discard (§6)."""
         form = {"grant_type": "refresh_token", "refresh_token": refresh.value.reveal()}
         answer = await self._token_call(form, sent=(refresh.value.reveal(),))
-        return await self._keep(agent, answer, refresh.grant, stored)
+        return await self._keep(agent, answer, refresh.grant, stored, replaces=refresh)
 
     async def _token_call(self, form: Mapping[str, str], sent: Sequence[str]) -> Mapping[str, Any]:
         status, answer = await self._post("token endpoint", self._settings.token_url, form, sent)
@@ -273,21 +273,36 @@ class OAuth2Connector:
             raise _CallFailed(Outcome.FAILED, "the token endpoint answered 200 without a JSON object")
         return answer
 
-    async def _keep(self, agent: AgentRef, answer: Mapping[str, Any], grant: str, stored: Sequence[_Token]) -> _Token:
-        """Check a token response (RFC 6749 §5.1, RFC 8693 §2.2.1), store what it carries, prune expired rows."""
+    async def _keep(
+        self,
+        agent: AgentRef,
+        answer: Mapping[str, Any],
+        grant: str,
+        stored: Sequence[_Token],
+        replaces: _Token | None = None,
+    ) -> _Token:
+        """Check a token response (RFC 6749 §5.1, RFC 8693 §2.2.1), store what it carries, prune expired rows.
+
+        Every token gets a row of its own name: a replica acting on a stale read can then mark only the token it
+        used, never overwrite one another replica has just stored."""
         access, refresh = answer.get("access_token"), answer.get("refresh_token")
         token_type, issued_type = answer.get("token_type"), answer.get("issued_token_type", ACCESS_TOKEN_TYPE)
         if not (isinstance(access, str) and _B64TOKEN.fullmatch(access)) or str(token_type).lower() != "bearer":
             raise _CallFailed(Outcome.FAILED, "the token endpoint answered without a usable Bearer access token")
         if issued_type != ACCESS_TOKEN_TYPE:
-            raise _CallFailed(Outcome.FAILED, f"the token endpoint issued {issued_type!r}, not an access token")
+            raise _CallFailed(Outcome.FAILED, "the token endpoint issued another token type than an access token")
         lifetime = _number(answer.get("expires_in"))
         now = self._clock()
         expires_at = now + (lifetime if lifetime is not None and lifetime > 0 else ASSUMED_LIFETIME_SECONDS)
         token = _Token(f"access:{secrets.token_hex(8)}", "access", Secret(access), grant, now, expires_at)
         await self._put(agent.agent_id, token)
         if isinstance(refresh, str) and refresh:
-            await self._put(agent.agent_id, _Token(f"refresh:{grant}", "refresh", Secret(refresh), grant, now))
+            await self._put(
+                agent.agent_id, _Token(f"refresh:{secrets.token_hex(8)}", "refresh", Secret(refresh), grant, now)
+            )
+            if replaces is not None:
+                # RFC 6749 §6: the client must discard the old refresh token once a new one is issued.
+                await self._context.secrets.delete(agent.agent_id, replaces.name)
         for old in stored:
             expired = old.expires_at is not None and old.expires_at < now - EXPIRED_ROW_GRACE_SECONDS
             if old.kind == "access" and expired:
