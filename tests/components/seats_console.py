@@ -1,6 +1,6 @@
 """Demo consoles with the seats admin API and/or the ticket API, served for real, and connectors talking to them.
 
-Each console runs under uvicorn in this test process on a free loopback port (``serve_asgi``), trusting a real
+Each console runs under uvicorn in this test process on a free loopback port, trusting a real
 gateway :class:`AssertionSigner` whose JWKS is served over HTTP. Tests read a console's effects log over HTTP
 (``GET /_effects``, service credential) and break it with the console's own fault switch (deploy/demo/faults.py)
 or by stopping it. Connectors keep per-agent secrets in a real ``agent_secrets`` table (built by the
@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connectors.context import AgentSecrets, ConnectorContext
 from connectors.seats import SeatsConnector
@@ -41,7 +42,7 @@ from gateway.settings import AssertionSettings, DatabaseSettings, SeatsChannelSe
 from gateway.storage.agent_secrets import AgentSecretRepository
 from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade_to_head
-from tests.components.oauth_console import Served, serve_asgi
+from tests.components.oauth_console import Served
 from tests.components.ports import LOOPBACK
 
 ISSUER = "http://gateway.test"
@@ -60,6 +61,19 @@ def seed(*rows: tuple[str, str | None, str]) -> list[Ticket]:
 
 
 @dataclass
+class Recorder:
+    """Wraps the console app and notes every HTTP request's method and path, as the console's access log would."""
+
+    app: ASGIApp
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.calls.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+
+@dataclass
 class Console:
     channel: str
     credential: str
@@ -67,6 +81,11 @@ class Console:
     app: Starlette
     signer: AssertionSigner
     served: Served
+    recorder: Recorder
+
+    def calls(self, method: str, path: str) -> int:
+        """How many ``method`` requests reached ``path`` (also those refused or answered from memory)."""
+        return self.recorder.calls.count((method, path))
 
     @property
     def url(self) -> str:
@@ -124,20 +143,34 @@ class Console:
     async def restart(self) -> None:
         """Serve the same app (same seats, tickets, effects) again on the same port after ``served.stop``."""
         port = int(self.url.rsplit(":", 1)[1])
-        self.served = await _serve_at(self.app, port)
+        self.served = await _serve_at(self.recorder, port)
 
 
-async def _serve_at(app: Starlette, port: int) -> Served:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+async def _serve_at(app: ASGIApp, port: int = 0) -> Served:
+    """Serve ``app`` under uvicorn on ``port`` (0: a free one) of the loopback address."""
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without
+    # it every small response waits ~40 ms for a delayed ACK (Nagle's algorithm, RFC 896 / RFC 1122 §4.2.3.2).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1))
+    config = uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()
+            raise RuntimeError("the server stopped before it started")
         await asyncio.sleep(0.01)
-    return Served(f"http://{LOOPBACK}:{port}", server, task)
+    return Served(f"http://{LOOPBACK}:{sock.getsockname()[1]}", server, task)
+
+
+@contextlib.asynccontextmanager
+async def _served(app: ASGIApp) -> AsyncIterator[Served]:
+    served = await _serve_at(app)
+    try:
+        yield served
+    finally:
+        await served.stop()
 
 
 @contextlib.asynccontextmanager
@@ -151,11 +184,12 @@ async def demo_console(
         return JSONResponse(signer.jwks())
 
     credential = ADMIN_KEY if auth == "seats" else SERVICE_CREDENTIAL
-    async with serve_asgi(Starlette(routes=[Route("/.channelgate/jwks.json", jwks)])) as gateway:
+    async with _served(Starlette(routes=[Route("/.channelgate/jwks.json", jwks)])) as gateway:
         jwks_url = f"{gateway.url}/.channelgate/jwks.json"
         app = create_app(channel, credential, jwks_url, ISSUER, auth=auth, tickets=tickets)
-        async with serve_asgi(app) as served:
-            console = Console(channel, credential, auth, app, signer, served)
+        recorder = Recorder(app)
+        async with _served(recorder) as served:
+            console = Console(channel, credential, auth, app, signer, served, recorder)
             try:
                 yield console
             finally:
@@ -182,10 +216,14 @@ class Replicas:
         """One replica's seats connector for ``console``, its admin key loaded as from the vault."""
         return SeatsConnector(self.context(console.channel, console.seats_settings(**settings), admin_key))
 
-    def static(self, console: Console, inject: str = "bearer", **settings: Any) -> StaticCredentialConnector:
-        """A static connector for ``console`` with its ticket API configured."""
+    def static(
+        self, console: Console, inject: str = "bearer", *, credential: str | None = None, **settings: Any
+    ) -> StaticCredentialConnector:
+        """A static connector for ``console`` with its ticket API configured (and the console's credential, unless
+        another ``credential`` is given)."""
         values = {"inject": inject, "tickets": console.tickets_settings(), "api_timeout_seconds": 5, **settings}
-        context = self.context(console.channel, StaticChannelSettings.model_validate(values), console.credential)
+        settings_ = StaticChannelSettings.model_validate(values)
+        context = self.context(console.channel, settings_, credential or console.credential)
         return StaticCredentialConnector.from_context(context)
 
     def secrets(self, channel: str) -> AgentSecrets:
