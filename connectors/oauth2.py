@@ -210,8 +210,11 @@ class OAuth2Connector:
             try:
                 token = await self._obtain(agent, refused)
             except _CallFailed as failure:
+                # The message is shown to the agent; the detail (hosts, settings to check) goes to the access log.
                 raise UpstreamError(
-                    f"channel {self.channel!r}: no access token for the agent: {failure.detail}", detail=failure.code
+                    f"The {self.channel} console's sign-in service did not issue you an access token. Try again "
+                    "in a moment; if it persists, tell your administrator.",
+                    detail=f"channel {self.channel!r}: {failure.detail}",
                 ) from None
             self._remember(agent.agent_id, token)
             return token
