@@ -175,7 +175,7 @@ async def _served(app: ASGIApp) -> AsyncIterator[Served]:
 
 @contextlib.asynccontextmanager
 async def demo_console(
-    channel: str, *, auth: Auth = "static", tickets: Sequence[Ticket] | None = None
+    channel: str, *, auth: Auth = "static", tickets: Sequence[Ticket] | None = None, credential: str | None = None
 ) -> AsyncIterator[Console]:
     """``channel``'s console (``auth`` "static" or "seats", with ``tickets`` when given), its gateway's JWKS served."""
     signer = AssertionSigner(AssertionSettings(), ISSUER)
@@ -183,7 +183,7 @@ async def demo_console(
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(signer.jwks())
 
-    credential = ADMIN_KEY if auth == "seats" else SERVICE_CREDENTIAL
+    credential = credential or (ADMIN_KEY if auth == "seats" else SERVICE_CREDENTIAL)
     async with _served(Starlette(routes=[Route("/.channelgate/jwks.json", jwks)])) as gateway:
         jwks_url = f"{gateway.url}/.channelgate/jwks.json"
         app = create_app(channel, credential, jwks_url, ISSUER, auth=auth, tickets=tickets)

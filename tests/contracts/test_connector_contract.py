@@ -18,6 +18,7 @@ import pytest
 from connectors.base import AgentRef, Capability, Connector, Outcome, StepContext, StepResult, UpstreamRequest
 from connectors.console_cookies import CookieJar
 from connectors.cookie_jar import JAR_PREFIX
+from connectors.seats import SECRET_NAME
 from connectors.secret import Secret
 from connectors.static import StaticCredentialConnector
 from gateway.settings import StaticChannelSettings
@@ -25,6 +26,8 @@ from tests.components.form_console import form_console
 from tests.components.form_console import replicas as cookie_jar_replicas
 from tests.components.oauth_console import oauth_console
 from tests.components.oauth_console import replicas as oauth2_replicas
+from tests.components.seats_console import demo_console, seed
+from tests.components.seats_console import replicas as seats_replicas
 
 CREDENTIAL = "s3cr3t-channel-credential"
 AGENT = AgentRef(agent_id="agent-1", user_name="alice", email="alice@example.com", manager_user_name="carol")
@@ -194,3 +197,42 @@ class TestOAuth2(ConnectorContract):
             meta = {"kind": "access", "grant": "seeded", "obtained_at": now, "expires_at": now + 300}
             await replicas.secrets().put(AGENT.agent_id, "access:seeded", Secret(CREDENTIAL), meta)
             yield replicas.connector(console)
+
+
+class TestStaticWithTickets(ConnectorContract):
+    """The static kind on a channel with a ticket API (the real chat console's, ``CREDENTIAL`` guarding it):
+    ``hand_over`` applies too."""
+
+    @pytest.fixture
+    async def connector(self, tmp_path: Path) -> AsyncIterator[Connector]:
+        tickets = seed(("T-1", AGENT.user_name, "open"))
+        async with (
+            demo_console("chat", tickets=tickets, credential=CREDENTIAL) as console,
+            seats_replicas(f"sqlite+aiosqlite:///{tmp_path}/channelgate.db") as shared,
+        ):
+            yield shared.static(console)
+
+
+class TestSeats(ConnectorContract):
+    """A real seat for ``AGENT`` at the phone console in seats mode (with a ticket API), provisioned through its
+    admin API: the seat's own key is the credential injected."""
+
+    @pytest.fixture
+    async def seated(self, tmp_path: Path) -> AsyncIterator[tuple[Connector, str]]:
+        async with (
+            demo_console("phone", auth="seats", tickets=seed(("T-1", AGENT.user_name, "open"))) as console,
+            seats_replicas(f"sqlite+aiosqlite:///{tmp_path}/channelgate.db") as shared,
+        ):
+            connector = shared.seats(console, tickets=console.tickets_settings())
+            assert (await connector.provision(AGENT, StepContext("contract:provision"))).outcome is Outcome.DONE
+            stored = await shared.secrets("phone").get(AGENT.agent_id, SECRET_NAME)
+            assert stored is not None
+            yield connector, stored.value.reveal()
+
+    @pytest.fixture
+    def connector(self, seated: tuple[Connector, str]) -> Connector:
+        return seated[0]
+
+    @pytest.fixture
+    def credential(self, seated: tuple[Connector, str]) -> str:
+        return seated[1]
