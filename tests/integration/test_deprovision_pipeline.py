@@ -49,7 +49,7 @@ async def give_access(services: Services, user_name: str) -> AgentRef:
     a console session at mail (each obtained by the connector exactly as the proxy's ``prepare`` does)."""
     agent = await services.agents.find(user_name)
     assert agent is not None
-    ref = AgentRef(agent_id=agent.id, user_name=agent.user_name, email=agent.email, groups=frozenset({"agents"}))
+    ref = AgentRef(agent_id=agent.id, user_name=agent.user_name, email=agent.email)
     await services.connector_contexts["mail"].secrets.put(agent.id, "password", Secret(PASSWORD))
     for channel in ("chat", "phone", "mail"):
         await services.connectors[channel].prepare(ref, UpstreamRequest("GET", f"http://console/{channel}", []))
