@@ -139,14 +139,15 @@ def _tickets(open_for: Mapping[str, int]) -> list[Ticket]:
     ]
 
 
-def _config(stack_dir: Path, gateway_port: int, admin_token: str, consoles: Mapping[str, LiveConsole]) -> str:
+def gateway_config(stack_dir: Path, gateway_port: int, admin_token: str, urls: Mapping[str, str]) -> str:
+    """channelgate.toml for the three issue-4 consoles at ``urls`` (chat, phone, mail); SQLite in ``stack_dir``."""
     key = ec.generate_private_key(ec.SECP256R1())
     key_file = stack_dir / "assertion.pem"
     key_file.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     vault_key = base64.b64encode(secrets.token_bytes(32)).decode()
-    chat, phone, mail = consoles["chat"].url, consoles["phone"].url, consoles["mail"].url
+    chat, phone, mail = urls["chat"], urls["phone"], urls["mail"]
     return f"""
 [server]
 host = "{LOOPBACK}"
@@ -240,7 +241,8 @@ async def offboarding_stack(
     admin_token = secrets.token_urlsafe(24)
     config_path = base_dir / "channelgate.toml"
     config_path.write_text(
-        _config(base_dir, gateway_port, admin_token, consoles) + f"\n[deprovision]\n{deprovision_toml}\n",
+        gateway_config(base_dir, gateway_port, admin_token, {c: console.url for c, console in consoles.items()})
+        + f"\n[deprovision]\n{deprovision_toml}\n",
         encoding="utf-8",
     )
     settings = load_settings(config_path, environ={})
