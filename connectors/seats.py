@@ -124,7 +124,10 @@ class SeatsConnector:
         if isinstance(result, _Failure):
             if result.disabled:
                 raise AccessDenied(f"Your seat at {self.channel} is disabled; an administrator has to enable it.")
-            raise UpstreamError(f"Channel {self.channel} could not give {agent.user_name} a seat: {result.detail}")
+            raise UpstreamError(
+                f"Your seat at {self.channel} could not be set up; try again in a moment.",
+                detail=f"channel {self.channel!r} could not give {agent.user_name} a seat: {result.detail}",
+            )
         log.info("seats: %s for %s at channel %s (first use)", result.how, agent.user_name, self.channel)
         return result.key
 

@@ -32,8 +32,9 @@ from gateway.settings import TicketSettings
 
 STEP = "hand_over"
 PAGE_SIZE = 200
-#: At most this many tickets per attempt; more are handed over by the next attempt (RETRY).
-MAX_TICKETS = 10_000
+#: At most this many pages are read per attempt (10,000 tickets); more are handed over by the next attempt
+#: (RETRY). Also what stops a vendor whose ``next`` never ends.
+MAX_PAGES = 50
 #: At most this many ids in a receipt; the count is always complete.
 IDS_IN_RECEIPT = 20
 
@@ -139,7 +140,7 @@ class TicketDesk:
     async def _open_tickets(self, agent: AgentRef, authorization: tuple[str, str]) -> _Listed | StepResult:
         ids: list[str] = []
         after: str | None = None
-        while len(ids) < MAX_TICKETS:
+        for _ in range(MAX_PAGES):
             params = {"assignee": agent.user_name, "status": "open", "limit": str(PAGE_SIZE)}
             if after is not None:
                 params["after"] = after
@@ -163,8 +164,8 @@ class TicketDesk:
                 and t.get("status") == "open"
             ]
             if after is None:
-                return _Listed(ids, complete=True)
-        return _Listed(ids[:MAX_TICKETS], complete=False)
+                return _Listed(list(dict.fromkeys(ids)), complete=True)
+        return _Listed(list(dict.fromkeys(ids)), complete=False)
 
     def _refusal(self, answer: VendorAnswer | Unreachable, doing: str) -> str:
         if isinstance(answer, Unreachable):

@@ -252,8 +252,9 @@ async def test_a_console_that_is_down_makes_each_step_retry_and_they_finish_when
     ]
     assert [result.outcome for result in down] == [Outcome.RETRY] * 3
     assert all("connection failed" in result.detail for result in down)
-    with pytest.raises(UpstreamError, match="could not give bob a seat"):
+    with pytest.raises(UpstreamError, match="could not be set up") as refused:
         await prepared(connector, console, BOB)
+    assert "could not give bob a seat: creating the seat" in str(refused.value.detail)
     await console.restart()
     assert (await connector.revoke(ALICE, steps["revoke"])).outcome is Outcome.DONE
     assert (await connector.verify_no_access(ALICE, steps["verify"])).outcome is Outcome.DONE
