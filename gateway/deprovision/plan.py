@@ -112,6 +112,28 @@ def unlocked(
     return {after: StepState.HELD if held and after in IRREVERSIBLE else StepState.PENDING}
 
 
+_CHAIN = (StepKind.REVOKE, StepKind.VERIFY, StepKind.REMOVE)
+_UNFINISHED_BAD = frozenset({StepState.DEAD, StepState.FAILED, StepState.BLOCKED})
+
+
+def requeue(steps: Mapping[StepKind, StepState]) -> dict[StepKind, StepState]:
+    """An operator's retry of one channel: the first step of the chain that did not succeed is due again and the
+    ones after it wait for it (a verification must not run before the revocation it verifies); a failed
+    hand-over is due again on its own."""
+    moves: dict[StepKind, StepState] = {}
+    if steps.get(StepKind.HAND_OVER) in _UNFINISHED_BAD:
+        moves[StepKind.HAND_OVER] = StepState.PENDING
+    chain = [k for k in _CHAIN if k in steps]
+    for position, kind in enumerate(chain):
+        if steps[kind] in _UNFINISHED_BAD:
+            moves[kind] = StepState.PENDING
+            for later in chain[position + 1 :]:
+                if steps[later] not in SUCCESS:
+                    moves[later] = StepState.WAITING
+            break
+    return moves
+
+
 def run_state(states: Iterable[StepState], *, held: bool) -> RunState:
     """A run is done only when every step is done or not applicable; finished otherwise means attention."""
     seen = list(states)

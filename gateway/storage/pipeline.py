@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import RowMapping, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.deprovision.plan import RunState, StepKind, StepState
+from gateway.deprovision.plan import RunState, StepKind, StepState, requeue
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import deprovision_runs, deprovision_steps
@@ -345,32 +345,38 @@ class PipelineRepository:
         return ids
 
     async def retry(self, run_id: str, now: datetime, *, conn: AsyncConnection | None = None) -> int:
-        """Give a run's dead, failed and blocked steps a fresh budget (after a person fixed the cause)."""
+        """Give a run's dead, failed and blocked steps a fresh budget (after a person fixed the cause), in chain
+        order per channel (``gateway.deprovision.plan.requeue``); returns how many steps are due again."""
         async with write_transaction(self._engine, conn) as c:
-            result = await c.execute(
-                update(deprovision_steps)
-                .where(
-                    deprovision_steps.c.run_id == run_id,
-                    deprovision_steps.c.state.in_(
-                        [StepState.DEAD.value, StepState.FAILED.value, StepState.BLOCKED.value]
-                    ),
-                )
-                .values(
-                    state=StepState.PENDING.value,
-                    attempts=0,
-                    next_attempt_at=to_db(now),
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=to_db(now),
-                )
-            )
-            if result.rowcount:
+            steps = await self.steps_of([run_id], conn=c)
+            due = 0
+            for channel in sorted({s.channel for s in steps}):
+                moves = requeue({s.step: s.state for s in steps if s.channel == channel})
+                for kind, state in moves.items():
+                    await c.execute(
+                        update(deprovision_steps)
+                        .where(
+                            deprovision_steps.c.run_id == run_id,
+                            deprovision_steps.c.channel == channel,
+                            deprovision_steps.c.step == kind.value,
+                        )
+                        .values(
+                            state=state.value,
+                            attempts=0,
+                            next_attempt_at=to_db(now),
+                            lease_owner=None,
+                            lease_until=None,
+                            updated_at=to_db(now),
+                        )
+                    )
+                    due += state is StepState.PENDING
+            if due:
                 await c.execute(
                     update(deprovision_runs)
                     .where(deprovision_runs.c.id == run_id)
                     .values(state=RunState.RUNNING.value, finished_at=None)
                 )
-        return int(result.rowcount)
+        return due
 
     async def count_steps(self, *, conn: AsyncConnection | None = None) -> dict[StepState, int]:
         query = select(deprovision_steps.c.state, func.count()).group_by(deprovision_steps.c.state)

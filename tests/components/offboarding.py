@@ -36,7 +36,7 @@ from deploy.demo.consoles import create_app as console_app
 from deploy.demo.faults import FaultSwitch
 from deploy.demo.tickets_api import Ticket
 from tests.components.echo_gateway import start_server
-from tests.components.ports import LOOPBACK
+from tests.components.ports import LOOPBACK, free_port
 
 AuthMode = Literal["oauth2", "seats", "form"]
 #: channel → (console mode, has a ticket API)
@@ -67,6 +67,7 @@ class LiveConsole:
     port: int
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
+    _sock: socket.socket | None = None
 
     @property
     def url(self) -> str:
@@ -79,14 +80,18 @@ class LiveConsole:
 
     async def start(self) -> None:
         config = uvicorn.Config(self.app, lifespan="off", log_level="critical", proxy_headers=False)
-        self._server, self._task = await start_server(config, _bind(self.port))
+        self._sock = _bind(self.port)
+        self._server, self._task = await start_server(config, self._sock)
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             self._server.force_exit = True
             await self._task
+        if self._sock is not None:
+            self._sock.close()
         self._server = self._task = None
+        self._sock = None
 
     async def effects(self) -> list[dict[str, Any]]:
         """The console's effects log (``GET /_effects``), read over HTTP with its service credential."""
@@ -220,9 +225,7 @@ async def offboarding_stack(
     from gateway.timeutil import utcnow
 
     base_dir = Path(tempfile.mkdtemp(prefix="channelgate-offboarding-"))
-    gateway_sock = _bind()
-    gateway_port = gateway_sock.getsockname()[1]
-    gateway_sock.close()
+    gateway_port = free_port()
     issuer = f"http://{LOOPBACK}:{gateway_port}"
     consoles: dict[str, LiveConsole] = {}
     for channel, (mode, has_tickets) in CHANNEL_MODES.items():
@@ -236,8 +239,7 @@ async def offboarding_stack(
             tickets=_tickets(open_tickets) if has_tickets else None,
             accounts={user: PASSWORD for user in accounts} if mode == "form" else None,
         )
-        port = _bind().getsockname()[1]
-        consoles[channel] = LiveConsole(channel, mode, credential, app, port)
+        consoles[channel] = LiveConsole(channel, mode, credential, app, free_port())
     admin_token = secrets.token_urlsafe(24)
     config_path = base_dir / "channelgate.toml"
     config_path.write_text(

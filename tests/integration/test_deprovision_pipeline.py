@@ -36,12 +36,14 @@ async def gateway_of(stack: OffboardingStack) -> AsyncIterator[Services]:
     settings = load_settings(stack.config_path, environ={})
     services = open_gateway(settings)
     config = uvicorn.Config(create_app(settings, services), log_level="warning", lifespan="on", proxy_headers=False)
-    server, task = await start_server(config, _bind(stack.gateway_port))
+    sock = _bind(stack.gateway_port)
+    server, task = await start_server(config, sock)
     try:
         yield services
     finally:
         server.should_exit = True
         await task
+        sock.close()
 
 
 async def give_access(services: Services, user_name: str) -> AgentRef:
@@ -114,7 +116,7 @@ async def test_one_deprovision_revokes_hands_over_verifies_and_removes_at_every_
             assert effects_of(mail, "alice").count(LOGGED_OUT) == 1
             for console in (chat, mail):
                 moved = [e["detail"] for e in console if e["effect"] == REASSIGNED]
-                assert sorted(moved) == [f"T-alice-{n} -> carol" for n in range(3)]
+                assert sorted(moved) == [f"T-alice-{n} -> assignee carol" for n in range(3)]
 
 
 async def test_a_successor_named_by_the_trigger_takes_the_tickets_and_without_one_they_go_to_the_queue() -> None:
@@ -126,9 +128,9 @@ async def test_a_successor_named_by_the_trigger_takes_the_tickets_and_without_on
             for user in ("alice", "bob"):
                 assert (await finished_run(services, user)).state is RunState.DONE
             moved = [e["detail"] for e in await stack.consoles["mail"].effects() if e["effect"] == REASSIGNED]
-            assert "T-alice-0 -> dave" in moved
+            assert "T-alice-0 -> assignee dave" in moved
             assert sorted(d for d in moved if d.startswith("T-bob-")) == [
-                "T-bob-0 -> mail-unassigned", "T-bob-1 -> mail-unassigned"
+                "T-bob-0 -> queue mail-unassigned", "T-bob-1 -> queue mail-unassigned"
             ]  # fmt: skip
 
 

@@ -100,3 +100,14 @@ def test_backoff_doubles_up_to_the_cap_with_full_jitter() -> None:
     assert ceilings == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
     assert retry_delay(5, 2.0, 60.0, uniform=lambda low, high: low) == 0.0
     assert retry_delay(10_000, 2.0, 60.0, uniform=lambda low, high: high) == 60.0
+
+
+def test_an_operator_retry_requeues_the_chain_in_order_and_the_hand_over_on_its_own() -> None:
+    from gateway.deprovision.plan import requeue
+
+    steps = {R: StepState.DEAD, H: StepState.FAILED, V: StepState.DEAD, X: StepState.BLOCKED}
+    assert requeue(steps) == {H: StepState.PENDING, R: StepState.PENDING, V: StepState.WAITING, X: StepState.WAITING}
+    assert requeue({R: StepState.DONE, V: StepState.FAILED, X: StepState.BLOCKED}) == {
+        V: StepState.PENDING, X: StepState.WAITING
+    }  # fmt: skip
+    assert requeue({R: StepState.DONE, V: StepState.DONE}) == {}
