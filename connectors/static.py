@@ -4,7 +4,8 @@ The credential is presented as ``Authorization: Bearer`` (RFC 6750 §2.1), as a 
 (RFC 7617, user ``channelgate``). It is cached decrypted in memory for ``CACHE_SECONDS`` (5 s), so that a
 ``channelgate channels set-credential`` takes effect on every replica within seconds, without a restart, while
 the database is read at most once per 5 s per channel and replica. Every agent shares the credential, so there is
-nothing per agent to revoke: the agent's access ends with their gateway session.
+nothing per agent to revoke: the agent's access ends with their gateway session. A channel with a ticket API
+(``tickets``) hands the agent's open tickets over through it (connectors/tickets.py).
 """
 
 from __future__ import annotations

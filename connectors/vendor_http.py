@@ -82,6 +82,7 @@ async def call(
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key
     try:
+        # A redirect is an answer, never followed: following it would carry the credential to wherever it points.
         async with session.request(
             method, url, headers=headers, json=json_body, params=params, allow_redirects=False
         ) as response:
