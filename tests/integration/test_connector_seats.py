@@ -118,7 +118,9 @@ async def test_two_replicas_first_requests_at_once_end_with_one_seat_whose_key_w
                 assert await connector.on_upstream_unauthorized(ALICE, request) is True
             assert (await upstream(console, request)).status_code == 200
     assert len(await effects(console, "seat created")) == 1
-    assert len(await effects(console, "seat key rotated")) <= 1
+    # The loser of the race rotates when the winner's key is not stored yet; if the winner's store lands after
+    # the loser's, the winner's own recovery rotates once more. Never more than that.
+    assert len(await effects(console, "seat key rotated")) <= 2
 
 
 async def test_after_a_401_a_replica_picks_up_the_key_another_rotated_instead_of_rotating_again(
