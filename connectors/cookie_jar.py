@@ -8,8 +8,9 @@ browser's cookies for the channel): from this replica's memory, else the newest 
 login), else a form login, one at a time per agent. ``on_upstream_response`` takes every ``Set-Cookie`` out of the
 console's answer and into the jar (RFC 6265 §5.3, connectors/console_cookies.py), storing it when it changed.
 ``on_upstream_unauthorized`` (a 401, or a redirect to the login form) adopts a jar another request obtained in
-the meantime, else logs in again and logs the refused jar out — at most once per ``RELOGIN_FLOOR_SECONDS`` per
-agent, so a page that always answers 401 does not become a login per request. A refused password is not tried
+the meantime, else logs in again and logs the refused jar out — but not when the session a login obtained less
+than ``RELOGIN_FLOOR_SECONDS`` ago is refused as it was, so a page that always answers 401 does not become a login
+per request. A refused password is not tried
 again for ``REFUSED_BACKOFF_SECONDS`` unless it is stored anew, so a wrong password cannot lock the console
 account by repetition.
 
@@ -22,11 +23,12 @@ that no session survived. ``remove`` deletes the stored password.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urljoin, urlsplit
@@ -86,6 +88,11 @@ def _set_cookies(headers: list[tuple[str, str]]) -> list[str]:
     return taken
 
 
+def _digests(pairs: Iterable[str]) -> frozenset[str]:
+    """Cookies remembered only by their SHA-256, so no attribute of the connector holds a session."""
+    return frozenset(hashlib.sha256(pair.encode()).hexdigest() for pair in pairs)
+
+
 class CookieJarConnector:
     def __init__(
         self,
@@ -105,8 +112,9 @@ class CookieJarConnector:
         self._credential = credential
         self._http = http
         self._tickets = tickets
-        self._clock = clock
-        self._monotonic = monotonic
+        #: Wall time for cookie expiry and monotonic time for the re-login floor and refusal back-off (tests move them).
+        self.clock = clock
+        self.monotonic = monotonic
         origin = urlsplit(str(settings.console_url))
         self._origin = f"{origin.scheme}://{origin.netloc}"
         capabilities = {Capability.INJECT, Capability.COOKIE_JAR, Capability.CONSOLE_LOGOUT}
@@ -117,7 +125,8 @@ class CookieJarConnector:
         self.capabilities = frozenset(capabilities)
         self._jars: OrderedDict[str, HeldJar] = OrderedDict()
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
-        self._last_login: dict[str, float] = {}
+        #: agent_id → (monotonic time of this replica's last login for the agent, digests of the cookies it got).
+        self._last_login: dict[str, tuple[float, frozenset[str]]] = {}
         #: agent_id → (the refused password's updated_at, monotonic time until which it is not tried again).
         self._refused: dict[str, tuple[datetime, float]] = {}
 
@@ -166,14 +175,14 @@ class CookieJarConnector:
 
     async def prepare(self, agent: AgentRef, request: UpstreamRequest) -> None:
         held = self._jars.get(agent.agent_id)
-        if held is None or not held.jar.live(self._clock()):
+        if held is None or not held.jar.live(self.clock()):
             held = await self._usable_jar(agent, stale=held)
-        self._present(request, held.jar.header(request.url, self._clock()))
+        self._present(request, held.jar.header(request.url, self.clock()))
 
     async def _usable_jar(self, agent: AgentRef, stale: HeldJar | None) -> HeldJar:
         async with self._lock(agent.agent_id):
             held = self._jars.get(agent.agent_id)
-            if held is not None and held is not stale and held.jar.live(self._clock()):
+            if held is not None and held is not stale and held.jar.live(self.clock()):
                 return held  # another request of this agent got one while this one waited
             stored = await self._newest_stored(agent.agent_id)
             if stored is not None:
@@ -189,10 +198,10 @@ class CookieJarConnector:
             held = self._jars.get(agent.agent_id) or await self._newest_stored(agent.agent_id)
             if held is None:
                 return  # nothing of ours to update: the cookies are dropped, never passed on
-            merged = held.jar.merge(lines, self._clock())
+            merged = held.jar.merge(lines, self.clock())
             if merged == held.jar:
                 return
-            if merged.live(self._clock()):
+            if merged.live(self.clock()):
                 await self._secrets.put(agent.agent_id, held.name, Secret(merged.dumps()))
                 self._remember(agent.agent_id, HeldJar(held.name, merged))
             else:
@@ -203,10 +212,12 @@ class CookieJarConnector:
 
     async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
         """The console refused the jar that was sent: use a newer one if another request or replica got it,
-        else log in again (at most once per ``RELOGIN_FLOOR_SECONDS``) and log the refused jar out."""
+        else log in again and log the refused jar out. A session that was refused with every cookie its login
+        obtained still in place, within ``RELOGIN_FLOOR_SECONDS`` of that login, is not replaced: the console
+        refuses fresh sessions too, and another login would not help."""
         sent = request.header("Cookie") or ""
         async with self._lock(agent.agent_id):
-            now = self._clock()
+            now = self.clock()
             held = self._jars.get(agent.agent_id)
             candidates = [h for h in (held, await self._newest_stored(agent.agent_id)) if h is not None]
             for candidate in candidates:
@@ -215,14 +226,20 @@ class CookieJarConnector:
                     self._remember(agent.agent_id, candidate)
                     self._present(request, header)
                     return True
-            if self._monotonic() - self._last_login.get(agent.agent_id, float("-inf")) < RELOGIN_FLOOR_SECONDS:
-                return False  # a fresh session was refused too: another login would not help
+            if self._fresh_session_refused(agent.agent_id, sent):
+                return False
             fresh = await self._login(agent)
             refused = {c.name: c for c in candidates if c.jar.header(request.url, now) == sent}
             for old in refused.values():
                 await self._retire(agent.agent_id, old)
-            self._present(request, fresh.jar.header(request.url, self._clock()))
+            self._present(request, fresh.jar.header(request.url, self.clock()))
             return True
+
+    def _fresh_session_refused(self, agent_id: str, sent: str) -> bool:
+        last = self._last_login.get(agent_id)
+        if last is None or self.monotonic() - last[0] >= RELOGIN_FLOOR_SECONDS:
+            return False
+        return last[1] <= _digests(pair.strip() for pair in sent.split(";"))
 
     # --- the console's form login and logout ----------------------------------------------------------------
 
@@ -235,7 +252,7 @@ class CookieJarConnector:
         ]
 
     async def _newest_stored(self, agent_id: str) -> HeldJar | None:
-        now = self._clock()
+        now = self.clock()
         live = [held for held in await self._stored(agent_id) if held.jar.live(now)]
         return max(live, key=lambda held: held.updated_at or datetime.min, default=None)
 
@@ -256,7 +273,7 @@ class CookieJarConnector:
                 f"stores it with: channelgate channels set-agent-password {self.channel} {agent.user_name}"
             )
         refused = self._refused.get(agent.agent_id)
-        if refused is not None and refused[0] == password.updated_at and self._monotonic() < refused[1]:
+        if refused is not None and refused[0] == password.updated_at and self.monotonic() < refused[1]:
             raise self._refusal(agent)
         url = self._origin + self._settings.login_path
         form = {self._settings.username_field: agent.user_name, self._settings.password_field: password.value.reveal()}
@@ -274,21 +291,21 @@ class CookieJarConnector:
                 f"The {self.channel} console failed while signing you in; try again shortly.",
                 detail=f"login answered HTTP {status}",
             )
-        now = self._clock()
+        now = self.clock()
         jar = CookieJar().merge(lines, now)
         if status not in REDIRECTS or not jar.live(now) or login_redirect(status, location, url, self.login_path):
-            self._refused[agent.agent_id] = (password.updated_at, self._monotonic() + REFUSED_BACKOFF_SECONDS)
+            self._refused[agent.agent_id] = (password.updated_at, self.monotonic() + REFUSED_BACKOFF_SECONDS)
             log.warning("console login refused: channel=%s agent=%s status=%s", self.channel, agent.agent_id, status)
             raise self._refusal(agent)
         self._refused.pop(agent.agent_id, None)
         held = HeldJar(JAR_PREFIX + secrets.token_hex(8), jar)
         await self._secrets.put(agent.agent_id, held.name, Secret(jar.dumps()), {"obtained_at": utcnow().isoformat()})
-        self._last_login[agent.agent_id] = self._monotonic()
+        self._last_login[agent.agent_id] = (self.monotonic(), _digests(f"{c.name}={c.value}" for c in jar.cookies))
         return self._remember(agent.agent_id, held)
 
     async def _logout(self, held: HeldJar, idempotency_key: str) -> VendorAnswer | Unreachable:
         url = self._origin + self._settings.logout_path
-        cookie = held.jar.header(url, self._clock())
+        cookie = held.jar.header(url, self.clock())
         return await call(self._http(), "POST", url, authorization=("Cookie", cookie), idempotency_key=idempotency_key)
 
     async def _retire(self, agent_id: str, held: HeldJar) -> None:

@@ -3,7 +3,10 @@
 The path is normalised before anything matches it, so the decision is made for the path the upstream will see
 (security-tests items 18-19). The client's identity headers, Authorization and the gateway's cookies are removed
 before the connector adds the channel credential and the gateway adds its signed identity assertion; only the
-upstream request ever holds the credential. Every request — allowed, denied or failed — leaves one record.
+upstream request ever holds the credential. A refused credential (a 401, a cookie jar's login redirect) is
+refreshed by the connector and the request resent once (gateway/proxy/connector_flow.py); a cookie-jar
+connector takes the console's cookies out of every answer before the browser sees it. Every request — allowed,
+denied or failed — leaves one record.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from connectors.base import AgentRef, UpstreamRequest
 from gateway.authn import require_session
 from gateway.errors import AccessDenied, AuthenticationRequired, ChannelgateError, NotFound
 from gateway.pages import error_response, wants_html
+from gateway.proxy.connector_flow import ChannelPlan, ConnectorResend
 from gateway.proxy.forward import ForwardStats
 from gateway.proxy.headers import check_header_size, sanitise_request_headers
 from gateway.proxy.paths import normalise_path, strip_query_values
@@ -45,6 +49,9 @@ class Admitted:
     path: str
     url: str
     headers: list[tuple[str, str]]
+    plan: ChannelPlan | None = None
+    agent: AgentRef | None = None
+    upstream: UpstreamRequest | None = None
 
 
 class Forbidden(AccessDenied):
@@ -59,6 +66,24 @@ _HTTP_SCHEME = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 def _services(connection: HTTPConnection) -> Services:
     services: Services = connection.app.state.services
     return services
+
+
+def _plan(connection: HTTPConnection, services: Services, channel: str) -> ChannelPlan:
+    """The channel's plan, made on its first request and kept with the app (made again only if the connector
+    object was replaced)."""
+    state = connection.app.state
+    try:
+        plans: dict[str, ChannelPlan] = state.channel_plans
+    except AttributeError:
+        plans = state.channel_plans = {}
+    connector = services.connectors[channel]
+    plan = plans.get(channel)
+    if plan is None or plan.connector is not connector:
+        settings = services.settings
+        plan = plans[channel] = ChannelPlan.of(
+            channel, connector, settings.channels[channel], settings.assertion.header
+        )
+    return plan
 
 
 def _record(
@@ -103,25 +128,23 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
     if not decision.allowed:
         raise Forbidden(decision.explain())
     services.audit.check_capacity()
-    connector = services.connectors[match.route.channel]
+    plan = _plan(connection, services, match.route.channel)
     assert services.signer is not None
-    assertion_header = settings.assertion.header
     headers = sanitise_request_headers(
         connection.headers.raw,
         gateway_cookie_names=services.cookies.names,
         client_ip=scope.client_ip,
         scheme=_HTTP_SCHEME.get(connection.scope.get("scheme", "http"), "http"),
         host=connection.headers.get("host", ""),
-        also_remove=(assertion_header, *connector.injected_headers()),
+        also_remove=plan.strip,
     )
     url = upstream_url(match, path, connection.scope.get("query_string", b"").decode("latin-1"))
     upstream = UpstreamRequest(method=method, url=url, headers=headers)
-    await connector.prepare(
-        AgentRef(agent_id=session.data.agent_id, user_name=session.data.user_name, email=None), upstream
-    )
+    agent = AgentRef(agent_id=session.data.agent_id, user_name=session.data.user_name, email=None)
+    await plan.connector.prepare(agent, upstream)
     upstream.headers.append(
         (
-            assertion_header,
+            settings.assertion.header,
             services.signer.sign(
                 session.data.agent_id,
                 session.data.user_name,
@@ -131,7 +154,7 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
             ),
         )
     )
-    return Admitted(match, session, decision, path, url, upstream.headers)
+    return Admitted(match, session, decision, path, url, upstream.headers, plan, agent, upstream)
 
 
 def _log_path(connection: HTTPConnection) -> str:
@@ -190,6 +213,7 @@ async def proxy_http(request: Request) -> Response:
         )
 
     assert services.upstream is not None
+    assert admitted.plan is not None and admitted.agent is not None and admitted.upstream is not None
     try:
         response = await services.upstream.forward(
             request,
@@ -198,6 +222,8 @@ async def proxy_http(request: Request) -> Response:
             admitted.match.route.timeout_seconds,
             gateway_cookie_names=tuple(services.cookies.names),
             on_complete=finished,
+            on_response=admitted.plan.response_hook(admitted.agent),
+            resend=ConnectorResend(admitted.plan, admitted.agent, admitted.upstream, services.metrics),
         )
         if not response.stats.completed:
             untrack.append(services.live.streams.track(admitted.session.data.agent_id, response.abort))

@@ -58,6 +58,13 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.upstream_refusals = Counter(
+            "channelgate_upstream_refusals",
+            "Upstream 401s (and cookie-jar login redirects) by what followed: resent once with a refreshed "
+            "credential, passed on (the connector had nothing fresher), or passed on because the body was streamed",
+            ["channel", "outcome"],
+            registry=r,
+        )
         self.fail_closed = Counter(
             "channelgate_fail_closed", "Requests refused because a dependency was down", ["dependency"], registry=r
         )
@@ -74,6 +81,9 @@ class Metrics:
 
     def latency(self, channel: str) -> Any:
         return self._child(self.upstream_latency, channel)
+
+    def upstream_refusal(self, channel: str, outcome: str) -> Any:
+        return self._child(self.upstream_refusals, channel, outcome)
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         key = (id(metric), *labels)

@@ -5,18 +5,21 @@ aiohttp's does not. The session follows no redirects (a 3xx belongs to the brows
 cookies of one agent must never be replayed for another), does not decompress (bytes pass through with their
 ``Content-Encoding``) and adds no ``Accept-Encoding``/``User-Agent`` of its own.
 
-Neither body is buffered: the request body is streamed upstream as it arrives, the response body is relayed
-chunk by chunk (Server-Sent Events flush per event). The upstream connection is released when the body ends and
-closed when the client goes away early, so a disconnect never leaks a pooled connection.
+Bodies are streamed: the request body upstream as it arrives, the response body chunk by chunk (Server-Sent
+Events flush per event). Only a request body announced at no more than ``REPLAY_BODY_BYTES`` is read whole first
+when the caller may resend the request (``resend``: the connector's one refresh after a 401, the httpx ``Auth``
+flow shape), since a streamed body cannot be sent twice. The upstream connection is released when the body ends
+and closed when the client goes away early, so a disconnect never leaks a pooled connection.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -60,6 +63,25 @@ class ForwardStats:
 
 
 StatsCallback = Callable[[ForwardStats], Awaitable[None]]
+#: Sees every upstream answer's status and (sanitised) headers before the client does, and may edit the headers
+#: in place: a cookie-jar connector takes the console's ``Set-Cookie`` out here.
+ResponseHook = Callable[[int, list[tuple[str, str]]], Awaitable[None]]
+
+
+class Resend(Protocol):
+    """One request's chance to be sent again with a refreshed credential (``Connector.on_upstream_unauthorized``)."""
+
+    def wanted(self, status: int, headers: Mapping[str, str]) -> bool:
+        """Whether this answer means "the credential was refused" (a 401, a redirect to a login form)."""
+        ...
+
+    async def fresh_headers(self) -> list[tuple[str, str]] | None:
+        """The headers to send the request again with, or None to pass the refusal on to the client."""
+        ...
+
+    def not_replayable(self) -> None:
+        """The refusal is passed on because the request body was streamed and cannot be sent twice."""
+        ...
 
 
 def _origin(url: str) -> str:
@@ -121,6 +143,10 @@ class ProxyResponse(StreamingResponse):
             self.stats.error = self.stats.error or "client_disconnected"
             self._upstream.close()
 
+
+#: A request body announced at most this large is read whole before it is sent when a refused request may be
+#: resent; a larger or chunked one is streamed, and its refusal goes back to the client.
+REPLAY_BODY_BYTES = 64 * 1024
 
 #: Responses that announce at most this many bytes are read whole and sent as one body: no streaming task group
 #: per response (Starlette's StreamingResponse listens for disconnects in a task group), which halves the cost
@@ -209,46 +235,45 @@ class UpstreamClient:
         *,
         gateway_cookie_names: tuple[str, ...] = (),
         on_complete: StatsCallback | None = None,
+        on_response: ResponseHook | None = None,
+        resend: Resend | None = None,
     ) -> ProxyResponse | BufferedProxyResponse:
         """Send ``request`` to ``upstream_url`` with ``headers`` (already sanitised and injected) and return a
         streaming response (or, for a small body of known length, the whole body). ``timeout`` bounds the
         connect and every read gap, including the wait for headers.
+
+        ``on_response`` sees each upstream answer's headers first. When ``resend`` wants it and the body can be
+        sent again (none, or read whole), a refused request is sent once more with ``resend``'s fresh headers;
+        the refused answer never reaches the client.
 
         Raises ``UpstreamTimeout`` (504) or ``UpstreamError`` (502); messages name the failure, never a header,
         a credential or the query string. ``ClientDisconnect`` propagates if the client leaves mid-upload.
         """
         stats = ForwardStats()
         body_state = {"disconnected": False}
-        data = self._request_body(request, stats, body_state) if _has_body(request) else None
-        client_timeout = _client_timeout(timeout)
+        data: bytes | AsyncIterator[bytes] | None = None
+        replayable = True
+        if _has_body(request):
+            if resend is not None and _announced_length(request) <= REPLAY_BODY_BYTES:
+                data = await request.body()
+                stats.bytes_in = len(data)
+            else:
+                data, replayable = self._request_body(request, stats, body_state), False
         started = time.monotonic()
-        try:
-            upstream = await self.session.request(
-                request.method,
-                URL(upstream_url, encoded=True),
-                headers=CIMultiDict(headers),
-                data=data,
-                allow_redirects=False,
-                timeout=client_timeout,
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(
-                f"The channel console did not answer within {timeout:g} seconds.",
-                detail=f"{type(exc).__name__} from {_origin(upstream_url)}",
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            if body_state["disconnected"]:
-                raise ClientDisconnect() from None
-            raise UpstreamError(
-                "The channel console could not be reached.",
-                detail=f"{type(exc).__name__} from {_origin(upstream_url)}",
-            ) from None
+        upstream, response_headers = await self._exchange(
+            request.method, upstream_url, headers, data, timeout, body_state, gateway_cookie_names, on_response
+        )
+        if resend is not None and resend.wanted(upstream.status, upstream.headers):
+            fresh = await _fresh_headers(resend, upstream) if replayable else None
+            if not replayable:
+                resend.not_replayable()
+            if fresh is not None:
+                await _discard(upstream)
+                upstream, response_headers = await self._exchange(
+                    request.method, upstream_url, fresh, data, timeout, body_state, gateway_cookie_names, on_response
+                )
         stats.status = upstream.status
         stats.upstream_latency = time.monotonic() - started
-        response_headers = sanitise_response_headers(
-            ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers),
-            gateway_cookie_names=gateway_cookie_names,
-        )
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY_BYTES:
             try:
@@ -266,6 +291,52 @@ class UpstreamClient:
                 await on_complete(stats)
             return BufferedProxyResponse(body, upstream.status, response_headers, stats)
         return ProxyResponse(upstream, response_headers, stats, started, on_complete)
+
+    async def _exchange(
+        self,
+        method: str,
+        upstream_url: str,
+        headers: list[tuple[str, str]],
+        data: bytes | AsyncIterator[bytes] | None,
+        timeout: float,  # noqa: ASYNC109 - bounds each connect/read gap, as in ``forward``
+        body_state: dict[str, bool],
+        gateway_cookie_names: tuple[str, ...],
+        on_response: ResponseHook | None,
+    ) -> tuple[aiohttp.ClientResponse, list[tuple[str, str]]]:
+        """One request/answer with the upstream: the answer's status line and its headers, sanitised and shown to
+        ``on_response``; the body is not read yet."""
+        try:
+            upstream = await self.session.request(
+                method,
+                URL(upstream_url, encoded=True),
+                headers=CIMultiDict(headers),
+                data=data,
+                allow_redirects=False,
+                timeout=_client_timeout(timeout),
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(
+                f"The channel console did not answer within {timeout:g} seconds.",
+                detail=f"{type(exc).__name__} from {_origin(upstream_url)}",
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if body_state["disconnected"]:
+                raise ClientDisconnect() from None
+            raise UpstreamError(
+                "The channel console could not be reached.",
+                detail=f"{type(exc).__name__} from {_origin(upstream_url)}",
+            ) from None
+        response_headers = sanitise_response_headers(
+            ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers),
+            gateway_cookie_names=gateway_cookie_names,
+        )
+        if on_response is not None:
+            try:
+                await on_response(upstream.status, response_headers)
+            except BaseException:
+                upstream.close()
+                raise
+        return upstream, response_headers
 
     @staticmethod
     async def _request_body(request: Request, stats: ForwardStats, state: dict[str, bool]) -> AsyncIterator[bytes]:
@@ -285,6 +356,37 @@ def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
 
 
+async def _fresh_headers(resend: Resend, refused: aiohttp.ClientResponse) -> list[tuple[str, str]] | None:
+    try:
+        return await resend.fresh_headers()
+    except BaseException:
+        refused.close()
+        raise
+
+
+async def _discard(refused: aiohttp.ClientResponse) -> None:
+    """Drop a refused answer: a small body is read so its connection goes back to the pool, a large one closed."""
+    length = refused.content_length
+    if length is None or length > SMALL_BODY_BYTES:
+        refused.close()
+        return
+    try:
+        await refused.read()
+    except (aiohttp.ClientError, TimeoutError):
+        refused.close()
+        return
+    refused.release()
+
+
+def _announced_length(request: Request) -> int:
+    """The request's ``Content-Length``; unbounded when chunked (RFC 9112 §6.3: Transfer-Encoding wins) or
+    not a number."""
+    length = request.headers.get("content-length", "").strip()
+    if "transfer-encoding" in request.headers or not length.isdigit():
+        return REPLAY_BODY_BYTES + 1
+    return int(length)
+
+
 def _has_body(request: Request) -> bool:
     """RFC 9112 §6.3: a request has a body only with Transfer-Encoding or a non-zero Content-Length. Sending an
     empty chunked body for a GET makes some servers wait for a body or reject the request."""
@@ -294,4 +396,13 @@ def _has_body(request: Request) -> bool:
     return length != "0" and length != ""
 
 
-__all__ = ["ForwardStats", "ProxyResponse", "StatsCallback", "UpstreamClient", "UpstreamTimeout"]
+__all__ = [
+    "REPLAY_BODY_BYTES",
+    "ForwardStats",
+    "ProxyResponse",
+    "Resend",
+    "ResponseHook",
+    "StatsCallback",
+    "UpstreamClient",
+    "UpstreamTimeout",
+]
