@@ -125,6 +125,9 @@ class CookieJarConnector:
         self.capabilities = frozenset(capabilities)
         self._jars: OrderedDict[str, HeldJar] = OrderedDict()
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        #: hash((agent_id, Cookie header sent)) → the jar's row: which login a refused request used, even after
+        #: the refusal's own Set-Cookie changed that jar (a console that answers with a new anonymous session).
+        self._sent_rows: OrderedDict[int, str] = OrderedDict()
         #: agent_id → (monotonic time of this replica's last login for the agent, digests of the cookies it got).
         self._last_login: dict[str, tuple[float, frozenset[str]]] = {}
         #: agent_id → (the refused password's updated_at, monotonic time until which it is not tried again).
@@ -166,18 +169,21 @@ class CookieJarConnector:
             self._jars.popitem(last=False)
         return held
 
-    @staticmethod
-    def _present(request: UpstreamRequest, header: str) -> None:
+    def _present(self, agent_id: str, request: UpstreamRequest, held: HeldJar) -> None:
+        header = held.jar.header(request.url, self.clock())
         if header:
             request.set_header("Cookie", header)
         else:
             request.headers[:] = [(n, v) for n, v in request.headers if n.lower() != "cookie"]
+        self._sent_rows[hash((agent_id, header))] = held.name
+        while len(self._sent_rows) > 4 * MAX_CACHED_AGENTS:
+            self._sent_rows.popitem(last=False)
 
     async def prepare(self, agent: AgentRef, request: UpstreamRequest) -> None:
         held = self._jars.get(agent.agent_id)
         if held is None or not held.jar.live(self.clock()):
             held = await self._usable_jar(agent, stale=held)
-        self._present(request, held.jar.header(request.url, self.clock()))
+        self._present(agent.agent_id, request, held)
 
     async def _usable_jar(self, agent: AgentRef, stale: HeldJar | None) -> HeldJar:
         async with self._lock(agent.agent_id):
@@ -211,28 +217,27 @@ class CookieJarConnector:
                 self._jars.pop(agent.agent_id, None)
 
     async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
-        """The console refused the jar that was sent: use a newer one if another request or replica got it,
-        else log in again and log the refused jar out. A session that was refused with every cookie its login
-        obtained still in place, within ``RELOGIN_FLOOR_SECONDS`` of that login, is not replaced: the console
-        refuses fresh sessions too, and another login would not help."""
+        """The console refused the jar that was sent: use another login's jar if another request or replica got
+        one, else log in again and log the refused jar out. A session that was refused with every cookie its
+        login obtained still in place, within ``RELOGIN_FLOOR_SECONDS`` of that login, is not replaced: the
+        console refuses fresh sessions too, and another login would not help."""
         sent = request.header("Cookie") or ""
         async with self._lock(agent.agent_id):
             now = self.clock()
+            sent_row = self._sent_rows.get(hash((agent.agent_id, sent)))
             held = self._jars.get(agent.agent_id)
-            candidates = [h for h in (held, await self._newest_stored(agent.agent_id)) if h is not None]
-            for candidate in candidates:
-                header = candidate.jar.header(request.url, now)
-                if candidate.jar.live(now) and header != sent:
-                    self._remember(agent.agent_id, candidate)
-                    self._present(request, header)
+            candidates = {h.name: h for h in (await self._newest_stored(agent.agent_id), held) if h is not None}
+            for candidate in candidates.values():
+                another = candidate.name != sent_row if sent_row else candidate.jar.header(request.url, now) != sent
+                if another and candidate.jar.live(now):
+                    self._present(agent.agent_id, request, self._remember(agent.agent_id, candidate))
                     return True
             if self._fresh_session_refused(agent.agent_id, sent):
                 return False
             fresh = await self._login(agent)
-            refused = {c.name: c for c in candidates if c.jar.header(request.url, now) == sent}
-            for old in refused.values():
+            for old in candidates.values():
                 await self._retire(agent.agent_id, old)
-            self._present(request, fresh.jar.header(request.url, self.clock()))
+            self._present(agent.agent_id, request, fresh)
             return True
 
     def _fresh_session_refused(self, agent_id: str, sent: str) -> bool:
@@ -254,7 +259,7 @@ class CookieJarConnector:
     async def _newest_stored(self, agent_id: str) -> HeldJar | None:
         now = self.clock()
         live = [held for held in await self._stored(agent_id) if held.jar.live(now)]
-        return max(live, key=lambda held: held.updated_at or datetime.min, default=None)
+        return max(live, key=lambda held: held.updated_at.timestamp() if held.updated_at else 0.0, default=None)
 
     def _refusal(self, agent: AgentRef) -> ConsoleLoginFailed:
         return ConsoleLoginFailed(
@@ -264,8 +269,9 @@ class CookieJarConnector:
         )
 
     async def _login(self, agent: AgentRef) -> HeldJar:
-        """POST the console's login form as the agent; a success is a redirect away from the form that sets a
-        cookie (the POST/redirect/GET every form login answers with, RFC 9110 §15.4.4)."""
+        """Sign in with the console's login form as the agent: GET it first (consoles that bind the form to a
+        pre-login session or cookie get it), then POST it with those cookies. A success is a redirect away from
+        the form leaving a live jar (the POST/redirect/GET every form login answers with, RFC 9110 §15.4.4)."""
         password = await self._secrets.get(agent.agent_id, PASSWORD)
         if password is None:
             raise ConsoleLoginFailed(
@@ -277,8 +283,12 @@ class CookieJarConnector:
             raise self._refusal(agent)
         url = self._origin + self._settings.login_path
         form = {self._settings.username_field: agent.user_name, self._settings.password_field: password.value.reveal()}
+        http = self._http()
         try:
-            async with self._http().post(url, data=form, allow_redirects=False) as response:
+            async with http.get(url, allow_redirects=False) as page:
+                jar = CookieJar().merge(page.headers.getall("Set-Cookie", []), self.clock())
+            cookie = {"Cookie": header} if (header := jar.header(url, self.clock())) else None
+            async with http.post(url, data=form, headers=cookie, allow_redirects=False) as response:
                 status, location = response.status, response.headers.get("Location")
                 lines = response.headers.getall("Set-Cookie", [])
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -292,7 +302,7 @@ class CookieJarConnector:
                 detail=f"login answered HTTP {status}",
             )
         now = self.clock()
-        jar = CookieJar().merge(lines, now)
+        jar = jar.merge(lines, now)
         if status not in REDIRECTS or not jar.live(now) or login_redirect(status, location, url, self.login_path):
             self._refused[agent.agent_id] = (password.updated_at, self.monotonic() + REFUSED_BACKOFF_SECONDS)
             log.warning("console login refused: channel=%s agent=%s status=%s", self.channel, agent.agent_id, status)

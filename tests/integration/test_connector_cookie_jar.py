@@ -141,6 +141,21 @@ async def test_an_expired_console_session_is_replaced_by_one_new_login_and_the_o
     assert len(await stored_jars(replicas)) == 1  # the refused jar was logged out and dropped
 
 
+async def test_a_refusal_that_brings_a_new_anonymous_session_cookie_is_followed_by_a_login_not_by_that_cookie(
+    console: FormConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    request = await prepared(connector)
+    console.clock.offset += 901
+    # As a servlet container does: the redirect to the login form starts a new, anonymous session.
+    refusal = [("location", "/login"), ("set-cookie", f"{SESSION_COOKIE}=anonymous-session-id; Path=/")]
+    await connector.on_upstream_response(ALICE, 303, refusal)
+    assert await connector.on_upstream_unauthorized(ALICE, request)
+    assert "anonymous-session-id" not in (request.header("Cookie") or "")
+    assert (await send(console, request)).json()["console_user"] == "alice"
+    assert len(await console.effects(LOGGED_IN)) == 2
+
+
 async def test_a_refusal_another_request_already_repaired_adopts_its_jar_without_a_login(
     console: FormConsole, replicas: Replicas
 ) -> None:

@@ -63,7 +63,7 @@ async def test_an_agent_opens_the_mail_console_through_the_gateway_and_the_conso
         "sub": await deployed.agent_id("alice"),
     }
     assert await deployed.effects(LOGGED_IN, "alice") == 1  # one form login serves every later request
-    assert [s.method for s in deployed.mail.recorder.to("/login")] == ["POST"]
+    assert [s.method for s in deployed.mail.recorder.to("/login")] == ["GET", "POST"]
 
 
 async def test_the_browser_never_receives_a_console_cookie_the_password_or_the_session(
@@ -90,8 +90,11 @@ async def test_the_browser_never_receives_a_console_cookie_the_password_or_the_s
         assert ACCOUNTS["alice"] not in shown and SERVICE_CREDENTIAL not in shown
         assert not any(session_id in shown for session_id in session_ids)
     assert SESSION_COOKIE not in str(browser.cookies) and "console_pref" not in str(browser.cookies)
-    # The console's own cookie came back to the console from the jar, never from the browser.
+    # The console's own cookie came back to the console from the jar, never from the browser: set by the login
+    # form's page, it went with the login's POST too.
     assert "console_pref=compact" in (deployed.mail.recorder.seen[-1].header("cookie") or "")
+    first_login = next(s for s in deployed.mail.recorder.to("/login") if s.method == "POST")
+    assert first_login.header("cookie") == "console_pref=compact"
 
 
 async def test_cookies_the_browser_sends_for_the_channel_never_reach_the_console(deployed: FormDeployment) -> None:
@@ -158,7 +161,8 @@ async def test_a_wrong_stored_password_answers_a_clear_502_page_and_never_loops(
         assert page.status_code == 502
         assert "set-agent-password mail carol" in page.text
         assert "not-carols-console-password" not in page.text
-    assert len(deployed.mail.recorder.to("/login")) == 1  # refused once, not tried again for every request
+    # Refused once (the form's page, then its POST), not tried again for every request.
+    assert [s.method for s in deployed.mail.recorder.to("/login")] == ["GET", "POST"]
     assert deployed.mail.recorder.to("/") == []
 
 
