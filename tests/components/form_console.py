@@ -27,6 +27,7 @@ from starlette.routing import Route
 from connectors.context import AgentSecrets, ConnectorContext
 from connectors.cookie_jar import PASSWORD, CookieJarConnector
 from connectors.secret import Secret
+from connectors.tickets import TicketDesk
 from connectors.vault import Vault
 from deploy.demo.consoles import create_app
 from deploy.demo.form_login import FormLogin
@@ -146,6 +147,7 @@ class Replicas:
             context.secrets,
             context.credential,
             context.http,
+            tickets=TicketDesk.for_context(context),
             monotonic=lambda: time.monotonic() + console.clock.offset,
         )
         self.built.append(connector)

@@ -64,7 +64,9 @@ async def stored_jars(replicas: Replicas, agent: AgentRef = ALICE) -> list[str]:
     return [row.name for row in await replicas.secrets().list(agent.agent_id) if row.name.startswith(JAR_PREFIX)]
 
 
-def test_the_kind_declares_inject_cookie_jar_logout_and_verify(console: FormConsole, replicas: Replicas) -> None:
+def test_the_kind_declares_inject_cookie_jar_logout_verify_and_tickets_with_a_ticket_api(
+    console: FormConsole, replicas: Replicas
+) -> None:
     connector = replicas.connector(console)
     assert connector.capabilities == {
         Capability.INJECT,
@@ -73,6 +75,8 @@ def test_the_kind_declares_inject_cookie_jar_logout_and_verify(console: FormCons
         Capability.VERIFY,
     }
     assert Capability.VERIFY not in replicas.connector(console, sessions_path="").capabilities
+    with_tickets = replicas.connector(console, tickets={"url": f"{console.url}/api/", "fallback_queue": "mail-q"})
+    assert Capability.TICKETS in with_tickets.capabilities
 
 
 async def test_the_first_request_logs_in_with_the_stored_password_and_the_console_sees_the_agent(
