@@ -8,11 +8,19 @@ mode never begins before a SELECT or SAVEPOINT, which breaks repeatable reads an
 transactions use ``BEGIN IMMEDIATE`` so two writers queue on ``busy_timeout`` instead of one failing with
 ``SQLITE_BUSY`` when it upgrades its read lock.
 
+SQLite has one writer at a time. Inside one process, writers also queue on an asyncio lock per database file
+(:func:`write_gate`) before they ask SQLite: SQLite's busy handler makes a waiting writer sleep and poll (sleeps
+growing to 100 ms), so dozens of concurrent writers (a bulk offboarding: kills, pipeline commits, access-log
+batches) spent their time asleep and the slowest ran into ``busy_timeout``; on the lock they are woken in turn
+the moment the writer before them commits. ``busy_timeout`` still governs other processes (the CLI).
+
 Errors leave this package as ``StorageError`` with the URL's password masked: a message may reach a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -28,6 +36,43 @@ from gateway.settings import DatabaseSettings
 
 #: Connection execution option that makes the SQLite ``begin`` hook take the write lock up front.
 _WRITE_OPTION = "channelgate_write"
+#: ``url.database`` of each SQLite engine → its resolved file (the write gate's key).
+_RESOLVED: dict[str, str] = {}
+#: SQLite database files whose writers queue in-process (``write_gate``), with the wait limit of each.
+_GATE_LIMITS: dict[str, float] = {}
+#: The queues themselves, per event loop (an asyncio lock belongs to one loop; the CLI runs several in turn).
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
+
+
+def register_write_gate(path: str, busy_timeout_seconds: float) -> None:
+    """Make writers of the SQLite file ``path`` in this process queue on one lock (see the module docstring)."""
+    _GATE_LIMITS[path] = busy_timeout_seconds
+
+
+@asynccontextmanager
+async def write_gate(path: str | None) -> AsyncIterator[None]:
+    """Hold this process's write turn for the SQLite file ``path`` (no-op for PostgreSQL, ``path`` None). A turn
+    not granted within the busy timeout is a ``StorageError``, as SQLite's own ``database is locked`` would be."""
+    limit = _GATE_LIMITS.get(path) if path is not None else None
+    if path is None or limit is None:
+        yield
+        return
+    locks = _GATES.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.get(path)
+    if lock is None:
+        lock = locks[path] = asyncio.Lock()
+    try:
+        async with asyncio.timeout(limit):
+            await lock.acquire()
+    except TimeoutError:
+        raise StorageError(
+            f"database write failed on sqlite:///{path}",
+            detail=f"no write turn within {limit:g} s (another write in this process held the database)",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def create_engine(
@@ -77,6 +122,11 @@ def _sqlite_engine(url: URL, settings: DatabaseSettings, *, enforce_foreign_keys
             raise StorageError(f"cannot create the database directory {directory}: {error.strerror}") from None
         options["pool_size"] = settings.pool_size
     engine = create_async_engine(url, **options)
+    if not _is_memory(url):
+        assert url.database is not None
+        resolved = str(Path(url.database).expanduser().resolve())
+        _RESOLVED[url.database] = resolved
+        register_write_gate(resolved, settings.connect_timeout_seconds)
     busy_ms = int(settings.connect_timeout_seconds * 1000)
     foreign_keys = "ON" if enforce_foreign_keys else "OFF"
 
@@ -98,6 +148,11 @@ def _sqlite_engine(url: URL, settings: DatabaseSettings, *, enforce_foreign_keys
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _sqlite_path(engine: AsyncEngine) -> str | None:
+    """The resolved file of a SQLite engine registered for the write gate (no filesystem call: per write)."""
+    return _RESOLVED.get(engine.url.database or "") if engine.url.get_backend_name() == "sqlite" else None
 
 
 def safe_url(engine: AsyncEngine) -> str:
@@ -136,11 +191,12 @@ async def write_transaction(engine: AsyncEngine, conn: AsyncConnection | None = 
     if conn is not None:
         yield conn
         return
-    with storage_errors(engine, "database write"):
-        async with engine.connect() as fresh:
-            await fresh.execution_options(**{_WRITE_OPTION: True})
-            async with fresh.begin():
-                yield fresh
+    async with write_gate(_sqlite_path(engine)):
+        with storage_errors(engine, "database write"):
+            async with engine.connect() as fresh:
+                await fresh.execution_options(**{_WRITE_OPTION: True})
+                async with fresh.begin():
+                    yield fresh
 
 
 @asynccontextmanager

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StorageError
+from gateway.storage.database import write_gate
 
 
 def _timestamp(record: Any) -> str:
@@ -36,6 +37,7 @@ class SqliteBatchWriter:
 
     def __init__(self, path: str, table: str, columns: Sequence[str], *, busy_timeout_seconds: float) -> None:
         self._path = path
+        self._resolved = str(Path(path).resolve())
         self._columns = tuple(columns)
         names = ", ".join(self._columns)
         self._sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' for _ in self._columns)})"  # noqa: S608 - names from our schema
@@ -83,7 +85,8 @@ class SqliteBatchWriter:
 
     async def append(self, records: Sequence[Any]) -> None:
         """Commit ``records`` in order, or raise ``StorageError`` with none of them written."""
-        await asyncio.to_thread(self._write, records)
+        async with write_gate(self._resolved):
+            await asyncio.to_thread(self._write, records)
 
     def close(self) -> None:
         if self._connection is not None:
