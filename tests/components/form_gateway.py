@@ -122,7 +122,7 @@ class RunningConsole:
 
     async def start(self) -> None:
         if self.sock.fileno() == -1:  # closed by an earlier stop: the same port again
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY by asyncio
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.sock.bind((LOOPBACK, self.port))
         config = uvicorn.Config(self.recorder, lifespan="off", log_level="critical", proxy_headers=False)
