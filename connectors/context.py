@@ -8,6 +8,8 @@ not open.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +26,30 @@ from gateway.timeutil import utcnow
 
 #: Reads the channel's own credential from the vault (shared key, OAuth client secret, seats admin key).
 CredentialLoader = Callable[[], Awaitable[Secret]]
+
+
+#: How long a channel credential read from the vault is reused: a ``set-credential`` reaches every replica within
+#: this time, and a bulk offboarding does not read and decrypt it from the database once per vendor call.
+CREDENTIAL_CACHE_SECONDS = 5.0
+
+
+def cached_credential(
+    load: CredentialLoader, seconds: float = CREDENTIAL_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic
+) -> CredentialLoader:
+    """``load`` behind a cache of ``seconds``; concurrent callers of an expired entry share one read."""
+    state: dict[str, Any] = {"value": None, "at": float("-inf")}
+    lock = asyncio.Lock()
+
+    async def read() -> Secret:
+        if state["value"] is None or clock() - state["at"] >= seconds:
+            async with lock:
+                if state["value"] is None or clock() - state["at"] >= seconds:
+                    state["value"] = await load()
+                    state["at"] = clock()
+        value: Secret = state["value"]
+        return value
+
+    return read
 
 
 class IdentityAssertions(Protocol):

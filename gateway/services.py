@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from connectors.base import Connector
-from connectors.context import AgentSecrets, ConnectorContext, CredentialLoader
+from connectors.context import AgentSecrets, ConnectorContext, CredentialLoader, cached_credential
 from connectors.registry import build_connectors
 from connectors.secret import Secret
 from connectors.vault import Vault, load_credential
@@ -134,7 +134,9 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
 
     agent_secrets = AgentSecretRepository(database.engine)
     contexts = {
-        name: ConnectorContext(name, channel, loader_for(name), AgentSecrets(name, agent_secrets, vault))
+        name: ConnectorContext(
+            name, channel, cached_credential(loader_for(name)), AgentSecrets(name, agent_secrets, vault)
+        )
         for name, channel in settings.channels.items()
     }
     connectors = build_connectors(contexts)

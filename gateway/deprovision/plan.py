@@ -1,7 +1,8 @@
 """Which steps a deprovisioning runs at each channel, in which order, and what a finished step unlocks (pure).
 
 Per channel: ``revoke`` (RFC 7009 token revocation, seat disable, console logout) → ``verify`` (RFC 7662
-introspection, seat status, console session list) → ``remove`` (seat deletion); ``hand_over`` (open tickets to a
+introspection, seat status, console session list) → ``remove`` (seat deletion, a console password the gateway
+kept for the agent); ``hand_over`` (open tickets to a
 successor) runs beside them. Only the steps a connector's capabilities call for are planned, so a static shared
 credential (nothing per agent) plans none. ``verify`` follows a revoke that succeeded *or* gave up, because a
 dead revocation is exactly when the record of residual access matters; ``remove`` follows only a verification
@@ -69,7 +70,8 @@ def plan_channel(capabilities: Iterable[Capability]) -> list[StepKind]:
         steps.append(StepKind.HAND_OVER)
     if Capability.VERIFY in caps:
         steps.append(StepKind.VERIFY)
-    if Capability.SEATS in caps:
+    # Seat deletion, and a cookie-jar console's stored password (a credential the gateway holds for the agent).
+    if caps & {Capability.SEATS, Capability.CONSOLE_LOGOUT}:
         steps.append(StepKind.REMOVE)
     return steps
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,6 +43,8 @@ log = logging.getLogger("channelgate.deprovision")
 COMMIT_BATCH = 200
 #: After a failed commit, wait this long before trying the same batch again (nothing is dropped).
 COMMIT_RETRY_SECONDS = 1.0
+#: Runs whose agent and successor are remembered (a run's steps all act for the same people).
+PEOPLE_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,9 @@ class PipelineWorker:
         self._wakeup = asyncio.Event()
         self._results: asyncio.Queue[Attempt] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+        # run id → (agent, successor): read once per run, not once per step. A successor chosen at the first
+        # hand-over of a run stays that run's successor, so every channel's tickets go to the same person.
+        self._people: OrderedDict[str, tuple[AgentRef, AgentRef | None]] = OrderedDict()
 
     def wake(self) -> None:
         """A run was queued here: look for due steps now rather than at the next poll."""
@@ -175,7 +181,7 @@ class PipelineWorker:
         # Well inside the lease, so no other worker takes the step over while this attempt may still act.
         limit = self._settings.lease_seconds / 2
         try:
-            agent = await self._agent_ref(run)
+            agent, successor = await self._people_of(run)
             async with asyncio.timeout(limit):
                 if step.step is StepKind.REVOKE:
                     return await connector.revoke(agent, ctx)
@@ -183,7 +189,7 @@ class PipelineWorker:
                     return await connector.verify_no_access(agent, ctx)
                 if step.step is StepKind.REMOVE:
                     return await connector.remove(agent, ctx)
-                return await connector.hand_over(agent, await self._successor(run), ctx)
+                return await connector.hand_over(agent, successor, ctx)
         except TimeoutError:
             detail = f"no answer within {limit:g} s; will retry"
         except ChannelgateError as exc:
@@ -194,6 +200,15 @@ class PipelineWorker:
             log.exception("connector %s raised during %s of run %s", step.channel, step.step.value, run.id)
             detail = "the connector raised an unexpected error (see the gateway log); will retry"
         return StepResult(step.channel, step.step.value, Outcome.RETRY, detail=detail)
+
+    async def _people_of(self, run: RunRecord) -> tuple[AgentRef, AgentRef | None]:
+        people = self._people.get(run.id)
+        if people is None:
+            people = (await self._agent_ref(run), await self._successor(run))
+            self._people[run.id] = people
+            if len(self._people) > PEOPLE_CACHE:
+                self._people.popitem(last=False)
+        return people
 
     async def _agent_ref(self, run: RunRecord) -> AgentRef:
         agent = await self._agents.get_any(run.agent_id)

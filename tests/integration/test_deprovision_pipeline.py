@@ -97,7 +97,7 @@ async def test_one_deprovision_revokes_hands_over_verifies_and_removes_at_every_
             assert set(steps) == {
                 ("chat", "revoke"), ("chat", "hand_over"), ("chat", "verify"),
                 ("phone", "revoke"), ("phone", "verify"), ("phone", "remove"),
-                ("mail", "revoke"), ("mail", "hand_over"), ("mail", "verify"),
+                ("mail", "revoke"), ("mail", "hand_over"), ("mail", "verify"), ("mail", "remove"),
             }  # fmt: skip
             assert all(s.state is StepState.DONE for s in steps.values())
             # Every step left a receipt in the access log, and the run a summary.

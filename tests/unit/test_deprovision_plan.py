@@ -32,7 +32,7 @@ def test_a_shared_static_credential_plans_no_step() -> None:
         ({Capability.INJECT, Capability.TICKETS}, [H]),
         ({Capability.PROVISION, Capability.INJECT, Capability.SEATS, Capability.VERIFY}, [R, V, X]),
         ({Capability.INJECT, Capability.COOKIE_JAR, Capability.CONSOLE_LOGOUT, Capability.VERIFY, Capability.TICKETS},
-         [R, H, V]),
+         [R, H, V, X]),
     ],
 )  # fmt: skip
 def test_each_kind_plans_the_steps_its_capabilities_call_for(
