@@ -1,5 +1,9 @@
 """``make demo``: the gateway, a development OpenID provider and three channel consoles on 127.0.0.1.
 
+The consoles speak issue 4's protocols: chat is an OAuth 2.0 authorization server with a ticket API (per-agent
+tokens), phone a seats admin API (per-agent seats), mail a legacy form-login console with a ticket API (the
+gateway's cookie jar). The directory (alice, bob, carol; carol manages the other two) is pushed over SCIM first.
+
 Everything the demo writes (configuration, keys, database) lives in ``.demo/``; each run makes fresh
 credentials, so nothing here is a shared secret. Python only: no Node.js needed.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import secrets
 import signal
@@ -20,6 +25,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from deploy.demo.directory import provision
+from deploy.demo.idp_store import ACCOUNTS
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "channelgate-demo"
@@ -85,16 +93,35 @@ tokens = ["{admin_token}"]
 
 [channels.chat]
 display_name = "Chat console"
-inject = "bearer"
+# Per-agent OAuth tokens: RFC 8693 token exchange at the console's authorization server, RFC 7009 revocation,
+# RFC 7662 introspection; the client secret is the channel credential in the vault.
+kind = "oauth2"
+token_url = "http://127.0.0.1:{consoles["chat"]}/oauth/token"
+revocation_url = "http://127.0.0.1:{consoles["chat"]}/oauth/revoke"
+introspection_url = "http://127.0.0.1:{consoles["chat"]}/oauth/introspect"
+client_id = "channelgate"
+
+[channels.chat.tickets]
+url = "http://127.0.0.1:{consoles["chat"]}/api/"
+fallback_queue = "chat-unassigned"
 
 [channels.phone]
 display_name = "Phone (CTI) console"
-inject = "header"
-header_name = "X-Api-Key"
+# A seat per agent, created through the vendor's admin API; the seat's own key stays in the vault.
+kind = "seats"
+admin_url = "http://127.0.0.1:{consoles["phone"]}/admin/"
+key_check_url = "http://127.0.0.1:{consoles["phone"]}/api/me"
+remove = "delete"
 
 [channels.mail]
 display_name = "Mail console"
-inject = "basic"
+# A legacy console with a login form: the gateway signs in as the agent and keeps the cookies server-side.
+kind = "cookie_jar"
+console_url = "http://127.0.0.1:{consoles["mail"]}"
+
+[channels.mail.tickets]
+url = "http://127.0.0.1:{consoles["mail"]}/api/"
+fallback_queue = "mail-unassigned"
 
 [[routes]]
 channel = "chat"
@@ -183,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
             [python, "-m", "gateway", "scim-tokens", "create", "demo-idp", "--token-stdin"],
             cwd=ROOT, env=env, input=(SCIM_TOKEN + "\n").encode(), check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        # The mail console is a legacy one with its own accounts; the gateway signs in as each agent with the
+        # password it keeps in the vault (fresh per run, never shown to the agent).
+        passwords = {user: secrets.token_urlsafe(18) for user in ACCOUNTS}
+        accounts = state / "mail-accounts.json"
+        accounts.write_text(json.dumps(passwords), encoding="utf-8")
+        accounts.chmod(0o600)
+        console_args = {
+            "chat": ["--auth", "oauth2", "--tickets"],
+            "phone": ["--auth", "seats"],
+            "mail": ["--auth", "form", "--accounts", str(accounts), "--tickets"],
+        }
         for channel, port in consoles.items():
             credential = secrets.token_urlsafe(24)
             subprocess.run(  # noqa: S603
@@ -192,33 +230,46 @@ def main(argv: list[str] | None = None) -> int:
             start(
                 "-m", "deploy.demo.consoles", "--channel", channel, "--port", str(port), "--credential", credential,
                 "--gateway-jwks", f"{base_url}/.channelgate/jwks.json", "--gateway-issuer", base_url,
+                "--log-level", "warning", *console_args[channel],
             )  # fmt: skip
         _wait(f"http://127.0.0.1:{idp_port}/.well-known/openid-configuration", idp, "the OpenID provider")
         gateway = start("-m", "gateway", "serve", "--no-migrate", "--log-level", "warning")
         _wait(f"{base_url}/.channelgate/healthz", gateway, "the gateway")
+        provision(base_url, SCIM_TOKEN)
+        for user, password in passwords.items():
+            subprocess.run(  # noqa: S603
+                [python, "-m", "gateway", "channels", "set-agent-password", "mail", user],
+                cwd=ROOT, env=env, input=(password + "\n").encode(), check=True, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
         print(
             f"""
   channelgate demo is running.
 
   1. Open {base_url}/ and sign in as alice (every console), bob (chat only) or carol (phone and mail);
-     the password is "demo".
-  2. Open the consoles. Each one shows who the gateway says you are; none of them ever shows you its API key.
-  3. End alice's access from another terminal:
+     the password is "demo". The directory (SCIM) already knows them: carol manages alice and bob.
+  2. Open the consoles. Each one shows who the gateway says you are; none of them ever shows you its
+     credential: chat gets a per-agent OAuth token, phone a per-agent seat key, mail a console session the
+     gateway signed into for you (its cookies never reach your browser). alice has open tickets at /chat/tickets
+     and /mail/tickets.
+  3. End alice's access from another terminal, and watch every channel's receipt arrive:
 
-       CHANNELGATE_CONFIG={config} .venv/bin/channelgate agents deprovision alice --reason "left the company"
+       CHANNELGATE_CONFIG={config} .venv/bin/channelgate agents deprovision alice --reason "left the company" --wait
 
-     Her open consoles stop working at once (the chat WebSocket closes) and her next sign-in is refused.
-  4. Or deactivate alice as an IdP would, over SCIM (development token {SCIM_TOKEN!r}):
+     Her open consoles stop working at once (the chat WebSocket closes) and her next sign-in is refused; then
+     her OAuth tokens are revoked (RFC 7009), her seat disabled and deleted, her mail session logged out, her
+     open tickets handed to carol, and each channel verified (RFC 7662 introspection, seat status, session list).
+     Later:  CHANNELGATE_CONFIG={config} .venv/bin/channelgate agents status alice
+  4. Or deactivate bob as an IdP would, over SCIM (development token {SCIM_TOKEN!r}):
 
        ID=$(curl -s -H "Authorization: Bearer {SCIM_TOKEN}" \\
-              "{base_url}/scim/v2/Users?filter=userName%20eq%20%22alice%22" | python3 -c \\
+              "{base_url}/scim/v2/Users?filter=userName%20eq%20%22bob%22" | python3 -c \\
               'import json,sys; print(json.load(sys.stdin)["Resources"][0]["id"])')
        curl -X PATCH -H "Authorization: Bearer {SCIM_TOKEN}" -H "Content-Type: application/scim+json" \\
             -d '{{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
                  "Operations":[{{"op":"replace","path":"active","value":false}}]}}' \\
             "{base_url}/scim/v2/Users/$ID"
 
-     (alice exists once she has signed in; the PATCH answers only after her sessions are gone.)
+     (the PATCH answers only after his sessions are gone; the channel steps follow in the pipeline.)
   5. The access log:  CHANNELGATE_CONFIG={config} .venv/bin/channelgate audit tail -n 30
 
   Ctrl-C stops everything.

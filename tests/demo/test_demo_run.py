@@ -2,8 +2,9 @@
 
 The launcher runs as ``make demo`` runs it (``python -m deploy.demo.run``), on free ports and in a temporary
 state directory. alice signs in through the demo OpenID provider's form, opens the chat console through the
-gateway, and then the SCIM commands the terminal prints (curl, the development token) are run as printed: her
-next request is refused. A SIGTERM to the launcher stops every process it started.
+gateway, opens each console kind (OAuth tokens, a seat, a form-login console), and then the commands the
+terminal prints are run as printed: the SCIM PATCH shuts bob out, and ``agents deprovision alice --wait`` shows
+every channel's pipeline step done. A SIGTERM to the launcher stops every process it started.
 """
 
 from __future__ import annotations
@@ -69,20 +70,47 @@ def _sign_in(client: httpx.Client, url: str, user: str) -> None:
     assert response.status_code == 200 and user in response.text, response.text[:300]
 
 
-def test_the_demo_starts_and_its_printed_scim_commands_end_an_agents_access(demo: Demo) -> None:
-    with httpx.Client(timeout=10) as alice:
+def _printed_step(printed: str, pattern: str) -> str:
+    step = re.search(pattern + r".*?\n\n(.*?)\n\n", printed, re.S)
+    assert step is not None, printed
+    return textwrap.dedent(step.group(1))
+
+
+def _run(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=90, cwd=ROOT
+    )
+
+
+def test_the_demo_starts_and_its_printed_commands_end_access_at_every_channel(demo: Demo) -> None:
+    with httpx.Client(timeout=10) as alice, httpx.Client(timeout=10) as bob:
         _sign_in(alice, demo.url, "alice")
-        chat = alice.get(demo.url + "/chat/", headers={"Accept": "application/json"})
-        assert chat.status_code == 200 and "alice" in chat.text
+        _sign_in(bob, demo.url, "bob")
+        # Each console kind through the gateway: a per-agent OAuth token (chat), a seat (phone), a console
+        # session the gateway signed into (mail); the browser gets none of their credentials or cookies.
+        for channel in ("chat", "phone", "mail"):
+            page = alice.get(f"{demo.url}/{channel}/")
+            assert page.status_code == 200 and "alice" in page.text, (channel, page.text[:300])
+            assert "set-cookie" not in page.headers
+        tickets = alice.get(f"{demo.url}/chat/tickets")
+        assert tickets.status_code == 200 and "Refund for order 1042" in tickets.text
+        assert bob.get(demo.url + "/chat/").status_code == 200
 
         printed = demo.printed()
-        step = re.search(r"4\. Or deactivate alice.*?\n\n(.*?)\n\n", printed, re.S)
-        assert step is not None, printed
-        script = textwrap.dedent(step.group(1))
+        script = _printed_step(printed, r"4\. Or deactivate bob")
         assert "demo-scim-token" in script and demo.url + "/scim/v2" in script
-        ran = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=30)
+        ran = _run(script)
         assert ran.returncode == 0, ran.stderr
+        assert bob.get(demo.url + "/chat/", headers={"Accept": "application/json"}).status_code == 401
 
+        command = _printed_step(printed, r"3\. End alice's access").splitlines()[0]
+        assert "agents deprovision alice" in command and "--wait" in command
+        ran = _run(command)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "DONE" in ran.stdout
+        for channel, step in [("chat", "revoke"), ("chat", "hand_over"), ("chat", "verify"), ("phone", "remove"),
+                              ("mail", "revoke"), ("mail", "verify")]:  # fmt: skip
+            assert re.search(rf"{channel}\s+{step}\s+done", ran.stdout), ran.stdout
         assert alice.get(demo.url + "/chat/", headers={"Accept": "application/json"}).status_code == 401
 
     demo.process.stop()
