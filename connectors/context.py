@@ -28,9 +28,10 @@ from gateway.timeutil import utcnow
 CredentialLoader = Callable[[], Awaitable[Secret]]
 
 
-#: How long a channel credential read from the vault is reused: a ``set-credential`` reaches every replica within
-#: this time, and a bulk offboarding does not read and decrypt it from the database once per vendor call.
-CREDENTIAL_CACHE_SECONDS = 5.0
+#: How long a channel credential read from the vault is reused, so a bulk offboarding does not read and decrypt
+#: it from the database once per vendor call. No longer than the static kind's re-read floor after an upstream
+#: 401 (connectors/static.py RELOAD_FLOOR_SECONDS), so a rotated credential is still picked up on the resend.
+CREDENTIAL_CACHE_SECONDS = 1.0
 
 
 def cached_credential(
