@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import statistics
 
+from bench.offboarding import OffboardingResult
 from bench.revocation import RevocationResult, Trial, percentile
 from bench.scim import GOAL_P99_MS, GOAL_RPS, ScimDisableResult, ScimResult
 from bench.throughput import TARGETS, ThroughputResult
 
 THROUGHPUT_GOAL = 0.8
 REVOCATION_GOAL_MS = 100.0
+OFFBOARDING_GOAL_SECONDS = 60.0
+OFFBOARDING_GOAL_AGENTS = 10_000
+
+
+def previous_sections(text: str) -> dict[str, list[str]]:
+    """The numbered sections (``## N. ...`` up to the next ``## ``) of a previous page, each marked with that
+    page's date, for the benchmarks a ``--skip`` run did not measure again."""
+    date = next((line.removeprefix("- Date: ") for line in text.splitlines() if line.startswith("- Date: ")), "?")
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            number = line[3:].split(".", 1)[0]
+            current = [line, "", f"> Kept from the run of {date} (skipped in this run)."] if number.isdigit() else None
+            if current is not None:
+                sections[number] = current
+            continue
+        if current is not None:
+            current.append(line)
+    return sections
 
 
 def _ms(seconds: float) -> str:
@@ -195,6 +216,41 @@ def scim_disable_section(result: ScimDisableResult) -> list[str]:
     ]
 
 
+def offboarding_section(result: OffboardingResult) -> list[str]:
+    goal = result.agents >= OFFBOARDING_GOAL_AGENTS and result.total_seconds < OFFBOARDING_GOAL_SECONDS
+    complete = result.runs_done == result.agents and result.receipts == result.steps
+    return [
+        f"## 4. Bulk offboarding of {result.agents:,} agents",
+        "",
+        "Three demo consoles as their own processes (chat: OAuth 2.0 authorization server + ticket API; phone: "
+        "seats admin API; mail: legacy form login + ticket API) and one `channelgate serve` (SQLite, WAL, "
+        "`synchronous=FULL`; pipeline concurrency "
+        f"{result.worker_concurrency}). Every agent first gets what its first requests through the gateway "
+        "leave behind (an OAuth token pair, a seat, a console session) and an open ticket at chat and at mail. "
+        "Then the deprovisionings arrive through the admin API, 32 at a time; the clock stops when every run is "
+        "`done` and every receipt is in the access log (read from the database). The mass-deletion guard is off, "
+        "as for an offboarding an admin approved in advance. Baseline, same run: the same connector calls for "
+        f"{result.baseline_agents:,} other agents, made directly in one process with the same concurrency and no "
+        "pipeline (no outbox, leases, receipts or retries).",
+        "",
+        "| measured | value |",
+        "|---|---:|",
+        f"| agents × channels | {result.agents:,} × 3 |",
+        f"| pipeline steps / done receipts | {result.steps:,} / {result.receipts:,} |",
+        f"| runs done | {result.runs_done:,} |",
+        f"| all deprovision calls answered (sessions dead, runs queued) | {result.trigger_seconds:.1f} s |",
+        f"| **first call → every run done, every receipt written** | **{result.total_seconds:.1f} s** |",
+        f"| pipeline agents/s | {result.agents_per_second:.1f} |",
+        f"| baseline (direct connector calls) agents/s | {result.baseline_agents_per_second:.1f} |",
+        f"| pipeline ÷ baseline | {result.agents_per_second / result.baseline_agents_per_second:.2f}× |",
+        "",
+        f"Goal: {OFFBOARDING_GOAL_AGENTS:,} agents in < {OFFBOARDING_GOAL_SECONDS:.0f} s: "
+        f"{'meets' if goal else '**misses**'} it. Every run done and every step's receipt written: "
+        f"{'yes' if complete else '**no**'}.",
+        "",
+    ]
+
+
 def render(
     *,
     machine: dict[str, str],
@@ -206,7 +262,12 @@ def render(
     quick: bool,
     scim: ScimResult | None = None,
     scim_disable: ScimDisableResult | None = None,
+    offboarding: OffboardingResult | None = None,
+    kept: dict[str, list[str]] | None = None,
 ) -> str:
+    """The whole page; ``kept`` holds the previous page's sections (by heading number) of benchmarks skipped
+    in this run, shown as they were, each still carrying the date of the run that measured it."""
+    kept = kept or {}
     lines = [
         "# Benchmarks",
         "",
@@ -225,21 +286,23 @@ def render(
         "run on this one machine; each Python server is a single process (one uvicorn worker).",
         "",
     ]
-    if throughput is not None:
-        lines += throughput_section(throughput)
-    if revocation is not None:
-        lines += revocation_section(revocation)
+    lines += throughput_section(throughput) if throughput is not None else kept.get("1", [])
+    lines += revocation_section(revocation) if revocation is not None else kept.get("2", [])
     if scim is not None:
         lines += scim_section(scim)
-    if scim_disable is not None and scim_disable.last_refusal:
-        lines += scim_disable_section(scim_disable)
+        if scim_disable is not None and scim_disable.last_refusal:
+            lines += scim_disable_section(scim_disable)
+    else:
+        lines += kept.get("3", [])
+    lines += offboarding_section(offboarding) if offboarding is not None else kept.get("4", [])
     lines += [
         "## Reproduce",
         "",
         "`make bench` (about 7 minutes), or `python -m bench.run --help` for durations, rounds and trial counts; "
         "`python -m bench.run --quick` is a one-minute smoke run. The sources are in `bench/`: `bare_proxy.py` "
         "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
-        "`throughput.py`, `revocation.py`, `scim.py`.",
+        "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`. A run with `--skip` keeps the skipped "
+        "sections of the previous page, marked with the date they were measured.",
         "",
     ]
     return "\n".join(lines)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench.machine import describe
 from bench.nginx import Nginx
-from bench.report import render
+from bench.offboarding import OffboardingResult, run_offboarding
+from bench.report import previous_sections, render
 from bench.revocation import RevocationResult, run_revocation
 from bench.scim import ScimDisableResult, ScimResult, run_scim_disable, run_scim_lookups
 from bench.stack import Gateway, bench_accounts
@@ -45,7 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--database", choices=("postgres", "sqlite"), default="postgres", help="revocation database (default postgres)"
     )
-    parser.add_argument("--skip", choices=("throughput", "revocation", "scim"), action="append", default=[])
+    parser.add_argument("--offboard-agents", type=int, help="agents of the bulk offboarding (default 10000; quick 300)")
+    parser.add_argument(
+        "--skip", choices=("throughput", "revocation", "scim", "offboarding"), action="append", default=[]
+    )
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -55,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.trials = args.trials if args.trials is not None else (10 if quick else 100)
     args.scim_trials = args.scim_trials if args.scim_trials is not None else (5 if quick else 50)
     args.cli_trials = args.cli_trials if args.cli_trials is not None else (2 if quick else 5)
+    args.offboard_agents = args.offboard_agents or (300 if quick else 10_000)
     return args
 
 
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     revocation: RevocationResult | None = None
     scim: ScimResult | None = None
     scim_disable: ScimDisableResult | None = None
+    offboarding: OffboardingResult | None = None
     try:
         nginx = Nginx()
         cleanups.append(nginx.close)
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 names = [f"agent{index:03d}" for index in range(first_scim_agent, first_scim_agent + args.scim_trials)]
                 scim_disable = asyncio.run(run_scim_disable(scim_replicas, names, database=database_label))
                 scim_replicas.stop()
+        if "offboarding" not in args.skip:
+            offboarding = run_offboarding(args.offboard_agents, max(100, args.offboard_agents // 10))
     finally:
         for cleanup in reversed(cleanups):
             try:
@@ -163,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["Load average (1/5/15 min) before → after"] = (
         f"{' / '.join(f'{v:.2f}' for v in load_before)} → {' / '.join(f'{v:.2f}' for v in os.getloadavg())}"
     )
+    previous = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
     text = render(
         machine=machine,
         date=date,
@@ -173,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         scim=scim,
         scim_disable=scim_disable,
+        offboarding=offboarding,
+        kept=previous_sections(previous),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
