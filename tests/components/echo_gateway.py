@@ -1,8 +1,9 @@
 """The harness the ``test_gateway_*`` modules share: the real gateway in this process, in front of echo consoles.
 
 ``deployment()`` starts three echo consoles (chat, phone, mail), writes a full channelgate.toml with
-``tests.components.gateway.config_toml`` for a real oidc-provider, serves it with uvicorn in this process
-(like ``running_gateway``, on a socket held from the start) and stores each channel's credential in the vault.
+``tests.components.gateway.config_toml`` for a real oidc-provider, serves it in this process with
+``tests.components.inprocess.running_gateway`` (on a socket held from the start) and stores each channel's
+credential in the vault.
 An echo console stands in for a third-party console: it records every request it gets, so a test can prove
 what did (and did not) reach it.
 ``raw_request`` speaks HTTP/1.1 over a socket, for request targets an HTTP client would tidy up (``..``, ``%2e``).
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from jose import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,13 +31,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from connectors.vault import store_credential
-from gateway.app import create_app
-from gateway.services import Services, open_gateway
-from gateway.settings import Settings, load_settings
-from gateway.storage.migrate import upgrade_to_head
+from gateway.services import Services
+from gateway.settings import load_settings
 from gateway.timeutil import utcnow
+from tests.components.asgi_server import AsgiServer, bound_socket
 from tests.components.browserless_login import login
 from tests.components.gateway import CHANNELS, ROOT, config_toml
+from tests.components.inprocess import running_gateway
 from tests.components.oidc_provider import DEMO_PASSWORD, OidcProvider, OidcProviderFactory
 from tests.components.ports import LOOPBACK
 
@@ -57,50 +56,17 @@ class SeenRequest:
         return [value for key, value in self.headers if key == name.lower()]
 
 
-def bound_socket() -> socket.socket:
-    """A listening-ready socket on a kernel-chosen loopback port, held from now on.
-
-    Choosing a free port and binding it later races with every outgoing connection on the machine, which may
-    take that same ephemeral port in between; holding the socket closes the race.
-    """
-    # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it
-    # every small response waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, 0))
-    return sock
-
-
-async def start_server(config: uvicorn.Config, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """Serve ``config`` on the already bound ``sock`` in this event loop; return once it accepts connections."""
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped before it started")
-        await asyncio.sleep(0.01)
-    return server, task
-
-
-@dataclass
-class EchoConsole:
+class EchoConsole(AsgiServer):
     """A console that records each request: ``/echo`` answers the headers it got, ``/hang`` never answers in
     time, anything else is a plain page."""
 
-    channel: str
-    sock: socket.socket = field(default_factory=bound_socket)
-    seen: list[SeenRequest] = field(default_factory=list)
-    hang_seconds: float = 30.0
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task[None] | None = None
+    def __init__(self, channel: str, hang_seconds: float = 30.0) -> None:
+        self.channel = channel
+        self.seen: list[SeenRequest] = []
+        self.hang_seconds = hang_seconds
+        super().__init__(self._echo_app())
 
-    @property
-    def port(self) -> int:
-        port: int = self.sock.getsockname()[1]
-        return port
-
-    def app(self) -> Starlette:
+    def _echo_app(self) -> Starlette:
         async def any_path(request: Request) -> Response:
             raw_path = request.scope["raw_path"].decode("latin-1")
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
@@ -112,19 +78,6 @@ class EchoConsole:
             return HTMLResponse(f"<h1>{self.channel} console</h1><p>{raw_path}</p>")
 
         return Starlette(routes=[Route("/{path:path}", any_path, methods=ALL_METHODS)])
-
-    async def start(self) -> None:
-        config = uvicorn.Config(self.app(), lifespan="off", log_level="critical", proxy_headers=False)
-        self._server, self._task = await start_server(config, self.sock)
-
-    async def stop(self) -> None:
-        """Stop answering: afterwards a connection to the port is refused."""
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-            await self._task
-        self._server = self._task = None
-        self.sock.close()
 
 
 @dataclass
@@ -208,7 +161,7 @@ async def deployment(
             for console in consoles.values():
                 await console.start()
                 stack.push_async_callback(console.stop)
-            services = await stack.enter_async_context(_running_gateway(settings, gateway_sock))
+            services = await stack.enter_async_context(running_gateway(settings, gateway_sock))
             assert services.vault is not None
             credentials = {}
             for channel in CHANNELS:
@@ -225,22 +178,6 @@ async def deployment(
     finally:
         gateway_sock.close()
         shutil.rmtree(base_dir, ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def _running_gateway(settings: Settings, sock: socket.socket) -> AsyncIterator[Services]:
-    """``tests.components.inprocess.running_gateway``, but on a socket bound before the provider was told the URL."""
-    await upgrade_to_head(settings.database.url.get_secret_value())
-    services = open_gateway(settings)
-    config = uvicorn.Config(
-        create_app(settings, services), log_level="warning", proxy_headers=False, lifespan="on", ws="websockets-sansio"
-    )
-    server, task = await start_server(config, sock)
-    try:
-        yield services
-    finally:
-        server.should_exit = True
-        await task
 
 
 @dataclass(frozen=True)

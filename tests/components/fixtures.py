@@ -1,9 +1,9 @@
 """Pytest fixtures that start real servers; registered by ``pytest_plugins = ["tests.components.fixtures"]``.
 
 One Redis and one PostgreSQL server serve the whole session; ``redis_url`` and ``postgres_url`` give each test a
-clean slate on them. Tests that kill or restart a server (fault tests) start their own ``RedisServer()`` or
-``PostgresServer(...)`` instead of disturbing the shared one. A missing binary fails the test with a message
-to run ``make test``; nothing is skipped silently.
+clean slate on them, and ``database_url`` runs a test on SQLite and again on PostgreSQL. Tests that kill or restart
+a server (fault tests) start their own ``RedisServer()`` or ``PostgresServer(...)`` instead of disturbing the
+shared one. A missing binary fails the test with a message to run ``make test``; nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -66,6 +66,20 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database(name)
     yield url
     postgres_server.drop_database(name)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The test runs twice: on a SQLite file (in a directory yet to be made) and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

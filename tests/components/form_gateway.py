@@ -9,11 +9,9 @@ session). Each console is wrapped in a :class:`Recorder`, so a test can prove wh
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,15 +27,16 @@ from connectors.secret import Secret
 from connectors.vault import store_credential
 from deploy.demo.consoles import create_app
 from deploy.demo.form_login import FormLogin
-from gateway.app import create_app as gateway_app
-from gateway.services import Services, open_gateway
+from gateway.services import Services
 from gateway.settings import load_settings
-from gateway.storage.migrate import upgrade_to_head
 from gateway.timeutil import utcnow
+from tests.components.asgi_server import AsgiServer, bound_socket
 from tests.components.browserless_login import login
-from tests.components.echo_gateway import EchoConsole, bound_socket, start_server
+from tests.components.connector_harness import read_effects
+from tests.components.echo_gateway import EchoConsole
 from tests.components.form_console import ACCOUNTS, SERVICE_CREDENTIAL, Clock
 from tests.components.gateway import config_toml
+from tests.components.inprocess import running_gateway
 from tests.components.oidc_provider import DEMO_PASSWORD, OidcProviderFactory
 from tests.components.ports import LOOPBACK
 
@@ -103,39 +101,12 @@ class Recorder:
         return [seen for seen in self.seen if seen.path == path]
 
 
-@dataclass
-class RunningConsole:
-    """A console on a fixed loopback port; ``stop`` makes connections be refused, ``start`` brings it back."""
+class RunningConsole(AsgiServer):
+    """A console behind its :class:`Recorder`, served on a held loopback port."""
 
-    recorder: Recorder
-    sock: socket.socket = field(default_factory=bound_socket)
-    server: uvicorn.Server | None = None
-    task: asyncio.Task[None] | None = None
-    port: int = 0
-
-    def __post_init__(self) -> None:
-        self.port = self.sock.getsockname()[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    async def start(self) -> None:
-        if self.sock.fileno() == -1:  # closed by an earlier stop: the same port again
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY by asyncio
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind((LOOPBACK, self.port))
-        config = uvicorn.Config(self.recorder, lifespan="off", log_level="critical", proxy_headers=False)
-        self.server, self.task = await start_server(config, self.sock)
-
-    async def stop(self) -> None:
-        """Stop answering: a connection to the port is refused afterwards."""
-        if self.server is not None and self.task is not None:
-            self.server.should_exit = True
-            self.server.force_exit = True
-            await self.task
-        self.server = self.task = None
-        self.sock.close()
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(recorder)
+        self.recorder = recorder
 
 
 @dataclass
@@ -180,14 +151,8 @@ class FormDeployment:
 
     async def effects(self, effect: str, user: str) -> int:
         """How often the mail console's effects log (``GET /_effects``, read over HTTP) records ``effect``."""
-        async with httpx.AsyncClient() as client:
-            answer = await client.get(
-                f"{self.mail.url}/_effects",
-                params={"subject": user},
-                headers={"Authorization": f"Bearer {SERVICE_CREDENTIAL}"},
-            )
-        answer.raise_for_status()
-        return sum(1 for entry in answer.json()["effects"] if entry["effect"] == effect)
+        entries = await read_effects(self.mail.url, {"Authorization": f"Bearer {SERVICE_CREDENTIAL}"}, user)
+        return sum(1 for entry in entries if entry["effect"] == effect)
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"}
@@ -229,7 +194,6 @@ async def form_deployment(
     config_path = base_dir / "channelgate.toml"
     config_path.write_text(text, encoding="utf-8")
     settings = load_settings(config_path, environ={})
-    await upgrade_to_head(settings.database.url.get_secret_value())
     try:
         async with contextlib.AsyncExitStack() as stack:
             for console in (mail, chat):
@@ -239,12 +203,7 @@ async def form_deployment(
             stack.push_async_callback(phone.stop)
             running: list[Services] = []
             for sock in sockets:
-                services = open_gateway(settings)
-                config = uvicorn.Config(
-                    gateway_app(settings, services), log_level="warning", proxy_headers=False, lifespan="on"
-                )
-                server, task = await start_server(config, sock)
-                stack.push_async_callback(_stop, server, task)
+                services = await stack.enter_async_context(running_gateway(settings, sock))
                 running.append(services)
                 # Time passes for the gateway as for the console: a test that expires console sessions by moving
                 # the console's clock is also past the connector's re-login floor.
@@ -266,8 +225,3 @@ async def form_deployment(
         for sock in sockets:
             sock.close()
         shutil.rmtree(base_dir, ignore_errors=True)
-
-
-async def _stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
-    server.should_exit = True
-    await task

@@ -1,4 +1,4 @@
-"""The gateway in this test process: a real uvicorn server on a free loopback port, with its ``Services`` at hand.
+"""The gateway in this test process: a real uvicorn server on a held loopback socket, with its ``Services`` at hand.
 
 For tests that need to reach inside (freeze the clock, swap the session store, count records) while still
 speaking real HTTP to the gateway. Child-process replicas are in ``tests.components.gateway``.
@@ -6,10 +6,9 @@ speaking real HTTP to the gateway. Child-process replicas are in ``tests.compone
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import uvicorn
 
@@ -17,33 +16,21 @@ from gateway.app import create_app
 from gateway.services import Services, open_gateway
 from gateway.settings import Settings
 from gateway.storage.migrate import upgrade_to_head
-from tests.components.ports import LOOPBACK
-
-
-@dataclass
-class RunningGateway:
-    url: str
-    services: Services
+from tests.components.asgi_server import start_server
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: Settings, port: int) -> AsyncIterator[RunningGateway]:
-    """Migrate the database, serve ``settings`` on ``port`` and stop the server afterwards."""
+async def running_gateway(settings: Settings, sock: socket.socket) -> AsyncIterator[Services]:
+    """Migrate the database, serve ``settings`` on ``sock`` (bound before anyone was told the URL) and stop the
+    server afterwards, its lifespan closing the services."""
     await upgrade_to_head(settings.database.url.get_secret_value())
     services = open_gateway(settings)
-    app = create_app(settings, services)
     config = uvicorn.Config(
-        app, host=LOOPBACK, port=port, log_level="warning", proxy_headers=False, lifespan="on", ws="websockets-sansio"
+        create_app(settings, services), log_level="warning", proxy_headers=False, lifespan="on", ws="websockets-sansio"
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    server, task = await start_server(config, sock)
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the gateway stopped before it started")
-            await asyncio.sleep(0.01)
-        yield RunningGateway(f"http://{LOOPBACK}:{port}", services)
+        yield services
     finally:
         server.should_exit = True
         await task

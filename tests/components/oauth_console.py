@@ -8,89 +8,33 @@ built by the migrations) sealed by a real vault, so two connectors on one databa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-from pydantic import SecretStr
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-from starlette.types import ASGIApp
-
-from connectors.context import AgentSecrets, ConnectorContext
+from connectors.context import AgentSecrets
 from connectors.oauth2 import OAuth2Connector
-from connectors.secret import Secret
-from connectors.vault import Vault
 from deploy.demo.consoles import create_app
 from deploy.demo.effects import Effects
 from deploy.demo.oauth_server import OAuthServer
 from deploy.demo.tickets_api import Ticket
 from gateway.proxy.assertion import AssertionSigner
-from gateway.settings import AssertionSettings, DatabaseSettings, OAuth2ChannelSettings
-from gateway.storage.agent_secrets import AgentSecretRepository
-from gateway.storage.database import Database
-from gateway.storage.migrate import upgrade_to_head
-from tests.components.ports import LOOPBACK
+from gateway.settings import OAuth2ChannelSettings
+from tests.components.asgi_server import AsgiServer, serve_asgi
+from tests.components.connector_harness import ISSUER, SharedSecrets, gateway_signer, open_replicas
 
 CHANNEL = "chat"
-ISSUER = "http://gateway.test"
 CLIENT_ID = "channelgate"
 #: Has the characters RFC 6749 §2.3.1's form-encoding exists for (':' would split a Basic pair; '%', '+', ' ').
 CLIENT_SECRET = "client:secret%2B+ 7f2c-console"
 
 
 @dataclass
-class Served:
-    """One ASGI app under uvicorn; ``stop`` takes it down early (a channel going away mid-test)."""
-
-    url: str
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-
-    async def stop(self) -> None:
-        if not self.task.done():
-            self.server.should_exit = True
-            await self.task
-
-
-@contextlib.asynccontextmanager
-async def serve_asgi(app: ASGIApp) -> AsyncIterator[Served]:
-    # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it
-    # every small response waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="critical", lifespan="off", ws="websockets-sansio", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    served = Served(f"http://{LOOPBACK}:{port}", server, task)
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the server stopped before it started")
-            await asyncio.sleep(0.01)
-        yield served
-    finally:
-        await served.stop()
-        sock.close()
-
-
-@dataclass
 class OAuthConsole:
-    served: Served
+    served: AsgiServer
     oauth: OAuthServer
     signer: AssertionSigner
 
@@ -126,16 +70,11 @@ async def oauth_console(
 ) -> AsyncIterator[OAuthConsole]:
     """The chat console with ``--auth oauth2`` (and the ticket API when ``tickets`` are given), trusting a real
     gateway signer whose JWKS is served over HTTP."""
-    signer = AssertionSigner(AssertionSettings(), ISSUER)
-
-    async def jwks(request: Request) -> JSONResponse:
-        return JSONResponse(signer.jwks())
-
-    async with serve_asgi(Starlette(routes=[Route("/.channelgate/jwks.json", jwks)])) as gateway:
+    async with gateway_signer() as (signer, jwks_url):
         app = create_app(
             CHANNEL,
             CLIENT_SECRET,
-            f"{gateway.url}/.channelgate/jwks.json",
+            jwks_url,
             ISSUER,
             auth="oauth2",
             client_id=CLIENT_ID,
@@ -146,13 +85,8 @@ async def oauth_console(
             yield OAuthConsole(console, app.state.oauth, signer)
 
 
-@dataclass
-class Replicas:
-    """What several gateway replicas share: one database (``agent_secrets``) and the vault's keys."""
-
-    repository: AgentSecretRepository
-    vault: Vault = field(default_factory=lambda: Vault({"k1": os.urandom(32)}, "k1"))
-    built: list[OAuth2Connector] = field(default_factory=list)
+class Replicas(SharedSecrets):
+    """Gateway replicas, each with an ``oauth2`` connector for the chat console."""
 
     def connector(
         self,
@@ -163,35 +97,15 @@ class Replicas:
         **settings: Any,
     ) -> OAuth2Connector:
         """One replica's connector for the console, its client secret loaded as from the vault."""
-
-        async def credential() -> Secret:
-            return Secret(secret)
-
-        context = ConnectorContext(
-            CHANNEL,
-            console.settings(**settings),
-            credential,
-            AgentSecrets(CHANNEL, self.repository, self.vault),
-            console.signer,
-        )
+        context = self.context(CHANNEL, console.settings(**settings), secret, console.signer)
         connector = OAuth2Connector(context) if clock is None else OAuth2Connector(context, clock=clock)
         self.built.append(connector)
         return connector
 
-    def secrets(self) -> AgentSecrets:
-        return AgentSecrets(CHANNEL, self.repository, self.vault)
+    def secrets(self, channel: str = CHANNEL) -> AgentSecrets:
+        return super().secrets(channel)
 
 
-@contextlib.asynccontextmanager
-async def replicas(directory: Path) -> AsyncIterator[Replicas]:
-    """A migrated SQLite database in ``directory``; every connector built from it is closed afterwards."""
-    url = f"sqlite+aiosqlite:///{directory}/channelgate.db"
-    await upgrade_to_head(url)
-    database = Database.from_settings(DatabaseSettings(url=SecretStr(url)))
-    shared = Replicas(AgentSecretRepository(database.engine))
-    try:
-        yield shared
-    finally:
-        for connector in shared.built:
-            await connector.aclose()
-        await database.dispose()
+def replicas(directory: Path) -> contextlib.AbstractAsyncContextManager[Replicas]:
+    """Replicas on a migrated SQLite database in ``directory``."""
+    return open_replicas(f"sqlite+aiosqlite:///{directory}/channelgate.db", Replicas)

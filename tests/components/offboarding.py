@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from deploy.demo.consoles import create_app as console_app
 from deploy.demo.faults import FaultSwitch
 from deploy.demo.tickets_api import Ticket
-from tests.components.echo_gateway import start_server
+from tests.components.asgi_server import start_server
 from tests.components.ports import LOOPBACK, free_port
 
 AuthMode = Literal["oauth2", "seats", "form"]

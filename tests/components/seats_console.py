@@ -9,43 +9,28 @@ migrations) sealed by a real vault; two connectors on one database act as two re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import os
-import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-import uvicorn
-from pydantic import SecretStr
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connectors.context import AgentSecrets, ConnectorContext
 from connectors.seats import SeatsConnector
-from connectors.secret import Secret
 from connectors.static import StaticCredentialConnector
-from connectors.vault import Vault
 from deploy.demo.consoles import create_app
 from deploy.demo.faults import FaultSwitch
 from deploy.demo.seats_api import SeatRegistry
 from deploy.demo.tickets_api import Ticket
 from gateway.proxy.assertion import AssertionSigner
-from gateway.settings import AssertionSettings, DatabaseSettings, SeatsChannelSettings, StaticChannelSettings
-from gateway.storage.agent_secrets import AgentSecretRepository
-from gateway.storage.database import Database
-from gateway.storage.migrate import upgrade_to_head
-from tests.components.oauth_console import Served
-from tests.components.ports import LOOPBACK
+from gateway.settings import SeatsChannelSettings, StaticChannelSettings
+from tests.components.asgi_server import AsgiServer, serve_asgi
+from tests.components.connector_harness import ISSUER, SharedSecrets, gateway_signer, open_replicas, read_effects
 
-ISSUER = "http://gateway.test"
 ADMIN_KEY = "seats-admin-key-5d1e0c7a9b"
 SERVICE_CREDENTIAL = "console-service-credential-3a9f"
 FALLBACK_QUEUE = "triage"
@@ -80,7 +65,7 @@ class Console:
     auth: Auth
     app: Starlette
     signer: AssertionSigner
-    served: Served
+    served: AsgiServer
     recorder: Recorder
 
     def calls(self, method: str, path: str) -> int:
@@ -113,12 +98,7 @@ class Console:
         return self.signer.sign(agent_id, user_name, frozenset(), self.channel, time.time())
 
     async def effects(self, subject: str | None = None) -> list[dict[str, Any]]:
-        params = {"subject": subject} if subject else {}
-        async with httpx.AsyncClient(base_url=self.url) as client:
-            answer = await client.get("/_effects", params=params, headers=self.service_headers())
-        answer.raise_for_status()
-        entries: list[dict[str, Any]] = answer.json()["effects"]
-        return entries
+        return await read_effects(self.url, self.service_headers(), subject)
 
     async def tickets(self, **query: str) -> list[dict[str, Any]]:
         async with httpx.AsyncClient(base_url=self.url) as client:
@@ -142,35 +122,7 @@ class Console:
 
     async def restart(self) -> None:
         """Serve the same app (same seats, tickets, effects) again on the same port after ``served.stop``."""
-        port = int(self.url.rsplit(":", 1)[1])
-        self.served = await _serve_at(self.recorder, port)
-
-
-async def _serve_at(app: ASGIApp, port: int = 0) -> Served:
-    """Serve ``app`` under uvicorn on ``port`` (0: a free one) of the loopback address."""
-    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without
-    # it every small response waits ~40 ms for a delayed ACK (Nagle's algorithm, RFC 896 / RFC 1122 §4.2.3.2).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, port))
-    config = uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped before it started")
-        await asyncio.sleep(0.01)
-    return Served(f"http://{LOOPBACK}:{sock.getsockname()[1]}", server, task)
-
-
-@contextlib.asynccontextmanager
-async def _served(app: ASGIApp) -> AsyncIterator[Served]:
-    served = await _serve_at(app)
-    try:
-        yield served
-    finally:
-        await served.stop()
+        await self.served.start()
 
 
 @contextlib.asynccontextmanager
@@ -178,39 +130,16 @@ async def demo_console(
     channel: str, *, auth: Auth = "static", tickets: Sequence[Ticket] | None = None, credential: str | None = None
 ) -> AsyncIterator[Console]:
     """``channel``'s console (``auth`` "static" or "seats", with ``tickets`` when given), its gateway's JWKS served."""
-    signer = AssertionSigner(AssertionSettings(), ISSUER)
-
-    async def jwks(request: Request) -> JSONResponse:
-        return JSONResponse(signer.jwks())
-
     credential = credential or (ADMIN_KEY if auth == "seats" else SERVICE_CREDENTIAL)
-    async with _served(Starlette(routes=[Route("/.channelgate/jwks.json", jwks)])) as gateway:
-        jwks_url = f"{gateway.url}/.channelgate/jwks.json"
+    async with gateway_signer() as (signer, jwks_url):
         app = create_app(channel, credential, jwks_url, ISSUER, auth=auth, tickets=tickets)
         recorder = Recorder(app)
-        async with _served(recorder) as served:
-            console = Console(channel, credential, auth, app, signer, served, recorder)
-            try:
-                yield console
-            finally:
-                await console.served.stop()
+        async with serve_asgi(recorder) as served:
+            yield Console(channel, credential, auth, app, signer, served, recorder)
 
 
-@dataclass
-class Replicas:
-    """What gateway replicas share: one database (``agent_secrets``) and the vault's keys."""
-
-    repository: AgentSecretRepository
-    vault: Vault = field(default_factory=lambda: Vault({"k1": os.urandom(32)}, "k1"))
-    built: list[ConnectorContext] = field(default_factory=list)
-
-    def context(self, channel: str, settings: Any, credential: str) -> ConnectorContext:
-        async def load() -> Secret:
-            return Secret(credential)
-
-        context = ConnectorContext(channel, settings, load, self.secrets(channel))
-        self.built.append(context)
-        return context
+class Replicas(SharedSecrets):
+    """Gateway replicas, each with ``seats`` or ``static`` connectors for the consoles."""
 
     def seats(self, console: Console, *, admin_key: str = ADMIN_KEY, **settings: Any) -> SeatsConnector:
         """One replica's seats connector for ``console``, its admin key loaded as from the vault."""
@@ -226,19 +155,7 @@ class Replicas:
         context = self.context(console.channel, settings_, credential or console.credential)
         return StaticCredentialConnector.from_context(context)
 
-    def secrets(self, channel: str) -> AgentSecrets:
-        return AgentSecrets(channel, self.repository, self.vault)
 
-
-@contextlib.asynccontextmanager
-async def replicas(database_url: str) -> AsyncIterator[Replicas]:
-    """Replicas on a database migrated to head; their HTTP clients are closed afterwards."""
-    await upgrade_to_head(database_url)
-    database = Database.from_settings(DatabaseSettings(url=SecretStr(database_url)))
-    shared = Replicas(AgentSecretRepository(database.engine))
-    try:
-        yield shared
-    finally:
-        for context in shared.built:
-            await context.aclose()
-        await database.dispose()
+def replicas(database_url: str) -> contextlib.AbstractAsyncContextManager[Replicas]:
+    """Replicas on a database migrated to head."""
+    return open_replicas(database_url, Replicas)

@@ -1,10 +1,10 @@
 """Fixtures of the storage contract suites: each test runs against SQLite (a temporary file) and a real PostgreSQL
-server, on a database created by the migrations (not ``metadata.create_all``)."""
+server (``database_url``, from tests/components/fixtures.py), on a database created by the migrations (not
+``metadata.create_all``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -14,19 +14,6 @@ from gateway.settings import DatabaseSettings
 from gateway.storage.agents import AgentRepository
 from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade_to_head
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from deploy.demo.console_auth import (
     GatewayKeys,
 )
 from deploy.demo.consoles import console_app, create_app
-from tests.demo.servers import GatewaySigner, demo_process, serve_jwks
+from tests.demo.servers import GatewaySigner, demo_process
 
 CREDENTIAL = "console-credential-8f3a"
 
@@ -58,19 +58,6 @@ WRONG_CREDENTIALS = [
     ("mail", {"Authorization": f"Bearer {CREDENTIAL}"}),
     ("mail", {"Authorization": "Basic !!not-base64!!"}),
 ]
-
-
-@pytest.fixture
-def signer() -> GatewaySigner:
-    signer = GatewaySigner()
-    signer.add_key("gw-1")
-    return signer
-
-
-@pytest.fixture
-def jwks_url(signer: GatewaySigner) -> Iterator[str]:
-    with serve_jwks(signer) as url:
-        yield url
 
 
 @asynccontextmanager

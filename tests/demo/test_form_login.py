@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,24 +19,11 @@ from starlette.applications import Starlette
 from deploy.demo.console_auth import ASSERTION_HEADER
 from deploy.demo.consoles import create_app
 from deploy.demo.form_login import LOGGED_IN, LOGGED_OUT, SESSION_COOKIE, FormLogin
-from tests.demo.servers import GatewaySigner, demo_process, serve_jwks
+from tests.demo.servers import GatewaySigner, demo_process
 
 SERVICE = "form-console-service-credential-5d1c"
 ACCOUNTS = {"alice": "alice-console-pw-1", "bob": "bob-console-pw-2", "carol": "carol-console-pw-3"}
 SERVICE_HEADERS = {"Authorization": f"Bearer {SERVICE}"}
-
-
-@pytest.fixture
-def signer() -> GatewaySigner:
-    signer = GatewaySigner()
-    signer.add_key("gw-1")
-    return signer
-
-
-@pytest.fixture
-def jwks_url(signer: GatewaySigner) -> Iterator[str]:
-    with serve_jwks(signer) as url:
-        yield url
 
 
 class Clock:

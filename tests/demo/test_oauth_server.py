@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from deploy.demo.console_auth import ASSERTION_HEADER
 from deploy.demo.consoles import create_app
 from deploy.demo.effects import Effect, Effects
 from deploy.demo.oauth_server import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE, OAuthServer
-from tests.demo.servers import GatewaySigner, demo_process, serve_jwks
+from tests.demo.servers import GatewaySigner, demo_process
 
 CLIENT_ID = "channelgate"
 #: ':' and '%' are what RFC 6749 §2.3.1's form-encoding before Basic is for.
@@ -36,19 +36,6 @@ def basic(client_id: str, secret: str, *, encode: bool = True) -> str:
 
 
 CLIENT = {"Authorization": basic(CLIENT_ID, SECRET)}
-
-
-@pytest.fixture
-def signer() -> GatewaySigner:
-    signer = GatewaySigner()
-    signer.add_key("gw-1")
-    return signer
-
-
-@pytest.fixture
-def jwks_url(signer: GatewaySigner) -> Iterator[str]:
-    with serve_jwks(signer) as url:
-        yield url
 
 
 class Console:

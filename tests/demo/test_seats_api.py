@@ -6,7 +6,7 @@ The console runs in-process behind httpx's ASGI transport; the gateway's asserti
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,23 +14,10 @@ import pytest
 
 from deploy.demo.console_auth import ASSERTION_HEADER
 from deploy.demo.consoles import create_app
-from tests.demo.servers import GatewaySigner, serve_jwks
+from tests.demo.servers import GatewaySigner
 
 ADMIN_KEY = "phone-admin-key-41c7e9"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-@pytest.fixture
-def signer() -> GatewaySigner:
-    signer = GatewaySigner()
-    signer.add_key("gw-1")
-    return signer
-
-
-@pytest.fixture
-def jwks_url(signer: GatewaySigner) -> Iterator[str]:
-    with serve_jwks(signer) as url:
-        yield url
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ process with a seed file and the seats mode.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from deploy.demo.console_auth import ASSERTION_HEADER
 from deploy.demo.consoles import create_app
 from deploy.demo.tickets_api import Ticket, demo_tickets, parse_tickets
-from tests.demo.servers import GatewaySigner, demo_process, serve_jwks
+from tests.demo.servers import GatewaySigner, demo_process
 
 CREDENTIAL = "mail-service-credential-77d0"
 SERVICE = {"Authorization": f"Bearer {CREDENTIAL}"}
@@ -29,19 +29,6 @@ TICKETS = [
     Ticket("T-5", "Address change", "alice", queue="billing"),
     Ticket("T-6", "Unassigned question", None, queue="triage"),
 ]
-
-
-@pytest.fixture
-def signer() -> GatewaySigner:
-    signer = GatewaySigner()
-    signer.add_key("gw-1")
-    return signer
-
-
-@pytest.fixture
-def jwks_url(signer: GatewaySigner) -> Iterator[str]:
-    with serve_jwks(signer) as url:
-        yield url
 
 
 @pytest.fixture

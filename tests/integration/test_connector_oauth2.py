@@ -29,15 +29,8 @@ from deploy.demo.console_auth import ASSERTION_HEADER
 from deploy.demo.tickets_api import Ticket
 from gateway.errors import UpstreamError
 from gateway.storage.agent_secrets import AgentSecretRepository, StoredAgentSecret
-from tests.components.oauth_console import (
-    CHANNEL,
-    CLIENT_ID,
-    CLIENT_SECRET,
-    OAuthConsole,
-    Replicas,
-    oauth_console,
-    serve_asgi,
-)
+from tests.components.asgi_server import serve_asgi
+from tests.components.oauth_console import CHANNEL, CLIENT_ID, CLIENT_SECRET, OAuthConsole, Replicas, oauth_console
 from tests.components.oauth_console import replicas as shared_database
 
 ALICE = AgentRef(agent_id="agent-alice", user_name="alice")

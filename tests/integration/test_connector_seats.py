@@ -31,19 +31,6 @@ def ctx(step: str) -> StepContext:
     return StepContext(idempotency_key=f"run-{uuid.uuid4().hex}:phone:{step}")
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/channelgate.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
 async def console() -> AsyncIterator[Console]:
     async with demo_console("phone", auth="seats") as console:

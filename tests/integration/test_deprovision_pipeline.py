@@ -25,7 +25,8 @@ from gateway.deprovision.plan import RunState, StepState
 from gateway.services import Services, open_gateway
 from gateway.settings import load_settings
 from gateway.storage.pipeline import RunRecord
-from tests.components.echo_gateway import eventually, start_server
+from tests.components.asgi_server import start_server
+from tests.components.echo_gateway import eventually
 from tests.components.offboarding import PASSWORD, OffboardingStack, _bind, offboarding_stack
 
 FAST_RETRIES = "retry_base_seconds = 0.05\nretry_max_seconds = 0.2\npoll_seconds = 0.1\nlease_seconds = 10\n"

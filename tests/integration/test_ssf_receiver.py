@@ -27,7 +27,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.signals.events import CAEP, RISC
-from tests.components.echo_gateway import Deployment, bound_socket, deployment, start_server
+from tests.components.asgi_server import bound_socket, start_server
+from tests.components.echo_gateway import Deployment, deployment
 from tests.components.oidc_provider import OidcProviderFactory, generate_signing_key, public_jwks
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]

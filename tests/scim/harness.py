@@ -20,7 +20,8 @@ from gateway.services import Services
 from gateway.settings import Settings
 from gateway.storage.access_log import AccessRecord
 from gateway.timeutil import utcnow
-from tests.components.echo_gateway import _running_gateway, bound_socket
+from tests.components.asgi_server import bound_socket
+from tests.components.inprocess import running_gateway
 from tests.components.ports import LOOPBACK
 
 SCIM_JSON = "application/scim+json"
@@ -85,7 +86,7 @@ async def scim_gateway(database_url: str | None = None) -> AsyncIterator[ScimGat
     sock = bound_socket()
     url = f"http://{LOOPBACK}:{sock.getsockname()[1]}"
     try:
-        async with _running_gateway(scim_settings(base_dir, url, database_url), sock) as services:
+        async with running_gateway(scim_settings(base_dir, url, database_url), sock) as services:
             running = ScimGateway(url, services)
             try:
                 yield running
