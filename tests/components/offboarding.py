@@ -13,11 +13,9 @@ The gateway itself runs either in this process (``OffboardingStack.start_gateway
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import secrets
-import socket
 import sqlite3
 import tempfile
 import uuid
@@ -27,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
@@ -35,7 +32,7 @@ from starlette.applications import Starlette
 from deploy.demo.consoles import create_app as console_app
 from deploy.demo.faults import FaultSwitch
 from deploy.demo.tickets_api import Ticket
-from tests.components.asgi_server import start_server
+from tests.components.asgi_server import AsgiServer
 from tests.components.ports import LOOPBACK, free_port
 
 AuthMode = Literal["oauth2", "seats", "form"]
@@ -48,32 +45,25 @@ CHANNEL_MODES: dict[str, tuple[AuthMode, bool]] = {
 PASSWORD = "legacy-pass"  # the demo mail console's test accounts
 
 
-def _bind(port: int = 0) -> socket.socket:
-    # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it
-    # every small response waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, port))
-    return sock
-
-
 @dataclass
 class LiveConsole:
-    """One demo console on a fixed loopback port; ``stop`` makes connections to it be refused, ``start`` again
-    brings the same app (same state) back on the same port."""
+    """One demo console served in this process (``AsgiServer``: ``stop`` makes connections be refused, ``start``
+    serves the same app, with the same state, on the same port again)."""
 
     channel: str
     mode: AuthMode
     credential: str
-    app: Starlette
-    port: int
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task[None] | None = None
-    _sock: socket.socket | None = None
+    server: AsgiServer
+
+    @property
+    def app(self) -> Starlette:
+        app = self.server.app
+        assert isinstance(app, Starlette)
+        return app
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return self.server.url
 
     @property
     def faults(self) -> FaultSwitch:
@@ -81,27 +71,17 @@ class LiveConsole:
         return switch
 
     async def start(self) -> None:
-        config = uvicorn.Config(self.app, lifespan="off", log_level="critical", proxy_headers=False)
-        self._sock = _bind(self.port)
-        self._server, self._task = await start_server(config, self._sock)
+        await self.server.start()
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-            await self._task
-        if self._sock is not None:
-            self._sock.close()
-        self._server = self._task = None
-        self._sock = None
+        await self.server.stop()
 
     async def effects(self) -> list[dict[str, Any]]:
         """The console's effects log (``GET /_effects``), read over HTTP with its service credential."""
         async with httpx.AsyncClient() as http:
             response = await http.get(self.url + "/_effects", headers={"Authorization": f"Bearer {self.credential}"})
         response.raise_for_status()
-        body = response.json()
-        entries: list[dict[str, Any]] = body["effects"] if isinstance(body, dict) else body
+        entries: list[dict[str, Any]] = response.json()["effects"]
         return entries
 
 
@@ -241,7 +221,7 @@ async def offboarding_stack(
             tickets=_tickets(open_tickets) if has_tickets else None,
             accounts={user: PASSWORD for user in accounts} if mode == "form" else None,
         )
-        consoles[channel] = LiveConsole(channel, mode, credential, app, free_port())
+        consoles[channel] = LiveConsole(channel, mode, credential, AsgiServer(app))
     admin_token = secrets.token_urlsafe(24)
     config_path = base_dir / "channelgate.toml"
     config_path.write_text(

@@ -13,37 +13,32 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from connectors.base import AgentRef, UpstreamRequest
 from connectors.secret import Secret
 from deploy.demo.form_login import LOGGED_OUT
 from deploy.demo.seats_api import DELETED as SEAT_DELETED
 from deploy.demo.tickets_api import REASSIGNED
-from gateway.app import create_app
 from gateway.deprovision.plan import RunState, StepState
-from gateway.services import Services, open_gateway
+from gateway.services import Services
 from gateway.settings import load_settings
 from gateway.storage.pipeline import RunRecord
-from tests.components.asgi_server import start_server
+from tests.components.asgi_server import bound_socket
 from tests.components.echo_gateway import eventually
-from tests.components.offboarding import PASSWORD, OffboardingStack, _bind, offboarding_stack
+from tests.components.inprocess import running_gateway
+from tests.components.offboarding import PASSWORD, OffboardingStack, offboarding_stack
 
 FAST_RETRIES = "retry_base_seconds = 0.05\nretry_max_seconds = 0.2\npoll_seconds = 0.1\nlease_seconds = 10\n"
 
 
 @contextlib.asynccontextmanager
 async def gateway_of(stack: OffboardingStack) -> AsyncIterator[Services]:
-    settings = load_settings(stack.config_path, environ={})
-    services = open_gateway(settings)
-    config = uvicorn.Config(create_app(settings, services), log_level="warning", lifespan="on", proxy_headers=False)
-    sock = _bind(stack.gateway_port)
-    server, task = await start_server(config, sock)
+    """The gateway of ``stack`` served in this process on its configured port."""
+    sock = bound_socket(stack.gateway_port)
     try:
-        yield services
+        async with running_gateway(load_settings(stack.config_path, environ={}), sock) as services:
+            yield services
     finally:
-        server.should_exit = True
-        await task
         sock.close()
 
 
