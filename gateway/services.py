@@ -180,14 +180,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
 def start_worker(services: Services) -> PipelineWorker:
     """The pipeline worker of this process; the killer wakes it when it queues a run."""
     worker = PipelineWorker(
-        services.settings.deprovision,
-        services.database,
-        services.pipeline,
-        services.agents,
-        services.connectors,
-        services.audit,
-        services.metrics,
-        services.replica_id,
+        services.settings.deprovision, services.pipeline, services.connectors, services.metrics, services.replica_id
     )
     services.worker = worker
     services.killer.on_enqueued = worker.wake

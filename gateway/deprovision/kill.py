@@ -17,12 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.writer import AuditLog
-from gateway.deprovision.plan import RunState
-from gateway.deprovision.runs import RunPlanner
+from gateway.deprovision.runs import Hold, RunPlanner, joined_run
 from gateway.errors import NotFound
 from gateway.metrics import Metrics
 from gateway.proxy.streams import LiveConnections
@@ -31,6 +31,7 @@ from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, AgentRepository
 from gateway.storage.database import Database
 from gateway.storage.pipeline import PipelineRepository, RunRecord
+from gateway.storage.sqlite_outbox import Outbox
 from gateway.timeutil import utcnow
 
 
@@ -110,11 +111,9 @@ class SessionKiller:
         if self._planner is None or self._runs is None:
             return None
         previous = await self._runs.runs_of_agent(agent.id, conn=conn)
-        going = [r for r in previous if r.state in (RunState.RUNNING, RunState.HELD)]
-        if going:
-            return going[0]
-        if previous and not was_active:
-            return previous[0]
+        joined = joined_run(previous, was_active=was_active)
+        if joined is not None:
+            return joined
         return await self._planner.enqueue(
             agent, source=source, actor=actor, reason=reason, successor=successor, now=utcnow(), conn=conn
         )
@@ -135,12 +134,10 @@ class SessionKiller:
         confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
         return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
 
-    async def deprovision(
-        self, identifier: str, *, reason: str, actor: str, source: str, successor: str | None = None
-    ) -> KillResult:
-        """Disable the agent named by id or userName, queue its pipeline run, and kill every session everywhere
-        before returning. ``successor`` (a userName) takes the agent's open tickets instead of its manager."""
-        started = time.perf_counter()
+    async def _disable(
+        self, identifier: str, *, reason: str, actor: str, source: str, successor: str | None
+    ) -> tuple[Agent, RunRecord | None]:
+        """Step 1's transaction through the engine: disable, its record, the queued run (the outbox)."""
         agent = await self._agents.find(identifier)
         if agent is None:
             raise NotFound(f"No agent has the id or userName {identifier!r}.")
@@ -148,22 +145,63 @@ class SessionKiller:
         was_active = agent.active
         async with self._database.begin() as conn:
             agent = await self._agents.set_active(agent.id, False, reason, now, conn=conn)
-            await self._audit.write(
-                AccessRecord(
-                    time=now,
-                    kind="deprovision",
-                    agent_id=agent.id,
-                    agent_name=agent.user_name,
-                    actor=actor,
-                    reason=reason,
-                    decision="disabled",
-                    detail={"source": source, "step": "disable"},
-                ),
-                conn=conn,
-            )
+            await self._audit.write(_disabled_record(agent, now, reason, actor, source), conn=conn)
             run = await self.enqueue_in(
                 conn, agent, was_active=was_active, source=source, actor=actor, reason=reason, successor=successor
             )
+        return agent, run
+
+    def _disable_in(
+        self,
+        outbox: Outbox,
+        identifier: str,
+        now: datetime,
+        *,
+        reason: str,
+        actor: str,
+        source: str,
+        successor: str | None,
+    ) -> tuple[Agent, RunRecord | None, Hold | None] | None:
+        """:meth:`_disable` as one direct SQLite transaction (run in the writer's thread); None when no live agent
+        is named ``identifier``. Finding the agent inside the transaction also closes the window in which another
+        writer could change it between the lookup and the disable."""
+        found = outbox.find_agent(identifier)
+        agent = outbox.disable_agent(found.id, reason, now) if found is not None else None
+        if found is None or agent is None:
+            return None
+        outbox.append_log([_disabled_record(agent, now, reason, actor, source)])
+        if self._planner is None:
+            return agent, None, None
+        joined = joined_run(outbox.runs_of_agent(agent.id), was_active=found.active)
+        if joined is not None:
+            return agent, joined, None
+        run, hold = self._planner.enqueue_in(
+            outbox, agent, source=source, actor=actor, reason=reason, successor=successor, now=now
+        )
+        return agent, run, hold
+
+    async def deprovision(
+        self, identifier: str, *, reason: str, actor: str, source: str, successor: str | None = None
+    ) -> KillResult:
+        """Disable the agent named by id or userName, queue its pipeline run, and kill every session everywhere
+        before returning. ``successor`` (a userName) takes the agent's open tickets instead of its manager."""
+        started = time.perf_counter()
+        outbox = self._runs.outbox if self._runs is not None else None
+        if outbox is not None:
+            # SQLite: the same transaction by sqlite3 in the writer's thread, one group commit with other triggers.
+            now = utcnow()
+            disabled = await outbox.run(
+                lambda box: self._disable_in(
+                    box, identifier, now, reason=reason, actor=actor, source=source, successor=successor
+                )
+            )
+            if disabled is None:
+                raise NotFound(f"No agent has the id or userName {identifier!r}.")
+            agent, run, hold = disabled
+            if run is not None and hold is not None and self._planner is not None:
+                self._planner.announce(run, hold)
+        else:
+            agent, run = await self._disable(identifier, reason=reason, actor=actor, source=source, successor=successor)
         if run is not None and self.on_enqueued is not None:
             self.on_enqueued()
         ended = await self.end_sessions(agent.id)
@@ -171,24 +209,39 @@ class SessionKiller:
         count, confirmed, missing = ended.count, ended.confirmed, ended.missing
         duration = (time.perf_counter() - started) * 1000
         result = KillResult(agent, count, ended.closed_here, confirmed, missing, duration, run)
-        await self._audit.write(
-            AccessRecord(
-                time=utcnow(),
-                kind="sessions_revoked",
-                agent_id=agent.id,
-                agent_name=agent.user_name,
-                actor=actor,
-                reason=reason,
-                decision="revoked",
-                duration_ms=round(duration),
-                detail={
-                    "source": source,
-                    "sessions": count,
-                    "replicas_confirmed": sorted(confirmed),
-                    "replicas_missing": sorted(missing),
-                },
-            )
+        record = AccessRecord(
+            time=utcnow(),
+            kind="sessions_revoked",
+            agent_id=agent.id,
+            agent_name=agent.user_name,
+            actor=actor,
+            reason=reason,
+            decision="revoked",
+            duration_ms=round(duration),
+            detail={
+                "source": source,
+                "sessions": count,
+                "replicas_confirmed": sorted(confirmed),
+                "replicas_missing": sorted(missing),
+            },
         )
+        if outbox is not None:
+            await outbox.append_log([record])
+        else:
+            await self._audit.write(record)
         self._metrics.revocations.inc()
         self._metrics.sessions_revoked.inc(count)
         return result
+
+
+def _disabled_record(agent: Agent, now: datetime, reason: str, actor: str, source: str) -> AccessRecord:
+    return AccessRecord(
+        time=now,
+        kind="deprovision",
+        agent_id=agent.id,
+        agent_name=agent.user_name,
+        actor=actor,
+        reason=reason,
+        decision="disabled",
+        detail={"source": source, "step": "disable"},
+    )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,8 +24,29 @@ from gateway.settings import MassDeletionGuardSettings
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, AgentRepository
 from gateway.storage.pipeline import PipelineRepository, PlannedStep, RunRecord
+from gateway.storage.sqlite_outbox import Outbox
 
 log = logging.getLogger("channelgate.deprovision")
+
+
+def joined_run(previous: Sequence[RunRecord], *, was_active: bool) -> RunRecord | None:
+    """The run a trigger joins instead of starting one (IdPs repeat their disable calls): the agent's run that is
+    still going, or, for an agent that was already disabled and has been through the pipeline, its latest run.
+    ``previous`` is newest first."""
+    going = [r for r in previous if r.state in (RunState.RUNNING, RunState.HELD)]
+    if going:
+        return going[0]
+    if previous and not was_active:
+        return previous[0]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The mass-deletion guard tripped: deprovisionings in the window (this one included), and the workforce."""
+
+    recent: int
+    workforce: int
 
 
 class MassDeletionGuard:
@@ -36,15 +57,27 @@ class MassDeletionGuard:
         self._agents = agents
         self._runs = runs
 
-    async def tripped(self, now: datetime, *, conn: AsyncConnection) -> tuple[bool, int, int]:
-        """(tripped, deprovisionings in the window including this one, workforce)."""
-        if not self._settings.enabled:
-            return False, 0, 0
-        since = now - timedelta(seconds=self._settings.window_seconds)
-        recent = await self._runs.runs_started_since(since, conn=conn) + 1
-        workforce = await self._agents.count_workforce(since, conn=conn)
+    def _decide(self, recent: int, workforce: int) -> Hold | None:
         limit = max(self._settings.min_agents, self._settings.max_share * workforce)
-        return recent > limit, recent, workforce
+        return Hold(recent, workforce) if recent > limit else None
+
+    def _since(self, now: datetime) -> datetime:
+        return now - timedelta(seconds=self._settings.window_seconds)
+
+    async def tripped(self, now: datetime, *, conn: AsyncConnection) -> Hold | None:
+        """A hold when this deprovisioning trips the guard, counted in the trigger's transaction ``conn``."""
+        if not self._settings.enabled:
+            return None
+        since = self._since(now)
+        recent = await self._runs.runs_started_since(since, conn=conn) + 1
+        return self._decide(recent, await self._agents.count_workforce(since, conn=conn))
+
+    def tripped_in(self, outbox: Outbox, now: datetime) -> Hold | None:
+        """:meth:`tripped`, counted in the trigger's direct SQLite transaction."""
+        if not self._settings.enabled:
+            return None
+        since = self._since(now)
+        return self._decide(outbox.runs_started_since(since) + 1, outbox.count_workforce(since))
 
 
 class RunPlanner:
@@ -62,19 +95,10 @@ class RunPlanner:
         self._audit = audit
         self._metrics = metrics
 
-    async def enqueue(
-        self,
-        agent: Agent,
-        *,
-        source: str,
-        actor: str,
-        reason: str,
-        successor: str | None,
-        now: datetime,
-        conn: AsyncConnection,
-    ) -> RunRecord:
-        """Insert the run and its steps in ``conn``'s transaction; the caller commits them with the disable."""
-        held, recent, workforce = await self._guard.tripped(now, conn=conn)
+    def _plan(
+        self, agent: Agent, *, source: str, actor: str, reason: str, successor: str | None, now: datetime, held: bool
+    ) -> tuple[RunRecord, list[PlannedStep]]:
+        """The run and its steps, from each configured connector's capabilities (``gateway.deprovision.plan``)."""
         run = RunRecord(
             id=str(uuid.uuid4()),
             agent_id=agent.id,
@@ -94,28 +118,73 @@ class RunPlanner:
             steps.extend(PlannedStep(channel, kind, initial_state(kind, planned, held=held)) for kind in planned)
         if not steps:
             run = replace(run, state=RunState.DONE, finished_at=now)
+        return run, steps
+
+    async def enqueue(
+        self,
+        agent: Agent,
+        *,
+        source: str,
+        actor: str,
+        reason: str,
+        successor: str | None,
+        now: datetime,
+        conn: AsyncConnection,
+    ) -> RunRecord:
+        """Insert the run and its steps in ``conn``'s transaction; the caller commits them with the disable."""
+        hold = await self._guard.tripped(now, conn=conn)
+        run, steps = self._plan(
+            agent, source=source, actor=actor, reason=reason, successor=successor, now=now, held=hold is not None
+        )
         await self._runs.create_run(run, steps, conn=conn)
-        if held:
-            self._metrics.guard_holds.inc()
-            log.warning(
-                "mass-deletion guard: %d deprovisionings within the window (workforce %d); run %s for %s holds its "
-                "irreversible steps until an admin approves (channelgate deprovision approve)",
-                recent,
-                workforce,
-                run.id,
-                agent.user_name,
-            )
-            await self._audit.write(
-                AccessRecord(
-                    time=now,
-                    kind="deprovision_held",
-                    agent_id=agent.id,
-                    agent_name=agent.user_name,
-                    actor=actor,
-                    reason="mass-deletion guard: irreversible steps wait for approval",
-                    decision="held",
-                    detail={"run": run.id, "recent": recent, "workforce": workforce},
-                ),
-                conn=conn,
-            )
+        if hold is not None:
+            self.announce(run, hold)
+            await self._audit.write(_held_record(run, actor, hold), conn=conn)
         return run
+
+    def enqueue_in(
+        self,
+        outbox: Outbox,
+        agent: Agent,
+        *,
+        source: str,
+        actor: str,
+        reason: str,
+        successor: str | None,
+        now: datetime,
+    ) -> tuple[RunRecord, Hold | None]:
+        """:meth:`enqueue` in the trigger's direct SQLite transaction (run in the database writer's thread); the
+        caller announces a hold once the transaction committed."""
+        hold = self._guard.tripped_in(outbox, now)
+        run, steps = self._plan(
+            agent, source=source, actor=actor, reason=reason, successor=successor, now=now, held=hold is not None
+        )
+        outbox.create_run(run, steps)
+        if hold is not None:
+            outbox.append_log([_held_record(run, actor, hold)])
+        return run, hold
+
+    def announce(self, run: RunRecord, hold: Hold) -> None:
+        """The guard held a run's irreversible steps: a metric and a warning an operator's alerting sees."""
+        self._metrics.guard_holds.inc()
+        log.warning(
+            "mass-deletion guard: %d deprovisionings within the window (workforce %d); run %s for %s holds its "
+            "irreversible steps until an admin approves (channelgate deprovision approve)",
+            hold.recent,
+            hold.workforce,
+            run.id,
+            run.user_name,
+        )
+
+
+def _held_record(run: RunRecord, actor: str, hold: Hold) -> AccessRecord:
+    return AccessRecord(
+        time=run.created_at,
+        kind="deprovision_held",
+        agent_id=run.agent_id,
+        agent_name=run.user_name,
+        actor=actor,
+        reason="mass-deletion guard: irreversible steps wait for approval",
+        decision="held",
+        detail={"run": run.id, "recent": hold.recent, "workforce": hold.workforce},
+    )

@@ -19,22 +19,15 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from connectors.base import AgentRef, Connector, Outcome, StepContext, StepResult
-from gateway.audit.writer import AuditLog
-from gateway.deprovision.backoff import retry_delay
-from gateway.deprovision.plan import FINAL, RunState, StepKind, StepState, run_state, step_state_for, unlocked
+from gateway.deprovision.plan import StepKind, StepState
+from gateway.deprovision.results import Attempt, settle
 from gateway.errors import ChannelgateError
 from gateway.metrics import Metrics
 from gateway.settings import DeprovisionSettings
-from gateway.storage.access_log import AccessRecord
-from gateway.storage.agents import Agent, AgentRepository
-from gateway.storage.database import Database
-from gateway.storage.pipeline import PipelineRepository, RunRecord, StepFinish, StepRecord
+from gateway.storage.pipeline import PipelineRepository, RunPeople, RunRecord, StepRecord
 from gateway.timeutil import utcnow
 
 log = logging.getLogger("channelgate.deprovision")
@@ -47,39 +40,27 @@ COMMIT_RETRY_SECONDS = 1.0
 PEOPLE_CACHE = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    step: StepRecord
-    run: RunRecord
-    result: StepResult
-
-
 class PipelineWorker:
     def __init__(
         self,
         settings: DeprovisionSettings,
-        database: Database,
         runs: PipelineRepository,
-        agents: AgentRepository,
         connectors: Mapping[str, Connector],
-        audit: AuditLog,
         metrics: Metrics,
         owner: str,
         *,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._settings = settings
-        self._database = database
         self._runs = runs
-        self._agents = agents
         self._connectors = connectors
-        self._audit = audit
         self._metrics = metrics
         self.owner = owner
         self._clock = clock
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight = 0
         self._wakeup = asyncio.Event()
+        self._committing = False
         self._results: asyncio.Queue[Attempt] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         # run id → (agent, successor): read once per run, not once per step. A successor chosen at the first
@@ -87,7 +68,8 @@ class PipelineWorker:
         self._people: OrderedDict[str, tuple[AgentRef, AgentRef | None]] = OrderedDict()
 
     def wake(self) -> None:
-        """A run was queued here: look for due steps now rather than at the next poll."""
+        """Work may be due here (a run was queued, a commit unlocked a step, a slot freed): look now rather than
+        at the next poll."""
         self._wakeup.set()
 
     # -- the loop ---------------------------------------------------------------------------------------------
@@ -96,9 +78,7 @@ class PipelineWorker:
         committer = asyncio.create_task(self._commit_forever(), name="channelgate-pipeline-commits")
         try:
             while True:
-                claimed = await self._claim_some()
-                if not claimed:
-                    await self._sleep(self._settings.poll_seconds)
+                await self._claim_or_wait(self._settings.poll_seconds)
         finally:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,16 +95,14 @@ class PipelineWorker:
         deadline = loop.time() + within_seconds
         try:
             while loop.time() < deadline:
-                claimed = await self._claim_some()
-                if not claimed and self._in_flight == 0 and self._results.empty():
+                claimed = await self._claim_or_wait(min(0.05, max(0.0, deadline - loop.time())))
+                if not claimed and not self._busy:
                     due = await self._runs.next_due()
                     if due is None or due > self._clock():
                         return True
-                if not claimed:
-                    await self._sleep(min(0.05, max(0.0, deadline - loop.time())))
             return False
         finally:
-            while self._in_flight or not self._results.empty():
+            while self._busy:
                 if loop.time() > deadline + self._settings.lease_seconds:
                     break
                 await asyncio.sleep(0.01)
@@ -132,16 +110,23 @@ class PipelineWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
-        self._wakeup.clear()
+    @property
+    def _busy(self) -> bool:
+        """Steps are running, or results wait to be (or are being) recorded."""
+        return bool(self._in_flight or self._committing or not self._results.empty())
 
-    async def _claim_some(self) -> int:
+    async def _claim_or_wait(self, seconds: float) -> int:
+        """Claim as many due steps as there are free slots; if that filled none of them, wait until woken (a new
+        run, an unlocked step, a slot freed) or ``seconds`` passed. Returns how many were claimed."""
+        self._wakeup.clear()  # before claiming: a wake-up during the claim is not lost
         free = self._settings.concurrency - self._in_flight
-        if free <= 0:
-            await self._sleep(0.01)
-            return 0
+        claimed = await self._claim(free) if free > 0 else 0
+        if claimed == 0 or claimed < free:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), seconds)
+        return claimed
+
+    async def _claim(self, free: int) -> int:
         now = self._clock()
         try:
             claimed = await self._runs.claim(
@@ -149,8 +134,9 @@ class PipelineWorker:
             )
         except ChannelgateError as exc:
             log.warning("deprovisioning worker cannot reach the database: %s", exc.message)
-            await self._sleep(self._settings.poll_seconds)
+            await asyncio.sleep(self._settings.poll_seconds)
             return 0
+        await self._learn_people({run.id: run for _, run in claimed})
         for step, run in claimed:
             self._in_flight += 1
             task = asyncio.create_task(self._attempt(step, run), name=f"channelgate-step-{step.id}")
@@ -167,6 +153,7 @@ class PipelineWorker:
             await self._results.put(Attempt(step, run, result))
         finally:
             self._in_flight -= 1
+            self.wake()
 
     async def _run_step(self, step: StepRecord, run: RunRecord) -> StepResult:
         connector = self._connectors.get(step.channel)
@@ -201,43 +188,31 @@ class PipelineWorker:
             detail = "the connector raised an unexpected error (see the gateway log); will retry"
         return StepResult(step.channel, step.step.value, Outcome.RETRY, detail=detail)
 
+    async def _learn_people(self, runs: Mapping[str, RunRecord]) -> None:
+        """Read the people of claimed runs not yet known here, all in one read."""
+        unknown = [run_id for run_id in runs if run_id not in self._people]
+        if not unknown:
+            return
+        try:
+            found = await self._runs.people_of(unknown)
+        except ChannelgateError as exc:
+            log.warning("deprovisioning worker cannot read the agents of %d runs: %s", len(unknown), exc.message)
+            return  # each attempt reads its own run's people (and retries if that fails too)
+        for run_id in unknown:
+            self._remember(run_id, people_refs(runs[run_id], found.get(run_id, RunPeople(None, None, None))))
+
+    def _remember(self, run_id: str, people: tuple[AgentRef, AgentRef | None]) -> None:
+        self._people[run_id] = people
+        while len(self._people) > PEOPLE_CACHE:
+            self._people.popitem(last=False)
+
     async def _people_of(self, run: RunRecord) -> tuple[AgentRef, AgentRef | None]:
         people = self._people.get(run.id)
         if people is None:
-            people = (await self._agent_ref(run), await self._successor(run))
-            self._people[run.id] = people
-            if len(self._people) > PEOPLE_CACHE:
-                self._people.popitem(last=False)
+            found = await self._runs.people_of([run.id])
+            people = people_refs(run, found.get(run.id, RunPeople(None, None, None)))
+            self._remember(run.id, people)
         return people
-
-    async def _agent_ref(self, run: RunRecord) -> AgentRef:
-        agent = await self._agents.get_any(run.agent_id)
-        if agent is None:
-            return AgentRef(agent_id=run.agent_id, user_name=run.user_name)
-        manager = await self._manager(agent)
-        return AgentRef(
-            agent_id=agent.id,
-            user_name=agent.user_name,
-            email=agent.email,
-            manager_user_name=manager.user_name if manager is not None else None,
-        )
-
-    async def _manager(self, agent: Agent) -> Agent | None:
-        if not agent.manager_id:
-            return None
-        return await self._agents.get(agent.manager_id)
-
-    async def _successor(self, run: RunRecord) -> AgentRef | None:
-        """Who takes the agent's open work: the successor the trigger named, else the SCIM enterprise manager; a
-        successor who is gone or disabled is no successor (the channel's fallback queue takes the work)."""
-        if run.successor:
-            chosen = await self._agents.find_by_user_name(run.successor)
-        else:
-            agent = await self._agents.get_any(run.agent_id)
-            chosen = await self._manager(agent) if agent is not None else None
-        if chosen is None or not chosen.active or chosen.id == run.agent_id:
-            return None
-        return AgentRef(agent_id=chosen.id, user_name=chosen.user_name, email=chosen.email)
 
     # -- committing results -----------------------------------------------------------------------------------
 
@@ -246,6 +221,7 @@ class PipelineWorker:
             batch = [await self._results.get()]
             while len(batch) < COMMIT_BATCH and not self._results.empty():
                 batch.append(self._results.get_nowait())
+            self._committing = True
             while True:
                 try:
                     await self._commit(batch)
@@ -255,31 +231,23 @@ class PipelineWorker:
                     # process dies meanwhile, the leases lapse and the steps are redone under the same keys.
                     log.error("could not record %d deprovisioning results, retrying: %s", len(batch), exc.message)
                     await asyncio.sleep(COMMIT_RETRY_SECONDS)
+            self._committing = False
 
     async def _commit(self, batch: list[Attempt]) -> None:
+        """Record the batch in one transaction: each step's new state, its receipt, the steps it unlocked and the
+        run's state (``gateway.deprovision.results``), so a receipt exists exactly when the state it reports does."""
         now = self._clock()
-        finished: list[tuple[Attempt, StepState]] = []
-        async with self._database.begin() as conn:
-            for attempt in batch:
-                step, result = attempt.step, attempt.result
-                state = step_state_for(result.outcome, step.attempts, self._settings.max_attempts)
-                next_at = now
-                if state is StepState.PENDING:
-                    delay = retry_delay(
-                        step.attempts, self._settings.retry_base_seconds, self._settings.retry_max_seconds
-                    )
-                    next_at = now + timedelta(seconds=delay)
-                detail = result.detail or result.outcome.value
-                record = await self._runs.finish(
-                    self.owner, StepFinish(step.id, state, next_at, result.vendor_reference, detail), now, conn=conn
-                )
-                if record is None:
-                    continue  # the lease lapsed and another worker owns the step now; its result counts
-                await self._audit.write(_receipt(attempt, state, next_at, now), conn=conn)
-                if state in FINAL:
-                    await self._advance(attempt.run, step, state, now, conn)
-                finished.append((attempt, state))
-        for attempt, state in finished:
+        changes = await self._runs.record(
+            self.owner,
+            [a.step.id for a in batch],
+            [a.run.id for a in batch],
+            lambda snapshot: settle(batch, snapshot, now, self._settings),
+        )
+        if changes.unlocked:
+            self.wake()  # the next step of a chain is due now, not at the next poll
+        attempts = {a.step.id: a for a in batch}
+        for step_id, state in changes.settled:
+            attempt = attempts[step_id]
             self._metrics.pipeline_steps.labels(attempt.step.channel, attempt.step.step.value, state.value).inc()
             if state is StepState.DEAD:
                 self._metrics.dead_letters.labels(attempt.step.channel, attempt.step.step.value).inc()
@@ -293,71 +261,23 @@ class PipelineWorker:
                     attempt.result.detail,
                 )
 
-    async def _advance(
-        self, run: RunRecord, step: StepRecord, state: StepState, now: datetime, conn: AsyncConnection
-    ) -> None:
-        steps = await self._runs.steps_of([run.id], conn=conn)
-        current = await self._runs.get_run(run.id, conn=conn)
-        held = current is not None and current.state is RunState.HELD
-        siblings = {s.step: s.state for s in steps if s.channel == step.channel}
-        siblings[step.step] = state
-        moves = unlocked(step.step, state, siblings, held=held)
-        if moves:
-            await self._runs.set_step_states(run.id, step.channel, moves, now, conn=conn)
-        states = [moves.get(s.step, s.state) if s.channel == step.channel else s.state for s in steps]
-        new_state = run_state(states, held=held)
-        changed = await self._runs.set_run_state(run.id, new_state, now, conn=conn)
-        if changed is not None and new_state in (RunState.DONE, RunState.ATTENTION):
-            await self._audit.write(_summary(changed, steps, step, state, moves), conn=conn)
 
-
-def _receipt(attempt: Attempt, state: StepState, next_at: datetime, now: datetime) -> AccessRecord:
-    """The access-log receipt of one attempt at one channel: what, where, outcome, the vendor's reference."""
-    step, run, result = attempt.step, attempt.run, attempt.result
-    detail: dict[str, object] = {
-        "run": run.id,
-        "step": step.step.value,
-        "attempt": step.attempts,
-        "outcome": result.outcome.value,
-        "state": state.value,
-        "vendor_reference": result.vendor_reference,
-        "idempotency_key": step.idempotency_key,
-    }
-    if state is StepState.PENDING:
-        detail["next_attempt_at"] = next_at.isoformat()
-    return AccessRecord(
-        time=now,
-        kind="deprovision_step",
-        agent_id=run.agent_id,
-        agent_name=run.user_name,
-        channel=step.channel,
-        actor="pipeline",
-        decision=state.value,
-        reason=(result.detail or result.outcome.value)[:500],
-        detail=detail,
-    )
-
-
-def _summary(
-    run: RunRecord,
-    steps: list[StepRecord],
-    last: StepRecord,
-    last_state: StepState,
-    moves: Mapping[StepKind, StepState],
-) -> AccessRecord:
-    outcome: dict[str, dict[str, str]] = {}
-    for s in steps:
-        state = s.state
-        if s.channel == last.channel:
-            state = last_state if s.step is last.step else moves.get(s.step, s.state)
-        outcome.setdefault(s.channel, {})[s.step.value] = state.value
-    return AccessRecord(
-        time=run.finished_at or utcnow(),
-        kind="deprovision_complete" if run.state is RunState.DONE else "deprovision_attention",
-        agent_id=run.agent_id,
-        agent_name=run.user_name,
-        actor="pipeline",
-        decision=run.state.value,
-        reason=run.reason,
-        detail={"run": run.id, "source": run.source, "steps": outcome},
-    )
+def people_refs(run: RunRecord, people: RunPeople) -> tuple[AgentRef, AgentRef | None]:
+    """Who a run acts for, and who takes the agent's open work: the successor the trigger named, else the SCIM
+    enterprise manager; a successor who is gone or disabled is no successor (the channel's fallback queue takes
+    the work). A successor chosen at the first hand-over of a run stays that run's successor here, so every
+    channel's tickets go to the same person."""
+    agent, manager = people.agent, people.manager
+    if agent is None:
+        ref = AgentRef(agent_id=run.agent_id, user_name=run.user_name)
+    else:
+        ref = AgentRef(
+            agent_id=agent.id,
+            user_name=agent.user_name,
+            email=agent.email,
+            manager_user_name=manager.user_name if manager is not None else None,
+        )
+    chosen = people.named_successor if run.successor else manager
+    if chosen is None or not chosen.active or chosen.id == run.agent_id:
+        return ref, None
+    return ref, AgentRef(agent_id=chosen.id, user_name=chosen.user_name, email=chosen.email)

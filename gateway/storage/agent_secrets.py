@@ -3,11 +3,17 @@
 Keyed by (agent, channel, name): an OAuth connector keeps one row per token it obtained, a seats connector the
 seat's API key, a cookie-jar connector the console's cookies. ``meta`` holds what may be read without
 decrypting (expiry, token type), never a secret.
+
+Connectors read and write these rows on every deprovisioning step (a bulk offboarding: a few thousand a
+second), so on a SQLite file the calls without a caller's transaction go through ``sqlite3`` directly: reads
+inline on the event loop, writes in the file's group commit (``gateway.storage.sqlite_writer``), each row exactly
+as the engine writes it (the meta as JSON text, timestamps in SQLAlchemy's DATETIME text).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,6 +26,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import agent_secrets
+from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite, sqlite_access, sqlite_datetime
+
+_COLUMNS = "agent_id, channel, name, key_id, nonce, ciphertext, updated_at, meta"
+_GET = f"SELECT {_COLUMNS} FROM agent_secrets WHERE agent_id = ? AND channel = ? AND name = ?"  # noqa: S608 - our column names
+_LIST = f"SELECT {_COLUMNS} FROM agent_secrets WHERE agent_id = ? AND channel = ? ORDER BY name"  # noqa: S608 - our column names
+_PUT = (
+    f"INSERT INTO agent_secrets ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608 - our column names
+    "ON CONFLICT (agent_id, channel, name) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, "
+    "ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, meta = excluded.meta"
+)
+_DELETE_ALL = "DELETE FROM agent_secrets WHERE agent_id = ? AND channel = ?"
+_DELETE_ONE = _DELETE_ALL + " AND name = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +71,47 @@ def _secret(row: RowMapping) -> StoredAgentSecret:
     )
 
 
+def _direct_secret(row: Sequence[Any]) -> StoredAgentSecret:
+    return StoredAgentSecret(
+        agent_id=row[0],
+        channel=row[1],
+        name=row[2],
+        key_id=row[3],
+        nonce=bytes(row[4]),
+        ciphertext=bytes(row[5]),
+        updated_at=from_sqlite(row[6]),
+        meta=dict(json.loads(row[7]) or {}),
+    )
+
+
 class AgentSecretRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """Per-agent secrets through the engine, or by ``sqlite3`` directly on a SQLite file unless ``direct=False``
+    (both meet tests/contracts/test_agent_secrets_contract.py)."""
+
+    def __init__(self, engine: AsyncEngine, *, direct: bool = True) -> None:
         self._engine = engine
+        self._use_direct = direct
+
+    @property
+    def _direct(self) -> SqliteAccess | None:
+        """Looked up on first use: building a repository touches nothing."""
+        return sqlite_access(self._engine) if self._use_direct else None
 
     async def put(self, secret: StoredAgentSecret, *, conn: AsyncConnection | None = None) -> None:
         """Store or replace one secret (upsert on agent, channel, name)."""
+        if conn is None and self._direct is not None:
+            row = (
+                secret.agent_id,
+                secret.channel,
+                secret.name,
+                secret.key_id,
+                secret.nonce,
+                secret.ciphertext,
+                sqlite_datetime(secret.updated_at),
+                json.dumps(dict(secret.meta)),
+            )
+            await self._direct.writer.run(lambda c: c.execute(_PUT, row).rowcount)
+            return
         values = {
             "agent_id": secret.agent_id,
             "channel": secret.channel,
@@ -82,6 +135,9 @@ class AgentSecretRepository:
     async def get(
         self, agent_id: str, channel: str, name: str, *, conn: AsyncConnection | None = None
     ) -> StoredAgentSecret | None:
+        if conn is None and self._direct is not None:
+            found = await self._direct.reader.run(lambda c: c.execute(_GET, (agent_id, channel, name)).fetchone())
+            return None if found is None else _direct_secret(found)
         query = select(agent_secrets).where(
             agent_secrets.c.agent_id == agent_id, agent_secrets.c.channel == channel, agent_secrets.c.name == name
         )
@@ -93,6 +149,9 @@ class AgentSecretRepository:
         self, agent_id: str, channel: str, *, conn: AsyncConnection | None = None
     ) -> list[StoredAgentSecret]:
         """Every secret of the agent at the channel, by name."""
+        if conn is None and self._direct is not None:
+            rows = await self._direct.reader.run(lambda c: c.execute(_LIST, (agent_id, channel)).fetchall())
+            return [_direct_secret(row) for row in rows]
         query = (
             select(agent_secrets)
             .where(agent_secrets.c.agent_id == agent_id, agent_secrets.c.channel == channel)
@@ -105,6 +164,11 @@ class AgentSecretRepository:
         self, agent_id: str, channel: str, name: str | None = None, *, conn: AsyncConnection | None = None
     ) -> int:
         """Remove one secret, or all of the agent's at the channel when ``name`` is None; returns how many."""
+        if conn is None and self._direct is not None:
+            sql, values = (
+                (_DELETE_ALL, (agent_id, channel)) if name is None else (_DELETE_ONE, (agent_id, channel, name))
+            )
+            return await self._direct.writer.run(lambda c: c.execute(sql, values).rowcount)
         statement = delete(agent_secrets).where(
             agent_secrets.c.agent_id == agent_id, agent_secrets.c.channel == channel
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ _RESOLVED: dict[str, str] = {}
 _GATE_LIMITS: dict[str, float] = {}
 #: The queues themselves, per event loop (an asyncio lock belongs to one loop; the CLI runs several in turn).
 _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
+#: What else holds the database open beside an engine (``gateway.storage.sqlite_writer``): closed with it.
+_COMPANIONS: weakref.WeakKeyDictionary[AsyncEngine, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
 
 
 def register_write_gate(path: str, busy_timeout_seconds: float) -> None:
@@ -155,6 +157,17 @@ def _sqlite_path(engine: AsyncEngine) -> str | None:
     return _RESOLVED.get(engine.url.database or "") if engine.url.get_backend_name() == "sqlite" else None
 
 
+def sqlite_busy_timeout(engine: AsyncEngine) -> float:
+    """How long a writer of this SQLite engine waits for its turn (the engine's ``busy_timeout``), in seconds."""
+    path = _sqlite_path(engine)
+    return _GATE_LIMITS.get(path, 5.0) if path is not None else 5.0
+
+
+def on_dispose(engine: AsyncEngine, close: Callable[[], None]) -> None:
+    """Call ``close`` when :meth:`Database.dispose` disposes ``engine`` (direct SQLite connections beside it)."""
+    _COMPANIONS.setdefault(engine, []).append(close)
+
+
 def safe_url(engine: AsyncEngine) -> str:
     """The engine's URL with its password masked, for messages."""
     return engine.url.render_as_string(hide_password=True)
@@ -235,4 +248,6 @@ class Database:
         return write_transaction(self.engine)
 
     async def dispose(self) -> None:
+        for close in _COMPANIONS.pop(self.engine, []):
+            close()
         await self.engine.dispose()

@@ -9,138 +9,57 @@ over cannot overwrite the newer owner's result.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import RowMapping, and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.deprovision.plan import RunState, StepKind, StepState, requeue
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.pipeline_batches import Decide, read_people, record_batch
+from gateway.storage.pipeline_records import (
+    Changes,
+    PlannedStep,
+    RunPeople,
+    RunRecord,
+    Snapshot,
+    StepFinish,
+    StepRecord,
+    idempotency_key,
+    run_from_row,
+    step_from_row,
+)
 from gateway.storage.schema import deprovision_runs, deprovision_steps
+from gateway.storage.sqlite_outbox import SqliteOutbox
+from gateway.storage.sqlite_pipeline import SqlitePipeline
+from gateway.storage.sqlite_writer import sqlite_access
 
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    id: str
-    agent_id: str
-    user_name: str
-    source: str
-    actor: str
-    reason: str
-    successor: str | None
-    state: RunState
-    created_at: datetime
-    finished_at: datetime | None
-    approved_by: str | None
-
-    @property
-    def held(self) -> bool:
-        return self.state is RunState.HELD
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "run_id": self.id,
-            "agent_id": self.agent_id,
-            "user_name": self.user_name,
-            "source": self.source,
-            "actor": self.actor,
-            "reason": self.reason,
-            "successor": self.successor,
-            "state": self.state.value,
-            "created_at": self.created_at.isoformat(),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "approved_by": self.approved_by,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    id: int
-    run_id: str
-    channel: str
-    step: StepKind
-    state: StepState
-    attempts: int
-    next_attempt_at: datetime
-    idempotency_key: str
-    vendor_reference: str | None
-    detail: str | None
-    updated_at: datetime
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "channel": self.channel,
-            "step": self.step.value,
-            "state": self.state.value,
-            "attempts": self.attempts,
-            "next_attempt_at": self.next_attempt_at.isoformat() if self.state is StepState.PENDING else None,
-            "vendor_reference": self.vendor_reference,
-            "detail": self.detail,
-            "updated_at": self.updated_at.isoformat(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedStep:
-    channel: str
-    step: StepKind
-    state: StepState
-
-
-@dataclass(frozen=True, slots=True)
-class StepFinish:
-    """What a worker learned from one attempt; written by :meth:`PipelineRepository.finish`."""
-
-    step_id: int
-    state: StepState
-    next_attempt_at: datetime
-    vendor_reference: str | None
-    detail: str
-
-
-def _run(row: RowMapping) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        agent_id=row["agent_id"],
-        user_name=row["user_name"],
-        source=row["source"],
-        actor=row["actor"],
-        reason=row["reason"],
-        successor=row["successor"],
-        state=RunState(row["state"]),
-        created_at=from_db(row["created_at"]),
-        finished_at=from_db(row["finished_at"]) if row["finished_at"] is not None else None,
-        approved_by=row["approved_by"],
-    )
-
-
-def _step(row: RowMapping) -> StepRecord:
-    return StepRecord(
-        id=row["id"],
-        run_id=row["run_id"],
-        channel=row["channel"],
-        step=StepKind(row["step"]),
-        state=StepState(row["state"]),
-        attempts=row["attempts"],
-        next_attempt_at=from_db(row["next_attempt_at"]),
-        idempotency_key=row["idempotency_key"],
-        vendor_reference=row["vendor_reference"],
-        detail=row["detail"],
-        updated_at=from_db(row["updated_at"]),
-    )
-
-
-def idempotency_key(run_id: str, channel: str, step: StepKind) -> str:
-    """Stable across every attempt of one step (and so across crashes and replicas): the vendor dedupes on it."""
-    return f"channelgate:{run_id}:{channel}:{step.value}"
+__all__ = [
+    "Changes",
+    "PipelineRepository",
+    "PlannedStep",
+    "RunPeople",
+    "RunRecord",
+    "Snapshot",
+    "StepFinish",
+    "StepRecord",
+    "idempotency_key",
+]
 
 
 class PipelineRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """Runs and steps through the engine; on a SQLite file, the worker's claims, results and reads go through
+    ``sqlite3`` directly (``gateway.storage.sqlite_pipeline``), unless ``direct=False``. Both ways meet the same
+    contract (tests/contracts/test_pipeline_storage_contract.py)."""
+
+    def __init__(self, engine: AsyncEngine, *, direct: bool = True) -> None:
         self._engine = engine
+        access = sqlite_access(engine) if direct else None
+        self.direct = SqlitePipeline(access) if access is not None else None
+        #: The trigger's transaction by ``sqlite3`` (``gateway/deprovision/kill.py``); None where ``direct`` is.
+        self.outbox = SqliteOutbox(access) if access is not None else None
 
     async def create_run(
         self, run: RunRecord, steps: Sequence[PlannedStep], *, conn: AsyncConnection | None = None
@@ -158,7 +77,8 @@ class PipelineRepository:
                     successor=run.successor,
                     state=run.state.value,
                     created_at=to_db(run.created_at),
-                    finished_at=None,
+                    # A run with nothing to do is queued done, and so finished when it was queued.
+                    finished_at=to_db(run.finished_at) if run.finished_at is not None else None,
                     approved_by=None,
                 )
             )
@@ -194,6 +114,8 @@ class PipelineRepository:
     ) -> list[tuple[StepRecord, RunRecord]]:
         """Take up to ``limit`` due steps whose lease is free or lapsed; each claim counts as an attempt (so a step
         that crashes its worker every time still spends its budget and dead-letters)."""
+        if conn is None and self.direct is not None:
+            return await self.direct.claim(owner, now, lease_until, limit)
         due = (
             select(deprovision_steps.c.id)
             .where(
@@ -221,10 +143,10 @@ class PipelineRepository:
                 )
                 .returning(*deprovision_steps.c)
             )
-            steps = [_step(row) for row in claimed.mappings()]
+            steps = [step_from_row(row) for row in claimed.mappings()]
             run_ids = {s.run_id for s in steps}
             runs = {
-                r["id"]: _run(r)
+                r["id"]: run_from_row(r)
                 for r in (
                     await c.execute(select(deprovision_runs).where(deprovision_runs.c.id.in_(run_ids)))
                 ).mappings()
@@ -254,7 +176,25 @@ class PipelineRepository:
             .returning(*deprovision_steps.c)
         )
         row = result.mappings().first()
-        return None if row is None else _step(row)
+        return None if row is None else step_from_row(row)
+
+    async def record(self, owner: str, step_ids: Collection[int], run_ids: Collection[str], decide: Decide) -> Changes:
+        """Record a batch of attempts in one transaction: read the batch's runs and all their steps (locked, so
+        no other replica records a step of these runs meanwhile), let ``decide`` say what changes, write it.
+        A step's result is written only while ``owner`` holds its lease (fencing), so a worker whose lease was
+        taken over cannot overwrite the new owner's result."""
+        if self.direct is not None:
+            return await self.direct.record(owner, step_ids, run_ids, decide)
+        async with write_transaction(self._engine) as c:
+            return await record_batch(c, owner, step_ids, run_ids, decide)
+
+    async def people_of(self, run_ids: Collection[str]) -> dict[str, RunPeople]:
+        """Each run's agent (deleted or not), that agent's live manager, and the live agent the trigger named as
+        successor (userName compared case-insensitively, as ``AgentRepository.find_by_user_name``)."""
+        if self.direct is not None:
+            return await self.direct.people_of(run_ids)
+        async with read_transaction(self._engine) as c:
+            return await read_people(c, run_ids)
 
     async def set_step_states(
         self, run_id: str, channel: str, states: Mapping[StepKind, StepState], now: datetime, *, conn: AsyncConnection
@@ -282,12 +222,12 @@ class PipelineRepository:
             .returning(*deprovision_runs.c)
         )
         row = result.mappings().first()
-        return None if row is None else _run(row)
+        return None if row is None else run_from_row(row)
 
     async def get_run(self, run_id: str, *, conn: AsyncConnection | None = None) -> RunRecord | None:
         async with read_transaction(self._engine, conn) as c:
             row = (await c.execute(select(deprovision_runs).where(deprovision_runs.c.id == run_id))).mappings().first()
-        return None if row is None else _run(row)
+        return None if row is None else run_from_row(row)
 
     async def steps_of(self, run_ids: Iterable[str], *, conn: AsyncConnection | None = None) -> list[StepRecord]:
         ids = list(run_ids)
@@ -297,7 +237,7 @@ class PipelineRepository:
             .order_by(deprovision_steps.c.run_id, deprovision_steps.c.id)
         )
         async with read_transaction(self._engine, conn) as c:
-            return [_step(row) for row in (await c.execute(query)).mappings()]
+            return [step_from_row(row) for row in (await c.execute(query)).mappings()]
 
     async def runs_of_agent(self, agent_id: str, *, conn: AsyncConnection | None = None) -> list[RunRecord]:
         """The agent's deprovisioning runs, newest first."""
@@ -307,7 +247,7 @@ class PipelineRepository:
             .order_by(deprovision_runs.c.created_at.desc(), deprovision_runs.c.id)
         )
         async with read_transaction(self._engine, conn) as c:
-            return [_run(row) for row in (await c.execute(query)).mappings()]
+            return [run_from_row(row) for row in (await c.execute(query)).mappings()]
 
     async def runs_in_state(
         self, states: Iterable[RunState], limit: int = 1000, *, conn: AsyncConnection | None = None
@@ -319,7 +259,7 @@ class PipelineRepository:
             .limit(limit)
         )
         async with read_transaction(self._engine, conn) as c:
-            return [_run(row) for row in (await c.execute(query)).mappings()]
+            return [run_from_row(row) for row in (await c.execute(query)).mappings()]
 
     async def approve(
         self, run_ids: Sequence[str] | None, actor: str, now: datetime, *, conn: AsyncConnection | None = None
@@ -348,6 +288,8 @@ class PipelineRepository:
         """Give a run's dead, failed and blocked steps a fresh budget (after a person fixed the cause), in chain
         order per channel (``gateway.deprovision.plan.requeue``); returns how many steps are due again."""
         async with write_transaction(self._engine, conn) as c:
+            # The run's row first, as a worker recording results locks it (no lock-order deadlock on PostgreSQL).
+            await c.execute(select(deprovision_runs.c.id).where(deprovision_runs.c.id == run_id).with_for_update())
             steps = await self.steps_of([run_id], conn=c)
             due = 0
             for channel in sorted({s.channel for s in steps}):

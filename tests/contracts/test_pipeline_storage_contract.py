@@ -1,18 +1,36 @@
-"""The pipeline's storage contract, on SQLite and PostgreSQL: a run and its steps commit with the trigger's
-transaction or not at all; a claimed step is leased to one worker; a lapsed lease is taken over; a worker that
-lost its lease cannot overwrite the new owner's result; approvals and retries requeue exactly what they name."""
+"""The pipeline's storage contract, on SQLite by ``sqlite3`` directly, on SQLite through the engine, and on
+PostgreSQL: a run and its steps commit with the trigger's transaction or not at all; a claimed step is leased to
+one worker; a lapsed lease is taken over; a worker that lost its lease cannot overwrite the new owner's result;
+a recorded batch writes each result with its receipt, unlocks the next step and finishes the run only when every
+step is done; approvals and retries requeue exactly what they name."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from connectors.base import Outcome, StepResult
 from gateway.deprovision.plan import RunState, StepKind, StepState
+from gateway.deprovision.results import Attempt, settle
+from gateway.settings import DeprovisionSettings
+from gateway.storage.access_log import AccessLogRepository
 from gateway.storage.database import Database
-from gateway.storage.pipeline import PipelineRepository, PlannedStep, RunRecord, StepFinish, idempotency_key
+from gateway.storage.pipeline import (
+    PipelineRepository,
+    PlannedStep,
+    RunRecord,
+    StepFinish,
+    StepRecord,
+    idempotency_key,
+)
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -30,9 +48,28 @@ STEPS = [
 ]
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("direct", id="sqlite"),
+        pytest.param("engine", id="sqlite-engine"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def pipeline(engine: AsyncEngine) -> PipelineRepository:
-    return PipelineRepository(engine)
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
+
+
+@pytest.fixture
+def pipeline(engine: AsyncEngine, backend: str) -> PipelineRepository:
+    return PipelineRepository(engine, direct=backend == "direct")
 
 
 async def test_a_run_rolled_back_with_its_trigger_leaves_no_step(
@@ -122,3 +159,209 @@ async def test_the_guard_counts_distinct_agents_deprovisioned_in_the_window(pipe
     await pipeline.create_run(_run("r1"), [])
     await pipeline.create_run(_run("r2"), [])
     assert await pipeline.runs_started_since(T0 - timedelta(hours=1)) == 2
+
+
+SETTINGS = DeprovisionSettings(max_attempts=2, retry_base_seconds=1.0, retry_max_seconds=1.0)
+CHAIN = [
+    PlannedStep("chat", StepKind.REVOKE, StepState.PENDING),
+    PlannedStep("chat", StepKind.VERIFY, StepState.WAITING),
+    PlannedStep("mail", StepKind.HAND_OVER, StepState.PENDING),
+]
+
+
+async def _record(
+    pipeline: PipelineRepository,
+    owner: str,
+    claimed: list[tuple[StepRecord, RunRecord]],
+    outcome: Outcome,
+    at: datetime,
+) -> list[tuple[int, StepState]]:
+    batch = [
+        Attempt(step, run, StepResult(step.channel, step.step.value, outcome, "ref", "said")) for step, run in claimed
+    ]
+    changes = await pipeline.record(
+        owner,
+        [a.step.id for a in batch],
+        [a.run.id for a in batch],
+        lambda snapshot: settle(batch, snapshot, at, SETTINGS, uniform=lambda low, high: high),
+    )
+    return list(changes.settled)
+
+
+async def _states(pipeline: PipelineRepository, run_id: str) -> Mapping[tuple[str, StepKind], StepState]:
+    return {(s.channel, s.step): s.state for s in await pipeline.steps_of([run_id])}
+
+
+async def _log(engine: AsyncEngine, kind: str) -> list[dict[str, object]]:
+    records = await AccessLogRepository(engine).tail(1000)
+    return [{"channel": r.channel, "decision": r.decision, **(r.detail or {})} for r in records if r.kind == kind]
+
+
+async def test_a_recorded_batch_writes_each_result_with_its_receipt_and_unlocks_the_next_step(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN)
+    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    assert len(claimed) == 2
+    settled = await _record(pipeline, "w1", claimed, Outcome.DONE, T0)
+    assert sorted(state for _, state in settled) == [StepState.DONE, StepState.DONE]
+    assert await _states(pipeline, "r1") == {
+        ("chat", StepKind.REVOKE): StepState.DONE,
+        ("chat", StepKind.VERIFY): StepState.PENDING,
+        ("mail", StepKind.HAND_OVER): StepState.DONE,
+    }
+    receipts = await _log(engine, "deprovision_step")
+    assert sorted((r["channel"], r["step"], r["decision"], r["attempt"]) for r in receipts) == [
+        ("chat", "revoke", "done", 1),
+        ("mail", "hand_over", "done", 1),
+    ]
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.RUNNING and run.finished_at is None
+    [(verify, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    assert verify.step is StepKind.VERIFY
+
+
+async def test_a_run_is_done_only_when_every_step_is_and_its_summary_is_written_once(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN)
+    later = T0 + timedelta(seconds=1)
+    await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10), Outcome.DONE, T0)
+    assert await _log(engine, "deprovision_complete") == []
+    await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10), Outcome.DONE, later)
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.DONE and run.finished_at == later
+    [summary] = await _log(engine, "deprovision_complete")
+    assert summary["steps"] == {"chat": {"revoke": "done", "verify": "done"}, "mail": {"hand_over": "done"}}
+
+
+async def test_a_retry_is_due_after_its_backoff_and_a_spent_budget_is_dead_never_done(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN[:2])
+    await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10), Outcome.RETRY, T0)
+    [revoke, _] = await pipeline.steps_of(["r1"])
+    assert revoke.state is StepState.PENDING and revoke.next_attempt_at == T0 + timedelta(seconds=1)
+    assert await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10) == []
+    again = T0 + timedelta(seconds=1)
+    claimed = await pipeline.claim("w1", again, again + timedelta(seconds=60), 10)
+    assert await _record(pipeline, "w1", claimed, Outcome.RETRY, again) == [(revoke.id, StepState.DEAD)]
+    states = await _states(pipeline, "r1")
+    assert states[("chat", StepKind.REVOKE)] is StepState.DEAD
+    assert states[("chat", StepKind.VERIFY)] is StepState.PENDING  # a dead revocation is exactly when to look
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.RUNNING
+    assert [r["decision"] for r in await _log(engine, "deprovision_step")] == ["pending", "dead"]
+
+
+async def test_a_result_whose_lease_was_taken_over_is_not_recorded_and_leaves_no_receipt(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN[:1])
+    first = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    later = T0 + timedelta(seconds=61)
+    second = await pipeline.claim("w2", later, later + timedelta(seconds=60), 10)
+    assert await _record(pipeline, "w1", first, Outcome.FAILED, later) == []
+    assert await _log(engine, "deprovision_step") == []
+    assert await _record(pipeline, "w2", second, Outcome.DONE, later) == [(second[0][0].id, StepState.DONE)]
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.DONE
+
+
+async def test_two_workers_recording_the_last_steps_of_one_run_at_once_finish_it(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    steps = [PlannedStep(c, StepKind.REVOKE, StepState.PENDING) for c in ("chat", "mail", "phone", "sms")]
+    for n in range(10):
+        await pipeline.create_run(_run(f"r{n}"), steps)
+    lease = T0 + timedelta(seconds=60)
+    claims = [await pipeline.claim(f"w{n}", T0, lease, 10) for n in range(4)]
+    assert sum(len(c) for c in claims) == 40
+    await asyncio.gather(*(_record(pipeline, f"w{n}", claims[n], Outcome.DONE, T0) for n in range(4)))
+    for n in range(10):
+        run = await pipeline.get_run(f"r{n}")
+        assert run is not None and run.state is RunState.DONE
+    assert len(await _log(engine, "deprovision_complete")) == 10
+
+
+async def _agent(engine: AsyncEngine, user_name: str, *, manager: str | None = None, **state: object) -> str:
+    agent_id = str(uuid.uuid4())
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO agents (id, user_name, user_name_key, email, manager_id, active, deleted_at, source, "
+                "attributes, version, created_at, updated_at) VALUES (:id, :name, :key, :email, :manager, :active, "
+                ":deleted, 'scim', '{}', 1, :now, :now)"
+            ),
+            {
+                "id": agent_id,
+                "name": user_name,
+                "key": user_name.lower(),
+                "email": f"{user_name}@example.com",
+                "manager": manager,
+                "active": state.get("active", True),
+                "deleted": T0 if state.get("deleted") else None,
+                "now": T0,
+            },
+        )
+    return agent_id
+
+
+async def test_the_people_of_a_run_are_its_agent_its_live_manager_and_the_live_successor_it_names(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    lead = await _agent(engine, "Lead")
+    gone = await _agent(engine, "gone", deleted=True)
+    alice = await _agent(engine, "alice", manager=lead)
+    bob = await _agent(engine, "bob", manager=gone)
+    await _agent(engine, "Dave", active=False)
+    runs = {
+        "r1": RunRecord("r1", alice, "alice", "cli", "cli", "left", None, RunState.RUNNING, T0, None, None),
+        "r2": RunRecord("r2", bob, "bob", "cli", "cli", "left", "lead", RunState.RUNNING, T0, None, None),
+        "r3": RunRecord("r3", bob, "bob", "cli", "cli", "left", "DAVE", RunState.RUNNING, T0, None, None),
+        "r4": RunRecord("r4", "nobody", "carol", "cli", "cli", "left", "nobody", RunState.RUNNING, T0, None, None),
+    }
+    for run in runs.values():
+        await pipeline.create_run(run, [])
+    people = await pipeline.people_of(list(runs))
+    assert people["r1"].agent is not None and people["r1"].agent.user_name == "alice"
+    assert people["r1"].manager is not None and people["r1"].manager.id == lead
+    assert people["r1"].named_successor is None
+    assert people["r2"].manager is None  # a deleted manager is no manager
+    assert people["r2"].named_successor is not None and people["r2"].named_successor.id == lead
+    assert people["r3"].named_successor is not None and not people["r3"].named_successor.active
+    assert people["r4"].agent is None and people["r4"].named_successor is None
+
+
+async def test_the_direct_and_the_engine_path_write_the_same_rows(engine: AsyncEngine, backend: str) -> None:
+    if backend == "postgresql":
+        return  # one path on PostgreSQL; the comparison is SQLite's
+    database = engine.url.database
+    assert database is not None
+    for direct, run_id in ((True, "direct"), (False, "engine")):
+        pipeline = PipelineRepository(engine, direct=direct)
+        await pipeline.create_run(_run(run_id), CHAIN)
+        claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+        await _record(pipeline, "w1", claimed, Outcome.DONE, T0)
+        claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+        await _record(pipeline, "w1", claimed, Outcome.RETRY, T0)
+    with sqlite3.connect(database) as db:
+        steps = {
+            run_id: db.execute(
+                "SELECT channel, step, state, attempts, next_attempt_at, lease_owner, lease_until, vendor_reference, "
+                "detail, updated_at, typeof(next_attempt_at) FROM deprovision_steps WHERE run_id = ? ORDER BY id",
+                (run_id,),
+            ).fetchall()
+            for run_id in ("direct", "engine")
+        }
+        log = {
+            run_id: db.execute(
+                "SELECT time, kind, channel, decision, reason, actor, replace(detail, ?, 'RUN'), typeof(detail), "
+                "prev_hash, hash FROM access_log WHERE json_extract(detail, '$.run') = ? ORDER BY seq",
+                (run_id, run_id),
+            ).fetchall()
+            for run_id in ("direct", "engine")
+        }
+    assert steps["direct"] == steps["engine"]
+    assert len(log["direct"]) == 3
+    assert log["direct"] == log["engine"]

@@ -1,0 +1,133 @@
+"""What a batch of attempts does to the pipeline's state (pure): the rule the worker's commits apply.
+
+Each attempt that still holds its lease gives its step a state (``plan.step_state_for``; a retry is due again after
+exponential backoff with full jitter, ``backoff.retry_delay``) and a receipt for the access log. A final state
+unlocks the channel's next step (``plan.unlocked``) and may finish the run (``plan.run_state``): done only when
+every step is, with a summary record. The batch is applied in order to one snapshot read inside the transaction
+that records it, so several steps of one run in one batch end exactly as if they had been recorded one by one,
+and an attempt whose lease another worker took over changes nothing (its result is that worker's to record).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from connectors.base import StepResult
+from gateway.deprovision.backoff import retry_delay
+from gateway.deprovision.plan import FINAL, RunState, StepState, run_state, step_state_for, unlocked
+from gateway.settings import DeprovisionSettings
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.pipeline_records import Changes, RunRecord, Snapshot, StepFinish, StepRecord
+
+FINISHED = (RunState.DONE, RunState.ATTENTION)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt at one step, as the worker ran it: the step and run as claimed, and the connector's answer."""
+
+    step: StepRecord
+    run: RunRecord
+    result: StepResult
+
+
+def settle(
+    batch: Sequence[Attempt],
+    snapshot: Snapshot,
+    now: datetime,
+    settings: DeprovisionSettings,
+    *,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> Changes:
+    """The changes recording ``batch`` makes to ``snapshot`` (see the module docstring)."""
+    states = {s.id: s.state for s in snapshot.steps}
+    of_run: dict[str, list[StepRecord]] = {}
+    for s in snapshot.steps:
+        of_run.setdefault(s.run_id, []).append(s)
+    run_states = {run_id: run.state for run_id, run in snapshot.runs.items()}
+    open_leases = set(snapshot.held)
+    finishes: list[StepFinish] = []
+    moved: list[tuple[int, StepState]] = []
+    runs: dict[str, RunState] = {}
+    records: list[AccessRecord] = []
+    settled: list[tuple[int, StepState]] = []
+    for attempt in batch:
+        step, result = attempt.step, attempt.result
+        if step.id not in open_leases:
+            continue  # the lease lapsed and another worker owns the step now; its result counts
+        open_leases.discard(step.id)
+        state = step_state_for(result.outcome, step.attempts, settings.max_attempts)
+        next_at = now
+        if state is StepState.PENDING:
+            delay = retry_delay(step.attempts, settings.retry_base_seconds, settings.retry_max_seconds, uniform=uniform)
+            next_at = now + timedelta(seconds=delay)
+        finishes.append(
+            StepFinish(step.id, state, next_at, result.vendor_reference, result.detail or result.outcome.value)
+        )
+        states[step.id] = state
+        settled.append((step.id, state))
+        records.append(receipt(attempt, state, next_at, now))
+        run = snapshot.runs.get(step.run_id)
+        if state not in FINAL or run is None:
+            continue
+        steps = of_run.get(step.run_id, [])
+        held = run_states[run.id] is RunState.HELD
+        channel = {s.step: s for s in steps if s.channel == step.channel}
+        for kind, new in unlocked(step.step, state, {k: states[s.id] for k, s in channel.items()}, held=held).items():
+            states[channel[kind].id] = new
+            moved.append((channel[kind].id, new))
+        new_state = run_state((states[s.id] for s in steps), held=held)
+        if new_state is run_states[run.id]:
+            continue
+        run_states[run.id] = runs[run.id] = new_state
+        if new_state in FINISHED:
+            records.append(summary(replace(run, state=new_state, finished_at=now), steps, states))
+    return Changes(now, finishes, moved, list(runs.items()), records, settled)
+
+
+def receipt(attempt: Attempt, state: StepState, next_at: datetime, now: datetime) -> AccessRecord:
+    """The access-log receipt of one attempt at one channel: what, where, outcome, the vendor's reference."""
+    step, run, result = attempt.step, attempt.run, attempt.result
+    detail: dict[str, object] = {
+        "run": run.id,
+        "step": step.step.value,
+        "attempt": step.attempts,
+        "outcome": result.outcome.value,
+        "state": state.value,
+        "vendor_reference": result.vendor_reference,
+        "idempotency_key": step.idempotency_key,
+    }
+    if state is StepState.PENDING:
+        detail["next_attempt_at"] = next_at.isoformat()
+    return AccessRecord(
+        time=now,
+        kind="deprovision_step",
+        agent_id=run.agent_id,
+        agent_name=run.user_name,
+        channel=step.channel,
+        actor="pipeline",
+        decision=state.value,
+        reason=(result.detail or result.outcome.value)[:500],
+        detail=detail,
+    )
+
+
+def summary(run: RunRecord, steps: Iterable[StepRecord], states: dict[int, StepState]) -> AccessRecord:
+    """The record of a finished run: every step's final state per channel; "complete" only when the run is done."""
+    outcome: dict[str, dict[str, str]] = {}
+    for s in steps:
+        outcome.setdefault(s.channel, {})[s.step.value] = states.get(s.id, s.state).value
+    assert run.finished_at is not None
+    return AccessRecord(
+        time=run.finished_at,
+        kind="deprovision_complete" if run.state is RunState.DONE else "deprovision_attention",
+        agent_id=run.agent_id,
+        agent_name=run.user_name,
+        actor="pipeline",
+        decision=run.state.value,
+        reason=run.reason,
+        detail={"run": run.id, "source": run.source, "steps": outcome},
+    )

@@ -1,0 +1,139 @@
+"""The worker's batch statements through the engine (PostgreSQL; SQLite without a file of its own).
+
+A batch of results is recorded with a fixed handful of statements whatever its size: the batch's runs and all
+their steps read once, locked (``SELECT ... FOR UPDATE``: on PostgreSQL two replicas recording the last steps of
+one run each would otherwise both see the other's step unfinished and leave the run running for ever), then each
+kind of change written by one ``executemany``. ``gateway.storage.sqlite_pipeline`` does the same by ``sqlite3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from sqlalchemy import FromClause, and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.deprovision.plan import RunState, StepState
+from gateway.storage._time import to_db
+from gateway.storage.pipeline_records import Changes, Person, RunPeople, Snapshot, run_from_row, step_from_row
+from gateway.storage.schema import access_log, agents, deprovision_runs, deprovision_steps
+
+#: Decides what recording a batch changes, from the snapshot read in the recording transaction
+#: (``gateway.deprovision.results.settle``).
+Decide = Callable[[Snapshot], Changes]
+
+_LOG_COLUMNS = tuple(column.name for column in access_log.columns if column.name != "seq")
+_PENDING = StepState.PENDING.value
+
+
+async def record_batch(
+    c: AsyncConnection, owner: str, step_ids: Collection[int], run_ids: Collection[str], decide: Decide
+) -> Changes:
+    """``PipelineRepository.record`` in the write transaction ``c``."""
+    ids = sorted(set(run_ids))
+    # Runs first, then steps, both in id order: one lock order, so two recorders cannot deadlock.
+    query = select(deprovision_runs).where(deprovision_runs.c.id.in_(ids)).order_by(deprovision_runs.c.id)
+    runs = {row["id"]: run_from_row(row) for row in (await c.execute(query.with_for_update())).mappings()}
+    steps = deprovision_steps.c
+    query = select(deprovision_steps).where(steps.run_id.in_(ids)).order_by(steps.run_id, steps.id)
+    rows = list((await c.execute(query.with_for_update())).mappings())
+    wanted = set(step_ids)
+    held = frozenset(
+        row["id"] for row in rows if row["id"] in wanted and row["lease_owner"] == owner and row["state"] == _PENDING
+    )
+    changes = decide(Snapshot([step_from_row(row) for row in rows], runs, held))
+    await _write(c, owner, changes)
+    return changes
+
+
+async def _write(c: AsyncConnection, owner: str, changes: Changes) -> None:
+    now = to_db(changes.now)
+    steps = deprovision_steps.c
+    if changes.finishes:
+        await c.execute(
+            update(deprovision_steps)
+            .where(steps.id == bindparam("b_id"), steps.lease_owner == owner, steps.state == _PENDING)
+            .values(
+                state=bindparam("b_state"),
+                next_attempt_at=bindparam("b_next"),
+                lease_owner=None,
+                lease_until=None,
+                vendor_reference=bindparam("b_reference"),
+                detail=bindparam("b_detail"),
+                updated_at=now,
+            ),
+            [
+                {
+                    "b_id": f.step_id,
+                    "b_state": f.state.value,
+                    "b_next": to_db(f.next_attempt_at),
+                    "b_reference": f.vendor_reference,
+                    "b_detail": f.detail[:2000],
+                }
+                for f in changes.finishes
+            ],
+        )
+    if changes.unlocked:
+        await c.execute(
+            update(deprovision_steps)
+            .where(steps.id == bindparam("b_id"))
+            .values(state=bindparam("b_state"), next_attempt_at=now, updated_at=now),
+            [{"b_id": step_id, "b_state": state.value} for step_id, state in changes.unlocked],
+        )
+    if changes.runs:
+        finished = (RunState.DONE, RunState.ATTENTION)
+        await c.execute(
+            update(deprovision_runs)
+            .where(deprovision_runs.c.id == bindparam("b_id"))
+            .values(state=bindparam("b_state"), finished_at=bindparam("b_finished")),
+            [
+                {"b_id": run_id, "b_state": state.value, "b_finished": now if state in finished else None}
+                for run_id, state in changes.runs
+            ],
+        )
+    if changes.records:
+        rows = [
+            {name: getattr(record, name) for name in _LOG_COLUMNS} | {"time": to_db(record.time)}
+            for record in changes.records
+        ]
+        await c.execute(insert(access_log), rows)
+
+
+def _person_columns(table: FromClause) -> list[Any]:
+    return [table.c.id, table.c.user_name, table.c.email, table.c.active, table.c.deleted_at]
+
+
+def _person(row: Sequence[Any], at: int) -> Person | None:
+    if row[at] is None:
+        return None
+    return Person(row[at], row[at + 1], row[at + 2], bool(row[at + 3]), row[at + 4] is not None)
+
+
+async def read_people(c: AsyncConnection, run_ids: Collection[str]) -> dict[str, RunPeople]:
+    """``PipelineRepository.people_of`` in the read transaction ``c``."""
+    manager = agents.alias("manager")
+    joined = deprovision_runs.outerjoin(agents, agents.c.id == deprovision_runs.c.agent_id).outerjoin(
+        manager, and_(manager.c.id == agents.c.manager_id, manager.c.deleted_at.is_(None))
+    )
+    query = (
+        select(deprovision_runs.c.id, deprovision_runs.c.successor, *_person_columns(agents), *_person_columns(manager))
+        .select_from(joined)
+        .where(deprovision_runs.c.id.in_(list(run_ids)))
+    )
+    rows = (await c.execute(query)).all()
+    # userNames compared as AgentRepository.find_by_user_name does: by the Python-lowered key.
+    keys = {row[1].lower() for row in rows if row[1]}
+    named: dict[str, Person] = {}
+    if keys:
+        found = select(*_person_columns(agents), agents.c.user_name_key).where(
+            agents.c.user_name_key.in_(keys), agents.c.deleted_at.is_(None)
+        )
+        for row in (await c.execute(found)).all():
+            person = _person(row, 0)
+            if person is not None:
+                named[row[5]] = person
+    return {
+        row[0]: RunPeople(_person(row, 2), _person(row, 7), named.get(row[1].lower()) if row[1] else None)
+        for row in rows
+    }

@@ -1,0 +1,179 @@
+"""The pipeline's records as the storage hands them out, and what a worker's batch of results changes.
+
+Shared by the SQLAlchemy repository (``gateway.storage.pipeline``, SQLite and PostgreSQL) and the direct SQLite
+path (``gateway.storage.sqlite_pipeline``): both read into these and write what :class:`Changes` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import RowMapping
+
+from gateway.deprovision.plan import RunState, StepKind, StepState
+from gateway.storage._time import from_db
+from gateway.storage.access_log import AccessRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    agent_id: str
+    user_name: str
+    source: str
+    actor: str
+    reason: str
+    successor: str | None
+    state: RunState
+    created_at: datetime
+    finished_at: datetime | None
+    approved_by: str | None
+
+    @property
+    def held(self) -> bool:
+        return self.state is RunState.HELD
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "run_id": self.id,
+            "agent_id": self.agent_id,
+            "user_name": self.user_name,
+            "source": self.source,
+            "actor": self.actor,
+            "reason": self.reason,
+            "successor": self.successor,
+            "state": self.state.value,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "approved_by": self.approved_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    id: int
+    run_id: str
+    channel: str
+    step: StepKind
+    state: StepState
+    attempts: int
+    next_attempt_at: datetime
+    idempotency_key: str
+    vendor_reference: str | None
+    detail: str | None
+    updated_at: datetime
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "channel": self.channel,
+            "step": self.step.value,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at.isoformat() if self.state is StepState.PENDING else None,
+            "vendor_reference": self.vendor_reference,
+            "detail": self.detail,
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    channel: str
+    step: StepKind
+    state: StepState
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinish:
+    """What a worker learned from one attempt; written by :meth:`PipelineRepository.finish` (or ``record``)."""
+
+    step_id: int
+    state: StepState
+    next_attempt_at: datetime
+    vendor_reference: str | None
+    detail: str
+
+
+def run_from_row(row: RowMapping) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        agent_id=row["agent_id"],
+        user_name=row["user_name"],
+        source=row["source"],
+        actor=row["actor"],
+        reason=row["reason"],
+        successor=row["successor"],
+        state=RunState(row["state"]),
+        created_at=from_db(row["created_at"]),
+        finished_at=from_db(row["finished_at"]) if row["finished_at"] is not None else None,
+        approved_by=row["approved_by"],
+    )
+
+
+def step_from_row(row: RowMapping) -> StepRecord:
+    return StepRecord(
+        id=row["id"],
+        run_id=row["run_id"],
+        channel=row["channel"],
+        step=StepKind(row["step"]),
+        state=StepState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=from_db(row["next_attempt_at"]),
+        idempotency_key=row["idempotency_key"],
+        vendor_reference=row["vendor_reference"],
+        detail=row["detail"],
+        updated_at=from_db(row["updated_at"]),
+    )
+
+
+def idempotency_key(run_id: str, channel: str, step: StepKind) -> str:
+    """Stable across every attempt of one step (and so across crashes and replicas): the vendor dedupes on it."""
+    return f"channelgate:{run_id}:{channel}:{step.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """An agent as the pipeline needs it: who acts, who takes over."""
+
+    id: str
+    user_name: str
+    email: str | None
+    active: bool
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunPeople:
+    """The people of one run, read together: its agent (deleted or not), that agent's live manager, and the live
+    agent whose userName the trigger named as successor."""
+
+    agent: Person | None
+    manager: Person | None
+    named_successor: Person | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The current state of a batch's runs inside the transaction that records the batch: every step of those
+    runs, the runs, and which of the batch's steps this worker still holds (its lease, still pending)."""
+
+    steps: Sequence[StepRecord]
+    runs: Mapping[str, RunRecord]
+    held: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What recording a batch writes, in one transaction: each attempt's result (fenced by its lease), the waiting
+    steps it unlocked, the runs whose state moved, and the access-log records (a receipt per attempt, a summary
+    per finished run), in order."""
+
+    now: datetime
+    finishes: Sequence[StepFinish] = ()
+    unlocked: Sequence[tuple[int, StepState]] = ()
+    runs: Sequence[tuple[str, RunState]] = ()
+    records: Sequence[AccessRecord] = ()
+    #: Not written: the attempts that counted and the state each step went to (metrics, dead-letter alerts).
+    settled: Sequence[tuple[int, StepState]] = field(default=())

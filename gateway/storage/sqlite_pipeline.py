@@ -1,0 +1,204 @@
+"""The pipeline worker's statements on SQLite, by ``sqlite3`` directly (``gateway.storage.sqlite_writer``).
+
+A bulk offboarding's worker claims, records and looks people up thousands of times a second; through SQLAlchemy
+and aiosqlite each of those cost about as much CPU as the channel calls they serve. Here a claim is one
+statement and a batch of results a handful (``executemany``), each a unit of the writer's group commit, and the
+people of a batch's runs are one indexed read on the event loop. The rows are exactly what the SQLAlchemy
+repository writes (timestamps in its ``DATETIME`` text, access-log ``detail`` as JSON text): both read back
+alike, and both meet tests/contracts/test_pipeline_storage_contract.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from gateway.deprovision.plan import RunState, StepKind, StepState
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.pipeline_records import Changes, Person, RunPeople, RunRecord, Snapshot, StepRecord
+from gateway.storage.schema import access_log
+from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite, sqlite_datetime
+
+STEP_COLUMNS = (
+    "id, run_id, channel, step, state, attempts, next_attempt_at, idempotency_key, vendor_reference, detail, updated_at"
+)
+RUN_COLUMNS = "id, agent_id, user_name, source, actor, reason, successor, state, created_at, finished_at, approved_by"
+_PERSON = "{0}.id, {0}.user_name, {0}.email, {0}.active, {0}.deleted_at"
+LOG_COLUMNS = tuple(column.name for column in access_log.columns if column.name != "seq")
+INSERT_LOG = f"INSERT INTO access_log ({', '.join(LOG_COLUMNS)}) VALUES ({', '.join('?' for _ in LOG_COLUMNS)})"  # noqa: S608 - names from our schema
+_PENDING = StepState.PENDING.value
+# The statements, written once; "(?*)" stands for as many placeholders as the call has values (``_listing``).
+_CLAIM = (
+    "UPDATE deprovision_steps SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? "  # noqa: S608 - our column names
+    "WHERE id IN (SELECT id FROM deprovision_steps WHERE state = ? AND next_attempt_at <= ? "
+    "AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?) "
+    f"RETURNING {STEP_COLUMNS}"
+)
+_RUNS = f"SELECT {RUN_COLUMNS} FROM deprovision_runs WHERE id IN (?*)"  # noqa: S608 - our column names
+_STEPS_OF_RUNS = f"SELECT {STEP_COLUMNS}, lease_owner FROM deprovision_steps WHERE run_id IN (?*) ORDER BY run_id, id"  # noqa: S608 - our column names
+_PEOPLE = (
+    f"SELECT r.id, r.successor, {_PERSON.format('a')}, {_PERSON.format('m')} FROM deprovision_runs r "  # noqa: S608 - our column names
+    "LEFT JOIN agents a ON a.id = r.agent_id "
+    "LEFT JOIN agents m ON m.id = a.manager_id AND m.deleted_at IS NULL "
+    "WHERE r.id IN (?*)"
+)
+_NAMED = (
+    f"SELECT {_PERSON.format('agents')}, user_name_key FROM agents "  # noqa: S608 - our column names
+    "WHERE user_name_key IN (?*) AND deleted_at IS NULL"
+)
+
+
+def _listing(sql: str, count: int) -> str:
+    return sql.replace("(?*)", "(" + ", ".join("?" for _ in range(count)) + ")")
+
+
+def step_row(row: Sequence[Any]) -> StepRecord:
+    return StepRecord(
+        id=row[0],
+        run_id=row[1],
+        channel=row[2],
+        step=StepKind(row[3]),
+        state=StepState(row[4]),
+        attempts=row[5],
+        next_attempt_at=from_sqlite(row[6]),
+        idempotency_key=row[7],
+        vendor_reference=row[8],
+        detail=row[9],
+        updated_at=from_sqlite(row[10]),
+    )
+
+
+def run_row(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        id=row[0],
+        agent_id=row[1],
+        user_name=row[2],
+        source=row[3],
+        actor=row[4],
+        reason=row[5],
+        successor=row[6],
+        state=RunState(row[7]),
+        created_at=from_sqlite(row[8]),
+        finished_at=from_sqlite(row[9]) if row[9] is not None else None,
+        approved_by=row[10],
+    )
+
+
+def log_row(record: AccessRecord) -> tuple[Any, ...]:
+    """An access-log row as SQLAlchemy writes it: ``time`` in its DATETIME text, ``detail`` as JSON text (its JSON
+    type writes None as 'null')."""
+    values: list[Any] = []
+    for name in LOG_COLUMNS:
+        if name == "time":
+            values.append(sqlite_datetime(record.time))
+        elif name == "detail":
+            values.append(json.dumps(record.detail))
+        else:
+            values.append(getattr(record, name))
+    return tuple(values)
+
+
+def _person(row: Sequence[Any], at: int) -> Person | None:
+    if row[at] is None:
+        return None
+    return Person(row[at], row[at + 1], row[at + 2], bool(row[at + 3]), row[at + 4] is not None)
+
+
+class SqlitePipeline:
+    """Claims, batch results and people reads of the pipeline on one SQLite file."""
+
+    def __init__(self, access: SqliteAccess) -> None:
+        self._access = access
+
+    async def claim(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[tuple[StepRecord, RunRecord]]:
+        moment = sqlite_datetime(now)
+
+        def unit(conn: sqlite3.Connection) -> list[tuple[StepRecord, RunRecord]]:
+            claimed = conn.execute(
+                _CLAIM, (owner, sqlite_datetime(lease_until), moment, _PENDING, moment, moment, limit)
+            ).fetchall()
+            if not claimed:
+                return []
+            steps = sorted((step_row(row) for row in claimed), key=lambda s: s.id)
+            ids = sorted({s.run_id for s in steps})
+            runs = {row[0]: run_row(row) for row in conn.execute(_listing(_RUNS, len(ids)), ids)}
+            return [(s, runs[s.run_id]) for s in steps]
+
+        return await self._access.writer.run(unit)
+
+    async def record(
+        self, owner: str, step_ids: Collection[int], run_ids: Collection[str], decide: Callable[[Snapshot], Changes]
+    ) -> Changes:
+        wanted = set(step_ids)
+        ids = sorted(set(run_ids))
+
+        def unit(conn: sqlite3.Connection) -> Changes:
+            # The writer's transaction is BEGIN IMMEDIATE: no other writer changes these rows until it commits.
+            runs = {row[0]: run_row(row) for row in conn.execute(_listing(_RUNS, len(ids)), ids)}
+            rows = conn.execute(_listing(_STEPS_OF_RUNS, len(ids)), ids).fetchall()
+            held = frozenset(row[0] for row in rows if row[0] in wanted and row[11] == owner and row[4] == _PENDING)
+            changes = decide(Snapshot([step_row(row) for row in rows], runs, held))
+            _write(conn, owner, changes)
+            return changes
+
+        return await self._access.writer.run(unit)
+
+    async def people_of(self, run_ids: Collection[str]) -> dict[str, RunPeople]:
+        ids = list(run_ids)
+
+        def read(conn: sqlite3.Connection) -> dict[str, RunPeople]:
+            rows = conn.execute(_listing(_PEOPLE, len(ids)), ids).fetchall()
+            # userNames compared as AgentRepository.find_by_user_name does: by the Python-lowered key.
+            keys = sorted({row[1].lower() for row in rows if row[1]})
+            named: dict[str, Person] = {}
+            if keys:
+                for found in conn.execute(_listing(_NAMED, len(keys)), keys):
+                    person = _person(found, 0)
+                    assert person is not None
+                    named[found[5]] = person
+            return {
+                row[0]: RunPeople(_person(row, 2), _person(row, 7), named.get(row[1].lower()) if row[1] else None)
+                for row in rows
+            }
+
+        return await self._access.reader.run(read)
+
+
+def _write(conn: sqlite3.Connection, owner: str, changes: Changes) -> None:
+    now = sqlite_datetime(changes.now)
+    if changes.finishes:
+        conn.executemany(
+            "UPDATE deprovision_steps SET state = ?, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, "
+            "vendor_reference = ?, detail = ?, updated_at = ? WHERE id = ? AND lease_owner = ? AND state = ?",
+            [
+                (
+                    f.state.value,
+                    sqlite_datetime(f.next_attempt_at),
+                    f.vendor_reference,
+                    f.detail[:2000],
+                    now,
+                    f.step_id,
+                    owner,
+                    _PENDING,
+                )
+                for f in changes.finishes
+            ],
+        )
+    if changes.unlocked:
+        conn.executemany(
+            "UPDATE deprovision_steps SET state = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+            [(state.value, now, now, step_id) for step_id, state in changes.unlocked],
+        )
+    if changes.runs:
+        finished = (RunState.DONE, RunState.ATTENTION)
+        conn.executemany(
+            "UPDATE deprovision_runs SET state = ?, finished_at = ? WHERE id = ?",
+            [(state.value, now if state in finished else None, run_id) for run_id, state in changes.runs],
+        )
+    if changes.records:
+        conn.executemany(INSERT_LOG, [log_row(record) for record in changes.records])

@@ -1,0 +1,205 @@
+"""The deprovisioning trigger's transaction (SessionKiller.deprovision) on SQLite by ``sqlite3`` directly, on SQLite
+through the engine, and on PostgreSQL: the agent is disabled with its access-log record and its run queued in one
+transaction; a repeated trigger joins the run still going; an agent already offboarded is not queued again; the
+mass-deletion guard holds the irreversible steps; an unknown agent changes nothing; both SQLite paths write the
+same rows."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from connectors.base import Capability
+from gateway.audit.writer import AuditLog
+from gateway.deprovision.kill import SessionKiller
+from gateway.deprovision.plan import RunState, StepKind, StepState
+from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
+from gateway.errors import NotFound
+from gateway.metrics import Metrics
+from gateway.sessions.memory import MemorySessionStore
+from gateway.settings import MassDeletionGuardSettings
+from gateway.storage.access_log import AccessLogRepository, AccessRecord
+from gateway.storage.agents import AgentRepository
+from gateway.storage.database import Database
+from gateway.storage.pipeline import PipelineRepository
+
+T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What the planner reads of a connector: its capabilities."""
+
+    channel: str
+    capabilities: frozenset[Capability]
+
+
+CONNECTORS = {
+    "chat": Channel("chat", frozenset({Capability.REVOKE_TOKENS, Capability.VERIFY, Capability.TICKETS})),
+    "phone": Channel("phone", frozenset({Capability.SEATS, Capability.VERIFY})),
+}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("direct", id="sqlite"),
+        pytest.param("engine", id="sqlite-engine"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
+
+
+def _killer(database: Database, *, direct: bool, guard: MassDeletionGuardSettings | None = None) -> SessionKiller:
+    engine, metrics = database.engine, Metrics()
+    agents, runs = AgentRepository(engine), PipelineRepository(engine, direct=direct)
+    audit = AuditLog(AccessLogRepository(engine), metrics)
+    guard = guard or MassDeletionGuardSettings(enabled=False)
+    planner = RunPlanner(CONNECTORS, runs, MassDeletionGuard(guard, agents, runs), audit, metrics)  # type: ignore[arg-type]
+    sessions = MemorySessionStore(900, 3600, "replica-1")
+    return SessionKiller(database, agents, sessions, None, audit, metrics, 1.0, planner, runs)
+
+
+@pytest.fixture
+def killer(database: Database, backend: str) -> SessionKiller:
+    return _killer(database, direct=backend == "direct")
+
+
+async def _agent(engine: AsyncEngine, user_name: str) -> str:
+    agent_id = str(uuid.uuid4())
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO agents (id, user_name, user_name_key, email, active, source, attributes, version, "
+                "created_at, updated_at) VALUES (:id, :name, :key, :email, true, 'scim', '{}', 3, :now, :now)"
+            ),
+            {"id": agent_id, "name": user_name, "key": user_name.lower(), "email": f"{user_name}@x.test", "now": T0},
+        )
+    return agent_id
+
+
+async def _log(engine: AsyncEngine, agent_id: str) -> list[AccessRecord]:
+    return await AccessLogRepository(engine).for_agent(agent_id)
+
+
+async def test_a_trigger_disables_the_agent_records_it_and_queues_its_run_in_one_transaction(
+    database: Database, killer: SessionKiller
+) -> None:
+    alice = await _agent(database.engine, "Alice")
+    result = await killer.deprovision("alice", reason="left", actor="admin", source="admin_api")
+    agent = await AgentRepository(database.engine).get(alice)
+    assert agent is not None and not agent.active and agent.disabled_reason == "left" and agent.version == 4
+    assert result.agent == agent
+    assert result.run is not None and result.run.state is RunState.RUNNING and result.run.agent_id == alice
+    pipeline = PipelineRepository(database.engine, direct=False)
+    assert await pipeline.get_run(result.run.id) == result.run
+    steps = {(s.channel, s.step): s.state for s in await pipeline.steps_of([result.run.id])}
+    assert steps == {
+        ("chat", StepKind.REVOKE): StepState.PENDING,
+        ("chat", StepKind.HAND_OVER): StepState.PENDING,
+        ("chat", StepKind.VERIFY): StepState.WAITING,
+        ("phone", StepKind.REVOKE): StepState.PENDING,
+        ("phone", StepKind.VERIFY): StepState.WAITING,
+        ("phone", StepKind.REMOVE): StepState.WAITING,
+    }
+    records = await _log(database.engine, alice)
+    assert [(r.kind, r.decision, r.actor, r.agent_name) for r in records] == [
+        ("deprovision", "disabled", "admin", "Alice"),
+        ("sessions_revoked", "revoked", "admin", "Alice"),
+    ]
+    assert records[0].detail == {"source": "admin_api", "step": "disable"}
+
+
+async def test_a_repeated_trigger_joins_the_run_still_going(database: Database, killer: SessionKiller) -> None:
+    alice = await _agent(database.engine, "alice")
+    first = await killer.deprovision(alice, reason="left", actor="idp", source="scim")
+    again = await killer.deprovision(alice, reason="left", actor="idp", source="scim")
+    assert first.run is not None and again.run is not None and again.run.id == first.run.id
+    assert len(await PipelineRepository(database.engine).runs_of_agent(alice)) == 1
+
+
+async def test_an_agent_already_offboarded_is_not_queued_again(database: Database, killer: SessionKiller) -> None:
+    alice = await _agent(database.engine, "alice")
+    first = await killer.deprovision(alice, reason="left", actor="idp", source="scim")
+    assert first.run is not None
+    async with database.begin() as conn:
+        await PipelineRepository(database.engine).set_run_state(first.run.id, RunState.DONE, T0, conn=conn)
+    again = await killer.deprovision(alice, reason="left", actor="idp", source="scim")
+    assert again.run is not None and again.run.id == first.run.id and again.run.state is RunState.DONE
+    assert len(await PipelineRepository(database.engine).runs_of_agent(alice)) == 1
+
+
+async def test_the_guard_holds_the_irreversible_steps_when_it_trips(database: Database, backend: str) -> None:
+    guard = MassDeletionGuardSettings(enabled=True, max_share=0.1, min_agents=1)
+    killer = _killer(database, direct=backend == "direct", guard=guard)
+    ids = [await _agent(database.engine, f"agent{n}") for n in range(3)]
+    first = await killer.deprovision(ids[0], reason="sync", actor="idp", source="scim")
+    second = await killer.deprovision(ids[1], reason="sync", actor="idp", source="scim")
+    assert first.run is not None and first.run.state is RunState.RUNNING
+    assert second.run is not None and second.run.state is RunState.HELD
+    steps = await PipelineRepository(database.engine).steps_of([second.run.id])
+    assert {(s.channel, s.step): s.state for s in steps}[("chat", StepKind.HAND_OVER)] is StepState.HELD
+    held = [r for r in await _log(database.engine, ids[1]) if r.kind == "deprovision_held"]
+    assert [r.detail for r in held] == [{"run": second.run.id, "recent": 2, "workforce": 3}]
+
+
+async def test_an_unknown_agent_is_not_found_and_changes_nothing(database: Database, killer: SessionKiller) -> None:
+    await _agent(database.engine, "alice")
+    with pytest.raises(NotFound):
+        await killer.deprovision("nobody", reason="left", actor="admin", source="cli")
+    assert await AccessLogRepository(database.engine).tail() == []
+    assert await PipelineRepository(database.engine).runs_in_state(list(RunState)) == []
+
+
+async def test_both_sqlite_paths_write_the_same_rows(database: Database, backend: str) -> None:
+    if backend != "direct":
+        return  # the comparison is between SQLite's two paths; the others run the contract above
+    ids = {direct: await _agent(database.engine, f"agent-{direct}") for direct in (True, False)}
+    for direct, agent_id in ids.items():
+        await _killer(database, direct=direct).deprovision(agent_id, reason="left", actor="a", source="cli")
+    path = database.engine.url.database
+    assert path is not None
+    with sqlite3.connect(path) as db:
+
+        def rows(agent_id: str) -> list[object]:
+            agent = db.execute(
+                "SELECT active, disabled_reason, version, typeof(updated_at), length(updated_at) FROM agents "
+                "WHERE id = ?",
+                (agent_id,),
+            ).fetchall()
+            log = db.execute(
+                "SELECT kind, agent_name = (SELECT user_name FROM agents WHERE id = ?), channel, decision, reason, "
+                "actor, typeof(detail), json_remove(detail, '$.run', '$.replicas_confirmed'), length(time) "
+                "FROM access_log WHERE agent_id = ? ORDER BY seq",
+                (agent_id, agent_id),
+            ).fetchall()
+            runs = db.execute(
+                "SELECT source, actor, reason, successor, state, length(created_at), finished_at, approved_by "
+                "FROM deprovision_runs WHERE agent_id = ?",
+                (agent_id,),
+            ).fetchall()
+            steps = db.execute(
+                "SELECT s.channel, s.step, s.state, s.attempts, s.next_attempt_at = r.created_at, s.lease_owner, "
+                "substr(s.idempotency_key, 1, 12), s.updated_at = r.created_at FROM deprovision_steps s "
+                "JOIN deprovision_runs r ON r.id = s.run_id WHERE r.agent_id = ? ORDER BY s.id",
+                (agent_id,),
+            ).fetchall()
+            return [agent, log, runs, steps]
+
+        assert rows(ids[True]) == rows(ids[False])
