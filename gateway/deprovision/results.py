@@ -20,7 +20,7 @@ from gateway.deprovision.backoff import retry_delay
 from gateway.deprovision.plan import FINAL, RunState, StepState, run_state, step_state_for, unlocked
 from gateway.settings import DeprovisionSettings
 from gateway.storage.access_log import AccessRecord
-from gateway.storage.pipeline_records import Changes, RunRecord, Snapshot, StepFinish, StepRecord
+from gateway.storage.pipeline_records import Changes, RunRecord, Sibling, Snapshot, StepFinish, StepRecord
 
 FINISHED = (RunState.DONE, RunState.ATTENTION)
 
@@ -44,7 +44,7 @@ def settle(
 ) -> Changes:
     """The changes recording ``batch`` makes to ``snapshot`` (see the module docstring)."""
     states = {s.id: s.state for s in snapshot.steps}
-    of_run: dict[str, list[StepRecord]] = {}
+    of_run: dict[str, list[Sibling]] = {}
     for s in snapshot.steps:
         of_run.setdefault(s.run_id, []).append(s)
     run_states = {run_id: run.state for run_id, run in snapshot.runs.items()}
@@ -115,7 +115,7 @@ def receipt(attempt: Attempt, state: StepState, next_at: datetime, now: datetime
     )
 
 
-def summary(run: RunRecord, steps: Iterable[StepRecord], states: dict[int, StepState]) -> AccessRecord:
+def summary(run: RunRecord, steps: Iterable[Sibling], states: dict[int, StepState]) -> AccessRecord:
     """The record of a finished run: every step's final state per channel; "complete" only when the run is done."""
     outcome: dict[str, dict[str, str]] = {}
     for s in steps:

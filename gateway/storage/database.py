@@ -42,6 +42,8 @@ _RESOLVED: dict[str, str] = {}
 _GATE_LIMITS: dict[str, float] = {}
 #: The queues themselves, per event loop (an asyncio lock belongs to one loop; the CLI runs several in turn).
 _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
+#: Writers waiting for each file's turn (a writer holding it for a stream of work hands it over when one waits).
+_WAITING: dict[str, int] = {}
 #: What else holds the database open beside an engine (``gateway.storage.sqlite_writer``): closed with it.
 _COMPANIONS: weakref.WeakKeyDictionary[AsyncEngine, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
 
@@ -63,6 +65,7 @@ async def write_gate(path: str | None) -> AsyncIterator[None]:
     lock = locks.get(path)
     if lock is None:
         lock = locks[path] = asyncio.Lock()
+    _WAITING[path] = _WAITING.get(path, 0) + 1
     try:
         async with asyncio.timeout(limit):
             await lock.acquire()
@@ -71,10 +74,17 @@ async def write_gate(path: str | None) -> AsyncIterator[None]:
             f"database write failed on sqlite:///{path}",
             detail=f"no write turn within {limit:g} s (another write in this process held the database)",
         ) from None
+    finally:
+        _WAITING[path] -= 1
     try:
         yield
     finally:
         lock.release()
+
+
+def write_gate_wanted(path: str) -> bool:
+    """Whether a writer waits for the write turn of ``path`` (safe to ask from any thread)."""
+    return _WAITING.get(path, 0) > 0
 
 
 def create_engine(

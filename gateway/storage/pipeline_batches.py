@@ -16,7 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.deprovision.plan import RunState, StepState
 from gateway.storage._time import to_db
-from gateway.storage.pipeline_records import Changes, Person, RunPeople, Snapshot, run_from_row, step_from_row
+from gateway.storage.pipeline_records import (
+    STEP_KINDS,
+    STEP_STATES,
+    Changes,
+    Person,
+    RunPeople,
+    Sibling,
+    Snapshot,
+    run_from_row,
+)
 from gateway.storage.schema import access_log, agents, deprovision_runs, deprovision_steps
 
 #: Decides what recording a batch changes, from the snapshot read in the recording transaction
@@ -36,13 +45,16 @@ async def record_batch(
     query = select(deprovision_runs).where(deprovision_runs.c.id.in_(ids)).order_by(deprovision_runs.c.id)
     runs = {row["id"]: run_from_row(row) for row in (await c.execute(query.with_for_update())).mappings()}
     steps = deprovision_steps.c
-    query = select(deprovision_steps).where(steps.run_id.in_(ids)).order_by(steps.run_id, steps.id)
-    rows = list((await c.execute(query.with_for_update())).mappings())
-    wanted = set(step_ids)
-    held = frozenset(
-        row["id"] for row in rows if row["id"] in wanted and row["lease_owner"] == owner and row["state"] == _PENDING
+    query = (
+        select(steps.id, steps.run_id, steps.channel, steps.step, steps.state, steps.lease_owner)
+        .where(steps.run_id.in_(ids))
+        .order_by(steps.run_id, steps.id)
     )
-    changes = decide(Snapshot([step_from_row(row) for row in rows], runs, held))
+    rows = (await c.execute(query.with_for_update())).all()
+    wanted = set(step_ids)
+    held = frozenset(row[0] for row in rows if row[0] in wanted and row[5] == owner and row[4] == _PENDING)
+    siblings = [Sibling(r[0], r[1], r[2], STEP_KINDS[r[3]], STEP_STATES[r[4]]) for r in rows]
+    changes = decide(Snapshot(siblings, runs, held))
     await _write(c, owner, changes)
     return changes
 

@@ -155,11 +155,28 @@ class RunPeople:
 
 
 @dataclass(frozen=True, slots=True)
+class Sibling:
+    """What recording a batch needs of each step of its runs: which step it is and its state."""
+
+    id: int
+    run_id: str
+    channel: str
+    step: StepKind
+    state: StepState
+
+
+#: Text → member without ``Enum.__call__`` (a recorded batch converts every step of its runs).
+STEP_KINDS = {kind.value: kind for kind in StepKind}
+STEP_STATES = {state.value: state for state in StepState}
+RUN_STATES = {state.value: state for state in RunState}
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The current state of a batch's runs inside the transaction that records the batch: every step of those
     runs, the runs, and which of the batch's steps this worker still holds (its lease, still pending)."""
 
-    steps: Sequence[StepRecord]
+    steps: Sequence[Sibling]
     runs: Mapping[str, RunRecord]
     held: frozenset[int]
 

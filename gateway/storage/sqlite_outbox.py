@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, user_name_key
 from gateway.storage.pipeline_records import PlannedStep, RunRecord, idempotency_key
-from gateway.storage.sqlite_pipeline import INSERT_LOG, RUN_COLUMNS, log_row, run_row
+from gateway.storage.sqlite_pipeline import INSERT_LOG, RUN_COLUMNS, log_rows, run_row
 from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite, sqlite_datetime
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ class Outbox:
         return None if row is None else _agent(row)
 
     def append_log(self, records: Iterable[AccessRecord]) -> None:
-        self._conn.executemany(INSERT_LOG, [log_row(record) for record in records])
+        self._conn.executemany(INSERT_LOG, log_rows(records))
 
     def runs_of_agent(self, agent_id: str) -> list[RunRecord]:
         """The agent's runs, newest first (``PipelineRepository.runs_of_agent``)."""

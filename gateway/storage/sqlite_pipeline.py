@@ -12,13 +12,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from gateway.deprovision.plan import RunState, StepKind, StepState
+from gateway.deprovision.plan import RunState, StepState
 from gateway.storage.access_log import AccessRecord
-from gateway.storage.pipeline_records import Changes, Person, RunPeople, RunRecord, Snapshot, StepRecord
+from gateway.storage.pipeline_records import (
+    RUN_STATES,
+    STEP_KINDS,
+    STEP_STATES,
+    Changes,
+    Person,
+    RunPeople,
+    RunRecord,
+    Sibling,
+    Snapshot,
+    StepRecord,
+)
 from gateway.storage.schema import access_log
 from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite, sqlite_datetime
 
@@ -38,7 +49,10 @@ _CLAIM = (
     f"RETURNING {STEP_COLUMNS}"
 )
 _RUNS = f"SELECT {RUN_COLUMNS} FROM deprovision_runs WHERE id IN (?*)"  # noqa: S608 - our column names
-_STEPS_OF_RUNS = f"SELECT {STEP_COLUMNS}, lease_owner FROM deprovision_steps WHERE run_id IN (?*) ORDER BY run_id, id"  # noqa: S608 - our column names
+_STEPS_OF_RUNS = (
+    "SELECT id, run_id, channel, step, state, lease_owner FROM deprovision_steps WHERE run_id IN (?*) "
+    "ORDER BY run_id, id"
+)
 _PEOPLE = (
     f"SELECT r.id, r.successor, {_PERSON.format('a')}, {_PERSON.format('m')} FROM deprovision_runs r "  # noqa: S608 - our column names
     "LEFT JOIN agents a ON a.id = r.agent_id "
@@ -60,8 +74,8 @@ def step_row(row: Sequence[Any]) -> StepRecord:
         id=row[0],
         run_id=row[1],
         channel=row[2],
-        step=StepKind(row[3]),
-        state=StepState(row[4]),
+        step=STEP_KINDS[row[3]],
+        state=STEP_STATES[row[4]],
         attempts=row[5],
         next_attempt_at=from_sqlite(row[6]),
         idempotency_key=row[7],
@@ -80,20 +94,28 @@ def run_row(row: Sequence[Any]) -> RunRecord:
         actor=row[4],
         reason=row[5],
         successor=row[6],
-        state=RunState(row[7]),
+        state=RUN_STATES[row[7]],
         created_at=from_sqlite(row[8]),
         finished_at=from_sqlite(row[9]) if row[9] is not None else None,
         approved_by=row[10],
     )
 
 
-def log_row(record: AccessRecord) -> tuple[Any, ...]:
-    """An access-log row as SQLAlchemy writes it: ``time`` in its DATETIME text, ``detail`` as JSON text (its JSON
+def log_rows(records: Iterable[AccessRecord]) -> list[tuple[Any, ...]]:
+    """Access-log rows as SQLAlchemy writes them: ``time`` in its DATETIME text, ``detail`` as JSON text (its JSON
     type writes None as 'null')."""
+    times: dict[datetime, str] = {}  # a batch's records mostly share one moment
+    return [_log_row(record, times) for record in records]
+
+
+def _log_row(record: AccessRecord, times: dict[datetime, str]) -> tuple[Any, ...]:
     values: list[Any] = []
     for name in LOG_COLUMNS:
         if name == "time":
-            values.append(sqlite_datetime(record.time))
+            text = times.get(record.time)
+            if text is None:
+                text = times[record.time] = sqlite_datetime(record.time)
+            values.append(text)
         elif name == "detail":
             values.append(json.dumps(record.detail))
         else:
@@ -141,8 +163,9 @@ class SqlitePipeline:
             # The writer's transaction is BEGIN IMMEDIATE: no other writer changes these rows until it commits.
             runs = {row[0]: run_row(row) for row in conn.execute(_listing(_RUNS, len(ids)), ids)}
             rows = conn.execute(_listing(_STEPS_OF_RUNS, len(ids)), ids).fetchall()
-            held = frozenset(row[0] for row in rows if row[0] in wanted and row[11] == owner and row[4] == _PENDING)
-            changes = decide(Snapshot([step_row(row) for row in rows], runs, held))
+            held = frozenset(row[0] for row in rows if row[0] in wanted and row[5] == owner and row[4] == _PENDING)
+            siblings = [Sibling(r[0], r[1], r[2], STEP_KINDS[r[3]], STEP_STATES[r[4]]) for r in rows]
+            changes = decide(Snapshot(siblings, runs, held))
             _write(conn, owner, changes)
             return changes
 
@@ -201,4 +224,4 @@ def _write(conn: sqlite3.Connection, owner: str, changes: Changes) -> None:
             [(state.value, now if state in finished else None, run_id) for run_id, state in changes.runs],
         )
     if changes.records:
-        conn.executemany(INSERT_LOG, [log_row(record) for record in changes.records])
+        conn.executemany(INSERT_LOG, log_rows(changes.records))

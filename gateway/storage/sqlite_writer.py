@@ -6,12 +6,15 @@ statement through ``sqlite3`` ~0.01-0.03 ms. A bulk offboarding runs about a hun
 trigger's transaction, the worker's claims and results, the connectors' ``agent_secrets``), which made the
 gateway's CPU, not the channels, the limit (docs/benchmarks.md §4).
 
-:class:`SqliteWriter` runs *units* (functions of a ``sqlite3.Connection``) in one worker thread. Units queued
+:class:`SqliteWriter` runs *units* (functions of a ``sqlite3.Connection``) in a worker thread. Units queued
 while a commit is under way go into the next transaction together (group commit): each caller returns only
 after the transaction holding its unit committed, with ``synchronous=FULL`` as the gateway's engine, so every
 caller keeps its durability and concurrent writers share the fsync. Each unit runs in a SAVEPOINT: one that
-raises is rolled back alone and its caller gets the error, the others commit. The transaction is ``BEGIN
-IMMEDIATE`` under this process's write gate for the file, like every writer of the engine.
+raises is rolled back alone and its caller gets the error, the others commit. Transactions are ``BEGIN
+IMMEDIATE`` under this process's write gate for the file, like every writer of the engine. Once the thread has
+the turn it commits group after group without coming back to the event loop in between, until the queue is
+empty or another writer waits for the turn: on a busy loop each hand-over between loop and thread waited
+several milliseconds, and with two of them per group the groups, not the CPU, paced a bulk offboarding.
 
 :class:`SqliteReader` runs short indexed reads inline on the event loop (``gateway.storage.quick_reads`` explains
 why that is safe in WAL mode); a read that finds the database busy is run again in a thread, where it may wait.
@@ -32,7 +35,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import StorageError
-from gateway.storage.database import on_dispose, sqlite_busy_timeout, write_gate
+from gateway.storage.database import on_dispose, sqlite_busy_timeout, write_gate, write_gate_wanted
 
 T = TypeVar("T")
 #: A unit of work: runs in the writer's thread inside the group's transaction; its return value is the result.
@@ -62,11 +65,23 @@ def _failure(path: str, action: str, error: sqlite3.Error) -> StorageError:
 
 
 class _Queued:
-    __slots__ = ("future", "unit")
+    __slots__ = ("future", "loop", "unit")
 
-    def __init__(self, unit: Unit[Any], future: asyncio.Future[Any]) -> None:
+    def __init__(self, unit: Unit[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
         self.unit = unit
         self.future = future
+        self.loop = loop
+
+
+def _deliver(group: list[_Queued], outcomes: list[tuple[bool, Any]]) -> None:
+    """On the callers' event loop: each caller gets its unit's result or error (unless it stopped waiting)."""
+    for queued, (ok, value) in zip(group, outcomes, strict=True):
+        if queued.future.done():
+            continue
+        if ok:
+            queued.future.set_result(value)
+        else:
+            queued.future.set_exception(value)
 
 
 class SqliteWriter:
@@ -77,9 +92,12 @@ class SqliteWriter:
         self._resolved = str(Path(path).expanduser().resolve())
         self._busy_timeout = busy_timeout_seconds
         self._connection: sqlite3.Connection | None = None
+        #: Guards the connection: the thread writing, or ``close``.
         self._lock = threading.Lock()
+        #: Guards the queue: callers append on the event loop, the thread takes.
+        self._queue_lock = threading.Lock()
         self._queue: list[_Queued] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._turn: asyncio.Task[None] | None = None
 
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit`` in the next group's transaction; its result once that transaction committed.
@@ -88,33 +106,64 @@ class SqliteWriter:
         database write whose caller stopped waiting during the commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.append(_Queued(unit, future))
-        flusher = self._flusher
-        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
-            self._flusher = loop.create_task(self._flush(), name="channelgate-sqlite-writer")
+        with self._queue_lock:
+            self._queue.append(_Queued(unit, future, loop))
+        turn = self._turn
+        if turn is None or turn.done() or turn.get_loop() is not loop:
+            self._turn = loop.create_task(self._take_turns(), name="channelgate-sqlite-writer")
         return await future
 
-    async def _flush(self) -> None:
+    async def _take_turns(self) -> None:
+        """Hold the file's write turn (the gate every writer of this process queues on) while the thread commits
+        groups back to back, without coming back to the event loop between them; hand the turn over when the
+        queue is empty or another writer waits for it."""
         while self._queue:
-            group = [queued for queued in self._queue[:MAX_GROUP] if not queued.future.done()]
-            del self._queue[:MAX_GROUP]
-            if not group:
-                continue
             try:
                 async with write_gate(self._resolved):
-                    outcomes = await asyncio.to_thread(self._commit, [queued.unit for queued in group])
-            except Exception as error:  # every waiter gets the failure of the whole group
-                for queued in group:
-                    if not queued.future.done():
-                        queued.future.set_exception(error)
-                continue
-            for queued, (ok, value) in zip(group, outcomes, strict=True):
-                if queued.future.done():
-                    continue
-                if ok:
-                    queued.future.set_result(value)
-                else:
-                    queued.future.set_exception(value)
+                    await asyncio.to_thread(self._commit_groups)
+            except Exception as error:  # no turn: every queued caller gets the failure
+                with self._queue_lock:
+                    queued, self._queue = self._queue, []
+                for each in queued:
+                    each.loop.call_soon_threadsafe(_deliver, [each], [(False, error)])
+
+    def _commit_groups(self) -> None:
+        """In the thread: commit groups of queued units until none is left or another writer wants its turn."""
+        while True:
+            with self._queue_lock:
+                group = [queued for queued in self._queue[:MAX_GROUP] if not queued.future.done()]
+                del self._queue[:MAX_GROUP]
+            if group:
+                try:
+                    outcomes = self._transaction([queued.unit for queued in group])
+                except StorageError as error:
+                    outcomes = [(False, error)] * len(group)
+                group[0].loop.call_soon_threadsafe(_deliver, group, outcomes)
+            with self._queue_lock:
+                if not self._queue or write_gate_wanted(self._resolved):
+                    return
+
+    def _transaction(self, units: list[Unit[Any]]) -> list[tuple[bool, Any]]:
+        """One transaction: each unit in a savepoint of its own; ``StorageError`` when the transaction failed (then
+        nothing of the group was written)."""
+        with self._lock:
+            try:
+                connection = self._connect()
+                connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                self._drop()
+                raise _failure(self.path, "write", error) from None
+            try:
+                outcomes = _apply(connection, units, self.path)
+                connection.execute("COMMIT")
+            except BaseException as error:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                self._drop()  # a fresh connection next time, whatever state this one is in
+                if isinstance(error, sqlite3.Error):  # disk full, I/O error, a savepoint gone: the whole group
+                    raise _failure(self.path, "write", error) from None
+                raise
+            return outcomes
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -126,38 +175,6 @@ class SqliteWriter:
             self._connection = connection
         return self._connection
 
-    def _commit(self, units: list[Unit[Any]]) -> list[tuple[bool, Any]]:
-        """One transaction: each unit in a savepoint of its own; (True, result) or (False, its exception)."""
-        with self._lock:
-            try:
-                connection = self._connect()
-                connection.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as error:
-                self._drop()
-                raise _failure(self.path, "write", error) from None
-            outcomes: list[tuple[bool, Any]] = []
-            try:
-                for unit in units:
-                    connection.execute("SAVEPOINT unit")
-                    try:
-                        outcomes.append((True, unit(connection)))
-                    except Exception as error:  # handed to the unit's own caller
-                        connection.execute("ROLLBACK TO unit")
-                        failure = _failure(self.path, "write", error) if isinstance(error, sqlite3.Error) else error
-                        outcomes.append((False, failure))
-                    connection.execute("RELEASE unit")
-                connection.execute("COMMIT")
-            except sqlite3.Error as error:
-                # The transaction itself failed (disk full, I/O error): nothing of the group was written.
-                with contextlib.suppress(sqlite3.Error):
-                    connection.execute("ROLLBACK")
-                self._drop()  # a fresh connection next time, whatever state this one is in
-                raise _failure(self.path, "write", error) from None
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            return outcomes
-
     def _drop(self) -> None:
         if self._connection is not None:
             connection, self._connection = self._connection, None
@@ -166,6 +183,20 @@ class SqliteWriter:
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _apply(connection: sqlite3.Connection, units: list[Unit[Any]], path: str) -> list[tuple[bool, Any]]:
+    """Each unit in a savepoint of its own: (True, its result), or (False, its error) with its writes undone."""
+    outcomes: list[tuple[bool, Any]] = []
+    for unit in units:
+        connection.execute("SAVEPOINT unit")
+        try:
+            outcomes.append((True, unit(connection)))
+        except Exception as error:  # handed to the unit's own caller
+            connection.execute("ROLLBACK TO unit")
+            outcomes.append((False, _failure(path, "write", error) if isinstance(error, sqlite3.Error) else error))
+        connection.execute("RELEASE unit")
+    return outcomes
 
 
 class SqliteReader:

@@ -21,9 +21,9 @@ from gateway.storage.sqlite_writer import SqliteReader, SqliteWriter, Unit, from
 class CountingWriter(SqliteWriter):
     commits = 0
 
-    def _commit(self, units: list[Unit[Any]]) -> list[tuple[bool, Any]]:
+    def _transaction(self, units: list[Unit[Any]]) -> list[tuple[bool, Any]]:
         self.commits += 1
-        return super()._commit(units)
+        return super()._transaction(units)
 
 
 @pytest.fixture
