@@ -123,13 +123,22 @@ class SessionBook:
         self.lifetime = lifetime_seconds
         self.clock = clock
         self._by_digest: dict[str, LegacySession] = {}
+        #: user → digests of their sessions, so listing one user's sessions does not read everyone's (a bulk
+        #: offboarding verifies every departing agent: a scan each made it quadratic).
+        self._by_user: dict[str, dict[str, None]] = {}
 
     def open(self, user: str) -> str:
         """A new session for ``user``; a fresh id every time, so a login never adopts an id (session fixation)."""
         session_id = secrets.token_urlsafe(32)
         now = self.clock()
-        self._by_digest[_digest(session_id)] = LegacySession(user, now, now + self.lifetime)
+        digest = _digest(session_id)
+        self._by_digest[digest] = LegacySession(user, now, now + self.lifetime)
+        self._by_user.setdefault(user, {})[digest] = None
         return session_id
+
+    def _forget(self, digest: str) -> None:
+        session = self._by_digest.pop(digest)
+        self._by_user[session.user].pop(digest, None)
 
     def find(self, session_id: str | None) -> LegacySession | None:
         if not session_id:
@@ -137,7 +146,7 @@ class SessionBook:
         digest = _digest(session_id)
         session = self._by_digest.get(digest)
         if session is not None and session.expires <= self.clock():
-            del self._by_digest[digest]
+            self._forget(digest)
             return None
         return session
 
@@ -145,15 +154,16 @@ class SessionBook:
         """End the session ``session_id`` names; the session it was, or None when none was live."""
         session = self.find(session_id)
         if session is not None and session_id is not None:
-            del self._by_digest[_digest(session_id)]
+            self._forget(_digest(session_id))
         return session
 
     def live(self, user: str) -> list[dict[str, str]]:
         now = self.clock()
+        sessions = ((digest, self._by_digest[digest]) for digest in self._by_user.get(user, {}))
         return [
             {"id": digest[:16], "created": _iso(s.created), "expires": _iso(s.expires)}
-            for digest, s in self._by_digest.items()
-            if s.user == user and s.expires > now
+            for digest, s in sessions
+            if s.expires > now
         ]
 
 

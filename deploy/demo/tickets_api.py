@@ -121,6 +121,13 @@ class TicketBoard:
         if not base.startswith("/") or not base.endswith("/"):
             raise ValueError("the ticket API base must start and end with '/'")
         self._tickets = {ticket.id: ticket for ticket in tickets}
+        #: Each ticket's place on the board: the listing's order, and where ``after`` resumes.
+        self._position = {ticket_id: n for n, ticket_id in enumerate(self._tickets)}
+        #: assignee → their tickets' ids, so listing one agent's tickets does not read the whole board (a bulk
+        #: offboarding lists every departing agent's tickets: a scan each made it quadratic).
+        self._by_assignee: dict[str | None, dict[str, None]] = {}
+        for ticket in self._tickets.values():
+            self._by_assignee.setdefault(ticket.assignee, {})[ticket.id] = None
         self._effects = effects
         self._keys = keys
         self._base = base
@@ -151,14 +158,18 @@ class TicketBoard:
             limit = 0
         if not 1 <= limit <= MAX_PAGE:
             return error(400, "invalid_request", f"limit must be a whole number from 1 to {MAX_PAGE}")
-        ids = list(self._tickets)
         after = query.get("after")
         if after is not None and after not in self._tickets:
             return error(400, "invalid_request", "after must be the id of a ticket (the 'next' of a previous page)")
-        start = 0 if after is None else ids.index(after) + 1
+        start = 0 if after is None else self._position[after] + 1
+        if "assignee" in query:
+            mine = self._by_assignee.get(query["assignee"], {})
+            ids = sorted((i for i in mine if self._position[i] >= start), key=self._position.__getitem__)
+        else:
+            ids = list(self._tickets)[start:]
         chosen: list[Ticket] = []
         next_id: str | None = None
-        for ticket_id in ids[start:]:
+        for ticket_id in ids:
             ticket = self._tickets[ticket_id]
             if (
                 ("assignee" in query and ticket.assignee != query["assignee"])
@@ -193,15 +204,18 @@ class TicketBoard:
             )
         if (ticket.assignee, ticket.queue) != (assignee, queue):
             previous = ticket.assignee or ""
+            del self._by_assignee[ticket.assignee][ticket.id]
             ticket = replace(ticket, assignee=assignee, queue=queue, updated=_now())
             self._tickets[ticket.id] = ticket
+            self._by_assignee.setdefault(assignee, {})[ticket.id] = None
             target = f"assignee {assignee}" if assignee else f"queue {queue}"
             self._effects.record(REASSIGNED, previous, f"{ticket.id} -> {target}", call.idempotency_key)
         return Answer(200, {"ticket": ticket.document()})
 
     async def _page(self, request: Request) -> HTMLResponse:
         agent = agent_of(request)
-        mine = [t for t in self._tickets.values() if t.assignee == agent.username and t.status == "open"]
+        ids = sorted(self._by_assignee.get(agent.username, {}), key=self._position.__getitem__)
+        mine = [t for t in map(self._tickets.__getitem__, ids) if t.status == "open"]
         rows = (
             "".join(f"<li><strong>{html.escape(t.id)}</strong> {html.escape(t.subject)}</li>" for t in mine)
             or "<li>No open tickets.</li>"
