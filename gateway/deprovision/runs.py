@@ -89,16 +89,18 @@ class RunPlanner:
         audit: AuditLog,
         metrics: Metrics,
     ) -> None:
-        self._connectors = connectors
         self._runs = runs
         self._guard = guard
         self._audit = audit
         self._metrics = metrics
+        # The steps every run plans, from each configured connector's capabilities (``gateway.deprovision.plan``),
+        # with and without the guard's hold: the connectors and their capabilities do not change while running.
+        self._steps = {held: _plan_steps(connectors, held=held) for held in (False, True)}
 
     def _plan(
         self, agent: Agent, *, source: str, actor: str, reason: str, successor: str | None, now: datetime, held: bool
     ) -> tuple[RunRecord, list[PlannedStep]]:
-        """The run and its steps, from each configured connector's capabilities (``gateway.deprovision.plan``)."""
+        """The run and its steps."""
         run = RunRecord(
             id=str(uuid.uuid4()),
             agent_id=agent.id,
@@ -112,10 +114,7 @@ class RunPlanner:
             finished_at=None,
             approved_by=None,
         )
-        steps: list[PlannedStep] = []
-        for channel, connector in sorted(self._connectors.items()):
-            planned = plan_channel(connector.capabilities)
-            steps.extend(PlannedStep(channel, kind, initial_state(kind, planned, held=held)) for kind in planned)
+        steps = self._steps[held]
         if not steps:
             run = replace(run, state=RunState.DONE, finished_at=now)
         return run, steps
@@ -175,6 +174,14 @@ class RunPlanner:
             run.id,
             run.user_name,
         )
+
+
+def _plan_steps(connectors: Mapping[str, Connector], *, held: bool) -> list[PlannedStep]:
+    steps: list[PlannedStep] = []
+    for channel, connector in sorted(connectors.items()):
+        planned = plan_channel(connector.capabilities)
+        steps.extend(PlannedStep(channel, kind, initial_state(kind, planned, held=held)) for kind in planned)
+    return steps
 
 
 def _held_record(run: RunRecord, actor: str, hold: Hold) -> AccessRecord:

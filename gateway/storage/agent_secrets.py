@@ -91,11 +91,15 @@ class AgentSecretRepository:
     def __init__(self, engine: AsyncEngine, *, direct: bool = True) -> None:
         self._engine = engine
         self._use_direct = direct
+        self._access: SqliteAccess | None = None
 
     @property
     def _direct(self) -> SqliteAccess | None:
-        """Looked up on first use: building a repository touches nothing."""
-        return sqlite_access(self._engine) if self._use_direct else None
+        """Looked up on first use (building a repository touches nothing), then kept."""
+        if self._access is None and self._use_direct:
+            self._access = sqlite_access(self._engine)
+            self._use_direct = self._access is not None
+        return self._access
 
     async def put(self, secret: StoredAgentSecret, *, conn: AsyncConnection | None = None) -> None:
         """Store or replace one secret (upsert on agent, channel, name)."""
@@ -136,7 +140,7 @@ class AgentSecretRepository:
         self, agent_id: str, channel: str, name: str, *, conn: AsyncConnection | None = None
     ) -> StoredAgentSecret | None:
         if conn is None and self._direct is not None:
-            found = await self._direct.reader.run(lambda c: c.execute(_GET, (agent_id, channel, name)).fetchone())
+            found = await self._direct.reader.one(_GET, (agent_id, channel, name))
             return None if found is None else _direct_secret(found)
         query = select(agent_secrets).where(
             agent_secrets.c.agent_id == agent_id, agent_secrets.c.channel == channel, agent_secrets.c.name == name
@@ -150,7 +154,7 @@ class AgentSecretRepository:
     ) -> list[StoredAgentSecret]:
         """Every secret of the agent at the channel, by name."""
         if conn is None and self._direct is not None:
-            rows = await self._direct.reader.run(lambda c: c.execute(_LIST, (agent_id, channel)).fetchall())
+            rows = await self._direct.reader.all(_LIST, (agent_id, channel))
             return [_direct_secret(row) for row in rows]
         query = (
             select(agent_secrets)

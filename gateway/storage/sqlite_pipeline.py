@@ -11,6 +11,7 @@ alike, and both meet tests/contracts/test_pipeline_storage_contract.py.
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
@@ -101,26 +102,23 @@ def run_row(row: Sequence[Any]) -> RunRecord:
     )
 
 
-def log_rows(records: Iterable[AccessRecord]) -> list[tuple[Any, ...]]:
+_LOG_VALUES = operator.attrgetter(*LOG_COLUMNS)
+_TIME, _DETAIL = LOG_COLUMNS.index("time"), LOG_COLUMNS.index("detail")
+
+
+def log_rows(records: Iterable[AccessRecord]) -> list[list[Any]]:
     """Access-log rows as SQLAlchemy writes them: ``time`` in its DATETIME text, ``detail`` as JSON text (its JSON
     type writes None as 'null')."""
     times: dict[datetime, str] = {}  # a batch's records mostly share one moment
-    return [_log_row(record, times) for record in records]
-
-
-def _log_row(record: AccessRecord, times: dict[datetime, str]) -> tuple[Any, ...]:
-    values: list[Any] = []
-    for name in LOG_COLUMNS:
-        if name == "time":
-            text = times.get(record.time)
-            if text is None:
-                text = times[record.time] = sqlite_datetime(record.time)
-            values.append(text)
-        elif name == "detail":
-            values.append(json.dumps(record.detail))
-        else:
-            values.append(getattr(record, name))
-    return tuple(values)
+    rows = []
+    for record in records:
+        row = list(_LOG_VALUES(record))
+        text = times.get(record.time)
+        if text is None:
+            text = times[record.time] = sqlite_datetime(record.time)
+        row[_TIME], row[_DETAIL] = text, json.dumps(record.detail)
+        rows.append(row)
+    return rows
 
 
 def _person(row: Sequence[Any], at: int) -> Person | None:

@@ -27,7 +27,7 @@ import contextlib
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,8 +51,7 @@ _INLINE_BUSY_TIMEOUT_MS = 50
 def sqlite_datetime(moment: datetime) -> str:
     """SQLAlchemy's SQLite ``DATETIME`` storage of an aware moment (UTC, always six fraction digits), so both
     write paths store the same text and text order stays time order."""
-    moment = moment.astimezone(UTC)
-    return f"{moment:%Y-%m-%d %H:%M:%S}.{moment.microsecond:06d}"
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def from_sqlite(text: str) -> datetime:
@@ -217,10 +216,21 @@ class SqliteReader:
 
     async def run(self, read: Unit[T]) -> T:
         """``read(connection)`` in one read transaction (one snapshot); ``StorageError`` when it fails."""
+        return await self._read(lambda connection: _snapshot(connection, read))
+
+    async def one(self, sql: str, values: Sequence[Any]) -> Any:
+        """The first row of one statement (a statement is its own snapshot: no BEGIN and COMMIT around it)."""
+        return await self._read(lambda connection: connection.execute(sql, values).fetchone())
+
+    async def all(self, sql: str, values: Sequence[Any]) -> list[Any]:
+        """Every row of one statement."""
+        return await self._read(lambda connection: connection.execute(sql, values).fetchall())
+
+    async def _read(self, read: Unit[T]) -> T:
         try:
             if self._inline is None:
                 self._inline = self._open(_INLINE_BUSY_TIMEOUT_MS)
-            return _snapshot(self._inline, read)
+            return read(self._inline)
         except sqlite3.Error as error:
             if getattr(error, "sqlite_errorcode", None) not in _BUSY:
                 self._close_inline()
@@ -232,7 +242,7 @@ class SqliteReader:
             try:
                 if self._threaded is None:
                     self._threaded = self._open(int(self._busy_timeout * 1000))
-                return _snapshot(self._threaded, read)
+                return read(self._threaded)
             except sqlite3.Error as error:
                 if self._threaded is not None:
                     self._threaded.close()
