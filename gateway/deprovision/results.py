@@ -47,7 +47,7 @@ def settle(
     of_run: dict[str, list[Sibling]] = {}
     for s in snapshot.steps:
         of_run.setdefault(s.run_id, []).append(s)
-    run_states = {run_id: run.state for run_id, run in snapshot.runs.items()}
+    run_states = dict(snapshot.runs)
     open_leases = set(snapshot.held)
     finishes: list[StepFinish] = []
     moved: list[tuple[int, StepState]] = []
@@ -70,8 +70,8 @@ def settle(
         states[step.id] = state
         settled.append((step.id, state))
         records.append(receipt(attempt, state, next_at, now))
-        run = snapshot.runs.get(step.run_id)
-        if state not in FINAL or run is None:
+        run = attempt.run  # as claimed: what a summary says of it (agent, reason, source) does not change
+        if state not in FINAL or run.id not in run_states:
             continue
         steps = of_run.get(step.run_id, [])
         held = run_states[run.id] is RunState.HELD

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.deprovision.plan import RunState, StepState
 from gateway.storage._time import to_db
 from gateway.storage.pipeline_records import (
+    RUN_STATES,
     STEP_KINDS,
     STEP_STATES,
     Changes,
@@ -24,7 +25,6 @@ from gateway.storage.pipeline_records import (
     RunPeople,
     Sibling,
     Snapshot,
-    run_from_row,
 )
 from gateway.storage.schema import access_log, agents, deprovision_runs, deprovision_steps
 
@@ -42,8 +42,9 @@ async def record_batch(
     """``PipelineRepository.record`` in the write transaction ``c``."""
     ids = sorted(set(run_ids))
     # Runs first, then steps, both in id order: one lock order, so two recorders cannot deadlock.
-    query = select(deprovision_runs).where(deprovision_runs.c.id.in_(ids)).order_by(deprovision_runs.c.id)
-    runs = {row["id"]: run_from_row(row) for row in (await c.execute(query.with_for_update())).mappings()}
+    runs_table = deprovision_runs.c
+    query = select(runs_table.id, runs_table.state).where(runs_table.id.in_(ids)).order_by(runs_table.id)
+    runs = {row[0]: RUN_STATES[row[1]] for row in (await c.execute(query.with_for_update())).all()}
     steps = deprovision_steps.c
     query = (
         select(steps.id, steps.run_id, steps.channel, steps.step, steps.state, steps.lease_owner)

@@ -50,6 +50,7 @@ _CLAIM = (
     f"RETURNING {STEP_COLUMNS}"
 )
 _RUNS = f"SELECT {RUN_COLUMNS} FROM deprovision_runs WHERE id IN (?*)"  # noqa: S608 - our column names
+_RUN_STATES = "SELECT id, state FROM deprovision_runs WHERE id IN (?*)"
 _STEPS_OF_RUNS = (
     "SELECT id, run_id, channel, step, state, lease_owner FROM deprovision_steps WHERE run_id IN (?*) "
     "ORDER BY run_id, id"
@@ -159,7 +160,7 @@ class SqlitePipeline:
 
         def unit(conn: sqlite3.Connection) -> Changes:
             # The writer's transaction is BEGIN IMMEDIATE: no other writer changes these rows until it commits.
-            runs = {row[0]: run_row(row) for row in conn.execute(_listing(_RUNS, len(ids)), ids)}
+            runs = {row[0]: RUN_STATES[row[1]] for row in conn.execute(_listing(_RUN_STATES, len(ids)), ids)}
             rows = conn.execute(_listing(_STEPS_OF_RUNS, len(ids)), ids).fetchall()
             held = frozenset(row[0] for row in rows if row[0] in wanted and row[5] == owner and row[4] == _PENDING)
             siblings = [Sibling(r[0], r[1], r[2], STEP_KINDS[r[3]], STEP_STATES[r[4]]) for r in rows]

@@ -83,6 +83,19 @@ def _deliver(group: list[_Queued], outcomes: list[tuple[bool, Any]]) -> None:
             queued.future.set_exception(value)
 
 
+def _hand_back(group: list[_Queued], outcomes: list[tuple[bool, Any]]) -> None:
+    """From the thread: hand each caller's outcome to its event loop (one call per loop; a loop that has closed
+    has no caller left to tell)."""
+    by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Queued], list[tuple[bool, Any]]]] = {}
+    for queued, outcome in zip(group, outcomes, strict=True):
+        members, results = by_loop.setdefault(queued.loop, ([], []))
+        members.append(queued)
+        results.append(outcome)
+    for loop, (members, results) in by_loop.items():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_deliver, members, results)
+
+
 class SqliteWriter:
     """The write side of one SQLite file in this process (see the module docstring)."""
 
@@ -123,8 +136,7 @@ class SqliteWriter:
             except Exception as error:  # no turn: every queued caller gets the failure
                 with self._queue_lock:
                     queued, self._queue = self._queue, []
-                for each in queued:
-                    each.loop.call_soon_threadsafe(_deliver, [each], [(False, error)])
+                _hand_back(queued, [(False, error)] * len(queued))
 
     def _commit_groups(self) -> None:
         """In the thread: commit groups of queued units until none is left or another writer wants its turn."""
@@ -135,9 +147,12 @@ class SqliteWriter:
             if group:
                 try:
                     outcomes = self._transaction([queued.unit for queued in group])
-                except StorageError as error:
-                    outcomes = [(False, error)] * len(group)
-                group[0].loop.call_soon_threadsafe(_deliver, group, outcomes)
+                except BaseException as error:
+                    _hand_back(group, [(False, error)] * len(group))
+                    if not isinstance(error, StorageError):
+                        raise
+                else:
+                    _hand_back(group, outcomes)
             with self._queue_lock:
                 if not self._queue or write_gate_wanted(self._resolved):
                     return
