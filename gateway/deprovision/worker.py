@@ -116,12 +116,13 @@ class PipelineWorker:
         return bool(self._in_flight or self._committing or not self._results.empty())
 
     async def _claim_or_wait(self, seconds: float) -> int:
-        """Claim as many due steps as there are free slots; if that filled none of them, wait until woken (a new
-        run, an unlocked step, a slot freed) or ``seconds`` passed. Returns how many were claimed."""
+        """Claim as many due steps as there are free slots; unless that filled every slot (more may be due at
+        once), wait until woken (a new run, an unlocked step, a slot freed) or ``seconds`` passed. Returns how many
+        were claimed."""
         self._wakeup.clear()  # before claiming: a wake-up during the claim is not lost
         free = self._settings.concurrency - self._in_flight
         claimed = await self._claim(free) if free > 0 else 0
-        if claimed == 0 or claimed < free:
+        if free <= 0 or claimed < free:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), seconds)
         return claimed
@@ -222,16 +223,18 @@ class PipelineWorker:
             while len(batch) < COMMIT_BATCH and not self._results.empty():
                 batch.append(self._results.get_nowait())
             self._committing = True
-            while True:
-                try:
-                    await self._commit(batch)
-                    break
-                except ChannelgateError as exc:
-                    # Kept and retried: the vendor already acted, and its receipt must not be lost. If this
-                    # process dies meanwhile, the leases lapse and the steps are redone under the same keys.
-                    log.error("could not record %d deprovisioning results, retrying: %s", len(batch), exc.message)
-                    await asyncio.sleep(COMMIT_RETRY_SECONDS)
-            self._committing = False
+            try:
+                while True:
+                    try:
+                        await self._commit(batch)
+                        break
+                    except ChannelgateError as exc:
+                        # Kept and retried: the vendor already acted, and its receipt must not be lost. If this
+                        # process dies meanwhile, the leases lapse and the steps are redone under the same keys.
+                        log.error("could not record %d deprovisioning results, retrying: %s", len(batch), exc.message)
+                        await asyncio.sleep(COMMIT_RETRY_SECONDS)
+            finally:
+                self._committing = False
 
     async def _commit(self, batch: list[Attempt]) -> None:
         """Record the batch in one transaction: each step's new state, its receipt, the steps it unlocked and the
