@@ -25,7 +25,7 @@ from jose import jwt
 from jose.exceptions import JOSEError
 from starlette.datastructures import Headers, Secret
 from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -240,14 +240,23 @@ class ConsoleGuard:
 
     @staticmethod
     async def _refuse(rejection: ConsoleRejection, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {"WWW-Authenticate": rejection.challenge} if rejection.challenge else None
-        body = {"error": rejection.code, "error_description": rejection.detail}
-        response = JSONResponse(body, status_code=rejection.status, headers=headers)
-        if scope["type"] == "http":
-            await response(scope, receive, send)
-            return
-        websocket = WebSocket(scope, receive, send)
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await websocket.send_denial_response(response)
-        else:
-            await websocket.close(code=1008)
+        await send_refusal(rejection_response(rejection), scope, receive, send)
+
+
+def rejection_response(rejection: ConsoleRejection) -> Response:
+    """The JSON 401/403 of a refusal, with its ``WWW-Authenticate`` challenge when it has one."""
+    headers = {"WWW-Authenticate": rejection.challenge} if rejection.challenge else None
+    body = {"error": rejection.code, "error_description": rejection.detail}
+    return JSONResponse(body, status_code=rejection.status, headers=headers)
+
+
+async def send_refusal(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Send a refusal on HTTP; on a WebSocket as a denial response where the server supports it, else close 1008."""
+    if scope["type"] == "http":
+        await response(scope, receive, send)
+        return
+    websocket = WebSocket(scope, receive, send)
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(code=1008)

@@ -37,7 +37,6 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket
 
 from deploy.demo.console_auth import (
     ASSERTION_HEADER,
@@ -46,6 +45,8 @@ from deploy.demo.console_auth import (
     ConsoleRejection,
     CredentialRejected,
     agent_of,
+    rejection_response,
+    send_refusal,
 )
 from deploy.demo.effects import Answer, Call, EffectRecorder, IdempotencyKeys
 
@@ -317,14 +318,5 @@ async def _refuse(rejection: ConsoleRejection, scope: Scope, receive: Receive, s
         # RFC 9110 §15.4.4: 303 makes the browser GET the login form, whatever the refused method was.
         response = RedirectResponse(LOGIN_PATH, status_code=303)
     else:
-        headers = {"WWW-Authenticate": rejection.challenge} if rejection.challenge else None
-        body = {"error": rejection.code, "error_description": rejection.detail}
-        response = JSONResponse(body, status_code=rejection.status, headers=headers)
-    if scope["type"] == "http":
-        await response(scope, receive, send)
-        return
-    websocket = WebSocket(scope, receive, send)
-    if "websocket.http.response" in scope.get("extensions", {}):
-        await websocket.send_denial_response(response)
-    else:
-        await websocket.close(code=1008)
+        response = rejection_response(rejection)
+    await send_refusal(response, scope, receive, send)

@@ -86,7 +86,7 @@ def _direct_secret(row: Sequence[Any]) -> StoredAgentSecret:
 
 class AgentSecretRepository:
     """Per-agent secrets through the engine, or by ``sqlite3`` directly on a SQLite file unless ``direct=False``
-    (both meet tests/contracts/test_agent_secrets_contract.py)."""
+    (both meet tests/contracts/three_way/test_agent_secrets_contract.py)."""
 
     def __init__(self, engine: AsyncEngine, *, direct: bool = True) -> None:
         self._engine = engine

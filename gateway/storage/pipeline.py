@@ -52,7 +52,7 @@ __all__ = [
 class PipelineRepository:
     """Runs and steps through the engine; on a SQLite file, the worker's claims, results and reads go through
     ``sqlite3`` directly (``gateway.storage.sqlite_pipeline``), unless ``direct=False``. Both ways meet the same
-    contract (tests/contracts/test_pipeline_storage_contract.py)."""
+    contract (tests/contracts/three_way/test_pipeline_storage_contract.py)."""
 
     def __init__(self, engine: AsyncEngine, *, direct: bool = True) -> None:
         self._engine = engine

@@ -9,7 +9,7 @@ transaction is one trip to the writer's thread and concurrent triggers share one
 
 Each operation writes exactly the row its repository writes through the engine (``AgentRepository.set_active``,
 ``AccessLogRepository.append``, ``PipelineRepository.create_run``) and reads rows back as those repositories do;
-tests/contracts/test_deprovision_trigger_contract.py runs one trigger both ways and compares every row.
+tests/contracts/three_way/test_deprovision_trigger_contract.py runs one trigger both ways and compares every row.
 """
 
 from __future__ import annotations

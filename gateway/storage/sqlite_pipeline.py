@@ -5,7 +5,7 @@ and aiosqlite each of those cost about as much CPU as the channel calls they ser
 statement and a batch of results a handful (``executemany``), each a unit of the writer's group commit, and the
 people of a batch's runs are one indexed read on the event loop. The rows are exactly what the SQLAlchemy
 repository writes (timestamps in its ``DATETIME`` text, access-log ``detail`` as JSON text): both read back
-alike, and both meet tests/contracts/test_pipeline_storage_contract.py.
+alike, and both meet tests/contracts/three_way/test_pipeline_storage_contract.py.
 """
 
 from __future__ import annotations

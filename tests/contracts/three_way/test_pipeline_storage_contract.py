@@ -11,7 +11,6 @@ import sqlite3
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -46,25 +45,6 @@ STEPS = [
     PlannedStep("chat", StepKind.VERIFY, StepState.WAITING),
     PlannedStep("mail", StepKind.HAND_OVER, StepState.HELD),
 ]
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("direct", id="sqlite"),
-        pytest.param("engine", id="sqlite-engine"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "postgresql":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ once, and reads back byte for byte with its meta, whichever way wrote it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,25 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.storage.agent_secrets import AgentSecretRepository, StoredAgentSecret
 
 T0 = datetime(2026, 12, 4, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("direct", id="sqlite"),
-        pytest.param("engine", id="sqlite-engine"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "postgresql":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -45,25 +44,6 @@ CONNECTORS = {
     "chat": Channel("chat", frozenset({Capability.REVOKE_TOKENS, Capability.VERIFY, Capability.TICKETS})),
     "phone": Channel("phone", frozenset({Capability.SEATS, Capability.VERIFY})),
 }
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("direct", id="sqlite"),
-        pytest.param("engine", id="sqlite-engine"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "postgresql":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
 
 
 def _killer(database: Database, *, direct: bool, guard: MassDeletionGuardSettings | None = None) -> SessionKiller:
