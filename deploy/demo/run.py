@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         idp = start(
             "-m", "deploy.demo.idp", "--port", str(idp_port), "--client-id", CLIENT_ID,
-            "--client-secret", client_secret, "--redirect-uri", f"{base_url}/.channelgate/callback",
+            f"--client-secret={client_secret}", "--redirect-uri", f"{base_url}/.channelgate/callback",
             "--post-logout-redirect-uri", f"{base_url}/",
         )  # fmt: skip
         subprocess.run([python, "-m", "gateway", "migrate"], cwd=ROOT, env=env, check=True)  # noqa: S603
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 cwd=ROOT, env=env, input=(credential + "\n").encode(), check=True, stdout=subprocess.DEVNULL,
             )  # fmt: skip
             start(
-                "-m", "deploy.demo.consoles", "--channel", channel, "--port", str(port), "--credential", credential,
+                "-m", "deploy.demo.consoles", "--channel", channel, "--port", str(port), f"--credential={credential}",
                 "--gateway-jwks", f"{base_url}/.channelgate/jwks.json", "--gateway-issuer", base_url,
                 "--log-level", "warning", *console_args[channel],
             )  # fmt: skip
