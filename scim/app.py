@@ -129,7 +129,10 @@ class ScimApplication(ASGIApplication):
         agent = await self._agents.get(agent_id)
         if agent is not None:
             log.warning("SCIM request failed but asked to deactivate agent %s: deactivating it", agent_id)
-            await self._lifecycle.deactivated(agent_id, was_active=agent.active)
+            if agent.active:
+                await self._lifecycle.deactivate(agent_id)
+            else:
+                await self._lifecycle.deactivated(agent_id, was_active=False)
 
     def handle_exception(self, request: ScimRequest, exception: Exception) -> ScimResponse:
         if isinstance(exception, ChannelgateError):

@@ -26,11 +26,16 @@ class Lifecycle(Protocol):
         ...
 
     async def deactivated(self, agent_id: str, *, was_active: bool) -> None:
-        """The agent was disabled (``active`` false by PATCH or PUT): kill every session everywhere.
+        """The agent was disabled (``active`` false by PATCH or PUT, committed): kill every session everywhere.
 
         ``was_active`` is False when the agent was already disabled: the sessions are then killed only if some
         survived (a retry after a failed kill completes it, and Okta's repeated PUTs do not re-audit).
         """
+        ...
+
+    async def deactivate(self, agent_id: str) -> None:
+        """A request that asked to disable the agent failed before its change committed: disable and deprovision
+        it anyway (fail closed)."""
         ...
 
     async def deleting(self, agent_id: str) -> None:

@@ -35,14 +35,19 @@ class GatewayLifecycle:
     async def deactivating(self, agent_id: str, *, conn: AsyncConnection) -> None:
         agent = await self._agents.get(agent_id, conn=conn)
         if agent is not None:
-            await self._killer.enqueue_in(
+            await self._killer.disabled_in(
                 conn, agent, was_active=True, source="scim", actor=actor(), reason="deactivated by SCIM"
             )
 
     async def deactivated(self, agent_id: str, *, was_active: bool) -> None:
         if not was_active and not await self._sessions.sessions_of(agent_id, self._clock()):
             return
-        await self._killer.deprovision(agent_id, reason="deactivated by SCIM", actor=actor(), source="scim")
+        await self._killer.kill_sessions(agent_id, reason="deactivated by SCIM", actor=actor(), source="scim")
+
+    async def deactivate(self, agent_id: str) -> None:
+        await self._killer.deprovision(
+            agent_id, reason="deactivated by SCIM (the request failed)", actor=actor(), source="scim"
+        )
 
     async def deleting(self, agent_id: str) -> None:
         await self._killer.deprovision(agent_id, reason="deleted by SCIM", actor=actor(), source="scim")

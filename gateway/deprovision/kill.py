@@ -118,6 +118,14 @@ class SessionKiller:
             agent, source=source, actor=actor, reason=reason, successor=successor, now=utcnow(), conn=conn
         )
 
+    async def disabled_in(
+        self, conn: AsyncConnection, agent: Agent, *, was_active: bool, source: str, actor: str, reason: str
+    ) -> RunRecord | None:
+        """The agent was just disabled in ``conn``'s transaction by another writer (SCIM): record the disable and
+        queue its run in that same transaction; :meth:`kill_sessions` follows once it committed."""
+        await self._audit.write(_disabled_record(agent, utcnow(), reason, actor, source), conn=conn)
+        return await self.enqueue_in(conn, agent, was_active=was_active, source=source, actor=actor, reason=reason)
+
     async def end_sessions(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
         """End the agent's sessions on every replica (all of them, or those of one IdP session ``sid``), close
         its open WebSockets and streams, and wait for every live replica's acknowledgement. A logout (OIDC
@@ -204,6 +212,27 @@ class SessionKiller:
             agent, run = await self._disable(identifier, reason=reason, actor=actor, source=source, successor=successor)
         if run is not None and self.on_enqueued is not None:
             self.on_enqueued()
+        return await self._kill(agent, run, started, reason=reason, actor=actor, source=source)
+
+    async def kill_sessions(self, agent_id: str, *, reason: str, actor: str, source: str) -> KillResult:
+        """Kill every session everywhere of an agent that a committed transaction already disabled (and queued
+        the run of, :meth:`disabled_in`): the SCIM path, which would otherwise disable it a second time."""
+        started = time.perf_counter()
+        agent = await self._agents.get(agent_id)
+        if agent is None:
+            raise NotFound(f"No agent has the id {agent_id!r}.")
+        if agent.active:
+            # Not what the caller promised: never end sessions of an agent who could log straight back in.
+            return await self.deprovision(agent_id, reason=reason, actor=actor, source=source)
+        if self.on_enqueued is not None:
+            self.on_enqueued()
+        return await self._kill(agent, None, started, reason=reason, actor=actor, source=source)
+
+    async def _kill(
+        self, agent: Agent, run: RunRecord | None, started: float, *, reason: str, actor: str, source: str
+    ) -> KillResult:
+        """End the disabled agent's sessions everywhere and record it."""
+        outbox = self._runs.outbox if self._runs is not None else None
         ended = await self.end_sessions(agent.id)
         assert ended is not None  # every session of the agent: a revocation is always broadcast
         count, confirmed, missing = ended.count, ended.confirmed, ended.missing

@@ -224,3 +224,6 @@ async def test_a_deactivation_with_a_failing_operation_still_disables_and_report
     assert response.json()["scimType"] and response.json()["detail"]
     agent = await gateway.services.agents.get(body["id"])
     assert agent is not None and not agent.active
+    # Disabled by the fail-closed path, not by the failed transaction: its pipeline run is queued all the same.
+    runs = await gateway.services.pipeline.runs_of_agent(body["id"])
+    assert [run.source for run in runs] == ["scim"]
