@@ -1,0 +1,57 @@
+"""``channelgate`` — the command line for operators.
+
+    channelgate serve                        run the gateway (migrates the database first)
+    channelgate check-config FILE            validate a configuration, naming every bad field
+    channelgate migrate                      bring the database schema up to date
+    channelgate agents deprovision AGENT --reason TEXT [--successor USER] [--wait [S]]
+    channelgate agents status AGENT          the agent, its sessions and every pipeline step per channel
+    channelgate deprovision list [--state held|attention|running|done]
+    channelgate deprovision approve RUN... | --all    release runs held by the mass-deletion guard
+    channelgate deprovision retry RUN        fresh budget for a run's dead/failed/blocked steps
+    channelgate deprovision work [--within S]        run due steps here until none is due
+    channelgate channels set-credential CHANNEL   (reads the credential from standard input)
+    channelgate channels set-agent-password CHANNEL AGENT   (a cookie_jar console's own password, from stdin)
+    channelgate vault generate-key
+    channelgate vault rotate
+    channelgate audit tail [-n N] [--follow]
+    channelgate scim-tokens create NAME | list | revoke NAME   (one bearer token per IdP client)
+
+The configuration file comes from ``--config`` or ``CHANNELGATE_CONFIG`` (default ``channelgate.toml``).
+Exit codes: 0 ok, 1 the action failed, 2 bad usage or configuration, 3 ``deprovision work`` stopped with
+steps still due.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gateway.cli import agents, audit, scim_tokens, secrets, setup
+from gateway.errors import ChannelgateError, ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="channelgate", description="identity and access gateway for channel consoles")
+    parser.add_argument("--config", help="configuration file (default: $CHANNELGATE_CONFIG or channelgate.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (setup, agents, secrets, audit, scim_tokens):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"channelgate: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except ChannelgateError as exc:
+        print(f"channelgate: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
