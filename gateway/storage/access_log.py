@@ -1,9 +1,10 @@
 """The access log: append-only, one row per proxied request or identity event, ordered by ``seq``.
 
 There is no update or delete here on purpose: an audit trail that the gateway can rewrite proves nothing
-(ASVS 5.0 §16.4). ``prev_hash``/``hash`` are stored as given; the tamper-evident chain fills them (issue 5).
-On PostgreSQL ``seq`` comes from a sequence, so concurrent writers may *commit* out of ``seq`` order: a reader
-tailing with ``after()`` sees every record once the chain serialises appends (issue 5).
+(ASVS 5.0 §16.4). The chain columns are written empty; the sealer (``gateway/audit/chain.py``) fills them in
+commit order, and only retention (``gateway/audit/retention.py``) removes content.
+On PostgreSQL ``seq`` comes from a sequence, so concurrent writers may *commit* out of ``seq`` order: readers
+that must see every record (exports, forwarders) follow ``chain_pos``, which is assigned in commit order.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, Select, insert, select
+from sqlalchemy import RowMapping, Select, and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.storage._time import from_db, to_db
@@ -45,11 +46,43 @@ class AccessRecord:
     duration_ms: int | None = None
     actor: str | None = None
     detail: dict[str, Any] | None = None
+    #: PIPA: whose personal data (a customer id from the route's rules) and what was done with it.
+    subject: str | None = None
+    action: str | None = None
+    # Filled by the chain's sealer once the record committed (gateway/audit/chain.py); None until then.
+    chain_pos: int | None = None
+    content_hash: str | None = None
     prev_hash: str | None = None
     hash: str | None = None
+    purged: bool = False
 
 
 _COLUMNS = tuple(column.name for column in access_log.columns)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessQuery:
+    """A search of the access log: every given filter must match. Results come newest first (by ``time``, then
+    ``seq``), ``limit`` at a time; pass the last record of a page as ``before`` for the next (keyset paging: no
+    OFFSET scans)."""
+
+    agent_id: str | None = None
+    #: The userName as recorded (for records of agents since deleted, or names never linked to an id).
+    agent_name: str | None = None
+    channel: str | None = None
+    subject: str | None = None
+    action: str | None = None
+    decision: str | None = None
+    kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    #: (time, seq) of the last record of the previous page.
+    before: tuple[datetime, int] | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= 10_000:
+            raise ValueError("limit must be between 1 and 10000")
 
 
 def _record(row: RowMapping) -> AccessRecord:
@@ -125,6 +158,34 @@ class AccessLogRepository:
     ) -> list[AccessRecord]:
         """The agent's newest ``limit`` records, newest last."""
         return await self._newest(select(access_log).where(access_log.c.agent_id == agent_id), limit, conn)
+
+    async def search(self, query: AccessQuery, *, conn: AsyncConnection | None = None) -> list[AccessRecord]:
+        """Records matching ``query``, newest first. With an agent or a subject and a time range this is one
+        index range scan (``ix_access_log_agent_time``, ``ix_access_log_subject_time``)."""
+        c = access_log.c
+        conditions = [
+            column == value
+            for column, value in (
+                (c.agent_id, query.agent_id),
+                (c.agent_name, query.agent_name),
+                (c.channel, query.channel),
+                (c.subject, query.subject),
+                (c.action, query.action),
+                (c.decision, query.decision),
+                (c.kind, query.kind),
+            )
+            if value is not None
+        ]
+        if query.since is not None:
+            conditions.append(c.time >= to_db(query.since))
+        if query.until is not None:
+            conditions.append(c.time < to_db(query.until))
+        if query.before is not None:
+            moment, seq = to_db(query.before[0]), query.before[1]
+            conditions.append(or_(c.time < moment, and_(c.time == moment, c.seq < seq)))
+        statement = select(access_log).where(*conditions).order_by(c.time.desc(), c.seq.desc()).limit(query.limit)
+        async with read_transaction(self._engine, conn) as c2:
+            return [_record(row) for row in (await c2.execute(statement)).mappings()]
 
     async def _newest(self, query: Select[Any], limit: int, conn: AsyncConnection | None) -> list[AccessRecord]:
         query = query.order_by(access_log.c.seq.desc()).limit(limit)

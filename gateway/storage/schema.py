@@ -141,12 +141,68 @@ access_log = Table(
     Column("duration_ms", Integer),
     Column("actor", String(256)),
     Column("detail", JSON),
-    #: Reserved for the tamper-evident chain (issue 5): hash of (canonical record, previous hash).
+    #: The data subject (PIPA: whose personal data was accessed, e.g. a customer id), from the route's rules.
+    Column("subject", String(256)),
+    #: What was done to it: "view", "change", "download" or "export" (the route's rules; else by method).
+    Column("action", String(16)),
+    # The tamper-evident chain (gateway/audit/chain.py), filled by the sealer after the row committed:
+    #: Position in the chain (1, 2, ...); NULL until sealed. Records sealed in commit order, not ``seq`` order.
+    Column("chain_pos", BigInteger, unique=True),
+    #: SHA-256 of the record's canonical form (gateway/audit/canonical.py); kept when retention purges it.
+    Column("content_hash", String(64)),
+    #: ``hash`` of the record at ``chain_pos - 1`` (64 zeros for the first).
     Column("prev_hash", String(64)),
+    #: SHA-256 over (prev_hash, chain_pos, content_hash).
     Column("hash", String(64)),
+    #: True once retention removed the record's content: its stub keeps the chain verifiable.
+    Column("purged", Boolean, nullable=False, default=False, server_default="0"),
 )
 Index("ix_access_log_agent_time", access_log.c.agent_id, access_log.c.time)
 Index("ix_access_log_time", access_log.c.time)
+Index("ix_access_log_subject_time", access_log.c.subject, access_log.c.time)
+#: The sealer's work list: only unsealed rows, so finding them costs nothing however long the log grows.
+Index(
+    "ix_access_log_unsealed",
+    access_log.c.seq,
+    sqlite_where=access_log.c.chain_pos.is_(None),
+    postgresql_where=access_log.c.chain_pos.is_(None),
+)
+
+#: Signed checkpoints of the chain (gateway/audit/checkpoints.py). The copy that proves anything is the one in
+#: the sink outside the database; this table says which were made and whether the sink has them.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("number", BigInteger, primary_key=True, autoincrement=False),
+    Column("chain_pos", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    #: The checkpoint exactly as signed and as written to the sink (one JSON line).
+    Column("document", Text, nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+)
+
+#: Where a purge cut the chain: the position and hash of the last record deleted outright, so verification
+#: starts from there (and a signed checkpoint names the same position and hash).
+audit_anchor = Table(
+    "audit_anchor",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("chain_pos", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("purged_at", DateTime(timezone=True), nullable=False),
+)
+
+#: How far each SIEM forwarder has delivered (the chain position of its last acknowledged record).
+audit_forwarders = Table(
+    "audit_forwarders",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("chain_pos", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
 
 #: Per-agent secrets a connector holds at its channel (OAuth tokens it obtained, a seat's API key, a console
 #: cookie jar), sealed by the vault with "<channel>/<agent_id>/<name>" as associated data. Shared by every
