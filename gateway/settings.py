@@ -20,8 +20,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     SecretStr,
@@ -31,13 +29,12 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.audit.settings import AuditSettings
+from gateway.console.settings import ConsoleSettings
 from gateway.errors import ConfigError
+from gateway.settings_section import Section as _Section
 
 ENV_PREFIX = "CHANNELGATE_"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ServerSettings(_Section):
@@ -419,6 +416,8 @@ class Settings(_Section):
     scim: ScimSettings = Field(default_factory=ScimSettings)
     ssf: SsfSettings = Field(default_factory=SsfSettings)
     deprovision: DeprovisionSettings = Field(default_factory=DeprovisionSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     routes: tuple[RouteSettings, ...] = ()
 
