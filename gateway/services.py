@@ -89,6 +89,11 @@ class Services:
     clock: Callable[[], float] = time.time
 
     @property
+    def access_log(self) -> AccessLogRepository:
+        """The access log's rows (reads, searches); writes go through ``audit``."""
+        return self.audit.repository
+
+    @property
     def public_url(self) -> str:
         return str(self.settings.server.public_url).rstrip("/")
 

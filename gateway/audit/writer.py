@@ -53,6 +53,10 @@ class AuditLog:
         #: One flush at a time: two would both write the head of the queue (duplicate records), then over-pop it.
         self._flushing = asyncio.Lock()
 
+    @property
+    def repository(self) -> AccessLogRepository:
+        return self._repository
+
     async def write(self, *records: AccessRecord, conn: AsyncConnection | None = None) -> None:
         """Write now (strict): raises StorageError if the records cannot be committed."""
         await self._repository.append(list(records), conn=conn)
