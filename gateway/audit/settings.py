@@ -7,8 +7,10 @@ shorter settings are refused rather than silently accepted.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -80,6 +82,51 @@ class ForwarderSettings(Section):
         return value
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+class ReviewSettings(Section):
+    """``[audit.review]``: what the PIPA monthly review (safety-measure standard art. 8) counts as after-hours and
+    as unusual volume (``channelgate report monthly``)."""
+
+    #: IANA zone of the business hours, and of the month and days the review reports on.
+    timezone: str = "Asia/Seoul"
+    #: Local working hours, ``HH:MM-HH:MM`` (end exclusive; ``24:00`` for midnight).
+    business_hours: str = "08:00-19:00"
+    business_days: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
+    #: An agent's daily count is unusual above max(``volume_factor`` × the day's median over agents, the floor).
+    volume_factor: Annotated[float, Field(gt=1)] = 3.0
+    volume_floor_requests: Annotated[int, Field(ge=1)] = 200
+    volume_floor_downloads: Annotated[int, Field(ge=1)] = 20
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Asia/Seoul'") from None
+        return value
+
+    @field_validator("business_hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        match = _HOURS.match(value)
+        if match is None:
+            raise ValueError("business_hours must be HH:MM-HH:MM, such as '08:00-19:00'")
+        start, end = (int(match[1]) * 60 + int(match[2]), int(match[3]) * 60 + int(match[4]))
+        if not start < end <= 24 * 60:
+            raise ValueError("business_hours must end after they start, on the same day")
+        return value
+
+    @property
+    def business_minutes(self) -> tuple[int, int]:
+        """(first minute of the day inside business hours, first minute after them)."""
+        start, end = self.business_hours.split("-")
+        return int(start[:2]) * 60 + int(start[3:]), int(end[:2]) * 60 + int(end[3:])
+
+
 class AuditSettings(Section):
     #: Days an access record keeps its content (PIPA: at least 1 year; 2 for large handlers).
     retention_days: Annotated[int, Field(ge=365)] = 730
@@ -89,6 +136,7 @@ class AuditSettings(Section):
     seal_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
     checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
     forwarders: tuple[ForwarderSettings, ...] = ()
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
 
     @model_validator(mode="after")
     def _unique_forwarders(self) -> AuditSettings:
