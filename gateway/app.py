@@ -151,6 +151,7 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         if built.upstream is not None:
             await built.upstream.start()
         built.audit.start()
+        built.sealer.start()
         worker = built.worker or start_worker(built)
         tasks = [
             asyncio.create_task(_revocation_listener(built), name="channelgate-revocations"),

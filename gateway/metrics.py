@@ -68,6 +68,15 @@ class Metrics:
         self.fail_closed = Counter(
             "channelgate_fail_closed", "Requests refused because a dependency was down", ["dependency"], registry=r
         )
+        self.audit_chain_head = Gauge(
+            "channelgate_audit_chain_head", "Chain position of the newest sealed access-log record", registry=r
+        )
+        self.audit_checkpoints = Counter(
+            "channelgate_audit_checkpoints", "Signed checkpoints of the access log, by outcome", ["outcome"], registry=r
+        )
+        self.audit_seal_failures = Counter(
+            "channelgate_audit_seal_failures", "Sealing passes of the access-log chain that failed", registry=r
+        )
 
     # The per-request series, looked up once per label set: ``labels()`` validates and locks on every call, which
     # the profile of the inline proxy showed at ~2 % of a request. Label values are bounded (channels from the

@@ -16,6 +16,8 @@ from connectors.context import AgentSecrets, ConnectorContext, CredentialLoader,
 from connectors.registry import build_connectors
 from connectors.secret import Secret
 from connectors.vault import Vault, load_credential
+from gateway.audit.chain import Sealer
+from gateway.audit.checkpoints import CheckpointSigner, open_sink
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
@@ -35,6 +37,7 @@ from gateway.settings import Settings
 from gateway.storage.access_log import AccessLogRepository
 from gateway.storage.agent_secrets import AgentSecretRepository
 from gateway.storage.agents import AgentRepository
+from gateway.storage.audit_chain import ChainStore
 from gateway.storage.credentials import ChannelCredentialRepository
 from gateway.storage.database import Database, create_engine
 from gateway.storage.groups import GroupRepository
@@ -73,6 +76,8 @@ class Services:
     scim_tokens: ScimTokenRepository
     #: Short indexed reads without a thread hop on SQLite (SCIM token checks and lookups).
     reads: QuickReads
+    #: Chains committed access records and signs checkpoints (issue 5); started with the gateway.
+    sealer: Sealer
     live: LiveConnections = field(default_factory=LiveConnections)
     #: Runs the pipeline's steps (started by the gateway's lifespan, or by ``channelgate deprovision work``).
     worker: PipelineWorker | None = None
@@ -107,6 +112,7 @@ class Services:
         if self.idp_http is not None:
             await self.idp_http.close()
         await self.audit.stop()
+        await self.sealer.stop()  # after the audit flush, so the records flushed at shutdown are sealed too
         await self.sessions.close()
         await self.reads.dispose()
         await self.database.dispose()
@@ -178,6 +184,13 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         groups=GroupRepository(database.engine),
         scim_tokens=ScimTokenRepository(database.engine, reads),
         reads=reads,
+        sealer=Sealer(
+            ChainStore(database.engine),
+            settings.audit,
+            metrics,
+            CheckpointSigner(settings.audit.checkpoints),
+            open_sink(settings.audit.checkpoints),
+        ),
         live=live,
     )
 

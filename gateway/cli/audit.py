@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 
+from gateway.cli import audit_chain
 from gateway.cli.common import Subparsers, settings_of
 
 
@@ -63,3 +64,4 @@ def register(sub: Subparsers) -> None:
     p.add_argument("-n", type=int, default=20)
     p.add_argument("--follow", "-f", action="store_true")
     p.set_defaults(func=cmd_audit_tail)
+    audit_chain.register(audit)

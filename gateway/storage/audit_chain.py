@@ -1,0 +1,234 @@
+"""The access log's chain in the database: sealing committed records, reading them back in chain order,
+checkpoints and the purge anchor.
+
+Sealing is one transaction per batch under one lock (``BEGIN IMMEDIATE`` on SQLite; a transaction-scoped advisory
+lock on PostgreSQL, so replicas take turns): read the head, read the oldest unsealed rows, write their chain
+columns. Rows are read as the driver returns them (``text()`` statements: no type processing), the same way
+``audit verify`` reads them, so both hash the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.audit.canonical import FIELDS, GENESIS, content_hash, link_hash
+from gateway.storage._time import from_db, to_db
+from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.schema import access_log, audit_anchor, audit_checkpoints
+
+#: pg_advisory_xact_lock key of the chain (any constant unique to channelgate: "cg" "ch" "ai" "n").
+_PG_CHAIN_LOCK = 0x63676368_61696E
+#: Columns a verifier reads, in this order: the content (canonical order), then the chain's own.
+CHAIN_COLUMNS = ("chain_pos", "content_hash", "prev_hash", "hash", "purged")
+_ROW_COLUMNS = ", ".join((*FIELDS, *CHAIN_COLUMNS))
+_UNSEALED = text(
+    f"SELECT {', '.join(FIELDS)} FROM access_log WHERE chain_pos IS NULL ORDER BY seq LIMIT :limit"  # noqa: S608 - our column names
+)
+_HEAD = text("SELECT chain_pos, hash, seq FROM access_log WHERE chain_pos IS NOT NULL ORDER BY chain_pos DESC LIMIT 1")
+_BY_POS = text(
+    f"SELECT {_ROW_COLUMNS} FROM access_log WHERE chain_pos > :after AND chain_pos <= :until "  # noqa: S608 - our column names
+    "ORDER BY chain_pos LIMIT :limit"
+)
+_POS_OF_SEQ = text("SELECT chain_pos FROM access_log WHERE seq = :seq")
+_FIRST_SEALED = text("SELECT MIN(chain_pos) FROM access_log WHERE chain_pos IS NOT NULL")
+_UNSEALED_COUNT = text("SELECT COUNT(*), MIN(time) FROM access_log WHERE chain_pos IS NULL")
+_SEAL = (
+    update(access_log)
+    .where(access_log.c.seq == bindparam("b_seq"))
+    .values(
+        chain_pos=bindparam("b_pos"),
+        content_hash=bindparam("b_content"),
+        prev_hash=bindparam("b_prev"),
+        hash=bindparam("b_hash"),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The newest sealed record (position 0 and the genesis hash before the first)."""
+
+    chain_pos: int
+    hash: str
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where a purge cut the chain: the last record deleted outright."""
+
+    chain_pos: int
+    hash: str
+    purged_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    number: int
+    chain_pos: int
+    seq: int
+    hash: str
+    time: datetime
+    key_id: str
+    document: str
+    delivered_at: datetime | None
+
+
+def row_dict(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of ``rows_after`` as a mapping of column name → raw value."""
+    return dict(zip((*FIELDS, *CHAIN_COLUMNS), row, strict=True))
+
+
+class ChainStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+
+    async def _lock(self, conn: AsyncConnection) -> None:
+        if self._postgres:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CHAIN_LOCK})
+
+    async def _head(self, conn: AsyncConnection) -> ChainHead:
+        row = (await conn.execute(_HEAD)).first()
+        if row is not None:
+            return ChainHead(int(row[0]), str(row[1]), int(row[2]))
+        anchor = await self.anchor(conn=conn)
+        if anchor is not None:
+            return ChainHead(anchor.chain_pos, anchor.hash, None)
+        return ChainHead(0, GENESIS, None)
+
+    async def head(self) -> ChainHead:
+        async with read_transaction(self._engine) as conn:
+            return await self._head(conn)
+
+    async def seal(self, limit: int) -> tuple[int, ChainHead]:
+        """Chain the oldest ``limit`` unsealed records after the head; return how many and the new head."""
+        async with write_transaction(self._engine) as conn:
+            await self._lock(conn)
+            head = await self._head(conn)
+            rows = (await conn.execute(_UNSEALED, {"limit": limit})).all()
+            if not rows:
+                return 0, head
+            prev, pos, updates = head.hash, head.chain_pos, []
+            for row in rows:
+                pos += 1
+                content = content_hash(row)
+                digest = link_hash(prev, pos, content)
+                updates.append({"b_seq": row[0], "b_pos": pos, "b_content": content, "b_prev": prev, "b_hash": digest})
+                prev = digest
+            await conn.execute(_SEAL, updates)
+            return len(rows), ChainHead(pos, prev, int(rows[-1][0]))
+
+    async def unsealed(self) -> tuple[int, datetime | None]:
+        """How many committed records wait for the sealer, and the time of the oldest."""
+        async with read_transaction(self._engine) as conn:
+            count, oldest = (await conn.execute(_UNSEALED_COUNT)).one()
+        if oldest is None:
+            return int(count), None
+        return int(count), from_db(datetime.fromisoformat(oldest) if isinstance(oldest, str) else oldest)
+
+    async def rows_after(self, after: int, until: int, limit: int) -> list[Sequence[Any]]:
+        """Sealed rows with ``after < chain_pos <= until``, in chain order, as the driver returns them."""
+        async with read_transaction(self._engine) as conn:
+            return list((await conn.execute(_BY_POS, {"after": after, "until": until, "limit": limit})).all())
+
+    async def position_of(self, seq: int) -> int | None:
+        async with read_transaction(self._engine) as conn:
+            value = (await conn.execute(_POS_OF_SEQ, {"seq": seq})).scalar()
+        return None if value is None else int(value)
+
+    async def first_position(self) -> int | None:
+        async with read_transaction(self._engine) as conn:
+            value = (await conn.execute(_FIRST_SEALED)).scalar()
+        return None if value is None else int(value)
+
+    async def anchor(self, *, conn: AsyncConnection | None = None) -> Anchor | None:
+        async with read_transaction(self._engine, conn) as c:
+            row = (await c.execute(select(audit_anchor).where(audit_anchor.c.id == 1))).mappings().first()
+        if row is None:
+            return None
+        return Anchor(int(row["chain_pos"]), str(row["hash"]), from_db(row["purged_at"]))
+
+    # Checkpoints --------------------------------------------------------------------------------------------
+
+    async def add_checkpoint(
+        self, make: Callable[[int, ChainHead, str | None], tuple[str, str]], *, force: bool, at: datetime
+    ) -> CheckpointRow | None:
+        """Under the chain lock: if the head moved past the last checkpoint (or ``force``), let ``make(number,
+        head, previous_document)`` build the signed document (and name its key) and store it; return the new row."""
+        async with write_transaction(self._engine) as conn:
+            await self._lock(conn)
+            head = await self._head(conn)
+            last = await self._last_checkpoint(conn)
+            if head.seq is None and head.chain_pos == 0:
+                return None
+            if last is not None and last.chain_pos >= head.chain_pos and not force:
+                return None
+            number = 1 if last is None else last.number + 1
+            document, key_id = make(number, head, None if last is None else last.document)
+            row = CheckpointRow(number, head.chain_pos, head.seq or 0, head.hash, at, key_id, document, None)
+            await conn.execute(
+                insert(audit_checkpoints).values(
+                    number=row.number,
+                    chain_pos=row.chain_pos,
+                    seq=row.seq,
+                    hash=row.hash,
+                    time=to_db(at),
+                    key_id=row.key_id,
+                    document=row.document,
+                )
+            )
+            return row
+
+    async def _last_checkpoint(self, conn: AsyncConnection) -> CheckpointRow | None:
+        row = (
+            (await conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.number.desc()).limit(1)))
+            .mappings()
+            .first()
+        )
+        return None if row is None else _checkpoint(row)
+
+    async def last_checkpoint(self) -> CheckpointRow | None:
+        async with read_transaction(self._engine) as conn:
+            return await self._last_checkpoint(conn)
+
+    async def undelivered(self, limit: int = 100) -> list[CheckpointRow]:
+        query = (
+            select(audit_checkpoints)
+            .where(audit_checkpoints.c.delivered_at.is_(None))
+            .order_by(audit_checkpoints.c.number)
+            .limit(limit)
+        )
+        async with read_transaction(self._engine) as conn:
+            return [_checkpoint(row) for row in (await conn.execute(query)).mappings()]
+
+    async def mark_delivered(self, number: int, at: datetime) -> None:
+        async with write_transaction(self._engine) as conn:
+            await conn.execute(
+                update(audit_checkpoints).where(audit_checkpoints.c.number == number).values(delivered_at=to_db(at))
+            )
+
+    async def checkpoints(self) -> list[CheckpointRow]:
+        async with read_transaction(self._engine) as conn:
+            query = select(audit_checkpoints).order_by(audit_checkpoints.c.number)
+            return [_checkpoint(row) for row in (await conn.execute(query)).mappings()]
+
+
+def _checkpoint(row: Any) -> CheckpointRow:
+    delivered = row["delivered_at"]
+    return CheckpointRow(
+        int(row["number"]),
+        int(row["chain_pos"]),
+        int(row["seq"]),
+        str(row["hash"]),
+        from_db(row["time"]),
+        str(row["key_id"]),
+        str(row["document"]),
+        None if delivered is None else from_db(delivered),
+    )
