@@ -136,6 +136,9 @@ class AuditSettings(Section):
     seal_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
     checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
     forwarders: tuple[ForwarderSettings, ...] = ()
+    #: IANA Private Enterprise Number in the syslog export's SD-ID (``channelgate@PEN``, RFC 5424 §7.2.2); the
+    #: default 32473 is the number reserved for documentation (RFC 5612): set your organisation's own.
+    syslog_enterprise_number: Annotated[int, Field(ge=1)] = 32473
     review: ReviewSettings = Field(default_factory=ReviewSettings)
 
     @model_validator(mode="after")
