@@ -14,6 +14,8 @@
     channelgate vault generate-key
     channelgate vault rotate
     channelgate audit tail [-n N] [--follow]
+    channelgate report agent AGENT [--format html|json] [--output FILE]   offboarding evidence, final check
+    channelgate report monthly YYYY-MM [--format html|json] [--output FILE]   the PIPA monthly review
     channelgate scim-tokens create NAME | list | revoke NAME   (one bearer token per IdP client)
 
 The configuration file comes from ``--config`` or ``CHANNELGATE_CONFIG`` (default ``channelgate.toml``).
@@ -27,7 +29,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import agents, audit, scim_tokens, secrets, setup
+from gateway.cli import agents, audit, reports, scim_tokens, secrets, setup
 from gateway.errors import ChannelgateError, ConfigError
 
 
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelgate", description="identity and access gateway for channel consoles")
     parser.add_argument("--config", help="configuration file (default: $CHANNELGATE_CONFIG or channelgate.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (setup, agents, secrets, audit, scim_tokens):
+    for module in (setup, agents, secrets, audit, reports, scim_tokens):
         module.register(sub)
     return parser
 

@@ -1,0 +1,79 @@
+"""``report …``: the offboarding evidence pack of an agent and the PIPA monthly review, as HTML or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from gateway.cli.common import Subparsers, settings_of
+from gateway.services import Services
+
+
+def _write(text: str, output: str | None) -> None:
+    """To ``output`` (created private: the reports hold personal data, PIPA art. 29), else to standard output."""
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    path = Path(output)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"channelgate: report written to {path}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, make: Callable[[Services], Awaitable[str]]) -> int:
+    from gateway.services import open_core
+
+    async def run() -> str:
+        services = open_core(settings_of(args))
+        try:
+            return await make(services)
+        finally:
+            await services.close()
+
+    _write(asyncio.run(run()), args.output)
+    return 0
+
+
+def _json(value: dict[str, object]) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+def cmd_report_agent(args: argparse.Namespace) -> int:
+    from gateway.reports.agent import build_agent_report
+    from gateway.reports.render import render_agent_html
+
+    async def make(services: Services) -> str:
+        report = await build_agent_report(services, args.agent)
+        return render_agent_html(report) if args.format == "html" else _json(report.as_dict())
+
+    return _run(args, make)
+
+
+def cmd_report_monthly(args: argparse.Namespace) -> int:
+    from gateway.reports.monthly import build_monthly_report
+    from gateway.reports.render import render_monthly_html
+
+    async def make(services: Services) -> str:
+        report = await build_monthly_report(services, args.month)
+        return render_monthly_html(report) if args.format == "html" else _json(report.as_dict())
+
+    return _run(args, make)
+
+
+def register(sub: Subparsers) -> None:
+    report = sub.add_parser("report", help="security reports").add_subparsers(dest="report_command", required=True)
+    p = report.add_parser("agent", help="an agent's offboarding evidence: activity, hand-overs, receipts, final check")
+    p.add_argument("agent", help="the agent's id or userName (deleted agents too)")
+    p.set_defaults(func=cmd_report_agent)
+    m = report.add_parser("monthly", help="the PIPA monthly review of the access records")
+    m.add_argument("month", help="YYYY-MM, in [audit.review] timezone")
+    m.set_defaults(func=cmd_report_monthly)
+    for parser in (p, m):
+        parser.add_argument("--format", choices=("html", "json"), default="html")
+        parser.add_argument("--output", "-o", help="write to this file (mode 0600) instead of standard output")

@@ -1,0 +1,231 @@
+"""The PIPA monthly review (``channelgate report monthly YYYY-MM``, the console's monthly report).
+
+PIPA's safety-measure standard art. 8 asks that the access records of personal-data handlers be reviewed at least
+monthly, and that downloads of personal data be explained. The review lists, for the month in the configured
+time zone: any access by a disabled agent (must be none; shown first), every download and export with an empty
+reason column for the reviewer to fill and sign, after-hours access, unusual volume (``gateway.reports.volume``),
+and the month's totals per day, agent and channel. Every count is grouped in SQL
+(``gateway.storage.access_reports``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.audit.settings import ReviewSettings
+from gateway.reports.agent import receipt_dict
+from gateway.reports.period import Month, parse_month
+from gateway.reports.volume import Outlier, VolumeRule, outliers
+from gateway.services import Services
+from gateway.storage import access_reports as q
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.database import read_transaction
+from gateway.timeutil import utcnow
+
+#: Downloads and exports listed at most (the reviewer signs the list; the count is always complete).
+OUTBOUND_SHOWN = 5000
+DISABLED_SHOWN = 500
+_WEEKDAYS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTotals:
+    agent_id: str | None
+    agent_name: str | None
+    requests: int
+    downloads: int
+    denied: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonthlyReport:
+    generated_at: datetime
+    month: Month
+    review: ReviewSettings
+    rule: VolumeRule
+    disabled_access: tuple[q.DisabledAccess, ...]
+    disabled_access_total: int
+    outbound: tuple[AccessRecord, ...]
+    outbound_total: int
+    after_hours: tuple[q.AfterHours, ...]
+    outliers: tuple[Outlier, ...]
+    #: Every local day of the month: (day, requests, downloads).
+    per_day: tuple[tuple[str, int, int], ...]
+    per_agent: tuple[AgentTotals, ...]
+    per_channel: tuple[q.ChannelTotals, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        review = self.review
+        return {
+            "report": "monthly",
+            "month": self.month.label,
+            "generated_at": self.generated_at.isoformat(),
+            "period": {
+                "timezone": self.month.zone,
+                "start": self.month.start.isoformat(),
+                "end": self.month.end.isoformat(),
+            },
+            "rules": {
+                "business_hours": review.business_hours,
+                "business_days": list(review.business_days),
+                "unusual_volume": self.rule.describe(),
+                "disabled_access": "allowed requests or logins of an agent that is disabled or deleted now, after the "
+                "time of its latest disable record",
+            },
+            "disabled_access_total": self.disabled_access_total,
+            "disabled_access": [
+                receipt_dict(d.record) | {"agent_name": d.record.agent_name, "disabled_at": d.disabled_at.isoformat()}
+                for d in self.disabled_access
+            ],
+            "outbound_total": self.outbound_total,
+            "outbound": [
+                {
+                    "seq": r.seq,
+                    "time": r.time.isoformat(),
+                    "agent_id": r.agent_id,
+                    "agent_name": r.agent_name,
+                    "channel": r.channel,
+                    "subject": r.subject,
+                    "action": r.action,
+                    "path": r.path,
+                    "source_ip": r.source_ip,
+                    "reason": None,
+                }
+                for r in self.outbound
+            ],
+            "after_hours": [
+                {
+                    "agent_id": a.agent_id,
+                    "agent_name": a.agent_name,
+                    "day": a.day,
+                    "channel": a.channel,
+                    "requests": a.requests,
+                    "downloads": a.downloads,
+                    "first": a.first.isoformat(),
+                    "last": a.last.isoformat(),
+                }
+                for a in self.after_hours
+            ],
+            "unusual_volume": [o.as_dict() for o in self.outliers],
+            "per_day": [{"day": d, "requests": n, "downloads": out} for d, n, out in self.per_day],
+            "per_agent": [
+                {
+                    "agent_id": a.agent_id,
+                    "agent_name": a.agent_name,
+                    "requests": a.requests,
+                    "downloads": a.downloads,
+                    "denied": a.denied,
+                }
+                for a in self.per_agent
+            ],
+            "per_channel": [
+                {
+                    "channel": c.channel,
+                    "requests": c.requests,
+                    "downloads": c.downloads,
+                    "denied": c.denied,
+                    "agents": c.agents,
+                }
+                for c in self.per_channel
+            ],
+        }
+
+
+def _merge_days(rows: Iterable[q.AgentDay]) -> list[q.AgentDay]:
+    """Rows of the same agent and day from two stretches of offset (a DST change) added up."""
+    merged: dict[tuple[str | None, str], q.AgentDay] = {}
+    for row in rows:
+        key = (row.agent_id, row.day)
+        seen = merged.get(key)
+        merged[key] = (
+            row
+            if seen is None
+            else q.AgentDay(
+                row.agent_id,
+                seen.agent_name or row.agent_name,
+                row.day,
+                seen.requests + row.requests,
+                seen.downloads + row.downloads,
+                seen.denied + row.denied,
+            )
+        )
+    return list(merged.values())
+
+
+def _merge_after_hours(rows: Iterable[q.AfterHours]) -> list[q.AfterHours]:
+    merged: dict[tuple[str | None, str, str | None], q.AfterHours] = {}
+    for row in rows:
+        key = (row.agent_id, row.day, row.channel)
+        seen = merged.get(key)
+        merged[key] = (
+            row
+            if seen is None
+            else q.AfterHours(
+                row.agent_id,
+                seen.agent_name or row.agent_name,
+                row.day,
+                row.channel,
+                seen.requests + row.requests,
+                seen.downloads + row.downloads,
+                min(seen.first, row.first),
+                max(seen.last, row.last),
+            )
+        )
+    return sorted(merged.values(), key=lambda a: (a.agent_name or "", a.agent_id or "", a.day, a.channel or ""))
+
+
+def _totals(days: list[q.AgentDay], month: Month) -> tuple[list[tuple[str, int, int]], list[AgentTotals]]:
+    per_day = {day: [0, 0] for day in month.days}
+    agents: dict[str | None, AgentTotals] = {}
+    for row in days:
+        counts = per_day.setdefault(row.day, [0, 0])
+        counts[0] += row.requests
+        counts[1] += row.downloads
+        seen = agents.get(row.agent_id)
+        agents[row.agent_id] = AgentTotals(
+            row.agent_id,
+            (seen.agent_name if seen else None) or row.agent_name,
+            (seen.requests if seen else 0) + row.requests,
+            (seen.downloads if seen else 0) + row.downloads,
+            (seen.denied if seen else 0) + row.denied,
+        )
+    ordered = sorted(agents.values(), key=lambda a: (-a.downloads, -a.requests, a.agent_name or ""))
+    return [(d, n, out) for d, (n, out) in sorted(per_day.items())], ordered
+
+
+async def build_monthly_report(services: Services, month: str) -> MonthlyReport:
+    """The review of ``month`` (``YYYY-MM`` in ``[audit.review] timezone``); ``InvalidMonth`` (400) otherwise."""
+    review = services.settings.audit.review
+    period = parse_month(month, review.timezone)
+    rule = VolumeRule(review.volume_factor, review.volume_floor_requests, review.volume_floor_downloads)
+    weekdays = sorted(_WEEKDAYS[d] for d in set(review.business_days))
+    engine = services.database.engine
+    days: list[q.AgentDay] = []
+    late: list[q.AfterHours] = []
+    async with read_transaction(engine) as conn:
+        disabled_total, disabled = await q.disabled_access(conn, period.start, period.end, DISABLED_SHOWN)
+        outbound_total, outbound = await q.outbound_records(conn, period.start, period.end, OUTBOUND_SHOWN)
+        channels = await q.channel_totals(conn, period.start, period.end)
+        for stretch in period.stretches:
+            clock = q.LocalClock(engine.dialect.name, stretch.offset_minutes)
+            days += await q.daily_by_agent(conn, stretch.start, stretch.end, clock)
+            late += await q.after_hours(conn, stretch.start, stretch.end, clock, review.business_minutes, weekdays)
+    days = _merge_days(days)
+    per_day, per_agent = _totals(days, period)
+    return MonthlyReport(
+        generated_at=utcnow(),
+        month=period,
+        review=review,
+        rule=rule,
+        disabled_access=tuple(disabled),
+        disabled_access_total=disabled_total,
+        outbound=tuple(outbound),
+        outbound_total=outbound_total,
+        after_hours=tuple(_merge_after_hours(late)),
+        outliers=tuple(outliers(days, rule)),
+        per_day=tuple(per_day),
+        per_agent=tuple(per_agent),
+        per_channel=tuple(channels),
+    )

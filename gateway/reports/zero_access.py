@@ -1,0 +1,152 @@
+"""The final zero-access check of an offboarding (pure): each check with its evidence, and a verdict that claims
+no more than the evidence shows.
+
+The seed's third offboarding rule asks for a final check that every account and every access to personal data
+is shut (PIPA safety-measure standard art. 5: access rights removed without delay when a handler leaves). Access
+is "ended" only when every check passed:
+
+1. the agent is disabled (the time of its disable record is when access had to stop);
+2. the session store holds no live session of the agent (and this process can see the store the gateway uses);
+3. every deprovisioning run is ``done``, and at each channel the revoke and remove steps are done (or had nothing
+   to do) and the verify step is done: the channel itself said the token, seat or console session is gone;
+4. no request or login was allowed for the agent after the disable time.
+
+Anything else is "access NOT proven ended", with the failing checks as the reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway.deprovision.plan import RunState, StepKind, StepState
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.pipeline import RunRecord, StepRecord
+
+ENDED = "access ended"
+NOT_PROVEN = "access NOT proven ended"
+
+_CHAIN = (StepKind.REVOKE, StepKind.VERIFY, StepKind.REMOVE)
+_HAD_NOTHING_TO_DO = frozenset({StepState.DONE, StepState.NOT_APPLICABLE})
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    passed: bool
+    #: What was looked at and what it showed (or why the check failed), one line each.
+    evidence: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "passed": self.passed, "evidence": list(self.evidence)}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsSeen:
+    """What the session store said: ``count`` live sessions, or why it could not be asked (``unseen``)."""
+
+    store: str
+    count: int = 0
+    unseen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ended: bool
+    checks: tuple[Check, ...]
+    checked_at: datetime
+    #: Allowed access after the disable time (the first ones, if many) and how many there are in all.
+    access_after_disable: tuple[AccessRecord, ...] = field(default=())
+    access_after_disable_total: int = 0
+
+    @property
+    def statement(self) -> str:
+        return ENDED if self.ended else NOT_PROVEN
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{c.name}: {c.evidence[0]}" for c in self.checks if not c.passed and c.evidence]
+
+
+def disabled_check(active: bool, deleted: bool, disabled_at: datetime | None, disable: AccessRecord | None) -> Check:
+    name = "agent disabled"
+    if active and not deleted:
+        return Check(name, False, ("the agent is active: it can still sign in",))
+    state = "deleted" if deleted else "disabled"
+    if disable is None or disabled_at is None:
+        return Check(
+            name,
+            False,
+            (f"the agent is {state}, but the access log holds no disable record: when access had to stop is unknown",),
+        )
+    source = (disable.detail or {}).get("source")
+    return Check(
+        name,
+        True,
+        (
+            f"the agent is {state}; disabled at {disabled_at.isoformat()} by {disable.actor}"
+            f"{f' ({source})' if source else ''}: {disable.reason}",
+            f"access-log record seq {disable.seq}"
+            + (f", chain position {disable.chain_pos}" if disable.chain_pos else ""),
+        ),
+    )
+
+
+def sessions_check(seen: SessionsSeen) -> Check:
+    name = "no live session"
+    if seen.unseen is not None:
+        return Check(name, False, (f"the {seen.store} session store was not checked: {seen.unseen}",))
+    if seen.count:
+        return Check(name, False, (f"the {seen.store} session store holds {seen.count} live session(s) of the agent",))
+    return Check(name, True, (f"the {seen.store} session store holds no live session of the agent",))
+
+
+def pipeline_check(runs: Sequence[RunRecord], steps: Sequence[StepRecord]) -> Check:
+    name = "every channel revoked and verified"
+    if not runs:
+        return Check(name, False, ("no deprovisioning run is recorded for the agent",))
+    problems: list[str] = []
+    shown: list[str] = []
+    for run in sorted(runs, key=lambda r: r.created_at):
+        if run.state is not RunState.DONE:
+            problems.append(f"run {run.id} is {run.state.value}, not done")
+        of_run = [s for s in steps if s.run_id == run.id]
+        for channel in sorted({s.channel for s in of_run}):
+            chain = {s.step: s for s in of_run if s.channel == channel and s.step in _CHAIN}
+            if not chain:
+                continue
+            verify = chain.get(StepKind.VERIFY)
+            if verify is None:
+                problems.append(f"channel {channel}: no verify step, so the channel never confirmed access is gone")
+            elif verify.state is not StepState.DONE:
+                problems.append(f"channel {channel}: verify is {verify.state.value}: {verify.detail or 'no detail'}")
+            else:
+                shown.append(f"channel {channel}: verified ({verify.detail or 'done'})")
+            for kind in (StepKind.REVOKE, StepKind.REMOVE):
+                step = chain.get(kind)
+                if step is not None and step.state not in _HAD_NOTHING_TO_DO:
+                    problems.append(
+                        f"channel {channel}: {kind.value} is {step.state.value} after {step.attempts} attempt(s): "
+                        f"{step.detail or 'no detail'}"
+                    )
+    if problems:
+        return Check(name, False, tuple(problems))
+    return Check(name, True, (f"{len(runs)} run(s) done", *shown))
+
+
+def after_disable_check(disabled_at: datetime | None, total: int, first: Sequence[AccessRecord]) -> Check:
+    name = "no access allowed after the disable"
+    if disabled_at is None:
+        return Check(name, False, ("no disable time, so access after it cannot be ruled out",))
+    if total:
+        lines = [f"{total} request(s) or login(s) allowed after {disabled_at.isoformat()}"]
+        lines += [
+            f"seq {r.seq} at {r.time.isoformat()}: {r.kind} {r.channel or ''} {r.path or ''}".rstrip() for r in first
+        ]
+        return Check(name, False, tuple(lines))
+    return Check(name, True, (f"no request or login was allowed after {disabled_at.isoformat()}",))
+
+
+def verdict(checks: Sequence[Check], checked_at: datetime, after: Sequence[AccessRecord], total: int) -> Verdict:
+    return Verdict(all(c.passed for c in checks), tuple(checks), checked_at, tuple(after), total)

@@ -1,0 +1,353 @@
+"""The access log's aggregations for the security reports (``gateway/reports``), in SQL on SQLite and PostgreSQL.
+
+Every query is bounded by an agent (``ix_access_log_agent_time``) or a time range (``ix_access_log_time``) and
+groups in the database: a month of records is never loaded into Python to be counted. Lists that a reviewer must
+see record by record (downloads to explain, access after a disable) are capped, and their full count is returned
+beside them, so a report can say when it shows only part.
+
+Local days and hours (the review's time zone) are computed in SQL with a constant UTC offset per query; the caller
+queries a month once per stretch of constant offset (``gateway.reports.period``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    RowMapping,
+    and_,
+    case,
+    cast,
+    extract,
+    false,
+    func,
+    literal_column,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.storage._time import from_db, to_db
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.schema import access_log, agents
+
+#: The actions that take personal data out of the console (PIPA: downloads must be explained).
+OUTBOUND = ("download", "export")
+#: Access-log kinds that are receipts of deprovisioning (``gateway/deprovision``).
+RECEIPT_KINDS = (
+    "deprovision",
+    "sessions_revoked",
+    "deprovision_step",
+    "deprovision_held",
+    "deprovision_approved",
+    "deprovision_retried",
+    "deprovision_complete",
+    "deprovision_attention",
+)
+#: Records that are access granted to an agent: proxied requests and logins, when allowed.
+ACCESS_KINDS = ("request", "login")
+
+_c = access_log.c
+_outbound = case((_c.action.in_(OUTBOUND), 1), else_=0)
+_denied = case((_c.decision == "deny", 1), else_=0)
+_allowed_access = and_(_c.kind.in_(ACCESS_KINDS), _c.decision == "allow")
+
+
+def _record(row: RowMapping | Mapping[str, Any]) -> AccessRecord:
+    values: dict[str, Any] = {str(key): row[key] for key in row}
+    values["time"] = from_db(values["time"])
+    return AccessRecord(**values)
+
+
+def _moment(value: Any) -> datetime:
+    """An aggregate's timestamp: SQLite returns MIN/MAX of a DATETIME column as text."""
+    return from_db(datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
+# -- local time in SQL ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LocalClock:
+    """Expressions for the local day, minute of day and weekday of ``access_log.time`` at a constant UTC offset.
+
+    The offset and formats are rendered as SQL literals (an ``int`` and constants, never user text), so the
+    same expression in SELECT and GROUP BY is textually identical, as PostgreSQL requires."""
+
+    dialect: str
+    offset_minutes: int
+
+    def _sqlite(self, fmt: str) -> ColumnElement[Any]:
+        return func.strftime(literal_column(f"'{fmt}'"), _c.time, literal_column(f"'{self.offset_minutes:+d} minutes'"))
+
+    def _shifted(self) -> ColumnElement[Any]:
+        return func.timezone(literal_column("'UTC'"), _c.time) + literal_column(
+            f"interval '{self.offset_minutes:d} minutes'"
+        )
+
+    def day(self) -> ColumnElement[Any]:
+        if self.dialect == "sqlite":
+            return self._sqlite("%Y-%m-%d")
+        return func.to_char(self._shifted(), literal_column("'YYYY-MM-DD'"))
+
+    def minute_of_day(self) -> ColumnElement[Any]:
+        if self.dialect == "sqlite":
+            return cast(self._sqlite("%H"), Integer) * 60 + cast(self._sqlite("%M"), Integer)
+        shifted = self._shifted()
+        return cast(extract("hour", shifted), Integer) * 60 + cast(extract("minute", shifted), Integer)
+
+    def weekday(self) -> ColumnElement[Any]:
+        """0 = Sunday … 6 = Saturday (SQLite ``%w``, PostgreSQL ``dow``)."""
+        if self.dialect == "sqlite":
+            return cast(self._sqlite("%w"), Integer)
+        return cast(extract("dow", self._shifted()), Integer)
+
+
+# -- one agent ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelActivity:
+    channel: str | None
+    first: datetime
+    last: datetime
+    requests: int
+    downloads: int
+    denied: int
+    subjects: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectCount:
+    channel: str | None
+    subject: str
+    requests: int
+    downloads: int
+
+
+async def channel_activity(conn: AsyncConnection, agent_id: str) -> list[ChannelActivity]:
+    """The agent's proxied requests per channel: first and last, counts, distinct data subjects."""
+    query = (
+        select(
+            _c.channel,
+            func.min(_c.time),
+            func.max(_c.time),
+            func.count(),
+            func.sum(_outbound),
+            func.sum(_denied),
+            func.count(func.distinct(_c.subject)),
+        )
+        .where(_c.agent_id == agent_id, _c.kind == "request")
+        .group_by(_c.channel)
+        .order_by(_c.channel)
+    )
+    return [
+        ChannelActivity(channel, _moment(first), _moment(last), int(n), int(out or 0), int(denied or 0), int(subs))
+        for channel, first, last, n, out, denied, subs in (await conn.execute(query)).all()
+    ]
+
+
+async def subjects_touched(conn: AsyncConnection, agent_id: str, limit: int) -> list[SubjectCount]:
+    """The data subjects of the agent's requests per channel, most requested first, at most ``limit``."""
+    count = func.count()
+    query = (
+        select(_c.channel, _c.subject, count, func.sum(_outbound))
+        .where(_c.agent_id == agent_id, _c.kind == "request", _c.subject.is_not(None))
+        .group_by(_c.channel, _c.subject)
+        .order_by(count.desc(), _c.channel, _c.subject)
+        .limit(limit)
+    )
+    return [
+        SubjectCount(channel, subject, int(n), int(out or 0))
+        for channel, subject, n, out in (await conn.execute(query)).all()
+    ]
+
+
+async def receipts(conn: AsyncConnection, agent_id: str) -> list[AccessRecord]:
+    """Every deprovisioning receipt of the agent in the access log, oldest first."""
+    query = select(access_log).where(_c.agent_id == agent_id, _c.kind.in_(RECEIPT_KINDS)).order_by(_c.time, _c.seq)
+    return [_record(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def allowed_after(
+    conn: AsyncConnection, agent_id: str, since: datetime, limit: int
+) -> tuple[int, list[AccessRecord]]:
+    """Access granted to the agent after ``since`` (allowed requests and logins): how many, and the first ``limit``."""
+    where = (_c.agent_id == agent_id, _c.time > to_db(since), _allowed_access)
+    total = int((await conn.execute(select(func.count()).where(*where))).scalar_one())
+    rows = await conn.execute(select(access_log).where(*where).order_by(_c.time, _c.seq).limit(limit))
+    return total, [_record(row) for row in rows.mappings()]
+
+
+async def deleted_agent_id(conn: AsyncConnection, user_name_key: str) -> str | None:
+    """The id of the most recently deleted agent with this userName key (an offboarded agent's report)."""
+    query = (
+        select(agents.c.id)
+        .where(agents.c.user_name_key == user_name_key, agents.c.deleted_at.is_not(None))
+        .order_by(agents.c.deleted_at.desc())
+        .limit(1)
+    )
+    value = (await conn.execute(query)).scalar_one_or_none()
+    return None if value is None else str(value)
+
+
+# -- one month ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDay:
+    agent_id: str | None
+    agent_name: str | None
+    day: str
+    requests: int
+    downloads: int
+    denied: int
+
+
+@dataclass(frozen=True, slots=True)
+class AfterHours:
+    agent_id: str | None
+    agent_name: str | None
+    day: str
+    channel: str | None
+    requests: int
+    downloads: int
+    first: datetime
+    last: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTotals:
+    channel: str | None
+    requests: int
+    downloads: int
+    denied: int
+    agents: int
+
+
+@dataclass(frozen=True, slots=True)
+class DisabledAccess:
+    record: AccessRecord
+    disabled_at: datetime
+
+
+def _between(start: datetime, end: datetime) -> ColumnElement[bool]:
+    return and_(_c.time >= to_db(start), _c.time < to_db(end))
+
+
+async def daily_by_agent(conn: AsyncConnection, start: datetime, end: datetime, clock: LocalClock) -> list[AgentDay]:
+    """Requests, downloads and denials per agent and local day in ``[start, end)`` (one offset)."""
+    day = clock.day()
+    query = (
+        select(_c.agent_id, func.max(_c.agent_name), day, func.count(), func.sum(_outbound), func.sum(_denied))
+        .where(_between(start, end), _c.kind == "request")
+        .group_by(_c.agent_id, day)
+    )
+    return [
+        AgentDay(agent_id, name, str(d), int(n), int(out or 0), int(denied or 0))
+        for agent_id, name, d, n, out, denied in (await conn.execute(query)).all()
+    ]
+
+
+async def after_hours(
+    conn: AsyncConnection,
+    start: datetime,
+    end: datetime,
+    clock: LocalClock,
+    business: tuple[int, int],
+    weekdays: Sequence[int],
+) -> list[AfterHours]:
+    """Requests outside business hours (local minutes ``[business[0], business[1])``) or on other days than
+    ``weekdays`` (0 = Sunday), per agent, local day and channel."""
+    day, minute = clock.day(), clock.minute_of_day()
+    outside = or_(
+        not_(clock.weekday().in_(list(weekdays))) if weekdays else true(),
+        minute < business[0],
+        minute >= business[1],
+    )
+    query = (
+        select(
+            _c.agent_id,
+            func.max(_c.agent_name),
+            day,
+            _c.channel,
+            func.count(),
+            func.sum(_outbound),
+            func.min(_c.time),
+            func.max(_c.time),
+        )
+        .where(_between(start, end), _c.kind == "request", outside)
+        .group_by(_c.agent_id, day, _c.channel)
+    )
+    return [
+        AfterHours(agent_id, name, str(d), channel, int(n), int(out or 0), _moment(first), _moment(last))
+        for agent_id, name, d, channel, n, out, first, last in (await conn.execute(query)).all()
+    ]
+
+
+async def channel_totals(conn: AsyncConnection, start: datetime, end: datetime) -> list[ChannelTotals]:
+    query = (
+        select(_c.channel, func.count(), func.sum(_outbound), func.sum(_denied), func.count(func.distinct(_c.agent_id)))
+        .where(_between(start, end), _c.kind == "request")
+        .group_by(_c.channel)
+        .order_by(_c.channel)
+    )
+    return [
+        ChannelTotals(channel, int(n), int(out or 0), int(denied or 0), int(people))
+        for channel, n, out, denied, people in (await conn.execute(query)).all()
+    ]
+
+
+async def outbound_records(
+    conn: AsyncConnection, start: datetime, end: datetime, limit: int
+) -> tuple[int, list[AccessRecord]]:
+    """Downloads and exports in ``[start, end)``: how many, and the first ``limit`` by agent and time."""
+    where = (_between(start, end), _c.action.in_(OUTBOUND))
+    total = int((await conn.execute(select(func.count()).where(*where))).scalar_one())
+    query = select(access_log).where(*where).order_by(_c.agent_name, _c.agent_id, _c.time, _c.seq).limit(limit)
+    return total, [_record(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def disabled_access(
+    conn: AsyncConnection, start: datetime, end: datetime, limit: int
+) -> tuple[int, list[DisabledAccess]]:
+    """Access granted in ``[start, end)`` to agents that are disabled (or deleted) now, after the time of their
+    latest disable record (``kind = "deprovision"``): the PIPA review's "access by a disabled agent"."""
+    earlier = access_log.alias("disables")
+    disabled_at = (
+        select(func.max(earlier.c.time))
+        .where(earlier.c.agent_id == agents.c.id, earlier.c.kind == "deprovision", earlier.c.decision == "disabled")
+        .scalar_subquery()
+    )
+    disabled = (
+        select(agents.c.id.label("agent_id"), disabled_at.label("disabled_at"))
+        .where(or_(agents.c.active == false(), agents.c.deleted_at.is_not(None)))
+        .subquery()
+    )
+    where = (
+        _between(start, end),
+        _allowed_access,
+        _c.agent_id == disabled.c.agent_id,
+        _c.time > disabled.c.disabled_at,
+    )
+    joined = access_log.join(disabled, _c.agent_id == disabled.c.agent_id)
+    total = int((await conn.execute(select(func.count()).select_from(joined).where(*where))).scalar_one())
+    rows = await conn.execute(
+        select(access_log, disabled.c.disabled_at.label("_disabled_at"))
+        .select_from(joined)
+        .where(*where)
+        .order_by(_c.time, _c.seq)
+        .limit(limit)
+    )
+    found = []
+    for row in rows.mappings():
+        values = {key: row[key] for key in row if key != "_disabled_at"}
+        found.append(DisabledAccess(_record(values), _moment(row["_disabled_at"])))
+    return total, found
