@@ -21,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.websockets import WebSocket
 
 from connectors.base import AgentRef, UpstreamRequest
+from gateway.audit.data_access import MAX_BODY, default_action, subject_from_body
 from gateway.authn import require_session
 from gateway.errors import AccessDenied, AuthenticationRequired, ChannelgateError, NotFound
 from gateway.pages import error_response, wants_html
@@ -102,6 +103,8 @@ def _record(
         path=log_path,
         decision=("allow" if scope.decision.allowed else "deny") if scope.decision else None,
         reason=",".join(scope.decision.policy_ids) if scope.decision else None,
+        subject=scope.subject,
+        action=scope.action,
         **fields,  # type: ignore[arg-type]
     )
 
@@ -118,6 +121,14 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
     scope.channel = match.route.channel
     if match.redirect:
         return Admitted(match, None, None, path, "", [])  # type: ignore[arg-type]
+    rules = services.routes.data_rules(match.route)
+    access = None
+    if rules is None:
+        scope.action = default_action(method)
+    else:
+        access = rules.classify(method, path, connection.scope.get("query_string", b"").decode("latin-1"),
+                                connection.headers)  # fmt: skip
+        scope.subject, scope.action = access.subject, access.action
     session = await require_session(connection, services, scope)
     decision = decide(
         Subject(session.data.agent_id, session.data.user_name, session.data.groups),
@@ -128,6 +139,8 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
     if not decision.allowed:
         raise Forbidden(decision.explain())
     services.audit.check_capacity()
+    if access is not None and access.body_field is not None and isinstance(connection, Request):
+        scope.subject = await _body_subject(connection, access.body_field)
     plan = _plan(connection, services, match.route.channel)
     assert services.signer is not None
     headers = sanitise_request_headers(
@@ -155,6 +168,14 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
         )
     )
     return Admitted(match, session, decision, path, url, upstream.headers, plan, agent, upstream)
+
+
+async def _body_subject(request: Request, field: str) -> str | None:
+    """The data subject named in a small body; the body is kept for the upstream (Starlette caches it)."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > MAX_BODY:
+        return None  # chunked or large: streamed on unread, the record says no subject
+    return subject_from_body(await request.body(), request.headers.get("content-type", ""), field)
 
 
 def _log_path(connection: HTTPConnection) -> str:

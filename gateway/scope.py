@@ -22,6 +22,9 @@ class RequestScope:
     session: Session | None = None
     decision: Decision | None = None
     channel: str | None = None
+    #: Whose personal data the request touches and what it does with it (``gateway.audit.data_access``).
+    subject: str | None = None
+    action: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 

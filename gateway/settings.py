@@ -383,6 +383,51 @@ ChannelSettings = Annotated[
 ]
 
 
+#: What a request does with personal data (PIPA's access-record "action"; the policy actions of issue 7).
+DataAction = Literal["view", "change", "download", "export"]
+_SUBJECT_SOURCES = ("path", "query", "body", "header")
+
+
+class DataRuleSettings(_Section):
+    """Which requests of a route touch whose personal data, and what they do with it: the access log's
+    ``subject`` (e.g. a customer id) and ``action`` (PIPA safety-measure standard art. 8). The first rule that
+    matches decides; a request no rule matches is logged with its method's action (GET: view, else change)."""
+
+    #: The request path (after normalisation): ``{name}`` captures one segment, ``*`` matches one, ``**`` the rest.
+    path: str
+    #: Methods the rule applies to (any when empty).
+    methods: tuple[str, ...] = ()
+    action: DataAction | None = None
+    #: Where the data subject is: ``path:NAME`` (a ``{NAME}`` of ``path``), ``query:NAME``, ``body:NAME`` (a JSON
+    #: member, dotted for nested ones, or a form field; bodies up to 64 KiB) or ``header:NAME``.
+    subject: str | None = None
+    #: The class of personal data the route serves ("customer", "recording", ...), for policies.
+    pii: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("path must start with '/' (the full request path, prefix included)")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(method.upper() for method in value)
+
+    @model_validator(mode="after")
+    def _subject(self) -> DataRuleSettings:
+        if self.subject is None:
+            return self
+        source, _, name = self.subject.partition(":")
+        if source not in _SUBJECT_SOURCES or not name:
+            raise ValueError("subject must be path:NAME, query:NAME, body:NAME or header:NAME")
+        if source == "path" and "{" + name + "}" not in self.path:
+            raise ValueError(f"subject names path:{name} but path has no {{{name}}} segment")
+        return self
+
+
 class RouteSettings(_Section):
     """A path prefix (and optional host) mapped to one channel console."""
 
@@ -394,6 +439,15 @@ class RouteSettings(_Section):
     allowed_groups: tuple[str, ...] = ()
     strip_prefix: bool = True
     timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    #: Personal-data rules of this route: the access log's subject and action (``[[routes.data]]``).
+    data: tuple[DataRuleSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _data_rules_under_prefix(self) -> RouteSettings:
+        for rule in self.data:
+            if not rule.path.startswith(self.prefix):
+                raise ValueError(f"data rule path {rule.path!r} is outside the route's prefix {self.prefix!r}")
+        return self
 
     @field_validator("prefix")
     @classmethod

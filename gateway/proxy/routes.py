@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from gateway.audit.data_access import DataRules, compile_routes
 from gateway.settings import RouteSettings
 
 
@@ -48,9 +49,14 @@ class RouteTable:
     def __init__(self, routes: Sequence[RouteSettings]) -> None:
         # Longest prefix first so the first hit in each group is the answer.
         self._routes = tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+        self._data_rules = compile_routes(self._routes)
 
     def __len__(self) -> int:
         return len(self._routes)
+
+    def data_rules(self, route: RouteSettings) -> DataRules | None:
+        """The personal-data rules of one of this table's routes (None when it has none)."""
+        return self._data_rules.get(id(route))
 
     def match(self, host: str | None, path: str) -> RouteMatch | None:
         """Return the route for ``path`` (already canonical) on ``host``, or ``None``."""

@@ -51,6 +51,7 @@ class SeenRequest:
     method: str
     path: str
     headers: list[tuple[str, str]]
+    body: bytes = b""
 
     def values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name.lower()]
@@ -70,7 +71,7 @@ class EchoConsole(AsgiServer):
         async def any_path(request: Request) -> Response:
             raw_path = request.scope["raw_path"].decode("latin-1")
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
-            self.seen.append(SeenRequest(request.method, raw_path, headers))
+            self.seen.append(SeenRequest(request.method, raw_path, headers, await request.body()))
             if "/hang" in raw_path:
                 await asyncio.sleep(self.hang_seconds)
             if "/echo" in raw_path:
