@@ -4,7 +4,10 @@
 every session on every replica is gone (the channel steps continue in the pipeline);
 ``GET /.channelgate/admin/agents/{agent}`` shows the agent's state and every pipeline step per channel;
 ``POST /.channelgate/admin/deprovision/approve`` releases runs held by the mass-deletion guard;
-``POST /.channelgate/admin/deprovision/runs/{run}/retry`` gives a run's dead steps a fresh budget.
+``POST /.channelgate/admin/deprovision/runs/{run}/retry`` gives a run's dead steps a fresh budget;
+``GET /.channelgate/admin/audit/search`` searches the access log (filters, ``limit``, ``before`` → records and a
+``next`` cursor) and ``GET /.channelgate/admin/audit/export?format=jsonl|cef|syslog|ocsf`` streams every matching
+record; each reading of the log is itself recorded first (``gateway/audit/search.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import json
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from gateway.audit.formats import FORMATS, formatter
+from gateway.audit.formats.jsonl import dumps, record_dict
+from gateway.audit.search import encode_cursor, export_lines, parse_search, record_reading, to_query
 from gateway.deprovision.operator import approve_runs, retry_run
 from gateway.deprovision.status import agent_pipeline
 from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError, NotFound
+from gateway.scope import scope_of
 from gateway.services import Services
 
 MAX_BODY = 16384
@@ -127,4 +134,67 @@ async def agent_status(request: Request) -> Response:
             "live_sessions": len(sessions),
             "deprovisioning": await agent_pipeline(services.pipeline, agent.id),
         }
+    )
+
+
+def _query_params(request: Request) -> dict[str, str]:
+    params = request.query_params
+    repeated = sorted({key for key in params if len(params.getlist(key)) > 1})
+    if repeated:
+        raise BadRequest(f"Give {repeated[0]!r} once.")
+    return dict(params)
+
+
+async def audit_search(request: Request) -> Response:
+    services: Services = request.app.state.services
+    actor = _authorise(request, services)
+    params = _query_params(request)
+    if "format" in params:
+        raise BadRequest("'format' belongs to /.channelgate/admin/audit/export.")
+    search = parse_search(params)
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    await record_reading(
+        services.audit,
+        search,
+        actor=actor,
+        source_ip=scope.client_ip,
+        request_id=scope.request_id,
+        path=request.url.path,
+    )
+    found = await services.access_log.search(await to_query(search, services.agents))
+    following = encode_cursor(found[-1]) if len(found) == search.limit else None
+    body = {"records": [record_dict(record) for record in found], "next": following}
+    return Response(dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+async def audit_export(request: Request) -> Response:
+    services: Services = request.app.state.services
+    actor = _authorise(request, services)
+    params = _query_params(request)
+    name = params.pop("format", "")
+    if name not in FORMATS:
+        raise BadRequest(f"'format' must be one of {', '.join(FORMATS)}.")
+    if "limit" in params or "before" in params:
+        raise BadRequest("An export has every matching record: narrow it with the filters and since/until.")
+    search = parse_search(params)
+    chosen = formatter(name, syslog_enterprise_number=services.settings.audit.syslog_enterprise_number)
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    await record_reading(
+        services.audit,
+        search,
+        actor=actor,
+        export_format=name,
+        source_ip=scope.client_ip,
+        request_id=scope.request_id,
+        path=request.url.path,
+    )
+    query = await to_query(search, services.agents)
+    lines = export_lines(services.access_log, query, chosen)
+    return StreamingResponse(
+        (line.encode("utf-8") async for line in lines),
+        media_type=chosen.media_type,
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="channelgate-access-log.{name}"',
+        },
     )
