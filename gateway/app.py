@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from gateway import admin_api, ops
+from gateway.audit.forwarder import start_forwarders
 from gateway.authn import require_session
 from gateway.errors import AuthenticationRequired, ChannelgateError
 from gateway.inline_proxy import proxy_http, proxy_websocket_endpoint
@@ -152,6 +153,7 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
             await built.upstream.start()
         built.audit.start()
         built.sealer.start()
+        forwarders = start_forwarders(built.settings.audit, built.database.engine, built.metrics.registry)
         worker = built.worker or start_worker(built)
         tasks = [
             asyncio.create_task(_revocation_listener(built), name="channelgate-revocations"),
@@ -164,6 +166,8 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         try:
             yield
         finally:
+            # First: the forwarders deliver what is sealed while the database is still open.
+            await forwarders.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -188,6 +192,8 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         Route("/admin/agents/{agent}/deprovision", admin_api.deprovision, methods=["POST"]),
         Route("/admin/deprovision/approve", admin_api.approve, methods=["POST"]),
         Route("/admin/deprovision/runs/{run}/retry", admin_api.retry, methods=["POST"]),
+        Route("/admin/audit/search", admin_api.audit_search, methods=["GET"]),
+        Route("/admin/audit/export", admin_api.audit_export, methods=["GET"]),
     ]
     routes = [
         Route("/", home, methods=["GET"]),
