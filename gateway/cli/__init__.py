@@ -14,6 +14,9 @@
     channelgate vault generate-key
     channelgate vault rotate
     channelgate audit tail [-n N] [--follow]
+    channelgate audit search [--agent A] [--channel C] [--subject S] [--action A] [--decision D] [--kind K]
+                             [--since ISO] [--until ISO] [--limit N] [--before CURSOR] [--json]
+    channelgate audit export --format jsonl|cef|syslog|ocsf [same filters] [--output FILE]
     channelgate report agent AGENT [--format html|json] [--output FILE]   offboarding evidence, final check
     channelgate report monthly YYYY-MM [--format html|json] [--output FILE]   the PIPA monthly review
     channelgate scim-tokens create NAME | list | revoke NAME   (one bearer token per IdP client)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 
-from gateway.cli import audit_chain
+from gateway.cli import audit_chain, audit_search
 from gateway.cli.common import Subparsers, settings_of
 
 
@@ -65,3 +65,4 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--follow", "-f", action="store_true")
     p.set_defaults(func=cmd_audit_tail)
     audit_chain.register(audit)
+    audit_search.register(audit)
