@@ -34,7 +34,9 @@ client_secret = "unused"
 @pytest.fixture
 def review_toml() -> str:
     """``[audit.review]`` lines; a test module overrides this fixture for other hours or zones."""
-    return 'timezone = "Asia/Seoul"\nbusiness_hours = "08:00-19:00"\nvolume_floor_requests = 10\nvolume_floor_downloads = 3\n'
+    return "\n".join(
+        ['timezone = "Asia/Seoul"', 'business_hours = "08:00-19:00"', "volume_floor_requests = 10", "volume_floor_downloads = 3"]
+    )
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ async def seed_month(services: Services) -> None:
     for agent in quiet:
         records += [request(agent, kst(2, 10) + timedelta(minutes=n), subject=f"c-{n}") for n in range(3)]
     records += [request(heavy, kst(2, 9) + timedelta(minutes=n), subject=f"c-{n}") for n in range(40)]
-    records += [request(heavy, kst(2, 14) + timedelta(minutes=n), action="download", subject=f"d-{n}") for n in range(6)]
+    records += [request(heavy, kst(2, 14, n), action="download", subject=f"d-{n}") for n in range(6)]
     records.append(request(quiet[4], kst(3, 23, 30), channel="mail", action="export", subject="c-77"))  # at night
     records.append(request(quiet[0], kst(1, 0, 0) - timedelta(seconds=1), action="download"))  # 31 Oct: not counted
     await services.access_log.append(records)
