@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import admin_api, ops
 from gateway.audit.forwarder import start_forwarders
 from gateway.authn import require_session
+from gateway.console.app import mount as console_routes
 from gateway.errors import AuthenticationRequired, ChannelgateError
 from gateway.inline_proxy import proxy_http, proxy_websocket_endpoint
 from gateway.oidc import routes as login_routes
@@ -194,6 +195,7 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         Route("/admin/deprovision/runs/{run}/retry", admin_api.retry, methods=["POST"]),
         Route("/admin/audit/search", admin_api.audit_search, methods=["GET"]),
         Route("/admin/audit/export", admin_api.audit_export, methods=["GET"]),
+        *console_routes(),
     ]
     routes = [
         Route("/", home, methods=["GET"]),
