@@ -35,7 +35,12 @@ client_secret = "unused"
 def review_toml() -> str:
     """``[audit.review]`` lines; a test module overrides this fixture for other hours or zones."""
     return "\n".join(
-        ['timezone = "Asia/Seoul"', 'business_hours = "08:00-19:00"', "volume_floor_requests = 10", "volume_floor_downloads = 3"]
+        [
+            'timezone = "Asia/Seoul"',
+            'business_hours = "08:00-19:00"',
+            "volume_floor_requests = 10",
+            "volume_floor_downloads = 3",
+        ]
     )
 
 

@@ -76,10 +76,14 @@ async def test_a_month_across_a_dst_change_counts_each_request_on_its_local_day(
     async with read_transaction(services.database.engine) as conn:
         for stretch in month.stretches:
             days += await q.daily_by_agent(conn, stretch.start, stretch.end, clock(services, stretch.offset_minutes))
-    assert sorted(d.day for d in days) == [
-        early.astimezone(berlin).date().isoformat(),
-        late.astimezone(berlin).date().isoformat(),
-    ] == ["2026-03-02", "2026-03-30"]
+    assert (
+        sorted(d.day for d in days)
+        == [
+            early.astimezone(berlin).date().isoformat(),
+            late.astimezone(berlin).date().isoformat(),
+        ]
+        == ["2026-03-02", "2026-03-30"]
+    )
 
 
 async def test_an_agents_activity_counts_requests_downloads_denials_and_subjects_per_channel(

@@ -16,7 +16,7 @@ from gateway.reports.render import render_monthly_html
 from gateway.services import Services
 from tests.reports.seed import add_agent, disable, kst, request
 
-HOSTILE = "<script>alert(\"x\")</script>'\"&"
+HOSTILE = '<script>alert("x")</script>\'"&'
 
 
 async def seed_month(services: Services) -> None:
