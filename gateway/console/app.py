@@ -20,6 +20,7 @@ from gateway.console.failures import error_response
 from gateway.console.render import security_headers
 from gateway.console.web import console_route
 from gateway.errors import NotFound
+from gateway.reports.render import report_css
 from gateway.services import Services
 
 BASE = "/.channelgate/console"
@@ -30,6 +31,9 @@ _STATIC_FILES = {"console.css": "text/css", "console.js": "text/javascript"}
 
 async def _static(request: Request) -> Response:
     name = request.path_params["name"]
+    if name == "report.css":
+        # The reports' own stylesheet (screen and print), served for the report fragments the console embeds.
+        return Response(report_css(), media_type="text/css")
     if name not in _STATIC_FILES:
         raise NotFound("No such file.")
     return FileResponse(_STATIC / name, media_type=_STATIC_FILES[name])

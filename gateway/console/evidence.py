@@ -1,5 +1,5 @@
 """The evidence the console shows but does not compute: reports (``gateway/reports``) and the chain's status
-(``gateway/audit/status.py``). Each page says plainly when its source is not available in this build."""
+(``gateway/audit/status.py``). The chain's page says plainly when its source is not available in this build."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 
 from markupsafe import Markup
 
+from gateway.reports.agent import build_agent_report
+from gateway.reports.monthly import build_monthly_report
+from gateway.reports.render import render_agent_html, render_monthly_html
 from gateway.services import Services
-from gateway.storage.agents import Agent
 
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
@@ -26,14 +28,6 @@ def _module(name: str) -> ModuleType | None:
         raise
 
 
-def reports_available() -> bool:
-    return _module("gateway.reports") is not None
-
-
-def this_month() -> str:
-    return datetime.now(UTC).strftime("%Y-%m")
-
-
 def previous_month() -> str:
     now = datetime.now(UTC)
     year, month = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
@@ -44,22 +38,17 @@ def valid_month(text: str) -> bool:
     return _MONTH.fullmatch(text) is not None
 
 
-async def agent_report_html(services: Services, agent: Agent) -> Markup | None:
-    """The agent's offboarding evidence pack as an HTML fragment (escaped by the report's renderer), or None."""
-    reports = _module("gateway.reports")
-    if reports is None:
-        return None
-    report = await reports.build_agent_report(services, agent.id)
-    return Markup(reports.render_agent_html(report, standalone=False))  # noqa: S704 - the renderer escapes
+async def agent_report_html(services: Services, agent: str) -> Markup:
+    """The agent's offboarding evidence pack (id or userName, deleted agents too) as an HTML fragment."""
+    report = await build_agent_report(services, agent)
+    # The report's renderer autoescapes every value (gateway/reports/render.py); the fragment is trusted markup.
+    return Markup(render_agent_html(report, standalone=False))  # noqa: S704
 
 
-async def monthly_report_html(services: Services, month: str) -> Markup | None:
-    """The PIPA monthly review as an HTML fragment, or None when reports are not in this build."""
-    reports = _module("gateway.reports")
-    if reports is None:
-        return None
-    report = await reports.build_monthly_report(services, month)
-    return Markup(reports.render_monthly_html(report, standalone=False))  # noqa: S704 - the renderer escapes
+async def monthly_report_html(services: Services, month: str) -> Markup:
+    """The PIPA monthly review of ``YYYY-MM`` as an HTML fragment."""
+    report = await build_monthly_report(services, month)
+    return Markup(render_monthly_html(report, standalone=False))  # noqa: S704
 
 
 async def chain_status(services: Services) -> dict[str, Any] | None:

@@ -364,3 +364,22 @@ async def test_hostile_user_names_paths_and_reasons_render_as_text(gateway: Depl
     assert "&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;" in body
     assert "&lt;img src=x onerror=alert(&#39;path&#39;)&gt;" in body
     assert "{{ 7*7 }}" in body and ">49<" not in body
+
+
+async def test_a_reviewer_opens_an_agents_offboarding_report_and_the_monthly_review(gateway: Deployment) -> None:
+    await gateway.login("dora")
+    rita = await _signed_in(gateway, "rita")
+    report = await rita.get(gateway.url + CONSOLE + "/reports/agent", params={"agent": "dora"})
+    assert report.status_code == 200
+    assert "Offboarding evidence: dora" in report.text and "Final zero-access check" in report.text
+    assert "/.channelgate/console/static/report.css" in report.text
+    css = await rita.get(gateway.url + CONSOLE + "/static/report.css")
+    assert css.status_code == 200 and ".cg-report" in css.text
+    monthly = await rita.get(gateway.url + CONSOLE + "/reports/monthly", params={"month": "2026-11"})
+    assert monthly.status_code == 200
+    assert "2026-11" in monthly.text and 'class="cg-report' in monthly.text
+    for params in ({"month": "2026-13"}, {"month": "<x>"}):
+        refused = await rita.get(gateway.url + CONSOLE + "/reports/monthly", params=params)
+        assert refused.status_code == 400 and "YYYY-MM" in refused.text
+    unknown = await rita.get(gateway.url + CONSOLE + "/reports/agent", params={"agent": "nobody-here"})
+    assert unknown.status_code == 404
