@@ -26,6 +26,8 @@ from gateway.storage.pipeline import RunRecord, StepRecord
 
 ENDED = "access ended"
 NOT_PROVEN = "access NOT proven ended"
+#: Findings of one failed check repeated in the verdict's reasons (the check itself lists them all).
+REASONS_PER_CHECK = 4
 
 _CHAIN = (StepKind.REVOKE, StepKind.VERIFY, StepKind.REMOVE)
 _HAD_NOTHING_TO_DO = frozenset({StepState.DONE, StepState.NOT_APPLICABLE})
@@ -66,7 +68,8 @@ class Verdict:
 
     @property
     def reasons(self) -> list[str]:
-        return [f"{c.name}: {c.evidence[0]}" for c in self.checks if not c.passed and c.evidence]
+        """Why access is not proven ended: each failed check's findings (at most a few per check)."""
+        return [f"{c.name}: {line}" for c in self.checks if not c.passed for line in c.evidence[:REASONS_PER_CHECK]]
 
 
 def disabled_check(active: bool, deleted: bool, disabled_at: datetime | None, disable: AccessRecord | None) -> Check:
