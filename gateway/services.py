@@ -18,6 +18,7 @@ from connectors.secret import Secret
 from connectors.vault import Vault, load_credential
 from gateway.audit.chain import Sealer
 from gateway.audit.checkpoints import CheckpointSigner, open_sink
+from gateway.audit.retention import Retention
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
@@ -37,7 +38,7 @@ from gateway.settings import Settings
 from gateway.storage.access_log import AccessLogRepository
 from gateway.storage.agent_secrets import AgentSecretRepository
 from gateway.storage.agents import AgentRepository
-from gateway.storage.audit_chain import ChainStore
+from gateway.storage.audit_chain import ChainPurger, ChainStore
 from gateway.storage.credentials import ChannelCredentialRepository
 from gateway.storage.database import Database, create_engine
 from gateway.storage.groups import GroupRepository
@@ -166,6 +167,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         planner,
         pipeline,
     )
+    chain = ChainStore(database.engine)
     return Services(
         settings=settings,
         replica_id=replica_id,
@@ -185,11 +187,12 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         scim_tokens=ScimTokenRepository(database.engine, reads),
         reads=reads,
         sealer=Sealer(
-            ChainStore(database.engine),
+            chain,
             settings.audit,
             metrics,
             CheckpointSigner(settings.audit.checkpoints),
             open_sink(settings.audit.checkpoints),
+            retention=Retention(ChainPurger(chain), settings.audit),
         ),
         live=live,
     )

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from gateway.audit.checkpoints import CheckpointSigner, CheckpointSink
+from gateway.audit.retention import Retention
 from gateway.audit.settings import AuditSettings
 from gateway.errors import ChannelgateError
 from gateway.metrics import Metrics
@@ -30,6 +31,8 @@ log = logging.getLogger("channelgate.audit")
 #: Records chained per transaction: large enough that a sealing pass keeps up with ≥ 5,000 records/s, small
 #: enough that the chain lock is held for milliseconds.
 SEAL_BATCH = 5_000
+#: Seconds between retention passes.
+RETENTION_EVERY = 3600.0
 
 
 class Sealer:
@@ -41,6 +44,7 @@ class Sealer:
         signer: CheckpointSigner,
         sink: CheckpointSink | None,
         clock: Callable[[], datetime] = utcnow,
+        retention: Retention | None = None,
     ) -> None:
         self.store = store
         self._settings = settings
@@ -48,6 +52,9 @@ class Sealer:
         self.signer = signer
         self._sink = sink
         self._clock = clock
+        self.retention = retention
+        #: Retention runs once a minute after start, then hourly (monotonic seconds).
+        self._next_retention = time.monotonic() + 60
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._last_checkpoint = time.monotonic()
@@ -122,6 +129,11 @@ class Sealer:
             if self._stopping.is_set():
                 return
             try:
+                if self.retention is not None and time.monotonic() >= self._next_retention:
+                    self._next_retention = time.monotonic() + RETENTION_EVERY
+                    counts = await self.retention.purge()
+                    if counts.stubbed or counts.deleted:
+                        log.info("retention: %d records emptied, %d deleted", counts.stubbed, counts.deleted)
                 await self.seal_all()
                 due = time.monotonic() - self._last_checkpoint >= self._settings.checkpoints.interval_seconds
                 if due:

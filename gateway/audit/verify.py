@@ -22,12 +22,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.audit.canonical import FIELDS, GENESIS, canonical_time, content_hash, link_hash
+from gateway.audit.canonical import FIELDS, GENESIS, canonical_detail, canonical_time, content_hash, link_hash
 from gateway.audit.checkpoints import Checkpoint, line_digest, parse_checkpoint
+from gateway.audit.retention import PURGE_KIND
 from gateway.storage.audit_chain import ChainStore
 
 PAGE = 20_000
-_SEQ, _TIME = FIELDS.index("seq"), FIELDS.index("time")
+_SEQ, _TIME, _KIND, _DETAIL = (FIELDS.index(name) for name in ("seq", "time", "kind", "detail"))
 _POS, _CONTENT, _PREV, _HASH, _PURGED = range(len(FIELDS), len(FIELDS) + 5)
 
 
@@ -159,6 +160,8 @@ async def verify_chain(
             return report
         until = position
     signed = {c.chain_pos: c for c in checkpoints}
+    # A chain that starts after position 1 must be vouched for by a chained purge record naming that anchor.
+    vouched = anchor is None
     cutoff = canonical_time(retention_cutoff) if retention_cutoff is not None else None
     expected = start_after + 1
     last_seq: int | None = None
@@ -172,6 +175,9 @@ async def verify_chain(
             if found is not None:
                 report.problem = Problem(found, seq=seq, chain_pos=pos)
                 return report
+            if not vouched and row[_KIND] == PURGE_KIND and anchor is not None:
+                detail = canonical_detail(row[_DETAIL]) or {}
+                vouched = detail.get("anchor_pos") == anchor.chain_pos and detail.get("anchor_hash") == anchor.hash
             if report.first_seq is None:
                 report.first_seq, report.first_pos = seq, pos
             report.checked += 1
@@ -180,6 +186,13 @@ async def verify_chain(
     report.last_seq, report.last_pos = last_seq, expected - 1 if report.checked else None
     if expected <= until:
         report.problem = Problem(f"records at chain positions {expected}..{until} are missing", chain_pos=expected)
+        return report
+    if not vouched and from_seq is None and to_seq is None and anchor is not None:
+        report.problem = Problem(
+            f"the log starts after chain position {anchor.chain_pos}, but no purge record names that anchor "
+            "(records were deleted outside retention)",
+            chain_pos=anchor.chain_pos + 1,
+        )
         return report
     if to_seq is None and checkpoints:
         newest = checkpoints[-1]

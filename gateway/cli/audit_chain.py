@@ -94,6 +94,48 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_audit_status(args: argparse.Namespace) -> int:
+    from gateway.audit.status import chain_status
+    from gateway.services import open_core
+
+    async def run() -> int:
+        services = open_core(settings_of(args))
+        try:
+            print_json(await chain_status(services))
+            return 0
+        finally:
+            await services.close()
+
+    return asyncio.run(run())
+
+
+def cmd_audit_purge(args: argparse.Namespace) -> int:
+    """Apply retention now (the gateway does it hourly): stub expired records, delete the expired prefix."""
+    from gateway.services import open_core
+
+    async def run() -> int:
+        services = open_core(settings_of(args))
+        try:
+            assert services.sealer.retention is not None
+            await services.sealer.seal_all()
+            counts = await services.sealer.retention.purge()
+            head = await services.sealer.seal_all()
+            anchor = counts.anchor
+            print_json(
+                {
+                    "emptied": counts.stubbed,
+                    "deleted": counts.deleted,
+                    "anchor_chain_pos": None if anchor is None else anchor.chain_pos,
+                    "head_chain_pos": head.chain_pos,
+                }
+            )
+            return 0
+        finally:
+            await services.close()
+
+    return asyncio.run(run())
+
+
 def cmd_audit_keygen(args: argparse.Namespace) -> int:
     """Print a new Ed25519 checkpoint key: the private half for ``signing_keys``, the public for verifiers."""
     from gateway.audit.checkpoints import generate_key
@@ -113,6 +155,12 @@ def register(audit: Subparsers) -> None:
     p.set_defaults(func=cmd_audit_verify)
     p = audit.add_parser("checkpoint", help="seal and sign a checkpoint now")
     p.set_defaults(func=cmd_audit_checkpoint)
+    audit.add_parser("status", help="the chain's head, unsealed records, checkpoints").set_defaults(
+        func=cmd_audit_status
+    )
+    audit.add_parser("purge", help="apply retention now (the gateway does it hourly)").set_defaults(
+        func=cmd_audit_purge
+    )
     p = audit.add_parser("keygen", help="print a new Ed25519 checkpoint signing key")
     p.add_argument("--key-id", default="ck1", help="the key's id (rotate: a new id, the old one stays trusted)")
     p.set_defaults(func=cmd_audit_keygen)

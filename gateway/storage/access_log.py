@@ -94,6 +94,14 @@ def _record(row: RowMapping) -> AccessRecord:
 _INSERT_COLUMNS = tuple(name for name in _COLUMNS if name != "seq")
 
 
+def insert_row(record: AccessRecord) -> dict[str, Any]:
+    """The values an INSERT of ``record`` writes (``seq`` comes from the database)."""
+    row = asdict(record)
+    del row["seq"]
+    row["time"] = to_db(record.time)
+    return row
+
+
 class AccessLogRepository:
     def __init__(self, engine: AsyncEngine, *, busy_timeout_seconds: float = 5.0) -> None:
         self._engine = engine
@@ -114,12 +122,7 @@ class AccessLogRepository:
         batch = list(records)
         if not batch:
             return []
-        rows = []
-        for record in batch:
-            row = asdict(record)
-            del row["seq"]
-            row["time"] = to_db(record.time)
-            rows.append(row)
+        rows = [insert_row(record) for record in batch]
         statement = insert(access_log).returning(access_log.c.seq, sort_by_parameter_order=True)
         async with write_transaction(self._engine, conn) as c:
             seqs = (await c.execute(statement, rows)).scalars().all()

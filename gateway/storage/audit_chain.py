@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.audit.canonical import FIELDS, GENESIS, content_hash, link_hash
 from gateway.storage._time import from_db, to_db
+from gateway.storage.access_log import AccessRecord, insert_row
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import access_log, audit_anchor, audit_checkpoints
 
@@ -232,3 +233,91 @@ def _checkpoint(row: Any) -> CheckpointRow:
         str(row["document"]),
         None if delivered is None else from_db(delivered),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCounts:
+    stubbed: int
+    deleted: int
+    anchor: Anchor | None
+
+
+#: The content a purge removes (everything but what keeps the chain verifiable: seq, time, kind and the chain).
+PURGED_COLUMNS = tuple(name for name in FIELDS if name not in ("seq", "time", "kind"))
+
+
+class ChainPurger:
+    """Retention's database work, in one transaction under the chain lock (``gateway.audit.retention``)."""
+
+    def __init__(self, store: ChainStore) -> None:
+        self._store = store
+        self._engine = store._engine
+
+    async def purge(
+        self,
+        *,
+        content_before: datetime,
+        delete_before: datetime,
+        keep_content_kinds: frozenset[str],
+        limit: int,
+        record: Callable[[Anchor | None, int, int], AccessRecord],
+        at: datetime,
+    ) -> PurgeCounts:
+        """Stub sealed records older than ``content_before`` (except ``keep_content_kinds``), delete the chain's
+        prefix older than ``delete_before`` and move the anchor there; ``record(anchor, stubbed, deleted)`` gives
+        the access record that vouches for the new anchor, inserted in the same transaction."""
+        c = access_log.c
+        async with write_transaction(self._engine) as conn:
+            await self._store._lock(conn)
+            # The prefix to delete: every record before the first one young enough to keep.
+            first_kept = (
+                await conn.execute(
+                    select(c.chain_pos)
+                    .where(c.chain_pos.is_not(None), c.time >= to_db(delete_before))
+                    .order_by(c.chain_pos)
+                    .limit(1)
+                )
+            ).scalar()
+            head = await self._store._head(conn)
+            end = (int(first_kept) - 1) if first_kept is not None else head.chain_pos - 1  # the head always stays
+            current = await self._store.anchor(conn=conn)
+            start = current.chain_pos if current is not None else 0
+            end = min(end, start + limit)
+            deleted = 0
+            anchor = current
+            if end > start:
+                last = (await conn.execute(select(c.hash).where(c.chain_pos == end))).scalar()
+                if last is not None:
+                    anchor = Anchor(end, str(last), at)
+                    result = await conn.execute(access_log.delete().where(c.chain_pos.is_not(None), c.chain_pos <= end))
+                    deleted = int(result.rowcount or 0)
+                    values = {"chain_pos": anchor.chain_pos, "hash": anchor.hash, "purged_at": to_db(at)}
+                    if current is None:
+                        await conn.execute(insert(audit_anchor).values(id=1, **values))
+                    else:
+                        await conn.execute(update(audit_anchor).where(audit_anchor.c.id == 1).values(**values))
+            # Stubs: oldest first, at most ``limit`` per pass (a pass holds the chain lock).
+            stub_seqs = (
+                (
+                    await conn.execute(
+                        select(c.seq)
+                        .where(
+                            c.chain_pos.is_not(None),
+                            c.purged.is_(False),
+                            c.time < to_db(content_before),
+                            c.kind.not_in(sorted(keep_content_kinds)),
+                        )
+                        .order_by(c.chain_pos)
+                        .limit(limit)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if stub_seqs:
+                await conn.execute(
+                    update(access_log).where(c.seq.in_(stub_seqs)).values(purged=True, **dict.fromkeys(PURGED_COLUMNS))
+                )
+            if stub_seqs or deleted:
+                await conn.execute(insert(access_log).values(insert_row(record(anchor, len(stub_seqs), deleted))))
+            return PurgeCounts(len(stub_seqs), deleted, anchor)
