@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.cli.common import Subparsers, settings_of
+from gateway.errors import BadRequest
 from gateway.services import Services
 
 
@@ -36,7 +37,12 @@ def _run(args: argparse.Namespace, make: Callable[[Services], Awaitable[str]]) -
         finally:
             await services.close()
 
-    _write(asyncio.run(run()), args.output)
+    try:
+        text = asyncio.run(run())
+    except BadRequest as exc:
+        print(f"channelgate: {exc.message}", file=sys.stderr)
+        return 2  # bad usage, as the CLI's exit codes say
+    _write(text, args.output)
     return 0
 
 
