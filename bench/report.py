@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+from bench.audit import AuditBenchResult
 from bench.offboarding import OffboardingResult
 from bench.revocation import RevocationResult, Trial, percentile
 from bench.scim import GOAL_P99_MS, GOAL_RPS, ScimDisableResult, ScimResult
@@ -251,6 +252,78 @@ def offboarding_section(result: OffboardingResult) -> list[str]:
     ]
 
 
+def audit_section(result: AuditBenchResult) -> list[str]:
+    lines = [
+        "## 5. Access log: durable writes, verification, search",
+        "",
+        "Sources: `bench/audit.py`. SQLite in WAL mode with `synchronous=FULL` (the gateway's setting); PostgreSQL 15 "
+        "with `fsync` and `synchronous_commit` on (unlike the other sections' throwaway cluster). Every record is "
+        "the size of a proxied request's (agent, channel, path, subject, action).",
+        "",
+        "### Writes",
+        "",
+        "Request records go through the proxy's path (`AuditLog.submit`, one transaction per batch of up to 500) "
+        "with the sealer running beside it; the clock stops when every record is committed **and chained**. "
+        "State-change records go through `AuditLog.write` (strict: the action waits for its own transaction), "
+        "32 writers at once. Baseline, same run and database: the same rows inserted by the bare driver "
+        "(`sqlite3` / `asyncpg` `executemany`, 500 a transaction, nothing chained).",
+        "",
+        "| database | records | path | records/s | bare driver records/s | goal ≥ 5,000/s |",
+        "|---|---:|---|---:|---:|---|",
+    ]
+    for row in result.writes:
+        base = f"{row.records / row.baseline_seconds:,.0f}" if row.baseline_seconds else "–"
+        goal = ("meets" if row.rate >= 5000 else "**misses**") if row.baseline_seconds else "(not a goal)"
+        lines.append(f"| {row.database} | {row.records:,} | {row.mode} | {row.rate:,.0f} | {base} | {goal} |")
+    lines += [
+        "",
+        "### `audit verify` of the whole chain",
+        "",
+        "Records written in batches, sealed, one signed checkpoint, then `verify_chain` from the first record to the "
+        "head (content hash, link and checkpoint of every record). Baseline: reading the same rows in chain order "
+        "without hashing.",
+        "",
+        "| database | records | sealing | verify | read only (baseline) | records/s verified | goal < 10 s |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for v in result.verify:
+        goal = "meets" if v.verify_seconds < 10 and v.ok else "**misses**"
+        lines.append(
+            f"| {v.database} | {v.records:,} | {v.seal_seconds:.1f} s | **{v.verify_seconds:.1f} s** | "
+            f"{v.scan_seconds:.1f} s | {v.records / v.verify_seconds:,.0f} | {goal}{'' if v.ok else ' (FAILED)'} |"
+        )
+    search = result.search
+    if search is not None:
+        got = search.latencies_ms
+        raw = search.baseline_ms
+        p99 = _pct(got, 99)
+        lines += [
+            "",
+            f"### Search over {search.records:,} records (PostgreSQL)",
+            "",
+            f"{search.records:,} records of {search.agents:,} agents over 30 days, generated inside PostgreSQL "
+            f"({search.load_seconds:.0f} s with the indexes, then `VACUUM ANALYZE`). {len(got):,} searches through "
+            "`AccessLogRepository.search` (the path of `channelgate audit search` and the admin API) for a random "
+            "agent and a random one-day window, newest 100 first (index `ix_access_log_agent_time`). Baseline: the "
+            "same statement through bare asyncpg on one connection.",
+            "",
+            "| measured | searches | p50 ms | p95 ms | p99 ms | max ms |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| **search** | {len(got):,} | {_pct(got, 50):.1f} | {_pct(got, 95):.1f} | {p99:.1f} | {max(got):.1f} |",
+            f"| bare asyncpg (baseline) | {len(raw):,} | {_pct(raw, 50):.1f} | {_pct(raw, 95):.1f} | "
+            f"{_pct(raw, 99):.1f} | {max(raw):.1f} |",
+            "",
+            f"Rows per search: {min(search.rows_returned)}–{max(search.rows_returned)}. **p99 {p99:.1f} ms** "
+            f"(goal < 200 ms: {'meets' if p99 < 200 else '**misses**'} it).",
+        ]
+    return [*lines, ""]
+
+
+def _pct(values: list[float], percent: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(percent / 100 * len(ordered)) - 1))]
+
+
 def render(
     *,
     machine: dict[str, str],
@@ -263,6 +336,7 @@ def render(
     scim: ScimResult | None = None,
     scim_disable: ScimDisableResult | None = None,
     offboarding: OffboardingResult | None = None,
+    audit: AuditBenchResult | None = None,
     kept: dict[str, list[str]] | None = None,
 ) -> str:
     """The whole page; ``kept`` holds the previous page's sections (by heading number) of benchmarks skipped
@@ -295,14 +369,15 @@ def render(
     else:
         lines += kept.get("3", [])
     lines += offboarding_section(offboarding) if offboarding is not None else kept.get("4", [])
+    lines += audit_section(audit) if audit is not None else kept.get("5", [])
     lines += [
         "## Reproduce",
         "",
         "`make bench` (about 7 minutes), or `python -m bench.run --help` for durations, rounds and trial counts; "
         "`python -m bench.run --quick` is a one-minute smoke run. The sources are in `bench/`: `bare_proxy.py` "
         "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
-        "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`. A run with `--skip` keeps the skipped "
-        "sections of the previous page, marked with the date they were measured.",
+        "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`. A run with `--skip` keeps the "
+        "skipped sections of the previous page, marked with the date they were measured.",
         "",
     ]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.audit import AuditBenchResult, run_audit
 from bench.machine import describe
 from bench.nginx import Nginx
 from bench.offboarding import OffboardingResult, run_offboarding
@@ -31,6 +32,7 @@ from tests.components.postgres_server import PostgresServer
 from tests.components.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
+
 OUTPUT = ROOT / "docs" / "benchmarks.md"
 
 
@@ -48,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--offboard-agents", type=int, help="agents of the bulk offboarding (default 10000; quick 300)")
     parser.add_argument(
-        "--skip", choices=("throughput", "revocation", "scim", "offboarding"), action="append", default=[]
+        "--skip", choices=("throughput", "revocation", "scim", "offboarding", "audit"), action="append", default=[]
     )
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     scim: ScimResult | None = None
     scim_disable: ScimDisableResult | None = None
     offboarding: OffboardingResult | None = None
+    audit: AuditBenchResult | None = None
     try:
         nginx = Nginx()
         cleanups.append(nginx.close)
@@ -157,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
                 scim_replicas.stop()
         if "offboarding" not in args.skip:
             offboarding = run_offboarding(args.offboard_agents, max(100, args.offboard_agents // 10))
+        if "audit" not in args.skip:
+            audit = (
+                run_audit(write_records=5_000, strict_seconds=1.0, verify_records=20_000, search_records=200_000,
+                          search_queries=100)
+                if args.quick
+                else run_audit()
+            )  # fmt: skip
     finally:
         for cleanup in reversed(cleanups):
             try:
@@ -183,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         scim=scim,
         scim_disable=scim_disable,
         offboarding=offboarding,
+        audit=audit,
         kept=previous_sections(previous),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,14 @@ FAST_SETTINGS = {
     "max_connections": "200",
     "shared_buffers": "32MB",
 }
+#: A cluster that keeps what it committed across a power cut (the defaults), for benchmarks of durable writes.
+DURABLE_SETTINGS = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+}
 
 
 def find_bin_dir() -> Path:
@@ -54,8 +62,15 @@ class PostgresServer:
     """
 
     def __init__(
-        self, base_dir: Path, port: int | None = None, *, bin_dir: Path | None = None, startup_timeout: int = 30
+        self,
+        base_dir: Path,
+        port: int | None = None,
+        *,
+        bin_dir: Path | None = None,
+        startup_timeout: int = 30,
+        settings: dict[str, str] | None = None,
     ) -> None:
+        self.settings = FAST_SETTINGS if settings is None else settings
         self.base_dir = base_dir
         self.data_dir = base_dir / "data"
         self.log_path = base_dir / "postgres.log"
@@ -93,7 +108,7 @@ class PostgresServer:
             self._initdb()
         options = " ".join(
             ["-h", LOOPBACK, "-p", str(self.port), "-k", str(self.data_dir)]
-            + [f"-c {name}={value}" for name, value in FAST_SETTINGS.items()]
+            + [f"-c {name}={value}" for name, value in self.settings.items()]
         )
         try:
             run(
