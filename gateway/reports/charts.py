@@ -72,7 +72,9 @@ def columns(title: str, points: Sequence[tuple[str, int]]) -> Chart:
                 value_y=round(PLOT_HEIGHT - height + 4, 1),
             )
         )
-    labelled = frozenset(i for i in range(len(points)) if i % 7 == 0 or i == len(points) - 1)
+    last = len(points) - 1
+    # Every seventh day, and the last unless it would overlap the one before it.
+    labelled = frozenset(i for i in range(len(points)) if i % 7 == 0 or (i == last and last % 7 > 2))
     return Chart(title, WIDTH, PLOT_HEIGHT + 8 + AXIS, tuple(bars), "columns", top, labelled)
 
 

@@ -23,15 +23,21 @@ from gateway.reports.monthly import MonthlyReport
 _TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
+def _moment(value: str | None) -> str:
+    """An ISO time as the tables show it, to the second (the JSON keeps the microseconds)."""
+    return "" if not value else datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
 @cache
 def _env() -> Environment:
     # Autoescape everything, whatever the extension: a userName like ``<script>`` must print as text.
-    return Environment(
+    env = Environment(
         loader=FileSystemLoader(_TEMPLATES),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined,
-        trim_blocks=False,
     )
+    env.filters["moment"] = _moment
+    return env
 
 
 def report_css() -> str:
