@@ -69,14 +69,19 @@ def origin_of(url: str) -> str:
 def refuse_cross_site(headers: Mapping[str, str], public_origin: str) -> None:
     """Raise unless the browser's own metadata says the request came from the console's origin.
 
-    A client that sends neither header (not a browser, or a very old one) is left to the token check.
+    ``Sec-Fetch-Site`` decides when present: every current browser sends it and a page cannot forge it. Without
+    it, ``Origin`` must be the public origin. (``Origin`` alone cannot decide: under ``Referrer-Policy:
+    no-referrer``, which the console sends, Chromium sends ``Origin: null`` even on same-origin form posts.)
+    A client that sends neither (not a browser) is left to the token check.
     """
     site = headers.get("sec-fetch-site")
-    if site is not None and site != "same-origin":
-        raise CsrfRejected(
-            f"This request came from another site (Sec-Fetch-Site: {site[:40]}) and was refused. "
-            "Use the console's own buttons."
-        )
+    if site is not None:
+        if site != "same-origin":
+            raise CsrfRejected(
+                f"This request came from another site (Sec-Fetch-Site: {site[:40]}) and was refused. "
+                "Use the console's own buttons."
+            )
+        return
     origin = headers.get("origin")
     if origin is not None and (origin == "null" or origin_of(origin) != public_origin):
         raise CsrfRejected(

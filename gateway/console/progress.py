@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from gateway.deprovision.plan import RunState, StepState
@@ -25,7 +25,7 @@ def _receipt(record: AccessRecord) -> dict[str, Any]:
     detail = record.detail or {}
     return {
         "seq": record.seq,
-        "time": record.time.isoformat(),
+        "time": record.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
         "kind": record.kind,
         "channel": record.channel,
         "step": detail.get("step"),

@@ -201,6 +201,10 @@ CSRF_ATTACKS = [
     pytest.param({FIELD: "<mine>"}, {"Origin": "null"}, id="opaque Origin"),
     pytest.param({FIELD: "<mine>"}, {"Sec-Fetch-Site": "cross-site"}, id="Sec-Fetch-Site cross-site"),
     pytest.param({FIELD: "<mine>"}, {"Sec-Fetch-Site": "same-site"}, id="Sec-Fetch-Site same-site"),
+    pytest.param({FIELD: "<mine>"}, {"Sec-Fetch-Site": "none", "Origin": "null"}, id="Sec-Fetch-Site none"),
+    pytest.param(
+        {FIELD: "<mine>"}, {"Sec-Fetch-Site": "cross-site", "Origin": "http://127.0.0.1"}, id="cross-site, Origin lies"
+    ),
 ]
 
 
