@@ -80,17 +80,24 @@ class SyslogTransport:
         try:
             for line in lines:
                 writer.write(octet_counted(line))
-            # With a zero high-water mark, drain returns only when the transport handed every byte to the socket.
-            await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
+            await asyncio.wait_for(self._flushed(writer), SEND_TIMEOUT)
             await asyncio.sleep(SETTLE_SECONDS)
         except (OSError, TimeoutError) as exc:
             await self.close()
-            raise ForwardingFailed(
-                f"forwarder {self._name}: sending to {self._host}:{self._port} failed: {exc}"
-            ) from None
+            where, reason = f"{self._host}:{self._port}", str(exc) or type(exc).__name__
+            raise ForwardingFailed(f"forwarder {self._name}: sending to {where} failed: {reason}") from None
         if self._peer_closed or writer.is_closing():
             await self.close()
             raise ForwardingFailed(f"forwarder {self._name}: {self._host}:{self._port} closed the connection")
+
+    async def _flushed(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until the transport handed every byte to the socket (``drain`` alone only waits for the buffer to
+        fall below its high-water mark). A receiver that stops reading keeps this waiting: back-pressure."""
+        await writer.drain()
+        while writer.transport.get_write_buffer_size() > 0:
+            if self._peer_closed or writer.is_closing():
+                raise ConnectionResetError("the receiver closed the connection")
+            await asyncio.sleep(0.005)
 
     async def _connection(self) -> asyncio.StreamWriter:
         if self._writer is not None and (self._peer_closed or self._writer.is_closing()):
@@ -113,7 +120,6 @@ class SyslogTransport:
             raise ForwardingFailed(
                 f"forwarder {self._name}: cannot connect to {self._host}:{self._port}: {exc or 'timed out'}"
             ) from None
-        writer.transport.set_write_buffer_limits(high=0)
         self._writer, self._peer_closed = writer, False
         self._watcher = asyncio.create_task(self._watch(reader), name=f"channelgate-forwarder-{self._name}-peer")
         return writer
