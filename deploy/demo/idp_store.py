@@ -57,7 +57,7 @@ ACCOUNTS: dict[str, Account] = {
     for account in (
         Account("alice", "Alice Agent", ("chat-agents", "phone-agents", "mail-agents", "supervisors")),
         Account("bob", "Bob Agent", ("chat-agents",)),
-        Account("carol", "Carol Agent", ("phone-agents", "mail-agents")),
+        Account("carol", "Carol Agent", ("phone-agents", "mail-agents", "security-reviewers")),
     )
 }
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.demo.directory import provision
 from deploy.demo.idp_store import ACCOUNTS
+from gateway.audit.checkpoints import generate_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "channelgate-demo"
@@ -58,6 +59,7 @@ def _write_config(layout: Layout, client_secret: str, admin_token: str) -> Path:
     )
     key_file.chmod(0o600)
     vault_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    checkpoint_key, _ = generate_key()
     config = state / "channelgate.toml"
     config.write_text(
         f"""# Written by `make demo`: development only, plain HTTP on loopback.
@@ -90,6 +92,19 @@ keys = {{ demo-1 = "{vault_key}" }}
 
 [admin]
 tokens = ["{admin_token}"]
+
+# The access log's chain: checkpoints signed with a fresh demo key, written beside the database (in production:
+# on storage the database cannot reach, or an HTTPS collector).
+[audit.checkpoints]
+sink = "file://{state / "audit-checkpoints.jsonl"}"
+signing_keys = {{ demo-ck1 = "{checkpoint_key}" }}
+active_key = "demo-ck1"
+interval_seconds = 30
+
+# The web console at /.channelgate/console: carol reviews, alice (a supervisor) administers.
+[console]
+reviewer_groups = ["security-reviewers"]
+admin_groups = ["supervisors"]
 
 [channels.chat]
 display_name = "Chat console"
@@ -271,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
 
      (the PATCH answers only after his sessions are gone; the channel steps follow in the pipeline.)
   5. The access log:  CHANNELGATE_CONFIG={config} .venv/bin/channelgate audit tail -n 30
+     Prove nobody edited it (every record chained, checkpoints signed outside the database):
+                         CHANNELGATE_CONFIG={config} .venv/bin/channelgate audit verify
+  6. The web console: {base_url}/.channelgate/console — sign in as carol (security reviewer: log search, agent
+     reports, the PIPA monthly review) or alice (admin: live sessions, deprovisioning, dead letters).
 
   Ctrl-C stops everything.
 """,

@@ -57,7 +57,8 @@ class Sealer:
         self._next_retention = time.monotonic() + 60
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._last_checkpoint = time.monotonic()
+        #: The first pass signs a checkpoint at once: a restart leaves a signed head behind before new records.
+        self._last_checkpoint = time.monotonic() - settings.checkpoints.interval_seconds
         #: A checkpoint is waiting for the sink (checked at start, set when a delivery fails).
         self._undelivered = True
 

@@ -113,6 +113,12 @@ def test_the_demo_starts_and_its_printed_commands_end_access_at_every_channel(de
             assert re.search(rf"{channel}\s+{step}\s+done", ran.stdout), ran.stdout
         assert alice.get(demo.url + "/chat/", headers={"Accept": "application/json"}).status_code == 401
 
+        verify = re.search(r"CHANNELGATE_CONFIG=\S+ \.venv/bin/channelgate audit verify", printed)
+        assert verify is not None, printed
+        ran = _run(verify.group(0))
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert ran.stdout.startswith("OK: ") and "signed checkpoint" in ran.stdout
+
     demo.process.stop()
     assert not demo.process.running
     with pytest.raises(httpx.TransportError):

@@ -155,7 +155,7 @@ async def test_code_flow_with_pkce_yields_an_id_token_bound_to_the_nonce(
 
 @pytest.mark.parametrize(
     ("username", "groups"),
-    [("bob", ["chat-agents"]), ("carol", ["phone-agents", "mail-agents"])],
+    [("bob", ["chat-agents"]), ("carol", ["phone-agents", "mail-agents", "security-reviewers"])],
 )
 async def test_each_demo_account_gets_its_own_groups_and_name(
     issuer: str, browser: httpx.AsyncClient, username: str, groups: list[str]
@@ -241,7 +241,7 @@ async def test_userinfo_answers_the_access_token_and_refuses_without_one(
     access_token = (await tokens(issuer, callback, login.verifier))["access_token"]
     async with httpx.AsyncClient() as client:
         info = (await client.get(f"{issuer}/userinfo", headers={"Authorization": f"Bearer {access_token}"})).json()
-        assert (info["preferred_username"], info["groups"]) == ("carol", ["phone-agents", "mail-agents"])
+        assert (info["preferred_username"], info["groups"]) == ("carol", ["phone-agents", "mail-agents", "security-reviewers"])
         assert (await client.get(f"{issuer}/userinfo")).status_code == 401
 
 
