@@ -1,31 +1,20 @@
-"""The evidence the console shows but does not compute: reports (``gateway/reports``) and the chain's status
-(``gateway/audit/status.py``). The chain's page says plainly when its source is not available in this build."""
+"""The evidence the console shows but does not compute: the reports (``gateway/reports``) and the chain's status
+(``gateway/audit/status.py``)."""
 
 from __future__ import annotations
 
-import importlib
 import re
 from datetime import UTC, datetime
-from types import ModuleType
-from typing import Any
 
 from markupsafe import Markup
 
+from gateway.audit import status as audit_status
 from gateway.reports.agent import build_agent_report
 from gateway.reports.monthly import build_monthly_report
 from gateway.reports.render import render_agent_html, render_monthly_html
 from gateway.services import Services
 
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
-
-
-def _module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and name.startswith(exc.name):
-            return None
-        raise
 
 
 def previous_month() -> str:
@@ -51,10 +40,6 @@ async def monthly_report_html(services: Services, month: str) -> Markup:
     return Markup(render_monthly_html(report, standalone=False))  # noqa: S704
 
 
-async def chain_status(services: Services) -> dict[str, Any] | None:
-    """The tamper-evident chain's status (head, unsealed records, last checkpoint), or None when not built."""
-    status = _module("gateway.audit.status")
-    if status is None:
-        return None
-    result: dict[str, Any] = await status.chain_status(services)
-    return result
+async def chain_status(services: Services) -> dict[str, object]:
+    """The tamper-evident chain's status: head, records waiting for the sealer, the last checkpoint, the anchor."""
+    return await audit_status.chain_status(services)

@@ -44,7 +44,7 @@ async def find_agent(call: Call, identifier: str) -> Agent:
 
 
 async def index(call: Call) -> Response:
-    return page("index.html", **call.context(nav="home", chain=await evidence.chain_status(call.services)))
+    return page("index.html", **call.context(nav="home"))
 
 
 async def _resolve_agent(call: Call, form: SearchForm) -> tuple[str | None, str | None]:

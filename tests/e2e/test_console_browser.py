@@ -134,6 +134,9 @@ async def test_a_reviewer_searches_the_log_opens_an_agents_report_and_cannot_rea
     await page.wait_for_selector("text=Offboarding evidence: alice")
     assert await page.locator("#report .cg-report").count() == 1
     await _shot(page, "04-reviewer-agent-report")
+    await page.click("text=Chain status")
+    await page.wait_for_selector("#chain-head")
+    await _shot(page, "04b-reviewer-chain-status")
 
     for path in ("/dead-letters", f"/agents/{alice.id}/deprovision"):
         response = await page.goto(stack.url + CONSOLE + path)

@@ -387,3 +387,17 @@ async def test_a_reviewer_opens_an_agents_offboarding_report_and_the_monthly_rev
         assert refused.status_code == 400 and "YYYY-MM" in refused.text
     unknown = await rita.get(gateway.url + CONSOLE + "/reports/agent", params={"agent": "nobody-here"})
     assert unknown.status_code == 404
+
+
+async def test_a_reviewer_sees_the_chains_sealed_head_and_how_many_records_wait_for_the_sealer(
+    gateway: Deployment,
+) -> None:
+    rita = await _signed_in(gateway, "rita")
+    await gateway.services.audit.flush()
+    head = await gateway.services.sealer.seal_all()
+    page = await rita.get(gateway.url + CONSOLE + "/chain")
+    assert page.status_code == 200
+    shown = re.search(r'id="chain-head">(\d+)<', page.text)
+    assert shown is not None and int(shown.group(1)) >= head.chain_pos > 0
+    assert re.search(r'id="chain-unsealed"[^>]*>\d+ record', page.text)
+    assert 'id="chain-checkpoint">none yet' in page.text  # no checkpoint key in this deployment
