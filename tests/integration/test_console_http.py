@@ -8,6 +8,7 @@ a console role.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from pydantic import AnyHttpUrl
+from sqlalchemy import text
 
 from gateway.console.csrf import FIELD, csrf_key, token_for
 from gateway.console.render import CONTENT_SECURITY_POLICY, HSTS, security_headers
@@ -401,3 +403,49 @@ async def test_a_reviewer_sees_the_chains_sealed_head_and_how_many_records_wait_
     assert shown is not None and int(shown.group(1)) >= head.chain_pos > 0
     assert re.search(r'id="chain-unsealed"[^>]*>\d+ record', page.text)
     assert 'id="chain-checkpoint">none yet' in page.text  # no checkpoint key in this deployment
+
+
+@contextlib.asynccontextmanager
+async def _log_refuses(gateway: Deployment, kind: str) -> AsyncIterator[None]:
+    """The database refuses to store access records of ``kind`` (a SQLite trigger: a real failed write)."""
+    name = f"refuse_{kind}"
+    async with gateway.services.database.engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE INSERT ON access_log WHEN NEW.kind = '{kind}' "
+                "BEGIN SELECT RAISE(ABORT, 'access log unavailable'); END"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with gateway.services.database.engine.begin() as conn:
+            await conn.execute(text(f"DROP TRIGGER {name}"))
+
+
+async def _admin_post(gateway: Deployment, admin: httpx.AsyncClient, path: str, **data: str) -> httpx.Response:
+    form = await admin.get(gateway.url + CONSOLE + path.removesuffix("/sessions/end"))
+    return await admin.post(gateway.url + CONSOLE + path, data={FIELD: _token(form), **data})
+
+
+async def test_sessions_are_not_ended_when_the_actions_record_cannot_be_written(gateway: Deployment) -> None:
+    carol = await gateway.login("carol")
+    carol_id = await _agent_id(gateway, "carol")
+    adam = await _signed_in(gateway, "adam")
+    async with _log_refuses(gateway, "console_sessions_end"):
+        response = await _admin_post(gateway, adam, f"/agents/{carol_id}/sessions/end")
+    assert response.status_code >= 500  # fail closed: refused, whatever the database said
+    assert (await carol.get(gateway.url + "/phone/echo")).status_code == 200
+
+
+async def test_an_agent_is_not_deprovisioned_when_the_disable_record_cannot_be_written(gateway: Deployment) -> None:
+    dora = await gateway.login("dora")
+    dora_id = await _agent_id(gateway, "dora")
+    adam = await _signed_in(gateway, "adam")
+    async with _log_refuses(gateway, "deprovision"):
+        response = await _admin_post(gateway, adam, f"/agents/{dora_id}/deprovision", reason="strict")
+    assert response.status_code >= 500  # fail closed: refused, whatever the database said
+    agent = await gateway.services.agents.get(dora_id)
+    assert agent is not None and agent.active
+    assert await gateway.services.pipeline.runs_of_agent(dora_id) == []
+    assert (await dora.get(gateway.url + "/chat/echo")).status_code == 200
