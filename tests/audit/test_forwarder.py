@@ -287,6 +287,24 @@ async def test_stopping_delivers_what_is_sealed_and_the_next_start_resumes_at_th
     assert syslog_positions(receiver.messages) == list(range(1, 126))
 
 
+async def test_unsealed_records_wait_for_the_sealer_and_go_out_once_sealed(sqlite_engine: AsyncEngine) -> None:
+    receiver = SyslogReceiver(None)
+    await receiver.start()
+    repository = AccessLogRepository(sqlite_engine)
+    forwarder, _ = build(sqlite_engine, f"syslog+tcp://{HOST}:{receiver.port}")
+    try:
+        await repository.append([AccessRecord(time=T0, kind="login", agent_name=f"a{n}") for n in range(3)])
+        assert await forwarder.forward_once() == 0
+        await ChainStore(sqlite_engine).seal(100)
+        assert await forwarder.forward_once() == 3
+        assert await forwarder.forward_once() == 0
+    finally:
+        repository.close()
+        await forwarder.stop()
+        await receiver.stop()
+    assert syslog_positions(receiver.messages) == [1, 2, 3]
+
+
 def _sealed(*positions: int) -> list[AccessRecord]:
     return [AccessRecord(time=T0, kind="request", chain_pos=p) for p in positions]
 
