@@ -81,6 +81,13 @@ class ForwarderSettings(Section):
             raise ValueError("a syslog url needs a port (RFC 5425's is 6514)")
         return value
 
+    @model_validator(mode="after")
+    def _token_over_tls(self) -> ForwarderSettings:
+        # The token and the records (personal data) would cross the network in clear text.
+        if self.token is not None and not self.url.startswith("https://"):
+            raise ValueError("a forwarder token is only sent over https://")
+        return self
+
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
