@@ -41,6 +41,10 @@
       ...progress.receipts.map((r) => row(RECEIPT_FIELDS.map((f) => (f === "step" ? r.step || r.kind : r[f]))))
     );
     root.dataset.finished = progress.finished ? "yes" : "no";
+    const retry = document.getElementById("retry-form");
+    if (retry) {
+      retry.hidden = !(progress.finished && progress.trouble);
+    }
     document.getElementById("live").textContent = progress.finished
       ? "Finished."
       : "Live: this page updates as the channels answer.";

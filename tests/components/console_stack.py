@@ -4,7 +4,7 @@ and the gateway in this process with ``[console]`` configured, so a deprovisioni
 reaches the consoles and its receipts really arrive.
 
 Accounts: ``rita`` (security reviewer), ``adam`` (console admin); ``alice``, ``bob`` and ``carol`` are directory
-agents (alice's manager is carol) with access at every channel once ``give_access`` ran.
+agents (alice's manager is carol) with access at every channel once ``give_access`` ran; alice can also sign in.
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ def console_account(name: str, *groups: str) -> OidcAccount:
     return OidcAccount(f"{name}-sub", name, DEMO_PASSWORD, f"{name}@example.com", name.title(), groups)
 
 
-CONSOLE_ACCOUNTS = (console_account("rita", REVIEWER_GROUP), console_account("adam", ADMIN_GROUP))
+#: alice's login links to her directory agent (userName = preferred_username); her groups come from the directory.
+CONSOLE_ACCOUNTS = (
+    console_account("rita", REVIEWER_GROUP),
+    console_account("adam", ADMIN_GROUP),
+    console_account("alice"),
+)
 
 ProviderStarter = Callable[..., OidcProvider]
 

@@ -161,12 +161,15 @@ async def test_an_admin_deprovisions_an_agent_watches_receipts_arrive_and_retrie
     await stack.give_access("alice")
     phone = stack.offboarding.consoles["phone"]
     phone.faults.set("unavailable")  # the phone console is down: its steps retry, then go dead
+    alice_page = await browser.new_page()
+    await _sign_in(alice_page, stack.url + "/", "alice")
     page = await browser.new_page()
     await _sign_in(page, stack.url + CONSOLE + "/agents", "adam")
     assert await page.inner_text("#role") == "admin"
     await page.click("table.agents a:text-is('alice')")
     await page.wait_for_selector("#deprovision-link")
-    await _shot(page, "06-admin-agent")
+    assert await page.locator("table.sessions tbody tr").count() == 1  # alice's browser session
+    await _shot(page, "06-admin-agent-with-live-session")
     await page.click("#deprovision-link")
     await page.fill("input[name=reason]", "left the company")
     await page.fill("input[name=successor]", "bob")
@@ -190,6 +193,9 @@ async def test_an_admin_deprovisions_an_agent_watches_receipts_arrive_and_retrie
     await _shot(page, "09-admin-run-phone-retrying")
     await _until(lambda: _states_are(page, {"attention"}))
     await _shot(page, "10-admin-run-attention")
+    assert await page.is_visible("#retry")  # shown by the live view once the run needs attention
+    await alice_page.reload()
+    await alice_page.wait_for_selector("text=Your access has ended")
     assert await page.evaluate("window.sameDocument === true")  # updated in place by the live view
     assert await receipts.count() > first_count
     receipt_rows = await receipts.all_inner_texts()
