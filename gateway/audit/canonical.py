@@ -53,14 +53,20 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=
 def canonical_time(moment: datetime | str) -> str:
     """RFC 3339 in UTC with microseconds, from an aware datetime or SQLite's naive UTC text."""
     if isinstance(moment, str):
+        if len(moment) == 26 and moment[10] == " ":  # SQLAlchemy's SQLite DATETIME text, already UTC
+            return f"{moment[:10]}T{moment[11:]}Z"
         moment = datetime.fromisoformat(moment)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    elif moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def canonical_detail(detail: Any) -> Any:
     """``detail`` as a value: SQLite hands back JSON text, PostgreSQL a decoded value."""
+    if detail is None or detail == "null":
+        return None
     if isinstance(detail, str | bytes):
         return json.loads(detail)
     return detail

@@ -118,6 +118,7 @@ class Sealer:
         except ChannelgateError as exc:
             log.error("final seal of the access log failed (the next start seals it): %s", exc.message)
         finally:
+            self.store.close()
             if self._sink is not None:
                 await self._sink.aclose()
 

@@ -14,6 +14,8 @@ Only the checkpoints read from outside the database (the sink's file) are truste
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,15 +167,27 @@ async def verify_chain(
     cutoff = canonical_time(retention_cutoff) if retention_cutoff is not None else None
     expected = start_after + 1
     last_seq: int | None = None
-    while expected <= until:
-        rows = await store.rows_after(expected - 1, until, PAGE)
+    # The next page is read while this one is hashed (aiosqlite reads in its own thread; PostgreSQL computes).
+    upcoming: asyncio.Future[list[Sequence[Any]]] | None = (
+        asyncio.ensure_future(store.rows_after(expected - 1, until, PAGE)) if expected <= until else None
+    )
+    while upcoming is not None:
+        rows = await upcoming
+        upcoming = None
         if not rows:
             break
+        last = int(rows[-1][_POS])
+        if last < until:
+            upcoming = asyncio.ensure_future(store.rows_after(last, until, PAGE))
         for row in rows:
             pos, seq = int(row[_POS]), int(row[_SEQ])
             found = _check(row, pos, expected, prev, signed, cutoff)
             if found is not None:
                 report.problem = Problem(found, seq=seq, chain_pos=pos)
+                if upcoming is not None:
+                    upcoming.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await upcoming
                 return report
             if not vouched and row[_KIND] == PURGE_KIND and anchor is not None:
                 detail = canonical_detail(row[_DETAIL]) or {}

@@ -39,9 +39,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         database = Database.from_settings(settings.database)
+        store = ChainStore(database.engine)
         try:
             report = await verify_chain(
-                ChainStore(database.engine),
+                store,
                 lines,
                 signer.trusted,
                 from_seq=args.from_seq,
@@ -49,6 +50,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 retention_cutoff=cutoff,
             )
         finally:
+            store.close()
             await database.dispose()
         if args.json:
             print_json(report.as_dict())

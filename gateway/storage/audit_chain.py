@@ -9,6 +9,9 @@ columns. Rows are read as the driver returns them (``text()`` statements: no typ
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +25,7 @@ from gateway.storage._time import from_db, to_db
 from gateway.storage.access_log import AccessRecord, insert_row
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import access_log, audit_anchor, audit_checkpoints
+from gateway.storage.sqlite_batches import sqlite_file
 
 #: pg_advisory_xact_lock key of the chain (any constant unique to channelgate: "cg" "ch" "ai" "n").
 _PG_CHAIN_LOCK = 0x63676368_61696E
@@ -36,6 +40,12 @@ _BY_POS = text(
     f"SELECT {_ROW_COLUMNS} FROM access_log WHERE chain_pos > :after AND chain_pos <= :until "  # noqa: S608 - our column names
     "ORDER BY chain_pos LIMIT :limit"
 )
+_BY_POS_SQL = (
+    f"SELECT {_ROW_COLUMNS} FROM access_log WHERE chain_pos > {{0}} AND chain_pos <= {{1}} "  # noqa: S608 - our column names
+    "ORDER BY chain_pos LIMIT {2}"
+)
+_BY_POS_SQLITE = _BY_POS_SQL.format("?", "?", "?")
+_BY_POS_PG = _BY_POS_SQL.format("$1", "$2", "$3")
 _POS_OF_SEQ = text("SELECT chain_pos FROM access_log WHERE seq = :seq")
 _FIRST_SEALED = text("SELECT MIN(chain_pos) FROM access_log WHERE chain_pos IS NOT NULL")
 _UNSEALED_COUNT = text("SELECT COUNT(*), MIN(time) FROM access_log WHERE chain_pos IS NULL")
@@ -90,6 +100,9 @@ class ChainStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._sqlite_path = sqlite_file(engine.url)
+        self._sqlite_reader: sqlite3.Connection | None = None
+        self._sqlite_lock = threading.Lock()
 
     async def _lock(self, conn: AsyncConnection) -> None:
         if self._postgres:
@@ -135,9 +148,36 @@ class ChainStore:
         return int(count), from_db(datetime.fromisoformat(oldest) if isinstance(oldest, str) else oldest)
 
     async def rows_after(self, after: int, until: int, limit: int) -> list[Sequence[Any]]:
-        """Sealed rows with ``after < chain_pos <= until``, in chain order, as the driver returns them."""
+        """Sealed rows with ``after < chain_pos <= until``, in chain order, as the driver returns them.
+
+        A verification reads every row of the log, so this skips SQLAlchemy's result rows: ``sqlite3`` in a
+        worker thread on a read-only connection, or asyncpg's own ``fetch`` (the same values either way)."""
+        if self._sqlite_path is not None:
+            return await asyncio.to_thread(self._sqlite_rows, after, until, limit)
         async with read_transaction(self._engine) as conn:
+            if self._postgres:
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                return list(await driver.fetch(_BY_POS_PG, after, until, limit))
             return list((await conn.execute(_BY_POS, {"after": after, "until": until, "limit": limit})).all())
+
+    def _sqlite_rows(self, after: int, until: int, limit: int) -> list[Sequence[Any]]:
+        with self._sqlite_lock:
+            if self._sqlite_reader is None:
+                reader = sqlite3.connect(f"file:{self._sqlite_path}?mode=ro", uri=True, check_same_thread=False)
+                self._sqlite_reader = reader
+            cursor = self._sqlite_reader.execute(_BY_POS_SQLITE, (after, until, limit))
+            try:
+                return cursor.fetchall()
+            finally:
+                cursor.close()
+
+    def close(self) -> None:
+        """Close the direct SQLite reader (the engine is closed by its owner)."""
+        with self._sqlite_lock:
+            if self._sqlite_reader is not None:
+                self._sqlite_reader.close()
+                self._sqlite_reader = None
 
     async def position_of(self, seq: int) -> int | None:
         async with read_transaction(self._engine) as conn:

@@ -107,4 +107,5 @@ async def chain_on(
         yield Chain(database, repository, store, sealer, path, signer)
     finally:
         repository.close()
+        store.close()
         await database.dispose()
