@@ -160,6 +160,9 @@ class Forwarder:
         while True:
             try:
                 if not await self._lease.hold():
+                    # Another replica forwards: only the holder reports the lag, so no stale value lingers here.
+                    with contextlib.suppress(KeyError):
+                        self._metrics.lag.remove(self.name)
                     if self._stopping.is_set():
                         return
                     await self._pause(self._timing.lease_retry_seconds)

@@ -29,6 +29,7 @@ from gateway.cli.common import Subparsers, settings_of
 from gateway.errors import BadRequest
 from gateway.storage.access_log import AccessRecord
 
+BACKSLASH = "\\"
 _SHOWN = (
     "seq",
     "time",
@@ -60,7 +61,7 @@ def _line(record: AccessRecord) -> str:
     for name in _SHOWN:
         value = getattr(record, name)
         if value is not None:
-            parts.append(f"{name}={visible(str(value).replace(chr(92), chr(92) * 2))}")
+            parts.append(f"{name}={visible(str(value).replace(BACKSLASH, BACKSLASH * 2))}")
     return " ".join(parts)
 
 

@@ -77,7 +77,7 @@ def build(
         url=url,
         format=fmt,
         ca_file=str(ca_file) if ca_file else None,
-        token=SecretStr(TOKEN),
+        token=SecretStr(TOKEN) if url.startswith("https://") else None,
         batch_size=batch,
     )
     registry = CollectorRegistry()
@@ -307,6 +307,11 @@ async def test_unsealed_records_wait_for_the_sealer_and_go_out_once_sealed(sqlit
 
 def _sealed(*positions: int) -> list[AccessRecord]:
     return [AccessRecord(time=T0, kind="request", chain_pos=p) for p in positions]
+
+
+def test_a_forwarder_token_is_refused_outside_https() -> None:
+    with pytest.raises(ValueError, match="only sent over https"):
+        ForwarderSettings(name="siem", url="syslog+tcp://siem.example:514", token=SecretStr(TOKEN))
 
 
 def test_a_batch_stops_at_the_first_gap_and_a_gap_at_the_cursor_waits_unless_retention_purged_it() -> None:

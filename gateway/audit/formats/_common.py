@@ -38,6 +38,12 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, in integers (a float product can land one millisecond short)."""
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
 def product_version() -> str:
     try:
         return metadata.version("channelgate")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from gateway.audit.formats._common import PRODUCT, VERSION, Level, level, outcome, visible
+from gateway.audit.formats._common import PRODUCT, VERSION, Level, epoch_ms, level, outcome, visible
 from gateway.audit.formats.jsonl import dumps
 from gateway.storage.access_log import AccessRecord
 
@@ -105,7 +105,7 @@ class Cef:
 
     def extension(self, record: AccessRecord) -> list[tuple[str, str]]:
         """The (key, value) pairs, in a fixed order, values not yet escaped."""
-        pairs: list[tuple[str, str]] = [("rt", str(int(record.time.timestamp() * 1000)))]
+        pairs: list[tuple[str, str]] = [("rt", str(epoch_ms(record.time)))]
         if record.source_ip is not None:
             pairs += _address(record.source_ip)
         text = (

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.formats._common import PRODUCT, VERSION, Level, failed, level, outcome
+from gateway.audit.formats._common import PRODUCT, VERSION, Level, epoch_ms, failed, level, outcome
 from gateway.audit.formats.jsonl import dumps
 from gateway.storage.access_log import AccessRecord
 
@@ -124,7 +124,7 @@ def event(record: AccessRecord) -> dict[str, Any]:
         "status_id": status_id,
         "status": status,
         "status_detail": record.reason,
-        "time": int(record.time.timestamp() * 1000),
+        "time": epoch_ms(record.time),
         "message": record.kind if not failed(record) else f"{record.kind}: {record.decision or 'failed'}",
         "metadata": _drop_none(
             {
