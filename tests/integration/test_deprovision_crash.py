@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.audit.verify import verify_chain
 from gateway.deprovision.plan import RunState, StepState
 from gateway.services import open_core
 from gateway.settings import load_settings
@@ -116,6 +117,12 @@ async def test_sigkill_during_100_concurrent_deprovisions_loses_nothing_and_repe
                     if r.kind == "deprovision_step" and r.decision == "done" and r.detail
                 )
                 assert set(done.values()) == {1} and len(done) == 1000
+                # The access log's chain survived the kills (issue 5): every committed record is chained once,
+                # in one unbroken chain, sealing passes cut by SIGKILL included.
+                head = await core.sealer.seal_all()
+                report = await verify_chain(core.sealer.store, None, {})
+                assert report.ok, report.problem
+                assert report.checked == head.chain_pos == len(records) and report.unsealed == 0
             finally:
                 await core.close()
         finally:
