@@ -116,6 +116,16 @@ class SyslogReceiver:
         self._server = None
         self.sock.close()
 
+    def pause(self) -> None:
+        """Stop reading (a SIEM that cannot keep up): the sender's bytes pile up in the kernel, then in its own
+        buffer, and its writes must wait."""
+        for writer in self._writers:
+            writer.transport.pause_reading()
+
+    def resume(self) -> None:
+        for writer in self._writers:
+            writer.transport.resume_reading()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)

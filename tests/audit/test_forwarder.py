@@ -305,6 +305,36 @@ async def test_unsealed_records_wait_for_the_sealer_and_go_out_once_sealed(sqlit
     assert syslog_positions(receiver.messages) == [1, 2, 3]
 
 
+async def test_a_receiver_that_stops_reading_holds_the_forwarder_at_one_batch_in_flight(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    receiver = SyslogReceiver(None)
+    await receiver.start()
+    big = "p" * 100_000  # 100 kB a record: the kernel's socket buffers fill after a few dozen
+    repository = AccessLogRepository(sqlite_engine)
+    await repository.append([AccessRecord(time=T0, kind="request", path=f"/{n}/{big}") for n in range(400)])
+    repository.close()
+    await ChainStore(sqlite_engine).seal(1000)
+    forwarder, _ = build(sqlite_engine, f"syslog+tcp://{HOST}:{receiver.port}", batch=10)
+    store = ForwarderStore(sqlite_engine)
+    forwarder.start()
+    try:
+        await until(lambda: len(receiver.messages) >= 10)
+        receiver.pause()
+        await asyncio.sleep(1.0)
+        held = await store.cursor("siem")
+        await asyncio.sleep(1.0)
+        assert await store.cursor("siem") == held < 400  # no progress while the receiver does not read
+        buffered = forwarder._transport._writer.transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        assert buffered <= 10 * 100_200  # at most the one batch in flight, never the backlog
+        receiver.resume()
+        await until(lambda: contiguous_prefix(syslog_positions(receiver.messages)) == 400)
+    finally:
+        await forwarder.stop()
+        await receiver.stop()
+    assert sorted(set(syslog_positions(receiver.messages))) == list(range(1, 401))
+
+
 def _sealed(*positions: int) -> list[AccessRecord]:
     return [AccessRecord(time=T0, kind="request", chain_pos=p) for p in positions]
 
