@@ -138,9 +138,6 @@ class Forwarder:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"channelgate-forwarder-{self.name}")
 
-    def wake(self) -> None:
-        self._wakeup.set()
-
     async def stop(self, flush_seconds: float = STOP_FLUSH_SECONDS) -> None:
         """Deliver what is sealed (for at most ``flush_seconds``), then close. The cursor is in the database after
         every batch, so whatever is left is sent by the next start."""
@@ -174,7 +171,8 @@ class Forwarder:
                         return
                     await self._pause(self._timing.poll_seconds)
             except Exception as exc:  # anything: a forwarder that dies quietly would stop the SIEM's feed
-                message = exc.message if isinstance(exc, ChannelgateError) else repr(exc)
+                # Our errors say what to do and carry no secret; anything else is named by type only.
+                message = exc.message if isinstance(exc, ChannelgateError) else f"unexpected {type(exc).__name__}"
                 failures += 1
                 self._metrics.failures.labels(self.name).inc()
                 await self._transport.close()
@@ -186,7 +184,7 @@ class Forwarder:
                 await self._pause(delay)
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep, unless woken (new records) or stopped; a stop ends the pause so the final flush starts now."""
+        """Sleep, unless stopped: a stop ends the pause (and every later one) so the final flush starts now."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), seconds)
         self._wakeup.clear()
