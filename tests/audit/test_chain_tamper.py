@@ -193,3 +193,14 @@ async def test_records_committing_out_of_seq_order_are_chained_in_commit_order(
         rows = await chain.sql("SELECT agent_name FROM access_log ORDER BY chain_pos")
         assert [name for (name,) in rows] == ["fast", "slow"]
         assert (await chain.verify()).ok
+
+
+@pytest.mark.postgres
+async def test_the_same_record_hashes_the_same_on_sqlite_and_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    hashes = []
+    for url in (postgres_url, f"sqlite+aiosqlite:///{tmp_path}/same.db"):
+        async with chain_on(url, tmp_path / url.split(":")[0]) as chain:
+            await chain.write([record(7, detail={"b": [1, {"c": None}], "a": "é\u2028"}, reason="x|y=z\r\n")])
+            await chain.sealer.seal_all()
+            hashes.append(await chain.sql("SELECT content_hash FROM access_log"))
+    assert hashes[0] == hashes[1]
