@@ -13,6 +13,9 @@
   backslash before any other character as text, §6.3.3), so a value can never close the element or the line.
 - MSG is a one-line summary, UTF-8 without a BOM (MSG-ANY, §6.4), control characters made visible the same way.
   Consumers should read the structured data; the summary is for people.
+- No value is shortened, so a record with a long path or detail exceeds the 2048 octets every receiver must
+  accept (RFC 5425 §4.3.1): raise the receiver's maximum message size (rsyslog ``$MaxMessageSize``, syslog-ng
+  ``log-msg-size``) rather than lose the end of a record.
 """
 
 from __future__ import annotations
