@@ -31,6 +31,27 @@ _WEEKDAYS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 
 
 
 @dataclass(frozen=True, slots=True)
+class AfterHours:
+    agent_id: str | None
+    agent_name: str | None
+    day: str
+    channel: str | None
+    requests: int
+    downloads: int
+    first: datetime
+    last: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTotals:
+    channel: str | None
+    requests: int
+    downloads: int
+    denied: int
+    agents: int
+
+
+@dataclass(frozen=True, slots=True)
 class AgentTotals:
     agent_id: str | None
     agent_name: str | None
@@ -49,12 +70,12 @@ class MonthlyReport:
     disabled_access_total: int
     outbound: tuple[AccessRecord, ...]
     outbound_total: int
-    after_hours: tuple[q.AfterHours, ...]
+    after_hours: tuple[AfterHours, ...]
     outliers: tuple[Outlier, ...]
     #: Every local day of the month: (day, requests, downloads).
     per_day: tuple[tuple[str, int, int], ...]
     per_agent: tuple[AgentTotals, ...]
-    per_channel: tuple[q.ChannelTotals, ...]
+    per_channel: tuple[ChannelTotals, ...]
 
     def as_dict(self) -> dict[str, object]:
         review = self.review
@@ -133,50 +154,54 @@ class MonthlyReport:
         }
 
 
-def _merge_days(rows: Iterable[q.AgentDay]) -> list[q.AgentDay]:
-    """Rows of the same agent and day from two stretches of offset (a DST change) added up."""
-    merged: dict[tuple[str | None, str], q.AgentDay] = {}
+def _days(rows: Iterable[q.Activity]) -> list[q.AgentDay]:
+    """Per agent and local day, whatever the channel or hour (two stretches of offset, a DST change, add up)."""
+    merged: dict[tuple[str | None, str], list[int]] = {}
+    names: dict[str | None, str | None] = {}
     for row in rows:
-        key = (row.agent_id, row.day)
-        seen = merged.get(key)
-        merged[key] = (
-            row
-            if seen is None
-            else q.AgentDay(
-                row.agent_id,
-                seen.agent_name or row.agent_name,
-                row.day,
-                seen.requests + row.requests,
-                seen.downloads + row.downloads,
-                seen.denied + row.denied,
-            )
-        )
-    return list(merged.values())
+        counts = merged.setdefault((row.agent_id, row.day), [0, 0, 0])
+        counts[0] += row.requests
+        counts[1] += row.downloads
+        counts[2] += row.denied
+        names[row.agent_id] = names.get(row.agent_id) or row.agent_name
+    return [q.AgentDay(agent, names[agent], day, n, out, denied) for (agent, day), (n, out, denied) in merged.items()]
 
 
-def _merge_after_hours(rows: Iterable[q.AfterHours]) -> list[q.AfterHours]:
-    merged: dict[tuple[str | None, str, str | None], q.AfterHours] = {}
+def _after_hours(rows: Iterable[q.Activity]) -> list[AfterHours]:
+    merged: dict[tuple[str | None, str, str | None], AfterHours] = {}
     for row in rows:
+        if not row.after_hours:
+            continue
         key = (row.agent_id, row.day, row.channel)
         seen = merged.get(key)
-        merged[key] = (
-            row
-            if seen is None
-            else q.AfterHours(
-                row.agent_id,
-                seen.agent_name or row.agent_name,
-                row.day,
-                row.channel,
-                seen.requests + row.requests,
-                seen.downloads + row.downloads,
-                min(seen.first, row.first),
-                max(seen.last, row.last),
-            )
+        merged[key] = AfterHours(
+            row.agent_id,
+            (seen.agent_name if seen else None) or row.agent_name,
+            row.day,
+            row.channel,
+            (seen.requests if seen else 0) + row.requests,
+            (seen.downloads if seen else 0) + row.downloads,
+            min(seen.first, row.first) if seen else row.first,
+            max(seen.last, row.last) if seen else row.last,
         )
     return sorted(merged.values(), key=lambda a: (a.agent_name or "", a.agent_id or "", a.day, a.channel or ""))
 
 
+def _channels(rows: Iterable[q.Activity]) -> list[ChannelTotals]:
+    counts: dict[str | None, list[int]] = {}
+    people: dict[str | None, set[str | None]] = {}
+    for row in rows:
+        total = counts.setdefault(row.channel, [0, 0, 0])
+        total[0] += row.requests
+        total[1] += row.downloads
+        total[2] += row.denied
+        people.setdefault(row.channel, set()).add(row.agent_id)
+    ordered = sorted(counts, key=lambda c: (c is None, c or ""))
+    return [ChannelTotals(c, counts[c][0], counts[c][1], counts[c][2], len(people[c])) for c in ordered]
+
+
 def _totals(days: list[q.AgentDay], month: Month) -> tuple[list[tuple[str, int, int]], list[AgentTotals]]:
+    """Requests and downloads per local day (every day of the month, zeros too) and per agent (most downloads first)."""
     per_day = {day: [0, 0] for day in month.days}
     agents: dict[str | None, AgentTotals] = {}
     for row in days:
@@ -202,17 +227,14 @@ async def build_monthly_report(services: Services, month: str) -> MonthlyReport:
     rule = VolumeRule(review.volume_factor, review.volume_floor_requests, review.volume_floor_downloads)
     weekdays = sorted(_WEEKDAYS[d] for d in set(review.business_days))
     engine = services.database.engine
-    days: list[q.AgentDay] = []
-    late: list[q.AfterHours] = []
+    rows: list[q.Activity] = []
     async with read_transaction(engine) as conn:
         disabled_total, disabled = await q.disabled_access(conn, period.start, period.end, DISABLED_SHOWN)
-        outbound_total, outbound = await q.outbound_records(conn, period.start, period.end, OUTBOUND_SHOWN)
-        channels = await q.channel_totals(conn, period.start, period.end)
         for stretch in period.stretches:
             clock = q.LocalClock(engine.dialect.name, stretch.offset_minutes)
-            days += await q.daily_by_agent(conn, stretch.start, stretch.end, clock)
-            late += await q.after_hours(conn, stretch.start, stretch.end, clock, review.business_minutes, weekdays)
-    days = _merge_days(days)
+            rows += await q.activity(conn, stretch.start, stretch.end, clock, review.business_minutes, weekdays)
+        outbound = await q.outbound_records(conn, period.start, period.end, OUTBOUND_SHOWN)
+    days = _days(rows)
     per_day, per_agent = _totals(days, period)
     return MonthlyReport(
         generated_at=utcnow(),
@@ -222,10 +244,10 @@ async def build_monthly_report(services: Services, month: str) -> MonthlyReport:
         disabled_access=tuple(disabled),
         disabled_access_total=disabled_total,
         outbound=tuple(outbound),
-        outbound_total=outbound_total,
-        after_hours=tuple(_merge_after_hours(late)),
+        outbound_total=sum(a.downloads for a in per_agent),
+        after_hours=tuple(_after_hours(rows)),
         outliers=tuple(outliers(days, rule)),
         per_day=tuple(per_day),
         per_agent=tuple(per_agent),
-        per_channel=tuple(channels),
+        per_channel=tuple(_channels(rows)),
     )

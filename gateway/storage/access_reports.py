@@ -212,24 +212,19 @@ class AgentDay:
 
 
 @dataclass(frozen=True, slots=True)
-class AfterHours:
+class Activity:
+    """Requests of one agent on one local day at one channel, inside or outside business hours."""
+
     agent_id: str | None
     agent_name: str | None
     day: str
     channel: str | None
-    requests: int
-    downloads: int
-    first: datetime
-    last: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelTotals:
-    channel: str | None
+    after_hours: bool
     requests: int
     downloads: int
     denied: int
-    agents: int
+    first: datetime
+    last: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,77 +237,59 @@ def _between(start: datetime, end: datetime) -> ColumnElement[bool]:
     return and_(_c.time >= to_db(start), _c.time < to_db(end))
 
 
-async def daily_by_agent(conn: AsyncConnection, start: datetime, end: datetime, clock: LocalClock) -> list[AgentDay]:
-    """Requests, downloads and denials per agent and local day in ``[start, end)`` (one offset)."""
-    day = clock.day()
-    query = (
-        select(_c.agent_id, func.max(_c.agent_name), day, func.count(), func.sum(_outbound), func.sum(_denied))
-        .where(_between(start, end), _c.kind == "request")
-        .group_by(_c.agent_id, day)
-    )
-    return [
-        AgentDay(agent_id, name, str(d), int(n), int(out or 0), int(denied or 0))
-        for agent_id, name, d, n, out, denied in (await conn.execute(query)).all()
-    ]
+def _number(value: int) -> ColumnElement[Any]:
+    """An ``int`` as an SQL literal: the after-hours expression is grouped on, and PostgreSQL matches GROUP BY to
+    SELECT only when both are the same text (bound parameters get different numbers)."""
+    return literal_column(str(int(value)))
 
 
-async def after_hours(
+async def activity(
     conn: AsyncConnection,
     start: datetime,
     end: datetime,
     clock: LocalClock,
     business: tuple[int, int],
     weekdays: Sequence[int],
-) -> list[AfterHours]:
-    """Requests outside business hours (local minutes ``[business[0], business[1])``) or on other days than
-    ``weekdays`` (0 = Sunday), per agent, local day and channel."""
+) -> list[Activity]:
+    """Requests in ``[start, end)`` (one offset) per agent, local day, channel and after hours or not: the one pass
+    over the month the review's volume, after-hours and per-channel figures are added up from. After hours is
+    before local minute ``business[0]``, from ``business[1]`` on, or on a day not in ``weekdays`` (0 = Sunday)."""
     day, minute = clock.day(), clock.minute_of_day()
     outside = or_(
-        not_(clock.weekday().in_(list(weekdays))) if weekdays else true(),
-        minute < business[0],
-        minute >= business[1],
+        not_(clock.weekday().in_([_number(w) for w in weekdays])) if weekdays else true(),
+        minute < _number(business[0]),
+        minute >= _number(business[1]),
     )
+    late = case((outside, 1), else_=0)
     query = (
         select(
             _c.agent_id,
             func.max(_c.agent_name),
             day,
             _c.channel,
+            late,
             func.count(),
             func.sum(_outbound),
+            func.sum(_denied),
             func.min(_c.time),
             func.max(_c.time),
         )
-        .where(_between(start, end), _c.kind == "request", outside)
-        .group_by(_c.agent_id, day, _c.channel)
-    )
-    return [
-        AfterHours(agent_id, name, str(d), channel, int(n), int(out or 0), _moment(first), _moment(last))
-        for agent_id, name, d, channel, n, out, first, last in (await conn.execute(query)).all()
-    ]
-
-
-async def channel_totals(conn: AsyncConnection, start: datetime, end: datetime) -> list[ChannelTotals]:
-    query = (
-        select(_c.channel, func.count(), func.sum(_outbound), func.sum(_denied), func.count(func.distinct(_c.agent_id)))
         .where(_between(start, end), _c.kind == "request")
-        .group_by(_c.channel)
-        .order_by(_c.channel)
+        .group_by(_c.agent_id, day, _c.channel, late)
     )
     return [
-        ChannelTotals(channel, int(n), int(out or 0), int(denied or 0), int(people))
-        for channel, n, out, denied, people in (await conn.execute(query)).all()
-    ]
+        Activity(agent_id, name, str(d), channel, bool(out_of_hours), int(n), int(out or 0), int(denied or 0),
+                 _moment(first), _moment(last))
+        for agent_id, name, d, channel, out_of_hours, n, out, denied, first, last in (await conn.execute(query)).all()
+    ]  # fmt: skip
 
 
-async def outbound_records(
-    conn: AsyncConnection, start: datetime, end: datetime, limit: int
-) -> tuple[int, list[AccessRecord]]:
-    """Downloads and exports in ``[start, end)``: how many, and the first ``limit`` by agent and time."""
-    where = (_between(start, end), _c.action.in_(OUTBOUND))
-    total = int((await conn.execute(select(func.count()).where(*where))).scalar_one())
+async def outbound_records(conn: AsyncConnection, start: datetime, end: datetime, limit: int) -> list[AccessRecord]:
+    """The first ``limit`` downloads and exports in ``[start, end)`` by agent and time (their count is the sum of
+    :func:`activity`'s downloads: the same records, counted in the same pass)."""
+    where = (_between(start, end), _c.kind == "request", _c.action.in_(OUTBOUND))
     query = select(access_log).where(*where).order_by(_c.agent_name, _c.agent_id, _c.time, _c.seq).limit(limit)
-    return total, [_record(row) for row in (await conn.execute(query)).mappings()]
+    return [_record(row) for row in (await conn.execute(query)).mappings()]
 
 
 async def disabled_access(
@@ -346,6 +323,8 @@ async def disabled_access(
     )
     joined = access_log.join(disabled, _c.agent_id == disabled.c.agent_id)
     total = int((await conn.execute(select(func.count()).select_from(joined).where(*where))).scalar_one())
+    if not total:
+        return 0, []  # the expected answer, found by the agent index alone (the listing below reads the month)
     rows = await conn.execute(
         select(access_log, disabled.c.disabled_at.label("_disabled_at"))
         .select_from(joined)

@@ -19,26 +19,40 @@ def clock(services: Services, offset_minutes: int = 540) -> q.LocalClock:
     return q.LocalClock(services.database.engine.dialect.name, offset_minutes)
 
 
-async def test_requests_are_counted_per_agent_and_local_day_in_the_review_time_zone(services: Services) -> None:
+async def month_activity(services: Services, month: str, zone: str = "Asia/Seoul") -> list[q.Activity]:
+    """The month's activity rows, one query per stretch of constant offset, business hours 08:00-19:00."""
+    period = parse_month(month, zone)
+    rows: list[q.Activity] = []
+    async with read_transaction(services.database.engine) as conn:
+        for stretch in period.stretches:
+            at = clock(services, stretch.offset_minutes)
+            rows += await q.activity(conn, stretch.start, stretch.end, at, (480, 1140), WEEKDAYS)
+    return rows
+
+
+async def test_requests_are_counted_per_agent_channel_and_local_day_in_the_review_time_zone(
+    services: Services,
+) -> None:
     alice, bob = await add_agent(services, "alice"), await add_agent(services, "bob")
     await services.access_log.append(
         [
-            request(alice, kst(2, 23, 59)),  # Monday 23:59 in Seoul is still Monday, though Monday 14:59 UTC
-            request(alice, kst(3, 0, 0), action="download", subject="c-1"),  # Tuesday from its first minute
+            request(alice, kst(2, 9, 59)),  # Monday 09:59 in Seoul is Monday 00:59 UTC
+            request(alice, kst(3, 9, 0), action="download", subject="c-1"),
             request(alice, kst(3, 10), decision="deny"),
+            request(alice, kst(3, 11), channel="mail"),
             request(bob, kst(3, 11), action="export", subject="c-2"),
             request(bob, kst(3, 11), kind="login"),  # not a request: not counted
         ]
     )
-    month = parse_month("2026-11", "Asia/Seoul")
-    async with read_transaction(services.database.engine) as conn:
-        days = await q.daily_by_agent(conn, month.start, month.end, clock(services))
-    found = sorted((d.agent_name, d.day, d.requests, d.downloads, d.denied) for d in days)
+    rows = await month_activity(services, "2026-11")
+    found = sorted((r.agent_name, r.day, r.channel, r.requests, r.downloads, r.denied) for r in rows)
     assert found == [
-        ("alice", "2026-11-02", 1, 0, 0),
-        ("alice", "2026-11-03", 2, 1, 1),
-        ("bob", "2026-11-03", 1, 1, 0),
+        ("alice", "2026-11-02", "chat", 1, 0, 0),
+        ("alice", "2026-11-03", "chat", 2, 1, 1),
+        ("alice", "2026-11-03", "mail", 1, 0, 0),
+        ("bob", "2026-11-03", "chat", 1, 1, 0),
     ]
+    assert not any(r.after_hours for r in rows)
 
 
 async def test_after_hours_are_requests_outside_local_business_hours_or_on_other_days(services: Services) -> None:
@@ -49,17 +63,20 @@ async def test_after_hours_are_requests_outside_local_business_hours_or_on_other
             request(alice, kst(2, 8, 0)),  # business hours start at 08:00
             request(alice, kst(2, 18, 59)),  # still inside
             request(alice, kst(2, 19, 0), action="download"),  # business hours end at 19:00 (exclusive)
+            request(alice, kst(2, 23, 59)),  # Monday 23:59 in Seoul (14:59 UTC): still Monday
+            request(alice, kst(3, 0, 0)),  # Tuesday from its first minute
             request(alice, kst(7, 12, 0), channel="mail"),  # Saturday noon
         ]
     )
-    month = parse_month("2026-11", "Asia/Seoul")
-    async with read_transaction(services.database.engine) as conn:
-        rows = await q.after_hours(conn, month.start, month.end, clock(services), (480, 1140), WEEKDAYS)
-    found = sorted((r.day, r.channel, r.requests, r.downloads, r.first, r.last) for r in rows)
-    assert found == [
-        ("2026-11-02", "chat", 2, 1, kst(2, 7, 59), kst(2, 19, 0)),
+    rows = await month_activity(services, "2026-11")
+    late = sorted((r.day, r.channel, r.requests, r.downloads, r.first, r.last) for r in rows if r.after_hours)
+    inside = sorted((r.day, r.requests, r.first, r.last) for r in rows if not r.after_hours)
+    assert late == [
+        ("2026-11-02", "chat", 3, 1, kst(2, 7, 59), kst(2, 23, 59)),
+        ("2026-11-03", "chat", 1, 0, kst(3, 0), kst(3, 0)),
         ("2026-11-07", "mail", 1, 0, kst(7, 12), kst(7, 12)),
     ]
+    assert inside == [("2026-11-02", 2, kst(2, 8), kst(2, 18, 59))]
 
 
 async def test_a_month_across_a_dst_change_counts_each_request_on_its_local_day(services: Services) -> None:
@@ -70,20 +87,10 @@ async def test_a_month_across_a_dst_change_counts_each_request_on_its_local_day(
     late = datetime(2026, 3, 29, 22, 30, tzinfo=UTC)
     early = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)  # 00:30 on 2 March (+1)
     await services.access_log.append([request(alice, late), request(alice, early)])
-    month = parse_month("2026-03", "Europe/Berlin")
-    assert [s.offset_minutes for s in month.stretches] == [60, 120]
-    days = []
-    async with read_transaction(services.database.engine) as conn:
-        for stretch in month.stretches:
-            days += await q.daily_by_agent(conn, stretch.start, stretch.end, clock(services, stretch.offset_minutes))
-    assert (
-        sorted(d.day for d in days)
-        == [
-            early.astimezone(berlin).date().isoformat(),
-            late.astimezone(berlin).date().isoformat(),
-        ]
-        == ["2026-03-02", "2026-03-30"]
-    )
+    assert [s.offset_minutes for s in parse_month("2026-03", "Europe/Berlin").stretches] == [60, 120]
+    days = sorted(r.day for r in await month_activity(services, "2026-03", "Europe/Berlin"))
+    assert days == [early.astimezone(berlin).date().isoformat(), late.astimezone(berlin).date().isoformat()]
+    assert days == ["2026-03-02", "2026-03-30"]
 
 
 async def test_an_agents_activity_counts_requests_downloads_denials_and_subjects_per_channel(
