@@ -138,9 +138,13 @@ class AdvisoryLease:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        # Closing the session releases the lock even where the unlock cannot be sent (the connection is gone).
-        with contextlib.suppress(Exception):
+        try:
             await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+        except Exception:
+            # The session may still hold the lock: never hand it back to the pool, end it (the server then
+            # releases the lock; if the connection is already gone, so is the lock).
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
         with contextlib.suppress(Exception):
             await conn.close()
 

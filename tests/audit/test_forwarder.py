@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.forwarder import Forwarder, Forwarders, GapInChain, Timing, deliverable
@@ -263,6 +264,50 @@ async def test_only_one_replica_forwards_and_the_other_takes_over_when_it_stops(
         await second.stop()
         await receiver.stop()
     assert sorted(syslog_positions(receiver.messages)) == list(range(1, 301))  # no duplicates without failures
+
+
+#: Ends the session holding this database's advisory lock (a replica's connection dropped by the network).
+KILL_LEASE_HOLDER = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE granted AND locktype = 'advisory'"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+LEASE_HOLDERS = text(
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+@pytest.mark.postgres
+async def test_a_replica_whose_lease_connection_dies_stops_and_forwarding_goes_on_without_loss(
+    postgres_url: str,
+) -> None:
+    await upgrade_to_head(postgres_url)
+    database = Database.from_settings(DatabaseSettings(url=SecretStr(postgres_url)))
+    receiver = SyslogReceiver(None)
+    await receiver.start()
+    engine = database.engine
+    await write_and_seal(engine, 0, 100)
+    first, _ = build(engine, f"syslog+tcp://{HOST}:{receiver.port}")
+    second, _ = build(engine, f"syslog+tcp://{HOST}:{receiver.port}")
+    first.start()
+    second.start()
+    try:
+        await until(lambda: contiguous_prefix(syslog_positions(receiver.messages)) == 100)
+        async with engine.connect() as conn:
+            killed = (await conn.execute(KILL_LEASE_HOLDER)).all()
+        assert len(killed) == 1  # one replica held the lease
+        await write_and_seal(engine, 100, 50)
+        await until(lambda: contiguous_prefix(syslog_positions(receiver.messages)) == 150)
+        async with engine.connect() as conn:
+            holders = (await conn.execute(LEASE_HOLDERS)).scalar()
+        assert holders == 1
+    finally:
+        await first.stop()
+        await second.stop()
+        await receiver.stop()
+        await database.dispose()
+    assert set(syslog_positions(receiver.messages)) == set(range(1, 151))
+    assert list(dict.fromkeys(syslog_positions(receiver.messages))) == list(range(1, 151))
 
 
 async def test_stopping_delivers_what_is_sealed_and_the_next_start_resumes_at_the_cursor(
