@@ -17,7 +17,7 @@ from datetime import datetime
 from gateway.audit.settings import ReviewSettings
 from gateway.reports.agent import receipt_dict
 from gateway.reports.period import Month, parse_month
-from gateway.reports.volume import Outlier, VolumeRule, outliers
+from gateway.reports.volume import AgentDay, Outlier, VolumeRule, outliers
 from gateway.services import Services
 from gateway.storage import access_reports as q
 from gateway.storage.access_log import AccessRecord
@@ -154,7 +154,7 @@ class MonthlyReport:
         }
 
 
-def _days(rows: Iterable[q.Activity]) -> list[q.AgentDay]:
+def _days(rows: Iterable[q.Activity]) -> list[AgentDay]:
     """Per agent and local day, whatever the channel or hour (two stretches of offset, a DST change, add up)."""
     merged: dict[tuple[str | None, str], list[int]] = {}
     names: dict[str | None, str | None] = {}
@@ -164,7 +164,7 @@ def _days(rows: Iterable[q.Activity]) -> list[q.AgentDay]:
         counts[1] += row.downloads
         counts[2] += row.denied
         names[row.agent_id] = names.get(row.agent_id) or row.agent_name
-    return [q.AgentDay(agent, names[agent], day, n, out, denied) for (agent, day), (n, out, denied) in merged.items()]
+    return [AgentDay(agent, names[agent], day, n, out, denied) for (agent, day), (n, out, denied) in merged.items()]
 
 
 def _after_hours(rows: Iterable[q.Activity]) -> list[AfterHours]:
@@ -200,7 +200,7 @@ def _channels(rows: Iterable[q.Activity]) -> list[ChannelTotals]:
     return [ChannelTotals(c, counts[c][0], counts[c][1], counts[c][2], len(people[c])) for c in ordered]
 
 
-def _totals(days: list[q.AgentDay], month: Month) -> tuple[list[tuple[str, int, int]], list[AgentTotals]]:
+def _totals(days: list[AgentDay], month: Month) -> tuple[list[tuple[str, int, int]], list[AgentTotals]]:
     """Requests and downloads per local day (every day of the month, zeros too) and per agent (most downloads first)."""
     per_day = {day: [0, 0] for day in month.days}
     agents: dict[str | None, AgentTotals] = {}

@@ -12,7 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import median
 
-from gateway.storage.access_reports import AgentDay
+
+@dataclass(frozen=True, slots=True)
+class AgentDay:
+    """One agent's requests on one local day, all channels and hours together."""
+
+    agent_id: str | None
+    agent_name: str | None
+    day: str
+    requests: int
+    downloads: int
+    denied: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,8 @@
 
 Every query is bounded by an agent (``ix_access_log_agent_time``) or a time range (``ix_access_log_time``) and
 groups in the database: a month of records is never loaded into Python to be counted. Lists that a reviewer must
-see record by record (downloads to explain, access after a disable) are capped, and their full count is returned
-beside them, so a report can say when it shows only part.
+see record by record (downloads to explain, access after a disable) are capped, and their full count is known
+beside them (counted here, or by :func:`activity`), so a report can say when it shows only part.
 
 Local days and hours (the review's time zone) are computed in SQL with a constant UTC offset per query; the caller
 queries a month once per stretch of constant offset (``gateway.reports.period``).
@@ -199,16 +199,6 @@ async def deleted_agent_id(conn: AsyncConnection, user_name_key: str) -> str | N
 
 
 # -- one month ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AgentDay:
-    agent_id: str | None
-    agent_name: str | None
-    day: str
-    requests: int
-    downloads: int
-    denied: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import pytest
 from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.reports.handover import read_hand_over
 from gateway.reports.period import parse_month
-from gateway.reports.volume import VolumeRule, outliers
+from gateway.reports.volume import AgentDay, VolumeRule, outliers
 from gateway.reports.zero_access import (
     NOT_PROVEN,
     SessionsSeen,
@@ -21,7 +21,6 @@ from gateway.reports.zero_access import (
     verdict,
 )
 from gateway.storage.access_log import AccessRecord
-from gateway.storage.access_reports import AgentDay
 from gateway.storage.pipeline import RunRecord, StepRecord
 
 T = datetime(2026, 11, 20, 9, tzinfo=UTC)
