@@ -21,6 +21,8 @@ from gateway.reports.agent import AgentReport
 from gateway.reports.monthly import MonthlyReport
 
 _TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+#: Bars in the downloads-per-agent chart (the table below it lists every agent).
+AGENTS_CHARTED = 30
 
 
 def _moment(value: str | None) -> str:
@@ -67,11 +69,13 @@ def render_monthly_html(report: MonthlyReport, *, standalone: bool = True) -> st
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in cast(list[dict[str, Any]], data["outbound"]):
         groups.setdefault(record["agent_name"] or record["agent_id"] or "(unknown agent)", []).append(record)
+    loaders = [(a.agent_name or a.agent_id or "(no agent)", a.downloads) for a in report.per_agent if a.downloads]
     figures = {
         "per_day": charts.columns("Requests per day", [(day, n) for day, n, _ in report.per_day]),
         "downloads_per_agent": charts.rows(
-            "Downloads and exports per agent",
-            [(a.agent_name or a.agent_id or "(no agent)", a.downloads) for a in report.per_agent if a.downloads][:30],
+            "Downloads and exports per agent"
+            + (f" (the {AGENTS_CHARTED} with most)" if len(loaders) > AGENTS_CHARTED else ""),
+            loaders[:AGENTS_CHARTED],
         ),
         "per_channel": charts.rows(
             "Requests per channel", [(c.channel or "(none)", c.requests) for c in report.per_channel]

@@ -4,7 +4,10 @@ the access log of that agent only."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gateway.reports.agent import build_agent_report
+from gateway.reports.render import render_agent_html
 from gateway.services import Services
 from tests.reports.seed import add_agent, disable, kst, request
 
@@ -32,3 +35,15 @@ async def test_a_deleted_agent_is_found_by_user_name_and_id_and_a_rehire_is_the_
     assert live.agent.id == rehired.id != alice.id
     assert live.channels == () and live.disabled_at is None
     assert live.verdict.checks[0].evidence == ("the agent is active: it can still sign in",)
+
+
+async def test_the_agent_report_html_escapes_a_hostile_user_name_subject_and_path(services: Services) -> None:
+    hostile = "<script>alert('x')</script>\"&"
+    agent = await add_agent(services, hostile)
+    record = request(agent, kst(2, 9), subject="<img src=x onerror=alert(1)>")
+    await services.access_log.append([replace(record, path="/chat/<svg onload=alert(1)>")])
+
+    html = render_agent_html(await build_agent_report(services, agent.id))
+    assert "<script" not in html and "<img" not in html and "<svg" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&#34;&amp;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
