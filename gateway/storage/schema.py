@@ -267,3 +267,60 @@ deprovision_steps = Table(
     UniqueConstraint("run_id", "channel", "step"),
 )
 Index("ix_deprovision_steps_due", deprovision_steps.c.state, deprovision_steps.c.next_attempt_at)
+
+#: Directory entries behind the agents an LDAP directory manages (issue 6), by the entry's stable id (entryUUID,
+#: objectGUID): a rename or a move keeps the agent. ``disabled_by_sync``: only an agent the sync disabled is
+#: reactivated when the directory enables it again.
+ldap_entries = Table(
+    "ldap_entries",
+    metadata,
+    Column("directory", String(32), primary_key=True),
+    Column("entry_id", String(64), primary_key=True),
+    Column("agent_id", String(36), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("dn", Text, nullable=False),
+    Column("disabled_by_sync", Boolean, nullable=False, default=False),
+)
+
+#: Groups an LDAP directory manages, by the group entry's stable id.
+ldap_groups = Table(
+    "ldap_groups",
+    metadata,
+    Column("directory", String(32), primary_key=True),
+    Column("entry_id", String(64), primary_key=True),
+    Column("group_id", String(36), ForeignKey("groups.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("dn", Text, nullable=False),
+)
+
+#: One row per directory: the incremental sync's high-water mark, when each kind of sync last ran, the feed.
+ldap_sync_state = Table(
+    "ldap_sync_state",
+    metadata,
+    Column("directory", String(32), primary_key=True),
+    Column("high_water", String(32)),
+    Column("last_full_at", DateTime(timezone=True)),
+    Column("last_incremental_at", DateTime(timezone=True)),
+    Column("last_result", JSON),
+    Column("last_error", Text),
+    #: off | connecting | live | down
+    Column("feed_state", String(16)),
+    Column("feed_event_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Syncs that would have disabled too many agents: held until an admin approves (``channelgate ldap approve``).
+ldap_quarantines = Table(
+    "ldap_quarantines",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("directory", String(32), nullable=False),
+    #: held | approved
+    Column("state", String(16), nullable=False),
+    Column("disabling", Integer, nullable=False),
+    Column("active_agents", Integer, nullable=False),
+    #: [{"agent_id", "user_name", "reason"}] of the disables held.
+    Column("agents", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("approved_by", String(256)),
+    Column("approved_at", DateTime(timezone=True)),
+)
+Index("ix_ldap_quarantines_directory_state", ldap_quarantines.c.directory, ldap_quarantines.c.state)
