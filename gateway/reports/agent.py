@@ -17,10 +17,12 @@ from gateway.reports.handover import HandOver, read_hand_over
 from gateway.reports.zero_access import (
     SessionsSeen,
     Verdict,
+    admitted_at,
     after_disable_check,
     disabled_check,
     pipeline_check,
     sessions_check,
+    split_at_disable,
     verdict,
 )
 from gateway.services import Services
@@ -99,6 +101,7 @@ class AgentReport:
                 "checks": [c.as_dict() for c in self.verdict.checks],
                 "access_after_disable_total": self.verdict.access_after_disable_total,
                 "access_after_disable": [receipt_dict(r) for r in self.verdict.access_after_disable],
+                "in_flight_at_disable": [receipt_dict(r) for r in self.verdict.in_flight_at_disable],
             },
         }
 
@@ -128,6 +131,8 @@ def receipt_dict(record: AccessRecord) -> dict[str, object]:
         "actor": record.actor,
         "path": record.path,
         "source_ip": record.source_ip,
+        "duration_ms": record.duration_ms,
+        "admitted_at": admitted_at(record).isoformat(),
         "chain_pos": record.chain_pos,
         "hash": record.hash,
     }
@@ -170,15 +175,16 @@ async def build_agent_report(services: Services, agent: str) -> AgentReport:
         disables = [r for r in receipts if r.kind == "deprovision" and r.decision == "disabled"]
         disable = disables[-1] if disables else None
         disabled_at = disable.time if disable is not None and not (found.active and not found.deleted) else None
-        total, after = (
+        total, ended_after = (
             (0, []) if disabled_at is None else await q.allowed_after(conn, found.id, disabled_at, AFTER_DISABLE_SHOWN)
         )
+    after, in_flight = split_at_disable(disabled_at, ended_after) if disabled_at is not None else ([], [])
     seen = await _sessions(services, found.id)
     checks = [
         disabled_check(found.active, found.deleted, disabled_at, disable),
         sessions_check(seen),
         pipeline_check(runs, steps),
-        after_disable_check(disabled_at, total, after),
+        after_disable_check(disabled_at, total, after, in_flight),
     ]
     by_run = {r.id: r for r in runs}
     hand_overs = tuple(read_hand_over(by_run[s.run_id], s) for s in steps if s.step is StepKind.HAND_OVER)
@@ -193,5 +199,5 @@ async def build_agent_report(services: Services, agent: str) -> AgentReport:
         steps=steps,
         hand_overs=hand_overs,
         receipts=tuple(receipts),
-        verdict=verdict(checks, checked_at, after, total),
+        verdict=verdict(checks, checked_at, after, total - len(in_flight), in_flight),
     )

@@ -18,6 +18,7 @@ from gateway.audit.settings import ReviewSettings
 from gateway.reports.agent import receipt_dict
 from gateway.reports.period import Month, parse_month
 from gateway.reports.volume import AgentDay, Outlier, VolumeRule, outliers
+from gateway.reports.zero_access import admitted_at
 from gateway.services import Services
 from gateway.storage import access_reports as q
 from gateway.storage.access_log import AccessRecord
@@ -68,6 +69,8 @@ class MonthlyReport:
     rule: VolumeRule
     disabled_access: tuple[q.DisabledAccess, ...]
     disabled_access_total: int
+    #: Requests let in before their agent's disable and still running at it (closed by the session kill).
+    disabled_in_flight: tuple[q.DisabledAccess, ...]
     outbound: tuple[AccessRecord, ...]
     outbound_total: int
     after_hours: tuple[AfterHours, ...]
@@ -92,14 +95,12 @@ class MonthlyReport:
                 "business_hours": review.business_hours,
                 "business_days": list(review.business_days),
                 "unusual_volume": self.rule.describe(),
-                "disabled_access": "allowed requests or logins of an agent that is disabled or deleted now, after the "
-                "time of its latest disable record",
+                "disabled_access": "allowed requests or logins of an agent that is disabled or deleted now, let in "
+                "after the time of its latest disable record",
             },
             "disabled_access_total": self.disabled_access_total,
-            "disabled_access": [
-                receipt_dict(d.record) | {"agent_name": d.record.agent_name, "disabled_at": d.disabled_at.isoformat()}
-                for d in self.disabled_access
-            ],
+            "disabled_access": [_disabled_dict(d) for d in self.disabled_access],
+            "disabled_in_flight": [_disabled_dict(d) for d in self.disabled_in_flight],
             "outbound_total": self.outbound_total,
             "outbound": [
                 {
@@ -152,6 +153,13 @@ class MonthlyReport:
                 for c in self.per_channel
             ],
         }
+
+
+def _disabled_dict(found: q.DisabledAccess) -> dict[str, object]:
+    return receipt_dict(found.record) | {
+        "agent_name": found.record.agent_name,
+        "disabled_at": found.disabled_at.isoformat(),
+    }
 
 
 def _days(rows: Iterable[q.Activity]) -> list[AgentDay]:
@@ -234,6 +242,8 @@ async def build_monthly_report(services: Services, month: str) -> MonthlyReport:
             clock = q.LocalClock(engine.dialect.name, stretch.offset_minutes)
             rows += await q.activity(conn, stretch.start, stretch.end, clock, review.business_minutes, weekdays)
         outbound = await q.outbound_records(conn, period.start, period.end, OUTBOUND_SHOWN)
+    # Fail closed: records not listed (more than DISABLED_SHOWN) count as let in after the disable.
+    in_flight = [d for d in disabled if admitted_at(d.record) <= d.disabled_at]
     days = _days(rows)
     per_day, per_agent = _totals(days, period)
     return MonthlyReport(
@@ -241,8 +251,9 @@ async def build_monthly_report(services: Services, month: str) -> MonthlyReport:
         month=period,
         review=review,
         rule=rule,
-        disabled_access=tuple(disabled),
-        disabled_access_total=disabled_total,
+        disabled_access=tuple(d for d in disabled if d not in in_flight),
+        disabled_access_total=disabled_total - len(in_flight),
+        disabled_in_flight=tuple(in_flight),
         outbound=tuple(outbound),
         outbound_total=sum(a.downloads for a in per_agent),
         after_hours=tuple(_after_hours(rows)),

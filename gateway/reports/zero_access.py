@@ -9,7 +9,8 @@ is "ended" only when every check passed:
 2. the session store holds no live session of the agent (and this process can see the store the gateway uses);
 3. every deprovisioning run is ``done``, and at each channel the revoke and remove steps are done (or had nothing
    to do) and the verify step is done: the channel itself said the token, seat or console session is gone;
-4. no request or login was allowed for the agent after the disable time.
+4. no request or login was allowed for the agent after the disable time (a request let in before it and still
+   running at it, such as a console WebSocket closed by the session kill, is listed but is not access after it).
 
 Anything else is "access NOT proven ended", with the failing checks as the reasons.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.storage.access_log import AccessRecord
@@ -61,6 +62,8 @@ class Verdict:
     #: Allowed access after the disable time (the first ones, if many) and how many there are in all.
     access_after_disable: tuple[AccessRecord, ...] = field(default=())
     access_after_disable_total: int = 0
+    #: Requests let in before the disable that were still running at it (closed by the session kill).
+    in_flight_at_disable: tuple[AccessRecord, ...] = field(default=())
 
     @property
     def statement(self) -> str:
@@ -138,18 +141,51 @@ def pipeline_check(runs: Sequence[RunRecord], steps: Sequence[StepRecord]) -> Ch
     return Check(name, True, (f"{len(runs)} run(s) done", *shown))
 
 
-def after_disable_check(disabled_at: datetime | None, total: int, first: Sequence[AccessRecord]) -> Check:
+def admitted_at(record: AccessRecord) -> datetime:
+    """When a request was let in. Request records are written when the request ends (``duration_ms`` later), so a
+    WebSocket or stream that was open at the disable, and was closed by the session kill, ends after it."""
+    return record.time - timedelta(milliseconds=record.duration_ms or 0)
+
+
+def split_at_disable(
+    disabled_at: datetime, records: Sequence[AccessRecord]
+) -> tuple[list[AccessRecord], list[AccessRecord]]:
+    """Records ending after the disable: (let in after it, let in before it and still running at it)."""
+    after = [r for r in records if admitted_at(r) > disabled_at]
+    return after, [r for r in records if admitted_at(r) <= disabled_at]
+
+
+def _line(record: AccessRecord) -> str:
+    return f"seq {record.seq} at {record.time.isoformat()}: {record.kind} {record.channel or ''} {record.path or ''}"
+
+
+def after_disable_check(
+    disabled_at: datetime | None, total: int, after: Sequence[AccessRecord], in_flight: Sequence[AccessRecord]
+) -> Check:
+    """``total`` records ended after the disable; of those read, ``after`` were let in after it and ``in_flight``
+    before it. Any not read (more than the report lists) count as let in after: fail closed."""
     name = "no access allowed after the disable"
     if disabled_at is None:
         return Check(name, False, ("no disable time, so access after it cannot be ruled out",))
-    if total:
-        lines = [f"{total} request(s) or login(s) allowed after {disabled_at.isoformat()}"]
-        lines += [
-            f"seq {r.seq} at {r.time.isoformat()}: {r.kind} {r.channel or ''} {r.path or ''}".rstrip() for r in first
-        ]
-        return Check(name, False, tuple(lines))
-    return Check(name, True, (f"no request or login was allowed after {disabled_at.isoformat()}",))
+    allowed = total - len(in_flight)
+    open_at_disable = [
+        f"{_line(r).rstrip()}: let in at {admitted_at(r).isoformat()}, before the disable, and running when it came "
+        "(ended by the session kill)"
+        for r in in_flight
+    ]
+    if allowed:
+        lines = [f"{allowed} request(s) or login(s) allowed after {disabled_at.isoformat()}"]
+        return Check(name, False, (*lines, *(_line(r).rstrip() for r in after), *open_at_disable))
+    return Check(name, True, (f"no request or login was allowed after {disabled_at.isoformat()}", *open_at_disable))
 
 
-def verdict(checks: Sequence[Check], checked_at: datetime, after: Sequence[AccessRecord], total: int) -> Verdict:
-    return Verdict(all(c.passed for c in checks), tuple(checks), checked_at, tuple(after), total)
+def verdict(
+    checks: Sequence[Check],
+    checked_at: datetime,
+    after: Sequence[AccessRecord] = (),
+    after_total: int = 0,
+    in_flight: Sequence[AccessRecord] = (),
+) -> Verdict:
+    return Verdict(
+        all(c.passed for c in checks), tuple(checks), checked_at, tuple(after), after_total, tuple(in_flight)
+    )

@@ -179,7 +179,9 @@ async def receipts(conn: AsyncConnection, agent_id: str) -> list[AccessRecord]:
 async def allowed_after(
     conn: AsyncConnection, agent_id: str, since: datetime, limit: int
 ) -> tuple[int, list[AccessRecord]]:
-    """Access granted to the agent after ``since`` (allowed requests and logins): how many, and the first ``limit``."""
+    """Allowed requests and logins of the agent whose record is later than ``since``: how many, and the first
+    ``limit``. A request's record is written when it ends, so this includes requests let in before ``since`` and
+    still running at it (``gateway.reports.zero_access.split_at_disable`` tells them apart)."""
     where = (_c.agent_id == agent_id, _c.time > to_db(since), _allowed_access)
     total = int((await conn.execute(select(func.count()).where(*where))).scalar_one())
     rows = await conn.execute(select(access_log).where(*where).order_by(_c.time, _c.seq).limit(limit))

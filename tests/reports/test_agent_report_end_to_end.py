@@ -156,7 +156,14 @@ async def test_a_request_allowed_after_the_disable_is_flagged_and_access_not_pro
                 time=utcnow() + timedelta(seconds=2), kind="request", agent_id=agent.id, agent_name="alice",
                 channel="chat", method="GET", path="/chat/", status=403, decision="deny",
             )  # fmt: skip
-            [written, _] = await services.access_log.append([leak, denied])
+            disabled_at = (await build_agent_report(services, agent.id)).disabled_at
+            assert disabled_at is not None
+            websocket = AccessRecord(  # opened before the disable, closed by the session kill
+                time=disabled_at + timedelta(milliseconds=80), kind="request", agent_id=agent.id, agent_name="alice",
+                channel="chat", method="WEBSOCKET", path="/chat/ws", status=101, decision="allow",
+                duration_ms=120_080,
+            )  # fmt: skip
+            [written, _, closed] = await services.access_log.append([leak, denied, websocket])
             report = await build_agent_report(services, agent.id)
             html = render_agent_html(report)
 
@@ -166,6 +173,8 @@ async def test_a_request_allowed_after_the_disable_is_flagged_and_access_not_pro
     assert report.verdict.access_after_disable_total == 1
     assert [r.seq for r in report.verdict.access_after_disable] == [written.seq]
     assert f"seq {written.seq}" in " ".join(check.evidence)
+    assert [r.seq for r in report.verdict.in_flight_at_disable] == [closed.seq]
+    assert "Requests running when the agent was disabled" in html
     assert 'class="alarm"' in html and "/chat/customers/{id}" in html
 
 

@@ -5,6 +5,7 @@ escapes a hostile userName and draws its charts as inline SVG; a month not writt
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -34,7 +35,9 @@ async def seed_month(services: Services) -> None:
     records.append(request(quiet[0], kst(1, 0, 0) - timedelta(seconds=1), action="download"))  # 31 Oct: not counted
     await services.access_log.append(records)
     await disable(services, gone, kst(5, 12))
-    await services.access_log.append([request(gone, kst(5, 13), channel="phone")])
+    # His console WebSocket, opened at 11:00 and closed by the session kill just after the disable: not counted.
+    websocket = replace(request(gone, kst(5, 12) + timedelta(milliseconds=150)), duration_ms=3_600_150)
+    await services.access_log.append([websocket, request(gone, kst(5, 13), channel="phone")])
 
 
 async def test_monthly_review_lists_downloads_after_hours_outliers_and_disabled_access(services: Services) -> None:
@@ -52,6 +55,8 @@ async def test_monthly_review_lists_downloads_after_hours_outliers_and_disabled_
     [flagged] = data["disabled_access"]
     assert (flagged["agent_name"], flagged["channel"], flagged["time"]) == ("gil", "phone", kst(5, 13).isoformat())
     assert flagged["disabled_at"] == kst(5, 12).isoformat()
+    [in_flight] = data["disabled_in_flight"]
+    assert (in_flight["agent_name"], in_flight["admitted_at"]) == ("gil", kst(5, 11).isoformat())
     # Every download and export of the month, with an empty reason for the reviewer; the one of 31 Oct is not.
     assert data["outbound_total"] == 7
     outbound = data["outbound"]
@@ -71,7 +76,7 @@ async def test_monthly_review_lists_downloads_after_hours_outliers_and_disabled_
     per_day = {d["day"]: d["requests"] for d in data["per_day"]}
     assert len(per_day) == 30
     assert per_day["2026-11-02"] == 5 * 3 + 46
-    assert {c["channel"]: c["requests"] for c in data["per_channel"]} == {"chat": 61, "mail": 1, "phone": 1}
+    assert {c["channel"]: c["requests"] for c in data["per_channel"]} == {"chat": 62, "mail": 1, "phone": 1}
 
 
 async def test_monthly_html_escapes_a_hostile_user_name_and_draws_inline_svg_charts(services: Services) -> None:

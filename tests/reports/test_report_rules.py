@@ -3,7 +3,7 @@ the zero-access verdict (each failing check makes it "not proven", and says why)
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,6 +18,7 @@ from gateway.reports.zero_access import (
     disabled_check,
     pipeline_check,
     sessions_check,
+    split_at_disable,
     verdict,
 )
 from gateway.storage.access_log import AccessRecord
@@ -82,7 +83,7 @@ def test_every_check_passing_is_access_ended_with_the_evidence() -> None:
         disabled_check(False, False, T, disable),
         sessions_check(SessionsSeen("redis")),
         pipeline_check([run()], chain),
-        after_disable_check(T, 0, []),
+        after_disable_check(T, 0, [], []),
     ]
     result = verdict(checks, T, [], 0)
     assert result.ended and result.statement == "access ended" and result.reasons == []
@@ -127,9 +128,29 @@ def test_any_failing_check_makes_the_verdict_not_proven_and_says_why(case: str, 
         sessions_check(seen.get(case, SessionsSeen("redis"))),
         pipeline_check(runs, steps),
         after_disable_check(disabled_at if case != "no disable record" else T, 2 if case == "access after" else 0,
-                            leaks if case == "access after" else []),
+                            leaks if case == "access after" else [], []),
     ]  # fmt: skip
     result = verdict(checks, T, [], 0)
     assert result.statement == NOT_PROVEN and not result.ended
     assert any(reason.startswith(expected) for reason in result.reasons), result.reasons
     assert len([c for c in checks if not c.passed]) == 1
+
+
+def test_a_request_let_in_before_the_disable_and_ended_by_the_kill_is_listed_but_not_access_after_it() -> None:
+    websocket = AccessRecord(  # opened 10 minutes before the disable, closed 200 ms after it by the kill
+        time=T + timedelta(milliseconds=200), kind="request", seq=11, decision="allow", channel="chat",
+        method="WEBSOCKET", path="/chat/ws", duration_ms=600_200,
+    )  # fmt: skip
+    later = AccessRecord(time=T + timedelta(seconds=5), kind="request", seq=12, decision="allow", duration_ms=30)
+
+    after, in_flight = split_at_disable(T, [websocket])
+    assert (after, in_flight) == ([], [websocket])
+    passed = after_disable_check(T, 1, after, in_flight)
+    assert passed.passed
+    assert "let in at 2026-11-20T08:50:00" in passed.evidence[1] and "ended by the session kill" in passed.evidence[1]
+
+    after, in_flight = split_at_disable(T, [websocket, later])
+    failed = after_disable_check(T, 2, after, in_flight)
+    assert not failed.passed and failed.evidence[0].startswith("1 request(s) or login(s) allowed after")
+    # Records the report did not read (more than it lists) count as let in after the disable: fail closed.
+    assert not after_disable_check(T, 2, [], [websocket]).passed
