@@ -178,7 +178,11 @@ async def build_agent_report(services: Services, agent: str) -> AgentReport:
         total, ended_after = (
             (0, []) if disabled_at is None else await q.allowed_after(conn, found.id, disabled_at, AFTER_DISABLE_SHOWN)
         )
-    after, in_flight = split_at_disable(disabled_at, ended_after) if disabled_at is not None else ([], [])
+    after: list[AccessRecord] = list(ended_after)
+    in_flight: list[AccessRecord] = []
+    if disabled_at is not None:
+        kills = [r.time for r in receipts if r.kind == "sessions_revoked" and r.time >= disabled_at]
+        after, in_flight = split_at_disable(disabled_at, min(kills) if kills else None, ended_after)
     seen = await _sessions(services, found.id)
     checks = [
         disabled_check(found.active, found.deleted, disabled_at, disable),

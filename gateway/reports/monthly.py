@@ -18,7 +18,7 @@ from gateway.audit.settings import ReviewSettings
 from gateway.reports.agent import receipt_dict
 from gateway.reports.period import Month, parse_month
 from gateway.reports.volume import AgentDay, Outlier, VolumeRule, outliers
-from gateway.reports.zero_access import admitted_at
+from gateway.reports.zero_access import split_at_disable
 from gateway.services import Services
 from gateway.storage import access_reports as q
 from gateway.storage.access_log import AccessRecord
@@ -243,7 +243,7 @@ async def build_monthly_report(services: Services, month: str) -> MonthlyReport:
             rows += await q.activity(conn, stretch.start, stretch.end, clock, review.business_minutes, weekdays)
         outbound = await q.outbound_records(conn, period.start, period.end, OUTBOUND_SHOWN)
     # Fail closed: records not listed (more than DISABLED_SHOWN) count as let in after the disable.
-    in_flight = [d for d in disabled if admitted_at(d.record) <= d.disabled_at]
+    in_flight = [d for d in disabled if split_at_disable(d.disabled_at, d.killed_at, [d.record])[1]]
     days = _days(rows)
     per_day, per_agent = _totals(days, period)
     return MonthlyReport(

@@ -27,6 +27,8 @@ from gateway.storage.pipeline import RunRecord, StepRecord
 
 ENDED = "access ended"
 NOT_PROVEN = "access NOT proven ended"
+#: How much later than the kill's record a request closed by that kill may end (clock differences of replicas).
+KILL_GRACE = timedelta(seconds=2)
 #: Findings of one failed check repeated in the verdict's reasons (the check itself lists them all).
 REASONS_PER_CHECK = 4
 
@@ -148,11 +150,22 @@ def admitted_at(record: AccessRecord) -> datetime:
 
 
 def split_at_disable(
-    disabled_at: datetime, records: Sequence[AccessRecord]
+    disabled_at: datetime, killed_at: datetime | None, records: Sequence[AccessRecord]
 ) -> tuple[list[AccessRecord], list[AccessRecord]]:
-    """Records ending after the disable: (let in after it, let in before it and still running at it)."""
-    after = [r for r in records if admitted_at(r) > disabled_at]
-    return after, [r for r in records if admitted_at(r) <= disabled_at]
+    """Records ending after the disable: (access after it, requests in flight at it). In flight means let in before
+    the disable and ended by the session kill that followed it (its record, ``killed_at``, is written once every
+    replica closed the agent's connections; ``KILL_GRACE`` allows for the replicas' clocks). Anything else, such
+    as a stream still open after the kill, is access after the disable."""
+
+    def in_flight(record: AccessRecord) -> bool:
+        return (
+            admitted_at(record) <= disabled_at
+            and killed_at is not None
+            and killed_at >= disabled_at
+            and record.time <= killed_at + KILL_GRACE
+        )
+
+    return [r for r in records if not in_flight(r)], [r for r in records if in_flight(r)]
 
 
 def _line(record: AccessRecord) -> str:
@@ -169,8 +182,8 @@ def after_disable_check(
         return Check(name, False, ("no disable time, so access after it cannot be ruled out",))
     allowed = total - len(in_flight)
     open_at_disable = [
-        f"{_line(r).rstrip()}: let in at {admitted_at(r).isoformat()}, before the disable, and running when it came "
-        "(ended by the session kill)"
+        f"{_line(r).rstrip()}: let in at {admitted_at(r).isoformat()}, before the disable, and ended by the session "
+        "kill that followed it"
         for r in in_flight
     ]
     if allowed:

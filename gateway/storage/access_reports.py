@@ -223,6 +223,8 @@ class Activity:
 class DisabledAccess:
     record: AccessRecord
     disabled_at: datetime
+    #: The agent's latest session kill (``sessions_revoked``), if any.
+    killed_at: datetime | None
 
 
 def _between(start: datetime, end: datetime) -> ColumnElement[bool]:
@@ -299,10 +301,18 @@ async def disabled_access(
         .limit(1)
         .scalar_subquery()
     )
+    kills = access_log.alias("kills")
+    killed_at = (
+        select(kills.c.time)
+        .where(kills.c.agent_id == agents.c.id, kills.c.kind == "sessions_revoked")
+        .order_by(kills.c.time.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     # Materialised (SQLite >= 3.35, PostgreSQL >= 12): each disabled agent's disable time is looked up once, not
     # once per request of the month joined to it.
     disabled = (
-        select(agents.c.id.label("agent_id"), disabled_at.label("disabled_at"))
+        select(agents.c.id.label("agent_id"), disabled_at.label("disabled_at"), killed_at.label("killed_at"))
         .where(or_(agents.c.active == false(), agents.c.deleted_at.is_not(None)))
         .cte("disabled_agents")
         .prefix_with("MATERIALIZED")
@@ -318,7 +328,7 @@ async def disabled_access(
     if not total:
         return 0, []  # the expected answer, found by the agent index alone (the listing below reads the month)
     rows = await conn.execute(
-        select(access_log, disabled.c.disabled_at.label("_disabled_at"))
+        select(access_log, disabled.c.disabled_at.label("_disabled_at"), disabled.c.killed_at.label("_killed_at"))
         .select_from(joined)
         .where(*where)
         .order_by(_c.time, _c.seq)
@@ -326,6 +336,9 @@ async def disabled_access(
     )
     found = []
     for row in rows.mappings():
-        values = {key: row[key] for key in row if key != "_disabled_at"}
-        found.append(DisabledAccess(_record(values), _moment(row["_disabled_at"])))
+        values = {key: row[key] for key in row if key not in ("_disabled_at", "_killed_at")}
+        killed = row["_killed_at"]
+        found.append(
+            DisabledAccess(_record(values), _moment(row["_disabled_at"]), None if killed is None else _moment(killed))
+        )
     return total, found

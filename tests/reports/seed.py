@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from gateway.services import Services
@@ -51,7 +51,8 @@ def request(
 
 
 async def disable(services: Services, agent: Agent, time: datetime) -> None:
-    """What step 1 of deprovisioning leaves: the agent inactive and its disable record."""
+    """What step 1 of deprovisioning leaves: the agent inactive, its disable record, and the record of the session
+    kill that follows (50 ms later)."""
     await services.agents.set_active(agent.id, False, "left the company", time)
     await services.access_log.append(
         [
@@ -64,6 +65,15 @@ async def disable(services: Services, agent: Agent, time: datetime) -> None:
                 reason="left the company",
                 decision="disabled",
                 detail={"source": "cli", "step": "disable"},
-            )
+            ),
+            AccessRecord(
+                time=time + timedelta(milliseconds=50),
+                kind="sessions_revoked",
+                agent_id=agent.id,
+                agent_name=agent.user_name,
+                actor="admin",
+                decision="revoked",
+                detail={"source": "cli", "sessions": 1},
+            ),
         ]
     )

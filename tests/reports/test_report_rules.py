@@ -3,6 +3,7 @@ the zero-access verdict (each failing check makes it "not proven", and says why)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -143,13 +144,20 @@ def test_a_request_let_in_before_the_disable_and_ended_by_the_kill_is_listed_but
     )  # fmt: skip
     later = AccessRecord(time=T + timedelta(seconds=5), kind="request", seq=12, decision="allow", duration_ms=30)
 
-    after, in_flight = split_at_disable(T, [websocket])
+    killed = T + timedelta(milliseconds=120)  # the kill's record: written once every replica closed connections
+
+    after, in_flight = split_at_disable(T, killed, [websocket])
     assert (after, in_flight) == ([], [websocket])
     passed = after_disable_check(T, 1, after, in_flight)
     assert passed.passed
     assert "let in at 2026-11-20T08:50:00" in passed.evidence[1] and "ended by the session kill" in passed.evidence[1]
+    # Without a kill after the disable, or still open well after it, the same stream is access after the disable.
+    assert split_at_disable(T, None, [websocket]) == ([websocket], [])
+    assert split_at_disable(T, T - timedelta(days=1), [websocket]) == ([websocket], [])
+    open_late = replace(websocket, time=killed + timedelta(seconds=10), duration_ms=610_120)
+    assert split_at_disable(T, killed, [open_late]) == ([open_late], [])
 
-    after, in_flight = split_at_disable(T, [websocket, later])
+    after, in_flight = split_at_disable(T, killed, [websocket, later])
     failed = after_disable_check(T, 2, after, in_flight)
     assert not failed.passed and failed.evidence[0].startswith("1 request(s) or login(s) allowed after")
     # Records the report did not read (more than it lists) count as let in after the disable: fail closed.
