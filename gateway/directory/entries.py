@@ -1,0 +1,141 @@
+"""Directory entries → what channelgate needs of them, with no I/O.
+
+An account is disabled when any configured mechanism says so: Active Directory's ``userAccountControl``
+ACCOUNTDISABLE bit (0x2, the bit the ``1.2.840.113556.1.4.803`` filter tests), OpenLDAP ppolicy's administrative
+lock (``pwdAccountLockedTime: 000001010000Z``; a timed lockout after failed binds expires by itself and is not a
+departure), or 389 DS's ``nsAccountLock: true``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.directory.settings import LdapSettings
+
+#: Active Directory ACCOUNTDISABLE (MS-ADTS §2.2.16).
+ACCOUNTDISABLE = 0x2
+#: ppolicy's "locked by an administrator until unlocked" value (draft-behera-ldap-password-policy §5.3.3).
+PERMANENT_LOCK = "000001010000Z"
+
+Attributes = Mapping[str, Sequence[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryUser:
+    entry_id: str
+    dn: str
+    user_name: str
+    email: str | None
+    display_name: str | None
+    employee_number: str | None
+    manager_dn: str | None
+    #: Why the directory says the account is disabled; None while it is enabled.
+    disabled: str | None
+    #: DNs of the groups the entry names itself in (memberOf), before nesting.
+    member_of: frozenset[str]
+
+
+def normalize_dn(dn: str) -> str:
+    """DNs compared case-insensitively and without spaces after separators (RFC 4514 §2 and typical schemas)."""
+    return ",".join(part.strip() for part in dn.split(",")).lower()
+
+
+def _first(attributes: Attributes, name: str) -> Any:
+    for key, values in attributes.items():
+        if key.lower() == name.lower():
+            if isinstance(values, (str, bytes)):
+                return values
+            return values[0] if values else None
+    return None
+
+
+def _all(attributes: Attributes, name: str) -> list[Any]:
+    for key, values in attributes.items():
+        if key.lower() == name.lower():
+            return [values] if isinstance(values, (str, bytes)) else list(values)
+    return []
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = str(value).strip()
+    return text or None
+
+
+def entry_id_of(value: Any) -> str | None:
+    """entryUUID as text; AD's objectGUID (16 bytes, little-endian fields) as the same UUID text form."""
+    if isinstance(value, bytes) and len(value) == 16:
+        return str(uuid.UUID(bytes_le=value))
+    text = _text(value)
+    return None if text is None else text.lower().strip("{}")
+
+
+def disabled_reason(attributes: Attributes, settings: LdapSettings) -> str | None:
+    """The first configured mechanism that marks the account disabled, as a reason for the access log."""
+    if "user_account_control" in settings.disabled_when:
+        control = _text(_first(attributes, "userAccountControl"))
+        if control is not None and control.lstrip("-").isdigit() and int(control) & ACCOUNTDISABLE:
+            return "disabled in the directory (userAccountControl ACCOUNTDISABLE)"
+    if "ppolicy_lock" in settings.disabled_when and _text(_first(attributes, "pwdAccountLockedTime")) == PERMANENT_LOCK:
+        return "locked in the directory (pwdAccountLockedTime)"
+    if "ns_account_lock" in settings.disabled_when:
+        lock = _text(_first(attributes, "nsAccountLock"))
+        if lock is not None and lock.lower() == "true":
+            return "locked in the directory (nsAccountLock)"
+    return None
+
+
+def user_from_entry(dn: str, attributes: Attributes, settings: LdapSettings) -> DirectoryUser | None:
+    """The user an entry describes; None when it lacks the stable id or the userName attribute."""
+    names = settings.attributes
+    entry_id = entry_id_of(_first(attributes, names.entry_id))
+    user_name = _text(_first(attributes, names.user_name))
+    if entry_id is None or user_name is None:
+        return None
+    return DirectoryUser(
+        entry_id=entry_id,
+        dn=dn,
+        user_name=user_name,
+        email=_text(_first(attributes, names.email)),
+        display_name=_text(_first(attributes, names.display_name)),
+        employee_number=_text(_first(attributes, names.employee_number)),
+        manager_dn=_text(_first(attributes, names.manager)),
+        disabled=disabled_reason(attributes, settings),
+        member_of=frozenset(normalize_dn(v) for v in map(_text, _all(attributes, names.member_of)) if v),
+    )
+
+
+def user_attributes(settings: LdapSettings) -> list[str]:
+    """The attributes a user search asks for (nothing else crosses the network)."""
+    names = settings.attributes
+    wanted = [
+        names.entry_id,
+        names.user_name,
+        names.email,
+        names.display_name,
+        names.employee_number,
+        names.manager,
+        names.member_of,
+        names.changed,
+        "userAccountControl",
+        "pwdAccountLockedTime",
+        "nsAccountLock",
+    ]
+    return list(dict.fromkeys(wanted))
+
+
+def group_attributes(settings: LdapSettings) -> list[str]:
+    names = settings.attributes
+    return list(dict.fromkeys([names.entry_id, names.group_name, names.member, names.member_of, names.changed]))
+
+
+def in_subtree(dn: str, base: str) -> bool:
+    """Whether ``dn`` is ``base`` or below it."""
+    dn, base = normalize_dn(dn), normalize_dn(base)
+    return dn == base or dn.endswith("," + base)

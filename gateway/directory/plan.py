@@ -1,0 +1,206 @@
+"""What a sync changes: the directory's view against the agents it manages, with no I/O.
+
+A *complete* view (full reconciliation) lists every user in scope, so a managed agent missing from it left the
+directory (deleted, or moved out of the base DN or the filter). A *partial* view (incremental sync, change feed)
+only speaks for the users it lists and the entries it names as gone. An unreachable directory produces no view
+at all, so it can never disable anyone.
+
+Only agents this directory created are changed: an agent of another source (SCIM, a first login) with the same
+userName is reported as a conflict and left alone. An agent is reactivated only if this sync disabled it; an
+agent disabled by an administrator or another trigger stays disabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.directory.entries import DirectoryUser, normalize_dn
+from gateway.storage.agents import user_name_key
+
+GONE = "no longer in the directory's scope (deleted, moved or filtered out)"
+LEFT_AGENTS_GROUP = "removed from the directory's agents group"
+
+
+@dataclass(frozen=True, slots=True)
+class KnownAgent:
+    """An agent this directory manages, as stored."""
+
+    agent_id: str
+    entry_id: str
+    dn: str
+    user_name: str
+    email: str | None
+    display_name: str | None
+    employee_number: str | None
+    manager_id: str | None
+    active: bool
+    #: Whether this sync disabled it (only then may the directory reactivate it).
+    disabled_by_sync: bool
+    groups: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WantedUser:
+    """A directory user and what the directory says about it: its group names and whether it may work."""
+
+    user: DirectoryUser
+    groups: frozenset[str]
+    #: None when it may work; else why not (disabled, locked, not in the agents group).
+    refusal: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    users: Mapping[str, WantedUser]
+    #: Entries the change feed reported deleted or out of scope.
+    gone: frozenset[str] = frozenset()
+    complete: bool = False
+
+
+Kind = Literal["create", "update", "disable", "reactivate", "groups", "conflict"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: Kind
+    agent_id: str | None
+    user_name: str
+    entry_id: str
+    #: Columns to write (create, update), group names (groups), the reason (disable, conflict).
+    values: Mapping[str, str | bool | None] = field(default_factory=dict)
+    groups: frozenset[str] = frozenset()
+    reason: str | None = None
+    dn: str | None = None
+
+    def describe(self) -> str:
+        text = f"{self.kind:<10} {self.user_name}"
+        if self.kind == "groups":
+            return f"{text}: groups {', '.join(sorted(self.groups)) or '(none)'}"
+        if self.kind == "update":
+            return f"{text}: {', '.join(sorted(self.values))}"
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    changes: tuple[Change, ...]
+    #: Active agents this directory manages before the plan (the quarantine's denominator).
+    active_agents: int
+
+    @property
+    def disables(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.kind == "disable")
+
+    def without_disables(self) -> Plan:
+        return Plan(tuple(c for c in self.changes if c.kind != "disable"), self.active_agents)
+
+
+def _columns(user: DirectoryUser, manager_id: str | None) -> dict[str, str | bool | None]:
+    return {
+        "user_name": user.user_name,
+        "email": user.email,
+        "display_name": user.display_name,
+        "employee_number": user.employee_number,
+        "manager_id": manager_id,
+    }
+
+
+def plan(
+    known: Mapping[str, KnownAgent],
+    view: View,
+    others: Mapping[str, str],
+    new_id: Callable[[], str],
+) -> Plan:
+    """The changes that make the managed agents match ``view``. ``others`` maps the userName key of every live
+    agent this directory does not manage to its source (conflicts)."""
+    creating = {entry_id: new_id() for entry_id, wanted in view.users.items() if entry_id not in known}
+    by_dn = {normalize_dn(agent.dn): agent.agent_id for agent in known.values()}
+    by_dn |= {normalize_dn(view.users[e].user.dn): agent_id for e, agent_id in creating.items()}
+    changes: list[Change] = []
+    taken = {key for key in others}
+    for entry_id, wanted in sorted(view.users.items(), key=lambda item: item[1].user.user_name.lower()):
+        user = wanted.user
+        manager_id = by_dn.get(normalize_dn(user.manager_dn)) if user.manager_dn else None
+        current = known.get(entry_id)
+        if current is None:
+            key = user_name_key(user.user_name)
+            if key in taken:
+                source = others.get(key, "ldap")
+                changes.append(
+                    Change("conflict", None, user.user_name, entry_id, reason=f"userName held by a {source} agent")
+                )
+                continue
+            taken.add(key)
+            values = _columns(user, manager_id) | {"active": wanted.refusal is None}
+            changes.append(
+                Change(
+                    "create",
+                    creating[entry_id],
+                    user.user_name,
+                    entry_id,
+                    values,
+                    wanted.groups,
+                    wanted.refusal,
+                    user.dn,
+                )
+            )
+            continue
+        changes.extend(_changes_of(current, wanted, manager_id, others))
+    for entry_id, current in sorted(known.items(), key=lambda item: item[1].user_name.lower()):
+        missing = entry_id in view.gone or (view.complete and entry_id not in view.users)
+        if missing and current.active:
+            changes.append(Change("disable", current.agent_id, current.user_name, entry_id, reason=GONE))
+    active = sum(1 for agent in known.values() if agent.active)
+    return Plan(tuple(changes), active)
+
+
+def _changes_of(
+    current: KnownAgent, wanted: WantedUser, manager_id: str | None, others: Mapping[str, str]
+) -> list[Change]:
+    user = wanted.user
+    changes: list[Change] = []
+    values = {name: value for name, value in _columns(user, manager_id).items() if value != getattr(current, name)}
+    if "user_name" in values and user_name_key(user.user_name) in others:
+        source = others[user_name_key(user.user_name)]
+        changes.append(
+            Change(
+                "conflict",
+                current.agent_id,
+                user.user_name,
+                current.entry_id,
+                reason=f"userName held by a {source} agent",
+            )
+        )
+        values.pop("user_name")
+    if values or normalize_dn(current.dn) != normalize_dn(user.dn):
+        changes.append(Change("update", current.agent_id, current.user_name, current.entry_id, values, dn=user.dn))
+    if wanted.groups != current.groups:
+        changes.append(Change("groups", current.agent_id, user.user_name, current.entry_id, groups=wanted.groups))
+    if current.active and wanted.refusal is not None:
+        changes.append(Change("disable", current.agent_id, user.user_name, current.entry_id, reason=wanted.refusal))
+    elif not current.active and wanted.refusal is None and current.disabled_by_sync:
+        changes.append(
+            Change("reactivate", current.agent_id, user.user_name, current.entry_id, reason="enabled in the directory")
+        )
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineCheck:
+    held: bool
+    disabling: int
+    active_agents: int
+
+
+def check_quarantine(
+    plan_: Plan, *, recent_disables: int, approved: frozenset[str], max_share: float, min_agents: int
+) -> QuarantineCheck:
+    """Whether ``plan_``'s disables (plus those already made in the window, minus the ones an admin approved)
+    would take out more than ``max_share`` of the active agents: then none of them happens yet."""
+    disabling = sum(1 for change in plan_.disables if change.agent_id not in approved)
+    total = disabling + recent_disables
+    base = max(plan_.active_agents, 1)
+    held = disabling > 0 and total >= min_agents and total / base > max_share
+    return QuarantineCheck(held, disabling, plan_.active_agents)

@@ -1,0 +1,317 @@
+"""One directory's sync: full reconciliation, incremental sync by high-water mark, change-feed batches, each
+planned (``plan``), checked against the quarantine threshold, then applied (``apply``).
+
+Every read completes before anything is written: a directory that is unreachable, or fails part-way, raises
+:class:`DirectoryUnavailable` and changes nobody. A plan that would disable more than the configured share of
+the directory's active agents (counting the disables of the last ``window_seconds``) applies everything but the
+disables, records a quarantine, raises the alert (log, metric, access-log record) and waits for
+``channelgate ldap approve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from uuid import uuid4
+
+from gateway.audit.writer import AuditLog
+from gateway.directory.apply import PlanApplier
+from gateway.directory.entries import DirectoryUser, in_subtree, normalize_dn, user_from_entry
+from gateway.directory.feed import FeedDeleted, FeedEntry, FeedEvent
+from gateway.directory.groups import GroupGraph
+from gateway.directory.metrics import DirectoryMetrics
+from gateway.directory.plan import LEFT_AGENTS_GROUP, KnownAgent, Plan, View, WantedUser, check_quarantine, plan
+from gateway.directory.reader import DirectoryReader, Snapshot
+from gateway.directory.settings import LdapSettings
+from gateway.directory.store import DirectoryStore
+from gateway.storage.access_log import AccessRecord
+from gateway.timeutil import utcnow
+
+log = logging.getLogger("channelgate.ldap")
+
+SyncKind = Literal["full", "incremental", "feed"]
+
+
+@dataclass(slots=True)
+class SyncReport:
+    kind: SyncKind
+    dry_run: bool
+    planned: list[str] = field(default_factory=list)
+    applied: dict[str, int] = field(default_factory=dict)
+    quarantine_id: str | None = None
+    held: int = 0
+    active_agents: int = 0
+    users_read: int = 0
+    duration_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "dry_run": self.dry_run,
+            "planned": self.planned,
+            "applied": self.applied,
+            "quarantine_id": self.quarantine_id,
+            "held_disables": self.held,
+            "active_agents": self.active_agents,
+            "users_read": self.users_read,
+            "duration_ms": round(self.duration_ms, 1),
+        }
+
+
+class DirectorySync:
+    def __init__(
+        self,
+        settings: LdapSettings,
+        store: DirectoryStore,
+        applier: PlanApplier,
+        audit: AuditLog,
+        password: Callable[[], Awaitable[str]],
+        metrics: DirectoryMetrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._applier = applier
+        self._audit = audit
+        self.password = password
+        self.metrics = metrics
+        self.clock = clock
+        self._graph: GroupGraph | None = None
+        self._agents_members: frozenset[str] | None = None
+        #: Monotonic times of the disables this process made (the quarantine's window).
+        self._disabled_at: collections.deque[float] = collections.deque()
+        #: One sync at a time in this process (replicas are kept apart by the runner's lease).
+        self.lock = asyncio.Lock()
+
+    async def _reader(self) -> DirectoryReader:
+        return DirectoryReader(self.settings, await self.password())
+
+    # ------------------------------------------------------------------------------------------ kinds
+
+    async def full(self, *, dry_run: bool = False) -> SyncReport:
+        """Every user and group in scope; an agent missing from the directory is disabled."""
+        async with self.lock:
+            started = time.perf_counter()
+            reader = await self._reader()
+            snapshot = await asyncio.to_thread(reader.read)
+            report = await self._run("full", snapshot.users, snapshot, complete=True, dry_run=dry_run)
+            if not dry_run:
+                await self.store.save_state(
+                    self.clock(),
+                    last_full_at=self.clock(),
+                    high_water=snapshot.high_water,
+                    last_result=report.as_dict(),
+                    last_error=None,
+                )
+            return self._done(report, started)
+
+    async def incremental(self, *, feed_users: Iterable[DirectoryUser] = (), gone: Iterable[str] = ()) -> SyncReport:
+        """Users changed at or after the high-water mark, every group, and the users whose memberships changed
+        (read again by id: a removal from a group does not touch the user's entry)."""
+        state = await self.store.state()
+        if state.high_water is None:
+            return await self.full()
+        async with self.lock:
+            started = time.perf_counter()
+            reader = await self._reader()
+            snapshot = await asyncio.to_thread(reader.read, state.high_water)
+            users = {u.entry_id: u for u in snapshot.users} | {u.entry_id: u for u in feed_users}
+            known = await self.store.known()
+            graph = GroupGraph.of(snapshot.groups)
+            stale = [
+                agent.entry_id
+                for agent in known.values()
+                if agent.entry_id not in users and self._membership_changed(agent, graph, snapshot.agents_members)
+            ]
+            missing: set[str] = set(gone)
+            if stale:
+                found, _ = await asyncio.to_thread(reader.read_users, stale)
+                users |= {u.entry_id: u for u in found}
+                missing |= set(stale) - {u.entry_id for u in found}
+            report = await self._run(
+                "incremental", list(users.values()), snapshot, complete=False, gone=frozenset(missing)
+            )
+            await self.store.save_state(
+                self.clock(),
+                last_incremental_at=self.clock(),
+                high_water=snapshot.high_water,
+                last_result=report.as_dict(),
+                last_error=None,
+            )
+            return self._done(report, started)
+
+    async def feed_batch(self, events: Iterable[FeedEvent]) -> SyncReport | None:
+        """Changes pushed by the feed. A group change needs every group again: that is an incremental sync."""
+        users: dict[str, DirectoryUser] = {}
+        gone: set[str] = set()
+        groups_changed = False
+        settings = self.settings
+        for event in events:
+            if isinstance(event, FeedDeleted):
+                gone |= set(event.entry_uuids)
+            elif isinstance(event, FeedEntry):
+                if event.state == "delete":
+                    gone.add(event.entry_uuid)
+                elif settings.groups_base and in_subtree(event.dn, settings.groups_base):
+                    groups_changed = True
+                elif in_subtree(event.dn, settings.users_base):
+                    user = user_from_entry(event.dn, event.attributes, settings)
+                    if user is not None:
+                        users[user.entry_id] = user
+                        gone.discard(user.entry_id)
+                else:
+                    gone.add(event.entry_uuid)  # moved out of the users base
+        if groups_changed or self._graph is None:
+            return await self.incremental(feed_users=users.values(), gone=gone)
+        if not users and not gone:
+            return None
+        async with self.lock:
+            started = time.perf_counter()
+            report = await self._run("feed", list(users.values()), None, complete=False, gone=frozenset(gone))
+            return self._done(report, started)
+
+    async def approve(self, quarantine_id: str, actor: str) -> bool:
+        """Release a held sync: its disables no longer count towards the threshold (the next full sync applies
+        them). False when no sync of this directory with that id is held."""
+        approved = await self.store.approve(quarantine_id, actor, self.clock())
+        if approved:
+            await self._audit.write(
+                AccessRecord(
+                    time=self.clock(),
+                    kind="ldap",
+                    actor=actor,
+                    decision="quarantine_approved",
+                    detail={"directory": self.store.directory, "quarantine": quarantine_id},
+                )
+            )
+        return approved
+
+    # ------------------------------------------------------------------------------------------ shared
+
+    def _wanted(self, user: DirectoryUser, graph: GroupGraph, agents_members: frozenset[str] | None) -> WantedUser:
+        group_dns = graph.groups_of(user.dn, user.member_of)
+        refusal = user.disabled
+        agents_group = self.settings.agents_group
+        if refusal is None and agents_group is not None:
+            member = (
+                normalize_dn(user.dn) in agents_members
+                if agents_members is not None
+                else normalize_dn(agents_group) in group_dns | user.member_of
+            )
+            refusal = None if member else LEFT_AGENTS_GROUP
+        return WantedUser(user, graph.names(group_dns), refusal)
+
+    def _membership_changed(self, agent: KnownAgent, graph: GroupGraph, agents_members: frozenset[str] | None) -> bool:
+        group_dns = graph.groups_of(agent.dn)
+        if graph.names(group_dns) != agent.groups:
+            return True
+        agents_group = self.settings.agents_group
+        if agents_group is None:
+            return False
+        member = (
+            normalize_dn(agent.dn) in agents_members
+            if agents_members is not None
+            else normalize_dn(agents_group) in group_dns
+        )
+        return member != agent.active if (agent.active or agent.disabled_by_sync) else False
+
+    async def _run(
+        self,
+        kind: SyncKind,
+        users: list[DirectoryUser],
+        snapshot: Snapshot | None,
+        *,
+        complete: bool,
+        gone: frozenset[str] = frozenset(),
+        dry_run: bool = False,
+    ) -> SyncReport:
+        now = self.clock()
+        if snapshot is not None:
+            self._graph = GroupGraph.of(snapshot.groups)
+            self._agents_members = snapshot.agents_members
+        graph = self._graph or GroupGraph()
+        known = await self.store.known()
+        if snapshot is not None and not dry_run:
+            renamed = await self._applier.sync_groups(snapshot.groups, now, complete=True)
+            await self._push_groups(renamed)
+        view = View(
+            {u.entry_id: self._wanted(u, graph, self._agents_members) for u in users}, gone=gone, complete=complete
+        )
+        changes = plan(known, view, await self.store.others(), lambda: str(uuid4()))
+        report = SyncReport(kind, dry_run, [c.describe() for c in changes.changes], users_read=len(users))
+        report.active_agents = changes.active_agents
+        approved = frozenset(
+            entry["agent_id"] for q in await self.store.quarantines(states=("approved",)) for entry in q.agents
+        )
+        check = check_quarantine(
+            changes,
+            recent_disables=self._recent_disables(),
+            approved=approved,
+            max_share=self.settings.quarantine.max_share,
+            min_agents=self.settings.quarantine.min_agents,
+        )
+        if check.held:
+            report.held = check.disabling
+        if dry_run:
+            return report
+        if check.held:
+            report.quarantine_id = await self._hold(changes, now)
+            changes = changes.without_disables()
+        applied = await self._applier.apply(changes, now)
+        report.applied = applied.counts
+        for _ in range(applied.counts.get("disable", 0)):
+            self._disabled_at.append(time.monotonic())
+        if approved and not check.held:
+            await self.store.close_approved()
+        if self.metrics is not None:
+            for change_kind, count in applied.counts.items():
+                self.metrics.changes.labels(change_kind).inc(count)
+        return report
+
+    async def _push_groups(self, agent_ids: set[str]) -> None:
+        for agent_id in sorted(agent_ids):
+            await self._applier.push_groups(agent_id)
+
+    def _recent_disables(self) -> int:
+        horizon = time.monotonic() - self.settings.quarantine.window_seconds
+        while self._disabled_at and self._disabled_at[0] < horizon:
+            self._disabled_at.popleft()
+        return len(self._disabled_at)
+
+    async def _hold(self, changes: Plan, now: datetime) -> str:
+        held = [
+            {"agent_id": c.agent_id or "", "user_name": c.user_name, "reason": c.reason or ""} for c in changes.disables
+        ]
+        quarantine_id = await self.store.hold(len(held), changes.active_agents, held, now)
+        log.error(
+            "directory %s: a sync would disable %d of %d active agents; held as quarantine %s until an admin runs "
+            "'channelgate ldap approve %s'",
+            self.store.directory,
+            len(held),
+            changes.active_agents,
+            quarantine_id,
+            quarantine_id,
+        )
+        if self.metrics is not None:
+            self.metrics.quarantined.inc()
+        await self._audit.write(
+            self._applier.record(
+                "quarantined",
+                now,
+                reason=f"would disable {len(held)} of {changes.active_agents} active agents",
+                detail={"quarantine": quarantine_id, "disabling": len(held)},
+            )
+        )
+        return quarantine_id
+
+    def _done(self, report: SyncReport, started: float) -> SyncReport:
+        report.duration_ms = (time.perf_counter() - started) * 1000
+        if self.metrics is not None:
+            self.metrics.syncs.labels(report.kind, "quarantined" if report.quarantine_id else "ok").inc()
+        return report
