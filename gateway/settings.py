@@ -31,6 +31,7 @@ from pydantic import (
 
 from gateway.audit.settings import AuditSettings
 from gateway.console.settings import ConsoleSettings
+from gateway.directory.settings import LdapSettings
 from gateway.errors import ConfigError
 from gateway.settings_section import Section as _Section
 
@@ -472,6 +473,8 @@ class Settings(_Section):
     deprovision: DeprovisionSettings = Field(default_factory=DeprovisionSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    #: Directory sync over LDAP / Active Directory (issue 6); absent: no directory is synced.
+    ldap: LdapSettings | None = None
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     routes: tuple[RouteSettings, ...] = ()
 
