@@ -24,6 +24,7 @@ from gateway import admin_api, ops
 from gateway.audit.forwarder import start_forwarders
 from gateway.authn import require_session
 from gateway.console.app import mount as console_routes
+from gateway.directory.wiring import run_directory_sync
 from gateway.errors import AuthenticationRequired, ChannelgateError
 from gateway.inline_proxy import proxy_http, proxy_websocket_endpoint
 from gateway.oidc import routes as login_routes
@@ -161,6 +162,8 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
             asyncio.create_task(_heartbeat(built), name="channelgate-heartbeat"),
             asyncio.create_task(worker.run_forever(), name="channelgate-pipeline"),
         ]
+        if built.settings.ldap is not None:
+            tasks.append(asyncio.create_task(run_directory_sync(built, built.settings.ldap), name="channelgate-ldap"))
         if freeze_heap:
             gc.collect()
             gc.freeze()
