@@ -241,7 +241,8 @@ async def test_userinfo_answers_the_access_token_and_refuses_without_one(
     access_token = (await tokens(issuer, callback, login.verifier))["access_token"]
     async with httpx.AsyncClient() as client:
         info = (await client.get(f"{issuer}/userinfo", headers={"Authorization": f"Bearer {access_token}"})).json()
-        assert (info["preferred_username"], info["groups"]) == ("carol", ["phone-agents", "mail-agents", "security-reviewers"])
+        carol = ("carol", ["phone-agents", "mail-agents", "security-reviewers"])
+        assert (info["preferred_username"], info["groups"]) == carol
         assert (await client.get(f"{issuer}/userinfo")).status_code == 401
 
 
