@@ -8,6 +8,7 @@ message. ``get_info=NONE``: the server's schema is not re-read on every connecti
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from urllib.parse import urlsplit
 
@@ -18,15 +19,32 @@ from gateway.directory.errors import DirectoryUnavailable
 from gateway.directory.settings import LdapSettings
 
 
-def _server(settings: LdapSettings) -> Server:
-    url = urlsplit(settings.url)
-    tls = None
-    if settings.tls:
-        tls = Tls(
+class _StdlibTls(Tls):  # type: ignore[misc]
+    """ldap3's ``Tls`` with the standard library doing every check during the handshake (chain, host name or IP
+    address, TLS 1.2 at least). ldap3 itself turns the context's host name check off and calls the deprecated
+    ``ssl.match_hostname`` afterwards."""
+
+    def __init__(self, settings: LdapSettings) -> None:
+        super().__init__(
             validate=ssl.CERT_REQUIRED if settings.verify_certificates else ssl.CERT_NONE,
-            version=ssl.PROTOCOL_TLS_CLIENT if settings.verify_certificates else ssl.PROTOCOL_TLS,
             ca_certs_file=str(settings.ca_file) if settings.ca_file is not None else None,
         )
+        self._verify = settings.verify_certificates
+
+    def wrap_socket(self, connection: Connection, do_handshake: bool = False) -> None:
+        context = ssl.create_default_context(cafile=self.ca_certs_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if not self._verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        connection.socket = context.wrap_socket(
+            connection.socket, server_hostname=connection.server.host, do_handshake_on_connect=do_handshake
+        )
+
+
+def _server(settings: LdapSettings) -> Server:
+    url = urlsplit(settings.url)
+    tls = _StdlibTls(settings) if settings.tls else None
     port = url.port or (636 if url.scheme == "ldaps" else 389)
     assert url.hostname is not None  # checked by the settings
     return Server(
@@ -41,17 +59,26 @@ def _server(settings: LdapSettings) -> Server:
 
 def open_connection(settings: LdapSettings, password: str, *, client_strategy: str = "SYNC") -> Connection:
     """A bound connection; raises :class:`DirectoryUnavailable` naming what failed (never the password)."""
-    where = settings.url
     connection = Connection(
         _server(settings),
         user=settings.bind_dn,
         password=password,
         client_strategy=client_strategy,
-        receive_timeout=settings.timeout_seconds,
+        receive_timeout=math.ceil(settings.timeout_seconds),  # whole seconds: ldap3 packs it into SO_RCVTIMEO
         read_only=True,
         raise_exceptions=True,
         auto_referrals=False,
     )
+    try:
+        _bind(connection, settings)
+    except BaseException:
+        close(connection)  # a failed open or bind must not leave its socket behind
+        raise
+    return connection
+
+
+def _bind(connection: Connection, settings: LdapSettings) -> None:
+    where = settings.url
     try:
         connection.open()
         if settings.start_tls:
@@ -67,7 +94,6 @@ def open_connection(settings: LdapSettings, password: str, *, client_strategy: s
         raise DirectoryUnavailable(f"Cannot connect to the directory {where}{hint}: {_reason(exc)}") from None
     except (LDAPException, OSError, ssl.SSLError) as exc:
         raise DirectoryUnavailable(f"The directory {where} failed during connect or bind: {_reason(exc)}") from None
-    return connection
 
 
 def _reason(exc: BaseException) -> str:
@@ -79,3 +105,8 @@ def _reason(exc: BaseException) -> str:
 def close(connection: Connection) -> None:
     with contextlib.suppress(LDAPException, OSError):
         connection.unbind()
+    sock = connection.socket
+    if sock is not None:
+        # unbind leaves the socket open when the connect or bind never completed
+        with contextlib.suppress(OSError):
+            sock.close()

@@ -30,7 +30,7 @@ from tests.components.process import ChildProcess, ComponentFailed, require_exec
 
 SUFFIX = "dc=example,dc=com"
 ROOT_DN = f"cn=admin,{SUFFIX}"
-ROOT_PASSWORD = "admin-secret"  # noqa: S105 - a throwaway test directory's password
+ROOT_PASSWORD = "admin-secret"
 PEOPLE = f"ou=people,{SUFFIX}"
 GROUPS = f"ou=groups,{SUFFIX}"
 FORMER = f"ou=former,{SUFFIX}"
@@ -262,7 +262,7 @@ class LdapServer:
         argv = [self._slapadd, database, "-F", str(self.dir / "slapd.d"), "-l", str(self.dir / ldif)]
         if database == "-n1":
             argv.append("-q")
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
         if result.returncode != 0:
             raise ComponentFailed(f"slapadd {ldif} failed: {result.stderr[-2000:]}")
 
@@ -282,7 +282,7 @@ class LdapServer:
     def modify(self, ldif: str) -> None:
         """Apply LDIF change records (``changetype: add|modify|delete|modrdn``) as the root DN, online."""
         argv = [self._ldapmodify, "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD, "-c"]
-        result = subprocess.run(argv, input=ldif, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603
+        result = subprocess.run(argv, input=ldif, capture_output=True, text=True, check=False, timeout=60)
         if result.returncode != 0:
             raise ComponentFailed(f"ldapmodify failed ({result.returncode}): {result.stderr[-2000:]}")
 

@@ -1,0 +1,88 @@
+"""channelgate's core services (SQLite, memory sessions) with the directory sync of a test ``slapd``, no HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.directory.sync import DirectorySync
+from gateway.directory.wiring import open_directory_sync
+from gateway.services import Services, open_core
+from gateway.settings import Settings
+from gateway.storage.access_log import AccessRecord
+from gateway.storage.agents import Agent
+from gateway.storage.migrate import upgrade_to_head
+from tests.components.ldap_server import GROUPS, PEOPLE, ROOT_DN, ROOT_PASSWORD, LdapServer
+from tests.components.ports import LOOPBACK
+
+AGENTS_GROUP = f"cn=agents,{GROUPS}"
+
+
+def ldap_section(server: LdapServer, **overrides: Any) -> dict[str, Any]:
+    """An ``[ldap]`` table for ``server``: people and groups, ``cn=agents`` as the agents group."""
+    return {
+        "url": server.url,
+        "bind_dn": ROOT_DN,
+        "bind_password": ROOT_PASSWORD,
+        "users_base": PEOPLE,
+        "groups_base": GROUPS,
+        "agents_group": AGENTS_GROUP,
+        "timeout_seconds": 5,
+        "quarantine": {"max_share": 0.5, "min_agents": 5},
+        **overrides,
+    }
+
+
+def core_settings(base_dir: Path, ldap: dict[str, Any], database_url: str | None = None) -> Settings:
+    return Settings.model_validate(
+        {
+            "server": {"host": LOOPBACK, "public_url": "http://127.0.0.1:9", "insecure_dev_cookies": True},
+            "database": {"url": database_url or f"sqlite+aiosqlite:///{base_dir / 'channelgate.db'}"},
+            "oidc": {"issuer": f"http://{LOOPBACK}:9/unused", "client_id": "unused", "client_secret": "unused"},
+            "deprovision": {"guard": {"enabled": False}},
+            "ldap": ldap,
+        }
+    )
+
+
+@dataclass
+class LdapStack:
+    services: Services
+    sync: DirectorySync
+    base_dir: Path
+
+    async def agent(self, user_name: str) -> Agent:
+        found = await self.services.agents.find_by_user_name(user_name)
+        assert found is not None, f"no agent {user_name!r}"
+        return found
+
+    async def active(self) -> set[str]:
+        """userNames of the live, active agents."""
+        return {agent.user_name for agent in await self.services.agents.list(limit=100000) if agent.active}
+
+    async def records(self, kind: str = "ldap") -> list[AccessRecord]:
+        await self.services.audit.flush()
+        found = await self.services.audit.repository.after(0, limit=100000)
+        return [record for record in found if record.kind == kind]
+
+
+@contextlib.asynccontextmanager
+async def ldap_stack(server: LdapServer, **overrides: Any) -> AsyncIterator[LdapStack]:
+    base_dir = Path(tempfile.mkdtemp(prefix="channelgate-ldap-"))
+    settings = core_settings(base_dir, ldap_section(server, **overrides))
+    try:
+        await upgrade_to_head(settings.database.url.get_secret_value())
+        services = open_core(settings)
+        services.audit.start()
+        try:
+            assert settings.ldap is not None
+            yield LdapStack(services, open_directory_sync(services, settings.ldap), base_dir)
+        finally:
+            await services.close()
+    finally:
+        shutil.rmtree(base_dir, ignore_errors=True)

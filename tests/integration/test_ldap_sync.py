@@ -1,0 +1,160 @@
+"""Directory sync against a real OpenLDAP ``slapd``: provisioning, groups, disablement by every mechanism,
+incremental sync, quarantine, an unreachable directory, TLS verification."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from gateway.directory.errors import DirectoryUnavailable
+from gateway.directory.plan import GONE, LEFT_AGENTS_GROUP
+from tests.components.ldap_server import FORMER, GROUPS, PEOPLE, LdapServer, group_ldif, person_ldif
+from tests.components.ldap_stack import LdapStack, ldap_stack
+
+pytestmark = [pytest.mark.timeout(60)]
+
+TEAM = ("alice", "bob", "carol", "dave", "erin", "frank")
+
+
+def team_ldif(names: tuple[str, ...] = TEAM) -> str:
+    people = "\n".join(
+        person_ldif(name, employee_number=f"E{i:03}", manager=None if name == "alice" else "alice")
+        for i, name in enumerate(names)
+    )
+    return "\n".join([people, group_ldif("agents", names), group_ldif("chat-agents", names[:2])])
+
+
+@pytest.fixture
+def directory() -> Iterator[LdapServer]:
+    with LdapServer() as server:
+        server.add(team_ldif())
+        yield server
+
+
+@pytest.fixture
+async def stack(directory: LdapServer) -> AsyncIterator[LdapStack]:
+    async with ldap_stack(directory) as built:
+        yield built
+
+
+def modify(server: LdapServer, dn: str, *lines: str) -> None:
+    server.modify("\n".join([f"dn: {dn}", "changetype: modify", *lines]) + "\n")
+
+
+def person(uid: str) -> str:
+    return f"uid={uid},{PEOPLE}"
+
+
+async def test_a_full_sync_provisions_agents_with_their_attributes_groups_and_manager(stack: LdapStack) -> None:
+    report = await stack.sync.full()
+    assert report.applied["create"] == len(TEAM)
+    bob, alice = await stack.agent("bob"), await stack.agent("alice")
+    assert (bob.source, bob.active, bob.email, bob.display_name) == ("ldap", True, "bob@example.com", "Bob Agent")
+    assert bob.employee_number == "E001"
+    assert bob.manager_id == alice.id
+    assert await stack.services.groups.names_of(bob.id) == {"agents", "chat-agents"}
+    assert await stack.services.groups.names_of((await stack.agent("carol")).id) == {"agents"}
+    created = [r for r in await stack.records() if r.decision == "create"]
+    assert {r.agent_name for r in created} == set(TEAM)
+    assert all(r.actor == "ldap:directory" for r in created)
+    again = await stack.sync.full()
+    assert again.applied == {} and again.planned == []
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            lambda s: modify(s, person("bob"), "replace: userAccountControl", "userAccountControl: 514"),
+            "userAccountControl",
+        ),
+        (
+            lambda s: modify(s, person("bob"), "replace: pwdAccountLockedTime", "pwdAccountLockedTime: 000001010000Z"),
+            "pwdAccountLockedTime",
+        ),
+        (lambda s: modify(s, person("bob"), "replace: nsAccountLock", "nsAccountLock: true"), "nsAccountLock"),
+        (lambda s: modify(s, f"cn=agents,{GROUPS}", "delete: member", f"member: {person('bob')}"), LEFT_AGENTS_GROUP),
+        (lambda s: s.modify(f"dn: {person('bob')}\nchangetype: delete\n"), GONE),
+        (
+            lambda s: s.modify(
+                f"dn: {person('bob')}\nchangetype: modrdn\nnewrdn: uid=bob\ndeleteoldrdn: 1\nnewsuperior: {FORMER}\n"
+            ),
+            GONE,
+        ),
+    ],
+    ids=["ad-disabled-bit", "ppolicy-lock", "ns-account-lock", "left-agents-group", "deleted", "moved-out"],
+)
+async def test_each_disable_mechanism_deprovisions_the_agent_through_the_pipeline_on_the_next_sync(
+    stack: LdapStack, directory: LdapServer, change: object, reason: str
+) -> None:
+    await stack.sync.full()
+    bob = await stack.agent("bob")
+    change(directory)  # type: ignore[operator]
+    report = await (stack.sync.full() if reason == GONE else stack.sync.incremental())
+    assert report.applied.get("disable") == 1, report.planned
+    disabled = await stack.services.agents.get(bob.id)
+    assert disabled is not None and not disabled.active
+    assert reason in (disabled.disabled_reason or "")
+    [run] = await stack.services.pipeline.runs_of_agent(bob.id)
+    assert (run.source, run.actor) == ("ldap", "ldap:directory")
+    assert await stack.active() == set(TEAM) - {"bob"}
+
+
+async def test_re_enabling_in_the_directory_reactivates_only_the_agent_the_sync_disabled(
+    stack: LdapStack, directory: LdapServer
+) -> None:
+    await stack.sync.full()
+    modify(directory, person("bob"), "replace: userAccountControl", "userAccountControl: 514")
+    await stack.sync.incremental()
+    carol = await stack.agent("carol")
+    await stack.services.killer.deprovision(carol.id, reason="fraud", actor="admin", source="admin")
+    await asyncio.sleep(1.1)  # modifyTimestamp has a one-second resolution
+    modify(directory, person("bob"), "replace: userAccountControl", "userAccountControl: 512")
+    modify(directory, person("carol"), "replace: displayName", "displayName: Carol Renamed")
+    report = await stack.sync.incremental()
+    assert report.applied.get("reactivate") == 1
+    assert (await stack.agent("bob")).active
+    assert not (await stack.agent("carol")).active
+    assert (await stack.agent("carol")).display_name == "Carol Renamed"
+
+
+async def test_a_sync_that_would_disable_most_agents_is_quarantined_until_approved(
+    stack: LdapStack, directory: LdapServer
+) -> None:
+    await stack.sync.full()
+    for name in TEAM[1:]:
+        directory.modify(f"dn: {person(name)}\nchangetype: delete\n")
+    report = await stack.sync.full()
+    assert report.quarantine_id is not None and report.held == 5
+    assert await stack.active() == set(TEAM)
+    [held] = await stack.sync.store.quarantines()
+    assert (held.state, held.disabling, held.active_agents) == ("held", 5, 6)
+    assert any(r.decision == "quarantined" for r in await stack.records())
+    assert await stack.sync.approve(report.quarantine_id, "admin:ops")
+    released = await stack.sync.full()
+    assert released.quarantine_id is None and released.applied["disable"] == 5
+    assert await stack.active() == {"alice"}
+    assert await stack.sync.store.quarantines() == []
+
+
+async def test_an_unreachable_directory_disables_nobody(stack: LdapStack, directory: LdapServer) -> None:
+    await stack.sync.full()
+    directory.kill()
+    with pytest.raises(DirectoryUnavailable, match="Cannot connect"):
+        await stack.sync.full()
+    with pytest.raises(DirectoryUnavailable):
+        await stack.sync.incremental()
+    assert await stack.active() == set(TEAM)
+
+
+async def test_a_bad_tls_certificate_is_refused_and_the_issuing_ca_is_accepted() -> None:
+    with LdapServer(tls=True) as server:
+        server.add(team_ldif())
+        async with ldap_stack(server, url=server.ldaps_url) as stack:
+            with pytest.raises(DirectoryUnavailable, match="certificate"):
+                await stack.sync.full()
+            assert await stack.services.agents.list() == []
+        async with ldap_stack(server, url=server.ldaps_url, ca_file=str(server.ca_file)) as stack:
+            assert (await stack.sync.full()).applied["create"] == len(TEAM)
