@@ -35,6 +35,9 @@ _ROW_COLUMNS = ", ".join((*FIELDS, *CHAIN_COLUMNS))
 _UNSEALED = text(
     f"SELECT {', '.join(FIELDS)} FROM access_log WHERE chain_pos IS NULL ORDER BY seq LIMIT :limit"  # noqa: S608 - our column names
 )
+_STILL_UNSEALED = text("SELECT seq FROM access_log WHERE chain_pos IS NULL AND seq IN :seqs").bindparams(
+    bindparam("seqs", expanding=True)
+)
 _HEAD = text("SELECT chain_pos, hash, seq FROM access_log WHERE chain_pos IS NOT NULL ORDER BY chain_pos DESC LIMIT 1")
 _BY_POS = text(
     f"SELECT {_ROW_COLUMNS} FROM access_log WHERE chain_pos > :after AND chain_pos <= :until "  # noqa: S608 - our column names
@@ -122,22 +125,32 @@ class ChainStore:
             return await self._head(conn)
 
     async def seal(self, limit: int) -> tuple[int, ChainHead]:
-        """Chain the oldest ``limit`` unsealed records after the head; return how many and the new head."""
+        """Chain the oldest ``limit`` unsealed records after the head; return how many and the new head.
+
+        The content hashes (the costly part, ~3 µs a record) are computed before the chain lock is taken and off
+        the event loop; under the lock only the links are, for the rows still unsealed then (another process may
+        have sealed some meanwhile: a replica, or ``channelgate deprovision work`` beside a gateway).
+        """
+        async with read_transaction(self._engine) as conn:
+            rows = (await conn.execute(_UNSEALED, {"limit": limit})).all()
+        if not rows:
+            return 0, await self.head()
+        contents = await asyncio.to_thread(lambda: [(int(row[0]), content_hash(row)) for row in rows])
         async with write_transaction(self._engine) as conn:
             await self._lock(conn)
             head = await self._head(conn)
-            rows = (await conn.execute(_UNSEALED, {"limit": limit})).all()
-            if not rows:
-                return 0, head
-            prev, pos, updates = head.hash, head.chain_pos, []
-            for row in rows:
-                pos += 1
-                content = content_hash(row)
+            still = set((await conn.execute(_STILL_UNSEALED, {"seqs": [seq for seq, _ in contents]})).scalars().all())
+            prev, pos, last, updates = head.hash, head.chain_pos, head.seq, []
+            for seq, content in contents:
+                if seq not in still:
+                    continue
+                pos, last = pos + 1, seq
                 digest = link_hash(prev, pos, content)
-                updates.append({"b_seq": row[0], "b_pos": pos, "b_content": content, "b_prev": prev, "b_hash": digest})
+                updates.append({"b_seq": seq, "b_pos": pos, "b_content": content, "b_prev": prev, "b_hash": digest})
                 prev = digest
-            await conn.execute(_SEAL, updates)
-            return len(rows), ChainHead(pos, prev, int(rows[-1][0]))
+            if updates:
+                await conn.execute(_SEAL, updates)
+            return len(updates), ChainHead(pos, prev, last)
 
     async def unsealed(self) -> tuple[int, datetime | None]:
         """How many committed records wait for the sealer, and the time of the oldest."""

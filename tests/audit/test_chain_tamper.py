@@ -3,6 +3,7 @@ and PostgreSQL, with records written through every path."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from gateway.audit.canonical import content_hash, link_hash
 from gateway.audit.checkpoints import generate_key
+from gateway.storage.audit_chain import ChainStore
 from tests.audit.chain_harness import Chain, chain_on, record
 
 
@@ -204,3 +206,19 @@ async def test_the_same_record_hashes_the_same_on_sqlite_and_postgresql(postgres
             await chain.sealer.seal_all()
             hashes.append(await chain.sql("SELECT content_hash FROM access_log"))
     assert hashes[0] == hashes[1]
+
+
+async def test_two_sealers_racing_build_one_chain_with_every_record_once(database_url: str, tmp_path: Path) -> None:
+    async with chain_on(database_url, tmp_path) as chain:
+        other = ChainStore(chain.database.engine)
+        try:
+            for burst in range(5):
+                await chain.write([record(burst * 100 + n) for n in range(40)], batch=True)
+                await asyncio.gather(chain.store.seal(25), other.seal(25), chain.store.seal(25), other.seal(25))
+            await chain.seal_and_sign()
+        finally:
+            other.close()
+        rows = await chain.sql("SELECT COUNT(*), COUNT(DISTINCT chain_pos), MAX(chain_pos) FROM access_log")
+        assert tuple(rows[0]) == (200, 200, 200)
+        report = await chain.verify()
+        assert report.ok and report.checked == 200
