@@ -1,10 +1,11 @@
-"""Searching and exporting the access log, for the CLI and the admin API alike.
+"""Searching and exporting the access log, for the CLI, the admin API and the console alike.
 
-Filters arrive as text (command-line options, query parameters) and are checked here once: a bad value is a
-``BadRequest`` that says what is expected. The agent filter takes an agent id or a userName: a live agent's is
-matched by id, so a renamed agent's older records are found too; a name nobody holds any more (a deleted agent)
-is matched against the userName recorded in each record. Results come newest first, a page at a time, by keyset
-(``before`` = the (time, seq) of a page's last record): an export reads page after page and never holds the log.
+Filters arrive as text (command-line options, query parameters, the console's form) and are checked here once: a
+bad value is a ``BadRequest`` that says what is expected. The agent filter takes an agent id or a userName: an
+agent found by either (a deleted one by its id) is matched by id, so a renamed agent's older records are found too;
+a name nobody holds any more (a deleted agent's) is matched against the userName recorded in each record. Results
+come newest first, a page at a time, by keyset (``before`` = the (time, seq) of a page's last record, never an
+OFFSET): an export reads page after page and never holds the log.
 
 Reading the log is itself recorded (``audit_search``, ``audit_export``; ISO 27001 A.8.15 asks that access to logs
 be logged), written strictly before the first record is shown: no record, no search.
@@ -102,20 +103,27 @@ def encode_cursor(record: AccessRecord) -> str:
 
 
 def decode_cursor(text: str) -> tuple[datetime, int]:
+    """The (time, seq) of ``encode_cursor``; a time without an offset was not written by it (nor read as local)."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
         moment, _, seq = raw.partition("/")
-        return datetime.fromisoformat(moment).astimezone(UTC), int(seq)
+        parsed = datetime.fromisoformat(moment)
+        if parsed.tzinfo is None:
+            raise ValueError(moment)
+        return parsed.astimezone(UTC), int(seq)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("'before' is not a cursor this API gave out; use the 'next' value of a page.") from None
+        raise BadRequest(
+            "'before' is not a cursor a search gave out; use the one given with the previous page."
+        ) from None
 
 
 async def to_query(search: Search, agents: AgentRepository) -> AccessQuery:
-    """The repository query: the agent filter resolved to a live agent's id, else kept as a recorded userName."""
+    """The repository query: the agent filter resolved to a live agent's id or userName, else to a deleted agent's
+    id, else kept as a recorded userName."""
     agent_id = agent_name = None
     wanted = search.filters.get("agent")
     if wanted is not None:
-        agent = await agents.find(wanted)
+        agent = await agents.find(wanted) or await agents.get_any(wanted)
         if agent is not None:
             agent_id = agent.id
         else:

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 from starlette.responses import JSONResponse, Response
 
+from gateway.audit.search import decode_cursor, encode_cursor, to_query
 from gateway.console import evidence
-from gateway.console.filters import PAGE_SIZE, SearchForm, cursor, parse_cursor, parse_search
+from gateway.console.filters import PAGE_SIZE, read_form
 from gateway.console.progress import run_progress
 from gateway.console.render import page
 from gateway.console.web import Call
@@ -47,20 +48,9 @@ async def index(call: Call) -> Response:
     return page("index.html", **call.context(nav="home"))
 
 
-async def _resolve_agent(call: Call, form: SearchForm) -> tuple[str | None, str | None]:
-    """The agent filter as typed → (agent id, recorded name): a userName of a deleted agent still matches."""
-    typed = form.values.get("agent", "")
-    if not typed:
-        return None, None
-    agent = await call.services.agents.find(typed) or await call.services.agents.get_any(typed)
-    return (agent.id, None) if agent is not None else (None, typed)
-
-
 async def log(call: Call) -> Response:
-    form = parse_search(call.request.query_params)
-    agent_id, agent_name = await _resolve_agent(call, form)
-    query = form.query(agent_id=agent_id, agent_name=agent_name, limit=PAGE_SIZE + 1)
-    found = await call.services.access_log.search(query)
+    form = read_form(call.request.query_params)
+    found = await call.services.access_log.search(await to_query(form.search, call.services.agents))
     records, more = found[:PAGE_SIZE], len(found) > PAGE_SIZE
     return page(
         "log.html",
@@ -82,10 +72,10 @@ async def agents(call: Call) -> Response:
 
 async def _history(call: Call, agent: Agent) -> tuple[list[AccessRecord], str | None]:
     before = call.request.query_params.get("before", "")
-    query = AccessQuery(agent_id=agent.id, before=parse_cursor(before) if before else None, limit=PAGE_SIZE + 1)
+    query = AccessQuery(agent_id=agent.id, before=decode_cursor(before) if before else None, limit=PAGE_SIZE + 1)
     found = await call.services.access_log.search(query)
     records = found[:PAGE_SIZE]
-    return records, cursor(records[-1]) if len(found) > PAGE_SIZE else None
+    return records, encode_cursor(records[-1]) if len(found) > PAGE_SIZE else None
 
 
 async def agent(call: Call) -> Response:

@@ -93,6 +93,17 @@ async def test_the_agent_filter_takes_an_id_a_username_or_a_deleted_agents_recor
     assert await log.search(agent="nobody") == []
 
 
+async def test_the_agent_filter_finds_a_deleted_agents_records_by_its_id(log: Log) -> None:
+    yan = await log.agents.link_or_create_from_login(
+        "https://idp.example", "sub-yan", "yan", None, None, T0, link_by="user_name_is_preferred_username",
+        email_verified=False,
+    )  # fmt: skip
+    await log.repository.append([_record(50 + n, agent_id=yan.id, agent_name="yan") for n in range(3)])
+    await log.agents.mark_deleted(yan.id, "left", T0 + timedelta(days=1))
+    assert {r.path for r in await log.search(agent=yan.id)} == {"/x/50", "/x/51", "/x/52"}
+    assert len(await log.search(agent="yan")) == 3  # the recorded userName, the name being free again
+
+
 async def test_pages_by_cursor_cover_every_record_once_newest_first(log: Log) -> None:
     seen: list[AccessRecord] = []
     before: str | None = None
@@ -129,6 +140,8 @@ async def test_an_export_reads_every_page_and_writes_one_line_per_record(log: Lo
         ({"agent": "x" * 257}, "'agent' must be at most 256 characters"),
         ({"subject": "C-1\r\nkind=login"}, "without control characters"),
         ({"before": "not-a-cursor"}, "'before' is not a cursor"),
+        ({"before": "MjAyNi0xMi0wMVQwMTowMjowMy80Mg"}, "'before' is not a cursor"),  # 2026-12-01T01:02:03/42
+        ({"before": "2026-11-01T00:00:00+00:00_5"}, "'before' is not a cursor"),  # the console's former cursor
         ({"sort": "time"}, "Unknown filter 'sort'"),
     ],
 )

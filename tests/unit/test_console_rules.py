@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.audit.search import encode_cursor
 from gateway.console.access import Role, role_of
 from gateway.console.csrf import CsrfRejected, check_token, csrf_key, origin_of, refuse_cross_site, token_for
-from gateway.console.filters import cursor, parse_cursor, parse_search
+from gateway.console.filters import PAGE_SIZE, read_form
 from gateway.console.settings import ConsoleSettings
 from gateway.errors import BadRequest
 from gateway.settings import Settings
@@ -116,16 +117,26 @@ def test_cross_origin_requests_are_refused_by_the_metadata_check(headers: dict[s
         refuse_cross_site(headers, PUBLIC)
 
 
-def test_the_search_form_reads_filters_and_utc_times_and_round_trips_its_cursor() -> None:
-    form = parse_search({"agent": " alice ", "action": "download", "since": "2026-11-01T00:00", "until": ""})
-    query = form.query(agent_id="id-1", agent_name=None, limit=51)
-    assert (query.agent_id, query.action, query.channel, query.until) == ("id-1", "download", None, None)
-    assert query.since == datetime(2026, 11, 1, tzinfo=UTC)
+def test_the_search_form_reads_filters_and_utc_times_and_links_the_next_page_with_the_shared_cursor() -> None:
+    form = read_form({"agent": " alice ", "action": "download", "since": "2026-11-01T00:00", "until": "", "x": "1"})
+    assert form.values["agent"] == "alice" and form.values["until"] == ""
+    search = form.search
+    assert search.filters == {"agent": "alice", "action": "download"} and search.until is None
+    assert search.since == datetime(2026, 11, 1, tzinfo=UTC)
+    assert search.limit == PAGE_SIZE + 1 and search.before is None  # one more than a page: is there a next one?
     record = AccessRecord(time=datetime(2026, 11, 3, 9, 0, 0, 123456, tzinfo=UTC), kind="request", seq=42)
     params = form.next_page(record)
-    assert params["agent"] == "alice" and "until" not in params
-    assert parse_cursor(params["before"]) == (record.time, 42) == parse_search(params).before
-    assert cursor(record) == params["before"]
+    assert params == {
+        "agent": "alice",
+        "action": "download",
+        "since": "2026-11-01T00:00",
+        "before": encode_cursor(record),
+    }
+    assert read_form(params).search.before == (record.time, 42)
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 @pytest.mark.parametrize(
@@ -134,11 +145,14 @@ def test_the_search_form_reads_filters_and_utc_times_and_round_trips_its_cursor(
         ({"since": "yesterday"}, "since"),
         ({"until": "2026-13-01T00:00"}, "until"),
         ({"since": "2026-11-02T00:00", "until": "2026-11-01T00:00"}, "since"),
-        ({"before": "2026-11-01T00:00:00+00:00_x"}, "page link"),
-        ({"before": "2026-11-01T00:00:00_5"}, "page link"),
+        ({"before": "2026-11-01T00:00:00+00:00_5"}, "before"),  # the console's former cursor
+        ({"before": _cursor("2026-11-01T00:00:00/5")}, "before"),  # a time without an offset
+        ({"before": _cursor("2026-11-01T00:00:00+00:00/x")}, "before"),
         ({"subject": "x" * 300}, "subject"),
+        ({"subject": "C-1\tkind=login"}, "subject"),
+        ({"action": "delete"}, "action"),
     ],
 )
 def test_a_bad_search_form_is_refused_naming_what_to_fix(params: dict[str, str], field: str) -> None:
     with pytest.raises(BadRequest, match=field):
-        parse_search(params)
+        read_form(params)
