@@ -9,28 +9,9 @@ import contextlib
 from gateway.cli import audit_chain, audit_search
 from gateway.cli.common import Subparsers, settings_of
 
-
-def _format_record(record: object) -> str:
-    fields = (
-        "seq",
-        "time",
-        "kind",
-        "agent_name",
-        "source_ip",
-        "channel",
-        "method",
-        "path",
-        "status",
-        "decision",
-        "reason",
-    )
-    parts = []
-    for name in fields:
-        value = getattr(record, name, None)
-        if value is not None:
-            text = str(value).encode("unicode_escape").decode("ascii")  # no terminal injection (ASVS 16.4.1)
-            parts.append(f"{name}={text}")
-    return " ".join(parts)
+#: The tail keeps its columns: ``audit search``'s but the data subject, action and actor, which are read through the
+#: search, itself recorded before it reads (``gateway/audit/search.py``).
+_TAIL = tuple(name for name in audit_search.SHOWN if name not in {"subject", "action", "actor"})
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
@@ -43,12 +24,12 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
             records = await repository.tail(args.n)
             last = 0
             for record in records:
-                print(_format_record(record))
+                print(audit_search.record_line(record, _TAIL))
                 last = record.seq or last
             while args.follow:
                 await asyncio.sleep(0.5)
                 for record in await repository.after(last, 1000):
-                    print(_format_record(record), flush=True)
+                    print(audit_search.record_line(record, _TAIL), flush=True)
                     last = record.seq or last
         finally:
             await services.close()

@@ -30,7 +30,8 @@ from gateway.errors import BadRequest
 from gateway.storage.access_log import AccessRecord
 
 BACKSLASH = "\\"
-_SHOWN = (
+#: The columns of a record as the CLI lists it, in this order.
+SHOWN = (
     "seq",
     "time",
     "kind",
@@ -55,10 +56,10 @@ def _actor() -> str:
         return f"cli:uid-{os.getuid()}"
 
 
-def _line(record: AccessRecord) -> str:
+def record_line(record: AccessRecord, columns: tuple[str, ...] = SHOWN) -> str:
     """One record on one line; values with their controls made visible (no terminal injection, ASVS 16.4.1)."""
     parts = []
-    for name in _SHOWN:
+    for name in columns:
         value = getattr(record, name)
         if value is not None:
             parts.append(f"{name}={visible(str(value).replace(BACKSLASH, BACKSLASH * 2))}")
@@ -99,7 +100,7 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
             print(dumps({"records": [record_dict(record) for record in found], "next": following}))
         else:
             for record in found:
-                print(_line(record))
+                print(record_line(record))
             if following is not None:
                 print(f"(more: --before {following})", file=sys.stderr)
         return 0

@@ -132,6 +132,9 @@ async def test_the_cli_searches_and_exports_and_each_reading_is_recorded(stack: 
     listed = stack.cli("audit", "search", "--kind", "login_failed")
     assert listed.returncode == 0 and listed.stdout.count("\n") == 1  # the CR/LF in the name did not add a line
     assert "\x1b" not in listed.stdout and "agent_name=mallory\\x0d\\x0aCEF:0" in listed.stdout
+    tail = stack.cli("audit", "tail", "-n", "100")  # the same listing, without the search's subject and action
+    assert tail.returncode == 0 and "\x1b" not in tail.stdout and "agent_name=mallory\\x0d\\x0aCEF:0" in tail.stdout
+    assert "path=/chat/customers/C-11/export?format" in tail.stdout and "subject=" not in tail.stdout
 
     output = tmp_path / "alice.cef"
     exported = stack.cli("audit", "export", "--format", "cef", "--agent", "alice", "--output", str(output))
