@@ -39,9 +39,7 @@ def upgrade() -> None:
         sa.Column("group_id", sa.String(36), nullable=False),
         sa.Column("dn", sa.Text, nullable=False),
         sa.PrimaryKeyConstraint("directory", "entry_id", name="pk_ldap_groups"),
-        sa.ForeignKeyConstraint(
-            ["group_id"], ["groups.id"], name="fk_ldap_groups_group_id_groups", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["group_id"], ["groups.id"], name="fk_ldap_groups_group_id_groups", ondelete="CASCADE"),
         sa.UniqueConstraint("group_id", name="uq_ldap_groups_group_id"),
     )
     op.create_table(
