@@ -29,6 +29,7 @@ from gateway.sessions.base import SessionStore
 from gateway.storage._time import to_db
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import AgentRepository, user_name_key
+from gateway.storage.database import write_transaction
 from gateway.storage.groups import GroupRepository
 from gateway.storage.schema import agents, group_members, groups
 
@@ -70,7 +71,7 @@ class PlanApplier:
         the agent ids whose group names changed by a rename or deletion."""
         moment = to_db(now)
         affected: set[str] = set()
-        async with self._store.engine.begin() as conn:
+        async with write_transaction(self._store.engine) as conn:
             existing = await self._store.group_ids(conn)
             seen: set[str] = set()
             records = []
@@ -174,7 +175,7 @@ class PlanApplier:
                     detail={"dn": change.dn, "active": active},
                 )
             )  # fmt: skip
-        async with self._store.engine.begin() as conn:
+        async with write_transaction(self._store.engine) as conn:
             await conn.execute(insert(agents), rows)
             await self._store.add_entries(conn, entries)
             ids = await self._store.group_ids_by_name(conn)
@@ -190,7 +191,7 @@ class PlanApplier:
         values: dict[str, Any] = dict(change.values)
         if "user_name" in values:
             values["user_name_key"] = user_name_key(str(values["user_name"]))
-        async with self._store.engine.begin() as conn:
+        async with write_transaction(self._store.engine) as conn:
             if values:
                 await conn.execute(
                     update(agents)
@@ -208,7 +209,7 @@ class PlanApplier:
 
     async def _set_groups(self, change: Change, now: datetime) -> None:
         assert change.agent_id is not None
-        async with self._store.engine.begin() as conn:
+        async with write_transaction(self._store.engine) as conn:
             ids = await self._store.group_ids_by_name(conn)
             mine = list((await self._store.group_ids(conn)).values())
             await conn.execute(
@@ -229,7 +230,7 @@ class PlanApplier:
 
     async def _reactivate(self, change: Change, now: datetime) -> None:
         assert change.agent_id is not None
-        async with self._store.engine.begin() as conn:
+        async with write_transaction(self._store.engine) as conn:
             await self._agents.set_active(change.agent_id, True, None, now, conn=conn)
             await self._store.set_entry(conn, change.entry_id, disabled_by_sync=False)
             await self._audit.write(
@@ -249,7 +250,7 @@ class PlanApplier:
             await self._killer.deprovision(change.agent_id, reason=change.reason, actor=self.actor, source="ldap")
         except NotFound:
             return False
-        async with self._store.engine.begin() as conn:
+        async with write_transaction(self._store.engine) as conn:
             await self._store.set_entry(conn, change.entry_id, disabled_by_sync=True)
         return True
 

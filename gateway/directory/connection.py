@@ -12,7 +12,7 @@ import math
 import ssl
 from urllib.parse import urlsplit
 
-from ldap3 import NONE, Connection, Server, Tls
+from ldap3 import ASYNC_STREAM, NONE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException, LDAPInvalidCredentialsResult, LDAPSocketOpenError
 
 from gateway.directory.errors import DirectoryUnavailable
@@ -64,7 +64,9 @@ def open_connection(settings: LdapSettings, password: str, *, client_strategy: s
         user=settings.bind_dn,
         password=password,
         client_strategy=client_strategy,
-        receive_timeout=math.ceil(settings.timeout_seconds),  # whole seconds: ldap3 packs it into SO_RCVTIMEO
+        # Whole seconds (ldap3 packs it into SO_RCVTIMEO). None for the feed: ldap3's receiver thread retries a
+        # failed recv forever when a receive timeout is set, spinning once the connection is closed.
+        receive_timeout=None if client_strategy == ASYNC_STREAM else math.ceil(settings.timeout_seconds),
         read_only=True,
         raise_exceptions=True,
         auto_referrals=False,

@@ -74,6 +74,13 @@ class DirectoryRunner:
                     log.error("directory sync %s failed: %s", self.sync.store.directory, exc.message)
                     await self._note_error(exc.message)
                     await asyncio.sleep(self._backoff(failures))
+                except Exception as exc:  # the sync must outlive any one failure; the type only, no data
+                    failures += 1
+                    log.error(
+                        "directory sync %s failed unexpectedly: %s", self.sync.store.directory, type(exc).__name__
+                    )
+                    await self._note_error(f"unexpected {type(exc).__name__}")
+                    await asyncio.sleep(self._backoff(failures))
         finally:
             await self._stop_feed("off")
             await self._lease.release()

@@ -1,0 +1,120 @@
+"""A disablement written to a real ``slapd`` ends the agent's sessions in the running gateway within seconds,
+through the RFC 4533 change feed, for every disable mechanism; the time from the LDAP write to the first refused
+request is measured (issue 6's goal: p99 < 2 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import httpx
+import pytest
+
+from gateway.directory.store import DirectoryStore
+from tests.components.echo_gateway import Deployment, deployment
+from tests.components.ldap_server import (
+    FORMER,
+    GROUPS,
+    PEOPLE,
+    ROOT_DN,
+    ROOT_PASSWORD,
+    LdapServer,
+    group_ldif,
+    person_ldif,
+)
+from tests.components.oidc_provider import OidcProviderFactory
+
+pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
+
+JSON = {"Accept": "application/json"}
+#: The issue's goal for a disable reaching the gateway through the feed.
+REFUSAL_WITHIN_SECONDS = 2.0
+
+
+def ldap_toml(server: LdapServer) -> str:
+    return f"""
+[ldap]
+url = "{server.url}"
+bind_dn = "{ROOT_DN}"
+bind_password = "{ROOT_PASSWORD}"
+users_base = "{PEOPLE}"
+groups_base = "{GROUPS}"
+agents_group = "cn=agents,{GROUPS}"
+incremental_interval_seconds = 300
+full_interval_seconds = 3600
+feed_batch_seconds = 0.01
+
+[ldap.quarantine]
+max_share = 0.5
+min_agents = 5
+"""
+
+
+@pytest.fixture
+def directory() -> Iterator[LdapServer]:
+    with LdapServer() as server:
+        people = "\n".join(person_ldif(name) for name in ("alice", "bob", "carol"))
+        groups = group_ldif("agents", ["alice", "bob", "carol"]) + "\n" + group_ldif("chat-agents", ["alice", "bob"])
+        server.add(people + "\n" + groups)
+        yield server
+
+
+@pytest.fixture
+async def gateway(directory: LdapServer, oidc_provider_factory: OidcProviderFactory) -> AsyncIterator[Deployment]:
+    async with deployment(oidc_provider_factory, extra_toml=ldap_toml(directory)) as deployed:
+        store = DirectoryStore(deployed.services.database.engine, "directory")
+        deadline = time.monotonic() + 20
+        while (await store.state()).feed_state != "live":
+            assert time.monotonic() < deadline, await store.state()
+            await asyncio.sleep(0.02)
+        yield deployed
+
+
+def _modify(dn: str, *lines: str) -> str:
+    return "\n".join([f"dn: {dn}", "changetype: modify", *lines]) + "\n"
+
+
+BOB = f"uid=bob,{PEOPLE}"
+MECHANISMS: dict[str, Callable[[], str]] = {
+    "ad-disabled-bit": lambda: _modify(BOB, "replace: userAccountControl", "userAccountControl: 514"),
+    "ppolicy-lock": lambda: _modify(BOB, "replace: pwdAccountLockedTime", "pwdAccountLockedTime: 000001010000Z"),
+    "ns-account-lock": lambda: _modify(BOB, "replace: nsAccountLock", "nsAccountLock: true"),
+    "left-agents-group": lambda: _modify(f"cn=agents,{GROUPS}", "delete: member", f"member: {BOB}"),
+    "deleted": lambda: f"dn: {BOB}\nchangetype: delete\n",
+    "moved-out": lambda: f"dn: {BOB}\nchangetype: modrdn\nnewrdn: uid=bob\ndeleteoldrdn: 1\nnewsuperior: {FORMER}\n",
+}
+
+
+async def _refused_after(client: httpx.AsyncClient, url: str, started: float) -> float:
+    while True:
+        response = await client.get(url, headers=JSON)
+        if response.status_code != 200:
+            assert response.status_code == 401, response.text
+            return time.perf_counter() - started
+        assert time.perf_counter() - started < 10, "the disable never reached the gateway"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("mechanism", sorted(MECHANISMS))
+async def test_an_ldap_disable_ends_the_agents_sessions_through_the_change_feed_within_two_seconds(
+    gateway: Deployment, directory: LdapServer, mechanism: str
+) -> None:
+    bob, alice = await gateway.login("bob"), await gateway.login("alice")
+    echo = gateway.url + "/chat/echo"
+    assert (await bob.get(echo, headers=JSON)).status_code == 200
+    agent = await gateway.services.agents.find_by_user_name("bob")
+    assert agent is not None and agent.source == "ldap"
+
+    started = time.perf_counter()
+    await asyncio.to_thread(directory.modify, MECHANISMS[mechanism]())
+    elapsed = await _refused_after(bob, echo, started)
+
+    print(f"\nLDAP {mechanism} → first refusal: {elapsed * 1000:.0f} ms")
+    assert elapsed < REFUSAL_WITHIN_SECONDS
+    assert (await alice.get(echo, headers=JSON)).status_code == 200
+    disabled = await gateway.services.agents.get(agent.id)
+    assert disabled is not None and not disabled.active
+    [run] = await gateway.services.pipeline.runs_of_agent(agent.id)
+    assert (run.source, run.actor) == ("ldap", "ldap:directory")
+    assert await gateway.services.sessions.sessions_of(agent.id, time.time()) == []
