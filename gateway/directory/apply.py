@@ -126,7 +126,6 @@ class PlanApplier:
         if creates:
             await self._create(creates, now)
             applied.add("create", len(creates))
-            touched_groups |= {c.agent_id for c in creates if c.agent_id and c.groups}
         for change in plan.changes:
             if change.kind == "update":
                 await self._update(change, now)

@@ -34,6 +34,9 @@ ROOT_PASSWORD = "admin-secret"
 PEOPLE = f"ou=people,{SUFFIX}"
 GROUPS = f"ou=groups,{SUFFIX}"
 FORMER = f"ou=former,{SUFFIX}"
+#: The account channelgate binds as: not the root DN, so the server's size limits apply to it.
+SYNC_DN = f"cn=sync,{SUFFIX}"
+SYNC_PASSWORD = "sync-secret"
 MODULE_DIR = "/usr/lib/ldap"
 
 _SCHEMA = """\
@@ -51,7 +54,9 @@ olcObjectClasses: ( 1.3.6.1.4.1.99999.2.1 NAME 'channelgateAdUser' AUXILIARY
 """
 
 
-def _config_ldif(directory: Path, tls: tuple[Path, Path] | None) -> str:
+def _config_ldif(directory: Path, tls: tuple[Path, Path] | None, size_limit: int | None) -> str:
+    """cn=config for the server; ``size_limit`` caps one search's entries (paged searches pass through it)."""
+    limit = "unlimited" if size_limit is None else str(size_limit)
     schema = "/etc/ldap/schema"
     includes = "".join(f"include: file://{schema}/{name}.ldif\n" for name in ("core", "cosine", "inetorgperson"))
     tls_lines = "" if tls is None else f"olcTLSCertificateFile: {tls[0]}\nolcTLSCertificateKeyFile: {tls[1]}\n"
@@ -98,8 +103,8 @@ olcRootPW: {ROOT_PASSWORD}
 olcDbDirectory: {directory}/data
 olcDbMaxSize: 1073741824
 olcDbNoSync: TRUE
-olcSizeLimit: unlimited
-olcLimits: * size.prtotal=unlimited size.pr=unlimited
+olcSizeLimit: {limit}
+olcLimits: * size.soft={limit} size.hard={limit} size.prtotal=unlimited size.pr=unlimited
 olcDbIndex: objectClass eq
 olcDbIndex: entryUUID,entryCSN eq
 olcDbIndex: uid,member,memberOf eq
@@ -148,6 +153,12 @@ ou: groups
 dn: {FORMER}
 objectClass: organizationalUnit
 ou: former
+
+dn: {SYNC_DN}
+objectClass: organizationalRole
+objectClass: simpleSecurityObject
+cn: sync
+userPassword: {SYNC_PASSWORD}
 """
 
 
@@ -233,7 +244,9 @@ class LdapServer:
     ``member`` values. Everything written after the start goes through ``ldapmodify`` and the overlays.
     """
 
-    def __init__(self, *, tls: bool = False, preload: str = "", startup_timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, tls: bool = False, preload: str = "", size_limit: int | None = None, startup_timeout: float = 10.0
+    ) -> None:
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.startup_timeout = startup_timeout
@@ -248,7 +261,7 @@ class LdapServer:
             certificate = (cert, key)
         (self.dir / "data").mkdir()
         (self.dir / "slapd.d").mkdir()
-        (self.dir / "config.ldif").write_text(_config_ldif(self.dir, certificate))
+        (self.dir / "config.ldif").write_text(_config_ldif(self.dir, certificate, size_limit))
         (self.dir / "base.ldif").write_text(_base_ldif() + ("\n" + preload if preload else ""))
         self._offline("config.ldif", "-n0")
         self._offline("base.ldif", "-n1")

@@ -17,7 +17,7 @@ from gateway.settings import Settings
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent
 from gateway.storage.migrate import upgrade_to_head
-from tests.components.ldap_server import GROUPS, PEOPLE, ROOT_DN, ROOT_PASSWORD, LdapServer
+from tests.components.ldap_server import GROUPS, PEOPLE, SYNC_DN, SYNC_PASSWORD, LdapServer
 from tests.components.ports import LOOPBACK
 
 AGENTS_GROUP = f"cn=agents,{GROUPS}"
@@ -27,8 +27,8 @@ def ldap_section(server: LdapServer, **overrides: Any) -> dict[str, Any]:
     """An ``[ldap]`` table for ``server``: people and groups, ``cn=agents`` as the agents group."""
     return {
         "url": server.url,
-        "bind_dn": ROOT_DN,
-        "bind_password": ROOT_PASSWORD,
+        "bind_dn": SYNC_DN,
+        "bind_password": SYNC_PASSWORD,
         "users_base": PEOPLE,
         "groups_base": GROUPS,
         "agents_group": AGENTS_GROUP,

@@ -17,8 +17,8 @@ from tests.components.ldap_server import (
     FORMER,
     GROUPS,
     PEOPLE,
-    ROOT_DN,
-    ROOT_PASSWORD,
+    SYNC_DN,
+    SYNC_PASSWORD,
     LdapServer,
     group_ldif,
     person_ldif,
@@ -36,8 +36,8 @@ def ldap_toml(server: LdapServer) -> str:
     return f"""
 [ldap]
 url = "{server.url}"
-bind_dn = "{ROOT_DN}"
-bind_password = "{ROOT_PASSWORD}"
+bind_dn = "{SYNC_DN}"
+bind_password = "{SYNC_PASSWORD}"
 users_base = "{PEOPLE}"
 groups_base = "{GROUPS}"
 agents_group = "cn=agents,{GROUPS}"
