@@ -20,10 +20,14 @@
     channelgate report agent AGENT [--format html|json] [--output FILE]   offboarding evidence, final check
     channelgate report monthly YYYY-MM [--format html|json] [--output FILE]   the PIPA monthly review
     channelgate scim-tokens create NAME | list | revoke NAME   (one bearer token per IdP client)
+    channelgate ldap sync [--dry-run] [--json]   reconcile with the [ldap] directory now (or print the plan)
+    channelgate ldap status                  last syncs, change feed, quarantine (exit 3 while one is held)
+    channelgate ldap approve QUARANTINE [--actor WHO]   release a sync held for disabling too many agents
+    channelgate ldap set-bind-password       (reads the directory's bind password from stdin; vault-sealed)
 
 The configuration file comes from ``--config`` or ``CHANNELGATE_CONFIG`` (default ``channelgate.toml``).
 Exit codes: 0 ok, 1 the action failed, 2 bad usage or configuration, 3 ``deprovision work`` stopped with
-steps still due.
+steps still due (``ldap status``: a sync is quarantined).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import agents, audit, reports, scim_tokens, secrets, setup
+from gateway.cli import agents, audit, ldap, reports, scim_tokens, secrets, setup
 from gateway.errors import ChannelgateError, ConfigError
 
 
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelgate", description="identity and access gateway for channel consoles")
     parser.add_argument("--config", help="configuration file (default: $CHANNELGATE_CONFIG or channelgate.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (setup, agents, secrets, audit, reports, scim_tokens):
+    for module in (setup, agents, secrets, audit, reports, scim_tokens, ldap):
         module.register(sub)
     return parser
 
