@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 
 from bench.audit import AuditBenchResult
+from bench.ldap import LdapBenchResult, ldap_section
 from bench.offboarding import OffboardingResult
 from bench.revocation import RevocationResult, Trial, percentile
 from bench.scim import GOAL_P99_MS, GOAL_RPS, ScimDisableResult, ScimResult
@@ -337,6 +338,7 @@ def render(
     scim_disable: ScimDisableResult | None = None,
     offboarding: OffboardingResult | None = None,
     audit: AuditBenchResult | None = None,
+    ldap: LdapBenchResult | None = None,
     kept: dict[str, list[str]] | None = None,
 ) -> str:
     """The whole page; ``kept`` holds the previous page's sections (by heading number) of benchmarks skipped
@@ -370,14 +372,15 @@ def render(
         lines += kept.get("3", [])
     lines += offboarding_section(offboarding) if offboarding is not None else kept.get("4", [])
     lines += audit_section(audit) if audit is not None else kept.get("5", [])
+    lines += ldap_section(ldap) if ldap is not None else kept.get("6", [])
     lines += [
         "## Reproduce",
         "",
         "`make bench` (about 7 minutes), or `python -m bench.run --help` for durations, rounds and trial counts; "
         "`python -m bench.run --quick` is a one-minute smoke run. The sources are in `bench/`: `bare_proxy.py` "
         "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
-        "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`. A run with `--skip` keeps the "
-        "skipped sections of the previous page, marked with the date they were measured.",
+        "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`, `ldap.py`. A run with `--skip` "
+        "keeps the skipped sections of the previous page, marked with the date they were measured.",
         "",
     ]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.audit import AuditBenchResult, run_audit
+from bench.ldap import LdapBenchResult, run_ldap
 from bench.machine import describe
 from bench.nginx import Nginx
 from bench.offboarding import OffboardingResult, run_offboarding
@@ -50,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--offboard-agents", type=int, help="agents of the bulk offboarding (default 10000; quick 300)")
     parser.add_argument(
-        "--skip", choices=("throughput", "revocation", "scim", "offboarding", "audit"), action="append", default=[]
+        "--skip",
+        choices=("throughput", "revocation", "scim", "offboarding", "audit", "ldap"),
+        action="append",
+        default=[],
     )
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     scim_disable: ScimDisableResult | None = None
     offboarding: OffboardingResult | None = None
     audit: AuditBenchResult | None = None
+    ldap: LdapBenchResult | None = None
     try:
         nginx = Nginx()
         cleanups.append(nginx.close)
@@ -167,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.quick
                 else run_audit()
             )  # fmt: skip
+        if "ldap" not in args.skip:
+            ldap = run_ldap(trials=12 if args.quick else 60, agents=1_000 if args.quick else 10_000)
     finally:
         for cleanup in reversed(cleanups):
             try:
@@ -194,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         scim_disable=scim_disable,
         offboarding=offboarding,
         audit=audit,
+        ldap=ldap,
         kept=previous_sections(previous),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
