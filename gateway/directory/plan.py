@@ -201,6 +201,7 @@ def check_quarantine(
     would take out more than ``max_share`` of the active agents: then none of them happens yet."""
     disabling = sum(1 for change in plan_.disables if change.agent_id not in approved)
     total = disabling + recent_disables
-    base = max(plan_.active_agents, 1)
+    # The share of the agents that were active when the window began: those disabled in it count in both.
+    base = max(plan_.active_agents + recent_disables, 1)
     held = disabling > 0 and total >= min_agents and total / base > max_share
     return QuarantineCheck(held, disabling, plan_.active_agents)

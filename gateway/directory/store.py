@@ -50,6 +50,10 @@ class Quarantine:
     approved_at: datetime | None
 
 
+#: The agent columns a plan compares (not ``attributes``: its JSON is not needed and costs a parse per row).
+_KNOWN_COLUMNS = ("id", "user_name", "email", "display_name", "employee_number", "manager_id", "active")
+
+
 def _time(value: Any) -> datetime | None:
     return None if value is None else from_db(value)
 
@@ -63,7 +67,12 @@ class DirectoryStore:
         """Every agent this directory manages (deleted ones aside), with its names of this directory's groups."""
         mine = ldap_entries.c.directory == self.directory
         query = (
-            select(ldap_entries.c.entry_id, ldap_entries.c.dn, ldap_entries.c.disabled_by_sync, agents)
+            select(
+                ldap_entries.c.entry_id,
+                ldap_entries.c.dn,
+                ldap_entries.c.disabled_by_sync,
+                *(agents.c[name] for name in _KNOWN_COLUMNS),
+            )
             .join(agents, agents.c.id == ldap_entries.c.agent_id)
             .where(mine, agents.c.deleted_at.is_(None))
         )
