@@ -140,7 +140,7 @@ def test_a_manager_dn_becomes_the_managers_agent_id_even_when_both_are_new() -> 
 
 @pytest.mark.parametrize(
     ("disabling", "active", "recent", "held"),
-    [(9, 10, 0, True), (1, 10, 0, False), (4, 10, 0, False), (4, 10, 2, True), (3, 4, 0, False)],
+    [(9, 10, 0, True), (1, 10, 0, False), (4, 10, 0, False), (4, 10, 3, True), (4, 10, 2, False), (3, 4, 0, False)],
 )
 def test_the_quarantine_holds_a_plan_above_the_share_once_enough_agents_are_involved(
     disabling: int, active: int, recent: int, held: bool
