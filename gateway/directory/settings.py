@@ -81,6 +81,12 @@ class LdapSettings(Section):
     reconnect_max_seconds: Annotated[float, Field(gt=0)] = 60.0
     quarantine: LdapQuarantineSettings = Field(default_factory=LdapQuarantineSettings)
 
+    @field_validator("bind_password", mode="before")
+    @classmethod
+    def _password_as_text(cls, value: object) -> object:
+        # CHANNELGATE_LDAP__BIND_PASSWORD=12345 arrives parsed as a TOML integer; a password is always text.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:

@@ -72,9 +72,11 @@ class LdapStack:
 
 
 @contextlib.asynccontextmanager
-async def ldap_stack(server: LdapServer, **overrides: Any) -> AsyncIterator[LdapStack]:
+async def ldap_stack(
+    server: LdapServer, *, database_url: str | None = None, **overrides: Any
+) -> AsyncIterator[LdapStack]:
     base_dir = Path(tempfile.mkdtemp(prefix="channelgate-ldap-"))
-    settings = core_settings(base_dir, ldap_section(server, **overrides))
+    settings = core_settings(base_dir, ldap_section(server, **overrides), database_url)
     try:
         await upgrade_to_head(settings.database.url.get_secret_value())
         services = open_core(settings)

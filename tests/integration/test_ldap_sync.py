@@ -10,6 +10,7 @@ import pytest
 
 from gateway.directory.errors import DirectoryUnavailable
 from gateway.directory.plan import GONE, LEFT_AGENTS_GROUP
+from gateway.directory.runner import sync_lease
 from tests.components.ldap_server import FORMER, GROUPS, PEOPLE, LdapServer, group_ldif, person_ldif
 from tests.components.ldap_stack import LdapStack, ldap_stack
 
@@ -37,6 +38,23 @@ def directory() -> Iterator[LdapServer]:
 async def stack(directory: LdapServer) -> AsyncIterator[LdapStack]:
     async with ldap_stack(directory) as built:
         yield built
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_the_sync_provisions_disables_and_holds_its_lease_alone(
+    directory: LdapServer, postgres_url: str
+) -> None:
+    async with ldap_stack(directory, database_url=postgres_url) as stack:
+        assert (await stack.sync.full()).applied["create"] == len(TEAM)
+        modify(directory, person("bob"), "replace: nsAccountLock", "nsAccountLock: true")
+        assert (await stack.sync.incremental()).applied.get("disable") == 1
+        assert await stack.active() == set(TEAM) - {"bob"}
+        first, second = sync_lease(stack.sync), sync_lease(stack.sync)
+        assert await first.hold()
+        assert not await second.hold()
+        await first.release()
+        assert await second.hold()
+        await second.release()
 
 
 def modify(server: LdapServer, dn: str, *lines: str) -> None:
