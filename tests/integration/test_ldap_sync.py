@@ -4,13 +4,16 @@ incremental sync, quarantine, an unreachable directory, TLS verification."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from gateway.directory.errors import DirectoryUnavailable
 from gateway.directory.plan import GONE, LEFT_AGENTS_GROUP
-from gateway.directory.runner import sync_lease
+from gateway.directory.runner import DirectoryRunner, sync_lease
+from gateway.directory.store import SyncState
 from tests.components.ldap_server import FORMER, GROUPS, PEOPLE, LdapServer, group_ldif, person_ldif
 from tests.components.ldap_stack import LdapStack, ldap_stack
 
@@ -176,3 +179,42 @@ async def test_a_bad_tls_certificate_is_refused_and_the_issuing_ca_is_accepted()
             assert await stack.services.agents.list() == []
         async with ldap_stack(server, url=server.ldaps_url, ca_file=str(server.ca_file)) as stack:
             assert (await stack.sync.full()).applied["create"] == len(TEAM)
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_runner_survives_a_directory_outage_disabling_nobody_and_follows_the_feed_again(
+    stack: LdapStack, directory: LdapServer
+) -> None:
+    runner = asyncio.create_task(DirectoryRunner(stack.sync).run_forever())
+    try:
+        state = stack.sync.store.state
+        await _until(lambda: _feed_is(state, "live"), "live")
+        directory.kill()
+        await _until(lambda: _feed_is(state, "down"), "down")
+        await asyncio.sleep(1.0)  # reconnect attempts fail meanwhile
+        assert (await state()).last_error is not None
+        assert await stack.active() == set(TEAM)
+
+        directory.start()
+        await _until(lambda: _feed_is(state, "live"), "live again")
+        modify(directory, person("bob"), "replace: userAccountControl", "userAccountControl: 514")
+        await _until(lambda: _inactive(stack, "bob"), "bob disabled", timeout=5)
+        assert await stack.active() == set(TEAM) - {"bob"}
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def _feed_is(state: Callable[[], Awaitable[SyncState]], wanted: str) -> bool:
+    return (await state()).feed_state == wanted
+
+
+async def _inactive(stack: LdapStack, user_name: str) -> bool:
+    return not (await stack.agent(user_name)).active
