@@ -118,3 +118,23 @@ async def test_an_ldap_disable_ends_the_agents_sessions_through_the_change_feed_
     [run] = await gateway.services.pipeline.runs_of_agent(agent.id)
     assert (run.source, run.actor) == ("ldap", "ldap:directory")
     assert await gateway.services.sessions.sessions_of(agent.id, time.time()) == []
+
+
+async def test_leaving_a_directory_group_closes_its_channel_on_the_live_session_without_a_new_login(
+    gateway: Deployment, directory: LdapServer
+) -> None:
+    bob = await gateway.login("bob")
+    echo = gateway.url + "/chat/echo"
+    assert (await bob.get(echo, headers=JSON)).status_code == 200
+
+    started = time.perf_counter()
+    await asyncio.to_thread(directory.modify, _modify(f"cn=chat-agents,{GROUPS}", "delete: member", f"member: {BOB}"))
+    while (response := await bob.get(echo, headers=JSON)).status_code == 200:
+        assert time.perf_counter() - started < 10, "the group change never reached the session"
+        await asyncio.sleep(0.005)
+    assert response.status_code == 403, response.text
+    assert time.perf_counter() - started < REFUSAL_WITHIN_SECONDS
+    agent = await gateway.services.agents.find_by_user_name("bob")
+    assert agent is not None and agent.active
+    assert await gateway.services.groups.names_of(agent.id) == {"agents"}
+    assert len(await gateway.services.sessions.sessions_of(agent.id, time.time())) == 1

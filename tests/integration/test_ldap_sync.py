@@ -181,6 +181,27 @@ async def test_a_bad_tls_certificate_is_refused_and_the_issuing_ca_is_accepted()
             assert (await stack.sync.full()).applied["create"] == len(TEAM)
 
 
+async def test_start_tls_verifies_the_certificate_before_the_password_is_sent() -> None:
+    with LdapServer(tls=True) as server:
+        server.add(team_ldif())
+        async with ldap_stack(server, start_tls=True) as stack:
+            with pytest.raises(DirectoryUnavailable, match="certificate"):
+                await stack.sync.full()
+        async with ldap_stack(server, start_tls=True, ca_file=str(server.ca_file)) as stack:
+            assert (await stack.sync.full()).applied["create"] == len(TEAM)
+
+
+async def test_a_renamed_and_moved_entry_keeps_its_agent(stack: LdapStack, directory: LdapServer) -> None:
+    await stack.sync.full()
+    bob = await stack.agent("bob")
+    directory.modify(f"dn: {person('bob')}\nchangetype: modrdn\nnewrdn: uid=robert\ndeleteoldrdn: 1\n")
+    report = await stack.sync.full()
+    assert report.applied.get("create") is None and report.applied.get("disable") is None
+    robert = await stack.agent("robert")
+    assert robert.id == bob.id and robert.active
+    assert await stack.services.groups.names_of(robert.id) == {"agents", "chat-agents"}
+
+
 async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
