@@ -49,6 +49,14 @@ class FeedRefreshed:
 @dataclass(frozen=True, slots=True)
 class FeedEnded:
     reason: str
+    #: The LDAP result the server ended the search with (RFC 4511 §4.1.9), when it did.
+    result: str | None = None
+
+    @property
+    def refused_by_limits(self) -> bool:
+        """The refresh stage sends the whole scope in one search, so a size or time limit below the directory's
+        size ends every attempt: the bind account needs those limits lifted, as a syncrepl consumer does."""
+        return self.result in {"sizeLimitExceeded", "timeLimitExceeded", "adminLimitExceeded"}
 
 
 FeedEvent = FeedEntry | FeedDeleted | FeedRefreshed | FeedEnded
@@ -107,7 +115,8 @@ class ChangeFeed:
             self._emit(FeedEntry(state.state, state.entry_uuid, response.get("dn", ""), attributes))
             return
         if kind == "searchResDone":
-            self._emit(FeedEnded(f"the server ended the sync: {response.get('description')} {response.get('message')}"))
+            result = str(response.get("description"))
+            self._emit(FeedEnded(f"the server ended the sync: {result} {response.get('message') or ''}", result))
 
     def start(self) -> None:
         """Connect, bind and send the search (blocking: run in a thread)."""

@@ -8,7 +8,7 @@ result is dropped, so a connection cut in the middle of a full read never looks 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,7 @@ def _text(values: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def group_from_entry(dn: str, attributes: dict[str, Any], settings: LdapSettings) -> DirectoryGroup | None:
+def group_from_entry(dn: str, attributes: Mapping[str, Any], settings: LdapSettings) -> DirectoryGroup | None:
     names = settings.attributes
     lowered = {key.lower(): value for key, value in attributes.items()}
     entry_id = entry_id_of((lowered.get(names.entry_id.lower()) or [None])[0])
@@ -146,8 +146,8 @@ class DirectoryReader:
             close(connection)
         return Snapshot(users, groups, members, high_water)
 
-    def read_users(self, entry_ids: list[str]) -> tuple[list[DirectoryUser], list[DirectoryGroup]]:
-        """The users in scope among ``entry_ids`` (an id not returned is out of scope), and every group."""
+    def read_users(self, entry_ids: list[str]) -> list[DirectoryUser]:
+        """The users in scope among ``entry_ids`` (an id not returned is out of scope)."""
         settings = self._settings
         connection = open_connection(settings, self._password)
         found: list[DirectoryUser] = []
@@ -163,14 +163,13 @@ class DirectoryReader:
                     user = user_from_entry(dn, attributes, settings)
                     if user is not None:
                         found.append(user)
-            groups = self.read_groups(connection)
         except LDAPException as exc:
             raise DirectoryUnavailable(
                 f"Reading users of the directory {settings.url} failed ({type(exc).__name__}); nothing was changed"
             ) from None
         finally:
             close(connection)
-        return found, groups
+        return found
 
     def read_groups(self, connection: Connection) -> list[DirectoryGroup]:
         settings = self._settings

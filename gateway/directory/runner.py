@@ -154,7 +154,17 @@ class DirectoryRunner:
         if changes:
             await self.sync.feed_batch(changes)
             await self.sync.store.save_state(self.sync.clock(), feed_event_at=self.sync.clock())
-        if ended is not None:
+        if ended is not None and ended.refused_by_limits:
+            self._feed_unsupported = True  # until the next full sync: retrying would meet the same limit
+            log.error(
+                "directory %s ended the change feed (%s): lift the size and time limits of %s for it "
+                "(OpenLDAP: olcLimits dn.exact=... size=unlimited time=unlimited); incremental syncs only until then",
+                self.settings.url,
+                ended.result,
+                self.settings.bind_dn,
+            )
+            await self._stop_feed("refused")
+        elif ended is not None:
             await self._stop_feed("down")
             raise DirectoryUnavailable(f"the change feed ended: {ended.reason}")
 

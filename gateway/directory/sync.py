@@ -22,12 +22,13 @@ from uuid import uuid4
 
 from gateway.audit.writer import AuditLog
 from gateway.directory.apply import PlanApplier
-from gateway.directory.entries import DirectoryUser, in_subtree, normalize_dn, user_from_entry
+from gateway.directory.entries import DirectoryUser, in_subtree, user_from_entry
 from gateway.directory.feed import FeedDeleted, FeedEntry, FeedEvent
-from gateway.directory.groups import GroupGraph
+from gateway.directory.groups import DirectoryGroup, GroupGraph
+from gateway.directory.membership import stale_agents, wanted
 from gateway.directory.metrics import DirectoryMetrics
-from gateway.directory.plan import LEFT_AGENTS_GROUP, KnownAgent, Plan, View, WantedUser, check_quarantine, plan
-from gateway.directory.reader import DirectoryReader, Snapshot
+from gateway.directory.plan import Plan, View, check_quarantine, plan
+from gateway.directory.reader import DirectoryReader, group_from_entry
 from gateway.directory.settings import LdapSettings
 from gateway.directory.store import DirectoryStore
 from gateway.storage.access_log import AccessRecord
@@ -100,7 +101,9 @@ class DirectorySync:
             started = time.perf_counter()
             reader = await self._reader()
             snapshot = await asyncio.to_thread(reader.read)
-            report = await self._run("full", snapshot.users, snapshot, complete=True, dry_run=dry_run)
+            report = await self._run(
+                "full", snapshot.users, snapshot.groups, snapshot.agents_members, complete=True, dry_run=dry_run
+            )
             if not dry_run:
                 await self.store.save_state(
                     self.clock(),
@@ -122,20 +125,15 @@ class DirectorySync:
             reader = await self._reader()
             snapshot = await asyncio.to_thread(reader.read, state.high_water)
             users = {u.entry_id: u for u in snapshot.users} | {u.entry_id: u for u in feed_users}
-            known = await self.store.known()
             graph = GroupGraph.of(snapshot.groups)
-            stale = [
-                agent.entry_id
-                for agent in known.values()
-                if agent.entry_id not in users and self._membership_changed(agent, graph, snapshot.agents_members)
-            ]
-            missing: set[str] = set(gone)
-            if stale:
-                found, _ = await asyncio.to_thread(reader.read_users, stale)
-                users |= {u.entry_id: u for u in found}
-                missing |= set(stale) - {u.entry_id for u in found}
+            missing = await self._read_stale(reader, graph, snapshot.agents_members, users, set(gone))
             report = await self._run(
-                "incremental", list(users.values()), snapshot, complete=False, gone=frozenset(missing)
+                "incremental",
+                list(users.values()),
+                snapshot.groups,
+                snapshot.agents_members,
+                complete=False,
+                gone=frozenset(missing),
             )
             await self.store.save_state(
                 self.clock(),
@@ -147,10 +145,11 @@ class DirectorySync:
             return self._done(report, started)
 
     async def feed_batch(self, events: Iterable[FeedEvent]) -> SyncReport | None:
-        """Changes pushed by the feed. A group change needs every group again: that is an incremental sync."""
+        """Changes pushed by the feed: user entries as they are, group entries into the cached group graph (the
+        members whose groups that changes are read again by id), deletes and moves out of scope as gone."""
         users: dict[str, DirectoryUser] = {}
+        changed_groups: dict[str, DirectoryGroup] = {}
         gone: set[str] = set()
-        groups_changed = False
         settings = self.settings
         for event in events:
             if isinstance(event, FeedDeleted):
@@ -159,7 +158,9 @@ class DirectorySync:
                 if event.state == "delete":
                     gone.add(event.entry_uuid)
                 elif settings.groups_base and in_subtree(event.dn, settings.groups_base):
-                    groups_changed = True
+                    group = group_from_entry(event.dn, event.attributes, settings)
+                    if group is not None:
+                        changed_groups[group.entry_id] = group
                 elif in_subtree(event.dn, settings.users_base):
                     user = user_from_entry(event.dn, event.attributes, settings)
                     if user is not None:
@@ -167,14 +168,44 @@ class DirectorySync:
                         gone.discard(user.entry_id)
                 else:
                     gone.add(event.entry_uuid)  # moved out of the users base
-        if groups_changed or self._graph is None:
+        if self._graph is None or (changed_groups and self._agents_members is not None):
+            # No group graph yet, or nesting resolved by the server: ask the directory again.
             return await self.incremental(feed_users=users.values(), gone=gone)
-        if not users and not gone:
+        cached = {group.entry_id: group for group in self._graph.groups.values()}
+        groups: list[DirectoryGroup] | None = None
+        if changed_groups or gone & cached.keys():
+            groups = list(({k: v for k, v in cached.items() if k not in gone} | changed_groups).values())
+            gone -= cached.keys()
+        if not users and not gone and groups is None:
             return None
         async with self.lock:
             started = time.perf_counter()
-            report = await self._run("feed", list(users.values()), None, complete=False, gone=frozenset(gone))
+            if groups is not None:
+                reader = await self._reader()
+                gone = await self._read_stale(reader, GroupGraph.of(groups), None, users, gone)
+            report = await self._run(
+                "feed", list(users.values()), groups, self._agents_members, complete=False, gone=frozenset(gone)
+            )
             return self._done(report, started)
+
+    async def _read_stale(
+        self,
+        reader: DirectoryReader,
+        graph: GroupGraph,
+        agents_members: frozenset[str] | None,
+        users: dict[str, DirectoryUser],
+        gone: set[str],
+    ) -> set[str]:
+        """Read again the managed agents whose memberships ``graph`` changes, into ``users``; those no longer in
+        scope are added to the returned ``gone``."""
+        skip = users.keys() | gone
+        known = (await self.store.known()).values()
+        stale = stale_agents(known, graph, self.settings.agents_group, agents_members, skip)
+        if not stale:
+            return gone
+        found = await asyncio.to_thread(reader.read_users, stale)
+        users |= {user.entry_id: user for user in found}
+        return gone | (set(stale) - {user.entry_id for user in found})
 
     async def approve(self, quarantine_id: str, actor: str) -> bool:
         """Release a held sync: its disables no longer count towards the threshold (the next full sync applies
@@ -194,54 +225,33 @@ class DirectorySync:
 
     # ------------------------------------------------------------------------------------------ shared
 
-    def _wanted(self, user: DirectoryUser, graph: GroupGraph, agents_members: frozenset[str] | None) -> WantedUser:
-        group_dns = graph.groups_of(user.dn, user.member_of)
-        refusal = user.disabled
-        agents_group = self.settings.agents_group
-        if refusal is None and agents_group is not None:
-            member = (
-                normalize_dn(user.dn) in agents_members
-                if agents_members is not None
-                else normalize_dn(agents_group) in group_dns | user.member_of
-            )
-            refusal = None if member else LEFT_AGENTS_GROUP
-        return WantedUser(user, graph.names(group_dns), refusal)
-
-    def _membership_changed(self, agent: KnownAgent, graph: GroupGraph, agents_members: frozenset[str] | None) -> bool:
-        group_dns = graph.groups_of(agent.dn)
-        if graph.names(group_dns) != agent.groups:
-            return True
-        agents_group = self.settings.agents_group
-        if agents_group is None:
-            return False
-        member = (
-            normalize_dn(agent.dn) in agents_members
-            if agents_members is not None
-            else normalize_dn(agents_group) in group_dns
-        )
-        return member != agent.active if (agent.active or agent.disabled_by_sync) else False
-
     async def _run(
         self,
         kind: SyncKind,
         users: list[DirectoryUser],
-        snapshot: Snapshot | None,
+        groups: list[DirectoryGroup] | None,
+        agents_members: frozenset[str] | None,
         *,
         complete: bool,
         gone: frozenset[str] = frozenset(),
         dry_run: bool = False,
     ) -> SyncReport:
+        """Plan ``users`` (and, when given, the whole set of ``groups``) against the managed agents, check the
+        quarantine, apply."""
         now = self.clock()
-        if snapshot is not None:
-            self._graph = GroupGraph.of(snapshot.groups)
-            self._agents_members = snapshot.agents_members
+        if groups is not None:
+            self._graph = GroupGraph.of(groups)
+            self._agents_members = agents_members
         graph = self._graph or GroupGraph()
         known = await self.store.known()
-        if snapshot is not None and not dry_run:
-            renamed = await self._applier.sync_groups(snapshot.groups, now, complete=True)
+        if groups is not None and not dry_run:
+            renamed = await self._applier.sync_groups(groups, now, complete=True)
             await self._push_groups(renamed)
+        agents_group = self.settings.agents_group
         view = View(
-            {u.entry_id: self._wanted(u, graph, self._agents_members) for u in users}, gone=gone, complete=complete
+            {u.entry_id: wanted(u, graph, agents_group, self._agents_members) for u in users},
+            gone=gone,
+            complete=complete,
         )
         changes = plan(known, view, await self.store.others(), lambda: str(uuid4()))
         report = SyncReport(kind, dry_run, [c.describe() for c in changes.changes], users_read=len(users))

@@ -239,3 +239,19 @@ async def _feed_is(state: Callable[[], Awaitable[SyncState]], wanted: str) -> bo
 
 async def _inactive(stack: LdapStack, user_name: str) -> bool:
     return not (await stack.agent(user_name)).active
+
+
+async def test_a_feed_ended_by_the_servers_size_limit_is_reported_and_the_periodic_syncs_go_on() -> None:
+    with LdapServer(size_limit=2) as server:
+        server.add(team_ldif())
+        async with ldap_stack(server, page_size=2, incremental_interval_seconds=0.2, full_interval_seconds=60) as stack:
+            runner = asyncio.create_task(DirectoryRunner(stack.sync).run_forever())
+            try:
+                await _until(lambda: _feed_is(stack.sync.store.state, "refused"), "refused")
+                assert await stack.active() == set(TEAM)  # read page by page despite the limit
+                modify(server, person("bob"), "replace: userAccountControl", "userAccountControl: 514")
+                await _until(lambda: _inactive(stack, "bob"), "bob disabled by an incremental sync", timeout=5)
+            finally:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
