@@ -23,6 +23,14 @@ GONE = "no longer in the directory's scope (deleted, moved or filtered out)"
 LEFT_AGENTS_GROUP = "removed from the directory's agents group"
 
 
+#: (agent id, source) of the live agent holding a userName.
+Holder = tuple[str, str]
+
+
+def _held(holder: Holder) -> str:
+    return f"userName held by another agent (source {holder[1]}, id {holder[0]})"
+
+
 @dataclass(frozen=True, slots=True)
 class KnownAgent:
     """An agent this directory manages, as stored."""
@@ -110,16 +118,23 @@ def _columns(user: DirectoryUser, manager_id: str | None) -> dict[str, str | boo
 def plan(
     known: Mapping[str, KnownAgent],
     view: View,
-    others: Mapping[str, str],
+    holders: Mapping[str, Holder],
     new_id: Callable[[], str],
+    *,
+    managers: Mapping[str, str] | None = None,
+    active_agents: int | None = None,
 ) -> Plan:
-    """The changes that make the managed agents match ``view``. ``others`` maps the userName key of every live
-    agent this directory does not manage to its source (conflicts)."""
+    """The changes that make the managed agents match ``view``. ``holders`` maps the userName key of live agents
+    (every one, or at least those of the names in ``view``) to their id and source: a name held by another
+    agent, managed by this directory or not, is a conflict, never a second agent. A partial view may come with only the
+    known agents it names; then ``managers`` (normalised DN → agent id of every managed agent) resolves manager
+    DNs and ``active_agents`` is the count of all active managed agents (the quarantine's denominator)."""
     creating = {entry_id: new_id() for entry_id, wanted in view.users.items() if entry_id not in known}
-    by_dn = {normalize_dn(agent.dn): agent.agent_id for agent in known.values()}
+    by_dn = dict(managers) if managers is not None else {}
+    by_dn |= {normalize_dn(agent.dn): agent.agent_id for agent in known.values()}
     by_dn |= {normalize_dn(view.users[e].user.dn): agent_id for e, agent_id in creating.items()}
     changes: list[Change] = []
-    taken = {key for key in others}
+    taken = dict(holders)
     for entry_id, wanted in sorted(view.users.items(), key=lambda item: item[1].user.user_name.lower()):
         user = wanted.user
         manager_id = by_dn.get(normalize_dn(user.manager_dn)) if user.manager_dn else None
@@ -127,12 +142,9 @@ def plan(
         if current is None:
             key = user_name_key(user.user_name)
             if key in taken:
-                source = others.get(key, "ldap")
-                changes.append(
-                    Change("conflict", None, user.user_name, entry_id, reason=f"userName held by a {source} agent")
-                )
+                changes.append(Change("conflict", None, user.user_name, entry_id, reason=_held(taken[key])))
                 continue
-            taken.add(key)
+            taken[key] = (creating[entry_id], "ldap")
             values = _columns(user, manager_id) | {"active": wanted.refusal is None}
             changes.append(
                 Change(
@@ -147,30 +159,30 @@ def plan(
                 )
             )
             continue
-        changes.extend(_changes_of(current, wanted, manager_id, others))
+        changes.extend(_changes_of(current, wanted, manager_id, taken))
     for entry_id, current in sorted(known.items(), key=lambda item: item[1].user_name.lower()):
         missing = entry_id in view.gone or (view.complete and entry_id not in view.users)
         if missing and current.active:
             changes.append(Change("disable", current.agent_id, current.user_name, entry_id, reason=GONE))
-    active = sum(1 for agent in known.values() if agent.active)
+    active = sum(1 for agent in known.values() if agent.active) if active_agents is None else active_agents
     return Plan(tuple(changes), active)
 
 
 def _changes_of(
-    current: KnownAgent, wanted: WantedUser, manager_id: str | None, others: Mapping[str, str]
+    current: KnownAgent, wanted: WantedUser, manager_id: str | None, holders: Mapping[str, Holder]
 ) -> list[Change]:
     user = wanted.user
     changes: list[Change] = []
     values = {name: value for name, value in _columns(user, manager_id).items() if value != getattr(current, name)}
-    if "user_name" in values and user_name_key(user.user_name) in others:
-        source = others[user_name_key(user.user_name)]
+    holder = holders.get(user_name_key(user.user_name))
+    if "user_name" in values and holder is not None and holder[0] != current.agent_id:
         changes.append(
             Change(
                 "conflict",
                 current.agent_id,
                 user.user_name,
                 current.entry_id,
-                reason=f"userName held by a {source} agent",
+                reason=_held(holder),
             )
         )
         values.pop("user_name")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.directory.plan import KnownAgent
+from gateway.directory.entries import normalize_dn
+from gateway.directory.plan import Holder, KnownAgent
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import (
@@ -63,9 +64,12 @@ class DirectoryStore:
         self.engine = engine
         self.directory = directory
 
-    async def known(self) -> dict[str, KnownAgent]:
-        """Every agent this directory manages (deleted ones aside), with its names of this directory's groups."""
+    async def known(self, entry_ids: Collection[str] | None = None) -> dict[str, KnownAgent]:
+        """The agents this directory manages (deleted ones aside), all or those of ``entry_ids``, with their
+        names of this directory's groups."""
         mine = ldap_entries.c.directory == self.directory
+        if entry_ids is not None:
+            mine = and_(mine, ldap_entries.c.entry_id.in_(list(entry_ids)))
         query = (
             select(
                 ldap_entries.c.entry_id,
@@ -76,11 +80,12 @@ class DirectoryStore:
             .join(agents, agents.c.id == ldap_entries.c.agent_id)
             .where(mine, agents.c.deleted_at.is_(None))
         )
+        scope = select(ldap_entries.c.agent_id).where(mine)
         memberships = (
             select(group_members.c.agent_id, groups.c.display_name)
             .join(groups, groups.c.id == group_members.c.group_id)
             .join(ldap_groups, and_(ldap_groups.c.group_id == groups.c.id, ldap_groups.c.directory == self.directory))
-            .where(groups.c.deleted_at.is_(None))
+            .where(groups.c.deleted_at.is_(None), group_members.c.agent_id.in_(scope))
         )
         async with read_transaction(self.engine) as conn:
             rows = (await conn.execute(query)).mappings().all()
@@ -104,14 +109,30 @@ class DirectoryStore:
             for row in rows
         }
 
-    async def others(self) -> dict[str, str]:
-        """userName key → source of every live agent this directory does not manage."""
-        managed = select(ldap_entries.c.agent_id).where(ldap_entries.c.directory == self.directory)
-        query = select(agents.c.user_name_key, agents.c.source).where(
-            agents.c.deleted_at.is_(None), agents.c.id.not_in(managed)
+    async def holders(self, keys: Collection[str] | None = None) -> dict[str, Holder]:
+        """userName key → (agent id, source) of every live agent, or of those holding ``keys``."""
+        query = select(agents.c.user_name_key, agents.c.id, agents.c.source).where(agents.c.deleted_at.is_(None))
+        if keys is not None:
+            query = query.where(agents.c.user_name_key.in_(list(keys)))
+        async with read_transaction(self.engine) as conn:
+            return {key: (agent_id, source) for key, agent_id, source in (await conn.execute(query)).all()}
+
+    async def managers(self) -> dict[str, str]:
+        """Normalised DN → agent id of every agent this directory manages (manager DNs resolve through it)."""
+        query = select(ldap_entries.c.dn, ldap_entries.c.agent_id).where(ldap_entries.c.directory == self.directory)
+        async with read_transaction(self.engine) as conn:
+            return {normalize_dn(dn): agent_id for dn, agent_id in (await conn.execute(query)).all()}
+
+    async def active_agents(self) -> int:
+        """How many live agents this directory manages are active."""
+        query = (
+            select(func.count())
+            .select_from(ldap_entries)
+            .join(agents, agents.c.id == ldap_entries.c.agent_id)
+            .where(ldap_entries.c.directory == self.directory, agents.c.deleted_at.is_(None), agents.c.active)
         )
         async with read_transaction(self.engine) as conn:
-            return {key: source for key, source in (await conn.execute(query)).all()}
+            return int((await conn.execute(query)).scalar_one())
 
     async def group_ids(self, conn: AsyncConnection) -> dict[str, str]:
         """Entry id → group id of this directory's live groups."""

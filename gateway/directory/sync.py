@@ -27,11 +27,12 @@ from gateway.directory.feed import FeedDeleted, FeedEntry, FeedEvent
 from gateway.directory.groups import DirectoryGroup, GroupGraph
 from gateway.directory.membership import stale_agents, wanted
 from gateway.directory.metrics import DirectoryMetrics
-from gateway.directory.plan import Plan, View, check_quarantine, plan
+from gateway.directory.plan import Holder, KnownAgent, Plan, View, check_quarantine, plan
 from gateway.directory.reader import DirectoryReader, group_from_entry
 from gateway.directory.settings import LdapSettings
 from gateway.directory.store import DirectoryStore
 from gateway.storage.access_log import AccessRecord
+from gateway.storage.agents import user_name_key
 from gateway.timeutil import utcnow
 
 log = logging.getLogger("channelgate.ldap")
@@ -243,7 +244,7 @@ class DirectorySync:
             self._graph = GroupGraph.of(groups)
             self._agents_members = agents_members
         graph = self._graph or GroupGraph()
-        known = await self.store.known()
+        known, others, scope = await self._current(users, gone, complete=complete)
         if groups is not None and not dry_run:
             renamed = await self._applier.sync_groups(groups, now, complete=True)
             await self._push_groups(renamed)
@@ -253,7 +254,7 @@ class DirectorySync:
             gone=gone,
             complete=complete,
         )
-        changes = plan(known, view, await self.store.others(), lambda: str(uuid4()))
+        changes = plan(known, view, others, lambda: str(uuid4()), **scope)
         report = SyncReport(kind, dry_run, [c.describe() for c in changes.changes], users_read=len(users))
         report.active_agents = changes.active_agents
         approved = frozenset(
@@ -283,6 +284,19 @@ class DirectorySync:
             for change_kind, count in applied.counts.items():
                 self.metrics.changes.labels(change_kind).inc(count)
         return report
+
+    async def _current(
+        self, users: list[DirectoryUser], gone: frozenset[str], *, complete: bool
+    ) -> tuple[dict[str, KnownAgent], dict[str, Holder], dict[str, Any]]:
+        """The managed agents a plan needs: all of them for a complete view; for a partial one (a feed batch of a
+        few entries in a directory of thousands) only those it names, plus what resolves managers and counts the
+        active agents."""
+        if complete:
+            return await self.store.known(), await self.store.holders(), {}
+        known = await self.store.known({u.entry_id for u in users} | gone)
+        others = await self.store.holders({user_name_key(u.user_name) for u in users})
+        managers = await self.store.managers() if any(u.manager_dn for u in users) else {}
+        return known, others, {"managers": managers, "active_agents": await self.store.active_agents()}
 
     async def _push_groups(self, agent_ids: set[str]) -> None:
         for agent_id in sorted(agent_ids):

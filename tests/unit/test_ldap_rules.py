@@ -101,11 +101,11 @@ def _plan(
     wanted: dict[str, str | None],
     *,
     complete: bool = False,
-    others: dict[str, str] | None = None,
+    holders: dict[str, tuple[str, str]] | None = None,
 ) -> Any:
     ids = (f"new-{i}" for i in itertools.count())
     users = {name: WantedUser(_user(name), frozenset(), refusal) for name, refusal in wanted.items()}
-    return plan({k.entry_id: k for k in known}, View(users, complete=complete), others or {}, lambda: next(ids))
+    return plan({k.entry_id: k for k in known}, View(users, complete=complete), holders or {}, lambda: next(ids))
 
 
 def test_a_complete_view_disables_agents_missing_from_it_and_a_partial_view_does_not() -> None:
@@ -123,8 +123,17 @@ def test_only_an_agent_the_sync_disabled_is_reactivated() -> None:
 
 
 def test_an_agent_of_another_source_with_the_same_username_is_a_conflict_left_alone() -> None:
-    [change] = _plan([], {"bob": None}, others={"bob": "scim"}).changes
-    assert (change.kind, change.reason) == ("conflict", "userName held by a scim agent")
+    [change] = _plan([], {"bob": None}, holders={"bob": ("id-9", "scim")}).changes
+    assert (change.kind, change.reason) == ("conflict", "userName held by another agent (source scim, id id-9)")
+
+
+def test_a_new_entry_with_the_username_of_a_managed_agent_is_a_conflict_not_a_second_agent() -> None:
+    old = _known("bob", active=False, by_sync=True)
+    changes = _plan([old], {"bob-rehired": None}, holders={"bob": ("id-bob", "ldap")}).changes
+    assert [c.kind for c in changes] == ["create"]  # another name: created
+    users = {"new-entry": WantedUser(_user("bob"), frozenset(), None)}
+    [conflict] = plan({"bob": old}, View(users), {"bob": ("id-bob", "ldap")}, lambda: "x").changes
+    assert (conflict.kind, conflict.entry_id) == ("conflict", "new-entry")
 
 
 def test_a_manager_dn_becomes_the_managers_agent_id_even_when_both_are_new() -> None:
