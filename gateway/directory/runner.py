@@ -63,27 +63,29 @@ class DirectoryRunner:
                     await self._step()
                     failures = 0
                 except (DirectoryUnavailable, LDAPException, OSError) as exc:
-                    failures += 1
                     message = exc.message if isinstance(exc, ChannelgateError) else type(exc).__name__
                     log.warning("directory %s unavailable (nobody is changed): %s", self.sync.store.directory, message)
-                    await self._stop_feed("down")
-                    await self._note_error(message)
-                    await asyncio.sleep(self._backoff(failures))
+                    failures += 1
+                    await self._failed(message, failures)
                 except ChannelgateError as exc:
-                    failures += 1
                     log.error("directory sync %s failed: %s", self.sync.store.directory, exc.message)
-                    await self._note_error(exc.message)
-                    await asyncio.sleep(self._backoff(failures))
-                except Exception as exc:  # the sync must outlive any one failure; the type only, no data
                     failures += 1
-                    log.error(
-                        "directory sync %s failed unexpectedly: %s", self.sync.store.directory, type(exc).__name__
-                    )
-                    await self._note_error(f"unexpected {type(exc).__name__}")
-                    await asyncio.sleep(self._backoff(failures))
+                    await self._failed(exc.message, failures)
+                except Exception as exc:  # the sync must outlive any one failure; the type only, no data
+                    message = f"unexpected {type(exc).__name__}"
+                    log.error("directory sync %s failed: %s", self.sync.store.directory, message)
+                    failures += 1
+                    await self._failed(message, failures)
         finally:
             await self._stop_feed("off")
             await self._lease.release()
+
+    async def _failed(self, message: str, failures: int) -> None:
+        """Stop the feed (the database or the lease may be what failed: a replica that lost the lease must not go
+        on applying changes beside the one that took it), record the error, wait before the next attempt."""
+        await self._stop_feed("down")
+        await self._note_error(message)
+        await asyncio.sleep(self._backoff(failures))
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self.settings.reconnect_max_seconds, 0.5 * 2 ** min(failures, 16))

@@ -245,8 +245,14 @@ class DirectoryStore:
             for r in rows
         ]
 
-    async def hold(self, disabling: int, active: int, held: list[dict[str, str]], now: datetime) -> str:
-        """Record a held sync, replacing an earlier one still held (the newest plan is the one to approve)."""
+    async def hold(self, disabling: int, active: int, held: list[dict[str, str]], now: datetime) -> tuple[str, bool]:
+        """Record a held sync and return (its id, whether it is new). A sync holding the same agents as the one
+        already held keeps that quarantine (its id stays valid for ``approve``); a different one replaces it
+        (the newest plan is the one to approve)."""
+        wanted = sorted(entry["agent_id"] for entry in held)
+        for current in await self.quarantines(states=("held",)):
+            if sorted(entry["agent_id"] for entry in current.agents) == wanted:
+                return current.id, False
         quarantine_id = str(uuid4())
         async with write_transaction(self.engine) as conn:
             await conn.execute(
@@ -265,7 +271,7 @@ class DirectoryStore:
                     created_at=to_db(now),
                 )
             )
-        return quarantine_id
+        return quarantine_id, True
 
     async def approve(self, quarantine_id: str, actor: str, now: datetime) -> bool:
         async with write_transaction(self.engine) as conn:

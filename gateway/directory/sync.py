@@ -312,7 +312,9 @@ class DirectorySync:
         held = [
             {"agent_id": c.agent_id or "", "user_name": c.user_name, "reason": c.reason or ""} for c in changes.disables
         ]
-        quarantine_id = await self.store.hold(len(held), changes.active_agents, held, now)
+        quarantine_id, new = await self.store.hold(len(held), changes.active_agents, held, now)
+        if not new:
+            return quarantine_id  # the same disables are already held and were alerted on
         log.error(
             "directory %s: a sync would disable %d of %d active agents; held as quarantine %s until an admin runs "
             "'channelgate ldap approve %s'",
