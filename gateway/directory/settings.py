@@ -81,6 +81,15 @@ class LdapSettings(Section):
     reconnect_max_seconds: Annotated[float, Field(gt=0)] = 60.0
     quarantine: LdapQuarantineSettings = Field(default_factory=LdapQuarantineSettings)
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(
+                f"{value} is not a file (the PEM bundle of the CAs that issued the directory's certificate)"
+            )
+        return value
+
     @field_validator("bind_password", mode="before")
     @classmethod
     def _password_as_text(cls, value: object) -> object:

@@ -201,6 +201,7 @@ def test_the_feed_searches_the_closest_common_ancestor_of_users_and_groups() -> 
         ({"url": "ldaps://dc.example.com", "start_tls": True}, "start_tls"),
         ({"url": "https://dc.example.com"}, "ldaps://"),
         ({"incremental_interval_seconds": 600, "full_interval_seconds": 60}, "full_interval_seconds"),
+        ({"url": "ldaps://dc.example.com", "ca_file": "/nonexistent/ca.pem"}, "not a file"),
     ],
 )
 def test_settings_refuse_an_unprotected_or_inconsistent_directory(changes: dict[str, Any], message: str) -> None:
