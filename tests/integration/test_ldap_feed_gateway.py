@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from gateway.directory.store import DirectoryStore
+from tests.components.asgi_server import bound_socket
 from tests.components.echo_gateway import Deployment, deployment
+from tests.components.inprocess import running_gateway
 from tests.components.ldap_server import (
     FORMER,
     GROUPS,
@@ -24,6 +26,7 @@ from tests.components.ldap_server import (
     person_ldif,
 )
 from tests.components.oidc_provider import OidcProviderFactory
+from tests.components.ports import LOOPBACK
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 
@@ -138,3 +141,29 @@ async def test_leaving_a_directory_group_closes_its_channel_on_the_live_session_
     assert agent is not None and agent.active
     assert await gateway.services.groups.names_of(agent.id) == {"agents"}
     assert len(await gateway.services.sessions.sessions_of(agent.id, time.time())) == 1
+
+
+@pytest.mark.redis
+async def test_an_ldap_disable_ends_the_session_on_the_other_replica_too(
+    directory: LdapServer, oidc_provider_factory: OidcProviderFactory, redis_url: str
+) -> None:
+    async with deployment(oidc_provider_factory, redis_url=redis_url, extra_toml=ldap_toml(directory)) as first:
+        store = DirectoryStore(first.services.database.engine, "directory")
+        sock = bound_socket()
+        try:
+            async with running_gateway(first.services.settings, sock):
+                second_echo = f"http://{LOOPBACK}:{sock.getsockname()[1]}/chat/echo"
+                deadline = time.monotonic() + 20
+                while (await store.state()).feed_state != "live":
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                bob = await first.login("bob")
+                assert (await bob.get(second_echo, headers=JSON)).status_code == 200
+
+                started = time.perf_counter()
+                await asyncio.to_thread(directory.modify, MECHANISMS["ad-disabled-bit"]())
+                elapsed = await _refused_after(bob, second_echo, started)
+                assert elapsed < REFUSAL_WITHIN_SECONDS
+                assert (await bob.get(first.url + "/chat/echo", headers=JSON)).status_code == 401
+        finally:
+            sock.close()
