@@ -108,11 +108,11 @@ async def test_a_full_sync_provisions_agents_with_their_attributes_groups_and_ma
     ids=["ad-disabled-bit", "ppolicy-lock", "ns-account-lock", "left-agents-group", "deleted", "moved-out"],
 )
 async def test_each_disable_mechanism_deprovisions_the_agent_through_the_pipeline_on_the_next_sync(
-    stack: LdapStack, directory: LdapServer, change: object, reason: str
+    stack: LdapStack, directory: LdapServer, change: Callable[[LdapServer], None], reason: str
 ) -> None:
     await stack.sync.full()
     bob = await stack.agent("bob")
-    change(directory)  # type: ignore[operator]
+    change(directory)
     report = await (stack.sync.full() if reason == GONE else stack.sync.incremental())
     assert report.applied.get("disable") == 1, report.planned
     disabled = await stack.services.agents.get(bob.id)
