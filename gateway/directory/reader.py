@@ -102,11 +102,17 @@ def group_from_entry(dn: str, attributes: Mapping[str, Any], settings: LdapSetti
     )
 
 
-def _newest(current: str | None, attributes: dict[str, Any], name: str) -> str | None:
+def _order(value: str) -> tuple[int, str]:
+    """GeneralizedTime (modifyTimestamp, whenChanged) orders as text; an update sequence number (AD's
+    uSNChanged) as a number, so "1000" comes after "999"."""
+    return (len(value), value) if value.isdigit() else (0, value)
+
+
+def newest_change(current: str | None, attributes: dict[str, Any], name: str) -> str | None:
     for key, values in attributes.items():
         if key.lower() == name.lower():
             value = _text(values)
-            if value is not None and (current is None or value > current):
+            if value is not None and (current is None or _order(value) > _order(current)):
                 return value
     return current
 
@@ -131,7 +137,7 @@ class DirectoryReader:
             for dn, attributes in paged_search(
                 connection, settings.users_base, users_filter, user_attributes(settings), settings.page_size
             ):
-                high_water = _newest(high_water, attributes, settings.attributes.changed)
+                high_water = newest_change(high_water, attributes, settings.attributes.changed)
                 user = user_from_entry(dn, attributes, settings)
                 if user is not None:
                     users.append(user)

@@ -30,7 +30,8 @@ class LdapAttributeMap(Section):
     group_name: str = "cn"
     member: str = "member"
     member_of: str = "memberOf"
-    #: The high-water mark of the incremental sync (GeneralizedTime, RFC 4517 §3.3.13).
+    #: The high-water mark of the incremental sync: GeneralizedTime (RFC 4517 §3.3.13) such as modifyTimestamp
+    #: or AD's whenChanged, or AD's uSNChanged (a number local to one domain controller: then name that DC).
     changed: str = "modifyTimestamp"
 
 

@@ -14,7 +14,7 @@ from gateway.directory.entries import DirectoryUser, disabled_reason, entry_id_o
 from gateway.directory.feed import feed_base
 from gateway.directory.groups import DirectoryGroup, GroupGraph
 from gateway.directory.plan import GONE, KnownAgent, View, WantedUser, check_quarantine, plan
-from gateway.directory.reader import entry_id_filter
+from gateway.directory.reader import entry_id_filter, newest_change
 from gateway.directory.settings import LdapSettings
 from gateway.directory.syncrepl import parse_sync_info, parse_sync_state, sync_request
 
@@ -212,3 +212,16 @@ def test_settings_refuse_an_unprotected_or_inconsistent_directory(changes: dict[
 def test_the_bind_password_never_prints() -> None:
     settings = LdapSettings.model_validate(BASE | {"bind_password": "hunter2"})
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("values", "newest"),
+    [(["20261204101010Z", "20261204090909Z"], "20261204101010Z"), (["999", "1000", "20"], "1000")],
+)
+def test_the_high_water_mark_is_the_newest_change_for_timestamps_and_update_sequence_numbers(
+    values: list[str], newest: str
+) -> None:
+    mark = None
+    for value in values:
+        mark = newest_change(mark, {"whenChanged": [value]}, "whenChanged")
+    assert mark == newest
