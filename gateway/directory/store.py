@@ -17,6 +17,7 @@ from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import (
     agents,
+    deprovision_runs,
     group_members,
     groups,
     ldap_entries,
@@ -285,6 +286,23 @@ class DirectoryStore:
                 .values(state="approved", approved_by=actor, approved_at=to_db(now))
             )
         return bool(changed.rowcount)
+
+    async def recent_disables(self, since: datetime) -> int:
+        """Agents this directory deprovisioned since ``since`` (their pipeline runs, so the count survives
+        restarts and covers every replica), except those an admin released from a quarantine."""
+        runs = select(deprovision_runs.c.agent_id).where(
+            deprovision_runs.c.actor == f"ldap:{self.directory}", deprovision_runs.c.created_at >= to_db(since)
+        )
+        released = select(ldap_quarantines.c.agents).where(
+            ldap_quarantines.c.directory == self.directory,
+            ldap_quarantines.c.state.in_(("approved", "released")),
+            ldap_quarantines.c.created_at >= to_db(since),
+        )
+        async with read_transaction(self.engine) as conn:
+            disabled = set((await conn.execute(runs)).scalars())
+            for held in (await conn.execute(released)).scalars():
+                disabled -= {entry["agent_id"] for entry in held}
+        return len(disabled)
 
     async def close_approved(self) -> None:
         """The approved disables were carried out: the quarantine is over."""

@@ -11,12 +11,11 @@ disables, records a quarantine, raises the alert (log, metric, access-log record
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import uuid4
 
@@ -86,8 +85,6 @@ class DirectorySync:
         self.clock = clock
         self._graph: GroupGraph | None = None
         self._agents_members: frozenset[str] | None = None
-        #: Monotonic times of the disables this process made (the quarantine's window).
-        self._disabled_at: collections.deque[float] = collections.deque()
         #: One sync at a time in this process (replicas are kept apart by the runner's lease).
         self.lock = asyncio.Lock()
 
@@ -262,7 +259,9 @@ class DirectorySync:
         )
         check = check_quarantine(
             changes,
-            recent_disables=self._recent_disables(),
+            recent_disables=await self.store.recent_disables(
+                now - timedelta(seconds=self.settings.quarantine.window_seconds)
+            ),
             approved=approved,
             max_share=self.settings.quarantine.max_share,
             min_agents=self.settings.quarantine.min_agents,
@@ -276,8 +275,6 @@ class DirectorySync:
             changes = changes.without_disables()
         applied = await self._applier.apply(changes, now)
         report.applied = applied.counts
-        for _ in range(applied.counts.get("disable", 0)):
-            self._disabled_at.append(time.monotonic())
         if approved and not check.held:
             await self.store.close_approved()
         if self.metrics is not None:
@@ -301,12 +298,6 @@ class DirectorySync:
     async def _push_groups(self, agent_ids: set[str]) -> None:
         for agent_id in sorted(agent_ids):
             await self._applier.push_groups(agent_id)
-
-    def _recent_disables(self) -> int:
-        horizon = time.monotonic() - self.settings.quarantine.window_seconds
-        while self._disabled_at and self._disabled_at[0] < horizon:
-            self._disabled_at.popleft()
-        return len(self._disabled_at)
 
     async def _hold(self, changes: Plan, now: datetime) -> str:
         held = [

@@ -14,6 +14,7 @@ from gateway.directory.errors import DirectoryUnavailable
 from gateway.directory.plan import GONE, LEFT_AGENTS_GROUP
 from gateway.directory.runner import DirectoryRunner, sync_lease
 from gateway.directory.store import SyncState
+from gateway.directory.wiring import open_directory_sync
 from tests.components.ldap_server import FORMER, GROUPS, PEOPLE, LdapServer, group_ldif, person_ldif
 from tests.components.ldap_stack import LdapStack, ldap_stack
 
@@ -257,3 +258,16 @@ async def test_a_feed_ended_by_the_servers_size_limit_is_reported_and_the_period
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
+
+
+async def test_the_quarantine_window_counts_disables_made_before_a_restart(directory: LdapServer) -> None:
+    async with ldap_stack(directory, quarantine={"max_share": 0.3, "min_agents": 2}) as stack:
+        await stack.sync.full()
+        modify(directory, person("bob"), "replace: userAccountControl", "userAccountControl: 514")
+        assert (await stack.sync.incremental()).applied.get("disable") == 1  # one of six: below the share
+
+        restarted = open_directory_sync(stack.services, stack.sync.settings, metrics=False)
+        modify(directory, person("carol"), "replace: userAccountControl", "userAccountControl: 514")
+        report = await restarted.incremental()
+        assert report.quarantine_id is not None and report.held == 1  # two of six within the window
+        assert await stack.active() == set(TEAM) - {"bob"}
