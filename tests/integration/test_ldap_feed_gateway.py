@@ -167,3 +167,21 @@ async def test_an_ldap_disable_ends_the_session_on_the_other_replica_too(
                 assert (await bob.get(first.url + "/chat/echo", headers=JSON)).status_code == 401
         finally:
             sock.close()
+
+
+async def test_re_enabling_in_the_directory_reactivates_the_agent_but_its_old_sessions_stay_ended(
+    gateway: Deployment, directory: LdapServer
+) -> None:
+    old = await gateway.login("bob")
+    echo = gateway.url + "/chat/echo"
+    await asyncio.to_thread(directory.modify, MECHANISMS["ad-disabled-bit"]())
+    await _refused_after(old, echo, time.perf_counter())
+
+    await asyncio.to_thread(directory.modify, _modify(BOB, "replace: userAccountControl", "userAccountControl: 512"))
+    deadline = time.monotonic() + 10
+    while not (agent := await gateway.services.agents.find_by_user_name("bob")) or not agent.active:
+        assert time.monotonic() < deadline, "bob was never reactivated"
+        await asyncio.sleep(0.01)
+    assert (await old.get(echo, headers=JSON)).status_code == 401
+    fresh = await gateway.login("bob")
+    assert (await fresh.get(echo, headers=JSON)).status_code == 200
