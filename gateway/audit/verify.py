@@ -15,23 +15,23 @@ Only the checkpoints read from outside the database (the sink's file) are truste
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+import multiprocessing
+import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.audit.canonical import FIELDS, GENESIS, canonical_detail, canonical_time, content_hash, link_hash
+from gateway.audit.canonical import GENESIS, canonical_time
 from gateway.audit.checkpoints import Checkpoint, line_digest, parse_checkpoint
-from gateway.audit.retention import PURGE_KIND
+from gateway.audit.verify_walk import HASH, Walk, walk, walk_segment
 from gateway.storage.audit_chain import ChainStore
 
-PAGE = 20_000
-_SEQ, _TIME, _KIND, _DETAIL = (FIELDS.index(name) for name in ("seq", "time", "kind", "detail"))
-_POS, _CONTENT, _PREV, _HASH, _PURGED = range(len(FIELDS), len(FIELDS) + 5)
+#: Chains shorter than this are walked in this process (starting worker processes costs ~1 s).
+PARALLEL_FROM = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,9 @@ async def verify_chain(
     from_seq: int | None = None,
     to_seq: int | None = None,
     retention_cutoff: datetime | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
+    """Verify (``workers``: processes for a long chain; default one per CPU, 1 to stay in this process)."""
     report = VerifyReport()
     report.unsealed, _ = await store.unsealed()
     checkpoints: list[Checkpoint] = []
@@ -154,50 +156,47 @@ async def verify_chain(
             if not before:
                 report.problem = Problem("the record before it is missing", seq=from_seq, chain_pos=position)
                 return report
-            start_after, prev = position - 1, str(before[0][_HASH])
+            start_after, prev = position - 1, str(before[0][HASH])
     if to_seq is not None:
         position = await store.position_of(to_seq)
         if position is None:
             report.problem = Problem("no sealed record has this seq", seq=to_seq)
             return report
         until = position
-    signed = {c.chain_pos: c for c in checkpoints}
-    # A chain that starts after position 1 must be vouched for by a chained purge record naming that anchor.
-    vouched = anchor is None
+    signed = {c.chain_pos: (c.number, c.hash, c.time) for c in checkpoints}
     cutoff = canonical_time(retention_cutoff) if retention_cutoff is not None else None
-    expected = start_after + 1
+    walks = await _walk(store, start_after, until, prev, signed, cutoff, workers)
+    vouched = anchor is None
     last_seq: int | None = None
-    # The next page is read while this one is hashed (aiosqlite reads in its own thread; PostgreSQL computes).
-    upcoming: asyncio.Future[list[Sequence[Any]]] | None = (
-        asyncio.ensure_future(store.rows_after(expected - 1, until, PAGE)) if expected <= until else None
-    )
-    while upcoming is not None:
-        rows = await upcoming
-        upcoming = None
-        if not rows:
-            break
-        last = int(rows[-1][_POS])
-        if last < until:
-            upcoming = asyncio.ensure_future(store.rows_after(last, until, PAGE))
-        for row in rows:
-            pos, seq = int(row[_POS]), int(row[_SEQ])
-            found = _check(row, pos, expected, prev, signed, cutoff)
-            if found is not None:
-                report.problem = Problem(found, seq=seq, chain_pos=pos)
-                if upcoming is not None:
-                    upcoming.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await upcoming
+    end = start_after
+    for number, seen in enumerate(walks):
+        if seen.head is not None and number > 0:
+            seq, pos, named = seen.head
+            if pos != end + 1:
+                report.problem = Problem(f"chain position {end + 1} is missing before this record (deleted)", seq, pos)
+            elif named != prev:
+                report.problem = Problem(
+                    "its predecessor is not the record the chain names (a record was inserted, deleted or moved)",
+                    seq,
+                    pos,
+                )
+            if report.problem is not None:
                 return report
-            if not vouched and row[_KIND] == PURGE_KIND and anchor is not None:
-                detail = canonical_detail(row[_DETAIL]) or {}
-                vouched = detail.get("anchor_pos") == anchor.chain_pos and detail.get("anchor_hash") == anchor.hash
+        if seen.checked:
             if report.first_seq is None:
-                report.first_seq, report.first_pos = seq, pos
-            report.checked += 1
-            report.purged += bool(row[_PURGED])
-            prev, expected, last_seq = str(row[_HASH]), pos + 1, seq
-    report.last_seq, report.last_pos = last_seq, expected - 1 if report.checked else None
+                report.first_seq, report.first_pos = seen.first_seq, seen.first_pos
+            report.checked += seen.checked
+            report.purged += seen.purged
+            assert seen.last_pos is not None and seen.last_hash is not None
+            last_seq, end, prev = seen.last_seq, seen.last_pos, seen.last_hash
+        if anchor is not None and (anchor.chain_pos, anchor.hash) in seen.anchors:
+            vouched = True
+        if seen.problem is not None:
+            seq, pos, message = seen.problem
+            report.problem = Problem(message, seq, pos)
+            return report
+    report.last_seq, report.last_pos = last_seq, end if report.checked else None
+    expected = end + 1
     if expected <= until:
         report.problem = Problem(f"records at chain positions {expected}..{until} are missing", chain_pos=expected)
         return report
@@ -222,27 +221,22 @@ async def verify_chain(
     return report
 
 
-def _check(
-    row: Sequence[Any],
-    pos: int,
-    expected: int,
-    prev: str,
-    signed: Mapping[int, Checkpoint],
-    cutoff: str | None,
-) -> str | None:
-    if pos != expected:
-        return f"chain position {expected} is missing before this record (deleted)"
-    if row[_PREV] != prev:
-        return "its predecessor is not the record the chain names (a record was inserted, deleted or moved)"
-    content = str(row[_CONTENT])
-    if row[_PURGED]:
-        if cutoff is not None and canonical_time(row[_TIME]) >= cutoff:
-            return "the record's content was removed before its retention period ended"
-    elif content_hash(row[: len(FIELDS)]) != content:
-        return "the record was altered (its content no longer matches its hash)"
-    if link_hash(prev, pos, content) != row[_HASH]:
-        return "the chain hash was altered"
-    checkpoint = signed.get(pos)
-    if checkpoint is not None and checkpoint.hash != row[_HASH]:
-        return f"differs from what checkpoint {checkpoint.number} signed at {checkpoint.time}"
-    return None
+async def _walk(
+    store: ChainStore, after: int, until: int, prev: str, signed: Mapping[int, tuple[int, str, str]],
+    cutoff: str | None, workers: int | None,
+) -> list[Walk]:  # fmt: skip
+    """Walk (``after``, ``until``]: in this process, or in one segment per worker process for a long chain."""
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    target = store.worker_target()
+    if count < 2 or target is None or until - after < PARALLEL_FROM:
+        return [await walk(store.rows_after, after, until, prev, signed, cutoff)]
+    bounds = [after + (until - after) * part // count for part in range(count + 1)]
+    loop = asyncio.get_running_loop()
+    # Spawned, not forked: this process has an event loop and driver threads a fork would copy mid-use.
+    with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
+        first = asyncio.ensure_future(walk(store.rows_after, bounds[0], bounds[1], prev, signed, cutoff))
+        rest = [
+            loop.run_in_executor(pool, walk_segment, target, store.by_position_statement, lo, hi, signed, cutoff)
+            for lo, hi in itertools.pairwise(bounds[1:])
+        ]
+        return [await first, *await asyncio.gather(*rest)]

@@ -174,6 +174,21 @@ class ChainStore:
                 return list(await driver.fetch(_BY_POS_PG, after, until, limit))
             return list((await conn.execute(_BY_POS, {"after": after, "until": until, "limit": limit})).all())
 
+    def worker_target(self) -> tuple[str, str] | None:
+        """Where a worker process reads this database: ("sqlite", file) or ("postgresql", DSN); None for an
+        in-memory database."""
+        if self._sqlite_path is not None:
+            return "sqlite", self._sqlite_path
+        if self._postgres:
+            url = self._engine.url.set(drivername="postgresql")
+            return "postgresql", url.render_as_string(hide_password=False)
+        return None
+
+    @property
+    def by_position_statement(self) -> str:
+        """The driver-level statement ``rows_after`` runs (``?`` or ``$n`` placeholders)."""
+        return _BY_POS_SQLITE if self._sqlite_path is not None else _BY_POS_PG
+
     def _sqlite_rows(self, after: int, until: int, limit: int) -> list[Sequence[Any]]:
         with self._sqlite_lock:
             if self._sqlite_reader is None:

@@ -1,0 +1,152 @@
+"""The per-record walk of ``audit verify``, and its parallel form: segments of the chain checked by worker
+processes.
+
+Hashing is what verification costs (~3 µs a record for the canonical form and two SHA-256), and it is CPU-bound
+Python: one process verifies about 150,000 records a second here. The chain's links do not need the previous
+segment to be hashed first — every record stores its predecessor's hash — so the chain is cut into one segment per
+core, each worker walks its segment exactly as the single walk would (starting from the ``prev_hash`` its first
+record names), and the caller then checks that each segment starts where the previous one ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.audit.canonical import FIELDS, canonical_detail, canonical_time, content_hash, link_hash
+
+PAGE = 20_000
+_SEQ, _TIME, _KIND, _DETAIL = (FIELDS.index(name) for name in ("seq", "time", "kind", "detail"))
+_POS, _CONTENT, _PREV, HASH, _PURGED = range(len(FIELDS), len(FIELDS) + 5)
+PURGE_KIND = "audit_purge"
+
+#: Reads the rows with ``after < chain_pos <= until``, at most ``limit``, in chain order.
+RowReader = Callable[[int, int, int], Awaitable[list[Sequence[Any]]]]
+
+
+@dataclass(slots=True)
+class Walk:
+    """What a walk over (``after``, ``until``] saw."""
+
+    checked: int = 0
+    purged: int = 0
+    first_seq: int | None = None
+    first_pos: int | None = None
+    #: (seq, chain_pos, prev_hash) of the first record read, checked or not (a segment's seam).
+    head: tuple[int, int, str] | None = None
+    last_seq: int | None = None
+    last_pos: int | None = None
+    last_hash: str | None = None
+    #: (seq, chain_pos, message) of the first bad record.
+    problem: tuple[int, int, str] | None = None
+    #: (anchor_pos, anchor_hash) named by each purge record met.
+    anchors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def check_row(
+    row: Sequence[Any], pos: int, expected: int, prev: str | None, signed: Mapping[int, tuple[int, str, str]],
+    cutoff: str | None,
+) -> str | None:  # fmt: skip
+    """What is wrong with one record, or None. ``prev`` None: trust the record's own ``prev_hash`` (a segment's
+    first record; the caller checks that link). ``signed``: chain_pos → (checkpoint number, hash, time)."""
+    if pos != expected:
+        return f"chain position {expected} is missing before this record (deleted)"
+    if prev is not None and row[_PREV] != prev:
+        return "its predecessor is not the record the chain names (a record was inserted, deleted or moved)"
+    content = str(row[_CONTENT])
+    if row[_PURGED]:
+        if cutoff is not None and canonical_time(row[_TIME]) >= cutoff:
+            return "the record's content was removed before its retention period ended"
+    elif content_hash(row[: len(FIELDS)]) != content:
+        return "the record was altered (its content no longer matches its hash)"
+    if link_hash(str(row[_PREV]), pos, content) != row[HASH]:
+        return "the chain hash was altered"
+    checkpoint = signed.get(pos)
+    if checkpoint is not None and checkpoint[1] != row[HASH]:
+        return f"differs from what checkpoint {checkpoint[0]} signed at {checkpoint[2]}"
+    return None
+
+
+async def walk(
+    read: RowReader, after: int, until: int, prev: str | None, signed: Mapping[int, tuple[int, str, str]],
+    cutoff: str | None,
+) -> Walk:  # fmt: skip
+    """Check every record of (``after``, ``until``] in chain order; stop at the first bad one. The next page is
+    read while this one is hashed."""
+    seen = Walk()
+    expected = after + 1
+    upcoming: asyncio.Future[list[Sequence[Any]]] | None = (
+        asyncio.ensure_future(read(after, until, PAGE)) if after < until else None
+    )
+    while upcoming is not None:
+        rows = await upcoming
+        upcoming = None
+        if not rows:
+            break
+        last = int(rows[-1][_POS])
+        if last < until:
+            upcoming = asyncio.ensure_future(read(last, until, PAGE))
+        for row in rows:
+            pos, seq = int(row[_POS]), int(row[_SEQ])
+            if seen.head is None:
+                seen.head = (seq, pos, str(row[_PREV]))
+            found = check_row(row, pos, expected, prev, signed, cutoff)
+            if found is not None:
+                seen.problem = (seq, pos, found)
+                if upcoming is not None:
+                    upcoming.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await upcoming
+                return seen
+            if row[_KIND] == PURGE_KIND:
+                detail = canonical_detail(row[_DETAIL]) or {}
+                seen.anchors.append((int(detail.get("anchor_pos", -1)), str(detail.get("anchor_hash"))))
+            if seen.first_seq is None:
+                seen.first_seq, seen.first_pos = seq, pos
+            seen.checked += 1
+            seen.purged += bool(row[_PURGED])
+            prev, expected = str(row[HASH]), pos + 1
+            seen.last_seq, seen.last_pos, seen.last_hash = seq, pos, prev
+    return seen
+
+
+# Worker processes ---------------------------------------------------------------------------------------------
+
+
+def _sqlite_reader(path: str, statement: str) -> RowReader:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    async def read(after: int, until: int, limit: int) -> list[Sequence[Any]]:
+        return connection.execute(statement, (after, until, limit)).fetchall()
+
+    return read
+
+
+def walk_segment(
+    database: tuple[str, str], statement: str, after: int, until: int, signed: Mapping[int, tuple[int, str, str]],
+    cutoff: str | None,
+) -> Walk:  # fmt: skip
+    """In a worker process: walk (``after``, ``until``] of the database (("sqlite", file) or ("postgresql",
+    DSN)), trusting the first record's ``prev_hash`` (the caller checks the seams)."""
+
+    async def run() -> Walk:
+        kind, where = database
+        if kind == "sqlite":
+            return await walk(_sqlite_reader(where, statement), after, until, None, signed, cutoff)
+        import asyncpg  # type: ignore[import-untyped]  # only PostgreSQL workers need it
+
+        connection = await asyncpg.connect(where)
+        try:
+
+            async def read(start: int, end: int, limit: int) -> list[Sequence[Any]]:
+                return list(await connection.fetch(statement, start, end, limit))
+
+            return await walk(read, after, until, None, signed, cutoff)
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
