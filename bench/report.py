@@ -18,21 +18,37 @@ OFFBOARDING_GOAL_AGENTS = 10_000
 
 
 def previous_sections(text: str) -> dict[str, list[str]]:
-    """The numbered sections (``## N. ...`` up to the next ``## ``) of a previous page, each marked with that
-    page's date, for the benchmarks a ``--skip`` run did not measure again."""
+    """The numbered sections (``## N. ...`` up to the next ``## ``) of a previous page, each marked with the date
+    of the run that measured it (that page's, or the one a section kept from an earlier page already names), for
+    the benchmarks a ``--skip`` run did not measure again."""
     date = next((line.removeprefix("- Date: ") for line in text.splitlines() if line.startswith("- Date: ")), "?")
     sections: dict[str, list[str]] = {}
+    measured: dict[str, str] = {}
     current: list[str] | None = None
+    number = ""
     for line in text.splitlines():
         if line.startswith("## "):
             number = line[3:].split(".", 1)[0]
-            current = [line, "", f"> Kept from the run of {date} (skipped in this run)."] if number.isdigit() else None
+            current = [line] if number.isdigit() else None
             if current is not None:
                 sections[number] = current
             continue
-        if current is not None:
-            current.append(line)
+        if current is None:
+            continue
+        if line.startswith(_KEPT):
+            # Older pages stacked one line per keep, newest first: the last one names the measuring run.
+            measured[number] = line.removeprefix(_KEPT).split(" (skipped", 1)[0]
+            continue
+        current.append(line)
+    for key, lines in sections.items():
+        body = lines[1:]
+        while body and body[0] == "":
+            body.pop(0)
+        lines[1:] = ["", f"{_KEPT}{measured.get(key, date)} (skipped in this run).", "", *body]
     return sections
+
+
+_KEPT = "> Kept from the run of "
 
 
 def _ms(seconds: float) -> str:
