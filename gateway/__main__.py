@@ -2,4 +2,6 @@ import sys
 
 from gateway.cli import main
 
-sys.exit(main())
+# Guarded: ``audit verify`` starts worker processes by spawning, and a spawned child imports this module again.
+if __name__ == "__main__":
+    sys.exit(main())

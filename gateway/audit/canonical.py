@@ -55,6 +55,8 @@ def canonical_time(moment: datetime | str) -> str:
     if isinstance(moment, str):
         if len(moment) == 26 and moment[10] == " ":  # SQLAlchemy's SQLite DATETIME text, already UTC
             return f"{moment[:10]}T{moment[11:]}Z"
+        if len(moment) == 27 and moment[10] == "T" and moment[26] == "Z":  # already canonical (PostgreSQL's to_char)
+            return moment
         moment = datetime.fromisoformat(moment)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

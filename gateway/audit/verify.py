@@ -128,7 +128,8 @@ async def verify_chain(
     retention_cutoff: datetime | None = None,
     workers: int | None = None,
 ) -> VerifyReport:
-    """Verify (``workers``: processes for a long chain; default one per CPU, 1 to stay in this process)."""
+    """Verify. ``workers``: processes to share the walk (default: one per CPU once the chain is long enough to
+    repay starting them; 1: this process only)."""
     report = VerifyReport()
     report.unsealed, _ = await store.unsealed()
     checkpoints: list[Checkpoint] = []
@@ -228,7 +229,7 @@ async def _walk(
     """Walk (``after``, ``until``]: in this process, or in one segment per worker process for a long chain."""
     count = workers if workers is not None else (os.cpu_count() or 1)
     target = store.worker_target()
-    if count < 2 or target is None or until - after < PARALLEL_FROM:
+    if count < 2 or target is None or (workers is None and until - after < PARALLEL_FROM):
         return [await walk(store.rows_after, after, until, prev, signed, cutoff)]
     bounds = [after + (until - after) * part // count for part in range(count + 1)]
     loop = asyncio.get_running_loop()

@@ -48,6 +48,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 from_seq=args.from_seq,
                 to_seq=args.to_seq,
                 retention_cutoff=cutoff,
+                workers=args.workers,
             )
         finally:
             store.close()
@@ -154,6 +155,9 @@ def register(audit: Subparsers) -> None:
     p.add_argument("--to-seq", type=int, help="stop at this record (default: the newest sealed one)")
     p.add_argument("--checkpoints", help="file of checkpoint lines (default: the file sink of the configuration)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--workers", type=int, help="processes sharing the work (default: one per CPU for 200,000 records or more)"
+    )
     p.set_defaults(func=cmd_audit_verify)
     p = audit.add_parser("checkpoint", help="seal and sign a checkpoint now")
     p.set_defaults(func=cmd_audit_checkpoint)

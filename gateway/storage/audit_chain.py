@@ -48,7 +48,10 @@ _BY_POS_SQL = (
     "ORDER BY chain_pos LIMIT {2}"
 )
 _BY_POS_SQLITE = _BY_POS_SQL.format("?", "?", "?")
-_BY_POS_PG = _BY_POS_SQL.format("$1", "$2", "$3")
+# PostgreSQL formats the time in its canonical text itself (the form gateway.audit.canonical.canonical_time
+# gives a datetime): a million datetime objects built and formatted again in Python were a quarter of a verify.
+_PG_TIME = "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+_BY_POS_PG = _BY_POS_SQL.format("$1", "$2", "$3").replace("SELECT seq, time,", f"SELECT seq, {_PG_TIME},", 1)
 _POS_OF_SEQ = text("SELECT chain_pos FROM access_log WHERE seq = :seq")
 _FIRST_SEALED = text("SELECT MIN(chain_pos) FROM access_log WHERE chain_pos IS NOT NULL")
 _UNSEALED_COUNT = text("SELECT COUNT(*), MIN(time) FROM access_log WHERE chain_pos IS NULL")

@@ -78,11 +78,15 @@ async def test_the_gateways_records_are_sealed_and_verify_until_one_is_edited(ga
     verified = await gateway.cli("audit", "verify")
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.startswith("OK: ") and "signed checkpoint" in verified.stdout
+    # The same in two worker processes spawned by the command (each imports it again).
+    in_two = await gateway.cli("audit", "verify", "--workers", "2")
+    assert in_two.returncode == 0 and in_two.stdout.split(";")[0] == verified.stdout.split(";")[0], in_two.stderr
     head = await gateway.services.sealer.store.head()
     async with gateway.services.database.engine.begin() as conn:
         await conn.execute(text("UPDATE access_log SET subject = 'C-999' WHERE chain_pos = 3"))
         (seq,) = (await conn.execute(text("SELECT seq FROM access_log WHERE chain_pos = 3"))).one()
-    failed = await gateway.cli("audit", "verify")
-    assert failed.returncode == 1
-    assert f"FAILED at seq {seq}, chain position 3: the record was altered" in failed.stderr
+    for workers in ("1", "2"):
+        failed = await gateway.cli("audit", "verify", "--workers", workers)
+        assert failed.returncode == 1
+        assert f"FAILED at seq {seq}, chain position 3: the record was altered" in failed.stderr
     assert head.chain_pos >= 5
