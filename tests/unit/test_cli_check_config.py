@@ -63,3 +63,13 @@ def test_check_config_exits_2_on_a_missing_file(tmp_path: Path) -> None:
     result = _check_config(tmp_path / "absent.toml")
     assert result.returncode == 2
     assert "no such configuration file" in result.stderr
+
+
+def test_the_example_configuration_is_valid_in_every_section() -> None:
+    from gateway.settings import load_settings
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "channelgate.example.toml"
+    settings = load_settings(example, environ={})
+    assert settings.audit.forwarders[0].name == "siem" and settings.console.admin_groups == ("gateway-admins",)
+    helpdesk = next(route for route in settings.routes if route.channel == "helpdesk")
+    assert settings.ldap is not None and helpdesk.data[0].action == "download"
