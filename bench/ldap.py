@@ -29,13 +29,11 @@ from tests.components.ldap_server import (
     FORMER,
     GROUPS,
     PEOPLE,
-    SYNC_DN,
-    SYNC_PASSWORD,
     LdapServer,
     group_ldif,
     person_ldif,
 )
-from tests.components.ldap_stack import LdapStack, ldap_stack
+from tests.components.ldap_stack import LdapStack, feed_toml, ldap_stack
 from tests.components.oidc_provider import OidcProvider, provider_config
 
 GOAL_P99_SECONDS = 2.0
@@ -77,24 +75,6 @@ def _disable(mechanism: str, uid: str) -> str:
 MECHANISMS = ("ad-disabled-bit", "ppolicy-lock", "ns-account-lock", "left-agents-group", "deleted", "moved-out")
 
 
-def _ldap_toml(server: LdapServer) -> str:
-    return f"""
-[ldap]
-url = "{server.url}"
-bind_dn = "{SYNC_DN}"
-bind_password = "{SYNC_PASSWORD}"
-users_base = "{PEOPLE}"
-groups_base = "{GROUPS}"
-agents_group = "cn=agents,{GROUPS}"
-incremental_interval_seconds = 300
-full_interval_seconds = 3600
-feed_batch_seconds = 0.01
-
-[ldap.quarantine]
-max_share = 1.0
-"""
-
-
 @contextlib.contextmanager
 def _providers() -> Iterator[list[OidcProvider]]:
     started: list[OidcProvider] = []
@@ -118,7 +98,7 @@ async def refusal_trials(trials: int) -> list[tuple[str, float]]:
             provider.start()
             return provider
 
-        async with deployment(factory, extra_toml=_ldap_toml(server)) as gateway:
+        async with deployment(factory, extra_toml=feed_toml(server, max_share=1.0)) as gateway:
             store = DirectoryStore(gateway.services.database.engine, "directory")
             while (await store.state()).feed_state != "live":
                 await asyncio.sleep(0.02)

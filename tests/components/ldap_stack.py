@@ -38,6 +38,27 @@ def ldap_section(server: LdapServer, **overrides: Any) -> dict[str, Any]:
     }
 
 
+def feed_toml(server: LdapServer, *, max_share: float, min_agents: int | None = None) -> str:
+    """``[ldap]`` tables for a whole gateway (``deployment(extra_toml=...)``): the change feed carries the
+    changes (periodic syncs rare, feed batches of 10 ms)."""
+    floor = "" if min_agents is None else f"min_agents = {min_agents}\n"
+    return f"""
+[ldap]
+url = "{server.url}"
+bind_dn = "{SYNC_DN}"
+bind_password = "{SYNC_PASSWORD}"
+users_base = "{PEOPLE}"
+groups_base = "{GROUPS}"
+agents_group = "{AGENTS_GROUP}"
+incremental_interval_seconds = 300
+full_interval_seconds = 3600
+feed_batch_seconds = 0.01
+
+[ldap.quarantine]
+max_share = {max_share}
+{floor}"""
+
+
 def core_settings(base_dir: Path, ldap: dict[str, Any], database_url: str | None = None) -> Settings:
     return Settings.model_validate(
         {

@@ -19,12 +19,11 @@ from tests.components.ldap_server import (
     FORMER,
     GROUPS,
     PEOPLE,
-    SYNC_DN,
-    SYNC_PASSWORD,
     LdapServer,
     group_ldif,
     person_ldif,
 )
+from tests.components.ldap_stack import feed_toml
 from tests.components.oidc_provider import OidcProviderFactory
 from tests.components.ports import LOOPBACK
 
@@ -33,25 +32,6 @@ pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 JSON = {"Accept": "application/json"}
 #: The issue's goal for a disable reaching the gateway through the feed.
 REFUSAL_WITHIN_SECONDS = 2.0
-
-
-def ldap_toml(server: LdapServer) -> str:
-    return f"""
-[ldap]
-url = "{server.url}"
-bind_dn = "{SYNC_DN}"
-bind_password = "{SYNC_PASSWORD}"
-users_base = "{PEOPLE}"
-groups_base = "{GROUPS}"
-agents_group = "cn=agents,{GROUPS}"
-incremental_interval_seconds = 300
-full_interval_seconds = 3600
-feed_batch_seconds = 0.01
-
-[ldap.quarantine]
-max_share = 0.5
-min_agents = 5
-"""
 
 
 @pytest.fixture
@@ -63,9 +43,13 @@ def directory() -> Iterator[LdapServer]:
         yield server
 
 
+def _toml(directory: LdapServer) -> str:
+    return feed_toml(directory, max_share=0.5, min_agents=5)
+
+
 @pytest.fixture
 async def gateway(directory: LdapServer, oidc_provider_factory: OidcProviderFactory) -> AsyncIterator[Deployment]:
-    async with deployment(oidc_provider_factory, extra_toml=ldap_toml(directory)) as deployed:
+    async with deployment(oidc_provider_factory, extra_toml=_toml(directory)) as deployed:
         store = DirectoryStore(deployed.services.database.engine, "directory")
         deadline = time.monotonic() + 20
         while (await store.state()).feed_state != "live":
@@ -147,7 +131,7 @@ async def test_leaving_a_directory_group_closes_its_channel_on_the_live_session_
 async def test_an_ldap_disable_ends_the_session_on_the_other_replica_too(
     directory: LdapServer, oidc_provider_factory: OidcProviderFactory, redis_url: str
 ) -> None:
-    async with deployment(oidc_provider_factory, redis_url=redis_url, extra_toml=ldap_toml(directory)) as first:
+    async with deployment(oidc_provider_factory, redis_url=redis_url, extra_toml=_toml(directory)) as first:
         store = DirectoryStore(first.services.database.engine, "directory")
         sock = bound_socket()
         try:
