@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from tests.components.gateway import GatewayStack
 from tests.components.oidc_provider import DEMO_PASSWORD
 from tests.components.oidc_provider import OidcProviderFactory as Factory
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(180)]
 
@@ -38,18 +36,6 @@ def stack(oidc_provider_factory: Factory) -> Iterator[GatewayStack]:
         yield stack
     finally:
         stack.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--disable-background-networking", "--disable-component-update", "--no-first-run"],
-        )
-        yield browser
-        await browser.close()
 
 
 async def _shot(page: Page, name: str) -> None:

@@ -12,13 +12,12 @@ Screenshots of every page are kept in ``test-artifacts/console/``.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -33,7 +32,6 @@ from tests.components.oidc_provider import DEMO_PASSWORD
 from tests.components.oidc_provider import OidcProviderFactory as Factory
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(180)]
 
@@ -42,18 +40,6 @@ pytestmark = [pytest.mark.oidc, pytest.mark.timeout(180)]
 async def stack(oidc_provider_factory: Factory) -> AsyncIterator[ConsoleStack]:
     async with console_stack(oidc_provider_factory, {"alice": 2, "carol": 1}) as running:
         yield running
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--disable-background-networking", "--disable-component-update", "--no-first-run"],
-        )
-        yield browser
-        await browser.close()
 
 
 async def _shot(page: Page, name: str) -> None:
