@@ -30,12 +30,12 @@ from gateway.inline_proxy import proxy_http, proxy_websocket_endpoint
 from gateway.oidc import routes as login_routes
 from gateway.oidc.backchannel import backchannel_logout
 from gateway.pages import error_response, render
+from gateway.policy_reload import watch_policies
 from gateway.scope import scope_of
 from gateway.services import Services, open_gateway, start_worker
 from gateway.settings import Settings
 from gateway.signals.receiver import receive_event
 from policies.decision import Subject, Target
-from policies.groups import decide
 from scim.app import MOUNT_PATH, scim_endpoint
 
 log = logging.getLogger("channelgate")
@@ -51,9 +51,23 @@ async def home(request: Request) -> Response:
     except AuthenticationRequired:
         return RedirectResponse("/.channelgate/login?rd=/", status_code=302)
     subject = Subject(session.data.agent_id, session.data.user_name, session.data.groups)
+    point = services.policy
+    assert point is not None
+    client = request.scope.get("client")
+    context = point.context(
+        client_ip=scope.client_ip,
+        peer=client[0] if client else None,
+        acr=session.data.acr,
+        amr=session.data.amr,
+        device_header=None,
+        via="inline",
+        now=services.clock(),
+    )
     channels = []
     for route in services.settings.routes:
-        if decide(subject, Target(route.channel, route.allowed_groups)).allowed:
+        # The home page lists what the agent may open now: the route's entry page, viewed.
+        target = Target(route.channel, route.allowed_groups, route.prefix)
+        if point.decide(subject, target, "view", context).allowed:
             channel = services.settings.channels[route.channel]
             channels.append({"prefix": route.prefix, "display_name": channel.display_name or route.channel})
     return render("home.html", user_name=session.data.user_name, groups=sorted(session.data.groups), channels=channels)
@@ -162,6 +176,10 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
             asyncio.create_task(_heartbeat(built), name="channelgate-heartbeat"),
             asyncio.create_task(worker.run_forever(), name="channelgate-pipeline"),
         ]
+        if built.policy is not None and built.settings.policies.reload_interval_seconds > 0:
+            interval = built.settings.policies.reload_interval_seconds
+            watch = watch_policies(built.policy, built.audit, built.replica_id, interval)
+            tasks.append(asyncio.create_task(watch, name="channelgate-policies"))
         if built.settings.ldap is not None:
             tasks.append(asyncio.create_task(run_directory_sync(built, built.settings.ldap), name="channelgate-ldap"))
         if freeze_heap:

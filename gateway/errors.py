@@ -6,6 +6,7 @@ and never contain a secret.
 
     ChannelgateError
     ├── ConfigError                      bad channelgate.toml / CHANNELGATE_* values (start-up, check-config)
+    │   └── PolicySetError               a policy file does not parse or validate (the set in force stays)
     ├── StorageError                     database unreachable or a write failed
     ├── SessionStoreUnavailable   503    Redis / session store unreachable: fail closed, never a pass
     ├── AuthenticationRequired    401    no valid session
@@ -39,6 +40,12 @@ class ConfigError(ChannelgateError):
     """The configuration is invalid; the message names every bad field."""
 
     code = "config_error"
+
+
+class PolicySetError(ConfigError):
+    """A policy set was refused (syntax, schema, duplicate or missing @id); the message lists every problem."""
+
+    code = "policy_set_error"
 
 
 class StorageError(ChannelgateError):

@@ -37,7 +37,6 @@ from gateway.sessions.base import Session
 from gateway.storage.access_log import AccessRecord
 from gateway.timeutil import utcnow
 from policies.decision import Decision, Subject, Target
-from policies.groups import decide
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +129,7 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
                                 connection.headers)  # fmt: skip
         scope.subject, scope.action = access.subject, access.action
     session = await require_session(connection, services, scope)
-    decision = decide(
-        Subject(session.data.agent_id, session.data.user_name, session.data.groups),
-        Target(match.route.channel, match.route.allowed_groups),
-    )
-    scope.decision = decision
+    decision = decide(connection, services, scope, session, match, access.pii if access else None, "inline")
     services.metrics.decision(match.route.channel, decision.allowed).inc()
     if not decision.allowed:
         raise Forbidden(decision.explain())
@@ -168,6 +163,37 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
         )
     )
     return Admitted(match, session, decision, path, url, upstream.headers, plan, agent, upstream)
+
+
+def decide(
+    connection: HTTPConnection,
+    services: Services,
+    scope: RequestScope,
+    session: Session,
+    match: RouteMatch,
+    pii: str | None,
+    via: str,
+) -> Decision:
+    """The policy decision for this request (gateway/policy_point.py), kept on the scope for the access log."""
+    point = services.policy
+    assert point is not None and scope.action is not None
+    route = match.route
+    data = session.data
+    device_header = point.settings.device_header
+    client = connection.scope.get("client")
+    context = point.context(
+        client_ip=scope.client_ip,
+        peer=client[0] if client else None,
+        acr=data.acr,
+        amr=data.amr,
+        device_header=connection.headers.get(device_header) if device_header else None,
+        via=via,
+        now=services.clock(),
+    )
+    target = Target(route.channel, route.allowed_groups, route.prefix, pii or "none")
+    decision = point.decide(Subject(data.agent_id, data.user_name, data.groups), target, scope.action, context)
+    scope.decision = decision
+    return decision
 
 
 async def _body_subject(request: Request, field: str) -> str | None:

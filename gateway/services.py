@@ -27,6 +27,7 @@ from gateway.errors import VaultError
 from gateway.metrics import Metrics
 from gateway.oidc.client import OidcClient
 from gateway.oidc.discovery import ProviderKeys
+from gateway.policy_point import PolicyPoint
 from gateway.proxy.assertion import AssertionSigner
 from gateway.proxy.forward import UpstreamClient
 from gateway.proxy.routes import RouteTable
@@ -86,6 +87,8 @@ class Services:
     signer: AssertionSigner | None = None
     upstream: UpstreamClient | None = None
     routes: RouteTable | None = None
+    #: The policy decision point (Cedar), shared by the inline proxy and the forward-auth endpoint (issue 7).
+    policy: PolicyPoint | None = None
     idp_http: aiohttp.ClientSession | None = None
     #: The SCIM 2.0 endpoint mounted at /scim/v2 (issue 3).
     scim: ScimApplication | None = None
@@ -219,6 +222,7 @@ def open_gateway(settings: Settings, replica_id: str | None = None) -> Services:
         context.assertions = services.signer
     services.upstream = UpstreamClient()
     services.routes = RouteTable(settings.routes)
+    services.policy = PolicyPoint(settings.policies, settings.server.trusted_proxies)
     services.scim = open_scim(services)
     return services
 

@@ -58,6 +58,7 @@ from gateway.settings_channels import (
 from gateway.settings_channels import (
     TicketSettings as TicketSettings,
 )
+from gateway.settings_policies import PolicySettings as PolicySettings
 from gateway.settings_section import Section as _Section
 
 ENV_PREFIX = "CHANNELGATE_"
@@ -288,6 +289,7 @@ class Settings(_Section):
     deprovision: DeprovisionSettings = Field(default_factory=DeprovisionSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    policies: PolicySettings = Field(default_factory=PolicySettings)
     #: Directory sync over LDAP / Active Directory (issue 6); absent: no directory is synced.
     ldap: LdapSettings | None = None
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)

@@ -24,6 +24,8 @@
     channelgate ldap status                  last syncs, change feed, quarantine (exit 3 while one is held)
     channelgate ldap approve QUARANTINE [--actor WHO]   release a sync held for disabling too many agents
     channelgate ldap set-bind-password       (reads the directory's bind password from stdin; vault-sealed)
+    channelgate policy validate [PATH ...]   parse and validate the Cedar policy set against the schema
+    channelgate policy test [CASES ...] [--policies PATH ...]   run the policy case tables (exit 1 on a failure)
 
 The configuration file comes from ``--config`` or ``CHANNELGATE_CONFIG`` (default ``channelgate.toml``).
 Exit codes: 0 ok, 1 the action failed, 2 bad usage or configuration, 3 ``deprovision work`` stopped with
@@ -36,7 +38,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import agents, audit, ldap, reports, scim_tokens, secrets, setup
+from gateway.cli import agents, audit, ldap, policy, reports, scim_tokens, secrets, setup
 from gateway.errors import ChannelgateError, ConfigError
 
 
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelgate", description="identity and access gateway for channel consoles")
     parser.add_argument("--config", help="configuration file (default: $CHANNELGATE_CONFIG or channelgate.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (setup, agents, secrets, audit, reports, scim_tokens, ldap):
+    for module in (setup, agents, secrets, audit, reports, scim_tokens, ldap, policy):
         module.register(sub)
     return parser
 

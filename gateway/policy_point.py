@@ -1,0 +1,146 @@
+"""The policy decision point of a running gateway: the engine in force and the request context it is given.
+
+Both the inline proxy and the forward-auth endpoint ask ``PolicyPoint.decide``, so a rule is enforced
+identically whichever proxy carries the request. The engine is replaced as a whole when the policy files change
+(``reload_if_changed``, validated first): a request sees either the old set or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import zoneinfo
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from gateway.settings_policies import PolicySettings
+from policies.decision import Clock, Context, Decision, Query, Subject, Target
+from policies.engine import PolicyEngine
+from policies.loader import default_policy_dir, fingerprint, load, read_sources
+
+log = logging.getLogger("channelgate.policies")
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_DEVICE_STATES = frozenset({"managed", "unmanaged"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """The outcome of a reload attempt: the new digest, or the error that kept the old set."""
+
+    digest: str | None
+    previous: str
+    error: str | None = None
+    files: tuple[str, ...] = ()
+
+
+class PolicyPoint:
+    def __init__(self, settings: PolicySettings, trusted_proxies: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.paths: list[Path] = list(settings.paths) or [default_policy_dir()]
+        self._fingerprint = fingerprint(self.paths)
+        #: Raises PolicySetError: a gateway never starts without a valid policy set.
+        self.engine = self._load()
+        self._zone = zoneinfo.ZoneInfo(settings.timezone)
+        self._networks = [
+            (name, tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
+            for name, cidrs in settings.networks.items()
+        ]
+        self._network_of: dict[str, str] = {}
+        self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies)
+        self._mfa_amr = frozenset(settings.mfa_amr_values)
+        self._mfa_acr = frozenset(settings.mfa_acr_values)
+        self._minute = -1
+        self._clock = Clock(1, 0, 0)
+
+    def _load(self) -> PolicyEngine:
+        return PolicyEngine(load(read_sources(self.paths)), cache_size=self.settings.decision_cache_size)
+
+    # -- deciding -----------------------------------------------------------------------------------------
+
+    def decide(self, subject: Subject, target: Target, action: str, context: Context) -> Decision:
+        return self.engine.decide(Query(subject, target, action, context))
+
+    def context(
+        self,
+        *,
+        client_ip: str,
+        peer: str | None,
+        acr: str | None,
+        amr: Sequence[str],
+        device_header: str | None,
+        via: str,
+        now: float,
+    ) -> Context:
+        """The request's circumstances for ``context`` in the policies (schema type RequestContext)."""
+        amr_values = tuple(amr)
+        return Context(
+            time=self.clock(now),
+            network=self.network(client_ip),
+            mfa=bool(self._mfa_amr.intersection(amr_values)) or (acr or "") in self._mfa_acr,
+            acr=acr or "",
+            amr=amr_values,
+            device=self._device(peer, device_header),
+            via=via,
+        )
+
+    def clock(self, now: float) -> Clock:
+        minute = int(now // 60)
+        if minute != self._minute:
+            local = datetime.fromtimestamp(minute * 60, self._zone)
+            self._clock = Clock(local.isoweekday(), local.hour, local.hour * 60 + local.minute)
+            self._minute = minute
+        return self._clock
+
+    def network(self, client_ip: str) -> str:
+        name = self._network_of.get(client_ip)
+        if name is None:
+            name = "other"
+            try:
+                address = ipaddress.ip_address(client_ip)
+            except ValueError:
+                address = None
+            if address is not None:
+                name = next((n for n, nets in self._networks if any(address in net for net in nets)), "other")
+            if len(self._network_of) >= 65_536:
+                self._network_of.clear()
+            self._network_of[client_ip] = name
+        return name
+
+    def _device(self, peer: str | None, value: str | None) -> str:
+        """Device posture is believed only from a trusted front proxy, which must overwrite the client's copy."""
+        if value is None or peer is None or not self._trusted:
+            return "unknown"
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return "unknown"
+        if not any(address in net for net in self._trusted):
+            return "unknown"
+        state = value.strip().lower()
+        return state if state in _DEVICE_STATES else "unknown"
+
+    # -- reloading ----------------------------------------------------------------------------------------
+
+    def reload_if_changed(self) -> Reloaded | None:
+        """Load the files again when they changed since the last look; None when nothing changed."""
+        current = fingerprint(self.paths)
+        if current == self._fingerprint:
+            return None
+        self._fingerprint = current
+        return self.reload()
+
+    def reload(self) -> Reloaded:
+        """Validate the files and, only if the whole set is valid, put it in force."""
+        previous = self.engine.digest
+        try:
+            engine = self._load()
+        except Exception as exc:  # a refused set must never stop the gateway: the old one stays in force
+            message = getattr(exc, "message", str(exc))
+            log.error("policy reload refused, the set in force (%s) stays: %s", previous[:12], message)
+            return Reloaded(None, previous, error=message)
+        self.engine = engine
+        log.info("policy set %s in force (was %s)", engine.digest[:12], previous[:12])
+        return Reloaded(engine.digest, previous, files=engine.bundle.sources)

@@ -1,0 +1,172 @@
+"""The policy decision point: Cedar (cedarpy) evaluates a validated policy set for one query.
+
+Cedar's semantics are what we want from a gateway: deny unless a permit matches, and any matching forbid wins
+over every permit. Three things keep a decision within microseconds (docs/benchmarks.md §7):
+
+* The set is sliced per channel when it is loaded: a request to ``chat`` is evaluated against the policies whose
+  scope is ``resource in Channel::"chat"`` plus the channel-wide ones, not all of them (Cedar is linear in the
+  number of policies).
+* Each request carries only the entities it needs (the agent with its groups as parents, the resource, the
+  action), a few hundred bytes of JSON, instead of a directory-sized entity store.
+* A decision is a pure function of the query, so answers are kept in a bounded map. Unless a policy reads the
+  principal's identity or attributes (``LoadedPolicy.principal_specific``), agents with the same groups share
+  answers. Nothing can go stale: the key holds every input (groups, route, data class, action, and the context,
+  whose clock has minute precision), and a reloaded policy set gets a new engine with an empty map. A group
+  change is therefore seen by the very next request (ASVS 8.3.2).
+
+A policy that fails to evaluate (Cedar skips it and reports an error) refuses the request: a skipped forbid must
+never turn into an allow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import cedarpy
+
+from policies.decision import (
+    DEFAULT_DENY,
+    POLICY_ERROR,
+    Context,
+    Decision,
+    Query,
+    Reason,
+    Target,
+)
+from policies.loader import PolicyBundle, policy_set_json
+
+#: The action hierarchy of the schema, sent with every request (Cedar needs action entities' parents at
+#: evaluation time unless the schema is passed, which costs more per call).
+_ACTION_PARENTS = [{"type": "Action", "id": "open"}]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    decisions: int
+    evaluations: int
+    cached: int
+
+
+class PolicyEngine:
+    """Decides queries against one immutable policy bundle."""
+
+    def __init__(self, bundle: PolicyBundle, *, cache_size: int = 65_536) -> None:
+        self.bundle = bundle
+        self._cache_size = cache_size
+        self._share_between_agents = not bundle.principal_specific
+        self._has_group_rule = any(p.id == "route-groups" for p in bundle.policies)
+        everywhere = [p for p in bundle.policies if p.channel is None]
+        self._default_slice = cedarpy.PolicySet.from_json_str(policy_set_json(everywhere))
+        self._slices = {
+            channel: cedarpy.PolicySet.from_json_str(policy_set_json(bundle.for_channel(channel)))
+            for channel in bundle.channels()
+        }
+        self._reasons = {p.id: p.reason for p in bundle.policies if p.reason}
+        self._decisions: dict[tuple[object, ...], Decision] = {}
+        self._resources: dict[Target, str] = {}
+        self._contexts: dict[Context, str] = {}
+        self.evaluations = 0
+        self.decisions = 0
+
+    @property
+    def digest(self) -> str:
+        return self.bundle.digest
+
+    def stats(self) -> EngineStats:
+        return EngineStats(self.decisions, self.evaluations, len(self._decisions))
+
+    def decide(self, query: Query) -> Decision:
+        self.decisions += 1
+        subject = query.subject
+        who: tuple[str, str] = ("", "") if self._share_between_agents else (subject.agent_id, subject.user_name)
+        key = (who, subject.groups, query.target, query.action, query.context)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self.evaluate(query)
+            if len(self._decisions) >= self._cache_size:
+                # Oldest first (dicts keep insertion order): a bounded map without an LRU's bookkeeping.
+                del self._decisions[next(iter(self._decisions))]
+            self._decisions[key] = decision
+        return decision
+
+    def evaluate(self, query: Query) -> Decision:
+        """One Cedar evaluation, uncached (``decide`` remembers its answers)."""
+        self.evaluations += 1
+        target = query.target
+        request = {
+            "principal": {"type": "Agent", "id": query.subject.agent_id},
+            "action": {"type": "Action", "id": query.action},
+            "resource": {"type": "Resource", "id": target.resource_id},
+            "context": self._context_json(query.context),
+        }
+        policies = self._slices.get(target.channel, self._default_slice)
+        result = cedarpy.is_authorized(request, policies, self._entities_json(query))
+        diagnostics = result.diagnostics
+        if diagnostics.errors:
+            return Decision(False, frozenset({Reason.POLICY_ERROR}), (POLICY_ERROR, *sorted(diagnostics.reasons)))
+        ids = tuple(sorted(diagnostics.reasons))
+        if result.allowed:
+            return Decision(True, frozenset({Reason.PERMITTED}), ids)
+        if ids:
+            messages = tuple(dict.fromkeys(self._reasons[i] for i in ids if i in self._reasons))
+            return Decision(False, frozenset({Reason.FORBIDDEN}), ids, messages=messages)
+        return self._default_deny(query)
+
+    def _default_deny(self, query: Query) -> Decision:
+        allowed = query.target.allowed_groups
+        if not self._has_group_rule:
+            return Decision(False, frozenset({Reason.NO_PERMIT}), (DEFAULT_DENY,))
+        if not allowed:
+            return Decision(False, frozenset({Reason.ROUTE_CLOSED}), (DEFAULT_DENY,))
+        if not set(allowed) & query.subject.groups:
+            return Decision(False, frozenset({Reason.GROUP_MISSING}), (DEFAULT_DENY,), missing_groups=allowed)
+        return Decision(False, frozenset({Reason.NO_PERMIT}), (DEFAULT_DENY,))
+
+    def _entities_json(self, query: Query) -> str:
+        subject = query.subject
+        agent = {
+            "uid": {"type": "Agent", "id": subject.agent_id},
+            "attrs": {"user_name": subject.user_name},
+            "parents": [{"type": "Group", "id": group} for group in sorted(subject.groups)],
+        }
+        action = {"uid": {"type": "Action", "id": query.action}, "attrs": {}, "parents": _ACTION_PARENTS}
+        return "[" + json.dumps(agent) + "," + json.dumps(action) + "," + self._resource_json(query.target) + "]"
+
+    def _resource_json(self, target: Target) -> str:
+        text = self._resources.get(target)
+        if text is None:
+            resource = {
+                "uid": {"type": "Resource", "id": target.resource_id},
+                "attrs": {
+                    "channel": target.channel,
+                    "prefix": target.prefix,
+                    "pii": target.pii,
+                    "allowed_groups": [{"__entity": {"type": "Group", "id": g}} for g in target.allowed_groups],
+                },
+                "parents": [{"type": "Channel", "id": target.channel}],
+            }
+            text = self._resources[target] = json.dumps(resource)
+        return text
+
+    def _context_json(self, context: Context) -> str:
+        text = self._contexts.get(context)
+        if text is None:
+            if len(self._contexts) >= 4096:
+                self._contexts.clear()
+            text = self._contexts[context] = json.dumps(
+                {
+                    "network": context.network,
+                    "mfa": context.mfa,
+                    "acr": context.acr,
+                    "amr": list(context.amr),
+                    "device": context.device,
+                    "time": {
+                        "weekday": context.time.weekday,
+                        "hour": context.time.hour,
+                        "minute_of_day": context.time.minute_of_day,
+                    },
+                    "via": context.via,
+                }
+            )
+        return text
