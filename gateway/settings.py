@@ -60,6 +60,18 @@ from gateway.settings_channels import (
 )
 from gateway.settings_policies import PolicySettings as PolicySettings
 from gateway.settings_section import Section as _Section
+from gateway.settings_stores import (
+    DatabaseSettings as DatabaseSettings,
+)
+from gateway.settings_stores import (
+    RedisSentinelSettings as RedisSentinelSettings,
+)
+from gateway.settings_stores import (
+    RedisSettings as RedisSettings,
+)
+from gateway.settings_stores import (
+    SessionSettings as SessionSettings,
+)
 
 ENV_PREFIX = "CHANNELGATE_"
 
@@ -95,38 +107,6 @@ class ServerSettings(_Section):
             )
         if self.insecure_dev_cookies and url.hostname not in {"127.0.0.1", "localhost", "::1"}:
             raise ValueError("insecure_dev_cookies is allowed only when public_url is a loopback address")
-        return self
-
-
-class DatabaseSettings(_Section):
-    #: SQLAlchemy async URL: ``sqlite+aiosqlite:///path.db`` (embedded) or ``postgresql+asyncpg://...``.
-    url: SecretStr = SecretStr("sqlite+aiosqlite:///./channelgate.db")
-    pool_size: Annotated[int, Field(ge=1)] = 10
-    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
-
-    @field_validator("url")
-    @classmethod
-    def _driver(cls, value: SecretStr) -> SecretStr:
-        scheme = value.get_secret_value().split(":", 1)[0]
-        if scheme not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
-            raise ValueError(f"unsupported driver {scheme!r}: use sqlite+aiosqlite:///FILE or postgresql+asyncpg://...")
-        return value
-
-
-class SessionSettings(_Section):
-    store: Literal["memory", "redis"] = "memory"
-    redis_url: SecretStr | None = None
-    idle_timeout_seconds: Annotated[int, Field(ge=60)] = 1800
-    absolute_timeout_seconds: Annotated[int, Field(ge=300)] = 12 * 3600
-    #: How long a revocation waits for every live replica to confirm it closed that agent's WebSockets.
-    revocation_ack_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
-
-    @model_validator(mode="after")
-    def _redis_needs_url(self) -> SessionSettings:
-        if self.store == "redis" and self.redis_url is None:
-            raise ValueError("store = 'redis' needs redis_url (redis://host:port/db or rediss://...)")
-        if self.absolute_timeout_seconds < self.idle_timeout_seconds:
-            raise ValueError("absolute_timeout_seconds must not be shorter than idle_timeout_seconds")
         return self
 
 

@@ -139,7 +139,9 @@ def walk_segment(
             return await walk(_sqlite_reader(where, statement), after, until, None, signed, cutoff)
         import asyncpg  # type: ignore[import-untyped]  # only PostgreSQL workers need it
 
-        connection = await asyncpg.connect(where)
+        from gateway.storage.postgres_options import worker_connect_kwargs
+
+        connection = await asyncpg.connect(**worker_connect_kwargs(where))
         try:
 
             async def read(start: int, end: int, limit: int) -> list[Sequence[Any]]:

@@ -47,7 +47,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.storage.migrate import upgrade_to_head
 
     settings = settings_of(args)
-    asyncio.run(upgrade_to_head(settings.database.url.get_secret_value()))
+    asyncio.run(upgrade_to_head(settings.database))
     print("database schema is up to date")
     return 0
 
@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError("; ".join(problems))
     if not args.no_migrate:
-        asyncio.run(upgrade_to_head(settings.database.url.get_secret_value()))
+        asyncio.run(upgrade_to_head(settings.database))
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     uvicorn.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.sessions.base import SessionStore
 from gateway.sessions.memory import MemorySessionStore
+from gateway.sessions.redis_client import open_redis
 from gateway.sessions.redis_store import RedisSessionStore
 from gateway.settings import SessionSettings
 
@@ -12,6 +13,13 @@ def create_session_store(settings: SessionSettings, replica_id: str) -> SessionS
     """Build the configured store; connecting is lazy, so a Redis outage shows on first use (503), not here."""
     idle, absolute = settings.idle_timeout_seconds, settings.absolute_timeout_seconds
     if settings.store == "redis":
-        assert settings.redis_url is not None  # enforced by SessionSettings' validator
-        return RedisSessionStore(settings.redis_url.get_secret_value(), idle, absolute, replica_id)
+        client, close_also = open_redis(settings)
+        return RedisSessionStore(
+            client,
+            idle,
+            absolute,
+            replica_id,
+            socket_timeout=settings.redis.socket_timeout_seconds,
+            close_also=close_also,
+        )
     return MemorySessionStore(idle, absolute, replica_id)

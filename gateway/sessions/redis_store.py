@@ -11,9 +11,9 @@ Keys (the raw session id is never stored, only its SHA-256, so a dump of Redis y
 
 The timeouts are decided by the caller's clock inside Lua scripts, one round trip per request; the Redis TTL only
 collects garbage (its grace lets a late lookup still name why a session ended). The scripts touch keys derived
-from what they read, so this store wants a single Redis (or a replicated primary), not Redis Cluster. Every
-failure becomes ``SessionStoreUnavailable`` after at most ``socket_timeout``: the gateway fails closed, and the
-connection pool reconnects by itself once Redis is back.
+from what they read, so this store wants a single Redis (or a replicated primary, found through Sentinel by
+``redis_client``), not Redis Cluster. Every failure becomes ``SessionStoreUnavailable`` after at most
+``socket_timeout``: the gateway fails closed, and the connection pool reconnects by itself once Redis is back.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
@@ -233,7 +234,7 @@ class RedisSessionStore:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | Redis,
         idle_timeout: float,
         absolute_timeout: float,
         replica_id: str,
@@ -244,7 +245,10 @@ class RedisSessionStore:
         liveness_seconds: float = 15.0,
         reconnect_backoff: tuple[float, float] = (0.1, 5.0),
         expiry_grace_seconds: float = 60.0,
+        close_also: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``redis`` is a URL or a client built by ``gateway.sessions.redis_client`` (TLS, Sentinel), whose
+        ``socket_timeout`` must be the one given here; ``close_also`` closes what that client needs beside it."""
         self.replica_id = replica_id
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
@@ -252,20 +256,24 @@ class RedisSessionStore:
         self.reconnect_backoff = reconnect_backoff
         self.expiry_grace_seconds = expiry_grace_seconds
         self._socket_timeout = socket_timeout
+        self._close_also = close_also
         self._closed = False
-        try:
-            # No client-side retries: one failed attempt is reported at once (fail closed, fast). The pool
-            # reconnects on the next call, so the store recovers by itself when Redis is back.
-            self._redis: Redis = Redis.from_url(
-                redis_url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
-                health_check_interval=health_check_interval,
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=True,
-            )
-        except ValueError:
-            raise ConfigError("sessions.redis_url is not a Redis URL (redis://, rediss:// or unix://)") from None
+        if not isinstance(redis, str):
+            self._redis: Redis = redis
+        else:
+            try:
+                # No client-side retries: one failed attempt is reported at once (fail closed, fast). The pool
+                # reconnects on the next call, so the store recovers by itself when Redis is back.
+                self._redis = Redis.from_url(
+                    redis,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=connect_timeout,
+                    health_check_interval=health_check_interval,
+                    retry=Retry(NoBackoff(), 0),
+                    decode_responses=True,
+                )
+            except ValueError:
+                raise ConfigError("sessions.redis_url is not a Redis URL (redis://, rediss:// or unix://)") from None
         self._create = self._redis.register_script(_CREATE)
         self._lookup = self._redis.register_script(_LOOKUP)
         self._delete = self._redis.register_script(_DELETE)
@@ -421,6 +429,7 @@ class RedisSessionStore:
         return acked, live - acked
 
     async def heartbeat(self, now: float) -> None:
+        await self._follow_primary()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(REPLICAS_KEY, {self.replica_id: now})
             pipe.zremrangebyscore(REPLICAS_KEY, "-inf", now - 10 * self.liveness_seconds)
@@ -432,6 +441,24 @@ class RedisSessionStore:
     async def close(self) -> None:
         self._closed = True
         await self._redis.aclose()
+        if self._close_also is not None:
+            await self._close_also()
+
+    async def _follow_primary(self) -> None:
+        """Through Sentinel, ask who the primary is; after a failover, drop every connection, the revocation
+        subscription's too. A demoted primary keeps serving the connections made before until Sentinel
+        reconfigures it (up to ~10 s), and then discards what they wrote: a revocation written there would come
+        undone, and a revocation published on the new primary would not reach a subscriber still listening there.
+        """
+        pool = self._redis.connection_pool
+        if not isinstance(pool, SentinelConnectionPool):
+            return
+        known = pool.master_address
+        ask: Callable[[], Awaitable[tuple[str, int]]] = pool.get_master_address  # redis-py leaves it unannotated
+        address = await self._call(ask())
+        if known is not None and address != known:
+            log.warning("Sentinel names a new Redis primary; reconnecting every session-store connection")
+            await pool.disconnect(inuse_connections=True)
 
     async def _subscribe(self, pubsub: PubSub) -> None:
         """Subscribe and wait for Redis to confirm, so nothing published after this returns can be missed."""

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.audit.canonical import FIELDS, GENESIS, content_hash, link_hash
 from gateway.storage._time import from_db, to_db
 from gateway.storage.access_log import AccessRecord, insert_row
-from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.database import read_transaction, worker_dsn, write_transaction
 from gateway.storage.schema import access_log, audit_anchor, audit_checkpoints
 from gateway.storage.sqlite_batches import sqlite_file
 
@@ -183,8 +183,7 @@ class ChainStore:
         if self._sqlite_path is not None:
             return "sqlite", self._sqlite_path
         if self._postgres:
-            url = self._engine.url.set(drivername="postgresql")
-            return "postgresql", url.render_as_string(hide_password=False)
+            return "postgresql", worker_dsn(self._engine)
         return None
 
     @property

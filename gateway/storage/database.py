@@ -33,6 +33,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.errors import StorageError
 from gateway.settings import DatabaseSettings
+from gateway.storage import postgres_options
 
 #: Connection execution option that makes the SQLite ``begin`` hook take the write lock up front.
 _WRITE_OPTION = "channelgate_write"
@@ -46,6 +47,8 @@ _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.L
 _WAITING: dict[str, int] = {}
 #: What else holds the database open beside an engine (``gateway.storage.sqlite_writer``): closed with it.
 _COMPANIONS: weakref.WeakKeyDictionary[AsyncEngine, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
+#: How a worker process reaches each PostgreSQL engine's database (password and TLS included).
+_WORKER_DSN: weakref.WeakKeyDictionary[AsyncEngine, str] = weakref.WeakKeyDictionary()
 
 
 def register_write_gate(path: str, busy_timeout_seconds: float) -> None:
@@ -107,16 +110,17 @@ def create_engine(
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, settings, enforce_foreign_keys=enforce_foreign_keys)
     options.setdefault("pool_size", settings.pool_size)
-    return create_async_engine(
-        url,
+    options.setdefault("max_overflow", settings.max_overflow)
+    options.setdefault("pool_timeout", settings.pool_timeout_seconds)
+    options.setdefault("pool_recycle", settings.pool_recycle_seconds or -1)
+    engine = create_async_engine(
+        postgres_options.engine_url(settings),
         pool_pre_ping=pre_ping,
         **options,
-        connect_args={
-            "timeout": settings.connect_timeout_seconds,
-            "server_settings": {"application_name": "channelgate"}
-            | ({"default_transaction_read_only": "on"} if read_only else {}),
-        },
+        connect_args=postgres_options.connect_args(settings, read_only=read_only),
     )
+    _WORKER_DSN[engine] = postgres_options.worker_dsn(settings)
+    return engine
 
 
 def _is_memory(url: URL) -> bool:
@@ -176,6 +180,15 @@ def sqlite_busy_timeout(engine: AsyncEngine) -> float:
 def on_dispose(engine: AsyncEngine, close: Callable[[], None]) -> None:
     """Call ``close`` when :meth:`Database.dispose` disposes ``engine`` (direct SQLite connections beside it)."""
     _COMPANIONS.setdefault(engine, []).append(close)
+
+
+def worker_dsn(engine: AsyncEngine) -> str:
+    """A ``postgresql://`` DSN with which another process reaches this engine's database as the engine does
+    (password, ``sslmode`` and certificate files as libpq parameters; see ``postgres_options``)."""
+    known = _WORKER_DSN.get(engine)
+    if known is not None:
+        return known
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def safe_url(engine: AsyncEngine) -> str:

@@ -61,9 +61,13 @@ def _upgrade(connection: Connection) -> None:
             raise StorageError(f"migration left {len(broken)} rows violating foreign keys; rolled back")
 
 
-async def upgrade_to_head(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema in one transaction (a no-op when it is there)."""
-    engine = create_engine(DatabaseSettings(url=SecretStr(url)), enforce_foreign_keys=False)
+async def upgrade_to_head(target: str | DatabaseSettings) -> None:
+    """Bring the database (a URL, or ``[database]`` with its TLS and password file) to the newest schema in one
+    transaction (a no-op when it is there). A migration may outlast ``statement_timeout_seconds``: it runs
+    without the statement timeouts."""
+    settings = DatabaseSettings(url=SecretStr(target)) if isinstance(target, str) else target
+    settings = settings.model_copy(update={"statement_timeout_seconds": None, "command_timeout_seconds": None})
+    engine = create_engine(settings, enforce_foreign_keys=False)
     try:
         with storage_errors(engine, "database migration"):
             async with write_transaction(engine) as conn:
