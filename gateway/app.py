@@ -26,6 +26,7 @@ from gateway.authn import require_session
 from gateway.console.app import mount as console_routes
 from gateway.directory.wiring import run_directory_sync
 from gateway.errors import AuthenticationRequired, ChannelgateError
+from gateway.forward_auth import forward_auth
 from gateway.inline_proxy import proxy_http, proxy_websocket_endpoint
 from gateway.oidc import routes as login_routes
 from gateway.oidc.backchannel import backchannel_logout
@@ -119,6 +120,8 @@ async def _heartbeat(services: Services) -> None:
 
 #: The methods the inline proxy forwards; anything else goes through the router (and gets its 405).
 PROXIED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: A proxy asks /.channelgate/auth with the original method (Envoy) or with GET (nginx, Traefik).
+FORWARD_AUTH_METHODS = sorted(PROXIED_METHODS)
 #: Paths the router keeps: the home page, the gateway's own endpoints, SCIM. Everything else is proxied.
 _NOT_PROXIED = ("/.channelgate", MOUNT_PATH)
 
@@ -210,6 +213,9 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/jwks.json", jwks, methods=["GET"]),
+        # Forward-auth for nginx / Traefik / Envoy (gateway/forward_auth.py); Envoy appends the original path.
+        Route("/auth", forward_auth, methods=FORWARD_AUTH_METHODS),
+        Route("/auth/{path:path}", forward_auth, methods=FORWARD_AUTH_METHODS),
         Route("/admin/agents/{agent}", admin_api.agent_status, methods=["GET"]),
         Route("/admin/agents/{agent}/deprovision", admin_api.deprovision, methods=["POST"]),
         Route("/admin/deprovision/approve", admin_api.approve, methods=["POST"]),

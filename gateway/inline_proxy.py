@@ -21,9 +21,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.websockets import WebSocket
 
 from connectors.base import AgentRef, UpstreamRequest
-from gateway.audit.data_access import MAX_BODY, default_action, subject_from_body
+from gateway.audit.data_access import MAX_BODY, DataAccess, default_action, subject_from_body
 from gateway.authn import require_session
-from gateway.errors import AccessDenied, AuthenticationRequired, ChannelgateError, NotFound
+from gateway.errors import AccessDenied, AuthenticationRequired, BadRequest, ChannelgateError, NotFound
 from gateway.pages import error_response, wants_html
 from gateway.proxy.connector_flow import ChannelPlan, ConnectorResend
 from gateway.proxy.forward import ForwardStats
@@ -108,31 +108,80 @@ def _record(
     )
 
 
-async def _admit(connection: HTTPConnection, services: Services, scope: RequestScope, method: str) -> Admitted:
-    """Every check a request must pass before it may reach a channel console."""
-    settings = services.settings
-    check_header_size(connection.headers.raw, settings.server.max_header_bytes)
-    path = normalise_path(connection.scope.get("raw_path") or connection.scope["path"].encode())
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A request whose route, session and policy decision are settled (shared with forward-auth)."""
+
+    match: RouteMatch
+    session: Session
+    decision: Decision
+    path: str
+    query: str
+    access: DataAccess | None
+
+
+async def check_request(
+    connection: HTTPConnection,
+    services: Services,
+    scope: RequestScope,
+    method: str,
+    *,
+    raw_path: bytes,
+    query: str,
+    host: str | None,
+    via: str,
+) -> Checked:
+    """Path → route → personal-data class → session → policy, for the path the upstream will see.
+
+    Raises NotFound, BadRequest (an ambiguous path), AuthenticationRequired, SessionStoreUnavailable or
+    Forbidden. A match that only redirects (``/chat`` → ``/chat/``) comes back with ``match.redirect`` set and
+    no session read.
+    """
+    check_header_size(connection.headers.raw, services.settings.server.max_header_bytes)
+    path = normalise_path(raw_path)
+    if via == "forward-auth" and path.encode("latin-1", "replace") != raw_path:
+        # The front proxy forwards the path as the client spelled it, not our canonical form: decide only on a
+        # path that is already canonical, so the decision is about exactly what the console will see.
+        raise BadRequest("The request path was refused: it is not in canonical form (see docs/forward-auth.md).")
     assert services.routes is not None
-    match = services.routes.match(connection.headers.get("host"), path)
+    match = services.routes.match(host, path)
     if match is None:
         raise NotFound("No console is served at this address.")
     scope.channel = match.route.channel
     if match.redirect:
-        return Admitted(match, None, None, path, "", [])  # type: ignore[arg-type]
+        return Checked(match, None, None, path, query, None)  # type: ignore[arg-type]
     rules = services.routes.data_rules(match.route)
     access = None
     if rules is None:
         scope.action = default_action(method)
     else:
-        access = rules.classify(method, path, connection.scope.get("query_string", b"").decode("latin-1"),
-                                connection.headers)  # fmt: skip
+        access = rules.classify(method, path, query, connection.headers)
         scope.subject, scope.action = access.subject, access.action
     session = await require_session(connection, services, scope)
-    decision = decide(connection, services, scope, session, match, access.pii if access else None, "inline")
+    decision = decide(connection, services, scope, session, match, access.pii if access else None, via)
     services.metrics.decision(match.route.channel, decision.allowed).inc()
     if not decision.allowed:
         raise Forbidden(decision.explain())
+    return Checked(match, session, decision, path, query, access)
+
+
+async def _admit(connection: HTTPConnection, services: Services, scope: RequestScope, method: str) -> Admitted:
+    """Every check a request must pass before it may reach a channel console."""
+    settings = services.settings
+    checked = await check_request(
+        connection,
+        services,
+        scope,
+        method,
+        raw_path=connection.scope.get("raw_path") or connection.scope["path"].encode(),
+        query=connection.scope.get("query_string", b"").decode("latin-1"),
+        host=connection.headers.get("host"),
+        via="inline",
+    )
+    match, session, path, access = checked.match, checked.session, checked.path, checked.access
+    decision = checked.decision
+    if match.redirect:
+        return Admitted(match, None, None, path, "", [])  # type: ignore[arg-type]
     services.audit.check_capacity()
     if access is not None and access.body_field is not None and isinstance(connection, Request):
         scope.subject = await _body_subject(connection, access.body_field)
@@ -146,7 +195,7 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
         host=connection.headers.get("host", ""),
         also_remove=plan.strip,
     )
-    url = upstream_url(match, path, connection.scope.get("query_string", b"").decode("latin-1"))
+    url = upstream_url(match, path, checked.query)
     upstream = UpstreamRequest(method=method, url=url, headers=headers)
     agent = AgentRef(agent_id=session.data.agent_id, user_name=session.data.user_name, email=None)
     await plan.connector.prepare(agent, upstream)

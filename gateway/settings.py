@@ -58,6 +58,7 @@ from gateway.settings_channels import (
 from gateway.settings_channels import (
     TicketSettings as TicketSettings,
 )
+from gateway.settings_policies import ForwardAuthSettings as ForwardAuthSettings
 from gateway.settings_policies import PolicySettings as PolicySettings
 from gateway.settings_section import Section as _Section
 from gateway.settings_stores import (
@@ -270,6 +271,7 @@ class Settings(_Section):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     policies: PolicySettings = Field(default_factory=PolicySettings)
+    forward_auth: ForwardAuthSettings = Field(default_factory=ForwardAuthSettings)
     #: Directory sync over LDAP / Active Directory (issue 6); absent: no directory is synced.
     ldap: LdapSettings | None = None
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""``[policies]``: where the Cedar policy files are and how a request's context is read for them."""
+"""``[policies]``: where the Cedar policy files are and how a request's context is read for them; ``[forward_auth]``:
+who may ask for decisions from another proxy."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.settings_section import Section
 
@@ -67,3 +68,35 @@ class PolicySettings(Section):
         if value is not None and not _HEADER.fullmatch(value):
             raise ValueError(f"{value!r} is not a header name")
         return value.lower() if value else value
+
+
+class ForwardAuthSettings(Section):
+    """``[forward_auth]``: the decision endpoint ``/.channelgate/auth`` for nginx ``auth_request``, Traefik
+    ForwardAuth and Envoy ``ext_authz`` (docs/forward-auth.md)."""
+
+    enabled: bool = False
+    #: Peers allowed to ask (the proxies' addresses); anyone else gets 404.
+    trusted_callers: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    #: Sent by the proxy with every check (header ``X-Channelgate-Auth-Secret``). A 200 answer carries the
+    #: channel credential for the proxy to set upstream: without this secret, an agent whose request the proxy
+    #: passes to /.channelgate/auth could read it.
+    secret: SecretStr | None = None
+
+    @field_validator("trusted_callers")
+    @classmethod
+    def _callers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR network") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> ForwardAuthSettings:
+        if self.enabled and (self.secret is None or len(self.secret.get_secret_value()) < 32):
+            raise ValueError(
+                "[forward_auth] enabled needs a secret of at least 32 characters (or CHANNELGATE_FORWARD_AUTH__SECRET):"
+                " the proxy sends it with every check so that nobody else can read the channel credentials it answers"
+            )
+        return self

@@ -39,7 +39,7 @@ def _load(*texts: str) -> None:
         "duplicate id",
         "template",
         "missing semicolon",
-    ],  # fmt: skip
+    ],
 )
 def test_a_bad_policy_refuses_the_whole_set_naming_where(text: str, expected: str) -> None:
     with pytest.raises(PolicySetError) as caught:
@@ -58,7 +58,8 @@ def test_every_problem_of_a_set_is_listed_at_once() -> None:
 
 
 def test_a_syntax_error_is_located_at_its_policy_not_the_file_start() -> None:
-    text = '@id("a")\npermit (principal, action, resource);\n\n// second\n@id("b")\nforbid (principal, action, resource) when { ;\n'
+    text = '@id("a")\npermit (principal, action, resource);\n\n// second\n'
+    text += '@id("b")\nforbid (principal, action, resource) when { ;\n'
     with pytest.raises(PolicySetError) as caught:
         _load(text)
     assert "extra0.cedar:5:" in caught.value.message
@@ -67,7 +68,8 @@ def test_a_syntax_error_is_located_at_its_policy_not_the_file_start() -> None:
 
 def test_a_semicolon_inside_a_string_or_comment_does_not_split_a_policy() -> None:
     _load(
-        '@id("a") @reason("one; two") // comment; here\nforbid (principal, action, resource) when { resource.pii == ";" };'
+        '@id("a") @reason("one; two") // comment; here\n'
+        'forbid (principal, action, resource) when { resource.pii == ";" };'
     )
 
 

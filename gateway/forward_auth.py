@@ -1,0 +1,177 @@
+"""``/.channelgate/auth``: the inline proxy's checks for a proxy that forwards the request itself.
+
+nginx ``auth_request``, Traefik ForwardAuth and Envoy's HTTP ``ext_authz`` ask here before they forward a request
+to a channel console. The answer comes from exactly the code the inline proxy runs (``check_request``: path
+normalisation, route, personal-data class, session, policy) and the same connector and assertion signer; on a 200
+the proxy copies the channel credential and the identity assertion from our response headers onto the upstream
+request (deploy/nginx/forward-auth.conf, deploy/traefik/, deploy/envoy/).
+
+Who may ask: a peer in ``[forward_auth] trusted_callers`` that sends the shared secret. A 200 carries the channel
+credential, so anyone else — including an agent whose request the proxy passes through to /.channelgate/ — gets
+a 404, as if the endpoint did not exist.
+
+The original request is described by headers: ``X-Original-Method`` / ``X-Original-URI`` (nginx, set in the
+sample) or ``X-Forwarded-Method`` / ``X-Forwarded-Uri`` (Traefik), and ``X-Forwarded-Host``; Envoy sends the
+original method and appends the original path to ``/.channelgate/auth`` (``path_prefix``). The client address is
+read from ``X-Forwarded-For`` through ``[server] trusted_proxies`` like any request's.
+
+Three answer modes:
+
+* default (nginx ``auth_request``): 200, or a bare 401 / 403 that nginx turns into its ``error_page``;
+* ``redirect`` (``?mode=redirect`` or ``X-Channelgate-Auth-Mode: redirect``; Traefik, Envoy pass non-2xx answers to
+  the client): a browser that is not signed in gets the login redirect back to the original URI, a refusal
+  gets the 403 page with its explanation, an API client JSON;
+* ``explain`` (nginx's ``error_page`` locations): the same pages, but never a credential: when the request is
+  allowed by now, a redirect back to the original URI so it goes through ``auth_request`` again.
+
+What the inline proxy does and this cannot: read a body for the data subject (no body reaches us), resend once
+after a console's 401 with a refreshed credential, and keep a cookie-jar console's cookies from the browser, so
+``cookie_jar`` channels are refused here (500, naming the channel).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+
+from connectors.base import AgentRef, UpstreamRequest
+from gateway.errors import AuthenticationRequired, ChannelgateError, NotFound
+from gateway.inline_proxy import Checked, _plan, _record, check_request
+from gateway.pages import error_response, wants_html
+from gateway.proxy.paths import strip_query_values
+from gateway.proxy.routes import upstream_url
+from gateway.scope import RequestScope, scope_of
+from gateway.services import Services
+
+MOUNT = "/.channelgate/auth"
+SECRET_HEADER = "x-channelgate-auth-secret"  # noqa: S105 - a header name
+MODE_HEADER = "x-channelgate-auth-mode"
+_MODES = frozenset({"", "redirect", "explain"})
+
+
+class _Original:
+    """The request the proxy asks about."""
+
+    __slots__ = ("host", "method", "path", "query")
+
+    def __init__(self, request: Request) -> None:
+        headers = request.headers
+        self.method = (headers.get("x-original-method") or headers.get("x-forwarded-method") or request.method).upper()
+        uri = headers.get("x-original-uri") or headers.get("x-forwarded-uri")
+        if uri is None:
+            # Envoy ext_authz (HTTP): the original path follows our mount, the original query is ours.
+            raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+            path = raw[len(MOUNT) :].decode("latin-1") or "/"
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            self.path, self.query = path, _without_mode(query)
+        else:
+            self.path, _, self.query = uri.partition("?")
+        self.host = headers.get("x-forwarded-host") or headers.get("host")
+
+    @property
+    def uri(self) -> str:
+        return self.path + (f"?{self.query}" if self.query else "")
+
+
+def _without_mode(query: str) -> str:
+    return "&".join(part for part in query.split("&") if part and not part.startswith("mode="))
+
+
+def _caller_allowed(request: Request, services: Services) -> bool:
+    settings = services.settings.forward_auth
+    if not settings.enabled or settings.secret is None:
+        return False
+    client = request.scope.get("client")
+    try:
+        peer = ipaddress.ip_address(client[0]) if client else None
+    except ValueError:
+        peer = None
+    if peer is None or not any(peer in ipaddress.ip_network(c, strict=False) for c in settings.trusted_callers):
+        return False
+    sent = request.headers.get(SECRET_HEADER, "")
+    return hmac.compare_digest(sent.encode(), settings.secret.get_secret_value().encode())
+
+
+async def forward_auth(request: Request) -> Response:
+    services: Services = request.app.state.services
+    if not _caller_allowed(request, services):
+        raise NotFound("Not found.")
+    mode = (request.query_params.get("mode") or request.headers.get(MODE_HEADER) or "").lower()
+    if mode not in _MODES:
+        mode = ""
+    original = _Original(request)
+    scope = scope_of(request, services.settings.server.trusted_proxies)
+    log_path = strip_query_values(original.path, original.query)
+    try:
+        checked = await check_request(
+            request,
+            services,
+            scope,
+            original.method,
+            raw_path=original.path.encode("latin-1", "replace"),
+            query=original.query,
+            host=original.host,
+            via="forward-auth",
+        )
+        if checked.match.redirect:  # "/chat": the console's own redirect to "/chat/" decides nothing
+            raise NotFound("No console is served at this address.")
+        if mode == "explain":
+            return RedirectResponse(original.uri, status_code=303, headers={"Cache-Control": "no-store"})
+        response = await _allowed(request, services, scope, original, checked)
+    except ChannelgateError as exc:
+        response = _refused(request, exc, scope, original, mode)
+    if mode != "explain":  # the explain call follows a refusal the default call already recorded
+        detail = {"via": "forward-auth"}
+        services.audit.submit(
+            _record(scope, request, original.method, log_path, status=response.status_code, detail=detail)
+        )
+    services.metrics.request(scope.channel or "-", response.status_code).inc()
+    return response
+
+
+async def _allowed(
+    request: Request, services: Services, scope: RequestScope, original: _Original, checked: Checked
+) -> Response:
+    """200 with what the proxy sets upstream: the channel credential and the signed identity assertion."""
+    services.audit.check_capacity()
+    route = checked.match.route
+    plan = _plan(request, services, route.channel)
+    if plan.keeps_cookies:
+        raise ChannelgateError(
+            f"Channel {route.channel!r} uses a cookie_jar connector, which only the inline proxy supports (it must "
+            "take the console's cookies out of every answer); route it through channelgate, not forward-auth."
+        )
+    data = checked.session.data
+    upstream = UpstreamRequest(original.method, upstream_url(checked.match, checked.path, checked.query), [])
+    await plan.connector.prepare(AgentRef(agent_id=data.agent_id, user_name=data.user_name, email=None), upstream)
+    assert services.signer is not None
+    assertion = services.signer.sign(data.agent_id, data.user_name, data.groups, route.channel, services.clock())
+    headers = [
+        *upstream.headers,
+        (services.settings.assertion.header, assertion),
+        ("X-Channelgate-User", data.user_name),
+        ("X-Channelgate-Channel", route.channel),
+        ("X-Channelgate-Policy", ",".join(checked.decision.policy_ids)),
+        ("Cache-Control", "no-store"),
+    ]
+    response = Response(status_code=200)
+    for name, value in headers:
+        response.raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return response
+
+
+def _refused(request: Request, exc: ChannelgateError, scope: RequestScope, original: _Original, mode: str) -> Response:
+    if mode == "":
+        # nginx auth_request understands 401 and 403; anything else would be its 500. Fail closed either way.
+        status = exc.status if exc.status in (401, 403, 500, 503) else 403
+        return PlainTextResponse(
+            exc.code, status_code=status, headers={"Cache-Control": "no-store", "X-Channelgate-Error": exc.code}
+        )
+    if isinstance(exc, AuthenticationRequired) and original.method in ("GET", "HEAD") and wants_html(request):
+        location = "/.channelgate/login?rd=" + quote(original.uri, safe="")
+        return RedirectResponse(location, status_code=302, headers={"Cache-Control": "no-store"})
+    return error_response(request, exc, scope.request_id)
