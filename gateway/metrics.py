@@ -35,6 +35,12 @@ class Metrics:
         self.logins = Counter("channelgate_logins", "Login attempts by outcome", ["outcome"], registry=r)
         self.websockets = Gauge("channelgate_websockets_open", "Open proxied WebSockets", registry=r)
         self.audit_queue = Gauge("channelgate_audit_queue", "Access-log records waiting to be written", registry=r)
+        self.event_loop_tasks = Gauge(
+            "channelgate_event_loop_tasks",
+            "asyncio tasks alive in this replica (one per request in flight plus a few fixed ones: a count that "
+            "keeps growing under a steady load is a leak)",
+            registry=r,
+        )
         self.pipeline_steps = Counter(
             "channelgate_deprovision_steps",
             "Deprovisioning step attempts recorded, by the state they left the step in",

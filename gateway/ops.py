@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -35,4 +37,5 @@ async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
     services.metrics.websockets.set(services.live.websockets.count())
     services.metrics.audit_queue.set(services.audit.pending)
+    services.metrics.event_loop_tasks.set(len(asyncio.all_tasks()))
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +56,12 @@ def config_toml(
     admin_token: str,
     redis_url: str | None = None,
     idle_timeout_seconds: int = 1800,
+    upstreams: Mapping[str, str] | None = None,
+    route_timeout_seconds: float = 5,
 ) -> str:
     """A complete channelgate.toml for tests: three channels (bearer, header, basic), a fresh vault key and an
-    ES256 assertion key written under ``base_dir``."""
+    ES256 assertion key written under ``base_dir``. ``upstreams`` sends a channel's route elsewhere than its
+    console (a fault proxy in front of it)."""
     key = ec.generate_private_key(ec.SECP256R1())
     key_file = base_dir / "assertion.pem"
     key_file.write_bytes(
@@ -67,10 +71,10 @@ def config_toml(
     channels = "".join(
         f'[channels.{name}]\ninject = "{inject}"\n{extra}\n' for name, (inject, extra, _) in CHANNELS.items()
     )
+    upstream = {name: f"http://{LOOPBACK}:{port}" for name, port in console_ports.items()} | dict(upstreams or {})
     routes = "".join(
-        f'[[routes]]\nchannel = "{name}"\nprefix = "/{name}/"\n'
-        f'upstream = "http://{LOOPBACK}:{console_ports[name]}"\n'
-        f"allowed_groups = {list(groups)!r}\ntimeout_seconds = 5\n\n".replace("'", '"')
+        f'[[routes]]\nchannel = "{name}"\nprefix = "/{name}/"\nupstream = "{upstream[name]}"\n'
+        f"allowed_groups = {list(groups)!r}\ntimeout_seconds = {route_timeout_seconds:g}\n\n".replace("'", '"')
         for name, (_, _, groups) in CHANNELS.items()
     )
     vault_key = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -121,6 +125,9 @@ class GatewayStack:
     credentials: dict[str, str] = field(default_factory=dict)
     console_ports: dict[str, int] = field(default_factory=dict)
     idle_timeout_seconds: int = 1800
+    #: channel → base URL its route forwards to instead of its console (a fault proxy in front of it)
+    upstreams: dict[str, str] = field(default_factory=dict)
+    route_timeout_seconds: float = 5
     _children: list[ChildProcess] = field(default_factory=list)
     _gateways: list[ChildProcess] = field(default_factory=list)
 
@@ -155,6 +162,8 @@ class GatewayStack:
                 console_ports=self.console_ports,
                 admin_token=self.admin_token,
                 idle_timeout_seconds=self.idle_timeout_seconds,
+                upstreams=self.upstreams,
+                route_timeout_seconds=self.route_timeout_seconds,
             ),
             encoding="utf-8",
         )
@@ -232,6 +241,17 @@ class GatewayStack:
             self._children[list(CHANNELS).index(channel)].wait_until(
                 lambda p=port: _url_ok(f"http://{LOOPBACK}:{p}/"), timeout=30, what="HTTP"
             )
+
+    def replica_pid(self, replica: int) -> int:
+        """The process id of a running gateway replica (for /proc and signals)."""
+        pid = self._gateways[replica].pid
+        if pid is None or not self._gateways[replica].running:
+            raise RuntimeError(f"gateway replica {replica} is not running")
+        return pid
+
+    def kill_replica(self, replica: int) -> None:
+        """SIGKILL one gateway replica, as a crash would: no shutdown, its connections are cut."""
+        self._gateways[replica].kill()
 
     def gateway_logs(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in sorted(self.base_dir.glob("gateway-*.log")))
