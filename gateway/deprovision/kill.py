@@ -10,10 +10,18 @@ The pipeline run (revoke at each channel, hand tickets over, verify, remove) is 
 disables the agent (a transactional outbox): there is no moment, and no crash, at which the agent is disabled but
 the channel work is not queued. A trigger for an agent whose run is still going joins that run instead of
 starting another (IdPs repeat their disable calls).
+
+When the session store is down after the disable committed, the call fails (503, ``SessionsNotEnded``) but the
+kill is not dropped: this process retries it every ``RETRY_MAX_DELAY`` at most until it lands. Otherwise the
+agent's sessions would come back with the store (Redis with an append-only file keeps them), and a trigger that is
+not repeated (an LDAP sync that now sees the agent disabled, a RISC event) would never end them. Nobody is served
+while the store is down; a request in the moment between its return and the next attempt can still pass.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.runs import Hold, RunPlanner, joined_run
-from gateway.errors import NotFound
+from gateway.errors import ChannelgateError, NotFound, SessionStoreUnavailable
 from gateway.metrics import Metrics
 from gateway.proxy.streams import LiveConnections
 from gateway.sessions.base import SessionStore
@@ -33,6 +41,19 @@ from gateway.storage.database import Database
 from gateway.storage.pipeline import PipelineRepository, RunRecord
 from gateway.storage.sqlite_outbox import Outbox
 from gateway.timeutil import utcnow
+
+log = logging.getLogger("channelgate.deprovision")
+
+#: Delays between the attempts to end a disabled agent's sessions while the session store is down (seconds).
+RETRY_FIRST_DELAY = 0.1
+RETRY_MAX_DELAY = 0.5
+
+
+class SessionsNotEnded(SessionStoreUnavailable):
+    """The agent is disabled (it cannot sign in again) but its sessions could not be ended yet; the process that
+    took the request keeps trying until they are."""
+
+    code = "sessions_not_ended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +115,8 @@ class SessionKiller:
         self._runs = runs
         #: Called after a run was queued and committed (the local worker wakes up instead of waiting to poll).
         self.on_enqueued: Callable[[], None] | None = None
+        #: Kills that failed on an unreachable session store, retried until they land (one per agent).
+        self._retrying: dict[str, asyncio.Task[None]] = {}
 
     async def enqueue_in(
         self,
@@ -231,7 +254,59 @@ class SessionKiller:
     async def _kill(
         self, agent: Agent, run: RunRecord | None, started: float, *, reason: str, actor: str, source: str
     ) -> KillResult:
-        """End the disabled agent's sessions everywhere and record it."""
+        """End the disabled agent's sessions everywhere and record it; on an unreachable session store, keep
+        retrying in the background and raise ``SessionsNotEnded``."""
+        try:
+            return await self._end_and_record(agent, run, started, reason=reason, actor=actor, source=source)
+        except SessionStoreUnavailable:
+            if agent.id not in self._retrying:
+                task = asyncio.create_task(
+                    self._retry_kill(agent, run, reason=reason, actor=actor, source=source),
+                    name=f"channelgate-kill-retry-{agent.id}",
+                )
+                self._retrying[agent.id] = task
+                task.add_done_callback(lambda _: self._retrying.pop(agent.id, None))
+            raise SessionsNotEnded(
+                f"Agent {agent.user_name!r} is disabled and cannot sign in again, but its open sessions could not "
+                "be ended yet: the session store (Redis) is unreachable. The process that took this request keeps "
+                "trying until they are; repeat the deprovisioning once the store is back to confirm it."
+            ) from None
+
+    async def _retry_kill(self, agent: Agent, run: RunRecord | None, *, reason: str, actor: str, source: str) -> None:
+        """Try again, with a growing delay, until the sessions are ended and recorded."""
+        delay, attempts = RETRY_FIRST_DELAY, 1
+        log.error("could not end the sessions of disabled agent %s: session store unreachable; retrying", agent.id)
+        while True:
+            await asyncio.sleep(delay)
+            attempts += 1
+            try:
+                result = await self._end_and_record(
+                    agent, run, time.perf_counter(), reason=reason, actor=actor, source=source, attempts=attempts
+                )
+            except ChannelgateError as exc:
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+                log.debug("attempt %d to end the sessions of agent %s failed: %s", attempts, agent.id, exc.message)
+                continue
+            log.warning(
+                "ended %d session(s) of disabled agent %s after %d attempts",
+                result.sessions_revoked,
+                agent.id,
+                attempts,
+            )
+            return
+
+    async def _end_and_record(
+        self,
+        agent: Agent,
+        run: RunRecord | None,
+        started: float,
+        *,
+        reason: str,
+        actor: str,
+        source: str,
+        attempts: int = 1,
+    ) -> KillResult:
+        """Steps 2-4 for a disabled agent, then the ``sessions_revoked`` record (with the attempts it took)."""
         outbox = self._runs.outbox if self._runs is not None else None
         ended = await self.end_sessions(agent.id)
         assert ended is not None  # every session of the agent: a revocation is always broadcast
@@ -252,7 +327,8 @@ class SessionKiller:
                 "sessions": count,
                 "replicas_confirmed": sorted(confirmed),
                 "replicas_missing": sorted(missing),
-            },
+            }
+            | ({"attempts": attempts} if attempts > 1 else {}),
         )
         if outbox is not None:
             await outbox.append_log([record])

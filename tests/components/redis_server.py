@@ -1,4 +1,4 @@
-"""A real Redis server (Debian ``redis-server``) in the foreground, without persistence, on a free port."""
+"""A real Redis server (Debian ``redis-server``) in the foreground on a free port, without persistence unless asked."""
 
 from __future__ import annotations
 
@@ -27,10 +27,12 @@ class RedisServer:
     """A throwaway ``redis-server`` child process.
 
     ``restart()`` keeps the port, and ``kill()`` is a SIGKILL, so fault tests can cut Redis under a running
-    gateway and bring it back at the same URL. Nothing is persisted: a restart starts empty.
+    gateway and bring it back at the same URL. Nothing is persisted unless ``appendonly`` (as operators run it:
+    ``appendonly yes``, ``appendfsync everysec``), in which case a restart, even after a SIGKILL, reloads every
+    write Redis acknowledged (each is in the kernel's page cache before the reply).
     """
 
-    def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0) -> None:
+    def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0, appendonly: bool = False) -> None:
         self.port = port if port is not None else free_port()
         self.startup_timeout = startup_timeout
         self._dir = Path(tempfile.mkdtemp(prefix="channelgate-redis-"))
@@ -40,7 +42,8 @@ class RedisServer:
             "--bind", LOOPBACK,
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if appendonly else "no",
+            "--appendfsync", "everysec",
             "--daemonize", "no",
             "--dir", str(self._dir),
             "--logfile", "",
@@ -80,7 +83,7 @@ class RedisServer:
         self._process.kill()
 
     def restart(self) -> None:
-        """Stop (if running) and start again on the same port, empty."""
+        """Stop (if running) and start again on the same port: empty, or as its append-only file left it."""
         self.stop()
         self.start()
 
