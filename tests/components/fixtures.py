@@ -1,7 +1,8 @@
 """Pytest fixtures that start real servers; registered by ``pytest_plugins = ["tests.components.fixtures"]``.
 
 One Redis and one PostgreSQL server serve the whole session; ``redis_url`` and ``postgres_url`` give each test a
-clean slate on them, and ``database_url`` runs a test on SQLite and again on PostgreSQL. Tests that kill or restart
+clean slate on them (``module_redis_url`` and ``module_postgres_url`` one slate for a module whose tests share a
+stack), and ``database_url`` runs a test on SQLite and again on PostgreSQL. Tests that kill or restart
 a server (fault tests) start their own ``RedisServer()`` or ``PostgresServer(...)`` instead of disturbing the
 shared one. A missing binary fails the test with a message to run ``make test``; nothing is skipped silently.
 """
@@ -12,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,13 +39,23 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The shared Redis server's URL, emptied (and restarted if a test stopped it) before each test."""
+def _emptied(redis_server: RedisServer) -> str:
     if not redis_server.running:
         redis_server.start()
     redis_server.flushall()
     return redis_server.url
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared Redis server's URL, emptied (and restarted if a test stopped it) before each test."""
+    return _emptied(redis_server)
+
+
+@pytest.fixture(scope="module")
+def module_redis_url(redis_server: RedisServer) -> str:
+    """The shared Redis server's URL, emptied once for a module; its tests must not also ask for ``redis_url``."""
+    return _emptied(redis_server)
 
 
 @pytest.fixture(scope="session")
@@ -57,15 +69,28 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.rmtree(base_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """SQLAlchemy async URL of a fresh, empty database, dropped after the test."""
+@contextmanager
+def _fresh_database(postgres_server: PostgresServer) -> Iterator[str]:
     if not postgres_server.running:
         postgres_server.start()
     name = f"test_{uuid.uuid4().hex[:16]}"
     url = postgres_server.create_database(name)
     yield url
     postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """SQLAlchemy async URL of a fresh, empty database, dropped after the test."""
+    with _fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """SQLAlchemy async URL of a fresh, empty database for a module's tests, dropped after the last one."""
+    with _fresh_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(

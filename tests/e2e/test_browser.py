@@ -16,26 +16,26 @@ import pytest
 from playwright.async_api import Browser, Page
 
 from tests.components.gateway import GatewayStack
-from tests.components.oidc_provider import DEMO_PASSWORD
-from tests.components.oidc_provider import OidcProviderFactory as Factory
+from tests.components.oidc_provider import DEMO_PASSWORD, OidcProvider, provider_config
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-def stack(oidc_provider_factory: Factory) -> Iterator[GatewayStack]:
+@pytest.fixture(scope="module")
+def stack() -> Iterator[GatewayStack]:
+    """One stack for the module: only the first test deprovisions, and its agent (alice) is no other test's."""
     base = Path(tempfile.mkdtemp(prefix="channelgate-browser-"))
     stack = GatewayStack(issuer="", database_url=f"sqlite+aiosqlite:///{base}/gateway.db", base_dir=base)
     stack.allocate(replicas=1)
-    provider = oidc_provider_factory(stack.redirect_uris, post_logout_redirect_uris=[stack.url(0) + "/"])
-    stack.issuer = provider.issuer
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
+    with OidcProvider(provider_config(stack.redirect_uris, post_logout_redirect_uris=[stack.url(0) + "/"])) as provider:
+        stack.issuer = provider.issuer
+        try:
+            stack.start()
+            yield stack
+        finally:
+            stack.stop()
 
 
 async def _shot(page: Page, name: str) -> None:
