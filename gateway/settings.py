@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -306,7 +307,9 @@ def _is_text_setting(path: Sequence[str]) -> bool:
         if fields is None or part not in fields:
             return False
         annotation = fields[part].annotation
-    members = typing.get_args(annotation) or (annotation,)
+    # Unwrap ``X | None`` only: ``dict[str, SecretStr]`` (vault keys) is a table, not text, whatever its values.
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if union else (annotation,)
     return any(m in (str, SecretStr) for m in members) and all(m in (str, SecretStr, type(None)) for m in members)
 
 

@@ -168,6 +168,25 @@ def test_a_numeric_redis_password_from_the_environment_stays_text(tmp_path: Path
     assert "12345" not in repr(settings)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("CHANNELGATE_VAULT__KEYS", '{ "2026-12" = "a2V5" }', {"2026-12": "a2V5"}),
+        ("CHANNELGATE_AUDIT__CHECKPOINTS__SIGNING_KEYS", '{ ck1 = "c2lnbg" }', {"ck1": "c2lnbg"}),
+    ],
+)
+def test_a_table_of_secrets_from_the_environment_is_a_table(
+    tmp_path: Path, name: str, value: str, expected: dict[str, str]
+) -> None:
+    """How Kubernetes Secrets and compose env files pass vault and checkpoint keys (deploy/)."""
+    path = tmp_path / "channelgate.toml"
+    sink = 'sink = "file:///var/lib/channelgate-checkpoints/c.jsonl"\nactive_key = "ck1"\n'
+    path.write_text(OIDC + '[vault]\nactive_key = "2026-12"\n[audit.checkpoints]\n' + sink, encoding="utf-8")
+    settings = load_settings(path, environ={name: value})
+    table = settings.vault.keys if "VAULT" in name else settings.audit.checkpoints.signing_keys
+    assert {key: secret.get_secret_value() for key, secret in table.items()} == expected
+
+
 async def test_a_rediss_url_gets_the_ca_the_client_certificate_and_host_name_checks(
     tmp_path: Path, pki: TestCa
 ) -> None:
