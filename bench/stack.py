@@ -51,6 +51,8 @@ class Gateway:
     replicas: int = 1
     ports: list[int] = field(default_factory=list)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    #: Appended to the generated channelgate.toml (new tables only, e.g. ``[forward_auth]``).
+    extra_toml: str = ""
     base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="channelgate-bench-gw-")))
     _children: list[ChildProcess] = field(default_factory=list)
 
@@ -90,7 +92,8 @@ class Gateway:
                 redis_url=self.redis_url,
                 console_ports=dict.fromkeys(CHANNELS, self.upstream_port),
                 admin_token=self.admin_token,
-            ),
+            )
+            + self.extra_toml,
             encoding="utf-8",
         )
         self.cli("migrate")

@@ -10,9 +10,11 @@ over every permit. Three things keep a decision within microseconds (docs/benchm
   action), a few hundred bytes of JSON, instead of a directory-sized entity store.
 * A decision is a pure function of the query, so answers are kept in a bounded map. Unless a policy reads the
   principal's identity or attributes (``LoadedPolicy.principal_specific``), agents with the same groups share
-  answers. Nothing can go stale: the key holds every input (groups, route, data class, action, and the context,
-  whose clock has minute precision), and a reloaded policy set gets a new engine with an empty map. A group
-  change is therefore seen by the very next request (ASVS 8.3.2).
+  answers. Of the context, the key holds what the channel's policies can tell apart (policies/context_keys.py:
+  the clock only as "before 9:00 / working hours / after 18:00" when those are the thresholds). Nothing can go
+  stale: every input that can change an answer is in the key (groups, route, data class, action, context), and a
+  reloaded policy set gets a new engine with an empty map. A group change is seen by the very next request
+  (ASVS 8.3.2).
 
 A policy that fails to evaluate (Cedar skips it and reports an error) refuses the request: a skipped forbid must
 never turn into an allow.
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 import cedarpy
 
+from policies.context_keys import ContextKey, context_key
 from policies.decision import (
     DEFAULT_DENY,
     POLICY_ERROR,
@@ -58,9 +61,13 @@ class PolicyEngine:
         self._has_group_rule = any(p.id == "route-groups" for p in bundle.policies)
         everywhere = [p for p in bundle.policies if p.channel is None]
         self._default_slice = cedarpy.PolicySet.from_json_str(policy_set_json(everywhere))
+        self._default_key = context_key(p.est for p in everywhere)
         self._slices = {
             channel: cedarpy.PolicySet.from_json_str(policy_set_json(bundle.for_channel(channel)))
             for channel in bundle.channels()
+        }
+        self._keys: dict[str, ContextKey] = {
+            channel: context_key(p.est for p in bundle.for_channel(channel)) for channel in bundle.channels()
         }
         self._reasons = {p.id: p.reason for p in bundle.policies if p.reason}
         self._decisions: dict[tuple[object, ...], Decision] = {}
@@ -80,7 +87,9 @@ class PolicyEngine:
         self.decisions += 1
         subject = query.subject
         who: tuple[str, str] = ("", "") if self._share_between_agents else (subject.agent_id, subject.user_name)
-        key = (who, subject.groups, query.target, query.action, query.context)
+        target = query.target
+        context = self._keys.get(target.channel, self._default_key)(query.context)
+        key = (who, subject.groups, target, query.action, context)
         decision = self._decisions.get(key)
         if decision is None:
             decision = self.evaluate(query)

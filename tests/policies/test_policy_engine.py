@@ -127,8 +127,8 @@ def test_every_input_is_part_of_the_cache_key(changed: dict[str, object]) -> Non
 
 def test_the_decision_cache_is_bounded() -> None:
     engine = _engine(cache_size=10)
-    for minute in range(50):
-        engine.decide(_query({"crm-agents"}, time=Clock(3, minute // 60, minute)))
+    for index in range(50):
+        engine.decide(_query({"crm-agents", f"team-{index}"}))
     assert engine.stats().cached == 10
 
 
