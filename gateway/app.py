@@ -94,6 +94,8 @@ async def _on_error(connection: HTTPConnection, exc: Exception) -> Response:
 async def _revocation_listener(services: Services) -> None:
     """Close this replica's WebSockets of every revoked agent and acknowledge to the revoking replica."""
     async for revocation in services.sessions.revocations():
+        if revocation.refresh_only:
+            continue  # a logout or group change: the session cache (if any) dropped its copies; nothing to close
         try:
             if revocation.agent_id == "*":
                 # Resync after the broadcast channel dropped: re-check every open socket against the store.

@@ -239,6 +239,9 @@ class SessionSettings(Section):
     absolute_timeout_seconds: Annotated[int, Field(ge=300)] = 12 * 3600
     #: How long a revocation waits for every live replica to confirm it closed that agent's WebSockets.
     revocation_ack_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
+    #: Redis store only: keep valid sessions in process this long (gateway/sessions/local_cache.py), dropped by
+    #: the revocation broadcast; also the worst-case revocation latency if that broadcast dies silently. 0: off.
+    local_cache_seconds: Annotated[float, Field(ge=0, le=30)] = 0.0
 
     @model_validator(mode="after")
     def _redis_target(self) -> SessionSettings:

@@ -89,6 +89,9 @@ class Revocation:
     #: Unique id of this revocation, echoed in each replica's acknowledgement.
     revocation_id: str
     origin_replica: str
+    #: Not a revocation: the agent's sessions changed (logout, new groups); replicas that keep sessions in
+    #: process (gateway/sessions/local_cache.py) drop theirs and read them again. Never acknowledged.
+    refresh_only: bool = False
 
     @property
     def is_resync(self) -> bool:

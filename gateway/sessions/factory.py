@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.sessions.base import SessionStore
+from gateway.sessions.local_cache import CachedSessionStore
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.redis_client import open_redis
 from gateway.sessions.redis_store import RedisSessionStore
@@ -14,7 +15,7 @@ def create_session_store(settings: SessionSettings, replica_id: str) -> SessionS
     idle, absolute = settings.idle_timeout_seconds, settings.absolute_timeout_seconds
     if settings.store == "redis":
         client, close_also = open_redis(settings)
-        return RedisSessionStore(
+        store = RedisSessionStore(
             client,
             idle,
             absolute,
@@ -22,4 +23,7 @@ def create_session_store(settings: SessionSettings, replica_id: str) -> SessionS
             socket_timeout=settings.redis.socket_timeout_seconds,
             close_also=close_also,
         )
+        if settings.local_cache_seconds > 0:
+            return CachedSessionStore(store, settings.local_cache_seconds)
+        return store
     return MemorySessionStore(idle, absolute, replica_id)

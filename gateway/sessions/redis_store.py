@@ -215,18 +215,20 @@ def decode_data(raw: str) -> SessionData:
 
 
 def encode_revocation(revocation: Revocation) -> str:
-    return json.dumps(
-        {
-            "agent_id": revocation.agent_id,
-            "revocation_id": revocation.revocation_id,
-            "origin": revocation.origin_replica,
-        }
-    )
+    message: dict[str, str | bool] = {
+        "agent_id": revocation.agent_id,
+        "revocation_id": revocation.revocation_id,
+        "origin": revocation.origin_replica,
+    }
+    if revocation.refresh_only:
+        message["refresh"] = True
+    return json.dumps(message)
 
 
 def decode_revocation(raw: str) -> Revocation:
     value = json.loads(raw)
-    return Revocation(str(value["agent_id"]), str(value["revocation_id"]), str(value["origin"]))
+    refresh = value.get("refresh") is True
+    return Revocation(str(value["agent_id"]), str(value["revocation_id"]), str(value["origin"]), refresh)
 
 
 class RedisSessionStore:
@@ -258,6 +260,9 @@ class RedisSessionStore:
         self._socket_timeout = socket_timeout
         self._close_also = close_also
         self._closed = False
+        #: True while this replica's broadcast subscription is confirmed; an in-process session cache serves only
+        #: then (gateway/sessions/local_cache.py), since a revocation published meanwhile would not reach it.
+        self.subscribed = False
         if not isinstance(redis, str):
             self._redis: Redis = redis
         else:
@@ -329,6 +334,11 @@ class RedisSessionStore:
         count = int(await self._call(self._revoke_idp_session(keys=[AGENT_PREFIX + agent_id], args=args)))
         return count, (revocation if count else None)
 
+    async def publish_refresh(self, agent_id: str) -> None:
+        """Tell every replica that this agent's sessions changed (a ``refresh_only`` broadcast)."""
+        message = encode_revocation(Revocation(agent_id, uuid.uuid4().hex, self.replica_id, refresh_only=True))
+        await self._call(self._redis.publish(REVOCATION_CHANNEL, message))
+
     async def first_use(self, key: str, ttl_seconds: int) -> bool:
         return bool(await self._call(self._redis.set(ONCE_PREFIX + session_key(key), "1", nx=True, ex=ttl_seconds)))
 
@@ -379,6 +389,7 @@ class RedisSessionStore:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
             try:
                 await self._subscribe(pubsub)
+                self.subscribed = True
                 if not first:
                     log.info("revocation channel is back; resyncing open connections")
                     yield Revocation(RESYNC_AGENT_ID, uuid.uuid4().hex, self.replica_id)
@@ -394,12 +405,14 @@ class RedisSessionStore:
                         continue
                     yield revocation
             except (RedisError, OSError) as exc:
+                self.subscribed = False
                 if self._closed:
                     return
                 log.warning("revocation channel lost (%s); reconnecting in %.1f s", type(exc).__name__, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.reconnect_backoff[1])
             finally:
+                self.subscribed = False
                 await self._close_pubsub(pubsub)
 
     async def acknowledge(self, revocation: Revocation) -> None:

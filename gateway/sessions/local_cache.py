@@ -1,0 +1,165 @@
+"""Sessions kept in process for a few seconds in front of the shared Redis store (``[sessions]
+local_cache_seconds``; off by default).
+
+Why: every request otherwise pays a Redis round trip to read its session (docs/benchmarks.md §8 shows what the
+cache buys). What it costs, and why it is still safe:
+
+* A revocation reaches a replica through the broadcast every replica already follows (gateway/app.py's listener).
+  This wrapper drops the agent's cached sessions *before* the listener sees the revocation and acknowledges it,
+  so when ``agents deprovision`` reports every replica's acknowledgement, no replica serves that agent from its
+  cache any more. The revocation latency is the broadcast's (a few milliseconds), as without the cache.
+* The cache serves only while this replica's subscription to the broadcast is confirmed
+  (``RedisSessionStore.subscribed``); when it drops, everything cached is dropped and every lookup goes to Redis
+  until the subscription is back (the store yields a resync marker, handled the same way).
+* A subscription that dies without an error (a silently dropped TCP connection) is the one case a revocation
+  could be missed: an entry is never served longer than ``local_cache_seconds`` after it was read from Redis, so
+  that is the worst-case revocation latency of this setting. Keep it short (the default when on: 2 s).
+* Logout and group changes are broadcast too (``refresh_only``), so another replica's copy goes at once: a group
+  change still applies to the next request (ASVS 8.3.2), give or take the broadcast.
+* Idle and absolute timeouts: the absolute one is checked on every hit; the idle clock in Redis is refreshed when
+  an entry is read again, so an idle timeout can be late by at most ``local_cache_seconds``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from gateway.sessions.base import Lookup, PendingLogin, Revocation, Session, SessionData, SessionState
+from gateway.sessions.redis_store import RedisSessionStore
+
+#: Most sessions kept: a replica serving more live sessions than this reads the rest from Redis.
+MAX_ENTRIES = 100_000
+
+
+class CachedSessionStore:
+    """A ``SessionStore`` that answers repeated lookups of a valid session from memory."""
+
+    def __init__(self, inner: RedisSessionStore, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+        self.replica_id = inner.replica_id
+        self.idle_timeout = inner.idle_timeout
+        self.absolute_timeout = inner.absolute_timeout
+        #: session id → (session as read, the caller's clock when it was read)
+        self._entries: dict[str, tuple[Session, float]] = {}
+        self._by_agent: dict[str, set[str]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    # -- the cache ------------------------------------------------------------------------------------------
+
+    async def lookup(self, session_id: str, now: float) -> Lookup:
+        if self.inner.subscribed:
+            entry = self._entries.get(session_id)
+            if entry is not None:
+                session, read_at = entry
+                # Fresh, and still inside both timeouts as Redis would judge them (a clock that went back
+                # makes the entry stale rather than longer-lived).
+                if (
+                    read_at <= now < read_at + self.seconds
+                    and now < session.created_at + self.absolute_timeout
+                    and now < session.last_seen_at + self.idle_timeout
+                ):
+                    self.hits += 1
+                    return Lookup(SessionState.VALID, session)
+                self._drop_session(session_id)
+        else:
+            self.clear()
+        self.misses += 1
+        found = await self.inner.lookup(session_id, now)
+        if found.state is SessionState.VALID and found.session is not None and self.inner.subscribed:
+            self._keep(found.session, now)
+        return found
+
+    def _keep(self, session: Session, now: float) -> None:
+        if len(self._entries) >= MAX_ENTRIES:
+            self.clear()
+        self._entries[session.id] = (session, now)
+        self._by_agent.setdefault(session.data.agent_id, set()).add(session.id)
+
+    def _drop_session(self, session_id: str) -> None:
+        entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            ids = self._by_agent.get(entry[0].data.agent_id)
+            if ids is not None:
+                ids.discard(session_id)
+                if not ids:
+                    del self._by_agent[entry[0].data.agent_id]
+
+    def drop_agent(self, agent_id: str) -> None:
+        for session_id in self._by_agent.pop(agent_id, set()):
+            self._entries.pop(session_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_agent.clear()
+
+    # -- writes: drop here, tell the others -------------------------------------------------------------------
+
+    async def create(self, data: SessionData, now: float) -> Session:
+        return await self.inner.create(data, now)
+
+    async def delete(self, session_id: str) -> SessionData | None:
+        self._drop_session(session_id)
+        data = await self.inner.delete(session_id)
+        if data is not None:
+            self.drop_agent(data.agent_id)
+            await self.inner.publish_refresh(data.agent_id)
+        return data
+
+    async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
+        self.drop_agent(agent_id)
+        result = await self.inner.revoke_agent(agent_id)
+        self.drop_agent(agent_id)  # a lookup that raced the revocation may have kept one meanwhile
+        return result
+
+    async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:
+        self.drop_agent(agent_id)
+        result = await self.inner.revoke_idp_session(agent_id, idp_session_id)  # broadcast when one ended
+        self.drop_agent(agent_id)
+        return result
+
+    async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
+        count = await self.inner.update_agent_groups(agent_id, groups)
+        self.drop_agent(agent_id)
+        await self.inner.publish_refresh(agent_id)
+        return count
+
+    async def revocations(self) -> AsyncGenerator[Revocation, None]:
+        """The inner broadcast, with this replica's copies dropped before anyone sees (and acknowledges) it."""
+        async for revocation in self.inner.revocations():
+            if revocation.is_resync:
+                self.clear()
+            else:
+                self.drop_agent(revocation.agent_id)
+            yield revocation
+
+    # -- the rest goes straight through ----------------------------------------------------------------------
+
+    async def first_use(self, key: str, ttl_seconds: int) -> bool:
+        return await self.inner.first_use(key, ttl_seconds)
+
+    async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
+        return await self.inner.sessions_of(agent_id, now)
+
+    async def put_pending_login(self, login_id: str, pending: PendingLogin, ttl_seconds: int) -> None:
+        await self.inner.put_pending_login(login_id, pending, ttl_seconds)
+
+    async def take_pending_login(self, login_id: str) -> PendingLogin | None:
+        return await self.inner.take_pending_login(login_id)
+
+    async def acknowledge(self, revocation: Revocation) -> None:
+        await self.inner.acknowledge(revocation)
+
+    async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:  # noqa: ASYNC109
+        return await self.inner.wait_for_acks(revocation, timeout)
+
+    async def heartbeat(self, now: float) -> None:
+        await self.inner.heartbeat(now)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        self.clear()
+        await self.inner.close()
