@@ -90,11 +90,13 @@ class FaultProxy:
         await self._listen()
 
     async def stop(self) -> None:
-        """Stop listening, reset every connection and wait for their handlers to finish."""
+        """Stop listening, reset every connection and end their handlers (one may be sleeping out a latency)."""
         await self._unlisten()
         await self.reset_all()
-        if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=5)
+        handlers = set(self._handlers)
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     async def set_mode(self, mode: Mode) -> None:
         """Switch the fault; "refuse" closes the listening socket, any other mode listens again."""
@@ -143,6 +145,8 @@ class FaultProxy:
         self.counts.accepted += 1
         try:
             await self._serve(connection, reader)
+        except asyncio.CancelledError:
+            pass  # stop() ended it; asyncio's server callback must not find a cancelled task (it logs one)
         finally:
             connection.close()
             self._open.discard(connection)

@@ -57,11 +57,11 @@ def config_toml(
     redis_url: str | None = None,
     idle_timeout_seconds: int = 1800,
     upstreams: Mapping[str, str] | None = None,
-    route_timeout_seconds: float = 5,
+    route_timeouts: Mapping[str, float] | None = None,
 ) -> str:
     """A complete channelgate.toml for tests: three channels (bearer, header, basic), a fresh vault key and an
     ES256 assertion key written under ``base_dir``. ``upstreams`` sends a channel's route elsewhere than its
-    console (a fault proxy in front of it)."""
+    console (a fault proxy in front of it); ``route_timeouts`` sets a channel's route timeout (default 5 s)."""
     key = ec.generate_private_key(ec.SECP256R1())
     key_file = base_dir / "assertion.pem"
     key_file.write_bytes(
@@ -72,9 +72,10 @@ def config_toml(
         f'[channels.{name}]\ninject = "{inject}"\n{extra}\n' for name, (inject, extra, _) in CHANNELS.items()
     )
     upstream = {name: f"http://{LOOPBACK}:{port}" for name, port in console_ports.items()} | dict(upstreams or {})
+    timeout = {name: 5.0 for name in CHANNELS} | dict(route_timeouts or {})
     routes = "".join(
         f'[[routes]]\nchannel = "{name}"\nprefix = "/{name}/"\nupstream = "{upstream[name]}"\n'
-        f"allowed_groups = {list(groups)!r}\ntimeout_seconds = {route_timeout_seconds:g}\n\n".replace("'", '"')
+        f"allowed_groups = {list(groups)!r}\ntimeout_seconds = {timeout[name]:g}\n\n".replace("'", '"')
         for name, (_, _, groups) in CHANNELS.items()
     )
     vault_key = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -127,7 +128,8 @@ class GatewayStack:
     idle_timeout_seconds: int = 1800
     #: channel → base URL its route forwards to instead of its console (a fault proxy in front of it)
     upstreams: dict[str, str] = field(default_factory=dict)
-    route_timeout_seconds: float = 5
+    #: channel → its route's timeout in seconds (5 unless given)
+    route_timeouts: dict[str, float] = field(default_factory=dict)
     _children: list[ChildProcess] = field(default_factory=list)
     _gateways: list[ChildProcess] = field(default_factory=list)
 
@@ -163,7 +165,7 @@ class GatewayStack:
                 admin_token=self.admin_token,
                 idle_timeout_seconds=self.idle_timeout_seconds,
                 upstreams=self.upstreams,
-                route_timeout_seconds=self.route_timeout_seconds,
+                route_timeouts=self.route_timeouts,
             ),
             encoding="utf-8",
         )
@@ -233,14 +235,18 @@ class GatewayStack:
             self._children.append(gateway)
             self._gateways.append(gateway)
             gateway.start()
-        for index, gateway in enumerate(self._gateways):
-            gateway.wait_until(
-                lambda i=index: _url_ok(f"{self.url(i)}/.channelgate/readyz"), timeout=30, what="readiness"
-            )
+        for index in range(len(self._gateways)):
+            self.wait_ready(index)
         for channel, port in self.console_ports.items():
             self._children[list(CHANNELS).index(channel)].wait_until(
                 lambda p=port: _url_ok(f"http://{LOOPBACK}:{p}/"), timeout=30, what="HTTP"
             )
+
+    def wait_ready(self, replica: int) -> None:
+        """Wait until the replica answers its readiness check with 200 (its database and session store are up)."""
+        self._gateways[replica].wait_until(
+            lambda: _url_ok(f"{self.url(replica)}/.channelgate/readyz"), timeout=30, what="readiness"
+        )
 
     def replica_pid(self, replica: int) -> int:
         """The process id of a running gateway replica (for /proc and signals)."""
@@ -252,6 +258,12 @@ class GatewayStack:
     def kill_replica(self, replica: int) -> None:
         """SIGKILL one gateway replica, as a crash would: no shutdown, its connections are cut."""
         self._gateways[replica].kill()
+
+    def restart_replica(self, replica: int) -> None:
+        """Start a stopped or killed replica again on its port (same configuration) and wait until it is ready."""
+        if not self._gateways[replica].running:
+            self._gateways[replica].start()
+            self.wait_ready(replica)
 
     def gateway_logs(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in sorted(self.base_dir.glob("gateway-*.log")))

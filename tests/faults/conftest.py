@@ -1,24 +1,38 @@
-"""What the fault tests share: a gateway stack of real processes per module, agents to sign in, small probes.
+"""What the fault tests share: one gateway stack of real processes, agents to sign in, small probes.
 
-Each module starts one ``GatewayStack`` (gateway replicas, demo consoles, an oidc-provider) and reuses it across
-its tests, since starting one costs seconds; a test leaves the dependency it broke running again. Agents are
-one-off accounts (``agent01`` ...), so a test that deprovisions one never disturbs another test.
+Starting a stack costs seconds, so every module shares one: two replicas on a Redis and a PostgreSQL cluster of
+their own, so both can be killed without disturbing the rest of the suite. Redis keeps an append-only file, as
+operators run it. The mail route goes through a fault proxy's port (``FAULTED_CHANNEL``, with a short timeout);
+the console tests start the proxy there. The ``stack`` fixture brings back whatever an earlier test left broken
+before each test. Agents are one-off accounts (``agent01`` ...), so a test that deprovisions one never disturbs
+another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.components.browserless_login import login
 from tests.components.gateway import GatewayStack
 from tests.components.oidc_provider import DEMO_PASSWORD, STANDARD_ACCOUNTS, OidcAccount, OidcProvider, provider_config
+from tests.components.ports import LOOPBACK, free_port
+from tests.components.postgres_server import PostgresServer
+from tests.components.redis_server import RedisServer
 
 JSON = {"Accept": "application/json"}
+#: The shared stack's database on ``fault_postgres``.
+DATABASE = "channelgate_faults"
+#: The channel whose route goes through the fault proxy's port, and that route's timeout (seconds).
+FAULTED_CHANNEL = "mail"
+FAULTED_ROUTE_TIMEOUT = 1.0
 
 #: One-off chat agents: a test that deprovisions one takes its own.
 AGENTS: tuple[OidcAccount, ...] = tuple(
@@ -40,16 +54,12 @@ def running_stack(
     database_url: str,
     redis_url: str | None,
     replicas: int,
-    upstreams: dict[str, str] | None = None,
-    route_timeout_seconds: float = 5,
+    upstreams: dict[str, str],
+    route_timeouts: dict[str, float],
 ) -> Iterator[GatewayStack]:
     """An oidc-provider and a started ``GatewayStack`` (replicas as child processes), stopped afterwards."""
     stack = GatewayStack(
-        issuer="",
-        database_url=database_url,
-        redis_url=redis_url,
-        upstreams=dict(upstreams or {}),
-        route_timeout_seconds=route_timeout_seconds,
+        issuer="", database_url=database_url, redis_url=redis_url, upstreams=upstreams, route_timeouts=route_timeouts
     )
     stack.allocate(replicas=replicas)
     with OidcProvider(provider_config(stack.redirect_uris, accounts=STANDARD_ACCOUNTS + AGENTS)) as provider:
@@ -60,6 +70,57 @@ def running_stack(
         finally:
             stack.stop()
             shutil.rmtree(stack.base_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def fault_redis() -> Iterator[RedisServer]:
+    """The shared stack's Redis, with an append-only file."""
+    with RedisServer(appendonly=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def fault_postgres() -> Iterator[PostgresServer]:
+    """The shared stack's PostgreSQL cluster (under /tmp, where the postgres user can reach it)."""
+    base_dir = Path(tempfile.mkdtemp(prefix="channelgate-pg-faults-"))
+    try:
+        with PostgresServer(base_dir) as server:
+            yield server
+    finally:
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def fault_proxy_port() -> int:
+    """Where the faulted channel's route goes: a ``FaultProxy`` listens here while a console test runs."""
+    return free_port()
+
+
+@pytest.fixture(scope="package")
+def fault_stack(
+    fault_redis: RedisServer, fault_postgres: PostgresServer, fault_proxy_port: int
+) -> Iterator[GatewayStack]:
+    with running_stack(
+        database_url=fault_postgres.create_database(DATABASE),
+        redis_url=fault_redis.url,
+        replicas=2,
+        upstreams={FAULTED_CHANNEL: f"http://{LOOPBACK}:{fault_proxy_port}"},
+        route_timeouts={FAULTED_CHANNEL: FAULTED_ROUTE_TIMEOUT},
+    ) as started:
+        yield started
+
+
+@pytest.fixture
+def stack(fault_stack: GatewayStack, fault_redis: RedisServer, fault_postgres: PostgresServer) -> GatewayStack:
+    """The shared stack with Redis, PostgreSQL and both replicas running and ready, whatever a test before broke."""
+    if not fault_redis.running:
+        fault_redis.start()
+    if not fault_postgres.running:
+        fault_postgres.start()
+    for replica in range(len(fault_stack.gateway_ports)):
+        fault_stack.restart_replica(replica)
+        fault_stack.wait_ready(replica)
+    return fault_stack
 
 
 async def sign_in(stack: GatewayStack, user: str) -> httpx.AsyncClient:

@@ -1,10 +1,11 @@
 """Network faults between the gateway and a channel console, through our fault proxy (issue 8, item 3).
 
-The chat route goes to the chat console through ``FaultProxy`` with a 1 s route timeout; the gateway is a real
-``channelgate serve`` process. Latency past the timeout and a console that swallows requests are 504s that
-come back within the timeout; a reset or a refused connection is a 502 that says the console could not be
-reached; every one leaves an access-log record. After a storm of them the gateway holds no more descriptors,
-upstream connections or asyncio tasks than before, and serves again as soon as the fault is gone.
+The shared stack's mail route goes to the mail console through ``FaultProxy`` with a 1 s route timeout; the
+gateway replicas are real ``channelgate serve`` processes. Latency past the timeout and a console that swallows
+requests are 504s that come back within the timeout; a reset or a refused connection is a 502 that says the
+console could not be reached; every one leaves an access-log record. After a storm of them the gateway holds no
+more descriptors, threads, upstream connections or asyncio tasks than before, and serves again as soon as the
+fault is gone.
 """
 
 from __future__ import annotations
@@ -12,12 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
-import sqlite3
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -25,50 +22,27 @@ import pytest
 from tests.components.echo_gateway import eventually
 from tests.components.fault_proxy import FaultProxy, Mode
 from tests.components.gateway import GatewayStack
-from tests.components.ports import LOOPBACK, free_port
-from tests.faults.conftest import JSON, no_traceback, running_stack, sign_in
+from tests.components.postgres_server import PostgresServer
+from tests.faults.conftest import DATABASE, FAULTED_CHANNEL, FAULTED_ROUTE_TIMEOUT, JSON, no_traceback, sign_in
 
-pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.oidc, pytest.mark.timeout(90)]
 
-ROUTE_TIMEOUT = 1.0
+ROUTE_TIMEOUT = FAULTED_ROUTE_TIMEOUT
 #: Slack for a loaded 2-core machine between the gateway's timer firing and the answer reaching the test.
 ANSWER_SLACK = 0.8
-
-
-@pytest.fixture(scope="module")
-def proxy_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def database_file() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="channelgate-faults-"))
-    yield directory / "channelgate.db"
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def stack(proxy_port: int, database_file: Path) -> Iterator[GatewayStack]:
-    """One replica on SQLite with in-memory sessions; its chat route goes through the fault proxy."""
-    with running_stack(
-        database_url=f"sqlite+aiosqlite:///{database_file}",
-        redis_url=None,
-        replicas=1,
-        upstreams={"chat": f"http://{LOOPBACK}:{proxy_port}"},
-        route_timeout_seconds=ROUTE_TIMEOUT,
-    ) as started:
-        yield started
+PREFIX = f"/{FAULTED_CHANNEL}/"
 
 
 @pytest.fixture
-async def proxy(stack: GatewayStack, proxy_port: int) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(target_port=stack.console_ports["chat"], port=proxy_port) as started:
+async def proxy(stack: GatewayStack, fault_proxy_port: int) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(target_port=stack.console_ports[FAULTED_CHANNEL], port=fault_proxy_port) as started:
         yield started
 
 
 @pytest.fixture
 async def agent(stack: GatewayStack, proxy: FaultProxy) -> AsyncIterator[httpx.AsyncClient]:
-    client = await sign_in(stack, "bob")
+    """alice (in mail-agents), served through the proxy."""
+    client = await sign_in(stack, "alice")
     client.timeout = httpx.Timeout(10.0)
     try:
         await eventually(lambda: _served(stack, client))
@@ -77,8 +51,13 @@ async def agent(stack: GatewayStack, proxy: FaultProxy) -> AsyncIterator[httpx.A
         await client.aclose()
 
 
+def _url(stack: GatewayStack, marker: str) -> str:
+    """A faulted-route URL whose query key names the request in the access log (values are never logged)."""
+    return f"{stack.url()}{PREFIX}?{marker}"
+
+
 async def _served(stack: GatewayStack, client: httpx.AsyncClient, marker: str = "ok") -> bool:
-    response = await client.get(f"{stack.url()}/chat/?{marker}", headers=JSON)
+    response = await client.get(_url(stack, marker), headers=JSON)
     return response.status_code == 200
 
 
@@ -88,18 +67,20 @@ async def _timed(client: httpx.AsyncClient, url: str) -> tuple[httpx.Response, f
     return response, time.monotonic() - started
 
 
-def _records(database: Path, marker: str) -> list[tuple[int, str | None]]:
-    """(status, detail) of the request records whose path carries ``marker`` as its query key."""
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        rows = db.execute(
-            "SELECT status, detail FROM access_log WHERE kind = 'request' AND path = ?", (f"/chat/?{marker}",)
-        ).fetchall()
-    return [(int(status), detail) for status, detail in rows]
+def _records(postgres: PostgresServer, marker: str) -> list[tuple[int, str]]:
+    """(status, detail) of the request records of ``marker``."""
+    assert re.fullmatch(r"\w+", marker), marker  # an identifier: safe inside the SQL text
+    rows = postgres.execute(
+        "SELECT status, coalesce(detail::text, '') FROM access_log "  # noqa: S608 - marker checked above
+        f"WHERE kind = 'request' AND path = '{PREFIX}?{marker}'",
+        DATABASE,
+    )
+    return [(int(status), detail) for status, detail in (line.split("|", 1) for line in rows.splitlines())]
 
 
-async def _recorded(database: Path, marker: str) -> list[tuple[int, str | None]]:
+async def _recorded(postgres: PostgresServer, marker: str) -> list[tuple[int, str]]:
     """The records of ``marker``'s requests, once the batched writer committed them."""
-    rows: list[tuple[int, str | None]] = await eventually(lambda: asyncio.to_thread(_records, database, marker), 5)
+    rows: list[tuple[int, str]] = await eventually(lambda: asyncio.to_thread(_records, postgres, marker), 5)
     return rows
 
 
@@ -111,18 +92,18 @@ async def _cut_pooled(proxy: FaultProxy) -> None:
 
 
 async def test_latency_past_the_route_timeout_is_a_504_within_the_timeout_and_is_recorded(
-    stack: GatewayStack, proxy: FaultProxy, agent: httpx.AsyncClient, database_file: Path
+    stack: GatewayStack, proxy: FaultProxy, agent: httpx.AsyncClient, fault_postgres: PostgresServer
 ) -> None:
     proxy.latency = ROUTE_TIMEOUT + 2.0
 
-    response, elapsed = await _timed(agent, f"{stack.url()}/chat/?slow")
+    response, elapsed = await _timed(agent, _url(stack, "slow"))
 
     assert response.status_code == 504, response.text[:300]
     no_traceback(response)
     assert response.json()["error"] == "upstream_timeout"
     assert f"within {ROUTE_TIMEOUT:g} second" in response.json()["message"]
     assert ROUTE_TIMEOUT - 0.1 <= elapsed < ROUTE_TIMEOUT + ANSWER_SLACK
-    [(status, detail)] = await _recorded(database_file, "slow")
+    [(status, detail)] = await _recorded(fault_postgres, "slow")
     assert status == 504 and detail is not None and "upstream_timeout" in detail
 
     await proxy.clear()
@@ -130,12 +111,12 @@ async def test_latency_past_the_route_timeout_is_a_504_within_the_timeout_and_is
 
 
 async def test_a_reset_connection_is_a_502_saying_the_console_could_not_be_reached(
-    stack: GatewayStack, proxy: FaultProxy, agent: httpx.AsyncClient, database_file: Path
+    stack: GatewayStack, proxy: FaultProxy, agent: httpx.AsyncClient, fault_postgres: PostgresServer
 ) -> None:
     resets_before = proxy.counts.resets
     await proxy.set_mode("reset")
 
-    response, elapsed = await _timed(agent, f"{stack.url()}/chat/?reset")
+    response, elapsed = await _timed(agent, _url(stack, "reset"))
 
     assert proxy.counts.resets > resets_before
     assert response.status_code == 502, response.text[:300]
@@ -143,7 +124,7 @@ async def test_a_reset_connection_is_a_502_saying_the_console_could_not_be_reach
     assert response.json()["error"] == "upstream_error"
     assert "could not be reached" in response.json()["message"]
     assert elapsed < ROUTE_TIMEOUT  # a reset is answered at once, not after the timeout
-    [(status, detail)] = await _recorded(database_file, "reset")
+    [(status, detail)] = await _recorded(fault_postgres, "reset")
     assert status == 502 and detail is not None and "upstream_error" in detail
 
     await proxy.clear()
@@ -151,18 +132,18 @@ async def test_a_reset_connection_is_a_502_saying_the_console_could_not_be_reach
 
 
 async def test_a_blackholed_console_is_a_504_after_the_route_timeout(
-    stack: GatewayStack, proxy: FaultProxy, agent: httpx.AsyncClient, database_file: Path
+    stack: GatewayStack, proxy: FaultProxy, agent: httpx.AsyncClient, fault_postgres: PostgresServer
 ) -> None:
     await proxy.set_mode("blackhole")
     await _cut_pooled(proxy)  # a new connection: accepted by the proxy, never forwarded
 
-    response, elapsed = await _timed(agent, f"{stack.url()}/chat/?blackhole")
+    response, elapsed = await _timed(agent, _url(stack, "blackhole"))
 
     assert proxy.counts.blackholed >= 1
     assert response.status_code == 504, response.text[:300]
     no_traceback(response)
     assert ROUTE_TIMEOUT - 0.1 <= elapsed < ROUTE_TIMEOUT + ANSWER_SLACK
-    [(status, _)] = await _recorded(database_file, "blackhole")
+    [(status, _)] = await _recorded(fault_postgres, "blackhole")
     assert status == 504
     # The gateway gave up on the connection: the proxy sees it closed, nothing is left hanging.
     assert await proxy.wait_until_idle() == 0
@@ -172,18 +153,18 @@ async def test_a_blackholed_console_is_a_504_after_the_route_timeout(
 
 
 async def test_a_refused_connection_is_a_502_at_once(
-    stack: GatewayStack, proxy: FaultProxy, agent: httpx.AsyncClient, database_file: Path
+    stack: GatewayStack, proxy: FaultProxy, agent: httpx.AsyncClient, fault_postgres: PostgresServer
 ) -> None:
     await proxy.set_mode("refuse")
     await _cut_pooled(proxy)
 
-    response, elapsed = await _timed(agent, f"{stack.url()}/chat/?refused")
+    response, elapsed = await _timed(agent, _url(stack, "refused"))
 
     assert response.status_code == 502, response.text[:300]
     no_traceback(response)
     assert "could not be reached" in response.json()["message"]
     assert elapsed < ROUTE_TIMEOUT
-    [(status, _)] = await _recorded(database_file, "refused")
+    [(status, _)] = await _recorded(fault_postgres, "refused")
     assert status == 502
 
     await proxy.clear()
@@ -207,9 +188,7 @@ async def _tasks(stack: GatewayStack) -> int:
 
 
 async def _burst(stack: GatewayStack, client: httpx.AsyncClient, marker: str, size: int) -> list[int]:
-    responses = await asyncio.gather(
-        *(client.get(f"{stack.url()}/chat/?{marker}_{i}", headers=JSON) for i in range(size))
-    )
+    responses = await asyncio.gather(*(client.get(_url(stack, f"{marker}_{i}"), headers=JSON) for i in range(size)))
     return [response.status_code for response in responses]
 
 

@@ -11,11 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,47 +18,9 @@ import pytest
 from tests.components.echo_gateway import eventually
 from tests.components.gateway import GatewayStack
 from tests.components.postgres_server import PostgresServer
-from tests.components.redis_server import RedisServer
-from tests.faults.conftest import JSON, admin_get, admin_post, no_traceback, running_stack, sign_in, status_of
+from tests.faults.conftest import DATABASE, JSON, admin_get, admin_post, no_traceback, sign_in, status_of
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.oidc, pytest.mark.timeout(90)]
-
-DATABASE = "channelgate_faults"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    """This module's own cluster, so it can be stopped under the gateway."""
-    base_dir = Path(tempfile.mkdtemp(prefix="channelgate-pg-faults-"))
-    try:
-        with PostgresServer(base_dir) as server:
-            yield server
-    finally:
-        shutil.rmtree(base_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def stack(postgres: PostgresServer, redis_server: RedisServer) -> Iterator[GatewayStack]:
-    name = f"{DATABASE}_{uuid.uuid4().hex[:8]}"
-    if not redis_server.running:
-        redis_server.start()
-    redis_server.flushall()
-    with running_stack(database_url=postgres.create_database(name), redis_url=redis_server.url, replicas=1) as started:
-        yield started
-
-
-@pytest.fixture
-def postgres_up(postgres: PostgresServer) -> Iterator[PostgresServer]:
-    """PostgreSQL running at the start of the test, and again after it whatever the test did."""
-    if not postgres.running:
-        postgres.start()
-    yield postgres
-    if not postgres.running:
-        postgres.start()
-
-
-def _database_of(stack: GatewayStack) -> str:
-    return stack.database_url.rsplit("/", 1)[1]
 
 
 async def _ready(stack: GatewayStack) -> bool:
@@ -71,11 +28,11 @@ async def _ready(stack: GatewayStack) -> bool:
 
 
 async def test_deprovisioning_answers_503_with_a_message_while_postgres_is_down_and_succeeds_once_it_is_back(
-    stack: GatewayStack, postgres_up: PostgresServer
+    stack: GatewayStack, fault_postgres: PostgresServer
 ) -> None:
     agent = await sign_in(stack, "agent06")
     try:
-        await asyncio.to_thread(postgres_up.stop)
+        await asyncio.to_thread(fault_postgres.stop)
 
         for refused in (
             await admin_get(stack, "/agents/agent06"),
@@ -90,7 +47,7 @@ async def test_deprovisioning_answers_503_with_a_message_while_postgres_is_down_
         assert "Traceback" not in by_cli.stderr and "database" in by_cli.stderr, by_cli.stderr
         assert await status_of(stack, "/.channelgate/readyz") == 503
 
-        await asyncio.to_thread(postgres_up.start)
+        await asyncio.to_thread(fault_postgres.start)
         await eventually(lambda: _ready(stack), timeout=15)
 
         # Nothing was half done: the agent is still active and served until a deprovisioning succeeds.
@@ -127,7 +84,7 @@ async def _audit_queue(stack: GatewayStack) -> int:
 
 def _request_records(postgres: PostgresServer, database: str) -> dict[str, list[int]]:
     rows = postgres.execute(
-        "SELECT substr(path, 8), status FROM access_log WHERE kind = 'request' AND path LIKE '/chat/?load%'",
+        "SELECT substr(path, 8), status FROM access_log WHERE kind = 'request' AND path LIKE '/chat/?pgload%'",
         database,
     )
     found: dict[str, list[int]] = {}
@@ -138,19 +95,19 @@ def _request_records(postgres: PostgresServer, database: str) -> dict[str, list[
 
 
 async def test_requests_across_a_postgres_restart_all_keep_their_access_log_record_and_the_chain_verifies(
-    stack: GatewayStack, postgres_up: PostgresServer
+    stack: GatewayStack, fault_postgres: PostgresServer
 ) -> None:
     agent = await sign_in(stack, "agent07")
     answers: dict[str, int] = {}
     stop = asyncio.Event()
     try:
-        load = [asyncio.create_task(_hammer(agent, stack, f"load{n}", answers, stop)) for n in range(2)]
+        load = [asyncio.create_task(_hammer(agent, stack, f"pgload{n}", answers, stop)) for n in range(2)]
         await asyncio.sleep(0.5)
-        await asyncio.to_thread(postgres_up.stop)
+        await asyncio.to_thread(fault_postgres.stop)
         await asyncio.sleep(1.0)
         waiting = await _audit_queue(stack)
         await asyncio.sleep(0.5)
-        await asyncio.to_thread(postgres_up.start)
+        await asyncio.to_thread(fault_postgres.start)
         await eventually(lambda: _ready(stack), timeout=15)
         await asyncio.sleep(0.5)
         stop.set()
@@ -163,10 +120,9 @@ async def test_requests_across_a_postgres_restart_all_keep_their_access_log_reco
     # queued meanwhile; each has its record once the queue could be written again: none lost, none twice.
     assert waiting > 0, "no record was waiting for the database during the outage"
     assert set(answers.values()) == {200}
-    database = _database_of(stack)
     wanted = {marker: [status] for marker, status in answers.items()}
     found = await eventually(
-        lambda: _all_recorded(postgres_up, database, wanted),
+        lambda: _all_recorded(fault_postgres, DATABASE, wanted),
         timeout=15,
     )
     assert found == wanted

@@ -13,8 +13,6 @@ in gateway/deprovision/kill.py nothing retried it, and the session came back wit
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -24,42 +22,12 @@ from tests.components.echo_gateway import eventually
 from tests.components.gateway import GatewayStack
 from tests.components.postgres_server import PostgresServer
 from tests.components.redis_server import RedisServer
-from tests.faults.conftest import JSON, admin_post, no_traceback, running_stack, sign_in, status_of
+from tests.faults.conftest import DATABASE, JSON, admin_post, no_traceback, sign_in, status_of
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.oidc, pytest.mark.timeout(90)]
 
 HTML = {"Accept": "text/html"}
 REPLICAS = (0, 1)
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    """This module's own Redis, with an append-only file, so it can be killed under the gateway."""
-    with RedisServer(appendonly=True) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def database(postgres_server: PostgresServer) -> Iterator[str]:
-    name = f"faults_redis_{uuid.uuid4().hex[:12]}"
-    yield postgres_server.create_database(name)
-    postgres_server.drop_database(name)
-
-
-@pytest.fixture(scope="module")
-def stack(redis: RedisServer, database: str) -> Iterator[GatewayStack]:
-    with running_stack(database_url=database, redis_url=redis.url, replicas=2) as started:
-        yield started
-
-
-@pytest.fixture
-def redis_up(redis: RedisServer) -> Iterator[RedisServer]:
-    """Redis running at the start of the test, and again after it whatever the test did."""
-    if not redis.running:
-        redis.start()
-    yield redis
-    if not redis.running:
-        redis.start()
 
 
 async def _statuses(client: httpx.AsyncClient, stack: GatewayStack, marker: str) -> dict[int, int]:
@@ -75,14 +43,14 @@ def _cookie(client: httpx.AsyncClient) -> dict[str, str]:
 
 
 async def test_redis_down_is_a_503_on_every_replica_and_service_resumes_by_itself_when_it_is_back(
-    stack: GatewayStack, redis_up: RedisServer, postgres_server: PostgresServer, database: str
+    stack: GatewayStack, fault_redis: RedisServer, fault_postgres: PostgresServer
 ) -> None:
     agent = await sign_in(stack, "agent01")
     try:
         assert await _statuses(agent, stack, "before") == {0: 200, 1: 200}
         pids = [stack.replica_pid(r) for r in REPLICAS]
 
-        redis_up.kill()
+        fault_redis.kill()
 
         for replica in REPLICAS:
             refused = await agent.get(f"{stack.url(replica)}/chat/?during", headers=JSON)
@@ -94,7 +62,7 @@ async def test_redis_down_is_a_503_on_every_replica_and_service_resumes_by_itsel
             assert page.status_code == 503 and "Traceback" not in page.text
             assert await status_of(stack, "/.channelgate/readyz", replica) == 503
 
-        await asyncio.to_thread(redis_up.start)
+        await asyncio.to_thread(fault_redis.start)
 
         await eventually(lambda: _all_ready(stack), timeout=10)
         # The same session, on both replicas, without restarting either: the pool reconnected by itself.
@@ -103,16 +71,15 @@ async def test_redis_down_is_a_503_on_every_replica_and_service_resumes_by_itsel
     finally:
         await agent.aclose()
     # Nothing passed while Redis was down: every request of the outage was refused before any console.
-    database_name = database.rsplit("/", 1)[1]
-    during = postgres_server.execute(
+    during = fault_postgres.execute(
         "SELECT status, coalesce(decision, '-') FROM access_log WHERE path LIKE '/chat/?during%' ORDER BY seq",
-        database_name,
+        DATABASE,
     ).splitlines()
     assert during == ["503|-"] * 4
 
 
 async def test_a_session_revoked_before_redis_is_killed_stays_revoked_after_the_restart(
-    stack: GatewayStack, redis_up: RedisServer
+    stack: GatewayStack, fault_redis: RedisServer
 ) -> None:
     logged_out = await sign_in(stack, "agent02")
     kept = await sign_in(stack, "agent02")
@@ -123,8 +90,8 @@ async def test_a_session_revoked_before_redis_is_killed_stays_revoked_after_the_
         signed_out = await logged_out.post(stack.url(0) + "/.channelgate/logout", follow_redirects=False)
         assert signed_out.status_code == 303
 
-        redis_up.kill()  # at once: the deletions must already be in the append-only file
-        await asyncio.to_thread(redis_up.start)
+        fault_redis.kill()  # at once: the deletions must already be in the append-only file
+        await asyncio.to_thread(fault_redis.start)
         await eventually(lambda: _all_ready(stack), timeout=10)
 
         async with httpx.AsyncClient() as client:
@@ -155,12 +122,12 @@ async def _after_restart(redis: RedisServer, agent: httpx.AsyncClient, stack: Ga
 
 
 async def test_deprovisioning_while_redis_is_down_answers_503_and_the_kill_lands_as_soon_as_redis_is_back(
-    stack: GatewayStack, redis_up: RedisServer, postgres_server: PostgresServer, database: str
+    stack: GatewayStack, fault_redis: RedisServer, fault_postgres: PostgresServer
 ) -> None:
     agent = await sign_in(stack, "agent04")
     try:
         assert await _statuses(agent, stack, "before") == {0: 200, 1: 200}
-        redis_up.kill()
+        fault_redis.kill()
 
         refused = await admin_post(stack, "/agents/agent04/deprovision", {"reason": "left"})
 
@@ -170,16 +137,16 @@ async def test_deprovisioning_while_redis_is_down_answers_503_and_the_kill_lands
         assert "is disabled" in refused.json()["message"]
         # The replica that took it keeps ending the sessions until Redis answers: they never come back for longer
         # than one retry interval (a request racing the retry on the first moment Redis is back can still pass).
-        served = await _after_restart(redis_up, agent, stack)
+        served = await _after_restart(fault_redis, agent, stack)
         assert all(moment < RETRY_MAX_DELAY + 0.5 for moment in served), served
     finally:
         await agent.aclose()
     # The kill that landed late is recorded, with the attempts it took (after waiting for the replicas' acks).
     revoked = await eventually(
         lambda: asyncio.to_thread(
-            postgres_server.execute,
+            fault_postgres.execute,
             "SELECT detail FROM access_log WHERE kind = 'sessions_revoked' AND agent_name = 'agent04'",
-            database.rsplit("/", 1)[1],
+            DATABASE,
         ),
         timeout=5,
     )
@@ -189,7 +156,7 @@ async def test_deprovisioning_while_redis_is_down_answers_503_and_the_kill_lands
 
 
 async def test_a_scim_deactivation_while_redis_is_down_is_refused_and_its_kill_lands_once_redis_is_back(
-    stack: GatewayStack, redis_up: RedisServer
+    stack: GatewayStack, fault_redis: RedisServer
 ) -> None:
     token = (await asyncio.to_thread(stack.cli, "scim-tokens", "create", "entra")).stdout.strip()
     agent = await sign_in(stack, "agent05")
@@ -200,7 +167,7 @@ async def test_a_scim_deactivation_while_redis_is_down_is_refused_and_its_kill_l
     try:
         found = (await scim.get("/Users", params={"filter": 'userName eq "agent05"'})).json()
         agent_id = found["Resources"][0]["id"]
-        redis_up.kill()
+        fault_redis.kill()
 
         disable = {
             "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
@@ -211,7 +178,7 @@ async def test_a_scim_deactivation_while_redis_is_down_is_refused_and_its_kill_l
         assert refused.status_code == 503, refused.text
         assert "Traceback" not in refused.text
         assert refused.json()["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"]
-        served = await _after_restart(redis_up, agent, stack)
+        served = await _after_restart(fault_redis, agent, stack)
         assert all(moment < RETRY_MAX_DELAY + 0.5 for moment in served), served
         assert (await scim.get(f"/Users/{agent_id}")).json()["active"] is False
     finally:
