@@ -11,13 +11,18 @@ a logged-in agent's cookie.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+
+from bench.revocation import percentile
 from bench.stack import SESSION_COOKIE, Gateway, session_cookie
 from bench.wrk import WrkResult, run_wrk
 from tests.components.gateway import ROOT
@@ -25,6 +30,7 @@ from tests.components.ports import LOOPBACK, free_port, wait_for_port
 from tests.components.process import ChildProcess, require_executable
 
 GOAL_RATIO = 0.4
+CACHE_ENV = "CHANNELGATE_SESSIONS__LOCAL_CACHE_SECONDS"
 
 CONFIG = """
 daemon off;
@@ -41,8 +47,7 @@ http {{
     scgi_temp_path {dir}/scgi;
     keepalive_requests 1000000;
     upstream origin {{ server {host}:{upstream}; keepalive 64; }}
-    upstream channelgate {{ server {host}:{gateway}; keepalive 64; }}
-    upstream trivial {{ server {host}:{trivial}; keepalive 64; }}
+{decider_upstreams}
     server {{ listen {host}:{upstream}; location / {{ default_type text/plain; return 200 "ok\\n"; }} }}
     server {{
         listen {host}:{proxy};
@@ -85,6 +90,7 @@ class ForwardAuthResult:
     duration: float
     rounds: list[dict[str, WrkResult]] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    revocations: list[RevocationTrial] = field(default_factory=list)
 
     def median(self, target: str, attribute: str) -> float:
         return float(statistics.median(getattr(r[target], attribute) for r in self.rounds))
@@ -94,18 +100,24 @@ class ForwardAuthResult:
 
 
 class _Nginx:
-    def __init__(self, work: Path, gateway_port: int, trivial_port: int, secret: str) -> None:
+    """``deciders``: name → port of a decision endpoint; each gets an ``auth_request`` server of its own."""
+
+    def __init__(self, work: Path, deciders: dict[str, int], secret: str) -> None:
         self.dir = work
-        self.ports = {name: free_port() for name in ("upstream", "nginx", "channelgate", "trivial")}
+        self.ports = {name: free_port() for name in ("upstream", "nginx", *deciders)}
         auth = "".join(
-            AUTH_SERVER.format(host=LOOPBACK, port=self.ports[name], decider=name, secret=secret)
-            for name in ("channelgate", "trivial")
+            AUTH_SERVER.format(host=LOOPBACK, port=self.ports[name], decider=name.replace("-", "_"), secret=secret)
+            for name in deciders
+        )
+        upstreams = "\n".join(
+            f"    upstream {name.replace('-', '_')} {{ server {LOOPBACK}:{port}; keepalive 64; }}"
+            for name, port in deciders.items()
         )
         conf = work / "nginx.conf"
         conf.write_text(
             CONFIG.format(
                 dir=work, host=LOOPBACK, upstream=self.ports["upstream"], proxy=self.ports["nginx"],
-                gateway=gateway_port, trivial=trivial_port, auth_servers=auth,
+                decider_upstreams=upstreams, auth_servers=auth,
             )
         )  # fmt: skip
         self.process = ChildProcess(
@@ -123,58 +135,158 @@ class _Nginx:
             wait_for_port(LOOPBACK, port, timeout=10)
 
 
-#: Gateway variants: label → (description, extra [sessions] TOML is not possible: a table is set once).
-VARIANTS: dict[str, str] = {
-    "channelgate": "(c) nginx `auth_request` → channelgate (Redis sessions, read on every request)",
+#: Gateway variants: target name → (label, ``[sessions] local_cache_seconds``).
+VARIANTS: dict[str, tuple[str, float]] = {
+    "channelgate": ("(c) nginx `auth_request` → channelgate, Redis sessions read on every request", 0.0),
+    "channelgate-cached": ("(d) the same with `[sessions] local_cache_seconds = 2` (in-process session cache)", 2.0),
 }
 
 
+@dataclass
+class RevocationTrial:
+    variant: str
+    #: Seconds from the deprovision call's start until nginx refused the agent.
+    refused_after: float
+    call_seconds: float
+    #: Requests sent after the call returned that were still let through (must be 0).
+    late_allows: int
+
+
+class ForwardAuthBench:
+    """The gateways are made first: the OpenID provider must know their redirect URIs before it starts."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="channelgate-bench-fa-"))
+        self.secret = secrets.token_urlsafe(32)
+        self.gateways: dict[str, Gateway] = {}
+        for name in VARIANTS:
+            gateway = Gateway(name, f"sqlite+aiosqlite:///{self.work}/{name}.db", free_port(), redis_url)
+            gateway.extra_toml = f'\n[forward_auth]\nenabled = true\nsecret = "{self.secret}"\n'
+            self.gateways[name] = gateway
+
+    @property
+    def redirect_uris(self) -> list[str]:
+        return [uri for gateway in self.gateways.values() for uri in gateway.redirect_uris]
+
+    def run(
+        self, *, issuer: str, duration: float, warmup: float, rounds: int, trials: int, first_agent: int = 0
+    ) -> ForwardAuthResult:
+        return run_forward_auth(
+            self, issuer=issuer, duration=duration, warmup=warmup, rounds=rounds, trials=trials,
+            first_agent=first_agent,
+        )  # fmt: skip
+
+
 def run_forward_auth(
-    *, issuer: str, redis_url: str, duration: float, warmup: float, rounds: int, variants: dict[str, str] | None = None
+    bench: ForwardAuthBench,
+    *,
+    issuer: str,
+    duration: float,
+    warmup: float,
+    rounds: int,
+    trials: int,
+    first_agent: int = 0,
 ) -> ForwardAuthResult:
-    work = Path(tempfile.mkdtemp(prefix="channelgate-bench-fa-"))
-    secret = secrets.token_urlsafe(32)
-    gateway_port, trivial_port = free_port(), free_port()
-    gateway = Gateway("forward-auth", f"sqlite+aiosqlite:///{work}/fa.db", free_port(), redis_url)
-    gateway.ports = [gateway_port]
-    gateway.extra_toml = f'\n[forward_auth]\nenabled = true\nsecret = "{secret}"\n'
+    """Both gateway variants and the trivial endpoint stay up behind one nginx; wrk runs over the targets in
+    alternating order per round; then ``trials`` deprovisionings per variant, each of a fresh agent
+    ``agentNNN`` (from ``first_agent``) polled through nginx."""
+    work, gateways = bench.work, bench.gateways
+    trivial_port = free_port()
     trivial = ChildProcess(
         [sys.executable, "-m", "bench.trivial_auth", "--port", str(trivial_port)],
         work / "trivial.log",
         name="trivial decision endpoint",
         cwd=ROOT,
     )
-    nginx = _Nginx(work, gateway_port, trivial_port, secret)
+    nginx = _Nginx(work, {"trivial": trivial_port, **{n: g.ports[0] for n, g in gateways.items()}}, bench.secret)
     result = ForwardAuthResult(duration)
     result.labels = {
         "nginx": "(a) nginx `proxy_pass` → upstream (baseline)",
         "trivial": "(b) nginx `auth_request` → trivial Starlette endpoint, then `proxy_pass`",
-        **(variants or VARIANTS),
+        **{name: label for name, (label, _) in VARIANTS.items()},
     }
     try:
         trivial.start()
-        gateway.start(issuer)
+        for name, gateway in gateways.items():
+            os.environ[CACHE_ENV] = str(VARIANTS[name][1])
+            try:
+                gateway.start(issuer)
+            finally:
+                os.environ.pop(CACHE_ENV, None)
         nginx.start()
-        cookie = asyncio.run(session_cookie(gateway, "alice"))
-        headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
-        _check(nginx.url("channelgate"), headers)
+        headers = {}
+        for name, gateway in gateways.items():
+            cookie = asyncio.run(session_cookie(gateway, "alice"))
+            headers[name] = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+            _check(nginx.url(name), headers[name])
+        headers["nginx"] = headers["trivial"] = headers["channelgate"]
+        order = ["nginx", "trivial", *gateways]
         for number in range(rounds):
             measured: dict[str, WrkResult] = {}
-            order = ["nginx", "trivial", "channelgate"]
             for target in order if number % 2 == 0 else list(reversed(order)):
                 if warmup > 0:
-                    run_wrk(target, nginx.url(target), duration=warmup, headers=headers)
-                measured[target] = run_wrk(target, nginx.url(target), duration=duration, headers=headers)
+                    run_wrk(target, nginx.url(target), duration=warmup, headers=headers[target])
+                measured[target] = run_wrk(target, nginx.url(target), duration=duration, headers=headers[target])
                 m = measured[target]
                 _log(f"round {number + 1}: {target} {m.requests_per_second:,.0f} req/s p99 {m.p99_ms:.1f} ms "
                      f"non-2xx {m.non_2xx}")  # fmt: skip
             result.rounds.append(measured)
-        _check(nginx.url("channelgate"), headers)
+        for name, gateway in gateways.items():
+            _check(nginx.url(name), headers[name])
+            for trial in range(trials):
+                username = f"agent{first_agent + trial:03d}"
+                result.revocations.append(asyncio.run(_revocation_trial(gateway, nginx.url(name), name, username)))
+            worst = max(t.refused_after for t in result.revocations if t.variant == name)
+            _log(f"{name}: {trials} revocations, worst {worst * 1000:.1f} ms")
     finally:
         nginx.process.stop()
-        gateway.stop()
+        for gateway in gateways.values():
+            gateway.stop()
         trivial.stop()
     return result
+
+
+async def _revocation_trial(gateway: Gateway, url: str, variant: str, username: str) -> RevocationTrial:
+    """Poll ``url`` through nginx with the agent's session until refused; deprovision through the admin API."""
+    cookie = await session_cookie(gateway, username)
+    headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+    state: dict[str, float | None] = {"t0": None, "returned": None}
+    ready = asyncio.Event()
+
+    async def poll(http: aiohttp.ClientSession) -> tuple[float, int]:
+        late = ok = 0
+        while True:
+            sent = time.perf_counter()
+            async with http.get(url, headers=headers, allow_redirects=False) as response:
+                await response.read()
+                status = response.status
+            if status in (401, 403):
+                if state["t0"] is None:
+                    raise RuntimeError(f"{url} refused {username} before the deprovision call")
+                return time.perf_counter(), late
+            if status != 200:
+                raise RuntimeError(f"{url} answered {status} while polling")
+            ok += 1
+            returned = state["returned"]
+            if returned is not None and sent > returned:
+                late += 1
+            if ok >= 3:
+                ready.set()
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as http:
+        poller = asyncio.create_task(poll(http))
+        await asyncio.wait_for(ready.wait(), 10)
+        t0 = state["t0"] = time.perf_counter()
+        async with http.post(
+            f"{gateway.url(0)}/.channelgate/admin/agents/{username}/deprovision",
+            json={"reason": "forward-auth revocation benchmark"},
+            headers={"Authorization": f"Bearer {gateway.admin_token}"},
+        ) as response:
+            if response.status != 200:
+                raise RuntimeError(f"deprovision answered {response.status}: {await response.text()}")
+        returned = state["returned"] = time.perf_counter()
+        refused, late = await asyncio.wait_for(poller, 10)
+    return RevocationTrial(variant, refused - t0, returned - t0, late)
 
 
 def _check(url: str, headers: dict[str, str]) -> None:
@@ -210,6 +322,27 @@ def forward_auth_section(result: ForwardAuthResult) -> list[str]:
         lines.append(
             f"| {label} | {rps:,.0f} | {ratio:.2f} | {result.median(target, 'p50_ms'):.2f} | "
             f"{result.median(target, 'p99_ms'):.2f} | {non_2xx} |"
+        )
+    lines += [
+        "",
+        "### Revocation through nginx, per setting",
+        "",
+        "Per trial a fresh agent logs in, one client requests `/chat/` through nginx in a loop (so a cached session "
+        "is hot), and the admin API deprovisions the agent; the latency is from the call's start until nginx "
+        "refused. A request sent after the call returned and still let through would be a late allow (must be 0).",
+        "",
+        "| setting | trials | p50 ms | p99 ms | max ms | late allows | worst case if the broadcast dies silently |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, (label, cache) in VARIANTS.items():
+        trials = [t.refused_after * 1000 for t in result.revocations if t.variant == name]
+        if not trials:
+            continue
+        late = sum(t.late_allows for t in result.revocations if t.variant == name)
+        worst = f"{cache:g} s (the cache's lifetime)" if cache else "none: every request reads Redis"
+        lines.append(
+            f"| {label.split(' ', 1)[0]} | {len(trials)} | {percentile(trials, 50):.1f} | "
+            f"{percentile(trials, 99):.1f} | {max(trials):.1f} | {late} | {worst} |"
         )
     lines.append("")
     return lines

@@ -12,7 +12,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
@@ -122,6 +122,7 @@ async def _heartbeat(services: Services) -> None:
 
 #: The methods the inline proxy forwards; anything else goes through the router (and gets its 405).
 PROXIED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_AUTH_PATH = "/.channelgate/auth"
 #: A proxy asks /.channelgate/auth with the original method (Envoy) or with GET (nginx, Traefik).
 FORWARD_AUTH_METHODS = sorted(PROXIED_METHODS)
 #: Paths the router keeps: the home page, the gateway's own endpoints, SCIM. Everything else is proxied.
@@ -139,21 +140,26 @@ class GatewayApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if (
-            scope["type"] == "http"
-            and path != "/"
-            and not path.startswith(_NOT_PROXIED)
-            and scope["method"] in PROXIED_METHODS
-        ):
-            scope["app"] = self
-            request = Request(scope, receive)
-            try:
-                response = await proxy_http(request)
-            except Exception as exc:
-                response = await _on_error(request, exc)
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] in PROXIED_METHODS:
+            if path != "/" and not path.startswith(_NOT_PROXIED):
+                await self._direct(proxy_http, scope, receive, send)
+                return
+            if path == _AUTH_PATH or path.startswith(_AUTH_PATH + "/"):
+                # Forward-auth is a hot path too (every request through nginx / Envoy / Traefik asks it).
+                await self._direct(forward_auth, scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+    async def _direct(
+        self, endpoint: Callable[[Request], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        scope["app"] = self
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except Exception as exc:
+            response = await _on_error(request, exc)
+        await response(scope, receive, send)
 
 
 def create_app(settings: Settings, services: Services | None = None, *, freeze_heap: bool = False) -> Starlette:

@@ -31,6 +31,7 @@ after a console's 401 with a refreshed credential, and keep a cookie-jar console
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 from urllib.parse import quote
@@ -81,28 +82,43 @@ def _without_mode(query: str) -> str:
     return "&".join(part for part in query.split("&") if part and not part.startswith("mode="))
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _trusted_peer(peer: str, cidrs: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in _networks(cidrs))
+
+
 def _caller_allowed(request: Request, services: Services) -> bool:
     settings = services.settings.forward_auth
     if not settings.enabled or settings.secret is None:
         return False
     client = request.scope.get("client")
-    try:
-        peer = ipaddress.ip_address(client[0]) if client else None
-    except ValueError:
-        peer = None
-    if peer is None or not any(peer in ipaddress.ip_network(c, strict=False) for c in settings.trusted_callers):
+    if not client or not _trusted_peer(client[0], settings.trusted_callers):
         return False
     sent = request.headers.get(SECRET_HEADER, "")
     return hmac.compare_digest(sent.encode(), settings.secret.get_secret_value().encode())
+
+
+def _mode(request: Request) -> str:
+    query: bytes = request.scope.get("query_string", b"")
+    mode = request.query_params.get("mode") if b"mode=" in query else None
+    mode = (mode or request.headers.get(MODE_HEADER) or "").lower()
+    return mode if mode in _MODES else ""
 
 
 async def forward_auth(request: Request) -> Response:
     services: Services = request.app.state.services
     if not _caller_allowed(request, services):
         raise NotFound("Not found.")
-    mode = (request.query_params.get("mode") or request.headers.get(MODE_HEADER) or "").lower()
-    if mode not in _MODES:
-        mode = ""
+    mode = _mode(request)
     original = _Original(request)
     scope = scope_of(request, services.settings.server.trusted_proxies)
     log_path = strip_query_values(original.path, original.query)
