@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -46,9 +47,9 @@ from gateway.storage.groups import GroupRepository
 from gateway.storage.pipeline import PipelineRepository
 from gateway.storage.quick_reads import QuickReads
 from gateway.storage.scim_tokens import ScimTokenRepository
-from scim.app import ScimApplication
-from scim.storage import DatabaseStorage
-from scim.triggers import GatewayLifecycle
+
+if TYPE_CHECKING:
+    from scim.app import ScimApplication
 
 log = logging.getLogger("channelgate")
 
@@ -233,6 +234,11 @@ def open_scim(services: Services, *, fast_lookups: bool = True) -> ScimApplicati
     ``fast_lookups=False`` serves every request through the engine (the reference the lookup path is tested
     against).
     """
+    # Imported here: the CLI opens only the core, and the SCIM stack is half of its start-up time.
+    from scim.app import ScimApplication
+    from scim.storage import DatabaseStorage
+    from scim.triggers import GatewayLifecycle
+
     lifecycle = GatewayLifecycle(
         services.killer, services.sessions, services.groups, services.agents, lambda: services.clock()
     )
