@@ -14,8 +14,9 @@ cache buys). What it costs, and why it is still safe:
 * A subscription that dies without an error (a silently dropped TCP connection) is the one case a revocation
   could be missed: an entry is never served longer than ``local_cache_seconds`` after it was read from Redis, so
   that is the worst-case revocation latency of this setting. Keep it short (the default when on: 2 s).
-* Logout and group changes are broadcast too (``refresh_only``), so another replica's copy goes at once: a group
-  change still applies to the next request (ASVS 8.3.2), give or take the broadcast.
+* Logout and group changes are broadcast too (``refresh_only``, by RedisSessionStore itself, so a replica or CLI
+  without the cache announces them as well), and another replica's copy goes at once: a group change still
+  applies to the next request (ASVS 8.3.2), give or take the broadcast.
 * Idle and absolute timeouts: the absolute one is checked on every hit; the idle clock in Redis is refreshed when
   an entry is read again, so an idle timeout can be late by at most ``local_cache_seconds``.
 """
@@ -101,10 +102,9 @@ class CachedSessionStore:
 
     async def delete(self, session_id: str) -> SessionData | None:
         self._drop_session(session_id)
-        data = await self.inner.delete(session_id)
+        data = await self.inner.delete(session_id)  # broadcasts a refresh for the agent
         if data is not None:
             self.drop_agent(data.agent_id)
-            await self.inner.publish_refresh(data.agent_id)
         return data
 
     async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
@@ -120,9 +120,8 @@ class CachedSessionStore:
         return result
 
     async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
-        count = await self.inner.update_agent_groups(agent_id, groups)
+        count = await self.inner.update_agent_groups(agent_id, groups)  # broadcasts a refresh for the agent
         self.drop_agent(agent_id)
-        await self.inner.publish_refresh(agent_id)
         return count
 
     async def revocations(self) -> AsyncGenerator[Revocation, None]:

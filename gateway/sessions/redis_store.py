@@ -318,7 +318,12 @@ class RedisSessionStore:
     async def delete(self, session_id: str) -> SessionData | None:
         key = session_key(session_id)
         raw = await self._call(self._delete(keys=[SESSION_PREFIX + key], args=[AGENT_PREFIX, key]))
-        return decode_data(raw) if raw is not None else None
+        if raw is None:
+            return None
+        data = decode_data(raw)
+        # Replicas that keep sessions in process drop this agent's copies (gateway/sessions/local_cache.py).
+        await self.publish_refresh(data.agent_id)
+        return data
 
     async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
         if agent_id == RESYNC_AGENT_ID:
@@ -346,6 +351,8 @@ class RedisSessionStore:
         """One script over the agent's index, so every replica's next lookup sees the new groups, never a mix."""
         array = json.dumps(sorted(groups), separators=(",", ":"))
         count = await self._call(self._update_groups(keys=[AGENT_PREFIX + agent_id], args=[SESSION_PREFIX, array]))
+        if count:
+            await self.publish_refresh(agent_id)
         return int(count)
 
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:

@@ -131,6 +131,7 @@ async def deployment(
     redis_url: str | None = None,
     route_timeout_seconds: float = 5,
     extra_server_toml: str = "",
+    extra_sessions_toml: str = "",
     extra_toml: str = "",
 ) -> AsyncIterator[Deployment]:
     """The gateway (memory sessions unless ``redis_url``; SQLite file unless ``database_url``) and three consoles."""
@@ -153,6 +154,9 @@ async def deployment(
     )
     text = text.replace("timeout_seconds = 5\n", f"timeout_seconds = {route_timeout_seconds}\n")
     text = text.replace("insecure_dev_cookies = true\n", f"insecure_dev_cookies = true\n{extra_server_toml}\n")
+    text = text.replace(
+        "revocation_ack_timeout_seconds = 2.0\n", f"revocation_ack_timeout_seconds = 2.0\n{extra_sessions_toml}\n"
+    )
     text += f"\n{extra_toml}\n"  # whole tables, appended after the routes
     config_path = base_dir / "channelgate.toml"
     config_path.write_text(text, encoding="utf-8")

@@ -7,11 +7,13 @@ next request, without a new login. With Redis the change may come from another r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from gateway.sessions.local_cache import CachedSessionStore
 from gateway.sessions.redis_store import RedisSessionStore
 from tests.components.echo_gateway import Deployment, deployment
 from tests.components.oidc_provider import OidcProviderFactory
@@ -21,17 +23,26 @@ pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 JSON = {"Accept": "application/json"}
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def store_url(request: pytest.FixtureRequest) -> str | None:
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cached", marks=pytest.mark.redis),
+    ]
+)
+def store(request: pytest.FixtureRequest) -> tuple[str | None, str]:
+    """(Redis URL or None, extra [sessions] TOML): the in-process session cache must not delay a change either."""
     if request.param == "memory":
-        return None
+        return None, ""
     url: str = request.getfixturevalue("redis_url")
-    return url
+    return url, ("local_cache_seconds = 5" if request.param == "redis-cached" else "")
 
 
 @pytest.fixture
-async def gateway(store_url: str | None, oidc_provider_factory: OidcProviderFactory) -> AsyncIterator[Deployment]:
-    async with deployment(oidc_provider_factory, redis_url=store_url) as deployed:
+async def gateway(
+    store: tuple[str | None, str], oidc_provider_factory: OidcProviderFactory
+) -> AsyncIterator[Deployment]:
+    async with deployment(oidc_provider_factory, redis_url=store[0], extra_sessions_toml=store[1]) as deployed:
         yield deployed
 
 
@@ -101,3 +112,27 @@ async def test_a_group_change_made_by_another_replica_applies_on_the_next_reques
     finally:
         await other_replica.close()
     assert await _status(gateway, bob, "phone") == 200
+
+
+@pytest.mark.redis
+async def test_with_the_session_cache_a_group_change_by_another_replica_applies_as_the_broadcast_arrives(
+    redis_url: str, oidc_provider_factory: OidcProviderFactory
+) -> None:
+    """The cached copy (kept 30 s here) is dropped by the refresh broadcast, not by its age."""
+    cached = "local_cache_seconds = 30"
+    async with deployment(oidc_provider_factory, redis_url=redis_url, extra_sessions_toml=cached) as gateway:
+        bob = await gateway.login("bob")
+        assert await _status(gateway, bob, "phone") == 403  # cached now, with bob's old groups
+        assert await _status(gateway, bob, "phone") == 403
+        assert isinstance(gateway.services.sessions, CachedSessionStore) and gateway.services.sessions.hits >= 1
+        other_replica = RedisSessionStore(redis_url, 600, 3600, "replica-other")
+        try:
+            added = frozenset({"chat-agents", "phone-agents"})
+            assert await other_replica.update_agent_groups(await _agent_id(gateway, "bob"), added) == 1
+        finally:
+            await other_replica.close()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while await _status(gateway, bob, "phone") != 200:
+            assert loop.time() - started < 1.0, "the cached session kept its old groups"
+            await asyncio.sleep(0.005)
