@@ -5,8 +5,10 @@ from __future__ import annotations
 import statistics
 
 from bench.audit import AuditBenchResult
+from bench.forward_auth import ForwardAuthResult, forward_auth_section
 from bench.ldap import LdapBenchResult, ldap_section
 from bench.offboarding import OffboardingResult
+from bench.policies import PolicyBenchResult, policy_section
 from bench.revocation import RevocationResult, Trial, percentile
 from bench.scim import GOAL_P99_MS, GOAL_RPS, ScimDisableResult, ScimResult
 from bench.throughput import TARGETS, ThroughputResult
@@ -355,6 +357,8 @@ def render(
     offboarding: OffboardingResult | None = None,
     audit: AuditBenchResult | None = None,
     ldap: LdapBenchResult | None = None,
+    policies: PolicyBenchResult | None = None,
+    forward_auth: ForwardAuthResult | None = None,
     kept: dict[str, list[str]] | None = None,
 ) -> str:
     """The whole page; ``kept`` holds the previous page's sections (by heading number) of benchmarks skipped
@@ -389,13 +393,16 @@ def render(
     lines += offboarding_section(offboarding) if offboarding is not None else kept.get("4", [])
     lines += audit_section(audit) if audit is not None else kept.get("5", [])
     lines += ldap_section(ldap) if ldap is not None else kept.get("6", [])
+    lines += policy_section(policies) if policies is not None else kept.get("7", [])
+    lines += forward_auth_section(forward_auth) if forward_auth is not None else kept.get("8", [])
     lines += [
         "## Reproduce",
         "",
         "`make bench` (about 7 minutes), or `python -m bench.run --help` for durations, rounds and trial counts; "
         "`python -m bench.run --quick` is a one-minute smoke run. The sources are in `bench/`: `bare_proxy.py` "
         "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
-        "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`, `ldap.py`. A run with `--skip` "
+        "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`, `ldap.py`, `policies.py`, "
+        "`forward_auth.py` (with `trivial_auth.py`). A run with `--skip` "
         "keeps the skipped sections of the previous page, marked with the date they were measured.",
         "",
     ]

@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.audit import AuditBenchResult, run_audit
+from bench.forward_auth import ForwardAuthBench, ForwardAuthResult
 from bench.ldap import LdapBenchResult, run_ldap
 from bench.machine import describe
 from bench.nginx import Nginx
 from bench.offboarding import OffboardingResult, run_offboarding
+from bench.policies import PolicyBenchResult, run_policy_decisions
 from bench.report import previous_sections, render
 from bench.revocation import RevocationResult, run_revocation
 from bench.scim import ScimDisableResult, ScimResult, run_scim_disable, run_scim_lookups
@@ -50,9 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--database", choices=("postgres", "sqlite"), default="postgres", help="revocation database (default postgres)"
     )
     parser.add_argument("--offboard-agents", type=int, help="agents of the bulk offboarding (default 10000; quick 300)")
+    parser.add_argument("--forward-auth-trials", type=int, help="revocations per forward-auth setting (default 30)")
     parser.add_argument(
         "--skip",
-        choices=("throughput", "revocation", "scim", "offboarding", "audit", "ldap"),
+        choices=("throughput", "revocation", "scim", "offboarding", "audit", "ldap", "policies", "forward-auth"),
         action="append",
         default=[],
     )
@@ -66,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scim_trials = args.scim_trials if args.scim_trials is not None else (5 if quick else 50)
     args.cli_trials = args.cli_trials if args.cli_trials is not None else (2 if quick else 5)
     args.offboard_agents = args.offboard_agents or (300 if quick else 10_000)
+    args.forward_auth_trials = args.forward_auth_trials or (5 if quick else 30)
     return args
 
 
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     offboarding: OffboardingResult | None = None
     audit: AuditBenchResult | None = None
     ldap: LdapBenchResult | None = None
+    policies: PolicyBenchResult | None = None
+    forward_auth: ForwardAuthResult | None = None
     try:
         nginx = Nginx()
         cleanups.append(nginx.close)
@@ -115,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         cleanups.append(scim_replicas.stop)
         # The SCIM disable trials log in their own agents, after those of the revocation trials.
         first_scim_agent = args.trials + args.cli_trials
+        forward_auth_bench = ForwardAuthBench(redis_throughput.url)
 
         provider = OidcProvider(
             provider_config(
@@ -123,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                     *redis_gw.redirect_uris,
                     *replicas.redirect_uris,
                     *scim_replicas.redirect_uris,
+                    *forward_auth_bench.redirect_uris,
                 ],
-                accounts=(*STANDARD_ACCOUNTS, *bench_accounts(first_scim_agent + args.scim_trials)),
+                accounts=(
+                    *STANDARD_ACCOUNTS,
+                    *bench_accounts(max(first_scim_agent + args.scim_trials, args.forward_auth_trials)),
+                ),
             )
         )
         cleanups.append(provider.close)
@@ -174,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
         if "ldap" not in args.skip:
             ldap = run_ldap(trials=12 if args.quick else 60, agents=1_000 if args.quick else 10_000)
+        if "policies" not in args.skip:
+            policies = run_policy_decisions(requests=20_000 if args.quick else 200_000, work=work / "policies")
+        if "forward-auth" not in args.skip:
+            # Each gateway variant has its own database: the same agents are deprovisioned in each.
+            forward_auth = forward_auth_bench.run(
+                issuer=provider.issuer,
+                duration=args.duration,
+                warmup=args.warmup,
+                rounds=max(1, args.rounds // 2),
+                trials=args.forward_auth_trials,
+            )
     finally:
         for cleanup in reversed(cleanups):
             try:
@@ -202,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         offboarding=offboarding,
         audit=audit,
         ldap=ldap,
+        policies=policies,
+        forward_auth=forward_auth,
         kept=previous_sections(previous),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ over every permit. Three things keep a decision within microseconds (docs/benchm
   action), a few hundred bytes of JSON, instead of a directory-sized entity store.
 * A decision is a pure function of the query, so answers are kept in a bounded map. Unless a policy reads the
   principal's identity or attributes (``LoadedPolicy.principal_specific``), agents with the same groups share
-  answers. Of the context, the key holds what the channel's policies can tell apart (policies/context_keys.py:
+  answers, and of the groups only those a policy names or the route allows count. Of the context, the key holds
+  what the channel's policies can tell apart (policies/context_keys.py:
   the clock only as "before 9:00 / working hours / after 18:00" when those are the thresholds). Nothing can go
   stale: every input that can change an answer is in the key (groups, route, data class, action, context), and a
   reloaded policy set gets a new engine with an empty map. A group change is seen by the very next request
@@ -69,6 +70,11 @@ class PolicyEngine:
         self._keys: dict[str, ContextKey] = {
             channel: context_key(p.est for p in bundle.for_channel(channel)) for channel in bundle.channels()
         }
+        self._default_groups = frozenset(g for p in everywhere for g in p.groups)
+        self._groups = {
+            channel: frozenset(g for p in bundle.for_channel(channel) for g in p.groups)
+            for channel in bundle.channels()
+        }
         self._reasons = {p.id: p.reason for p in bundle.policies if p.reason}
         self._decisions: dict[tuple[object, ...], Decision] = {}
         self._resources: dict[Target, str] = {}
@@ -86,10 +92,16 @@ class PolicyEngine:
     def decide(self, query: Query) -> Decision:
         self.decisions += 1
         subject = query.subject
-        who: tuple[str, str] = ("", "") if self._share_between_agents else (subject.agent_id, subject.user_name)
         target = query.target
+        if self._share_between_agents:
+            who: tuple[str, str] = ("", "")
+            # Only the groups a policy of the slice names, or the route allows, can change the answer.
+            named = self._groups.get(target.channel, self._default_groups)
+            groups = frozenset(g for g in subject.groups if g in named or g in target.allowed_groups)
+        else:
+            who, groups = (subject.agent_id, subject.user_name), subject.groups
         context = self._keys.get(target.channel, self._default_key)(query.context)
-        key = (who, subject.groups, target, query.action, context)
+        key = (who, groups, target, query.action, context)
         decision = self._decisions.get(key)
         if decision is None:
             decision = self.evaluate(query)

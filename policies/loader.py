@@ -47,6 +47,9 @@ class LoadedPolicy:
     #: Whether the policy looks at the principal's identity or attributes (not only its groups): decisions
     #: can then not be shared between agents with the same groups (policies/engine.py).
     principal_specific: bool
+    #: The groups the policy names (``Group::"x"``): membership of any other group cannot change what it says,
+    #: apart from the route's own ``allowed_groups``, which ``resource.allowed_groups`` brings in.
+    groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,7 @@ def _policy(source: str, line: int, est: dict[str, Any], problems: list[str]) ->
         reason=annotations.get("reason"),
         channel=_scoped_channel(est["resource"]),
         principal_specific=_principal_specific(est),
+        groups=frozenset(_named_groups(est)),
     )
 
 
@@ -219,6 +223,18 @@ def _principal_specific(est: dict[str, Any]) -> bool:
     if scope.get("op") == "==" or _mentions_agent(scope):
         return True
     return any(_reads_principal(condition["body"]) for condition in est.get("conditions", ()))
+
+
+def _named_groups(node: Any) -> list[str]:
+    """Every ``Group::"x"`` literal in the policy (scope and conditions)."""
+    if isinstance(node, dict):
+        found = [str(node["id"])] if node.get("type") == "Group" and "id" in node else []
+        for value in node.values():
+            found.extend(_named_groups(value))
+        return found
+    if isinstance(node, list):
+        return [group for value in node for group in _named_groups(value)]
+    return []
 
 
 def _mentions_agent(node: Any) -> bool:

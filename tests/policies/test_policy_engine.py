@@ -128,8 +128,18 @@ def test_every_input_is_part_of_the_cache_key(changed: dict[str, object]) -> Non
 def test_the_decision_cache_is_bounded() -> None:
     engine = _engine(cache_size=10)
     for index in range(50):
-        engine.decide(_query({"crm-agents", f"team-{index}"}))
+        engine.decide(_query({f"team-{index}"}, allowed=(f"team-{index}",)))
     assert engine.stats().cached == 10
+
+
+def test_groups_no_policy_names_do_not_split_the_cache_and_named_ones_do() -> None:
+    engine = _engine(EXAMPLES)
+    for team in range(5):  # personal or team groups no rule mentions: one answer for all
+        assert engine.decide(_query({"crm-agents", f"team-{team}"}, action="export", network="office")).allowed
+    assert engine.evaluations == 1
+    refused = engine.decide(_query({"crm-agents", "trainees"}, action="export", network="office"))
+    assert not refused.allowed and refused.policy_ids == ("trainees-chat-during-shift",)
+    assert engine.evaluations == 2
 
 
 def test_a_channel_slice_keeps_the_channel_wide_forbids() -> None:
