@@ -50,7 +50,9 @@ def _pattern(path: str) -> re.Pattern[str]:
             parts.append(f"(?P<{piece[1:-1]}>[^/]+)")
         else:
             parts.append(re.escape(piece))
-    return re.compile("".join(parts) + "/?")
+    # Case-insensitive: a console on a case-insensitive server (IIS, some Java routers) serves /CRM/Customers/ as
+    # /crm/customers/, so a rule (and the policy that reads its data class) must not be bypassed by spelling.
+    return re.compile("".join(parts) + "/?", re.IGNORECASE)
 
 
 def clean(value: str) -> str | None:

@@ -36,6 +36,12 @@ def test_a_recording_fetch_is_a_download_of_the_customer_in_the_path() -> None:
     assert classify("GET", "/crm/customers/C-1001/recordings/77.wav") == ("C-1001", "download", "recording", None)
 
 
+@pytest.mark.parametrize("path", ["/crm/Customers/C-1001/recordings/77.wav", "/CRM/CUSTOMERS/C-1001/RECORDINGS/77.wav"])
+def test_a_rule_cannot_be_dodged_by_the_case_of_the_path(path: str) -> None:
+    """The data class a policy reads (e.g. MFA for recordings) holds for a case-insensitive console too."""
+    assert classify("GET", path) == ("C-1001", "download", "recording", None)
+
+
 def test_the_first_matching_rule_decides_and_methods_narrow_it() -> None:
     assert classify("DELETE", "/crm/customers/C-1001/recordings/77.wav") == ("C-1001", "change", "customer", None)
     assert classify("GET", "/crm/customers/C-7/profile") == ("C-7", "view", "customer", None)
