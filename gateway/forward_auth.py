@@ -10,17 +10,22 @@ Who may ask: a peer in ``[forward_auth] trusted_callers`` that sends the shared 
 credential, so anyone else — including an agent whose request the proxy passes through to /.channelgate/ — gets
 a 404, as if the endpoint did not exist.
 
-The original request is described by headers: ``X-Original-Method`` / ``X-Original-URI`` (nginx, set in the
-sample) or ``X-Forwarded-Method`` / ``X-Forwarded-Uri`` (Traefik), and ``X-Forwarded-Host``; Envoy sends the
-original method and appends the original path to ``/.channelgate/auth`` (``path_prefix``). The client address is
-read from ``X-Forwarded-For`` through ``[server] trusted_proxies`` like any request's.
+The original request comes in one of two forms. Asked at ``/.channelgate/auth`` itself, headers describe it:
+``X-Original-Method`` / ``X-Original-URI`` (nginx, set in the sample) or ``X-Forwarded-Method`` /
+``X-Forwarded-Uri`` (Traefik), and ``X-Forwarded-Host``. When both spellings are present and disagree, one of
+them came from the client through a proxy that passes every header: refused. Envoy's HTTP ``ext_authz`` sends
+the original request line instead, ``path_prefix`` in front: the original method, ``/.channelgate/auth`` + the
+original path, the original query string and Host. In that form the request line is the only description
+believed (``X-Original-*``, ``X-Forwarded-Uri``, ``-Method``, ``-Host`` are ignored: a client may have sent them),
+and the query string is the console's, never a mode for us. The client address is read from
+``X-Forwarded-For`` through ``[server] trusted_proxies`` like any request's.
 
 Three answer modes:
 
 * default (nginx ``auth_request``): 200, or a bare 401 / 403 that nginx turns into its ``error_page``;
-* ``redirect`` (``?mode=redirect`` or ``X-Channelgate-Auth-Mode: redirect``; Traefik, Envoy pass non-2xx answers to
-  the client): a browser that is not signed in gets the login redirect back to the original URI, a refusal
-  gets the 403 page with its explanation, an API client JSON;
+* ``redirect`` (``X-Channelgate-Auth-Mode: redirect``, or ``?mode=redirect`` on ``/.channelgate/auth`` itself;
+  Traefik and Envoy pass non-2xx answers to the client): a browser that is not signed in gets the login
+  redirect back to the original URI, a refusal gets the 403 page with its explanation, an API client JSON;
 * ``explain`` (nginx's ``error_page`` locations): the same pages, but never a credential: when the request is
   allowed by now, a redirect back to the original URI so it goes through ``auth_request`` again.
 
@@ -40,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from connectors.base import AgentRef, UpstreamRequest
-from gateway.errors import AuthenticationRequired, ChannelgateError, NotFound
+from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError, NotFound
 from gateway.inline_proxy import Checked, _plan, _record, check_request
 from gateway.pages import error_response, wants_html
 from gateway.proxy.paths import strip_query_values
@@ -52,34 +57,50 @@ MOUNT = "/.channelgate/auth"
 SECRET_HEADER = "x-channelgate-auth-secret"  # noqa: S105 - a header name
 MODE_HEADER = "x-channelgate-auth-mode"
 _MODES = frozenset({"", "redirect", "explain"})
+_MOUNT_BYTES = MOUNT.encode()
 
 
-class _Original:
-    """The request the proxy asks about."""
+class OriginalRequest:
+    """The request the proxy asks about; ``problem`` says why it cannot be judged, if it cannot."""
 
-    __slots__ = ("host", "method", "path", "query")
+    __slots__ = ("envoy", "host", "method", "path", "problem", "query")
 
     def __init__(self, request: Request) -> None:
         headers = request.headers
-        self.method = (headers.get("x-original-method") or headers.get("x-forwarded-method") or request.method).upper()
-        uri = headers.get("x-original-uri") or headers.get("x-forwarded-uri")
-        if uri is None:
-            # Envoy ext_authz (HTTP): the original path follows our mount, the original query is ours.
-            raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
-            path = raw[len(MOUNT) :].decode("latin-1") or "/"
-            query = request.scope.get("query_string", b"").decode("latin-1")
-            self.path, self.query = path, _without_mode(query)
-        else:
-            self.path, _, self.query = uri.partition("?")
+        raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+        self.problem: str | None = None
+        self.envoy = raw != _MOUNT_BYTES
+        if self.envoy:
+            # Envoy ext_authz (HTTP): path_prefix + the original path; the original method, query and Host.
+            self.method = request.method
+            self.path = raw[len(MOUNT) :].decode("latin-1")
+            self.query = request.scope.get("query_string", b"").decode("latin-1")
+            self.host = headers.get("host")
+            if not raw.startswith(_MOUNT_BYTES + b"/"):
+                self.path, self.problem = "/", "the decision endpoint's path is not spelled as a proxy spells it"
+            return
+        original_method, forwarded_method = headers.get("x-original-method"), headers.get("x-forwarded-method")
+        original_uri, forwarded_uri = headers.get("x-original-uri"), headers.get("x-forwarded-uri")
+        self.method = (original_method or forwarded_method or request.method).upper()
+        uri = original_uri or forwarded_uri
+        self.path, _, self.query = (uri or "/").partition("?")
         self.host = headers.get("x-forwarded-host") or headers.get("host")
+        if uri is None:
+            self.problem = "the proxy did not say which request it asks about (X-Original-URI or X-Forwarded-Uri)"
+        elif _differ(original_uri, forwarded_uri) or _differ(_upper(original_method), _upper(forwarded_method)):
+            self.problem = "X-Original-* and X-Forwarded-* describe different requests"
 
     @property
     def uri(self) -> str:
         return self.path + (f"?{self.query}" if self.query else "")
 
 
-def _without_mode(query: str) -> str:
-    return "&".join(part for part in query.split("&") if part and not part.startswith("mode="))
+def _differ(first: str | None, second: str | None) -> bool:
+    return first is not None and second is not None and first != second
+
+
+def _upper(method: str | None) -> str | None:
+    return method.upper() if method is not None else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -107,9 +128,11 @@ def _caller_allowed(request: Request, services: Services) -> bool:
     return hmac.compare_digest(sent.encode(), settings.secret.get_secret_value().encode())
 
 
-def _mode(request: Request) -> str:
+def answer_mode(request: Request, original: OriginalRequest) -> str:
+    """``?mode=`` on /.channelgate/auth itself, else the header. In Envoy's form the query string is the original
+    request's: ``/phone/?mode=explain`` is for the console, not for us."""
     query: bytes = request.scope.get("query_string", b"")
-    mode = request.query_params.get("mode") if b"mode=" in query else None
+    mode = request.query_params.get("mode") if not original.envoy and b"mode=" in query else None
     mode = (mode or request.headers.get(MODE_HEADER) or "").lower()
     return mode if mode in _MODES else ""
 
@@ -118,11 +141,13 @@ async def forward_auth(request: Request) -> Response:
     services: Services = request.app.state.services
     if not _caller_allowed(request, services):
         raise NotFound("Not found.")
-    mode = _mode(request)
-    original = _Original(request)
+    original = OriginalRequest(request)
+    mode = answer_mode(request, original)
     scope = scope_of(request, services.settings.server.trusted_proxies)
     log_path = strip_query_values(original.path, original.query)
     try:
+        if original.problem is not None:
+            raise BadRequest(f"The forward-auth request was refused: {original.problem} (see docs/forward-auth.md).")
         checked = await check_request(
             request,
             services,
@@ -150,7 +175,7 @@ async def forward_auth(request: Request) -> Response:
 
 
 async def _allowed(
-    request: Request, services: Services, scope: RequestScope, original: _Original, checked: Checked
+    request: Request, services: Services, scope: RequestScope, original: OriginalRequest, checked: Checked
 ) -> Response:
     """200 with what the proxy sets upstream: the channel credential and the signed identity assertion."""
     services.audit.check_capacity()
@@ -180,7 +205,9 @@ async def _allowed(
     return response
 
 
-def _refused(request: Request, exc: ChannelgateError, scope: RequestScope, original: _Original, mode: str) -> Response:
+def _refused(
+    request: Request, exc: ChannelgateError, scope: RequestScope, original: OriginalRequest, mode: str
+) -> Response:
     if mode == "":
         # nginx auth_request understands 401 and 403; anything else would be its 500. Fail closed either way.
         status = exc.status if exc.status in (401, 403, 500, 503) else 403
