@@ -52,6 +52,7 @@ class SeenRequest:
     path: str
     headers: list[tuple[str, str]]
     body: bytes = b""
+    query: str = ""
 
     def values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name.lower()]
@@ -71,7 +72,8 @@ class EchoConsole(AsgiServer):
         async def any_path(request: Request) -> Response:
             raw_path = request.scope["raw_path"].decode("latin-1")
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
-            self.seen.append(SeenRequest(request.method, raw_path, headers, await request.body()))
+            query = request.scope["query_string"].decode("latin-1")
+            self.seen.append(SeenRequest(request.method, raw_path, headers, await request.body(), query))
             if "/hang" in raw_path:
                 await asyncio.sleep(self.hang_seconds)
             if "/echo" in raw_path:

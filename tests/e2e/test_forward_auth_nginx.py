@@ -10,14 +10,9 @@ disk applies to the next request, and a broken one is refused while the set in f
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -25,10 +20,21 @@ import pytest
 import pytest_asyncio
 
 from tests.components.browserless_login import login
-from tests.components.gateway import GatewayStack
+from tests.components.fronted_stack import (
+    PHONE_READ_ONLY,
+    PHONE_READ_ONLY_REASON,
+    PLACEHOLDER,
+    FrontedStack,
+    cookie_header,
+    fronted_stack,
+    raw_get,
+    reset_site_policy,
+    until_allowed,
+    until_refused,
+)
 from tests.components.nginx_server import NginxServer
-from tests.components.oidc_provider import DEMO_PASSWORD, OidcProvider, provider_config
-from tests.components.ports import LOOPBACK, free_port
+from tests.components.oidc_provider import DEMO_PASSWORD
+from tests.components.ports import LOOPBACK
 from tests.components.postgres_server import PostgresServer
 from tests.components.redis_server import RedisServer
 
@@ -43,41 +49,6 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "deploy" / "nginx" / "forward-auth.conf"
 SAMPLE_SECRET = "CHANGE-ME-forward-auth-secret-of-32-characters-or-more"
-
-PLACEHOLDER = '@id("site-placeholder")\nforbid (principal, action, resource) when { false };\n'
-PHONE_READ_ONLY = """
-@id("phone-read-only")
-@reason("The phone console is read-only for agents; supervisors may change it.")
-forbid (principal, action == Action::"change", resource in Channel::"phone")
-unless { principal in Group::"supervisors" };
-"""
-
-
-@dataclass
-class FrontedStack(GatewayStack):
-    """The gateway behind nginx: logins and the assertion's issuer use nginx's URL."""
-
-    nginx_port: int = 0
-    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    policy_dir: Path = field(default_factory=Path)
-
-    @property
-    def public_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.nginx_port}"
-
-    @property
-    def redirect_uris(self) -> list[str]:
-        return [f"{self.public_url}/.channelgate/callback"]
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        default = ROOT / "policies" / "default"
-        with path.open("a", encoding="utf-8") as config:
-            config.write(
-                f'\n[forward_auth]\nenabled = true\nsecret = "{self.secret}"\n'
-                f'\n[policies]\npaths = ["{default}", "{self.policy_dir}"]\nreload_interval_seconds = 0.2\n'
-            )
-        return path
 
 
 def nginx_http(stack: FrontedStack) -> str:
@@ -96,46 +67,19 @@ def stack(
     redis_server: RedisServer, postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[FrontedStack, NginxServer]]:
     """One stack for the module (about 8 s to start); each test leaves the policy file as it found it."""
-    for server in (redis_server, postgres_server):
-        if not server.running:
-            server.start()
-    redis_server.flushall()
-    database = f"test_{uuid.uuid4().hex[:16]}"
-    policy_dir = tmp_path_factory.mktemp("policies")
-    (policy_dir / "site.cedar").write_text(PLACEHOLDER)
-    stack = FrontedStack(
-        issuer="",
-        database_url=postgres_server.create_database(database),
-        redis_url=redis_server.url,
-        policy_dir=policy_dir,
-    )
-    stack.allocate(replicas=1)
-    stack.nginx_port = free_port()
-    provider = OidcProvider(provider_config(stack.redirect_uris, post_logout_redirect_uris=[stack.public_url + "/"]))
-    mp = pytest.MonkeyPatch()
-    # nginx is the trusted proxy: its X-Forwarded-For names the client (a new table cannot reopen [server]).
-    mp.setenv("CHANNELGATE_SERVER__TRUSTED_PROXIES", '["127.0.0.1/32"]')
-    try:
-        provider.start()
-        stack.issuer = provider.issuer
-        nginx = NginxServer(nginx_http(stack), port=stack.nginx_port)
-        stack.start()
+    with fronted_stack(redis_server, postgres_server, tmp_path_factory.mktemp("policies")) as gateway:
+        nginx = NginxServer(nginx_http(gateway), port=gateway.proxy_port)
         nginx.start()
-        yield stack, nginx
-    finally:
-        with contextlib.suppress(NameError):
+        try:
+            yield gateway, nginx
+        finally:
             nginx.stop()
-        stack.stop()
-        provider.close()
-        mp.undo()
-        postgres_server.drop_database(database)
 
 
 @pytest.fixture(autouse=True)
 def _placeholder_policy_after(stack: tuple[FrontedStack, NginxServer]) -> Iterator[None]:
     yield
-    (stack[0].policy_dir / "site.cedar").write_text(PLACEHOLDER)
-    time.sleep(0.5)  # past one reload interval: the next test starts from the placeholder set
+    reset_site_policy(stack[0])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -204,7 +148,7 @@ async def test_the_decision_endpoint_refuses_a_caller_without_the_secret(
     stack: tuple[FrontedStack, NginxServer], carol: httpx.AsyncClient
 ) -> None:
     gateway, _ = stack
-    cookies = "; ".join(f"{k}={v}" for k, v in carol.cookies.items())
+    cookies = cookie_header(carol)
     async with httpx.AsyncClient() as direct:
         for secret in ("", "wrong", gateway.secret[:-1]):
             answer = await direct.get(
@@ -226,15 +170,15 @@ async def test_a_refusal_explains_itself_and_the_log_names_the_policy(
     stack: tuple[FrontedStack, NginxServer], carol: httpx.AsyncClient
 ) -> None:
     gateway, _ = stack
-    site = gateway.policy_dir / "site.cedar"
+    site = gateway.site_policy
     site.write_text(PHONE_READ_ONLY)
-    await _until_refused(carol, gateway.public_url + "/phone/notes")
+    await until_refused(carol, gateway.public_url + "/phone/notes")
     refused = await carol.post(gateway.public_url + "/phone/notes", headers={"Accept": "text/html"}, content=b"x=1")
     assert refused.status_code == 403
-    assert "The phone console is read-only for agents; supervisors may change it." in refused.text
+    assert PHONE_READ_ONLY_REASON in refused.text
     reading = await carol.get(gateway.public_url + "/phone/", headers={"Accept": "text/html"})
     assert reading.status_code == 200
-    records = _search(gateway, "--agent", "carol", "--decision", "deny")
+    records = gateway.search_log("--agent", "carol", "--decision", "deny")
     mine = [r for r in records if r.get("reason") == "phone-read-only"]
     assert mine, records
     assert mine[0]["method"] == "POST" and mine[0]["path"] == "/phone/notes"
@@ -245,13 +189,13 @@ async def test_a_broken_policy_file_is_refused_and_the_set_in_force_stays(
     stack: tuple[FrontedStack, NginxServer], carol: httpx.AsyncClient
 ) -> None:
     gateway, _ = stack
-    site = gateway.policy_dir / "site.cedar"
+    site = gateway.site_policy
     site.write_text(PHONE_READ_ONLY)
-    await _until_refused(carol, gateway.public_url + "/phone/notes")
+    await until_refused(carol, gateway.public_url + "/phone/notes")
     site.write_text(PHONE_READ_ONLY.replace("Action::", "Actoin::"))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        refusals = [r for r in _search(gateway, "--kind", "policy_reload") if r.get("decision") == "deny"]
+        refusals = [r for r in gateway.search_log("--kind", "policy_reload") if r.get("decision") == "deny"]
         if refusals:
             break
         time.sleep(0.2)
@@ -260,7 +204,7 @@ async def test_a_broken_policy_file_is_refused_and_the_set_in_force_stays(
     still = await carol.post(gateway.public_url + "/phone/notes", content=b"x=1")
     assert still.status_code == 403  # the old set, with its forbid, is still in force
     site.write_text(PLACEHOLDER)
-    await _until_allowed(carol, gateway.public_url + "/phone/notes")
+    await until_allowed(carol, gateway.public_url + "/phone/notes")
 
 
 @pytest.mark.parametrize(
@@ -283,8 +227,8 @@ async def test_a_path_nginx_and_the_console_could_read_differently_is_refused(
     stack: tuple[FrontedStack, NginxServer], carol: httpx.AsyncClient, path: str
 ) -> None:
     gateway, _ = stack
-    cookies = "; ".join(f"{k}={v}" for k, v in carol.cookies.items())
-    status = await _raw_get(gateway.nginx_port, path, cookies)
+    cookies = cookie_header(carol)
+    status, _ = await raw_get(gateway.proxy_port, path, {"Cookie": cookies})
     assert status in (400, 403), f"{path} -> {status}"
 
 
@@ -292,8 +236,8 @@ async def test_nginx_and_the_inline_proxy_decide_the_same(
     stack: tuple[FrontedStack, NginxServer], carol: httpx.AsyncClient
 ) -> None:
     gateway, _ = stack
-    (gateway.policy_dir / "site.cedar").write_text(PHONE_READ_ONLY)
-    await _until_refused(carol, gateway.public_url + "/phone/notes")
+    gateway.site_policy.write_text(PHONE_READ_ONLY)
+    await until_refused(carol, gateway.public_url + "/phone/notes")
     # The consoles the nginx sample serves (chat, phone); carol is a phone agent, not a chat agent.
     table = [("GET", "/phone/"), ("POST", "/phone/notes"), ("GET", "/phone/x?y=1"), ("GET", "/chat/")]
     table.append(("GET", "/nope/"))
@@ -303,38 +247,3 @@ async def test_nginx_and_the_inline_proxy_decide_the_same(
         assert (via_nginx.status_code < 400) == (inline.status_code < 400), (method, path)
         if inline.status_code in (401, 403):
             assert via_nginx.status_code == inline.status_code, (method, path)
-
-
-async def _until_refused(client: httpx.AsyncClient, url: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if (await client.post(url, content=b"x=1")).status_code == 403:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} was never refused")
-
-
-async def _until_allowed(client: httpx.AsyncClient, url: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if (await client.post(url, content=b"x=1")).status_code != 403:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} stayed refused")
-
-
-def _search(gateway: FrontedStack, *filters: str) -> list[dict[str, object]]:
-    result = gateway.cli("audit", "search", *filters, "--limit", "200", "--json")
-    records: list[dict[str, object]] = json.loads(result.stdout)["records"]
-    return records
-
-
-async def _raw_get(port: int, path: str, cookies: str) -> int:
-    """Send the path byte for byte (httpx would normalise it) and return the status."""
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    request = f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nCookie: {cookies}\r\nConnection: close\r\n\r\n"
-    writer.write(request.encode("latin-1"))
-    await writer.drain()
-    status_line = await reader.readline()
-    writer.close()
-    return int(status_line.split()[1])
