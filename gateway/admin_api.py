@@ -33,6 +33,7 @@ MAX_BODY = 16384
 
 class AdminTokenRequired(AuthenticationRequired):
     code = "admin_token_required"
+    challenge = 'Bearer realm="channelgate-admin"'
 
 
 def _authorise(request: Request, services: Services) -> str:

@@ -22,6 +22,8 @@ and never contain a secret.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ChannelgateError(Exception):
     """Base of every error channelgate raises on purpose."""
@@ -63,6 +65,8 @@ class SessionStoreUnavailable(ChannelgateError):
 class AuthenticationRequired(ChannelgateError):
     status = 401
     code = "authentication_required"
+    #: The ``WWW-Authenticate`` challenge of a 401 from a bearer-token API (RFC 6750 §3); None for browsers.
+    challenge: ClassVar[str | None] = None
 
 
 class SessionExpired(AuthenticationRequired):

@@ -69,6 +69,8 @@ def error_response(connection: HTTPConnection, error: ChannelgateError, request_
     headers = {"Cache-Control": "no-store"}
     if error.status == 503:
         headers["Retry-After"] = "2"
+    if isinstance(error, AuthenticationRequired) and error.challenge is not None:
+        headers["WWW-Authenticate"] = error.challenge
     if not wants_html(connection):
         body = {"error": error.code, "message": error.message, "request_id": request_id}
         return JSONResponse(body, status_code=error.status, headers=headers)

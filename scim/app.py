@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
-from scim2_models import SCIMException, UnauthorizedException
+from scim2_models import PayloadTooLargeException, SCIMException, UnauthorizedException
 from scim2_server.applications.asgi import ASGIApplication, Receive, Scope
 from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
@@ -103,11 +104,16 @@ class ScimApplication(ASGIApplication):
         return client
 
     async def dispatch_request(self, request: ScimRequest) -> ScimResponse:
-        if self.needs_auth(request):
+        authenticated = self.needs_auth(request)
+        if authenticated:
             request.subject = await self._authenticate(request)
             CLIENT.set(request.subject)
-            if self._lookups is not None and (answer := await self._lookups.answer(request)) is not None:
-                return answer
+        if len(request.body) > MAX_BODY_BYTES:
+            # The body was cut one byte past the limit while it was read: say so (RFC 7644 §3.12, 413) rather than
+            # report the cut JSON as invalid.
+            raise PayloadTooLargeException(detail=f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        if authenticated and self._lookups is not None and (answer := await self._lookups.answer(request)) is not None:
+            return answer
         method = request.method.upper()
         target = self.service.match(request)
         deactivating = (
@@ -133,6 +139,13 @@ class ScimApplication(ASGIApplication):
                 await self._lifecycle.deactivate(agent_id)
             else:
                 await self._lifecycle.deactivated(agent_id, was_active=False)
+
+    def finalize_response(self, request: ScimRequest, response: ScimResponse) -> ScimResponse:
+        """The engine's default ``Location`` is the request's URL with its path decoded: percent-encode it again
+        (RFC 3986 §2.1), or a ``%0D`` or ``%1F`` in the path is a header value no server may send (RFC 9110 §5.5)
+        and the answer is lost with the connection."""
+        response.headers.setdefault("Location", self._base_url + quote(request.path, safe="/:@!$&'()*+,;="))
+        return super().finalize_response(request, response)
 
     def handle_exception(self, request: ScimRequest, exception: Exception) -> ScimResponse:
         if isinstance(exception, ChannelgateError):
