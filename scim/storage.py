@@ -10,7 +10,9 @@ Okta requires; filters go through ``scim.filters``' allow-list and never widen.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Final
@@ -130,6 +132,8 @@ class DatabaseStorage(AsyncScimStorage):
         self._groups = group_repository
         self._lifecycle = lifecycle
         self._clock = clock
+        #: One lock per User being deleted in this process (dropped with its last holder).
+        self._deleting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # ------------------------------------------------------------------------------------------ reads
 
@@ -276,15 +280,21 @@ class DatabaseStorage(AsyncScimStorage):
         if resource_type.name != "User":
             await self._group_delete(resource_id, expected)
             return
-        agent = await self._agents.get(resource_id)
-        if agent is None:
-            raise _not_found("user", resource_id)
-        _stale(agent.version, expected)
-        await self._lifecycle.deleting(resource_id)
-        try:
-            await self._agents.mark_deleted(resource_id, "deleted by SCIM", self._clock())
-        except NotFound:
-            raise _not_found("user", resource_id) from None
+        # A DELETE repeated while the first still deprovisions (an IdP retrying after its timeout) waits for it and
+        # then finds the user gone (404), instead of disabling the agent a second time in the access log.
+        lock = self._deleting.get(resource_id)
+        if lock is None:
+            lock = self._deleting[resource_id] = asyncio.Lock()
+        async with lock:
+            agent = await self._agents.get(resource_id)
+            if agent is None:
+                raise _not_found("user", resource_id)
+            _stale(agent.version, expected)
+            await self._lifecycle.deleting(resource_id)
+            try:
+                await self._agents.mark_deleted(resource_id, "deleted by SCIM", self._clock())
+            except NotFound:
+                raise _not_found("user", resource_id) from None
 
     async def _group_write(self, group: Group, group_id: str | None, expected: int | None) -> Resource[Any]:
         assert group.display_name is not None  # required in every request context, checked by the engine
