@@ -363,7 +363,7 @@ async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
         websocket,
         ws_url,
         admitted.headers,
-        services.upstream.session,
+        services.upstream.websocket_session,
         services.live.websockets,
         admitted.session.data.agent_id,
     )

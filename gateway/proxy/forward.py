@@ -168,8 +168,15 @@ class BufferedProxyResponse(Response):
 
 
 class UpstreamClient:
-    """Owns the process's upstream connection pool. ``start()`` at application start-up, ``close()`` at
-    shutdown (or use ``async with``)."""
+    """Owns the process's upstream connection pools. ``start()`` at application start-up, ``close()`` at
+    shutdown (or use ``async with``).
+
+    WebSockets have a session of their own, without a connection limit: an open socket holds its upstream
+    connection for as long as the agent keeps the console open, so in the HTTP pool 128 open sockets to one
+    console would take every connection ``limit_per_host`` allows and stall that console's HTTP requests (and
+    further sockets) until the route's timeout. Each relayed socket already holds the client's own connection,
+    so the sockets a replica can hold are bounded where its client connections are.
+    """
 
     def __init__(
         self,
@@ -184,17 +191,10 @@ class UpstreamClient:
         self._keepalive = keepalive_seconds
         self._max_field_size = max_response_header_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._websockets: aiohttp.ClientSession | None = None
 
-    async def start(self) -> None:
-        if self._session is not None:
-            return
-        connector = aiohttp.TCPConnector(
-            limit=self._limit,
-            limit_per_host=self._limit_per_host,
-            keepalive_timeout=self._keepalive,
-            ttl_dns_cache=60,
-        )
-        self._session = aiohttp.ClientSession(
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
@@ -205,10 +205,24 @@ class UpstreamClient:
             timeout=aiohttp.ClientTimeout(total=None),
         )
 
-    async def close(self) -> None:
+    async def start(self) -> None:
         if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+            return
+        self._session = self._new_session(
+            aiohttp.TCPConnector(
+                limit=self._limit,
+                limit_per_host=self._limit_per_host,
+                keepalive_timeout=self._keepalive,
+                ttl_dns_cache=60,
+            )
+        )
+        self._websockets = self._new_session(aiohttp.TCPConnector(limit=0, ttl_dns_cache=60))
+
+    async def close(self) -> None:
+        sessions, self._session, self._websockets = (self._session, self._websockets), None, None
+        for session in sessions:
+            if session is not None:
+                await session.close()
 
     async def __aenter__(self) -> UpstreamClient:
         await self.start()
@@ -221,10 +235,17 @@ class UpstreamClient:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The shared session (the WebSocket proxy connects through it too)."""
+        """The shared session of HTTP requests."""
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() has not been called")
         return self._session
+
+    @property
+    def websocket_session(self) -> aiohttp.ClientSession:
+        """The session the WebSocket proxy connects through (no connection limit; see the class)."""
+        if self._websockets is None:
+            raise RuntimeError("UpstreamClient.start() has not been called")
+        return self._websockets
 
     async def forward(
         self,

@@ -242,7 +242,7 @@ class Gateway:
             ws_url = prepared[0]
             agent = dict(scope["headers"]).get(b"x-test-agent", b"agent-1").decode()
             await proxy_websocket(
-                websocket, ws_url, scope["state"]["headers"], self.client.session, self.registry, agent
+                websocket, ws_url, scope["state"]["headers"], self.client.websocket_session, self.registry, agent
             )
             return
         assert scope["type"] == "http"
@@ -283,7 +283,15 @@ async def stack_factory() -> AsyncIterator[StackFactory]:
     async with contextlib.AsyncExitStack() as exits:
         client = await exits.enter_async_context(UpstreamClient())
 
-        async def make(*, trusted: Sequence[str] = (), timeout: float = 5.0, upstream: str | None = None) -> Stack:
+        async def make(
+            *,
+            trusted: Sequence[str] = (),
+            timeout: float = 5.0,
+            upstream: str | None = None,
+            limit_per_host: int | None = None,
+        ) -> Stack:
+            own = limit_per_host is not None
+            pool = await exits.enter_async_context(UpstreamClient(limit_per_host=limit_per_host)) if own else client
             log = UpstreamLog()
             upstream_base = await exits.enter_async_context(serve(upstream_app(log)))
             route = RouteSettings.model_validate(
@@ -294,7 +302,7 @@ async def stack_factory() -> AsyncIterator[StackFactory]:
                     "timeout_seconds": timeout,
                 }
             )
-            gateway = Gateway([route], client, trusted)
+            gateway = Gateway([route], pool, trusted)
             url = await exits.enter_async_context(serve(gateway))
             return Stack(gateway, url, upstream_base, log)
 
@@ -612,6 +620,24 @@ async def test_a_client_close_code_reaches_the_upstream(stack: Stack) -> None:
             break
         await asyncio.sleep(0.02)
     assert stack.gateway.registry.count() == 0
+
+
+async def test_open_websockets_leave_the_consoles_http_connections_free(
+    stack_factory: StackFactory, http: httpx.AsyncClient
+) -> None:
+    # An open socket holds its upstream connection for hours: in the HTTP pool, limit_per_host of them (128 by
+    # default) would stall every HTTP request to that console and every further socket until the route timeout.
+    stack = await stack_factory(limit_per_host=2, timeout=2.0)
+    async with contextlib.AsyncExitStack() as sockets:
+        opened = [await sockets.enter_async_context(connect(ws_url(stack, "/chat/ws"))) for _ in range(4)]
+        for ws in opened:
+            await ws.send("ping")
+            assert await ws.recv() == "ping"
+
+        answers = await asyncio.gather(*(http.get(f"{stack.url}/chat/page-{n}") for n in range(4)))
+
+        assert [answer.status_code for answer in answers] == [200] * 4
+        assert stack.gateway.registry.count() == 4
 
 
 async def test_close_agent_closes_every_socket_of_that_agent_and_no_other(stack: Stack) -> None:
