@@ -27,6 +27,8 @@ class LoginError(AssertionError):
     def __init__(self, message: str, response: httpx.Response | None = None) -> None:
         if response is not None:
             message = f"{message} [{response.request.method} {response.url} -> {response.status_code}]"
+            if response.is_error:  # the gateway's or provider's own words, for a failure seen once in a while
+                message = f"{message}: {response.text[:300]!r}"
         super().__init__(message)
         self.response = response
 

@@ -236,7 +236,7 @@ class OidcProvider:
         }
         self._config_path.write_text(json.dumps(document, indent=2))
         self._process.start()
-        self._process.wait_until(self._answers, timeout=self.startup_timeout, what="discovery document")
+        self._process.wait_until(self._ready, timeout=self.startup_timeout, what="discovery document")
 
     def stop(self) -> None:
         """Stop node; idempotent."""
@@ -270,6 +270,15 @@ class OidcProvider:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _ready(self) -> bool:
+        """Our node said it listens (op.mjs logs it), and the port answers: not another server that took the port
+        between ``free_port()`` and node's bind, while our node exits on EADDRINUSE."""
+        try:
+            said = f"oidc-provider ready at {self.issuer}" in self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+        return said and self._answers()
 
     def _answers(self) -> bool:
         try:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
 LOOPBACK = "127.0.0.1"
 
+#: Under pytest-xdist each worker takes its own share of the ports (``make test`` runs two workers): a port one
+#: worker was just given and has not bound yet can never be handed to a server of the other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it when binding port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port: int = sock.getsockname()[1]
+        # Halved first: Linux hands out odd ports for bind(0) and keeps the even ones for connect().
+        if port // 2 % _WORKERS == _WORKER:
+            return port
 
 
 def port_is_open(host: str, port: int) -> bool:
