@@ -21,8 +21,11 @@ demo: $(STAMP)
 	$(BIN)/python -m deploy.demo.run
 
 ## make test: lint, type-check and every test, with the real servers the tests start themselves.
+## The modules are shared out among TEST_WORKERS pytest-xdist workers (each starts its own Redis and PostgreSQL on
+## free ports); most tests wait on servers more than they compute, so two workers fit the two-core machines.
+TEST_WORKERS ?= 2
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 system-deps:
 	scripts/system-deps.sh
