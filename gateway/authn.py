@@ -17,6 +17,11 @@ from gateway.sessions.base import Session, SessionState
 from gateway.storage.access_log import AccessRecord
 from gateway.timeutil import utcnow
 
+#: After the session store failed to answer, how long every session is also checked against the agent's row: a
+#: Redis restarted from its append-only file brings back sessions a deprovisioning during the outage could not
+#: end yet (gateway/deprovision/kill.py retries that kill until it lands). Fail closed meanwhile.
+RECOVERY_CHECK_SECONDS = 60.0
+
 #: What our ids look like (base64url of 32 bytes); anything else is rejected before touching the store.
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -46,6 +51,10 @@ async def require_session(connection: HTTPConnection, services: Services, scope:
         raise AuthenticationRequired("Please sign in to continue.")
     lookup = await services.sessions.lookup(session_id, services.clock())
     if lookup.state is SessionState.VALID and lookup.session is not None:
+        if services.sessions.unreachable_within(RECOVERY_CHECK_SECONDS) and not await _still_active(
+            services, session_id, lookup.session.data.agent_id
+        ):
+            raise AuthenticationRequired("Please sign in to continue.")
         scope.session = lookup.session
         return lookup.session
     if lookup.state in (SessionState.IDLE_EXPIRED, SessionState.ABSOLUTE_EXPIRED) and lookup.data is not None:
@@ -62,3 +71,12 @@ async def require_session(connection: HTTPConnection, services: Services, scope:
         )
         raise SessionExpired("Your session has ended. Please sign in again.")
     raise AuthenticationRequired("Please sign in to continue.")
+
+
+async def _still_active(services: Services, session_id: str, agent_id: str) -> bool:
+    """The agent is still active in the database; if not, its revived session is deleted on the spot."""
+    agent = await services.agents.get(agent_id)
+    if agent is not None and agent.active:
+        return True
+    await services.sessions.delete(session_id)
+    return False

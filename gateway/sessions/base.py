@@ -192,4 +192,12 @@ class SessionStore(Protocol):
         """Raise SessionStoreUnavailable unless the backend answers."""
         ...
 
+    def unreachable_within(self, seconds: float) -> bool:
+        """Whether the backend failed to answer in the last ``seconds`` (the embedded store never does).
+
+        After an outage a restarted Redis can bring back sessions that a deprovisioning made during the outage
+        could not end yet; while this is true, the gateway also checks the agent in the database on each request.
+        """
+        ...
+
     async def close(self) -> None: ...

@@ -159,6 +159,9 @@ class CachedSessionStore:
     async def ping(self) -> None:
         await self.inner.ping()
 
+    def unreachable_within(self, seconds: float) -> bool:
+        return self.inner.unreachable_within(seconds)
+
     async def close(self) -> None:
         self.clear()
         await self.inner.close()

@@ -181,6 +181,9 @@ class MemorySessionStore:
     async def heartbeat(self, now: float) -> None:
         """Liveness is implied: a single replica cannot miss itself."""
 
+    def unreachable_within(self, seconds: float) -> bool:
+        return False
+
     async def ping(self) -> None:
         """Always reachable: the store is this process."""
 

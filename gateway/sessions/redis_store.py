@@ -260,6 +260,8 @@ class RedisSessionStore:
         self._socket_timeout = socket_timeout
         self._close_also = close_also
         self._closed = False
+        #: When Redis last failed to answer (monotonic), for ``unreachable_within``.
+        self._unreachable_at: float | None = None
         #: True while this replica's broadcast subscription is confirmed; an in-process session cache serves only
         #: then (gateway/sessions/local_cache.py), since a revocation published meanwhile would not reach it.
         self.subscribed = False
@@ -415,6 +417,7 @@ class RedisSessionStore:
                 self.subscribed = False
                 if self._closed:
                     return
+                self._unreachable_at = time.monotonic()
                 log.warning("revocation channel lost (%s); reconnecting in %.1f s", type(exc).__name__, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.reconnect_backoff[1])
@@ -497,11 +500,14 @@ class RedisSessionStore:
         except (RedisError, OSError):
             log.debug("closing a broken pub/sub connection failed", exc_info=True)
 
-    @staticmethod
-    async def _call(awaitable: Awaitable[T]) -> T:
+    def unreachable_within(self, seconds: float) -> bool:
+        return self._unreachable_at is not None and time.monotonic() - self._unreachable_at < seconds
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
+            self._unreachable_at = time.monotonic()
             _unavailable(exc)
 
 

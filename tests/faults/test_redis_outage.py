@@ -135,10 +135,10 @@ async def test_deprovisioning_while_redis_is_down_answers_503_and_the_kill_lands
         no_traceback(refused)
         assert refused.json()["error"] == "sessions_not_ended"
         assert "is disabled" in refused.json()["message"]
-        # The replica that took it keeps ending the sessions until Redis answers: they never come back for longer
-        # than one retry interval (a request racing the retry on the first moment Redis is back can still pass).
+        # The replica that took it keeps ending the sessions until Redis answers, and meanwhile every replica that
+        # saw Redis fail checks each session's agent in the database: the revived session is never served.
         served = await _after_restart(fault_redis, agent, stack)
-        assert all(moment < RETRY_MAX_DELAY + 0.5 for moment in served), served
+        assert served == [], served
     finally:
         await agent.aclose()
     # The kill that landed late is recorded, with the attempts it took (after waiting for the replicas' acks).
@@ -150,7 +150,8 @@ async def test_deprovisioning_while_redis_is_down_answers_503_and_the_kill_lands
         ),
         timeout=5,
     )
-    assert '"attempts"' in revoked and '"sessions": 1' in revoked, revoked
+    # 1 session when the retry ended it, 0 when a replica's recovery check had already deleted it on a request.
+    assert '"attempts"' in revoked and ('"sessions": 1' in revoked or '"sessions": 0' in revoked), revoked
     confirmed = await admin_post(stack, "/agents/agent04/deprovision", {"reason": "left"})
     assert confirmed.status_code == 200 and confirmed.json()["active"] is False, confirmed.text
 
@@ -179,7 +180,7 @@ async def test_a_scim_deactivation_while_redis_is_down_is_refused_and_its_kill_l
         assert "Traceback" not in refused.text
         assert refused.json()["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"]
         served = await _after_restart(fault_redis, agent, stack)
-        assert all(moment < RETRY_MAX_DELAY + 0.5 for moment in served), served
+        assert served == [], served
         assert (await scim.get(f"/Users/{agent_id}")).json()["active"] is False
     finally:
         await agent.aclose()
