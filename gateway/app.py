@@ -34,6 +34,7 @@ from gateway.pages import error_response, render
 from gateway.policy_reload import watch_policies
 from gateway.scope import scope_of
 from gateway.services import Services, open_gateway, start_worker
+from gateway.sessions.base import Revocation
 from gateway.settings import Settings
 from gateway.signals.receiver import receive_event
 from policies.decision import Subject, Target
@@ -92,23 +93,33 @@ async def _on_error(connection: HTTPConnection, exc: Exception) -> Response:
 
 
 async def _revocation_listener(services: Services) -> None:
-    """Close this replica's WebSockets of every revoked agent and acknowledge to the revoking replica."""
-    async for revocation in services.sessions.revocations():
-        if revocation.refresh_only:
-            continue  # a logout or group change: the session cache (if any) dropped its copies; nothing to close
-        try:
-            if revocation.agent_id == "*":
-                # Resync after the broadcast channel dropped: re-check every open socket against the store.
-                for agent_id in list(services.live.agents()):
-                    if not await services.sessions.sessions_of(agent_id, time.time()):
-                        await services.live.close_agent(agent_id)
-                continue
-            await services.live.close_agent(revocation.agent_id)
-            for connector in services.connectors.values():
-                await connector.forget(revocation.agent_id)
-            await services.sessions.acknowledge(revocation)
-        except ChannelgateError as exc:
-            log.error("could not apply revocation %s: %s", revocation.revocation_id, exc.message)
+    """Close this replica's WebSockets of every revoked agent and acknowledge to the revoking replica.
+
+    Each revocation is applied in a task of its own: closing an agent's sockets waits for their close handshakes,
+    and one agent's slow close must not hold back the acknowledgement of every revocation broadcast after it (in
+    a storm of deprovisionings those would wait in line past the revoking replica's acknowledgement timeout).
+    """
+    async with asyncio.TaskGroup() as group:
+        async for revocation in services.sessions.revocations():
+            if revocation.refresh_only:
+                continue  # a logout or group change: the session cache (if any) dropped its copies; nothing to close
+            group.create_task(_apply_revocation(services, revocation))
+
+
+async def _apply_revocation(services: Services, revocation: Revocation) -> None:
+    try:
+        if revocation.agent_id == "*":
+            # Resync after the broadcast channel dropped: re-check every open socket against the store.
+            for agent_id in list(services.live.agents()):
+                if not await services.sessions.sessions_of(agent_id, time.time()):
+                    await services.live.close_agent(agent_id)
+            return
+        await services.live.close_agent(revocation.agent_id)
+        for connector in services.connectors.values():
+            await connector.forget(revocation.agent_id)
+        await services.sessions.acknowledge(revocation)
+    except ChannelgateError as exc:
+        log.error("could not apply revocation %s: %s", revocation.revocation_id, exc.message)
 
 
 async def _heartbeat(services: Services) -> None:
