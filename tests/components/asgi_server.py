@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -70,6 +70,11 @@ class AsgiServer:
             await self._task
         self._server = self._task = None
         self.sock.close()
+
+
+async def stop_all(servers: Iterable[AsgiServer]) -> None:
+    """Stop servers side by side: each stop sits through uvicorn's shutdown ticks (~0.2 s) whatever it serves."""
+    await asyncio.gather(*(server.stop() for server in servers))
 
 
 @contextlib.asynccontextmanager

@@ -34,7 +34,7 @@ from connectors.vault import store_credential
 from gateway.services import Services
 from gateway.settings import load_settings
 from gateway.timeutil import utcnow
-from tests.components.asgi_server import AsgiServer, bound_socket
+from tests.components.asgi_server import AsgiServer, bound_socket, stop_all
 from tests.components.browserless_login import login
 from tests.components.gateway import CHANNELS, ROOT, config_toml
 from tests.components.inprocess import running_gateway
@@ -165,9 +165,9 @@ async def deployment(
     settings = load_settings(config_path, environ={})
     try:
         async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(stop_all, consoles.values())
             for console in consoles.values():
                 await console.start()
-                stack.push_async_callback(console.stop)
             services = await stack.enter_async_context(running_gateway(settings, gateway_sock))
             assert services.vault is not None
             credentials = {}
