@@ -7,9 +7,11 @@ import statistics
 from bench.audit import AuditBenchResult
 from bench.forward_auth import ForwardAuthResult, forward_auth_section
 from bench.ldap import LdapBenchResult, ldap_section
+from bench.load import LoadResult, load_section
 from bench.offboarding import OffboardingResult
 from bench.policies import PolicyBenchResult, policy_section
 from bench.revocation import RevocationResult, Trial, percentile
+from bench.scaling import ScalingResult, scaling_section
 from bench.scim import GOAL_P99_MS, GOAL_RPS, ScimDisableResult, ScimResult
 from bench.throughput import TARGETS, ThroughputResult
 
@@ -359,6 +361,8 @@ def render(
     ldap: LdapBenchResult | None = None,
     policies: PolicyBenchResult | None = None,
     forward_auth: ForwardAuthResult | None = None,
+    load: LoadResult | None = None,
+    scaling: ScalingResult | None = None,
     kept: dict[str, list[str]] | None = None,
 ) -> str:
     """The whole page; ``kept`` holds the previous page's sections (by heading number) of benchmarks skipped
@@ -395,14 +399,18 @@ def render(
     lines += ldap_section(ldap) if ldap is not None else kept.get("6", [])
     lines += policy_section(policies) if policies is not None else kept.get("7", [])
     lines += forward_auth_section(forward_auth) if forward_auth is not None else kept.get("8", [])
+    lines += load_section(load) if load is not None else kept.get("9", [])
+    lines += scaling_section(scaling) if scaling is not None else kept.get("10", [])
     lines += [
         "## Reproduce",
         "",
-        "`make bench` (about 7 minutes), or `python -m bench.run --help` for durations, rounds and trial counts; "
-        "`python -m bench.run --quick` is a one-minute smoke run. The sources are in `bench/`: `bare_proxy.py` "
+        "`make bench` (about 12 minutes), or `python -m bench.run --help` for durations, rounds and trial counts; "
+        "`python -m bench.run --quick` is a smoke run of a few minutes. The sources are in `bench/`: `bare_proxy.py` "
         "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
         "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`, `ldap.py`, `policies.py`, "
-        "`forward_auth.py` (with `trivial_auth.py`). A run with `--skip` "
+        "`forward_auth.py` (with `trivial_auth.py`), `load.py` (with `load_stack.py`, `load_nginx.py`, "
+        "`load_wrk.py` + `load_wrk.lua`, `load_ws.py`, `load_checks.py`), `scaling.py`, `procstat.py`. A run with "
+        "`--skip` "
         "keeps the skipped sections of the previous page, marked with the date they were measured.",
         "",
     ]

@@ -1,7 +1,7 @@
 """Run every benchmark and write docs/benchmarks.md.
 
-python -m bench.run                 # the full run (make bench), about 7 minutes
-python -m bench.run --quick         # a smoke run of about a minute
+python -m bench.run                 # the full run (make bench), about 12 minutes
+python -m bench.run --quick         # a smoke run of a few minutes
 python -m bench.run --duration 30 --rounds 5 --trials 200
 """
 
@@ -21,12 +21,15 @@ from pathlib import Path
 from bench.audit import AuditBenchResult, run_audit
 from bench.forward_auth import ForwardAuthBench, ForwardAuthResult
 from bench.ldap import LdapBenchResult, run_ldap
+from bench.load import LoadPlan, LoadResult, run_load_test
+from bench.load_stack import LoadStack
 from bench.machine import describe
 from bench.nginx import Nginx
 from bench.offboarding import OffboardingResult, run_offboarding
 from bench.policies import PolicyBenchResult, run_policy_decisions
 from bench.report import previous_sections, render
 from bench.revocation import RevocationResult, run_revocation
+from bench.scaling import ScalingResult, run_scaling
 from bench.scim import ScimDisableResult, ScimResult, run_scim_disable, run_scim_lookups
 from bench.stack import Gateway, bench_accounts
 from bench.throughput import ThroughputResult, run_throughput
@@ -53,12 +56,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--offboard-agents", type=int, help="agents of the bulk offboarding (default 10000; quick 300)")
     parser.add_argument("--forward-auth-trials", type=int, help="revocations per forward-auth setting (default 30)")
+    parser.add_argument("--load-agents", type=int, help="agents of the load test (default 1000; quick 200)")
+    parser.add_argument("--load-storm", type=int, help="agents deprovisioned at once in it (default 100; quick 20)")
+    parser.add_argument("--load-duration", type=float, help="seconds of its load (default 60; quick 20)")
+    parser.add_argument("--load-rate", type=float, default=0.5, help="HTTP requests per agent per second (0.5)")
+    parser.add_argument("--memory-sessions", type=int, help="sessions of the memory measurement (default 10000)")
     parser.add_argument(
         "--skip",
-        choices=("throughput", "revocation", "scim", "offboarding", "audit", "ldap", "policies", "forward-auth"),
+        choices=(
+            "throughput", "revocation", "scim", "offboarding", "audit", "ldap", "policies", "forward-auth", "load",
+            "scaling",
+        ),
         action="append",
         default=[],
-    )
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -70,7 +81,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cli_trials = args.cli_trials if args.cli_trials is not None else (2 if quick else 5)
     args.offboard_agents = args.offboard_agents or (300 if quick else 10_000)
     args.forward_auth_trials = args.forward_auth_trials or (5 if quick else 30)
+    args.load_agents = args.load_agents or (200 if quick else 1000)
+    args.load_storm = args.load_storm or (20 if quick else 100)
+    args.load_duration = args.load_duration or (20.0 if quick else 60.0)
+    args.memory_sessions = args.memory_sessions or (2_000 if quick else 10_000)
     return args
+
+
+def load_plan(args: argparse.Namespace) -> LoadPlan:
+    single, logins = (4, 6) if args.quick else (20, 20)
+    return LoadPlan(
+        agents=args.load_agents, storm=args.load_storm, single=single, logins=logins, duration=args.load_duration,
+        rate=args.load_rate,
+    )  # fmt: skip
+
+
+def postmaster_pid(server: PostgresServer) -> int:
+    return int((server.data_dir / "postmaster.pid").read_text().split()[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ldap: LdapBenchResult | None = None
     policies: PolicyBenchResult | None = None
     forward_auth: ForwardAuthResult | None = None
+    load: LoadResult | None = None
+    scaling: ScalingResult | None = None
+    plan = load_plan(args)
     try:
         nginx = Nginx()
         cleanups.append(nginx.close)
@@ -101,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_gw = Gateway("memory", f"sqlite+aiosqlite:///{work}/memory.db", nginx.upstream_port)
         redis_gw = Gateway("redis", f"sqlite+aiosqlite:///{work}/redis.db", nginx.upstream_port, redis_throughput.url)
         postgres: PostgresServer | None = None
-        if args.database == "postgres" or "scim" not in args.skip:
+        run_load = "load" not in args.skip or "scaling" not in args.skip
+        if args.database == "postgres" or "scim" not in args.skip or run_load:
             # Its own mkdtemp directory: the postgres user must traverse every parent (see PostgresServer).
             postgres_dir = Path(tempfile.mkdtemp(prefix="channelgate-bench-pg-"))
             postgres = PostgresServer(postgres_dir)
@@ -122,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         # The SCIM disable trials log in their own agents, after those of the revocation trials.
         first_scim_agent = args.trials + args.cli_trials
         forward_auth_bench = ForwardAuthBench(redis_throughput.url)
+        load_stack: LoadStack | None = None
+        if run_load:
+            assert postgres is not None
+            redis_load = RedisServer()
+            cleanups.append(redis_load.close)
+            redis_load.start()
+            load_stack = LoadStack(postgres.create_database("bench_load"), redis_load.url)
+            cleanups.append(load_stack.stop)
 
         provider = OidcProvider(
             provider_config(
@@ -131,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                     *replicas.redirect_uris,
                     *scim_replicas.redirect_uris,
                     *forward_auth_bench.redirect_uris,
+                    *(load_stack.redirect_uris if load_stack is not None else []),
                 ],
                 accounts=(
                     *STANDARD_ACCOUNTS,
-                    *bench_accounts(max(first_scim_agent + args.scim_trials, args.forward_auth_trials)),
+                    *bench_accounts(max(first_scim_agent + args.scim_trials, args.forward_auth_trials, plan.logins)),
                 ),
             )
         )
@@ -196,6 +236,29 @@ def main(argv: list[str] | None = None) -> int:
                 rounds=max(1, args.rounds // 2),
                 trials=args.forward_auth_trials,
             )
+        if load_stack is not None:
+            assert postgres is not None
+            load_stack.start(provider.issuer)
+            load_work = work / "load"
+            load_work.mkdir()
+            pg_pid = postmaster_pid(postgres)
+            if "load" not in args.skip:
+                load = asyncio.run(run_load_test(load_stack, plan, load_work, postgres_pid=pg_pid))
+                live = load.live
+            else:
+                agents = asyncio.run(load_stack.provision(plan.agents))
+                asyncio.run(load_stack.open_sessions(agents, plan.logins))
+                live = {agent.name: agent.cookie for agent in agents}
+            if "scaling" not in args.skip:
+                roots = {f"replica {i}": pid for i, pid in enumerate(load_stack.gateway.pids)}
+                roots |= {"postgresql": pg_pid, "nginx": load_stack.nginx.process.pid or 0}
+                scaling = asyncio.run(
+                    run_scaling(
+                        load_stack, live, load_work, duration=args.duration, warmup=args.warmup,
+                        rounds=max(1, args.rounds // 2), roots=roots, memory_sessions=args.memory_sessions,
+                        cached_database_url=postgres.create_database("bench_load_cached"),
+                    )
+                )  # fmt: skip
     finally:
         for cleanup in reversed(cleanups):
             try:
@@ -226,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         ldap=ldap,
         policies=policies,
         forward_auth=forward_auth,
+        load=load,
+        scaling=scaling,
         kept=previous_sections(previous),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)

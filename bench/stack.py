@@ -53,6 +53,8 @@ class Gateway:
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     #: Appended to the generated channelgate.toml (new tables only, e.g. ``[forward_auth]``).
     extra_toml: str = ""
+    #: channel → the credential stored for it by ``start`` (a console that checks it needs it).
+    credentials: dict[str, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="channelgate-bench-gw-")))
     _children: list[ChildProcess] = field(default_factory=list)
 
@@ -98,7 +100,8 @@ class Gateway:
         )
         self.cli("migrate")
         for channel in CHANNELS:
-            self.cli("channels", "set-credential", channel, stdin=f"bench-{channel}-{secrets.token_urlsafe(12)}\n")
+            self.credentials[channel] = f"bench-{channel}-{secrets.token_urlsafe(12)}"
+            self.cli("channels", "set-credential", channel, stdin=self.credentials[channel] + "\n")
         for index, port in enumerate(self.ports):
             child = ChildProcess(
                 [
@@ -115,6 +118,11 @@ class Gateway:
             child.wait_until(
                 lambda i=index: _url_ok(f"{self.url(i)}/.channelgate/readyz"), timeout=30, what="readiness"
             )
+
+    @property
+    def pids(self) -> list[int]:
+        """The replicas' process ids, in replica order."""
+        return [child.pid for child in self._children if child.pid is not None]
 
     def logs(self) -> str:
         return "\n".join(child.log_tail(60) for child in self._children)
