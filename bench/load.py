@@ -44,7 +44,7 @@ class LoadPlan:
     agents: int = 1000
     storm: int = 100
     #: Agents deprovisioned one at a time under the load, before the storm.
-    single: int = 20
+    single: int = 50
     #: Agents whose session comes from the real OIDC login.
     logins: int = 20
     duration: float = 60.0

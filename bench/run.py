@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_plan(args: argparse.Namespace) -> LoadPlan:
-    single, logins = (4, 6) if args.quick else (20, 20)
+    single, logins = (4, 6) if args.quick else (50, 20)
     return LoadPlan(
         agents=args.load_agents, storm=args.load_storm, single=single, logins=logins, duration=args.load_duration,
         rate=args.load_rate,
