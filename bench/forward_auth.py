@@ -31,6 +31,9 @@ from tests.components.process import ChildProcess, require_executable
 
 GOAL_RATIO = 0.4
 CACHE_ENV = "CHANNELGATE_SESSIONS__LOCAL_CACHE_SECONDS"
+#: The gateways here run as a forward-auth deployment would: ``[server] gil_switch_interval_ms = 0.5``.
+SWITCH_ENV = "CHANNELGATE_SERVER__GIL_SWITCH_INTERVAL_MS"
+SWITCH_INTERVAL_MS = 0.5
 
 CONFIG = """
 daemon off;
@@ -209,10 +212,12 @@ def run_forward_auth(
         trivial.start()
         for name, gateway in gateways.items():
             os.environ[CACHE_ENV] = str(VARIANTS[name][1])
+            os.environ[SWITCH_ENV] = str(SWITCH_INTERVAL_MS)
             try:
                 gateway.start(issuer)
             finally:
                 os.environ.pop(CACHE_ENV, None)
+                os.environ.pop(SWITCH_ENV, None)
         nginx.start()
         headers = {}
         for name, gateway in gateways.items():
@@ -307,7 +312,8 @@ def forward_auth_section(result: ForwardAuthResult) -> list[str]:
         "",
         f"`wrk -t2 -c50`, {len(result.rounds)} rounds of {result.duration:g} s, targets in alternating order; "
         "one nginx worker for every target; channelgate with Redis sessions, the shipped policies, the chat "
-        "channel's bearer credential and the signed assertion in the answer. Source: `bench/forward_auth.py`.",
+        "channel's bearer credential and the signed assertion in the answer, `[server] gil_switch_interval_ms = "
+        f"{SWITCH_INTERVAL_MS:g}`. Source: `bench/forward_auth.py`.",
         "",
         f"**Goal: ≥ {GOAL_RATIO}× nginx `proxy_pass` alone: {verdict} (median of rounds {median_ratio:.2f}×; rounds "
         f"{' / '.join(f'{r:.2f}' for r in ratios)}).**",

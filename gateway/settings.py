@@ -88,6 +88,11 @@ class ServerSettings(_Section):
     #: Development switch for plain-HTTP loopback only: cookie ``channelgate`` without ``Secure``/``__Host-``.
     insecure_dev_cookies: bool = False
     max_header_bytes: Annotated[int, Field(ge=1024)] = 16384
+    #: CPython's GIL switch interval in a serving process. The event loop shares the GIL with the access log's
+    #: writer and sealer threads; after each socket write it may wait this long for the GIL. 5 (CPython's default)
+    #: suits the inline proxy; 0.5 doubles forward-auth's answers per second (docs/benchmarks.md §8) but costs the
+    #: inline proxy ~15 % (§1).
+    gil_switch_interval_ms: Annotated[float, Field(ge=0.1, le=50)] = 5.0
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -53,10 +53,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The GIL switch interval of a serving process (CPython's default is 0.005).
-SWITCH_INTERVAL_SECONDS = 0.0005
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -71,11 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(upgrade_to_head(settings.database))
     host = args.host or settings.server.host
     port = args.port or settings.server.port
-    # The event loop shares the GIL with the access log's writer and sealer threads. With CPython's default 5 ms
-    # switch interval, each time the loop releases the GIL for a socket write it can wait up to 5 ms to get it
-    # back from a busy writer thread (a convoy): forward-auth answered ~2,400 req/s with a p99 of ~290 ms here.
-    # At 0.5 ms the loop gets the GIL back within half a millisecond: ~4,800 req/s, p99 ~110 ms (docs/benchmarks.md).
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    # The event loop shares the GIL with the access log's writer and sealer threads. Each time the loop releases
+    # the GIL for a socket write it can wait up to the switch interval to get it back from a busy writer thread (a
+    # convoy): at CPython's 5 ms forward-auth answered ~2,400 req/s (p99 ~290 ms) here, at 0.5 ms ~4,800 (p99
+    # ~110 ms), while the inline proxy, which does more Python work per request, lost ~15 %. A setting, then.
+    sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
     uvicorn.run(
         create_app(settings, freeze_heap=True),
         host=host,
