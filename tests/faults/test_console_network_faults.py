@@ -264,7 +264,9 @@ async def test_a_storm_of_faults_leaks_no_descriptor_thread_connection_or_task_a
 
     # Nothing toward the faulted console is left open, and nothing else grows beyond what pools may add under a
     # loaded machine (database and Redis pools open a connection or two more when requests overlap differently).
-    assert after["console_sockets"] <= before["console_sockets"], (before, after)
+    # The pool may keep up to one idle keep-alive connection per concurrent request of the last burst; a leak per
+    # fault (about a hundred per round) would be far more.
+    assert after["console_sockets"] <= max(before["console_sockets"], CONCURRENT), (before, after)
     assert after["descriptors"] - after["sockets"] <= before["descriptors"] - before["sockets"] + 2, (before, after)
     assert after["descriptors"] <= before["descriptors"] + 6, (before, after)
     assert after["threads"] <= before["threads"], (before, after)
