@@ -120,6 +120,8 @@ class LoadResult:
     load_seconds: float
     #: The agents never deprovisioned: name → session cookie (section 10 loads with them).
     live: dict[str, str] = field(default_factory=dict)
+    #: Seconds into the load when the storm's calls started.
+    storm_at: float = 0.0
 
     def of(self, phase: str) -> list[Revoked]:
         return [r for r in self.revoked if r.phase == phase]
@@ -381,6 +383,7 @@ async def run_load_test(stack: LoadStack, plan: LoadPlan, work: Path, *, postgre
         sockets=check_sockets(records, moments), ws_rtts=[rtt for r in records for rtt in r.rtts],
         poller_errors=traffic.errors, memory=memory, redis_kib=(redis_before, redis_after), cpu=cpu,
         load_seconds=end - start, live={a.name: a.cookie for a in agents if a.name not in moments},
+        storm_at=storm_started - start,
     )  # fmt: skip
     _log("checks: " + ("all hold" if not result.failures else "; ".join(result.failures)))
     return result
@@ -465,7 +468,7 @@ def load_section(result: LoadResult) -> list[str]:
         "(`bench/load_wrk.lua`), every request one agent's cookie in turn over `/chat/`, `/phone/`, `/mail/`, each "
         f"connection pausing 0–{2 * plan.mean_delay_ms:.0f} ms between requests: {plan.rate:g} request/s per agent "
         f"offered. At {plan.single_at * plan.duration:.0f} s, {plan.single} agents are deprovisioned one at a time "
-        f"(admin API, a poller per replica each); at {plan.storm_at * plan.duration:.0f} s the storm: "
+        f"(admin API, a poller per replica each); at {result.storm_at:.0f} s the storm: "
         f"{plan.storm} deprovisionings at once, half through each replica. Revoked agents stay in wrk's rotation, "
         "so their requests keep coming and must be refused. Sources: `bench/load.py`, `bench/load_checks.py`.",
         "",
