@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.errors import SessionStoreUnavailable
-from gateway.sessions.base import RESYNC_AGENT_ID, SessionData, SessionState, SessionStore
+from gateway.sessions.base import RESYNC_AGENT_ID, SessionData, SessionState, SessionStore, session_key
 from gateway.sessions.factory import create_session_store
 from gateway.settings import SessionSettings
 from tests.components.pki import TestCa
@@ -95,6 +95,15 @@ async def test_after_a_failover_the_next_heartbeat_moves_every_connection_to_the
     before = await sentinel_store.create(ALICE, 1000.0)
     await sentinel_store.heartbeat(time.time())
     old_primary = sentinel_group.primary_port_now()
+    # Replication is asynchronous: promote the replica only once it holds the session (else the failover itself
+    # loses it, which is Redis's documented window, not what this test is about).
+    replica = sentinel_group.replica_port if old_primary == sentinel_group.primary_port else sentinel_group.primary_port
+    for _ in range(200):
+        if "cg:s:" + session_key(before.id) in sentinel_group.keys(replica, "cg:s:*"):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the replica never received the session")
 
     async with aclosing(sentinel_store.revocations()) as feed:
         first = asyncio.ensure_future(anext(feed))
