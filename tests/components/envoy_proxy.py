@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from tests.components.ports import LOOPBACK, port_is_open
-from tests.components.process import ChildProcess, MissingComponent, run
+from tests.components.process import ChildProcess, Lifecycle, MissingComponent, ServerProcess, run
 
 
 def envoy_binary() -> str:
@@ -21,18 +21,19 @@ def envoy_binary() -> str:
     return found
 
 
-class EnvoyProxy:
+class EnvoyProxy(ServerProcess, Lifecycle):
     """``bootstrap`` is a complete Envoy bootstrap (YAML) whose listener is on ``port`` of the loopback address."""
 
     def __init__(self, bootstrap: str, *, port: int) -> None:
         self.binary = envoy_binary()
         self.port = port
-        self.prefix = Path(tempfile.mkdtemp(prefix="channelgate-envoy-"))
-        self.config = self.prefix / "envoy.yaml"
+        directory = Path(tempfile.mkdtemp(prefix="channelgate-envoy-"))
+        self.config = directory / "envoy.yaml"
         self.config.write_text(bootstrap, encoding="utf-8")
         # No hot restart: no shared memory, so several Envoys (other tests, other checkouts) never collide.
         argv = [self.binary, "-c", str(self.config), "--disable-hot-restart", "--concurrency", "1"]
-        self._child = ChildProcess([*argv, "--log-level", "warn"], self.prefix / "envoy.log", name="envoy")
+        process = ChildProcess([*argv, "--log-level", "warn"], directory / "envoy.log", name="envoy")
+        super().__init__(process, directory, startup_timeout=30)
 
     @property
     def url(self) -> str:
@@ -45,11 +46,4 @@ class EnvoyProxy:
 
     def start(self) -> None:
         self.check()
-        self._child.start()
-        self._child.wait_until(lambda: port_is_open(LOOPBACK, self.port), timeout=30, what="envoy listening")
-
-    def stop(self) -> None:
-        self._child.stop()
-
-    def log(self) -> str:
-        return self._child.log_path.read_text(errors="replace") if self._child.log_path.exists() else ""
+        self._start_and_wait(lambda: port_is_open(LOOPBACK, self.port), what="envoy listening")

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.components.ports import LOOPBACK, free_port, port_is_open
-from tests.components.process import ChildProcess, ComponentFailed, require_executable
+from tests.components.process import ChildProcess, ComponentFailed, Lifecycle, ServerProcess, require_executable
 
 SUFFIX = "dc=example,dc=com"
 ROOT_DN = f"cn=admin,{SUFFIX}"
@@ -236,7 +233,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-class LdapServer:
+class LdapServer(ServerProcess, Lifecycle):
     """A throwaway ``slapd`` child process with the base entries (people, groups, former) loaded.
 
     ``preload`` (LDIF) is loaded offline with ``slapadd`` before the start, which is how a test gets thousands
@@ -249,30 +246,30 @@ class LdapServer:
     ) -> None:
         self.port = free_port()
         self.tls_port = free_port() if tls else None
-        self.startup_timeout = startup_timeout
-        self.dir = Path(tempfile.mkdtemp(prefix="channelgate-slapd-"))
+        self.directory = Path(tempfile.mkdtemp(prefix="channelgate-slapd-"))
         self._slapd = require_executable("slapd", "slapd")
         self._slapadd = require_executable("slapadd", "slapd")
         self._ldapmodify = require_executable("ldapmodify", "ldap-utils")
         self.ca_file: Path | None = None
         certificate: tuple[Path, Path] | None = None
         if tls:
-            self.ca_file, cert, key = _self_signed(self.dir)
+            self.ca_file, cert, key = _self_signed(self.directory)
             certificate = (cert, key)
-        (self.dir / "data").mkdir()
-        (self.dir / "slapd.d").mkdir()
-        (self.dir / "config.ldif").write_text(_config_ldif(self.dir, certificate, size_limit))
-        (self.dir / "base.ldif").write_text(_base_ldif() + ("\n" + preload if preload else ""))
+        (self.directory / "data").mkdir()
+        (self.directory / "slapd.d").mkdir()
+        (self.directory / "config.ldif").write_text(_config_ldif(self.directory, certificate, size_limit))
+        (self.directory / "base.ldif").write_text(_base_ldif() + ("\n" + preload if preload else ""))
         self._offline("config.ldif", "-n0")
         self._offline("base.ldif", "-n1")
         urls = f"ldap://{LOOPBACK}:{self.port}/"
         if self.tls_port is not None:
             urls += f" ldaps://{LOOPBACK}:{self.tls_port}/"
-        argv = [self._slapd, "-h", urls, "-F", str(self.dir / "slapd.d"), "-d", "0"]
-        self._process = ChildProcess(argv, self.dir / "slapd.log", name=f"slapd :{self.port}")
+        argv = [self._slapd, "-h", urls, "-F", str(self.directory / "slapd.d"), "-d", "0"]
+        process = ChildProcess(argv, self.directory / "slapd.log", name=f"slapd :{self.port}")
+        super().__init__(process, self.directory, startup_timeout=startup_timeout)
 
     def _offline(self, ldif: str, database: str) -> None:
-        argv = [self._slapadd, database, "-F", str(self.dir / "slapd.d"), "-l", str(self.dir / ldif)]
+        argv = [self._slapadd, database, "-F", str(self.directory / "slapd.d"), "-l", str(self.directory / ldif)]
         if database == "-n1":
             argv.append("-q")
         result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
@@ -288,10 +285,6 @@ class LdapServer:
         assert self.tls_port is not None, "start the server with tls=True"
         return f"ldaps://{LOOPBACK}:{self.tls_port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process.running
-
     def modify(self, ldif: str) -> None:
         """Apply LDIF change records (``changetype: add|modify|delete|modrdn``) as the root DN, online."""
         argv = [self._ldapmodify, "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD, "-c"]
@@ -304,35 +297,8 @@ class LdapServer:
         self.modify("\n".join(_with_changetype_add(ldif)))
 
     def start(self) -> None:
-        self._process.start()
         ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
-        self._process.wait_until(
-            lambda: all(port_is_open(LOOPBACK, p) for p in ports), timeout=self.startup_timeout, what="listening"
-        )
-
-    def stop(self) -> None:
-        self._process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash or a cut network would (open connections are reset)."""
-        self._process.kill()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        self._start_and_wait(lambda: all(port_is_open(LOOPBACK, p) for p in ports), what="listening")
 
 
 def _with_changetype_add(ldif: str) -> list[str]:

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from tests.components.ports import LOOPBACK, free_port, port_is_open
-from tests.components.process import ChildProcess, require_executable, run
+from tests.components.process import ChildProcess, Lifecycle, ServerProcess, require_executable, run
 
 _MAIN = """
 daemon off;
@@ -26,24 +26,25 @@ http {{
 """
 
 
-class NginxServer:
+class NginxServer(ServerProcess, Lifecycle):
     """``http`` is the body of the ``http {}`` block (upstreams, servers, includes); ``{port}`` in it is replaced
     by the port chosen here."""
 
     def __init__(self, http: str, *, workers: int = 1, port: int | None = None) -> None:
         self.binary = require_executable("nginx", "nginx")
         self.port = port or free_port()
-        self.prefix = Path(tempfile.mkdtemp(prefix="channelgate-nginx-"))
-        self.conf = self.prefix / "nginx.conf"
+        directory = Path(tempfile.mkdtemp(prefix="channelgate-nginx-"))
+        self.conf = directory / "nginx.conf"
         self.conf.write_text(
-            _MAIN.format(workers=workers, prefix=self.prefix, http=http.replace("{port}", str(self.port))),
+            _MAIN.format(workers=workers, prefix=directory, http=http.replace("{port}", str(self.port))),
             encoding="utf-8",
         )
-        self._child = ChildProcess(
-            [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr"],
-            self.prefix / "nginx.log",
+        process = ChildProcess(
+            [self.binary, "-p", str(directory), "-c", str(self.conf), "-e", "stderr"],
+            directory / "nginx.log",
             name="nginx",
         )
+        super().__init__(process, directory, startup_timeout=15)
 
     @property
     def url(self) -> str:
@@ -51,15 +52,8 @@ class NginxServer:
 
     def check(self) -> None:
         """``nginx -t``: the configuration parses (raises with nginx's own message when not)."""
-        run([self.binary, "-t", "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr"], what="nginx -t")
+        run([self.binary, "-t", "-p", str(self.directory), "-c", str(self.conf), "-e", "stderr"], what="nginx -t")
 
     def start(self) -> None:
         self.check()
-        self._child.start()
-        self._child.wait_until(lambda: port_is_open(LOOPBACK, self.port), timeout=15, what="nginx listening")
-
-    def stop(self) -> None:
-        self._child.stop()
-
-    def log(self) -> str:
-        return self._child.log_path.read_text(errors="replace") if self._child.log_path.exists() else ""
+        self._start_and_wait(lambda: port_is_open(LOOPBACK, self.port), what="nginx listening")

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.components.ports import LOOPBACK, free_port
-from tests.components.process import ChildProcess, require_executable, run
+from tests.components.process import ChildProcess, Lifecycle, ServerProcess, require_executable, run
 
 OP_DIR = Path(__file__).with_name("oidc_provider")
 DEMO_PASSWORD = "demo-password"
@@ -171,7 +169,7 @@ def ensure_node_modules() -> None:
     run([npm, "ci", "--no-audit", "--no-fund"], what="npm ci", cwd=OP_DIR, timeout=300)
 
 
-class OidcProvider:
+class OidcProvider(ServerProcess, Lifecycle):
     """The provider as a child ``node op.mjs`` process; a context manager.
 
     ``restart(jwks=...)`` keeps the port and issuer but swaps the signing keys (key-rotation tests). Sessions
@@ -182,16 +180,16 @@ class OidcProvider:
         self.config = config
         self.port = config.port if config.port is not None else free_port()
         self.jwks: Jwks = config.jwks if config.jwks is not None else new_key_set()
-        self.startup_timeout = startup_timeout
-        self._dir = Path(tempfile.mkdtemp(prefix="channelgate-op-"))
-        self._config_path = self._dir / "config.json"
+        directory = Path(tempfile.mkdtemp(prefix="channelgate-op-"))
+        self._config_path = directory / "config.json"
         node = require_executable("node", "nodejs")
-        self._process = ChildProcess(
+        process = ChildProcess(
             [node, str(OP_DIR / "op.mjs"), str(self._config_path)],
-            self._dir / "op.log",
+            directory / "op.log",
             name=f"oidc-provider :{self.port}",
             cwd=OP_DIR,
         )
+        super().__init__(process, directory, startup_timeout=startup_timeout)
 
     @property
     def issuer(self) -> str:
@@ -209,12 +207,8 @@ class OidcProvider:
         return f"{self.issuer}/.well-known/openid-configuration"
 
     @property
-    def running(self) -> bool:
-        return self._process.running
-
-    @property
     def log_path(self) -> Path:
-        return self._process.log_path
+        return self.process.log_path
 
     def metadata(self) -> dict[str, Any]:
         """Fetch the discovery document."""
@@ -235,41 +229,13 @@ class OidcProvider:
             "ttl": dict(self.config.ttl),
         }
         self._config_path.write_text(json.dumps(document, indent=2))
-        self._process.start()
-        self._process.wait_until(self._ready, timeout=self.startup_timeout, what="discovery document")
-
-    def stop(self) -> None:
-        """Stop node; idempotent."""
-        self._process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL node, as a provider outage would."""
-        self._process.kill()
+        self._start_and_wait(self._ready, what="discovery document")
 
     def restart(self, jwks: Jwks | None = None) -> None:
         """Restart on the same port, with ``jwks`` as the new signing keys when given."""
-        self.stop()
         if jwks is not None:
             self.jwks = jwks
-        self.start()
-
-    def close(self) -> None:
-        """Stop node and remove the config/log directory."""
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        super().restart()
 
     def _ready(self) -> bool:
         """Our node said it listens (op.mjs logs it), and the port answers: not another server that took the port

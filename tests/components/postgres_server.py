@@ -13,11 +13,9 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from tests.components.ports import LOOPBACK, free_port
-from tests.components.process import INSTALL_HINT, ComponentFailed, MissingComponent, run
+from tests.components.process import INSTALL_HINT, ComponentFailed, Lifecycle, MissingComponent, run
 
 PREFERRED_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -54,11 +52,12 @@ def find_bin_dir() -> Path:
     return installed[0].parent
 
 
-class PostgresServer:
+class PostgresServer(Lifecycle):
     """A throwaway PostgreSQL cluster with trust authentication for the ``postgres`` superuser.
 
     ``create_database()`` returns the SQLAlchemy async URL of a fresh database; ``restart()`` keeps the port
-    and the data, so tests can check that the gateway reconnects.
+    and the data, so tests can check that the gateway reconnects. ``close()`` only stops it: ``base_dir`` is the
+    caller's.
     """
 
     def __init__(
@@ -130,11 +129,6 @@ class PostgresServer:
         """Stop the server without a checkpoint (immediate shutdown), as close to a crash as pg_ctl offers."""
         self._pg_ctl_stop("immediate")
 
-    def restart(self) -> None:
-        """Stop and start again on the same port, keeping every database."""
-        self.stop()
-        self.start()
-
     def execute(self, sql: str, database: str = "postgres") -> str:
         """Run SQL with ``psql`` as the superuser and return its unaligned, tuples-only output."""
         return run(
@@ -163,15 +157,6 @@ class PostgresServer:
         except FileNotFoundError:
             return f"({self.log_path} does not exist)"
         return f"--- last lines of {self.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _initdb(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)

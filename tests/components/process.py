@@ -1,4 +1,8 @@
-"""Child processes for test servers: start, wait until ready, stop, and explain a failure with the server's log."""
+"""Child processes for test servers: start, wait until ready, stop, and explain a failure with the server's log.
+
+:class:`ChildProcess` is one child; :class:`ServerProcess` is a server that is one child in a directory of its own;
+:class:`Lifecycle` is the start / stop / close / ``with`` contract every test server keeps.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ import shutil
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Self
 
 INSTALL_HINT = "run `make test`, which installs the system packages (scripts/system-deps.sh)"
 
@@ -123,3 +129,80 @@ class ChildProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class Lifecycle(ABC):
+    """A test server's contract: ``start`` returns once it is ready, ``stop`` is idempotent, ``close`` also removes
+    what it keeps on disk. ``with`` starts it and closes it on the way out, and also when the start itself failed,
+    so a half-started child never outlives the test."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the server and return once it is ready."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the server; idempotent."""
+
+    def close(self) -> None:
+        """Stop the server and remove what it keeps on disk (nothing here; subclasses say otherwise)."""
+        self.stop()
+
+    def restart(self) -> None:
+        """Stop (if running) and start again with the same port and configuration."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class ServerProcess:
+    """A server that is one :class:`ChildProcess` with a directory of its own (configuration, data, log).
+
+    A subclass says what "ready" means by the predicate it hands :meth:`_start_and_wait`; its ``start`` may take
+    what that predicate needs. With :class:`Lifecycle` as a second base it is also a context manager.
+    """
+
+    def __init__(self, process: ChildProcess, directory: Path, *, startup_timeout: float) -> None:
+        self.process = process
+        self.directory = directory
+        self.startup_timeout = startup_timeout
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.process.running
+
+    def stop(self) -> None:
+        """Stop the server cleanly (SIGTERM); idempotent."""
+        self.process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no clean shutdown, open connections are cut."""
+        self.process.kill()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def log(self) -> str:
+        """Everything the server has written to its log so far."""
+        path = self.process.log_path
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _start_and_wait(self, ready: Callable[[], bool], *, what: str) -> None:
+        """Start the child and poll ``ready`` for up to ``startup_timeout`` seconds; ``what`` names the wait."""
+        self.process.start()
+        self.process.wait_until(ready, timeout=self.startup_timeout, what=what)

@@ -12,13 +12,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import redis
 
 from tests.components.ports import LOOPBACK, free_port
-from tests.components.process import ChildProcess, require_executable
+from tests.components.process import ChildProcess, Lifecycle, ServerProcess, require_executable
 
 MASTER_NAME = "channelgate"
 PRIMARY_PASSWORD = "primary-s3cret"
@@ -41,7 +40,7 @@ def _server_argv(port: int, directory: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-class SentinelGroup:
+class SentinelGroup(Lifecycle):
     """A primary, its replica and one sentinel monitoring them as ``MASTER_NAME``."""
 
     def __init__(self, *, startup_timeout: float = 15.0) -> None:
@@ -129,23 +128,13 @@ class SentinelGroup:
         self.sentinel.start()
         self.sentinel.wait_until(self._sentinel_knows_replica, timeout=self.startup_timeout, what="sentinel ready")
 
-    def close(self) -> None:
+    def stop(self) -> None:
         for process in (self.sentinel, self.replica, self.primary):
             process.stop()
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def role(self, port: int) -> str:
         with redis.Redis(LOOPBACK, port, password=PRIMARY_PASSWORD, decode_responses=True) as client:
@@ -154,7 +143,7 @@ class SentinelGroup:
     def _replica_linked(self) -> bool:
         try:
             with redis.Redis(LOOPBACK, self.replica_port, password=PRIMARY_PASSWORD, decode_responses=True) as c:
-                return c.info("replication").get("master_link_status") == "up"
+                return bool(c.info("replication").get("master_link_status") == "up")
         except redis.RedisError:
             return False
 
@@ -168,33 +157,27 @@ class SentinelGroup:
         return bool(replicas) and all("disconnected" not in replica["flags"] for replica in replicas)
 
 
-class TlsRedis:
+class TlsRedis(ServerProcess):
     """A Redis that speaks only TLS and asks every client for a certificate issued by ``ca_file``'s CA."""
 
     def __init__(self, ca_file: Path, cert_file: Path, key_file: Path, *, startup_timeout: float = 10.0) -> None:
         self.port = free_port()
         self.ca_file = ca_file
-        self.directory = Path(tempfile.mkdtemp(prefix="channelgate-redis-tls-"))
+        directory = Path(tempfile.mkdtemp(prefix="channelgate-redis-tls-"))
         self._client_tls = {"ssl": True, "ssl_ca_certs": str(ca_file), "ssl_cert_reqs": "required"}
         argv = _server_argv(
-            0, self.directory,
+            0, directory,
             "--tls-port", str(self.port), "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
             "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "yes", "--requirepass", PRIMARY_PASSWORD,
         )  # fmt: skip
-        self.process = ChildProcess(argv, self.directory / "redis.log", name=f"redis tls :{self.port}")
-        self.startup_timeout = startup_timeout
+        process = ChildProcess(argv, directory / "redis.log", name=f"redis tls :{self.port}")
+        super().__init__(process, directory, startup_timeout=startup_timeout)
 
     @property
     def url(self) -> str:
         return f"rediss://{LOOPBACK}:{self.port}/0"
 
     def start(self, client_cert: Path, client_key: Path) -> None:
+        """Start and wait until a client with this certificate gets PONG over TLS."""
         tls = self._client_tls | {"ssl_certfile": str(client_cert), "ssl_keyfile": str(client_key)}
-        self.process.start()
-        self.process.wait_until(
-            lambda: _answers(self.port, PRIMARY_PASSWORD, **tls), timeout=self.startup_timeout, what="TLS PONG"
-        )
-
-    def close(self) -> None:
-        self.process.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self._start_and_wait(lambda: _answers(self.port, PRIMARY_PASSWORD, **tls), what="TLS PONG")

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.components.ports import LOOPBACK
-from tests.components.process import ChildProcess, MissingComponent
+from tests.components.process import ChildProcess, MissingComponent, ServerProcess
 
 
 def traefik_binary() -> str:
@@ -34,20 +34,20 @@ def _routed(url: str) -> bool:
         return False
 
 
-class TraefikProxy:
+class TraefikProxy(ServerProcess):
     """``static`` is Traefik's static configuration (YAML) with ``{dynamic}`` where the file provider's file name
     goes; ``dynamic`` is that file. ``port`` is the entry point's port on the loopback address."""
 
     def __init__(self, static: str, dynamic: str, *, port: int) -> None:
         self.binary = traefik_binary()
         self.port = port
-        self.prefix = Path(tempfile.mkdtemp(prefix="channelgate-traefik-"))
-        self.dynamic = self.prefix / "dynamic.yml"
+        directory = Path(tempfile.mkdtemp(prefix="channelgate-traefik-"))
+        self.dynamic = directory / "dynamic.yml"
         self.dynamic.write_text(dynamic, encoding="utf-8")
-        self.static = self.prefix / "traefik.yml"
+        self.static = directory / "traefik.yml"
         self.static.write_text(static.replace("{dynamic}", str(self.dynamic)), encoding="utf-8")
         argv = [self.binary, f"--configFile={self.static}"]
-        self._child = ChildProcess(argv, self.prefix / "traefik.log", name="traefik")
+        super().__init__(ChildProcess(argv, directory / "traefik.log", name="traefik"), directory, startup_timeout=30)
 
     @property
     def url(self) -> str:
@@ -55,11 +55,4 @@ class TraefikProxy:
 
     def start(self, *, routed: str) -> None:
         """Start and wait until ``routed`` (a path some router serves) is routed."""
-        self._child.start()
-        self._child.wait_until(lambda: _routed(self.url + routed), timeout=30, what=f"a router for {routed}")
-
-    def stop(self) -> None:
-        self._child.stop()
-
-    def log(self) -> str:
-        return self._child.log_path.read_text(errors="replace") if self._child.log_path.exists() else ""
+        self._start_and_wait(lambda: _routed(self.url + routed), what=f"a router for {routed}")
