@@ -10,28 +10,14 @@ upstream serves it: that file is what "served to an agent" means in the load tes
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from bench.forward_auth import AUTH_SERVER
-from tests.components.ports import LOOPBACK, free_port, wait_for_port
-from tests.components.process import ChildProcess, require_executable
+from tests.components.nginx_server import NginxServer
+from tests.components.ports import LOOPBACK, free_port, port_is_open
 
-CONFIG = """
-daemon off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    keepalive_requests 1000000;
+#: The ``http {}`` body; ``served.log`` (like every relative path) is inside nginx's prefix directory.
+HTTP = """
     log_format served '$arg_a $arg_s $arg_t';
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
     upstream origin {{ server {host}:{upstream}; keepalive 64; }}
@@ -49,21 +35,19 @@ http {{
             proxy_read_timeout 1h;
         }}
         location / {{
-            access_log {dir}/served.log served if=$arg_a;
+            access_log served.log served if=$arg_a;
             default_type text/plain;
             return 200 "ok\\n";
         }}
     }}
 {auth_servers}
-}}
 """
 
 
-class LoadNginx:
+class LoadNginx(NginxServer):
     """One nginx worker; ``forward_auth[name]`` is the port of an ``auth_request`` front deciding by ``name``."""
 
     def __init__(self, upstream_port: int, console_port: int, replica_ports: list[int], secret: str) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="channelgate-bench-load-nginx-"))
         self.upstream_port = upstream_port
         self.forward_auth = {"fa_one": free_port(), "fa_two": free_port()}
         servers = "".join(
@@ -71,36 +55,25 @@ class LoadNginx:
             for name, port in self.forward_auth.items()
         )
         second = replica_ports[1] if len(replica_ports) > 1 else replica_ports[0]
-        conf = self.dir / "nginx.conf"
-        conf.write_text(
-            CONFIG.format(
-                dir=self.dir, host=LOOPBACK, upstream=self.upstream_port, console=console_port,
-                replica0=replica_ports[0], replica1=second, auth_servers=servers,
-            )
+        http = HTTP.format(
+            host=LOOPBACK, upstream=upstream_port, console=console_port, replica0=replica_ports[0], replica1=second,
+            auth_servers=servers,
         )  # fmt: skip
-        self.process = ChildProcess(
-            [require_executable("nginx", "nginx"), "-p", str(self.dir), "-c", str(conf), "-e", "stderr"],
-            self.dir / "nginx.log",
-            name="nginx (load test)",
+        super().__init__(
+            http, port=upstream_port, worker_connections=16384, keepalive_requests=1_000_000, name="nginx (load test)"
         )
 
     @property
     def served_log(self) -> Path:
-        return self.dir / "served.log"
+        return self.directory / "served.log"
 
     def forward_auth_url(self, name: str) -> str:
         return f"http://{LOOPBACK}:{self.forward_auth[name]}"
-
-    def start(self) -> None:
-        self.process.start()
-        for port in (self.upstream_port, *self.forward_auth.values()):
-            wait_for_port(LOOPBACK, port, timeout=10)
 
     def truncate_log(self) -> None:
         """Empty ``served.log`` in place (nginx keeps appending to the same open file)."""
         with self.served_log.open("r+b") as log:
             log.truncate(0)
 
-    def close(self) -> None:
-        self.process.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def _listening(self) -> bool:
+        return all(port_is_open(LOOPBACK, port) for port in (self.upstream_port, *self.forward_auth.values()))

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
+from tests.components.nginx_server import NginxServer
+from tests.components.ports import LOOPBACK, free_port, port_is_open
 
-from tests.components.ports import LOOPBACK, free_port, wait_for_port
-from tests.components.process import ChildProcess, require_executable
-
-CONFIG = """
-daemon off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    keepalive_requests 1000000;
+#: The ``http {}`` body; ``files`` (like every relative path) is inside nginx's prefix directory.
+HTTP = """
     upstream origin {{ server {host}:{upstream_port}; keepalive 64; }}
     server {{
         listen {host}:{upstream_port};
         location / {{ default_type text/plain; return 200 "ok\\n"; }}
-        location ~ /big/ {{ root {dir}/files; }}
+        location ~ /big/ {{ root files; }}
     }}
     server {{
         listen {host}:{proxy_port};
@@ -37,14 +21,13 @@ http {{
             proxy_set_header Connection "";
         }}
     }}
-}}
 """
 
 
 STREAMED_BODY_BYTES = 256 * 1024
 
 
-class Nginx:
+class Nginx(NginxServer):
     """One nginx worker serving the upstream (``return 200 "ok"``) and a ``proxy_pass`` server in front of it.
 
     One worker, because the Python servers under test are single processes too.
@@ -53,15 +36,8 @@ class Nginx:
     def __init__(self) -> None:
         self.upstream_port = free_port()
         self.proxy_port = free_port()
-        self._dir = Path(tempfile.mkdtemp(prefix="channelgate-bench-nginx-"))
-        conf = self._dir / "nginx.conf"
-        conf.write_text(
-            CONFIG.format(dir=self._dir, host=LOOPBACK, upstream_port=self.upstream_port, proxy_port=self.proxy_port)
-        )
-        binary = require_executable("nginx", "nginx")
-        self._process = ChildProcess(
-            [binary, "-p", str(self._dir), "-c", str(conf), "-e", "stderr"], self._dir / "nginx.log", name="nginx"
-        )
+        http = HTTP.format(host=LOOPBACK, upstream_port=self.upstream_port, proxy_port=self.proxy_port)
+        super().__init__(http, port=self.proxy_port, keepalive_requests=1_000_000)
 
     @property
     def upstream_url(self) -> str:
@@ -74,15 +50,12 @@ class Nginx:
     def start(self) -> None:
         # A body above the gateway's small-body threshold (64 KiB), so it is streamed chunk by chunk by every
         # proxy; reachable as /big/… (the gateway strips /chat/) and as /chat/big/… (the bare proxy does not).
-        self._dir.chmod(0o755)  # nginx's worker (user nobody) must reach the files
+        self.directory.chmod(0o755)  # nginx's worker (user nobody) must reach the files
         for folder in ("big", "chat/big"):
-            target = self._dir / "files" / folder
+            target = self.directory / "files" / folder
             target.mkdir(parents=True, exist_ok=True)
             (target / "blob.bin").write_bytes(bytes(range(256)) * (STREAMED_BODY_BYTES // 256))
-        self._process.start()
-        wait_for_port(LOOPBACK, self.upstream_port)
-        wait_for_port(LOOPBACK, self.proxy_port)
+        super().start()
 
-    def close(self) -> None:
-        self._process.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
+    def _listening(self) -> bool:
+        return all(port_is_open(LOOPBACK, port) for port in (self.upstream_port, self.proxy_port))

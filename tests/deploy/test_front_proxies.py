@@ -12,27 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.components.nginx_server import nginx_conf
 from tests.components.pki import TestCa
 from tests.deploy.tools import DEPLOY, run, tool
 
 NGINX = DEPLOY / "nginx" / "channelgate-front.conf"
 ENVOY = DEPLOY / "envoy" / "envoy.yaml"
-
-#: The http {} context of a Debian nginx.conf, every writable path inside the test's prefix.
-MAIN = """
-pid {prefix}/nginx.pid;
-error_log stderr;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    include {include};
-}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +30,8 @@ def nginx_test(conf_text: str, directory: Path, *, wrap: bool) -> None:
     include = directory / "site.conf"
     include.write_text(conf_text, encoding="utf-8")
     main = directory / "nginx.conf"
-    main.write_text(MAIN.format(prefix=directory, include=include) if wrap else conf_text, encoding="utf-8")
+    http = f"    include {include};"  # inside the http {} context, the way a Debian nginx.conf includes conf.d
+    main.write_text(nginx_conf(http, prefix=directory, worker_connections=64) if wrap else conf_text, encoding="utf-8")
     nginx = tool("nginx", installed_by="Debian nginx, scripts/system-deps.sh nginx")
     result = run([nginx, "-t", "-p", str(directory), "-c", str(main), "-e", "stderr"])
     assert result.returncode == 0, result.stderr
