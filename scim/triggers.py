@@ -33,6 +33,9 @@ class GatewayLifecycle:
         self._clock = clock
 
     async def deactivating(self, agent_id: str, *, conn: AsyncConnection) -> None:
+        # The sessions end now, not after the commit: the transaction may wait its turn behind others (an IdP
+        # deactivating many agents at once); ``deactivated`` ends them again once the disable committed.
+        await self._killer.end_sessions_first(agent_id)
         agent = await self._agents.get(agent_id, conn=conn)
         if agent is not None:
             await self._killer.disabled_in(

@@ -1,10 +1,15 @@
-"""Step 1 of deprovisioning: mark the agent disabled and end every session on every replica, synchronously;
-queue steps 2-4 (``gateway/deprovision/worker.py``) in the same transaction as the disable.
+"""Step 1 of deprovisioning: end every session on every replica, mark the agent disabled, and end them again,
+synchronously; queue steps 2-4 (``gateway/deprovision/worker.py``) in the same transaction as the disable.
 
-Order matters: the agent is disabled first (and that change commits together with its access-log record), so a
-login racing with the kill is refused; then every session is deleted from the shared store and the revocation is
-broadcast; each replica closes the agent's open WebSockets and streamed responses and acknowledges. The call
-returns only after that, so "deprovisioned" means no replica will serve the agent again (ASVS 7.4.2).
+Order matters. The sessions are ended first, before the disable's transaction (``end_sessions_first``: one Redis
+script and the broadcast, no database write, no waiting for acknowledgements): that is the moment the agent is
+shut out, and it must not queue behind the transactions of other deprovisionings — in a storm of 100 at once
+each replica's transactions take turns, and the last agent would keep working for over a second (docs/benchmarks.md
+§9). Then the agent is disabled (the change commits together with its access-log record), so no login can start a
+session again; then every session is deleted from the shared store once more — a login that raced the first kill
+read the agent still active — the revocation is broadcast, each replica closes the agent's open WebSockets and
+streamed responses and acknowledges. The call returns only after that, so "deprovisioned" means no replica will
+serve the agent again (ASVS 7.4.2).
 
 The pipeline run (revoke at each channel, hand tickets over, verify, remove) is inserted in the transaction that
 disables the agent (a transactional outbox): there is no moment, and no crash, at which the agent is disabled but
@@ -15,7 +20,9 @@ When the session store is down after the disable committed, the call fails (503,
 kill is not dropped: this process retries it every ``RETRY_MAX_DELAY`` at most until it lands. Otherwise the
 agent's sessions would come back with the store (Redis with an append-only file keeps them), and a trigger that is
 not repeated (an LDAP sync that now sees the agent disabled, a RISC event) would never end them. Nobody is served
-while the store is down; a request in the moment between its return and the next attempt can still pass.
+while the store is down; a request in the moment between its return and the next attempt can still pass. When the
+database is down instead, the first kill has ended the sessions and the call fails (the agent is not disabled:
+the trigger must be repeated, and a login needs the database too).
 """
 
 from __future__ import annotations
@@ -117,6 +124,8 @@ class SessionKiller:
         self.on_enqueued: Callable[[], None] | None = None
         #: Kills that failed on an unreachable session store, retried until they land (one per agent).
         self._retrying: dict[str, asyncio.Task[None]] = {}
+        #: Sessions and connections ended by :meth:`end_sessions_first`, counted in the kill's record that follows.
+        self._ended_first: dict[str, tuple[int, int]] = {}
 
     async def enqueue_in(
         self,
@@ -165,13 +174,22 @@ class SessionKiller:
         confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
         return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
 
+    async def end_sessions_first(self, agent_id: str) -> None:
+        """End the agent's sessions everywhere before its disable commits: delete them from the store, broadcast
+        the revocation, close its connections here; the acknowledgements are awaited by the kill after the commit.
+        An unreachable store is left to that kill, which fails the call and retries (see the module docstring)."""
+        try:
+            count, _ = await self._sessions.revoke_agent(agent_id)
+        except SessionStoreUnavailable:
+            return
+        closed = await self._live.close_agent(agent_id) if self._live is not None else 0
+        before = self._ended_first.get(agent_id, (0, 0))
+        self._ended_first[agent_id] = (before[0] + count, before[1] + closed)
+
     async def _disable(
-        self, identifier: str, *, reason: str, actor: str, source: str, successor: str | None
+        self, agent: Agent, *, reason: str, actor: str, source: str, successor: str | None
     ) -> tuple[Agent, RunRecord | None]:
         """Step 1's transaction through the engine: disable, its record, the queued run (the outbox)."""
-        agent = await self._agents.find(identifier)
-        if agent is None:
-            raise NotFound(f"No agent has the id or userName {identifier!r}.")
         now = utcnow()
         was_active = agent.active
         async with self._database.begin() as conn:
@@ -217,22 +235,26 @@ class SessionKiller:
         """Disable the agent named by id or userName, queue its pipeline run, and kill every session everywhere
         before returning. ``successor`` (a userName) takes the agent's open tickets instead of its manager."""
         started = time.perf_counter()
+        found = await self._agents.find(identifier)
+        if found is None:
+            raise NotFound(f"No agent has the id or userName {identifier!r}.")
+        await self.end_sessions_first(found.id)
         outbox = self._runs.outbox if self._runs is not None else None
         if outbox is not None:
             # SQLite: the same transaction by sqlite3 in the writer's thread, one group commit with other triggers.
             now = utcnow()
             disabled = await outbox.run(
                 lambda box: self._disable_in(
-                    box, identifier, now, reason=reason, actor=actor, source=source, successor=successor
+                    box, found.id, now, reason=reason, actor=actor, source=source, successor=successor
                 )
             )
-            if disabled is None:
+            if disabled is None:  # deleted since it was found
                 raise NotFound(f"No agent has the id or userName {identifier!r}.")
             agent, run, hold = disabled
             if run is not None and hold is not None and self._planner is not None:
                 self._planner.announce(run, hold)
         else:
-            agent, run = await self._disable(identifier, reason=reason, actor=actor, source=source, successor=successor)
+            agent, run = await self._disable(found, reason=reason, actor=actor, source=source, successor=successor)
         if run is not None and self.on_enqueued is not None:
             self.on_enqueued()
         return await self._kill(agent, run, started, reason=reason, actor=actor, source=source)
@@ -310,9 +332,10 @@ class SessionKiller:
         outbox = self._runs.outbox if self._runs is not None else None
         ended = await self.end_sessions(agent.id)
         assert ended is not None  # every session of the agent: a revocation is always broadcast
-        count, confirmed, missing = ended.count, ended.confirmed, ended.missing
+        first_count, first_closed = self._ended_first.pop(agent.id, (0, 0))
+        count, confirmed, missing = ended.count + first_count, ended.confirmed, ended.missing
         duration = (time.perf_counter() - started) * 1000
-        result = KillResult(agent, count, ended.closed_here, confirmed, missing, duration, run)
+        result = KillResult(agent, count, ended.closed_here + first_closed, confirmed, missing, duration, run)
         record = AccessRecord(
             time=utcnow(),
             kind="sessions_revoked",

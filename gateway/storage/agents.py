@@ -16,6 +16,7 @@ from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import ColumnElement, RowMapping, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,6 +24,7 @@ from gateway.errors import AccessDenied, NotFound
 from gateway.settings import LinkRule
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import agents
 
 #: Sources whose agents the directory manages: linkable once by the link rule, groups taken from the directory.
@@ -96,8 +98,10 @@ _LIVE = agents.c.deleted_at.is_(None)
 
 
 class AgentRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: QuickReads | None = None) -> None:
         self._engine = engine
+        #: The hot-path reader (``gateway.storage.quick_reads``) for :meth:`find` outside a transaction.
+        self._reads = reads
 
     async def _one(self, conn: AsyncConnection, *where: Any) -> Agent | None:
         row = (await conn.execute(select(agents).where(*where))).mappings().first()
@@ -130,7 +134,11 @@ class AgentRepository:
             return [_agent(row) for row in (await c.execute(query)).mappings()]
 
     async def find(self, identifier: str, *, conn: AsyncConnection | None = None) -> Agent | None:
-        """The live agent whose id, else whose userName, is ``identifier`` (admin API and CLI)."""
+        """The live agent whose id, else whose userName, is ``identifier`` (admin API and CLI). Outside a
+        transaction it is the quick reader's (two indexed lookups): a deprovisioning storm must not queue its
+        first step, ending the sessions, behind the transactions of the calls before it."""
+        if conn is None and self._reads is not None:
+            return await self._reads.run(lambda c: _find_in(c, identifier))
         async with read_transaction(self._engine, conn) as c:
             return await self._one(c, agents.c.id == identifier, _LIVE) or await self._one(
                 c, agents.c.user_name_key == user_name_key(identifier), _LIVE
@@ -309,6 +317,15 @@ class AgentRepository:
         if row is None:
             raise NotFound(f"no agent with id {agent_id!r}")
         return _agent(row)
+
+
+def _find_in(conn: Connection, identifier: str) -> Agent | None:
+    """:meth:`AgentRepository.find` on a synchronous connection (the quick reader's)."""
+    for where in (agents.c.id == identifier, agents.c.user_name_key == user_name_key(identifier)):
+        row = conn.execute(select(agents).where(where, _LIVE)).mappings().first()
+        if row is not None:
+            return _agent(row)
+    return None
 
 
 def _link_condition(

@@ -2,12 +2,16 @@
 through the engine, and on PostgreSQL: the agent is disabled with its access-log record and its run queued in one
 transaction; a repeated trigger joins the run still going; an agent already offboarded is not queued again; the
 mass-deletion guard holds the irreversible steps; an unknown agent changes nothing; both SQLite paths write the
-same rows."""
+same rows; the sessions end before the disable's transaction commits, and again after it."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,12 +26,16 @@ from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
 from gateway.errors import NotFound
 from gateway.metrics import Metrics
+from gateway.sessions.base import SessionData
 from gateway.sessions.memory import MemorySessionStore
 from gateway.settings import MassDeletionGuardSettings
 from gateway.storage.access_log import AccessLogRepository, AccessRecord
 from gateway.storage.agents import AgentRepository
 from gateway.storage.database import Database
+from gateway.storage.groups import GroupRepository
 from gateway.storage.pipeline import PipelineRepository
+from scim.triggers import GatewayLifecycle
+from tests.components.echo_gateway import eventually
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -46,13 +54,19 @@ CONNECTORS = {
 }
 
 
-def _killer(database: Database, *, direct: bool, guard: MassDeletionGuardSettings | None = None) -> SessionKiller:
+def _killer(
+    database: Database,
+    *,
+    direct: bool,
+    guard: MassDeletionGuardSettings | None = None,
+    sessions: MemorySessionStore | None = None,
+) -> SessionKiller:
     engine, metrics = database.engine, Metrics()
     agents, runs = AgentRepository(engine), PipelineRepository(engine, direct=direct)
     audit = AuditLog(AccessLogRepository(engine), metrics)
     guard = guard or MassDeletionGuardSettings(enabled=False)
     planner = RunPlanner(CONNECTORS, runs, MassDeletionGuard(guard, agents, runs), audit, metrics)  # type: ignore[arg-type]
-    sessions = MemorySessionStore(900, 3600, "replica-1")
+    sessions = sessions or MemorySessionStore(900, 3600, "replica-1")
     return SessionKiller(database, agents, sessions, None, audit, metrics, 1.0, planner, runs)
 
 
@@ -183,3 +197,77 @@ async def test_both_sqlite_paths_write_the_same_rows(database: Database, backend
             return [agent, log, runs, steps]
 
         assert rows(ids[True]) == rows(ids[False])
+
+
+@asynccontextmanager
+async def _writes_held(database: Database, agent_id: str) -> AsyncIterator[None]:
+    """Another writer holds the agent's row (PostgreSQL) or the database's write lock (SQLite) until exit, as the
+    transactions of a deprovisioning storm queued before this one would."""
+    url = database.engine.url
+    if url.get_backend_name() == "sqlite":
+        assert url.database is not None
+        other = sqlite3.connect(url.database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.rollback()
+            other.close()
+        return
+    async with database.engine.connect() as conn:
+        await conn.execute(text("SELECT id FROM agents WHERE id = :id FOR UPDATE"), {"id": agent_id})
+        yield
+        await conn.rollback()
+
+
+def _login(agent_id: str) -> SessionData:
+    return SessionData(agent_id=agent_id, user_name="alice", issuer="https://idp.example.com", subject="sub-alice")
+
+
+async def test_the_sessions_end_before_the_disable_commits_and_a_login_racing_it_is_ended_after(
+    database: Database, backend: str
+) -> None:
+    alice = await _agent(database.engine, "alice")
+    store = MemorySessionStore(900, 3600, "replica-1")
+    killer = _killer(database, direct=backend == "direct", sessions=store)
+    await store.create(_login(alice), time.time())
+    async with _writes_held(database, alice):
+        call = asyncio.create_task(killer.deprovision("alice", reason="left", actor="admin", source="admin_api"))
+        await eventually(lambda: _none_left(store, alice))
+        await asyncio.sleep(0.2)
+        assert not call.done(), "the disable did not wait for the database: the test proves nothing"
+        # A login that read the agent while it was still active, between the first kill and the disable.
+        await store.create(_login(alice), time.time())
+    result = await call
+    assert result.sessions_revoked == 2
+    assert await store.sessions_of(alice, time.time()) == []
+    agent = await AgentRepository(database.engine).get(alice)
+    assert agent is not None and not agent.active
+    records = await _log(database.engine, alice)
+    assert [(r.kind, (r.detail or {}).get("sessions")) for r in records] == [("deprovision", None), ("sessions_revoked", 2)]
+
+
+async def _none_left(store: MemorySessionStore, agent_id: str) -> bool:
+    return not await store.sessions_of(agent_id, time.time())
+
+
+async def test_a_scim_deactivation_ends_the_sessions_inside_its_transaction_and_again_after_the_commit(
+    database: Database, backend: str
+) -> None:
+    if backend == "direct":
+        pytest.skip("SCIM writes through the engine: the sqlite-engine and postgresql runs cover it")
+    engine = database.engine
+    alice = await _agent(engine, "alice")
+    store = MemorySessionStore(900, 3600, "replica-1")
+    killer = _killer(database, direct=False, sessions=store)
+    lifecycle = GatewayLifecycle(killer, store, GroupRepository(engine), AgentRepository(engine))
+    await store.create(_login(alice), time.time())
+    async with database.begin() as conn:
+        await conn.execute(text("UPDATE agents SET active = false WHERE id = :id"), {"id": alice})
+        await lifecycle.deactivating(alice, conn=conn)
+        assert await _none_left(store, alice), "the sessions waited for the SCIM transaction's commit"
+        await store.create(_login(alice), time.time())  # a login that read the agent still active
+    await lifecycle.deactivated(alice, was_active=True)
+    assert await _none_left(store, alice)
+    records = await _log(engine, alice)
+    assert [(r.kind, (r.detail or {}).get("sessions")) for r in records] == [("deprovision", None), ("sessions_revoked", 2)]
