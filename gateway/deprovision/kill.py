@@ -37,6 +37,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.writer import AuditLog
+from gateway.deprovision.first_kills import FirstKills
 from gateway.deprovision.runs import Hold, RunPlanner, joined_run
 from gateway.errors import ChannelgateError, NotFound, SessionStoreUnavailable
 from gateway.metrics import Metrics
@@ -124,8 +125,9 @@ class SessionKiller:
         self.on_enqueued: Callable[[], None] | None = None
         #: Kills that failed on an unreachable session store, retried until they land (one per agent).
         self._retrying: dict[str, asyncio.Task[None]] = {}
-        #: Sessions and connections ended by :meth:`end_sessions_first`, counted in the kill's record that follows.
+        #: Sessions and connections ended by the first kill, counted in the record of the kill that follows.
         self._ended_first: dict[str, tuple[int, int]] = {}
+        self._first_kills = FirstKills(agents, sessions, live)
 
     async def enqueue_in(
         self,
@@ -183,8 +185,11 @@ class SessionKiller:
         except SessionStoreUnavailable:
             return
         closed = await self._live.close_agent(agent_id) if self._live is not None else 0
+        self._count_first(agent_id, count, closed)
+
+    def _count_first(self, agent_id: str, sessions: int, closed: int) -> None:
         before = self._ended_first.get(agent_id, (0, 0))
-        self._ended_first[agent_id] = (before[0] + count, before[1] + closed)
+        self._ended_first[agent_id] = (before[0] + sessions, before[1] + closed)
 
     async def _disable(
         self, agent: Agent, *, reason: str, actor: str, source: str, successor: str | None
@@ -235,10 +240,25 @@ class SessionKiller:
         """Disable the agent named by id or userName, queue its pipeline run, and kill every session everywhere
         before returning. ``successor`` (a userName) takes the agent's open tickets instead of its manager."""
         started = time.perf_counter()
-        found = await self._agents.find(identifier)
+        # The first kill, batched with those of other deprovisionings arriving meanwhile (a storm).
+        first = await self._first_kills.end(identifier)
+        found = first.agent
         if found is None:
             raise NotFound(f"No agent has the id or userName {identifier!r}.")
-        await self.end_sessions_first(found.id)
+        self._count_first(found.id, first.sessions, first.closed_here)
+        try:
+            agent, run = await self._disable_found(found, identifier, reason, actor, source, successor)
+        except ChannelgateError:
+            self._record_first_kill_alone(found, reason=reason, actor=actor, source=source)
+            raise
+        if run is not None and self.on_enqueued is not None:
+            self.on_enqueued()
+        return await self._kill(agent, run, started, reason=reason, actor=actor, source=source)
+
+    async def _disable_found(
+        self, found: Agent, identifier: str, reason: str, actor: str, source: str, successor: str | None
+    ) -> tuple[Agent, RunRecord | None]:
+        """Step 1's transaction for the agent the first kill found: directly on SQLite, else through the engine."""
         outbox = self._runs.outbox if self._runs is not None else None
         if outbox is not None:
             # SQLite: the same transaction by sqlite3 in the writer's thread, one group commit with other triggers.
@@ -253,11 +273,29 @@ class SessionKiller:
             agent, run, hold = disabled
             if run is not None and hold is not None and self._planner is not None:
                 self._planner.announce(run, hold)
-        else:
-            agent, run = await self._disable(found, reason=reason, actor=actor, source=source, successor=successor)
-        if run is not None and self.on_enqueued is not None:
-            self.on_enqueued()
-        return await self._kill(agent, run, started, reason=reason, actor=actor, source=source)
+            return agent, run
+        return await self._disable(found, reason=reason, actor=actor, source=source, successor=successor)
+
+    def _record_first_kill_alone(self, agent: Agent, *, reason: str, actor: str, source: str) -> None:
+        """The disable failed after the first kill ended sessions: that action gets its record too, through the
+        queue (kept and retried while the database is down), since the strict write is what just failed."""
+        sessions, closed = self._ended_first.pop(agent.id, (0, 0))
+        if not sessions and not closed:
+            return
+        record = AccessRecord(
+            time=utcnow(),
+            kind="sessions_revoked",
+            agent_id=agent.id,
+            agent_name=agent.user_name,
+            actor=actor,
+            reason=reason,
+            decision="revoked",
+            detail={"source": source, "sessions": sessions, "step": "before the disable, which failed"},
+        )
+        try:
+            self._audit.submit(record)
+        except ChannelgateError as exc:
+            log.error("could not queue the record of agent %s's ended sessions: %s", agent.id, exc.message)
 
     async def kill_sessions(self, agent_id: str, *, reason: str, actor: str, source: str) -> KillResult:
         """Kill every session everywhere of an agent that a committed transaction already disabled (and queued

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -132,6 +132,11 @@ class SessionStore(Protocol):
 
         Returns the number of sessions removed and the broadcast revocation.
         """
+        ...
+
+    async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
+        """:meth:`revoke_agent` for several agents in one round trip to the store (a deprovisioning storm's
+        first kills, ``gateway/deprovision/first_kills.py``); the results in ``agent_ids``' order."""
         ...
 
     async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:

@@ -23,7 +23,7 @@ cache buys). What it costs, and why it is still safe:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 from gateway.sessions.base import Lookup, PendingLogin, Revocation, Session, SessionData, SessionState
 from gateway.sessions.redis_store import RedisSessionStore
@@ -112,6 +112,14 @@ class CachedSessionStore:
         result = await self.inner.revoke_agent(agent_id)
         self.drop_agent(agent_id)  # a lookup that raced the revocation may have kept one meanwhile
         return result
+
+    async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
+        for agent_id in agent_ids:
+            self.drop_agent(agent_id)
+        results = await self.inner.revoke_agents(agent_ids)
+        for agent_id in agent_ids:
+            self.drop_agent(agent_id)
+        return results
 
     async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:
         self.drop_agent(agent_id)

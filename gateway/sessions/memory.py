@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from gateway.sessions.base import (
@@ -101,6 +101,11 @@ class MemorySessionStore:
         for queue in self._subscribers:
             queue.put_nowait(revocation)
         return len(keys), revocation
+
+    async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
+        if RESYNC_AGENT_ID in agent_ids:
+            raise ValueError("'*' is the resync marker, not an agent id")
+        return [await self.revoke_agent(agent_id) for agent_id in agent_ids]
 
     async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:
         keys = self._by_agent.get(agent_id, set())

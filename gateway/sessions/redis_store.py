@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import NoReturn, TypeVar
 
 from redis.asyncio import Redis
@@ -334,6 +334,18 @@ class RedisSessionStore:
         args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation)]
         count = await self._call(self._revoke(keys=[AGENT_PREFIX + agent_id], args=args))
         return int(count), revocation
+
+    async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
+        if RESYNC_AGENT_ID in agent_ids:
+            raise ValueError("'*' is the resync marker, not an agent id")
+        revocations = [Revocation(agent_id, uuid.uuid4().hex, self.replica_id) for agent_id in agent_ids]
+        # One round trip, not a transaction: each script is atomic on its own, as revoke_agent's is.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for revocation in revocations:
+                args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation)]
+                await self._revoke(keys=[AGENT_PREFIX + revocation.agent_id], args=args, client=pipe)
+            counts = await self._call(pipe.execute())
+        return [(int(count), revocation) for count, revocation in zip(counts, revocations, strict=True)]
 
     async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:
         revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)

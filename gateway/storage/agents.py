@@ -10,6 +10,7 @@ directory and the IdP are the same authority, so its record names the account. A
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -138,11 +139,19 @@ class AgentRepository:
         transaction it is the quick reader's (two indexed lookups): a deprovisioning storm must not queue its
         first step, ending the sessions, behind the transactions of the calls before it."""
         if conn is None and self._reads is not None:
-            return await self._reads.run(lambda c: _find_in(c, identifier))
+            return (await self.find_many([identifier])).get(identifier)
         async with read_transaction(self._engine, conn) as c:
             return await self._one(c, agents.c.id == identifier, _LIVE) or await self._one(
                 c, agents.c.user_name_key == user_name_key(identifier), _LIVE
             )
+
+    async def find_many(self, identifiers: Sequence[str]) -> dict[str, Agent]:
+        """:meth:`find` for several identifiers in one read (a deprovisioning storm's first kills); the ones not
+        found are left out."""
+        if self._reads is not None:
+            return await self._reads.run(lambda c: _find_in(c, identifiers))
+        async with read_transaction(self._engine) as c:
+            return await c.run_sync(lambda sync: _find_in(sync, identifiers))
 
     async def list(
         self, limit: int = 100, offset: int = 0, *, conn: AsyncConnection | None = None
@@ -319,13 +328,19 @@ class AgentRepository:
         return _agent(row)
 
 
-def _find_in(conn: Connection, identifier: str) -> Agent | None:
-    """:meth:`AgentRepository.find` on a synchronous connection (the quick reader's)."""
-    for where in (agents.c.id == identifier, agents.c.user_name_key == user_name_key(identifier)):
-        row = conn.execute(select(agents).where(where, _LIVE)).mappings().first()
-        if row is not None:
-            return _agent(row)
-    return None
+def _find_in(conn: Connection, identifiers: Sequence[str]) -> dict[str, Agent]:
+    """:meth:`AgentRepository.find_many` on a synchronous connection (the quick reader's), in one round trip:
+    for each identifier the live agent with this id, else the one with this userName."""
+    keys = {user_name_key(identifier) for identifier in identifiers}
+    where = or_(agents.c.id.in_(set(identifiers)), agents.c.user_name_key.in_(keys))
+    found = [_agent(row) for row in conn.execute(select(agents).where(where, _LIVE)).mappings()]
+    by_id = {agent.id: agent for agent in found}
+    by_name = {user_name_key(agent.user_name): agent for agent in found}
+    return {
+        identifier: agent
+        for identifier in identifiers
+        if (agent := by_id.get(identifier) or by_name.get(user_name_key(identifier))) is not None
+    }
 
 
 def _link_condition(

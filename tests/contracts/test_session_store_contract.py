@@ -209,6 +209,29 @@ class TestSessionStoreContract:
         assert await backend.store.sessions_of(ALICE.agent_id, T0 + 1) == []
         assert (await backend.store.revoke_agent(ALICE.agent_id))[0] == 0
 
+    async def test_revoke_agents_ends_each_agents_sessions_in_one_call_and_broadcasts_each_revocation(
+        self, backend: Backend
+    ) -> None:
+        alice = [await backend.store.create(ALICE, T0) for _ in range(2)]
+        bob = await backend.store.create(BOB, T0)
+        carol = await backend.store.create(replace(BOB, agent_id="agent-carol", user_name="carol"), T0)
+        async with aclosing(backend.store.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            results = await backend.store.revoke_agents([BOB.agent_id, "agent-nobody", ALICE.agent_id])
+            assert [(count, r.agent_id) for count, r in results] == [
+                (1, BOB.agent_id),
+                (0, "agent-nobody"),
+                (2, ALICE.agent_id),
+            ]
+            assert await asyncio.wait_for(pending, timeout=5) == results[0][1]
+            assert [await asyncio.wait_for(next_of(feed), timeout=5) for _ in range(2)] == [r for _, r in results[1:]]
+        for session in [*alice, bob]:
+            assert (await backend.store.lookup(session.id, T0 + 1)).state is SessionState.MISSING
+        assert (await backend.store.lookup(carol.id, T0 + 1)).state is SessionState.VALID
+        with pytest.raises(ValueError, match="resync"):
+            await backend.store.revoke_agents([ALICE.agent_id, RESYNC_AGENT_ID])
+
     async def test_a_back_channel_logout_ends_only_the_sessions_of_that_idp_session(self, backend: Backend) -> None:
         """OIDC Back-Channel Logout 1.0 §2.4: ``sid`` names one IdP session; the agent's others stay."""
         laptop = [await backend.store.create(replace(ALICE, idp_session_id="sid-laptop"), T0) for _ in range(2)]

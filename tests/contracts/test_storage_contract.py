@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from gateway.storage.agents import AgentRepository, AmbiguousLink, UserNameConfl
 from gateway.storage.credentials import ChannelCredentialRepository
 from gateway.storage.database import Database
 from gateway.storage.migrate import current_revision, head_revision, upgrade_to_head
+from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import agents, group_members, metadata
 
 ISSUER = "https://idp.example.com"
@@ -400,12 +402,30 @@ async def test_changing_an_unknown_or_deleted_agent_raises_not_found(repo: Agent
         await repo.set_active(agent.id, True, None, NOW)
 
 
-async def test_find_accepts_an_id_or_a_user_name(repo: AgentRepository) -> None:
-    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "Alice", None, None, NOW, **BY_NAME)
+@pytest.fixture(params=["engine", "quick-reader"])
+async def finder(
+    request: pytest.FixtureRequest, database: Database, database_url: str
+) -> AsyncIterator[AgentRepository]:
+    """The repository whose ``find`` reads through the engine, or through the quick reader (the admin path)."""
+    if request.param == "engine":
+        yield AgentRepository(database.engine)
+        return
+    reads = QuickReads.open(DatabaseSettings(url=SecretStr(database_url)), database.engine)
+    yield AgentRepository(database.engine, reads)
+    await reads.dispose()
 
-    assert await repo.find(agent.id) == agent
-    assert await repo.find("ALICE") == agent
-    assert await repo.find("bob") is None
+
+async def test_find_accepts_an_id_or_a_user_name_and_prefers_the_id(finder: AgentRepository) -> None:
+    agent = await finder.link_or_create_from_login(ISSUER, "sub-1", "Alice", None, None, NOW, **BY_NAME)
+    # Another agent whose userName is spelled like the first one's id: the id decides.
+    namesake = await finder.link_or_create_from_login(ISSUER, "sub-2", agent.id, None, None, NOW, **BY_NAME)
+
+    assert await finder.find(agent.id) == agent
+    assert await finder.find(agent.id.upper()) == namesake
+    assert await finder.find("ALICE") == agent
+    assert await finder.find("bob") is None
+    await finder.mark_deleted(agent.id, None, NOW)
+    assert await finder.find("alice") is None
 
 
 async def test_list_pages_through_live_agents_by_user_name(repo: AgentRepository) -> None:

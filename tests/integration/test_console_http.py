@@ -438,7 +438,9 @@ async def test_sessions_are_not_ended_when_the_actions_record_cannot_be_written(
     assert (await carol.get(gateway.url + "/phone/echo")).status_code == 200
 
 
-async def test_an_agent_is_not_deprovisioned_when_the_disable_record_cannot_be_written(gateway: Deployment) -> None:
+async def test_an_agent_is_not_deprovisioned_when_the_disable_record_cannot_be_written_but_its_sessions_end(
+    gateway: Deployment,
+) -> None:
     dora = await gateway.login("dora")
     dora_id = await _agent_id(gateway, "dora")
     adam = await _signed_in(gateway, "adam")
@@ -448,4 +450,9 @@ async def test_an_agent_is_not_deprovisioned_when_the_disable_record_cannot_be_w
     agent = await gateway.services.agents.get(dora_id)
     assert agent is not None and agent.active
     assert await gateway.services.pipeline.runs_of_agent(dora_id) == []
-    assert (await dora.get(gateway.url + "/chat/echo")).status_code == 200
+    # The sessions ended before the disable was tried (that never waits for the database), and that has a record.
+    assert (await dora.get(gateway.url + "/chat/echo")).status_code == 401
+    await gateway.services.audit.flush()
+    ended = await gateway.services.access_log.search(AccessQuery(agent_id=dora_id, kind="sessions_revoked"))
+    assert len(ended) == 1 and ended[0].decision == "revoked" and ended[0].detail is not None
+    assert ended[0].detail["step"] == "before the disable, which failed" and ended[0].detail["sessions"] >= 1

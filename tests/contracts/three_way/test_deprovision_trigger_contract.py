@@ -244,7 +244,10 @@ async def test_the_sessions_end_before_the_disable_commits_and_a_login_racing_it
     agent = await AgentRepository(database.engine).get(alice)
     assert agent is not None and not agent.active
     records = await _log(database.engine, alice)
-    assert [(r.kind, (r.detail or {}).get("sessions")) for r in records] == [("deprovision", None), ("sessions_revoked", 2)]
+    assert [(r.kind, (r.detail or {}).get("sessions")) for r in records] == [
+        ("deprovision", None),
+        ("sessions_revoked", 2),
+    ]
 
 
 async def _none_left(store: MemorySessionStore, agent_id: str) -> bool:
@@ -270,4 +273,7 @@ async def test_a_scim_deactivation_ends_the_sessions_inside_its_transaction_and_
     await lifecycle.deactivated(alice, was_active=True)
     assert await _none_left(store, alice)
     records = await _log(engine, alice)
-    assert [(r.kind, (r.detail or {}).get("sessions")) for r in records] == [("deprovision", None), ("sessions_revoked", 2)]
+    assert [(r.kind, (r.detail or {}).get("sessions")) for r in records] == [
+        ("deprovision", None),
+        ("sessions_revoked", 2),
+    ]

@@ -1,0 +1,91 @@
+"""The first kill of concurrent deprovisionings, done together: one lookup and one session-store round trip a batch.
+
+Each deprovisioning ends the agent's sessions before its disable transaction (``gateway/deprovision/kill.py``).
+When a hundred arrive at once (an offboarding wave, an IdP pushing a department's deactivations), a hundred
+lookups and a hundred Redis scripts, each awaited on its own, take turns on a busy event loop with everything
+else the process does: measured under load, the last agent of such a storm was shut out ~600 ms after its call
+started (docs/benchmarks.md §9). Here the calls that arrive while a batch is in flight wait for the next one, and
+each batch is one read of every agent named (``AgentRepository.find_many``, through the quick reader) and one
+pipelined round trip of revocation scripts (``SessionStore.revoke_agents``), each still atomic and broadcast on
+its own. A lone call is a batch of one: it costs what the two awaits it replaces did.
+
+An unreachable session store is not an error here: the kill after the disable commits fails the call and retries
+until it lands (``SessionsNotEnded``). A failed lookup fails every call of its batch, as it would have alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from gateway.errors import SessionStoreUnavailable
+from gateway.proxy.streams import LiveConnections
+from gateway.sessions.base import SessionStore
+from gateway.storage.agents import Agent, AgentRepository
+
+
+@dataclass(frozen=True, slots=True)
+class FirstKill:
+    """The agent an identifier named (None: no live agent), and what ending its sessions first ended."""
+
+    agent: Agent | None
+    sessions: int = 0
+    closed_here: int = 0
+
+
+class FirstKills:
+    def __init__(self, agents: AgentRepository, sessions: SessionStore, live: LiveConnections | None) -> None:
+        self._agents = agents
+        self._sessions = sessions
+        self._live = live
+        self._waiting: list[tuple[str, asyncio.Future[FirstKill]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def end(self, identifier: str) -> FirstKill:
+        """Find the live agent whose id, else userName, is ``identifier`` and end its sessions everywhere (the
+        revocation broadcast; acknowledgements are the later kill's to wait for)."""
+        future: asyncio.Future[FirstKill] = asyncio.get_running_loop().create_future()
+        self._waiting.append((identifier, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain(), name="channelgate-first-kills")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                results = await self._kill([identifier for identifier, _ in batch])
+            except BaseException as exc:  # handed to every caller of the batch, who raises it
+                for _, future in batch:
+                    if not future.done():
+                        if isinstance(exc, Exception):
+                            future.set_exception(exc)
+                        else:
+                            future.cancel()
+                if not isinstance(exc, Exception):
+                    raise  # cancelled (shutting down): its callers are cancelled with it
+                continue
+            for identifier, future in batch:
+                if not future.done():  # a caller cancelled meanwhile
+                    future.set_result(results.get(identifier, FirstKill(None)))
+
+    async def _kill(self, identifiers: list[str]) -> dict[str, FirstKill]:
+        found = await self._agents.find_many(identifiers)
+        agent_ids = sorted({agent.id for agent in found.values()})
+        counts: dict[str, int] = {}
+        if agent_ids:
+            try:
+                revoked = await self._sessions.revoke_agents(agent_ids)
+            except SessionStoreUnavailable:
+                revoked = []
+            counts = {revocation.agent_id: count for count, revocation in revoked}
+        closed: dict[str, int] = {}
+        if self._live is not None and counts:
+            # Together: each close waits for its sockets' close handshakes.
+            live, names = self._live, list(counts)
+            closed = dict(zip(names, await asyncio.gather(*(live.close_agent(a) for a in names)), strict=True))
+        results: dict[str, FirstKill] = {}
+        for identifier, agent in found.items():
+            # Two calls naming one agent: the first counts what ended, so the records do not count it twice.
+            results[identifier] = FirstKill(agent, counts.pop(agent.id, 0), closed.pop(agent.id, 0))
+        return results
