@@ -425,18 +425,22 @@ def _revocation_table(items: list[Revoked]) -> list[str]:
 
 
 def _storm_pacing(storm: list[Revoked], replicas: int) -> str:
-    """What the storm's latency is made of: the deprovisionings wait in line on each replica."""
+    """What the storm's latency is made of: the first kills come together, the transactions wait in line."""
     killed = [r.killed for r in storm if r.killed is not None]
     if not storm or not killed:
         return ""
     span = max(killed) - min(r.started for r in storm)
-    each = span / (len(storm) / replicas) * 1000
+    answered = max(r.returned for r in storm) - min(r.started for r in storm)
     return (
-        f"In the storm the last agent's sessions left Redis {span * 1000:.0f} ms after the first call started: one "
-        f"deprovisioning every {each:.0f} ms on each replica. Step 1 of each (one PostgreSQL transaction: find and "
-        "disable the agent, its strict access-log record, the pipeline run and its steps with the mass-deletion "
-        "guard's counts; then the Redis kill) waits for the ones before it on the same replica, which shares the "
-        "machine's CPUs with the load; the kill itself is one Redis script. Beyond 10 % of the workforce within "
+        f"In the storm the last agent's sessions left Redis {span * 1000:.0f} ms after the first call started, and "
+        f"the last call was answered after {answered * 1000:.0f} ms. Each call first ends the agent's sessions "
+        "(`gateway/deprovision/first_kills.py`: the calls a replica's event loop takes in together share one "
+        "lookup and one pipelined round trip of Redis scripts), then disables the agent in a PostgreSQL transaction "
+        "of its own (its strict access-log record, the pipeline run and its steps with the mass-deletion guard's "
+        "counts), ends the sessions again and waits for every replica's acknowledgement: the answers queue behind "
+        "the transactions, the end of the sessions does not. Between the sessions leaving Redis and an agent's "
+        "WebSocket closing, the revocation broadcast reaches the replica holding the socket, whose event loop is "
+        "busy with the load and the storm's transactions on the same two CPUs. Beyond 10 % of the workforce within "
         "an hour the mass-deletion guard holds the later runs' irreversible channel steps for an admin's approval "
         "(its default, as designed); the end of the sessions never waits for it."
     )

@@ -119,7 +119,9 @@ async def _apply_revocation(services: Services, revocation: Revocation) -> None:
             await connector.forget(revocation.agent_id)
         await services.sessions.acknowledge(revocation)
     except ChannelgateError as exc:
-        log.error("could not apply revocation %s: %s", revocation.revocation_id, exc.message)
+        log.error(
+            "could not apply revocation %s: %s (%s)", revocation.revocation_id, exc.message, exc.detail or "no detail"
+        )
 
 
 async def _heartbeat(services: Services) -> None:

@@ -205,8 +205,12 @@ async def _relay(websocket: WebSocket, upstream: aiohttp.ClientWebSocketResponse
         results = await asyncio.gather(*tasks, return_exceptions=True)
     client_result, upstream_result = results[0], results[1]
     if entry.revoked.is_set():
-        await _close_upstream(upstream, entry.close_code, entry.close_reason)
-        await _close_client(websocket, entry.close_code, entry.close_reason)
+        # Both at once: the upstream's close waits for the console's reply, and the agent's socket must not wait
+        # for that round trip (revocation latency counts until the agent's side is closed).
+        await asyncio.gather(
+            _close_client(websocket, entry.close_code, entry.close_reason),
+            _close_upstream(upstream, entry.close_code, entry.close_reason),
+        )
     elif isinstance(client_result, tuple):
         # The client closed: pass its code on (1005/1006 are not sendable and become 1000).
         await _close_upstream(upstream, client_result[0], client_result[1])

@@ -71,6 +71,38 @@ async def test_concurrent_first_kills_share_round_trips_and_each_caller_gets_its
     assert sum(store.batches) == 30 and len(store.batches) <= 3, store.batches
 
 
+class StalledFirstStore(CountingStore):
+    """Its first round trip hangs until released, as one to a congested store would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
+        if not self.batches:
+            self.batches.append(len(agent_ids))
+            await self.release.wait()
+            return await MemorySessionStore.revoke_agents(self, agent_ids)
+        return await super().revoke_agents(agent_ids)
+
+
+async def test_a_batch_never_waits_for_the_one_before_it(agents: AgentRepository) -> None:
+    store = StalledFirstStore()
+    await _agent_with_sessions(agents, store, "alice", 1)
+    bob = await _agent_with_sessions(agents, store, "bob", 1)
+    kills = FirstKills(agents, store, None)
+
+    stalled = asyncio.create_task(kills.end("alice"))
+    while not store.batches:
+        await asyncio.sleep(0.01)
+    later = await asyncio.wait_for(kills.end("bob"), timeout=5)
+
+    assert later.agent is not None and later.agent.id == bob and later.sessions == 1
+    assert not stalled.done()
+    store.release.set()
+    assert (await stalled).sessions == 1
+
+
 async def test_two_calls_naming_one_agent_count_its_sessions_once_and_an_unknown_name_is_not_found(
     agents: AgentRepository,
 ) -> None:
