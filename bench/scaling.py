@@ -5,7 +5,9 @@ The load test's stack (bench/load_stack.py: PostgreSQL, one Redis, two replicas,
 processes (``-t1 -cN`` each, closed loop, each request one agent's cookie in turn over the three consoles). One
 replica: both aim at replica 0. Two replicas: one each. Forward-auth: both aim at nginx, whose ``auth_request``
 asks one replica, or an upstream group of both. While each runs, the CPU time of every server is read from /proc,
-so the figures say what the machine had left to give.
+so the figures say what the machine had left to give. Then the inline targets again with every replica held to a
+share of a CPU (``CAPS``, bench/cpu_cap.py): the machine keeps CPU for the load generator and the stores, and the
+ratio says what a second replica adds, not what two CPUs shared with everything else allow.
 
 Memory per 10,000 sessions: 10,000 more sessions written through ``RedisSessionStore.create`` (Redis
 ``used_memory`` before and after), then every one of them used once through a replica without the session cache
@@ -16,6 +18,7 @@ replica's resident memory read before and after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import statistics
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from bench import cpu_cap
 from bench.load_stack import LoadAgent, LoadStack, session_template, write_sessions_to
 from bench.load_wrk import WrkLoadResult, run_wrk_load, write_agents
 from bench.procstat import CpuWindow, rss_kib
@@ -38,12 +42,30 @@ GOAL_SCALING = 1.7
 CONTENDED_BUSY = 0.9
 CACHE_ENV = "CHANNELGATE_SESSIONS__LOCAL_CACHE_SECONDS"
 
+#: The CPU each replica may use in the capped rounds (as a Kubernetes ``limits.cpu`` sets it): one replica and two
+#: get the same CPU each, and the machine keeps the rest for wrk, nginx, Redis and PostgreSQL (bench/cpu_cap.py).
+#: The goal's verdict is the first cap's, where that rest is largest; the second shows what nearer the machine's
+#: two CPUs does.
+CAPS = (0.35, 0.5)
+
+
+def _capped(replicas: int, cap: float) -> str:
+    return f"inline-{replicas}-cap{round(cap * 100)}"
+
+
 TARGETS: dict[str, str] = {
     "inline-1": "inline, 1 replica",
     "inline-2": "inline, 2 replicas",
     "forward-auth-1": "nginx `auth_request` → 1 replica",
     "forward-auth-2": "nginx `auth_request` → 2 replicas (upstream group)",
+    **{
+        _capped(n, cap): f"inline, {n} replica{'s' if n > 1 else ''} held to {cap:g} CPU{' each' if n > 1 else ''}"
+        for cap in CAPS
+        for n in (1, 2)
+    },
 }
+#: Target → the CPU cap of every replica while it runs.
+CAPPED = {_capped(n, cap): cap for cap in CAPS for n in (1, 2)}
 
 
 @dataclass
@@ -86,6 +108,8 @@ class SessionMemory:
 class ScalingResult:
     duration: float
     connections: int
+    #: Whether the capped rounds ran (bench/cpu_cap.py: root and a cgroup cpu controller).
+    capped: bool = False
     rounds: list[dict[str, Measured]] = field(default_factory=list)
     memory: SessionMemory | None = None
 
@@ -113,6 +137,8 @@ def _urls(stack: LoadStack, target: str) -> list[str]:
     return {
         "inline-1": [gateway.url(0), gateway.url(0)],
         "inline-2": [gateway.url(0), gateway.url(1)],
+        **{_capped(1, cap): [gateway.url(0), gateway.url(0)] for cap in CAPS},
+        **{_capped(2, cap): [gateway.url(0), gateway.url(1)] for cap in CAPS},
         "forward-auth-1": [stack.nginx.forward_auth_url("fa_one")] * 2,
         "forward-auth-2": [stack.nginx.forward_auth_url("fa_two")] * 2,
     }[target]
@@ -153,14 +179,20 @@ async def run_scaling(
 ) -> ScalingResult:
     """``rounds`` rounds over the targets, in alternating order; then the memory of ``memory_sessions``."""
     agents_file = write_agents(work / "scaling-agents.txt", cookies)
-    result = ScalingResult(duration, connections)
-    order = list(TARGETS)
+    result = ScalingResult(duration, connections, capped=cpu_cap.available())
+    order = [t for t in TARGETS if result.capped or t not in CAPPED]
     for number in range(rounds):
         measured: dict[str, Measured] = {}
         for target in order if number % 2 == 0 else list(reversed(order)):
-            measured[target] = await _measure(
-                _urls(stack, target), agents_file, roots, duration=duration, warmup=warmup, connections=connections
-            )
+            with contextlib.ExitStack() as caps:
+                if target in CAPPED:
+                    # Every replica held to the cap, each in a group of its own (the idle one too, for symmetry).
+                    for index, pid in enumerate(stack.gateway.pids):
+                        name = f"channelgate-bench-{os.getpid()}-{index}"
+                        caps.enter_context(cpu_cap.CpuCap(name, CAPPED[target])).add(pid)
+                measured[target] = await _measure(
+                    _urls(stack, target), agents_file, roots, duration=duration, warmup=warmup, connections=connections
+                )
             m = measured[target]
             _log(f"round {number + 1}: {target} {m.rps:,.0f} req/s p99 {m.p99_ms:.1f} ms, replicas "
                  f"{m.gateway_cpu:.2f} CPU, machine {m.cpu.machine_busy_fraction * 100:.0f} % busy")  # fmt: skip
@@ -243,6 +275,44 @@ def _each(values: list[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
+def _capped_verdict(result: ScalingResult) -> list[str]:
+    """The 1-vs-2 ratio with every replica held to each cap, where the load generator leaves the replicas room."""
+    if not result.capped:
+        return [
+            "The capped rounds (each replica held to a share of a CPU) did not run: they need root and a cgroup cpu "
+            "controller (bench/cpu_cap.py).",
+            "",
+        ]
+    lines = []
+    for number, cap in enumerate(CAPS):
+        one, two = _capped(1, cap), _capped(2, cap)
+        ratios = result.ratios(two, one)
+        median = statistics.median(ratios)
+        cpu_one, cpu_two = result.median(one, "gateway_cpu"), result.median(two, "gateway_cpu")
+        busy_two = statistics.median(r[two].cpu.machine_busy_fraction for r in result.rounds)
+        efficiency = statistics.median(a / b for a, b in zip(result.per_cpu(two), result.per_cpu(one), strict=True))
+        head = f"**Two replicas ÷ one, each replica held to {cap:g} CPU: {median:.2f}×** (rounds {_each(ratios)}"
+        if number == 0:
+            verdict = "met" if median >= GOAL_SCALING else "**missed**"
+            head += f"; goal ≥ {GOAL_SCALING}× where the load generator allows it: {verdict})"
+        else:
+            head += ")"
+        lines.append(
+            f"{head}: one replica used {cpu_one:.2f} CPU, two {cpu_two:.2f} with the machine {busy_two * 100:.0f} % "
+            f"busy; requests per replica CPU-second, two ÷ one, {efficiency:.2f}×."
+        )
+    lines += [
+        "",
+        "Capped, each replica runs under a CFS bandwidth limit (`bench/cpu_cap.py`), as a Kubernetes "
+        "`resources.limits.cpu` or systemd's `CPUQuota=` would set it, so one replica and two get the same CPU each "
+        "and wrk, nginx, Redis and PostgreSQL keep the rest of the machine. The goal's verdict is the first cap's, "
+        "where that rest is largest; nearer the two CPUs' limit the machine, not the gateway, sets the ratio again. "
+        "Uncapped (next paragraph), the second replica can only have what the rest leaves it.",
+        "",
+    ]
+    return lines
+
+
 def scaling_section(result: ScalingResult) -> list[str]:
     scaling = result.ratios("inline-2", "inline-1")
     clean = [ratio for ratio, r in zip(scaling, result.rounds, strict=True) if not result.contended(r)]
@@ -257,6 +327,8 @@ def scaling_section(result: ScalingResult) -> list[str]:
         verdict = "no verdict: in every round other work kept the machine saturated while one replica ran"
     elif len(clean) < len(scaling):
         verdict += f"; {len(scaling) - len(clean)} round(s) left out, the machine saturated by other work"
+    if result.capped:
+        verdict = f"{verdict} uncapped (the capped ratio above is where the load generator allows the goal's measure)"
     lines = [
         "## 10. Scaling: one replica against two, inline and forward-auth",
         "",
@@ -275,6 +347,8 @@ def scaling_section(result: ScalingResult) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for target, label in TARGETS.items():
+        if target in CAPPED and not result.capped:
+            continue
         per_cpu = result.per_cpu(target)
         lines.append(
             f"| {label} | {result.median(target, 'rps'):,.0f} | {result.median(target, 'p50_ms'):.2f} | "
@@ -285,8 +359,8 @@ def scaling_section(result: ScalingResult) -> list[str]:
         )
     forward = result.ratios("forward-auth-1", "inline-1")
     forward_two = result.ratios("forward-auth-2", "inline-2")
+    lines += ["", *_capped_verdict(result)]
     lines += [
-        "",
         f"**Two replicas ÷ one: {median_scaling:.2f}×** (rounds {_each(scaling)}; goal ≥ {GOAL_SCALING}× on this "
         f"machine's limits: {verdict}; a round counts when the machine was less than {CONTENDED_BUSY * 100:.0f} % busy "
         "while one replica ran alone, since one replica keeps at most one of the machine's CPUs busy). Requests per "
