@@ -32,7 +32,7 @@ from bench.load_ws import Target, WebSocketFleet
 from bench.procstat import CpuWindow, RssSampler, rss_kib
 from bench.revocation import percentile
 from bench.stack import SESSION_COOKIE
-from gateway.sessions.redis_store import AGENT_PREFIX
+from gateway.sessions.redis_scripts import AGENT_PREFIX
 
 #: A revocation (both replicas refusing, the WebSocket closed) must complete within this, at p99.
 GOAL_P99_MS = 100.0

@@ -27,7 +27,9 @@ from redis.asyncio import Redis
 from bench.load_nginx import LoadNginx
 from bench.stack import Gateway, session_cookie
 from gateway.sessions.base import SessionData
-from gateway.sessions.redis_store import AGENT_PREFIX, SESSION_PREFIX, RedisSessionStore, decode_data
+from gateway.sessions.redis_codec import decode_data
+from gateway.sessions.redis_scripts import AGENT_PREFIX, SESSION_PREFIX
+from gateway.sessions.redis_store import RedisSessionStore
 from tests.components.gateway import ROOT
 from tests.components.ports import LOOPBACK, free_port
 from tests.components.process import ChildProcess

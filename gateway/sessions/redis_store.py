@@ -1,13 +1,6 @@
 """The shared session store on Redis: every replica sees every session and every revocation.
 
-Keys (the raw session id is never stored, only its SHA-256, so a dump of Redis yields no usable cookie):
-
-    cg:s:{session_key}     hash: data (JSON), agent, created, seen; TTL = min(idle, remaining absolute) + grace
-    cg:a:{agent_id}        set of the agent's session keys (ended ones pruned a few at a time as it is used)
-    cg:l:{sha256(login)}   a pending OIDC login (JSON), read once with GETDEL
-    cg:replicas            sorted set: replica id scored by its last heartbeat
-    cg:ack:{revocation}    list of the replicas that closed the revoked agent's connections
-    cg:revocations         pub/sub channel of Revocation JSON
+Keys and scripts: ``gateway/sessions/redis_scripts.py``; the JSON written: ``gateway/sessions/redis_codec.py``.
 
 The timeouts are decided by the caller's clock inside Lua scripts, one round trip per request; the Redis TTL only
 collects garbage (its grace lets a late lookup still name why a session ended). The scripts touch keys derived
@@ -45,190 +38,30 @@ from gateway.sessions.base import (
     new_session_id,
     session_key,
 )
+from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
+from gateway.sessions.redis_scripts import (
+    ACK_PREFIX,
+    ACK_TTL_SECONDS,
+    AGENT_PREFIX,
+    CREATE_SCRIPT,
+    DELETE_SCRIPT,
+    LOGIN_PREFIX,
+    LOOKUP_SCRIPT,
+    ONCE_PREFIX,
+    REPLICAS_KEY,
+    REVOCATION_CHANNEL,
+    REVOKE_IDP_SESSION_SCRIPT,
+    REVOKE_SCRIPT,
+    SESSION_PREFIX,
+    SESSIONS_OF_SCRIPT,
+    UPDATE_GROUPS_SCRIPT,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 UNAVAILABLE = "the session store (Redis) is unreachable; requests are refused until it is back"
-SESSION_PREFIX = "cg:s:"
-AGENT_PREFIX = "cg:a:"
-LOGIN_PREFIX = "cg:l:"
-ONCE_PREFIX = "cg:o:"
-ACK_PREFIX = "cg:ack:"
-REPLICAS_KEY = "cg:replicas"
-REVOCATION_CHANNEL = "cg:revocations"
-ACK_TTL_SECONDS = 300
-
-# KEYS: session, agent index. ARGV: data, agent, now, ttl ms, index ttl s, member, session prefix.
-# Checks a few random index members and drops the ended ones: O(1) per login, and the index stays near its
-# live size (an agent who logs in daily would otherwise keep every expired key until the index's TTL).
-_CREATE = """
-redis.call('HSET', KEYS[1], 'data', ARGV[1], 'agent', ARGV[2], 'created', ARGV[3], 'seen', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-for _, member in ipairs(redis.call('SRANDMEMBER', KEYS[2], 8)) do
-  if redis.call('EXISTS', ARGV[7] .. member) == 0 then redis.call('SREM', KEYS[2], member) end
-end
-redis.call('SADD', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return 1
-"""
-
-# KEYS: session. ARGV: now, idle s, absolute s, grace s, agent prefix, member. The absolute limit wins.
-_LOOKUP = """
-local f = redis.call('HMGET', KEYS[1], 'data', 'agent', 'created', 'seen')
-if not f[1] then return {'missing'} end
-local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local created, seen = tonumber(f[3]), tonumber(f[4])
-local state = 'valid'
-if now - created >= absolute then state = 'absolute_expired' elseif now - seen >= idle then state = 'idle_expired' end
-if state ~= 'valid' then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', ARGV[5] .. f[2], ARGV[6])
-  return {state, f[1], f[3], f[4]}
-end
-if now > seen then redis.call('HSET', KEYS[1], 'seen', ARGV[1]); f[4] = ARGV[1] end
-local ttl = math.min(idle, absolute - (now - created)) + tonumber(ARGV[4])
-redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000))
-return {state, f[1], f[3], f[4]}
-"""
-
-# KEYS: session. ARGV: agent prefix, member.
-_DELETE = """
-local f = redis.call('HMGET', KEYS[1], 'data', 'agent')
-if not f[1] then return false end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', ARGV[1] .. f[2], ARGV[2])
-return f[1]
-"""
-
-# KEYS: agent index. ARGV: session prefix, channel, revocation JSON. Deletes and broadcasts atomically.
-_REVOKE = """
-local count = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  count = count + redis.call('DEL', ARGV[1] .. member)
-end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return count
-"""
-
-# KEYS: agent index. ARGV: session prefix, channel, revocation JSON, IdP session id. Deletes the agent's sessions
-# whose data names that ``sid`` (back-channel logout) and broadcasts only if one ended, atomically. cjson only
-# reads here, so its re-encoding quirks (see _UPDATE_GROUPS) cannot touch the stored data.
-_REVOKE_IDP_SESSION = """
-local count = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local data = redis.call('HGET', ARGV[1] .. member, 'data')
-  if not data then
-    redis.call('SREM', KEYS[1], member)
-  elseif cjson.decode(data)['idp_session_id'] == ARGV[4] then
-    redis.call('DEL', ARGV[1] .. member)
-    redis.call('SREM', KEYS[1], member)
-    count = count + 1
-  end
-end
-if count > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return count
-"""
-
-# KEYS: agent index. ARGV: session prefix, groups (JSON array). Splices the array into each session's data
-# in place of the old one; every other byte, the timestamps and the TTL stay. Text, not cjson: cjson would
-# turn an empty array into {} and round floats to 14 digits. The key is found as ',"groups":[', which cannot
-# occur inside a JSON string (a quote there is always escaped); the old array ends at the first ']' outside
-# a string. Ended sessions are pruned from the index, never written (HSET would recreate them).
-_UPDATE_GROUPS = """
-local count = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local data = redis.call('HGET', ARGV[1] .. member, 'data')
-  if not data then
-    redis.call('SREM', KEYS[1], member)
-  else
-    local _, open = string.find(data, ',"groups":[', 1, true)
-    local i, quoted = open and open + 1, false
-    while i and i <= #data do
-      local c = string.sub(data, i, i)
-      if quoted then
-        if c == '\\\\' then i = i + 1 elseif c == '"' then quoted = false end
-      elseif c == '"' then quoted = true
-      elseif c == ']' then
-        data = string.sub(data, 1, open - 1) .. ARGV[2] .. string.sub(data, i + 1)
-        redis.call('HSET', ARGV[1] .. member, 'data', data)
-        count = count + 1
-        break
-      end
-      i = i + 1
-    end
-  end
-end
-return count
-"""
-
-# KEYS: agent index. ARGV: session prefix, now, idle s, absolute s. Returns member, data, created, seen, ...
-_SESSIONS_OF = """
-local out = {}
-local now, idle, absolute = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local f = redis.call('HMGET', ARGV[1] .. member, 'data', 'created', 'seen')
-  if not f[1] then
-    redis.call('SREM', KEYS[1], member)
-  elseif now - tonumber(f[2]) < absolute and now - tonumber(f[3]) < idle then
-    table.insert(out, member); table.insert(out, f[1]); table.insert(out, f[2]); table.insert(out, f[3])
-  end
-end
-return out
-"""
-
-
-def encode_data(data: SessionData) -> str:
-    return json.dumps(
-        {
-            "agent_id": data.agent_id,
-            "user_name": data.user_name,
-            "issuer": data.issuer,
-            "subject": data.subject,
-            "groups": sorted(data.groups),
-            "idp_session_id": data.idp_session_id,
-            "id_token": data.id_token,
-            "acr": data.acr,
-            "amr": list(data.amr),
-            "auth_time": data.auth_time,
-        },
-        separators=(",", ":"),
-    )
-
-
-def decode_data(raw: str) -> SessionData:
-    value = json.loads(raw)
-    return SessionData(
-        agent_id=value["agent_id"],
-        user_name=value["user_name"],
-        issuer=value["issuer"],
-        subject=value["subject"],
-        groups=frozenset(value["groups"]),
-        idp_session_id=value["idp_session_id"],
-        id_token=value["id_token"],
-        acr=value["acr"],
-        amr=tuple(value["amr"]),
-        auth_time=value["auth_time"],
-    )
-
-
-def encode_revocation(revocation: Revocation) -> str:
-    message: dict[str, str | bool] = {
-        "agent_id": revocation.agent_id,
-        "revocation_id": revocation.revocation_id,
-        "origin": revocation.origin_replica,
-    }
-    if revocation.refresh_only:
-        message["refresh"] = True
-    return json.dumps(message)
-
-
-def decode_revocation(raw: str) -> Revocation:
-    value = json.loads(raw)
-    refresh = value.get("refresh") is True
-    return Revocation(str(value["agent_id"]), str(value["revocation_id"]), str(value["origin"]), refresh)
 
 
 class RedisSessionStore:
@@ -281,13 +114,13 @@ class RedisSessionStore:
                 )
             except ValueError:
                 raise ConfigError("sessions.redis_url is not a Redis URL (redis://, rediss:// or unix://)") from None
-        self._create = self._redis.register_script(_CREATE)
-        self._lookup = self._redis.register_script(_LOOKUP)
-        self._delete = self._redis.register_script(_DELETE)
-        self._revoke = self._redis.register_script(_REVOKE)
-        self._revoke_idp_session = self._redis.register_script(_REVOKE_IDP_SESSION)
-        self._sessions_of = self._redis.register_script(_SESSIONS_OF)
-        self._update_groups = self._redis.register_script(_UPDATE_GROUPS)
+        self._create = self._redis.register_script(CREATE_SCRIPT)
+        self._lookup = self._redis.register_script(LOOKUP_SCRIPT)
+        self._delete = self._redis.register_script(DELETE_SCRIPT)
+        self._revoke = self._redis.register_script(REVOKE_SCRIPT)
+        self._revoke_idp_session = self._redis.register_script(REVOKE_IDP_SESSION_SCRIPT)
+        self._sessions_of = self._redis.register_script(SESSIONS_OF_SCRIPT)
+        self._update_groups = self._redis.register_script(UPDATE_GROUPS_SCRIPT)
 
     async def create(self, data: SessionData, now: float) -> Session:
         session_id = new_session_id()

@@ -29,7 +29,8 @@ from gateway.sessions.base import (
     session_key,
 )
 from gateway.sessions.memory import MemorySessionStore
-from gateway.sessions.redis_store import UNAVAILABLE, RedisSessionStore, encode_data
+from gateway.sessions.redis_codec import encode_data
+from gateway.sessions.redis_store import UNAVAILABLE, RedisSessionStore
 from tests.components.redis_server import RedisServer
 
 IDLE = 600.0
