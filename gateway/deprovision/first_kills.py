@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from gateway.errors import SessionStoreUnavailable
 from gateway.proxy.streams import LiveConnections
-from gateway.sessions.base import SessionStore
+from gateway.sessions.base import Revocation, SessionStore
 from gateway.storage.agents import Agent, AgentRepository
 
 
@@ -32,6 +32,8 @@ class FirstKill:
     agent: Agent | None
     sessions: int = 0
     closed_here: int = 0
+    #: The revocation broadcast for the agent (None when the store was unreachable).
+    revocation: Revocation | None = None
 
 
 class FirstKills:
@@ -58,7 +60,7 @@ class FirstKills:
         ended = await future
         # Each caller waits for its own sockets' close handshakes, not the batch's.
         closed = await ended.closing if ended.closing is not None else 0
-        return FirstKill(ended.agent, ended.sessions, closed)
+        return FirstKill(ended.agent, ended.sessions, closed, ended.revocation)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -89,18 +91,22 @@ class FirstKills:
         found = await self._agents.find_many(identifiers)
         agent_ids = sorted({agent.id for agent in found.values()})
         counts: dict[str, int] = {}
+        revocations: dict[str, Revocation] = {}
         if agent_ids:
             try:
                 revoked = await self._sessions.revoke_agents(agent_ids)
             except SessionStoreUnavailable:
                 revoked = []
             counts = {revocation.agent_id: count for count, revocation in revoked}
+            revocations = {revocation.agent_id: revocation for _, revocation in revoked}
         live = self._live
         closing = {a: asyncio.ensure_future(live.close_agent(a)) for a in counts} if live is not None else {}
         results: dict[str, _Ended] = {}
         for identifier, agent in found.items():
             # Two calls naming one agent: the first counts what ended, so the records do not count it twice.
-            results[identifier] = _Ended(agent, counts.pop(agent.id, 0), closing.pop(agent.id, None))
+            results[identifier] = _Ended(
+                agent, counts.pop(agent.id, 0), closing.pop(agent.id, None), revocations.pop(agent.id, None)
+            )
         return results
 
 
@@ -111,3 +117,4 @@ class _Ended:
     agent: Agent | None
     sessions: int = 0
     closing: asyncio.Future[int] | None = None
+    revocation: Revocation | None = None

@@ -1,15 +1,16 @@
 """Step 1 of deprovisioning: end every session on every replica, mark the agent disabled, and end them again,
 synchronously; queue steps 2-4 (``gateway/deprovision/worker.py``) in the same transaction as the disable.
 
-Order matters. The sessions are ended first, before the disable's transaction (``end_sessions_first``: one Redis
-script and the broadcast, no database write, no waiting for acknowledgements): that is the moment the agent is
-shut out, and it must not queue behind the transactions of other deprovisionings — in a storm of 100 at once
-each replica's transactions take turns, and the last agent would keep working for over a second (docs/benchmarks.md
-§9). Then the agent is disabled (the change commits together with its access-log record), so no login can start a
-session again; then every session is deleted from the shared store once more — a login that raced the first kill
-read the agent still active — the revocation is broadcast, each replica closes the agent's open WebSockets and
-streamed responses and acknowledges. The call returns only after that, so "deprovisioned" means no replica will
-serve the agent again (ASVS 7.4.2).
+Order matters. The sessions are ended first, before the disable's transaction (the first kill,
+``gateway/deprovision/first_kills.py``: a lookup and one Redis script with its broadcast, no database write, no
+waiting for acknowledgements): that is the moment the agent is shut out, and it must not queue behind the
+transactions of other deprovisionings — in a storm of 100 at once each replica's transactions take turns, and the
+last agent would keep working for over a second (docs/benchmarks.md §9). Then the agent is disabled (the change
+commits together with its access-log record), so no login can start a session again. Then every session is
+deleted from the shared store once more — a login that raced the first kill read the agent still active — and
+broadcast again only if one was found. Each replica closes the agent's open WebSockets and streamed responses on
+a broadcast and acknowledges it; the call returns only after every live replica acknowledged, so
+"deprovisioned" means no replica will serve the agent again (ASVS 7.4.2).
 
 The pipeline run (revoke at each channel, hand tickets over, verify, remove) is inserted in the transaction that
 disables the agent (a transactional outbox): there is no moment, and no crash, at which the agent is disabled but
@@ -42,7 +43,7 @@ from gateway.deprovision.runs import Hold, RunPlanner, joined_run
 from gateway.errors import ChannelgateError, NotFound, SessionStoreUnavailable
 from gateway.metrics import Metrics
 from gateway.proxy.streams import LiveConnections
-from gateway.sessions.base import SessionStore
+from gateway.sessions.base import Revocation, SessionStore
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, AgentRepository
 from gateway.storage.database import Database
@@ -72,6 +73,15 @@ class EndedSessions:
     closed_here: int
     confirmed: frozenset[str]
     missing: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _FirstEnded:
+    """What a deprovisioning's first kill ended, and its broadcast (None: the store was unreachable then)."""
+
+    sessions: int
+    closed: int
+    revocation: Revocation | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +135,9 @@ class SessionKiller:
         self.on_enqueued: Callable[[], None] | None = None
         #: Kills that failed on an unreachable session store, retried until they land (one per agent).
         self._retrying: dict[str, asyncio.Task[None]] = {}
-        #: Sessions and connections ended by the first kill, counted in the record of the kill that follows.
-        self._ended_first: dict[str, tuple[int, int]] = {}
+        #: What the first kill ended and broadcast, per agent: the kill that follows counts it in its record and
+        #: waits for that broadcast's acknowledgements when it finds nothing more to end.
+        self._ended_first: dict[str, _FirstEnded] = {}
         self._first_kills = FirstKills(agents, sessions, live)
 
     async def enqueue_in(
@@ -181,15 +192,32 @@ class SessionKiller:
         the revocation, close its connections here; the acknowledgements are awaited by the kill after the commit.
         An unreachable store is left to that kill, which fails the call and retries (see the module docstring)."""
         try:
-            count, _ = await self._sessions.revoke_agent(agent_id)
+            count, revocation = await self._sessions.revoke_agent(agent_id)
         except SessionStoreUnavailable:
             return
         closed = await self._live.close_agent(agent_id) if self._live is not None else 0
-        self._count_first(agent_id, count, closed)
+        self._count_first(agent_id, count, closed, revocation)
 
-    def _count_first(self, agent_id: str, sessions: int, closed: int) -> None:
-        before = self._ended_first.get(agent_id, (0, 0))
-        self._ended_first[agent_id] = (before[0] + sessions, before[1] + closed)
+    def _count_first(self, agent_id: str, sessions: int, closed: int, revocation: Revocation | None) -> None:
+        before = self._ended_first.get(agent_id)
+        if before is not None:
+            sessions, closed = sessions + before.sessions, closed + before.closed
+            revocation = revocation or before.revocation
+        self._ended_first[agent_id] = _FirstEnded(sessions, closed, revocation)
+
+    async def _end_again(self, agent_id: str) -> EndedSessions:
+        """The kill after the disable. When the first kill was broadcast, only a session a login started in
+        between is left to end: broadcast only if there is one, else wait for the first broadcast's
+        acknowledgements (in a storm, every replica then applies one revocation per agent, not two)."""
+        first = self._ended_first.get(agent_id)
+        if first is None or first.revocation is None:
+            ended = await self.end_sessions(agent_id)
+            assert ended is not None  # every session of the agent: a revocation is always broadcast
+            return ended
+        count, revocation = await self._sessions.revoke_agent_if_any(agent_id)
+        closed = await self._live.close_agent(agent_id) if self._live is not None else 0
+        confirmed, missing = await self._sessions.wait_for_acks(revocation or first.revocation, self._ack_timeout)
+        return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
 
     async def _disable(
         self, agent: Agent, *, reason: str, actor: str, source: str, successor: str | None
@@ -245,7 +273,7 @@ class SessionKiller:
         found = first.agent
         if found is None:
             raise NotFound(f"No agent has the id or userName {identifier!r}.")
-        self._count_first(found.id, first.sessions, first.closed_here)
+        self._count_first(found.id, first.sessions, first.closed_here, first.revocation)
         try:
             agent, run = await self._disable_found(found, identifier, reason, actor, source, successor)
         except ChannelgateError:
@@ -279,9 +307,10 @@ class SessionKiller:
     def _record_first_kill_alone(self, agent: Agent, *, reason: str, actor: str, source: str) -> None:
         """The disable failed after the first kill ended sessions: that action gets its record too, through the
         queue (kept and retried while the database is down), since the strict write is what just failed."""
-        sessions, closed = self._ended_first.pop(agent.id, (0, 0))
-        if not sessions and not closed:
+        first = self._ended_first.pop(agent.id, None)
+        if first is None or (not first.sessions and not first.closed):
             return
+        sessions = first.sessions
         record = AccessRecord(
             time=utcnow(),
             kind="sessions_revoked",
@@ -368,12 +397,11 @@ class SessionKiller:
     ) -> KillResult:
         """Steps 2-4 for a disabled agent, then the ``sessions_revoked`` record (with the attempts it took)."""
         outbox = self._runs.outbox if self._runs is not None else None
-        ended = await self.end_sessions(agent.id)
-        assert ended is not None  # every session of the agent: a revocation is always broadcast
-        first_count, first_closed = self._ended_first.pop(agent.id, (0, 0))
-        count, confirmed, missing = ended.count + first_count, ended.confirmed, ended.missing
+        ended = await self._end_again(agent.id)
+        first = self._ended_first.pop(agent.id, None) or _FirstEnded(0, 0, None)
+        count, confirmed, missing = ended.count + first.sessions, ended.confirmed, ended.missing
         duration = (time.perf_counter() - started) * 1000
-        result = KillResult(agent, count, ended.closed_here + first_closed, confirmed, missing, duration, run)
+        result = KillResult(agent, count, ended.closed_here + first.closed, confirmed, missing, duration, run)
         record = AccessRecord(
             time=utcnow(),
             kind="sessions_revoked",

@@ -134,6 +134,11 @@ class SessionStore(Protocol):
         """
         ...
 
+    async def revoke_agent_if_any(self, agent_id: str) -> tuple[int, Revocation | None]:
+        """:meth:`revoke_agent`, broadcasting only when a session ended (None otherwise): the kill after a
+        deprovisioning's disable, whose first kill was broadcast already (``gateway/deprovision/kill.py``)."""
+        ...
+
     async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
         """:meth:`revoke_agent` for several agents in one round trip to the store (a deprovisioning storm's
         first kills, ``gateway/deprovision/first_kills.py``); the results in ``agent_ids``' order."""

@@ -113,6 +113,12 @@ class CachedSessionStore:
         self.drop_agent(agent_id)  # a lookup that raced the revocation may have kept one meanwhile
         return result
 
+    async def revoke_agent_if_any(self, agent_id: str) -> tuple[int, Revocation | None]:
+        self.drop_agent(agent_id)
+        result = await self.inner.revoke_agent_if_any(agent_id)
+        self.drop_agent(agent_id)
+        return result
+
     async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
         for agent_id in agent_ids:
             self.drop_agent(agent_id)

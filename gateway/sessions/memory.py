@@ -102,6 +102,12 @@ class MemorySessionStore:
             queue.put_nowait(revocation)
         return len(keys), revocation
 
+    async def revoke_agent_if_any(self, agent_id: str) -> tuple[int, Revocation | None]:
+        if not self._by_agent.get(agent_id):
+            self._by_agent.pop(agent_id, None)
+            return 0, None
+        return await self.revoke_agent(agent_id)
+
     async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
         if RESYNC_AGENT_ID in agent_ids:
             raise ValueError("'*' is the resync marker, not an agent id")

@@ -66,14 +66,15 @@ redis.call('SREM', ARGV[1] .. f[2], ARGV[2])
 return f[1]
 """
 
-# KEYS: agent index. ARGV: session prefix, channel, revocation JSON. Deletes and broadcasts atomically.
+# KEYS: agent index. ARGV: session prefix, channel, revocation JSON, and 'if-any' to broadcast only when a session
+# ended. Deletes and broadcasts atomically.
 REVOKE_SCRIPT = """
 local count = 0
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   count = count + redis.call('DEL', ARGV[1] .. member)
 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+if count > 0 or ARGV[4] ~= 'if-any' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return count
 """
 

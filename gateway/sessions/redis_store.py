@@ -168,6 +168,14 @@ class RedisSessionStore:
         count = await self._call(self._revoke(keys=[AGENT_PREFIX + agent_id], args=args))
         return int(count), revocation
 
+    async def revoke_agent_if_any(self, agent_id: str) -> tuple[int, Revocation | None]:
+        if agent_id == RESYNC_AGENT_ID:
+            raise ValueError("'*' is the resync marker, not an agent id")
+        revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
+        args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation), "if-any"]
+        count = int(await self._call(self._revoke(keys=[AGENT_PREFIX + agent_id], args=args)))
+        return count, (revocation if count else None)
+
     async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
         if RESYNC_AGENT_ID in agent_ids:
             raise ValueError("'*' is the resync marker, not an agent id")

@@ -233,6 +233,18 @@ class TestSessionStoreContract:
         with pytest.raises(ValueError, match="resync"):
             await backend.store.revoke_agents([ALICE.agent_id, RESYNC_AGENT_ID])
 
+    async def test_revoke_agent_if_any_broadcasts_only_when_a_session_ended(self, backend: Backend) -> None:
+        alice = await backend.store.create(ALICE, T0)
+        async with aclosing(backend.store.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            assert await backend.store.revoke_agent_if_any(BOB.agent_id) == (0, None)
+            count, revocation = await backend.store.revoke_agent_if_any(ALICE.agent_id)
+            assert count == 1 and revocation is not None and revocation.agent_id == ALICE.agent_id
+            assert await asyncio.wait_for(pending, timeout=5) == revocation  # the first broadcast is Alice's
+        assert (await backend.store.lookup(alice.id, T0 + 1)).state is SessionState.MISSING
+        assert await backend.store.revoke_agent_if_any(ALICE.agent_id) == (0, None)
+
     async def test_a_back_channel_logout_ends_only_the_sessions_of_that_idp_session(self, backend: Backend) -> None:
         """OIDC Back-Channel Logout 1.0 §2.4: ``sid`` names one IdP session; the agent's others stay."""
         laptop = [await backend.store.create(replace(ALICE, idp_session_id="sid-laptop"), T0) for _ in range(2)]

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pytest
@@ -277,3 +277,34 @@ async def test_a_scim_deactivation_ends_the_sessions_inside_its_transaction_and_
         ("deprovision", None),
         ("sessions_revoked", 2),
     ]
+
+
+async def test_the_kill_after_the_disable_broadcasts_again_only_for_a_session_started_in_between(
+    database: Database, backend: str
+) -> None:
+    alice = await _agent(database.engine, "alice")
+    bob = await _agent(database.engine, "bob")
+    store = MemorySessionStore(900, 3600, "replica-1")
+    killer = _killer(database, direct=backend == "direct", sessions=store)
+    seen: list[str] = []
+
+    async def listen() -> None:
+        async for revocation in store.revocations():
+            seen.append(revocation.agent_id)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0)
+    await store.create(_login(alice), time.time())
+    quiet = await killer.deprovision("alice", reason="left", actor="admin", source="admin_api")
+    await store.create(replace(_login(bob), user_name="bob"), time.time())
+    async with _writes_held(database, bob):
+        call = asyncio.create_task(killer.deprovision("bob", reason="left", actor="admin", source="admin_api"))
+        await eventually(lambda: _none_left(store, bob))
+        await store.create(replace(_login(bob), user_name="bob"), time.time())  # a login racing the first kill
+    raced = await call
+    await asyncio.sleep(0.05)
+    listener.cancel()
+
+    assert seen == [alice, bob, bob]
+    assert (quiet.sessions_revoked, raced.sessions_revoked) == (1, 2)
+    assert quiet.replicas_confirmed == raced.replicas_confirmed == frozenset({"replica-1"})
