@@ -19,7 +19,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from redis.asyncio import Redis
@@ -157,8 +157,9 @@ class LoadStack:
         """What the store holds for the agent's (first) session: the template of sessions written directly."""
         redis = Redis.from_url(self.redis_url, decode_responses=True)
         try:
-            members = sorted(await redis.smembers(AGENT_PREFIX + agent.id))  # type: ignore[misc]
-            raw = await redis.hget(SESSION_PREFIX + members[0], "data")  # type: ignore[misc]
+            # decode_responses=True: the client answers str, which its annotations (str | bytes) cannot know.
+            members = sorted(cast(set[str], await redis.smembers(AGENT_PREFIX + agent.id)))
+            raw = cast(str | None, await redis.hget(SESSION_PREFIX + members[0], "data"))
         finally:
             await redis.aclose()
         if raw is None:

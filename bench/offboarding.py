@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -129,7 +130,7 @@ class Bench:
             self.children.append(child)
             child.start()
             url = f"http://{LOOPBACK}:{self.ports[channel]}/"
-            child.wait_until(lambda u=url: _url_ok(u), timeout=30, what="its first answer")
+            child.wait_until(partial(_url_ok, url), timeout=30, what="its first answer")
 
     def start_gateway(self) -> None:
         urls = {c: f"http://{LOOPBACK}:{p}" for c, p in self.ports.items()}
@@ -152,7 +153,7 @@ class Bench:
     def seed_agents(self) -> None:
         now = "2026-12-04 12:00:00.000000"
         lead = str(uuid.uuid4())
-        rows = [(lead, "lead", "lead", None)]
+        rows: list[tuple[str, str, str, str | None]] = [(lead, "lead", "lead", None)]
         rows += [(str(uuid.uuid4()), u, u, lead) for u in [*self.users, *self.baseline_users]]
         with closing(sqlite3.connect(self.base / "channelgate.db")) as db, db:
             db.executemany(

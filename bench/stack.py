@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -125,9 +126,7 @@ class Gateway:
             self._children.append(child)
             child.start()
         for index, child in enumerate(self._children):
-            child.wait_until(
-                lambda i=index: _url_ok(f"{self.url(i)}/.channelgate/readyz"), timeout=30, what="readiness"
-            )
+            child.wait_until(partial(_url_ok, f"{self.url(index)}/.channelgate/readyz"), timeout=30, what="readiness")
 
     @property
     def pids(self) -> list[int]:

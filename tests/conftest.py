@@ -20,7 +20,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class PackageOrFileScheduling(LoadFileScheduling):
+    class PackageOrFileScheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist ships no types
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return next((package for package in ONE_WORKER_PACKAGES if path.startswith(package)), path)

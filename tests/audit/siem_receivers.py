@@ -11,6 +11,7 @@ import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 from cryptography import x509
@@ -120,11 +121,11 @@ class SyslogReceiver:
         """Stop reading (a SIEM that cannot keep up): the sender's bytes pile up in the kernel, then in its own
         buffer, and its writes must wait."""
         for writer in self._writers:
-            writer.transport.pause_reading()
+            cast(asyncio.Transport, writer.transport).pause_reading()
 
     def resume(self) -> None:
         for writer in self._writers:
-            writer.transport.resume_reading()
+            cast(asyncio.Transport, writer.transport).resume_reading()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

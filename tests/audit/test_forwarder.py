@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -172,7 +173,7 @@ async def test_every_sealed_record_reaches_a_tls_syslog_receiver_in_chain_order_
     assert await store.cursor("siem") == 800
     assert watch.samples > 10
     assert (registry.get_sample_value("channelgate_audit_forward_failures_total", {"forwarder": "siem"}) or 0) >= 1
-    assert registry.get_sample_value("channelgate_audit_forwarded_total", {"forwarder": "siem"}) >= 800
+    assert cast(float, registry.get_sample_value("channelgate_audit_forwarded_total", {"forwarder": "siem"})) >= 800
     # Every frame is one whole RFC 5424 message: the CR/LF in the agent names did not split one.
     assert all(m.startswith("<86>1 ") and "\n" not in m and "\r" not in m for m in receiver.messages)
 

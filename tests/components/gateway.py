@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -239,7 +240,7 @@ class GatewayStack:
             self.wait_ready(index)
         for channel, port in self.console_ports.items():
             self._children[list(CHANNELS).index(channel)].wait_until(
-                lambda p=port: _url_ok(f"http://{LOOPBACK}:{p}/"), timeout=30, what="HTTP"
+                partial(_url_ok, f"http://{LOOPBACK}:{port}/"), timeout=30, what="HTTP"
             )
 
     def wait_ready(self, replica: int) -> None:

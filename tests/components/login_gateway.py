@@ -123,4 +123,4 @@ def with_query(url: httpx.URL, **changes: str | None) -> httpx.URL:
     """``url`` with each named query parameter replaced, or removed when its value is None."""
     params = [(key, value) for key, value in url.params.multi_items() if key not in changes]
     params += [(key, value) for key, value in changes.items() if value is not None]
-    return url.copy_with(params=httpx.QueryParams(params))
+    return url.copy_with(params=httpx.QueryParams(tuple(params)))

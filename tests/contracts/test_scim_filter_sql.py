@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 from sqlalchemy import insert, select
@@ -88,7 +89,7 @@ FILLER_ROWS = [
     )
     for n in FILLERS
 ]
-GROUPS = [
+GROUPS: list[dict[str, object]] = [
     {"id": "g1", "display_name": "Ops", "external_id": "OPS"},
     {"id": "g2", "display_name": "ops-night", "external_id": None},
     {"id": "g3", "display_name": "Sales", "external_id": "x"},
@@ -96,7 +97,7 @@ GROUPS = [
 ]
 MEMBERS = [("g1", "a01"), ("g1", "a02"), ("g2", "a03"), ("g4", "f20")]
 
-ALL = {row["id"] for row in SPECIAL + FILLER_ROWS}
+ALL = {cast(str, row["id"]) for row in SPECIAL + FILLER_ROWS}
 FILLER_IDS = {f"f{n}" for n in FILLERS}
 
 

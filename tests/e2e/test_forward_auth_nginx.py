@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -182,7 +183,7 @@ async def test_a_refusal_explains_itself_and_the_log_names_the_policy(
     mine = [r for r in records if r.get("reason") == "phone-read-only"]
     assert mine, records
     assert mine[0]["method"] == "POST" and mine[0]["path"] == "/phone/notes"
-    assert (mine[0].get("detail") or {}).get("via") == "forward-auth"
+    assert cast(dict[str, object], mine[0].get("detail") or {}).get("via") == "forward-auth"
 
 
 async def test_a_broken_policy_file_is_refused_and_the_set_in_force_stays(

@@ -14,12 +14,12 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import DictKey, RSAKey
 
 from gateway.oidc.backchannel import LOGOUT_EVENT
 from tests.components.echo_gateway import Deployment, deployment, eventually
@@ -62,7 +62,9 @@ def _token(
     } | claims
     body = {name: value for name, value in body.items() if value is not None}
     return jwt.encode(
-        {"alg": "RS256", "kid": private["kid"], "typ": "logout+jwt"} | (header or {}), body, RSAKey.import_key(private)
+        {"alg": "RS256", "kid": private["kid"], "typ": "logout+jwt"} | (header or {}),
+        body,
+        RSAKey.import_key(cast(DictKey, private)),
     )
 
 

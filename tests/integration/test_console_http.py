@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -51,7 +51,7 @@ ACCOUNTS = (
 async def gateway() -> AsyncIterator[Deployment]:
     with provider_pool() as pool:
 
-        def factory(redirect_uris: list[str], **_: object) -> OidcProvider:
+        def factory(redirect_uris: Sequence[str], **_: object) -> OidcProvider:
             return pool.start(redirect_uris, accounts=ACCOUNTS)
 
         async with deployment(factory, extra_toml=CONSOLE_TOML) as deployed:

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import httpx
@@ -26,7 +26,7 @@ import pytest_asyncio
 import uvicorn
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from joserfc.jwk import RSAKey
+from joserfc.jwk import DictKey, RSAKey
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -81,7 +81,7 @@ Signer = Callable[[bytes], bytes]
 
 
 def rs256(private_jwk: Jwk) -> Signer:
-    key = RSAKey.import_key(private_jwk).private_key
+    key = RSAKey.import_key(cast(DictKey, private_jwk)).private_key
     assert isinstance(key, rsa.RSAPrivateKey)
     return lambda message: key.sign(message, padding.PKCS1v15(), hashes.SHA256())
 
@@ -126,7 +126,7 @@ class Forge:
         return compact(header or self.header(), self.claims(**claims), rs256(self.provider_key))
 
     def public_pem(self) -> bytes:
-        public = RSAKey.import_key(public_jwks({"keys": [self.provider_key]})["keys"][0])
+        public = RSAKey.import_key(cast(DictKey, public_jwks({"keys": [self.provider_key]})["keys"][0]))
         return public.as_pem(private=False)
 
 

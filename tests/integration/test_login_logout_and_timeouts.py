@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import httpx
 import pytest
 import pytest_asyncio
 from joserfc import jwt
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 
 from tests.components.browserless_login import provider_logout
 from tests.components.login_gateway import HTML, JSON, LoginGateway, login_gateway, provider_pool
@@ -67,7 +68,10 @@ async def test_logout_deletes_the_session_clears_the_cookie_and_ends_the_provide
     end_session = httpx.URL(gateway.provider.metadata()["end_session_endpoint"])
     assert target.copy_with(query=None) == end_session
     assert target.params["post_logout_redirect_uri"] == gateway.url + "/"
-    hint = jwt.decode(target.params["id_token_hint"], KeySet.import_key_set(public_jwks(gateway.provider.jwks)))
+    hint = jwt.decode(
+        target.params["id_token_hint"],
+        KeySet.import_key_set(cast(KeySetSerialization, public_jwks(gateway.provider.jwks))),
+    )
     assert hint.claims["sub"] == "alice-0001"
     assert SESSION_COOKIE not in alice.cookies  # the Set-Cookie expired it
     assert [record.agent_name for record in await gateway.records_since(mark, "logout")] == ["alice"]

@@ -203,7 +203,7 @@ async def test_deprovisioning_logs_the_console_session_out_and_verifies_none_rem
             return runs[0] if runs and runs[0]["state"] in ("done", "attention") else None
 
         run = await eventually(finished, timeout=30)
-    steps = {(s["channel"], s["step"]): (s["state"], s["detail"]) for s in run["steps"]}  # type: ignore[index]
+    steps = {(s["channel"], s["step"]): (s["state"], s["detail"]) for s in run["steps"]}
     assert run["state"] == "done", steps
     assert steps[("mail", "revoke")] == ("done", "logged out 1 console session(s) of alice")
     assert steps[("mail", "verify")] == ("done", "the console lists no live session for alice")

@@ -7,7 +7,7 @@ server restart costs no failed read, and an unreachable database is a ``StorageE
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -44,7 +44,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await database.dispose()
 
 
-def _value(key: str) -> object:
+def _value(key: str) -> Callable[[Connection], object]:
     def read(conn: Connection) -> object:
         return conn.execute(text("SELECT v FROM kv WHERE k = :k"), {"k": key}).scalar()
 

@@ -5,6 +5,7 @@ still failing makes the verdict "not proven", naming the channel; a request allo
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ async def test_report_after_a_real_deprovisioning_shows_receipts_hand_over_and_a
             assert run.state is RunState.DONE
 
             report = await build_agent_report(services, "alice")
-            data = report.as_dict()
+            data: dict[str, Any] = report.as_dict()  # the JSON document
             html = render_agent_html(report)
 
     zero = data["zero_access"]

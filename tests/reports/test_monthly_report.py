@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ async def seed_month(services: Services) -> None:
 
 async def test_monthly_review_lists_downloads_after_hours_outliers_and_disabled_access(services: Services) -> None:
     await seed_month(services)
-    data = (await build_monthly_report(services, "2026-11")).as_dict()
+    data: dict[str, Any] = (await build_monthly_report(services, "2026-11")).as_dict()  # the JSON document
 
     assert data["month"] == "2026-11"
     assert data["period"] == {

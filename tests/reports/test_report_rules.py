@@ -108,6 +108,8 @@ def test_every_check_passing_is_access_ended_with_the_evidence() -> None:
 )
 def test_any_failing_check_makes_the_verdict_not_proven_and_says_why(case: str, expected: str) -> None:
     disable = AccessRecord(time=T, kind="deprovision", seq=7, actor="admin", reason="left", decision="disabled")
+    disabled_at: datetime | None
+    record: AccessRecord | None
     active, disabled_at, record = case == "active", T, disable
     if case == "no disable record":
         disabled_at, record = None, None

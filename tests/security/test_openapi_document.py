@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -62,14 +62,13 @@ def _admin_routes() -> set[tuple[str, str]]:
     ]
     served = set()
     for route in own.routes:
-        path = own.path + route.path
-        if isinstance(route, Route) and path.startswith(ADMIN):
+        if isinstance(route, Route) and (path := own.path + route.path).startswith(ADMIN):
             served |= {(method, _shape(path)) for method in route.methods or () if method != "HEAD"}
     return served
 
 
 def _scim_routes() -> set[tuple[str, str]]:
-    endpoints = [resource_type.endpoint for resource_type in scim_provider().resource_types or []]
+    endpoints = [cast(str, resource_type.endpoint) for resource_type in scim_provider().resource_types or []]
     served = set()
     for route in ROUTES:
         expanded = [route.pattern.replace("/{endpoint}", endpoint) for endpoint in endpoints]

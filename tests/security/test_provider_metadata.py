@@ -13,7 +13,7 @@ import base64
 import contextlib
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ async def provider() -> AsyncIterator[Provider]:
 
 
 #: How a discovery document's issuer may differ from the configured one → refused, each of them.
-LOOK_ALIKES = {
+LOOK_ALIKES: dict[str, Callable[[str], object]] = {
     "trailing slash": lambda issuer: issuer + "/",
     "suffix": lambda issuer: issuer + ".evil.example",
     "path suffix": lambda issuer: issuer + "/evil",

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import hypothesis
 import pytest
@@ -29,11 +29,15 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.specs.openapi.schemas import OpenApiSchema
 from sqlalchemy import text
 
 from gateway.sessions.base import SessionData
 from scim.provider import MAX_BODY_BYTES
 from tests.security.api_gateway import ThreadedGateway, threaded_gateway
+
+if TYPE_CHECKING:
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "docs" / "openapi" / "channelgate-admin.yaml"
@@ -47,13 +51,21 @@ ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 pytestmark = [pytest.mark.timeout(120)]
 
 
-def _load(examples: int, *, coverage: bool) -> Any:
+def _load(examples: int, *, coverage: bool) -> OpenApiSchema:
     """The document, generating ``examples`` random cases per operation after the document's own examples and
     (with ``coverage``) schemathesis's boundary cases of every parameter and body."""
     generation = {"mode": "positive", "max-examples": examples, "deterministic": True, "database": "none"}
     phases = {"coverage": {"enabled": coverage}, "examples": {"enabled": coverage}}
     config = {"seed": SEED, "generation": generation, "phases": phases}
     return schemathesis.openapi.from_path(DOCUMENT, config=schemathesis.Config.from_dict(config))
+
+
+FunctionT = TypeVar("FunctionT", bound=Callable[..., None])
+
+
+def _parametrize(loaded: OpenApiSchema) -> Callable[[FunctionT], FunctionT]:
+    """``loaded.parametrize()``, whose annotation is a bare ``Callable``: the test keeps its own signature."""
+    return cast(Callable[[FunctionT], FunctionT], loaded.parametrize())
 
 
 schema = _load(8, coverage=True)
@@ -73,7 +85,11 @@ def api() -> Iterator[ThreadedGateway]:
             )
             assert created.status_code == 201, created.text
             ids[name] = created.json()["id"]
-        group = {"schemas": [GROUP], "displayName": "chat-agents", "members": [{"value": ids["alice"]}]}
+        group: dict[str, str | list[str] | list[dict[str, str]]] = {
+            "schemas": [GROUP],
+            "displayName": "chat-agents",
+            "members": [{"value": ids["alice"]}],
+        }
         assert client.post(f"{gateway.url}/scim/v2/Groups", json=group, timeout=10).status_code == 201
         admin = {"Authorization": f"Bearer {gateway.admin_token}"}
         left = client.post(
@@ -92,16 +108,16 @@ def http() -> Iterator[requests.Session]:
         yield session
 
 
-def _token_for(case: schemathesis.Case, gateway: ThreadedGateway) -> str:
+def _token_for(case: OpenApiCase, gateway: ThreadedGateway) -> str:
     return gateway.admin_token if case.operation.path.startswith(ADMIN_PREFIX) else gateway.scim_token
 
 
-def _declared(case: schemathesis.Case) -> set[str]:
+def _declared(case: OpenApiCase) -> set[str]:
     return set(case.operation.definition.raw.get("responses", {}))
 
 
 @schemathesis.check
-def no_server_error_but_a_declared_501(ctx: schemathesis.CheckContext, response: Any, case: schemathesis.Case) -> None:
+def no_server_error_but_a_declared_501(ctx: schemathesis.CheckContext, response: Any, case: OpenApiCase) -> None:
     """No 5xx, except a 501 the document declares (a SCIM feature the ServiceProviderConfig says is not offered)."""
     status = response.status_code
     if status >= 500 and not (status == 501 and "501" in _declared(case)):
@@ -117,9 +133,9 @@ CHECKS = [
 ]
 
 
-@schema.parametrize()
+@_parametrize(schema)
 def test_every_operation_answers_a_valid_client_as_documented_and_never_with_a_server_error(
-    case: schemathesis.Case, api: ThreadedGateway, http: requests.Session
+    case: OpenApiCase, api: ThreadedGateway, http: requests.Session
 ) -> None:
     token = {"Authorization": f"Bearer {_token_for(case, api)}"}
     response = case.call(base_url=api.url, headers=token, session=http, timeout=15)
@@ -155,13 +171,16 @@ CREDENTIALS = {
 }
 
 
-@refusals.parametrize()
+@_parametrize(refusals)
 def test_no_operation_serves_or_changes_anything_without_its_apis_token(
-    case: schemathesis.Case, api: ThreadedGateway, http: requests.Session
+    case: OpenApiCase, api: ThreadedGateway, http: requests.Session
 ) -> None:
     own = _token_for(case, api)
     other = api.scim_token if own == api.admin_token else api.admin_token
-    case.headers = {key: value for key, value in (case.headers or {}).items() if key.lower() != "authorization"}
+    # A plain dict serves: the case only reads its headers to merge them into the call's.
+    case.headers = {  # type: ignore[assignment]
+        key: value for key, value in (case.headers or {}).items() if key.lower() != "authorization"
+    }
     before = _state(api)
     for name, credential in CREDENTIALS.items():
         headers = dict(case.headers)
@@ -189,11 +208,11 @@ def workflow(api: ThreadedGateway, http: requests.Session) -> type[Any]:
     machine = schema.as_state_machine()
 
     class Workflow(machine):  # type: ignore[misc, valid-type]
-        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+        def get_call_kwargs(self, case: OpenApiCase) -> dict[str, Any]:
             token = {"Authorization": f"Bearer {_token_for(case, api)}"}
             return {"base_url": api.url, "headers": token, "session": http, "timeout": 15}
 
-        def validate_response(self, response: Any, case: schemathesis.Case, **kwargs: Any) -> None:
+        def validate_response(self, response: Any, case: OpenApiCase, **kwargs: Any) -> None:
             case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
 
     return Workflow

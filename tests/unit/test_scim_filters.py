@@ -69,7 +69,7 @@ AGENTS = [
     _agent("u5", "ÉVA", display_name="Éva Nagy", email="eva@example.com", external_id="aXb"),
     _agent("u6", "admin' OR 1=1 --", display_name='"; DROP TABLE agents; --', external_id="' OR '1'='1"),
 ]
-GROUPS = [
+GROUPS: list[dict[str, object]] = [
     {"id": "g1", "display_name": "Ops", "external_id": "OPS", "created_at": _moment(1), "updated_at": _moment(2)},
     {"id": "g2", "display_name": "ops-night", "external_id": None, "created_at": _moment(3), "updated_at": _moment(4)},
     {"id": "g3", "display_name": "Sales", "external_id": "x", "created_at": _moment(5), "updated_at": _moment(6)},

@@ -34,7 +34,7 @@ BASE = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def _rows() -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in range(30):
 
         def pick(offset: int, n: int = n) -> str | None:
