@@ -137,7 +137,7 @@ def walk_segment(
         kind, where = database
         if kind == "sqlite":
             return await walk(_sqlite_reader(where, statement), after, until, None, signed, cutoff)
-        import asyncpg  # type: ignore[import-untyped]  # only PostgreSQL workers need it
+        import asyncpg  # only PostgreSQL workers need it
 
         from gateway.storage.postgres_options import worker_connect_kwargs
 
