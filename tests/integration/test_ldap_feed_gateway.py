@@ -13,7 +13,7 @@ import pytest
 
 from gateway.directory.store import DirectoryStore
 from tests.components.asgi_server import bound_socket
-from tests.components.echo_gateway import Deployment, deployment
+from tests.components.echo_gateway import Deployment, deployment, eventually
 from tests.components.inprocess import running_gateway
 from tests.components.ldap_server import (
     FORMER,
@@ -100,8 +100,13 @@ async def test_an_ldap_disable_ends_the_agents_sessions_through_the_change_feed_
     print(f"\nLDAP {mechanism} → first refusal: {elapsed * 1000:.0f} ms")
     assert elapsed < REFUSAL_WITHIN_SECONDS
     assert (await alice.get(echo, headers=JSON)).status_code == 200
-    disabled = await gateway.services.agents.get(agent.id)
-    assert disabled is not None and not disabled.active
+
+    # The sessions end first; the disable and its queued run are written right after (gateway/deprovision/kill.py).
+    async def disabled() -> bool:
+        found = await gateway.services.agents.get(agent.id)
+        return found is not None and not found.active
+
+    await eventually(disabled, timeout=REFUSAL_WITHIN_SECONDS)
     [run] = await gateway.services.pipeline.runs_of_agent(agent.id)
     assert (run.source, run.actor) == ("ldap", "ldap:directory")
     assert await gateway.services.sessions.sessions_of(agent.id, time.time()) == []
