@@ -53,19 +53,11 @@ class _ProxiedSocket:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int = CLOSE_POLICY_VIOLATION
     close_reason: str = ""
-    #: The agent's side of the relay, once accepted: a revocation closes it at once.
-    client: WebSocket | None = None
-    #: That close, started by :meth:`revoke` (the relay awaits it).
-    closing: asyncio.Future[None] | None = None
 
     def revoke(self, code: int, reason: str) -> None:
         self.close_code = sendable_close_code(code, CLOSE_POLICY_VIOLATION)
         self.close_reason = _short_reason(reason)
         self.revoked.set()
-        if self.client is not None and self.closing is None:
-            # The close frame leaves now, not once the relay task has woken, cancelled its two halves and seen
-            # them finish: on a replica busy with a deprovisioning storm each of those steps waits its turn.
-            self.closing = asyncio.ensure_future(_close_client(self.client, self.close_code, self.close_reason))
 
 
 class WebSocketRegistry:
@@ -216,7 +208,7 @@ async def _relay(websocket: WebSocket, upstream: aiohttp.ClientWebSocketResponse
         # Both at once: the upstream's close waits for the console's reply, and the agent's socket must not wait
         # for that round trip (revocation latency counts until the agent's side is closed).
         await asyncio.gather(
-            entry.closing or _close_client(websocket, entry.close_code, entry.close_reason),
+            _close_client(websocket, entry.close_code, entry.close_reason),
             _close_upstream(upstream, entry.close_code, entry.close_reason),
         )
     elif isinstance(client_result, tuple):
@@ -259,7 +251,6 @@ async def proxy_websocket(
                 await _deny(websocket, 403, entry.close_code, "Access was revoked.")
                 return
             await websocket.accept(subprotocol=upstream.protocol)
-            entry.client = websocket
             await _relay(websocket, upstream, entry)
         finally:
             await _close_upstream(upstream, CLOSE_GOING_AWAY, "")
