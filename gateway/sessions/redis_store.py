@@ -293,8 +293,10 @@ class RedisSessionStore:
         live = {str(replica) for replica in await self._call(self._redis.zrangebyscore(REPLICAS_KEY, since, "+inf"))}
         acked: set[str] = set()
         key = ACK_PREFIX + revocation.revocation_id
-        # Each BLPOP waits less than the socket timeout, so a slow answer is never mistaken for a dead Redis.
-        slice_seconds = max(0.01, self._socket_timeout / 2)
+        # Each BLPOP waits far less than the socket timeout, so a slow answer is never mistaken for a dead Redis:
+        # its reply must also be read by this event loop, which a deprovisioning storm keeps busy, and the socket
+        # timeout minus the slice is all the delay that reading may take (half of it was exceeded under load).
+        slice_seconds = max(0.01, min(0.1, self._socket_timeout / 4))
         while not live <= acked:
             remaining = deadline - loop.time()
             if remaining < 0.01:
