@@ -46,7 +46,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from connectors.base import AgentRef, UpstreamRequest
 from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError, NotFound
-from gateway.inline_proxy import Checked, _plan, _record, check_request
+from gateway.inline_proxy import Checked, channel_plan, check_request, request_record
 from gateway.pages import error_response, wants_html
 from gateway.proxy.paths import strip_query_values
 from gateway.proxy.routes import upstream_url
@@ -168,7 +168,7 @@ async def forward_auth(request: Request) -> Response:
     if mode != "explain":  # the explain call follows a refusal the default call already recorded
         detail = {"via": "forward-auth"}
         services.audit.submit(
-            _record(scope, request, original.method, log_path, status=response.status_code, detail=detail)
+            request_record(scope, request, original.method, log_path, status=response.status_code, detail=detail)
         )
     services.metrics.request(scope.channel or "-", response.status_code).inc()
     return response
@@ -180,7 +180,7 @@ async def _allowed(
     """200 with what the proxy sets upstream: the channel credential and the signed identity assertion."""
     services.audit.check_capacity()
     route = checked.match.route
-    plan = _plan(request, services, route.channel)
+    plan = channel_plan(request, services, route.channel)
     if plan.keeps_cookies:
         raise ChannelgateError(
             f"Channel {route.channel!r} uses a cookie_jar connector, which only the inline proxy supports (it must "

@@ -68,7 +68,7 @@ def _services(connection: HTTPConnection) -> Services:
     return services
 
 
-def _plan(connection: HTTPConnection, services: Services, channel: str) -> ChannelPlan:
+def channel_plan(connection: HTTPConnection, services: Services, channel: str) -> ChannelPlan:
     """The channel's plan, made on its first request and kept with the app (made again only if the connector
     object was replaced)."""
     state = connection.app.state
@@ -86,9 +86,10 @@ def _plan(connection: HTTPConnection, services: Services, channel: str) -> Chann
     return plan
 
 
-def _record(
+def request_record(
     scope: RequestScope, connection: HTTPConnection, method: str, log_path: str, **fields: object
 ) -> AccessRecord:
+    """The access-log record of one request to a channel, inline or asked about by a front proxy (forward-auth)."""
     session = scope.session
     return AccessRecord(
         time=utcnow(),
@@ -185,7 +186,7 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
     services.audit.check_capacity()
     if access is not None and access.body_field is not None and isinstance(connection, Request):
         scope.subject = await _body_subject(connection, access.body_field)
-    plan = _plan(connection, services, match.route.channel)
+    plan = channel_plan(connection, services, match.route.channel)
     assert services.signer is not None
     headers = sanitise_request_headers(
         connection.headers.raw,
@@ -277,7 +278,7 @@ async def proxy_http(request: Request) -> Response:
         else:
             response = error_response(request, exc, scope.request_id)
         services.audit.submit(
-            _record(
+            request_record(
                 scope, request, request.method, log_path, status=response.status_code, duration_ms=_elapsed_ms(scope)
             )
         )
@@ -295,7 +296,7 @@ async def proxy_http(request: Request) -> Response:
         services.metrics.latency(channel).observe(stats.upstream_latency)
         services.metrics.request(channel, stats.status).inc()
         services.audit.submit(
-            _record(
+            request_record(
                 scope,
                 request,
                 request.method,
@@ -327,7 +328,7 @@ async def proxy_http(request: Request) -> Response:
     except ChannelgateError as exc:
         response = error_response(request, exc, scope.request_id)
         services.audit.submit(
-            _record(
+            request_record(
                 scope,
                 request,
                 request.method,
@@ -354,7 +355,7 @@ async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
         if admitted.match.redirect:
             raise NotFound("No console is served at this address.")
     except ChannelgateError as exc:
-        services.audit.submit(_record(scope, websocket, "WEBSOCKET", log_path, status=exc.status))
+        services.audit.submit(request_record(scope, websocket, "WEBSOCKET", log_path, status=exc.status))
         await websocket.close(code=1008 if exc.status in (401, 403) else 1011)
         return
     assert services.upstream is not None
@@ -367,4 +368,5 @@ async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
         services.live.websockets,
         admitted.session.data.agent_id,
     )
-    services.audit.submit(_record(scope, websocket, "WEBSOCKET", log_path, status=101, duration_ms=_elapsed_ms(scope)))
+    record = request_record(scope, websocket, "WEBSOCKET", log_path, status=101, duration_ms=_elapsed_ms(scope))
+    services.audit.submit(record)
