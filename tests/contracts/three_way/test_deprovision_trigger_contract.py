@@ -254,11 +254,18 @@ async def _none_left(store: MemorySessionStore, agent_id: str) -> bool:
     return not await store.sessions_of(agent_id, time.time())
 
 
+# SCIM writes through the engine: SQLite through it and PostgreSQL (there is no direct-SQLite SCIM path).
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("engine", id="sqlite-engine"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ],
+    indirect=True,
+)
 async def test_a_scim_deactivation_ends_the_sessions_inside_its_transaction_and_again_after_the_commit(
-    database: Database, backend: str
+    database: Database,
 ) -> None:
-    if backend == "direct":
-        pytest.skip("SCIM writes through the engine: the sqlite-engine and postgresql runs cover it")
     engine = database.engine
     alice = await _agent(engine, "alice")
     store = MemorySessionStore(900, 3600, "replica-1")
