@@ -7,7 +7,8 @@ import statistics
 from bench.audit import AuditBenchResult
 from bench.forward_auth import ForwardAuthResult, forward_auth_section
 from bench.ldap import LdapBenchResult, ldap_section
-from bench.load import LoadResult, load_section
+from bench.load import LoadResult
+from bench.load_report import load_section
 from bench.offboarding import OffboardingResult
 from bench.policies import PolicyBenchResult, policy_section
 from bench.revocation import RevocationResult, Trial, percentile
@@ -409,9 +410,9 @@ def render(
         "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
         "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`, `ldap.py`, `policies.py`, "
         "`forward_auth.py` (with `trivial_auth.py`), `load.py` (with `load_stack.py`, `load_nginx.py`, "
-        "`load_wrk.py` + `load_wrk.lua`, `load_ws.py`, `load_checks.py`), `scaling.py`, `procstat.py`. A run with "
-        "`--skip` "
-        "keeps the skipped sections of the previous page, marked with the date they were measured.",
+        "`load_wrk.py` + `load_wrk.lua`, `load_ws.py`, `load_checks.py`, `load_report.py`), `scaling.py` (with "
+        "`cpu_cap.py`), `procstat.py`. A run with `--skip` keeps the skipped sections of the previous page, marked "
+        "with the date they were measured.",
         "",
     ]
     return "\n".join(lines)

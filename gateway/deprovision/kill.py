@@ -310,17 +310,8 @@ class SessionKiller:
         first = self._ended_first.pop(agent.id, None)
         if first is None or (not first.sessions and not first.closed):
             return
-        sessions = first.sessions
-        record = AccessRecord(
-            time=utcnow(),
-            kind="sessions_revoked",
-            agent_id=agent.id,
-            agent_name=agent.user_name,
-            actor=actor,
-            reason=reason,
-            decision="revoked",
-            detail={"source": source, "sessions": sessions, "step": "before the disable, which failed"},
-        )
+        detail = {"source": source, "sessions": first.sessions, "step": "before the disable, which failed"}
+        record = _revoked_record(agent, actor, reason, detail)
         try:
             self._audit.submit(record)
         except ChannelgateError as exc:
@@ -402,23 +393,13 @@ class SessionKiller:
         count, confirmed, missing = ended.count + first.sessions, ended.confirmed, ended.missing
         duration = (time.perf_counter() - started) * 1000
         result = KillResult(agent, count, ended.closed_here + first.closed, confirmed, missing, duration, run)
-        record = AccessRecord(
-            time=utcnow(),
-            kind="sessions_revoked",
-            agent_id=agent.id,
-            agent_name=agent.user_name,
-            actor=actor,
-            reason=reason,
-            decision="revoked",
-            duration_ms=round(duration),
-            detail={
-                "source": source,
-                "sessions": count,
-                "replicas_confirmed": sorted(confirmed),
-                "replicas_missing": sorted(missing),
-            }
-            | ({"attempts": attempts} if attempts > 1 else {}),
-        )
+        detail: dict[str, object] = {
+            "source": source,
+            "sessions": count,
+            "replicas_confirmed": sorted(confirmed),
+            "replicas_missing": sorted(missing),
+        } | ({"attempts": attempts} if attempts > 1 else {})
+        record = _revoked_record(agent, actor, reason, detail, duration_ms=round(duration))
         if outbox is not None:
             await outbox.append_log([record])
         else:
@@ -426,6 +407,23 @@ class SessionKiller:
         self._metrics.revocations.inc()
         self._metrics.sessions_revoked.inc(count)
         return result
+
+
+def _revoked_record(
+    agent: Agent, actor: str, reason: str, detail: dict[str, object], *, duration_ms: int | None = None
+) -> AccessRecord:
+    """The ``sessions_revoked`` record of a kill."""
+    return AccessRecord(
+        time=utcnow(),
+        kind="sessions_revoked",
+        agent_id=agent.id,
+        agent_name=agent.user_name,
+        actor=actor,
+        reason=reason,
+        decision="revoked",
+        duration_ms=duration_ms,
+        detail=detail,
+    )
 
 
 def _disabled_record(agent: Agent, now: datetime, reason: str, actor: str, source: str) -> AccessRecord:

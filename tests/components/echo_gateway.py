@@ -116,13 +116,18 @@ class Deployment:
         )
 
     async def verify_assertion(self, token: str, channel: str) -> dict[str, Any]:
-        """Check the identity assertion as a console would: signature by a key in the gateway's JWKS, iss, aud."""
-        async with httpx.AsyncClient() as client:
-            jwks = (await client.get(self.url + "/.channelgate/jwks.json")).json()
-        kid = jwt.get_unverified_header(token)["kid"]
-        key = next(key for key in jwks["keys"] if key["kid"] == kid)
-        claims: dict[str, Any] = jwt.decode(token, key, algorithms=["ES256"], audience=channel, issuer=self.url)
-        return claims
+        return await verify_assertion(self.url, token, channel)
+
+
+async def verify_assertion(gateway_url: str, token: str, channel: str) -> dict[str, Any]:
+    """Check the identity assertion as a console would: signature by a key in the gateway's JWKS (at
+    ``gateway_url``, also its issuer), this channel as the audience."""
+    async with httpx.AsyncClient() as client:
+        jwks = (await client.get(gateway_url + "/.channelgate/jwks.json")).json()
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = next(key for key in jwks["keys"] if key["kid"] == kid)
+    claims: dict[str, Any] = jwt.decode(token, key, algorithms=["ES256"], audience=channel, issuer=gateway_url)
+    return claims
 
 
 @contextlib.asynccontextmanager

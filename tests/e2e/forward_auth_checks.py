@@ -15,15 +15,14 @@ endpoint cannot be reached from outside.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import httpx
 import pytest
 import pytest_asyncio
-from jose import jwt
 
 from tests.components.browserless_login import login
-from tests.components.echo_gateway import EchoConsole
+from tests.components.echo_gateway import EchoConsole, verify_assertion
 from tests.components.fronted_stack import (
     PHONE_READ_ONLY,
     PHONE_READ_ONLY_REASON,
@@ -50,16 +49,6 @@ DECISION_ENDPOINT_SPELLINGS = [
     "/.channelgate/%61uth/phone/",
     "/.channelgate/auth?x=1",
 ]
-
-
-async def verified_claims(stack: FrontedStack, token: str, channel: str) -> dict[str, Any]:
-    """Check the assertion as a console would: a key of the gateway's JWKS, its issuer, this channel only."""
-    async with httpx.AsyncClient() as client:
-        jwks = (await client.get(stack.public_url + "/.channelgate/jwks.json")).json()
-    kid = jwt.get_unverified_header(token)["kid"]
-    key = next(key for key in jwks["keys"] if key["kid"] == kid)
-    claims: dict[str, Any] = jwt.decode(token, key, algorithms=["ES256"], audience=channel, issuer=stack.public_url)
-    return claims
 
 
 class ForwardAuthChecks:
@@ -140,7 +129,7 @@ class ForwardAuthChecks:
         assert (seen.method, seen.path, seen.query) == ("GET", "/calls", "mode=explain&day=1")
         assert seen.values("x-api-key") == [stack.credentials["phone"]]
         [assertion] = seen.values("x-channelgate-assertion")
-        claims = await verified_claims(stack, assertion, "phone")
+        claims = await verify_assertion(stack.public_url, assertion, "phone")
         assert claims["preferred_username"] == "carol"
         assert seen.values("authorization") == [] and seen.values("cookie") == []
         assert seen.values("x-channelgate-auth-secret") == []

@@ -14,20 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.components.proxy_stack import CREDENTIAL, Stack, StackFactory, proxy_stacks
+from tests.components.proxy_stack import CREDENTIAL, Stack, StackFactory
 
 MB = 1024 * 1024
-
-
-@pytest.fixture
-async def stack_factory() -> AsyncIterator[StackFactory]:
-    async with proxy_stacks() as make:
-        yield make
-
-
-@pytest.fixture
-async def stack(stack_factory: StackFactory) -> Stack:
-    return await stack_factory()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -17,18 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from tests.components.proxy_stack import CREDENTIAL, Stack, StackFactory, proxy_stacks
-
-
-@pytest.fixture
-async def stack_factory() -> AsyncIterator[StackFactory]:
-    async with proxy_stacks() as make:
-        yield make
-
-
-@pytest.fixture
-async def stack(stack_factory: StackFactory) -> Stack:
-    return await stack_factory()
+from tests.components.proxy_stack import CREDENTIAL, Stack, StackFactory
 
 
 def ws_url(stack: Stack, path: str) -> str:
