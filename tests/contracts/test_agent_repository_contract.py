@@ -1,42 +1,26 @@
-"""The storage contract: every test runs against SQLite (a temporary file) and a real PostgreSQL server.
-
-Each database is created by the migrations, not by ``metadata.create_all``, so these tests also prove that the
-migrated schema behaves as ``schema.py`` says (partial unique index, foreign keys, autoincrementing ``seq``).
-"""
+"""The agent repository's contract on SQLite and PostgreSQL: a login finds or creates one agent keyed on (issuer,
+subject), a link rule links only the provisioned agent it names and never one an earlier login made, concurrent
+logins link once, and a deleted agent frees its userName but never signs in again."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from pydantic import SecretStr
 from sqlalchemy import insert
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.errors import AccessDenied, NotFound, StorageError
+from gateway.errors import AccessDenied, NotFound
 from gateway.settings import DatabaseSettings, LinkRule
-from gateway.storage.access_log import AccessLogRepository, AccessRecord
 from gateway.storage.agents import AgentRepository, AmbiguousLink, UserNameConflict
-from gateway.storage.credentials import ChannelCredentialRepository
 from gateway.storage.database import Database
-from gateway.storage.migrate import current_revision, head_revision, upgrade_to_head
 from gateway.storage.quick_reads import QuickReads
-from gateway.storage.schema import agents, group_members, metadata
-
-ISSUER = "https://idp.example.com"
-NOW = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
-#: The default link rule; an unverified email, so no test links by email unless it says so.
-BY_NAME: dict[str, Any] = {"link_by": "user_name_is_preferred_username", "email_verified": False}
+from gateway.storage.schema import agents
+from tests.contracts.agent_logins import BY_NAME, ISSUER, NOW
 
 
 async def _provision(
@@ -64,47 +48,6 @@ async def _provision(
                 updated_at=NOW,
             )
         )
-
-
-# --- migrations -------------------------------------------------------------------------------------------
-
-
-def _schema_diff(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return list(compare_metadata(context, metadata))
-
-
-def _live_user_name_index(connection: Connection) -> tuple[bool, str]:
-    """(unique, WHERE clause) of the partial index, which ``compare_metadata`` does not compare."""
-    index = next(i for i in sa_inspect(connection).get_indexes("agents") if i["name"] == "uq_agents_live_user_name_key")
-    where = next(str(value) for key, value in index.get("dialect_options", {}).items() if key.endswith("_where"))
-    return bool(index["unique"]), " ".join(where.lower().strip("()").split())
-
-
-async def test_migrations_match_the_schema(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        assert await conn.run_sync(_schema_diff) == []
-        assert await conn.run_sync(current_revision) == head_revision()
-        assert await conn.run_sync(_live_user_name_index) == (True, "deleted_at is null")
-
-
-async def test_migrating_an_up_to_date_database_changes_nothing(database_url: str, engine: AsyncEngine) -> None:
-    await upgrade_to_head(database_url)
-    async with engine.connect() as conn:
-        assert await conn.run_sync(_schema_diff) == []
-
-
-async def test_foreign_keys_are_enforced(engine: AsyncEngine) -> None:
-    with pytest.raises(IntegrityError):
-        async with engine.begin() as conn:
-            await conn.execute(insert(group_members).values(group_id="no-such-group", agent_id="no-such-agent"))
-
-
-async def test_ping_answers_on_a_reachable_database(database: Database) -> None:
-    await database.ping()
-
-
-# --- agents -----------------------------------------------------------------------------------------------
 
 
 async def test_first_login_creates_an_active_agent_linked_to_issuer_and_subject(repo: AgentRepository) -> None:
@@ -450,95 +393,3 @@ async def test_timestamps_are_stored_and_returned_as_aware_utc(repo: AgentReposi
     assert agent.created_at.tzinfo is UTC
     with pytest.raises(ValueError, match="timezone-aware"):
         await repo.set_active(agent.id, False, "x", datetime(2025, 3, 1, 9, 30))
-
-
-# --- channel credentials ----------------------------------------------------------------------------------
-
-
-async def test_credential_put_stores_bytes_and_replaces_the_previous_one(engine: AsyncEngine) -> None:
-    credentials = ChannelCredentialRepository(engine)
-
-    await credentials.put("chat", "k1", b"\x00nonce-1", b"\xffsealed-1", NOW)
-    await credentials.put("chat", "k2", b"\x00nonce-2", b"\xffsealed-2", NOW + timedelta(days=1))
-    stored = await credentials.get("chat")
-
-    assert stored is not None
-    assert (stored.key_id, stored.nonce, stored.ciphertext) == ("k2", b"\x00nonce-2", b"\xffsealed-2")
-    assert stored.updated_at == NOW + timedelta(days=1)
-    assert "sealed" not in repr(stored)
-
-
-async def test_credentials_are_listed_by_channel_and_deleted_one_by_one(engine: AsyncEngine) -> None:
-    credentials = ChannelCredentialRepository(engine)
-    for channel in ["voice", "chat", "email"]:
-        await credentials.put(channel, "k1", b"n", b"c", NOW)
-
-    assert await credentials.list_channels() == ["chat", "email", "voice"]
-    assert await credentials.delete("email") is True
-    assert await credentials.delete("email") is False
-    assert await credentials.get("email") is None
-    assert await credentials.list_channels() == ["chat", "voice"]
-
-
-# --- access log -------------------------------------------------------------------------------------------
-
-
-async def test_a_state_change_and_its_record_commit_together_or_not_at_all(
-    database: Database, repo: AgentRepository
-) -> None:
-    log = AccessLogRepository(database.engine)
-    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW, **BY_NAME)
-
-    async def deprovision(*, fail: bool) -> None:
-        async with database.begin() as conn:
-            await repo.set_active(agent.id, False, "deprovisioned", NOW, conn=conn)
-            await log.append([AccessRecord(time=NOW, kind="deprovision", agent_id=agent.id)], conn=conn)
-            if fail:
-                raise RuntimeError("the revocation step failed")
-
-    with pytest.raises(RuntimeError):
-        await deprovision(fail=True)
-    unchanged = await repo.get(agent.id)
-    assert unchanged is not None
-    assert unchanged.active
-    assert await log.tail() == []
-
-    await deprovision(fail=False)
-    disabled = await repo.get(agent.id)
-    assert disabled is not None
-    assert not disabled.active
-    assert [r.kind for r in await log.for_agent(agent.id)] == ["deprovision"]
-
-
-# --- failures ---------------------------------------------------------------------------------------------
-
-PASSWORD = "hunter2-Secret"
-
-
-async def _join_aiosqlite_workers() -> None:
-    """Let aiosqlite's worker finish before the loop closes: after a failed connect it still posts a result
-    to the loop and fails in its thread if the loop is gone (omnilib/aiosqlite#241)."""
-    workers = [t for t in threading.enumerate() if t.name.endswith("(_connection_worker_thread)")]
-    for worker in workers:
-        await asyncio.to_thread(worker.join, 5)
-
-
-async def test_storage_error_message_never_contains_the_password(database_url: str, tmp_path: Path) -> None:
-    url = make_url(database_url)
-    if url.get_backend_name() == "postgresql":
-        broken = url.set(password=PASSWORD, database="no_such_database")
-    else:
-        broken = url.set(database=str(tmp_path))  # a directory: SQLite cannot open it
-    database = Database.from_settings(DatabaseSettings(url=SecretStr(broken.render_as_string(hide_password=False))))
-
-    with pytest.raises(StorageError) as failed:
-        await database.ping()
-    await database.dispose()
-    await _join_aiosqlite_workers()
-
-    error = failed.value
-    assert error.status == 503
-    for text in (str(error), repr(error), error.detail or ""):
-        assert PASSWORD not in text
-    assert error.__cause__ is None
-    assert error.__suppress_context__
