@@ -21,6 +21,7 @@ from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import access_log
 from gateway.storage.sqlite_batches import SqliteBatchWriter, sqlite_file
+from gateway.storage.sqlite_chain import ChainedInsert
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,7 +110,13 @@ class AccessLogRepository:
         self._sqlite_batches = (
             None
             if path is None
-            else SqliteBatchWriter(path, access_log.name, _INSERT_COLUMNS, busy_timeout_seconds=busy_timeout_seconds)
+            else SqliteBatchWriter(
+                path,
+                access_log.name,
+                _INSERT_COLUMNS,
+                busy_timeout_seconds=busy_timeout_seconds,
+                chain=ChainedInsert(_INSERT_COLUMNS),
+            )
         )
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from gateway.storage.access_log import AccessRecord, insert_row
 from gateway.storage.database import read_transaction, worker_dsn, write_transaction
 from gateway.storage.schema import access_log, audit_anchor, audit_checkpoints
 from gateway.storage.sqlite_batches import sqlite_file
+from gateway.storage.sqlite_chain import HEAD_SQL
 
 #: pg_advisory_xact_lock key of the chain (any constant unique to channelgate: "cg" "ch" "ai" "n").
 _PG_CHAIN_LOCK = 0x63676368_61696E
@@ -38,7 +39,7 @@ _UNSEALED = text(
 _STILL_UNSEALED = text("SELECT seq FROM access_log WHERE chain_pos IS NULL AND seq IN :seqs").bindparams(
     bindparam("seqs", expanding=True)
 )
-_HEAD = text("SELECT chain_pos, hash, seq FROM access_log WHERE chain_pos IS NOT NULL ORDER BY chain_pos DESC LIMIT 1")
+_HEAD = text(HEAD_SQL)
 _BY_POS = text(
     f"SELECT {_ROW_COLUMNS} FROM access_log WHERE chain_pos > :after AND chain_pos <= :until "  # noqa: S608 - our column names
     "ORDER BY chain_pos LIMIT :limit"

@@ -7,7 +7,7 @@ aiosqlite's thread per call); ``sqlite3.executemany`` of ready tuples costs ~8 ย
 two thousand requests a second that difference was a third of the inline proxy's CPU (docs/benchmarks.md ยง1).
 
 The rows are exactly what SQLAlchemy would write: the timestamp in its SQLite ``DATETIME`` storage format and
-``detail`` as JSON text, so both paths read back alike (tests/contracts/test_storage_contract.py). Durability is
+``detail`` as JSON text, so both paths read back alike (tests/contracts/test_access_log_contract.py). Durability is
 the gateway engine's: WAL, ``synchronous=FULL``, one ``BEGIN IMMEDIATE`` transaction per batch.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway.errors import StorageError
 from gateway.storage.database import write_gate
+from gateway.storage.sqlite_chain import ChainedInsert
 
 
 def _timestamp(record: Any) -> str:
@@ -32,15 +33,29 @@ def _timestamp(record: Any) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S}.{moment.microsecond:06d}"
 
 
+def _insert_sql(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608 - names from our schema
+
+
 class SqliteBatchWriter:
     """Appends rows of one table in one transaction per batch, off the event loop; one batch at a time."""
 
-    def __init__(self, path: str, table: str, columns: Sequence[str], *, busy_timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        path: str,
+        table: str,
+        columns: Sequence[str],
+        *,
+        busy_timeout_seconds: float,
+        chain: ChainedInsert | None = None,
+    ) -> None:
         self._path = path
+        #: The access log's rows are chained as they are inserted when they can be (gateway/storage/sqlite_chain.py).
+        self._chain = chain
         self._resolved = str(Path(path).resolve())
         self._columns = tuple(columns)
-        names = ", ".join(self._columns)
-        self._sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' for _ in self._columns)})"  # noqa: S608 - names from our schema
+        self._sql = _insert_sql(table, self._columns)
+        self._linked_sql = _insert_sql(table, chain.columns if chain is not None else self._columns)
         self._busy_timeout = busy_timeout_seconds
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -72,7 +87,11 @@ class SqliteBatchWriter:
                 connection = self._connect()
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    connection.executemany(self._sql, rows)
+                    linked = self._chain.link(connection, rows) if self._chain is not None else None
+                    if linked is None:
+                        connection.executemany(self._sql, rows)
+                    else:
+                        connection.executemany(self._linked_sql, linked)
                     connection.execute("COMMIT")
                 except BaseException:
                     connection.execute("ROLLBACK")

@@ -1,0 +1,84 @@
+"""On SQLite the batch writer chains its rows as it inserts them, when nothing older waits for the sealer
+(gateway/storage/sqlite_chain.py); the chain it builds is the one the sealer would have built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.audit.canonical import GENESIS
+from tests.audit.chain_harness import Chain, chain_on, record
+
+
+def _url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path}/log.db"
+
+
+async def _unsealed(chain: Chain) -> int:
+    [(count,)] = await chain.sql("SELECT COUNT(*) FROM access_log WHERE chain_pos IS NULL")
+    return int(count)
+
+
+async def _order(chain: Chain) -> list[str]:
+    rows = await chain.sql("SELECT agent_name FROM access_log ORDER BY chain_pos")
+    return [str(name) for (name,) in rows]
+
+
+async def test_a_batch_written_when_nothing_waits_is_chained_as_it_commits(tmp_path: Path) -> None:
+    async with chain_on(_url(tmp_path), tmp_path) as chain:
+        await chain.write([record(n) for n in range(20)], batch=True)
+        await chain.write([record(n) for n in range(20, 50)], batch=True)
+        assert await _unsealed(chain) == 0  # no sealing pass ran
+        rows = await chain.sql("SELECT seq, chain_pos, prev_hash FROM access_log ORDER BY seq")
+        assert [(seq, pos) for seq, pos, _ in rows] == [(n, n) for n in range(1, 51)]
+        assert rows[0][2] == GENESIS
+        await chain.seal_and_sign()
+        report = await chain.verify()  # recomputes every content hash from the rows as read back
+        assert report.ok, report.problem
+        assert report.checked == 50 and report.last_checkpoint is not None
+
+
+async def test_a_batch_behind_an_unsealed_record_is_left_to_the_sealer_in_commit_order(tmp_path: Path) -> None:
+    async with chain_on(_url(tmp_path), tmp_path) as chain:
+        await chain.write([record(1, agent_name="first-batch")], batch=True)
+        await chain.write([record(2, agent_name="strict")])  # through SQLAlchemy: waits for the sealer
+        await chain.write([record(3, agent_name="second-batch")], batch=True)
+        assert await _unsealed(chain) == 2
+        await chain.seal_and_sign()
+        assert await _order(chain) == ["first-batch", "strict", "second-batch"]
+        await chain.write([record(4, agent_name="third-batch")], batch=True)
+        assert await _unsealed(chain) == 0
+        report = await chain.verify()
+        assert report.ok and report.checked == 4, report.problem
+
+
+async def test_a_batch_continues_the_chain_from_a_purge_anchor(tmp_path: Path) -> None:
+    async with chain_on(_url(tmp_path), tmp_path) as chain:
+        await chain.write([record(n) for n in range(3)], batch=True)
+        [(position, digest)] = await chain.sql("SELECT chain_pos, hash FROM access_log ORDER BY chain_pos DESC LIMIT 1")
+        # What retention leaves when it deleted every record outright: the anchor names the last one.
+        await chain.sql(
+            "INSERT INTO audit_anchor (id, chain_pos, hash, purged_at) "
+            "VALUES (1, :p, :h, '2026-11-02 10:00:00.000000')",
+            p=position,
+            h=digest,
+        )
+        await chain.sql("DELETE FROM access_log")
+        await chain.write([record(9, agent_name="after-purge")], batch=True)
+        [(pos, prev)] = await chain.sql("SELECT chain_pos, prev_hash FROM access_log")
+        assert (pos, prev) == (position + 1, digest)
+        head = await chain.store.head()
+        assert head.chain_pos == position + 1
+
+
+async def test_a_batch_keeps_every_character_of_its_values_and_still_verifies(tmp_path: Path) -> None:
+    """The batch goes to SQLite as one JSON array, whose text would end at a NUL: such a batch goes row by row."""
+    names = ["a\x00b", "é\u2028😀", "back\\u0000slash", 'quote"s']
+    async with chain_on(_url(tmp_path), tmp_path) as chain:
+        for number, name in enumerate(names):
+            await chain.write([record(number, agent_name=name, detail={"k": name})], batch=True)
+        await chain.write([record(9, agent_name=name) for name in names], batch=True)
+        rows = await chain.sql("SELECT agent_name FROM access_log ORDER BY seq")
+        assert [name for (name,) in rows] == [*names, *names]
+        await chain.seal_and_sign()
+        report = await chain.verify()
+        assert report.ok and report.checked == 8, report.problem
