@@ -26,7 +26,7 @@ from gateway.authn import require_session
 from gateway.console.app import mount as console_routes
 from gateway.directory.wiring import run_directory_sync
 from gateway.errors import AuthenticationRequired, ChannelgateError
-from gateway.forward_auth import forward_auth
+from gateway.forward_auth import answer_from_memo, forward_auth
 from gateway.inline_proxy import proxy_http, proxy_websocket_endpoint
 from gateway.oidc import routes as login_routes
 from gateway.oidc.backchannel import backchannel_logout
@@ -159,7 +159,8 @@ class GatewayApp(Starlette):
                 return
             if path == _AUTH_PATH or path.startswith(_AUTH_PATH + "/"):
                 # Forward-auth is a hot path too (every request through nginx / Envoy / Traefik asks it).
-                await self._direct(forward_auth, scope, receive, send)
+                if not await answer_from_memo(self.state.services, scope, send):
+                    await self._direct(forward_auth, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

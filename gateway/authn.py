@@ -7,6 +7,7 @@ that cannot be reached raises SessionStoreUnavailable, which the edge renders as
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from starlette.requests import HTTPConnection
 
@@ -32,9 +33,14 @@ def session_cookie(connection: HTTPConnection, services: Services) -> str | None
     Only the gateway's cookie is looked for (consoles behind the gateway may set many cookies on its origin);
     as in Starlette's parser, a later copy wins. A quoted value is not unquoted: our ids never are.
     """
-    name, value = services.cookies.session_name, None
+    return session_id_in(connection.scope["headers"], services.cookies.session_name)
+
+
+def session_id_in(headers: Sequence[tuple[bytes, bytes]], name: str) -> str | None:
+    """``session_cookie`` over raw ASGI headers."""
+    value = None
     raw: bytes
-    for key, raw in connection.scope["headers"]:
+    for key, raw in headers:
         if key == b"cookie":
             for pair in raw.decode("latin-1").split(";"):
                 found, equals, text = pair.partition("=")

@@ -43,9 +43,11 @@ from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.types import Scope, Send
 
 from connectors.base import AgentRef, UpstreamRequest
 from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError, NotFound
+from gateway.forward_auth_memo import Answer, Asked, ask
 from gateway.inline_proxy import Checked, channel_plan, check_request, request_record
 from gateway.pages import error_response, wants_html
 from gateway.proxy.paths import strip_query_values
@@ -58,6 +60,8 @@ SECRET_HEADER = "x-channelgate-auth-secret"  # noqa: S105 - a header name
 MODE_HEADER = "x-channelgate-auth-mode"
 _MODES = frozenset({"", "redirect", "explain"})
 _MOUNT_BYTES = MOUNT.encode()
+#: Where ``answer_from_memo`` leaves the question for the full path, which keeps its answer under it.
+_ASKED = "channelgate.forward_auth_question"
 
 
 class OriginalRequest:
@@ -118,14 +122,29 @@ def _trusted_peer(peer: str, cidrs: tuple[str, ...]) -> bool:
 
 
 def _caller_allowed(request: Request, services: Services) -> bool:
+    client = request.scope.get("client")
+    return caller_allowed(services, client[0] if client else None, request.headers.get(SECRET_HEADER, ""))
+
+
+def caller_allowed(services: Services, peer: str | None, sent: str) -> bool:
+    """A peer in ``[forward_auth] trusted_callers`` that sent the shared secret."""
     settings = services.settings.forward_auth
     if not settings.enabled or settings.secret is None:
         return False
-    client = request.scope.get("client")
-    if not client or not _trusted_peer(client[0], settings.trusted_callers):
+    if not peer or not _trusted_peer(peer, settings.trusted_callers):
         return False
-    sent = request.headers.get(SECRET_HEADER, "")
     return hmac.compare_digest(sent.encode(), settings.secret.get_secret_value().encode())
+
+
+async def answer_from_memo(services: Services, scope: Scope, send: Send) -> bool:
+    """Answer from ``services.forward_auth_memo`` (gateway/forward_auth_memo.py) when a kept answer still
+    holds; False when the request must take the full path (which then keeps its answer for next time)."""
+    asked = ask(scope, services)
+    if asked is None:
+        return False
+    scope[_ASKED] = asked
+    allowed = caller_allowed(services, asked.peer, asked.secret)
+    return await services.forward_auth_memo.answer(asked, scope["headers"], services, allowed, send)
 
 
 def answer_mode(request: Request, original: OriginalRequest) -> str:
@@ -148,6 +167,7 @@ async def forward_auth(request: Request) -> Response:
     try:
         if original.problem is not None:
             raise BadRequest(f"The forward-auth request was refused: {original.problem} (see docs/forward-auth.md).")
+        minute = int(services.clock() // 60)
         checked = await check_request(
             request,
             services,
@@ -158,17 +178,22 @@ async def forward_auth(request: Request) -> Response:
             host=original.host,
             via="forward-auth",
         )
+        # The decision was made at a moment between these two readings, with this policy set (no await since).
+        decided = (services.policy.engine if services.policy else None, minute, int(services.clock() // 60))
         if checked.match.redirect:  # "/chat": the console's own redirect to "/chat/" decides nothing
             raise NotFound("No console is served at this address.")
         if mode == "explain":
             return RedirectResponse(original.uri, status_code=303, headers={"Cache-Control": "no-store"})
         response = await _allowed(request, services, scope, original, checked)
+        asked: Asked | None = request.scope.get(_ASKED)
+        if asked is not None and checked.access is None and decided[1] == decided[2] and decided[0] is not None:
+            _keep(services, asked, checked, scope, log_path, decided[0], decided[1])
     except ChannelgateError as exc:
         response = _refused(request, exc, scope, original, mode)
     if mode != "explain":  # the explain call follows a refusal the default call already recorded
         detail = {"via": "forward-auth"}
         services.audit.submit(
-            request_record(scope, request, original.method, log_path, status=response.status_code, detail=detail)
+            request_record(scope, original.method, log_path, status=response.status_code, detail=detail)
         )
     services.metrics.request(scope.channel or "-", response.status_code).inc()
     return response
@@ -191,18 +216,57 @@ async def _allowed(
     await plan.connector.prepare(AgentRef(agent_id=data.agent_id, user_name=data.user_name, email=None), upstream)
     assert services.signer is not None
     assertion = services.signer.sign(data.agent_id, data.user_name, data.groups, route.channel, services.clock())
-    headers = [
-        *upstream.headers,
-        (services.settings.assertion.header, assertion),
-        ("X-Channelgate-User", data.user_name),
-        ("X-Channelgate-Channel", route.channel),
-        ("X-Channelgate-Policy", ",".join(checked.decision.policy_ids)),
-        ("Cache-Control", "no-store"),
-    ]
     response = Response(status_code=200)
-    for name, value in headers:
-        response.raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    response.raw_headers.extend(
+        [*raw_headers(upstream.headers), *raw_headers([(services.settings.assertion.header, assertion)])]
+    )
+    response.raw_headers.extend(answer_tail(checked))
     return response
+
+
+def raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def answer_tail(checked: Checked) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers of a 200 after the credential and the assertion: who, which channel, which policies."""
+    return tuple(
+        raw_headers(
+            [
+                ("X-Channelgate-User", checked.session.data.user_name),
+                ("X-Channelgate-Channel", checked.match.route.channel),
+                ("X-Channelgate-Policy", ",".join(checked.decision.policy_ids)),
+                ("Cache-Control", "no-store"),
+            ]
+        )
+    )
+
+
+def _keep(
+    services: Services,
+    asked: Asked,
+    checked: Checked,
+    scope: RequestScope,
+    log_path: str,
+    engine: object,
+    minute: int,
+) -> None:
+    """Keep an allowed answer for the same question (gateway/forward_auth_memo.py says when it is reused)."""
+    assert scope.action is not None
+    channel = checked.match.route.channel
+    answer = Answer(
+        data=checked.session.data,
+        engine=engine,
+        routes=services.routes,
+        connector=services.connectors[channel],
+        minute=minute,
+        checked=checked,
+        action=scope.action,
+        url=upstream_url(checked.match, checked.path, checked.query),
+        log_path=log_path,
+        tail=answer_tail(checked),
+    )
+    services.forward_auth_memo.keep(asked.question, answer)
 
 
 def _refused(

@@ -86,9 +86,7 @@ def channel_plan(connection: HTTPConnection, services: Services, channel: str) -
     return plan
 
 
-def request_record(
-    scope: RequestScope, connection: HTTPConnection, method: str, log_path: str, **fields: object
-) -> AccessRecord:
+def request_record(scope: RequestScope, method: str, log_path: str, **fields: object) -> AccessRecord:
     """The access-log record of one request to a channel, inline or asked about by a front proxy (forward-auth)."""
     session = scope.session
     return AccessRecord(
@@ -278,9 +276,7 @@ async def proxy_http(request: Request) -> Response:
         else:
             response = error_response(request, exc, scope.request_id)
         services.audit.submit(
-            request_record(
-                scope, request, request.method, log_path, status=response.status_code, duration_ms=_elapsed_ms(scope)
-            )
+            request_record(scope, request.method, log_path, status=response.status_code, duration_ms=_elapsed_ms(scope))
         )
         services.metrics.request(scope.channel or "-", response.status_code).inc()
         return response
@@ -298,7 +294,6 @@ async def proxy_http(request: Request) -> Response:
         services.audit.submit(
             request_record(
                 scope,
-                request,
                 request.method,
                 log_path,
                 status=stats.status,
@@ -330,7 +325,6 @@ async def proxy_http(request: Request) -> Response:
         services.audit.submit(
             request_record(
                 scope,
-                request,
                 request.method,
                 log_path,
                 status=response.status_code,
@@ -355,7 +349,7 @@ async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
         if admitted.match.redirect:
             raise NotFound("No console is served at this address.")
     except ChannelgateError as exc:
-        services.audit.submit(request_record(scope, websocket, "WEBSOCKET", log_path, status=exc.status))
+        services.audit.submit(request_record(scope, "WEBSOCKET", log_path, status=exc.status))
         await websocket.close(code=1008 if exc.status in (401, 403) else 1011)
         return
     assert services.upstream is not None
@@ -368,5 +362,5 @@ async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
         services.live.websockets,
         admitted.session.data.agent_id,
     )
-    record = request_record(scope, websocket, "WEBSOCKET", log_path, status=101, duration_ms=_elapsed_ms(scope))
+    record = request_record(scope, "WEBSOCKET", log_path, status=101, duration_ms=_elapsed_ms(scope))
     services.audit.submit(record)

@@ -34,6 +34,10 @@ _KEY = "channelgate.scope"
 _REQUEST_IDS = random.Random(os.urandom(32))  # noqa: S311 - not a security token
 
 
+def new_request_id() -> str:
+    return f"{_REQUEST_IDS.getrandbits(64):016x}"
+
+
 def scope_of(connection: HTTPConnection, trusted_proxies: tuple[str, ...]) -> RequestScope:
     """The request's scope, created on first use; the request id is ours, never the client's."""
     asgi = connection.scope
@@ -43,7 +47,7 @@ def scope_of(connection: HTTPConnection, trusted_proxies: tuple[str, ...]) -> Re
     client = asgi.get("client")
     peer = client[0] if client else "0.0.0.0"  # noqa: S104 - an address, not a bind
     created = RequestScope(
-        request_id=f"{_REQUEST_IDS.getrandbits(64):016x}",
+        request_id=new_request_id(),
         # Forwarding headers count only from configured proxies; with none, the TCP peer is the client.
         client_ip=client_address(peer, connection.headers.raw, trusted_proxies) if trusted_proxies else peer,
         started=time.perf_counter(),

@@ -49,9 +49,16 @@ from gateway.storage.quick_reads import QuickReads
 from gateway.storage.scim_tokens import ScimTokenRepository
 
 if TYPE_CHECKING:
+    from gateway.forward_auth_memo import ForwardAuthMemo
     from scim.app import ScimApplication
 
 log = logging.getLogger("channelgate")
+
+
+def _forward_auth_memo() -> ForwardAuthMemo:
+    from gateway.forward_auth_memo import ForwardAuthMemo
+
+    return ForwardAuthMemo()
 
 
 def new_replica_id() -> str:
@@ -82,6 +89,8 @@ class Services:
     #: Chains committed access records and signs checkpoints (issue 5); started with the gateway.
     sealer: Sealer
     live: LiveConnections = field(default_factory=LiveConnections)
+    #: Allowed forward-auth answers, reused for the same question while they hold (gateway/forward_auth_memo.py).
+    forward_auth_memo: ForwardAuthMemo = field(default_factory=_forward_auth_memo)
     #: Runs the pipeline's steps (started by the gateway's lifespan, or by ``channelgate deprovision work``).
     worker: PipelineWorker | None = None
     oidc: OidcClient | None = None

@@ -65,8 +65,7 @@ class AuditLog:
         """Queue a request record for the next batch."""
         if len(self._pending) >= self._max_pending:
             raise AuditBacklogFull("The access log cannot keep up (is the database down?); requests are paused.")
-        self._pending.append(record)
-        self._metrics.audit_queue.set(len(self._pending))
+        self._pending.append(record)  # the queue gauge is read when /metrics is scraped (gateway/ops.py)
         if len(self._pending) >= self._batch_size:
             self._wakeup.set()
 
@@ -98,7 +97,6 @@ class AuditLog:
                 await self._repository.append_batch(batch)
                 for _ in batch:
                     self._pending.popleft()
-                self._metrics.audit_queue.set(len(self._pending))
 
     async def _run(self) -> None:
         backoff = self._flush_interval

@@ -1,0 +1,195 @@
+"""Forward-auth answers kept for the exact same question, checked again on every request before reuse.
+
+nginx asks ``/.channelgate/auth`` before every request an agent makes, mostly the same few questions over and
+over: the same session, method, URI and client. The full check (gateway/forward_auth.py → ``check_request``:
+path normalisation, route, session, policy decision, then the connector and the assertion) cost ~40 µs of the
+event loop per request in the profile of docs/benchmarks.md §8, most of it re-deriving what the previous request
+derived. An allowed answer is kept here, keyed by everything the decision read from the request, and reused only
+while everything it read from the gateway is unchanged:
+
+* the session: looked up again on every request (a revoked, expired or logged-out session is a miss, and the
+  full path answers 401), and its data must be the data the answer was decided for — a group change is a miss,
+  so it applies to the very next request (ASVS 8.3.2); while the session store recently failed to answer, the
+  full path runs (it also checks the agent's row);
+* the policy set, the route table and the channel's connector: the same objects (a policy reload is a miss);
+* the policy clock: the same minute (a rule about shifts sees every minute, as on the full path).
+
+What is not reused: the channel credential (the connector prepares it on every request, so a rotated or refreshed
+credential is used at once), the assertion (the signer's own reuse rules apply), the header-size limit, the
+caller check, the access-log record and the metrics — each request gets its own. Only the nginx form of the
+question is memoised (``X-Original-URI`` on ``/.channelgate/auth`` itself, no answer mode): other forms and
+routes with personal-data rules (whose classification reads any header) always take the full path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.types import Scope, Send
+
+from connectors.base import AgentRef, Connector, UpstreamRequest
+from gateway.authn import RECOVERY_CHECK_SECONDS, session_id_in
+from gateway.errors import ChannelgateError
+from gateway.inline_proxy import Checked, request_record
+from gateway.proxy.headers import check_header_size, client_address
+from gateway.scope import RequestScope, new_request_id
+from gateway.services import Services
+from gateway.sessions.base import SessionData, SessionState
+
+#: Answers kept at most; a replica past this forgets them all and starts again.
+MAX_ANSWERS = 20_000
+_MOUNT = b"/.channelgate/auth"
+_DETAIL = "forward-auth"
+
+#: (session id, method, URI as asked, host, client address, device header) — what the decision read.
+Question = tuple[str, str, str, str | None, str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """The nginx form of a forward-auth request, read from the ASGI scope in one pass over the headers."""
+
+    question: Question
+    secret: str
+    peer: str
+    path: str
+    query: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An allowed answer and what it was decided from."""
+
+    data: SessionData
+    engine: object
+    routes: object
+    connector: Connector
+    minute: int
+    checked: Checked
+    action: str
+    url: str
+    log_path: str
+    #: The answer's own headers after the credential and the assertion, ready to send.
+    tail: tuple[tuple[bytes, bytes], ...]
+
+
+def ask(scope: Scope, services: Services) -> Asked | None:
+    """The question, when the request is in the memoised form; None sends it down the full path."""
+    if scope.get("raw_path", _MOUNT) != _MOUNT or scope.get("query_string"):
+        return None
+    settings = services.settings
+    device_header = services.policy.settings.device_header if services.policy else None
+    device_name = device_header.lower().encode("latin-1") if device_header else b""
+    uri = method = host = forwarded_host = device = None
+    secret = ""
+    raw: bytes
+    for name, raw in scope["headers"]:
+        if name == b"x-original-uri":
+            uri = uri if uri is not None else raw.decode("latin-1")
+        elif name == b"x-original-method":
+            method = method if method is not None else raw.decode("latin-1")
+        elif name == b"host":
+            host = host if host is not None else raw.decode("latin-1")
+        elif name == b"x-forwarded-host":
+            forwarded_host = forwarded_host if forwarded_host is not None else raw.decode("latin-1")
+        elif name == b"x-channelgate-auth-secret":
+            secret = secret or raw.decode("latin-1")
+        elif name in (b"x-forwarded-uri", b"x-forwarded-method", b"x-channelgate-auth-mode"):
+            return None  # Traefik's spelling, or an answer mode: the full path reads those
+        elif device_name and name == device_name:
+            device = device if device is not None else raw.decode("latin-1")
+    if uri is None:
+        return None
+    session_id = session_id_in(scope["headers"], services.cookies.session_name)
+    if session_id is None:
+        return None
+    client = scope.get("client")
+    peer = client[0] if client else "0.0.0.0"  # noqa: S104 - an address, not a bind
+    proxies = settings.server.trusted_proxies
+    client_ip = client_address(peer, scope["headers"], proxies) if proxies else peer
+    path, _, query = uri.partition("?")
+    method = (method or scope["method"]).upper()
+    return Asked((session_id, method, uri, forwarded_host or host, client_ip, device), secret, peer, path, query)
+
+
+class ForwardAuthMemo:
+    def __init__(self, size: int = MAX_ANSWERS) -> None:
+        self._size = size
+        self._answers: dict[Question, Answer] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def keep(self, question: Question, answer: Answer) -> None:
+        if len(self._answers) >= self._size:
+            self._answers.clear()
+        self._answers[question] = answer
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    async def answer(
+        self,
+        asked: Asked,
+        headers: Sequence[tuple[bytes, bytes]],
+        services: Services,
+        caller_allowed: bool,
+        send: Send,
+    ) -> bool:
+        """Send the kept answer to ``asked`` if it still holds; False (nothing sent) means take the full path."""
+        answer = self._answers.get(asked.question)
+        if answer is None or not caller_allowed:
+            self.misses += 1
+            return False
+        now = services.clock()
+        point, sessions = services.policy, services.sessions
+        channel = answer.checked.match.route.channel
+        if (
+            point is None
+            or point.engine is not answer.engine
+            or services.routes is not answer.routes
+            or services.connectors.get(channel) is not answer.connector
+            or int(now // 60) != answer.minute
+            or sessions.unreachable_within(RECOVERY_CHECK_SECONDS)
+        ):
+            return self._stale(asked.question)
+        lookup = await sessions.lookup(asked.question[0], now)
+        session = lookup.session
+        if lookup.state is not SessionState.VALID or session is None or session.data != answer.data:
+            return self._stale(asked.question)
+        try:
+            check_header_size(headers, services.settings.server.max_header_bytes)
+            services.audit.check_capacity()
+            data = session.data
+            upstream = UpstreamRequest(asked.question[1], answer.url, [])
+            await answer.connector.prepare(
+                AgentRef(agent_id=data.agent_id, user_name=data.user_name, email=None), upstream
+            )
+        except ChannelgateError:
+            return self._stale(asked.question)  # the full path refuses it, with its own record
+        assert services.signer is not None
+        assertion = services.signer.sign(data.agent_id, data.user_name, data.groups, channel, now)
+        # As the full path's Response(status_code=200) sends them: the length, the credential, the assertion, the rest.
+        sent = [(b"content-length", b"0")]
+        sent += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in upstream.headers]
+        sent.append((services.settings.assertion.header.lower().encode("latin-1"), assertion.encode("latin-1")))
+        sent.extend(answer.tail)
+        await send({"type": "http.response.start", "status": 200, "headers": sent})
+        await send({"type": "http.response.body", "body": b""})
+        self.hits += 1
+        scope = RequestScope(new_request_id(), asked.question[4], 0.0, session, answer.checked.decision, channel)
+        scope.action = answer.action
+        services.audit.submit(
+            request_record(scope, asked.question[1], answer.log_path, status=200, detail={"via": _DETAIL})
+        )
+        services.metrics.decision(channel, True).inc()
+        services.metrics.request(channel, 200).inc()
+        return True
+
+    def _stale(self, question: Question) -> bool:
+        self._answers.pop(question, None)
+        self.misses += 1
+        return False

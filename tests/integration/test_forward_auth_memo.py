@@ -1,0 +1,122 @@
+"""A forward-auth answer is reused for the same question only while everything it was decided from still holds
+(gateway/forward_auth_memo.py): the real gateway in this process, asked at /.channelgate/auth as nginx asks it,
+with the embedded session store and with Redis behind the in-process session cache."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from gateway.forward_auth import SECRET_HEADER
+from tests.components.echo_gateway import Deployment, deployment
+from tests.components.oidc_provider import OidcProviderFactory
+
+pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
+
+SECRET = secrets.token_urlsafe(32)
+#: The headers nginx's sample configuration sends (deploy/nginx/forward-auth.conf).
+NGINX = {"X-Original-Method": "GET", SECRET_HEADER: SECRET}
+#: What a 200 carries for the proxy; the date differs per answer.
+ANSWER = ("content-length", "authorization", "x-channelgate-assertion", "x-channelgate-user", "x-channelgate-channel",
+          "x-channelgate-policy", "cache-control")  # fmt: skip
+
+
+@pytest.fixture(params=["memory", pytest.param("redis-cached", marks=pytest.mark.redis)])
+async def gateway(
+    request: pytest.FixtureRequest, oidc_provider_factory: OidcProviderFactory
+) -> AsyncIterator[Deployment]:
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis-cached" else None
+    async with deployment(
+        oidc_provider_factory,
+        redis_url=redis_url,
+        extra_sessions_toml="local_cache_seconds = 5" if redis_url else "",
+        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
+    ) as deployed:
+        yield deployed
+
+
+async def _ask(gateway: Deployment, client: httpx.AsyncClient, uri: str = "/chat/echo", **extra: str) -> httpx.Response:
+    return await client.get(f"{gateway.url}/.channelgate/auth", headers={**NGINX, "X-Original-URI": uri, **extra})
+
+
+async def _agent_id(gateway: Deployment, user_name: str) -> str:
+    agent = await gateway.services.agents.find_by_user_name(user_name)
+    assert agent is not None
+    return agent.id
+
+
+def _memo(gateway: Deployment) -> tuple[int, int]:
+    memo = gateway.services.forward_auth_memo
+    return memo.hits, memo.misses
+
+
+async def test_a_repeated_question_gets_the_same_answer_and_its_own_access_record(gateway: Deployment) -> None:
+    alice = await gateway.login("alice")
+    first = await _ask(gateway, alice)
+    assert first.status_code == 200 and _memo(gateway)[0] == 0
+    second = await _ask(gateway, alice)
+    assert second.status_code == 200 and _memo(gateway)[0] == 1
+    assert [(n, second.headers.get(n)) for n in ANSWER] == [(n, first.headers.get(n)) for n in ANSWER]
+    assert second.headers["authorization"] == f"Bearer {gateway.credentials['chat']}"
+    await gateway.services.audit.flush()
+    records = [r for r in await gateway.services.access_log.tail(10) if r.kind == "request"][-2:]
+    assert [r.detail for r in records] == [{"via": "forward-auth"}] * 2
+    assert records[0].request_id != records[1].request_id
+    fields = ("agent_name", "channel", "method", "path", "status", "decision", "reason", "action", "source_ip")
+    assert [getattr(records[1], f) for f in fields] == [getattr(records[0], f) for f in fields]
+    assert (records[1].agent_name, records[1].status, records[1].decision) == ("alice", 200, "allow")
+
+
+async def test_a_group_change_is_decided_anew_on_the_next_question(gateway: Deployment) -> None:
+    bob = await gateway.login("bob")
+    assert (await _ask(gateway, bob)).status_code == 200
+    assert (await _ask(gateway, bob)).status_code == 200 and _memo(gateway)[0] == 1
+    await gateway.services.sessions.update_agent_groups(await _agent_id(gateway, "bob"), frozenset({"phone-agents"}))
+    refused = await _ask(gateway, bob)
+    assert refused.status_code == 403 and _memo(gateway)[0] == 1
+    assert (await _ask(gateway, bob, "/phone/echo")).status_code == 200
+
+
+async def test_a_revoked_session_is_refused_on_the_next_question(gateway: Deployment) -> None:
+    alice = await gateway.login("alice")
+    assert (await _ask(gateway, alice)).status_code == 200
+    assert (await _ask(gateway, alice)).status_code == 200 and _memo(gateway)[0] == 1
+    await gateway.services.sessions.revoke_agent(await _agent_id(gateway, "alice"))
+    assert (await _ask(gateway, alice)).status_code == 401
+    assert _memo(gateway)[0] == 1
+
+
+async def test_a_policy_reload_and_the_next_minute_are_decided_anew(gateway: Deployment) -> None:
+    alice = await gateway.login("alice")
+    now = gateway.services.clock()
+    gateway.services.clock = lambda: now - now % 60 + 10  # ten seconds into a minute
+    assert (await _ask(gateway, alice)).status_code == 200
+    assert (await _ask(gateway, alice)).status_code == 200 and _memo(gateway) == (1, 1)
+    assert gateway.services.policy is not None
+    gateway.services.policy.reload()  # the same files: a new set in force all the same
+    assert (await _ask(gateway, alice)).status_code == 200 and _memo(gateway) == (1, 2)
+    assert (await _ask(gateway, alice)).status_code == 200 and _memo(gateway) == (2, 2)
+    gateway.services.clock = lambda: now - now % 60 + 70  # the next minute: a rule about shifts would see it
+    assert (await _ask(gateway, alice)).status_code == 200 and _memo(gateway) == (2, 3)
+
+
+async def test_a_kept_answer_is_not_given_to_another_caller_form_or_question(gateway: Deployment) -> None:
+    alice = await gateway.login("alice")
+    assert (await _ask(gateway, alice)).status_code == 200
+    hits = _memo(gateway)[0]
+    assert (await _ask(gateway, alice, **{SECRET_HEADER: "not-the-secret"})).status_code == 404
+    assert (await _ask(gateway, alice, **{"X-Channelgate-Auth-Mode": "explain"})).status_code == 303
+    assert (await _ask(gateway, alice, "/chat/echo?x=1")).status_code == 200  # another question
+    described_twice = await _ask(gateway, alice, **{"X-Forwarded-Uri": "/phone/echo"})
+    assert (described_twice.status_code, described_twice.headers["x-channelgate-error"]) == (403, "bad_request")
+    too_large = {"X-Padding": "p" * gateway.services.settings.server.max_header_bytes}
+    assert (await _ask(gateway, alice, **too_large)).status_code != 200
+    anonymous = httpx.AsyncClient()
+    try:
+        assert (await _ask(gateway, anonymous)).status_code == 401
+    finally:
+        await anonymous.aclose()
+    assert _memo(gateway)[0] == hits
