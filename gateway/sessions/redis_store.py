@@ -38,6 +38,7 @@ from gateway.sessions.base import (
     new_session_id,
     session_key,
 )
+from gateway.sessions.redis_batches import ScriptBatches
 from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
 from gateway.sessions.redis_scripts import (
     ACK_PREFIX,
@@ -116,6 +117,8 @@ class RedisSessionStore:
                 raise ConfigError("sessions.redis_url is not a Redis URL (redis://, rediss:// or unix://)") from None
         self._create = self._redis.register_script(CREATE_SCRIPT)
         self._lookup = self._redis.register_script(LOOKUP_SCRIPT)
+        #: Lookups of one event-loop turn go to Redis in one round trip (gateway/sessions/redis_batches.py).
+        self._lookups = ScriptBatches(self._redis, self._lookup)
         self._delete = self._redis.register_script(DELETE_SCRIPT)
         self._revoke = self._redis.register_script(REVOKE_SCRIPT)
         self._revoke_idp_session = self._redis.register_script(REVOKE_IDP_SESSION_SCRIPT)
@@ -141,7 +144,7 @@ class RedisSessionStore:
         args: list[str | float] = [
             repr(now), self.idle_timeout, self.absolute_timeout, self.expiry_grace_seconds, AGENT_PREFIX, key
         ]  # fmt: skip
-        reply = await self._call(self._lookup(keys=[SESSION_PREFIX + key], args=args))
+        reply = await self._call(self._lookups.run([SESSION_PREFIX + key], args))
         state = SessionState(reply[0])
         if state is SessionState.MISSING:
             return Lookup(state)
