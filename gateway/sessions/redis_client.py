@@ -50,6 +50,10 @@ def _credentials(username: str | None, password: str | None) -> dict[str, Any]:
     return options
 
 
+#: ``[sessions.redis] max_connections`` unset: no limit of our own (Redis's ``maxclients`` still applies).
+UNLIMITED_CONNECTIONS = 2**31 - 1
+
+
 def _connection_options(settings: RedisSettings) -> dict[str, Any]:
     """What every connection to the data server gets, in either mode."""
     password = settings.password.get_secret_value() if settings.password is not None else None
@@ -63,8 +67,12 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
         "decode_responses": True,
         **_credentials(settings.username, password),
     }
-    if settings.max_connections is not None:
-        options["max_connections"] = settings.max_connections
+    # Always given: without it redis-py (8.x) caps a pool at 100 connections, and a storm of deprovisionings (each
+    # waiting for acknowledgements on a connection of its own) beside the lookups found them all busy: the
+    # gateway failed closed (503) for live agents although Redis was fine (docs/benchmarks.md §9).
+    options["max_connections"] = (
+        settings.max_connections if settings.max_connections is not None else UNLIMITED_CONNECTIONS
+    )
     return options
 
 

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from gateway.errors import ConfigError
-from gateway.sessions.redis_client import open_redis
+from gateway.sessions.redis_client import UNLIMITED_CONNECTIONS, open_redis
 from gateway.settings import DatabaseSettings, SessionSettings, load_settings
 from gateway.storage.postgres_options import connect_args, engine_url, worker_connect_kwargs, worker_dsn
 from tests.components.pki import TestCa
@@ -206,6 +206,15 @@ async def test_a_rediss_url_gets_the_ca_the_client_certificate_and_host_name_che
         assert (options["db"], options["socket_timeout"]) == (3, 0.25)
         assert client.connection_pool.max_connections == 32
         assert close_also is None
+    finally:
+        await client.aclose()
+
+
+async def test_an_unset_connection_limit_is_no_limit_not_the_client_librarys_hundred(tmp_path: Path) -> None:
+    """redis-py caps a pool at 100 when given no limit; a storm of deprovisionings needs more (§9 of the benchmarks)."""
+    client, _ = open_redis(_sessions(redis_url="redis://redis.internal:6379/0", redis={}))
+    try:
+        assert client.connection_pool.max_connections == UNLIMITED_CONNECTIONS
     finally:
         await client.aclose()
 
