@@ -5,12 +5,13 @@ Order matters. The sessions are ended first, before the disable's transaction (t
 ``gateway/deprovision/first_kills.py``: a lookup and one Redis script with its broadcast, no database write, no
 waiting for acknowledgements): that is the moment the agent is shut out, and it must not queue behind the
 transactions of other deprovisionings — in a storm of 100 at once each replica's transactions take turns, and the
-last agent would keep working for over a second (docs/benchmarks.md §9). Then the agent is disabled (the change
-commits together with its access-log record), so no login can start a session again. Then every session is
+last agent would keep working for over a second (docs/benchmarks.md §9). Every replica acknowledges that
+broadcast once it closed the agent's connections, and the call waits for that before its transaction, so in a
+storm the replicas close the sockets before the transactions' work reaches them. Then the agent is disabled (the
+change commits together with its access-log record), so no login can start a session again. Then every session is
 deleted from the shared store once more — a login that raced the first kill read the agent still active — and
-broadcast again only if one was found. Each replica closes the agent's open WebSockets and streamed responses on
-a broadcast and acknowledges it; the call returns only after every live replica acknowledged, so
-"deprovisioned" means no replica will serve the agent again (ASVS 7.4.2).
+broadcast again only if one was found (and acknowledged again). The call returns only after every live replica
+acknowledged, so "deprovisioned" means no replica will serve the agent again (ASVS 7.4.2).
 
 The pipeline run (revoke at each channel, hand tickets over, verify, remove) is inserted in the transaction that
 disables the agent (a transactional outbox): there is no moment, and no crash, at which the agent is disabled but
@@ -139,6 +140,8 @@ class SessionKiller:
         #: waits for that broadcast's acknowledgements when it finds nothing more to end.
         self._ended_first: dict[str, _FirstEnded] = {}
         self._first_kills = FirstKills(agents, sessions, live)
+        #: The acknowledgements of each first kill's broadcast, collected before the disable.
+        self._first_acks: dict[str, tuple[set[str], set[str]]] = {}
 
     async def enqueue_in(
         self,
@@ -216,7 +219,11 @@ class SessionKiller:
             return ended
         count, revocation = await self._sessions.revoke_agent_if_any(agent_id)
         closed = await self._live.close_agent(agent_id) if self._live is not None else 0
-        confirmed, missing = await self._sessions.wait_for_acks(revocation or first.revocation, self._ack_timeout)
+        acknowledged = self._first_acks.pop(agent_id, None)
+        if revocation is None and acknowledged is not None:
+            confirmed, missing = acknowledged
+        else:
+            confirmed, missing = await self._sessions.wait_for_acks(revocation or first.revocation, self._ack_timeout)
         return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
 
     async def _disable(
@@ -274,6 +281,9 @@ class SessionKiller:
         if found is None:
             raise NotFound(f"No agent has the id or userName {identifier!r}.")
         self._count_first(found.id, first.sessions, first.closed_here, first.revocation)
+        if first.revocation is not None:
+            # Every replica closes the agent's connections before this call adds its transaction to their work.
+            self._first_acks[found.id] = await self._sessions.wait_for_acks(first.revocation, self._ack_timeout)
         try:
             agent, run = await self._disable_found(found, identifier, reason, actor, source, successor)
         except ChannelgateError:

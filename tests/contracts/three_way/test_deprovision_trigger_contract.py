@@ -26,7 +26,7 @@ from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
 from gateway.errors import NotFound
 from gateway.metrics import Metrics
-from gateway.sessions.base import SessionData
+from gateway.sessions.base import Revocation, SessionData
 from gateway.sessions.memory import MemorySessionStore
 from gateway.settings import MassDeletionGuardSettings
 from gateway.storage.access_log import AccessLogRepository, AccessRecord
@@ -315,3 +315,36 @@ async def test_the_kill_after_the_disable_broadcasts_again_only_for_a_session_st
     assert seen == [alice, bob, bob]
     assert (quiet.sessions_revoked, raced.sessions_revoked) == (1, 2)
     assert quiet.replicas_confirmed == raced.replicas_confirmed == frozenset({"replica-1"})
+
+
+class _SlowAcks(MemorySessionStore):
+    """Replicas that take their time closing the agent's connections: acknowledgements wait until released."""
+
+    def __init__(self) -> None:
+        super().__init__(900, 3600, "replica-1")
+        self.released = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:
+        self.waiting.set()
+        await self.released.wait()
+        return await super().wait_for_acks(revocation, timeout)
+
+
+async def test_the_disable_waits_until_every_replica_acknowledged_the_first_kill(
+    database: Database, backend: str
+) -> None:
+    alice = await _agent(database.engine, "alice")
+    store = _SlowAcks()
+    killer = _killer(database, direct=backend == "direct", sessions=store)
+    await store.create(_login(alice), time.time())
+
+    call = asyncio.create_task(killer.deprovision("alice", reason="left", actor="admin", source="admin_api"))
+    await asyncio.wait_for(store.waiting.wait(), timeout=5)
+    await asyncio.sleep(0.1)
+    agent = await AgentRepository(database.engine).get(alice)
+    assert agent is not None and agent.active, "the disable did not wait for the first kill's acknowledgements"
+    assert await _none_left(store, alice)
+    store.released.set()
+    result = await call
+    assert not result.agent.active and result.replicas_confirmed == frozenset({"replica-1"})
