@@ -55,6 +55,14 @@ class LoadPlan:
     #: When the one-at-a-time revocations and the storm start, as fractions of ``duration``.
     single_at: float = 0.2
     storm_at: float = 0.5
+    #: Storms of ``storm`` agents each, ``storm_gap`` of ``duration`` apart: one storm's p99 moves a lot from run
+    #: to run, so the report gives every storm's and their median.
+    storms: int = 1
+    storm_gap: float = 0.12
+
+    @property
+    def gap_seconds(self) -> float:
+        return self.storm_gap * self.duration
 
     @property
     def mean_delay_ms(self) -> float:
@@ -66,7 +74,7 @@ class LoadPlan:
         half = self.logins // 2
         single = agents[half : half + self.single]
         start = half + self.single
-        wanted = self.storm - half
+        wanted = self.storm * self.storms - half
         span = len(agents) - start
         spread = [agents[start + int(n * span / wanted)] for n in range(wanted)] if wanted > 0 else []
         return single, agents[:half] + spread
@@ -87,6 +95,8 @@ class Revoked:
     ws_closed: float | None = None
     #: Poller replica → arrival of its first 401 (seconds, monotonic).
     first_refusal: dict[int, float] = field(default_factory=dict)
+    #: Which storm the call was part of (0 for the one-at-a-time calls and the first storm).
+    wave: int = 0
 
     def since_start(self, moment: float | None) -> float | None:
         return None if moment is None else moment - self.started
@@ -264,7 +274,7 @@ async def _one_at_a_time(traffic: _Traffic, agents: list[LoadAgent], replicas: i
     return done
 
 
-async def _storm(traffic: _Traffic, agents: list[LoadAgent], replicas: int) -> list[Revoked]:
+async def _storm(traffic: _Traffic, agents: list[LoadAgent], replicas: int, wave: int) -> list[Revoked]:
     """Every agent at once, call ``j`` through replica ``j % replicas``; every tenth watched by a poller on
     another replica than the one called."""
     watched = {j: asyncio.Event() for j in range(0, len(agents), 10)}
@@ -279,6 +289,8 @@ async def _storm(traffic: _Traffic, agents: list[LoadAgent], replicas: int) -> l
         refused = await poller
         if refused is not None:
             storm[j].first_refusal[(j + 1) % replicas] = refused
+    for revoked in storm:
+        revoked.wave = wave
     return list(storm)
 
 
@@ -348,11 +360,17 @@ async def run_load_test(stack: LoadStack, plan: LoadPlan, work: Path, *, postgre
                 await _sleep_until(start + plan.single_at * plan.duration)
                 revoked += await _one_at_a_time(traffic, single, replicas)
                 _log(f"{len(single)} deprovisioned one at a time by {time.monotonic() - start:.1f} s")
-                await _sleep_until(max(start + plan.storm_at * plan.duration, time.monotonic() + 1.0))
-                storm_started = time.monotonic()
-                revoked += await _storm(traffic, storm, replicas)
-                _log(f"storm of {len(storm)} at {storm_started - start:.1f} s, answered in "
-                     f"{max(r.returned for r in revoked) - storm_started:.2f} s")  # fmt: skip
+                storm_started = 0.0
+                for wave in range(plan.storms):
+                    at = plan.storm_at + wave * plan.storm_gap
+                    await _sleep_until(max(start + at * plan.duration, time.monotonic() + 1.0))
+                    started = time.monotonic()
+                    if wave == 0:
+                        storm_started = started
+                    agents_of_wave = storm[wave * plan.storm : (wave + 1) * plan.storm]
+                    revoked += await _storm(traffic, agents_of_wave, replicas, wave)
+                    _log(f"storm {wave + 1} of {len(agents_of_wave)} at {started - start:.1f} s, answered in "
+                         f"{max(r.returned for r in revoked) - started:.2f} s")  # fmt: skip
                 wrk = await asyncio.gather(*runs)
                 end = time.monotonic()
             cpu.stop()

@@ -69,10 +69,19 @@ def _storm_pacing(storm: list[Revoked], replicas: int) -> str:
     )
 
 
+def _p99_ms(items: list[Revoked]) -> float:
+    return percentile([c for r in items if (c := r.completed) is not None] or [float("inf")], 99) * 1000
+
+
 def load_section(result: LoadResult) -> list[str]:
     plan, req, ws = result.plan, result.requests, result.sockets
     single, storm = result.of("one at a time"), result.of("storm")
-    storm_p99 = percentile([c for r in storm if (c := r.completed) is not None] or [float("inf")], 99) * 1000
+    waves = sorted({r.wave for r in storm})
+    wave_p99 = {w: _p99_ms([r for r in storm if r.wave == w]) for w in waves}
+    # The headline is the median storm's p99 (one storm's figure moves a lot from run to run); its table is shown.
+    median_wave = sorted(waves, key=lambda w: wave_p99[w])[len(waves) // 2] if waves else 0
+    shown = [r for r in storm if r.wave == median_wave]
+    storm_p99 = wave_p99.get(median_wave, float("inf"))
     single_p99 = percentile([c for r in single if (c := r.completed) is not None] or [float("inf")], 99) * 1000
     total = sum(run.summary.total_requests for run in result.wrk)
     rps = sum(run.summary.requests_per_second for run in result.wrk)
@@ -82,7 +91,9 @@ def load_section(result: LoadResult) -> list[str]:
             statuses[code] = statuses.get(code, 0) + count
     failures = result.failures
     lines = [
-        f"## 9. Load test: {plan.agents:,} agents, {result.replicas} replicas, a storm of {plan.storm} deprovisionings",
+        f"## 9. Load test: {plan.agents:,} agents, {result.replicas} replicas, "
+        + (f"{plan.storms} storms" if plan.storms > 1 else "a storm")
+        + f" of {plan.storm} deprovisionings",
         "",
         f"PostgreSQL 15 and one Redis (sessions, no in-process session cache) behind {result.replicas} replicas. "
         f"{plan.agents:,} agents provisioned over SCIM ({result.provision_seconds:.1f} s: one `POST /Users` each, "
@@ -96,7 +107,13 @@ def load_section(result: LoadResult) -> list[str]:
         f"connection pausing 0–{2 * plan.mean_delay_ms:.0f} ms between requests: {plan.rate:g} request/s per agent "
         f"offered. At {plan.single_at * plan.duration:.0f} s, {plan.single} agents are deprovisioned one at a time "
         f"(admin API, a poller per replica each); at {result.storm_at:.0f} s the storm: "
-        f"{plan.storm} deprovisionings at once, half through each replica. Revoked agents stay in wrk's rotation, "
+        f"{plan.storm} deprovisionings at once, half through each replica"
+        + (
+            f", then {plan.storms - 1} more storms of as many other agents, {plan.gap_seconds:g} s apart"
+            if plan.storms > 1
+            else ""
+        )
+        + ". Revoked agents stay in wrk's rotation, "
         "so their requests keep coming and must be refused. Sources: `bench/load.py`, `bench/load_checks.py`.",
         "",
         "### Correctness",
@@ -141,14 +158,25 @@ def load_section(result: LoadResult) -> list[str]:
         "",
         *_revocation_table(single),
         "",
-        f"### The storm: {len(storm)} deprovisionings at once",
+        f"### The storm: {len(shown)} deprovisionings at once"
+        + (f" (storm {median_wave + 1} of {len(waves)}, the one with the median p99)" if len(waves) > 1 else ""),
         "",
-        *_revocation_table(storm),
+        *_revocation_table(shown),
         "",
+        *(
+            [
+                f"Revocation complete p99 of each storm, {plan.gap_seconds:g} s apart: "
+                + " / ".join(f"{wave_p99[w]:.1f} ms" for w in waves)
+                + f"; all {len(storm)} calls pooled: {_p99_ms(storm):.1f} ms.",
+                "",
+            ]
+            if len(waves) > 1
+            else []
+        ),
         f"**Revocation p99 under load (sessions deleted and WebSocket closed): {single_p99:.1f} ms one at a time, "
-        f"{storm_p99:.1f} ms in the storm** (goal < {GOAL_P99_MS:.0f} ms: "
+        f"{storm_p99:.1f} ms in the {'median ' if len(waves) > 1 else ''}storm** (goal < {GOAL_P99_MS:.0f} ms: "
         f"{'met' if single_p99 < GOAL_P99_MS else '**missed**'} one at a time, "
-        f"{'met' if storm_p99 < GOAL_P99_MS else '**missed**'} in the storm). {_storm_pacing(storm, result.replicas)}",
+        f"{'met' if storm_p99 < GOAL_P99_MS else '**missed**'} in the storm). {_storm_pacing(shown, result.replicas)}",
         "",
         "### Memory and CPU",
         "",

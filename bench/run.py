@@ -92,7 +92,7 @@ def load_plan(args: argparse.Namespace) -> LoadPlan:
     single, logins = (4, 6) if args.quick else (50, 20)
     return LoadPlan(
         agents=args.load_agents, storm=args.load_storm, single=single, logins=logins, duration=args.load_duration,
-        rate=args.load_rate,
+        rate=args.load_rate, storms=1 if args.quick else 3,
     )  # fmt: skip
 
 
