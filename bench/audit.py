@@ -137,7 +137,7 @@ async def _batched(url: str, directory: Path, count: int) -> float:
     """Submit ``count`` request records as the proxy does, with the sealer running; seconds until all are
     committed and chained."""
     database = await _open(url)
-    audit = AuditLog(AccessLogRepository(database.engine), Metrics(), max_pending=count + 1)
+    audit = AuditLog(AccessLogRepository(database.engine), max_pending=count + 1)
     sealer = _sealer(database, directory)
     audit.start()
     sealer.start()
@@ -158,7 +158,7 @@ async def _batched(url: str, directory: Path, count: int) -> float:
 
 async def _strict(url: str, seconds: float, writers: int = 32) -> tuple[int, float]:
     database = await _open(url)
-    audit = AuditLog(AccessLogRepository(database.engine), Metrics())
+    audit = AuditLog(AccessLogRepository(database.engine))
     deadline = time.perf_counter() + seconds
     counts = [0] * writers
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -46,10 +47,12 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Scope, Send
 
 from connectors.base import AgentRef, UpstreamRequest
+from gateway.authn import session_id_in
 from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError, NotFound
-from gateway.forward_auth_memo import Answer, Asked, ask
+from gateway.forward_auth_memo import Answer, Question
 from gateway.inline_proxy import Checked, channel_plan, check_request, request_record
 from gateway.pages import error_response, wants_html
+from gateway.proxy.headers import client_address
 from gateway.proxy.paths import strip_query_values
 from gateway.proxy.routes import upstream_url
 from gateway.scope import RequestScope, scope_of
@@ -60,6 +63,8 @@ SECRET_HEADER = "x-channelgate-auth-secret"  # noqa: S105 - a header name
 MODE_HEADER = "x-channelgate-auth-mode"
 _MODES = frozenset({"", "redirect", "explain"})
 _MOUNT_BYTES = MOUNT.encode()
+_SECRET_BYTES = SECRET_HEADER.encode()
+_MODE_BYTES = MODE_HEADER.encode()
 #: Where ``answer_from_memo`` leaves the question for the full path, which keeps its answer under it.
 _ASKED = "channelgate.forward_auth_question"
 
@@ -97,6 +102,54 @@ class OriginalRequest:
     @property
     def uri(self) -> str:
         return self.path + (f"?{self.query}" if self.query else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """The nginx form of a forward-auth request: the memo's question, and who asks."""
+
+    question: Question
+    secret: str
+    peer: str
+
+
+def ask(scope: Scope, services: Services) -> Asked | None:
+    """The question in nginx's form (``OriginalRequest`` reads every form), in one pass over the headers, for
+    ``services.forward_auth_memo``; None sends the request down the full path."""
+    if scope.get("raw_path", _MOUNT_BYTES) != _MOUNT_BYTES or scope.get("query_string"):
+        return None
+    settings = services.settings
+    device_header = services.policy.settings.device_header if services.policy else None
+    device_name = device_header.lower().encode("latin-1") if device_header else b""
+    uri = method = host = forwarded_host = device = None
+    secret = ""
+    raw: bytes
+    for name, raw in scope["headers"]:
+        if name == b"x-original-uri":
+            uri = uri if uri is not None else raw.decode("latin-1")
+        elif name == b"x-original-method":
+            method = method if method is not None else raw.decode("latin-1")
+        elif name == b"host":
+            host = host if host is not None else raw.decode("latin-1")
+        elif name == b"x-forwarded-host":
+            forwarded_host = forwarded_host if forwarded_host is not None else raw.decode("latin-1")
+        elif name == _SECRET_BYTES:
+            secret = secret or raw.decode("latin-1")
+        elif name in (b"x-forwarded-uri", b"x-forwarded-method", _MODE_BYTES):
+            return None  # Traefik's spelling, or an answer mode: the full path reads those
+        elif device_name and name == device_name:
+            device = device if device is not None else raw.decode("latin-1")
+    if uri is None:
+        return None
+    session_id = session_id_in(scope["headers"], services.cookies.session_name)
+    if session_id is None:
+        return None
+    client = scope.get("client")
+    peer = client[0] if client else "0.0.0.0"  # noqa: S104 - an address, not a bind
+    proxies = settings.server.trusted_proxies
+    client_ip = client_address(peer, scope["headers"], proxies) if proxies else peer
+    method = (method or scope["method"]).upper()
+    return Asked((session_id, method, uri, forwarded_host or host, client_ip, device), secret, peer)
 
 
 def _differ(first: str | None, second: str | None) -> bool:
@@ -167,7 +220,7 @@ async def forward_auth(request: Request) -> Response:
     try:
         if original.problem is not None:
             raise BadRequest(f"The forward-auth request was refused: {original.problem} (see docs/forward-auth.md).")
-        minute = int(services.clock() // 60)
+        minute_before = int(services.clock() // 60)
         checked = await check_request(
             request,
             services,
@@ -179,15 +232,15 @@ async def forward_auth(request: Request) -> Response:
             via="forward-auth",
         )
         # The decision was made at a moment between these two readings, with this policy set (no await since).
-        decided = (services.policy.engine if services.policy else None, minute, int(services.clock() // 60))
+        minute, engine = int(services.clock() // 60), services.policy.engine if services.policy else None
         if checked.match.redirect:  # "/chat": the console's own redirect to "/chat/" decides nothing
             raise NotFound("No console is served at this address.")
         if mode == "explain":
             return RedirectResponse(original.uri, status_code=303, headers={"Cache-Control": "no-store"})
         response = await _allowed(request, services, scope, original, checked)
         asked: Asked | None = request.scope.get(_ASKED)
-        if asked is not None and checked.access is None and decided[1] == decided[2] and decided[0] is not None:
-            _keep(services, asked, checked, scope, log_path, decided[0], decided[1])
+        if asked is not None and checked.access is None and minute == minute_before and engine is not None:
+            _keep(services, asked, checked, scope, log_path, engine, minute)
     except ChannelgateError as exc:
         response = _refused(request, exc, scope, original, mode)
     if mode != "explain":  # the explain call follows a refusal the default call already recorded

@@ -25,36 +25,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from starlette.types import Scope, Send
+from starlette.types import Send
 
 from connectors.base import AgentRef, Connector, UpstreamRequest
-from gateway.authn import RECOVERY_CHECK_SECONDS, session_id_in
+from gateway.authn import RECOVERY_CHECK_SECONDS
 from gateway.errors import ChannelgateError
 from gateway.inline_proxy import Checked, request_record
-from gateway.proxy.headers import check_header_size, client_address
+from gateway.proxy.headers import check_header_size
 from gateway.scope import RequestScope, new_request_id
 from gateway.services import Services
 from gateway.sessions.base import SessionData, SessionState
 
+if TYPE_CHECKING:
+    from gateway.forward_auth import Asked  # the question is read where the request's other forms are
+
 #: Answers kept at most; a replica past this forgets them all and starts again.
 MAX_ANSWERS = 20_000
-_MOUNT = b"/.channelgate/auth"
 _DETAIL = "forward-auth"
 
 #: (session id, method, URI as asked, host, client address, device header) — what the decision read.
 Question = tuple[str, str, str, str | None, str, str | None]
-
-
-@dataclass(frozen=True, slots=True)
-class Asked:
-    """The nginx form of a forward-auth request, read from the ASGI scope in one pass over the headers."""
-
-    question: Question
-    secret: str
-    peer: str
-    path: str
-    query: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,45 +64,6 @@ class Answer:
     log_path: str
     #: The answer's own headers after the credential and the assertion, ready to send.
     tail: tuple[tuple[bytes, bytes], ...]
-
-
-def ask(scope: Scope, services: Services) -> Asked | None:
-    """The question, when the request is in the memoised form; None sends it down the full path."""
-    if scope.get("raw_path", _MOUNT) != _MOUNT or scope.get("query_string"):
-        return None
-    settings = services.settings
-    device_header = services.policy.settings.device_header if services.policy else None
-    device_name = device_header.lower().encode("latin-1") if device_header else b""
-    uri = method = host = forwarded_host = device = None
-    secret = ""
-    raw: bytes
-    for name, raw in scope["headers"]:
-        if name == b"x-original-uri":
-            uri = uri if uri is not None else raw.decode("latin-1")
-        elif name == b"x-original-method":
-            method = method if method is not None else raw.decode("latin-1")
-        elif name == b"host":
-            host = host if host is not None else raw.decode("latin-1")
-        elif name == b"x-forwarded-host":
-            forwarded_host = forwarded_host if forwarded_host is not None else raw.decode("latin-1")
-        elif name == b"x-channelgate-auth-secret":
-            secret = secret or raw.decode("latin-1")
-        elif name in (b"x-forwarded-uri", b"x-forwarded-method", b"x-channelgate-auth-mode"):
-            return None  # Traefik's spelling, or an answer mode: the full path reads those
-        elif device_name and name == device_name:
-            device = device if device is not None else raw.decode("latin-1")
-    if uri is None:
-        return None
-    session_id = session_id_in(scope["headers"], services.cookies.session_name)
-    if session_id is None:
-        return None
-    client = scope.get("client")
-    peer = client[0] if client else "0.0.0.0"  # noqa: S104 - an address, not a bind
-    proxies = settings.server.trusted_proxies
-    client_ip = client_address(peer, scope["headers"], proxies) if proxies else peer
-    path, _, query = uri.partition("?")
-    method = (method or scope["method"]).upper()
-    return Asked((session_id, method, uri, forwarded_host or host, client_ip, device), secret, peer, path, query)
 
 
 class ForwardAuthMemo:

@@ -141,7 +141,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     agents = AgentRepository(database.engine, reads)
     credentials = ChannelCredentialRepository(database.engine)
     audit = AuditLog(
-        AccessLogRepository(database.engine, busy_timeout_seconds=settings.database.connect_timeout_seconds), metrics
+        AccessLogRepository(database.engine, busy_timeout_seconds=settings.database.connect_timeout_seconds)
     )
     sessions = create_session_store(settings.sessions, replica_id)
     live = LiveConnections()

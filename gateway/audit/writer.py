@@ -18,7 +18,6 @@ from collections import deque
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.errors import ChannelgateError
-from gateway.metrics import Metrics
 from gateway.storage.access_log import AccessLogRepository, AccessRecord
 
 log = logging.getLogger("channelgate.audit")
@@ -35,14 +34,12 @@ class AuditLog:
     def __init__(
         self,
         repository: AccessLogRepository,
-        metrics: Metrics,
         *,
         batch_size: int = 500,
         flush_interval: float = 0.02,
         max_pending: int = 100_000,
     ) -> None:
         self._repository = repository
-        self._metrics = metrics
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending = max_pending

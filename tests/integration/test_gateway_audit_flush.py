@@ -13,7 +13,6 @@ import pytest
 
 from gateway.audit.writer import AuditLog
 from gateway.errors import StorageError
-from gateway.metrics import Metrics
 from gateway.settings import DatabaseSettings
 from gateway.storage.access_log import AccessLogRepository, AccessRecord
 from gateway.storage.database import create_engine
@@ -26,7 +25,7 @@ async def test_overlapping_flushes_write_every_record_exactly_once(tmp_path: Pat
     await upgrade_to_head(url)
     engine = create_engine(DatabaseSettings.model_validate({"url": url}))
     repository = AccessLogRepository(engine)
-    audit = AuditLog(repository, Metrics(), batch_size=7, flush_interval=0.001)
+    audit = AuditLog(repository, batch_size=7, flush_interval=0.001)
     audit.start()
     try:
         for round_ in range(5):
@@ -55,7 +54,7 @@ async def test_a_refused_batch_keeps_its_records_until_the_database_takes_them(t
             "CREATE TRIGGER refuse BEFORE INSERT ON access_log WHEN NEW.request_id = 'r-5' "
             "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
         )
-    audit = AuditLog(repository, Metrics(), batch_size=50, flush_interval=0.01)
+    audit = AuditLog(repository, batch_size=50, flush_interval=0.01)
     try:
         for i in range(10):
             audit.submit(AccessRecord(time=utcnow(), kind="request", request_id=f"r-{i}"))

@@ -63,7 +63,7 @@ def _killer(
 ) -> SessionKiller:
     engine, metrics = database.engine, Metrics()
     agents, runs = AgentRepository(engine), PipelineRepository(engine, direct=direct)
-    audit = AuditLog(AccessLogRepository(engine), metrics)
+    audit = AuditLog(AccessLogRepository(engine))
     guard = guard or MassDeletionGuardSettings(enabled=False)
     planner = RunPlanner(CONNECTORS, runs, MassDeletionGuard(guard, agents, runs), audit, metrics)  # type: ignore[arg-type]
     sessions = sessions or MemorySessionStore(900, 3600, "replica-1")
