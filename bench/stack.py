@@ -43,7 +43,7 @@ def bench_accounts(count: int) -> tuple[OidcAccount, ...]:
     )
 
 
-def _temporary_dir(prefix: str) -> Path:
+def temporary_dir(prefix: str) -> Path:
     """A directory removed when the benchmark process exits: a gateway may be stopped and started again, and its
     configuration, database and logs are wanted until the end (its logs explain a failure)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
@@ -66,7 +66,7 @@ class Gateway:
     extra_toml: str = ""
     #: channel → the credential stored for it by ``start`` (a console that checks it needs it).
     credentials: dict[str, str] = field(default_factory=dict)
-    base_dir: Path = field(default_factory=lambda: _temporary_dir("channelgate-bench-gw-"))
+    base_dir: Path = field(default_factory=lambda: temporary_dir("channelgate-bench-gw-"))
     _children: list[ChildProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,8 @@ class WrkResult:
     non_2xx: int
     socket_errors: int
     raw: str
+    #: Seconds the target still needed after the run to commit the run's access-log records (channelgate only).
+    drain_seconds: float | None = None
 
 
 def parse(target: str, output: str) -> WrkResult:

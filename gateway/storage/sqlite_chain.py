@@ -7,10 +7,15 @@ link its rows right there and insert them with their chain columns. Measured wit
 (docs/benchmarks.md §8), the second pass — rows read back through SQLAlchemy and aiosqlite, then updated one by
 one — cost more CPU per request than the whole decision; written once, a record costs its hash and one insert.
 
-The order is still commit order, as the sealer would give it: a batch is chained at insert only when no older
-record waits unsealed (a strict record written through SQLAlchemy, the deprovisioning pipeline's writer, another
-process on the same file); otherwise its rows go in unsealed and the sealer chains them after the older ones.
-The hashes are computed from exactly the values inserted, which are the values ``audit verify`` reads back.
+The order is still commit order, as the sealer would give it. Records committed unsealed by other writers (a
+strict record written through SQLAlchemy, the deprovisioning pipeline's writer, another process on the same file)
+are older than the batch: the batch writer seals them first, in ``seq`` order — commit order on SQLite, where one
+writer at a time holds the lock and a new row's ``seq`` is the largest + 1 — up to ``CATCH_UP`` of them, then links
+its own rows after them. Before it did, a batch met with any older unsealed record went in unsealed itself; under
+load the sealer (SQLAlchemy, holding the write lock ~0.1-0.7 s a pass) then never caught up, every later batch
+went in unsealed too, and the batches queued behind the sealer's turns until the gateway refused traffic.
+When more than ``CATCH_UP`` wait, the batch goes in unsealed after them and the next batch goes on sealing.
+The hashes are computed from exactly the values inserted or read, which are the values ``audit verify`` reads.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from gateway.audit.canonical import FIELDS, GENESIS, content_hash, link_hash
 HEAD_SQL = "SELECT chain_pos, hash, seq FROM access_log WHERE chain_pos IS NOT NULL ORDER BY chain_pos DESC LIMIT 1"
 #: Where a purge cut the chain, for a log whose every sealed record was deleted.
 ANCHOR_SQL = "SELECT chain_pos, hash FROM audit_anchor WHERE id = 1"
-#: Any record committed but not chained yet (the unique index on chain_pos answers it).
-_ANY_UNSEALED = "SELECT 1 FROM access_log WHERE chain_pos IS NULL LIMIT 1"
+#: Older records a batch seals before its own, at most (~6 µs each).
+CATCH_UP = 2000
+#: The oldest records committed but not chained yet (the partial index ix_access_log_unsealed answers it).
+_UNSEALED_ROWS = f"SELECT {', '.join(FIELDS)} FROM access_log WHERE chain_pos IS NULL ORDER BY seq LIMIT ?"  # noqa: S608
+_SEAL_ROW = "UPDATE access_log SET chain_pos = ?, content_hash = ?, prev_hash = ?, hash = ? WHERE seq = ?"
 #: ``seq`` is SQLite's rowid (INTEGER PRIMARY KEY, no AUTOINCREMENT): a new row gets max + 1, as here.
 _LAST_SEQ = "SELECT max(seq) FROM access_log"
 _CHAIN_COLUMNS = ("chain_pos", "content_hash", "prev_hash", "hash")
@@ -50,12 +58,23 @@ class ChainedInsert:
         self.columns = ("seq", *columns)
 
     def link(self, connection: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]] | None:
-        """``rows`` chained after the head, for the caller's write transaction to insert; None when an older
-        record waits for the sealer (then the rows go in unsealed)."""
-        if connection.execute(_ANY_UNSEALED).fetchone() is not None:
-            return None
+        """``rows`` chained after the head, for the caller's write transaction to insert, once the older unsealed
+        records are sealed in that transaction; None when more than ``CATCH_UP`` of them waited (then the rows go
+        in unsealed, after them)."""
         head = connection.execute(HEAD_SQL).fetchone() or connection.execute(ANCHOR_SQL).fetchone()
         position, previous = (int(head[0]), str(head[1])) if head is not None else (0, GENESIS)
+        older = connection.execute(_UNSEALED_ROWS, (CATCH_UP + 1,)).fetchall()
+        if older:
+            seals = []
+            for row in older[:CATCH_UP]:
+                position += 1
+                content = content_hash(row)
+                digest = link_hash(previous, position, content)
+                seals.append((position, content, previous, digest, row[0]))
+                previous = digest
+            connection.executemany(_SEAL_ROW, seals)
+            if len(older) > CATCH_UP:
+                return None
         seq = int(connection.execute(_LAST_SEQ).fetchone()[0] or 0)
         order, links, after = self._order, self._links, self._links + len(_CHAIN_COLUMNS)
         linked = []

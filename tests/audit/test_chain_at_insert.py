@@ -1,11 +1,17 @@
-"""On SQLite the batch writer chains its rows as it inserts them, when nothing older waits for the sealer
-(gateway/storage/sqlite_chain.py); the chain it builds is the one the sealer would have built."""
+"""On SQLite the batch writer chains its rows as it inserts them, sealing first the older records other writers
+left unsealed (gateway/storage/sqlite_chain.py); the chain it builds is the one the sealer would have built."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gateway.audit.canonical import GENESIS
+from gateway.storage import sqlite_chain
+from gateway.storage.access_log import _INSERT_COLUMNS, _insert_values
+from gateway.storage.sqlite_batches import SqliteBatchWriter
+from gateway.storage.sqlite_chain import ChainedInsert
 from tests.audit.chain_harness import Chain, chain_on, record
 
 
@@ -37,18 +43,42 @@ async def test_a_batch_written_when_nothing_waits_is_chained_as_it_commits(tmp_p
         assert report.checked == 50 and report.last_checkpoint is not None
 
 
-async def test_a_batch_behind_an_unsealed_record_is_left_to_the_sealer_in_commit_order(tmp_path: Path) -> None:
+async def test_a_batch_behind_an_unsealed_record_seals_it_first_in_commit_order(tmp_path: Path) -> None:
     async with chain_on(_url(tmp_path), tmp_path) as chain:
         await chain.write([record(1, agent_name="first-batch")], batch=True)
-        await chain.write([record(2, agent_name="strict")])  # through SQLAlchemy: waits for the sealer
+        await chain.write([record(2, agent_name="strict")])  # through SQLAlchemy: committed unsealed
+        assert await _unsealed(chain) == 1
         await chain.write([record(3, agent_name="second-batch")], batch=True)
-        assert await _unsealed(chain) == 2
-        await chain.seal_and_sign()
+        assert await _unsealed(chain) == 0  # no sealing pass ran: the batch sealed the older record first
         assert await _order(chain) == ["first-batch", "strict", "second-batch"]
-        await chain.write([record(4, agent_name="third-batch")], batch=True)
-        assert await _unsealed(chain) == 0
+        await chain.seal_and_sign()
         report = await chain.verify()
-        assert report.ok and report.checked == 4, report.problem
+        assert report.ok and report.checked == 3, report.problem
+
+
+async def test_batches_behind_more_unsealed_records_than_one_seals_catch_up_in_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process (the gateway's writer runs in a child, where a patched limit would not reach)."""
+    monkeypatch.setattr(sqlite_chain, "CATCH_UP", 2)
+    writer = SqliteBatchWriter(
+        str(tmp_path / "log.db"), "access_log", _INSERT_COLUMNS, busy_timeout_seconds=5,
+        chain=ChainedInsert(_INSERT_COLUMNS),
+    )  # fmt: skip
+    async with chain_on(_url(tmp_path), tmp_path) as chain:
+        await chain.write([record(n, agent_name=f"strict-{n}") for n in range(5)])
+        unsealed = []
+        for number in range(5):
+            writer.write([_insert_values(record(10 + number, agent_name=f"batch-{number}"))])
+            unsealed.append(await _unsealed(chain))
+        writer.close()
+        # Two sealed per batch; a batch behind more than two goes in unsealed itself, after them.
+        assert unsealed == [4, 3, 2, 0, 0]
+        rows = await chain.sql("SELECT seq, chain_pos FROM access_log ORDER BY seq")
+        assert [position for _, position in rows] == list(range(1, 11))  # commit order
+        await chain.seal_and_sign()
+        report = await chain.verify()
+        assert report.ok and report.checked == 10, report.problem
 
 
 async def test_a_batch_continues_the_chain_from_a_purge_anchor(tmp_path: Path) -> None:
@@ -71,7 +101,7 @@ async def test_a_batch_continues_the_chain_from_a_purge_anchor(tmp_path: Path) -
 
 
 async def test_a_batch_keeps_every_character_of_its_values_and_still_verifies(tmp_path: Path) -> None:
-    """The batch goes to SQLite as one JSON array, whose text would end at a NUL: such a batch goes row by row."""
+    """The batch goes to SQLite as multi-row INSERTs of bound parameters: a NUL or any other character survives."""
     names = ["a\x00b", "é\u2028😀", "back\\u0000slash", 'quote"s']
     async with chain_on(_url(tmp_path), tmp_path) as chain:
         for number, name in enumerate(names):
