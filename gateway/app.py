@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import admin_api, ops
 from gateway.audit.forwarder import start_forwarders
 from gateway.authn import require_session
+from gateway.collector import FullCollections
 from gateway.console.app import mount as console_routes
 from gateway.directory.wiring import run_directory_sync
 from gateway.errors import AuthenticationRequired, ChannelgateError
@@ -107,6 +108,8 @@ async def _revocation_listener(services: Services) -> None:
 
 
 async def _apply_revocation(services: Services, revocation: Revocation) -> None:
+    if services.collector is not None:
+        services.collector.ending_access()
     try:
         if revocation.agent_id == "*":
             # Resync after the broadcast channel dropped: re-check every open socket against the store.
@@ -210,6 +213,11 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         if freeze_heap:
             gc.collect()
             gc.freeze()
+            interval = built.settings.server.full_gc_interval_seconds
+            if interval > 0:
+                built.collector = FullCollections(interval)
+                built.killer.on_ending = built.collector.ending_access
+                tasks.append(asyncio.create_task(built.collector.run_forever(), name="channelgate-collector"))
         try:
             yield
         finally:

@@ -49,6 +49,7 @@ from gateway.storage.quick_reads import QuickReads
 from gateway.storage.scim_tokens import ScimTokenRepository
 
 if TYPE_CHECKING:
+    from gateway.collector import FullCollections
     from gateway.forward_auth_memo import ForwardAuthMemo
     from scim.app import ScimApplication
 
@@ -93,6 +94,8 @@ class Services:
     forward_auth_memo: ForwardAuthMemo = field(default_factory=_forward_auth_memo)
     #: Runs the pipeline's steps (started by the gateway's lifespan, or by ``channelgate deprovision work``).
     worker: PipelineWorker | None = None
+    #: Paces the full garbage collections of a serving process (``channelgate serve``; gateway/collector.py).
+    collector: FullCollections | None = None
     oidc: OidcClient | None = None
     signer: AssertionSigner | None = None
     upstream: UpstreamClient | None = None

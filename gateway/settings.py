@@ -93,6 +93,9 @@ class ServerSettings(_Section):
     #: suits the inline proxy; 0.5 doubles forward-auth's answers per second (docs/benchmarks.md §8) but costs the
     #: inline proxy ~15 % (§1).
     gil_switch_interval_ms: Annotated[float, Field(ge=0.1, le=50)] = 5.0
+    #: Seconds between full garbage collections of a serving process, which then never starts one by itself
+    #: after a burst of allocations such as a storm of deprovisionings (gateway/collector.py); 0: CPython's own.
+    full_gc_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -57,6 +57,12 @@ log = logging.getLogger("channelgate.deprovision")
 #: Delays between the attempts to end a disabled agent's sessions while the session store is down (seconds).
 RETRY_FIRST_DELAY = 0.1
 RETRY_MAX_DELAY = 0.5
+#: In a storm of deprovisionings each call ends its agent's sessions first, then disables the agent in a
+#: transaction of its own. Fifty of those transactions in flight at once fill every turn of the event loop with
+#: their continuations, and the work that ends access — the first kills of calls still arriving, the other
+#: replica's revocation broadcasts, the closing of WebSockets — waits behind each of them in every turn. A few at a
+#: time do the same work in the same total time and leave the turns short.
+DISABLE_CONCURRENCY = 4
 
 
 class SessionsNotEnded(SessionStoreUnavailable):
@@ -134,6 +140,8 @@ class SessionKiller:
         self._runs = runs
         #: Called after a run was queued and committed (the local worker wakes up instead of waiting to poll).
         self.on_enqueued: Callable[[], None] | None = None
+        #: Called when a deprovisioning starts here (the serving process defers its full garbage collection).
+        self.on_ending: Callable[[], None] | None = None
         #: Kills that failed on an unreachable session store, retried until they land (one per agent).
         self._retrying: dict[str, asyncio.Task[None]] = {}
         #: What the first kill ended and broadcast, per agent: the kill that follows counts it in its record and
@@ -142,6 +150,8 @@ class SessionKiller:
         self._first_kills = FirstKills(agents, sessions, live)
         #: The acknowledgements of each first kill's broadcast, collected before the disable.
         self._first_acks: dict[str, tuple[set[str], set[str]]] = {}
+        #: Disable transactions in flight at once (the rest wait their turn, their sessions already ended).
+        self._disables = asyncio.Semaphore(DISABLE_CONCURRENCY)
 
     async def enqueue_in(
         self,
@@ -275,6 +285,8 @@ class SessionKiller:
         """Disable the agent named by id or userName, queue its pipeline run, and kill every session everywhere
         before returning. ``successor`` (a userName) takes the agent's open tickets instead of its manager."""
         started = time.perf_counter()
+        if self.on_ending is not None:
+            self.on_ending()
         # The first kill, batched with those of other deprovisionings arriving meanwhile (a storm).
         first = await self._first_kills.end(identifier)
         found = first.agent
@@ -285,7 +297,8 @@ class SessionKiller:
             # Every replica closes the agent's connections before this call adds its transaction to their work.
             self._first_acks[found.id] = await self._sessions.wait_for_acks(first.revocation, self._ack_timeout)
         try:
-            agent, run = await self._disable_found(found, identifier, reason, actor, source, successor)
+            async with self._disables:
+                agent, run = await self._disable_found(found, identifier, reason, actor, source, successor)
         except ChannelgateError:
             self._record_first_kill_alone(found, reason=reason, actor=actor, source=source)
             raise
