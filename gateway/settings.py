@@ -88,10 +88,10 @@ class ServerSettings(_Section):
     #: Development switch for plain-HTTP loopback only: cookie ``channelgate`` without ``Secure``/``__Host-``.
     insecure_dev_cookies: bool = False
     max_header_bytes: Annotated[int, Field(ge=1024)] = 16384
-    #: CPython's GIL switch interval in a serving process. The event loop shares the GIL with the access log's
-    #: writer and sealer threads; after each socket write it may wait this long for the GIL. 5 (CPython's default)
-    #: suits the inline proxy; 0.5 doubles forward-auth's answers per second (docs/benchmarks.md §8) but costs the
-    #: inline proxy ~15 % (§1).
+    #: CPython's GIL switch interval in a serving process: how long the event loop may wait for the GIL after a
+    #: socket write while a worker thread (the sealer's hashing, aiosqlite's) runs Python. 5 (CPython's default)
+    #: suits the inline proxy and forward-auth alike since the access log's batch writer runs in a process of its
+    #: own (gateway/storage/sqlite_batch_process.py); at 0.5 forward-auth answered ~10 % fewer checks.
     gil_switch_interval_ms: Annotated[float, Field(ge=0.1, le=50)] = 5.0
     #: Seconds between full garbage collections of a serving process, which then never starts one by itself
     #: after a burst of allocations such as a storm of deprovisionings (gateway/collector.py); 0: CPython's own.
