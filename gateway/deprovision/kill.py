@@ -58,10 +58,11 @@ log = logging.getLogger("channelgate.deprovision")
 RETRY_FIRST_DELAY = 0.1
 RETRY_MAX_DELAY = 0.5
 #: In a storm of deprovisionings each call ends its agent's sessions first, then disables the agent in a
-#: transaction of its own. Fifty of those transactions in flight at once fill every turn of the event loop with
+#: transaction of its own. On PostgreSQL fifty of those in flight at once fill every turn of the event loop with
 #: their continuations, and the work that ends access — the first kills of calls still arriving, the other
 #: replica's revocation broadcasts, the closing of WebSockets — waits behind each of them in every turn. A few at a
-#: time do the same work in the same total time and leave the turns short.
+#: time do the same work in the same total time and leave the turns short. (On SQLite the calls that arrive
+#: together share one group commit, gateway/storage/sqlite_outbox.py: there fewer at a time cost throughput.)
 DISABLE_CONCURRENCY = 4
 
 
@@ -297,8 +298,7 @@ class SessionKiller:
             # Every replica closes the agent's connections before this call adds its transaction to their work.
             self._first_acks[found.id] = await self._sessions.wait_for_acks(first.revocation, self._ack_timeout)
         try:
-            async with self._disables:
-                agent, run = await self._disable_found(found, identifier, reason, actor, source, successor)
+            agent, run = await self._disable_found(found, identifier, reason, actor, source, successor)
         except ChannelgateError:
             self._record_first_kill_alone(found, reason=reason, actor=actor, source=source)
             raise
@@ -325,7 +325,10 @@ class SessionKiller:
             if run is not None and hold is not None and self._planner is not None:
                 self._planner.announce(run, hold)
             return agent, run
-        return await self._disable(found, reason=reason, actor=actor, source=source, successor=successor)
+        # Through the engine (PostgreSQL): a few transactions at a time (DISABLE_CONCURRENCY). Not on SQLite above,
+        # where the calls that arrive together share one group commit and fewer at a time would mean more commits.
+        async with self._disables:
+            return await self._disable(found, reason=reason, actor=actor, source=source, successor=successor)
 
     def _record_first_kill_alone(self, agent: Agent, *, reason: str, actor: str, source: str) -> None:
         """The disable failed after the first kill ended sessions: that action gets its record too, through the
