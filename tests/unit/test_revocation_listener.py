@@ -40,10 +40,15 @@ class FakeLive:
         return 1
 
 
+def _services(store: FakeStore, live: FakeLive) -> Services:
+    fields = {"sessions": store, "live": live, "connectors": {}, "collector": None}
+    return cast(Services, cast(Any, type("S", (), fields)))
+
+
 async def test_a_slow_close_does_not_hold_back_the_acknowledgement_of_later_revocations() -> None:
     store = FakeStore([Revocation("slow", "r1", "replica-a"), Revocation("fast", "r2", "replica-a")])
     live = FakeLive()
-    services = cast(Services, cast(Any, type("S", (), {"sessions": store, "live": live, "connectors": {}, "collector": None})))
+    services = _services(store, live)
     listener = asyncio.create_task(_revocation_listener(services))
     try:
         for _ in range(100):
@@ -68,7 +73,7 @@ async def test_a_slow_close_does_not_hold_back_the_acknowledgement_of_later_revo
 async def test_refresh_broadcasts_close_nothing_and_are_not_acknowledged() -> None:
     store = FakeStore([Revocation("agent-1", "r1", "replica-a", refresh_only=True), Revocation("agent-2", "r2", "b")])
     live = FakeLive()
-    services = cast(Services, cast(Any, type("S", (), {"sessions": store, "live": live, "connectors": {}, "collector": None})))
+    services = _services(store, live)
     listener = asyncio.create_task(_revocation_listener(services))
     try:
         for _ in range(100):
