@@ -24,6 +24,15 @@ REPLICAS_KEY = "cg:replicas"
 REVOCATION_CHANNEL = "cg:revocations"
 ACK_TTL_SECONDS = 300
 
+# KEYS: the broadcast's acknowledgement list. ARGV: replica id, TTL s. As RPUSH + EXPIRE in MULTI, as one script so
+# that the acknowledgements of one event-loop turn share a round trip (gateway/sessions/redis_batches.py): in a
+# storm each replica acknowledges a hundred broadcasts at once.
+ACK_SCRIPT = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 # KEYS: session, agent index. ARGV: data, agent, now, ttl ms, index ttl s, member, session prefix.
 # Checks a few random index members and drops the ended ones: O(1) per login, and the index stays near its
 # live size (an agent who logs in daily would otherwise keep every expired key until the index's TTL).

@@ -42,6 +42,7 @@ from gateway.sessions.redis_batches import ScriptBatches
 from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
 from gateway.sessions.redis_scripts import (
     ACK_PREFIX,
+    ACK_SCRIPT,
     ACK_TTL_SECONDS,
     AGENT_PREFIX,
     CREATE_SCRIPT,
@@ -119,6 +120,8 @@ class RedisSessionStore:
         self._lookup = self._redis.register_script(LOOKUP_SCRIPT)
         #: Lookups of one event-loop turn go to Redis in one round trip (gateway/sessions/redis_batches.py).
         self._lookups = ScriptBatches(self._redis, self._lookup)
+        #: Acknowledgements of one event-loop turn, likewise in one round trip.
+        self._acks = ScriptBatches(self._redis, self._redis.register_script(ACK_SCRIPT))
         self._delete = self._redis.register_script(DELETE_SCRIPT)
         self._revoke = self._redis.register_script(REVOKE_SCRIPT)
         self._revoke_idp_session = self._redis.register_script(REVOKE_IDP_SESSION_SCRIPT)
@@ -283,10 +286,7 @@ class RedisSessionStore:
 
     async def acknowledge(self, revocation: Revocation) -> None:
         key = ACK_PREFIX + revocation.revocation_id
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, self.replica_id)
-            pipe.expire(key, ACK_TTL_SECONDS)
-            await self._call(pipe.execute())
+        await self._call(self._acks.run([key], [self.replica_id, ACK_TTL_SECONDS]))
 
     async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:  # noqa: ASYNC109
         """Collect acknowledgements until every replica with a recent heartbeat answered or ``timeout`` passed."""
