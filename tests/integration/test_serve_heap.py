@@ -7,6 +7,7 @@ and tripling the p99.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
 
@@ -26,5 +27,30 @@ async def test_serving_freezes_the_start_up_heap_and_tests_do_not(tmp_path: Path
         served = create_app(settings, freeze_heap=True)
         async with served.router.lifespan_context(served):
             assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
+
+
+async def test_serving_paces_the_full_collections_and_gives_back_cpythons_schedule_when_it_stops(
+    tmp_path: Path,
+) -> None:
+    """``channelgate serve`` runs gateway/collector.py: no full collection after a burst of allocations (a storm of
+    deprovisionings), one every ``[server] full_gc_interval_seconds``, deferred while a deprovisioning starts."""
+    settings = scim_settings(tmp_path, "http://127.0.0.1:9")
+    await upgrade_to_head(settings.database.url.get_secret_value())
+    before = gc.get_threshold()
+    try:
+        served = create_app(settings, freeze_heap=True)
+        async with served.router.lifespan_context(served):
+            services = served.state.services
+            assert services.collector is not None
+            assert services.killer.on_ending == services.collector.ending_access
+            await asyncio.sleep(0.05)  # the collector's task has started
+            assert gc.get_threshold()[2] > 10**9
+        assert gc.get_threshold() == before
+        plain = create_app(settings)
+        async with plain.router.lifespan_context(plain):
+            assert plain.state.services.collector is None
+            assert gc.get_threshold() == before
     finally:
         gc.unfreeze()
