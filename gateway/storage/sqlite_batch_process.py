@@ -6,7 +6,7 @@ fifth of its cores idle: the event loop and the writer thread took turns, the wr
 its row, its chain hashes and its insert — got the smaller share, fell behind the requests, its queue filled and
 the gateway refused traffic (fail closed, as it must). In a process of its own the writer's work runs beside the
 event loop instead of in turns with it; what stays in the gateway's process is reading each record's values
-(~0.5 µs) and pickling the batch (~1.7 µs per record) in a worker thread.
+(~0.5 µs) and pickling the batch (~1.7 µs per record), on the event loop, which also writes and reads the pipes.
 
 The protocol is frames on the child's stdin and stdout (a 4-byte length, then a pickle; parent and child are the
 same program, so pickle is safe here): ``("open", config)`` once, then ``("write", batch)`` answered after the
@@ -16,8 +16,9 @@ never outlives the gateway and never stops between a batch and its answer.
 
 Nothing is lost or written twice. A batch counts as written only when its answer came back; until then the caller
 keeps it (``gateway.audit.writer`` retries). When the child dies or stops answering after a batch was sent, the
-batch may or may not have committed: the next write first asks a new child whether that batch's first and last
-records are in the table (a batch commits whole or not at all) and skips them if so.
+batch may or may not have committed: a new child is asked whether that batch's first and last records are in the
+table (a batch commits whole or not at all), and the batch is sent again unless they are — at once, and if that
+child is lost too, by the caller's next write, which settles the question first.
 """
 
 from __future__ import annotations
