@@ -165,6 +165,12 @@ async def test_re_enabling_in_the_directory_reactivates_the_agent_but_its_old_se
     echo = gateway.url + "/chat/echo"
     await asyncio.to_thread(directory.modify, MECHANISMS["ad-disabled-bit"]())
     await _refused_after(old, echo, time.perf_counter())
+    # The sessions end before the disable commits (gateway/deprovision/kill.py: first kill, then the transaction):
+    # re-enabling in the directory before the agent is seen disabled would race the disable, which wins.
+    deadline = time.monotonic() + 10
+    while (agent := await gateway.services.agents.find_by_user_name("bob")) and agent.active:
+        assert time.monotonic() < deadline, "bob was never disabled"
+        await asyncio.sleep(0.01)
 
     await asyncio.to_thread(directory.modify, _modify(BOB, "replace: userAccountControl", "userAccountControl: 512"))
     deadline = time.monotonic() + 10
