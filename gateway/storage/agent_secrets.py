@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import agent_secrets
-from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite, sqlite_access, sqlite_datetime
+from gateway.storage.sqlite_batches import sqlite_datetime
+from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite, sqlite_access
 
 _COLUMNS = "agent_id, channel, name, key_id, nonce, ciphertext, updated_at, meta"
 _GET = f"SELECT {_COLUMNS} FROM agent_secrets WHERE agent_id = ? AND channel = ? AND name = ?"  # noqa: S608 - our column names

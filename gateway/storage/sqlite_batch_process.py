@@ -179,7 +179,8 @@ class BatchWriterProcess:
         self._holder: list[subprocess.Popen[bytes]] = []
         #: (first values, last values, count) of a batch sent to a child that died before answering.
         self._unsure: tuple[Sequence[Any], Sequence[Any], int] | None = None
-        self._turn: asyncio.Lock | None = None
+        #: One write at a time, per event loop (an asyncio lock belongs to the loop that first waits on it).
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         weakref.finalize(self, _stop, self._holder)
 
     async def write(self, batch: Sequence[Sequence[Any]]) -> None:
@@ -190,9 +191,10 @@ class BatchWriterProcess:
         batch settled and sent again; only a second loss is the caller's error.
         """
         loop = asyncio.get_running_loop()
-        if self._turn is None or self._child is None or self._child.loop is not loop:
-            self._turn = asyncio.Lock()
-        async with self._turn:
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = asyncio.Lock()
+        async with turn:
             for attempt in (1, 2):
                 if self._unsure is not None:
                     batch = await self._settle(batch)

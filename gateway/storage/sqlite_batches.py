@@ -34,8 +34,9 @@ from gateway.storage.sqlite_chain import ChainedInsert
 CHUNK_ROWS = 128
 
 
-def storage_time(moment: datetime) -> str:
-    """SQLAlchemy's SQLite ``DATETIME`` text of an aware moment (UTC, always six fraction digits): text order is
+def sqlite_datetime(moment: datetime) -> str:
+    """SQLAlchemy's SQLite ``DATETIME`` storage of an aware moment (UTC, always six fraction digits), so every
+    write path (SQLAlchemy's, ``sqlite_writer``'s, this batch writer's) stores the same text and text order stays
     time order."""
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
@@ -88,7 +89,7 @@ class SqliteBatchWriter:
     def _row(self, values: Sequence[Any]) -> tuple[Any, ...]:
         row = list(values)
         if self._time is not None:
-            row[self._time] = storage_time(row[self._time])
+            row[self._time] = sqlite_datetime(row[self._time])
         if self._detail is not None:
             row[self._detail] = json.dumps(row[self._detail])  # SQLAlchemy's JSON writes None as 'null' too
         return tuple(row)
@@ -130,7 +131,7 @@ class SqliteBatchWriter:
         moment, kind, request_id = (values[columns.index(name)] for name in ("time", "kind", "request_id"))
         with self._lock:
             try:
-                found = self._connect().execute(query, (storage_time(moment), kind, request_id)).fetchone()
+                found = self._connect().execute(query, (sqlite_datetime(moment), kind, request_id)).fetchone()
             except sqlite3.Error as error:
                 self.close()
                 raise StorageError(

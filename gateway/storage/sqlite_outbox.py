@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, user_name_key
 from gateway.storage.pipeline_records import PlannedStep, RunRecord, idempotency_key
+from gateway.storage.sqlite_batches import sqlite_datetime
 from gateway.storage.sqlite_pipeline import INSERT_LOG, RUN_COLUMNS, log_rows, run_row
-from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite, sqlite_datetime
+from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite
 
 T = TypeVar("T")
 

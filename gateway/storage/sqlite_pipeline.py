@@ -32,7 +32,8 @@ from gateway.storage.pipeline_records import (
     StepRecord,
 )
 from gateway.storage.schema import access_log
-from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite, sqlite_datetime
+from gateway.storage.sqlite_batches import sqlite_datetime
+from gateway.storage.sqlite_writer import SqliteAccess, from_sqlite
 
 STEP_COLUMNS = (
     "id, run_id, channel, step, state, attempts, next_attempt_at, idempotency_key, vendor_reference, detail, updated_at"

@@ -48,12 +48,6 @@ _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _INLINE_BUSY_TIMEOUT_MS = 50
 
 
-def sqlite_datetime(moment: datetime) -> str:
-    """SQLAlchemy's SQLite ``DATETIME`` storage of an aware moment (UTC, always six fraction digits), so both
-    write paths store the same text and text order stays time order."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
 def from_sqlite(text: str) -> datetime:
     """A ``DATETIME`` text read back as an aware UTC moment, as ``gateway.storage._time.from_db`` gives it."""
     return datetime.fromisoformat(text).replace(tzinfo=UTC)

@@ -11,6 +11,7 @@ another.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -127,6 +128,15 @@ async def sign_in(stack: GatewayStack, user: str) -> httpx.AsyncClient:
     """A client holding a new gateway session of ``user``; the caller closes it. The provider sends every login
     back to replica 0 (the public URL); the cookie is good on every replica (one host, 127.0.0.1)."""
     return await login(stack.url(0), user, DEMO_PASSWORD, return_to="/chat/")
+
+
+async def audit_queue(stack: GatewayStack, replica: int = 0) -> int:
+    """Access-log records the replica has answered for but not yet written (``channelgate_audit_queue``)."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(stack.url(replica) + "/.channelgate/metrics")).text
+    found = re.search(r"^channelgate_audit_queue (\S+)$", text, re.MULTILINE)
+    assert found is not None, "no channelgate_audit_queue in /metrics"
+    return int(float(found.group(1)))
 
 
 async def admin_post(stack: GatewayStack, path: str, body: dict[str, Any], replica: int = 0) -> httpx.Response:

@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,28 +19,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.components.browserless_login import login
+from tests.components.echo_gateway import eventually
 from tests.components.gateway import GatewayStack
-from tests.components.oidc_provider import DEMO_PASSWORD, OidcProvider, provider_config
+from tests.faults.conftest import JSON, audit_queue, running_stack, sign_in
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(120)]
 
-JSON = {"Accept": "application/json"}
 WRITER_MODULE = "gateway.storage.sqlite_batch_process"
 
 
 @pytest.fixture
-def stack() -> Iterator[GatewayStack]:
-    base = Path(tempfile.mkdtemp(prefix="channelgate-writer-crash-"))
-    stack = GatewayStack(issuer="", database_url=f"sqlite+aiosqlite:///{base}/gateway.db", base_dir=base)
-    stack.allocate(replicas=1)
-    with OidcProvider(provider_config(stack.redirect_uris)) as provider:
-        stack.issuer = provider.issuer
-        try:
-            stack.start()
-            yield stack
-        finally:
-            stack.stop()
+def stack(tmp_path: Path) -> Iterator[GatewayStack]:
+    """One replica on SQLite (the writer process is SQLite's), no Redis: in-process sessions."""
+    database = f"sqlite+aiosqlite:///{tmp_path}/gateway.db"
+    with running_stack(database_url=database, redis_url=None, replicas=1, upstreams={}, route_timeouts={}) as stack:
+        yield stack
 
 
 def _writers(parent: int) -> list[int]:
@@ -65,22 +57,14 @@ async def _hammer(client: httpx.AsyncClient, url: str, answered: list[str], stop
         number += 1
 
 
-async def _drained(url: str) -> None:
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient(timeout=10) as client:
-        while True:
-            text = (await client.get(url + "/.channelgate/metrics")).text
-            queued = [line for line in text.splitlines() if line.startswith("channelgate_audit_queue ")]
-            if queued and float(queued[0].split()[1]) == 0:
-                return
-            assert time.monotonic() < deadline, queued
-            await asyncio.sleep(0.1)
+async def _drained(stack: GatewayStack) -> bool:
+    return await audit_queue(stack) == 0
 
 
 async def test_a_killed_access_log_writer_loses_no_record_and_writes_none_twice(stack: GatewayStack) -> None:
     gateway_pid = stack._gateways[0].pid  # the test looks for the real child process
     assert gateway_pid is not None
-    client = await login(stack.url(0), "bob", DEMO_PASSWORD, return_to="/chat/")
+    client = await sign_in(stack, "bob")
     answered: list[list[str]] = [[], [], []]
     stop = asyncio.Event()
     try:
@@ -97,13 +81,12 @@ async def test_a_killed_access_log_writer_loses_no_record_and_writes_none_twice(
     finally:
         stop.set()
         await client.aclose()
-    await _drained(stack.url(0))
+    await eventually(lambda: _drained(stack), timeout=30)
 
     markers = [marker for seen in answered for marker in seen]
     assert len(markers) > 50
     assert _writers(gateway_pid) not in ([], writers)  # another writer took over
-    database = stack.base_dir / "gateway.db"
-    with sqlite3.connect(database) as connection:
+    with sqlite3.connect(stack.database_url.removeprefix("sqlite+aiosqlite:///")) as connection:
         rows = connection.execute(
             "SELECT path FROM access_log WHERE kind = 'request' AND path LIKE '/chat/?writercrash%'"
         ).fetchall()

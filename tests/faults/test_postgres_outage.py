@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from tests.components.echo_gateway import eventually
 from tests.components.gateway import GatewayStack
 from tests.components.postgres_server import PostgresServer
-from tests.faults.conftest import DATABASE, JSON, admin_get, admin_post, no_traceback, sign_in, status_of
+from tests.faults.conftest import DATABASE, JSON, admin_get, admin_post, audit_queue, no_traceback, sign_in, status_of
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.oidc, pytest.mark.timeout(90)]
 
@@ -74,14 +73,6 @@ async def _hammer(
         await asyncio.sleep(0.01)
 
 
-async def _audit_queue(stack: GatewayStack) -> int:
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(stack.url() + "/.channelgate/metrics")).text
-    found = re.search(r"^channelgate_audit_queue (\S+)$", text, re.MULTILINE)
-    assert found is not None, "no channelgate_audit_queue in /metrics"
-    return int(float(found.group(1)))
-
-
 def _request_records(postgres: PostgresServer, database: str) -> dict[str, list[int]]:
     rows = postgres.execute(
         "SELECT substr(path, 8), status FROM access_log WHERE kind = 'request' AND path LIKE '/chat/?pgload%'",
@@ -105,7 +96,7 @@ async def test_requests_across_a_postgres_restart_all_keep_their_access_log_reco
         await asyncio.sleep(0.5)
         await asyncio.to_thread(fault_postgres.stop)
         await asyncio.sleep(1.0)
-        waiting = await _audit_queue(stack)
+        waiting = await audit_queue(stack)
         await asyncio.sleep(0.5)
         await asyncio.to_thread(fault_postgres.start)
         await eventually(lambda: _ready(stack), timeout=15)

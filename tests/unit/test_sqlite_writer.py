@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import StorageError
-from gateway.storage.sqlite_writer import SqliteReader, SqliteWriter, Unit, from_sqlite, sqlite_datetime
+from gateway.storage.sqlite_batches import sqlite_datetime
+from gateway.storage.sqlite_writer import SqliteReader, SqliteWriter, Unit, from_sqlite
 
 
 class CountingWriter(SqliteWriter):
