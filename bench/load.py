@@ -210,11 +210,13 @@ class _Traffic:
                 ready.set()
         return None
 
-    async def deprovision(self, agent: LoadAgent, replica: int, phase: str, ws_replica: int) -> Revoked:
+    async def deprovision(
+        self, agent: LoadAgent, replica: int, phase: str, ws_replica: int, via: aiohttp.ClientSession | None = None
+    ) -> Revoked:
         url = f"{self.stack.gateway.url(replica)}/.channelgate/admin/agents/{agent.name}/deprovision"
         headers = {"Authorization": f"Bearer {self.stack.gateway.admin_token}"}
         started = time.monotonic()
-        async with self.calls.post(url, json={"reason": "load test"}, headers=headers) as response:
+        async with (via or self.calls).post(url, json={"reason": "load test"}, headers=headers) as response:
             body = await response.json(content_type=None)
             status = response.status
         returned = time.monotonic()
@@ -282,9 +284,14 @@ async def _storm(traffic: _Traffic, agents: list[LoadAgent], replicas: int, wave
         j: asyncio.create_task(traffic.poll(agents[j], (j + 1) % replicas, event)) for j, event in watched.items()
     }
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in watched.values())), POLL_TIMEOUT)
-    storm = await asyncio.gather(
-        *(traffic.deprovision(a, j % replicas, "storm", a.index % replicas) for j, a in enumerate(agents))
-    )
+    # The storm's calls go over connections opened just before, one per call, as an IdP's provisioning client keeps
+    # its connections alive: opened during the storm, each call's connect and accept waited in line behind the
+    # others' on both sides' busy event loops, and that wait was counted as the gateway's revocation latency.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as calls:
+        await _open_connections(calls, [traffic.stack.gateway.url(j % replicas) for j in range(len(agents))])
+        storm = await asyncio.gather(
+            *(traffic.deprovision(a, j % replicas, "storm", a.index % replicas, calls) for j, a in enumerate(agents))
+        )
     for j, poller in pollers.items():
         refused = await poller
         if refused is not None:
@@ -292,6 +299,20 @@ async def _storm(traffic: _Traffic, agents: list[LoadAgent], replicas: int, wave
     for revoked in storm:
         revoked.wave = wave
     return list(storm)
+
+
+async def _open_connections(session: aiohttp.ClientSession, bases: list[str]) -> None:
+    """Leave one idle kept-alive connection in ``session``'s pool per base URL given (all requested at once, so
+    none is reused by another). The gateway keeps an idle connection 5 s (uvicorn's default); the calls follow
+    within a second."""
+
+    async def probe(base: str) -> None:
+        async with session.get(f"{base}/.channelgate/healthz") as response:
+            await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{base} answered {response.status} to /.channelgate/healthz")
+
+    await asyncio.gather(*(probe(base) for base in bases))
 
 
 async def _sleep_until(moment: float) -> None:

@@ -113,7 +113,8 @@ def load_section(result: LoadResult) -> list[str]:
             if plan.storms > 1
             else ""
         )
-        + ". Revoked agents stay in wrk's rotation, "
+        + " (each storm's calls over connections the client opened just before, one per call, as a provisioning "
+        "client keeps its connections alive). Revoked agents stay in wrk's rotation, "
         "so their requests keep coming and must be refused. Sources: `bench/load.py`, `bench/load_checks.py`.",
         "",
         "### Correctness",
