@@ -24,12 +24,18 @@ REPLICAS_KEY = "cg:replicas"
 REVOCATION_CHANNEL = "cg:revocations"
 ACK_TTL_SECONDS = 300
 
-# KEYS: the broadcast's acknowledgement list. ARGV: replica id, TTL s. As RPUSH + EXPIRE in MULTI, as one script so
-# that the acknowledgements of one event-loop turn share a round trip (gateway/sessions/redis_batches.py): in a
+#: + the broadcasting replica's id: the list its acknowledgements come back on (gateway/sessions/redis_acks.py).
+ACKS_TO_PREFIX = "cg:acks:"
+
+# KEYS: the broadcasting replica's acknowledgement list, the revocation's own list (where replicas of earlier
+# releases wait: keep it while one can be running). ARGV: "<revocation id> <replica id>", TTL s, replica id. One script
+# so that the acknowledgements of one event-loop turn share a round trip (gateway/sessions/redis_batches.py): in a
 # storm each replica acknowledges a hundred broadcasts at once.
 ACK_SCRIPT = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 

@@ -38,12 +38,14 @@ from gateway.sessions.base import (
     new_session_id,
     session_key,
 )
+from gateway.sessions.redis_acks import AckCollector
 from gateway.sessions.redis_batches import ScriptBatches
 from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
 from gateway.sessions.redis_scripts import (
     ACK_PREFIX,
     ACK_SCRIPT,
     ACK_TTL_SECONDS,
+    ACKS_TO_PREFIX,
     AGENT_PREFIX,
     CREATE_SCRIPT,
     DELETE_SCRIPT,
@@ -122,6 +124,16 @@ class RedisSessionStore:
         self._lookups = ScriptBatches(self._redis, self._lookup)
         #: Acknowledgements of one event-loop turn, likewise in one round trip.
         self._acks = ScriptBatches(self._redis, self._redis.register_script(ACK_SCRIPT))
+        # Each blocking read waits far less than the socket timeout, so a slow answer is never mistaken for a dead
+        # Redis: its reply must also be read by this event loop, which a deprovisioning storm keeps busy, and the
+        # socket timeout minus the slice is all the delay that reading may take (half of it was exceeded under load).
+        self._ack_collector = AckCollector(
+            self._redis,
+            ACKS_TO_PREFIX + replica_id,
+            slice_seconds=max(0.01, min(0.1, socket_timeout / 4)),
+            keep_seconds=ACK_TTL_SECONDS,
+            call=self._call,
+        )
         self._delete = self._redis.register_script(DELETE_SCRIPT)
         self._revoke = self._redis.register_script(REVOKE_SCRIPT)
         self._revoke_idp_session = self._redis.register_script(REVOKE_IDP_SESSION_SCRIPT)
@@ -285,28 +297,19 @@ class RedisSessionStore:
                 await self._close_pubsub(pubsub)
 
     async def acknowledge(self, revocation: Revocation) -> None:
-        key = ACK_PREFIX + revocation.revocation_id
-        await self._call(self._acks.run([key], [self.replica_id, ACK_TTL_SECONDS]))
+        keys = [ACKS_TO_PREFIX + revocation.origin_replica, ACK_PREFIX + revocation.revocation_id]
+        args = [f"{revocation.revocation_id} {self.replica_id}", ACK_TTL_SECONDS, self.replica_id]
+        await self._call(self._acks.run(keys, args))
 
     async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:  # noqa: ASYNC109
         """Collect acknowledgements until every replica with a recent heartbeat answered or ``timeout`` passed."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         since = time.time() - self.liveness_seconds
         live = {str(replica) for replica in await self._call(self._redis.zrangebyscore(REPLICAS_KEY, since, "+inf"))}
-        acked: set[str] = set()
-        key = ACK_PREFIX + revocation.revocation_id
-        # Each BLPOP waits far less than the socket timeout, so a slow answer is never mistaken for a dead Redis:
-        # its reply must also be read by this event loop, which a deprovisioning storm keeps busy, and the socket
-        # timeout minus the slice is all the delay that reading may take (half of it was exceeded under load).
-        slice_seconds = max(0.01, min(0.1, self._socket_timeout / 4))
-        while not live <= acked:
-            remaining = deadline - loop.time()
-            if remaining < 0.01:
-                break
-            item = await self._call(self._redis.blpop([key], timeout=min(remaining, slice_seconds)))
-            if item is not None:
-                acked.add(str(item[1]))
+        acked = await self._ack_collector.wait(revocation.revocation_id, live, timeout)
+        if not live <= acked:
+            # A replica of an earlier release acknowledges on the revocation's own list only (a rolling upgrade).
+            legacy = await self._call(self._redis.lrange(ACK_PREFIX + revocation.revocation_id, 0, -1))
+            acked |= {str(replica) for replica in legacy}
         return acked, live - acked
 
     async def heartbeat(self, now: float) -> None:
@@ -321,6 +324,7 @@ class RedisSessionStore:
 
     async def close(self) -> None:
         self._closed = True
+        self._ack_collector.close()
         await self._redis.aclose()
         if self._close_also is not None:
             await self._close_also()

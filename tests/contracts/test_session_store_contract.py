@@ -509,6 +509,68 @@ class TestRedisReplicas:
         assert (acked, missing) == ({"replica-a"}, {"replica-b"})
         assert 0.7 < time.monotonic() - started < 1.5
 
+    async def test_a_storm_of_waits_shares_one_blocking_redis_connection_and_each_gets_its_own_acks(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        a, b = replicas
+        await a.heartbeat(time.time())
+        await b.heartbeat(time.time())
+        revocations = [(await a.revoke_agent(f"agent-{n}"))[1] for n in range(50)]
+        waits = [asyncio.create_task(a.wait_for_acks(revocation, timeout=5)) for revocation in revocations]
+        async with Redis.from_url(redis_url, decode_responses=True) as raw:
+            await asyncio.sleep(0.2)
+            blocked = int((await raw.info("clients"))["blocked_clients"])
+            for revocation in revocations:
+                await a.acknowledge(revocation)
+            for revocation in revocations[::2]:  # replica-b answers only every other broadcast
+                await b.acknowledge(revocation)
+            results = await asyncio.gather(*(asyncio.wait_for(w, timeout=10) for w in waits[::2]))
+            assert blocked == 1
+        assert results == [({"replica-a", "replica-b"}, set())] * 25
+        late = await asyncio.gather(*waits[1::2])  # still waiting for replica-b: its timeout
+        assert late == [({"replica-a"}, {"replica-b"})] * 25
+
+    async def test_a_second_wait_on_a_revocation_sees_the_acks_the_first_collected(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore]
+    ) -> None:
+        a, b = replicas
+        await a.heartbeat(time.time())
+        await b.heartbeat(time.time())
+        _, revocation = await a.revoke_agent(ALICE.agent_id)
+        await a.acknowledge(revocation)
+        await b.acknowledge(revocation)
+        assert await a.wait_for_acks(revocation, timeout=5) == ({"replica-a", "replica-b"}, set())
+        started = time.monotonic()
+        assert await a.wait_for_acks(revocation, timeout=5) == ({"replica-a", "replica-b"}, set())
+        assert time.monotonic() - started < 1
+
+    async def test_an_ack_from_a_replica_of_the_earlier_release_is_counted(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        # A replica from before the per-replica acknowledgement lists pushes its id on the revocation's own list
+        # (a rolling upgrade): it is found when the wait ends, not reported missing.
+        a, b = replicas
+        await a.heartbeat(time.time())
+        await b.heartbeat(time.time())
+        _, revocation = await a.revoke_agent(ALICE.agent_id)
+        await a.acknowledge(revocation)
+        async with Redis.from_url(redis_url, decode_responses=True) as raw:
+            await raw.rpush(f"cg:ack:{revocation.revocation_id}", "replica-b")
+        assert await a.wait_for_acks(revocation, timeout=0.5) == ({"replica-a", "replica-b"}, set())
+
+    async def test_an_ack_names_the_revocation_so_one_for_another_broadcast_does_not_count(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore]
+    ) -> None:
+        a, b = replicas
+        await a.heartbeat(time.time())
+        await b.heartbeat(time.time())
+        _, first = await a.revoke_agent(ALICE.agent_id)
+        _, second = await a.revoke_agent(BOB.agent_id)
+        await a.acknowledge(first)
+        await b.acknowledge(first)
+        await a.acknowledge(second)
+        assert await a.wait_for_acks(second, timeout=0.5) == ({"replica-a"}, {"replica-b"})
+
 
 @pytest.mark.redis
 class TestRedisOutage:
@@ -558,6 +620,27 @@ class TestRedisOutage:
             assert str(server.port) not in text and "redis://" not in text, name
         with pytest.raises(SessionStoreUnavailable):
             await store.lookup(session.id, T0)
+
+    async def test_waits_for_acks_fail_closed_when_redis_dies_while_they_wait(
+        self, server: RedisServer, store: RedisSessionStore
+    ) -> None:
+        await store.heartbeat(time.time())
+        revocations = [(await store.revoke_agent(f"agent-{n}"))[1] for n in range(5)]
+        async with Redis.from_url(server.url, decode_responses=True) as raw:  # a live replica that never answers
+            await raw.zadd("cg:replicas", {"replica-b": time.time()})
+        waits = [asyncio.create_task(store.wait_for_acks(revocation, timeout=30)) for revocation in revocations]
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        server.kill()
+        for wait in waits:
+            with pytest.raises(SessionStoreUnavailable):
+                await wait
+        assert time.monotonic() - started < 2
+        server.restart()
+        await store.heartbeat(time.time())
+        _, revocation = await store.revoke_agent(ALICE.agent_id)
+        await store.acknowledge(revocation)
+        assert await store.wait_for_acks(revocation, timeout=5) == ({"replica-a"}, set())
 
     async def test_the_same_store_works_again_by_itself_after_redis_restarts(
         self, server: RedisServer, store: RedisSessionStore
