@@ -199,6 +199,11 @@ class RedisSettings(Section):
     #: Connections per process (commands, the revocation subscription, acknowledgement waits); none: no limit.
     #: A command finding every connection busy fails closed (503): size it above the peak of concurrent requests.
     max_connections: Annotated[int, Field(ge=4)] | None = None
+    #: Redis replicas that must hold a revocation, a logout or a group change before it counts as done (Redis
+    #: ``WAIT``): replication is asynchronous, so a failover can lose a write the primary acknowledged and revive
+    #: the sessions it ended. 0: do not wait. Not confirmed in time: the action fails (503), a kill is retried.
+    wait_for_replicas: Annotated[int, Field(ge=0)] = 0
+    wait_for_replicas_timeout_seconds: Annotated[float, Field(gt=0)] = 0.5
     sentinel: RedisSentinelSettings | None = None
 
     @field_validator("password", mode="before")
@@ -227,6 +232,11 @@ class RedisSettings(Section):
             raise ValueError("set password or password_file, not both")
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file needs cert_file (the client certificate it belongs to)")
+        if self.wait_for_replicas and self.wait_for_replicas_timeout_seconds >= self.socket_timeout_seconds:
+            raise ValueError(
+                "wait_for_replicas_timeout_seconds must be below socket_timeout_seconds: Redis answers a WAIT only "
+                "after its timeout, and a slower answer would count as Redis down"
+            )
         return self
 
 

@@ -21,6 +21,8 @@ def create_session_store(settings: SessionSettings, replica_id: str) -> SessionS
             absolute,
             replica_id,
             socket_timeout=settings.redis.socket_timeout_seconds,
+            wait_for_replicas=settings.redis.wait_for_replicas,
+            wait_for_replicas_timeout=settings.redis.wait_for_replicas_timeout_seconds,
             close_also=close_also,
         )
         if settings.local_cache_seconds > 0:

@@ -17,13 +17,14 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.errors import ConfigError, SessionStoreUnavailable
@@ -84,6 +85,8 @@ class RedisSessionStore:
         liveness_seconds: float = 15.0,
         reconnect_backoff: tuple[float, float] = (0.1, 5.0),
         expiry_grace_seconds: float = 60.0,
+        wait_for_replicas: int = 0,
+        wait_for_replicas_timeout: float = 0.5,
         close_also: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``redis`` is a URL or a client built by ``gateway.sessions.redis_client`` (TLS, Sentinel), whose
@@ -95,6 +98,9 @@ class RedisSessionStore:
         self.reconnect_backoff = reconnect_backoff
         self.expiry_grace_seconds = expiry_grace_seconds
         self._socket_timeout = socket_timeout
+        #: Redis replicas that must hold a write that ends or narrows access before it counts as done (WAIT).
+        self._wait_replicas = wait_for_replicas
+        self._wait_timeout = wait_for_replicas_timeout
         self._close_also = close_also
         self._closed = False
         #: When Redis last failed to answer (monotonic), for ``unreachable_within``.
@@ -170,7 +176,7 @@ class RedisSessionStore:
 
     async def delete(self, session_id: str) -> SessionData | None:
         key = session_key(session_id)
-        raw = await self._call(self._delete(keys=[SESSION_PREFIX + key], args=[AGENT_PREFIX, key]))
+        (raw,) = await self._replicated([(self._delete, [SESSION_PREFIX + key], [AGENT_PREFIX, key])])
         if raw is None:
             return None
         data = decode_data(raw)
@@ -183,7 +189,7 @@ class RedisSessionStore:
             raise ValueError("'*' is the resync marker, not an agent id")
         revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
         args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation)]
-        count = await self._call(self._revoke(keys=[AGENT_PREFIX + agent_id], args=args))
+        (count,) = await self._replicated([(self._revoke, [AGENT_PREFIX + agent_id], args)])
         return int(count), revocation
 
     async def revoke_agent_if_any(self, agent_id: str) -> tuple[int, Revocation | None]:
@@ -191,7 +197,8 @@ class RedisSessionStore:
             raise ValueError("'*' is the resync marker, not an agent id")
         revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
         args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation), "if-any"]
-        count = int(await self._call(self._revoke(keys=[AGENT_PREFIX + agent_id], args=args)))
+        (reply,) = await self._replicated([(self._revoke, [AGENT_PREFIX + agent_id], args)])
+        count = int(reply)
         return count, (revocation if count else None)
 
     async def revoke_agents(self, agent_ids: Sequence[str]) -> list[tuple[int, Revocation]]:
@@ -199,17 +206,19 @@ class RedisSessionStore:
             raise ValueError("'*' is the resync marker, not an agent id")
         revocations = [Revocation(agent_id, uuid.uuid4().hex, self.replica_id) for agent_id in agent_ids]
         # One round trip, not a transaction: each script is atomic on its own, as revoke_agent's is.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for revocation in revocations:
-                args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation)]
-                await self._revoke(keys=[AGENT_PREFIX + revocation.agent_id], args=args, client=pipe)
-            counts = await self._call(pipe.execute())
+        counts = await self._replicated(
+            [
+                (self._revoke, [AGENT_PREFIX + r.agent_id], [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(r)])
+                for r in revocations
+            ]
+        )
         return [(int(count), revocation) for count, revocation in zip(counts, revocations, strict=True)]
 
     async def revoke_idp_session(self, agent_id: str, idp_session_id: str) -> tuple[int, Revocation | None]:
         revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
         args = [SESSION_PREFIX, REVOCATION_CHANNEL, encode_revocation(revocation), idp_session_id]
-        count = int(await self._call(self._revoke_idp_session(keys=[AGENT_PREFIX + agent_id], args=args)))
+        (reply,) = await self._replicated([(self._revoke_idp_session, [AGENT_PREFIX + agent_id], args)])
+        count = int(reply)
         return count, (revocation if count else None)
 
     async def publish_refresh(self, agent_id: str) -> None:
@@ -223,7 +232,7 @@ class RedisSessionStore:
     async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
         """One script over the agent's index, so every replica's next lookup sees the new groups, never a mix."""
         array = json.dumps(sorted(groups), separators=(",", ":"))
-        count = await self._call(self._update_groups(keys=[AGENT_PREFIX + agent_id], args=[SESSION_PREFIX, array]))
+        (count,) = await self._replicated([(self._update_groups, [AGENT_PREFIX + agent_id], [SESSION_PREFIX, array])])
         if count:
             await self.publish_refresh(agent_id)
         return int(count)
@@ -361,6 +370,36 @@ class RedisSessionStore:
             await pubsub.aclose()
         except (RedisError, OSError):
             log.debug("closing a broken pub/sub connection failed", exc_info=True)
+
+    async def _replicated(self, calls: Sequence[tuple[AsyncScript, list[str], list[Any]]]) -> list[Any]:
+        """Run the scripts in one round trip; with ``wait_for_replicas``, on one connection followed by Redis's
+        ``WAIT``, and fail unless that many replicas hold every write of them.
+
+        Redis replicates asynchronously: a revocation the primary acknowledged just before it died may be missing
+        on the replica Sentinel promotes, and the revoked sessions would be valid again. WAIT makes the write
+        count as done only once replicas hold it (it counts the writes of its own connection, hence the pipeline).
+        A write not confirmed in time stays on the primary, but the action is refused (503, fail closed) and a
+        deprovisioning retries its kill until it is confirmed (``gateway/deprovision/kill.py``).
+        """
+        if not self._wait_replicas and len(calls) == 1:
+            script, keys, args = calls[0]
+            return [await self._call(script(keys=keys, args=args))]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            if self._wait_replicas:
+                pipe.wait(self._wait_replicas, max(1, round(self._wait_timeout * 1000)))
+            replies: list[Any] = await self._call(pipe.execute())
+        if self._wait_replicas:
+            confirmed = int(replies.pop())
+            if confirmed < self._wait_replicas:
+                raise SessionStoreUnavailable(
+                    f"Redis did not confirm the change on {self._wait_replicas} replica(s) within "
+                    f"{self._wait_timeout:g} s ([sessions.redis] wait_for_replicas); it is refused, not reported "
+                    "done. Check the replicas' links to the primary (INFO replication).",
+                    detail=f"{confirmed} of {self._wait_replicas} replicas confirmed",
+                )
+        return replies
 
     def unreachable_within(self, seconds: float) -> bool:
         return self._unreachable_at is not None and time.monotonic() - self._unreachable_at < seconds

@@ -29,7 +29,15 @@ class RedisServer(ServerProcess, Lifecycle):
     write Redis acknowledged (each is in the kernel's page cache before the reply).
     """
 
-    def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        startup_timeout: float = 10.0,
+        appendonly: bool = False,
+        replica_of: int | None = None,
+    ) -> None:
+        """``replica_of``: the port of a primary on loopback this server replicates."""
         self.port = port if port is not None else free_port()
         directory = Path(tempfile.mkdtemp(prefix="channelgate-redis-"))
         binary = require_executable("redis-server", "redis-server")
@@ -44,6 +52,9 @@ class RedisServer(ServerProcess, Lifecycle):
             "--dir", str(directory),
             "--logfile", "",
             "--loglevel", "warning",
+            # No wait for more replicas before a full synchronisation (Redis 7's diskless-sync delay is 5 s).
+            "--repl-diskless-sync-delay", "0",
+            *(("--replicaof", LOOPBACK, str(replica_of)) if replica_of is not None else ()),
         ]  # fmt: skip
         process = ChildProcess(argv, directory / "redis.log", name=f"redis-server :{self.port}")
         super().__init__(process, directory, startup_timeout=startup_timeout)
