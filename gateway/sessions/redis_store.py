@@ -100,6 +100,8 @@ class RedisSessionStore:
         self._socket_timeout = socket_timeout
         #: Redis replicas that must hold a write that ends or narrows access before it counts as done (WAIT).
         self._wait_replicas = wait_for_replicas
+        #: The read of the live replicas in flight, shared by the acknowledgement waits that start meanwhile.
+        self._live_read: asyncio.Future[Any] | None = None
         self._wait_timeout = wait_for_replicas_timeout
         self._close_also = close_also
         self._closed = False
@@ -312,14 +314,28 @@ class RedisSessionStore:
 
     async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:  # noqa: ASYNC109
         """Collect acknowledgements until every replica with a recent heartbeat answered or ``timeout`` passed."""
-        since = time.time() - self.liveness_seconds
-        live = {str(replica) for replica in await self._call(self._redis.zrangebyscore(REPLICAS_KEY, since, "+inf"))}
+        live = await self._live_replicas()
         acked = await self._ack_collector.wait(revocation.revocation_id, live, timeout)
         if not live <= acked:
             # A replica of an earlier release acknowledges on the revocation's own list only (a rolling upgrade).
             legacy = await self._call(self._redis.lrange(ACK_PREFIX + revocation.revocation_id, 0, -1))
             acked |= {str(replica) for replica in legacy}
         return acked, live - acked
+
+    async def _live_replicas(self) -> set[str]:
+        """The replicas with a recent heartbeat. Concurrent callers share the read in flight: in a storm fifty calls
+        ask at once, and each would take a connection of its own from the pool — opened for the occasion, or idle
+        long enough to be PINGed first — on the event loop that is ending the storm's sessions (measured: ~17 ms of
+        that loop in the first storm, docs/benchmarks.md §9)."""
+        reading = self._live_read
+        if reading is None or reading.done():
+            since = time.time() - self.liveness_seconds
+            reading = self._live_read = asyncio.ensure_future(
+                self._call(self._redis.zrangebyscore(REPLICAS_KEY, since, "+inf"))
+            )
+            # Retrieved here too, so a read whose callers all went away never logs "exception never retrieved".
+            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return {str(replica) for replica in await asyncio.shield(reading)}
 
     async def heartbeat(self, now: float) -> None:
         await self._follow_primary()

@@ -516,10 +516,13 @@ class TestRedisReplicas:
         await a.heartbeat(time.time())
         await b.heartbeat(time.time())
         revocations = [(await a.revoke_agent(f"agent-{n}"))[1] for n in range(50)]
-        waits = [asyncio.create_task(a.wait_for_acks(revocation, timeout=5)) for revocation in revocations]
         async with Redis.from_url(redis_url, decode_responses=True) as raw:
+            connected = int((await raw.info("clients"))["connected_clients"])
+            waits = [asyncio.create_task(a.wait_for_acks(revocation, timeout=5)) for revocation in revocations]
             await asyncio.sleep(0.2)
             blocked = int((await raw.info("clients"))["blocked_clients"])
+            # The waits share one read of the live replicas and one blocking reader: a few connections, not fifty.
+            assert int((await raw.info("clients"))["connected_clients"]) - connected <= 3
             for revocation in revocations:
                 await a.acknowledge(revocation)
             for revocation in revocations[::2]:  # replica-b answers only every other broadcast
