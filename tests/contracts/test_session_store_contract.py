@@ -499,9 +499,7 @@ class TestRedisReplicas:
     async def test_a_live_replica_that_never_acknowledges_is_reported_missing_after_the_timeout(
         self, replicas: tuple[RedisSessionStore, RedisSessionStore]
     ) -> None:
-        a, b = replicas
-        await a.heartbeat(time.time())
-        await b.heartbeat(time.time())
+        a, _ = await _both_live(replicas)
         _, revocation = await a.revoke_agent(ALICE.agent_id)
         await a.acknowledge(revocation)
         started = time.monotonic()
@@ -512,9 +510,7 @@ class TestRedisReplicas:
     async def test_a_storm_of_waits_shares_one_blocking_redis_connection_and_each_gets_its_own_acks(
         self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
     ) -> None:
-        a, b = replicas
-        await a.heartbeat(time.time())
-        await b.heartbeat(time.time())
+        a, b = await _both_live(replicas)
         revocations = [(await a.revoke_agent(f"agent-{n}"))[1] for n in range(50)]
         async with Redis.from_url(redis_url, decode_responses=True) as raw:
             connected = int((await raw.info("clients"))["connected_clients"])
@@ -536,9 +532,7 @@ class TestRedisReplicas:
     async def test_a_second_wait_on_a_revocation_sees_the_acks_the_first_collected(
         self, replicas: tuple[RedisSessionStore, RedisSessionStore]
     ) -> None:
-        a, b = replicas
-        await a.heartbeat(time.time())
-        await b.heartbeat(time.time())
+        a, b = await _both_live(replicas)
         _, revocation = await a.revoke_agent(ALICE.agent_id)
         await a.acknowledge(revocation)
         await b.acknowledge(revocation)
@@ -552,9 +546,7 @@ class TestRedisReplicas:
     ) -> None:
         # A replica from before the per-replica acknowledgement lists pushes its id on the revocation's own list
         # (a rolling upgrade): it is found when the wait ends, not reported missing.
-        a, b = replicas
-        await a.heartbeat(time.time())
-        await b.heartbeat(time.time())
+        a, _ = await _both_live(replicas)
         _, revocation = await a.revoke_agent(ALICE.agent_id)
         await a.acknowledge(revocation)
         async with Redis.from_url(redis_url, decode_responses=True) as raw:
@@ -564,15 +556,22 @@ class TestRedisReplicas:
     async def test_an_ack_names_the_revocation_so_one_for_another_broadcast_does_not_count(
         self, replicas: tuple[RedisSessionStore, RedisSessionStore]
     ) -> None:
-        a, b = replicas
-        await a.heartbeat(time.time())
-        await b.heartbeat(time.time())
+        a, b = await _both_live(replicas)
         _, first = await a.revoke_agent(ALICE.agent_id)
         _, second = await a.revoke_agent(BOB.agent_id)
         await a.acknowledge(first)
         await b.acknowledge(first)
         await a.acknowledge(second)
         assert await a.wait_for_acks(second, timeout=0.5) == ({"replica-a"}, {"replica-b"})
+
+
+async def _both_live(
+    replicas: tuple[RedisSessionStore, RedisSessionStore],
+) -> tuple[RedisSessionStore, RedisSessionStore]:
+    """Both replicas with a fresh heartbeat: each is expected to acknowledge every revocation."""
+    for replica in replicas:
+        await replica.heartbeat(time.time())
+    return replicas
 
 
 @pytest.mark.redis
