@@ -1,7 +1,7 @@
 """Acknowledgements of this replica's revocation broadcasts: one reader for every call that waits for them.
 
 Every replica that applied a revocation acknowledges it by pushing ``"<revocation id> <its replica id>"`` onto the
-list of the replica that broadcast it (``ACK_PREFIX`` + origin replica, ``ACK_SCRIPT``). Before, each waiting call
+list of the replica that broadcast it (``ACKS_TO_PREFIX`` + origin replica, ``ACK_SCRIPT``). Before, each waiting call
 blocked on a list of its own revocation: in a storm of a hundred deprovisionings that was fifty blocking Redis
 connections a replica, each answer read on its own turn of the event loop that also applies the broadcasts and
 closes the revoked agents' WebSockets (docs/benchmarks.md §9). Here one reader blocks on the replica's list, takes

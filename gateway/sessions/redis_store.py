@@ -100,9 +100,9 @@ class RedisSessionStore:
         self._socket_timeout = socket_timeout
         #: Redis replicas that must hold a write that ends or narrows access before it counts as done (WAIT).
         self._wait_replicas = wait_for_replicas
+        self._wait_timeout = wait_for_replicas_timeout
         #: The read of the live replicas in flight, shared by the acknowledgement waits that start meanwhile.
         self._live_read: asyncio.Future[Any] | None = None
-        self._wait_timeout = wait_for_replicas_timeout
         self._close_also = close_also
         self._closed = False
         #: When Redis last failed to answer (monotonic), for ``unreachable_within``.

@@ -1,0 +1,172 @@
+"""Acknowledgements of revocation broadcasts on the Redis session store, against a real Redis server: the
+revoking replica learns which live replicas closed the agent's connections (gateway/sessions/redis_acks.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.errors import SessionStoreUnavailable
+from gateway.sessions.redis_store import RedisSessionStore
+from tests.components.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+ALICE, BOB = "agent-alice", "agent-bob"
+
+
+def _store(url: str, replica_id: str) -> RedisSessionStore:
+    return RedisSessionStore(url, 600.0, 3600.0, replica_id, reconnect_backoff=(0.05, 0.2))
+
+
+async def _both_live(
+    replicas: tuple[RedisSessionStore, RedisSessionStore],
+) -> tuple[RedisSessionStore, RedisSessionStore]:
+    """Both replicas with a fresh heartbeat: each is expected to acknowledge every revocation."""
+    for replica in replicas:
+        await replica.heartbeat(time.time())
+    return replicas
+
+
+class TestTwoReplicas:
+    @pytest.fixture
+    async def replicas(self, redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
+        a, b = _store(redis_url, "replica-a"), _store(redis_url, "replica-b")
+        yield a, b
+        await a.close()
+        await b.close()
+
+    async def test_acks_from_both_replicas_are_collected_and_a_dead_replica_is_not_awaited(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        a, b = replicas
+        dead = _store(redis_url, "replica-dead")
+        try:
+            await dead.heartbeat(time.time() - 60)
+            await a.heartbeat(time.time())
+            await b.heartbeat(time.time())
+            _, revocation = await a.revoke_agent(ALICE)
+
+            async def ack_later() -> None:
+                await asyncio.sleep(0.2)
+                await b.acknowledge(revocation)
+                await a.acknowledge(revocation)
+
+            started = time.monotonic()
+            acks = asyncio.create_task(ack_later())
+            acked, missing = await a.wait_for_acks(revocation, timeout=5)
+            await acks
+        finally:
+            await dead.close()
+        assert (acked, missing) == ({"replica-a", "replica-b"}, set())
+        assert time.monotonic() - started < 2
+
+    async def test_a_live_replica_that_never_acknowledges_is_reported_missing_after_the_timeout(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore]
+    ) -> None:
+        a, _ = await _both_live(replicas)
+        _, revocation = await a.revoke_agent(ALICE)
+        await a.acknowledge(revocation)
+        started = time.monotonic()
+        acked, missing = await a.wait_for_acks(revocation, timeout=0.8)
+        assert (acked, missing) == ({"replica-a"}, {"replica-b"})
+        assert 0.7 < time.monotonic() - started < 1.5
+
+    async def test_a_storm_of_waits_shares_one_blocking_redis_connection_and_each_gets_its_own_acks(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        a, b = await _both_live(replicas)
+        revocations = [(await a.revoke_agent(f"agent-{n}"))[1] for n in range(50)]
+        async with Redis.from_url(redis_url, decode_responses=True) as raw:
+            connected = int((await raw.info("clients"))["connected_clients"])
+            waits = [asyncio.create_task(a.wait_for_acks(revocation, timeout=5)) for revocation in revocations]
+            await asyncio.sleep(0.2)
+            blocked = int((await raw.info("clients"))["blocked_clients"])
+            # The waits share one read of the live replicas and one blocking reader: a few connections, not fifty.
+            assert int((await raw.info("clients"))["connected_clients"]) - connected <= 3
+            for revocation in revocations:
+                await a.acknowledge(revocation)
+            for revocation in revocations[::2]:  # replica-b answers only every other broadcast
+                await b.acknowledge(revocation)
+            results = await asyncio.gather(*(asyncio.wait_for(w, timeout=10) for w in waits[::2]))
+            assert blocked == 1
+        assert results == [({"replica-a", "replica-b"}, set())] * 25
+        late = await asyncio.gather(*waits[1::2])  # still waiting for replica-b: its timeout
+        assert late == [({"replica-a"}, {"replica-b"})] * 25
+
+    async def test_a_second_wait_on_a_revocation_sees_the_acks_the_first_collected(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore]
+    ) -> None:
+        a, b = await _both_live(replicas)
+        _, revocation = await a.revoke_agent(ALICE)
+        await a.acknowledge(revocation)
+        await b.acknowledge(revocation)
+        assert await a.wait_for_acks(revocation, timeout=5) == ({"replica-a", "replica-b"}, set())
+        started = time.monotonic()
+        assert await a.wait_for_acks(revocation, timeout=5) == ({"replica-a", "replica-b"}, set())
+        assert time.monotonic() - started < 1
+
+    async def test_an_ack_from_a_replica_of_the_earlier_release_is_counted(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        # A replica from before the per-replica acknowledgement lists pushes its id on the revocation's own list
+        # (a rolling upgrade): it is found when the wait ends, not reported missing.
+        a, _ = await _both_live(replicas)
+        _, revocation = await a.revoke_agent(ALICE)
+        await a.acknowledge(revocation)
+        async with Redis.from_url(redis_url, decode_responses=True) as raw:
+            await raw.rpush(f"cg:ack:{revocation.revocation_id}", "replica-b")
+        assert await a.wait_for_acks(revocation, timeout=0.5) == ({"replica-a", "replica-b"}, set())
+
+    async def test_an_ack_names_the_revocation_so_one_for_another_broadcast_does_not_count(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore]
+    ) -> None:
+        a, b = await _both_live(replicas)
+        _, first = await a.revoke_agent(ALICE)
+        _, second = await a.revoke_agent(BOB)
+        await a.acknowledge(first)
+        await b.acknowledge(first)
+        await a.acknowledge(second)
+        assert await a.wait_for_acks(second, timeout=0.5) == ({"replica-a"}, {"replica-b"})
+
+
+class TestRedisOutage:
+    """Each test owns its Redis server, so killing it disturbs no other test."""
+
+    @pytest.fixture
+    def server(self) -> Iterator[RedisServer]:
+        with RedisServer() as server:
+            yield server
+
+    @pytest.fixture
+    async def store(self, server: RedisServer) -> AsyncIterator[RedisSessionStore]:
+        store = _store(server.url, "replica-a")
+        yield store
+        await store.close()
+
+    async def test_waits_for_acks_fail_closed_when_redis_dies_while_they_wait(
+        self, server: RedisServer, store: RedisSessionStore
+    ) -> None:
+        await store.heartbeat(time.time())
+        revocations = [(await store.revoke_agent(f"agent-{n}"))[1] for n in range(5)]
+        async with Redis.from_url(server.url, decode_responses=True) as raw:  # a live replica that never answers
+            await raw.zadd("cg:replicas", {"replica-b": time.time()})
+        waits = [asyncio.create_task(store.wait_for_acks(revocation, timeout=30)) for revocation in revocations]
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        server.kill()
+        for wait in waits:
+            with pytest.raises(SessionStoreUnavailable):
+                await wait
+        assert time.monotonic() - started < 2
+        server.restart()
+        await store.heartbeat(time.time())
+        _, revocation = await store.revoke_agent(ALICE)
+        await store.acknowledge(revocation)
+        assert await store.wait_for_acks(revocation, timeout=5) == ({"replica-a"}, set())
