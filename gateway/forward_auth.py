@@ -49,7 +49,7 @@ from starlette.types import Scope, Send
 from connectors.base import AgentRef, UpstreamRequest
 from gateway.authn import session_id_in
 from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError, NotFound
-from gateway.forward_auth_memo import Answer, Question
+from gateway.forward_auth_memo import Answer, Question, row_tail
 from gateway.inline_proxy import Checked, channel_plan, check_request, request_record
 from gateway.pages import error_response, wants_html
 from gateway.proxy.headers import client_address
@@ -318,6 +318,7 @@ def _keep(
         url=upstream_url(checked.match, checked.path, checked.query),
         log_path=log_path,
         tail=answer_tail(checked),
+        row_tail=row_tail(asked.question, checked, scope.action, log_path),
     )
     services.forward_auth_memo.keep(asked.question, answer)
 

@@ -18,7 +18,7 @@ from collections import deque
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.errors import ChannelgateError
-from gateway.storage.access_log import AccessLogRepository, AccessRecord
+from gateway.storage.access_log import AccessLogRepository, AccessRecord, LogRow, insert_values
 
 log = logging.getLogger("channelgate.audit")
 
@@ -43,7 +43,8 @@ class AuditLog:
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending = max_pending
-        self._pending: deque[AccessRecord] = deque()
+        #: Queued as rows (``LogRow``), as the batch writer takes them.
+        self._pending: deque[LogRow] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -60,9 +61,13 @@ class AuditLog:
 
     def submit(self, record: AccessRecord) -> None:
         """Queue a request record for the next batch."""
+        self.submit_row(insert_values(record))
+
+    def submit_row(self, row: LogRow) -> None:
+        """Queue a request record, given as its row, for the next batch."""
         if len(self._pending) >= self._max_pending:
             raise AuditBacklogFull("The access log cannot keep up (is the database down?); requests are paused.")
-        self._pending.append(record)  # the queue gauge is read when /metrics is scraped (gateway/ops.py)
+        self._pending.append(row)  # the queue gauge is read when /metrics is scraped (gateway/ops.py)
         if len(self._pending) >= self._batch_size:
             self._wakeup.set()
 
@@ -91,7 +96,7 @@ class AuditLog:
         async with self._flushing:
             while self._pending:
                 batch = list(itertools.islice(self._pending, self._batch_size))
-                await self._repository.append_batch(batch)
+                await self._repository.append_rows(batch)
                 for _ in batch:
                     self._pending.popleft()
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from gateway.errors import StorageError
 from gateway.settings import DatabaseSettings
-from gateway.storage.access_log import AccessLogRepository, AccessRecord, _insert_values
+from gateway.storage.access_log import AccessLogRepository, AccessRecord, insert_values
 from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade_to_head
 from gateway.storage.sqlite_batch_process import BatchWriterProcess
@@ -135,7 +135,7 @@ async def test_a_batch_whose_answer_was_lost_after_it_committed_is_not_written_a
     assert isinstance(writer, BatchWriterProcess)
     os.kill(_child(repository), signal.SIGKILL)
     # What write() records when the answer to ``lost`` never came (it did commit above).
-    writer._unsure = (_insert_values(lost[0]), _insert_values(lost[-1]), len(lost))
+    writer._unsure = (insert_values(lost[0]), insert_values(lost[-1]), len(lost))
     await repository.append_batch([*lost, *later])
     ids = [request_id for request_id, _ in _rows(path)]
     assert ids == [f"r{n:08d}" for n in range(55)]

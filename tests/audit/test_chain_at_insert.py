@@ -9,7 +9,7 @@ import pytest
 
 from gateway.audit.canonical import GENESIS
 from gateway.storage import sqlite_chain
-from gateway.storage.access_log import _INSERT_COLUMNS, _insert_values
+from gateway.storage.access_log import INSERT_COLUMNS, insert_values
 from gateway.storage.sqlite_batches import SqliteBatchWriter
 from gateway.storage.sqlite_chain import ChainedInsert
 from tests.audit.chain_harness import Chain, chain_on, record
@@ -62,14 +62,14 @@ async def test_batches_behind_more_unsealed_records_than_one_seals_catch_up_in_t
     """In process (the gateway's writer runs in a child, where a patched limit would not reach)."""
     monkeypatch.setattr(sqlite_chain, "CATCH_UP", 2)
     writer = SqliteBatchWriter(
-        str(tmp_path / "log.db"), "access_log", _INSERT_COLUMNS, busy_timeout_seconds=5,
-        chain=ChainedInsert(_INSERT_COLUMNS),
+        str(tmp_path / "log.db"), "access_log", INSERT_COLUMNS, busy_timeout_seconds=5,
+        chain=ChainedInsert(INSERT_COLUMNS),
     )  # fmt: skip
     async with chain_on(_url(tmp_path), tmp_path) as chain:
         await chain.write([record(n, agent_name=f"strict-{n}") for n in range(5)])
         unsealed = []
         for number in range(5):
-            writer.write([_insert_values(record(10 + number, agent_name=f"batch-{number}"))])
+            writer.write([insert_values(record(10 + number, agent_name=f"batch-{number}"))])
             unsealed.append(await _unsealed(chain))
         writer.close()
         # Two sealed per batch; a batch behind more than two goes in unsealed itself, after them.

@@ -43,7 +43,7 @@ async def test_access_log_keeps_insertion_order_and_is_append_only(engine: Async
     assert [r.path for r in await log.after(first_seq, limit=2)] == ["/chat/1", "/chat/2"]
     public = {name for name, _ in inspect.getmembers(AccessLogRepository) if not name.startswith("_")}
     # Reads and appends only: content is removed by retention alone (gateway/storage/audit_chain.py ChainPurger).
-    assert public == {"append", "append_batch", "tail", "after", "for_agent", "search", "close"}
+    assert public == {"append", "append_batch", "append_rows", "tail", "after", "for_agent", "search", "close"}
 
 
 async def test_access_log_returns_an_agents_newest_records_last(engine: AsyncEngine) -> None:
