@@ -112,3 +112,19 @@ async def test_a_batch_keeps_every_character_of_its_values_and_still_verifies(tm
         await chain.seal_and_sign()
         report = await chain.verify()
         assert report.ok and report.checked == 8, report.problem
+
+
+async def test_records_sharing_one_detail_object_and_records_with_their_own_keep_each_its_detail(
+    tmp_path: Path,
+) -> None:
+    """A batch encodes each ``detail`` object once (a kept forward-auth answer's records share one): records that
+    share it, records with an equal copy, a different one and none each read back their own."""
+    shared = {"via": "forward-auth"}
+    details = [shared, shared, {"via": "forward-auth"}, {"via": "other", "n": 2}, None, shared]
+    async with chain_on(_url(tmp_path), tmp_path) as chain:
+        await chain.write([record(n, detail=d) for n, d in enumerate(details)], batch=True)
+        records = await chain.repository.tail(100)
+        assert [r.detail for r in records] == details
+        await chain.seal_and_sign()
+        report = await chain.verify()
+        assert report.ok and report.checked == len(details), report.problem
