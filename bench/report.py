@@ -405,7 +405,8 @@ def render(
     lines += [
         "## Reproduce",
         "",
-        "`make bench` (about 12 minutes), or `python -m bench.run --help` for durations, rounds and trial counts; "
+        "`make bench` (about 30 minutes on the machine above), or `python -m bench.run --help` for durations, "
+        "rounds and trial counts; "
         "`python -m bench.run --quick` is a smoke run of a few minutes. The sources are in `bench/`: `bare_proxy.py` "
         "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
         "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`, `ldap.py`, `policies.py`, "

@@ -1,6 +1,6 @@
 """Run every benchmark and write docs/benchmarks.md.
 
-python -m bench.run                 # the full run (make bench), about 12 minutes
+python -m bench.run                 # the full run (make bench), about 30 minutes
 python -m bench.run --quick         # a smoke run of a few minutes
 python -m bench.run --duration 30 --rounds 5 --trials 200
 """
