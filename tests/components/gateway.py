@@ -131,6 +131,8 @@ class GatewayStack:
     upstreams: dict[str, str] = field(default_factory=dict)
     #: channel → its route's timeout in seconds (5 unless given)
     route_timeouts: dict[str, float] = field(default_factory=dict)
+    #: Appended to the generated channelgate.toml (new tables only, e.g. ``[sessions.redis]``).
+    extra_toml: str = ""
     _children: list[ChildProcess] = field(default_factory=list)
     _gateways: list[ChildProcess] = field(default_factory=list)
 
@@ -167,7 +169,8 @@ class GatewayStack:
                 idle_timeout_seconds=self.idle_timeout_seconds,
                 upstreams=self.upstreams,
                 route_timeouts=self.route_timeouts,
-            ),
+            )
+            + self.extra_toml,
             encoding="utf-8",
         )
         return self.config_path

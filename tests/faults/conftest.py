@@ -57,11 +57,13 @@ def running_stack(
     replicas: int,
     upstreams: dict[str, str],
     route_timeouts: dict[str, float],
+    extra_toml: str = "",
 ) -> Iterator[GatewayStack]:
     """An oidc-provider and a started ``GatewayStack`` (replicas as child processes), stopped afterwards."""
     stack = GatewayStack(
-        issuer="", database_url=database_url, redis_url=redis_url, upstreams=upstreams, route_timeouts=route_timeouts
-    )
+        issuer="", database_url=database_url, redis_url=redis_url, upstreams=upstreams, route_timeouts=route_timeouts,
+        extra_toml=extra_toml,
+    )  # fmt: skip
     stack.allocate(replicas=replicas)
     with OidcProvider(provider_config(stack.redirect_uris, accounts=STANDARD_ACCOUNTS + AGENTS)) as provider:
         stack.issuer = provider.issuer
