@@ -314,9 +314,7 @@ def _keep(
         connector=services.connectors[channel],
         minute=minute,
         checked=checked,
-        action=scope.action,
         url=upstream_url(checked.match, checked.path, checked.query),
-        log_path=log_path,
         tail=answer_tail(checked),
         row_tail=row_tail(asked.question, checked, scope.action, log_path),
     )

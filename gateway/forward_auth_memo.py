@@ -60,9 +60,7 @@ class Answer:
     connector: Connector
     minute: int
     checked: Checked
-    action: str
     url: str
-    log_path: str
     #: The answer's own headers after the credential and the assertion, ready to send.
     tail: tuple[tuple[bytes, bytes], ...]
     #: The access-log row of a request this answer allows, after its time, kind and request id (``ROW_HEAD``):
