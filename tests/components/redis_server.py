@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 import tempfile
+import time
 from pathlib import Path
+
+from redis.asyncio import Redis
 
 from tests.components.ports import LOOPBACK, free_port
 from tests.components.process import ChildProcess, Lifecycle, ServerProcess, require_executable
@@ -18,6 +21,20 @@ def ping(host: str, port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+async def until_replicated(primary_url: str, timeout: float = 10.0) -> None:
+    """Until a replica acknowledges writes on the primary at ``primary_url``: a probe write's ``WAIT`` answers 1.
+    A replica the primary calls online acknowledges nothing until it has loaded the first synchronisation (~1 s
+    here), so "online" is not enough for a test of ``wait_for_replicas``."""
+    deadline = time.monotonic() + timeout
+    async with Redis.from_url(primary_url, decode_responses=True) as primary:
+        while True:
+            await primary.set("probe", "1")
+            if await primary.wait(1, 100) >= 1:
+                await primary.delete("probe")
+                return
+            assert time.monotonic() < deadline, "the Redis replica never acknowledged a write"
 
 
 class RedisServer(ServerProcess, Lifecycle):

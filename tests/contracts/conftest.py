@@ -1,19 +1,22 @@
 """Fixtures of the storage contract suites: each test runs against SQLite (a temporary file) and a real PostgreSQL
 server (``database_url``, from tests/components/fixtures.py), on a database created by the migrations (not
-``metadata.create_all``)."""
+``metadata.create_all``); the Redis session store's outage tests get a Redis server of their own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.sessions.redis_store import RedisSessionStore
 from gateway.settings import DatabaseSettings
 from gateway.storage.agents import AgentRepository
 from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade_to_head
+from tests.components.redis_server import RedisServer
+from tests.components.session_stores import redis_store
 
 
 @pytest.fixture
@@ -32,3 +35,18 @@ def engine(database: Database) -> AsyncEngine:
 @pytest.fixture
 def repo(engine: AsyncEngine) -> AgentRepository:
     return AgentRepository(engine)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis server of the test's own, so killing it disturbs no other test."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def own_redis_store(own_redis: RedisServer) -> AsyncIterator[RedisSessionStore]:
+    """Replica "replica-a"'s store on ``own_redis``."""
+    store = redis_store(own_redis.url, "replica-a")
+    yield store
+    await store.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -14,15 +14,12 @@ from redis.asyncio import Redis
 from gateway.errors import SessionStoreUnavailable
 from gateway.sessions.redis_store import RedisSessionStore
 from tests.components.redis_server import RedisServer
+from tests.components.session_stores import redis_store
 
 pytestmark = pytest.mark.redis
 
 
 ALICE, BOB = "agent-alice", "agent-bob"
-
-
-def _store(url: str, replica_id: str) -> RedisSessionStore:
-    return RedisSessionStore(url, 600.0, 3600.0, replica_id, reconnect_backoff=(0.05, 0.2))
 
 
 async def _both_live(
@@ -37,7 +34,7 @@ async def _both_live(
 class TestTwoReplicas:
     @pytest.fixture
     async def replicas(self, redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
-        a, b = _store(redis_url, "replica-a"), _store(redis_url, "replica-b")
+        a, b = redis_store(redis_url, "replica-a"), redis_store(redis_url, "replica-b")
         yield a, b
         await a.close()
         await b.close()
@@ -46,7 +43,7 @@ class TestTwoReplicas:
         self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
     ) -> None:
         a, b = replicas
-        dead = _store(redis_url, "replica-dead")
+        dead = redis_store(redis_url, "replica-dead")
         try:
             await dead.heartbeat(time.time() - 60)
             await a.heartbeat(time.time())
@@ -137,36 +134,27 @@ class TestTwoReplicas:
 
 
 class TestRedisOutage:
-    """Each test owns its Redis server, so killing it disturbs no other test."""
-
-    @pytest.fixture
-    def server(self) -> Iterator[RedisServer]:
-        with RedisServer() as server:
-            yield server
-
-    @pytest.fixture
-    async def store(self, server: RedisServer) -> AsyncIterator[RedisSessionStore]:
-        store = _store(server.url, "replica-a")
-        yield store
-        await store.close()
+    """Each test owns its Redis server (``own_redis``), so killing it disturbs no other test."""
 
     async def test_waits_for_acks_fail_closed_when_redis_dies_while_they_wait(
-        self, server: RedisServer, store: RedisSessionStore
+        self, own_redis: RedisServer, own_redis_store: RedisSessionStore
     ) -> None:
-        await store.heartbeat(time.time())
-        revocations = [(await store.revoke_agent(f"agent-{n}"))[1] for n in range(5)]
-        async with Redis.from_url(server.url, decode_responses=True) as raw:  # a live replica that never answers
+        await own_redis_store.heartbeat(time.time())
+        revocations = [(await own_redis_store.revoke_agent(f"agent-{n}"))[1] for n in range(5)]
+        async with Redis.from_url(own_redis.url, decode_responses=True) as raw:  # a live replica that never answers
             await raw.zadd("cg:replicas", {"replica-b": time.time()})
-        waits = [asyncio.create_task(store.wait_for_acks(revocation, timeout=30)) for revocation in revocations]
+        waits = [
+            asyncio.create_task(own_redis_store.wait_for_acks(revocation, timeout=30)) for revocation in revocations
+        ]
         await asyncio.sleep(0.3)
         started = time.monotonic()
-        server.kill()
+        own_redis.kill()
         for wait in waits:
             with pytest.raises(SessionStoreUnavailable):
                 await wait
         assert time.monotonic() - started < 2
-        server.restart()
-        await store.heartbeat(time.time())
-        _, revocation = await store.revoke_agent(ALICE)
-        await store.acknowledge(revocation)
-        assert await store.wait_for_acks(revocation, timeout=5) == ({"replica-a"}, set())
+        own_redis.restart()
+        await own_redis_store.heartbeat(time.time())
+        _, revocation = await own_redis_store.revoke_agent(ALICE)
+        await own_redis_store.acknowledge(revocation)
+        assert await own_redis_store.wait_for_acks(revocation, timeout=5) == ({"replica-a"}, set())

@@ -1,5 +1,7 @@
 """The session-store contract: every test in ``TestSessionStoreContract`` runs against the embedded store and a
-real Redis server; the replica and fault tests below it need Redis (two stores on one server, a killed server).
+real Redis server. What only Redis does has modules of its own: two stores on one server
+(test_redis_store_replicas.py), a killed server (test_redis_store_outage.py), the acknowledgements of revocation
+broadcasts (test_revocation_acks.py).
 
 Time is frozen: each call passes its own ``now``, so idle and absolute expiry are tested without sleeping.
 """
@@ -10,77 +12,33 @@ import asyncio
 import base64
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from gateway.errors import SessionStoreUnavailable
 from gateway.sessions.base import (
     RESYNC_AGENT_ID,
-    PendingLogin,
-    Revocation,
-    SessionData,
     SessionState,
     SessionStore,
     session_key,
 )
 from gateway.sessions.memory import MemorySessionStore
-from gateway.sessions.redis_codec import encode_data
-from gateway.sessions.redis_store import UNAVAILABLE, RedisSessionStore
-from tests.components.redis_server import RedisServer
-
-IDLE = 600.0
-ABSOLUTE = 3600.0
-T0 = 1_750_000_000.125
-REVOCATION_CHANNEL = "cg:revocations"
-
-ALICE = SessionData(
-    agent_id="agent-alice",
-    user_name="alice",
-    issuer="https://idp.example.com",
-    subject="sub-alice",
-    groups=frozenset({"tier1", "voice"}),
-    idp_session_id="sid-1",
-    id_token="eyJ.header.sig",
-    acr="urn:mace:incommon:iap:silver",
-    amr=("pwd", "otp"),
-    auth_time=1_749_999_990.5,
+from tests.components.session_stores import (
+    ABSOLUTE,
+    ALICE,
+    BOB,
+    IDLE,
+    ODD_GROUP_IDS,
+    ODD_GROUPS,
+    PENDING,
+    T0,
+    next_of,
+    redis_store,
+    wait_for_subscribers,
 )
-BOB = SessionData(agent_id="agent-bob", user_name="bob", issuer="https://idp.example.com", subject="sub-bob")
-#: Group names a directory may send: each must land whole, and none may disturb the rest of the stored session.
-ODD_GROUPS = [
-    frozenset(),
-    frozenset({"phone-agents"}),
-    frozenset({"chat-agents", "phone-agents", "mail-agents", "supervisors"}),
-    frozenset({'a"b', "c]d", "e\\", "\\", "]", '"', '],"groups":["admins"]', ',"groups":[', 'x\\"]'}),
-    frozenset({"Ärzte", "客服", "emoji-\U0001f4de", "tab\tnew\nline", "</script>"}),
-]
-ODD_GROUP_IDS = ["none", "one", "four", "json-breakers", "unicode-and-controls"]
-PENDING = PendingLogin(state="st", nonce="nn", code_verifier="cv" * 30, return_to="/console", created_at=T0)
-
-
-def redis_store(url: str, replica_id: str, **options: Any) -> RedisSessionStore:
-    return RedisSessionStore(url, IDLE, ABSOLUTE, replica_id, reconnect_backoff=(0.05, 0.2), **options)
-
-
-async def wait_for_subscribers(url: str, count: int, timeout: float = 5.0) -> None:
-    """Block until ``count`` connections listen on the revocation channel (PUBSUB NUMSUB)."""
-    async with Redis.from_url(url, decode_responses=True) as raw:
-        deadline = time.monotonic() + timeout
-        while True:
-            [(_, listening)] = await raw.pubsub_numsub(REVOCATION_CHANNEL)
-            if int(listening) >= count:
-                return
-            assert time.monotonic() < deadline, f"only {listening} of {count} subscribers after {timeout} s"
-            await asyncio.sleep(0.01)
-
-
-async def next_of(feed: AsyncGenerator[Revocation, None]) -> Revocation:
-    return await anext(feed)
 
 
 @dataclass
@@ -391,162 +349,3 @@ class TestSessionStoreContract:
 
     async def test_ping_answers_when_the_store_is_up(self, backend: Backend) -> None:
         await backend.store.ping()
-
-
-@pytest.mark.redis
-class TestRedisReplicas:
-    @pytest.fixture
-    async def replicas(self, redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
-        a, b = redis_store(redis_url, "replica-a"), redis_store(redis_url, "replica-b")
-        yield a, b
-        await a.close()
-        await b.close()
-
-    async def test_two_replicas_see_each_others_sessions(self, replicas: tuple[RedisSessionStore, ...]) -> None:
-        a, b = replicas
-        session = await a.create(ALICE, T0)
-        assert (await b.lookup(session.id, T0 + 1)).state is SessionState.VALID
-        assert await b.delete(session.id) == ALICE
-        assert (await a.lookup(session.id, T0 + 2)).state is SessionState.MISSING
-
-    async def test_a_session_lives_in_redis_no_longer_than_its_idle_timeout_plus_grace(self, redis_url: str) -> None:
-        store = redis_store(redis_url, "replica-a", expiry_grace_seconds=5)
-        try:
-            session = await store.create(ALICE, T0)
-            async with Redis.from_url(redis_url) as raw:
-                ttl = await raw.pttl(f"cg:s:{session_key(session.id)}")
-                assert 0 < ttl <= (IDLE + 5) * 1000
-                # Near the absolute limit the remaining lifetime, not the idle timeout, bounds the TTL.
-                for now in (T0 + ABSOLUTE - IDLE / 2 - 10, T0 + ABSOLUTE - 10):
-                    await store.heartbeat(now)  # keep the test honest: only lookups refresh the session
-                now = T0
-                while now < T0 + ABSOLUTE - 10:
-                    now = min(now + IDLE / 2, T0 + ABSOLUTE - 10)
-                    assert (await store.lookup(session.id, now)).state is SessionState.VALID
-                assert 0 < await raw.pttl(f"cg:s:{session_key(session.id)}") <= 15_000
-        finally:
-            await store.close()
-
-    async def test_a_group_update_on_one_replica_applies_to_the_next_lookup_on_the_other(
-        self, replicas: tuple[RedisSessionStore, RedisSessionStore]
-    ) -> None:
-        a, b = replicas
-        sessions = [await a.create(ALICE, T0) for _ in range(2)]
-        assert (await b.lookup(sessions[0].id, T0 + 1)).state is SessionState.VALID
-        assert await b.update_agent_groups(ALICE.agent_id, frozenset({"voice"})) == 2
-        for store, session in ((a, sessions[0]), (a, sessions[1]), (b, sessions[1])):
-            found = await store.lookup(session.id, T0 + 2)
-            assert found.session is not None and found.session.data.groups == {"voice"}
-
-    @pytest.mark.parametrize("groups", ODD_GROUPS, ids=ODD_GROUP_IDS)
-    async def test_a_group_update_rewrites_only_the_groups_and_keeps_the_ttl(
-        self, redis_url: str, groups: frozenset[str]
-    ) -> None:
-        store = redis_store(redis_url, "replica-a")
-        try:
-            odd = dataclasses.replace(
-                ALICE, user_name='al"ice],"groups":[', groups=ODD_GROUPS[3], auth_time=1_749_999_990.123456789
-            )
-            session = await store.create(odd, T0)
-            key = f"cg:s:{session_key(session.id)}"
-            async with Redis.from_url(redis_url, decode_responses=True) as raw:
-                before = await raw.hgetall(key)
-                ttl = await raw.pttl(key)
-                assert await store.update_agent_groups(ALICE.agent_id, groups) == 1
-                after = await raw.hgetall(key)
-                assert after == before | {"data": encode_data(dataclasses.replace(odd, groups=groups))}
-                assert ttl - 5_000 < await raw.pttl(key) <= ttl
-        finally:
-            await store.close()
-
-    async def test_each_replica_receives_the_revocation_broadcast(
-        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
-    ) -> None:
-        a, b = replicas
-        async with aclosing(a.revocations()) as feed_a, aclosing(b.revocations()) as feed_b:
-            pending = [asyncio.create_task(next_of(feed_a)), asyncio.create_task(next_of(feed_b))]
-            await wait_for_subscribers(redis_url, 2)
-            _, revocation = await b.revoke_agent(ALICE.agent_id)
-            received = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
-        assert received == [revocation, revocation]
-        assert revocation.origin_replica == "replica-b"
-
-
-@pytest.mark.redis
-class TestRedisOutage:
-    """Each test owns its Redis server, so killing it disturbs no other test."""
-
-    @pytest.fixture
-    def server(self) -> Iterator[RedisServer]:
-        with RedisServer() as server:
-            yield server
-
-    @pytest.fixture
-    async def store(self, server: RedisServer) -> AsyncIterator[RedisSessionStore]:
-        store = redis_store(server.url, "replica-a")
-        yield store
-        await store.close()
-
-    @staticmethod
-    def calls(store: RedisSessionStore, revocation: Revocation) -> dict[str, Callable[[], object]]:
-        return {
-            "create": lambda: store.create(ALICE, T0),
-            "lookup": lambda: store.lookup("some-id", T0),
-            "delete": lambda: store.delete("some-id"),
-            "revoke_agent": lambda: store.revoke_agent(ALICE.agent_id),
-            "sessions_of": lambda: store.sessions_of(ALICE.agent_id, T0),
-            "update_agent_groups": lambda: store.update_agent_groups(ALICE.agent_id, frozenset({"voice"})),
-            "put_pending_login": lambda: store.put_pending_login("login", PENDING, 60),
-            "take_pending_login": lambda: store.take_pending_login("login"),
-            "acknowledge": lambda: store.acknowledge(revocation),
-            "wait_for_acks": lambda: store.wait_for_acks(revocation, 5),
-            "heartbeat": lambda: store.heartbeat(T0),
-            "ping": lambda: store.ping(),
-        }
-
-    async def test_every_method_fails_closed_within_two_seconds_when_redis_is_killed(
-        self, server: RedisServer, store: RedisSessionStore
-    ) -> None:
-        session = await store.create(ALICE, T0)  # the pool holds live connections when Redis dies
-        revocation = Revocation(ALICE.agent_id, "rev-1", "replica-a")
-        server.kill()
-        for name, call in self.calls(store, revocation).items():
-            started = time.monotonic()
-            with pytest.raises(SessionStoreUnavailable) as caught:
-                await call()  # type: ignore[misc]
-            assert time.monotonic() - started < 2, name
-            assert caught.value.message == UNAVAILABLE
-            text = f"{caught.value} {caught.value.detail} {caught.value!r}"
-            assert str(server.port) not in text and "redis://" not in text, name
-        with pytest.raises(SessionStoreUnavailable):
-            await store.lookup(session.id, T0)
-
-    async def test_the_same_store_works_again_by_itself_after_redis_restarts(
-        self, server: RedisServer, store: RedisSessionStore
-    ) -> None:
-        await store.ping()
-        server.kill()
-        with pytest.raises(SessionStoreUnavailable):
-            await store.ping()
-        server.restart()
-        session = await store.create(ALICE, T0)
-        assert (await store.lookup(session.id, T0 + 1)).state is SessionState.VALID
-        count, _ = await store.revoke_agent(ALICE.agent_id)
-        assert count == 1
-
-    async def test_revocations_resume_after_a_redis_restart_with_a_resync_marker_first(
-        self, server: RedisServer, store: RedisSessionStore
-    ) -> None:
-        async with aclosing(store.revocations()) as feed:
-            first = asyncio.create_task(next_of(feed))
-            await wait_for_subscribers(server.url, 1)
-            server.kill()
-            server.restart()
-            marker = await asyncio.wait_for(first, timeout=10)
-            assert marker.is_resync
-            assert marker.agent_id == RESYNC_AGENT_ID
-            assert marker.origin_replica == "replica-a"
-            following = asyncio.create_task(next_of(feed))
-            await wait_for_subscribers(server.url, 1)
-            _, revocation = await store.revoke_agent(BOB.agent_id)
-            assert await asyncio.wait_for(following, timeout=5) == revocation

@@ -169,3 +169,12 @@ def no_traceback(response: httpx.Response) -> None:
     assert "Traceback" not in response.text and 'File "' not in response.text, response.text[:500]
     body = response.json()
     assert body["error"] and body["message"] and body["request_id"], body
+
+
+def refused_with_the_agent_disabled(response: httpx.Response) -> None:
+    """A deprovisioning whose kill was not confirmed: a clean 503 saying the sessions are not ended yet and the
+    agent is disabled (the replica that took it keeps retrying the kill)."""
+    assert response.status_code == 503, response.text
+    no_traceback(response)
+    assert response.json()["error"] == "sessions_not_ended"
+    assert "is disabled" in response.json()["message"]

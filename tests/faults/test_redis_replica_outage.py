@@ -12,7 +12,6 @@ it (tests/integration/test_session_store_replication.py proves the store's own p
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -24,8 +23,14 @@ from gateway.sessions.redis_scripts import SESSION_PREFIX
 from tests.components.echo_gateway import eventually
 from tests.components.gateway import GatewayStack
 from tests.components.postgres_server import PostgresServer
-from tests.components.redis_server import RedisServer
-from tests.faults.conftest import JSON, admin_post, no_traceback, running_stack, sign_in
+from tests.components.redis_server import RedisServer, until_replicated
+from tests.faults.conftest import (
+    JSON,
+    admin_post,
+    refused_with_the_agent_disabled,
+    running_stack,
+    sign_in,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.oidc, pytest.mark.timeout(120)]
 
@@ -61,19 +66,6 @@ def replicated_stack(
         yield started
 
 
-async def _linked(primary: RedisServer, timeout: float = 15.0) -> None:
-    """Until the replica acknowledges writes: a probe write's WAIT answers 1 (a replica the primary calls online
-    acknowledges nothing until it has loaded the first synchronisation)."""
-    deadline = time.monotonic() + timeout
-    async with Redis.from_url(primary.url, decode_responses=True) as client:
-        while True:
-            await client.set("probe", "1")
-            if await client.wait(1, 100) >= 1:
-                await client.delete("probe")
-                return
-            assert time.monotonic() < deadline, "the Redis replica never acknowledged a write"
-
-
 async def _statuses(client: httpx.AsyncClient, stack: GatewayStack, marker: str) -> dict[int, int]:
     return {r: (await client.get(f"{stack.url(r)}/chat/?{marker}", headers=JSON)).status_code for r in REPLICAS}
 
@@ -89,7 +81,7 @@ async def test_a_deprovisioning_no_redis_replica_confirms_is_refused_and_retried
     fault_postgres: PostgresServer,
 ) -> None:
     stack, (primary, replica) = replicated_stack, redis_pair
-    await _linked(primary)
+    await until_replicated(primary.url, timeout=15)
     agent = await sign_in(stack, "agent06")
     try:
         assert await _statuses(agent, stack, "before") == {0: 200, 1: 200}
@@ -98,15 +90,12 @@ async def test_a_deprovisioning_no_redis_replica_confirms_is_refused_and_retried
 
         refused = await admin_post(stack, "/agents/agent06/deprovision", {"reason": "left"})
 
-        assert refused.status_code == 503, refused.text
-        no_traceback(refused)
-        assert refused.json()["error"] == "sessions_not_ended"
-        assert "is disabled" in refused.json()["message"]
+        refused_with_the_agent_disabled(refused)
         # The primary applied the kill: the agent is refused everywhere at once, confirmed or not.
         assert await _statuses(agent, stack, "unconfirmed") == {0: 401, 1: 401}
 
         await asyncio.to_thread(replica.start)
-        await _linked(primary)
+        await until_replicated(primary.url, timeout=15)
 
         # The kill is retried until a replica confirms it, then recorded with the attempts it took.
         revoked = await eventually(

@@ -14,7 +14,7 @@ from gateway.errors import SessionStoreUnavailable
 from gateway.sessions.base import Revocation, SessionState
 from gateway.sessions.local_cache import CachedSessionStore
 from tests.components.redis_server import RedisServer
-from tests.contracts.test_session_store_contract import ALICE, BOB, T0, redis_store, wait_for_subscribers
+from tests.components.session_stores import ALICE, BOB, T0, redis_store, wait_for_subscribers
 
 pytestmark = pytest.mark.redis
 

@@ -20,7 +20,7 @@ from gateway.errors import SessionStoreUnavailable
 from gateway.sessions.base import SessionData, SessionState, SessionStore, session_key
 from gateway.sessions.factory import create_session_store
 from gateway.settings import SessionSettings
-from tests.components.redis_server import RedisServer
+from tests.components.redis_server import RedisServer, until_replicated
 
 pytestmark = pytest.mark.redis
 
@@ -37,18 +37,6 @@ class Pair:
         self.replica = RedisServer(replica_of=self.primary.port)
         self.replica.start()
         return self.replica
-
-    async def linked(self, timeout: float = 10.0) -> None:
-        """Until a replica acknowledges writes: a probe write's WAIT answers 1 (a replica the primary calls online
-        acknowledges nothing until it has loaded the first synchronisation, ~1 s here)."""
-        deadline = time.monotonic() + timeout
-        async with Redis.from_url(self.primary.url, decode_responses=True) as primary:
-            while True:
-                await primary.set("probe", "1")
-                if await primary.wait(1, 100) >= 1:
-                    await primary.delete("probe")
-                    return
-                assert time.monotonic() < deadline, "the replica never acknowledged a write"
 
     async def replica_keys(self) -> set[str]:
         assert self.replica is not None
@@ -92,7 +80,7 @@ def _writes(store: SessionStore) -> dict[str, Callable[[], Awaitable[object]]]:
 
 async def test_a_revocation_returns_once_the_replica_holds_it(pair: Pair, waiting_store: SessionStore) -> None:
     pair.start_replica()
-    await pair.linked()
+    await until_replicated(pair.primary.url)
     session = await waiting_store.create(ALICE, NOW)
     key = "cg:s:" + session_key(session.id)
     for _ in range(100):  # the create is not waited for: let it reach the replica first
@@ -108,7 +96,7 @@ async def test_a_revocation_returns_once_the_replica_holds_it(pair: Pair, waitin
 
 async def test_a_logout_returns_once_the_replica_holds_it(pair: Pair, waiting_store: SessionStore) -> None:
     pair.start_replica()
-    await pair.linked()
+    await until_replicated(pair.primary.url)
     session = await waiting_store.create(ALICE, NOW)
     assert await waiting_store.delete(session.id) == ALICE
     assert "cg:s:" + session_key(session.id) not in await pair.replica_keys()
@@ -137,13 +125,13 @@ async def test_a_logout_no_replica_confirms_is_refused(waiting_store: SessionSto
 
 async def test_the_writes_are_confirmed_again_once_the_replica_is_back(pair: Pair, waiting_store: SessionStore) -> None:
     replica = pair.start_replica()
-    await pair.linked()
+    await until_replicated(pair.primary.url)
     replica.kill()
     await waiting_store.create(ALICE, NOW)
     with pytest.raises(SessionStoreUnavailable):
         await waiting_store.revoke_agent(ALICE.agent_id)
     replica.restart()
-    await pair.linked()
+    await until_replicated(pair.primary.url)
     await waiting_store.create(ALICE, NOW)
     count, _ = await waiting_store.revoke_agent(ALICE.agent_id)
     assert count == 1
