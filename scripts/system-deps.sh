@@ -7,6 +7,7 @@
 #   postgres  postgresql-15 server         node    nodejs npm
 #   browser   chromium                     oidc    node + `npm ci` of tests/components/oidc_provider
 #   demo      curl (the demo prints curl commands; a test runs them)
+#   container podman, runc, netavark, debootstrap (tests/deploy/test_container_build.py builds and runs the image)
 #   python-venv  python3-venv (only when asked for by name: the Makefile's fallback when venv fails)
 #
 # Idempotent and fast when everything is present: apt-get runs only if a package is missing. Runs as root,
@@ -15,7 +16,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OP_DIR="$ROOT/tests/components/oidc_provider"
-ALL_GROUPS=(redis nginx bench ldap postgres node browser oidc demo)
+ALL_GROUPS=(redis nginx bench ldap postgres node browser oidc demo container)
 
 groups=("$@")
 if ((${#groups[@]} == 0)); then
@@ -51,6 +52,10 @@ for group in "${groups[@]}"; do
       ;;
     browser) command -v chromium >/dev/null || need chromium ;;
     demo) command -v curl >/dev/null || need curl ;;
+    # runc: podman's default runtime (crun) refuses these machines' hybrid cgroups; netavark, aardvark-dns and
+    # iptables: the port publishing the test uses, named since recommends are not installed; the keyring: for
+    # debootstrap of Debian on Ubuntu.
+    container) need podman runc netavark aardvark-dns iptables debootstrap debian-archive-keyring ;;
     python-venv) need python3-venv ;;
     *)
       echo "system-deps: unknown group '$group' (known: ${ALL_GROUPS[*]} python-venv)" >&2
