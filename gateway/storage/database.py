@@ -20,6 +20,7 @@ Errors leave this package as ``StorageError`` with the URL's password masked: a 
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -127,15 +128,31 @@ def _is_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:")
 
 
+def _create_private(path: Path) -> None:
+    """Create a new database file (and its directory) readable by this user only.
+
+    The file holds the access log (names, addresses, paths) and the vault's sealed credentials. SQLite would
+    create it with 0644 less the umask, world-readable under the usual 022, and gives its ``-wal`` and ``-shm``
+    files the database file's own permissions, so creating the file 0600 first keeps all three private. An
+    existing file is left as its owner set it.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise StorageError(f"cannot create the database directory {path.parent}: {error.strerror}") from None
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise StorageError(f"cannot create the database file {path}: {error.strerror}") from None
+
+
 def _sqlite_engine(url: URL, settings: DatabaseSettings, *, enforce_foreign_keys: bool) -> AsyncEngine:
     options: dict[str, Any] = {"connect_args": {"timeout": settings.connect_timeout_seconds}}
     if not _is_memory(url):
         assert url.database is not None
-        directory = Path(url.database).expanduser().parent
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise StorageError(f"cannot create the database directory {directory}: {error.strerror}") from None
+        _create_private(Path(url.database).expanduser())
         options["pool_size"] = settings.pool_size
     engine = create_async_engine(url, **options)
     if not _is_memory(url):

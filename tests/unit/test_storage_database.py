@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,35 @@ async def test_sqlite_creates_the_database_directory(tmp_path: Path) -> None:
     await database.dispose()
 
     assert (tmp_path / "a" / "b" / "gateway.db").is_file()
+
+
+async def test_a_new_sqlite_database_and_its_wal_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    previous = os.umask(0o022)  # the usual umask, under which SQLite alone creates files 0644
+    try:
+        database = Database.from_settings(_settings(f"sqlite+aiosqlite:///{tmp_path}/data/gateway.db"))
+        await upgrade_to_head(_settings(f"sqlite+aiosqlite:///{tmp_path}/data/gateway.db"))
+        async with database.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE probe (x INTEGER)")
+            await conn.exec_driver_sql("INSERT INTO probe VALUES (1)")
+        files = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "data").iterdir()}
+        await database.dispose()
+    finally:
+        os.umask(previous)
+
+    assert {"gateway.db", "gateway.db-wal", "gateway.db-shm"} <= files.keys()
+    assert files == dict.fromkeys(files, 0o600)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+
+
+async def test_an_existing_database_file_keeps_the_permissions_its_owner_gave_it(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    path.touch(mode=0o640)
+    path.chmod(0o640)
+    database = Database.from_settings(_settings(f"sqlite+aiosqlite:///{path}"))
+    await database.ping()
+    await database.dispose()
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_a_database_directory_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:
