@@ -25,7 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import ConfigError, SessionStoreUnavailable
 from gateway.sessions.base import (
@@ -42,6 +42,7 @@ from gateway.sessions.base import (
 from gateway.sessions.redis_acks import AckCollector
 from gateway.sessions.redis_batches import ScriptBatches
 from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
+from gateway.sessions.redis_replication import ReplicationWatch
 from gateway.sessions.redis_scripts import (
     ACK_PREFIX,
     ACK_SCRIPT,
@@ -101,6 +102,8 @@ class RedisSessionStore:
         #: Redis replicas that must hold a write that ends or narrows access before it counts as done (WAIT).
         self._wait_replicas = wait_for_replicas
         self._wait_timeout = wait_for_replicas_timeout
+        #: Compares the primary's replicas with ``wait_for_replicas`` at each heartbeat.
+        self._replication = ReplicationWatch(wait_for_replicas)
         #: The read of the live replicas in flight, shared by the acknowledgement waits that start meanwhile.
         self._live_read: asyncio.Future[Any] | None = None
         self._close_also = close_also
@@ -343,6 +346,21 @@ class RedisSessionStore:
             pipe.zadd(REPLICAS_KEY, {self.replica_id: now})
             pipe.zremrangebyscore(REPLICAS_KEY, "-inf", now - 10 * self.liveness_seconds)
             await self._call(pipe.execute())
+        await self._watch_replication()
+
+    async def _watch_replication(self) -> None:
+        """Tell the operator when the primary's replicas do not match ``wait_for_replicas``
+        (gateway/sessions/redis_replication.py)."""
+        if not self._replication.active:
+            return
+        try:
+            info = await self._redis.info("replication")
+        except ResponseError as refused:  # an ACL user without INFO: only this check is off
+            self._replication.refused(str(refused))
+            return
+        except (RedisError, OSError):
+            return  # the heartbeat's own commands report an unreachable Redis
+        self._replication.observe(info)
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())

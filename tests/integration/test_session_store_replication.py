@@ -8,6 +8,7 @@ can be missing on the promoted replica, and the sessions it ended are valid agai
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -157,3 +158,71 @@ def test_a_wait_as_long_as_the_socket_timeout_is_refused_with_the_reason() -> No
             }
         )
     assert "wait_for_replicas_timeout_seconds must be below socket_timeout_seconds" in str(caught.value)
+
+
+def _replication_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "channelgate.sessions" and r.levelno >= logging.WARNING]
+
+
+async def test_a_replica_no_revocation_waits_for_is_named_once_with_the_setting_that_covers_it(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    pair.start_replica()
+    await until_replicated(pair.primary.url)
+    store = _store(pair.primary.url)  # wait_for_replicas = 0
+    try:
+        with caplog.at_level(logging.INFO, logger="channelgate.sessions"):
+            for beat in range(3):
+                await store.heartbeat(NOW + beat)
+    finally:
+        await store.close()
+    [warning] = _replication_warnings(caplog)
+    assert "1 connected replica(s)" in warning and "not waited for" in warning
+    assert "set [sessions.redis] wait_for_replicas = 1" in warning
+
+
+async def test_too_few_replicas_for_the_wait_is_logged_when_it_starts_and_when_it_ends(
+    pair: Pair, waiting_store: SessionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    replica = pair.start_replica()
+    await until_replicated(pair.primary.url)
+    with caplog.at_level(logging.INFO, logger="channelgate.sessions"):
+        await waiting_store.heartbeat(NOW)
+        assert _replication_warnings(caplog) == []  # one replica, wait_for_replicas = 1: as it should be
+        replica.kill()
+        async with Redis.from_url(pair.primary.url, decode_responses=True) as primary:
+            for _ in range(100):  # the primary sees the link drop at once, but asynchronously
+                if (await primary.info("replication"))["connected_slaves"] == 0:
+                    break
+                await asyncio.sleep(0.02)
+        await waiting_store.heartbeat(NOW + 1)
+        await waiting_store.heartbeat(NOW + 2)
+        [warning] = _replication_warnings(caplog)
+        assert "0 connected replica(s)" in warning and "every logout and revocation is refused" in warning
+        replica.restart()
+        await until_replicated(pair.primary.url)
+        await waiting_store.heartbeat(NOW + 3)
+    assert any("match wait_for_replicas (1) again" in r.getMessage() for r in caplog.records)
+    assert len(_replication_warnings(caplog)) == 1
+
+
+async def test_a_redis_user_not_allowed_info_keeps_its_heartbeat_and_is_told_the_check_is_off(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Redis.from_url(pair.primary.url) as admin:
+        await admin.acl_setuser(
+            "gateway", enabled=True, passwords=["+gateway-password"], keys=["*"], channels=["*"],
+            categories=["+@all"], commands=["-info"],
+        )  # fmt: skip
+    store = _store(pair.primary.url.replace("redis://", "redis://gateway:gateway-password@"))
+    try:
+        with caplog.at_level(logging.INFO, logger="channelgate.sessions"):
+            await store.heartbeat(NOW)
+            await store.heartbeat(NOW + 1)  # told once, then not asked again
+            session = await store.create(ALICE, NOW)
+            assert (await store.lookup(session.id, NOW + 1)).state is SessionState.VALID
+    finally:
+        await store.close()
+    [warning] = _replication_warnings(caplog)
+    assert "cannot read the Redis primary's replicas" in warning and "no permissions" in warning
+    assert "gateway-password" not in warning
