@@ -1,5 +1,5 @@
-"""A real container engine for the image's tests: Debian's podman, with storage of its own under the test's
-directory (a test starts with no image and leaves none behind), and a stand-in for the image's base.
+"""A real container engine for the image's tests: Debian's podman, with storage in a directory of its own
+(a test starts with no image and leaves none behind), and a stand-in for the image's base.
 
 The stand-in. The Containerfile builds ``FROM python:3.11.11-slim-bookworm``, which lives on Docker Hub; these
 machines reach Debian's, PyPI's and npm's registries only. :func:`build_python_base` makes an image of the same
@@ -19,6 +19,7 @@ import json
 import resource
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,13 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 
 class Podman:
-    """``podman`` with its storage under ``directory``; :meth:`reset` removes every container, image and volume
-    it made."""
+    """``podman`` with its storage in a directory of its own; :meth:`reset` removes every container, image and
+    volume it made, and the directory."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self) -> None:
+        # Directly under /tmp: podman refuses a run root longer than 50 characters, which pytest's own temporary
+        # directories exceed under xdist (/tmp/pytest-of-root/pytest-10/popen-gw0/… is 41 before anything).
+        directory = self.directory = Path(tempfile.mkdtemp(prefix="cg-podman-", dir="/tmp"))
         for part in ("storage", "run", "tmp"):
             (directory / part).mkdir(parents=True, exist_ok=True)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

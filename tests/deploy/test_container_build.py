@@ -63,7 +63,7 @@ def _base_image() -> str:
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    engine = Podman(tmp_path_factory.mktemp("podman"))
+    engine = Podman()
     try:
         build_python_base(engine, tmp_path_factory.mktemp("base"), f"docker.io/library/{_base_image()}")
         yield engine
