@@ -2,7 +2,8 @@
 these machines (the docker CLI here has no compose plugin and no daemon), so the file is read as compose would:
 YAML with its merge keys, then the structure checked — every service healthy before its dependants start, the
 migration once before the replicas, the gateways hardened and read-only, the back end on an internal network.
-Its nginx.conf passes the real ``nginx -t`` and its channelgate.toml loads with the documented secrets."""
+Its nginx.conf passes the real ``nginx -t`` and its channelgate.toml loads with the documented secrets; its gateway
+service runs for real in tests/deploy/test_container_build.py."""
 
 from __future__ import annotations
 
