@@ -61,9 +61,7 @@ class Podman:
 
     def attempt(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """A command that may fail: its exit status and output, for the test to judge."""
-        return subprocess.run(
-            [*self._global, *args], capture_output=True, text=True, timeout=timeout, check=False
-        )  # fmt: skip
+        return subprocess.run([*self._global, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
     def inspect(self, kind: str, name: str) -> dict[str, Any]:
         found: list[dict[str, Any]] = json.loads(self(kind, "inspect", name))

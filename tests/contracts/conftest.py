@@ -50,3 +50,12 @@ async def own_redis_store(own_redis: RedisServer) -> AsyncIterator[RedisSessionS
     store = redis_store(own_redis.url, "replica-a")
     yield store
     await store.close()
+
+
+@pytest.fixture
+async def replicas(redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
+    """Two gateway replicas' stores, "replica-a" and "replica-b", on the suite's Redis."""
+    a, b = redis_store(redis_url, "replica-a"), redis_store(redis_url, "replica-b")
+    yield a, b
+    await a.close()
+    await b.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import pytest
@@ -31,13 +30,6 @@ from tests.components.session_stores import (
 
 @pytest.mark.redis
 class TestRedisReplicas:
-    @pytest.fixture
-    async def replicas(self, redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
-        a, b = redis_store(redis_url, "replica-a"), redis_store(redis_url, "replica-b")
-        yield a, b
-        await a.close()
-        await b.close()
-
     async def test_two_replicas_see_each_others_sessions(self, replicas: tuple[RedisSessionStore, ...]) -> None:
         a, b = replicas
         session = await a.create(ALICE, T0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -32,13 +31,6 @@ async def _both_live(
 
 
 class TestTwoReplicas:
-    @pytest.fixture
-    async def replicas(self, redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
-        a, b = redis_store(redis_url, "replica-a"), redis_store(redis_url, "replica-b")
-        yield a, b
-        await a.close()
-        await b.close()
-
     async def test_acks_from_both_replicas_are_collected_and_a_dead_replica_is_not_awaited(
         self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
     ) -> None:
