@@ -201,11 +201,19 @@ async def answer_from_memo(services: Services, scope: Scope, send: Send) -> bool
 
 
 def answer_mode(request: Request, original: OriginalRequest) -> str:
-    """``?mode=`` on /.channelgate/auth itself, else the header. In Envoy's form the query string is the original
-    request's: ``/phone/?mode=explain`` is for the console, not for us."""
+    """The header ``X-Channelgate-Auth-Mode``, else ``?mode=`` on /.channelgate/auth itself (in Envoy's form the
+    query string is the original request's: ``/phone/?mode=explain`` is for the console, not for us).
+
+    ``explain`` named by either wins: nginx's explain location sets the header but passes on the URI the client
+    chose, so a client's ``?mode=`` must never turn an explain call (which follows a refusal and never carries a
+    credential) back into a default call answered with the credential. An unknown mode is the default."""
     query: bytes = request.scope.get("query_string", b"")
-    mode = request.query_params.get("mode") if not original.envoy and b"mode=" in query else None
-    mode = (mode or request.headers.get(MODE_HEADER) or "").lower()
+    asked = request.query_params.get("mode", "") if not original.envoy and b"mode=" in query else ""
+    header = request.headers.get(MODE_HEADER, "")
+    modes = (header.lower(), asked.lower())
+    if "explain" in modes:
+        return "explain"
+    mode = modes[0] or modes[1]
     return mode if mode in _MODES else ""
 
 

@@ -131,6 +131,31 @@ async def test_the_console_gets_the_credential_and_assertion_the_browser_never_s
     assert "x-channelgate-assertion" not in page.headers
 
 
+async def test_a_refused_subrequest_and_a_query_of_the_clients_choosing_never_hand_the_browser_the_credential(
+    stack: tuple[FrontedStack, NginxServer], carol: httpx.AsyncClient
+) -> None:
+    # Padding only the auth subrequest carries makes it fail (431, answered 403), so nginx calls the explain
+    # location; the client's ?mode= there once turned the explain call into a 200 with the credential, and nginx
+    # returned it to the browser. The sample now drops the client's query and mode header; the gateway lets
+    # explain win whatever the query says (either fix alone closes it).
+    gateway, _ = stack
+    padded = {
+        "Accept": "application/json",
+        "X-Channelgate-Auth-Mode": "m" * 7000,
+        "X-Pad-A": "a" * 5000,
+        "X-Pad-B": "b" * 4500,
+    }
+    credential = gateway.credentials["phone"]
+    for query in ("mode=redirect", "mode=anything"):
+        answer = await carol.get(f"{gateway.public_url}/phone/?{query}", headers=padded)
+        leaked = [name for name, value in answer.headers.items() if credential in value]
+        assert leaked == [] and "x-channelgate-assertion" not in answer.headers, (answer.status_code, leaked)
+        assert credential not in answer.text
+    # Without the padding the same request goes through as usual.
+    normal = await carol.get(f"{gateway.public_url}/phone/?mode=redirect", headers={"Accept": "text/html"})
+    assert normal.status_code == 200 and "carol" in normal.text
+
+
 async def test_the_decision_endpoint_is_not_reachable_through_nginx(
     stack: tuple[FrontedStack, NginxServer], carol: httpx.AsyncClient
 ) -> None:

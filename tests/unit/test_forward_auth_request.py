@@ -117,3 +117,18 @@ def test_the_mount_spelled_otherwise_is_refused() -> None:
     )
     original = OriginalRequest(asked)
     assert original.problem is not None and original.path == "/"
+
+
+@pytest.mark.parametrize("client_query", ["mode=redirect", "mode=anything", "mode=", "mode=EXPLAIN"])
+def test_a_clients_query_never_turns_an_explain_call_into_a_decision(client_query: str) -> None:
+    # nginx's explain location sets the header but passes on a query string the client chose: a default or
+    # redirect answer there would be a 200 carrying the channel credential, returned to the browser as it is.
+    asked = request(query=client_query, headers={"X-Original-URI": "/chat/", "X-Channelgate-Auth-Mode": "explain"})
+    assert answer_mode(asked, OriginalRequest(asked)) == "explain"
+
+
+def test_the_mode_header_wins_over_the_query_and_explain_in_the_query_wins_over_any_header() -> None:
+    both = request(query="mode=explain", headers={"X-Original-URI": "/chat/", "X-Channelgate-Auth-Mode": "redirect"})
+    assert answer_mode(both, OriginalRequest(both)) == "explain"
+    header = request(query="mode=bogus", headers={"X-Original-URI": "/chat/", "X-Channelgate-Auth-Mode": "Redirect"})
+    assert answer_mode(header, OriginalRequest(header)) == "redirect"
