@@ -16,29 +16,12 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from gateway.audit.canonical import GENESIS, canonical_time
+from gateway.audit.kinds import GRANT_KINDS, PURGE_KIND
 from gateway.audit.settings import AuditSettings
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.audit_chain import Anchor, ChainPurger, PurgeCounts
 from gateway.timeutil import utcnow
 
-PURGE_KIND = "audit_purge"
-#: Records of access-right grants and removals (PIPA art. 5 keeps their history 3 years): provisioning by SCIM
-#: and LDAP, deprovisioning and each of its steps, approvals and retries of held runs, sessions revoked.
-GRANT_KINDS = frozenset(
-    {
-        "scim",
-        "ldap",
-        "deprovision",
-        "deprovision_step",
-        "deprovision_complete",
-        "deprovision_held",
-        "deprovision_approved",
-        "deprovision_retried",
-        "sessions_revoked",
-        "security_event",
-        PURGE_KIND,
-    }
-)
 #: Rows handled per transaction (the chain lock is held meanwhile); a purge loops until nothing is left.
 PURGE_BATCH = 20_000
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit.canonical import GENESIS, canonical_time
 from gateway.audit.checkpoints import Checkpoint, line_digest, parse_checkpoint
-from gateway.audit.verify_walk import HASH, Walk, walk, walk_segment
+from gateway.audit.verify_walk import HASH, Cutoffs, Walk, walk, walk_segment
 from gateway.storage.audit_chain import ChainStore
 
 #: Chains shorter than this are walked in this process (starting worker processes costs ~1 s).
@@ -126,10 +126,12 @@ async def verify_chain(
     from_seq: int | None = None,
     to_seq: int | None = None,
     retention_cutoff: datetime | None = None,
+    grant_retention_cutoff: datetime | None = None,
     workers: int | None = None,
 ) -> VerifyReport:
-    """Verify. ``workers``: processes to share the walk (default: one per CPU once the chain is long enough to
-    repay starting them; 1: this process only)."""
+    """Verify. ``retention_cutoff`` / ``grant_retention_cutoff``: a purged stub of a record newer than these (the
+    second for ``GRANT_KINDS``; the first when not given) was purged early. ``workers``: processes to share the
+    walk (default: one per CPU once the chain is long enough to repay starting them; 1: this process only)."""
     report = VerifyReport()
     report.unsealed, _ = await store.unsealed()
     checkpoints: list[Checkpoint] = []
@@ -165,8 +167,18 @@ async def verify_chain(
             return report
         until = position
     signed = {c.chain_pos: (c.number, c.hash, c.time) for c in checkpoints}
-    cutoff = canonical_time(retention_cutoff) if retention_cutoff is not None else None
-    walks = await _walk(store, start_after, until, prev, signed, cutoff, workers)
+    cutoffs = None
+    if retention_cutoff is not None:
+        content = canonical_time(retention_cutoff)
+        grants = canonical_time(grant_retention_cutoff) if grant_retention_cutoff is not None else content
+        cutoffs = Cutoffs(content, grants)
+    walks = await _walk(store, start_after, until, prev, signed, cutoffs, workers)
+    legacy_stubs = sum(seen.legacy_stubs for seen in walks)
+    if legacy_stubs:
+        report.warnings.append(
+            f"{legacy_stubs} purged stub(s) were written before format cg2: only their links could be checked, "
+            "not their seq, time and kind"
+        )
     vouched = anchor is None
     last_seq: int | None = None
     end = start_after
@@ -224,20 +236,20 @@ async def verify_chain(
 
 async def _walk(
     store: ChainStore, after: int, until: int, prev: str, signed: Mapping[int, tuple[int, str, str]],
-    cutoff: str | None, workers: int | None,
+    cutoffs: Cutoffs | None, workers: int | None,
 ) -> list[Walk]:  # fmt: skip
     """Walk (``after``, ``until``]: in this process, or in one segment per worker process for a long chain."""
     count = workers if workers is not None else (os.cpu_count() or 1)
     target = store.worker_target()
     if count < 2 or target is None or (workers is None and until - after < PARALLEL_FROM):
-        return [await walk(store.rows_after, after, until, prev, signed, cutoff)]
+        return [await walk(store.rows_after, after, until, prev, signed, cutoffs)]
     bounds = [after + (until - after) * part // count for part in range(count + 1)]
     loop = asyncio.get_running_loop()
     # Spawned, not forked: this process has an event loop and driver threads a fork would copy mid-use.
     with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
-        first = asyncio.ensure_future(walk(store.rows_after, bounds[0], bounds[1], prev, signed, cutoff))
+        first = asyncio.ensure_future(walk(store.rows_after, bounds[0], bounds[1], prev, signed, cutoffs))
         rest = [
-            loop.run_in_executor(pool, walk_segment, target, store.by_position_statement, lo, hi, signed, cutoff)
+            loop.run_in_executor(pool, walk_segment, target, store.by_position_statement, lo, hi, signed, cutoffs)
             for lo, hi in itertools.pairwise(bounds[1:])
         ]
         return [await first, *await asyncio.gather(*rest)]

@@ -35,7 +35,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         raise ConfigError(
             "checkpoints go to an HTTPS collector: download them to a file and pass it with --checkpoints FILE"
         )
-    cutoff = utcnow() - timedelta(days=settings.audit.retention_days)
+    now = utcnow()
+    cutoff = now - timedelta(days=settings.audit.retention_days)
+    grant_cutoff = now - timedelta(days=settings.audit.grant_retention_days)
 
     async def run() -> int:
         database = Database.from_settings(settings.database)
@@ -48,6 +50,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 from_seq=args.from_seq,
                 to_seq=args.to_seq,
                 retention_cutoff=cutoff,
+                grant_retention_cutoff=grant_cutoff,
                 workers=args.workers,
             )
         finally:

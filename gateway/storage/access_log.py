@@ -58,6 +58,8 @@ class AccessRecord:
     prev_hash: str | None = None
     hash: str | None = None
     purged: bool = False
+    #: On a purged stub: the hash of the removed content (gateway/audit/canonical.py).
+    rest_hash: str | None = None
 
 
 _COLUMNS = tuple(column.name for column in access_log.columns)

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.audit.canonical import FIELDS, GENESIS, content_hash, link_hash
+from gateway.audit.canonical import FIELDS, GENESIS, PREFIX, REST_FIELDS, content_hash, link_hash, rest_hash
 from gateway.storage._time import from_db, to_db
 from gateway.storage.access_log import AccessRecord, insert_row
 from gateway.storage.database import read_transaction, worker_dsn, write_transaction
@@ -31,7 +31,7 @@ from gateway.storage.sqlite_chain import HEAD_SQL
 #: pg_advisory_xact_lock key of the chain (any constant unique to channelgate: "cg" "ch" "ai" "n").
 _PG_CHAIN_LOCK = 0x63676368_61696E
 #: Columns a verifier reads, in this order: the content (canonical order), then the chain's own.
-CHAIN_COLUMNS = ("chain_pos", "content_hash", "prev_hash", "hash", "purged")
+CHAIN_COLUMNS = ("chain_pos", "content_hash", "prev_hash", "hash", "purged", "rest_hash")
 _ROW_COLUMNS = ", ".join((*FIELDS, *CHAIN_COLUMNS))
 _UNSEALED = text(
     f"SELECT {', '.join(FIELDS)} FROM access_log WHERE chain_pos IS NULL ORDER BY seq LIMIT :limit"  # noqa: S608 - our column names
@@ -314,7 +314,25 @@ class PurgeCounts:
 
 
 #: The content a purge removes (everything but what keeps the chain verifiable: seq, time, kind and the chain).
-PURGED_COLUMNS = tuple(name for name in FIELDS if name not in ("seq", "time", "kind"))
+PURGED_COLUMNS = REST_FIELDS
+#: The records to stub, read raw as ``audit verify`` reads them (their ``rest_hash`` must be what it recomputes).
+_STUB_ROWS = text(
+    f"SELECT {', '.join(FIELDS)}, content_hash FROM access_log WHERE seq IN :seqs"  # noqa: S608 - our column names
+).bindparams(bindparam("seqs", expanding=True))
+_STUB = (
+    update(access_log)
+    .where(access_log.c.seq == bindparam("b_seq"))
+    .values(purged=True, rest_hash=bindparam("b_rest"), **dict.fromkeys(PURGED_COLUMNS))
+)
+
+
+def _stubs(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """The stub of each row: its ``rest_hash`` — which, with the head the stub keeps, gives back its
+    ``content_hash`` — or None for a record of format cg1, whose hash covers everything at once."""
+    return [
+        {"b_seq": row[0], "b_rest": rest_hash(row) if str(row[len(FIELDS)]).startswith(PREFIX) else None}
+        for row in rows
+    ]
 
 
 class ChainPurger:
@@ -386,9 +404,8 @@ class ChainPurger:
                 .all()
             )
             if stub_seqs:
-                await conn.execute(
-                    update(access_log).where(c.seq.in_(stub_seqs)).values(purged=True, **dict.fromkeys(PURGED_COLUMNS))
-                )
+                rows = (await conn.execute(_STUB_ROWS, {"seqs": list(stub_seqs)})).all()
+                await conn.execute(_STUB, await asyncio.to_thread(_stubs, rows))
             if stub_seqs or deleted:
                 await conn.execute(insert(access_log).values(insert_row(record(anchor, len(stub_seqs), deleted))))
             return PurgeCounts(len(stub_seqs), deleted, anchor)

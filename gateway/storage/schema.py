@@ -148,7 +148,8 @@ access_log = Table(
     # The tamper-evident chain (gateway/audit/chain.py), filled by the sealer after the row committed:
     #: Position in the chain (1, 2, ...); NULL until sealed. Records sealed in commit order, not ``seq`` order.
     Column("chain_pos", BigInteger, unique=True),
-    #: SHA-256 of the record's canonical form (gateway/audit/canonical.py); kept when retention purges it.
+    #: The record's hash, "cg2:" + SHA-256 over its head and ``rest_hash`` in base64url (gateway/audit/
+    #: canonical.py; a bare hex SHA-256 for records of format cg1); kept when retention purges it.
     Column("content_hash", String(64)),
     #: ``hash`` of the record at ``chain_pos - 1`` (64 zeros for the first).
     Column("prev_hash", String(64)),
@@ -156,6 +157,9 @@ access_log = Table(
     Column("hash", String(64)),
     #: True once retention removed the record's content: its stub keeps the chain verifiable.
     Column("purged", Boolean, nullable=False, default=False, server_default="0"),
+    #: Set by retention on a purged stub: the hash of the content it removed, from which ``audit verify``
+    #: recomputes ``content_hash`` with the stub's seq, time and kind. NULL on every other record.
+    Column("rest_hash", String(43)),
 )
 Index("ix_access_log_agent_time", access_log.c.agent_id, access_log.c.time)
 Index("ix_access_log_time", access_log.c.time)
