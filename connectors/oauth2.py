@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -56,6 +57,9 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1: what a Bearer header can carry
 _ERROR_CODE = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5.2 "error"
 _DESCRIPTION = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,200}")  # RFC 6749 §5.2 "error_description"
+#: An error_description repeating this many consecutive characters of anything secret we sent is withheld: an
+#: echo need not be whole (a truncated token, the secret's half after a ':') to leak it.
+ECHO_WINDOW = 8
 
 Kind = Literal["access", "refresh"]
 
@@ -125,6 +129,22 @@ def _client_authorization(client_id: str, secret: Secret) -> str:
     """RFC 6749 §2.3.1: both parts form-urlencoded *before* Basic (RFC 7617), so a ':' in either survives."""
     pair = f"{quote_plus(client_id)}:{quote_plus(secret.reveal())}"
     return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def _client_secret_forms(client_id: str, secret: Secret) -> tuple[str, ...]:
+    """Every form in which the client secret travels in ``_client_authorization``: raw, form-urlencoded, and as
+    the Basic credentials, so an authorization server echoing any of them gets none into a receipt."""
+    raw = secret.reveal()
+    return raw, quote_plus(raw), _client_authorization(client_id, secret).partition(" ")[2]
+
+
+def _repeats_any(text: str, values: Sequence[str]) -> bool:
+    """Whether ``text`` holds ``ECHO_WINDOW`` consecutive characters of any of ``values`` (all of a shorter one)."""
+    for value in values:
+        width = min(len(value), ECHO_WINDOW)
+        if width and any(value[i : i + width] in text for i in range(len(value) - width + 1)):
+            return True
+    return False
 
 
 class OAuth2Connector:
@@ -269,9 +289,7 @@ class OAuth2Connector:
         return await self._keep(agent, answer, refresh.grant, stored, replaces=refresh)
 
     async def _token_call(self, form: Mapping[str, str], sent: Sequence[str]) -> Mapping[str, Any]:
-        status, answer = await self._post("token endpoint", self._settings.token_url, form, sent)
-        if status != 200:
-            raise self._failure("token endpoint", status, answer, sent)
+        answer = await self._post("token endpoint", self._settings.token_url, form, sent)
         if not isinstance(answer, Mapping):
             raise _CallFailed(Outcome.FAILED, "the token endpoint answered 200 without a JSON object")
         return answer
@@ -331,10 +349,12 @@ class OAuth2Connector:
         form: Mapping[str, str],
         sent: Sequence[str],
         idempotency_key: str | None = None,
-    ) -> tuple[int, object]:
-        """POST a form with client authentication; (status, JSON or None). Unreachable → RETRY."""
+    ) -> object:
+        """POST a form with client authentication; the JSON of a 200 answer (None if it is none). Unreachable →
+        RETRY; any other status → ``_failure``, which must not repeat ``sent`` or the client secret."""
+        credential = await self._context.credential()
         headers = {
-            "Authorization": _client_authorization(self._settings.client_id, await self._context.credential()),
+            "Authorization": _client_authorization(self._settings.client_id, credential),
             "Accept": "application/json",
             # Encoded here as aiohttp's FormData would encode it, without building a FormData per call (~40 µs).
             "Content-Type": "application/x-www-form-urlencoded",
@@ -352,16 +372,20 @@ class OAuth2Connector:
             raise _CallFailed(
                 Outcome.RETRY, f"the {what} at {origin} cannot be reached ({type(exc).__name__})"
             ) from None
-        if len(body) > MAX_ANSWER_BYTES:
-            return status, None
-        try:
-            return status, json.loads(body)
-        except ValueError:
-            return status, None
+        answer: object = None
+        if len(body) <= MAX_ANSWER_BYTES:
+            with contextlib.suppress(ValueError):
+                answer = json.loads(body)
+        if status != 200:
+            raise self._failure(
+                what, status, answer, (*sent, *_client_secret_forms(self._settings.client_id, credential))
+            )
+        return answer
 
     def _failure(self, what: str, status: int, answer: object, sent: Sequence[str]) -> _CallFailed:
         """An RFC 6749 §5.2 error as a safe, actionable detail: the server's description only if it is plain
-        text that repeats nothing we sent (a hostile server could echo a token back)."""
+        text that repeats no part of anything secret we sent (a hostile or careless server could echo a token or
+        the client secret back, and the detail goes to receipts, the access log and SIEM exports)."""
         fields = answer if isinstance(answer, Mapping) else {}
         code = fields.get("error") if isinstance(fields.get("error"), str) else None
         code = code if code is not None and _ERROR_CODE.fullmatch(code) else None
@@ -376,7 +400,7 @@ class OAuth2Connector:
         detail = f"the {what} answered HTTP {status}" + (f" {code}" if code else "")
         description = fields.get("error_description")
         plain = isinstance(description, str) and _DESCRIPTION.fullmatch(description) is not None
-        if plain and not any(value and value in str(description) for value in sent):
+        if plain and not _repeats_any(str(description), sent):
             detail += f": {description}"
         return _CallFailed(outcome, detail, code)
 
@@ -399,11 +423,9 @@ class OAuth2Connector:
                 form = {"token": token.value.reveal(), "token_type_hint": token.hint}
                 key = f"{ctx.idempotency_key}:{token.name}"
                 try:
-                    status, answer = await self._post(
+                    await self._post(
                         "revocation endpoint", self._settings.revocation_url, form, (token.value.reveal(),), key
                     )
-                    if status != 200:
-                        raise self._failure("revocation endpoint", status, answer, (token.value.reveal(),))
                 except _CallFailed as failure:
                     detail = f"{failure.detail} ({done} of {len(pending)} tokens revoked so far)"
                     return StepResult(self.channel, "revoke", failure.outcome, detail=detail)
@@ -426,11 +448,9 @@ class OAuth2Connector:
         for token in stored:
             form = {"token": token.value.reveal(), "token_type_hint": token.hint}
             try:
-                status, answer = await self._post(
+                answer = await self._post(
                     "introspection endpoint", self._settings.introspection_url, form, (token.value.reveal(),)
                 )
-                if status != 200:
-                    raise self._failure("introspection endpoint", status, answer, (token.value.reveal(),))
             except _CallFailed as failure:
                 return StepResult(self.channel, "verify_no_access", failure.outcome, detail=failure.detail)
             verdict = answer.get("active") if isinstance(answer, Mapping) else None

@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from connectors.base import AgentRef, Connector, Outcome, StepContext, StepResult
@@ -36,8 +37,10 @@ log = logging.getLogger("channelgate.deprovision")
 COMMIT_BATCH = 200
 #: After a failed commit, wait this long before trying the same batch again (nothing is dropped).
 COMMIT_RETRY_SECONDS = 1.0
-#: Runs whose agent and successor are remembered (a run's steps all act for the same people).
-PEOPLE_CACHE = 4096
+#: Runs whose agent is remembered (a run's steps all act for the same agent).
+AGENT_CACHE = 4096
+#: What the storage answers for a run it has no people for.
+NOBODY = RunPeople(None, None, None)
 
 
 class PipelineWorker:
@@ -63,9 +66,9 @@ class PipelineWorker:
         self._committing = False
         self._results: asyncio.Queue[Attempt] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        # run id → (agent, successor): read once per run, not once per step. A successor chosen at the first
-        # hand-over of a run stays that run's successor, so every channel's tickets go to the same person.
-        self._people: OrderedDict[str, tuple[AgentRef, AgentRef | None]] = OrderedDict()
+        # run id → agent: read once per run, not once per step. Never the successor: who takes the tickets is
+        # read at each hand-over attempt (``_hand_over``), so one disabled meanwhile is no successor.
+        self._agents: OrderedDict[str, AgentRef] = OrderedDict()
 
     def wake(self) -> None:
         """Work may be due here (a run was queued, a commit unlocked a step, a slot freed): look now rather than
@@ -169,15 +172,15 @@ class PipelineWorker:
         # Well inside the lease, so no other worker takes the step over while this attempt may still act.
         limit = self._settings.lease_seconds / 2
         try:
-            agent, successor = await self._people_of(run)
+            if step.step is StepKind.HAND_OVER:
+                return await self._hand_over(connector, run, ctx, limit)
+            agent = await self._agent_of(run)
             async with asyncio.timeout(limit):
                 if step.step is StepKind.REVOKE:
                     return await connector.revoke(agent, ctx)
                 if step.step is StepKind.VERIFY:
                     return await connector.verify_no_access(agent, ctx)
-                if step.step is StepKind.REMOVE:
-                    return await connector.remove(agent, ctx)
-                return await connector.hand_over(agent, successor, ctx)
+                return await connector.remove(agent, ctx)
         except TimeoutError:
             detail = f"no answer within {limit:g} s; will retry"
         except ChannelgateError as exc:
@@ -189,31 +192,45 @@ class PipelineWorker:
             detail = "the connector raised an unexpected error (see the gateway log); will retry"
         return StepResult(step.channel, step.step.value, Outcome.RETRY, detail=detail)
 
+    async def _hand_over(self, connector: Connector, run: RunRecord, ctx: StepContext, limit: float) -> StepResult:
+        """Hand the agent's open work over to the successor as the directory has them now: read at every attempt,
+        so a successor disabled or deleted while the step was retrying gets nothing, and the receipt says why."""
+        found = await self._runs.people_of([run.id])
+        people = found.get(run.id, NOBODY)
+        agent = agent_ref(run, people)
+        self._remember(run.id, agent)
+        successor, passed_over = successor_ref(run, people)
+        async with asyncio.timeout(limit):
+            result = await connector.hand_over(agent, successor, ctx)
+        if passed_over is None or result.outcome is Outcome.NOT_APPLICABLE:
+            return result
+        return replace(result, detail=f"{result.detail}; {passed_over}" if result.detail else passed_over)
+
     async def _learn_people(self, runs: Mapping[str, RunRecord]) -> None:
-        """Read the people of claimed runs not yet known here, all in one read."""
-        unknown = [run_id for run_id in runs if run_id not in self._people]
+        """Read the agents of claimed runs not yet known here, all in one read."""
+        unknown = [run_id for run_id in runs if run_id not in self._agents]
         if not unknown:
             return
         try:
             found = await self._runs.people_of(unknown)
         except ChannelgateError as exc:
             log.warning("deprovisioning worker cannot read the agents of %d runs: %s", len(unknown), exc.message)
-            return  # each attempt reads its own run's people (and retries if that fails too)
+            return  # each attempt reads its own run's agent (and retries if that fails too)
         for run_id in unknown:
-            self._remember(run_id, people_refs(runs[run_id], found.get(run_id, RunPeople(None, None, None))))
+            self._remember(run_id, agent_ref(runs[run_id], found.get(run_id, NOBODY)))
 
-    def _remember(self, run_id: str, people: tuple[AgentRef, AgentRef | None]) -> None:
-        self._people[run_id] = people
-        while len(self._people) > PEOPLE_CACHE:
-            self._people.popitem(last=False)
+    def _remember(self, run_id: str, agent: AgentRef) -> None:
+        self._agents[run_id] = agent
+        while len(self._agents) > AGENT_CACHE:
+            self._agents.popitem(last=False)
 
-    async def _people_of(self, run: RunRecord) -> tuple[AgentRef, AgentRef | None]:
-        people = self._people.get(run.id)
-        if people is None:
+    async def _agent_of(self, run: RunRecord) -> AgentRef:
+        agent = self._agents.get(run.id)
+        if agent is None:
             found = await self._runs.people_of([run.id])
-            people = people_refs(run, found.get(run.id, RunPeople(None, None, None)))
-            self._remember(run.id, people)
-        return people
+            agent = agent_ref(run, found.get(run.id, NOBODY))
+            self._remember(run.id, agent)
+        return agent
 
     # -- committing results -----------------------------------------------------------------------------------
 
@@ -265,22 +282,31 @@ class PipelineWorker:
                 )
 
 
-def people_refs(run: RunRecord, people: RunPeople) -> tuple[AgentRef, AgentRef | None]:
-    """Who a run acts for, and who takes the agent's open work: the successor the trigger named, else the SCIM
-    enterprise manager; a successor who is gone or disabled is no successor (the channel's fallback queue takes
-    the work). A successor chosen at the first hand-over of a run stays that run's successor here, so every
-    channel's tickets go to the same person."""
+def agent_ref(run: RunRecord, people: RunPeople) -> AgentRef:
+    """Who a run acts for: the agent as stored (deleted or not), else as the run recorded them."""
     agent, manager = people.agent, people.manager
     if agent is None:
-        ref = AgentRef(agent_id=run.agent_id, user_name=run.user_name)
-    else:
-        ref = AgentRef(
-            agent_id=agent.id,
-            user_name=agent.user_name,
-            email=agent.email,
-            manager_user_name=manager.user_name if manager is not None else None,
-        )
-    chosen = people.named_successor if run.successor else manager
-    if chosen is None or not chosen.active or chosen.id == run.agent_id:
-        return ref, None
-    return ref, AgentRef(agent_id=chosen.id, user_name=chosen.user_name, email=chosen.email)
+        return AgentRef(agent_id=run.agent_id, user_name=run.user_name)
+    return AgentRef(
+        agent_id=agent.id,
+        user_name=agent.user_name,
+        email=agent.email,
+        manager_user_name=manager.user_name if manager is not None else None,
+    )
+
+
+def successor_ref(run: RunRecord, people: RunPeople) -> tuple[AgentRef | None, str | None]:
+    """Who takes the agent's open work: the successor the trigger named, else the SCIM enterprise manager. One who
+    is gone or disabled is no successor (the channel's fallback queue takes the work): then also the reason, for
+    the receipt. ``people`` must be read at the hand-over attempt itself, never remembered from an earlier one."""
+    chosen = people.named_successor if run.successor else people.manager
+    role = "the named successor" if run.successor else "the manager"
+    if run.successor and chosen is None:
+        return None, f"{role} {run.successor} is deleted or unknown"
+    if chosen is None:
+        return None, None
+    if chosen.id == run.agent_id:
+        return None, f"{role} {chosen.user_name} is the departing agent"
+    if not chosen.active:
+        return None, f"{role} {chosen.user_name} is disabled"
+    return AgentRef(agent_id=chosen.id, user_name=chosen.user_name, email=chosen.email), None

@@ -11,9 +11,9 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 import httpx
 import pytest
@@ -408,6 +408,58 @@ async def test_a_server_echoing_the_token_in_its_error_does_not_get_it_into_the_
     assert bearer(request) not in echoed.detail
     assert echoed.detail.startswith("the revocation endpoint answered HTTP 400 invalid_request (")
     assert described.detail.startswith("the revocation endpoint answered HTTP 400 invalid_request: token_type_hint")
+
+
+#: How an authorization server could repeat the client secret it was sent in the Basic header (RFC 6749 §2.3.1).
+SECRET_ECHOES: dict[str, Callable[[str, str], str]] = {
+    "raw": lambda pair, secret: secret,
+    "form-encoded": lambda pair, secret: quote_plus(secret),
+    "basic credentials": lambda pair, secret: base64.b64encode(pair.encode()).decode(),
+    "part after the colon": lambda pair, secret: secret.partition(":")[2],
+}
+
+
+@pytest.mark.parametrize("echo", list(SECRET_ECHOES))
+async def test_a_server_echoing_the_client_secret_gets_it_into_no_receipt_or_error(
+    echo: str, console: OAuthConsole, replicas: Replicas
+) -> None:
+    async def echo_client(request: Request) -> JSONResponse:
+        pair = base64.b64decode(request.headers["authorization"].partition(" ")[2]).decode()
+        client_id, _, secret = pair.partition(":")
+        echoed = SECRET_ECHOES[echo](pair, unquote_plus(secret))
+        description = f"client {unquote_plus(client_id)} with secret {echoed} may not do this"
+        return JSONResponse({"error": "unauthorized_client", "error_description": description}, status_code=400)
+
+    app = Starlette(routes=[Route("/oauth", echo_client, methods=["POST"])])
+    async with serve_asgi(app) as hostile:
+        await prepared(replicas.connector(console))
+        at = f"{hostile.url}/oauth"
+        connector = replicas.connector(console, token_url=at, revocation_url=at, introspection_url=at)
+        results = [await connector.revoke(ALICE, CTX), await connector.verify_no_access(ALICE, CTX)]
+        with pytest.raises(UpstreamError) as raised:
+            await prepared(connector, BOB)
+    assert [result.outcome for result in results] == [Outcome.FAILED, Outcome.FAILED]
+    pair = f"{quote_plus(CLIENT_ID)}:{quote_plus(CLIENT_SECRET)}"
+    forms = {SECRET_ECHOES[name](pair, CLIENT_SECRET) for name in SECRET_ECHOES}
+    details = [*(result.detail for result in results), str(raised.value.detail)]
+    assert all("answered HTTP 400 unauthorized_client" in detail for detail in details), details
+    for text in (*details, str(raised.value), repr(raised.value)):
+        assert all(form not in text for form in forms), text
+
+
+async def test_a_description_naming_only_the_client_id_stays_in_the_receipt(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    async def refuse(request: Request) -> JSONResponse:
+        description = f"client {CLIENT_ID} may not revoke tokens of another client"
+        return JSONResponse({"error": "unauthorized_client", "error_description": description}, status_code=400)
+
+    async with serve_asgi(Starlette(routes=[Route("/revoke", refuse, methods=["POST"])])) as server:
+        await prepared(replicas.connector(console))
+        result = await replicas.connector(console, revocation_url=f"{server.url}/revoke").revoke(ALICE, CTX)
+    assert result.detail.startswith(
+        f"the revocation endpoint answered HTTP 400 unauthorized_client: client {CLIENT_ID} may not revoke tokens"
+    )
 
 
 async def test_with_a_ticket_api_open_tickets_are_handed_to_the_successor(replicas: Replicas) -> None:

@@ -130,6 +130,52 @@ async def test_a_successor_named_by_the_trigger_takes_the_tickets_and_without_on
             ]  # fmt: skip
 
 
+async def test_a_successor_disabled_while_the_hand_over_retries_gets_nothing_and_the_receipt_says_why() -> None:
+    toml = FAST_RETRIES + "max_attempts = 1000\n"
+    async with offboarding_stack({"alice": 2}, ["alice", "carol"], deprovision_toml=toml) as stack:
+        stack.add_agents(["alice", "carol"], managers={"alice": "carol"})
+        async with gateway_of(stack) as services:
+            mail = stack.consoles["mail"]
+            mail.faults.set("unavailable", "/api/")  # the mail ticket API answers 503 for a while
+            await services.killer.deprovision("alice", reason="left", actor="t", source="cli")
+            agent = await services.agents.find("alice")
+            assert agent is not None
+
+            async def hand_over(channel: str) -> Any:
+                [run] = await services.pipeline.runs_of_agent(agent.id)
+                return (await steps_by_channel(services, run))[(channel, "hand_over")]
+
+            async def mail_attempts() -> int:
+                step = await hand_over("mail")
+                assert step.state is StepState.PENDING
+                return int(step.attempts)
+
+            async def chat_done_and_mail_retrying() -> bool:
+                return bool((await hand_over("chat")).state is StepState.DONE and await mail_attempts() >= 1)
+
+            await eventually(chat_done_and_mail_retrying, 30)
+            # Meanwhile carol, alice's manager and so her successor, leaves too.
+            await services.killer.deprovision("carol", reason="left", actor="t", source="cli")
+            # Once a later attempt is claimed, none that read the directory before carol left is still running.
+            seen = await mail_attempts()
+
+            async def claimed_again() -> bool:
+                return await mail_attempts() > seen
+
+            await eventually(claimed_again, 30)
+            mail.faults.set("ok")
+            run = await finished_run(services, "alice")
+            steps = await steps_by_channel(services, run)
+            assert run.state is RunState.DONE, {k: (s.state, s.detail) for k, s in steps.items()}
+            moved = [e["detail"] for e in await mail.effects() if e["effect"] == REASSIGNED]
+            assert sorted(moved) == ["T-alice-0 -> queue mail-unassigned", "T-alice-1 -> queue mail-unassigned"]
+            assert steps[("mail", "hand_over")].detail == (
+                "2 open tickets moved to queue 'mail-unassigned' (no successor); the manager carol is disabled"
+            )
+            # chat's hand-over had gone through while carol was still active.
+            assert steps[("chat", "hand_over")].detail == "2 open tickets handed to carol"
+
+
 @pytest.mark.parametrize("fault", ["refused", "unavailable", "hang"])
 async def test_a_failing_channel_does_not_hold_up_the_others_and_completes_when_it_comes_back(fault: str) -> None:
     async with offboarding_stack(
