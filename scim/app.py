@@ -33,6 +33,7 @@ from gateway.storage.scim_tokens import ScimTokenRepository
 from gateway.timeutil import utcnow
 from scim import requests
 from scim.errors import ScimError
+from scim.handler import RetryingHandler
 from scim.lifecycle import CLIENT, Lifecycle, actor
 from scim.lookups import Lookups
 from scim.provider import MAX_BODY_BYTES, scim_provider
@@ -42,6 +43,12 @@ log = logging.getLogger("channelgate.scim")
 
 MOUNT_PATH = "/scim"
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Characters left as they are when a decoded path is percent-encoded again (RFC 3986 §3.3).
+_PATH_SAFE = "/:@!$&'()*+,;="
+#: Longest id we issue (a UUID): a longer one in a path names no agent, and would not fit the log's column.
+_ID_LENGTH = 36
+#: Seconds an IdP waits before it retries a 503: Okta needs an integer, else it waits 5 min (research note §1).
+RETRY_AFTER_SECONDS = 10
 
 
 class _Service(ScimService):
@@ -50,8 +57,15 @@ class _Service(ScimService):
 
 
 def _scim_exception(exc: ChannelgateError) -> SCIMException:
-    """One of our errors as the SCIM Error the engine renders (RFC 7644 §3.12)."""
-    rendered = SCIMException(detail=exc.message)
+    """One of our errors as the SCIM Error the engine renders (RFC 7644 §3.12).
+
+    Only SCIM errors are written for the IdP; any other server-side failure (a ``StorageError`` names the
+    database's host, port, role and database) is logged and answered with a generic detail.
+    """
+    detail = exc.message
+    if exc.status >= 500 and not isinstance(exc, ScimError):
+        detail = f"the gateway could not complete the request ({exc.code}); the cause is in its log, retry later"
+    rendered = SCIMException(detail=detail)
     rendered.status = exc.status
     rendered.scim_type = (exc.scim_type if isinstance(exc, ScimError) else None) or ""
     return rendered
@@ -72,6 +86,7 @@ class ScimApplication(ASGIApplication):
     ) -> None:
         provider = scim_provider()
         super().__init__(storage, provider, _Service(provider))
+        self.handler = RetryingHandler(self.service, storage)
         self._tokens = tokens
         self._agents = agents
         self._lifecycle = lifecycle
@@ -144,14 +159,19 @@ class ScimApplication(ASGIApplication):
         """The engine's default ``Location`` is the request's URL with its path decoded: percent-encode it again
         (RFC 3986 §2.1), or a ``%0D`` or ``%1F`` in the path is a header value no server may send (RFC 9110 §5.5)
         and the answer is lost with the connection."""
-        response.headers.setdefault("Location", self._base_url + quote(request.path, safe="/:@!$&'()*+,;="))
+        response.headers.setdefault("Location", self._base_url + quote(request.path, safe=_PATH_SAFE))
         return super().finalize_response(request, response)
 
     def handle_exception(self, request: ScimRequest, exception: Exception) -> ScimResponse:
         if isinstance(exception, ChannelgateError):
             if exception.status >= 500:
-                log.error("SCIM %s %s failed: %s", request.method, request.path, exception.message)
-            return self.service.error_response(_scim_exception(exception))
+                log.error(
+                    "SCIM %s %s failed: %s (%s)", request.method, request.path, exception.message, exception.detail
+                )
+            response = self.service.error_response(_scim_exception(exception))
+            if exception.status == 503:
+                response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         return super().handle_exception(request, exception)
 
     async def serve(self, request: ScimRequest) -> ScimResponse:
@@ -168,6 +188,10 @@ class ScimApplication(ASGIApplication):
         agent_id = None
         if parts[0] == "Users":
             agent_id = parts[1] if len(parts) > 1 else body.get("id")
+        # The path is the client's: a U+0000 or an overlong id in it cannot be stored on PostgreSQL, and the
+        # record of a refused request must not fail the response.
+        if agent_id is not None and (len(agent_id) > _ID_LENGTH or "\x00" in agent_id):
+            agent_id = None
         await self._audit.write(
             AccessRecord(
                 time=utcnow(),
@@ -175,7 +199,7 @@ class ScimApplication(ASGIApplication):
                 agent_id=agent_id,
                 agent_name=body.get("userName"),
                 method=request.method.upper(),
-                path=MOUNT_PATH + "/v2" + request.path,
+                path=MOUNT_PATH + "/v2" + quote(request.path, safe=_PATH_SAFE),
                 status=int(response.status),
                 decision="applied" if int(response.status) < 400 else "refused",
                 reason=body.get("detail") if int(response.status) >= 400 else None,

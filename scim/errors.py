@@ -14,7 +14,8 @@ what the client must change. It never contains stored data.
         ├── NoTarget              400  noTarget        a PATCH path matched nothing
         ├── InvalidValue          400  invalidValue    a value has the wrong type or is missing
         ├── InvalidVersion        400  invalidVers     the SCIM protocol version is not supported
-        └── Sensitive             400  sensitive       sensitive data was sent in the URI
+        ├── Sensitive             400  sensitive       sensitive data was sent in the URI
+        └── Busy                  503                  concurrent writes kept changing the resource; retry
 """
 
 from __future__ import annotations
@@ -83,3 +84,11 @@ class InvalidVersion(ScimError):
 class Sensitive(ScimError):
     code = "scim_sensitive"
     scim_type = "sensitive"
+
+
+class Busy(ScimError):
+    """Other replicas kept writing the resource while the request was applied to it (``scim.handler``): a 503
+    with Retry-After, which IdPs retry, rather than a 412 the client's preconditions did not cause."""
+
+    status = 503
+    code = "scim_busy"

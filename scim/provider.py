@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Final
 
 from scim2_models import (
+    AnyExtension,
     AuthenticationScheme,
     Bulk,
     ChangePassword,
     ComplexAttribute,
+    Email,
     EnterpriseUser,
     ETag,
     External,
@@ -46,6 +48,21 @@ class ScimGroup(Group):
     members: list[ScimGroupMember] | None = None  # type: ignore[assignment]
 
     Members: ClassVar[type[ComplexAttribute]] = ScimGroupMember
+
+
+class ScimEmail(Email):
+    """An email as we store it: any string. scim2-models checks it as a deliverable address (pydantic's
+    ``EmailStr``), which refuses directory addresses such as ``jdoe@corp.local`` or ``jdoe@contoso``; RFC 7643
+    §4.1.2 only says the value SHOULD follow RFC 5321, and the gateway never sends mail."""
+
+    value: str | None = None
+    """Email addresses for the user."""
+
+
+class ScimUser(User[AnyExtension]):
+    emails: list[ScimEmail] | None = None  # type: ignore[assignment]
+
+    Emails: ClassVar[type[ComplexAttribute]] = ScimEmail
 
 
 #: Largest page a search returns; a larger ``count`` is lowered to it (RFC 7644 §3.4.2.4).
@@ -82,9 +99,9 @@ def service_provider_config() -> ServiceProviderConfig:
 
 def scim_provider() -> ScimProvider:
     return ScimProvider(
-        models=[User, EnterpriseUser, ScimGroup],
+        models=[ScimUser, EnterpriseUser, ScimGroup],
         resource_types=[
-            ResourceType.from_resource(User[EnterpriseUser]),
+            ResourceType.from_resource(ScimUser[EnterpriseUser]),
             ResourceType.from_resource(ScimGroup),
         ],
         config=service_provider_config(),

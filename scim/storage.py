@@ -5,7 +5,9 @@ lifecycle is read here by comparing ``active`` before and after: true → false 
 committed, before ``update`` returns, hence before the response); false → true re-enables the agent, whose old
 sessions stay dead. DELETE deprovisions and then soft-deletes (RFC 7644 §3.6): the id answers 404 from then on
 and the userName is free for a rehire. Searches page by a fixed order (created, id), stable across pages as
-Okta requires; filters go through ``scim.filters``' allow-list and never widen.
+Okta requires; filters go through ``scim.filters``' allow-list and never widen. ``expected_version`` is the
+version the engine read, never the client's If-Match: a write is a compare-and-swap, which ``scim.handler`` tries
+again on a fresh read when it loses.
 """
 
 from __future__ import annotations
@@ -49,10 +51,21 @@ from gateway.timeutil import utcnow
 from scim.errors import InvalidFilter
 from scim.filters import group_filter, user_filter
 from scim.lifecycle import Lifecycle
-from scim.mapping import group_resource, member_ids, user_columns, user_document, user_resource, version_of
+from scim.mapping import (
+    group_resource,
+    member_ids,
+    unstorable_group,
+    unstorable_user,
+    user_columns,
+    user_document,
+    user_resource,
+    version_of,
+)
 from scim.provider import MAX_RESULTS
 
 _LIVE = agents.c.deleted_at.is_(None)
+#: Largest OFFSET both databases bind (a signed 64-bit integer); a larger startIndex is past every row anyway.
+_MAX_OFFSET: Final = 2**63 - 1
 
 
 def _expected(expected_version: str | None) -> int | None:
@@ -144,6 +157,8 @@ class DatabaseStorage(AsyncScimStorage):
         *,
         response_parameters: ResponseParameters[Any] | None = None,
     ) -> Resource[Any]:
+        if "\x00" in resource_id:  # no id holds U+0000, which PostgreSQL cannot even compare
+            raise _not_found(str(resource_type.name).lower(), resource_id)
         if resource_type.name == "User":
             async with read_transaction(self._engine) as conn:
                 row = (await conn.execute(select(agents).where(agents.c.id == resource_id, _LIVE))).mappings().first()
@@ -170,7 +185,8 @@ class DatabaseStorage(AsyncScimStorage):
             condition = None if text is None else (user_filter(text) if is_user else group_filter(text))
         except InvalidFilter as exc:
             raise InvalidFilterException(detail=exc.message) from None
-        offset = search_request.start_index_0 or 0
+        # A startIndex past the last result is an empty page, never an error (RFC 7644 §3.4.2.4).
+        offset = min(search_request.start_index_0 or 0, _MAX_OFFSET)
         limit = MAX_RESULTS if search_request.count is None else search_request.count
         if not is_user:
             total, found = await self._groups.search(condition, offset, limit)
@@ -225,7 +241,7 @@ class DatabaseStorage(AsyncScimStorage):
         assert isinstance(resource, User)
         agent_id, now = str(uuid4()), to_db(self._clock())
         values = {
-            **user_columns(resource),
+            **_storable(user_columns(resource)),
             "id": agent_id,
             "active": resource.active is not False,
             "source": "scim",
@@ -248,7 +264,7 @@ class DatabaseStorage(AsyncScimStorage):
         if isinstance(resource, Group):
             return await self._group_write(resource, resource.id, expected)
         assert isinstance(resource, User)
-        values = user_columns(resource)
+        values = _storable(user_columns(resource))
         try:
             async with write_transaction(self._engine) as conn:
                 row = (await conn.execute(select(agents).where(agents.c.id == resource.id, _LIVE))).mappings().first()
@@ -298,13 +314,18 @@ class DatabaseStorage(AsyncScimStorage):
 
     async def _group_write(self, group: Group, group_id: str | None, expected: int | None) -> Resource[Any]:
         assert group.display_name is not None  # required in every request context, checked by the engine
+        problem = unstorable_group(group.display_name, group.external_id)
+        if problem is not None:
+            raise InvalidValueException(detail=problem)
+        members = member_ids(group)
         try:
+            if impossible := [member for member in members if "\x00" in member]:
+                raise UnknownMembers(impossible)  # no id holds U+0000, which PostgreSQL cannot even compare
             if group_id is None:
-                members = member_ids(group)
                 change = await self._groups.create(group.display_name, group.external_id, members, self._clock())
             else:
                 change = await self._groups.replace(
-                    group_id, group.display_name, group.external_id, member_ids(group), expected, self._clock()
+                    group_id, group.display_name, group.external_id, members, expected, self._clock()
                 )
         except UnknownMembers as exc:
             raise InvalidValueException(detail=exc.message) from None
@@ -324,6 +345,13 @@ class DatabaseStorage(AsyncScimStorage):
         except NotFound:
             raise _not_found("group", group_id) from None
         await self._lifecycle.groups_changed(change.affected_agents)
+
+
+def _storable(columns: dict[str, Any]) -> dict[str, Any]:
+    problem = unstorable_user(columns)
+    if problem is not None:
+        raise InvalidValueException(detail=problem)
+    return columns
 
 
 def _taken(user_name: str) -> UniquenessException:

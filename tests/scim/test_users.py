@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from tests.scim.harness import ENTERPRISE, SCIM_JSON, USER, ScimGateway, patch, scim_gateway
@@ -207,3 +208,27 @@ async def test_a_put_without_active_never_reactivates(gateway: ScimGateway, scim
     response = await scim.put(f"/Users/{created['id']}", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["active"] is False
+
+
+@pytest.mark.parametrize("address", ["jdoe@corp.local", "jdoe@contoso", "jdoe@lab.test"])
+async def test_a_user_whose_email_has_a_directory_domain_is_provisioned(
+    gateway: ScimGateway, scim: httpx.AsyncClient, address: str
+) -> None:
+    """RFC 7643 §4.1.2: the value SHOULD follow RFC 5321; the gateway sends no mail, so it keeps what the IdP has."""
+    created = await create(scim, address)
+    assert created["emails"][0]["value"] == address
+    agent = await gateway.services.agents.get(created["id"])
+    assert agent is not None and agent.email == address
+    moved = await scim.patch(
+        f"/Users/{created['id']}",
+        json=patch({"op": "Replace", "path": 'emails[type eq "work"].value', "value": f"new.{address}"}),
+    )
+    assert moved.status_code == 204, moved.text
+    assert (await scim.get(f"/Users/{created['id']}")).json()["emails"][0]["value"] == f"new.{address}"
+
+
+@pytest.mark.parametrize("value", [42, True, {"address": "a@example.org"}, ["a@example.org"]])
+async def test_an_email_value_that_is_not_a_string_is_refused(scim: httpx.AsyncClient, value: Any) -> None:
+    response = await scim.post("/Users", json=user("typed@example.org", emails=[{"value": value, "type": "work"}]))
+    assert response.status_code == 400, response.text
+    assert response.json()["scimType"] == "invalidValue"
