@@ -36,6 +36,7 @@ from gateway.policy_reload import watch_policies
 from gateway.scope import scope_of
 from gateway.services import Services, open_gateway, start_worker
 from gateway.sessions.base import Revocation
+from gateway.sessions.watch import watch_sessions
 from gateway.settings import Settings
 from gateway.signals.receiver import receive_event
 from policies.decision import Subject, Target
@@ -94,7 +95,8 @@ async def _on_error(connection: HTTPConnection, exc: Exception) -> Response:
 
 
 async def _revocation_listener(services: Services) -> None:
-    """Close this replica's WebSockets of every revoked agent and acknowledge to the revoking replica.
+    """Close this replica's WebSockets of every revoked agent and acknowledge to the revoking replica; close
+    those of every session that ended (logout, expiry), unacknowledged: nobody waits for a session's end.
 
     Each revocation is applied in a task of its own: closing an agent's sockets waits for their close handshakes,
     and one agent's slow close must not hold back the acknowledgement of every revocation broadcast after it (in
@@ -102,9 +104,10 @@ async def _revocation_listener(services: Services) -> None:
     """
     async with asyncio.TaskGroup() as group:
         async for revocation in services.sessions.revocations():
-            if revocation.refresh_only:
-                continue  # a logout or group change: the session cache (if any) dropped its copies; nothing to close
-            group.create_task(_apply_revocation(services, revocation))
+            if revocation.ended_session is not None:
+                group.create_task(services.live.close_session(revocation.ended_session))
+            elif not revocation.refresh_only:  # a group change: the session cache (if any) dropped its copies
+                group.create_task(_apply_revocation(services, revocation))
 
 
 async def _apply_revocation(services: Services, revocation: Revocation) -> None:
@@ -112,10 +115,9 @@ async def _apply_revocation(services: Services, revocation: Revocation) -> None:
         services.collector.ending_access()
     try:
         if revocation.agent_id == "*":
-            # Resync after the broadcast channel dropped: re-check every open socket against the store.
-            for agent_id in list(services.live.agents()):
-                if not await services.sessions.sessions_of(agent_id, time.time()):
-                    await services.live.close_agent(agent_id)
+            # Resync after the broadcast channel dropped: re-check every open connection against the store (an
+            # agent's revocation or a session's end may have been missed meanwhile).
+            await _resync(services)
             return
         await services.live.close_agent(revocation.agent_id)
         for connector in services.connectors.values():
@@ -125,6 +127,22 @@ async def _apply_revocation(services: Services, revocation: Revocation) -> None:
         log.error(
             "could not apply revocation %s: %s (%s)", revocation.revocation_id, exc.message, exc.detail or "no detail"
         )
+
+
+async def _resync(services: Services) -> None:
+    """Close the connections of every agent without a live session, then of every session no longer live."""
+    bindings = services.live.sessions()  # taken first: each of these sessions existed before the reads below
+    now = services.clock()
+    alive: dict[str, set[str]] = {}
+    for agent_id in list(services.live.agents()):
+        alive[agent_id] = {session.id for session in await services.sessions.sessions_of(agent_id, now)}
+        if not alive[agent_id]:
+            await services.live.close_agent(agent_id)
+    for binding in bindings:
+        if binding.agent_id not in alive:
+            alive[binding.agent_id] = {s.id for s in await services.sessions.sessions_of(binding.agent_id, now)}
+        if binding.key not in alive[binding.agent_id]:
+            await services.live.close_session(binding.key)
 
 
 async def _heartbeat(services: Services) -> None:
@@ -199,8 +217,17 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
         built.sealer.start()
         forwarders = start_forwarders(built.settings.audit, built.database.engine, built.metrics.registry)
         worker = built.worker or start_worker(built)
+        timeouts = built.settings.sessions
+        sweeps = watch_sessions(
+            built.live,
+            built.sessions,
+            lambda: built.clock(),
+            timeouts.idle_timeout_seconds,
+            timeouts.absolute_timeout_seconds,
+        )
         tasks = [
             asyncio.create_task(_revocation_listener(built), name="channelgate-revocations"),
+            asyncio.create_task(sweeps, name="channelgate-session-watch"),
             asyncio.create_task(_heartbeat(built), name="channelgate-heartbeat"),
             asyncio.create_task(worker.run_forever(), name="channelgate-pipeline"),
         ]

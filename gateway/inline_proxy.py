@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response
@@ -318,7 +318,7 @@ async def proxy_http(request: Request) -> Response:
             resend=ConnectorResend(admitted.plan, admitted.agent, admitted.upstream, services.metrics),
         )
         if not response.stats.completed:
-            untrack.append(services.live.streams.track(admitted.session.data.agent_id, response.abort))
+            untrack.append(services.live.track_stream(admitted.session, response.abort))
         return response
     except ChannelgateError as exc:
         response = error_response(request, exc, scope.request_id)
@@ -340,10 +340,30 @@ def _elapsed_ms(scope: RequestScope) -> int:
     return round((time.perf_counter() - scope.started) * 1000)
 
 
+def _public_origin(services: Services) -> str:
+    """The gateway's origin (RFC 6454 §6.1) as a browser serialises it in ``Origin``."""
+    url = urlsplit(services.public_url)
+    return f"{url.scheme}://{url.netloc}".lower()
+
+
 async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
+    """A WebSocket to a console, for as long as its session lives (gateway/sessions/watch.py).
+
+    Browsers send the cookie on a WebSocket handshake whatever page opens it, and SameSite=Lax stops only
+    cross-*site* pages: a page on a sibling host of the same site could open the console's socket with the agent's
+    cookie (cross-site WebSocket hijacking). A handshake whose ``Origin`` is not the gateway's own is refused (403)
+    before the session is read. Without ``Origin`` it passes: browsers always send it on a WebSocket handshake
+    (RFC 6455 §4.1, Fetch), so its absence means a client no web page drives, which holds the cookie itself.
+    """
     services = _services(websocket)
     scope = scope_of(websocket, services.settings.server.trusted_proxies)
     log_path = _log_path(websocket)
+    origin = websocket.headers.get("origin")
+    if origin is not None and origin.lower() != _public_origin(services):
+        detail = {"error": "cross_origin_websocket", "origin": origin[:200]}
+        services.audit.submit(request_record(scope, "WEBSOCKET", log_path, status=403, detail=detail))
+        await websocket.close(code=1008)
+        return
     try:
         admitted = await _admit(websocket, services, scope, "GET")
         if admitted.match.redirect:
@@ -353,14 +373,24 @@ async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=1008 if exc.status in (401, 403) else 1011)
         return
     assert services.upstream is not None
+    binding = services.live.bind(admitted.session)
+    if binding is None:  # the session ended after it was read above
+        services.audit.submit(request_record(scope, "WEBSOCKET", log_path, status=401))
+        await websocket.close(code=1008)
+        return
     ws_url = "ws" + admitted.url.removeprefix("http")
-    await proxy_websocket(
-        websocket,
-        ws_url,
-        admitted.headers,
-        services.upstream.websocket_session,
-        services.live.websockets,
-        admitted.session.data.agent_id,
-    )
+    try:
+        await proxy_websocket(
+            websocket,
+            ws_url,
+            admitted.headers,
+            services.upstream.websocket_session,
+            services.live.websockets,
+            admitted.session.data.agent_id,
+            session=binding.key,
+            used=binding.use,
+        )
+    finally:
+        services.live.unbind(binding)
     record = request_record(scope, "WEBSOCKET", log_path, status=101, duration_ms=_elapsed_ms(scope))
     services.audit.submit(record)

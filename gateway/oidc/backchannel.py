@@ -4,16 +4,20 @@
 §2.6 requires: the signature with the provider's keys and the ID-token algorithm allowlist; ``iss`` exactly the
 configured issuer; ``aud`` our client id and no one else; ``iat`` recent; ``events`` holding the back-channel
 logout event; ``sub`` or ``sid``; no ``nonce`` (so an ID token can never pass as a logout token); ``typ``, when
-present, ``logout+jwt`` (§2.4, RFC 8725 §3.11); and a ``jti`` never seen before on any replica (a replay is
+present, ``logout+jwt`` (§2.4, RFC 8725 §3.11); and a ``jti`` not acted on before by any replica (a replay is
 refused). Then ``sid`` ends the agent's sessions of that IdP session, and ``sub`` alone every session of the agent.
+The ``jti`` counts as used only once that succeeded (``gateway/sessions/single_use.py``): a provider retrying
+after a 503 is served, not refused as a replay.
 
 This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. The answer is 200 with
-``Cache-Control: no-store``, or 400 with an OAuth error body (§2.8); every answer leaves an access-log record.
+``Cache-Control: no-store``, 400 with an OAuth error body (§2.8), or 503 when the database or the session store
+does not answer (the same token may be sent again); every answer leaves an access-log record.
 A token carrying ``sid`` without ``sub`` is refused: sessions are found through the agent, keyed on (iss, sub).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -26,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.errors import BadRequest, ChannelgateError
 from gateway.scope import scope_of
 from gateway.services import Services
+from gateway.sessions.single_use import run_once
 from gateway.small_bodies import read_small_body
 from gateway.storage.access_log import AccessRecord
 from gateway.timeutil import utcnow
@@ -103,8 +108,6 @@ async def _logout_token(request: Request) -> str:
 
 async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
     assert logout.subject is not None
-    if not await services.sessions.first_use(f"bcl:{logout.issuer}:{logout.jti}", MAX_AGE_SECONDS + LEEWAY_SECONDS):
-        raise InvalidLogoutToken("this logout token was already used")
     agent = await services.agents.find_by_oidc(logout.issuer, logout.subject)
     if agent is None:
         raise InvalidLogoutToken("no agent signed in with this subject")
@@ -135,7 +138,13 @@ async def backchannel_logout(request: Request) -> Response:
         logout = logout_request(
             verified, issuer=services.oidc.issuer, client_id=services.oidc.client_id, now=services.clock()
         )
-        record = await _apply(services, logout)
+        record = await run_once(
+            services.sessions,
+            f"bcl:{logout.issuer}:{logout.jti}",
+            functools.partial(_apply, services, logout),
+            ttl_seconds=MAX_AGE_SECONDS + LEEWAY_SECONDS,
+            replayed=InvalidLogoutToken("this logout token was already used"),
+        )
     except ChannelgateError as exc:
         await _audit(services, scope.request_id, scope.client_ip, record, exc.status, refused=exc.message)
         body = {"error": exc.code if exc.status == 400 else "temporarily_unavailable", "error_description": exc.message}

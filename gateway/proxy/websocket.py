@@ -6,13 +6,15 @@ becomes a refused handshake (403/502 via the ASGI denial-response extension, or 
 Frames are relayed both ways unchanged and close codes are propagated (RFC 6455 §7.4).
 
 A session revoked while a console is open must not keep its socket: ``WebSocketRegistry.close_agent`` closes
-both sides of every socket of that agent, including sockets still in their handshake, and waits for them.
+both sides of every socket of that agent, including sockets still in their handshake, and waits for them;
+``close_session`` does the same for the sockets opened under one session (a logout, an expiry).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +51,8 @@ def _short_reason(reason: str) -> str:
 @dataclass(eq=False)
 class _ProxiedSocket:
     agent_id: str
+    #: The storage key of the session it was opened under (``gateway.sessions.base.session_key``), if any.
+    session: str | None = None
     revoked: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int = CLOSE_POLICY_VIOLATION
@@ -67,18 +71,19 @@ class WebSocketRegistry:
 
     def __init__(self) -> None:
         self._sockets: dict[str, set[_ProxiedSocket]] = {}
+        self._by_session: dict[str, set[_ProxiedSocket]] = {}
 
-    def _register(self, agent_id: str) -> _ProxiedSocket:
-        entry = _ProxiedSocket(agent_id)
+    def _register(self, agent_id: str, session: str | None = None) -> _ProxiedSocket:
+        entry = _ProxiedSocket(agent_id, session)
         self._sockets.setdefault(agent_id, set()).add(entry)
+        if session is not None:
+            self._by_session.setdefault(session, set()).add(entry)
         return entry
 
     def _unregister(self, entry: _ProxiedSocket) -> None:
-        sockets = self._sockets.get(entry.agent_id)
-        if sockets is not None:
-            sockets.discard(entry)
-            if not sockets:
-                del self._sockets[entry.agent_id]
+        _forget(self._sockets, entry.agent_id, entry)
+        if entry.session is not None:
+            _forget(self._by_session, entry.session, entry)
         entry.done.set()
 
     def agents(self) -> dict[str, int]:
@@ -99,6 +104,18 @@ class WebSocketRegistry:
         """Close both sides of every socket of ``agent_id``; return how many. Waits up to ``wait_seconds`` for
         the closes to finish so the caller can report them as done."""
         entries = list(self._sockets.get(agent_id, ()))
+        return await self._close(entries, code, reason, wait_seconds)
+
+    async def close_session(
+        self,
+        session: str,
+        code: int = CLOSE_POLICY_VIOLATION,
+        reason: str = "session ended",
+        *,
+        wait_seconds: float = 5.0,
+    ) -> int:
+        """Close both sides of every socket opened under the session whose storage key is ``session``."""
+        entries = list(self._by_session.get(session, ()))
         return await self._close(entries, code, reason, wait_seconds)
 
     async def close_all(
@@ -125,6 +142,14 @@ class WebSocketRegistry:
             for waiter in pending:
                 waiter.cancel()
         return len(entries)
+
+
+def _forget(index: dict[str, set[_ProxiedSocket]], key: str, entry: _ProxiedSocket) -> None:
+    sockets = index.get(key)
+    if sockets is not None:
+        sockets.discard(entry)
+        if not sockets:
+            del index[key]
 
 
 async def _deny(websocket: WebSocket, status: int, close_code: int, message: str) -> None:
@@ -166,11 +191,15 @@ async def _connect(
     return None
 
 
-async def _client_to_upstream(websocket: WebSocket, upstream: aiohttp.ClientWebSocketResponse) -> tuple[int, str]:
+async def _client_to_upstream(
+    websocket: WebSocket, upstream: aiohttp.ClientWebSocketResponse, used: Callable[[], None] | None
+) -> tuple[int, str]:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return int(message.get("code", 1000)), str(message.get("reason") or "")
+        if used is not None:
+            used()
         if message.get("text") is not None:
             await upstream.send_str(message["text"])
         elif message.get("bytes") is not None:
@@ -202,8 +231,13 @@ async def _close_upstream(upstream: aiohttp.ClientWebSocketResponse, code: int, 
             await upstream.close(code=sendable_close_code(code), message=_short_reason(reason).encode())
 
 
-async def _relay(websocket: WebSocket, upstream: aiohttp.ClientWebSocketResponse, entry: _ProxiedSocket) -> None:
-    from_client = asyncio.ensure_future(_client_to_upstream(websocket, upstream))
+async def _relay(
+    websocket: WebSocket,
+    upstream: aiohttp.ClientWebSocketResponse,
+    entry: _ProxiedSocket,
+    used: Callable[[], None] | None,
+) -> None:
+    from_client = asyncio.ensure_future(_client_to_upstream(websocket, upstream, used))
     from_upstream = asyncio.ensure_future(_upstream_to_client(websocket, upstream))
     revoked = asyncio.ensure_future(entry.revoked.wait())
     tasks: list[asyncio.Future[Any]] = [from_client, from_upstream, revoked]
@@ -246,12 +280,16 @@ async def proxy_websocket(
     *,
     connect_timeout: float = 10.0,
     max_message_bytes: int = 4 * 1024 * 1024,
+    session: str | None = None,
+    used: Callable[[], None] | None = None,
 ) -> None:
-    """Proxy one WebSocket for ``agent_id`` until either side closes or the agent is revoked.
+    """Proxy one WebSocket for ``agent_id`` until either side closes or the agent (or ``session``, the storage
+    key of the session it was opened under) is revoked.
 
-    ``headers`` are the sanitised request headers with the credential and assertion already added.
+    ``headers`` are the sanitised request headers with the credential and assertion already added; ``used`` is
+    called for each message the client sends (the agent's activity, for the session's idle clock).
     """
-    entry = registry._register(agent_id)
+    entry = registry._register(agent_id, session)
     try:
         upstream = await _connect(websocket, upstream_url, headers, session_client, connect_timeout, max_message_bytes)
         if upstream is None:
@@ -262,7 +300,7 @@ async def proxy_websocket(
                 return
             await websocket.accept(subprotocol=upstream.protocol)
             entry.client = websocket
-            await _relay(websocket, upstream, entry)
+            await _relay(websocket, upstream, entry, used)
         finally:
             await _close_upstream(upstream, CLOSE_GOING_AWAY, "")
     finally:

@@ -92,6 +92,10 @@ class Revocation:
     #: Not a revocation: the agent's sessions changed (logout, new groups); replicas that keep sessions in
     #: process (gateway/sessions/local_cache.py) drop theirs and read them again. Never acknowledged.
     refresh_only: bool = False
+    #: The storage key (``session_key``) of the one session that ended, by logout or by a lookup that found it
+    #: expired: every replica closes that session's WebSockets and streamed responses, and only those (ASVS 7.4.1).
+    #: Sent as a refresh (``refresh_only``), so caches drop the agent's copies; never acknowledged.
+    ended_session: str | None = None
 
     @property
     def is_resync(self) -> bool:
@@ -110,6 +114,26 @@ class PendingLogin:
     created_at: float = field(default=0.0)
 
 
+class UseState(Enum):
+    """Where a single-use key (a logout token's or a SET's ``jti``) stands when a request claims it."""
+
+    #: Nobody held it: this request acts on it, then confirms or releases it.
+    CLAIMED = "claimed"
+    #: Another request holds it and has not finished: not a replay yet, the sender should try again.
+    IN_PROGRESS = "in_progress"
+    #: Its effect committed: a replay.
+    USED = "used"
+
+
+@dataclass(frozen=True, slots=True)
+class UseClaim:
+    """The answer of ``SessionStore.claim_use``; ``holder`` names this claim, so a late release frees no other."""
+
+    key: str
+    holder: str
+    state: UseState
+
+
 class SessionStore(Protocol):
     """Where sessions live. All timestamps are seconds since the epoch, supplied by the caller."""
 
@@ -120,11 +144,13 @@ class SessionStore(Protocol):
         ...
 
     async def lookup(self, session_id: str, now: float) -> Lookup:
-        """Read a session; expire it if idle or past its absolute lifetime; refresh its idle clock."""
+        """Read a session; refresh its idle clock. One found idle or past its absolute lifetime is deleted and its
+        end broadcast as :meth:`delete` does (only by the lookup that found it so)."""
         ...
 
     async def delete(self, session_id: str) -> SessionData | None:
-        """End one session (logout). Returns what it held, or None if it did not exist."""
+        """End one session (logout) and broadcast its end (``Revocation.ended_session``), so every replica closes
+        its live connections. Returns what it held, or None if it did not exist (nothing is broadcast then)."""
         ...
 
     async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
@@ -150,9 +176,18 @@ class SessionStore(Protocol):
         agent's open WebSockets, which reconnect if another of the agent's sessions is still valid)."""
         ...
 
-    async def first_use(self, key: str, ttl_seconds: int) -> bool:
-        """True the first time ``key`` is seen within ``ttl_seconds`` on any replica, False after (replay guard
-        for single-use tokens: a logout token's ``jti``)."""
+    async def claim_use(self, key: str, hold_seconds: int) -> UseClaim:
+        """Hold a single-use ``key`` for ``hold_seconds`` on every replica, unless another request holds it or it
+        was used (the replay guard of ``gateway/sessions/single_use.py``). A hold that is neither confirmed nor
+        released (the process died) lapses by itself, so the sender's retry is served."""
+        ...
+
+    async def confirm_use(self, claim: UseClaim, ttl_seconds: int) -> None:
+        """Mark the claimed key used for ``ttl_seconds``: its effect committed, so from now on it is a replay."""
+        ...
+
+    async def release_use(self, claim: UseClaim) -> None:
+        """Free the claimed key (its action failed, nothing took effect), unless another request holds it now."""
         ...
 
     async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:

@@ -25,7 +25,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 
-from gateway.sessions.base import Lookup, PendingLogin, Revocation, Session, SessionData, SessionState
+from gateway.sessions.base import (
+    Lookup,
+    PendingLogin,
+    Revocation,
+    Session,
+    SessionData,
+    SessionState,
+    UseClaim,
+)
 from gateway.sessions.redis_store import RedisSessionStore
 
 #: Most sessions kept: a replica serving more live sessions than this reads the rest from Redis.
@@ -149,8 +157,14 @@ class CachedSessionStore:
 
     # -- the rest goes straight through ----------------------------------------------------------------------
 
-    async def first_use(self, key: str, ttl_seconds: int) -> bool:
-        return await self.inner.first_use(key, ttl_seconds)
+    async def claim_use(self, key: str, hold_seconds: int) -> UseClaim:
+        return await self.inner.claim_use(key, hold_seconds)
+
+    async def confirm_use(self, claim: UseClaim, ttl_seconds: int) -> None:
+        await self.inner.confirm_use(claim, ttl_seconds)
+
+    async def release_use(self, claim: UseClaim) -> None:
+        await self.inner.release_use(claim)
 
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
         return await self.inner.sessions_of(agent_id, now)

@@ -23,6 +23,8 @@ from gateway.sessions.base import (
     Session,
     SessionData,
     SessionState,
+    UseClaim,
+    UseState,
     new_session_id,
     session_key,
 )
@@ -31,8 +33,10 @@ from gateway.sessions.base import (
 PURGE_INTERVAL_SECONDS = 60.0
 #: Pending logins kept at most; beyond it the oldest go first, so a flood of unfinished logins cannot fill memory.
 MAX_PENDING_LOGINS = 100_000
-#: Single-use keys (``first_use``) remembered before expired ones are swept out.
+#: Single-use keys (``claim_use``) remembered before expired ones are swept out.
 _SEEN_PRUNE_AT = 10_000
+#: What a used single-use key holds instead of its holder (a holder is a uuid4 hex).
+_USED = "used"
 
 
 def expiry_state(created_at: float, last_seen_at: float, now: float, idle: float, absolute: float) -> SessionState:
@@ -62,7 +66,8 @@ class MemorySessionStore:
         self._by_agent: dict[str, set[str]] = {}
         self._pending: dict[str, tuple[float, PendingLogin]] = {}
         self._subscribers: set[asyncio.Queue[Revocation | None]] = set()
-        self._seen: dict[str, float] = {}
+        #: Single-use key → (until, monotonic; its holder while claimed, ``_USED`` once used).
+        self._seen: dict[str, tuple[float, str]] = {}
         self._last_purge = float("-inf")
         self._last_pending_purge = float("-inf")
         self._closed = False
@@ -83,13 +88,24 @@ class MemorySessionStore:
         state = expiry_state(stored.created_at, stored.last_seen_at, now, self.idle_timeout, self.absolute_timeout)
         if state is not SessionState.VALID:
             self._remove(key)
+            self._broadcast_end(key, stored.data.agent_id)
             return Lookup(state, data=stored.data)
         stored.last_seen_at = max(stored.last_seen_at, now)
         return Lookup(SessionState.VALID, Session(session_id, stored.data, stored.created_at, stored.last_seen_at))
 
     async def delete(self, session_id: str) -> SessionData | None:
-        stored = self._remove(session_key(session_id))
-        return stored.data if stored is not None else None
+        key = session_key(session_id)
+        stored = self._remove(key)
+        if stored is None:
+            return None
+        self._broadcast_end(key, stored.data.agent_id)
+        return stored.data
+
+    def _broadcast_end(self, key: str, agent_id: str) -> None:
+        """Tell this replica's listener that one session ended (its live connections are closed)."""
+        ended = Revocation(agent_id, uuid.uuid4().hex, self.replica_id, refresh_only=True, ended_session=key)
+        for queue in self._subscribers:
+            queue.put_nowait(ended)
 
     async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
         if agent_id == RESYNC_AGENT_ID:
@@ -128,14 +144,23 @@ class MemorySessionStore:
             queue.put_nowait(revocation)
         return len(ended), revocation
 
-    async def first_use(self, key: str, ttl_seconds: int) -> bool:
+    async def claim_use(self, key: str, hold_seconds: int) -> UseClaim:
         now = time.monotonic()
         if len(self._seen) > _SEEN_PRUNE_AT:
-            self._seen = {seen: until for seen, until in self._seen.items() if until > now}
-        if self._seen.get(key, 0.0) > now:
-            return False
-        self._seen[key] = now + ttl_seconds
-        return True
+            self._seen = {seen: entry for seen, entry in self._seen.items() if entry[0] > now}
+        until, holder = self._seen.get(key, (0.0, ""))
+        if until > now:
+            return UseClaim(key, "", UseState.USED if holder == _USED else UseState.IN_PROGRESS)
+        claim = UseClaim(key, uuid.uuid4().hex, UseState.CLAIMED)
+        self._seen[key] = (now + hold_seconds, claim.holder)
+        return claim
+
+    async def confirm_use(self, claim: UseClaim, ttl_seconds: int) -> None:
+        self._seen[claim.key] = (time.monotonic() + ttl_seconds, _USED)
+
+    async def release_use(self, claim: UseClaim) -> None:
+        if self._seen.get(claim.key, (0.0, ""))[1] == claim.holder:
+            del self._seen[claim.key]
 
     async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
         # No await between the reads and the writes, so no lookup can run halfway through.

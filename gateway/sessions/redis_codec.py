@@ -49,10 +49,20 @@ def encode_revocation(revocation: Revocation) -> str:
     }
     if revocation.refresh_only:
         message["refresh"] = True
+    if revocation.ended_session is not None:
+        message["session"] = revocation.ended_session
     return json.dumps(message)
 
 
 def decode_revocation(raw: str) -> Revocation:
     value = json.loads(raw)
     refresh = value.get("refresh") is True
-    return Revocation(str(value["agent_id"]), str(value["revocation_id"]), str(value["origin"]), refresh)
+    # A replica of an earlier release reads a session's end as the refresh it is sent as (it closes nothing).
+    ended = value.get("session")
+    return Revocation(
+        str(value["agent_id"]),
+        str(value["revocation_id"]),
+        str(value["origin"]),
+        refresh,
+        str(ended) if ended is not None else None,
+    )

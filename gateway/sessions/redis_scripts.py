@@ -5,6 +5,7 @@ Keys (the raw session id is never stored, only its SHA-256, so a dump of Redis y
     cg:s:{session_key}     hash: data (JSON), agent, created, seen; TTL = min(idle, remaining absolute) + grace
     cg:a:{agent_id}        set of the agent's session keys (ended ones pruned a few at a time as it is used)
     cg:l:{sha256(login)}   a pending OIDC login (JSON), read once with GETDEL
+    cg:o:{sha256(key)}     a single-use key: its holder while claimed (short TTL), then ONCE_USED (full TTL)
     cg:replicas            sorted set: replica id scored by its last heartbeat
     cg:ack:{revocation}    list of the replicas that closed the revoked agent's connections
     cg:revocations         pub/sub channel of Revocation JSON
@@ -23,6 +24,8 @@ ACK_PREFIX = "cg:ack:"
 REPLICAS_KEY = "cg:replicas"
 REVOCATION_CHANNEL = "cg:revocations"
 ACK_TTL_SECONDS = 300
+#: What a single-use key holds once its effect committed (a holder is a uuid4 hex, never this).
+ONCE_USED = "used"
 
 #: + the broadcasting replica's id: the list its acknowledgements come back on (gateway/sessions/redis_acks.py).
 ACKS_TO_PREFIX = "cg:acks:"
@@ -157,4 +160,19 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 return out
+"""
+
+# KEYS: the single-use key. ARGV: this claim's holder, hold ms. Returns what the key holds after: the holder when
+# this call claimed it, ONCE_USED, or another request's holder.
+CLAIM_ONCE_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return redis.call('GET', KEYS[1])
+"""
+
+# KEYS: the single-use key. ARGV: the holder releasing it. Deletes it only while that holder still holds it.
+RELEASE_ONCE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """

@@ -36,6 +36,8 @@ from gateway.sessions.base import (
     Session,
     SessionData,
     SessionState,
+    UseClaim,
+    UseState,
     new_session_id,
     session_key,
 )
@@ -49,11 +51,14 @@ from gateway.sessions.redis_scripts import (
     ACK_TTL_SECONDS,
     ACKS_TO_PREFIX,
     AGENT_PREFIX,
+    CLAIM_ONCE_SCRIPT,
     CREATE_SCRIPT,
     DELETE_SCRIPT,
     LOGIN_PREFIX,
     LOOKUP_SCRIPT,
     ONCE_PREFIX,
+    ONCE_USED,
+    RELEASE_ONCE_SCRIPT,
     REPLICAS_KEY,
     REVOCATION_CHANNEL,
     REVOKE_IDP_SESSION_SCRIPT,
@@ -150,6 +155,8 @@ class RedisSessionStore:
         self._revoke_idp_session = self._redis.register_script(REVOKE_IDP_SESSION_SCRIPT)
         self._sessions_of = self._redis.register_script(SESSIONS_OF_SCRIPT)
         self._update_groups = self._redis.register_script(UPDATE_GROUPS_SCRIPT)
+        self._claim_once = self._redis.register_script(CLAIM_ONCE_SCRIPT)
+        self._release_once = self._redis.register_script(RELEASE_ONCE_SCRIPT)
 
     async def create(self, data: SessionData, now: float) -> Session:
         session_id = new_session_id()
@@ -176,6 +183,8 @@ class RedisSessionStore:
             return Lookup(state)
         data = decode_data(reply[1])
         if state is not SessionState.VALID:
+            # The script deleted it, once: this lookup alone tells the replicas to close its connections.
+            await self._publish_end(key, data.agent_id)
             return Lookup(state, data=data)
         return Lookup(state, Session(session_id, data, float(reply[2]), float(reply[3])))
 
@@ -185,8 +194,9 @@ class RedisSessionStore:
         if raw is None:
             return None
         data = decode_data(raw)
-        # Replicas that keep sessions in process drop this agent's copies (gateway/sessions/local_cache.py).
-        await self.publish_refresh(data.agent_id)
+        # Every replica closes the session's connections; those that keep sessions in process drop the agent's
+        # copies (gateway/sessions/local_cache.py).
+        await self._publish_end(key, data.agent_id)
         return data
 
     async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
@@ -231,8 +241,25 @@ class RedisSessionStore:
         message = encode_revocation(Revocation(agent_id, uuid.uuid4().hex, self.replica_id, refresh_only=True))
         await self._call(self._redis.publish(REVOCATION_CHANNEL, message))
 
-    async def first_use(self, key: str, ttl_seconds: int) -> bool:
-        return bool(await self._call(self._redis.set(ONCE_PREFIX + session_key(key), "1", nx=True, ex=ttl_seconds)))
+    async def _publish_end(self, key: str, agent_id: str) -> None:
+        """Tell every replica that one session ended (``Revocation.ended_session``, sent as a refresh)."""
+        ended = Revocation(agent_id, uuid.uuid4().hex, self.replica_id, refresh_only=True, ended_session=key)
+        await self._call(self._redis.publish(REVOCATION_CHANNEL, encode_revocation(ended)))
+
+    async def claim_use(self, key: str, hold_seconds: int) -> UseClaim:
+        holder = uuid.uuid4().hex
+        held = await self._call(
+            self._claim_once(keys=[ONCE_PREFIX + session_key(key)], args=[holder, hold_seconds * 1000])
+        )
+        if held == holder:
+            return UseClaim(key, holder, UseState.CLAIMED)
+        return UseClaim(key, "", UseState.USED if held == ONCE_USED else UseState.IN_PROGRESS)
+
+    async def confirm_use(self, claim: UseClaim, ttl_seconds: int) -> None:
+        await self._call(self._redis.set(ONCE_PREFIX + session_key(claim.key), ONCE_USED, ex=ttl_seconds))
+
+    async def release_use(self, claim: UseClaim) -> None:
+        await self._call(self._release_once(keys=[ONCE_PREFIX + session_key(claim.key)], args=[claim.holder]))
 
     async def update_agent_groups(self, agent_id: str, groups: frozenset[str]) -> int:
         """One script over the agent's index, so every replica's next lookup sees the new groups, never a mix."""

@@ -2,16 +2,24 @@
 
 A configured transmitter (``[[ssf.transmitters]]``) authenticates with its bearer token, compared in constant
 time, and posts one SET as ``application/secevent+jwt``. Its signature is checked against that transmitter's
-JWKS with the same asymmetric allowlist as ID tokens; ``gateway.signals.events`` checks the claims; each
-``jti`` is accepted once across replicas. Then the strongest action the events ask for runs before the answer:
-RISC ``account-disabled`` deprovisions the agent (``SessionKiller``), CAEP ``session-revoked`` and
-``credential-change`` end all of the agent's sessions. The answer is 202 (accepted, including events about an
-unknown subject or of a type we ignore, so the transmitter does not retry them), 400 with an RFC 8935 §2.4
-error object, or 401; every SET leaves an access-log record.
+JWKS with the same asymmetric allowlist as ID tokens; ``gateway.signals.events`` checks the claims. Then the
+strongest action the events ask for runs before the answer: RISC ``account-disabled`` deprovisions the agent
+(``SessionKiller``), CAEP ``session-revoked`` and ``credential-change`` end all of the agent's sessions. Each
+``jti`` is acted on once across replicas, and counts as received only once its action succeeded
+(``gateway/sessions/single_use.py``), so a retry after a 503 is served, not refused as a replay.
+
+An ``email`` subject that several live agents share is ambiguous: a logout ends the sessions of every one of them
+(low harm, and the one meant is among them), a deprovisioning is refused with a 400 (RFC 8935 §2.3) that says
+it was not acted on, since disabling a guess could shut out the wrong person and leave the right one working.
+
+The answer is 202 (accepted, including events about an unknown subject or of a type we ignore, so the
+transmitter does not retry them), 400 with an RFC 8935 §2.4 error object, 401, or 503 (try again); every SET
+leaves an access-log record.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 from typing import Any, Final
 
@@ -24,6 +32,7 @@ from gateway.errors import ChannelgateError
 from gateway.oidc.discovery import ProviderKeys
 from gateway.scope import scope_of
 from gateway.services import Services
+from gateway.sessions.single_use import run_once
 from gateway.settings import SsfTransmitterSettings
 from gateway.signals.events import LEEWAY_SECONDS, MAX_AGE_SECONDS, Action, InvalidSet, SecurityEvent, security_event
 from gateway.small_bodies import read_small_body
@@ -82,7 +91,7 @@ async def _read(request: Request) -> str:
 
 
 async def _agents(services: Services, event: SecurityEvent) -> list[Agent]:
-    """The live agents the subject names: one, none, or (an email several agents share) more."""
+    """The live agents the subject names: one, none, or (an email several agents share) more, by userName."""
     subject = event.subject
     if subject.issuer is not None and subject.subject is not None:
         agent = await services.agents.find_by_oidc(subject.issuer, subject.subject)
@@ -92,27 +101,48 @@ async def _agents(services: Services, event: SecurityEvent) -> list[Agent]:
     return []
 
 
-async def _apply(services: Services, transmitter: SsfTransmitterSettings, event: SecurityEvent) -> dict[str, Any]:
-    outcome: dict[str, Any] = {"events": [name for name, _ in event.events], "action": event.action.value}
+def _ambiguous(event: SecurityEvent, found: list[Agent]) -> InvalidSet:
+    """RFC 8935 §2.3: a deprovisioning that names no single agent is not acknowledged; the transmitter's
+    administrator reads the description, the gateway's finds the candidates in the access-log record."""
+    return InvalidSet(
+        f"not acted on: {len(found)} agents at this gateway have the email {event.subject.email!r}, so which "
+        "account to disable is ambiguous. Send the event with an iss_sub subject, or have the gateway's "
+        "administrator deprovision the right agent (its security_event access-log record names the candidates)."
+    )
+
+
+async def _apply(
+    services: Services, transmitter: SsfTransmitterSettings, event: SecurityEvent, outcome: dict[str, Any]
+) -> None:
+    """Run the event's action and fill ``outcome`` (the access log's detail), also when it fails halfway."""
+    outcome |= {"events": [name for name, _ in event.events], "action": event.action.value}
     found = await _agents(services, event)
-    if len(found) != 1:
-        # Acting on a guess could end the wrong agent's access, or nobody's: the record shows it for a person.
-        outcome["result"] = "no such agent" if not found else "ambiguous subject: several agents share this email"
-        return outcome
-    agent = found[0]
-    outcome |= {"agent_id": agent.id, "agent_name": agent.user_name}
+    if not found:
+        outcome["result"] = "no such agent"
+        return
+    if len(found) == 1:
+        outcome |= {"agent_id": found[0].id, "agent_name": found[0].user_name}
+    else:
+        outcome["candidates"] = [agent.user_name for agent in found]
     if event.action is Action.DEPROVISION:
+        if len(found) > 1:
+            outcome["result"] = "ambiguous subject: several agents share this email"
+            raise _ambiguous(event, found)
         kill = await services.killer.deprovision(
-            agent.id, reason=f"account disabled at {transmitter.issuer} (RISC)", actor="ssf", source="ssf"
+            found[0].id, reason=f"account disabled at {transmitter.issuer} (RISC)", actor="ssf", source="ssf"
         )
         outcome |= {"result": "deprovisioned", "sessions": kill.sessions_revoked}
     elif event.action is Action.END_SESSIONS:
-        ended = await services.killer.end_sessions(agent.id)
-        assert ended is not None  # all of the agent's sessions: always broadcast
-        outcome |= {"result": "sessions ended", "sessions": ended.count, "replicas_missing": sorted(ended.missing)}
+        # Every agent the subject names: for an ambiguous email that ends the right one's sessions too.
+        sessions, missing = 0, set[str]()
+        for agent in found:
+            ended = await services.killer.end_sessions(agent.id)
+            assert ended is not None  # all of the agent's sessions: always broadcast
+            sessions += ended.count
+            missing |= ended.missing
+        outcome |= {"result": "sessions ended", "sessions": sessions, "replicas_missing": sorted(missing)}
     else:
         outcome["result"] = "ignored"
-    return outcome
 
 
 async def receive_event(request: Request) -> Response:
@@ -128,11 +158,13 @@ async def receive_event(request: Request) -> Response:
         event = security_event(
             verified.header, verified.claims, issuer=transmitter.issuer, audience=audience, now=services.clock()
         )
-        if not await services.sessions.first_use(
-            f"set:{transmitter.issuer}:{event.jti}", MAX_AGE_SECONDS + LEEWAY_SECONDS
-        ):
-            raise InvalidSet("this SET was already received")
-        outcome = await _apply(services, transmitter, event)
+        await run_once(
+            services.sessions,
+            f"set:{transmitter.issuer}:{event.jti}",
+            functools.partial(_apply, services, transmitter, event, outcome),
+            ttl_seconds=MAX_AGE_SECONDS + LEEWAY_SECONDS,
+            replayed=InvalidSet("this SET was already received"),
+        )
     except ChannelgateError as exc:
         await _audit(services, scope.request_id, scope.client_ip, transmitter, outcome, exc.status, exc.message)
         body = {"err": exc.code if exc.status < 500 else "temporarily_unavailable", "description": exc.message}

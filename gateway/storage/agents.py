@@ -129,8 +129,10 @@ class AgentRepository:
             return await self._one(c, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
 
     async def find_by_email(self, email: str, *, conn: AsyncConnection | None = None) -> builtins.list[Agent]:
-        """The live agents with this email, compared case-insensitively (several means the email is ambiguous)."""
-        query = select(agents).where(func.lower(agents.c.email) == email.lower(), _LIVE).limit(2)
+        """The live agents with this email, compared case-insensitively, by userName (several: it is ambiguous)."""
+        query = (
+            select(agents).where(func.lower(agents.c.email) == email.lower(), _LIVE).order_by(agents.c.user_name_key)
+        )
         async with read_transaction(self._engine, conn) as c:
             return [_agent(row) for row in (await c.execute(query)).mappings()]
 
@@ -186,7 +188,8 @@ class AgentRepository:
         conn: AsyncConnection | None = None,
     ) -> Agent:
         """The agent for this (iss, sub); else the unlinked directory agent ``link_by`` names, linked now;
-        else a new active agent.
+        else a new active agent, which keeps ``email`` only when ``email_verified``: an unverified address may be
+        anyone's, and security events (``gateway/signals``) find agents by their stored email.
 
         Returns a deleted or disabled agent as found: the caller refuses the login (``Agent.may_sign_in``).
         Raises ``UserNameConflict`` when another live agent already holds ``user_name`` and ``AmbiguousLink``
@@ -196,7 +199,8 @@ class AgentRepository:
             linked = await self._one(c, agents.c.oidc_issuer == issuer, agents.c.oidc_subject == subject)
             if linked is not None:
                 return linked
-            rule = _link_condition(link_by, subject, user_name, email if email_verified else None)
+            verified_email = email if email_verified else None
+            rule = _link_condition(link_by, subject, user_name, verified_email)
             if rule is not None:
                 directory = await self._link_directory_agent(c, rule, issuer, subject, user_name)
                 if directory is not None:
@@ -207,7 +211,7 @@ class AgentRepository:
                 if (holder.oidc_issuer, holder.oidc_subject) == (issuer, subject):
                     return holder
                 raise _conflict(user_name)
-            return await self._create(c, issuer, subject, user_name, email, display_name, now)
+            return await self._create(c, issuer, subject, user_name, verified_email, display_name, now)
 
     async def _link_directory_agent(
         self, conn: AsyncConnection, rule: ColumnElement[bool], issuer: str, subject: str, user_name: str

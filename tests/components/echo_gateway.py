@@ -27,8 +27,9 @@ import httpx
 from jose import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from connectors.vault import store_credential
 from gateway.services import Services
@@ -60,7 +61,8 @@ class SeenRequest:
 
 class EchoConsole(AsgiServer):
     """A console that records each request: ``/echo`` answers the headers it got, ``/hang`` never answers in
-    time, anything else is a plain page."""
+    time, ``/events`` streams Server-Sent Events until the client goes away, ``/ws`` is a WebSocket that echoes
+    text (its handshake recorded as a ``WEBSOCKET`` request), anything else is a plain page."""
 
     def __init__(self, channel: str, hang_seconds: float = 30.0) -> None:
         self.channel = channel
@@ -78,9 +80,28 @@ class EchoConsole(AsgiServer):
                 await asyncio.sleep(self.hang_seconds)
             if "/echo" in raw_path:
                 return JSONResponse({"channel": self.channel, "path": raw_path, "headers": headers})
+            if raw_path.endswith("/events"):
+                return StreamingResponse(_events(), media_type="text/event-stream")
             return HTMLResponse(f"<h1>{self.channel} console</h1><p>{raw_path}</p>")
 
-        return Starlette(routes=[Route("/{path:path}", any_path, methods=ALL_METHODS)])
+        async def ws_echo(websocket: WebSocket) -> None:
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in websocket.scope["headers"]]
+            self.seen.append(SeenRequest("WEBSOCKET", websocket.scope["raw_path"].decode("latin-1"), headers))
+            await websocket.accept()
+            with contextlib.suppress(WebSocketDisconnect):
+                while True:
+                    await websocket.send_text(await websocket.receive_text())
+
+        return Starlette(routes=[WebSocketRoute("/ws", ws_echo), Route("/{path:path}", any_path, methods=ALL_METHODS)])
+
+
+async def _events() -> AsyncIterator[bytes]:
+    """One event every 50 ms, for as long as the client reads."""
+    count = 0
+    while True:
+        count += 1
+        yield f"data: {count}\n\n".encode()
+        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -227,8 +227,15 @@ class Gateway:
             assert not isinstance(prepared, Response)
             ws_url = prepared[0]
             agent = dict(scope["headers"]).get(b"x-test-agent", b"agent-1").decode()
+            session = dict(scope["headers"]).get(b"x-test-session")
             await proxy_websocket(
-                websocket, ws_url, scope["state"]["headers"], self.client.websocket_session, self.registry, agent
+                websocket,
+                ws_url,
+                scope["state"]["headers"],
+                self.client.websocket_session,
+                self.registry,
+                agent,
+                session=session.decode() if session is not None else None,
             )
             return
         assert scope["type"] == "http"

@@ -52,7 +52,7 @@ async def _provision(
 
 async def test_first_login_creates_an_active_agent_linked_to_issuer_and_subject(repo: AgentRepository) -> None:
     agent = await repo.link_or_create_from_login(
-        ISSUER, "sub-1", "Alice", "alice@example.com", "Alice A", NOW, **BY_NAME
+        ISSUER, "sub-1", "Alice", "alice@example.com", "Alice A", NOW, **(BY_NAME | {"email_verified": True})
     )
 
     assert (agent.user_name, agent.email, agent.display_name) == ("Alice", "alice@example.com", "Alice A")
@@ -63,6 +63,31 @@ async def test_first_login_creates_an_active_agent_linked_to_issuer_and_subject(
     assert agent.version == 1
     assert agent.created_at == agent.updated_at == NOW
     assert await repo.get(agent.id) == agent
+
+
+async def test_a_login_with_an_unverified_email_creates_an_agent_without_it_so_no_email_event_finds_it(
+    repo: AgentRepository,
+) -> None:
+    alice = await repo.link_or_create_from_login(
+        ISSUER, "sub-1", "alice", "alice@example.com", None, NOW, **(BY_NAME | {"email_verified": True})
+    )
+    claimant = await repo.link_or_create_from_login(
+        ISSUER, "sub-2", "mallory", "Alice@Example.com", None, NOW, **BY_NAME
+    )
+
+    assert claimant.email is None
+    assert await repo.find_by_email("ALICE@example.com") == [alice]
+
+
+async def test_find_by_email_returns_every_live_agent_with_that_email_by_user_name(repo: AgentRepository) -> None:
+    verified = BY_NAME | {"email_verified": True}
+    found = [
+        await repo.link_or_create_from_login(ISSUER, f"sub-{name}", name, "shared@example.com", None, NOW, **verified)
+        for name in ("carol", "alice", "bob", "dave")
+    ]
+    await repo.mark_deleted(found[3].id, None, NOW)
+
+    assert [agent.user_name for agent in await repo.find_by_email("Shared@Example.com")] == ["alice", "bob", "carol"]
 
 
 async def test_login_returns_the_same_agent_for_the_same_issuer_and_subject(repo: AgentRepository) -> None:

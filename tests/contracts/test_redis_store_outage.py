@@ -13,7 +13,7 @@ from contextlib import aclosing
 import pytest
 
 from gateway.errors import SessionStoreUnavailable
-from gateway.sessions.base import RESYNC_AGENT_ID, Revocation, SessionState
+from gateway.sessions.base import RESYNC_AGENT_ID, Revocation, SessionState, UseClaim, UseState
 from gateway.sessions.redis_store import UNAVAILABLE, RedisSessionStore
 from tests.components.redis_server import RedisServer
 from tests.components.session_stores import ALICE, BOB, PENDING, T0, next_of, wait_for_subscribers
@@ -34,6 +34,9 @@ class TestRedisOutage:
             "update_agent_groups": lambda: store.update_agent_groups(ALICE.agent_id, frozenset({"voice"})),
             "put_pending_login": lambda: store.put_pending_login("login", PENDING, 60),
             "take_pending_login": lambda: store.take_pending_login("login"),
+            "claim_use": lambda: store.claim_use("jti", 60),
+            "confirm_use": lambda: store.confirm_use(UseClaim("jti", "holder", UseState.CLAIMED), 60),
+            "release_use": lambda: store.release_use(UseClaim("jti", "holder", UseState.CLAIMED)),
             "acknowledge": lambda: store.acknowledge(revocation),
             "wait_for_acks": lambda: store.wait_for_acks(revocation, 5),
             "heartbeat": lambda: store.heartbeat(T0),

@@ -12,20 +12,24 @@ import asyncio
 import base64
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from gateway.errors import BadRequest, StorageError
 from gateway.sessions.base import (
     RESYNC_AGENT_ID,
     SessionState,
     SessionStore,
+    UseState,
     session_key,
 )
 from gateway.sessions.memory import MemorySessionStore
+from gateway.sessions.single_use import TokenInProgress, run_once
 from tests.components.session_stores import (
     ABSOLUTE,
     ALICE,
@@ -145,6 +149,53 @@ class TestSessionStoreContract:
         assert (await backend.store.lookup(session.id, T0)).state is SessionState.MISSING
         assert await backend.store.sessions_of(ALICE.agent_id, T0) == []
 
+    async def test_a_logout_broadcasts_the_end_of_that_session_once_as_an_unacknowledged_refresh(
+        self, backend: Backend
+    ) -> None:
+        """Every replica closes the session's WebSockets and streams (ASVS 7.4.1); the agent's others stay."""
+        session = await backend.store.create(ALICE, T0)
+        await backend.store.create(ALICE, T0)
+        async with aclosing(backend.store.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            assert await backend.store.delete(session.id) == ALICE
+            assert await backend.store.delete(session.id) is None
+            _, marker = await backend.store.revoke_agent(BOB.agent_id)
+            ended = await asyncio.wait_for(pending, timeout=5)
+            assert (ended.agent_id, ended.ended_session, ended.origin_replica) == (
+                ALICE.agent_id,
+                session_key(session.id),
+                "replica-a",
+            )
+            assert ended.refresh_only and not ended.is_resync
+            assert await asyncio.wait_for(next_of(feed), timeout=5) == marker  # the second delete sent nothing
+
+    @pytest.mark.parametrize("late", ["idle", "absolute"])
+    async def test_the_lookup_that_finds_a_session_expired_broadcasts_its_end_once(
+        self, backend: Backend, late: str
+    ) -> None:
+        session = await backend.store.create(ALICE, T0)
+        now = T0 + 1 + IDLE if late == "idle" else T0 + ABSOLUTE
+        async with aclosing(backend.store.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            assert (await backend.store.lookup(session.id, T0 + 1)).state is SessionState.VALID
+            assert (await backend.store.lookup(session.id, now)).state is not SessionState.VALID
+            assert (await backend.store.lookup(session.id, now)).state is SessionState.MISSING
+            _, marker = await backend.store.revoke_agent(BOB.agent_id)
+            ended = await asyncio.wait_for(pending, timeout=5)
+            assert (ended.agent_id, ended.ended_session) == (ALICE.agent_id, session_key(session.id))
+            assert await asyncio.wait_for(next_of(feed), timeout=5) == marker
+
+    async def test_an_agents_revocation_names_no_session(self, backend: Backend) -> None:
+        await backend.store.create(ALICE, T0)
+        async with aclosing(backend.store.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            _, revocation = await backend.store.revoke_agent(ALICE.agent_id)
+            received = await asyncio.wait_for(pending, timeout=5)
+        assert received == revocation and received.ended_session is None and not received.refresh_only
+
     async def test_sessions_of_lists_live_sessions_by_storage_key_only(self, backend: Backend) -> None:
         first = await backend.store.create(ALICE, T0)
         second = await backend.store.create(ALICE, T0 + IDLE / 2)
@@ -222,12 +273,64 @@ class TestSessionStoreContract:
         assert await backend.store.revoke_idp_session(ALICE.agent_id, "sid-laptop") == (0, None)
         assert await backend.store.revoke_idp_session("agent-nobody", "sid-phone") == (0, None)
 
-    async def test_a_single_use_key_is_accepted_once_until_it_expires(self, backend: Backend) -> None:
-        assert await backend.store.first_use("jti-1", ttl_seconds=1) is True
-        assert await backend.store.first_use("jti-1", ttl_seconds=1) is False
-        assert await backend.store.first_use("jti-2", ttl_seconds=1) is True
+    async def test_a_single_use_key_is_in_progress_while_claimed_and_used_once_confirmed_until_it_expires(
+        self, backend: Backend
+    ) -> None:
+        claim = await backend.store.claim_use("jti-1", hold_seconds=60)
+        assert claim.state is UseState.CLAIMED
+        assert (await backend.store.claim_use("jti-1", hold_seconds=60)).state is UseState.IN_PROGRESS
+        await backend.store.confirm_use(claim, ttl_seconds=1)
+        assert (await backend.store.claim_use("jti-1", hold_seconds=60)).state is UseState.USED
+        assert (await backend.store.claim_use("jti-2", hold_seconds=60)).state is UseState.CLAIMED
         await asyncio.sleep(1.2)
-        assert await backend.store.first_use("jti-1", ttl_seconds=1) is True
+        assert (await backend.store.claim_use("jti-1", hold_seconds=60)).state is UseState.CLAIMED
+
+    async def test_a_released_single_use_key_can_be_claimed_again_but_a_late_release_frees_no_other_claim(
+        self, backend: Backend
+    ) -> None:
+        first = await backend.store.claim_use("jti-1", hold_seconds=1)
+        await backend.store.release_use(first)
+        second = await backend.store.claim_use("jti-1", hold_seconds=1)
+        assert second.state is UseState.CLAIMED
+        await asyncio.sleep(1.2)  # the hold lapses by itself (its holder died mid-action)
+        third = await backend.store.claim_use("jti-1", hold_seconds=60)
+        assert third.state is UseState.CLAIMED
+        await backend.store.release_use(second)  # too late: the key is the third claim's now
+        assert (await backend.store.claim_use("jti-1", hold_seconds=60)).state is UseState.IN_PROGRESS
+
+    async def test_concurrent_claims_of_one_single_use_key_give_it_to_exactly_one(self, backend: Backend) -> None:
+        claims = await asyncio.gather(*(backend.store.claim_use("jti-1", hold_seconds=60) for _ in range(20)))
+        assert sorted(claim.state.value for claim in claims) == ["claimed"] + ["in_progress"] * 19
+
+    async def test_a_token_run_once_acts_once_for_concurrent_duplicates_and_again_after_its_action_failed(
+        self, backend: Backend
+    ) -> None:
+        acted: list[str] = []
+        outage_over = asyncio.Event()
+
+        async def act(name: str, *, fail: bool) -> str:
+            acted.append(name)
+            if fail:
+                await outage_over.wait()
+                raise StorageError("the database does not answer")
+            return name
+
+        def once(name: str, *, fail: bool = False) -> Coroutine[Any, Any, str]:
+            replayed = BadRequest("already used")
+            return run_once(backend.store, "jti-1", lambda: act(name, fail=fail), ttl_seconds=60, replayed=replayed)
+
+        first = asyncio.create_task(once("first", fail=True))
+        while not acted:
+            await asyncio.sleep(0.01)
+        with pytest.raises(TokenInProgress):
+            await once("duplicate")  # while the first runs: not acted on, and told to come back
+        outage_over.set()
+        with pytest.raises(StorageError):
+            await first
+        assert await once("retry") == "retry"  # nothing took effect, so the sender's retry is served
+        with pytest.raises(BadRequest, match="already used"):
+            await once("replay")
+        assert acted == ["first", "retry"]
 
     @pytest.mark.parametrize("groups", ODD_GROUPS, ids=ODD_GROUP_IDS)
     async def test_a_group_update_replaces_the_groups_of_every_session_of_that_agent_and_no_other(

@@ -3,7 +3,8 @@
 The first test lets the real provider send its logout token (RP sessions end when the user logs out at the
 provider). The others post tokens signed with the provider's own key, to cover what a provider never sends:
 replays, forgeries, ID tokens posing as logout tokens, unknown sessions. Each is refused with a 400, changes
-nothing, and leaves a record in the access log.
+nothing, and leaves a record in the access log. A token the gateway could not act on (the database down: a 503)
+is served when the provider sends it again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from joserfc.jwk import DictKey, RSAKey
 from gateway.oidc.backchannel import LOGOUT_EVENT
 from tests.components.echo_gateway import Deployment, deployment, eventually
 from tests.components.oidc_provider import TEST_CLIENT_ID, OidcProviderFactory, generate_signing_key
+from tests.integration.test_ssf_receiver import fail_once
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 JSON = {"Accept": "application/json"}
@@ -118,6 +120,25 @@ async def test_a_replayed_logout_token_is_refused(gateway: Deployment) -> None:
     assert replayed.status_code == 400
     assert "already used" in replayed.json()["error_description"]
     assert await _chat(replay_target, gateway) == 200
+
+
+async def test_a_logout_token_sent_again_after_a_database_outage_ends_the_session(
+    gateway: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await gateway.login("alice")
+    data = (await _session_data(gateway, "alice"))[0]
+    token = _token(gateway, sub=data.subject, sid=data.idp_session_id)
+    fail_once(monkeypatch, gateway.services.agents, "find_by_oidc")
+
+    first = await _post(gateway, token)
+    assert first.status_code == 503 and first.json()["error"] == "temporarily_unavailable", first.text
+    assert await _chat(alice, gateway) == 200
+    retry = await _post(gateway, token)
+
+    assert retry.status_code == 200, retry.text
+    assert await _chat(alice, gateway) == 401
+    replayed = await _post(gateway, token)  # acted on once: now it is a replay
+    assert replayed.status_code == 400 and "already used" in replayed.json()["error_description"]
 
 
 BAD_TOKENS: dict[str, dict[str, Any]] = {

@@ -1,7 +1,8 @@
 """The proxy's WebSockets against real servers: a uvicorn upstream and a small gateway app built from gateway.proxy
 (tests/components/proxy_stack.py). Messages, subprotocol and close codes pass both ways with the channel
-credential in place of the client's; the registry closes an agent's sockets and no other's; open sockets never
-take the console's HTTP connections; a refused or unreachable upstream refuses the client's handshake."""
+credential in place of the client's; the registry closes an agent's (or a session's) sockets and no other's; open
+sockets never take the console's HTTP connections; a refused or unreachable upstream refuses the client's handshake.
+"""
 
 from __future__ import annotations
 
@@ -111,6 +112,30 @@ async def test_close_agent_closes_every_socket_of_that_agent_and_no_other(stack:
             break
         await asyncio.sleep(0.02)
     assert stack.log.ws_close_codes.count(1008) == 2
+
+
+async def test_close_session_closes_the_sockets_of_that_session_and_not_the_agents_others(stack: Stack) -> None:
+    url = ws_url(stack, "/chat/ws")
+    async with (
+        connect(url, additional_headers={"X-Test-Agent": "alice", "X-Test-Session": "laptop"}) as first,
+        connect(url, additional_headers={"X-Test-Agent": "alice", "X-Test-Session": "laptop"}) as second,
+        connect(url, additional_headers={"X-Test-Agent": "alice", "X-Test-Session": "phone"}) as phone,
+    ):
+        for ws in (first, second, phone):
+            await ws.send("ready")
+            await ws.recv()
+
+        assert await stack.gateway.registry.close_session("laptop") == 2
+
+        for ws in (first, second):
+            with pytest.raises(ConnectionClosed) as caught:
+                await ws.recv()
+            assert caught.value.rcvd is not None
+            assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (1008, "session ended")
+        await phone.send("still here")
+        assert await phone.recv() == "still here"
+        assert stack.gateway.registry.agents() == {"alice": 1}
+        assert await stack.gateway.registry.close_session("laptop") == 0
 
 
 async def test_an_upstream_refusing_the_websocket_refuses_the_client_handshake(stack: Stack) -> None:

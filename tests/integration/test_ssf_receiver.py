@@ -2,7 +2,8 @@
 
 The transmitter here is a test double that speaks the real protocol: it publishes its signing key as a JWKS
 over HTTP and pushes signed SETs with its bearer token. The gateway is real (npm oidc-provider for the
-logins), and so are its consequences: sessions refused, agents disabled, records in the access log.
+logins), and so are its consequences: sessions refused, agents disabled, records in the access log. Only the
+database outage is simulated: the agents lookup raises the StorageError the repository raises when it is down.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.errors import StorageError
 from gateway.signals.events import CAEP, RISC
+from gateway.storage.agents import AgentRepository
 from tests.components.asgi_server import bound_socket, start_server
 from tests.components.echo_gateway import Deployment, deployment
-from tests.components.oidc_provider import OidcProviderFactory, generate_signing_key, public_jwks
+from tests.components.oidc_provider import (
+    DEMO_PASSWORD,
+    STANDARD_ACCOUNTS,
+    OidcAccount,
+    OidcProvider,
+    OidcProviderFactory,
+    generate_signing_key,
+    public_jwks,
+)
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 JSON = {"Accept": "application/json"}
@@ -81,6 +92,40 @@ async def transmitter() -> AsyncIterator[Transmitter]:
 async def gateway(oidc_provider_factory: OidcProviderFactory, transmitter: Transmitter) -> AsyncIterator[Deployment]:
     async with deployment(oidc_provider_factory, extra_toml=transmitter.toml()) as deployed:
         yield deployed
+
+
+#: A second IdP account whose verified email is alice's: some providers let two accounts share an address.
+MALLORY = OidcAccount(
+    sub="mallory-0009", username="mallory", password=DEMO_PASSWORD, email="alice@example.com", name="Mallory",
+    groups=("chat-agents",),
+)  # fmt: skip
+
+
+@pytest.fixture
+async def shared_email_gateway(
+    oidc_provider_factory: OidcProviderFactory, transmitter: Transmitter
+) -> AsyncIterator[Deployment]:
+    """The gateway of an IdP where mallory's account carries alice's email."""
+
+    def provider(redirect_uris: Sequence[str], **options: Any) -> OidcProvider:
+        return oidc_provider_factory(redirect_uris, **(options | {"accounts": (*STANDARD_ACCOUNTS, MALLORY)}))
+
+    async with deployment(provider, extra_toml=transmitter.toml()) as deployed:
+        yield deployed
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, agents: AgentRepository, method: str) -> None:
+    """The database is down for the next call of ``agents.<method>`` (the repository's StorageError), then back."""
+    real = getattr(agents, method)
+    calls: list[None] = []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        if len(calls) == 1:
+            raise StorageError("select agents failed on sqlite:///…", detail="database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(agents, method, flaky)
 
 
 async def _push(
@@ -199,6 +244,64 @@ async def test_a_replayed_set_is_refused(gateway: Deployment, transmitter: Trans
     replayed = await _push(gateway, body, transmitter.token)
     assert replayed.status_code == 400 and "already received" in replayed.json()["description"]
     assert await _chat(again, gateway) == 200
+
+
+async def test_a_risc_account_disabled_retried_after_a_database_outage_deprovisions_the_agent(
+    gateway: Deployment, transmitter: Transmitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, subject = await _alice(gateway)
+    body = transmitter.sign({RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject)
+    fail_once(monkeypatch, gateway.services.agents, "find_by_oidc")
+
+    first = await _push(gateway, body, transmitter.token)
+    assert first.status_code == 503 and first.json()["err"] == "temporarily_unavailable", first.text
+    retry = await _push(gateway, body, transmitter.token)  # RFC 8935 §2.3: the same SET, sent again
+
+    assert retry.status_code == 202, retry.text
+    assert await _chat(alice, gateway) == 401
+    agent = await gateway.services.agents.find_by_oidc(subject["iss"], subject["sub"])
+    assert agent is not None and not agent.active
+    assert (await _last_record(gateway)).decision == "deprovisioned"
+    replayed = await _push(gateway, body, transmitter.token)  # acted on once: now it is a replay
+    assert replayed.status_code == 400 and "already received" in replayed.json()["description"]
+
+
+async def test_a_caep_session_revoked_about_an_email_two_agents_share_ends_the_sessions_of_both(
+    shared_email_gateway: Deployment, transmitter: Transmitter
+) -> None:
+    gateway = shared_email_gateway
+    alice, mallory = await gateway.login("alice"), await gateway.login("mallory")
+    event = {CAEP + "session-revoked": {"subject": {"format": "email", "email": "alice@example.com"}}}
+
+    response = await _push(gateway, transmitter.sign(event, aud=gateway.url), transmitter.token)
+
+    assert response.status_code == 202, response.text
+    assert (await _chat(alice, gateway), await _chat(mallory, gateway)) == (401, 401)
+    record = await _last_record(gateway)
+    assert (record.decision, record.agent_name) == ("sessions ended", None)
+    assert record.detail["candidates"] == ["alice", "mallory"] and record.detail["sessions"] == 2
+    assert await _chat(await gateway.login("alice"), gateway) == 200  # a logout: both stay enabled
+
+
+async def test_a_risc_account_disabled_about_an_email_two_agents_share_is_refused_and_disables_nobody(
+    shared_email_gateway: Deployment, transmitter: Transmitter
+) -> None:
+    gateway = shared_email_gateway
+    alice, mallory = await gateway.login("alice"), await gateway.login("mallory")
+    event = {RISC + "account-disabled": {"subject": {"format": "email", "email": "Alice@Example.com"}}}
+
+    response = await _push(gateway, transmitter.sign(event, aud=gateway.url), transmitter.token)
+
+    # RFC 8935 §2.3: not acknowledged, so the transmitter knows it was not acted on, and told what to do instead.
+    assert response.status_code == 400, response.text
+    assert response.json()["err"] == "invalid_request"
+    description = response.json()["description"]
+    assert "not acted on" in description and "2 agents" in description and "iss_sub" in description
+    assert (await _chat(alice, gateway), await _chat(mallory, gateway)) == (200, 200)
+    assert all(agent.active for agent in await gateway.services.agents.find_by_email("alice@example.com"))
+    record = await _last_record(gateway)
+    assert (record.decision, record.status, record.reason) == ("refused", 400, description)
+    assert record.detail["candidates"] == ["alice", "mallory"] and record.detail["action"] == "deprovision"
 
 
 async def test_a_push_without_the_transmitters_token_or_as_the_wrong_type_is_refused(

@@ -32,11 +32,16 @@ class FakeLive:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.closed: list[str] = []
+        self.sessions_closed: list[str] = []
 
     async def close_agent(self, agent_id: str) -> int:
         if agent_id == "slow":
             await self.release.wait()
         self.closed.append(agent_id)
+        return 1
+
+    async def close_session(self, key: str) -> int:
+        self.sessions_closed.append(key)
         return 1
 
 
@@ -82,6 +87,23 @@ async def test_refresh_broadcasts_close_nothing_and_are_not_acknowledged() -> No
             await asyncio.sleep(0.01)
         assert store.acknowledged == ["agent-2"]
         assert live.closed == ["agent-2"]
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+async def test_a_sessions_end_closes_that_sessions_connections_only_and_is_not_acknowledged() -> None:
+    ended = Revocation("agent-1", "r1", "replica-b", refresh_only=True, ended_session="key-1")
+    store = FakeStore([ended, Revocation("agent-2", "r2", "replica-b")])
+    live = FakeLive()
+    listener = asyncio.create_task(_revocation_listener(_services(store, live)))
+    try:
+        for _ in range(100):
+            if store.acknowledged:
+                break
+            await asyncio.sleep(0.01)
+        assert (live.sessions_closed, live.closed, store.acknowledged) == (["key-1"], ["agent-2"], ["agent-2"])
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
