@@ -19,11 +19,11 @@ from scim2_models import (
     Meta,
     User,
 )
-from sqlalchemy import String, Table
 
 from gateway.storage._time import from_db
 from gateway.storage.agents import user_name_key
 from gateway.storage.groups import Group as GroupRow
+from gateway.storage.limits import unstorable
 from gateway.storage.schema import agents, groups
 from scim.provider import ScimGroup, ScimGroupMember, ScimUser
 from scim.urns import ENTERPRISE_USER_SCHEMA, USER_SCHEMA
@@ -92,26 +92,6 @@ def unstorable_user(columns: Mapping[str, Any]) -> str | None:
 def unstorable_group(display_name: str, external_id: str | None) -> str | None:
     """Why a group cannot be stored, naming the attribute (``unstorable``), or None."""
     return unstorable(groups, _GROUP_ATTRIBUTES, {"display_name": display_name, "external_id": external_id})
-
-
-def unstorable(table: Table, attributes: Mapping[str, str], columns: Mapping[str, Any]) -> str | None:
-    """Why a value of ``columns`` cannot be stored in ``table``, naming its SCIM attribute, or None.
-
-    PostgreSQL refuses a string longer than its ``varchar(n)`` and any text holding U+0000, both of which SQLite
-    stores: checked here, either database answers 400 invalidValue (RFC 7644 §3.12), a request the IdP's admin
-    can correct, instead of a failed write the IdP would retry for ever.
-    """
-    for column, attribute in attributes.items():
-        value = columns.get(column)
-        if not isinstance(value, str):
-            continue
-        if "\x00" in value:
-            return f"{attribute} contains the character U+0000, which cannot be stored; remove it"
-        column_type = table.c[column].type
-        limit = column_type.length if isinstance(column_type, String) else None
-        if limit is not None and len(value) > limit:
-            return f"{attribute} is {len(value)} characters long; the gateway stores at most {limit}"
-    return None
 
 
 def stored_attributes(user: User[Any]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def cmd_ldap_sync(args: argparse.Namespace) -> int:
             finally:
                 await lease.release()
         _print_report(report.as_dict(), as_json=args.json)
-        return 0
+        return 1 if report.failed else 0
 
     return _with_sync(args, action)
 
@@ -71,6 +71,8 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
     if not report["planned"]:
         print("  no change")
     print(f"{mode}: {report['applied'] or len(report['planned'])}")
+    for line in report.get("failed") or ():
+        print(f"FAILED: {line} (the other changes were applied; see the log)")
     if report["held_disables"]:
         held = report["quarantine_id"] or "(would be held)"
         print(f"QUARANTINED: {report['held_disables']} disables held, quarantine {held}; see 'channelgate ldap status'")

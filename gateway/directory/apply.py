@@ -4,7 +4,8 @@ in the access log (kind ``ldap``).
 A disable is ``SessionKiller.deprovision`` with source ``ldap``: the agent is disabled, its pipeline run queued
 and every session on every replica ended before the call returns. A reactivation only sets the agent active
 again; the sessions the disable ended stay ended. Group changes reach live sessions at once
-(``SessionStore.update_agent_groups``), as SCIM's do.
+(``SessionStore.update_agent_groups``), as SCIM's do. Each change commits on its own; one that fails is logged
+and reported while the rest, the disables above all, are still carried out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.writer import AuditLog
@@ -24,21 +26,29 @@ from gateway.deprovision.kill import SessionKiller
 from gateway.directory.groups import DirectoryGroup
 from gateway.directory.plan import Change, Plan
 from gateway.directory.store import DirectoryStore
-from gateway.errors import NotFound
+from gateway.errors import ChannelgateError, NotFound
 from gateway.sessions.base import SessionStore
 from gateway.storage._time import to_db
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import AgentRepository, user_name_key
 from gateway.storage.database import write_transaction
 from gateway.storage.groups import GroupRepository
+from gateway.storage.limits import unstorable
 from gateway.storage.schema import agents, group_members, groups
 
 log = logging.getLogger("channelgate.ldap")
 
 
+#: What one change's write may meet without the others being stopped: a row the database refuses (a constraint,
+#: a value), the database or the session store failing for a moment, an agent deleted meanwhile.
+_CONTAINED = (ChannelgateError, IntegrityError)
+
+
 @dataclass(slots=True)
 class Applied:
     counts: dict[str, int] = field(default_factory=dict)
+    #: The changes whose writes failed (logged); the plan's other changes were carried out.
+    failed: list[Change] = field(default_factory=list)
 
     def add(self, kind: str, n: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + n
@@ -77,6 +87,10 @@ class PlanApplier:
             records = []
             for group in found:
                 seen.add(group.entry_id)
+                problem = unstorable(groups, {"display_name": "its name"}, {"display_name": group.name})
+                if problem is not None:  # kept as it is (or not created): one group must not stop every sync
+                    log.warning("directory %s: group %s left out: %s", self._store.directory, group.dn, problem)
+                    continue
                 group_id = existing.get(group.entry_id)
                 if group_id is None:
                     group_id = str(uuid4())
@@ -120,32 +134,64 @@ class PlanApplier:
         await self._sessions.update_agent_groups(agent_id, await self._groups.names_of(agent_id))
 
     async def apply(self, plan: Plan, now: datetime) -> Applied:
+        """Carry out ``plan``, each change in its own transaction. A change that fails is logged and listed in
+        ``failed`` and the others go on, above all the disables: one entry the database refuses must never keep
+        a departed agent working. A full sync tries the failed ones again."""
         applied = Applied()
         creates = [c for c in plan.changes if c.kind == "create"]
         touched_groups: set[str] = set()
         if creates:
-            await self._create(creates, now)
-            applied.add("create", len(creates))
+            await self._create_all(creates, now, applied)
+        steps = {"update": self._update, "groups": self._set_groups, "reactivate": self._reactivate}
         for change in plan.changes:
-            if change.kind == "update":
-                await self._update(change, now)
-            elif change.kind == "groups":
-                await self._set_groups(change, now)
-                assert change.agent_id is not None
-                touched_groups.add(change.agent_id)
-            elif change.kind == "reactivate":
-                await self._reactivate(change, now)
-            elif change.kind == "conflict":
+            if change.kind == "conflict":
                 log.warning("directory %s: %s", self._store.directory, change.describe())
-            if change.kind not in {"create", "disable"}:
+                applied.add("conflict")
+            elif change.kind in steps:
+                try:
+                    await steps[change.kind](change, now)
+                except _CONTAINED as exc:
+                    self._failed(change, exc, applied)
+                    continue
                 applied.add(change.kind)
+                if change.kind == "groups" and change.agent_id is not None:
+                    touched_groups.add(change.agent_id)
         # Group names first, so a session about to lose access loses it with the very next request.
         for agent_id in sorted(touched_groups):
-            await self.push_groups(agent_id)
+            try:
+                await self.push_groups(agent_id)
+            except _CONTAINED as exc:
+                log.error("directory %s: the new groups of agent %s reached no session: %s", self._store.directory,
+                          agent_id, _reason(exc))  # fmt: skip
         for change in plan.disables:
-            if await self._disable(change, now):
-                applied.add("disable")
+            try:
+                if await self._disable(change, now):
+                    applied.add("disable")
+            except _CONTAINED as exc:
+                self._failed(change, exc, applied)
         return applied
+
+    def _failed(self, change: Change, exc: Exception, applied: Applied) -> None:
+        applied.failed.append(change)
+        applied.add("failed")
+        log.error("directory %s: %s failed (%s); the plan's other changes go on", self._store.directory,
+                  change.describe(), _reason(exc))  # fmt: skip
+
+    async def _create_all(self, creates: list[Change], now: datetime, applied: Applied) -> None:
+        """The new agents in one transaction (thousands on a first sync); if it fails, one by one, so only the
+        agents the database refuses are left out."""
+        try:
+            await self._create(creates, now)
+        except _CONTAINED:
+            for change in creates:
+                try:
+                    await self._create([change], now)
+                except _CONTAINED as exc:
+                    self._failed(change, exc, applied)
+                else:
+                    applied.add("create")
+        else:
+            applied.add("create", len(creates))
 
     async def _create(self, creates: list[Change], now: datetime) -> None:
         moment = to_db(now)
@@ -252,6 +298,11 @@ class PlanApplier:
         async with write_transaction(self._store.engine) as conn:
             await self._store.set_entry(conn, change.entry_id, disabled_by_sync=True)
         return True
+
+
+def _reason(exc: Exception) -> str:
+    """What failed, without data: our errors' messages name no secret; a driver's may quote the row."""
+    return exc.message if isinstance(exc, ChannelgateError) else type(exc).__name__
 
 
 async def _members_of(conn: AsyncConnection, group_id: str) -> set[str]:

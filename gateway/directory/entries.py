@@ -8,10 +8,15 @@ departure), or 389 DS's ``nsAccountLock: true``.
 
 from __future__ import annotations
 
+import functools
+import string
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.utils.dn import escape_rdn, parse_dn
 
 from gateway.directory.settings import LdapSettings
 
@@ -38,9 +43,66 @@ class DirectoryUser:
     member_of: frozenset[str]
 
 
+def _unescape(value: str) -> str:
+    """An attribute value of a DN string with its escapes decoded: ``\\,`` and ``\\2C`` are both a comma, and
+    ``\\C3\\A9`` is the UTF-8 of "é" (RFC 4514 §2.4)."""
+    raw = bytearray()
+    index = 0
+    while index < len(value):
+        char = value[index]
+        pair = value[index + 1 : index + 3]
+        if char == "\\" and len(pair) == 2 and all(c in string.hexdigits for c in pair):
+            raw.append(int(pair, 16))
+            index += 3
+        elif char == "\\" and index + 1 < len(value):
+            raw += value[index + 1].encode()
+            index += 2
+        else:
+            raw += char.encode()
+            index += 1
+    return raw.decode("utf-8", "replace")
+
+
+@functools.lru_cache(maxsize=65536)
+def dn_rdns(dn: str) -> tuple[str, ...]:
+    """The RDNs of ``dn``, leaf first, each in one canonical form: escapes decoded, attribute type and value
+    case-folded, insignificant spaces dropped (RFC 4518 §2.6.1), the values of a multi-valued RDN sorted, then
+    escaped again (RFC 4514 §2.4). So ``ou=Sales\\, EU`` (how an admin writes it) and ``OU=Sales\\2C EU`` (how
+    OpenLDAP sends it) are one RDN. A string ldap3 cannot parse is split on its commas, as text."""
+    try:
+        parsed = parse_dn(dn, strip=True)
+    except LDAPInvalidDnError:
+        return tuple(part.strip().lower() for part in dn.split(","))
+    rdns: list[str] = []
+    values: list[str] = []
+    for attribute_type, value, separator in parsed:
+        folded = " ".join(_unescape(value).casefold().split())
+        values.append(f"{attribute_type.lower()}={escape_rdn(folded) if folded else ''}")
+        if separator != "+":
+            rdns.append("+".join(sorted(values)))
+            values = []
+    return tuple(rdns)
+
+
+def dn_suffix(dn: str, count: int) -> str:
+    """The last ``count`` RDNs of ``dn`` as written (escapes and case kept)."""
+    try:
+        parsed = parse_dn(dn, strip=True)
+    except LDAPInvalidDnError:
+        return ",".join(part.strip() for part in dn.split(",")[-count:])
+    rdns: list[str] = []
+    values: list[str] = []
+    for attribute_type, value, separator in parsed:
+        values.append(f"{attribute_type}={value}")
+        if separator != "+":
+            rdns.append("+".join(values))
+            values = []
+    return ",".join(rdns[-count:])
+
+
 def normalize_dn(dn: str) -> str:
-    """DNs compared case-insensitively and without spaces after separators (RFC 4514 §2 and typical schemas)."""
-    return ",".join(part.strip() for part in dn.split(",")).lower()
+    """``dn`` in the canonical form of :func:`dn_rdns`: two DNs naming one entry are one string."""
+    return ",".join(dn_rdns(dn))
 
 
 def _first(attributes: Attributes, name: str) -> Any:
@@ -136,6 +198,6 @@ def group_attributes(settings: LdapSettings) -> list[str]:
 
 
 def in_subtree(dn: str, base: str) -> bool:
-    """Whether ``dn`` is ``base`` or below it."""
-    dn, base = normalize_dn(dn), normalize_dn(base)
-    return dn == base or dn.endswith("," + base)
+    """Whether ``dn`` is ``base`` or below it, RDN by RDN (an escaped comma inside a value separates nothing)."""
+    entry, parent = dn_rdns(dn), dn_rdns(base)
+    return len(entry) >= len(parent) and entry[len(entry) - len(parent) :] == parent

@@ -19,7 +19,7 @@ from ldap3 import ASYNC_STREAM, DEREF_NEVER, SUBTREE, Connection
 from ldap3.core.exceptions import LDAPException
 
 from gateway.directory.connection import close, open_connection
-from gateway.directory.entries import group_attributes, normalize_dn, user_attributes
+from gateway.directory.entries import dn_rdns, dn_suffix, group_attributes, user_attributes
 from gateway.directory.settings import LdapSettings
 from gateway.directory.syncrepl import SYNC_INFO, SYNC_STATE, parse_sync_info, parse_sync_state, sync_request
 
@@ -66,13 +66,12 @@ def feed_base(settings: LdapSettings) -> str:
     """The closest common ancestor of the users and groups bases: one feed sees both, and sees a user moved out
     of the users base (a modify with the new DN) rather than nothing."""
     bases = [settings.users_base] + ([settings.groups_base] if settings.groups_base else [])
-    split = [[part.strip() for part in base.split(",")] for base in bases]
-    common: list[str] = []
-    for parts in zip(*(reversed(p) for p in split), strict=False):
-        if len({normalize_dn(p) for p in parts}) != 1:
+    common = 0
+    for rdns in zip(*(reversed(dn_rdns(base)) for base in bases), strict=False):
+        if len(set(rdns)) != 1:
             break
-        common.append(parts[0])
-    return ",".join(reversed(common)) or settings.users_base
+        common += 1
+    return dn_suffix(settings.users_base, common) if common else settings.users_base
 
 
 class ChangeFeed:

@@ -7,7 +7,10 @@ at all, so it can never disable anyone.
 
 Only agents this directory created are changed: an agent of another source (SCIM, a first login) with the same
 userName is reported as a conflict and left alone. An agent is reactivated only if this sync disabled it; an
-agent disabled by an administrator or another trigger stays disabled.
+agent disabled by an administrator or another trigger stays disabled, and one deleted (over SCIM or by an
+administrator) stays deleted: its entry is a conflict, never a second agent. A directory value the database
+cannot store (longer than its column, or holding U+0000, which PostgreSQL refuses) is a conflict of that user
+alone, so it can never fail the writes of everybody else.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.directory.entries import DirectoryUser, normalize_dn
+from gateway.directory.settings import LdapAttributeMap
 from gateway.storage.agents import user_name_key
+from gateway.storage.limits import unstorable
+from gateway.storage.schema import agents
 
 GONE = "no longer in the directory's scope (deleted, moved or filtered out)"
 LEFT_AGENTS_GROUP = "removed from the directory's agents group"
@@ -29,6 +35,10 @@ Holder = tuple[str, str]
 
 def _held(holder: Holder) -> str:
     return f"userName held by another agent (source {holder[1]}, id {holder[0]})"
+
+
+def _deleted(agent_id: str) -> str:
+    return f"its agent (id {agent_id}) was deleted (over SCIM or by an admin) and is not created again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,30 @@ def _columns(user: DirectoryUser, manager_id: str | None) -> dict[str, str | boo
     }
 
 
+def _sources(names: LdapAttributeMap) -> dict[str, str]:
+    """The directory attribute behind each ``agents`` column a sync writes (what a conflict names)."""
+    return {
+        "user_name": names.user_name,
+        "user_name_key": names.user_name,
+        "email": names.email,
+        "display_name": names.display_name,
+        "employee_number": names.employee_number,
+    }
+
+
+def _unstorable(values: Mapping[str, str | bool | None], sources: Mapping[str, str]) -> dict[str, str]:
+    """Column → why its value in ``values`` cannot be stored (the checks SCIM applies, same column widths)."""
+    columns = dict(values)
+    if isinstance(columns.get("user_name"), str):
+        columns["user_name_key"] = user_name_key(str(columns["user_name"]))
+    found = {}
+    for column, source in sources.items():
+        problem = unstorable(agents, {column: source}, columns)
+        if problem is not None:
+            found[column.removesuffix("_key")] = problem
+    return found
+
+
 def plan(
     known: Mapping[str, KnownAgent],
     view: View,
@@ -123,13 +157,21 @@ def plan(
     *,
     managers: Mapping[str, str] | None = None,
     active_agents: int | None = None,
+    deleted: Mapping[str, str] | None = None,
+    attributes: LdapAttributeMap | None = None,
 ) -> Plan:
     """The changes that make the managed agents match ``view``. ``holders`` maps the userName key of live agents
     (every one, or at least those of the names in ``view``) to their id and source: a name held by another
     agent, managed by this directory or not, is a conflict, never a second agent. A partial view may come with only the
     known agents it names; then ``managers`` (normalised DN → agent id of every managed agent) resolves manager
-    DNs and ``active_agents`` is the count of all active managed agents (the quarantine's denominator)."""
-    creating = {entry_id: new_id() for entry_id, wanted in view.users.items() if entry_id not in known}
+    DNs and ``active_agents`` is the count of all active managed agents (the quarantine's denominator).
+    ``deleted`` maps the entries (at least those in ``view``) whose agent was deleted to that agent's id;
+    ``attributes`` names the directory attributes in conflicts about values that cannot be stored."""
+    deleted = deleted or {}
+    sources = _sources(attributes or LdapAttributeMap())
+    new = [entry_id for entry_id in view.users if entry_id not in known and entry_id not in deleted]
+    refused = {e: p for e in new if (p := _unstorable(_columns(view.users[e].user, None), sources))}
+    creating = {entry_id: new_id() for entry_id in new if entry_id not in refused}
     by_dn = dict(managers) if managers is not None else {}
     by_dn |= {normalize_dn(agent.dn): agent.agent_id for agent in known.values()}
     by_dn |= {normalize_dn(view.users[e].user.dn): agent_id for e, agent_id in creating.items()}
@@ -139,6 +181,14 @@ def plan(
         user = wanted.user
         manager_id = by_dn.get(normalize_dn(user.manager_dn)) if user.manager_dn else None
         current = known.get(entry_id)
+        if current is None and entry_id in deleted:
+            agent_id = deleted[entry_id]
+            changes.append(Change("conflict", agent_id, user.user_name, entry_id, reason=_deleted(agent_id)))
+            continue
+        if current is None and entry_id in refused:
+            reason = "; ".join(refused[entry_id].values())
+            changes.append(Change("conflict", None, user.user_name, entry_id, reason=reason))
+            continue
         if current is None:
             key = user_name_key(user.user_name)
             if key in taken:
@@ -159,7 +209,7 @@ def plan(
                 )
             )
             continue
-        changes.extend(_changes_of(current, wanted, manager_id, taken))
+        changes.extend(_changes_of(current, wanted, manager_id, taken, sources))
     for entry_id, current in sorted(known.items(), key=lambda item: item[1].user_name.lower()):
         missing = entry_id in view.gone or (view.complete and entry_id not in view.users)
         if missing and current.active:
@@ -169,11 +219,20 @@ def plan(
 
 
 def _changes_of(
-    current: KnownAgent, wanted: WantedUser, manager_id: str | None, holders: Mapping[str, Holder]
+    current: KnownAgent,
+    wanted: WantedUser,
+    manager_id: str | None,
+    holders: Mapping[str, Holder],
+    sources: Mapping[str, str],
 ) -> list[Change]:
     user = wanted.user
     changes: list[Change] = []
     values = {name: value for name, value in _columns(user, manager_id).items() if value != getattr(current, name)}
+    problems = _unstorable(values, sources)
+    if problems:
+        reason = "; ".join(problems.values())
+        changes.append(Change("conflict", current.agent_id, user.user_name, current.entry_id, reason=reason))
+        values = {name: value for name, value in values.items() if name not in problems}
     holder = holders.get(user_name_key(user.user_name))
     if "user_name" in values and holder is not None and holder[0] != current.agent_id:
         changes.append(
@@ -188,13 +247,15 @@ def _changes_of(
         values.pop("user_name")
     if values or normalize_dn(current.dn) != normalize_dn(user.dn):
         changes.append(Change("update", current.agent_id, current.user_name, current.entry_id, values, dn=user.dn))
+    # The access-log records of what follows name the agent: by its stored name when the new one cannot be stored.
+    name = current.user_name if "user_name" in problems else user.user_name
     if wanted.groups != current.groups:
-        changes.append(Change("groups", current.agent_id, user.user_name, current.entry_id, groups=wanted.groups))
+        changes.append(Change("groups", current.agent_id, name, current.entry_id, groups=wanted.groups))
     if current.active and wanted.refusal is not None:
-        changes.append(Change("disable", current.agent_id, user.user_name, current.entry_id, reason=wanted.refusal))
+        changes.append(Change("disable", current.agent_id, name, current.entry_id, reason=wanted.refusal))
     elif not current.active and wanted.refusal is None and current.disabled_by_sync:
         changes.append(
-            Change("reactivate", current.agent_id, user.user_name, current.entry_id, reason="enabled in the directory")
+            Change("reactivate", current.agent_id, name, current.entry_id, reason="enabled in the directory")
         )
     return changes
 

@@ -2,7 +2,9 @@
 high-water mark. Blocking ldap3 calls; callers run them in a thread.
 
 A read is all or nothing: any error, or a page missing, raises :class:`DirectoryUnavailable` and the partial
-result is dropped, so a connection cut in the middle of a full read never looks like deleted users.
+result is dropped, so a connection cut in the middle of a full read never looks like deleted users. That covers
+the answers ldap3 does not raise for even with ``raise_exceptions``: a search ended by the server's size or time
+limit, a referral, and continuation references to parts of the scope another server holds (RFC 4511 §4.5.3).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def paged_search(
             paged_size=page_size,
             paged_cookie=cookie,
         )
+        _require_complete(connection, base)
         for entry in connection.response or ():
             if entry.get("type") == "searchResEntry":
                 yield entry["dn"], entry["raw_attributes"]
@@ -67,6 +70,49 @@ def paged_search(
         cookie = control["value"]["cookie"] if control else None
         if not cookie:
             return
+
+
+#: LDAP result code success (RFC 4511 §4.1.9); any other ends a search short of its scope.
+_SUCCESS = 0
+_LIMITS_HINT = (
+    " (lift the bind account's size and time limits for paged searches: OpenLDAP olcLimits "
+    "size.prtotal=unlimited time=unlimited; AD MaxQueryDuration)"
+)
+_HINTS = {
+    "sizeLimitExceeded": _LIMITS_HINT,
+    "timeLimitExceeded": _LIMITS_HINT,
+    "adminLimitExceeded": _LIMITS_HINT,
+    "referral": " (point the base at entries this server holds)",
+}
+
+
+def _require_complete(connection: Connection, base: str) -> None:
+    """Raise unless the page just read is the whole answer for its part of the scope: result ``success``
+    (RFC 4511 §4.1.9) and no continuation reference. ldap3 returns sizeLimitExceeded, timeLimitExceeded and
+    referral as ordinary results, and a page cut short by them carries no cookie, so it would pass for the last."""
+    result = connection.result or {}
+    references = [
+        str(uri)
+        for entry in connection.response or ()
+        if entry.get("type") == "searchResRef"
+        for uri in entry.get("uri") or ()
+    ]
+    if result.get("result") != _SUCCESS:
+        description = str(result.get("description") or f"result {result.get('result')}")
+        said = str(result.get("message") or "").strip()[:200]
+        referrals = ", ".join(str(uri) for uri in result.get("referrals") or ())[:300]
+        raise DirectoryUnavailable(
+            f"The search of {base!r} ended with {description}"
+            + (f" ({said})" if said else "")
+            + (f", referred to {referrals}" if referrals else "")
+            + f": the read is incomplete and nothing was changed{_HINTS.get(description, '')}"
+        )
+    if references:
+        raise DirectoryUnavailable(
+            f"The search of {base!r} returned continuation references to {', '.join(references)[:300]}: part of "
+            "the scope is held by another server, so the read is incomplete and nothing was changed (point the "
+            "base at entries this server holds)"
+        )
 
 
 #: Entries asked for by id in one search (the filter stays well under servers' size limits).

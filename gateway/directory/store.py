@@ -110,6 +110,20 @@ class DirectoryStore:
             for row in rows
         }
 
+    async def deleted(self, entry_ids: Collection[str] | None = None) -> dict[str, str]:
+        """Entry id → agent id of this directory's entries (all, or those of ``entry_ids``) whose agent was
+        deleted, over SCIM or by an admin: :meth:`known` leaves them out, and the entry keeps its row."""
+        mine = ldap_entries.c.directory == self.directory
+        if entry_ids is not None:
+            mine = and_(mine, ldap_entries.c.entry_id.in_(list(entry_ids)))
+        query = (
+            select(ldap_entries.c.entry_id, ldap_entries.c.agent_id)
+            .join(agents, agents.c.id == ldap_entries.c.agent_id)
+            .where(mine, agents.c.deleted_at.is_not(None))
+        )
+        async with read_transaction(self.engine) as conn:
+            return {entry_id: agent_id for entry_id, agent_id in (await conn.execute(query)).all()}
+
     async def holders(self, keys: Collection[str] | None = None) -> dict[str, Holder]:
         """userName key → (agent id, source) of every live agent, or of those holding ``keys``."""
         query = select(agents.c.user_name_key, agents.c.id, agents.c.source).where(agents.c.deleted_at.is_(None))

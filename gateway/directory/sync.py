@@ -45,11 +45,20 @@ class SyncReport:
     dry_run: bool
     planned: list[str] = field(default_factory=list)
     applied: dict[str, int] = field(default_factory=dict)
+    #: Changes whose writes failed while the rest of the plan was applied (a full sync tries them again).
+    failed: list[str] = field(default_factory=list)
     quarantine_id: str | None = None
     held: int = 0
     active_agents: int = 0
     users_read: int = 0
     duration_ms: float = 0.0
+
+    @property
+    def error(self) -> str | None:
+        """What ``ldap status`` shows as the last error: the failed changes, if any."""
+        if not self.failed:
+            return None
+        return f"{len(self.failed)} change(s) failed, the rest applied (see the log): " + "; ".join(self.failed)[:800]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +66,7 @@ class SyncReport:
             "dry_run": self.dry_run,
             "planned": self.planned,
             "applied": self.applied,
+            "failed": self.failed,
             "quarantine_id": self.quarantine_id,
             "held_disables": self.held,
             "active_agents": self.active_agents,
@@ -108,7 +118,7 @@ class DirectorySync:
                     last_full_at=self.clock(),
                     high_water=snapshot.high_water,
                     last_result=report.as_dict(),
-                    last_error=None,
+                    last_error=report.error,
                 )
             return self._done(report, started)
 
@@ -138,7 +148,7 @@ class DirectorySync:
                 last_incremental_at=self.clock(),
                 high_water=snapshot.high_water,
                 last_result=report.as_dict(),
-                last_error=None,
+                last_error=report.error,
             )
             return self._done(report, started)
 
@@ -275,7 +285,11 @@ class DirectorySync:
             changes = changes.without_disables()
         applied = await self._applier.apply(changes, now)
         report.applied = applied.counts
-        if approved and not check.held:
+        report.failed = [c.describe() for c in applied.failed]
+        # An approval ends once its disables were carried out: a complete view plans every one still to make
+        # (the others were made, or the agents are back in the directory); a partial view says nothing of them.
+        pending = approved & {c.agent_id for c in applied.failed if c.kind == "disable"}
+        if approved and complete and not check.held and not pending:
             await self.store.close_approved()
         if self.metrics is not None:
             for change_kind, count in applied.counts.items():
@@ -288,12 +302,25 @@ class DirectorySync:
         """The managed agents a plan needs: all of them for a complete view; for a partial one (a feed batch of a
         few entries in a directory of thousands) only those it names, plus what resolves managers and counts the
         active agents."""
+        attributes = self.settings.attributes
         if complete:
-            return await self.store.known(), await self.store.holders(), {}
-        known = await self.store.known({u.entry_id for u in users} | gone)
-        others = await self.store.holders({user_name_key(u.user_name) for u in users})
+            deleted = await self.store.deleted()
+            return await self.store.known(), await self.store.holders(), {"deleted": deleted, "attributes": attributes}
+        named = {u.entry_id for u in users}
+        known = await self.store.known(named | gone)
+        # A name holding U+0000 is refused by the plan; PostgreSQL would refuse the query naming it.
+        others = await self.store.holders({user_name_key(u.user_name) for u in users if "\x00" not in u.user_name})
         managers = await self.store.managers() if any(u.manager_dn for u in users) else {}
-        return known, others, {"managers": managers, "active_agents": await self.store.active_agents()}
+        return (
+            known,
+            others,
+            {
+                "managers": managers,
+                "active_agents": await self.store.active_agents(),
+                "deleted": await self.store.deleted(named),
+                "attributes": attributes,
+            },
+        )
 
     async def _push_groups(self, agent_ids: set[str]) -> None:
         for agent_id in sorted(agent_ids):

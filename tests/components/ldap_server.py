@@ -51,9 +51,13 @@ olcObjectClasses: ( 1.3.6.1.4.1.99999.2.1 NAME 'channelgateAdUser' AUXILIARY
 """
 
 
-def _config_ldif(directory: Path, tls: tuple[Path, Path] | None, size_limit: int | None) -> str:
-    """cn=config for the server; ``size_limit`` caps one search's entries (paged searches pass through it)."""
+def _config_ldif(
+    directory: Path, tls: tuple[Path, Path] | None, size_limit: int | None, paged_total_limit: int | None = None
+) -> str:
+    """cn=config for the server; ``size_limit`` caps one search's entries (paged searches pass through it), and
+    ``paged_total_limit`` caps a paged search's entries over all its pages (then sizeLimitExceeded)."""
     limit = "unlimited" if size_limit is None else str(size_limit)
+    paged_total = "unlimited" if paged_total_limit is None else str(paged_total_limit)
     schema = "/etc/ldap/schema"
     includes = "".join(f"include: file://{schema}/{name}.ldif\n" for name in ("core", "cosine", "inetorgperson"))
     tls_lines = "" if tls is None else f"olcTLSCertificateFile: {tls[0]}\nolcTLSCertificateKeyFile: {tls[1]}\n"
@@ -101,7 +105,7 @@ olcDbDirectory: {directory}/data
 olcDbMaxSize: 1073741824
 olcDbNoSync: TRUE
 olcSizeLimit: {limit}
-olcLimits: * size.soft={limit} size.hard={limit} size.prtotal=unlimited size.pr=unlimited
+olcLimits: * size.soft={limit} size.hard={limit} size.prtotal={paged_total} size.pr=unlimited
 olcDbIndex: objectClass eq
 olcDbIndex: entryUUID,entryCSN eq
 olcDbIndex: uid,member,memberOf eq
@@ -242,7 +246,13 @@ class LdapServer(ServerProcess, Lifecycle):
     """
 
     def __init__(
-        self, *, tls: bool = False, preload: str = "", size_limit: int | None = None, startup_timeout: float = 10.0
+        self,
+        *,
+        tls: bool = False,
+        preload: str = "",
+        size_limit: int | None = None,
+        paged_total_limit: int | None = None,
+        startup_timeout: float = 10.0,
     ) -> None:
         self.port = free_port()
         self.tls_port = free_port() if tls else None
@@ -257,7 +267,8 @@ class LdapServer(ServerProcess, Lifecycle):
             certificate = (cert, key)
         (self.directory / "data").mkdir()
         (self.directory / "slapd.d").mkdir()
-        (self.directory / "config.ldif").write_text(_config_ldif(self.directory, certificate, size_limit))
+        config = _config_ldif(self.directory, certificate, size_limit, paged_total_limit)
+        (self.directory / "config.ldif").write_text(config)
         (self.directory / "base.ldif").write_text(_base_ldif() + ("\n" + preload if preload else ""))
         self._offline("config.ldif", "-n0")
         self._offline("base.ldif", "-n1")

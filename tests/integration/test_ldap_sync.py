@@ -1,5 +1,6 @@
 """Directory sync against a real OpenLDAP ``slapd``: provisioning, groups, disablement by every mechanism,
-incremental sync, quarantine, an unreachable directory, TLS verification."""
+incremental sync, quarantine, an unreachable directory or one answering only part of the scope, TLS
+verification, escaped DNs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,30 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+from ldap3 import BASE, Connection, Server
+from pydantic import SecretStr
 
 from gateway.directory.errors import DirectoryUnavailable
+from gateway.directory.feed import FeedEntry
 from gateway.directory.plan import GONE, LEFT_AGENTS_GROUP
 from gateway.directory.runner import DirectoryRunner, sync_lease
 from gateway.directory.store import SyncState
 from gateway.directory.wiring import open_directory_sync
-from tests.components.ldap_server import FORMER, GROUPS, PEOPLE, LdapServer, group_ldif, person_ldif
+from tests.components.ldap_server import (
+    FORMER,
+    GROUPS,
+    PEOPLE,
+    ROOT_DN,
+    ROOT_PASSWORD,
+    SUFFIX,
+    SYNC_DN,
+    SYNC_PASSWORD,
+    LdapServer,
+    group_ldif,
+    person_ldif,
+)
 from tests.components.ldap_stack import LdapStack, ldap_stack
+from tests.components.ports import LOOPBACK
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -271,3 +288,121 @@ async def test_the_quarantine_window_counts_disables_made_before_a_restart(direc
         report = await restarted.incremental()
         assert report.quarantine_id is not None and report.held == 1  # two of six within the window
         assert await stack.active() == set(TEAM) - {"bob"}
+
+
+async def test_a_read_cut_short_by_the_servers_size_limit_disables_nobody() -> None:
+    """A paged search capped below the directory's size (OpenLDAP size.prtotal, a replica with stock limits) ends
+    with sizeLimitExceeded, which ldap3 does not raise, and no cookie: the agents after the cap are not deleted."""
+    with LdapServer(paged_total_limit=4) as server:
+        server.add(team_ldif())
+        # The root DN has no limits: the first sync sees everybody.
+        async with ldap_stack(server, page_size=2, bind_dn=ROOT_DN, bind_password=ROOT_PASSWORD) as stack:
+            assert (await stack.sync.full()).applied["create"] == len(TEAM)
+            account = {"bind_dn": SYNC_DN, "bind_password": SecretStr(SYNC_PASSWORD)}
+            capped = stack.sync.settings.model_copy(update=account)
+            limited = open_directory_sync(stack.services, capped, metrics=False)
+            with pytest.raises(DirectoryUnavailable, match="sizeLimitExceeded"):
+                await limited.full()
+            assert await stack.active() == set(TEAM)
+            assert [r.decision for r in await stack.records()].count("disable") == 0
+
+
+REFERRAL_TO_BRANCH = f"""\
+dn: ou=branch,{PEOPLE}
+objectClass: referral
+objectClass: extensibleObject
+ou: branch
+ref: ldap://branch.example.com/ou=branch,{PEOPLE}
+"""
+
+
+async def test_a_continuation_reference_in_the_users_scope_disables_nobody(
+    stack: LdapStack, directory: LdapServer
+) -> None:
+    """Part of users_base now held by another server: slapd answers with a continuation reference (RFC 4511
+    §4.5.3) in place of its entries, and the agents there are not deleted."""
+    await stack.sync.full()
+    for name in ("erin", "frank"):
+        directory.modify(f"dn: {person(name)}\nchangetype: delete\n")
+    directory.add(REFERRAL_TO_BRANCH)
+    with pytest.raises(DirectoryUnavailable, match=r"continuation reference.*ldap://branch\.example\.com"):
+        await stack.sync.full()
+    assert await stack.active() == set(TEAM)
+
+
+async def test_a_referral_answering_the_groups_search_changes_no_group_and_disables_nobody(
+    stack: LdapStack, directory: LdapServer
+) -> None:
+    """groups_base names an entry another server holds: slapd answers the search with the result referral and
+    no entry, which must not read as "every group deleted, nobody in the agents group"."""
+    await stack.sync.full()
+    bob = await stack.agent("bob")
+    regional = f"ou=regional,{SUFFIX}"
+    directory.add(REFERRAL_TO_BRANCH.replace(f"ou=branch,{PEOPLE}", regional).replace("ou: branch", "ou: regional"))
+    moved = stack.sync.settings.model_copy(update={"groups_base": regional})
+    with pytest.raises(DirectoryUnavailable, match="referral"):
+        await open_directory_sync(stack.services, moved, metrics=False).full()
+    assert await stack.active() == set(TEAM)
+    assert await stack.services.groups.names_of(bob.id) == {"agents", "chat-agents"}
+    assert await stack.sync.store.quarantines() == []
+
+
+def feed_entry(server: LdapServer, dn: str) -> FeedEntry:
+    """What the change feed hands over for a modification of ``dn``: the DN and attributes as the server sends
+    them (OpenLDAP writes an escaped comma as ``\\2C``)."""
+    connection = Connection(Server(LOOPBACK, port=server.port), SYNC_DN, SYNC_PASSWORD, auto_bind=True)
+    try:
+        connection.search(dn, "(objectClass=*)", BASE, attributes=["*", "+"])
+        [entry] = [e for e in connection.response if e["type"] == "searchResEntry"]
+    finally:
+        connection.unbind()
+    uuid = entry["raw_attributes"]["entryUUID"][0].decode()
+    return FeedEntry("modify", uuid, entry["dn"], entry["raw_attributes"])
+
+
+@pytest.mark.parametrize("partial", ["incremental", "feed"])
+async def test_an_approved_quarantine_lasts_until_a_full_sync_carries_its_disables_out(
+    directory: LdapServer, partial: str
+) -> None:
+    """A feed batch or an incremental sync between the approval and the next full sync does not carry the
+    approved disables out (deletions show in full syncs only), so it must not end the approval either."""
+    async with ldap_stack(directory, agents_group=None, groups_base=None) as stack:
+        await stack.sync.full()
+        for name in TEAM[1:]:
+            directory.modify(f"dn: {person(name)}\nchangetype: delete\n")
+        held = await stack.sync.full()
+        assert held.quarantine_id is not None and held.held == 5
+        assert await stack.sync.approve(held.quarantine_id, "admin:ops")
+        modify(directory, person("alice"), "replace: displayName", "displayName: Alice Renamed")
+        if partial == "feed":
+            assert await stack.sync.feed_batch([feed_entry(directory, person("alice"))]) is not None
+        else:
+            await stack.sync.incremental()
+        assert [q.state for q in await stack.sync.store.quarantines()] == ["approved"]
+        released = await stack.sync.full()
+        assert released.quarantine_id is None and released.applied["disable"] == 5
+        assert await stack.active() == {"alice"}
+        assert await stack.sync.store.quarantines() == []
+
+
+async def test_a_feed_change_to_a_user_under_a_base_with_an_escaped_comma_is_not_a_departure() -> None:
+    """users_base as an admin writes it (``ou=Sales\\, EU``) and the entry's DN as OpenLDAP sends it
+    (``ou=Sales\\2C EU``) name one subtree: the change is applied, the agent stays."""
+    base = f"ou=Sales\\, EU,{SUFFIX}"
+    with LdapServer() as server:
+        server.add(
+            f"dn: {base}\nobjectClass: organizationalUnit\nou: Sales, EU\n\n"
+            + person_ldif("zoe").replace(PEOPLE, base)
+            + "\n"
+            + group_ldif("agents", [f"uid=zoe,{base}"])
+        )
+        async with ldap_stack(server, users_base=base) as stack:
+            assert (await stack.sync.full()).applied["create"] == 1
+            modify(server, f"uid=zoe,{base}", "replace: displayName", "displayName: Zoe Renamed")
+            change = feed_entry(server, f"uid=zoe,{base}")
+            assert "\\2C" in change.dn
+            report = await stack.sync.feed_batch([change])
+            assert report is not None
+            assert report.applied == {"update": 1}, report.planned
+            zoe = await stack.agent("zoe")
+            assert zoe.active and zoe.display_name == "Zoe Renamed"

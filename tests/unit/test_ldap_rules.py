@@ -10,12 +10,19 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.directory.entries import DirectoryUser, disabled_reason, entry_id_of, user_from_entry
+from gateway.directory.entries import (
+    DirectoryUser,
+    disabled_reason,
+    entry_id_of,
+    in_subtree,
+    normalize_dn,
+    user_from_entry,
+)
 from gateway.directory.feed import feed_base
 from gateway.directory.groups import DirectoryGroup, GroupGraph
 from gateway.directory.plan import GONE, KnownAgent, View, WantedUser, check_quarantine, plan
 from gateway.directory.reader import entry_id_filter, newest_change
-from gateway.directory.settings import LdapSettings
+from gateway.directory.settings import LdapAttributeMap, LdapSettings
 from gateway.directory.syncrepl import parse_sync_info, parse_sync_state, sync_request
 
 BASE = {
@@ -145,6 +152,63 @@ def test_a_manager_dn_becomes_the_managers_agent_id_even_when_both_are_new() -> 
     changes = plan({}, View(users), {}, lambda: next(ids)).changes
     by_name = {c.user_name: c for c in changes}
     assert by_name["bob"].values["manager_id"] == by_name["alice"].agent_id
+
+
+def test_an_entry_whose_agent_was_deleted_is_a_conflict_and_never_a_manager() -> None:
+    users = {
+        "bob": WantedUser(_user("bob"), frozenset(), None),
+        "carol": WantedUser(_user("carol", manager="uid=bob,ou=people,dc=x"), frozenset(), None),
+    }
+    changes = plan({}, View(users, complete=True), {}, lambda: "id-carol", deleted={"bob": "id-old-bob"}).changes
+    assert [(c.kind, c.user_name, c.agent_id) for c in changes] == [
+        ("conflict", "bob", "id-old-bob"),
+        ("create", "carol", "id-carol"),
+    ]
+    assert "was deleted" in (changes[0].reason or "") and changes[1].values["manager_id"] is None
+
+
+def test_a_username_holding_nul_names_the_configured_attribute_in_its_conflict() -> None:
+    users = {"e": WantedUser(_user("bob\x00"), frozenset(), None)}
+    attributes = LdapAttributeMap(user_name="sAMAccountName")
+    [change] = plan({}, View(users), {}, lambda: "x", attributes=attributes).changes
+    assert change.kind == "conflict" and change.reason is not None
+    assert change.reason.startswith("sAMAccountName contains the character U+0000")
+
+
+def test_a_managed_agent_renamed_to_an_unstorable_username_keeps_its_name_and_is_still_disabled() -> None:
+    renamed = DirectoryUser("bob", "uid=bob,ou=people,dc=x", "bob\x00", None, None, None, None, None, frozenset())
+    view = View({"bob": WantedUser(renamed, frozenset(), "disabled in the directory")})
+    changes = plan({"bob": _known("bob")}, view, {}, lambda: "x").changes
+    assert [(c.kind, c.user_name) for c in changes] == [("conflict", "bob\x00"), ("disable", "bob")]
+    assert (changes[0].reason or "").startswith("uid contains the character U+0000")
+
+
+@pytest.mark.parametrize(
+    ("dn", "base", "inside"),
+    [
+        ("uid=zoe,ou=Sales\\2C EU,dc=x", "ou=Sales\\, EU,dc=x", True),
+        ("UID=zoe, OU=sales\\2c eu, DC=X", "ou=Sales\\, EU,dc=x", True),
+        ("uid=zoe,ou=Sales\\, EU,dc=x", "EU,dc=x", False),
+        ("cn=x,ou=a\\,b,dc=x", "ou=b,dc=x", False),
+        ("cn=Caf\\C3\\A9,dc=x", "cn=café,dc=x", True),
+        ("cn=a+uid=B,dc=x", "UID=b+CN=A,dc=x", True),
+        ("uid=zoe,ou=people,dc=x", "ou=people,dc=x", True),
+        ("uid=zoe,ou=people,dc=x", "ople,dc=x", False),
+    ],
+)
+def test_dns_are_compared_as_rdn_sequences_with_escapes_decoded_and_case_folded(
+    dn: str, base: str, inside: bool
+) -> None:
+    assert in_subtree(dn, base) is inside
+
+
+def test_an_escaped_comma_spelled_either_way_is_one_dn_and_the_feed_base_keeps_the_admins_spelling() -> None:
+    assert normalize_dn("ou=Sales\\, EU,dc=x") == normalize_dn("OU = Sales\\2C EU , DC=X")
+    assert normalize_dn("ou=a\\,b,dc=x") != normalize_dn("ou=a,ou=b,dc=x")
+    sales = BASE | {"users_base": "ou=people,ou=Sales\\, EU,dc=x", "groups_base": "ou=groups,ou=Sales\\2C EU,DC=X"}
+    assert feed_base(LdapSettings.model_validate(sales)) == "ou=Sales\\, EU,dc=x"
+    split = BASE | {"users_base": "ou=people,ou=a\\,b,dc=x", "groups_base": "ou=groups,ou=b,dc=x"}
+    assert feed_base(LdapSettings.model_validate(split)) == "dc=x"
 
 
 @pytest.mark.parametrize(
