@@ -239,16 +239,17 @@ async def forward_auth(request: Request) -> Response:
             host=original.host,
             via="forward-auth",
         )
-        # The decision was made at a moment between these two readings, with this policy set (no await since).
-        minute, engine = int(services.clock() // 60), services.policy.engine if services.policy else None
+        # The decision was made at a moment between these two readings. Its policy set is the one it names
+        # (``engine_id``), not ``services.policy.engine`` now: a reload swaps that from a worker thread at any time.
+        minute = int(services.clock() // 60)
         if checked.match.redirect:  # "/chat": the console's own redirect to "/chat/" decides nothing
             raise NotFound("No console is served at this address.")
         if mode == "explain":
             return RedirectResponse(original.uri, status_code=303, headers={"Cache-Control": "no-store"})
         response = await _allowed(request, services, scope, original, checked)
         asked: Asked | None = request.scope.get(_ASKED)
-        if asked is not None and checked.access is None and minute == minute_before and engine is not None:
-            _keep(services, asked, checked, scope, log_path, engine, minute)
+        if asked is not None and checked.access is None and minute == minute_before:
+            _keep(services, asked, checked, scope, log_path, minute)
     except ChannelgateError as exc:
         response = _refused(request, exc, scope, original, mode)
     if mode != "explain":  # the explain call follows a refusal the default call already recorded
@@ -309,7 +310,6 @@ def _keep(
     checked: Checked,
     scope: RequestScope,
     log_path: str,
-    engine: object,
     minute: int,
 ) -> None:
     """Keep an allowed answer for the same question (gateway/forward_auth_memo.py says when it is reused)."""
@@ -317,7 +317,7 @@ def _keep(
     channel = checked.match.route.channel
     answer = Answer(
         data=checked.session.data,
-        engine=engine,
+        engine_id=checked.decision.engine_id,
         routes=services.routes,
         connector=services.connectors[channel],
         minute=minute,

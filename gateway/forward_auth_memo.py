@@ -11,7 +11,9 @@ while everything it read from the gateway is unchanged:
   full path answers 401), and its data must be the data the answer was decided for — a group change is a miss,
   so it applies to the very next request (ASVS 8.3.2); while the session store recently failed to answer, the
   full path runs (it also checks the agent's row);
-* the policy set, the route table and the channel's connector: the same objects (a policy reload is a miss);
+* the policy set, the route table and the channel's connector: the same objects (a policy reload is a miss). The
+  policy set is the engine that made the decision (``Decision.engine_id``), not the one in force when the answer
+  was kept: a reload lands from a worker thread, possibly between the two;
 * the policy clock: the same minute (a rule about shifts sees every minute, as on the full path).
 
 What is not reused: the channel credential (the connector prepares it on every request, so a rotated or refreshed
@@ -55,7 +57,8 @@ class Answer:
     """An allowed answer and what it was decided from."""
 
     data: SessionData
-    engine: object
+    #: The ``PolicyEngine.id`` of the engine that decided (``Decision.engine_id``).
+    engine_id: int
     routes: object
     connector: Connector
     minute: int
@@ -113,7 +116,7 @@ class ForwardAuthMemo:
         channel = answer.checked.match.route.channel
         if (
             point is None
-            or point.engine is not answer.engine
+            or point.engine.id != answer.engine_id
             or services.routes is not answer.routes
             or services.connectors.get(channel) is not answer.connector
             or int(now // 60) != answer.minute

@@ -2,7 +2,8 @@
 
 Both the inline proxy and the forward-auth endpoint ask ``PolicyPoint.decide``, so a rule is enforced
 identically whichever proxy carries the request. The engine is replaced as a whole when the policy files change
-(``reload_if_changed``, validated first): a request sees either the old set or the new one, never a mixture.
+(``reload_if_changed``, validated first): a request sees either the old set or the new one, never a mixture, and
+its decision names the engine that made it (``Decision.engine_id``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.settings_policies import PolicySettings
-from policies.decision import Clock, Context, Decision, Query, Subject, Target
+from policies.decision import Clock, Context, Decision, Query, Subject, Target, has_mfa
 from policies.engine import PolicyEngine
-from policies.loader import default_policy_dir, fingerprint, load, read_sources
+from policies.loader import Fingerprint, PolicySource, default_policy_dir, fingerprint, load, read_sources
 
 log = logging.getLogger("channelgate.policies")
 
@@ -40,9 +41,14 @@ class PolicyPoint:
     def __init__(self, settings: PolicySettings, trusted_proxies: Sequence[str] = ()) -> None:
         self.settings = settings
         self.paths: list[Path] = list(settings.paths) or [default_policy_dir()]
-        self._fingerprint = fingerprint(self.paths)
+        before = fingerprint(self.paths)
         #: Raises PolicySetError: a gateway never starts without a valid policy set.
-        self.engine = self._load()
+        sources = read_sources(self.paths)
+        #: The files' state in force; () when they changed while being read, so the first settled poll reloads.
+        self._fingerprint: Fingerprint = before if fingerprint(self.paths) == before else ()
+        #: The files' state the last poll saw (``reload_if_changed``).
+        self._seen = self._fingerprint
+        self.engine = self._engine(sources)
         self._zone = zoneinfo.ZoneInfo(settings.timezone)
         self._networks = [
             (name, tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
@@ -55,8 +61,8 @@ class PolicyPoint:
         self._minute = -1
         self._clock = Clock(1, 0, 0)
 
-    def _load(self) -> PolicyEngine:
-        return PolicyEngine(load(read_sources(self.paths)), cache_size=self.settings.decision_cache_size)
+    def _engine(self, sources: Sequence[PolicySource]) -> PolicyEngine:
+        return PolicyEngine(load(sources), cache_size=self.settings.decision_cache_size)
 
     # -- deciding -----------------------------------------------------------------------------------------
 
@@ -75,12 +81,12 @@ class PolicyPoint:
         now: float,
     ) -> Context:
         """The request's circumstances for ``context`` in the policies (schema type RequestContext)."""
-        amr_values = tuple(amr)
+        amr_values, acr = tuple(amr), acr or ""
         return Context(
             time=self.clock(now),
             network=self.network(client_ip),
-            mfa=bool(self._mfa_amr.intersection(amr_values)) or (acr or "") in self._mfa_acr,
-            acr=acr or "",
+            mfa=has_mfa(amr_values, acr, self._mfa_amr, self._mfa_acr),
+            acr=acr,
             amr=amr_values,
             device=self._device(peer, device_header),
             via=via,
@@ -125,22 +131,42 @@ class PolicyPoint:
     # -- reloading ----------------------------------------------------------------------------------------
 
     def reload_if_changed(self) -> Reloaded | None:
-        """Load the files again when they changed since the last look; None when nothing changed."""
+        """Load the files again once a change has settled; None when there is nothing to load (yet).
+
+        A writer that does not rename into place (cp, scp, an editor saving in place) leaves a half-written file
+        for a moment, and the part before the cut may well be a valid set without the policies after it: a
+        vanished forbid is a bypass. So a state of the files is loaded only when two consecutive polls saw the
+        same names, sizes and mtimes, and only if they are still the same after reading; otherwise the next
+        polls try again. A change is in force one poll later than it would be otherwise (docs/policies.md).
+        """
         current = fingerprint(self.paths)
-        if current == self._fingerprint:
+        settled, self._seen = current == self._seen, current
+        if current == self._fingerprint or not settled:
+            return None
+        error: Exception | None = None
+        try:
+            sources = read_sources(self.paths)
+        except Exception as exc:  # a refused set must never stop the gateway: the old one stays in force
+            sources, error = [], exc
+        if fingerprint(self.paths) != current:
+            log.info("policy files changed while being read; loading them once they settle")
             return None
         self._fingerprint = current
-        return self.reload()
+        return self._refused(error) if error is not None else self.reload(sources)
 
-    def reload(self) -> Reloaded:
-        """Validate the files and, only if the whole set is valid, put it in force."""
+    def reload(self, sources: Sequence[PolicySource] | None = None) -> Reloaded:
+        """Validate the files (or ``sources`` read from them) and, only if the whole set is valid, put it in force."""
         previous = self.engine.digest
         try:
-            engine = self._load()
+            engine = self._engine(read_sources(self.paths) if sources is None else sources)
         except Exception as exc:  # a refused set must never stop the gateway: the old one stays in force
-            message = getattr(exc, "message", str(exc))
-            log.error("policy reload refused, the set in force (%s) stays: %s", previous[:12], message)
-            return Reloaded(None, previous, error=message)
+            return self._refused(exc)
         self.engine = engine
         log.info("policy set %s in force (was %s)", engine.digest[:12], previous[:12])
         return Reloaded(engine.digest, previous, files=engine.bundle.sources)
+
+    def _refused(self, exc: Exception) -> Reloaded:
+        previous = self.engine.digest
+        message = getattr(exc, "message", str(exc))
+        log.error("policy reload refused, the set in force (%s) stays: %s", previous[:12], message)
+        return Reloaded(None, previous, error=message)

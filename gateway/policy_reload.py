@@ -35,7 +35,8 @@ def reload_record(outcome: Reloaded, replica_id: str) -> AccessRecord:
 
 
 async def watch_policies(point: PolicyPoint, audit: AuditLog, replica_id: str, interval: float) -> None:
-    """Until cancelled: reload when the files changed and record the outcome."""
+    """Until cancelled: reload when the files changed and settled (``PolicyPoint.reload_if_changed``: the same on
+    two polls and while read) and record the outcome."""
     while True:
         await asyncio.sleep(interval)
         outcome = await asyncio.to_thread(point.reload_if_changed)

@@ -12,9 +12,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.settings_section import Section
+from policies.decision import DEFAULT_MFA_AMR
 
-#: RFC 8176 authentication methods that are a second factor on their own or say one was used.
-DEFAULT_MFA_AMR = ("mfa", "otp", "hwk", "sms", "tel", "sc", "swk")
 _HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
@@ -37,7 +36,8 @@ class PolicySettings(Section):
     #: A header a trusted front proxy sets to "managed" or "unmanaged" (device posture, e.g. from a client
     #: certificate check); read only from ``[server] trusted_proxies`` peers, else ``context.device`` is "unknown".
     device_header: str | None = None
-    #: Decisions remembered per engine (a pure function of the query; a reload starts empty).
+    #: Decisions remembered per engine (a pure function of the query; a reload starts empty). 0: none, every
+    #: request is evaluated by Cedar (for debugging; ~50-150 µs more per request, docs/benchmarks.md §7).
     decision_cache_size: Annotated[int, Field(ge=0)] = 65_536
 
     @field_validator("timezone")

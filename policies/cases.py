@@ -18,7 +18,9 @@ A case file is TOML (policies/tests/*.toml)::
     policies = ["customer-data-needs-mfa"]          # optional: the ids that must decide
 
 ``channelgate policy test`` and the test suite run them; a failure names the case, what was expected and what
-decided instead.
+decided instead. Values are type-checked (``mfa = "false"`` is refused, not read as true), and ``mfa`` is derived
+from ``amr`` / ``acr`` exactly as the gateway derives it (``has_mfa``) unless a case sets it: the file's
+``mfa_amr_values`` / ``mfa_acr_values`` stand for ``[policies]``'s, with the same defaults.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import PolicySetError
-from policies.decision import ACTIONS, Clock, Context, Decision, Query, Subject, Target
+from policies.decision import ACTIONS, DEFAULT_MFA_AMR, Clock, Context, Decision, Query, Subject, Target, has_mfa
 from policies.engine import PolicyEngine
 from policies.loader import load, read_sources
 
@@ -99,10 +101,15 @@ def read_case_file(path: Path) -> CaseFile:
     if not policy_paths:
         raise PolicySetError(f'{path}: name the policies it tests, e.g. policies = ["../default"]')
     channels: dict[str, Any] = data.get("channels", {})
+    try:
+        mfa_amr = frozenset(_strings(data, "mfa_amr_values", DEFAULT_MFA_AMR))
+        mfa_acr = frozenset(_strings(data, "mfa_acr_values"))
+    except ValueError as exc:
+        raise PolicySetError(f"{path}: {exc}") from exc
     cases = []
     for index, raw in enumerate(data.get("case", ()), start=1):
         try:
-            cases.append(_case(raw, channels))
+            cases.append(_case(raw, channels, mfa_amr, mfa_acr))
         except (KeyError, TypeError, ValueError) as exc:
             name = raw.get("name", f"case {index}") if isinstance(raw, dict) else f"case {index}"
             raise PolicySetError(f"{path}: {name}: {exc}") from exc
@@ -111,35 +118,61 @@ def read_case_file(path: Path) -> CaseFile:
     return CaseFile(path, policy_paths, tuple(cases))
 
 
-def _case(raw: dict[str, Any], channels: dict[str, Any]) -> Case:
+def _case(raw: dict[str, Any], channels: dict[str, Any], mfa_amr: frozenset[str], mfa_acr: frozenset[str]) -> Case:
     unknown = sorted(set(raw) - _CASE_KEYS)
     if unknown:
         raise ValueError(f"unknown keys {', '.join(unknown)}")
-    channel = str(raw["channel"])
-    action = str(raw.get("action", "view"))
+    channel = _text(raw, "channel")
+    action = _text(raw, "action", "view")
     if action not in ACTIONS:
         raise ValueError(f"action = {action!r} must be one of {', '.join(sorted(ACTIONS))}")
-    expect = str(raw["expect"])
+    expect = _text(raw, "expect")
     if expect not in ("allow", "deny"):
         raise ValueError('expect must be "allow" or "deny"')
-    allowed = raw.get("allowed_groups", channels.get(channel, {}).get("allowed_groups", ()))
-    user = str(raw.get("user", "agent"))
+    channel_table = channels.get(channel, {})
+    if not isinstance(channel_table, dict):
+        raise ValueError(f"channels.{channel} must be a table")
+    allowed = _strings(raw, "allowed_groups") if "allowed_groups" in raw else _strings(channel_table, "allowed_groups")
+    user = _text(raw, "user", "agent")
+    amr, acr = _strings(raw, "amr"), _text(raw, "acr", "")
+    mfa = raw.get("mfa")
+    if mfa is None:
+        mfa = has_mfa(amr, acr, mfa_amr, mfa_acr)  # as the gateway derives it from the sign-in
+    elif not isinstance(mfa, bool):
+        raise ValueError(f"mfa = {mfa!r} must be true or false (a TOML boolean, without quotes)")
     query = Query(
-        Subject(agent_id=user, user_name=user, groups=frozenset(raw.get("groups", ()))),
-        Target(channel, tuple(allowed), prefix=str(raw.get("prefix", f"/{channel}/")), pii=str(raw.get("pii", "none"))),
+        Subject(agent_id=user, user_name=user, groups=frozenset(_strings(raw, "groups"))),
+        Target(channel, allowed, prefix=_text(raw, "prefix", f"/{channel}/"), pii=_text(raw, "pii", "none")),
         action,
         Context(
-            time=parse_clock(str(raw.get("when", "Wed 10:00"))),
-            network=str(raw.get("network", "other")),
-            mfa=bool(raw.get("mfa", False)),
-            acr=str(raw.get("acr", "")),
-            amr=tuple(raw.get("amr", ())),
-            device=str(raw.get("device", "unknown")),
-            via=str(raw.get("via", "inline")),
+            time=parse_clock(_text(raw, "when", "Wed 10:00")),
+            network=_text(raw, "network", "other"),
+            mfa=mfa,
+            acr=acr,
+            amr=amr,
+            device=_text(raw, "device", "unknown"),
+            via=_text(raw, "via", "inline"),
         ),
     )
-    expected = raw.get("policies")
-    return Case(str(raw["name"]), query, expect == "allow", tuple(expected) if expected is not None else None)
+    expected = _strings(raw, "policies") if "policies" in raw else None
+    return Case(_text(raw, "name"), query, expect == "allow", expected)
+
+
+def _text(table: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise ValueError(f"{key} is missing")
+    if not isinstance(value, str):
+        raise ValueError(f'{key} = {value!r} must be a string (in quotes, e.g. {key} = "...")')
+    return value
+
+
+def _strings(table: dict[str, Any], key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+    """A list of strings; a bare string is refused, not taken for the set of its characters."""
+    value = table.get(key, default)
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f'{key} = {value!r} must be a list of strings (e.g. {key} = ["crm-agents"])')
+    return tuple(value)
 
 
 def run_case_file(case_file: CaseFile, policy_paths: Sequence[Path] | None = None) -> list[CaseResult]:

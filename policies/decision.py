@@ -7,6 +7,7 @@ travels inside the query's context, so a decision never reads a clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -17,6 +18,15 @@ POLICY_ERROR = "policy-error"
 
 #: The data actions of the schema (policies/schema.cedarschema); each is a member of the action group ``open``.
 ACTIONS = frozenset({"view", "change", "download", "export"})
+#: RFC 8176 authentication methods that are a second factor on their own or say one was used (the default of
+#: ``[policies] mfa_amr_values``).
+DEFAULT_MFA_AMR = ("mfa", "otp", "hwk", "sms", "tel", "sc", "swk")
+
+
+def has_mfa(amr: Iterable[str], acr: str, mfa_amr: frozenset[str], mfa_acr: frozenset[str]) -> bool:
+    """``context.mfa`` of a sign-in: one of its ``amr`` values (RFC 8176) or its ``acr`` says a second factor was
+    used. The gateway (gateway/policy_point.py) and the case tables (policies/cases.py) both derive it here."""
+    return not mfa_amr.isdisjoint(amr) or acr in mfa_acr
 
 
 class Reason(StrEnum):
@@ -97,6 +107,10 @@ class Decision:
     missing_groups: tuple[str, ...] = field(default=())
     #: The deciding policies' ``@reason`` texts, for the 403 page.
     messages: tuple[str, ...] = ()
+    #: ``PolicyEngine.id`` of the engine that decided. A hot reload swaps the engine from a worker thread at any
+    #: moment, so whoever keeps a decision (the forward-auth memo) must key it on this, never on the engine in
+    #: force when it looks afterwards: that may already be the next set.
+    engine_id: int = field(default=0, compare=False, repr=False)
 
     def explain(self) -> str:
         """A sentence or two an agent understands, for the 403 page."""

@@ -23,7 +23,9 @@ never turn into an allow.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from dataclasses import dataclass
 
 import cedarpy
@@ -43,6 +45,10 @@ from policies.loader import PolicyBundle, policy_set_json
 #: The action hierarchy of the schema, sent with every request (Cedar needs action entities' parents at
 #: evaluation time unless the schema is passed, which costs more per call).
 _ACTION_PARENTS = [{"type": "Action", "id": "open"}]
+#: Cedar names the policy that failed in each evaluation error: "error while evaluating policy `overflow`: ...".
+_FAILED_POLICY = re.compile(r"policy `([^`]+)`")
+#: One number per engine built in this process (``PolicyEngine.id``).
+_ENGINE_IDS = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +62,10 @@ class PolicyEngine:
     """Decides queries against one immutable policy bundle."""
 
     def __init__(self, bundle: PolicyBundle, *, cache_size: int = 65_536) -> None:
+        """``cache_size`` decisions are remembered; 0 remembers none (every query is evaluated)."""
         self.bundle = bundle
+        #: Unique per engine, even for a reload of the same files; every decision carries it (``engine_id``).
+        self.id = next(_ENGINE_IDS)
         self._cache_size = cache_size
         self._share_between_agents = not bundle.principal_specific
         self._has_group_rule = any(p.id == "route-groups" for p in bundle.policies)
@@ -105,6 +114,8 @@ class PolicyEngine:
         decision = self._decisions.get(key)
         if decision is None:
             decision = self.evaluate(query)
+            if not self._cache_size:
+                return decision
             if len(self._decisions) >= self._cache_size:
                 # Oldest first (dicts keep insertion order): a bounded map without an LRU's bookkeeping.
                 del self._decisions[next(iter(self._decisions))]
@@ -125,24 +136,29 @@ class PolicyEngine:
         result = cedarpy.is_authorized(request, policies, self._entities_json(query))
         diagnostics = result.diagnostics
         if diagnostics.errors:
-            return Decision(False, frozenset({Reason.POLICY_ERROR}), (POLICY_ERROR, *sorted(diagnostics.reasons)))
+            # Named by the policies that failed: the permits in ``reasons`` matched but did not decide.
+            failed = sorted({m.group(1) for e in diagnostics.errors if (m := _FAILED_POLICY.search(e))})
+            return Decision(False, frozenset({Reason.POLICY_ERROR}), (POLICY_ERROR, *failed), engine_id=self.id)
         ids = tuple(sorted(diagnostics.reasons))
         if result.allowed:
-            return Decision(True, frozenset({Reason.PERMITTED}), ids)
+            return Decision(True, frozenset({Reason.PERMITTED}), ids, engine_id=self.id)
         if ids:
             messages = tuple(dict.fromkeys(self._reasons[i] for i in ids if i in self._reasons))
-            return Decision(False, frozenset({Reason.FORBIDDEN}), ids, messages=messages)
+            return Decision(False, frozenset({Reason.FORBIDDEN}), ids, messages=messages, engine_id=self.id)
         return self._default_deny(query)
 
     def _default_deny(self, query: Query) -> Decision:
         allowed = query.target.allowed_groups
+        missing: tuple[str, ...] = ()
         if not self._has_group_rule:
-            return Decision(False, frozenset({Reason.NO_PERMIT}), (DEFAULT_DENY,))
-        if not allowed:
-            return Decision(False, frozenset({Reason.ROUTE_CLOSED}), (DEFAULT_DENY,))
-        if not set(allowed) & query.subject.groups:
-            return Decision(False, frozenset({Reason.GROUP_MISSING}), (DEFAULT_DENY,), missing_groups=allowed)
-        return Decision(False, frozenset({Reason.NO_PERMIT}), (DEFAULT_DENY,))
+            reason = Reason.NO_PERMIT
+        elif not allowed:
+            reason = Reason.ROUTE_CLOSED
+        elif not set(allowed) & query.subject.groups:
+            reason, missing = Reason.GROUP_MISSING, allowed
+        else:
+            reason = Reason.NO_PERMIT
+        return Decision(False, frozenset({reason}), (DEFAULT_DENY,), missing_groups=missing, engine_id=self.id)
 
     def _entities_json(self, query: Query) -> str:
         subject = query.subject

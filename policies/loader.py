@@ -24,6 +24,9 @@ from gateway.errors import PolicySetError
 #: What a policy id may look like: it is written to the access log and shown on the 403 page.
 _POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 
+#: Name, size and mtime (ns) of every policy file, for hot reload's change detection.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class PolicySource:
@@ -110,7 +113,7 @@ def read_sources(paths: Sequence[Path]) -> list[PolicySource]:
     return sources
 
 
-def fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+def fingerprint(paths: Sequence[Path]) -> Fingerprint:
     """Cheap change detection for hot reload: name, size and mtime of every policy file."""
     entries: list[tuple[str, int, int]] = []
     for path in paths:
@@ -132,7 +135,15 @@ def load(sources: Iterable[PolicySource], schema: str | None = None) -> PolicyBu
     policies: list[LoadedPolicy] = []
     seen: dict[str, str] = {}
     for source in sources:
-        for line, chunk in _statements(source.text):
+        statements = _statements(source.text)
+        if not statements:
+            # An empty file is most often one caught mid-write (truncated, nothing written yet): taking it for
+            # "no rules here" would silently drop every forbid it held.
+            problems.append(
+                f"{source.name}: the file holds no policy (empty, or caught while being written); "
+                "add a policy or remove the file"
+            )
+        for line, chunk in statements:
             try:
                 parsed = json.loads(cedarpy.policies_to_json_str(chunk))
             except ValueError as exc:

@@ -13,6 +13,9 @@ import pytest
 
 from gateway.forward_auth import SECRET_HEADER
 from gateway.storage.access_log import AccessRecord
+from policies.decision import Context, Decision, Subject, Target
+from policies.engine import PolicyEngine
+from policies.loader import PolicySource, default_policy_dir, load
 from tests.components.echo_gateway import Deployment, deployment
 from tests.components.oidc_provider import OidcProviderFactory
 
@@ -105,6 +108,32 @@ async def test_a_policy_reload_and_the_next_minute_are_decided_anew(gateway: Dep
     assert (await _ask(gateway, alice)).status_code == 200 and _memo(gateway) == (2, 2)
     gateway.services.clock = lambda: now - now % 60 + 70  # the next minute: a rule about shifts would see it
     assert (await _ask(gateway, alice)).status_code == 200 and _memo(gateway) == (2, 3)
+
+
+async def test_an_answer_decided_just_before_a_reload_is_not_kept_for_the_new_set(gateway: Deployment) -> None:
+    """The reload assigns the engine from a worker thread: here it lands right after the decision, before the
+    answer is kept. The answer belongs to the set that decided it, so the next question is decided anew."""
+    alice = await gateway.login("alice")
+    point = gateway.services.policy
+    assert point is not None
+    now = gateway.services.clock()
+    gateway.services.clock = lambda: now - now % 60 + 5  # early in a minute: the answer would be kept
+    routes = PolicySource("routes.cedar", (default_policy_dir() / "routes.cedar").read_text())
+    lockdown = PolicySource("lockdown.cedar", '@id("lockdown") forbid (principal, action, resource);')
+    locked = PolicyEngine(load([routes, lockdown]))
+    decide = point.decide
+
+    def reloaded_after_deciding(subject: Subject, target: Target, action: str, context: Context) -> Decision:
+        decision = decide(subject, target, action, context)
+        point.engine = locked
+        return decision
+
+    point.decide = reloaded_after_deciding  # type: ignore[method-assign]
+    assert (await _ask(gateway, alice)).status_code == 200  # decided by the old set, which allowed it
+    point.decide = decide  # type: ignore[method-assign]
+    again = await _ask(gateway, alice)
+    assert (again.status_code, again.headers["x-channelgate-error"]) == (403, "forbidden")
+    assert _memo(gateway)[0] == 0
 
 
 async def test_a_kept_answer_is_not_given_to_another_caller_form_or_question(gateway: Deployment) -> None:

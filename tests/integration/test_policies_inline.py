@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.storage.access_log import AccessQuery
+from gateway.storage.access_log import AccessQuery, AccessRecord
 from tests.components.echo_gateway import Deployment, deployment
 from tests.components.oidc_provider import OidcProviderFactory
 
@@ -100,14 +100,21 @@ async def test_a_changed_policy_file_applies_to_the_next_request_and_a_broken_on
     site.write_text(PLACEHOLDER)
     await _until(carol, gateway.url + "/phone/notes", 200)
     site.write_text(PHONE_READ_ONLY.replace("resource in", "resource inn"))  # a syntax error: refused
-    await asyncio.sleep(0.5)
+    reloads = await _reloads_until(gateway, ["allow", "deny"])  # the change is loaded once it has settled
     assert (await carol.post(gateway.url + "/phone/notes", headers=JSON, content=b"x")).status_code == 200
-    await gateway.services.audit.flush()
-    reloads = await gateway.services.access_log.search(AccessQuery(kind="policy_reload", limit=10))
-    assert [r.decision for r in reversed(reloads)] == ["allow", "deny"]
     assert "site.cedar" in str(reloads[0].detail)
     site.write_text(PHONE_READ_ONLY)
     await _until(carol, gateway.url + "/phone/notes", 403)
+
+
+async def _reloads_until(gateway: Deployment, decisions: list[str]) -> list[AccessRecord]:
+    for _ in range(100):
+        await gateway.services.audit.flush()
+        reloads = await gateway.services.access_log.search(AccessQuery(kind="policy_reload", limit=10))
+        if [r.decision for r in reversed(reloads)] == decisions:
+            return reloads
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the policy reloads never were {decisions}")
 
 
 async def _until(client: httpx.AsyncClient, url: str, status: int) -> None:
@@ -116,3 +123,20 @@ async def _until(client: httpx.AsyncClient, url: str, status: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{url} never answered {status}")
+
+
+async def test_a_case_variant_of_a_narrower_routes_prefix_is_refused_and_recorded(
+    oidc_provider_factory: OidcProviderFactory,
+) -> None:
+    """/phone/ADMIN/ is /phone/admin/ to a case-insensitive console: it must not be decided under /phone/."""
+    admin = '[[routes]]\nchannel = "phone"\nprefix = "/phone/admin/"\nupstream = "http://127.0.0.1:9/"\n'
+    async with deployment(oidc_provider_factory, extra_toml=admin + 'allowed_groups = ["supervisors"]\n') as gateway:
+        carol = await gateway.login("carol")  # phone-agents, not a supervisor
+        assert (await carol.get(gateway.url + "/phone/admin/users", headers=JSON)).status_code == 403
+        refused = await carol.get(gateway.url + "/phone/ADMIN/users", headers=JSON)
+        assert refused.status_code == 400 and "/phone/admin/" in refused.json()["message"]
+        assert [seen.path for seen in gateway.consoles["phone"].seen] == []  # /phone/ would have forwarded it
+        assert (await carol.get(gateway.url + "/phone/echo", headers=JSON)).status_code == 200
+        await gateway.services.audit.flush()
+        found = await gateway.services.access_log.search(AccessQuery(kind="request", limit=50))
+        assert ("/phone/ADMIN/users", 400) in [(r.path, r.status) for r in found]

@@ -66,3 +66,58 @@ def test_policy_validate_lists_the_set(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "6 policies in 2 files are valid" in out
     assert "supervisors-crm-exports" in out and "channel crm" in out
+
+
+def _case_file(tmp_path: Path, case: str, head: str = "") -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'policies = ["{CASES.parent / "default"}", "{CASES.parent / "examples"}"]\n{head}'
+        '[channels.crm]\nallowed_groups = ["crm-agents"]\n'
+        f'[[case]]\nname = "the case"\nchannel = "crm"\n{case}'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "field"),
+    [
+        ('groups = ["crm-agents"]\npii = "customer"\nmfa = "false"\nexpect = "deny"\n', "mfa = 'false'"),
+        ('groups = "crm-agents"\nexpect = "allow"\n', "groups = 'crm-agents'"),
+        ('groups = ["crm-agents", 7]\nexpect = "allow"\n', "groups = ['crm-agents', 7]"),
+        ('groups = ["crm-agents"]\namr = "otp"\nexpect = "allow"\n', "amr = 'otp'"),
+        ('groups = ["crm-agents"]\nallowed_groups = "crm-agents"\nexpect = "allow"\n', "allowed_groups = 'crm-agents'"),
+        ('groups = ["crm-agents"]\nexpect = "allow"\npolicies = "route-groups"\n', "policies = 'route-groups'"),
+        ('groups = ["crm-agents"]\nnetwork = 10\nexpect = "allow"\n', "network = 10"),
+        ('groups = ["crm-agents"]\n', "expect is missing"),
+    ],
+    ids=["mfa string", "groups string", "groups non-string", "amr string", "allowed_groups string",
+         "policies string", "network number", "expect missing"],
+)  # fmt: skip
+def test_a_case_value_of_the_wrong_type_is_refused_naming_file_case_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, field: str
+) -> None:
+    """``mfa = "false"`` is not read as true, nor ``groups = "crm-agents"`` as the set of its characters."""
+    path = _case_file(tmp_path, case)
+    assert main(["policy", "test", str(path)]) == 2
+    assert f"{path}: the case: {field}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("case", "head", "code"),
+    [
+        ('amr = ["pwd", "otp"]\nexpect = "allow"\n', "", 0),
+        ('amr = ["pwd", "otp"]\nexpect = "deny"\n', "", 1),
+        ('amr = ["pwd"]\nexpect = "deny"\n', "", 0),
+        ('acr = "phr"\nexpect = "deny"\n', "", 0),
+        ('acr = "phr"\nexpect = "allow"\n', 'mfa_acr_values = ["phr"]\n', 0),
+        ('amr = ["otp"]\nexpect = "deny"\n', 'mfa_amr_values = ["hwk"]\n', 0),
+        ('amr = ["otp"]\nmfa = false\nexpect = "deny"\n', "", 0),
+    ],
+    ids=["otp is mfa", "otp is not a deny", "pwd is not mfa", "acr not configured", "configured acr",
+         "configured amr", "explicit mfa wins"],
+)  # fmt: skip
+def test_mfa_of_a_case_is_derived_from_amr_and_acr_as_the_gateway_derives_it(
+    tmp_path: Path, case: str, head: str, code: int
+) -> None:
+    customer_record = 'groups = ["crm-agents"]\npii = "customer"\n'  # customer-data-needs-mfa decides
+    assert main(["policy", "test", str(_case_file(tmp_path, customer_record + case, head))]) == code

@@ -79,6 +79,14 @@ def test_a_policy_that_fails_to_evaluate_refuses_the_request() -> None:
     assert decision.policy_ids[0] == POLICY_ERROR
 
 
+def test_a_policy_error_names_the_failing_policy_not_the_permit_that_matched() -> None:
+    overflow = (
+        '@id("overflow") forbid (principal, action, resource) when { context.time.hour + 9223372036854775807 > 0 };'
+    )
+    decision = _engine(overflow).decide(_query({"crm-agents"}))  # route-groups matched, but did not decide
+    assert decision.policy_ids == (POLICY_ERROR, "overflow")
+
+
 def test_a_group_change_is_seen_by_the_very_next_decision() -> None:
     engine = _engine()
     assert engine.decide(_query({"crm-agents"})).allowed
@@ -130,6 +138,21 @@ def test_the_decision_cache_is_bounded() -> None:
     for index in range(50):
         engine.decide(_query({f"team-{index}"}, allowed=(f"team-{index}",)))
     assert engine.stats().cached == 10
+
+
+def test_a_cache_size_of_zero_evaluates_every_query() -> None:
+    engine = _engine(cache_size=0)
+    for _ in range(3):
+        assert engine.decide(_query({"crm-agents"})).allowed
+        assert not engine.decide(_query(set())).allowed
+    assert (engine.evaluations, engine.stats().cached) == (6, 0)
+
+
+def test_every_decision_names_the_engine_that_made_it_even_from_the_cache() -> None:
+    first, second = _engine(), _engine()  # the same files loaded twice (a reload): two engines
+    assert first.id != second.id
+    assert {first.decide(_query({"crm-agents"})).engine_id for _ in range(2)} == {first.id}
+    assert second.decide(_query(set())).engine_id == second.id
 
 
 def test_groups_no_policy_names_do_not_split_the_cache_and_named_ones_do() -> None:

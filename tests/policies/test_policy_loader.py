@@ -73,6 +73,14 @@ def test_a_semicolon_inside_a_string_or_comment_does_not_split_a_policy() -> Non
     )
 
 
+@pytest.mark.parametrize("text", ["", "\n  \n", '// every rule commented out\n// @id("x") forbid ...;\n'])
+def test_a_file_that_holds_no_policy_is_refused_naming_it(text: str) -> None:
+    """An empty file is most often one caught mid-write; taking it for "no rules" would drop its forbids."""
+    with pytest.raises(PolicySetError) as caught:
+        _load(text)
+    assert "extra0.cedar: the file holds no policy" in caught.value.message
+
+
 def test_an_empty_directory_is_refused_rather_than_denying_everything(tmp_path: Path) -> None:
     with pytest.raises(PolicySetError, match=r"No \*\.cedar policy file"):
         read_sources([tmp_path])

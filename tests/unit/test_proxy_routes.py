@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.proxy import RouteTable, upstream_path, upstream_url
+from gateway.proxy.routes import RouteCaseMismatch
 from gateway.settings import RouteSettings
 
 
@@ -82,3 +83,43 @@ def test_without_strip_prefix_the_upstream_sees_the_full_path() -> None:
     assert match is not None
     assert upstream_path(match, "/chat/inbox") == "/chat/inbox"
     assert upstream_url(match, "/chat/inbox") == "http://127.0.0.1:9000/chat/inbox"
+
+
+@pytest.mark.parametrize(
+    ("host", "path"),
+    [
+        (None, "/chat/ADMIN/users"),  # would be chat's, not chat-admin's
+        (None, "/Chat/Admin"),  # chat-admin's redirect, spelled otherwise
+        (None, "/CHAT/inbox"),  # would be root's, not chat's
+        ("voice.example.com", "/VOICE/x"),  # would be voice-root's, not voice-host's
+    ],
+)
+def test_a_path_spelling_a_better_routes_prefix_in_other_letters_is_refused(host: str | None, path: str) -> None:
+    """A case-insensitive console serves /chat/ADMIN/ as /chat/admin/: deciding it under /chat/ would let a chat
+    agent into the admin console. Refused (400) rather than folded, so that the route decided is the one nginx's
+    case-sensitive ``location`` forwards to."""
+    with pytest.raises(RouteCaseMismatch) as refused:
+        TABLE.match(host, path)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "channel"),
+    [
+        (None, "/chatroom/ADMIN/", "root"),  # no better route matches it in any spelling
+        ("other.example.com", "/VOICE/x", "root"),  # the voice routes are another host's
+        ("mail.example.com", "/MAIL/x", "root"),  # mail-port is bound to another port
+    ],
+)
+def test_a_path_no_better_route_matches_in_any_spelling_keeps_its_route(
+    host: str | None, path: str, channel: str
+) -> None:
+    match = TABLE.match(host, path)
+    assert match is not None and match.route.channel == channel
+
+
+def test_a_table_without_nested_prefixes_matches_case_sensitively_as_before() -> None:
+    table = RouteTable([route("/chat/", "chat"), route("/crm/", "crm")])
+    assert table.match(None, "/CRM/x") is None
+    match = table.match(None, "/crm/EXPORTS/all.csv")
+    assert match is not None and match.route.channel == "crm"
