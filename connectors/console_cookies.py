@@ -6,11 +6,13 @@ and deletion by ``Max-Age`` (which wins over ``Expires``) or a past expiry (§5.
 a request (§5.4: path-match, longer paths first, ``Secure`` cookies only over https or loopback, RFC 6265bis
 §5.8.3's "potentially trustworthy" origins).
 
-The jar is only ever sent to the one console it was filled by, so it is host-only by construction: a ``Domain``
-attribute cannot widen it and is not kept. Cookies whose value a header could not carry (control characters,
-RFC 6265bis §5.6 step 1) are refused, and a jar holds at most ``MAX_COOKIES`` of at most ``MAX_COOKIE_BYTES``
-each (§6.1's minimums), so a console cannot grow what the gateway stores without bound. Jars are immutable:
-``merge`` returns a new one, so a jar shared by concurrent requests never changes under them.
+The jar belongs to the one console it was filled by: ``header`` gives nothing for a URL of any other origin
+(and a cookie_jar channel's routes to another origin are refused at config load, gateway/settings_channels.py),
+so it is host-only by construction: a ``Domain`` attribute cannot widen it and is not kept. Cookies whose value a
+header could not carry (control characters, RFC 6265bis §5.6 step 1) are refused, and a jar holds at most
+``MAX_COOKIES`` of at most ``MAX_COOKIE_BYTES`` each (§6.1's minimums), so a console cannot grow what the gateway
+stores without bound. Jars are immutable: ``merge`` returns a new one, so a jar shared by concurrent requests
+never changes under them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from urllib.parse import urlsplit
 MAX_COOKIES = 50
 MAX_COOKIE_BYTES = 4096
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # RFC 6265 §5.1.1 cookie-date grammar.
 _DELIMITERS = re.compile(r"[\x09\x20-\x2f\x3b-\x40\x5b-\x60\x7b-\x7e]+")
@@ -132,6 +135,17 @@ def parse_set_cookie(line: str, now: float, default_path: str = "/") -> Cookie |
     return Cookie(name, value, path, max_age if max_age is not None else expires, secure, now)
 
 
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    """RFC 6454 §4: scheme, host and port (the scheme's default when none is written), lower-cased."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return scheme, "", None
+    return scheme, (parts.hostname or "").lower(), port if port is not None else DEFAULT_PORTS.get(scheme)
+
+
 def path_matches(cookie_path: str, request_path: str) -> bool:
     """RFC 6265 §5.1.4 path-match."""
     if request_path == cookie_path:
@@ -164,8 +178,11 @@ class CookieJar:
         ordered = sorted(kept.values(), key=lambda c: c.created)
         return CookieJar(tuple(ordered[-MAX_COOKIES:]))
 
-    def header(self, url: str, now: float) -> str:
-        """RFC 6265 §5.4: the ``Cookie`` header value for a request to ``url`` (empty when none applies)."""
+    def header(self, url: str, now: float, *, origin: str) -> str:
+        """RFC 6265 §5.4: the ``Cookie`` header value for a request to ``url`` (empty when none applies, and
+        always when ``url`` is not on ``origin``, the console the jar was filled by)."""
+        if origin_of(url) != origin_of(origin):
+            return ""
         parts = urlsplit(url)
         secure_ok = parts.scheme == "https" or (parts.hostname or "") in LOOPBACK_HOSTS
         request_path = parts.path or "/"

@@ -9,8 +9,9 @@ not open.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -18,11 +19,13 @@ from typing import Any, Protocol
 import aiohttp
 
 from connectors.secret import Secret
-from connectors.vault import Vault
+from connectors.vault import Rotation, Vault
 from gateway.errors import VaultError
 from gateway.settings import ChannelSettings
 from gateway.storage.agent_secrets import AgentSecretRepository, StoredAgentSecret
 from gateway.timeutil import utcnow
+
+log = logging.getLogger(__name__)
 
 #: Reads the channel's own credential from the vault (shared key, OAuth client secret, seats admin key).
 CredentialLoader = Callable[[], Awaitable[Secret]]
@@ -67,6 +70,16 @@ class AgentSecretValue:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableSecret:
+    """A row sealed under a vault key that is no longer configured: its ``meta`` can be read, its value cannot."""
+
+    name: str
+    key_id: str
+    meta: Mapping[str, Any]
+    updated_at: datetime
+
+
 class AgentSecrets:
     """One channel's per-agent secrets, sealed by the vault, in table ``agent_secrets`` (shared by replicas)."""
 
@@ -101,19 +114,84 @@ class AgentSecrets:
             )
         )
 
-    def _open(self, stored: StoredAgentSecret) -> AgentSecretValue:
-        plaintext = self._need_vault().decrypt(stored, self._aad(stored.agent_id, stored.name))
+    def _open(self, stored: StoredAgentSecret) -> AgentSecretValue | UnreadableSecret:
+        """The row's value; a row under a removed vault key is unreadable (an altered one still raises)."""
+        vault = self._need_vault()
+        if not vault.knows(stored.key_id):
+            log.warning(
+                "agent secret %s of agent %s at channel %s is sealed under vault key %r, which is not configured "
+                "any more: treated as unreadable",
+                stored.name,
+                stored.agent_id,
+                self._channel,
+                stored.key_id,
+            )
+            return UnreadableSecret(stored.name, stored.key_id, stored.meta, stored.updated_at)
+        plaintext = vault.decrypt(stored, self._aad(stored.agent_id, stored.name))
         return AgentSecretValue(stored.name, Secret(plaintext.decode("utf-8")), stored.meta, stored.updated_at)
 
-    async def get(self, agent_id: str, name: str) -> AgentSecretValue | None:
+    async def lookup(self, agent_id: str, name: str) -> AgentSecretValue | UnreadableSecret | None:
+        """One row, readable or not: for a caller whose row records something beyond its value (a seat)."""
         stored = await self._repository.get(agent_id, self._channel, name)
         return None if stored is None else self._open(stored)
 
+    async def get(self, agent_id: str, name: str) -> AgentSecretValue | None:
+        """One readable row; one under a removed vault key is absent (logged), so a fresh value is obtained."""
+        found = await self.lookup(agent_id, name)
+        return found if isinstance(found, AgentSecretValue) else None
+
+    async def read_all(self, agent_id: str) -> tuple[list[AgentSecretValue], list[UnreadableSecret]]:
+        """Every row of the agent at the channel, by name: those that open, and those under a removed key."""
+        readable: list[AgentSecretValue] = []
+        unreadable: list[UnreadableSecret] = []
+        for stored in await self._repository.list(agent_id, self._channel):
+            row = self._open(stored)
+            if isinstance(row, AgentSecretValue):
+                readable.append(row)
+            else:
+                unreadable.append(row)
+        return readable, unreadable
+
     async def list(self, agent_id: str) -> list[AgentSecretValue]:
-        return [self._open(stored) for stored in await self._repository.list(agent_id, self._channel)]
+        """Every readable row; those under a removed vault key are left out (logged)."""
+        return (await self.read_all(agent_id))[0]
 
     async def delete(self, agent_id: str, name: str | None = None) -> int:
         return await self._repository.delete(agent_id, self._channel, name)
+
+
+async def rotate_agent_secrets(
+    repository: AgentSecretRepository, vault: Vault, rows: Iterable[tuple[str, str, str]]
+) -> Rotation:
+    """Re-seal each ``(agent_id, channel, name)`` row not under the active key, keeping its meta and time (the
+    value is unchanged). A row that cannot be opened is reported and the others are still re-sealed; a row
+    rewritten meanwhile (a connector seals under the active key already) is left as it is."""
+    rotation = Rotation()
+    for agent_id, channel, name in rows:
+        stored = await repository.get(agent_id, channel, name)
+        if stored is None or not vault.needs_rotation(stored):
+            continue
+        what = f"agent secret {name!r} of agent {agent_id} at channel {channel!r}"
+        if not vault.knows(stored.key_id):
+            rotation.failures.append(f"{what}: sealed under vault key {stored.key_id!r}, which is not configured")
+            continue
+        aad = f"{channel}/{agent_id}/{name}"
+        try:
+            plaintext = vault.decrypt(stored, aad)
+        except VaultError:
+            rotation.failures.append(f"{what}: does not decrypt with vault key {stored.key_id!r} (altered?)")
+            continue
+        current = await repository.get(agent_id, channel, name)
+        if current is None or (current.key_id, current.nonce) != (stored.key_id, stored.nonce):
+            continue
+        sealed = vault.encrypt(aad, plaintext)
+        await repository.put(
+            StoredAgentSecret(
+                agent_id, channel, name, sealed.key_id, sealed.nonce, sealed.ciphertext, stored.updated_at, stored.meta
+            )
+        )
+        rotation.resealed += 1
+    return rotation
 
 
 @dataclass

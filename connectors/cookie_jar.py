@@ -38,7 +38,7 @@ import aiohttp
 
 from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
 from connectors.console_cookies import CookieJar
-from connectors.context import AgentSecrets, AgentSecretValue, ConnectorContext, CredentialLoader
+from connectors.context import AgentSecrets, AgentSecretValue, ConnectorContext, CredentialLoader, UnreadableSecret
 from connectors.secret import Secret
 from connectors.tickets import TicketDesk
 from connectors.vendor_http import Unreachable, VendorAnswer, call
@@ -170,7 +170,7 @@ class CookieJarConnector:
         return held
 
     def _present(self, agent_id: str, request: UpstreamRequest, held: HeldJar) -> None:
-        header = held.jar.header(request.url, self.clock())
+        header = held.jar.header(request.url, self.clock(), origin=self._origin)
         if header:
             request.set_header("Cookie", header)
         else:
@@ -228,7 +228,11 @@ class CookieJarConnector:
             held = self._jars.get(agent.agent_id)
             candidates = {h.name: h for h in (await self._newest_stored(agent.agent_id), held) if h is not None}
             for candidate in candidates.values():
-                another = candidate.name != sent_row if sent_row else candidate.jar.header(request.url, now) != sent
+                another = (
+                    candidate.name != sent_row
+                    if sent_row
+                    else candidate.jar.header(request.url, now, origin=self._origin) != sent
+                )
                 if another and candidate.jar.live(now):
                     self._present(agent.agent_id, request, self._remember(agent.agent_id, candidate))
                     return True
@@ -256,6 +260,11 @@ class CookieJarConnector:
             if row.name.startswith(JAR_PREFIX)
         ]
 
+    async def _unreadable_jars(self, agent_id: str) -> list[str]:
+        """The rows of jars sealed under a removed vault key (left out of ``_stored``)."""
+        unreadable = (await self._secrets.read_all(agent_id))[1]
+        return [row.name for row in unreadable if row.name.startswith(JAR_PREFIX)]
+
     async def _newest_stored(self, agent_id: str) -> HeldJar | None:
         now = self.clock()
         live = [held for held in await self._stored(agent_id) if held.jar.live(now)]
@@ -272,7 +281,13 @@ class CookieJarConnector:
         """Sign in with the console's login form as the agent: GET it first (consoles that bind the form to a
         pre-login session or cookie get it), then POST it with those cookies. A success is a redirect away from
         the form leaving a live jar (the POST/redirect/GET every form login answers with, RFC 9110 §15.4.4)."""
-        password = await self._secrets.get(agent.agent_id, PASSWORD)
+        password = await self._secrets.lookup(agent.agent_id, PASSWORD)
+        if isinstance(password, UnreadableSecret):
+            raise ConsoleLoginFailed(
+                f"The {self.channel} console password channelgate holds for {agent.user_name} is sealed under a "
+                f"vault key that is no longer configured. An administrator stores it again with: "
+                f"channelgate channels set-agent-password {self.channel} {agent.user_name}"
+            )
         if password is None:
             raise ConsoleLoginFailed(
                 f"channelgate holds no {self.channel} console password for {agent.user_name}. An administrator "
@@ -287,7 +302,7 @@ class CookieJarConnector:
         try:
             async with http.get(url, allow_redirects=False) as page:
                 jar = CookieJar().merge(page.headers.getall("Set-Cookie", []), self.clock())
-            cookie = {"Cookie": header} if (header := jar.header(url, self.clock())) else None
+            cookie = {"Cookie": header} if (header := jar.header(url, self.clock(), origin=self._origin)) else None
             async with http.post(url, data=form, headers=cookie, allow_redirects=False) as response:
                 status, location = response.status, response.headers.get("Location")
                 lines = response.headers.getall("Set-Cookie", [])
@@ -315,7 +330,7 @@ class CookieJarConnector:
 
     async def _logout(self, held: HeldJar, idempotency_key: str) -> VendorAnswer | Unreachable:
         url = self._origin + self._settings.logout_path
-        cookie = held.jar.header(url, self.clock())
+        cookie = held.jar.header(url, self.clock(), origin=self._origin)
         return await call(self._http(), "POST", url, authorization=("Cookie", cookie), idempotency_key=idempotency_key)
 
     async def _retire(self, agent_id: str, held: HeldJar) -> None:
@@ -341,6 +356,7 @@ class CookieJarConnector:
         async with self._lock(agent.agent_id):
             self._jars.pop(agent.agent_id, None)
             held = await self._stored(agent.agent_id)
+            lost = await self._unreadable_jars(agent.agent_id)
             ended = 0
             for jar in held:
                 answer = await self._logout(jar, f"{ctx.idempotency_key}/{jar.name}")
@@ -354,6 +370,28 @@ class CookieJarConnector:
                     answer.outcome,
                     f"console logout of {agent.user_name}: {answer.describe()}; {left} session(s) still to log out",
                 )
+        if lost:
+            # Sealed under a removed vault key: nothing can log them out. The console's own listing (verify) is
+            # the proof that none survived; without it a person has to look.
+            unreadable = (
+                f"{len(lost)} stored console session(s) are sealed under a vault key that is no longer configured "
+                "and cannot be logged out"
+            )
+            if Capability.VERIFY not in self.capabilities:
+                return self._result(
+                    "revoke",
+                    Outcome.FAILED,
+                    f"logged out {ended} console session(s) of {agent.user_name}; {unreadable}: add the key back "
+                    "to [vault] keys and retry, or end them at the console",
+                )
+            for row in lost:
+                await self._secrets.delete(agent.agent_id, row)
+            return self._result(
+                "revoke",
+                Outcome.DONE,
+                f"logged out {ended} console session(s) of {agent.user_name}; {unreadable} (verification asks "
+                "the console)",
+            )
         if not held:
             return self._result("revoke", Outcome.DONE, f"no console session held for {agent.user_name}")
         return self._result("revoke", Outcome.DONE, f"logged out {ended} console session(s) of {agent.user_name}")

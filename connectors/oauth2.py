@@ -32,9 +32,10 @@ from weakref import WeakValueDictionary
 import aiohttp
 
 from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
-from connectors.context import AgentSecretValue, ConnectorContext
+from connectors.context import AgentSecretValue, ConnectorContext, UnreadableSecret
 from connectors.secret import Secret
 from connectors.tickets import TicketDesk
+from connectors.vendor_http import read_capped
 from gateway.errors import ConfigError, UpstreamError
 from gateway.settings import OAuth2ChannelSettings
 
@@ -50,6 +51,9 @@ ASSUMED_LIFETIME_SECONDS = 60.0
 #: long session does not pile up rows for the pipeline to revoke.
 EXPIRED_ROW_GRACE_SECONDS = 3600.0
 MAX_CACHED_AGENTS = 10_000
+#: An access token refused less than this long after it was obtained is not replaced: the console refuses fresh
+#: tokens too (a page it answers 401 for any token), and a new one per request would only load the token endpoint.
+REFUSAL_FLOOR_SECONDS = 5.0
 #: Answers to token, revocation and introspection calls are small; a larger one is refused unread.
 MAX_ANSWER_BYTES = 64 * 1024
 #: 4xx answers that mean "not now" rather than "never" (RFC 9110 §15.5.9, §15.5.10; RFC 8470; RFC 6585 §4).
@@ -184,7 +188,8 @@ class OAuth2Connector:
         request.set_header("Authorization", f"Bearer {token.value.reveal()}")
 
     async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
-        """The console refused the token (RFC 6750 §3.1 invalid_token): refresh, or exchange anew, once."""
+        """The console refused the token (RFC 6750 §3.1 invalid_token): refresh, or exchange anew, once. A token
+        obtained less than ``REFUSAL_FLOOR_SECONDS`` ago is kept and the 401 passed on."""
         sent = request.header("Authorization") or ""
         scheme, _, refused = sent.partition(" ")
         token = await self._access_token(agent, refused=refused.strip() if scheme.lower() == "bearer" else "")
@@ -240,8 +245,30 @@ class OAuth2Connector:
             return token
 
     async def _stored(self, agent_id: str) -> list[_Token]:
+        """The agent's tokens; one sealed under a removed vault key is absent here (logged), so a request gets a
+        fresh token instead of an error."""
         rows = await self._context.secrets.list(agent_id)
         return [token for row in rows if (token := _Token.from_row(row)) is not None]
+
+    async def _unreadable(self, agent_id: str) -> str | None:
+        """What the pipeline must report about tokens sealed under a removed vault key that may still be live
+        (an access token past its stated expiry is not): they can be neither revoked nor introspected."""
+        rows: list[UnreadableSecret] = (await self._context.secrets.read_all(agent_id))[1]
+        now = self._clock()
+        live = [
+            row
+            for row in rows
+            if not (row.meta.get("kind") == "access" and (_number(row.meta.get("expires_at")) or now) < now)
+            and row.meta.get("revoked_at") is None
+        ]
+        if not live:
+            return None
+        keys = ", ".join(sorted({repr(row.key_id) for row in live}))
+        return (
+            f"{len(live)} token(s) are sealed under vault key {keys}, which is not configured any more, so they "
+            f"cannot be revoked or checked: add the key back to [vault] keys and retry, or end the agent's grants "
+            "at the authorization server"
+        )
 
     async def _obtain(self, agent: AgentRef, refused: str | None) -> _Token:
         stored = await self._stored(agent.agent_id)
@@ -253,6 +280,8 @@ class OAuth2Connector:
         else:
             for token in stored:
                 if token.kind == "access" and not token.refused and token.value.reveal() == refused:
+                    if now - token.obtained_at < REFUSAL_FLOOR_SECONDS:
+                        return token  # sent again unchanged: the caller passes the 401 on
                     await self._put(agent.agent_id, replace(token, refused=True))
         refreshable = [t for t in stored if t.kind == "refresh" and t.revoked_at is None and not t.refused]
         for refresh in sorted(refreshable, key=lambda token: token.obtained_at, reverse=True):
@@ -366,14 +395,14 @@ class OAuth2Connector:
             async with self._context.http().post(
                 str(url), data=urlencode(form).encode(), headers=headers, allow_redirects=False
             ) as response:
-                body = await response.content.read(MAX_ANSWER_BYTES + 1)
+                body = await read_capped(response.content, MAX_ANSWER_BYTES)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _CallFailed(
                 Outcome.RETRY, f"the {what} at {origin} cannot be reached ({type(exc).__name__})"
             ) from None
         answer: object = None
-        if len(body) <= MAX_ANSWER_BYTES:
+        if body is not None:
             with contextlib.suppress(ValueError):
                 answer = json.loads(body)
         if status != 200:
@@ -430,6 +459,10 @@ class OAuth2Connector:
                     detail = f"{failure.detail} ({done} of {len(pending)} tokens revoked so far)"
                     return StepResult(self.channel, "revoke", failure.outcome, detail=detail)
                 await self._put(agent.agent_id, replace(token, revoked_at=self._clock()))
+            lost = await self._unreadable(agent.agent_id)
+        if lost is not None:
+            detail = f"revoked {len(pending)} readable token(s); {lost}"
+            return StepResult(self.channel, "revoke", Outcome.FAILED, detail=detail)
         if not stored:
             return StepResult(self.channel, "revoke", Outcome.DONE, detail="no token was obtained for the agent")
         refresh = sum(1 for token in pending if token.kind == "refresh")
@@ -443,6 +476,9 @@ class OAuth2Connector:
 
     async def verify_no_access(self, agent: AgentRef, ctx: StepContext) -> StepResult:
         """RFC 7662 for every stored token: DONE, and the rows deleted, only when all answer ``active: false``."""
+        lost = await self._unreadable(agent.agent_id)
+        if lost is not None:
+            return StepResult(self.channel, "verify_no_access", Outcome.FAILED, detail=f"access may remain: {lost}")
         stored = await self._stored(agent.agent_id)
         active: list[_Token] = []
         for token in stored:

@@ -2,8 +2,9 @@
 
 Each credential is sealed with a fresh 96-bit random nonce and the channel name as associated data, so a
 ciphertext copied onto another channel's row fails to decrypt. Every sealed value records its key id: to rotate,
-add a new key, make it ``active_key``, run ``channelgate vault rotate`` (re-encrypts everything under it), then
-remove the old key from the configuration.
+add a new key, make it ``active_key``, run ``channelgate vault rotate`` (re-encrypts the channel credentials here
+and the per-agent secrets by ``connectors/context.py``), then remove the old key from the configuration once it
+reports nothing left under it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import base64
 import binascii
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -121,6 +122,10 @@ class Vault:
                 "it was altered or belongs to another channel."
             ) from None
 
+    def knows(self, key_id: str) -> bool:
+        """Whether ``key_id`` is still configured, so what it sealed can be opened."""
+        return key_id in self._ciphers
+
     def needs_rotation(self, sealed: SealedRecord) -> bool:
         """Whether ``sealed`` is under a key other than the active one (``channelgate vault rotate`` re-seals it)."""
         return sealed.key_id != self.active_key
@@ -146,18 +151,37 @@ async def load_credential(store: CredentialStore, vault: Vault, channel: str) ->
         raise VaultError(f"The credential of channel {channel!r} is not UTF-8 text.") from None
 
 
-async def rotate_all(store: CredentialStore, vault: Vault, now: datetime) -> int:
-    """Re-encrypt every credential not sealed under the active key; returns how many were re-encrypted."""
-    count = 0
+@dataclass
+class Rotation:
+    """What ``channelgate vault rotate`` did: how many values it re-sealed, and each one it could not open."""
+
+    resealed: int = 0
+    #: One line per value left under its old key (what it is and why), never the value.
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, other: Rotation) -> None:
+        self.resealed += other.resealed
+        self.failures.extend(other.failures)
+
+
+async def rotate_all(store: CredentialStore, vault: Vault, now: datetime) -> Rotation:
+    """Re-encrypt every credential not sealed under the active key. One that cannot be opened (its key is gone,
+    or it was altered) is reported and the rest are still re-sealed: otherwise one leftover row would keep every
+    later credential under the old key, which could then never be removed."""
+    rotation = Rotation()
     for channel in await store.list_channels():
         stored = await store.get(channel)
         if stored is None or not vault.needs_rotation(stored):
             continue
-        plaintext = vault.decrypt(stored, channel)
+        try:
+            plaintext = vault.decrypt(stored, channel)
+        except VaultError as exc:
+            rotation.failures.append(f"channel credential {channel!r}: {exc.message}")
+            continue
         current = await store.get(channel)
         # Skip a credential replaced meanwhile (set-credential seals under the active key already), so rotation
         # does not write an older value back over it.
         if current is not None and (current.key_id, current.nonce) == (stored.key_id, stored.nonce):
             await store_credential(store, vault, channel, plaintext, now)
-            count += 1
-    return count
+            rotation.resealed += 1
+    return rotation

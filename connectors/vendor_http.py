@@ -86,7 +86,7 @@ async def call(
         async with session.request(
             method, url, headers=headers, json=json_body, params=params, allow_redirects=False
         ) as response:
-            raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+            raw = await read_capped(response.content, MAX_ANSWER_BYTES)
             status = response.status
     except TimeoutError:
         return Unreachable(f"no answer within {_limit(session)}")
@@ -95,12 +95,28 @@ async def call(
     except aiohttp.ClientError as exc:
         return Unreachable(f"the answer could not be read ({type(exc).__name__})")
     body: Any = None
-    if raw and len(raw) <= MAX_ANSWER_BYTES:
+    if raw:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             body = None
     return VendorAnswer(status, body)
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None once it is longer than ``limit`` bytes (nothing past ``limit + 1`` is read).
+
+    ``StreamReader.read(n)`` returns what is buffered, up to ``n``: an answer arriving in several reads (anything
+    larger than a segment, or a server flushing as it writes) needs reads until EOF."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None
 
 
 def _limit(session: aiohttp.ClientSession) -> str:

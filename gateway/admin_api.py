@@ -2,7 +2,8 @@
 
 ``POST /.channelgate/admin/agents/{agent}/deprovision`` ends an agent's access everywhere and answers only after
 every session on every replica is gone (the channel steps continue in the pipeline);
-``GET /.channelgate/admin/agents/{agent}`` shows the agent's state and every pipeline step per channel;
+``GET /.channelgate/admin/agents/{agent}`` shows the agent's state, its live sessions (``null`` with the reason in
+``live_sessions_not_checked`` when the session store could not be asked) and every pipeline step per channel;
 ``POST /.channelgate/admin/deprovision/approve`` releases runs held by the mass-deletion guard;
 ``POST /.channelgate/admin/deprovision/runs/{run}/retry`` gives a run's dead steps a fresh budget;
 ``GET /.channelgate/admin/audit/search`` searches the access log (filters, ``limit``, ``before`` → records and a
@@ -122,17 +123,22 @@ async def agent_status(request: Request) -> Response:
     agent = await services.agents.find(request.path_params["agent"])
     if agent is None:
         raise NotFound("No agent has that id or userName.")
+    # "0" would claim no session when nobody could look: say it was not checked, and why, as the agent report does
+    # (gateway/reports/zero_access.py); the rest of the status is still worth answering with.
+    live: int | None = None
+    not_checked: str | None = None
     try:
-        sessions = await services.sessions.sessions_of(agent.id, services.clock())
-    except ChannelgateError:
-        sessions = []
+        live = len(await services.sessions.sessions_of(agent.id, services.clock()))
+    except ChannelgateError as exc:
+        not_checked = f"the {services.settings.sessions.store} session store was not checked: {exc.message}"
     return JSONResponse(
         {
             "agent_id": agent.id,
             "user_name": agent.user_name,
             "active": agent.active,
             "disabled_reason": agent.disabled_reason,
-            "live_sessions": len(sessions),
+            "live_sessions": live,
+            "live_sessions_not_checked": not_checked,
             "deprovisioning": await agent_pipeline(services.pipeline, agent.id),
         }
     )

@@ -59,6 +59,7 @@ from gateway.settings_channels import (
 from gateway.settings_channels import (
     TicketSettings as TicketSettings,
 )
+from gateway.settings_channels import check_cookie_jar_routes
 from gateway.settings_policies import ForwardAuthSettings as ForwardAuthSettings
 from gateway.settings_policies import PolicySettings as PolicySettings
 from gateway.settings_section import Section as _Section
@@ -188,6 +189,25 @@ class AdminSettings(_Section):
     #: Bearer tokens for the admin API and the CLI. Compared in constant time.
     tokens: tuple[SecretStr, ...] = ()
 
+    @field_validator("tokens")
+    @classmethod
+    def _strong_tokens(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        """No default credentials (ASVS V13, docs/operations/hardening.md): a token opens deprovisioning, approvals
+        and the whole access log, so the example's placeholder and short tokens are refused (and never echoed)."""
+        for index, token in enumerate(value):
+            text = token.get_secret_value()
+            if text.upper().startswith("CHANGE-ME"):
+                raise ValueError(
+                    f"token {index} is the example's placeholder: generate one "
+                    "(python -c 'import secrets; print(secrets.token_urlsafe(32))') or set CHANNELGATE_ADMIN__TOKENS"
+                )
+            if len(text) < 32:
+                raise ValueError(
+                    f"token {index} is shorter than 32 characters "
+                    "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
+        return value
+
 
 #: How a login finds the directory-provisioned agent (SCIM or LDAP, not yet linked) it belongs to.
 LinkRule = Literal["external_id_is_sub", "user_name_is_preferred_username", "user_name_is_email"]
@@ -297,6 +317,7 @@ class Settings(_Section):
             if key in seen:
                 raise ValueError(f"two routes share prefix {route.prefix!r} on host {route.host!r}")
             seen.add(key)
+        check_cookie_jar_routes(self.channels, self.routes)
         return self
 
 
@@ -364,6 +385,15 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot be read by this user (permission denied)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError as exc:
+        # The offending bytes are not shown: they may be part of a secret.
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -226,3 +227,24 @@ class RouteSettings(_Section):
         if value.startswith("/.channelgate/") or value.startswith("/scim/"):
             raise ValueError("prefix must not shadow /.channelgate/ or /scim/")
         return value
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def check_cookie_jar_routes(channels: Mapping[str, object], routes: Sequence[RouteSettings]) -> None:
+    """Every route of a ``cookie_jar`` channel must go to its ``console_url``'s origin (RFC 6454): the agent's
+    console session is sent with each of its requests, and must reach no other host."""
+    for route in routes:
+        channel = channels.get(route.channel)
+        if isinstance(channel, CookieJarChannelSettings) and _origin(str(route.upstream)) != _origin(
+            str(channel.console_url)
+        ):
+            raise ValueError(
+                f"route {route.prefix!r}{f' on host {route.host!r}' if route.host else ''} of cookie_jar channel "
+                f"{route.channel!r} goes to {route.upstream}, another origin than its console_url "
+                f"{channel.console_url}: the console's session cookies would be sent there"
+            )

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.audit.canonical import GENESIS, canonical_time
-from gateway.audit.settings import CheckpointSettings
+from gateway.audit.settings import CheckpointSettings, host_port
 from gateway.errors import ChannelgateError, ConfigError
 from gateway.storage.audit_chain import ChainHead
 
@@ -215,7 +215,7 @@ class HttpSink:
                 if not 200 <= response.status < 300:
                     raise CheckpointSinkError(f"the checkpoint collector answered {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            host = urlsplit(self._url).netloc
+            host = host_port(self._url)
             reason = type(exc).__name__
             raise CheckpointSinkError(f"the checkpoint collector at {host} is unreachable: {reason}") from None
 

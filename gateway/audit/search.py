@@ -34,6 +34,8 @@ ACTIONS = ("view", "change", "download", "export")
 MAX_VALUE = 256
 #: Records per page of an export (each page is one index range scan).
 EXPORT_PAGE = 1000
+#: The largest ``seq`` a cursor may name: the access log's key is a signed 64-bit integer.
+MAX_SEQ = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +61,13 @@ class Search:
 def _moment(name: str, text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        # OverflowError: a time whose UTC form falls before year 1 or after 9999 (0001-01-01T00:00+01:00).
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise BadRequest(
             f"{name!r} must be an ISO 8601 date or time, e.g. 2026-12-01 or 2026-12-01T09:30:00+09:00 "
-            "(without an offset it is UTC)."
+            "(without an offset it is UTC), from year 1 to 9999 in UTC."
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def parse_search(values: Mapping[str, str | None], *, max_limit: int = 1000, default_limit: int = 100) -> Search:
@@ -90,7 +93,8 @@ def parse_search(values: Mapping[str, str | None], *, max_limit: int = 1000, def
     limit = default_limit
     if values.get("limit"):
         text = values["limit"] or ""
-        if not text.isdigit() or not 1 <= int(text) <= max_limit:
+        # isascii: str.isdigit() is true for '²' and other digits int() refuses.
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= max_limit:
             raise BadRequest(f"'limit' must be a whole number from 1 to {max_limit}.")
         limit = int(text)
     before = decode_cursor(values["before"] or "") if values.get("before") else None
@@ -108,10 +112,10 @@ def decode_cursor(text: str) -> tuple[datetime, int]:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
         moment, _, seq = raw.partition("/")
         parsed = datetime.fromisoformat(moment)
-        if parsed.tzinfo is None:
+        if parsed.tzinfo is None or not (seq.isascii() and seq.isdigit()) or int(seq) > MAX_SEQ:
             raise ValueError(moment)
         return parsed.astimezone(UTC), int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise BadRequest(
             "'before' is not a cursor a search gave out; use the one given with the previous page."
         ) from None

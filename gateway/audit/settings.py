@@ -17,6 +17,18 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from gateway.settings_section import Section
 
 
+def host_port(url: str) -> str:
+    """``host[:port]`` of ``url`` for messages and logs: never its ``user:password@`` (RFC 3986 §3.2.1 userinfo)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return host if port is None else f"{host}:{port}"
+
+
 class CheckpointSettings(Section):
     """Signed checkpoints (Ed25519) of the chain's head, written outside the database so that a truncated tail
     or a rewritten chain is detectable (``channelgate audit verify``)."""
@@ -52,6 +64,11 @@ class CheckpointSettings(Section):
             raise ValueError(f"active_key must name one of the signing_keys ({', '.join(sorted(self.signing_keys))})")
         if self.signing_keys and self.sink is None:
             raise ValueError("signing_keys are set but no sink: checkpoints must be written outside the database")
+        # The bearer token would cross the network in clear text, as a forwarder's would.
+        if self.sink_token is not None and not (self.sink or "").startswith("https://"):
+            raise ValueError("a sink_token is only sent over https://: make the sink an https:// collector")
+        if self.sink_token is not None and urlsplit(self.sink or "").password is not None:
+            raise ValueError("give the collector a sink_token or user:password@ in the sink, not both")
         return self
 
 
@@ -86,6 +103,8 @@ class ForwarderSettings(Section):
         # The token and the records (personal data) would cross the network in clear text.
         if self.token is not None and not self.url.startswith("https://"):
             raise ValueError("a forwarder token is only sent over https://")
+        if self.token is not None and urlsplit(self.url).password is not None:
+            raise ValueError("give the forwarder a token or user:password@ in its url, not both")
         return self
 
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.audit.settings import ForwarderSettings
+from gateway.audit.settings import ForwarderSettings, host_port
 from gateway.errors import ChannelgateError
 
 CONNECT_TIMEOUT = 10.0
@@ -174,7 +174,7 @@ class HttpsTransport:
                 await response.read()
         except aiohttp.ClientConnectorCertificateError as exc:
             raise ForwardingFailed(
-                f"forwarder {self._name}: the certificate of {urlsplit(self._url).netloc} is not trusted "
+                f"forwarder {self._name}: the certificate of {host_port(self._url)} is not trusted "
                 f"({exc.certificate_error}); nothing was sent"
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

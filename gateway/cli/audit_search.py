@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import getpass
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -26,6 +23,7 @@ from gateway.audit.search import (
     to_query,
 )
 from gateway.cli.common import Subparsers, settings_of
+from gateway.cli.reports import cli_actor, private_output
 from gateway.errors import BadRequest
 from gateway.storage.access_log import AccessRecord
 
@@ -47,13 +45,6 @@ SHOWN = (
     "actor",
     "reason",
 )
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no login name (a container without a passwd entry)
-        return f"cli:uid-{os.getuid()}"
 
 
 def record_line(record: AccessRecord, columns: tuple[str, ...] = SHOWN) -> str:
@@ -91,7 +82,7 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
         services = open_core(settings_of(args))
         try:
             query = await to_query(search, services.agents)
-            await record_reading(services.audit, search, actor=_actor())
+            await record_reading(services.audit, search, actor=cli_actor())
             found = await services.access_log.search(query)
         finally:
             await services.close()
@@ -123,7 +114,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         count = 0
         try:
             query = await to_query(search, services.agents)
-            await record_reading(services.audit, search, actor=_actor(), export_format=args.format)
+            await record_reading(services.audit, search, actor=cli_actor(), export_format=args.format)
             async for line in export_lines(services.access_log, query, chosen):
                 out.write(line)
                 count += 1
@@ -135,15 +126,9 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         asyncio.run(write(sys.stdout))
         return 0
     target = Path(args.output)
-    # Written beside the target and renamed at the end: a file named FILE is always a complete export.
-    partial = target.with_name(target.name + ".partial")
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as out:
-            count = asyncio.run(write(out))
-        partial.replace(target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+    # Private, and renamed into place at the end: a file named FILE is always a complete export.
+    with private_output(target) as out:
+        count = asyncio.run(write(out))
     print(f"{count} records written to {target}", file=sys.stderr)
     return 0
 

@@ -4,25 +4,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
 import json
 import os
+import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from gateway.cli.common import Subparsers, settings_of
 from gateway.errors import BadRequest
 from gateway.services import Services
 
 
+@contextlib.contextmanager
+def private_output(target: Path) -> Iterator[TextIO]:
+    """A file of mode 0600 (reports and exports hold personal data, PIPA art. 29) that becomes ``target`` once
+    complete. It is written under a fresh name beside ``target``, created with ``O_EXCL | O_NOFOLLOW``: neither a
+    file already there (with its own mode) nor a planted symlink (pointing elsewhere) is written through, and the
+    rename replaces whatever ``target`` was, a link included, without following it. Removed if writing fails."""
+    partial = target.with_name(f"{target.name}.{secrets.token_hex(6)}.partial")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(partial, flags, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # exactly 0600, whatever the umask took away
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
+
+
+def cli_actor() -> str:
+    """Who runs the command, for the access log's records of reading it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return f"cli:uid-{os.getuid()}"
+
+
 def _write(text: str, output: str | None) -> None:
-    """To ``output`` (created private: the reports hold personal data, PIPA art. 29), else to standard output."""
+    """To ``output`` (:func:`private_output`), else to standard output."""
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     path = Path(output)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+    with private_output(path) as handle:
         handle.write(text)
     print(f"channelgate: report written to {path}", file=sys.stderr)
 
@@ -52,9 +85,11 @@ def _json(value: dict[str, object]) -> str:
 
 def cmd_report_agent(args: argparse.Namespace) -> int:
     from gateway.reports.agent import build_agent_report
+    from gateway.reports.reading import Reader, record_report_view
     from gateway.reports.render import render_agent_html
 
     async def make(services: Services) -> str:
+        await record_report_view(services.audit, Reader(cli_actor()), "agent", args.agent)
         report = await build_agent_report(services, args.agent)
         return render_agent_html(report) if args.format == "html" else _json(report.as_dict())
 
@@ -63,9 +98,11 @@ def cmd_report_agent(args: argparse.Namespace) -> int:
 
 def cmd_report_monthly(args: argparse.Namespace) -> int:
     from gateway.reports.monthly import build_monthly_report
+    from gateway.reports.reading import Reader, record_report_view
     from gateway.reports.render import render_monthly_html
 
     async def make(services: Services) -> str:
+        await record_report_view(services.audit, Reader(cli_actor()), "monthly", args.month)
         report = await build_monthly_report(services, args.month)
         return render_monthly_html(report) if args.format == "html" else _json(report.as_dict())
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from gateway.cli.common import Subparsers, settings_of
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def cmd_channels_set_credential(args: argparse.Namespace) -> int:
@@ -86,21 +90,53 @@ def cmd_vault_generate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_vault_rotate(args: argparse.Namespace) -> int:
-    from connectors.vault import rotate_all
+    """Re-seal the channel credentials and every per-agent secret under the active key. A value that cannot be
+    opened is named and the rest are still re-sealed; the exit status is then 1, and the old key must stay."""
+    from connectors.context import rotate_agent_secrets
+    from connectors.vault import Rotation, rotate_all
     from gateway.services import open_core
+    from gateway.storage.agent_secrets import AgentSecretRepository
     from gateway.timeutil import utcnow
 
-    async def run() -> int:
+    async def run() -> Rotation:
         services = open_core(settings_of(args))
         try:
             if services.vault is None:
                 raise ConfigError("[vault] has no keys")
-            return await rotate_all(services.credentials, services.vault, utcnow())
+            engine = services.database.engine
+            rotation = await rotate_all(services.credentials, services.vault, utcnow())
+            rows = await _agent_secrets_to_reseal(engine, services.vault.active_key)
+            rotation.add(await rotate_agent_secrets(AgentSecretRepository(engine), services.vault, rows))
+            return rotation
         finally:
             await services.close()
 
-    print(f"re-encrypted {asyncio.run(run())} credential(s) under the active key")
+    rotation = asyncio.run(run())
+    print(f"re-encrypted {rotation.resealed} value(s) under the active key")
+    for failure in rotation.failures:
+        print(f"not re-encrypted: {failure}", file=sys.stderr)
+    if rotation.failures:
+        print(
+            f"{len(rotation.failures)} value(s) are still under an old key: keep that key configured, or store "
+            "them again (channels set-credential, channels set-agent-password) before removing it",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+async def _agent_secrets_to_reseal(engine: AsyncEngine, active_key: str) -> list[tuple[str, str, str]]:
+    """Every ``agent_secrets`` row (agent, channel, name) sealed under another key than ``active_key``, of any
+    channel, configured or not."""
+    from sqlalchemy import select
+
+    from gateway.storage.schema import agent_secrets
+
+    query = select(agent_secrets.c.agent_id, agent_secrets.c.channel, agent_secrets.c.name).where(
+        agent_secrets.c.key_id != active_key
+    )
+    async with engine.connect() as conn:
+        return [(row.agent_id, row.channel, row.name) for row in await conn.execute(query)]
 
 
 def register(sub: Subparsers) -> None:
@@ -117,6 +153,6 @@ def register(sub: Subparsers) -> None:
 
     vault = sub.add_parser("vault", help="vault keys").add_subparsers(dest="vault_command", required=True)
     vault.add_parser("generate-key", help="print a new random AES-256 key").set_defaults(func=cmd_vault_generate_key)
-    vault.add_parser("rotate", help="re-encrypt every credential under the active key").set_defaults(
+    vault.add_parser("rotate", help="re-encrypt every credential and agent secret under the active key").set_defaults(
         func=cmd_vault_rotate
     )

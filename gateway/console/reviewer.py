@@ -1,5 +1,6 @@
 """The reviewer's pages (read-only): log search, agents and their history, deprovisioning runs, reports, and the
-chain's status. Nothing here writes anything but the batched record of who looked (``web.console_route``)."""
+chain's status. Nothing here writes anything but the batched record of who looked (``web.console_route``) and, for
+a report, the strict record of whose report or which month was read (``gateway/reports/reading.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from gateway.console.render import page
 from gateway.console.web import Call
 from gateway.deprovision.status import agent_pipeline
 from gateway.errors import BadRequest, NotFound
+from gateway.reports.reading import Reader
+from gateway.scope import scope_of
 from gateway.storage.access_log import AccessQuery, AccessRecord
 from gateway.storage.agents import Agent
 
@@ -122,11 +125,18 @@ async def reports(call: Call) -> Response:
     return page("reports.html", **call.context(nav="reports", previous=evidence.previous_month()))
 
 
+def _reader(call: Call) -> Reader:
+    """The person asking for a report, for its strict record (the page view's record is batched, and keeps no
+    query values: it would not say whose report was read)."""
+    scope = scope_of(call.request, call.services.settings.server.trusted_proxies)
+    return Reader(call.user.actor, scope.client_ip, scope.request_id, call.request.url.path)
+
+
 async def agent_report(call: Call) -> Response:
     typed = call.request.query_params.get("agent", "").strip()[:256]
     if not typed:
         raise BadRequest("Name the agent (userName or id) whose report you want.")
-    body = await evidence.agent_report_html(call.services, typed)
+    body = await evidence.agent_report_html(call.services, typed, _reader(call))
     return page("report.html", **call.context(nav="reports", title=f"Agent report: {typed}", body=body))
 
 
@@ -134,7 +144,7 @@ async def monthly_report(call: Call) -> Response:
     month = call.request.query_params.get("month", "").strip()
     if not evidence.valid_month(month):
         raise BadRequest("Give the month as YYYY-MM, for example 2026-11.")
-    body = await evidence.monthly_report_html(call.services, month)
+    body = await evidence.monthly_report_html(call.services, month, _reader(call))
     return page("report.html", **call.context(nav="reports", title=f"Monthly review {month}", body=body))
 
 

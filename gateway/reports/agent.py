@@ -172,8 +172,8 @@ async def build_agent_report(services: Services, agent: str) -> AgentReport:
         subjects = await q.subjects_touched(conn, found.id, SUBJECTS_SHOWN + 1)
         receipts = await q.receipts(conn, found.id)
         steps = tuple(await services.pipeline.steps_of([r.id for r in runs], conn=conn)) if runs else ()
-        disables = [r for r in receipts if r.kind == "deprovision" and r.decision == "disabled"]
-        disable = disables[-1] if disables else None
+        # The first disable of the current spell, not the latest: a repeated deprovisioning writes another one.
+        disable = await q.spell_disable(conn, found.id)
         disabled_at = disable.time if disable is not None and not (found.active and not found.deleted) else None
         total, ended_after = (
             (0, []) if disabled_at is None else await q.allowed_after(conn, found.id, disabled_at, AFTER_DISABLE_SHOWN)

@@ -96,7 +96,7 @@ class MonthlyReport:
                 "business_days": list(review.business_days),
                 "unusual_volume": self.rule.describe(),
                 "disabled_access": "allowed requests or logins of an agent that is disabled or deleted now, let in "
-                "after the time of its latest disable record",
+                "after the first disable record since it was last made active",
             },
             "disabled_access_total": self.disabled_access_total,
             "disabled_access": [_disabled_dict(d) for d in self.disabled_access],

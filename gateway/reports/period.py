@@ -60,9 +60,12 @@ def parse_month(month: str, zone: str) -> Month:
         raise InvalidMonth(f"The month must be written YYYY-MM, such as 2026-11 (got {month[:20]!r}).")
     year, number = int(match[1]), int(match[2])
     tz = ZoneInfo(zone)
-    start = datetime(year, number, 1, tzinfo=tz).astimezone(UTC)
     following = (year + 1, 1) if number == 12 else (year, number + 1)
-    end = datetime(*following, 1, tzinfo=tz).astimezone(UTC)
+    try:
+        start = datetime(year, number, 1, tzinfo=tz).astimezone(UTC)
+        end = datetime(*following, 1, tzinfo=tz).astimezone(UTC)
+    except (ValueError, OverflowError):  # 9999-12 ends in year 10000; 0001-01 east of UTC starts in year 0
+        raise InvalidMonth(f"'month' {month.strip()} is outside the dates a review can cover in {zone}.") from None
     return Month(f"{year:04d}-{number:02d}", zone, start, end, stretches(start, end, tz))
 
 

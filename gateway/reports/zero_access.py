@@ -5,7 +5,8 @@ The seed's third offboarding rule asks for a final check that every account and 
 is shut (PIPA safety-measure standard art. 5: access rights removed without delay when a handler leaves). Access
 is "ended" only when every check passed:
 
-1. the agent is disabled (the time of its disable record is when access had to stop);
+1. the agent is disabled (the first disable record since it was last made active is when access had to
+   stop: a repeated deprovisioning writes a later one that must not move that moment);
 2. the session store holds no live session of the agent (and this process can see the store the gateway uses);
 3. every deprovisioning run is ``done``, and at each channel the revoke and remove steps are done (or had nothing
    to do) and the verify step is done: the channel itself said the token, seat or console session is gone;

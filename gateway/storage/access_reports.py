@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    FromClause,
     Integer,
     RowMapping,
     and_,
@@ -36,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.storage._time import from_db, to_db
 from gateway.storage.access_log import AccessRecord
-from gateway.storage.schema import access_log, agents
+from gateway.storage.schema import access_log, agents, deprovision_runs
 
 #: The actions that take personal data out of the console (PIPA: downloads must be explained).
 OUTBOUND = ("download", "export")
@@ -108,6 +109,66 @@ class LocalClock:
         if self.dialect == "sqlite":
             return cast(self._sqlite("%w"), Integer)
         return cast(extract("dow", self._shifted()), Integer)
+
+
+# -- when access had to stop ---------------------------------------------------------------------------------
+
+
+def _disables(table: FromClause, agent_id: ColumnElement[Any] | str) -> tuple[ColumnElement[bool], ...]:
+    return table.c.agent_id == agent_id, table.c.kind == "deprovision", table.c.decision == "disabled"
+
+
+def _spell(table: FromClause, agent_id: ColumnElement[Any] | str) -> tuple[ColumnElement[bool], ...]:
+    """The disable records of the agent's current disabled spell in ``table``: the first of them is when access had
+    to stop. A disable repeated while the agent is already disabled (an admin repeating the command, SCIM DELETE
+    after ``active=false``) writes a later record; taking that one would hide access allowed between the two.
+
+    The spell began at the first disable after the agent was last made active. The log says so in two ways: an LDAP
+    ``reactivate`` record, and a deprovisioning run, which starts only when an active agent is disabled (or on its
+    first disable ever; a repeated disable joins the latest run), so the disable that began the latest run began
+    the spell unless a reactivation came later. A SCIM re-enable writes no record of its own: an agent re-enabled
+    by SCIM and disabled again while its earlier run is still going is judged from the earlier disable, which can
+    only flag more access, never hide it."""
+    runs = deprovision_runs
+    run_started = (
+        select(runs.c.created_at)
+        .where(runs.c.agent_id == agent_id)
+        .order_by(runs.c.created_at.desc())
+        .limit(1)
+        .correlate_except(runs)
+        .scalar_subquery()
+    )
+    starts = access_log.alias("run_disables")
+    # The run is queued in the transaction of the disable that started it, at or after that record's time.
+    run_disable = (
+        select(starts.c.time)
+        .where(*_disables(starts, agent_id), starts.c.time <= run_started)
+        .order_by(starts.c.time.desc())
+        .limit(1)
+        .correlate_except(starts)
+        .scalar_subquery()
+    )
+    made_active = access_log.alias("reactivations")
+    reactivated = (
+        select(made_active.c.time)
+        .where(made_active.c.agent_id == agent_id, made_active.c.kind == "ldap", made_active.c.decision == "reactivate")
+        .order_by(made_active.c.time.desc())
+        .limit(1)
+        .correlate_except(made_active)
+        .scalar_subquery()
+    )
+    return (
+        *_disables(table, agent_id),
+        or_(run_disable.is_(None), table.c.time >= run_disable),
+        or_(reactivated.is_(None), table.c.time > reactivated),
+    )
+
+
+async def spell_disable(conn: AsyncConnection, agent_id: str) -> AccessRecord | None:
+    """The disable record from which the agent's access had to stop (:func:`_spell`), if any."""
+    query = select(access_log).where(*_spell(access_log, agent_id)).order_by(_c.time, _c.seq).limit(1)
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _record(row)
 
 
 # -- one agent ------------------------------------------------------------------------------------------------
@@ -223,7 +284,7 @@ class Activity:
 class DisabledAccess:
     record: AccessRecord
     disabled_at: datetime
-    #: The agent's latest session kill (``sessions_revoked``), if any.
+    #: The agent's first session kill (``sessions_revoked``) at or after ``disabled_at``, if any.
     killed_at: datetime | None
 
 
@@ -289,30 +350,16 @@ async def outbound_records(conn: AsyncConnection, start: datetime, end: datetime
 async def disabled_access(
     conn: AsyncConnection, start: datetime, end: datetime, limit: int
 ) -> tuple[int, list[DisabledAccess]]:
-    """Access granted in ``[start, end)`` to agents that are disabled (or deleted) now, after the time of their
-    latest disable record (``kind = "deprovision"``): the PIPA review's "access by a disabled agent"."""
-    earlier = access_log.alias("disables")
-    # The newest disable record, found by reading the agent's records backwards on ix_access_log_agent_time: a
-    # departed agent's disable is near the end of a history that may be long (MAX() would read all of it).
+    """Access granted in ``[start, end)`` to agents that are disabled (or deleted) now, after the first disable
+    record of their current disabled spell (:func:`_spell`): the PIPA review's "access by a disabled agent"."""
+    spells = access_log.alias("disables")
     disabled_at = (
-        select(earlier.c.time)
-        .where(earlier.c.agent_id == agents.c.id, earlier.c.kind == "deprovision", earlier.c.decision == "disabled")
-        .order_by(earlier.c.time.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    kills = access_log.alias("kills")
-    killed_at = (
-        select(kills.c.time)
-        .where(kills.c.agent_id == agents.c.id, kills.c.kind == "sessions_revoked")
-        .order_by(kills.c.time.desc())
-        .limit(1)
-        .scalar_subquery()
+        select(spells.c.time).where(*_spell(spells, agents.c.id)).order_by(spells.c.time).limit(1).scalar_subquery()
     )
     # Materialised (SQLite >= 3.35, PostgreSQL >= 12): each disabled agent's disable time is looked up once, not
     # once per request of the month joined to it.
     disabled = (
-        select(agents.c.id.label("agent_id"), disabled_at.label("disabled_at"), killed_at.label("killed_at"))
+        select(agents.c.id.label("agent_id"), disabled_at.label("disabled_at"))
         .where(or_(agents.c.active == false(), agents.c.deleted_at.is_not(None)))
         .cte("disabled_agents")
         .prefix_with("MATERIALIZED")
@@ -327,8 +374,21 @@ async def disabled_access(
     total = int((await conn.execute(select(func.count()).select_from(joined).where(*where))).scalar_one())
     if not total:
         return 0, []  # the expected answer, found by the agent index alone (the listing below reads the month)
+    kills = access_log.alias("kills")
+    # The kill that followed the disable, not a later one: a request still open after it is access after the disable.
+    killed_at = (
+        select(kills.c.time)
+        .where(
+            kills.c.agent_id == disabled.c.agent_id,
+            kills.c.kind == "sessions_revoked",
+            kills.c.time >= disabled.c.disabled_at,
+        )
+        .order_by(kills.c.time)
+        .limit(1)
+        .scalar_subquery()
+    )
     rows = await conn.execute(
-        select(access_log, disabled.c.disabled_at.label("_disabled_at"), disabled.c.killed_at.label("_killed_at"))
+        select(access_log, disabled.c.disabled_at.label("_disabled_at"), killed_at.label("_killed_at"))
         .select_from(joined)
         .where(*where)
         .order_by(_c.time, _c.seq)

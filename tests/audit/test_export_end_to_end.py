@@ -5,8 +5,10 @@ Every reading of the log is itself in the log."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -29,7 +31,7 @@ from tests.components.inprocess import running_gateway
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_TOKEN = "admin-token-for-the-audit-tests"
+ADMIN_TOKEN = "admin-token-for-the-audit-tests-0123456789"
 HOSTILE_NAME = "mallory\r\nCEF:0|x|x|1|1|forged|10|suser=root \x1b[31m"
 T0 = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
 
@@ -89,7 +91,7 @@ class Stack:
     url: str
     receiver: SyslogReceiver
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, umask: int | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "gateway", "--config", str(self.config), *args],
             capture_output=True,
@@ -98,6 +100,7 @@ class Stack:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             timeout=60,
             check=False,
+            preexec_fn=None if umask is None else (lambda: os.umask(umask)),
         )
 
     async def kinds(self, kind: str) -> list[AccessRecord]:
@@ -195,6 +198,49 @@ async def test_the_admin_api_pages_and_streams_exports_only_for_an_admin_token(s
     assert searches[0].path == "/.channelgate/admin/audit/search" and searches[0].source_ip == HOST
     [export] = await stack.kinds("audit_export")
     assert export.detail == {"filters": {"agent": "alice"}, "format": "ocsf"}
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+async def test_the_admin_search_answers_400_naming_the_parameter_never_500_to_values_out_of_range(
+    stack: Stack,
+) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "application/json"}
+    cases = (
+        ({"limit": "\u00b2"}, "'limit'"),
+        ({"since": "0001-01-01T00:00:00+01:00"}, "'since'"),
+        ({"until": "9999-12-31T23:59:59-01:00"}, "'until'"),
+        ({"before": _cursor("0001-01-01T00:00:00+01:00/5")}, "'before'"),
+        ({"before": _cursor("2026-01-01T00:00:00+00:00/99999999999999999999999")}, "'before'"),  # beyond BIGINT
+    )
+    async with httpx.AsyncClient(base_url=stack.url + "/.channelgate/admin/audit") as client:
+        for params, named in cases:
+            response = await client.get("/search", params=params, headers=headers)
+            assert (response.status_code, response.json()["error"]) == (400, "bad_request"), params
+            assert named in response.json()["message"]
+
+
+async def test_an_export_file_is_private_even_over_an_existing_file_and_never_written_through_a_symlink(
+    stack: Stack, tmp_path: Path
+) -> None:
+    existing = tmp_path / "existing.jsonl"
+    existing.write_text("last month's export\n")
+    existing.chmod(0o644)
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("")
+    (tmp_path / "linked.jsonl").symlink_to(elsewhere)
+    for name in ("new.jsonl", "existing.jsonl", "linked.jsonl"):
+        target = tmp_path / name
+        done = stack.cli(
+            "audit", "export", "--format", "jsonl", "--agent", "alice", "--output", str(target), umask=0o022
+        )
+        assert done.returncode == 0, done.stderr
+        assert not target.is_symlink() and stat.S_IMODE(target.stat().st_mode) == 0o600, name
+        assert len(target.read_text(encoding="utf-8").splitlines()) == 12
+    assert elsewhere.read_text() == ""  # the link was replaced, not followed
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
 
 
 async def test_the_gateway_forwards_sealed_records_to_its_configured_siem(stack: Stack) -> None:

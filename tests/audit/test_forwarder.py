@@ -18,8 +18,10 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.audit.checkpoints import CheckpointSinkError, HttpSink
 from gateway.audit.forwarder import Forwarder, Forwarders, GapInChain, Timing, deliverable
-from gateway.audit.settings import ExportFormat, ForwarderSettings
+from gateway.audit.settings import CheckpointSettings, ExportFormat, ForwarderSettings
+from gateway.audit.transports import ForwardingFailed, transport_for
 from gateway.settings import DatabaseSettings
 from gateway.storage.access_log import AccessLogRepository, AccessRecord
 from gateway.storage.audit_chain import ChainStore
@@ -27,6 +29,7 @@ from gateway.storage.database import Database
 from gateway.storage.forwarders import ForwarderStore
 from gateway.storage.migrate import upgrade_to_head
 from tests.audit.siem_receivers import HOST, HttpsCollector, Pki, SyslogReceiver
+from tests.components.asgi_server import bound_socket
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -388,6 +391,55 @@ def _sealed(*positions: int) -> list[AccessRecord]:
 def test_a_forwarder_token_is_refused_outside_https() -> None:
     with pytest.raises(ValueError, match="only sent over https"):
         ForwarderSettings(name="siem", url="syslog+tcp://siem.example:514", token=SecretStr(TOKEN))
+
+
+COLLECTOR_PASSWORD = "s3cret-collector-password"
+
+
+async def test_an_untrusted_collector_certificate_is_reported_by_host_and_port_never_the_urls_password(
+    tmp_path: Path,
+) -> None:
+    trusted = Pki(tmp_path)
+    receiver = SyslogReceiver(Pki(tmp_path, name="rogue-ca").server_context())  # any TLS server not trusted
+    await receiver.start()
+    try:
+        url = f"https://siem:{COLLECTOR_PASSWORD}@{HOST}:{receiver.port}/ingest"
+        transport = transport_for(ForwarderSettings(name="siem", url=url, ca_file=str(trusted.ca_file)), "text/plain")
+        with pytest.raises(ForwardingFailed) as caught:
+            await transport.send(["{}"])
+        await transport.close()
+    finally:
+        await receiver.stop()
+    # Forwarder._run logs this message at ERROR level.
+    assert f"{HOST}:{receiver.port}" in caught.value.message
+    assert COLLECTOR_PASSWORD not in caught.value.message
+
+
+async def test_an_unreachable_checkpoint_collector_is_reported_by_host_and_port_never_the_urls_password() -> None:
+    closed = bound_socket()
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the connection is refused
+    sink = HttpSink(f"https://audit:{COLLECTOR_PASSWORD}@{HOST}:{port}/checkpoints", None)
+    try:
+        with pytest.raises(CheckpointSinkError) as caught:
+            await sink.write("{}")
+    finally:
+        await sink.aclose()
+    assert f"{HOST}:{port}" in caught.value.message and COLLECTOR_PASSWORD not in caught.value.message
+
+
+@pytest.mark.parametrize("sink", ["http://collector.internal/checkpoints", "file:///var/lib/channelgate/c.jsonl"])
+def test_a_checkpoint_sink_token_is_refused_unless_the_sink_is_https(sink: str) -> None:
+    with pytest.raises(ValueError, match="only sent over https"):
+        CheckpointSettings(sink=sink, sink_token=SecretStr("t" * 40))
+    assert CheckpointSettings(sink="https://collector.internal/checkpoints", sink_token=SecretStr("t" * 40)).sink_token
+
+
+def test_a_collector_takes_a_token_or_a_password_in_its_url_not_both() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        CheckpointSettings(sink="https://audit:pw@collector.internal/c", sink_token=SecretStr("t" * 40))
+    with pytest.raises(ValueError, match="not both"):
+        ForwarderSettings(name="siem", url="https://siem:pw@siem.example/ingest", token=SecretStr(TOKEN))
 
 
 def test_a_batch_stops_at_the_first_gap_and_a_gap_at_the_cursor_waits_unless_retention_purged_it() -> None:

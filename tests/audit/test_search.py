@@ -4,6 +4,7 @@ read every page; bad filter values refused with a message that says what is expe
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,10 @@ from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade_to_head
 
 T0 = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 @dataclass
@@ -143,6 +148,12 @@ async def test_an_export_reads_every_page_and_writes_one_line_per_record(log: Lo
         ({"before": "MjAyNi0xMi0wMVQwMTowMjowMy80Mg"}, "'before' is not a cursor"),  # 2026-12-01T01:02:03/42
         ({"before": "2026-11-01T00:00:00+00:00_5"}, "'before' is not a cursor"),  # the console's former cursor
         ({"sort": "time"}, "Unknown filter 'sort'"),
+        ({"limit": "\u00b2"}, "'limit' must be a whole number"),  # isdigit() is true for '²', int() refuses it
+        ({"since": "0001-01-01T00:00:00+01:00"}, "'since' must be an ISO 8601"),  # in UTC: before year 1
+        ({"until": "9999-12-31T23:59:59-01:00"}, "'until' must be an ISO 8601"),  # in UTC: after 9999
+        ({"before": _cursor("0001-01-01T00:00:00+01:00/5")}, "'before' is not a cursor"),
+        ({"before": _cursor("2026-01-01T00:00:00+00:00/99999999999999999999999")}, "'before' is not a cursor"),
+        ({"before": _cursor("2026-01-01T00:00:00+00:00/\u00b2")}, "'before' is not a cursor"),
     ],
 )
 def test_a_bad_filter_value_is_refused_with_what_is_expected(values: dict[str, str], message: str) -> None:

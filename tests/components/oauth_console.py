@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.types import ASGIApp
+
 from connectors.context import AgentSecrets
 from connectors.oauth2 import OAuth2Connector
 from deploy.demo.consoles import create_app
@@ -66,10 +68,13 @@ class OAuthConsole:
 
 @contextlib.asynccontextmanager
 async def oauth_console(
-    token_lifetime_seconds: int = 300, tickets: Sequence[Ticket] | None = None
+    token_lifetime_seconds: int = 300,
+    tickets: Sequence[Ticket] | None = None,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> AsyncIterator[OAuthConsole]:
     """The chat console with ``--auth oauth2`` (and the ticket API when ``tickets`` are given), trusting a real
-    gateway signer whose JWKS is served over HTTP."""
+    gateway signer whose JWKS is served over HTTP; ``wrap`` changes how it is served (tests/components/
+    split_answers.py)."""
     async with gateway_signer() as (signer, jwks_url):
         app = create_app(
             CHANNEL,
@@ -81,7 +86,7 @@ async def oauth_console(
             token_lifetime_seconds=token_lifetime_seconds,
             tickets=tickets,
         )
-        async with serve_asgi(app) as console:
+        async with serve_asgi(app if wrap is None else wrap(app)) as console:
             yield OAuthConsole(console, app.state.oauth, signer)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,13 +127,19 @@ class Console:
 
 @contextlib.asynccontextmanager
 async def demo_console(
-    channel: str, *, auth: Auth = "static", tickets: Sequence[Ticket] | None = None, credential: str | None = None
+    channel: str,
+    *,
+    auth: Auth = "static",
+    tickets: Sequence[Ticket] | None = None,
+    credential: str | None = None,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> AsyncIterator[Console]:
-    """``channel``'s console (``auth`` "static" or "seats", with ``tickets`` when given), its gateway's JWKS served."""
+    """``channel``'s console (``auth`` "static" or "seats", with ``tickets`` when given), its gateway's JWKS served;
+    ``wrap`` changes how it is served (tests/components/split_answers.py)."""
     credential = credential or (ADMIN_KEY if auth == "seats" else SERVICE_CREDENTIAL)
     async with gateway_signer() as (signer, jwks_url):
         app = create_app(channel, credential, jwks_url, ISSUER, auth=auth, tickets=tickets)
-        recorder = Recorder(app)
+        recorder = Recorder(app if wrap is None else wrap(app))
         async with serve_asgi(recorder) as served:
             yield Console(channel, credential, auth, app, signer, served, recorder)
 

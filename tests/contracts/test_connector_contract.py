@@ -22,7 +22,7 @@ from connectors.seats import SECRET_NAME
 from connectors.secret import Secret
 from connectors.static import StaticCredentialConnector
 from gateway.settings import StaticChannelSettings
-from tests.components.form_console import form_console
+from tests.components.form_console import FormConsole, form_console
 from tests.components.form_console import replicas as cookie_jar_replicas
 from tests.components.oauth_console import oauth_console
 from tests.components.oauth_console import replicas as oauth2_replicas
@@ -60,8 +60,10 @@ def _decoded(value: str) -> str:
     return value
 
 
-async def _prepared(connector: Connector, headers: list[tuple[str, str]] | None = None) -> UpstreamRequest:
-    request = UpstreamRequest("GET", URL, list(CLIENT_HEADERS if headers is None else headers))
+async def _prepared(
+    connector: Connector, headers: list[tuple[str, str]] | None = None, url: str = URL
+) -> UpstreamRequest:
+    request = UpstreamRequest("GET", url, list(CLIENT_HEADERS if headers is None else headers))
     await connector.prepare(AGENT, request)
     return request
 
@@ -78,24 +80,31 @@ class ConnectorContract:
     def credential(self) -> str:
         return CREDENTIAL
 
-    async def test_a_connector_that_declares_inject_adds_each_injected_header_once(self, connector: Connector) -> None:
-        request = await _prepared(connector)
+    @pytest.fixture
+    def url(self) -> str:
+        """Where the proxied request goes (a kind bound to one console's origin overrides it)."""
+        return URL
+
+    async def test_a_connector_that_declares_inject_adds_each_injected_header_once(
+        self, connector: Connector, url: str
+    ) -> None:
+        request = await _prepared(connector, url=url)
         names = [name.lower() for name, _ in request.headers]
         for injected in connector.injected_headers():
             expected = 1 if Capability.INJECT in connector.capabilities else 0
             assert names.count(injected.lower()) == expected
 
-    async def test_prepare_changes_only_the_injected_headers(self, connector: Connector) -> None:
-        request = await _prepared(connector)
+    async def test_prepare_changes_only_the_injected_headers(self, connector: Connector, url: str) -> None:
+        request = await _prepared(connector, url=url)
         injected = {name.lower() for name in connector.injected_headers()}
         assert [(n, v) for n, v in request.headers if n.lower() not in injected] == CLIENT_HEADERS
-        assert (request.method, request.url) == ("GET", URL)
+        assert (request.method, request.url) == ("GET", url)
 
     async def test_the_credential_reaches_the_upstream_headers_and_nothing_else(
-        self, connector: Connector, credential: str, caplog: pytest.LogCaptureFixture
+        self, connector: Connector, credential: str, url: str, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
-        request = await _prepared(connector)
+        request = await _prepared(connector, url=url)
         assert credential in "\n".join(_decoded(v) for _, v in request.headers)
         injected = {name.lower() for name in connector.injected_headers()}
         presented = [v for n, v in request.headers if n.lower() in injected]
@@ -116,10 +125,10 @@ class ConnectorContract:
 
     @pytest.mark.parametrize("spelling", [str.upper, str.lower])
     async def test_a_client_copy_of_an_injected_header_is_replaced_in_any_spelling(
-        self, connector: Connector, spelling: object
+        self, connector: Connector, spelling: object, url: str
     ) -> None:
         forged = [(spelling(name), "forged-by-client") for name in connector.injected_headers()]  # type: ignore[operator]
-        request = await _prepared(connector, [*CLIENT_HEADERS, *forged])
+        request = await _prepared(connector, [*CLIENT_HEADERS, *forged], url)
         assert "forged-by-client" not in "\n".join(_decoded(v) for _, v in request.headers)
         names = [name.lower() for name, _ in request.headers]
         assert all(names.count(name.lower()) == 1 for name in connector.injected_headers())
@@ -138,15 +147,17 @@ class ConnectorContract:
             declared = bool(STEP_CAPABILITIES[step] & connector.capabilities)
             assert (result.outcome is Outcome.NOT_APPLICABLE) is not declared
 
-    async def test_after_an_upstream_401_the_request_still_carries_one_credential(self, connector: Connector) -> None:
-        request = await _prepared(connector)
+    async def test_after_an_upstream_401_the_request_still_carries_one_credential(
+        self, connector: Connector, url: str
+    ) -> None:
+        request = await _prepared(connector, url=url)
         resend = await connector.on_upstream_unauthorized(AGENT, request)
         assert isinstance(resend, bool)
         names = [name.lower() for name, _ in request.headers]
         assert all(names.count(name.lower()) == 1 for name in connector.injected_headers())
 
-    async def test_close_forgets_and_can_be_called_twice(self, connector: Connector) -> None:
-        await _prepared(connector)
+    async def test_close_forgets_and_can_be_called_twice(self, connector: Connector, url: str) -> None:
+        await _prepared(connector, url=url)
         await connector.aclose()
         await connector.aclose()
 
@@ -178,8 +189,18 @@ class TestCookieJar(ConnectorContract):
     had logged in); on a 401 the connector signs in to the real form-login console with alice's stored password."""
 
     @pytest.fixture
-    async def connector(self, tmp_path: Path) -> AsyncIterator[Connector]:
-        async with form_console() as console, cookie_jar_replicas(tmp_path) as replicas:
+    async def console(self) -> AsyncIterator[FormConsole]:
+        async with form_console() as console:
+            yield console
+
+    @pytest.fixture
+    def url(self, console: FormConsole) -> str:
+        """The jar goes to its console's origin only."""
+        return f"{console.url}/api/queue?x=1"
+
+    @pytest.fixture
+    async def connector(self, console: FormConsole, tmp_path: Path) -> AsyncIterator[Connector]:
+        async with cookie_jar_replicas(tmp_path) as replicas:
             await replicas.set_password(AGENT.agent_id, AGENT.user_name)
             jar = CookieJar().merge([f"legacy_session={CREDENTIAL}; Path=/"], time.time())
             await replicas.secrets().put(AGENT.agent_id, JAR_PREFIX + "seeded", Secret(jar.dumps()))

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gateway.cli import build_parser
+from gateway.errors import ConfigError
 from gateway.settings import load_settings
 from tests.components.pki import TestCa
 from tests.deploy.test_front_proxies import nginx_test
@@ -112,6 +113,9 @@ def test_the_configuration_loads_with_the_documented_secrets(tmp_path: Path) -> 
         if line and not line.startswith("#"):
             name, _, value = line.partition("=")
             environ[name] = value
+    with pytest.raises(ConfigError, match=r"admin\.tokens"):  # the placeholder opens nothing: fill it in, as asked
+        load_settings(config, environ=environ)
+    environ["CHANNELGATE_ADMIN__TOKENS"] = '["compose-admin-token-of-at-least-32-characters"]'
     settings = load_settings(config, environ=environ)
     assert settings.vault.active_key == "2026-12" and "2026-12" in settings.vault.keys
     assert settings.sessions.redis.password_file == secrets / "redis-password"

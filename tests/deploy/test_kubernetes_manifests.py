@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from gateway.cli import build_parser
+from gateway.errors import ConfigError
 from gateway.settings import load_settings
 from tests.deploy.tools import DEPLOY, ROOT, run, tool
 
@@ -199,6 +200,9 @@ def test_the_configmaps_channelgate_toml_loads_with_the_secrets_in_place(overlay
     path = tmp_path / "channelgate.toml"
     path.write_text(toml, encoding="utf-8")
     environ = dict(example["channelgate-secrets"])
+    with pytest.raises(ConfigError, match=r"admin\.tokens"):  # the placeholder opens nothing: fill it in, as asked
+        load_settings(path, environ=environ)
+    environ["CHANNELGATE_ADMIN__TOKENS"] = '["kubernetes-admin-token-of-at-least-32-characters"]'
     settings = load_settings(path, environ=environ)
     assert settings.sessions.store == "redis" and settings.database.is_postgres
     assert settings.database.sslmode == "verify-full"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,9 +18,11 @@ import pytest
 
 from connectors.base import AgentRef, Capability, Outcome, StepContext, UpstreamRequest
 from connectors.cookie_jar import JAR_PREFIX, PASSWORD, ConsoleLoginFailed, CookieJarConnector
+from connectors.vault import Vault
 from deploy.demo.console_auth import ASSERTION_HEADER
 from deploy.demo.form_login import LOGGED_IN, LOGGED_OUT, SESSION_COOKIE
-from gateway.errors import UpstreamError
+from gateway.errors import ConfigError, UpstreamError
+from gateway.settings import load_settings
 from tests.components.form_console import ACCOUNTS, SERVICE_CREDENTIAL, FormConsole, Replicas, form_console
 from tests.components.form_console import replicas as shared_database
 
@@ -311,3 +314,68 @@ async def test_no_password_session_or_service_credential_reaches_a_receipt_repr_
     )
     for secret in [ACCOUNTS["alice"], "wrong-bob-password", SERVICE_CREDENTIAL, session.split("=", 1)[1]]:
         assert secret not in seen
+
+
+async def test_after_the_old_vault_key_is_removed_a_password_stored_again_signs_the_agent_in(
+    console: FormConsole, replicas: Replicas
+) -> None:
+    """The jar and password sealed under the removed key are unreadable: the password must be stored again (the
+    page says so), the old jar is absent for requests and named by revoke, and verification asks the console."""
+    await prepared(replicas.connector(console))  # a jar sealed under k1
+    replicas.vault = Vault({"k2": os.urandom(32)}, "k2")  # k1 removed, a restart (empty memory)
+    with pytest.raises(ConsoleLoginFailed, match="sealed under a vault key that is no longer configured"):
+        await prepared(replicas.connector(console))
+    await replicas.set_password(ALICE.agent_id, "alice")  # channelgate channels set-agent-password mail alice
+    restarted = replicas.connector(console)
+    request = await prepared(restarted)
+    assert (await send(console, request)).status_code == 200
+    revoked = await restarted.revoke(ALICE, CTX)
+    assert revoked.outcome is Outcome.DONE
+    assert "1 stored console session(s) are sealed under a vault key that is no longer configured" in revoked.detail
+    verified = await restarted.verify_no_access(ALICE, VERIFY)  # the k1 login's session is still live there
+    assert verified.detail == "access remains: the console lists 1 live session(s) for alice"
+
+
+async def test_a_jar_is_never_sent_to_another_origin_than_its_consoles(
+    console: FormConsole, replicas: Replicas
+) -> None:
+    connector = replicas.connector(console)
+    assert (await prepared(connector)).header("Cookie")
+    for url in ("http://files.cdn.example/mail/logo.png", console.url.replace("http://", "https://") + "/session"):
+        foreign = UpstreamRequest("GET", url, [("Cookie", "from-the-browser=1")])
+        await connector.prepare(ALICE, foreign)
+        assert foreign.header("Cookie") is None
+
+
+def test_a_cookie_jar_route_to_another_origin_than_console_url_is_refused_at_load(tmp_path: Path) -> None:
+    config = tmp_path / "channelgate.toml"
+    config.write_text(
+        """
+[server]
+public_url = "https://gateway.example.com"
+
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "c"
+client_secret = "s"
+
+[channels.helpdesk]
+kind = "cookie_jar"
+console_url = "https://helpdesk.internal"
+
+[[routes]]
+channel = "helpdesk"
+prefix = "/helpdesk/"
+upstream = "https://helpdesk.internal:443/app/"
+
+[[routes]]
+channel = "helpdesk"
+prefix = "/files/"
+upstream = "http://files.cdn.example"
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, environ={})
+    assert "route '/files/' of cookie_jar channel 'helpdesk' goes to http://files.cdn.example" in refused.value.message
+    assert "'/helpdesk/'" not in refused.value.message  # same origin, another path: accepted

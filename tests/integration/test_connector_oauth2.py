@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,7 +25,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
-from connectors.oauth2 import EXPIRED_ROW_GRACE_SECONDS, OAuth2Connector
+from connectors.oauth2 import EXPIRED_ROW_GRACE_SECONDS, REFUSAL_FLOOR_SECONDS, OAuth2Connector
+from connectors.vault import Vault
 from deploy.demo.console_auth import ASSERTION_HEADER
 from deploy.demo.tickets_api import Ticket
 from gateway.errors import UpstreamError
@@ -32,6 +34,7 @@ from gateway.storage.agent_secrets import AgentSecretRepository, StoredAgentSecr
 from tests.components.asgi_server import serve_asgi
 from tests.components.oauth_console import CHANNEL, CLIENT_ID, CLIENT_SECRET, OAuthConsole, Replicas, oauth_console
 from tests.components.oauth_console import replicas as shared_database
+from tests.components.split_answers import SplitAnswers
 
 ALICE = AgentRef(agent_id="agent-alice", user_name="alice")
 BOB = AgentRef(agent_id="agent-bob", user_name="bob")
@@ -178,9 +181,11 @@ async def test_access_token_rows_long_past_expiry_are_dropped(console: OAuthCons
 async def test_a_401_refreshes_once_and_the_resent_request_is_accepted(
     console: OAuthConsole, replicas: Replicas
 ) -> None:
-    connector = replicas.connector(console)
+    clock = Clock()
+    connector = replicas.connector(console, clock=clock)
     request = await prepared(connector)
     await revoke_at_console(console, bearer(request))
+    clock.shift = REFUSAL_FLOOR_SECONDS  # not refused the moment it was obtained (see the floor's own test)
     refused = await console_page(console, request)
     assert refused.status_code == 401
     assert 'error="invalid_token"' in refused.headers["www-authenticate"]
@@ -193,10 +198,12 @@ async def test_a_401_refreshes_once_and_the_resent_request_is_accepted(
 async def test_after_the_grant_is_revoked_a_401_exchanges_a_new_token(
     console: OAuthConsole, replicas: Replicas
 ) -> None:
-    connector = replicas.connector(console)
+    clock = Clock()
+    connector = replicas.connector(console, clock=clock)
     request = await prepared(connector)
     [refresh] = [r for r in await replicas.secrets().list(ALICE.agent_id) if r.name.startswith("refresh:")]
     await revoke_at_console(console, refresh.value.reveal())
+    clock.shift = REFUSAL_FLOOR_SECONDS
     assert await connector.on_upstream_unauthorized(ALICE, request) is True
     assert (await console_page(console, request)).status_code == 200
     assert console.oauth.tokens.exchanges == 2
@@ -205,9 +212,11 @@ async def test_after_the_grant_is_revoked_a_401_exchanges_a_new_token(
 async def test_a_401_for_a_token_another_request_already_replaced_takes_the_new_one(
     console: OAuthConsole, replicas: Replicas
 ) -> None:
-    connector = replicas.connector(console)
+    clock = Clock()
+    connector = replicas.connector(console, clock=clock)
     one, two = await prepared(connector), await prepared(connector)
     await revoke_at_console(console, bearer(one))
+    clock.shift = REFUSAL_FLOOR_SECONDS
     results = await asyncio.gather(
         connector.on_upstream_unauthorized(ALICE, one), connector.on_upstream_unauthorized(ALICE, two)
     )
@@ -215,6 +224,23 @@ async def test_a_401_for_a_token_another_request_already_replaced_takes_the_new_
     assert bearer(one) == bearer(two)
     access_rows = [r for r in await replicas.secrets().list(ALICE.agent_id) if r.name.startswith("access:")]
     assert len(access_rows) == 2  # the refused one (kept for the pipeline) and one replacement, not two
+
+
+async def test_a_page_that_always_answers_401_costs_no_token_call_per_request(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    clock = Clock()
+    connector = replicas.connector(console, clock=clock)
+    for _ in range(5):
+        request = await prepared(connector)
+        assert await connector.on_upstream_unauthorized(ALICE, request) is False  # the 401 is passed on
+    assert console.oauth.tokens.exchanges == 1
+    assert len([r for r in await replicas.secrets().list(ALICE.agent_id) if r.name.startswith("access:")]) == 1
+    clock.shift = REFUSAL_FLOOR_SECONDS  # once the floor has passed, a refusal gets one fresh token
+    request = await prepared(connector)
+    assert await connector.on_upstream_unauthorized(ALICE, request) is True
+    request = await prepared(connector)
+    assert await connector.on_upstream_unauthorized(ALICE, request) is False
 
 
 async def test_tokens_obtained_on_one_replica_are_revoked_and_verified_by_another(
@@ -471,3 +497,28 @@ async def test_with_a_ticket_api_open_tickets_are_handed_to_the_successor(replic
         result = await connector.hand_over(ALICE, AgentRef("agent-carol", "carol"), CTX)
     assert (result.outcome, result.detail) == (Outcome.DONE, "2 open tickets handed to carol")
     assert [(e.effect, e.subject) for e in console.effects.entries] == [("ticket reassigned", "alice")] * 2
+
+
+async def test_a_token_answer_that_arrives_in_two_parts_is_read_whole(replicas: Replicas) -> None:
+    async with oauth_console(wrap=SplitAnswers) as console:
+        request = await prepared(replicas.connector(console))
+        assert (await console_page(console, request)).status_code == 200
+
+
+async def test_after_the_old_vault_key_is_removed_an_agent_gets_a_new_token_instead_of_an_error(
+    console: OAuthConsole, replicas: Replicas
+) -> None:
+    """A token sealed under a key that is no longer configured is unreadable: absent for a request, named by the
+    pipeline, which can neither revoke nor introspect it."""
+    await prepared(replicas.connector(console))
+    replicas.vault = Vault({"k2": os.urandom(32)}, "k2")  # k1 removed, a restart (empty memory)
+    restarted = replicas.connector(console)
+    request = await prepared(restarted)
+    assert (await console_page(console, request)).status_code == 200
+    assert console.oauth.tokens.exchanges == 2
+    revoked = await restarted.revoke(ALICE, CTX)
+    assert revoked.outcome is Outcome.FAILED
+    assert "2 token(s) are sealed under vault key 'k1'" in revoked.detail  # the unreadable refresh and access
+    assert "add the key back" in revoked.detail
+    verified = await restarted.verify_no_access(ALICE, CTX)
+    assert (verified.outcome, verified.detail.startswith("access may remain")) == (Outcome.FAILED, True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,10 +20,12 @@ import httpx
 import pytest
 
 from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
-from connectors.seats import SECRET_NAME, SeatsConnector
+from connectors.seats import REFUSAL_FLOOR_SECONDS, SECRET_NAME, SeatsConnector
+from connectors.vault import Vault
 from deploy.demo.console_auth import ASSERTION_HEADER
 from gateway.errors import AccessDenied, ChannelgateError, UpstreamError
 from tests.components.seats_console import ADMIN_KEY, Console, Replicas, demo_console, replicas
+from tests.components.split_answers import SplitAnswers
 
 ALICE = AgentRef(agent_id="agent-alice", user_name="alice", email="alice@example.com", manager_user_name="carol")
 BOB = AgentRef(agent_id="agent-bob", user_name="bob")
@@ -54,6 +58,12 @@ async def upstream(console: Console, request: UpstreamRequest, agent: AgentRef =
     headers = [*request.headers, (ASSERTION_HEADER, console.assertion(agent.agent_id, agent.user_name))]
     async with httpx.AsyncClient() as client:
         return await client.request(request.method, request.url, headers=headers)
+
+
+def later(connector: SeatsConnector) -> SeatsConnector:
+    """The connector past the refusal floor of every key obtained so far: a refusal now gets a new key."""
+    connector.clock = lambda: time.time() + REFUSAL_FLOOR_SECONDS
+    return connector
 
 
 async def effects(console: Console, effect: str, subject: str = "alice") -> list[str]:
@@ -116,7 +126,7 @@ async def test_after_a_401_a_replica_picks_up_the_key_another_rotated_instead_of
     async with replicas(database_url) as shared:
         first, second = shared.seats(console), shared.seats(console)
         stale_first, stale_second = await prepared(first, console), await prepared(second, console)
-        assert await first.on_upstream_unauthorized(ALICE, stale_first) is True
+        assert await later(first).on_upstream_unauthorized(ALICE, stale_first) is True
         assert (await upstream(console, stale_second)).status_code == 401
         assert await second.on_upstream_unauthorized(ALICE, stale_second) is True
         assert stale_second.header("Authorization") == stale_first.header("Authorization")
@@ -127,6 +137,7 @@ async def test_after_a_401_a_replica_picks_up_the_key_another_rotated_instead_of
 async def test_a_burst_of_401s_rotates_the_key_once(console: Console, shared: Replicas) -> None:
     connector = shared.seats(console)
     stale = [await prepared(connector, console) for _ in range(10)]
+    later(connector)
     resend = await asyncio.gather(*(connector.on_upstream_unauthorized(ALICE, request) for request in stale))
     assert all(resend)
     assert len({request.header("Authorization") for request in stale}) == 1
@@ -353,7 +364,7 @@ async def test_no_key_ever_reaches_a_receipt_log_line_error_or_repr(
     results: list[StepResult] = [await connector.provision(ALICE, ctx("provision"))]
     await remember_key()
     request = await prepared(connector, console)
-    await connector.on_upstream_unauthorized(ALICE, request)
+    await later(connector).on_upstream_unauthorized(ALICE, request)
     await remember_key()
     console.faults.set("unavailable", "/admin/")
     results.append(await connector.revoke(ALICE, ctx("revoke")))
@@ -376,3 +387,84 @@ async def test_no_key_ever_reaches_a_receipt_log_line_error_or_repr(
     assert len(keys) == 3  # the admin key and both of alice's seat keys
     for key in keys:
         assert all(key not in text for text in texts)
+
+
+ALICE_RENAMED = AgentRef(agent_id="agent-alice", user_name="alice.kim", email="alice@example.com")
+
+
+async def test_after_a_scim_rename_revoke_disables_the_seat_made_under_the_old_name(
+    console: Console, shared: Replicas
+) -> None:
+    connector = shared.seats(console)
+    await prepared(connector, console)
+    revoked = await connector.revoke(ALICE_RENAMED, ctx("revoke"))
+    assert revoked.outcome is Outcome.DONE, revoked.detail
+    assert console.seats.seat("alice").active is False  # type: ignore[union-attr]
+    verified = await connector.verify_no_access(ALICE_RENAMED, ctx("verify"))
+    assert verified.outcome is Outcome.DONE, verified.detail
+    assert "their last key is refused" in verified.detail
+    assert console.seats.seat("alice.kim") is None
+
+
+async def test_after_a_rename_a_seat_that_now_has_the_old_name_is_never_disabled_or_deleted(
+    console: Console, shared: Replicas
+) -> None:
+    await prepared(shared.seats(console), console)
+    await admin(console, "DELETE", "seats/alice")
+    await admin(console, "POST", "seats", json={"userName": "alice"})  # a new hire's seat took the name
+    for step, connector in (("revoke", shared.seats(console)), ("remove", shared.seats(console, remove="delete"))):
+        result = await getattr(connector, step)(ALICE_RENAMED, ctx(step))
+        assert result.outcome is Outcome.FAILED
+        assert "is not the one made for alice.kim" in result.detail
+    assert console.seats.seat("alice").active is True  # type: ignore[union-attr]
+
+
+async def test_a_recorded_seat_not_found_at_the_vendor_is_gone_only_when_its_last_key_is_refused(
+    console: Console, shared: Replicas
+) -> None:
+    await prepared(shared.seats(console), console)
+    await admin(console, "DELETE", "seats/alice")
+    unproven = await shared.seats(console, key_check_url=None).revoke(ALICE, ctx("revoke"))
+    assert unproven.outcome is Outcome.FAILED
+    assert "check at the vendor whether it was deleted or renamed" in unproven.detail
+    proven = await shared.seats(console).revoke(ALICE, ctx("revoke"))
+    assert proven.outcome is Outcome.DONE, proven.detail
+    assert "its last key is refused" in proven.detail
+
+
+async def test_a_page_that_always_answers_401_does_not_rotate_the_seat_key_per_request(
+    console: Console, shared: Replicas
+) -> None:
+    connector = shared.seats(console)
+    for _ in range(5):
+        request = await prepared(connector, console)
+        assert await connector.on_upstream_unauthorized(ALICE, request) is False  # the 401 is passed on
+    assert await effects(console, "seat key rotated") == []
+    request = await prepared(later(connector), console)
+    assert await connector.on_upstream_unauthorized(ALICE, request) is True
+    assert len(await effects(console, "seat key rotated")) == 1
+
+
+async def test_a_seat_key_under_a_removed_vault_key_is_replaced_by_rotating_the_recorded_seat(
+    console: Console, shared: Replicas
+) -> None:
+    """The row's record of the seat (its id and name) is readable without the key: the seat gets a new key, the
+    agent does not get a second seat, and the seat can still be revoked."""
+    await prepared(shared.seats(console), console)
+    seat_id = console.seats.seat("alice").id  # type: ignore[union-attr]
+    shared.vault = Vault({"k2": os.urandom(32)}, "k2")  # k1 removed, a restart (empty memory)
+    await prepared(shared.seats(console), console, ALICE_RENAMED)
+    assert console.seats.seat("alice.kim") is None
+    assert console.seats.seat("alice").id == seat_id  # type: ignore[union-attr]
+    assert len(await effects(console, "seat key rotated")) == 1
+    stored = await shared.secrets("phone").get(ALICE.agent_id, SECRET_NAME)
+    assert stored is not None and stored.meta["seat_id"] == seat_id
+    assert (await shared.seats(console).revoke(ALICE_RENAMED, ctx("revoke"))).outcome is Outcome.DONE
+    assert console.seats.seat("alice").active is False  # type: ignore[union-attr]
+
+
+async def test_a_seat_key_shown_in_an_answer_that_arrives_in_two_parts_is_kept(shared: Replicas) -> None:
+    async with demo_console("phone", auth="seats", wrap=SplitAnswers) as split:
+        request = await prepared(shared.seats(split), split)
+        assert (await upstream(split, request)).status_code == 200
+        assert await shared.secrets("phone").get(ALICE.agent_id, SECRET_NAME) is not None

@@ -13,10 +13,19 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from connectors.base import AgentRef, Capability, Outcome, StepContext
+from connectors.vendor_http import MAX_ANSWER_BYTES, VendorAnswer, call
+from deploy.demo.tickets_api import Ticket
+from tests.components.asgi_server import serve_asgi
 from tests.components.seats_console import FALLBACK_QUEUE, Console, Replicas, demo_console, replicas, seed
+from tests.components.split_answers import SplitAnswers
 
 ALICE = AgentRef(agent_id="agent-alice", user_name="alice", manager_user_name="carol")
 CAROL = AgentRef(agent_id="agent-carol", user_name="carol")
@@ -183,3 +192,27 @@ async def test_the_seats_kind_hands_over_through_the_same_ticket_api_with_its_ad
         assert result.outcome is Outcome.DONE
         assert result.detail.startswith("3 open tickets moved to queue")
         assert sorted(await reassigned(console)) == ALICES_OPEN
+
+
+async def test_ticket_pages_that_arrive_in_two_parts_are_read_whole_and_handed_over(shared: Replicas) -> None:
+    async with demo_console("chat", tickets=TICKETS, wrap=SplitAnswers) as chat:
+        result = await shared.static(chat).hand_over(ALICE, CAROL, ctx())
+        assert (result.outcome, result.detail) == (Outcome.DONE, "3 open tickets handed to carol")
+        assert sorted(await reassigned(chat)) == ALICES_OPEN
+
+
+async def test_a_ticket_page_of_several_hundred_kilobytes_under_the_limit_is_read_whole(shared: Replicas) -> None:
+    """No pause anywhere: on loopback a page this size already arrives in more than one read."""
+    tickets = [Ticket(f"T-{i}", "s" * 3000, "alice", "support", "open") for i in range(150)]
+    async with demo_console("chat", tickets=tickets) as chat:
+        result = await shared.static(chat).hand_over(ALICE, CAROL, ctx())
+        assert (result.outcome, result.detail) == (Outcome.DONE, "150 open tickets handed to carol")
+
+
+async def test_an_answer_larger_than_the_size_limit_is_read_as_no_body() -> None:
+    async def huge(request: Request) -> Response:
+        return Response(b"[" + b"0," * (MAX_ANSWER_BYTES // 2) + b"0]", media_type="application/json")
+
+    async with serve_asgi(Starlette(routes=[Route("/api/tickets", huge)])) as server, aiohttp.ClientSession() as http:
+        answer = await call(http, "GET", f"{server.url}/api/tickets", authorization=("Authorization", "Bearer k"))
+    assert isinstance(answer, VendorAnswer) and (answer.status, answer.body) == (200, None)

@@ -391,6 +391,20 @@ async def test_a_reviewer_opens_an_agents_offboarding_report_and_the_monthly_rev
     assert unknown.status_code == 404
 
 
+async def test_a_reviewers_report_is_recorded_naming_the_agent_or_month_and_the_reviewer(gateway: Deployment) -> None:
+    await gateway.login("dora")
+    rita = await _signed_in(gateway, "rita")
+    started = datetime.now(UTC)  # the module's gateway is shared: only this test's reports
+    for path, params in (("/reports/agent", {"agent": "dora"}), ("/reports/monthly", {"month": "2026-11"})):
+        assert (await rita.get(gateway.url + CONSOLE + path, params=params)).status_code == 200
+    views = await gateway.services.access_log.search(AccessQuery(kind="report_view", since=started))
+    assert sorted((r.path, str(r.detail)) for r in views) == [
+        (CONSOLE + "/reports/agent", str({"report": "agent", "agent": "dora"})),
+        (CONSOLE + "/reports/monthly", str({"report": "monthly", "month": "2026-11"})),
+    ]
+    assert {r.actor for r in views} == {"console:rita"} and all(r.source_ip for r in views)
+
+
 async def test_a_reviewer_sees_the_chains_sealed_head_and_how_many_records_wait_for_the_sealer(
     gateway: Deployment,
 ) -> None:

@@ -100,6 +100,7 @@ async def test_get_never_changes_state(gateway: Deployment, admin: httpx.AsyncCl
     status = await admin.get(gateway.url + "/.channelgate/admin/agents/alice", headers=token)
     assert status.status_code == 200
     assert status.json()["active"] is True and status.json()["live_sessions"] == 1
+    assert status.json()["live_sessions_not_checked"] is None
     for url in (_deprovision_url(gateway, "alice"), _deprovision_url(gateway, "alice") + "?reason=left"):
         response = await admin.get(url, headers=token)
         assert response.status_code >= 400

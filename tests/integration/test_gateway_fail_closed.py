@@ -110,6 +110,24 @@ async def test_redis_down_refuses_every_request_and_recovery_does_not_resurrect_
     assert (await again.get(gateway.url + "/chat/echo", headers=JSON)).status_code == 200
 
 
+@pytest.mark.redis
+@pytest.mark.oidc
+@pytest.mark.timeout(90)
+async def test_redis_down_makes_the_admin_status_say_the_sessions_were_not_checked_never_zero(
+    redis_gateway: Deployment, own_redis: RedisServer
+) -> None:
+    gateway = redis_gateway
+    await gateway.login("alice")
+    own_redis.kill()
+    async with httpx.AsyncClient() as admin:
+        status = await admin.get(gateway.url + "/.channelgate/admin/agents/alice", headers=gateway.admin_headers())
+    assert status.status_code == 200
+    body = status.json()
+    assert body["live_sessions"] is None, body  # an operator checking a departed agent must not read "0"
+    assert body["live_sessions_not_checked"].startswith("the redis session store was not checked: ")
+    assert body["active"] is True and body["deprovisioning"] is not None
+
+
 async def _status_is(url: str, status: int) -> bool:
     async with httpx.AsyncClient() as client:
         return (await client.get(url)).status_code == status

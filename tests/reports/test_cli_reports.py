@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli.reports import private_output
 from gateway.deprovision.plan import RunState
+from gateway.storage.access_log import AccessQuery
 from gateway.timeutil import utcnow
 from tests.components.offboarding import OffboardingStack, offboarding_stack
 from tests.integration.test_deprovision_pipeline import finished_run, gateway_of, give_access
@@ -91,3 +93,54 @@ async def test_cli_refuses_an_unknown_agent_and_a_bad_month_with_a_clear_message
     assert "No agent, live or deleted, has the id or userName 'nobody'" in unknown.stderr
     assert (bad_month.returncode, bad_month.stdout) == (2, "")  # bad usage
     assert "YYYY-MM" in bad_month.stderr
+
+
+async def test_cli_reports_record_whose_report_or_which_month_was_read_and_by_whom() -> None:
+    """A report reads personal data out of the access log: like a search of it, that reading is itself recorded."""
+    async with offboarding_stack({}, ["alice", "carol"]) as stack:
+        await offboard(stack)
+        month = utcnow().strftime("%Y-%m")
+        agent = channelgate(stack, "report", "agent", "alice", "--format", "json")
+        monthly = channelgate(stack, "report", "monthly", month, "--format", "json")
+        async with gateway_of(stack) as services:
+            views = await services.access_log.search(AccessQuery(kind="report_view"))
+
+    assert agent.returncode == 0 and monthly.returncode == 0, agent.stderr + monthly.stderr
+    assert sorted(str(r.detail) for r in views) == sorted(
+        [str({"report": "agent", "agent": "alice"}), str({"report": "monthly", "month": month})]
+    )
+    assert all((r.actor or "").startswith("cli:") and r.action == "view" for r in views)
+
+
+def test_a_report_file_is_private_over_an_existing_readable_file_and_never_written_through_a_symlink(
+    tmp_path: Path,
+) -> None:
+    existing = tmp_path / "last-month.html"
+    existing.write_text("old")
+    existing.chmod(0o644)  # copied in, or made by another tool
+    elsewhere = tmp_path / "attacker-readable.txt"
+    elsewhere.write_text("")
+    planted = tmp_path / "report.html"
+    planted.symlink_to(elsewhere)
+    for target in (existing, planted, tmp_path / "new.html"):
+        with private_output(target) as handle:
+            handle.write("<p>personal data</p>")
+        assert not target.is_symlink() and stat.S_IMODE(target.stat().st_mode) == 0o600, target.name
+        assert target.read_text() == "<p>personal data</p>"
+    assert elsewhere.read_text() == ""
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_a_report_file_that_fails_halfway_leaves_neither_a_partial_file_nor_a_changed_target(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    target.write_text("complete earlier report")
+
+    def fail_halfway() -> None:
+        with private_output(target) as handle:
+            handle.write("half")
+            raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError):
+        fail_halfway()
+    assert target.read_text() == "complete earlier report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.reports.handover import read_hand_over
-from gateway.reports.period import parse_month
+from gateway.reports.period import InvalidMonth, parse_month
 from gateway.reports.volume import AgentDay, VolumeRule, outliers
 from gateway.reports.zero_access import (
     NOT_PROVEN,
@@ -42,6 +42,15 @@ def test_a_month_is_its_local_days_and_ends_at_the_next_local_midnight() -> None
     assert (month.start, month.end) == (datetime(2026, 11, 30, 15, tzinfo=UTC), datetime(2026, 12, 31, 15, tzinfo=UTC))
     assert month.days[0] == "2026-12-01" and month.days[-1] == "2026-12-31" and len(month.days) == 31
     assert [s.offset_minutes for s in parse_month("2026-10", "Europe/Berlin").stretches] == [120, 60]
+
+
+@pytest.mark.parametrize(("month", "zone"), [("0001-01", "Asia/Seoul"), ("9999-12", "Asia/Seoul"), ("9999-12", "UTC")])
+def test_a_month_whose_bounds_fall_outside_the_calendar_is_a_bad_request_naming_the_month(
+    month: str, zone: str
+) -> None:
+    with pytest.raises(InvalidMonth, match="'month'") as raised:
+        parse_month(month, zone)
+    assert raised.value.status == 400
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,16 @@ def test_check_config_exits_2_on_a_missing_file(tmp_path: Path) -> None:
     assert "no such configuration file" in result.stderr
 
 
+def test_check_config_exits_2_naming_a_file_that_is_not_utf8_or_is_a_directory(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(GOOD.encode("utf-8") + b"# caf\xe9\n")
+    for path, problem in ((latin1, "not UTF-8"), (tmp_path, "is a directory")):
+        result = _check_config(path)
+        assert result.returncode == 2, result.stderr
+        assert str(path) in result.stderr and problem in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_the_example_configuration_is_valid_in_every_section() -> None:
     from gateway.settings import load_settings
 
@@ -73,3 +83,12 @@ def test_the_example_configuration_is_valid_in_every_section() -> None:
     assert settings.audit.forwarders[0].name == "siem" and settings.console.admin_groups == ("gateway-admins",)
     helpdesk = next(route for route in settings.routes if route.channel == "helpdesk")
     assert settings.ldap is not None and helpdesk.data[0].action == "download"
+
+
+def test_the_example_configuration_ships_no_working_admin_token_but_says_how_to_make_one() -> None:
+    from gateway.settings import load_settings
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "channelgate.example.toml"
+    assert load_settings(example, environ={}).admin.tokens == ()
+    section = example.read_text(encoding="utf-8").split("[admin]", 1)[1].split("\n\n", 1)[0]
+    assert "secrets.token_urlsafe(32)" in section and "CHANNELGATE_ADMIN__TOKENS" in section

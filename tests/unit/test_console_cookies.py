@@ -16,6 +16,7 @@ from connectors.console_cookies import (
 
 NOW = 1_700_000_000.0
 CONSOLE = "http://127.0.0.1:8103/inbox"
+ORIGIN = "http://127.0.0.1:8103"
 
 
 def _jar(*lines: str, now: float = NOW) -> CookieJar:
@@ -80,14 +81,14 @@ def test_max_age_wins_over_expires() -> None:
 def test_a_cookie_of_the_same_name_and_path_replaces_the_old_one_and_keeps_its_place() -> None:
     jar = _jar("first=1", "session=old")
     jar = jar.merge(["session=new"], NOW + 10)
-    assert jar.header(CONSOLE, NOW + 10) == "first=1; session=new"
+    assert jar.header(CONSOLE, NOW + 10, origin=ORIGIN) == "first=1; session=new"
     assert [c.created for c in jar.cookies] == [NOW, NOW]
 
 
 def test_the_same_name_on_another_path_is_another_cookie() -> None:
     jar = _jar("s=root; Path=/", "s=inbox; Path=/inbox")
-    assert jar.header(CONSOLE, NOW) == "s=inbox; s=root"  # §5.4: the longer path first
-    assert jar.header("http://127.0.0.1:8103/other", NOW) == "s=root"
+    assert jar.header(CONSOLE, NOW, origin=ORIGIN) == "s=inbox; s=root"  # §5.4: the longer path first
+    assert jar.header("http://127.0.0.1:8103/other", NOW, origin=ORIGIN) == "s=root"
 
 
 @pytest.mark.parametrize(
@@ -96,15 +97,15 @@ def test_the_same_name_on_another_path_is_another_cookie() -> None:
 )
 def test_max_age_zero_or_a_past_expiry_deletes_the_cookie(deletion: str) -> None:
     jar = _jar("session=abc", "theme=dark").merge([deletion], NOW + 1)
-    assert jar.header(CONSOLE, NOW + 1) == "theme=dark"
+    assert jar.header(CONSOLE, NOW + 1, origin=ORIGIN) == "theme=dark"
     assert jar.live(NOW + 1)
     assert not _jar("session=abc").merge([deletion], NOW + 1).live(NOW + 1)
 
 
 def test_a_cookie_past_its_expiry_is_no_longer_sent_and_the_jar_is_spent() -> None:
     jar = _jar("session=abc; Max-Age=60")
-    assert jar.header(CONSOLE, NOW + 59) == "session=abc"
-    assert jar.header(CONSOLE, NOW + 60) == ""
+    assert jar.header(CONSOLE, NOW + 59, origin=ORIGIN) == "session=abc"
+    assert jar.header(CONSOLE, NOW + 60, origin=ORIGIN) == ""
     assert not jar.live(NOW + 60)
 
 
@@ -135,7 +136,7 @@ def test_path_match_follows_rfc_6265_5_1_4(cookie_path: str, request_path: str, 
     ],
 )
 def test_a_secure_cookie_goes_only_over_https_or_to_loopback(url: str, sent: bool) -> None:
-    assert (_jar("s=1; Secure").header(url, NOW) == "s=1") is sent
+    assert (_jar("s=1; Secure").header(url, NOW, origin=url) == "s=1") is sent
 
 
 def test_a_console_cannot_grow_the_jar_beyond_its_limit() -> None:
@@ -152,3 +153,27 @@ def test_a_jar_survives_storage_unchanged() -> None:
 def test_no_representation_of_a_jar_or_cookie_shows_a_value() -> None:
     jar = _jar("legacy_session=s3cr3t-session-value")
     assert "s3cr3t" not in repr(jar) + str(jar) + repr(jar.cookies) + f"{jar.cookies[0]}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://files.cdn.example/inbox",  # another host
+        "https://127.0.0.1:8103/inbox",  # another scheme
+        "http://127.0.0.1:8104/inbox",  # another port
+        "http://127.0.0.1.evil.example:8103/inbox",
+    ],
+)
+def test_the_jar_gives_no_cookie_for_a_url_on_another_origin_than_its_consoles(url: str) -> None:
+    assert _jar("session=abc").header(url, NOW, origin=ORIGIN) == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://127.0.0.1:8103/inbox", "http://127.0.0.1:8103/"),
+        ("https://Console.Example/x", "https://console.example:443"),
+    ],
+)
+def test_the_same_origin_written_another_way_still_gets_the_jar(url: str, origin: str) -> None:
+    assert _jar("session=abc").header(url, NOW, origin=origin) == "session=abc"

@@ -30,7 +30,7 @@ active_key = "k1"
 keys = { k1 = "dmF1bHQta2V5LXMzY3JldC0zMi1ieXRlcy1sb25nISE=" }
 
 [admin]
-tokens = ["admin-token-s3cret"]
+tokens = ["admin-token-s3cret-of-32-characters-ok"]
 
 [channels.chat]
 inject = "bearer"
@@ -47,7 +47,7 @@ SECRETS = [
     "redis-password-s3cret",
     "client-secret-from-file",
     "dmF1bHQta2V5LXMzY3JldC0zMi1ieXRlcy1sb25nISE=",
-    "admin-token-s3cret",
+    "admin-token-s3cret-of-32-characters-ok",
 ]
 
 
@@ -203,3 +203,45 @@ def test_a_shared_signals_transmitter_needs_a_real_url_and_a_long_token_which_ne
     message = _error(tmp_path, GOOD + transmitter.format(uri="not a url", token="short-token"))
     assert "ssf.transmitters.0.jwks_uri" in message and "ssf.transmitters.0.token" in message
     assert "short-token" not in message
+
+
+@pytest.mark.parametrize("token", ["", "Q", "tok-9f2k", "Q" * 31], ids=["empty", "one", "short", "31-characters"])
+def test_an_admin_token_shorter_than_32_characters_is_named_and_never_printed(tmp_path: Path, token: str) -> None:
+    message = _error(tmp_path, GOOD.replace("admin-token-s3cret-of-32-characters-ok", token))
+    assert "admin.tokens" in message and "32 characters" in message
+    assert not token or token not in message
+
+
+@pytest.mark.parametrize(
+    "placeholder", ["CHANGE-ME", "CHANGE-ME: openssl rand -base64 32", "change-me-admin-token-of-32-characters-or-more"]
+)
+def test_the_examples_placeholder_is_no_admin_token_from_the_file_or_the_environment(
+    tmp_path: Path, placeholder: str
+) -> None:
+    from_file = _error(tmp_path, GOOD.replace("admin-token-s3cret-of-32-characters-ok", placeholder))
+    from_env = _error(tmp_path, GOOD, {"CHANNELGATE_ADMIN__TOKENS": f'["{placeholder}"]'})
+    for message in (from_file, from_env):
+        assert "admin.tokens" in message and "placeholder" in message
+
+
+def test_a_configuration_file_that_is_not_utf8_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "channelgate.toml"
+    path.write_bytes(GOOD.replace("client-secret-from-file", "caf\xe9-secret").encode("latin-1"))
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    assert str(path) in raised.value.message and "UTF-8" in raised.value.message
+    assert "caf" not in raised.value.message
+
+
+def test_a_directory_given_as_the_configuration_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(tmp_path, environ={})
+    assert str(tmp_path) in raised.value.message and "directory" in raised.value.message
+
+
+def test_a_configuration_path_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> None:
+    # Under a regular file: ENOTDIR for any user (a chmod 000 file would not do: CI runs as root, who reads it).
+    path = _write(tmp_path, GOOD) / "channelgate.toml"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    assert str(path) in raised.value.message and "cannot be read: Not a directory" in raised.value.message

@@ -126,9 +126,9 @@ async def test_rotation_re_encrypts_under_the_active_key_and_old_values_still_de
     keys["k2"] = base64.b64decode(generate_key())
     new = Vault(keys, "k2")
     assert (await load_credential(store, new, "chat")).reveal() == "chat-token"
-    assert await rotate_all(store, new, NOW) == 2
+    assert (await rotate_all(store, new, NOW)).resealed == 2
     assert {row.key_id for row in store.rows.values()} == {"k2"}
-    assert await rotate_all(store, new, NOW) == 0
+    assert (await rotate_all(store, new, NOW)).resealed == 0
     only_new = Vault({"k2": keys["k2"]}, "k2")
     assert (await load_credential(store, only_new, "mail")).reveal() == "mail-token"
     with pytest.raises(VaultError, match="'k2'"):
@@ -157,7 +157,7 @@ async def test_rotation_does_not_write_an_old_value_over_one_set_meanwhile() -> 
         return await get(channel)
 
     store.get = racing_get  # type: ignore[method-assign]
-    assert await rotate_all(store, new, NOW) == 0
+    assert (await rotate_all(store, new, NOW)).resealed == 0
     assert (await load_credential(store, new, "chat")).reveal() == "after"
 
 
@@ -174,3 +174,17 @@ def test_a_secret_never_prints(caplog: pytest.LogCaptureFixture) -> None:
     assert all("hunter2" not in text for text in shown)
     assert secret.reveal() == "hunter2"
     assert "hunter2" not in repr(Sealed("k", b"n", b"hunter2"))
+
+
+async def test_rotation_reseals_the_rest_and_names_a_credential_it_cannot_open() -> None:
+    retired, _ = _vault("k0")
+    old, keys = _vault("k1", "k2")
+    store = MemoryCredentials()
+    # A channel removed from the configuration long ago, its key gone since: sorted first, it used to stop rotation.
+    await store_credential(store, retired, "a-retired-channel", b"old", NOW)
+    await store_credential(store, old, "chat", b"chat-token", NOW)
+    rotation = await rotate_all(store, Vault(keys, "k2"), NOW)
+    assert rotation.resealed == 1
+    assert store.rows["chat"].key_id == "k2"
+    [failure] = rotation.failures
+    assert "'a-retired-channel'" in failure and "'k0'" in failure
