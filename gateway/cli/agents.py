@@ -7,6 +7,9 @@ import asyncio
 import os
 import sys
 import time
+from urllib.parse import quote
+
+import yarl
 
 from gateway.cli.common import Subparsers, print_json, settings_of
 from gateway.errors import ChannelgateError, ConfigError
@@ -35,7 +38,9 @@ async def _deprovision_via_api(
     if not settings.admin.tokens:
         raise ConfigError("[admin] tokens is empty: the CLI needs an admin token to reach the running gateway.")
     token = settings.admin.tokens[0].get_secret_value()
-    url = f"http://{settings.server.host}:{settings.server.port}/.channelgate/admin/agents/{agent}/deprovision"
+    # Every character of the name encoded, dots too: "x/../alice" or ".." must not become another agent's path.
+    name = quote(agent, safe="").replace(".", "%2E")
+    url = yarl.URL(f"{_admin_origin(settings)}/.channelgate/admin/agents/{name}/deprovision", encoded=True)
     async with aiohttp.ClientSession() as http:
         try:
             async with http.post(
@@ -45,14 +50,34 @@ async def _deprovision_via_api(
                 if response.status != 200:
                     raise ChannelgateError(f"the gateway refused: {body.get('message', response.status)}")
                 return dict(body)
-        except aiohttp.ClientConnectionError:
-            # No gateway runs, so no in-process session exists: disabling the agent in the database is all.
+        except aiohttp.ClientConnectorError as exc:
+            if not isinstance(exc.os_error, ConnectionRefusedError):
+                raise ChannelgateError(
+                    f"the running gateway at {_admin_origin(settings)} could not be reached ({exc.os_error}); nothing "
+                    "was changed: its in-process sessions can only be ended through it. Try again once it answers."
+                ) from None
+            # Nothing listens at the gateway's own address, so no in-process session exists: disabling the agent in
+            # the database is all. (Any other failure may be a running gateway: that is no reason to skip the kill.)
             result = await _deprovision_direct(settings, agent, reason, successor)
             result["note"] = (
                 "no gateway was running; the agent is disabled and cannot log in; the channel steps run when a "
                 "gateway starts (or: channelgate deprovision work)"
             )
             return result
+        except aiohttp.ClientError as exc:
+            raise ChannelgateError(
+                f"the connection to the running gateway at {_admin_origin(settings)} failed ({type(exc).__name__}): "
+                "the deprovisioning may or may not have taken place; run the command again once the gateway answers "
+                "(a repeated deprovisioning joins the first)"
+            ) from None
+
+
+def _admin_origin(settings: Settings) -> str:
+    """Where the CLI reaches the gateway it shares a configuration with: its listen address, loopback for a
+    wildcard one."""
+    host = settings.server.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104 - mapped away
+    return f"http://[{host}]:{settings.server.port}" if ":" in host else f"http://{host}:{settings.server.port}"
 
 
 def cmd_agents_deprovision(args: argparse.Namespace) -> int:
