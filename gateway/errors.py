@@ -2,7 +2,8 @@
 
 Every error carries the data its protocol needs as class attributes and is rendered once, at the edge
 (``gateway.pages`` for browsers, JSON for APIs). Messages are written for the person who has to act on them
-and never contain a secret.
+and never contain a secret. When that person is an operator (``public_message`` is set: the message names the
+database, a file, a setting), a client is shown ``public_message`` and the message goes to the log.
 
     ChannelgateError
     ├── ConfigError                      bad channelgate.toml / CHANNELGATE_* values (start-up, check-config)
@@ -30,6 +31,8 @@ class ChannelgateError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    #: Shown to a client instead of ``message``, which is then only logged; None: ``message`` is for the client.
+    public_message: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
@@ -42,6 +45,7 @@ class ConfigError(ChannelgateError):
     """The configuration is invalid; the message names every bad field."""
 
     code = "config_error"
+    public_message = "The gateway's configuration is in error; its administrator can read why in its log."
 
 
 class PolicySetError(ConfigError):
@@ -51,8 +55,11 @@ class PolicySetError(ConfigError):
 
 
 class StorageError(ChannelgateError):
+    """The message names the database (driver, user, host, port, name): for the log and the CLI, never a page."""
+
     status = 503
     code = "storage_unavailable"
+    public_message = "The gateway's database is not answering just now. Try again in a moment."
 
 
 class SessionStoreUnavailable(ChannelgateError):

@@ -52,7 +52,7 @@ from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError,
 from gateway.forward_auth_memo import Answer, Question, row_tail
 from gateway.inline_proxy import Checked, channel_plan, check_request, request_record
 from gateway.pages import error_response, wants_html
-from gateway.proxy.headers import client_address
+from gateway.proxy.headers import client_address, identity_header_value
 from gateway.proxy.paths import strip_query_values
 from gateway.proxy.routes import upstream_url
 from gateway.scope import RequestScope, scope_of
@@ -291,13 +291,14 @@ def raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 
 def answer_tail(checked: Checked) -> tuple[tuple[bytes, bytes], ...]:
-    """The headers of a 200 after the credential and the assertion: who, which channel, which policies."""
+    """The headers of a 200 after the credential and the assertion: who, which channel, which policies, each
+    percent-encoded (``identity_header_value``: a userName may be 김민수; docs/forward-auth.md, Headers)."""
     return tuple(
         raw_headers(
             [
-                ("X-Channelgate-User", checked.session.data.user_name),
-                ("X-Channelgate-Channel", checked.match.route.channel),
-                ("X-Channelgate-Policy", ",".join(checked.decision.policy_ids)),
+                ("X-Channelgate-User", identity_header_value(checked.session.data.user_name)),
+                ("X-Channelgate-Channel", identity_header_value(checked.match.route.channel)),
+                ("X-Channelgate-Policy", identity_header_value(",".join(checked.decision.policy_ids))),
                 ("Cache-Control", "no-store"),
             ]
         )

@@ -1,8 +1,14 @@
-"""Operations endpoints: liveness, readiness (database and session store reachable) and Prometheus metrics."""
+"""Operations endpoints: liveness, readiness (database and session store reachable) and Prometheus metrics.
+
+Every front-proxy sample passes ``/.channelgate/readyz`` from the public side (load balancers and probes read
+only its status), so its body tells nobody where the database is or what the replica's host is called: each
+failed check is named by its error code, and the error itself goes to the log.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -10,6 +16,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.errors import ChannelgateError
 from gateway.services import Services
+
+log = logging.getLogger("channelgate")
 
 
 async def healthz(request: Request) -> Response:
@@ -24,13 +32,20 @@ async def readyz(request: Request) -> Response:
             await probe()
             checks[name] = "ok"
         except ChannelgateError as exc:
-            checks[name] = exc.message
+            log.warning("readiness: the %s check failed: %s (%s)", name, exc.message, exc.detail or exc.code)
+            checks[name] = exc.code
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
-        {"ready": ready, "replica": services.replica_id, "checks": checks},
+        {"ready": ready, "replica": public_replica_id(services.replica_id), "checks": checks},
         status_code=200 if ready else 503,
         headers={"Cache-Control": "no-store"},
     )
+
+
+def public_replica_id(replica_id: str) -> str:
+    """The random part of a replica's id (``services.new_replica_id``: host name, ``-``, 8 hex digits): enough to
+    tell replicas apart and find one in the logs and the admin API's reports, without naming its host."""
+    return replica_id.rpartition("-")[2]
 
 
 async def metrics(request: Request) -> Response:

@@ -1,10 +1,13 @@
 """HTML pages and error rendering: every error is rendered here once, as a page for browsers or JSON for APIs.
 
 Pages never show secrets, upstream headers or stack traces; each carries the request id so a person can quote it.
+An error written for operators (``ChannelgateError.public_message``: a StorageError names the database) shows its
+public message, and its own goes to the log under that request id.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from gateway.errors import (
     LoginFailed,
     SessionExpired,
 )
+
+log = logging.getLogger("channelgate")
 
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -71,15 +76,19 @@ def error_response(connection: HTTPConnection, error: ChannelgateError, request_
         headers["Retry-After"] = "2"
     if isinstance(error, AuthenticationRequired) and error.challenge is not None:
         headers["WWW-Authenticate"] = error.challenge
+    message = error.message
+    if error.public_message is not None:
+        log.warning("request %s: %s (%s)", request_id, error.message, error.detail or error.code)
+        message = error.public_message
     if not wants_html(connection):
-        body = {"error": error.code, "message": error.message, "request_id": request_id}
+        body = {"error": error.code, "message": message, "request_id": request_id}
         return JSONResponse(body, status_code=error.status, headers=headers)
     heading, action_url, action_label = _headline(error)
     response = render(
         "error.html",
         status=error.status,
         heading=heading,
-        message=error.message,
+        message=message,
         action_url=action_url,
         action_label=action_label,
         request_id=request_id,

@@ -235,9 +235,10 @@ class SsfTransmitterSettings(_Section):
     @field_validator("token")
     @classmethod
     def _long_token(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < 32:
+        text = value.get_secret_value()
+        if len(text) < 32 or text.upper().startswith("CHANGE-ME"):  # no default credentials (ASVS V13)
             raise ValueError(
-                "use a token of at least 32 characters "
+                "use a token of at least 32 characters that is not a CHANGE-ME placeholder "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         return value

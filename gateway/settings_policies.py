@@ -92,6 +92,19 @@ class ForwardAuthSettings(Section):
                 raise ValueError(f"{cidr!r} is not an IP address or CIDR network") from exc
         return value
 
+    @field_validator("secret")
+    @classmethod
+    def _not_the_samples_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        """No default credentials (ASVS V13): the nginx, Envoy and Traefik samples ship a ``CHANGE-ME…`` secret
+        long enough to pass, and whoever reads the samples could ask for every channel's credential with it."""
+        if value is not None and value.get_secret_value().upper().startswith("CHANGE-ME"):
+            raise ValueError(
+                "the secret is the samples' placeholder: generate one (python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'), set it here or in CHANNELGATE_FORWARD_AUTH__SECRET, and put the "
+                "same value in the proxy's configuration"
+            )
+        return value
+
     @model_validator(mode="after")
     def _secret_when_enabled(self) -> ForwardAuthSettings:
         if self.enabled and (self.secret is None or len(self.secret.get_secret_value()) < 32):

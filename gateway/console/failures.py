@@ -43,6 +43,11 @@ def as_error(exc: Exception) -> ChannelgateError:
 
 def error_response(request: Request, services: Services, exc: Exception) -> Response:
     error = as_error(exc)
+    if error.public_message is not None:  # an operator's message (a StorageError names the database): to the log
+        log.warning("console: %s (%s)", error.message, error.code)
+        shown = ChannelgateError(error.public_message)
+        shown.status, shown.code = error.status, error.code
+        error = shown
     scope = scope_of(request, services.settings.server.trusted_proxies)
     wants_json = _wants_json(request)
     if isinstance(error, AuthenticationRequired) and request.method in ("GET", "HEAD") and not wants_json:

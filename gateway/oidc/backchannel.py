@@ -147,7 +147,10 @@ async def backchannel_logout(request: Request) -> Response:
         )
     except ChannelgateError as exc:
         await _audit(services, scope.request_id, scope.client_ip, record, exc.status, refused=exc.message)
-        body = {"error": exc.code if exc.status == 400 else "temporarily_unavailable", "error_description": exc.message}
+        body = {
+            "error": exc.code if exc.status == 400 else "temporarily_unavailable",
+            "error_description": exc.public_message or exc.message,
+        }
         return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
     await _audit(services, scope.request_id, scope.client_ip, record, 200, refused=None)
     return Response(status_code=200, headers={"Cache-Control": "no-store"})

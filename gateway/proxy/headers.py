@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Iterable, Sequence
+from urllib.parse import quote
 
 from gateway.errors import BadRequest
 
@@ -73,6 +74,9 @@ IDENTITY_PREFIXES = (
 
 _REQUEST_DROP = frozenset({"host", "authorization"})
 
+#: Left as they are in an identity header value: visible ASCII (RFC 9110 §5.5 ``VCHAR``) but ``%`` itself.
+_IDENTITY_VALUE_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
 
 class HeadersTooLarge(BadRequest):
     """The request's header block is larger than ``server.max_header_bytes`` (RFC 6585 §5)."""
@@ -90,6 +94,14 @@ def is_identity_header(name: str) -> bool:
     """True for any spelling of a header that carries identity, client address or the original URL."""
     norm = normalise_header_name(name)
     return norm in IDENTITY_EXACT or norm.startswith(IDENTITY_PREFIXES)
+
+
+def identity_header_value(value: str) -> str:
+    """``value`` (a userName, a channel) fit for a header field: UTF-8, percent-encoded (RFC 3986 §2.1) but for
+    visible ASCII, and ``%`` always, so any value decodes back exactly (``김민수`` is sent as
+    ``%EA%B9%80%EB%AF%BC%EC%88%98``, ``alice@example.com`` as it is). HTTP carries only Latin-1 octets, and a
+    name the IdP or a SCIM client chose may hold any letter, or a control character that would end the field."""
+    return quote(value, safe=_IDENTITY_VALUE_SAFE)
 
 
 def _connection_tokens(values: Iterable[str]) -> set[str]:

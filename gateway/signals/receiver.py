@@ -167,7 +167,10 @@ async def receive_event(request: Request) -> Response:
         )
     except ChannelgateError as exc:
         await _audit(services, scope.request_id, scope.client_ip, transmitter, outcome, exc.status, exc.message)
-        body = {"err": exc.code if exc.status < 500 else "temporarily_unavailable", "description": exc.message}
+        body = {
+            "err": exc.code if exc.status < 500 else "temporarily_unavailable",
+            "description": exc.public_message or exc.message,
+        }
         return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
     await _audit(services, scope.request_id, scope.client_ip, transmitter, outcome, 202, None)
     return Response(status_code=202)

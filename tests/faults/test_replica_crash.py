@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from gateway.ops import public_replica_id
 from tests.components.gateway import GatewayStack
 from tests.faults.conftest import JSON, admin_post, sign_in, status_of
 
@@ -24,7 +25,7 @@ SURVIVOR, VICTIM = 0, 1
 
 
 def _replica_id(stack: GatewayStack, replica: int) -> str:
-    """The replica's id, as it heartbeats in Redis."""
+    """The random part of the replica's id (``public_replica_id``: readyz names no host)."""
     replica_id: str = httpx.get(stack.url(replica) + "/.channelgate/readyz").json()["replica"]
     return replica_id
 
@@ -97,8 +98,9 @@ async def test_a_deprovisioning_after_a_replica_crash_completes_without_the_dead
         report = done.json()
         assert report["active"] is False and report["sessions_revoked"] == 1
         # Missing: the replica just killed (and one killed by an earlier test, its heartbeat still fresh).
-        assert victim_id in report["replicas_missing"] and survivor_id not in report["replicas_missing"]
-        assert report["replicas_confirmed"] == [survivor_id]
+        missing = [public_replica_id(replica_id) for replica_id in report["replicas_missing"]]
+        assert victim_id in missing and survivor_id not in missing
+        assert [public_replica_id(replica_id) for replica_id in report["replicas_confirmed"]] == [survivor_id]
         assert ACK_TIMEOUT - 0.1 <= elapsed < ACK_TIMEOUT + 1.5
         assert (await agent.get(stack.url(SURVIVOR) + "/chat/", headers=JSON)).status_code == 401
     finally:

@@ -132,6 +132,7 @@ async def test_a_logout_token_sent_again_after_a_database_outage_ends_the_sessio
 
     first = await _post(gateway, token)
     assert first.status_code == 503 and first.json()["error"] == "temporarily_unavailable", first.text
+    assert "sqlite" not in first.text  # the database's address is for the gateway's log, not the provider
     assert await _chat(alice, gateway) == 200
     retry = await _post(gateway, token)
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 import httpx
 import pytest
 
 from gateway.forward_auth import SECRET_HEADER
+from gateway.sessions.base import SessionData
 from gateway.storage.access_log import AccessRecord
 from policies.decision import Context, Decision, Subject, Target
 from policies.engine import PolicyEngine
@@ -75,6 +77,30 @@ async def test_a_repeated_question_gets_the_same_answer_and_its_own_access_recor
     fields = [f.name for f in dataclasses.fields(AccessRecord) if f.name not in own]
     assert [getattr(records[1], f) for f in fields] == [getattr(records[0], f) for f in fields]
     assert (records[1].agent_name, records[1].status, records[1].decision) == ("alice", 200, "allow")
+
+
+@pytest.mark.parametrize("user_name", ["김민수", "Łukasz", "李明"])
+async def test_an_agent_named_in_any_letters_is_answered_with_its_name_percent_encoded_then_from_the_memo(
+    gateway: Deployment, user_name: str
+) -> None:
+    """HTTP carries Latin-1 octets only: the userName travels percent-encoded in X-Channelgate-User (encoded once,
+    when the answer is kept), and as it is in the assertion and the access log."""
+    data = SessionData(f"agent-{secrets.token_hex(4)}", user_name, "https://idp.example", f"sub-{user_name}",
+                       frozenset({"chat-agents"}))  # fmt: skip
+    session = await gateway.services.sessions.create(data, gateway.services.clock())
+    cookie = {"Cookie": f"{gateway.services.cookies.session_name}={session.id}"}
+    async with httpx.AsyncClient() as agent:
+        answers = [await _ask(gateway, agent, **cookie) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200] and _memo(gateway)[0] == 1
+    for answer in answers:
+        assert answer.headers["authorization"] == f"Bearer {gateway.credentials['chat']}"
+        sent = answer.headers["x-channelgate-user"]
+        assert sent.isascii() and unquote(sent) == user_name
+        claims = await gateway.verify_assertion(answer.headers["x-channelgate-assertion"], "chat")
+        assert claims["preferred_username"] == user_name
+    await gateway.services.audit.flush()
+    records = [r for r in await gateway.services.access_log.tail(10) if r.kind == "request"][-2:]
+    assert [(r.agent_name, r.status) for r in records] == [(user_name, 200)] * 2
 
 
 async def test_a_group_change_is_decided_anew_on_the_next_question(gateway: Deployment) -> None:

@@ -255,6 +255,7 @@ async def test_a_risc_account_disabled_retried_after_a_database_outage_deprovisi
 
     first = await _push(gateway, body, transmitter.token)
     assert first.status_code == 503 and first.json()["err"] == "temporarily_unavailable", first.text
+    assert "sqlite" not in first.text  # the database's address is for the gateway's log, not the transmitter
     retry = await _push(gateway, body, transmitter.token)  # RFC 8935 §2.3: the same SET, sent again
 
     assert retry.status_code == 202, retry.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import pytest
 
 from gateway.proxy import (
@@ -10,6 +12,7 @@ from gateway.proxy import (
     sanitise_request_headers,
     sanitise_response_headers,
 )
+from gateway.proxy.headers import identity_header_value
 
 COOKIES = ("__Host-channelgate", "channelgate_csrf")
 
@@ -210,3 +213,23 @@ def test_response_hop_by_hop_headers_are_dropped_and_the_rest_kept() -> None:
         gateway_cookie_names=COOKIES,
     )
     assert out == [("content-encoding", "gzip"), ("cache-control", "no-store")]
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        ("alice@example.com", "alice@example.com"),
+        ("김민수", "%EA%B9%80%EB%AF%BC%EC%88%98"),
+        ("Łukasz", "%C5%81ukasz"),
+        ("李明", "%E6%9D%8E%E6%98%8E"),
+        ("Zoë", "Zo%C3%AB"),
+        ("100%", "100%25"),
+        ("Kim Minsu", "Kim%20Minsu"),
+        ("eve\r\nX-Channelgate-Assertion: forged", "eve%0D%0AX-Channelgate-Assertion:%20forged"),
+        ("tab\tnul\x00del\x7f", "tab%09nul%00del%7F"),
+    ],
+)
+def test_an_identity_header_value_is_visible_ascii_that_decodes_back_to_the_name(value: str, sent: str) -> None:
+    assert identity_header_value(value) == sent
+    assert all("!" <= char <= "~" for char in sent)  # RFC 9110 §5.5 VCHAR: any proxy can carry and log it
+    assert unquote(sent, errors="strict") == value

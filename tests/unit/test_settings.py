@@ -203,6 +203,9 @@ def test_a_shared_signals_transmitter_needs_a_real_url_and_a_long_token_which_ne
     message = _error(tmp_path, GOOD + transmitter.format(uri="not a url", token="short-token"))
     assert "ssf.transmitters.0.jwks_uri" in message and "ssf.transmitters.0.token" in message
     assert "short-token" not in message
+    placeholder = "change-me-transmitter-token-of-32-characters"
+    message = _error(tmp_path, GOOD + transmitter.format(uri="https://idp.example/jwks", token=placeholder))
+    assert "ssf.transmitters.0.token" in message and "CHANGE-ME placeholder" in message and placeholder not in message
 
 
 @pytest.mark.parametrize("token", ["", "Q", "tok-9f2k", "Q" * 31], ids=["empty", "one", "short", "31-characters"])
@@ -222,6 +225,22 @@ def test_the_examples_placeholder_is_no_admin_token_from_the_file_or_the_environ
     from_env = _error(tmp_path, GOOD, {"CHANNELGATE_ADMIN__TOKENS": f'["{placeholder}"]'})
     for message in (from_file, from_env):
         assert "admin.tokens" in message and "placeholder" in message
+
+
+#: What deploy/nginx/forward-auth.conf, deploy/envoy/forward-auth.yaml and deploy/traefik/channelgate.yml ship.
+SAMPLES_FORWARD_AUTH_SECRET = "CHANGE-ME-forward-auth-secret-of-32-characters-or-more"
+
+
+@pytest.mark.parametrize("placeholder", [SAMPLES_FORWARD_AUTH_SECRET, SAMPLES_FORWARD_AUTH_SECRET.lower()])
+def test_the_samples_placeholder_is_no_forward_auth_secret_from_the_file_or_the_environment(
+    tmp_path: Path, placeholder: str
+) -> None:
+    enabled = GOOD + "\n[forward_auth]\nenabled = true\n"
+    from_file = _error(tmp_path, enabled + f'secret = "{placeholder}"\n')
+    from_env = _error(tmp_path, enabled, {"CHANNELGATE_FORWARD_AUTH__SECRET": placeholder})
+    for message in (from_file, from_env):
+        assert "forward_auth.secret" in message and "placeholder" in message and "token_urlsafe" in message
+        assert placeholder not in message
 
 
 def test_a_configuration_file_that_is_not_utf8_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
