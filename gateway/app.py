@@ -94,23 +94,71 @@ async def _on_error(connection: HTTPConnection, exc: Exception) -> Response:
     return error_response(connection, ChannelgateError("Something went wrong on our side."), scope.request_id)
 
 
+#: Seconds before a failed revocation listener is started again, doubling up to the second value; back to the
+#: first once it ran for a minute.
+LISTENER_RESTART_SECONDS = (0.5, 10.0)
+
+
 async def _revocation_listener(services: Services) -> None:
+    """Follow the revocation broadcast for the replica's lifetime, starting the listener again whenever it fails.
+
+    Restarted, not left dead with the heartbeat stopped: a replica that stops heartbeating still serves requests,
+    and every deprovisioning would report it done without waiting for it while it keeps the agent's WebSockets
+    open. Kept live, it is reported missing by each revocation until its listener is back (visible, never reported
+    done), and the new listener starts with a resync (``revocations(resync=True)``): every open connection is
+    checked against the store again and the session cache is emptied, since broadcasts were missed meanwhile.
+    """
+    applying: set[asyncio.Task[None]] = set()  # outlive a failed feed: what it handed on is still applied
+    delay, resync = LISTENER_RESTART_SECONDS[0], False
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                await _listen(services, applying, resync=resync)
+                await asyncio.gather(*applying)
+                return  # the store was closed
+            except Exception:
+                if time.monotonic() - started > 60:
+                    delay = LISTENER_RESTART_SECONDS[0]
+                log.exception("the revocation listener failed; starting it again in %.1f s", delay)
+            await asyncio.sleep(delay)
+            delay, resync = min(delay * 2, LISTENER_RESTART_SECONDS[1]), True
+    finally:
+        for task in applying:
+            task.cancel()
+
+
+async def _listen(services: Services, applying: set[asyncio.Task[None]], *, resync: bool) -> None:
     """Close this replica's WebSockets of every revoked agent and acknowledge to the revoking replica; close
     those of every session that ended (logout, expiry), unacknowledged: nobody waits for a session's end.
 
-    Each revocation is applied in a task of its own: closing an agent's sockets waits for their close handshakes,
-    and one agent's slow close must not hold back the acknowledgement of every revocation broadcast after it (in
-    a storm of deprovisionings those would wait in line past the revoking replica's acknowledgement timeout).
+    Each revocation is applied in a task of its own (kept in ``applying``): closing an agent's sockets waits for
+    their close handshakes, and one agent's slow close must not hold back the acknowledgement of every revocation
+    broadcast after it (in a storm of deprovisionings those would wait in line past the revoking replica's
+    acknowledgement timeout). Those tasks never raise, so one revocation that fails cannot end the listener.
     """
-    async with asyncio.TaskGroup() as group:
-        async for revocation in services.sessions.revocations():
+    async with contextlib.aclosing(services.sessions.revocations(resync=resync)) as feed:
+        async for revocation in feed:
             if revocation.ended_session is not None:
-                group.create_task(services.live.close_session(revocation.ended_session))
+                work = _end_session(services, revocation.ended_session)
             elif not revocation.refresh_only:  # a group change: the session cache (if any) dropped its copies
-                group.create_task(_apply_revocation(services, revocation))
+                work = _apply_revocation(services, revocation)
+            else:
+                continue
+            task = asyncio.create_task(work)
+            applying.add(task)
+            task.add_done_callback(applying.discard)
+
+
+async def _end_session(services: Services, key: str) -> None:
+    try:
+        await services.live.close_session(key)
+    except Exception:
+        log.exception("could not close the connections of an ended session")
 
 
 async def _apply_revocation(services: Services, revocation: Revocation) -> None:
+    """Unacknowledged when it fails: the revoking replica then reports this one missing, never done."""
     if services.collector is not None:
         services.collector.ending_access()
     try:
@@ -127,6 +175,8 @@ async def _apply_revocation(services: Services, revocation: Revocation) -> None:
         log.error(
             "could not apply revocation %s: %s (%s)", revocation.revocation_id, exc.message, exc.detail or "no detail"
         )
+    except Exception:
+        log.exception("could not apply revocation %s", revocation.revocation_id)
 
 
 async def _resync(services: Services) -> None:
@@ -148,7 +198,7 @@ async def _resync(services: Services) -> None:
 async def _heartbeat(services: Services) -> None:
     while True:
         try:
-            await services.sessions.heartbeat(time.time())
+            await services.sessions.heartbeat()
         except ChannelgateError as exc:
             log.warning("session store heartbeat failed: %s", exc.message)
         await asyncio.sleep(HEARTBEAT_SECONDS)

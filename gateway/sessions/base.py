@@ -213,11 +213,12 @@ class SessionStore(Protocol):
         """Return and delete the pending login (single use: a replayed callback finds nothing)."""
         ...
 
-    def revocations(self) -> AsyncGenerator[Revocation, None]:
+    def revocations(self, *, resync: bool = False) -> AsyncGenerator[Revocation, None]:
         """Every revocation broadcast by any replica (including this one), as it arrives.
 
-        After the channel dropped and came back this yields a resync marker (``Revocation.is_resync``).
-        Close it (``aclose``) to release its subscription.
+        After the channel dropped and came back this yields a resync marker (``Revocation.is_resync``); with
+        ``resync`` also once the first subscription is confirmed (a listener started again after it failed: what
+        was broadcast meanwhile is lost). Close it (``aclose``) to release its subscription.
         """
         ...
 
@@ -229,8 +230,9 @@ class SessionStore(Protocol):
         """Wait until every live replica acknowledged; returns (acknowledged, missing) replica ids."""
         ...
 
-    async def heartbeat(self, now: float) -> None:
-        """Mark this replica alive (live replicas are those expected to acknowledge revocations)."""
+    async def heartbeat(self) -> None:
+        """Mark this replica alive (live replicas are those expected to acknowledge revocations). Timed by the
+        store's clock, never the replica's: a replica whose clock is behind is still waited for."""
         ...
 
     async def ping(self) -> None:

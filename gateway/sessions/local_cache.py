@@ -17,6 +17,10 @@ cache buys). What it costs, and why it is still safe:
 * Logout and group changes are broadcast too (``refresh_only``, by RedisSessionStore itself, so a replica or CLI
   without the cache announces them as well), and another replica's copy goes at once: a group change still
   applies to the next request (ASVS 8.3.2), give or take the broadcast.
+* A lookup whose Redis read was in flight when a drop happened does not keep what it read: the broadcast may have
+  been handled, and acknowledged, before that caller resumed, so the read may predate the revocation, logout or
+  group change. Each drop takes the next number of one sequence, kept per agent (the whole cache's for a clear);
+  a read is kept only if no drop of its agent, and no clear, came after the number it saw when it started.
 * Idle and absolute timeouts: the absolute one is checked on every hit; the idle clock in Redis is refreshed when
   an entry is read again, so an idle timeout can be late by at most ``local_cache_seconds``.
 """
@@ -24,6 +28,7 @@ cache buys). What it costs, and why it is still safe:
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 
 from gateway.sessions.base import (
     Lookup,
@@ -52,6 +57,10 @@ class CachedSessionStore:
         #: session id → (session as read, the caller's clock when it was read)
         self._entries: dict[str, tuple[Session, float]] = {}
         self._by_agent: dict[str, set[str]] = {}
+        #: The number of the last drop; agent id → the number of its last drop; the number of the last clear.
+        self._drops = 0
+        self._agent_dropped_at: dict[str, int] = {}
+        self._cleared_at = 0
         self.hits = 0
         self.misses = 0
 
@@ -75,8 +84,15 @@ class CachedSessionStore:
         else:
             self.clear()
         self.misses += 1
+        started = self._drops
         found = await self.inner.lookup(session_id, now)
-        if found.state is SessionState.VALID and found.session is not None and self.inner.subscribed:
+        if (
+            found.state is SessionState.VALID
+            and found.session is not None
+            and self.inner.subscribed
+            and self._cleared_at <= started
+            and self._agent_dropped_at.get(found.session.data.agent_id, 0) <= started
+        ):
             self._keep(found.session, now)
         return found
 
@@ -96,12 +112,21 @@ class CachedSessionStore:
                     del self._by_agent[entry[0].data.agent_id]
 
     def drop_agent(self, agent_id: str) -> None:
+        """Forget the agent's sessions, and what lookups in flight read of them (see the module's docstring)."""
         for session_id in self._by_agent.pop(agent_id, set()):
             self._entries.pop(session_id, None)
+        self._drops += 1
+        if len(self._agent_dropped_at) >= MAX_ENTRIES:
+            self._cleared_at = self._drops  # as if everything was dropped now: bounds the memory this takes
+            self._agent_dropped_at.clear()
+        self._agent_dropped_at[agent_id] = self._drops
 
     def clear(self) -> None:
         self._entries.clear()
         self._by_agent.clear()
+        self._drops += 1
+        self._cleared_at = self._drops
+        self._agent_dropped_at.clear()
 
     # -- writes: drop here, tell the others -------------------------------------------------------------------
 
@@ -146,14 +171,16 @@ class CachedSessionStore:
         self.drop_agent(agent_id)
         return count
 
-    async def revocations(self) -> AsyncGenerator[Revocation, None]:
+    async def revocations(self, *, resync: bool = False) -> AsyncGenerator[Revocation, None]:
         """The inner broadcast, with this replica's copies dropped before anyone sees (and acknowledges) it."""
-        async for revocation in self.inner.revocations():
-            if revocation.is_resync:
-                self.clear()
-            else:
-                self.drop_agent(revocation.agent_id)
-            yield revocation
+        # Closed with this one, so its subscription (and ``subscribed``) ends at once, not when it is collected.
+        async with aclosing(self.inner.revocations(resync=resync)) as feed:
+            async for revocation in feed:
+                if revocation.is_resync:
+                    self.clear()
+                else:
+                    self.drop_agent(revocation.agent_id)
+                yield revocation
 
     # -- the rest goes straight through ----------------------------------------------------------------------
 
@@ -181,8 +208,8 @@ class CachedSessionStore:
     async def wait_for_acks(self, revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:  # noqa: ASYNC109
         return await self.inner.wait_for_acks(revocation, timeout)
 
-    async def heartbeat(self, now: float) -> None:
-        await self.inner.heartbeat(now)
+    async def heartbeat(self) -> None:
+        await self.inner.heartbeat()
 
     async def ping(self) -> None:
         await self.inner.ping()

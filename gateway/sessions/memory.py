@@ -194,11 +194,13 @@ class MemorySessionStore:
             return None
         return entry[1]
 
-    async def revocations(self) -> AsyncGenerator[Revocation, None]:
-        # An in-process queue never drops, so there is never a resync marker here.
+    async def revocations(self, *, resync: bool = False) -> AsyncGenerator[Revocation, None]:
+        # An in-process queue never drops, so there is a resync marker only when the caller asks for one.
         queue: asyncio.Queue[Revocation | None] = asyncio.Queue()
         self._subscribers.add(queue)
         try:
+            if resync:
+                yield Revocation(RESYNC_AGENT_ID, uuid.uuid4().hex, self.replica_id)
             while not self._closed:
                 revocation = await queue.get()
                 if revocation is None:
@@ -214,7 +216,7 @@ class MemorySessionStore:
         """The only replica is the caller, which closed its own WebSockets before asking."""
         return {self.replica_id}, set()
 
-    async def heartbeat(self, now: float) -> None:
+    async def heartbeat(self) -> None:
         """Liveness is implied: a single replica cannot miss itself."""
 
     def unreachable_within(self, seconds: float) -> bool:

@@ -54,15 +54,19 @@ def encode_revocation(revocation: Revocation) -> str:
     return json.dumps(message)
 
 
-def decode_revocation(raw: str) -> Revocation:
-    value = json.loads(raw)
-    refresh = value.get("refresh") is True
+def decode_revocation(raw: str | bytes) -> Revocation:
+    """The broadcast as sent by ``encode_revocation``; ValueError for anything else (another release's message, a
+    stray tool publishing on the channel), which the listener skips: it must never end the listener."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not JSON") from exc
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    fields = [value.get("agent_id"), value.get("revocation_id"), value.get("origin")]
     # A replica of an earlier release reads a session's end as the refresh it is sent as (it closes nothing).
     ended = value.get("session")
-    return Revocation(
-        str(value["agent_id"]),
-        str(value["revocation_id"]),
-        str(value["origin"]),
-        refresh,
-        str(ended) if ended is not None else None,
-    )
+    if not all(isinstance(field, str) and field for field in fields) or not isinstance(ended, str | None):
+        raise ValueError("a revocation names its agent, its id and its origin as strings")
+    agent_id, revocation_id, origin = (str(field) for field in fields)
+    return Revocation(agent_id, revocation_id, origin, value.get("refresh") is True, ended)

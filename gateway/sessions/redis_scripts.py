@@ -3,15 +3,19 @@
 Keys (the raw session id is never stored, only its SHA-256, so a dump of Redis yields no usable cookie):
 
     cg:s:{session_key}     hash: data (JSON), agent, created, seen; TTL = min(idle, remaining absolute) + grace
-    cg:a:{agent_id}        set of the agent's session keys (ended ones pruned a few at a time as it is used)
+    cg:a:{agent_id}        set of the agent's session keys (ended ones pruned a few at a time as it is used);
+                           TTL never shorter than any of its sessions' (revoke_agent finds a session through it)
     cg:l:{sha256(login)}   a pending OIDC login (JSON), read once with GETDEL
     cg:o:{sha256(key)}     a single-use key: its holder while claimed (short TTL), then ONCE_USED (full TTL)
-    cg:replicas            sorted set: replica id scored by its last heartbeat
+    cg:replicas            sorted set: replica id scored by its last heartbeat, in Redis's clock (TIME)
     cg:ack:{revocation}    list of the replicas that closed the revoked agent's connections
     cg:revocations         pub/sub channel of Revocation JSON
 
 Each script is one round trip and atomic: a session's timeouts are decided by the caller's clock inside it, and a
 revocation deletes the sessions and broadcasts in the same step, so no replica can read a session between the two.
+Replica clocks may disagree, so whatever sets a session's TTL also makes its agent's index live at least as long
+(a session created by a replica whose clock runs ahead is given a longer TTL than its index had), and liveness is
+timed by Redis's own clock.
 """
 
 from __future__ import annotations
@@ -52,11 +56,12 @@ for _, member in ipairs(redis.call('SRANDMEMBER', KEYS[2], 8)) do
   if redis.call('EXISTS', ARGV[7] .. member) == 0 then redis.call('SREM', KEYS[2], member) end
 end
 redis.call('SADD', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
+if redis.call('PTTL', KEYS[2]) < ARGV[5] * 1000 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
 return 1
 """
 
-# KEYS: session. ARGV: now, idle s, absolute s, grace s, agent prefix, member. The absolute limit wins.
+# KEYS: session. ARGV: now, idle s, absolute s, grace s, agent prefix, member. The absolute limit wins. The index
+# is given the session's TTL when its own is shorter (put back if it expired: a live session is always in it).
 LOOKUP_SCRIPT = """
 local f = redis.call('HMGET', KEYS[1], 'data', 'agent', 'created', 'seen')
 if not f[1] then return {'missing'} end
@@ -70,8 +75,12 @@ if state ~= 'valid' then
   return {state, f[1], f[3], f[4]}
 end
 if now > seen then redis.call('HSET', KEYS[1], 'seen', ARGV[1]); f[4] = ARGV[1] end
-local ttl = math.min(idle, absolute - (now - created)) + tonumber(ARGV[4])
-redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000))
+local ttl = math.ceil((math.min(idle, absolute - (now - created)) + tonumber(ARGV[4])) * 1000)
+redis.call('PEXPIRE', KEYS[1], ttl)
+local index = ARGV[5] .. f[2]
+local index_ttl = redis.call('PTTL', index)
+if index_ttl == -2 then redis.call('SADD', index, ARGV[6]) end
+if index_ttl ~= -1 and index_ttl < ttl then redis.call('PEXPIRE', index, ttl) end
 return {state, f[1], f[3], f[4]}
 """
 
@@ -160,6 +169,23 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 return out
+"""
+
+# KEYS: the replicas' sorted set. ARGV: replica id, liveness s. Scored with Redis's clock, as LIVE_REPLICAS_SCRIPT
+# reads it: a replica whose own clock is behind is still counted live. Scores older than ten liveness periods go.
+HEARTBEAT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: the replicas' sorted set. ARGV: liveness s. The replicas that beat within it, by Redis's clock.
+LIVE_REPLICAS_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 """
 
 # KEYS: the single-use key. ARGV: this claim's holder, hold ms. Returns what the key holds after: the holder when

@@ -3,7 +3,8 @@
 Keys and scripts: ``gateway/sessions/redis_scripts.py``; the JSON written: ``gateway/sessions/redis_codec.py``.
 
 The timeouts are decided by the caller's clock inside Lua scripts, one round trip per request; the Redis TTL only
-collects garbage (its grace lets a late lookup still name why a session ended). The scripts touch keys derived
+collects garbage (its grace lets a late lookup still name why a session ended). Replica liveness is timed by
+Redis's clock alone (heartbeats are scored and read with ``TIME``). The scripts touch keys derived
 from what they read, so this store wants a single Redis (or a replicated primary, found through Sentinel by
 ``redis_client``), not Redis Cluster. Every failure becomes ``SessionStoreUnavailable`` after at most
 ``socket_timeout``: the gateway fails closed, and the connection pool reconnects by itself once Redis is back.
@@ -54,6 +55,8 @@ from gateway.sessions.redis_scripts import (
     CLAIM_ONCE_SCRIPT,
     CREATE_SCRIPT,
     DELETE_SCRIPT,
+    HEARTBEAT_SCRIPT,
+    LIVE_REPLICAS_SCRIPT,
     LOGIN_PREFIX,
     LOOKUP_SCRIPT,
     ONCE_PREFIX,
@@ -155,6 +158,8 @@ class RedisSessionStore:
         self._revoke_idp_session = self._redis.register_script(REVOKE_IDP_SESSION_SCRIPT)
         self._sessions_of = self._redis.register_script(SESSIONS_OF_SCRIPT)
         self._update_groups = self._redis.register_script(UPDATE_GROUPS_SCRIPT)
+        self._heartbeat = self._redis.register_script(HEARTBEAT_SCRIPT)
+        self._live_replicas_script = self._redis.register_script(LIVE_REPLICAS_SCRIPT)
         self._claim_once = self._redis.register_script(CLAIM_ONCE_SCRIPT)
         self._release_once = self._redis.register_script(RELEASE_ONCE_SCRIPT)
 
@@ -299,13 +304,13 @@ class RedisSessionStore:
             value["state"], value["nonce"], value["code_verifier"], value["return_to"], value["created_at"]
         )
 
-    async def revocations(self) -> AsyncGenerator[Revocation, None]:
+    async def revocations(self, *, resync: bool = False) -> AsyncGenerator[Revocation, None]:
         """Follow the broadcast channel for as long as the store is open, resubscribing with backoff.
 
         Anything published while the subscription was down is lost (pub/sub keeps nothing), so every reconnect
-        yields a resync marker before the next broadcast.
+        (and with ``resync`` the first subscription too) yields a resync marker before the next broadcast.
         """
-        first, backoff = True, self.reconnect_backoff[0]
+        first, backoff = not resync, self.reconnect_backoff[0]
         while not self._closed:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
             try:
@@ -321,11 +326,13 @@ class RedisSessionStore:
                         continue
                     try:
                         revocation = decode_revocation(message["data"])
-                    except (ValueError, KeyError, TypeError):
-                        log.warning("ignored a malformed message on %s", REVOCATION_CHANNEL)
+                    except ValueError as malformed:
+                        log.warning("ignored a malformed message on %s (%s)", REVOCATION_CHANNEL, malformed)
                         continue
                     yield revocation
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, UnicodeDecodeError) as exc:
+                # Not UTF-8 (a stray publisher): redis-py drops the connection to resubscribe silently on the next
+                # read, losing what was published meanwhile, so it is handled as a lost subscription.
                 self.subscribed = False
                 if self._closed:
                     return
@@ -359,20 +366,17 @@ class RedisSessionStore:
         that loop in the first storm, docs/benchmarks.md §9)."""
         reading = self._live_read
         if reading is None or reading.done():
-            since = time.time() - self.liveness_seconds
             reading = self._live_read = asyncio.ensure_future(
-                self._call(self._redis.zrangebyscore(REPLICAS_KEY, since, "+inf"))
+                self._call(self._live_replicas_script(keys=[REPLICAS_KEY], args=[self.liveness_seconds]))
             )
             # Retrieved here too, so a read whose callers all went away never logs "exception never retrieved".
             reading.add_done_callback(lambda done: done.cancelled() or done.exception())
         return {str(replica) for replica in await asyncio.shield(reading)}
 
-    async def heartbeat(self, now: float) -> None:
+    async def heartbeat(self) -> None:
+        """Scored with Redis's clock (``HEARTBEAT_SCRIPT``), as ``_live_replicas`` reads it."""
         await self._follow_primary()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(REPLICAS_KEY, {self.replica_id: now})
-            pipe.zremrangebyscore(REPLICAS_KEY, "-inf", now - 10 * self.liveness_seconds)
-            await self._call(pipe.execute())
+        await self._call(self._heartbeat(keys=[REPLICAS_KEY], args=[self.replica_id, self.liveness_seconds]))
         await self._watch_replication()
 
     async def _watch_replication(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from contextlib import aclosing
 
 import pytest
@@ -45,8 +46,7 @@ class TestRedisReplicas:
                 ttl = await raw.pttl(f"cg:s:{session_key(session.id)}")
                 assert 0 < ttl <= (IDLE + 5) * 1000
                 # Near the absolute limit the remaining lifetime, not the idle timeout, bounds the TTL.
-                for now in (T0 + ABSOLUTE - IDLE / 2 - 10, T0 + ABSOLUTE - 10):
-                    await store.heartbeat(now)  # keep the test honest: only lookups refresh the session
+                await store.heartbeat()  # keep the test honest: only lookups refresh the session
                 now = T0
                 while now < T0 + ABSOLUTE - 10:
                     now = min(now + IDLE / 2, T0 + ABSOLUTE - 10)
@@ -98,3 +98,82 @@ class TestRedisReplicas:
             received = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
         assert received == [revocation, revocation]
         assert revocation.origin_replica == "replica-b"
+
+    @pytest.mark.parametrize(
+        "message",
+        [
+            "1",
+            "null",
+            '"agent-alice"',
+            "[1, 2]",
+            "{not json",
+            "{}",
+            '{"agent_id": 7, "revocation_id": "r", "origin": "o"}',
+            '{"agent_id": "a", "revocation_id": "r"}',
+            '{"agent_id": "a", "revocation_id": "r", "origin": "o", "session": ["k"]}',
+        ],
+        ids=["number", "null", "string", "array", "not-json", "empty", "agent-not-a-string", "no-origin",
+             "session-not-a-string"],
+    )  # fmt: skip
+    async def test_a_malformed_broadcast_is_skipped_and_the_next_revocation_still_arrives(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str, message: str
+    ) -> None:
+        a, b = replicas
+        async with aclosing(a.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await wait_for_subscribers(redis_url, 1)
+            async with Redis.from_url(redis_url) as raw:  # another release, a stray tool
+                await raw.publish("cg:revocations", message)
+            _, revocation = await b.revoke_agent(ALICE.agent_id)
+            assert await asyncio.wait_for(pending, timeout=5) == revocation
+
+    async def test_a_broadcast_that_is_not_utf8_is_handled_as_a_lost_subscription(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        """redis-py drops the connection on it and resubscribes unseen: what was published meanwhile is lost, so
+        the feed reconnects itself and yields the resync marker (every open connection is checked again)."""
+        a, b = replicas
+        async with aclosing(a.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await wait_for_subscribers(redis_url, 1)
+            async with Redis.from_url(redis_url) as raw:
+                await raw.publish("cg:revocations", b"\xff\xfe")
+            assert (await asyncio.wait_for(pending, timeout=5)).is_resync
+            pending = asyncio.create_task(next_of(feed))
+            await wait_for_subscribers(redis_url, 1)
+            _, revocation = await b.revoke_agent(ALICE.agent_id)
+            assert await asyncio.wait_for(pending, timeout=5) == revocation
+
+    async def test_revoke_agent_finds_a_session_created_by_a_replica_whose_clock_runs_ahead(
+        self, redis_url: str
+    ) -> None:
+        """Replicas pass their own clocks to the scripts: a session created 10 s "in the future" is kept alive by
+        lookups elsewhere past the TTL its agent's index got at the login (absolute + grace), so each lookup gives
+        the index the session's TTL too, or revoke_agent would no longer find a session every replica serves."""
+        skew, timeout, grace = 10.0, 2.0, 0.5
+        fast = RedisSessionStore(redis_url, timeout, timeout, "fast", expiry_grace_seconds=grace)
+        right = RedisSessionStore(redis_url, timeout, timeout, "right", expiry_grace_seconds=grace)
+        try:
+            session = await fast.create(ALICE, time.time() + skew)
+            started = time.monotonic()
+            while time.monotonic() - started < timeout + grace + 1:  # past the index's TTL from the login
+                assert (await right.lookup(session.id, time.time())).state is SessionState.VALID
+                await asyncio.sleep(0.25)
+            assert (await right.revoke_agent(ALICE.agent_id))[0] == 1
+            assert (await right.lookup(session.id, time.time())).state is SessionState.MISSING
+        finally:
+            await fast.close()
+            await right.close()
+
+    async def test_a_lookup_puts_a_live_session_back_into_an_agent_index_that_expired(self, redis_url: str) -> None:
+        store = redis_store(redis_url, "replica-a")
+        try:
+            session = await store.create(ALICE, T0)
+            async with Redis.from_url(redis_url) as raw:
+                await raw.delete(f"cg:a:{ALICE.agent_id}")  # as an index that expired before its session would be
+                assert (await store.lookup(session.id, T0 + 1)).state is SessionState.VALID
+                index_ttl = await raw.pttl(f"cg:a:{ALICE.agent_id}")  # read first: both end at the same moment
+                assert 0 < await raw.pttl(f"cg:s:{session_key(session.id)}") <= index_ttl
+            assert (await store.revoke_agent(ALICE.agent_id))[0] == 1
+        finally:
+            await store.close()

@@ -5,15 +5,20 @@ revoking replica learns which live replicas closed the agent's connections (gate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
 
+from gateway.app import _revocation_listener
 from gateway.errors import SessionStoreUnavailable
+from gateway.services import Services
 from gateway.sessions.redis_store import RedisSessionStore
 from tests.components.redis_server import RedisServer
-from tests.components.session_stores import redis_store
+from tests.components.session_stores import redis_store, wait_for_subscribers
 
 pytestmark = pytest.mark.redis
 
@@ -26,8 +31,15 @@ async def _both_live(
 ) -> tuple[RedisSessionStore, RedisSessionStore]:
     """Both replicas with a fresh heartbeat: each is expected to acknowledge every revocation."""
     for replica in replicas:
-        await replica.heartbeat(time.time())
+        await replica.heartbeat()
     return replicas
+
+
+async def _heartbeat_seconds_ago(url: str, replica_id: str, seconds: float) -> None:
+    """A heartbeat ``seconds`` old by Redis's clock, the one heartbeats are scored and read with."""
+    async with Redis.from_url(url, decode_responses=True) as raw:
+        now_s, now_us = await raw.time()
+        await raw.zadd("cg:replicas", {replica_id: now_s + now_us / 1e6 - seconds})
 
 
 class TestTwoReplicas:
@@ -35,24 +47,20 @@ class TestTwoReplicas:
         self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
     ) -> None:
         a, b = replicas
-        dead = redis_store(redis_url, "replica-dead")
-        try:
-            await dead.heartbeat(time.time() - 60)
-            await a.heartbeat(time.time())
-            await b.heartbeat(time.time())
-            _, revocation = await a.revoke_agent(ALICE)
+        await _heartbeat_seconds_ago(redis_url, "replica-dead", 60)
+        await a.heartbeat()
+        await b.heartbeat()
+        _, revocation = await a.revoke_agent(ALICE)
 
-            async def ack_later() -> None:
-                await asyncio.sleep(0.2)
-                await b.acknowledge(revocation)
-                await a.acknowledge(revocation)
+        async def ack_later() -> None:
+            await asyncio.sleep(0.2)
+            await b.acknowledge(revocation)
+            await a.acknowledge(revocation)
 
-            started = time.monotonic()
-            acks = asyncio.create_task(ack_later())
-            acked, missing = await a.wait_for_acks(revocation, timeout=5)
-            await acks
-        finally:
-            await dead.close()
+        started = time.monotonic()
+        acks = asyncio.create_task(ack_later())
+        acked, missing = await a.wait_for_acks(revocation, timeout=5)
+        await acks
         assert (acked, missing) == ({"replica-a", "replica-b"}, set())
         assert time.monotonic() - started < 2
 
@@ -124,6 +132,79 @@ class TestTwoReplicas:
         await a.acknowledge(second)
         assert await a.wait_for_acks(second, timeout=0.5) == ({"replica-a"}, {"replica-b"})
 
+    async def test_a_live_replica_whose_clock_runs_behind_is_still_waited_for(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Heartbeats are scored and read with Redis's clock: 20 s behind the revoking replica (more than
+        ``liveness_seconds``), a silent replica is still reported missing, not left out."""
+        a, b = replicas
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() - 20)  # replica-b's clock
+        await b.heartbeat()
+        monkeypatch.setattr(time, "time", real)
+        await a.heartbeat()
+        _, revocation = await a.revoke_agent(ALICE)
+        await a.acknowledge(revocation)
+        assert await a.wait_for_acks(revocation, timeout=0.5) == ({"replica-a"}, {"replica-b"})
+
+    async def test_a_dead_replica_whose_clock_ran_ahead_is_not_waited_for_past_its_liveness(
+        self, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        a = redis_store(redis_url, "replica-a", liveness_seconds=1.0)
+        ahead = redis_store(redis_url, "replica-ahead", liveness_seconds=1.0)
+        try:
+            real = time.time
+            monkeypatch.setattr(time, "time", lambda: real() + 20)  # replica-ahead's clock
+            await ahead.heartbeat()
+            monkeypatch.setattr(time, "time", real)
+            await a.heartbeat()
+            await asyncio.sleep(1.2)  # replica-ahead died after its last heartbeat
+            await a.heartbeat()
+            _, revocation = await a.revoke_agent(ALICE)
+            await a.acknowledge(revocation)
+            assert await a.wait_for_acks(revocation, timeout=0.5) == ({"replica-a"}, set())
+        finally:
+            await a.close()
+            await ahead.close()
+
+    async def test_a_malformed_broadcast_does_not_stop_a_replica_acknowledging_the_next_revocation(
+        self, replicas: tuple[RedisSessionStore, RedisSessionStore], redis_url: str
+    ) -> None:
+        """A JSON value that is not an object once ended every replica's listener for good, while its heartbeat
+        kept it counted live: every later deprovisioning waited for it in vain."""
+        a, b = await _both_live(replicas)
+        live = _Live()
+        services = cast(Services, SimpleNamespace(sessions=a, live=live, connectors={}, collector=None))
+        listener = asyncio.create_task(_revocation_listener(services))
+        try:
+            await wait_for_subscribers(redis_url, 1)
+            async with Redis.from_url(redis_url, decode_responses=True) as raw:
+                await raw.publish("cg:revocations", "1")
+            await asyncio.sleep(0.2)
+            assert not listener.done()
+            _, revocation = await b.revoke_agent(ALICE)
+            await b.acknowledge(revocation)
+            assert await b.wait_for_acks(revocation, timeout=5) == ({"replica-a", "replica-b"}, set())
+            assert live.closed == [ALICE]
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+
+class _Live:
+    """This replica's open connections: none, and a record of which agents' were closed."""
+
+    def __init__(self) -> None:
+        self.closed: list[str] = []
+
+    async def close_agent(self, agent_id: str) -> int:
+        self.closed.append(agent_id)
+        return 0
+
+    async def close_session(self, key: str) -> int:
+        return 0
+
 
 class TestRedisOutage:
     """Each test owns its Redis server (``own_redis``), so killing it disturbs no other test."""
@@ -131,10 +212,9 @@ class TestRedisOutage:
     async def test_waits_for_acks_fail_closed_when_redis_dies_while_they_wait(
         self, own_redis: RedisServer, own_redis_store: RedisSessionStore
     ) -> None:
-        await own_redis_store.heartbeat(time.time())
+        await own_redis_store.heartbeat()
         revocations = [(await own_redis_store.revoke_agent(f"agent-{n}"))[1] for n in range(5)]
-        async with Redis.from_url(own_redis.url, decode_responses=True) as raw:  # a live replica that never answers
-            await raw.zadd("cg:replicas", {"replica-b": time.time()})
+        await _heartbeat_seconds_ago(own_redis.url, "replica-b", 0)  # a live replica that never answers
         waits = [
             asyncio.create_task(own_redis_store.wait_for_acks(revocation, timeout=30)) for revocation in revocations
         ]
@@ -146,7 +226,7 @@ class TestRedisOutage:
                 await wait
         assert time.monotonic() - started < 2
         own_redis.restart()
-        await own_redis_store.heartbeat(time.time())
+        await own_redis_store.heartbeat()
         _, revocation = await own_redis_store.revoke_agent(ALICE)
         await own_redis_store.acknowledge(revocation)
         assert await own_redis_store.wait_for_acks(revocation, timeout=5) == ({"replica-a"}, set())

@@ -417,6 +417,18 @@ class TestSessionStoreContract:
             with pytest.raises(StopAsyncIteration):
                 await asyncio.wait_for(waiting, timeout=3)
 
+    async def test_a_feed_opened_to_resync_starts_with_the_resync_marker_then_follows_the_broadcast(
+        self, backend: Backend
+    ) -> None:
+        """What a listener started again after it failed asks for: broadcasts were missed meanwhile."""
+        async with aclosing(backend.store.revocations(resync=True)) as feed:
+            marker = await asyncio.wait_for(next_of(feed), timeout=5)
+            assert marker.is_resync and marker.origin_replica == "replica-a"
+            pending = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            _, revocation = await backend.store.revoke_agent(ALICE.agent_id)
+            assert await asyncio.wait_for(pending, timeout=5) == revocation
+
     async def test_each_revocation_has_its_own_id(self, backend: Backend) -> None:
         _, first = await backend.store.revoke_agent(ALICE.agent_id)
         _, second = await backend.store.revoke_agent(ALICE.agent_id)
@@ -431,7 +443,7 @@ class TestSessionStoreContract:
         assert received == [revocation, revocation]
 
     async def test_this_replica_acknowledging_satisfies_wait_for_acks(self, backend: Backend) -> None:
-        await backend.store.heartbeat(time.time())
+        await backend.store.heartbeat()
         _, revocation = await backend.store.revoke_agent(ALICE.agent_id)
         await backend.store.acknowledge(revocation)
         started = time.monotonic()

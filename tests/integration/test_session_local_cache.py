@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import Any
 
 import pytest
 
 from gateway.errors import SessionStoreUnavailable
-from gateway.sessions.base import Revocation, SessionState
+from gateway.sessions.base import Lookup, Revocation, SessionState
 from gateway.sessions.local_cache import CachedSessionStore
 from tests.components.redis_server import RedisServer
 from tests.components.session_stores import ALICE, BOB, T0, redis_store, wait_for_subscribers
@@ -149,3 +151,83 @@ async def test_when_redis_goes_away_the_cache_stops_answering_and_the_store_fail
                 await replica.store.lookup(session.id, T0 + 0.5)
         finally:
             await replica.close()
+
+
+class ReadInFlight:
+    """Holds replica ``store``'s Redis lookups after their reply came in, until released: the reply and a
+    broadcast arrive on two sockets, and which the event loop hands on first is up to it."""
+
+    def __init__(self, store: CachedSessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = asyncio.Event()
+        run = store.inner._lookups.run
+
+        async def held(keys: Sequence[str], args: Sequence[Any]) -> Any:
+            reply = await run(keys, args)
+            await self.release.wait()
+            return reply
+
+        monkeypatch.setattr(store.inner._lookups, "run", held)
+        self._undo = monkeypatch
+
+    async def resume(self, lookup: asyncio.Task[Lookup]) -> Lookup:
+        self.release.set()
+        found = await lookup
+        self._undo.undo()
+        return found
+
+
+async def test_a_lookup_in_flight_across_a_revocation_is_not_kept_once_the_revocation_is_acknowledged(
+    replicas: tuple[Replica, Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replicas
+    await a.store.heartbeat()
+    session = await b.store.create(ALICE, T0)
+    held = ReadInFlight(a.store, monkeypatch)
+    racing = asyncio.create_task(a.store.lookup(session.id, T0))
+    await asyncio.sleep(0.1)
+    _, revocation = await b.store.revoke_agent(ALICE.agent_id)
+    await asyncio.wait_for(a.seen.get(), 5)
+    await a.store.acknowledge(revocation)  # what gateway/app.py's listener does once the cache dropped the agent
+    assert await b.store.wait_for_acks(revocation, 5) == ({"replica-a"}, set())
+    await held.resume(racing)  # the request that raced the revocation: it started before, it may pass
+    assert (await a.store.lookup(session.id, T0 + 0.5)).state is SessionState.MISSING
+
+
+async def test_a_lookup_in_flight_across_a_logout_on_the_same_replica_is_not_kept(
+    replicas: tuple[Replica, Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = replicas
+    session = await a.store.create(ALICE, T0)
+    held = ReadInFlight(a.store, monkeypatch)
+    racing = asyncio.create_task(a.store.lookup(session.id, T0))  # a parallel request of the same browser
+    await asyncio.sleep(0.1)
+    assert await a.store.delete(session.id) == ALICE
+    assert (await asyncio.wait_for(a.seen.get(), 5)).ended_session is not None
+    await held.resume(racing)
+    assert (await a.store.lookup(session.id, T0 + 0.5)).state is SessionState.MISSING
+
+
+async def test_a_lookup_in_flight_across_a_group_change_does_not_keep_the_old_groups(
+    replicas: tuple[Replica, Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replicas
+    session = await b.store.create(ALICE, T0)
+    held = ReadInFlight(a.store, monkeypatch)
+    racing = asyncio.create_task(a.store.lookup(session.id, T0))
+    await asyncio.sleep(0.1)
+    await b.store.update_agent_groups(ALICE.agent_id, frozenset({"mail-agents"}))
+    await asyncio.wait_for(a.seen.get(), 5)
+    await held.resume(racing)
+    found = await a.store.lookup(session.id, T0 + 0.5)
+    assert found.session is not None and found.session.data.groups == {"mail-agents"}
+
+
+async def test_a_feed_opened_to_resync_empties_the_cache(replicas: tuple[Replica, Replica], redis_url: str) -> None:
+    """A listener started again after it failed missed broadcasts: nothing cached before may be served."""
+    a, _ = replicas
+    session = await a.store.create(ALICE, T0)
+    await a.store.lookup(session.id, T0)
+    async with aclosing(a.store.revocations(resync=True)) as feed:
+        assert (await asyncio.wait_for(anext(feed), 5)).is_resync
+    await a.store.lookup(session.id, T0 + 0.1)
+    assert (a.store.misses, a.store.hits) == (2, 0)

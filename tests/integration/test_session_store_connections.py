@@ -93,7 +93,7 @@ async def test_after_a_failover_the_next_heartbeat_moves_every_connection_to_the
     sentinel_group: SentinelGroup, sentinel_store: SessionStore
 ) -> None:
     before = await sentinel_store.create(ALICE, 1000.0)
-    await sentinel_store.heartbeat(time.time())
+    await sentinel_store.heartbeat()
     old_primary = sentinel_group.primary_port_now()
     # Replication is asynchronous: promote the replica only once it holds the session (else the failover itself
     # loses it, which is Redis's documented window, not what this test is about).
@@ -111,7 +111,7 @@ async def test_after_a_failover_the_next_heartbeat_moves_every_connection_to_the
         new_primary = sentinel_group.failover()
         # The demoted primary still answers the connections made before: the heartbeat must leave it at once.
         assert sentinel_group.role(old_primary) == "master"
-        await _eventually(lambda: sentinel_store.heartbeat(time.time()))
+        await _eventually(lambda: sentinel_store.heartbeat())
 
         looked_up = await _eventually(lambda: sentinel_store.lookup(before.id, 1001.0))
         assert looked_up.state is SessionState.VALID  # replicated before the failover
