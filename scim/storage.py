@@ -3,7 +3,8 @@
 scim2-server applies PUT and PATCH to the stored resource and hands ``update`` the whole new state, so the
 lifecycle is read here by comparing ``active`` before and after: true → false deprovisions (after the row
 committed, before ``update`` returns, hence before the response); false → true re-enables the agent, whose old
-sessions stay dead. DELETE deprovisions and then soft-deletes (RFC 7644 §3.6): the id answers 404 from then on
+sessions stay dead, and ends its deprovisioning runs still going in the same transaction. DELETE deprovisions
+and then soft-deletes (RFC 7644 §3.6): the id answers 404 from then on
 and the userName is free for a rehire. Searches page by a fixed order (created, id), stable across pages as
 Okta requires; filters go through ``scim.filters``' allow-list and never widen. ``expected_version`` is the
 version the engine read, never the client's If-Match: a write is a compare-and-swap, which ``scim.handler`` tries
@@ -45,12 +46,13 @@ from gateway.storage._time import to_db
 from gateway.storage.agents import AgentRepository
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.groups import GroupRepository, StaleVersion, UnknownMembers
+from gateway.storage.pipeline import supersede_runs
 from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import agents, group_members, groups
 from gateway.timeutil import utcnow
 from scim.errors import InvalidFilter
 from scim.filters import group_filter, user_filter
-from scim.lifecycle import Lifecycle
+from scim.lifecycle import Lifecycle, actor
 from scim.mapping import (
     group_resource,
     member_ids,
@@ -283,6 +285,10 @@ class DatabaseStorage(AsyncScimStorage):
                 )
                 if was_active and not active:
                     await self._lifecycle.deactivating(resource.id, conn=conn)
+                elif active and not was_active:
+                    # Made active again: the runs of the disable it ends must not go on revoking, handing over and
+                    # deleting (they end in this transaction; the agent's ended sessions stay ended).
+                    await supersede_runs(conn, resource.id, self._clock(), actor=actor(), reason="enabled by SCIM")
         except IntegrityError:
             raise _taken(values["user_name"]) from None
         if not active:

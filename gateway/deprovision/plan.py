@@ -118,29 +118,35 @@ _CHAIN = (StepKind.REVOKE, StepKind.VERIFY, StepKind.REMOVE)
 _UNFINISHED_BAD = frozenset({StepState.DEAD, StepState.FAILED, StepState.BLOCKED})
 
 
-def requeue(steps: Mapping[StepKind, StepState]) -> dict[StepKind, StepState]:
+def requeue(steps: Mapping[StepKind, StepState], *, held: bool) -> dict[StepKind, StepState]:
     """An operator's retry of one channel: the first step of the chain that did not succeed is due again and the
     ones after it wait for it (a verification must not run before the revocation it verifies); a failed
-    hand-over is due again on its own."""
+    hand-over is due again on its own. A verification after a requeued step waits to be redone even if it
+    succeeded, since it vouched for an earlier state; so every waiting step has a predecessor still to finish,
+    which unlocks it (:func:`unlocked`). A retry is no approval: in a ``held`` run an irreversible step that
+    is due again is held."""
+    due = StepState.PENDING
     moves: dict[StepKind, StepState] = {}
     if steps.get(StepKind.HAND_OVER) in _UNFINISHED_BAD:
-        moves[StepKind.HAND_OVER] = StepState.PENDING
+        moves[StepKind.HAND_OVER] = StepState.HELD if held else due
     chain = [k for k in _CHAIN if k in steps]
     for position, kind in enumerate(chain):
         if steps[kind] in _UNFINISHED_BAD:
-            moves[kind] = StepState.PENDING
+            moves[kind] = StepState.HELD if held and kind in IRREVERSIBLE else due
             for later in chain[position + 1 :]:
-                if steps[later] not in SUCCESS:
+                if later is StepKind.VERIFY or steps[later] not in SUCCESS:
                     moves[later] = StepState.WAITING
             break
     return moves
 
 
 def run_state(states: Iterable[StepState], *, held: bool) -> RunState:
-    """A run is done only when every step is done or not applicable; finished otherwise means attention."""
+    """A run is done only when every step is done or not applicable; finished otherwise means attention. A held run
+    stays held while any step is unfinished, held or not yet: a removal still waiting for its verification is
+    held when it is unlocked, which only a held run does."""
     seen = list(states)
     if any(s in (StepState.PENDING, StepState.WAITING) for s in seen):
-        return RunState.HELD if held and StepState.HELD in seen else RunState.RUNNING
+        return RunState.HELD if held else RunState.RUNNING
     if StepState.HELD in seen:
         return RunState.HELD
     if all(s in SUCCESS for s in seen):

@@ -15,14 +15,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from connectors.base import StepResult
+from connectors.base import Outcome, StepResult
 from gateway.deprovision.backoff import retry_delay
 from gateway.deprovision.plan import FINAL, RunState, StepState, run_state, step_state_for, unlocked
 from gateway.settings import DeprovisionSettings
 from gateway.storage.access_log import AccessRecord
-from gateway.storage.pipeline_records import Changes, RunRecord, Sibling, Snapshot, StepFinish, StepRecord
+from gateway.storage.pipeline_records import (
+    Budget,
+    Changes,
+    RunRecord,
+    Sibling,
+    Snapshot,
+    StepFinish,
+    StepRecord,
+    idempotency_key,
+)
 
 FINISHED = (RunState.DONE, RunState.ATTENTION)
+#: The steps a run still has to take; those of a superseded run are not taken.
+UNFINISHED = frozenset({StepState.WAITING, StepState.PENDING, StepState.HELD})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +99,33 @@ def settle(
     return Changes(now, finishes, moved, list(runs.items()), records, settled)
 
 
+def budget(settings: DeprovisionSettings) -> Budget:
+    """The pipeline's budget per step: a claim dead-letters a step it would hand out past ``max_attempts``."""
+    return Budget(
+        settings.max_attempts, lambda spent, snapshot, now: settle(spent_attempts(spent), snapshot, now, settings)
+    )
+
+
+def spent_attempts(spent: Sequence[tuple[StepRecord, RunRecord]]) -> list[Attempt]:
+    """Claimed steps whose budget is spent without a result (each attempt ended with its worker: a crash, kill -9,
+    out of memory), as a last attempt that asked for a retry: ``settle`` then dead-letters each with its receipt,
+    unlocks what a dead step unlocks and may finish its run, exactly as a recorded death."""
+    return [
+        Attempt(
+            step,
+            run,
+            StepResult(
+                step.channel,
+                step.step.value,
+                Outcome.RETRY,
+                detail=f"no result after {step.attempts} attempts: each ended with its worker (crash, kill, out of "
+                "memory) before it was recorded",
+            ),
+        )
+        for step, run in spent
+    ]
+
+
 def receipt(attempt: Attempt, state: StepState, next_at: datetime, now: datetime) -> AccessRecord:
     """The access-log receipt of one attempt at one channel: what, where, outcome, the vendor's reference."""
     step, run, result = attempt.step, attempt.run, attempt.result
@@ -131,3 +169,73 @@ def summary(run: RunRecord, steps: Iterable[Sibling], states: dict[int, StepStat
         reason=run.reason,
         detail={"run": run.id, "source": run.source, "steps": outcome},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """What making an agent active again does to its runs still going: their unfinished steps become not
+    applicable (with ``detail`` as the reason shown), the runs finish, and a receipt per step and a record per run
+    say why."""
+
+    detail: str
+    steps: Sequence[int]
+    runs: Sequence[tuple[str, RunState]]
+    records: Sequence[AccessRecord]
+
+
+def supersede(
+    runs: Sequence[RunRecord], steps: Sequence[Sibling], now: datetime, *, actor: str, reason: str
+) -> Superseded:
+    """The agent of ``runs`` (its running and held runs) was made active again: the disable those runs carry out
+    no longer holds, so they must not revoke, hand over or delete anything of an active agent. What they did
+    already stays done (a disabled seat is enabled again by a person, never by the gateway)."""
+    detail = f"superseded: the agent was made active again by {actor} ({reason})"
+    states = {s.id: s.state for s in steps}
+    cancelled: list[int] = []
+    moved: list[tuple[str, RunState]] = []
+    records: list[AccessRecord] = []
+    for run in runs:
+        mine = [s for s in steps if s.run_id == run.id]
+        for s in mine:
+            if s.state not in UNFINISHED:
+                continue
+            cancelled.append(s.id)
+            states[s.id] = StepState.NOT_APPLICABLE
+            records.append(
+                AccessRecord(
+                    time=now,
+                    kind="deprovision_step",
+                    agent_id=run.agent_id,
+                    agent_name=run.user_name,
+                    channel=s.channel,
+                    actor=actor,
+                    decision=StepState.NOT_APPLICABLE.value,
+                    reason=detail[:500],
+                    detail={
+                        "run": run.id,
+                        "step": s.step.value,
+                        "outcome": "superseded",
+                        "state": StepState.NOT_APPLICABLE.value,
+                        "was": s.state.value,
+                        "idempotency_key": idempotency_key(run.id, s.channel, s.step),
+                    },
+                )
+            )
+        new_state = run_state((states[s.id] for s in mine), held=False)
+        moved.append((run.id, new_state))
+        outcome: dict[str, dict[str, str]] = {}
+        for s in mine:
+            outcome.setdefault(s.channel, {})[s.step.value] = states[s.id].value
+        records.append(
+            AccessRecord(
+                time=now,
+                kind="deprovision",
+                agent_id=run.agent_id,
+                agent_name=run.user_name,
+                actor=actor,
+                decision="superseded",
+                reason=detail[:500],
+                detail={"run": run.id, "source": run.source, "state": new_state.value, "steps": outcome},
+            )
+        )
+    return Superseded(detail, cancelled, moved, records)

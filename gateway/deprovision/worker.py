@@ -18,17 +18,17 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 from connectors.base import AgentRef, Connector, Outcome, StepContext, StepResult
 from gateway.deprovision.plan import StepKind, StepState
-from gateway.deprovision.results import Attempt, settle
+from gateway.deprovision.results import Attempt, settle, spent_attempts
 from gateway.errors import ChannelgateError
 from gateway.metrics import Metrics
 from gateway.settings import DeprovisionSettings
-from gateway.storage.pipeline import PipelineRepository, RunPeople, RunRecord, StepRecord
+from gateway.storage.pipeline import Budget, Changes, PipelineRepository, RunPeople, RunRecord, Snapshot, StepRecord
 from gateway.timeutil import utcnow
 
 log = logging.getLogger("channelgate.deprovision")
@@ -132,34 +132,50 @@ class PipelineWorker:
 
     async def _claim(self, free: int) -> int:
         now = self._clock()
+        buried: list[tuple[list[Attempt], Changes]] = []
+
+        def bury(spent: Sequence[tuple[StepRecord, RunRecord]], snapshot: Snapshot, at: datetime) -> Changes:
+            batch = spent_attempts(spent)
+            buried.append((batch, settle(batch, snapshot, at, self._settings)))
+            return buried[-1][1]
+
         try:
             claimed = await self._runs.claim(
-                self.owner, now, now + timedelta(seconds=self._settings.lease_seconds), free
+                self.owner,
+                now,
+                now + timedelta(seconds=self._settings.lease_seconds),
+                free,
+                budget=Budget(self._settings.max_attempts, bury),
             )
         except ChannelgateError as exc:
             log.warning("deprovisioning worker cannot reach the database: %s", exc.message)
             await asyncio.sleep(self._settings.poll_seconds)
             return 0
-        await self._learn_people({run.id: run for _, run in claimed})
+        for batch, changes in buried:  # committed with the claim: dead letters, as recorded deaths are
+            self._report(batch, changes)
+        active = await self._learn_people({run.id: run for _, run in claimed})
         for step, run in claimed:
             self._in_flight += 1
-            task = asyncio.create_task(self._attempt(step, run), name=f"channelgate-step-{step.id}")
+            again = None if active is None else run.id in active
+            task = asyncio.create_task(self._attempt(step, run, again), name=f"channelgate-step-{step.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(claimed)
 
     # -- one attempt ------------------------------------------------------------------------------------------
 
-    async def _attempt(self, step: StepRecord, run: RunRecord) -> None:
+    async def _attempt(self, step: StepRecord, run: RunRecord, active: bool | None) -> None:
         try:
             async with self._slots:
-                result = await self._run_step(step, run)
+                result = await self._run_step(step, run, active)
             await self._results.put(Attempt(step, run, result))
         finally:
             self._in_flight -= 1
             self.wake()
 
-    async def _run_step(self, step: StepRecord, run: RunRecord) -> StepResult:
+    async def _run_step(self, step: StepRecord, run: RunRecord, active: bool | None) -> StepResult:
+        """One attempt at ``step``. ``active``: whether the run's agent was active again when the step was claimed
+        (None: not known)."""
         connector = self._connectors.get(step.channel)
         if connector is None:
             return StepResult(
@@ -173,7 +189,13 @@ class PipelineWorker:
         limit = self._settings.lease_seconds / 2
         try:
             if step.step is StepKind.HAND_OVER:
-                return await self._hand_over(connector, run, ctx, limit)
+                return await self._hand_over(connector, step, run, ctx, limit)
+            # Removal is irreversible: whether its agent is active again is read at the attempt itself.
+            if step.step is StepKind.REMOVE or (step.step is StepKind.REVOKE and active is None):
+                found = await self._runs.people_of([run.id])
+                active = _active(found.get(run.id, NOBODY))
+            if active and step.step is not StepKind.VERIFY:
+                return self._skip(step, run)
             agent = await self._agent_of(run)
             async with asyncio.timeout(limit):
                 if step.step is StepKind.REVOKE:
@@ -192,11 +214,25 @@ class PipelineWorker:
             detail = "the connector raised an unexpected error (see the gateway log); will retry"
         return StepResult(step.channel, step.step.value, Outcome.RETRY, detail=detail)
 
-    async def _hand_over(self, connector: Connector, run: RunRecord, ctx: StepContext, limit: float) -> StepResult:
+    def _skip(self, step: StepRecord, run: RunRecord) -> StepResult:
+        """The run's agent is active again (re-enabled after the disable this run carries out): a revocation, hand-over
+        or removal now would act against an active agent, so the step is skipped, and its receipt says why."""
+        log.warning(
+            "deprovisioning run %s: %s at channel %s skipped, %s is active again", run.id, step.step.value,
+            step.channel, run.user_name,
+        )  # fmt: skip
+        detail = f"skipped: {run.user_name} is active again; this run's disable no longer holds"
+        return StepResult(step.channel, step.step.value, Outcome.NOT_APPLICABLE, detail=detail)
+
+    async def _hand_over(
+        self, connector: Connector, step: StepRecord, run: RunRecord, ctx: StepContext, limit: float
+    ) -> StepResult:
         """Hand the agent's open work over to the successor as the directory has them now: read at every attempt,
         so a successor disabled or deleted while the step was retrying gets nothing, and the receipt says why."""
         found = await self._runs.people_of([run.id])
         people = found.get(run.id, NOBODY)
+        if _active(people):
+            return self._skip(step, run)
         agent = agent_ref(run, people)
         self._remember(run.id, agent)
         successor, passed_over = successor_ref(run, people)
@@ -206,18 +242,20 @@ class PipelineWorker:
             return result
         return replace(result, detail=f"{result.detail}; {passed_over}" if result.detail else passed_over)
 
-    async def _learn_people(self, runs: Mapping[str, RunRecord]) -> None:
-        """Read the agents of claimed runs not yet known here, all in one read."""
-        unknown = [run_id for run_id in runs if run_id not in self._agents]
-        if not unknown:
-            return
+    async def _learn_people(self, runs: Mapping[str, RunRecord]) -> set[str] | None:
+        """Read the agents of claimed runs, all in one read: remember those not yet known here, and return the runs
+        whose agent is active again (None when the read failed)."""
+        if not runs:
+            return set()
         try:
-            found = await self._runs.people_of(unknown)
+            found = await self._runs.people_of(list(runs))
         except ChannelgateError as exc:
-            log.warning("deprovisioning worker cannot read the agents of %d runs: %s", len(unknown), exc.message)
-            return  # each attempt reads its own run's agent (and retries if that fails too)
-        for run_id in unknown:
-            self._remember(run_id, agent_ref(runs[run_id], found.get(run_id, NOBODY)))
+            log.warning("deprovisioning worker cannot read the agents of %d runs: %s", len(runs), exc.message)
+            return None  # each attempt reads its own run's agent (and retries if that fails too)
+        for run_id, run in runs.items():
+            if run_id not in self._agents:
+                self._remember(run_id, agent_ref(run, found.get(run_id, NOBODY)))
+        return {run_id for run_id in runs if _active(found.get(run_id, NOBODY))}
 
     def _remember(self, run_id: str, agent: AgentRef) -> None:
         self._agents[run_id] = agent
@@ -263,6 +301,10 @@ class PipelineWorker:
             [a.run.id for a in batch],
             lambda snapshot: settle(batch, snapshot, now, self._settings),
         )
+        self._report(batch, changes)
+
+    def _report(self, batch: Sequence[Attempt], changes: Changes) -> None:
+        """What a committed batch tells people: metrics per step, and for a dead letter an error log line."""
         if changes.unlocked:
             self.wake()  # the next step of a chain is due now, not at the next poll
         attempts = {a.step.id: a for a in batch}
@@ -280,6 +322,11 @@ class PipelineWorker:
                     attempt.run.id,
                     attempt.result.detail,
                 )
+
+
+def _active(people: RunPeople) -> bool:
+    """Whether a run's agent is active: made active again since the disable the run carries out."""
+    return people.agent is not None and people.agent.active and not people.agent.deleted
 
 
 def agent_ref(run: RunRecord, people: RunPeople) -> AgentRef:

@@ -2,10 +2,11 @@
 in the access log (kind ``ldap``).
 
 A disable is ``SessionKiller.deprovision`` with source ``ldap``: the agent is disabled, its pipeline run queued
-and every session on every replica ended before the call returns. A reactivation only sets the agent active
-again; the sessions the disable ended stay ended. Group changes reach live sessions at once
-(``SessionStore.update_agent_groups``), as SCIM's do. Each change commits on its own; one that fails is logged
-and reported while the rest, the disables above all, are still carried out.
+and every session on every replica ended before the call returns. A reactivation sets the agent active
+again and ends its deprovisioning runs still going (``supersede_runs``); the sessions the disable ended stay
+ended. Group changes reach live sessions at once (``SessionStore.update_agent_groups``), as SCIM's do. Each
+change commits on its own; one that fails is logged and reported while the rest, the disables above all, are
+still carried out.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from gateway.storage.agents import AgentRepository, user_name_key
 from gateway.storage.database import write_transaction
 from gateway.storage.groups import GroupRepository
 from gateway.storage.limits import unstorable
+from gateway.storage.pipeline import supersede_runs
 from gateway.storage.schema import agents, group_members, groups
 
 log = logging.getLogger("channelgate.ldap")
@@ -277,6 +279,8 @@ class PlanApplier:
         assert change.agent_id is not None
         async with write_transaction(self._store.engine) as conn:
             await self._agents.set_active(change.agent_id, True, None, now, conn=conn)
+            # The runs of the disable this ends must not go on acting on an active agent: they end here too.
+            await supersede_runs(conn, change.agent_id, now, actor=self.actor, reason=change.reason or "reactivated")
             await self._store.set_entry(conn, change.entry_id, disabled_by_sync=False)
             await self._audit.write(
                 self.record(

@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.deprovision.plan import RunState, StepKind, StepState, requeue
+from gateway.deprovision.plan import RunState, StepKind, StepState, requeue, run_state
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
-from gateway.storage.pipeline_batches import Decide, read_people, record_batch
+from gateway.storage.pipeline_batches import Decide, read_people, record_batch, supersede_runs
 from gateway.storage.pipeline_records import (
+    Budget,
     Changes,
     PlannedStep,
     RunPeople,
@@ -31,12 +32,13 @@ from gateway.storage.pipeline_records import (
     run_from_row,
     step_from_row,
 )
-from gateway.storage.schema import deprovision_runs, deprovision_steps
+from gateway.storage.schema import access_log, deprovision_runs, deprovision_steps
 from gateway.storage.sqlite_outbox import SqliteOutbox
 from gateway.storage.sqlite_pipeline import SqlitePipeline
 from gateway.storage.sqlite_writer import sqlite_access
 
 __all__ = [
+    "Budget",
     "Changes",
     "PipelineRepository",
     "PlannedStep",
@@ -46,7 +48,12 @@ __all__ = [
     "StepFinish",
     "StepRecord",
     "idempotency_key",
+    "supersede_runs",
 ]
+
+
+#: Spent steps dead-lettered by one claim at most (the rest by the next).
+COMMIT_LIMIT = 200
 
 
 class PipelineRepository:
@@ -110,48 +117,54 @@ class PipelineRepository:
             return int((await c.execute(query)).scalar_one())
 
     async def claim(
-        self, owner: str, now: datetime, lease_until: datetime, limit: int, *, conn: AsyncConnection | None = None
+        self,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        *,
+        budget: Budget,
+        conn: AsyncConnection | None = None,
     ) -> list[tuple[StepRecord, RunRecord]]:
-        """Take up to ``limit`` due steps whose lease is free or lapsed; each claim counts as an attempt (so a step
-        that crashes its worker every time still spends its budget and dead-letters)."""
+        """Take up to ``limit`` due steps whose lease is free or lapsed; each claim counts as an attempt. A due step
+        whose claims spent its ``budget`` (a step that crashes its worker every time never has a result recorded)
+        is not handed out again: it is dead-lettered in this same transaction (``Budget.bury``)."""
         if conn is None and self.direct is not None:
-            return await self.direct.claim(owner, now, lease_until, limit)
-        due = (
-            select(deprovision_steps.c.id)
-            .where(
-                deprovision_steps.c.state == StepState.PENDING.value,
-                deprovision_steps.c.next_attempt_at <= to_db(now),
-                or_(deprovision_steps.c.lease_until.is_(None), deprovision_steps.c.lease_until < to_db(now)),
-            )
-            .order_by(deprovision_steps.c.next_attempt_at, deprovision_steps.c.id)
-            .limit(limit)
-            # PostgreSQL: replicas claiming at once skip each other's rows instead of queueing on them.
-            .with_for_update(skip_locked=True)
-        )
+            return await self.direct.claim(owner, now, lease_until, limit, budget)
+        steps = deprovision_steps.c
+        free = [
+            steps.state == StepState.PENDING.value,
+            steps.next_attempt_at <= to_db(now),
+            or_(steps.lease_until.is_(None), steps.lease_until < to_db(now)),
+        ]
         async with write_transaction(self._engine, conn) as c:
+            await bury_spent(c, owner, now, free, budget)
+            free.append(steps.attempts < budget.max_attempts)
+            due = (
+                select(steps.id)
+                .where(*free)
+                .order_by(steps.next_attempt_at, steps.id)
+                .limit(limit)
+                # PostgreSQL: replicas claiming at once skip each other's rows instead of queueing on them.
+                .with_for_update(skip_locked=True)
+            )
             ids = list((await c.execute(due)).scalars())
             if not ids:
                 return []
             claimed = await c.execute(
                 update(deprovision_steps)
-                .where(deprovision_steps.c.id.in_(ids))
+                .where(steps.id.in_(ids))
                 .values(
                     lease_owner=owner,
                     lease_until=to_db(lease_until),
-                    attempts=deprovision_steps.c.attempts + 1,
+                    attempts=steps.attempts + 1,
                     updated_at=to_db(now),
                 )
                 .returning(*deprovision_steps.c)
             )
-            steps = [step_from_row(row) for row in claimed.mappings()]
-            run_ids = {s.run_id for s in steps}
-            runs = {
-                r["id"]: run_from_row(r)
-                for r in (
-                    await c.execute(select(deprovision_runs).where(deprovision_runs.c.id.in_(run_ids)))
-                ).mappings()
-            }
-        return [(s, runs[s.run_id]) for s in sorted(steps, key=lambda s: s.id)]
+            records = [step_from_row(row) for row in claimed.mappings()]
+            runs = await _runs(c, {s.run_id for s in records})
+        return [(s, runs[s.run_id]) for s in sorted(records, key=lambda s: s.id)]
 
     async def finish(
         self, owner: str, finish: StepFinish, now: datetime, *, conn: AsyncConnection
@@ -286,22 +299,33 @@ class PipelineRepository:
 
     async def retry(self, run_id: str, now: datetime, *, conn: AsyncConnection | None = None) -> int:
         """Give a run's dead, failed and blocked steps a fresh budget (after a person fixed the cause), in chain
-        order per channel (``gateway.deprovision.plan.requeue``); returns how many steps are due again."""
+        order per channel (``gateway.deprovision.plan.requeue``); returns how many steps are due or held again.
+
+        A retry is not an approval: a run the mass-deletion guard held and nobody approved stays held, and its
+        irreversible steps wait for ``approve``. That includes a held run that finished in attention (its removal
+        blocked, no hand-over left to hold), known by its ``deprovision_held`` record."""
         async with write_transaction(self._engine, conn) as c:
             # The run's row first, as a worker recording results locks it (no lock-order deadlock on PostgreSQL).
-            await c.execute(select(deprovision_runs.c.id).where(deprovision_runs.c.id == run_id).with_for_update())
+            row = (
+                (await c.execute(select(deprovision_runs).where(deprovision_runs.c.id == run_id).with_for_update()))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return 0
+            run = run_from_row(row)
+            held = run.state is RunState.HELD or (run.approved_by is None and await _was_held(c, run))
             steps = await self.steps_of([run_id], conn=c)
+            states = {s.id: s.state for s in steps}
             due = 0
             for channel in sorted({s.channel for s in steps}):
-                moves = requeue({s.step: s.state for s in steps if s.channel == channel})
+                mine = {s.step: s for s in steps if s.channel == channel}
+                moves = requeue({kind: s.state for kind, s in mine.items()}, held=held)
                 for kind, state in moves.items():
+                    states[mine[kind].id] = state
                     await c.execute(
                         update(deprovision_steps)
-                        .where(
-                            deprovision_steps.c.run_id == run_id,
-                            deprovision_steps.c.channel == channel,
-                            deprovision_steps.c.step == kind.value,
-                        )
+                        .where(deprovision_steps.c.id == mine[kind].id)
                         .values(
                             state=state.value,
                             attempts=0,
@@ -311,12 +335,12 @@ class PipelineRepository:
                             updated_at=to_db(now),
                         )
                     )
-                    due += state is StepState.PENDING
+                    due += state is not StepState.WAITING
             if due:
                 await c.execute(
                     update(deprovision_runs)
                     .where(deprovision_runs.c.id == run_id)
-                    .values(state=RunState.RUNNING.value, finished_at=None)
+                    .values(state=run_state(states.values(), held=held).value, finished_at=None)
                 )
         return due
 
@@ -333,3 +357,50 @@ class PipelineRepository:
         async with read_transaction(self._engine, conn) as c:
             value = (await c.execute(query)).scalar_one_or_none()
         return None if value is None else from_db(value)
+
+
+async def _was_held(c: AsyncConnection, run: RunRecord) -> bool:
+    """Whether the guard held ``run`` when it was queued (its ``deprovision_held`` record, written with it)."""
+    query = select(access_log.c.detail).where(
+        access_log.c.kind == "deprovision_held", access_log.c.agent_id == run.agent_id
+    )
+    return any(isinstance(d, dict) and d.get("run") == run.id for d in (await c.execute(query)).scalars())
+
+
+async def _runs(c: AsyncConnection, run_ids: Collection[str]) -> dict[str, RunRecord]:
+    query = select(deprovision_runs).where(deprovision_runs.c.id.in_(list(run_ids)))
+    return {r["id"]: run_from_row(r) for r in (await c.execute(query)).mappings()}
+
+
+async def bury_spent(
+    c: AsyncConnection, owner: str, now: datetime, free: Sequence[ColumnElement[bool]], budget: Budget
+) -> Changes | None:
+    """Dead-letter the due steps whose lease lapsed with their budget spent, in the claim's transaction ``c``:
+    their runs locked first (the order recorders lock in), then their leases taken over by ``owner``, so the
+    death is written as a result this worker records (``record_batch``)."""
+    steps = deprovision_steps.c
+    spent = select(steps.id, steps.run_id).where(*free, steps.attempts >= budget.max_attempts).limit(COMMIT_LIMIT)
+    found = (await c.execute(spent)).all()
+    if not found:
+        return None
+    run_ids = sorted({row[1] for row in found})
+    await c.execute(
+        select(deprovision_runs.c.id)
+        .where(deprovision_runs.c.id.in_(run_ids))
+        .order_by(deprovision_runs.c.id)
+        .with_for_update()
+    )
+    taken = await c.execute(
+        update(deprovision_steps)
+        .where(steps.id.in_([row[0] for row in found]), *free, steps.attempts >= budget.max_attempts)
+        .values(lease_owner=owner, lease_until=to_db(now), updated_at=to_db(now))
+        .returning(*deprovision_steps.c)
+    )
+    records = sorted((step_from_row(row) for row in taken.mappings()), key=lambda s: s.id)
+    if not records:
+        return None
+    runs = await _runs(c, {s.run_id for s in records})
+    pairs = [(s, runs[s.run_id]) for s in records]
+    return await record_batch(
+        c, owner, [s.id for s in records], list(runs), lambda snapshot: budget.bury(pairs, snapshot, now)
+    )

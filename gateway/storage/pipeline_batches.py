@@ -9,13 +9,16 @@ kind of change written by one ``executemany``. ``gateway.storage.sqlite_pipeline
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import FromClause, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.deprovision.plan import RunState, StepState
+from gateway.deprovision.results import supersede
 from gateway.storage._time import to_db
+from gateway.storage.access_log import AccessRecord
 from gateway.storage.pipeline_records import (
     RUN_STATES,
     STEP_KINDS,
@@ -25,6 +28,7 @@ from gateway.storage.pipeline_records import (
     RunPeople,
     Sibling,
     Snapshot,
+    run_from_row,
 )
 from gateway.storage.schema import access_log, agents, deprovision_runs, deprovision_steps
 
@@ -105,12 +109,7 @@ async def _write(c: AsyncConnection, owner: str, changes: Changes) -> None:
                 for run_id, state in changes.runs
             ],
         )
-    if changes.records:
-        rows = [
-            {name: getattr(record, name) for name in _LOG_COLUMNS} | {"time": to_db(record.time)}
-            for record in changes.records
-        ]
-        await c.execute(insert(access_log), rows)
+    await _insert_records(c, changes.records)
 
 
 def _person_columns(table: FromClause) -> list[Any]:
@@ -150,3 +149,60 @@ async def read_people(c: AsyncConnection, run_ids: Collection[str]) -> dict[str,
         row[0]: RunPeople(_person(row, 2), _person(row, 7), named.get(row[1].lower()) if row[1] else None)
         for row in rows
     }
+
+
+async def supersede_runs(c: AsyncConnection, agent_id: str, now: datetime, *, actor: str, reason: str) -> list[str]:
+    """The agent was made active again in the transaction ``c``: its running and held runs end there, their
+    unfinished steps not applicable, with a receipt for each and a record for each run
+    (``gateway.deprovision.results.supersede``). A worker holding a lease on one of those steps then cannot record
+    it (its step is no longer pending). Returns the runs' ids."""
+    going = (RunState.RUNNING.value, RunState.HELD.value)
+    # Runs first, then steps, in id order: the order recorders lock in.
+    query = (
+        select(deprovision_runs)
+        .where(deprovision_runs.c.agent_id == agent_id, deprovision_runs.c.state.in_(going))
+        .order_by(deprovision_runs.c.id)
+    )
+    runs = [run_from_row(row) for row in (await c.execute(query.with_for_update())).mappings()]
+    if not runs:
+        return []
+    steps = deprovision_steps.c
+    rows = (
+        await c.execute(
+            select(steps.id, steps.run_id, steps.channel, steps.step, steps.state)
+            .where(steps.run_id.in_([r.id for r in runs]))
+            .order_by(steps.run_id, steps.id)
+            .with_for_update()
+        )
+    ).all()
+    siblings = [Sibling(r[0], r[1], r[2], STEP_KINDS[r[3]], STEP_STATES[r[4]]) for r in rows]
+    decided = supersede(runs, siblings, now, actor=actor, reason=reason)
+    moment = to_db(now)
+    if decided.steps:
+        await c.execute(
+            update(deprovision_steps)
+            .where(steps.id.in_(list(decided.steps)))
+            .values(
+                state=StepState.NOT_APPLICABLE.value,
+                lease_owner=None,
+                lease_until=None,
+                detail=decided.detail[:2000],
+                updated_at=moment,
+            )
+        )
+    await c.execute(
+        update(deprovision_runs)
+        .where(deprovision_runs.c.id == bindparam("b_id"))
+        .values(state=bindparam("b_state"), finished_at=moment),
+        [{"b_id": run_id, "b_state": state.value} for run_id, state in decided.runs],
+    )
+    await _insert_records(c, decided.records)
+    return [r.id for r in runs]
+
+
+async def _insert_records(c: AsyncConnection, records: Sequence[AccessRecord]) -> None:
+    if records:
+        rows = [
+            {name: getattr(record, name) for name in _LOG_COLUMNS} | {"time": to_db(record.time)} for record in records
+        ]
+        await c.execute(insert(access_log), rows)

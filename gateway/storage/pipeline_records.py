@@ -6,7 +6,7 @@ path (``gateway.storage.sqlite_pipeline``): both read into these and write what 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -195,3 +195,15 @@ class Changes:
     records: Sequence[AccessRecord] = ()
     #: Not written: the attempts that counted and the state each step went to (metrics, dead-letter alerts).
     settled: Sequence[tuple[int, StepState]] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a claim does with a due step whose lease lapsed with its budget spent (every attempt ended with its
+    worker, before a result was recorded): instead of handing it out again, it records the step's death in the
+    claim's own transaction. ``bury`` decides, from those steps, the snapshot of their runs read in that
+    transaction and the claim's time, what that changes (``gateway.deprovision.results.budget``), as
+    ``record``'s ``decide`` does."""
+
+    max_attempts: int
+    bury: Callable[[Sequence[tuple[StepRecord, RunRecord]], Snapshot, datetime], Changes]

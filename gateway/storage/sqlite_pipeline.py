@@ -23,6 +23,7 @@ from gateway.storage.pipeline_records import (
     RUN_STATES,
     STEP_KINDS,
     STEP_STATES,
+    Budget,
     Changes,
     Person,
     RunPeople,
@@ -43,11 +44,20 @@ _PERSON = "{0}.id, {0}.user_name, {0}.email, {0}.active, {0}.deleted_at"
 LOG_COLUMNS = tuple(column.name for column in access_log.columns if column.name != "seq")
 INSERT_LOG = f"INSERT INTO access_log ({', '.join(LOG_COLUMNS)}) VALUES ({', '.join('?' for _ in LOG_COLUMNS)})"  # noqa: S608 - names from our schema
 _PENDING = StepState.PENDING.value
+#: Spent steps dead-lettered by one claim at most (the rest by the next).
+SPENT_LIMIT = 200
 # The statements, written once; "(?*)" stands for as many placeholders as the call has values (``_listing``).
 _CLAIM = (
     "UPDATE deprovision_steps SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? "  # noqa: S608 - our column names
     "WHERE id IN (SELECT id FROM deprovision_steps WHERE state = ? AND next_attempt_at <= ? "
-    "AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?) "
+    "AND (lease_until IS NULL OR lease_until < ?) AND attempts < ? ORDER BY next_attempt_at, id LIMIT ?) "
+    f"RETURNING {STEP_COLUMNS}"
+)
+# A due step whose lease lapsed with its budget spent, taken over to record its death (``Budget``).
+_SPENT = (
+    "UPDATE deprovision_steps SET lease_owner = ?, lease_until = ?, updated_at = ? "  # noqa: S608 - our column names
+    "WHERE id IN (SELECT id FROM deprovision_steps WHERE state = ? AND next_attempt_at <= ? "
+    "AND (lease_until IS NULL OR lease_until < ?) AND attempts >= ? LIMIT ?) "
     f"RETURNING {STEP_COLUMNS}"
 )
 _RUNS = f"SELECT {RUN_COLUMNS} FROM deprovision_runs WHERE id IN (?*)"  # noqa: S608 - our column names
@@ -136,40 +146,28 @@ class SqlitePipeline:
         self._access = access
 
     async def claim(
-        self, owner: str, now: datetime, lease_until: datetime, limit: int
+        self, owner: str, now: datetime, lease_until: datetime, limit: int, budget: Budget
     ) -> list[tuple[StepRecord, RunRecord]]:
         moment = sqlite_datetime(now)
+        ceiling = budget.max_attempts
 
         def unit(conn: sqlite3.Connection) -> list[tuple[StepRecord, RunRecord]]:
+            spent = conn.execute(_SPENT, (owner, moment, moment, _PENDING, moment, moment, ceiling, SPENT_LIMIT))
+            pairs = _with_runs(conn, [step_row(row) for row in spent.fetchall()])
+            if pairs:
+                _record(conn, owner, [s.id for s, _ in pairs], [r.id for _, r in pairs],
+                        lambda snapshot: budget.bury(pairs, snapshot, now))  # fmt: skip
             claimed = conn.execute(
-                _CLAIM, (owner, sqlite_datetime(lease_until), moment, _PENDING, moment, moment, limit)
+                _CLAIM, (owner, sqlite_datetime(lease_until), moment, _PENDING, moment, moment, ceiling, limit)
             ).fetchall()
-            if not claimed:
-                return []
-            steps = sorted((step_row(row) for row in claimed), key=lambda s: s.id)
-            ids = sorted({s.run_id for s in steps})
-            runs = {row[0]: run_row(row) for row in conn.execute(_listing(_RUNS, len(ids)), ids)}
-            return [(s, runs[s.run_id]) for s in steps]
+            return _with_runs(conn, [step_row(row) for row in claimed])
 
         return await self._access.writer.run(unit)
 
     async def record(
         self, owner: str, step_ids: Collection[int], run_ids: Collection[str], decide: Callable[[Snapshot], Changes]
     ) -> Changes:
-        wanted = set(step_ids)
-        ids = sorted(set(run_ids))
-
-        def unit(conn: sqlite3.Connection) -> Changes:
-            # The writer's transaction is BEGIN IMMEDIATE: no other writer changes these rows until it commits.
-            runs = {row[0]: RUN_STATES[row[1]] for row in conn.execute(_listing(_RUN_STATES, len(ids)), ids)}
-            rows = conn.execute(_listing(_STEPS_OF_RUNS, len(ids)), ids).fetchall()
-            held = frozenset(row[0] for row in rows if row[0] in wanted and row[5] == owner and row[4] == _PENDING)
-            siblings = [Sibling(r[0], r[1], r[2], STEP_KINDS[r[3]], STEP_STATES[r[4]]) for r in rows]
-            changes = decide(Snapshot(siblings, runs, held))
-            _write(conn, owner, changes)
-            return changes
-
-        return await self._access.writer.run(unit)
+        return await self._access.writer.run(lambda conn: _record(conn, owner, step_ids, run_ids, decide))
 
     async def people_of(self, run_ids: Collection[str]) -> dict[str, RunPeople]:
         ids = list(run_ids)
@@ -190,6 +188,35 @@ class SqlitePipeline:
             }
 
         return await self._access.reader.run(read)
+
+
+def _with_runs(conn: sqlite3.Connection, steps: Iterable[StepRecord]) -> list[tuple[StepRecord, RunRecord]]:
+    ordered = sorted(steps, key=lambda s: s.id)
+    if not ordered:
+        return []
+    ids = sorted({s.run_id for s in ordered})
+    runs = {row[0]: run_row(row) for row in conn.execute(_listing(_RUNS, len(ids)), ids)}
+    return [(s, runs[s.run_id]) for s in ordered]
+
+
+def _record(
+    conn: sqlite3.Connection,
+    owner: str,
+    step_ids: Collection[int],
+    run_ids: Collection[str],
+    decide: Callable[[Snapshot], Changes],
+) -> Changes:
+    """``SqlitePipeline.record`` on the connection of a unit of the writer (its transaction is BEGIN IMMEDIATE: no
+    other writer changes these rows until it commits)."""
+    wanted = set(step_ids)
+    ids = sorted(set(run_ids))
+    runs = {row[0]: RUN_STATES[row[1]] for row in conn.execute(_listing(_RUN_STATES, len(ids)), ids)}
+    rows = conn.execute(_listing(_STEPS_OF_RUNS, len(ids)), ids).fetchall()
+    held = frozenset(row[0] for row in rows if row[0] in wanted and row[5] == owner and row[4] == _PENDING)
+    siblings = [Sibling(r[0], r[1], r[2], STEP_KINDS[r[3]], STEP_STATES[r[4]]) for r in rows]
+    changes = decide(Snapshot(siblings, runs, held))
+    _write(conn, owner, changes)
+    return changes
 
 
 def _write(conn: sqlite3.Connection, owner: str, changes: Changes) -> None:

@@ -106,8 +106,37 @@ def test_an_operator_retry_requeues_the_chain_in_order_and_the_hand_over_on_its_
     from gateway.deprovision.plan import requeue
 
     steps = {R: StepState.DEAD, H: StepState.FAILED, V: StepState.DEAD, X: StepState.BLOCKED}
-    assert requeue(steps) == {H: StepState.PENDING, R: StepState.PENDING, V: StepState.WAITING, X: StepState.WAITING}
-    assert requeue({R: StepState.DONE, V: StepState.FAILED, X: StepState.BLOCKED}) == {
+    assert requeue(steps, held=False) == {
+        H: StepState.PENDING,
+        R: StepState.PENDING,
+        V: StepState.WAITING,
+        X: StepState.WAITING,
+    }
+    assert requeue({R: StepState.DONE, V: StepState.FAILED, X: StepState.BLOCKED}, held=False) == {
         V: StepState.PENDING, X: StepState.WAITING
     }  # fmt: skip
-    assert requeue({R: StepState.DONE, V: StepState.DONE}) == {}
+    assert requeue({R: StepState.DONE, V: StepState.DONE}, held=False) == {}
+
+
+def test_a_retried_revocation_has_its_succeeded_verification_redone_so_the_removal_is_unlocked() -> None:
+    from gateway.deprovision.plan import requeue
+
+    moves = requeue({R: StepState.DEAD, V: StepState.DONE, X: StepState.FAILED}, held=False)
+    assert moves == {R: StepState.PENDING, V: StepState.WAITING, X: StepState.WAITING}
+    # A removal that already happened is not redone.
+    assert requeue({R: StepState.DEAD, V: StepState.DONE, X: StepState.DONE}, held=False) == {
+        R: StepState.PENDING, V: StepState.WAITING
+    }  # fmt: skip
+
+
+def test_a_retry_of_a_held_run_requeues_irreversible_steps_held_not_due() -> None:
+    from gateway.deprovision.plan import requeue
+
+    assert requeue({H: StepState.FAILED, R: StepState.DONE, V: StepState.DONE, X: StepState.FAILED}, held=True) == {
+        H: StepState.HELD, X: StepState.HELD
+    }  # fmt: skip
+
+
+def test_a_held_run_stays_held_while_a_step_is_unfinished_even_with_no_step_held_yet() -> None:
+    assert run_state([StepState.DONE, StepState.PENDING, StepState.WAITING], held=True) is RunState.HELD
+    assert run_state([StepState.DONE, StepState.FAILED], held=True) is RunState.ATTENTION

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import Outcome, StepResult
 from gateway.deprovision.plan import RunState, StepKind, StepState
-from gateway.deprovision.results import Attempt, settle
+from gateway.deprovision.results import Attempt, budget, settle
 from gateway.settings import DeprovisionSettings
 from gateway.storage.access_log import AccessLogRepository
 from gateway.storage.database import Database
@@ -29,9 +29,12 @@ from gateway.storage.pipeline import (
     StepFinish,
     StepRecord,
     idempotency_key,
+    supersede_runs,
 )
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+SETTINGS = DeprovisionSettings(max_attempts=2, retry_base_seconds=1.0, retry_max_seconds=1.0)
+BUDGET = budget(SETTINGS)
 
 
 def _run(run_id: str, *, state: RunState = RunState.RUNNING, created: datetime = T0) -> RunRecord:
@@ -77,19 +80,19 @@ async def test_only_due_pending_steps_are_claimed_and_each_claim_counts_an_attem
     pipeline: PipelineRepository,
 ) -> None:
     await pipeline.create_run(_run("r1"), STEPS)
-    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     assert [(s.channel, s.step, s.attempts) for s, _ in claimed] == [("chat", StepKind.REVOKE, 1)]
     assert claimed[0][1].user_name == "user-r1"
-    assert await pipeline.claim("w2", T0, T0 + timedelta(seconds=60), 10) == []
+    assert await pipeline.claim("w2", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET) == []
 
 
 async def test_a_lapsed_lease_is_taken_over_and_the_old_owner_cannot_finish(
     database: Database, pipeline: PipelineRepository
 ) -> None:
     await pipeline.create_run(_run("r1"), STEPS)
-    [(step, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    [(step, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     later = T0 + timedelta(seconds=61)
-    [(again, _)] = await pipeline.claim("w2", later, later + timedelta(seconds=60), 10)
+    [(again, _)] = await pipeline.claim("w2", later, later + timedelta(seconds=60), 10, budget=BUDGET)
     assert again.id == step.id and again.attempts == 2
     finish = StepFinish(step.id, StepState.DONE, later, "ref-1", "revoked")
     async with database.begin() as conn:
@@ -102,7 +105,7 @@ async def test_concurrent_claims_never_hand_one_step_to_two_workers(pipeline: Pi
     for n in range(20):
         await pipeline.create_run(_run(f"r{n}"), STEPS)
     lease = T0 + timedelta(seconds=60)
-    results = await asyncio.gather(*(pipeline.claim(f"w{n}", T0, lease, 3) for n in range(8)))
+    results = await asyncio.gather(*(pipeline.claim(f"w{n}", T0, lease, 3, budget=BUDGET) for n in range(8)))
     ids = [s.id for claimed in results for s, _ in claimed]
     assert len(ids) == len(set(ids)) == 20
 
@@ -123,7 +126,7 @@ async def test_retry_gives_dead_steps_a_fresh_budget_and_reopens_the_run(
     database: Database, pipeline: PipelineRepository
 ) -> None:
     await pipeline.create_run(_run("r1"), STEPS[:1])
-    [(step, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    [(step, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     async with database.begin() as conn:
         await pipeline.finish("w1", StepFinish(step.id, StepState.DEAD, T0, None, "gave up"), T0, conn=conn)
         await pipeline.set_run_state("r1", RunState.ATTENTION, T0, conn=conn)
@@ -141,7 +144,6 @@ async def test_the_guard_counts_distinct_agents_deprovisioned_in_the_window(pipe
     assert await pipeline.runs_started_since(T0 - timedelta(hours=1)) == 2
 
 
-SETTINGS = DeprovisionSettings(max_attempts=2, retry_base_seconds=1.0, retry_max_seconds=1.0)
 CHAIN = [
     PlannedStep("chat", StepKind.REVOKE, StepState.PENDING),
     PlannedStep("chat", StepKind.VERIFY, StepState.WAITING),
@@ -181,7 +183,7 @@ async def test_a_recorded_batch_writes_each_result_with_its_receipt_and_unlocks_
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
     await pipeline.create_run(_run("r1"), CHAIN)
-    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     assert len(claimed) == 2
     settled = await _record(pipeline, "w1", claimed, Outcome.DONE, T0)
     assert sorted(state for _, state in settled) == [StepState.DONE, StepState.DONE]
@@ -197,7 +199,7 @@ async def test_a_recorded_batch_writes_each_result_with_its_receipt_and_unlocks_
     ]
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.RUNNING and run.finished_at is None
-    [(verify, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    [(verify, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     assert verify.step is StepKind.VERIFY
 
 
@@ -206,9 +208,17 @@ async def test_a_run_is_done_only_when_every_step_is_and_its_summary_is_written_
 ) -> None:
     await pipeline.create_run(_run("r1"), CHAIN)
     later = T0 + timedelta(seconds=1)
-    await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10), Outcome.DONE, T0)
+    await _record(
+        pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET), Outcome.DONE, T0
+    )
     assert await _log(engine, "deprovision_complete") == []
-    await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10), Outcome.DONE, later)
+    await _record(
+        pipeline,
+        "w1",
+        await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET),
+        Outcome.DONE,
+        later,
+    )
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.DONE and run.finished_at == later
     [summary] = await _log(engine, "deprovision_complete")
@@ -219,12 +229,14 @@ async def test_a_retry_is_due_after_its_backoff_and_a_spent_budget_is_dead_never
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
     await pipeline.create_run(_run("r1"), CHAIN[:2])
-    await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10), Outcome.RETRY, T0)
+    await _record(
+        pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET), Outcome.RETRY, T0
+    )
     [revoke, _] = await pipeline.steps_of(["r1"])
     assert revoke.state is StepState.PENDING and revoke.next_attempt_at == T0 + timedelta(seconds=1)
-    assert await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10) == []
+    assert await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET) == []
     again = T0 + timedelta(seconds=1)
-    claimed = await pipeline.claim("w1", again, again + timedelta(seconds=60), 10)
+    claimed = await pipeline.claim("w1", again, again + timedelta(seconds=60), 10, budget=BUDGET)
     assert await _record(pipeline, "w1", claimed, Outcome.RETRY, again) == [(revoke.id, StepState.DEAD)]
     states = await _states(pipeline, "r1")
     assert states[("chat", StepKind.REVOKE)] is StepState.DEAD
@@ -238,9 +250,9 @@ async def test_a_result_whose_lease_was_taken_over_is_not_recorded_and_leaves_no
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
     await pipeline.create_run(_run("r1"), CHAIN[:1])
-    first = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+    first = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     later = T0 + timedelta(seconds=61)
-    second = await pipeline.claim("w2", later, later + timedelta(seconds=60), 10)
+    second = await pipeline.claim("w2", later, later + timedelta(seconds=60), 10, budget=BUDGET)
     assert await _record(pipeline, "w1", first, Outcome.FAILED, later) == []
     assert await _log(engine, "deprovision_step") == []
     assert await _record(pipeline, "w2", second, Outcome.DONE, later) == [(second[0][0].id, StepState.DONE)]
@@ -255,7 +267,7 @@ async def test_two_workers_recording_the_last_steps_of_one_run_at_once_finish_it
     for n in range(10):
         await pipeline.create_run(_run(f"r{n}"), steps)
     lease = T0 + timedelta(seconds=60)
-    claims = [await pipeline.claim(f"w{n}", T0, lease, 10) for n in range(4)]
+    claims = [await pipeline.claim(f"w{n}", T0, lease, 10, budget=BUDGET) for n in range(4)]
     assert sum(len(c) for c in claims) == 40
     await asyncio.gather(*(_record(pipeline, f"w{n}", claims[n], Outcome.DONE, T0) for n in range(4)))
     for n in range(10):
@@ -321,9 +333,9 @@ async def test_the_direct_and_the_engine_path_write_the_same_rows(engine: AsyncE
     for direct, run_id in ((True, "direct"), (False, "engine")):
         pipeline = PipelineRepository(engine, direct=direct)
         await pipeline.create_run(_run(run_id), CHAIN)
-        claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+        claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
         await _record(pipeline, "w1", claimed, Outcome.DONE, T0)
-        claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10)
+        claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
         await _record(pipeline, "w1", claimed, Outcome.RETRY, T0)
     with sqlite3.connect(database) as db:
         steps = {
@@ -345,3 +357,86 @@ async def test_the_direct_and_the_engine_path_write_the_same_rows(engine: AsyncE
     assert steps["direct"] == steps["engine"]
     assert len(log["direct"]) == 3
     assert log["direct"] == log["engine"]
+
+
+async def _set_states(engine: AsyncEngine, run_id: str, states: Mapping[tuple[str, str], str]) -> None:
+    async with engine.begin() as conn:
+        for (channel, step), state in states.items():
+            await conn.execute(
+                text("UPDATE deprovision_steps SET state = :state WHERE run_id = :run AND channel = :ch AND step = :s"),
+                {"state": state, "run": run_id, "ch": channel, "s": step},
+            )
+
+
+async def test_a_step_that_crashes_its_worker_every_time_is_dead_lettered_by_the_claim_past_its_budget(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN[:2])
+    lease = timedelta(seconds=60)
+    now, seen = T0, []
+    for crash in range(3):  # each worker claims what is due and dies before recording it; the lease lapses
+        seen += [s.attempts for s, _ in await pipeline.claim(f"w{crash}", now, now + lease, 10, budget=BUDGET)]
+        now += lease + timedelta(seconds=1)
+    assert seen == [1, 2, 1]  # the revoke twice (its budget), then the verification its death unlocked
+    states = await _states(pipeline, "r1")
+    assert states[("chat", StepKind.REVOKE)] is StepState.DEAD
+    [dead] = [r for r in await _log(engine, "deprovision_step") if r["step"] == "revoke"]
+    assert (dead["decision"], dead["attempt"]) == ("dead", 2)
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.RUNNING
+
+
+async def test_retrying_a_held_run_keeps_it_held_and_its_irreversible_steps_wait_for_approval(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    steps = [*STEPS, PlannedStep("chat", StepKind.REMOVE, StepState.WAITING)]
+    await pipeline.create_run(_run("r1", state=RunState.HELD), steps)
+    await _set_states(
+        engine, "r1", {("chat", "revoke"): "dead", ("chat", "verify"): "failed", ("chat", "remove"): "blocked"}
+    )
+    assert await pipeline.retry("r1", T0) == 1
+    states = await _states(pipeline, "r1")
+    assert states[("chat", StepKind.REVOKE)] is StepState.PENDING
+    assert states[("mail", StepKind.HAND_OVER)] is StepState.HELD
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.HELD and run.approved_by is None
+
+
+async def test_a_retried_revocation_has_its_verification_redone_so_no_step_waits_for_ever(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    steps = [*CHAIN[:2], PlannedStep("chat", StepKind.REMOVE, StepState.WAITING)]
+    await pipeline.create_run(_run("r1", state=RunState.ATTENTION), steps)
+    await _set_states(
+        engine, "r1", {("chat", "revoke"): "dead", ("chat", "verify"): "done", ("chat", "remove"): "failed"}
+    )
+    assert await pipeline.retry("r1", T0) == 1
+    assert await _states(pipeline, "r1") == {
+        ("chat", StepKind.REVOKE): StepState.PENDING,
+        ("chat", StepKind.VERIFY): StepState.WAITING,
+        ("chat", StepKind.REMOVE): StepState.WAITING,
+    }
+    for _ in range(3):
+        await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET),
+                      Outcome.DONE, T0)  # fmt: skip
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.DONE
+
+
+async def test_making_an_agent_active_again_supersedes_its_going_runs_with_receipts(
+    database: Database, engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1", state=RunState.HELD), STEPS)
+    [(revoke, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
+    async with database.begin() as conn:
+        assert await supersede_runs(conn, "agent-r1", T0, actor="scim:entra", reason="enabled by SCIM") == ["r1"]
+    assert set((await _states(pipeline, "r1")).values()) == {StepState.NOT_APPLICABLE}
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.DONE and run.finished_at == T0
+    receipts = await _log(engine, "deprovision_step")
+    assert sorted(str(r["step"]) for r in receipts) == ["hand_over", "revoke", "verify"]
+    assert {r["outcome"] for r in receipts} == {"superseded"}
+    [record] = await _log(engine, "deprovision")
+    assert record["decision"] == "superseded" and record["run"] == "r1"
+    # The worker that held the revoke's lease cannot record it any more.
+    assert await _record(pipeline, "w1", [(revoke, _run("r1"))], Outcome.DONE, T0) == []
