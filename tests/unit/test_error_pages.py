@@ -49,3 +49,23 @@ def test_a_refusal_written_for_the_agent_is_shown_as_it_is(caplog: pytest.LogCap
     page = error_response(_request("application/json"), AccessDenied("The phone console is read-only."), "req-43")
     assert b"The phone console is read-only." in bytes(page.body)
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("path", ["/.channelgate/console/agents", "/.channelgate/console/live.json"])
+def test_the_console_shows_a_database_failure_without_the_database_address(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from gateway.console.failures import error_response as console_error_response
+
+    request = _request("text/html")
+    request.scope["path"] = path
+    services = SimpleNamespace(settings=SimpleNamespace(server=SimpleNamespace(trusted_proxies=())))
+    failed = StorageError(f"database read failed on {ADDRESS}", detail="ConnectionRefusedError: [Errno 111]")
+    with caplog.at_level(logging.WARNING, logger="channelgate"):
+        page = console_error_response(request, services, failed)  # type: ignore[arg-type]
+    body = bytes(page.body).decode()
+    assert page.status_code == 503 and "database is not answering" in body
+    assert "10.20.0.5" not in body and "cg_prod_user" not in body
+    assert ADDRESS in caplog.text
