@@ -25,6 +25,7 @@ routes with personal-data rules (whose classification reads any header) always t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
 
 #: Answers kept at most; a replica past this forgets them all and starts again.
 MAX_ANSWERS = 20_000
+#: Answers to a longer URI are not kept (they take the full path each time): an agent asking about distinct URIs
+#: with 7 KB query strings held ~23 KB an answer, ~470 MB at MAX_ANSWERS. The questions worth keeping — the same
+#: console pages asked over and over — are short.
+MAX_KEPT_URI = 1024
 
 #: (session id, method, URI as asked, host, client address, device header) — what the decision read.
 Question = tuple[str, str, str, str | None, str, str | None]
@@ -83,13 +88,17 @@ def row_tail(question: Question, checked: Checked, action: str, log_path: str) -
 class ForwardAuthMemo:
     def __init__(self, size: int = MAX_ANSWERS) -> None:
         self._size = size
-        self._answers: dict[Question, Answer] = {}
+        #: Oldest first: a full memo forgets its oldest answer, not every agent's (one agent asking about many
+        #: URIs must not put everyone back on the full path).
+        self._answers: OrderedDict[Question, Answer] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def keep(self, question: Question, answer: Answer) -> None:
-        if len(self._answers) >= self._size:
-            self._answers.clear()
+        if len(question[2]) > MAX_KEPT_URI:
+            return
+        while len(self._answers) >= self._size:
+            self._answers.popitem(last=False)
         self._answers[question] = answer
 
     def clear(self) -> None:

@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from scim2_models import PayloadTooLargeException, SCIMException, UnauthorizedException
-from scim2_server.applications.asgi import ASGIApplication, Receive, Scope
+from scim2_models import InvalidSyntaxException, PayloadTooLargeException, SCIMException, UnauthorizedException
+from scim2_server.applications.asgi import ASGIApplication, Scope
 from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
 from scim2_server.routing import Operation
@@ -99,13 +99,6 @@ class ScimApplication(ASGIApplication):
         """The configured public URL, never the Host header: Location and meta.location cannot be steered."""
         return self._base_url
 
-    async def read_request(self, scope: Scope, receive: Receive) -> ScimRequest:
-        request = await super().read_request(scope, receive)
-        body = requests.parse(request.body)
-        if body is not None and len(request.body) <= MAX_BODY_BYTES:
-            request.body = json.dumps(requests.normalise(request.method.upper(), body)).encode()
-        return request
-
     async def _authenticate(self, request: ScimRequest) -> str:
         scheme, _, token = (request.header("Authorization") or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -127,6 +120,14 @@ class ScimApplication(ASGIApplication):
             # The body was cut one byte past the limit while it was read: say so (RFC 7644 §3.12, 413) rather than
             # report the cut JSON as invalid.
             raise PayloadTooLargeException(detail=f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        # Parsed and normalised only now, after the token was checked: an unauthenticated client's megabyte of JSON
+        # costs a 401, not ~30 ms of the event loop.
+        try:
+            body = requests.parse(request.body)
+        except RecursionError:  # [[[[...: json's C decoder recurses per level
+            raise InvalidSyntaxException(detail="the request body nests too deeply to be a SCIM message") from None
+        if body is not None:
+            request.body = json.dumps(requests.normalise(request.method.upper(), body)).encode()
         if authenticated and self._lookups is not None and (answer := await self._lookups.answer(request)) is not None:
             return answer
         method = request.method.upper()

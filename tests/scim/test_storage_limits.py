@@ -172,3 +172,21 @@ async def test_a_failing_database_is_a_503_with_retry_after_that_never_names_the
     detail = response.json()["detail"]
     assert "retry later" in detail
     assert engine.url.database not in detail and engine.dialect.name not in detail and "127.0.0.1" not in detail
+
+
+#: 100,000 levels of nesting: json's decoder recurses once per level.
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+async def test_a_body_nested_too_deeply_is_a_400_invalid_syntax_never_a_500(scim: httpx.AsyncClient) -> None:
+    answer = await scim.post("/Users", content=DEEP)
+    assert answer.status_code == 400 and answer.json()["scimType"] == "invalidSyntax", answer.text
+
+
+async def test_an_unauthenticated_body_is_refused_with_a_401_before_it_is_read_as_json(
+    gateway: ScimGateway,
+) -> None:
+    # The token is checked first: a body that would fail to parse (or take a megabyte of parsing) gets the 401.
+    async with httpx.AsyncClient(base_url=gateway.scim_url, timeout=10.0) as anonymous:
+        answer = await anonymous.post("/Users", content=DEEP, headers={"Content-Type": "application/scim+json"})
+    assert answer.status_code == 401, answer.text
