@@ -27,34 +27,45 @@ RECOVERY_CHECK_SECONDS = 60.0
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
-def session_cookie(connection: HTTPConnection, services: Services) -> str | None:
-    """The session id from the ``Cookie`` header(s), or None when absent or not shaped like one of ours.
+class DuplicateSessionCookie(AuthenticationRequired):
+    """More than one copy of the session cookie. The gateway sets one; another was planted on a narrower path
+    or a sibling domain (cookie tossing), and the order a browser sends them in (RFC 6265 §5.4) says nothing
+    about which is ours, so neither is believed."""
 
-    Only the gateway's cookie is looked for (consoles behind the gateway may set many cookies on its origin);
-    as in Starlette's parser, a later copy wins. A quoted value is not unquoted: our ids never are.
-    """
-    return session_id_in(connection.scope["headers"], services.cookies.session_name)
+    code = "duplicate_session_cookie"
 
 
-def session_id_in(headers: Sequence[tuple[bytes, bytes]], name: str) -> str | None:
-    """``session_cookie`` over raw ASGI headers."""
-    value = None
+def session_cookies(headers: Sequence[tuple[bytes, bytes]], name: str) -> list[str]:
+    """Every value of the cookie ``name`` in the ``Cookie`` header(s), in the order sent. A quoted value is not
+    unquoted: our ids never are."""
+    values: list[str] = []
     raw: bytes
     for key, raw in headers:
         if key == b"cookie":
             for pair in raw.decode("latin-1").split(";"):
                 found, equals, text = pair.partition("=")
                 if equals and found.strip() == name:
-                    value = str(text.strip())
-    if value is None or not _SESSION_ID.fullmatch(value):
+                    values.append(text.strip())
+    return values
+
+
+def session_id_in(headers: Sequence[tuple[bytes, bytes]], name: str) -> str | None:
+    """The session id from raw ASGI headers, or None when absent, sent more than once, or not shaped like one of
+    ours. Only the gateway's cookie is looked for (consoles behind the gateway may set many cookies on its
+    origin)."""
+    values = session_cookies(headers, name)
+    if len(values) != 1 or not _SESSION_ID.fullmatch(values[0]):
         return None
-    return value
+    return values[0]
 
 
 async def require_session(connection: HTTPConnection, services: Services, scope: RequestScope) -> Session:
-    session_id = session_cookie(connection, services)
-    if session_id is None:
+    values = session_cookies(connection.scope["headers"], services.cookies.session_name)
+    if len(values) > 1:
+        raise DuplicateSessionCookie("Please sign in to continue.")
+    if not values or not _SESSION_ID.fullmatch(values[0]):
         raise AuthenticationRequired("Please sign in to continue.")
+    session_id = values[0]
     lookup = await services.sessions.lookup(session_id, services.clock())
     if lookup.state is SessionState.VALID and lookup.session is not None:
         if services.sessions.unreachable_within(RECOVERY_CHECK_SECONDS) and not await _still_active(

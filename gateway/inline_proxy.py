@@ -22,12 +22,12 @@ from starlette.websockets import WebSocket
 
 from connectors.base import AgentRef, UpstreamRequest
 from gateway.audit.data_access import MAX_BODY, DataAccess, default_action, subject_from_body
-from gateway.authn import require_session
+from gateway.authn import DuplicateSessionCookie, require_session
 from gateway.errors import AccessDenied, AuthenticationRequired, BadRequest, ChannelgateError, NotFound
 from gateway.pages import error_response, wants_html
 from gateway.proxy.connector_flow import ChannelPlan, ConnectorResend
 from gateway.proxy.forward import ForwardStats
-from gateway.proxy.headers import check_header_size, sanitise_request_headers
+from gateway.proxy.headers import check_header_size, console_scope, sanitise_request_headers
 from gateway.proxy.paths import normalise_path, strip_query_values
 from gateway.proxy.routes import RouteMatch, upstream_url
 from gateway.proxy.websocket import proxy_websocket
@@ -58,6 +58,16 @@ class Forbidden(AccessDenied):
     """Denied by the route's rule; the message explains which group is missing."""
 
     code = "forbidden"
+
+
+class ServiceWorkerRefused(AccessDenied):
+    """A console's service worker script (the browser sends ``Service-Worker: script``, W3C Service Workers
+    §4.2.1). Every one is refused, not only those asking for a scope wider than their prefix: a worker under
+    ``/chat/`` could be scoped to ``/chat/`` alone, but it outlives the session, answers requests offline and
+    sees every page of its scope before the gateway does; with one origin shared by all consoles, refusing all
+    of them is the fail-closed choice."""
+
+    code = "service_worker_refused"
 
 
 _HTTP_SCHEME = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
@@ -275,8 +285,16 @@ async def proxy_http(request: Request) -> Response:
             response = _login_redirect(request)
         else:
             response = error_response(request, exc, scope.request_id)
+        detail = {"error": exc.code} if isinstance(exc, DuplicateSessionCookie) else None
         services.audit.submit(
-            request_record(scope, request.method, log_path, status=response.status_code, duration_ms=_elapsed_ms(scope))
+            request_record(
+                scope,
+                request.method,
+                log_path,
+                status=response.status_code,
+                duration_ms=_elapsed_ms(scope),
+                detail=detail,
+            )
         )
         services.metrics.request(scope.channel or "-", response.status_code).inc()
         return response
@@ -306,13 +324,23 @@ async def proxy_http(request: Request) -> Response:
 
     assert services.upstream is not None
     assert admitted.plan is not None and admitted.agent is not None and admitted.upstream is not None
+    route = admitted.match.route
     try:
+        if request.headers.get("service-worker", "").strip().lower() == "script":
+            raise ServiceWorkerRefused("A channel console may not install a service worker on the gateway.")
         response = await services.upstream.forward(
             request,
             admitted.url,
             admitted.headers,
-            admitted.match.route.timeout_seconds,
+            route.timeout_seconds,
             gateway_cookie_names=tuple(services.cookies.names),
+            console=console_scope(
+                route.prefix,
+                route.strip_prefix,
+                str(route.upstream),
+                services.public_url,
+                rewrite_cookies=not admitted.plan.keeps_cookies,
+            ),
             on_complete=finished,
             on_response=admitted.plan.response_hook(admitted.agent),
             resend=ConnectorResend(admitted.plan, admitted.agent, admitted.upstream, services.metrics),

@@ -7,9 +7,11 @@ The app calls, in order: ``normalise_path`` (before any decision), ``RouteTable.
 
 from gateway.proxy.forward import ForwardStats, ProxyResponse, StatsCallback, UpstreamClient, UpstreamTimeout
 from gateway.proxy.headers import (
+    ConsoleScope,
     HeadersTooLarge,
     check_header_size,
     client_address,
+    console_scope,
     is_identity_header,
     normalise_header_name,
     sanitise_request_headers,
@@ -20,6 +22,7 @@ from gateway.proxy.routes import RouteMatch, RouteTable, upstream_path, upstream
 from gateway.proxy.websocket import WebSocketRegistry, proxy_websocket, sendable_close_code
 
 __all__ = [
+    "ConsoleScope",
     "ForwardStats",
     "HeadersTooLarge",
     "ProxyResponse",
@@ -31,6 +34,7 @@ __all__ = [
     "WebSocketRegistry",
     "check_header_size",
     "client_address",
+    "console_scope",
     "is_identity_header",
     "normalise_header_name",
     "normalise_path",

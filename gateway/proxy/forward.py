@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from gateway.errors import UpstreamError
-from gateway.proxy.headers import sanitise_response_headers
+from gateway.proxy.headers import ConsoleScope, sanitise_response_headers
 
 #: Headers aiohttp would otherwise invent; the client's own copies (if any) are forwarded instead.
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -255,13 +255,15 @@ class UpstreamClient:
         timeout: float,  # noqa: ASYNC109 - bounds each connect/read gap, not the whole (streamed) exchange
         *,
         gateway_cookie_names: tuple[str, ...] = (),
+        console: ConsoleScope | None = None,
         on_complete: StatsCallback | None = None,
         on_response: ResponseHook | None = None,
         resend: Resend | None = None,
     ) -> ProxyResponse | BufferedProxyResponse:
         """Send ``request`` to ``upstream_url`` with ``headers`` (already sanitised and injected) and return a
         streaming response (or, for a small body of known length, the whole body). ``timeout`` bounds the
-        connect and every read gap, including the wait for headers.
+        connect and every read gap, including the wait for headers. ``console`` keeps the answer's cookies and
+        redirects under the route's prefix (``headers.ConsoleScope``).
 
         ``on_response`` sees each upstream answer's headers first. When ``resend`` wants it and the body can be
         sent again (none, or read whole), a refused request is sent once more with ``resend``'s fresh headers;
@@ -282,7 +284,7 @@ class UpstreamClient:
                 data, replayable = self._request_body(request, stats, body_state), False
         started = time.monotonic()
         upstream, response_headers = await self._exchange(
-            request.method, upstream_url, headers, data, timeout, body_state, gateway_cookie_names, on_response
+            request.method, upstream_url, headers, data, timeout, body_state, gateway_cookie_names, console, on_response
         )
         if resend is not None and resend.wanted(upstream.status, upstream.headers):
             fresh = await _fresh_headers(resend, upstream) if replayable else None
@@ -291,7 +293,15 @@ class UpstreamClient:
             if fresh is not None:
                 await _discard(upstream)
                 upstream, response_headers = await self._exchange(
-                    request.method, upstream_url, fresh, data, timeout, body_state, gateway_cookie_names, on_response
+                    request.method,
+                    upstream_url,
+                    fresh,
+                    data,
+                    timeout,
+                    body_state,
+                    gateway_cookie_names,
+                    console,
+                    on_response,
                 )
         stats.status = upstream.status
         stats.upstream_latency = time.monotonic() - started
@@ -322,6 +332,7 @@ class UpstreamClient:
         timeout: float,  # noqa: ASYNC109 - bounds each connect/read gap, as in ``forward``
         body_state: dict[str, bool],
         gateway_cookie_names: tuple[str, ...],
+        console: ConsoleScope | None,
         on_response: ResponseHook | None,
     ) -> tuple[aiohttp.ClientResponse, list[tuple[str, str]]]:
         """One request/answer with the upstream: the answer's status line and its headers, sanitised and shown to
@@ -350,6 +361,7 @@ class UpstreamClient:
         response_headers = sanitise_response_headers(
             ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers),
             gateway_cookie_names=gateway_cookie_names,
+            console=console,
         )
         if on_response is not None:
             try:

@@ -10,9 +10,11 @@ are believed only from configured proxies (ASVS 4.1.3); by default none is trust
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Collection, Iterable, Sequence
-from urllib.parse import quote
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 from gateway.errors import BadRequest
 
@@ -215,27 +217,162 @@ def client_address(peer_ip: str, headers: Sequence[tuple[bytes, bytes]], trusted
     return str(current)
 
 
-def _set_cookie_name(value: str) -> str:
-    """The cookie name exactly as a browser parses it (RFC 6265 §5.2): text before the first ``=``."""
-    pair = value.split(";", 1)[0]
-    return pair.split("=", 1)[0].strip() if "=" in pair else ""
+#: Response fields that act on the whole origin rather than on the console's path, so only the gateway may send
+#: them: Clear-Site-Data would wipe the gateway's session cookie and every console's storage, Service-Worker-Allowed
+#: widen a worker's scope past its prefix, Strict-Transport-Security (``max-age=0``) switch off the origin's HSTS,
+#: Origin-Agent-Cluster change the origin's agent cluster, and ``Access-Control-*`` open the origin to other sites
+#: (CORS is the gateway's decision, not a console's).
+ORIGIN_WIDE = frozenset(
+    {"clear-site-data", "service-worker-allowed", "strict-transport-security", "origin-agent-cluster"}
+)
+_ORIGIN_WIDE_PREFIXES = ("access-control-",)
+
+#: RFC 6265bis §4.1.3: the name prefixes a browser binds to the origin (``__Host-``: this host, Path=/, Secure).
+#: They are the gateway's own; a console's copy could shadow one, so it never reaches the browser.
+_RESERVED_COOKIE_PREFIXES = ("__host-", "__secure-")
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_of(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
+    scheme = scheme.lower()
+    return scheme, (host or "").lower().rstrip("."), port or _DEFAULT_PORTS.get(scheme)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleScope:
+    """Where one console lives on the gateway's single origin, to keep its answers there (nginx's
+    ``proxy_cookie_path`` and default ``proxy_redirect``). Made by ``console_scope``, once per route."""
+
+    #: The route's prefix (``/chat/``), and whether it is removed before the request goes upstream.
+    prefix: str
+    strip_prefix: bool
+    #: The upstream's origin (scheme, lower-case host, port) and base path (``""`` or ``/base``).
+    upstream_origin: tuple[str, str, int | None]
+    upstream_base: str
+    #: The gateway's public origin, ``https://gateway.example``.
+    public_origin: str
+    #: False for a cookie jar: its connector takes every ``Set-Cookie`` out (none reaches the browser) and must
+    #: store it as the console wrote it.
+    rewrite_cookies: bool = True
+
+    def public_path(self, path: str) -> str:
+        """The gateway path of an upstream path: the reverse of ``routes.upstream_path``."""
+        base = self.upstream_base
+        if base and (path == base or path.startswith((base + "/", base + "?"))):
+            path = path[len(base) :]
+            path = path if path.startswith("/") else "/" + path
+        return self.prefix[:-1] + path if self.strip_prefix else path
+
+    def cookie_path(self, path: str | None) -> str:
+        """``Path`` kept under the prefix: ``/x`` → ``/chat/x`` when the prefix is stripped; no path, an
+        invalid one (RFC 6265 §5.2.4) or one outside the prefix → the prefix."""
+        if path and path.startswith("/"):
+            public = self.public_path(path)
+            if public.startswith(self.prefix):
+                return public
+        return self.prefix
+
+    def location(self, value: str) -> str:
+        """``Location`` pointing at the console's own upstream → the public URL under the prefix; an
+        absolute path (RFC 3986 §4.2) from a stripped route → under the prefix; any other URL unchanged
+        (a redirect elsewhere is the console's business)."""
+        text = value.strip()
+        if text.startswith("/") and not text.startswith("//"):
+            return self.public_path(text) if self.strip_prefix else value
+        try:
+            parts = urlsplit(text)
+            origin = _origin_of(parts.scheme or self.upstream_origin[0], parts.hostname, parts.port)
+        except ValueError:
+            return value
+        if not parts.netloc or origin != self.upstream_origin:
+            return value
+        public = self.public_path(parts.path or "/")
+        query = f"?{parts.query}" if parts.query else ""
+        fragment = f"#{parts.fragment}" if parts.fragment else ""
+        return f"{self.public_origin}{public}{query}{fragment}"
+
+
+@functools.lru_cache(maxsize=256)
+def console_scope(
+    prefix: str, strip_prefix: bool, upstream: str, public_url: str, *, rewrite_cookies: bool = True
+) -> ConsoleScope:
+    """The ``ConsoleScope`` of a route (cached: routes are few, and this is on every proxied request)."""
+    up, pub = urlsplit(upstream), urlsplit(public_url)
+    return ConsoleScope(
+        prefix=prefix,
+        strip_prefix=strip_prefix,
+        upstream_origin=_origin_of(up.scheme, up.hostname, up.port),
+        upstream_base=up.path.rstrip("/"),
+        public_origin=f"{pub.scheme}://{pub.netloc}".lower(),
+        rewrite_cookies=rewrite_cookies,
+    )
+
+
+def _set_cookie(value: str, gateway_cookie_names: Collection[str], console: ConsoleScope | None) -> str | None:
+    """A console's ``Set-Cookie`` fit for the browser, or None to drop it.
+
+    The name is read as a browser reads it (RFC 6265bis §5.6): text before the first ``=``, none without one.
+    A nameless cookie (``=channelgate=ID``) is sent back as ``channelgate=ID``, a copy of the gateway's cookie,
+    so it is dropped like any gateway name, in any letter case. Otherwise ``Domain`` goes (host-only) and
+    ``Path`` stays under the console's prefix, so one console cannot plant cookies on another's path or the
+    gateway's (cookie tossing, session fixation).
+    """
+    pair, _, attributes = value.partition(";")
+    name = pair.split("=", 1)[0].strip().lower() if "=" in pair else ""
+    if not name or name in gateway_cookie_names:
+        return None
+    if console is not None and not console.rewrite_cookies:
+        return value
+    if name.startswith(_RESERVED_COOKIE_PREFIXES):
+        return None
+    if console is None:
+        return value
+    kept = [pair.strip()]
+    path: str | None = None
+    for attribute in attributes.split(";"):
+        key, _, text = attribute.partition("=")
+        key = key.strip().lower()
+        if key == "path":
+            path = text.strip()  # the last one wins (RFC 6265 §5.3 step 7)
+        elif key and key != "domain":
+            kept.append(attribute.strip())
+    kept.append("Path=" + console.cookie_path(path))
+    return "; ".join(kept)
 
 
 def sanitise_response_headers(
     headers: Iterable[tuple[str, str]],
     *,
     gateway_cookie_names: Collection[str],
+    console: ConsoleScope | None = None,
 ) -> list[tuple[str, str]]:
-    """Drop hop-by-hop fields and any ``Set-Cookie`` for a gateway cookie: an upstream must not overwrite
-    (or, with ``Max-Age=0``, log out) the gateway session. Everything else passes unchanged."""
+    """A console's answer headers fit for the browser, in one pass.
+
+    Dropped: hop-by-hop fields, origin-wide fields (``ORIGIN_WIDE``), any ``Set-Cookie`` for a gateway cookie
+    (an upstream must not overwrite, or with ``Max-Age=0`` log out, the gateway session), a nameless one and one
+    with a reserved ``__Host-``/``__Secure-`` name. With ``console``, cookies and ``Location`` are kept under the
+    console's prefix (``ConsoleScope``). One origin cannot isolate consoles from each other's JavaScript; see
+    docs/operations/hardening.md.
+    """
     materialised = [(name, normalise_header_name(name), value) for name, value in headers]
     connection_listed = _connection_tokens(value for _, norm, value in materialised if norm == "connection")
     cookie_names = {n.lower() for n in gateway_cookie_names}
     out: list[tuple[str, str]] = []
     for name, norm, value in materialised:
-        if norm in HOP_BY_HOP or norm in connection_listed:
+        if (
+            norm in HOP_BY_HOP
+            or norm in connection_listed
+            or norm in ORIGIN_WIDE
+            or norm.startswith(_ORIGIN_WIDE_PREFIXES)
+        ):
             continue
-        if norm == "set-cookie" and _set_cookie_name(value).lower() in cookie_names:
-            continue
+        if norm == "set-cookie":
+            cookie = _set_cookie(value, cookie_names, console)
+            if cookie is None:
+                continue
+            value = cookie
+        elif norm == "location" and console is not None:
+            value = console.location(value)
         out.append((name.lower(), value))
     return out

@@ -7,8 +7,10 @@ from urllib.parse import unquote
 import pytest
 
 from gateway.proxy import (
+    ConsoleScope,
     HeadersTooLarge,
     client_address,
+    console_scope,
     sanitise_request_headers,
     sanitise_response_headers,
 )
@@ -233,3 +235,112 @@ def test_an_identity_header_value_is_visible_ascii_that_decodes_back_to_the_name
     assert identity_header_value(value) == sent
     assert all("!" <= char <= "~" for char in sent)  # RFC 9110 §5.5 VCHAR: any proxy can carry and log it
     assert unquote(sent, errors="strict") == value
+
+
+CHAT = console_scope("/chat/", True, "http://10.0.0.5:8080", "https://gw.example")
+CHAT_UNDER_BASE = console_scope("/chat/", True, "http://10.0.0.5:8080/base/", "https://gw.example")
+CRM_UNSTRIPPED = console_scope("/crm/", False, "http://crm.internal", "https://gw.example")
+JAR = console_scope("/jar/", True, "http://10.0.0.6", "https://gw.example", rewrite_cookies=False)
+
+
+def _cookie_out(value: str, console: ConsoleScope | None) -> list[str]:
+    out = sanitise_response_headers([("Set-Cookie", value)], gateway_cookie_names=COOKIES, console=console)
+    return [v for _, v in out]
+
+
+@pytest.mark.parametrize(
+    ("console", "sent", "browser_gets"),
+    [
+        (CHAT, "sid=1; Path=/; HttpOnly", "sid=1; HttpOnly; Path=/chat/"),
+        (CHAT, "sid=1; Path=/phone/", "sid=1; Path=/chat/phone/"),
+        (CHAT, "sid=1", "sid=1; Path=/chat/"),
+        (CHAT, "sid=1; Path=relative", "sid=1; Path=/chat/"),
+        (CHAT, "sid=1; Domain=gw.example; Path=/a; Secure; path=/b", "sid=1; Secure; Path=/chat/b"),
+        (CHAT, "sid=1; domain=.example; SameSite=Lax", "sid=1; SameSite=Lax; Path=/chat/"),
+        (CHAT_UNDER_BASE, "sid=1; Path=/base/app", "sid=1; Path=/chat/app"),
+        (CRM_UNSTRIPPED, "sid=1; Path=/crm/app", "sid=1; Path=/crm/app"),
+        (CRM_UNSTRIPPED, "sid=1; Path=/", "sid=1; Path=/crm/"),
+        (CRM_UNSTRIPPED, "sid=1; Path=/crmx", "sid=1; Path=/crm/"),
+        (JAR, "sid=1; Path=/; Domain=10.0.0.6", "sid=1; Path=/; Domain=10.0.0.6"),
+        (JAR, "__Host-sid=1; Path=/; Secure", "__Host-sid=1; Path=/; Secure"),
+        (None, "sid=1; Path=/", "sid=1; Path=/"),
+    ],
+)
+def test_a_console_cookie_is_host_only_and_kept_under_the_prefix_but_a_cookie_jars_is_left_for_its_connector(
+    console: ConsoleScope | None, sent: str, browser_gets: str
+) -> None:
+    assert _cookie_out(sent, console) == [browser_gets]
+
+
+@pytest.mark.parametrize("console", [CHAT, JAR, None])
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "=__Host-channelgate=" + "A" * 43 + "; Path=/",  # nameless: the browser sends it as the gateway cookie
+        "=x",
+        "novalue",  # nameless too (RFC 6265bis §5.6: no "=" means an empty name)
+        " =x; Path=/",
+        "__HOST-CHANNELGATE=x",
+        "Channelgate_Csrf=x",
+    ],
+)
+def test_a_nameless_or_gateway_named_set_cookie_never_reaches_the_browser(
+    console: ConsoleScope | None, sent: str
+) -> None:
+    assert _cookie_out(sent, console) == []
+
+
+@pytest.mark.parametrize("console", [CHAT, None])
+@pytest.mark.parametrize("sent", ["__Host-console=1; Path=/; Secure", "__secure-console=1; Secure"])
+def test_a_console_cookie_with_a_name_prefix_reserved_for_the_origin_is_dropped(
+    console: ConsoleScope | None, sent: str
+) -> None:
+    assert _cookie_out(sent, console) == []
+
+
+@pytest.mark.parametrize(
+    ("console", "sent", "browser_gets"),
+    [
+        (CHAT, "http://10.0.0.5:8080/login?next=%2F#top", "https://gw.example/chat/login?next=%2F#top"),
+        (CHAT, "HTTP://10.0.0.5:8080", "https://gw.example/chat/"),
+        (CHAT, "//10.0.0.5:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "/login", "/chat/login"),
+        (CHAT, "/phone/settings", "/chat/phone/settings"),
+        (CHAT, "/\\evil.example/", "/chat/\\evil.example/"),
+        (CHAT, "http://10.0.0.5:9090/x", "http://10.0.0.5:9090/x"),
+        (CHAT, "https://idp.example/authorize", "https://idp.example/authorize"),
+        (CHAT, "//idp.example/authorize", "//idp.example/authorize"),
+        (CHAT, "next", "next"),
+        (CHAT, "http://[bad/", "http://[bad/"),
+        (CHAT_UNDER_BASE, "http://10.0.0.5:8080/base/login", "https://gw.example/chat/login"),
+        (CHAT_UNDER_BASE, "/base/login", "/chat/login"),
+        (CRM_UNSTRIPPED, "http://crm.internal:80/crm/home", "https://gw.example/crm/home"),
+        (CRM_UNSTRIPPED, "/login", "/login"),
+        (None, "http://10.0.0.5:8080/login", "http://10.0.0.5:8080/login"),
+    ],
+)
+def test_a_console_redirect_to_itself_stays_under_its_prefix_and_other_sites_pass(
+    console: ConsoleScope | None, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers([("Location", sent)], gateway_cookie_names=COOKIES, console=console)
+    assert out == [("location", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Clear-Site-Data",
+        "Service-Worker-Allowed",
+        "Strict-Transport-Security",
+        "Origin-Agent-Cluster",
+        "Access-Control-Allow-Origin",
+        "access-control-allow-credentials",
+        "Access_Control_Expose_Headers",
+    ],
+)
+@pytest.mark.parametrize("console", [CHAT, None])
+def test_a_console_cannot_send_headers_that_act_on_the_whole_origin(console: ConsoleScope | None, name: str) -> None:
+    out = sanitise_response_headers(
+        [(name, "x"), ("Content-Type", "text/html")], gateway_cookie_names=COOKIES, console=console
+    )
+    assert out == [("content-type", "text/html")]

@@ -1,0 +1,199 @@
+"""Consoles share the gateway's one origin: a console's answer must stay under its own prefix.
+
+A console that a hostile party controls (chat) answers ``/evil*`` with whatever status and headers a test sets,
+as a compromised or malicious third-party console could. What one origin cannot isolate (a console's own
+JavaScript) is in docs/operations/hardening.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import tests.components.echo_gateway as echo_gateway
+from gateway.storage.access_log import AccessRecord
+from tests.components.echo_gateway import Deployment, EchoConsole, deployment
+from tests.components.oidc_provider import OidcProviderFactory
+
+pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
+
+JSON = {"Accept": "application/json"}
+
+
+class HostileConsole(EchoConsole):
+    """An echo console whose ``/evil`` paths answer ``status`` and ``answer`` (``{host}``: the Host it got)."""
+
+    def __init__(self, channel: str, hang_seconds: float = 30.0) -> None:
+        self.answer: list[tuple[str, str]] = []
+        self.status = 200
+        super().__init__(channel, hang_seconds)
+
+    def _echo_app(self) -> ASGIApp:  # type: ignore[override]
+        inner = super()._echo_app()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and "/evil" in scope["path"]:
+                host = Request(scope).headers.get("host", "")
+                response = Response(b"evil", status_code=self.status)
+                response.raw_headers += [
+                    (n.lower().encode(), v.replace("{host}", host).encode()) for n, v in self.answer
+                ]
+                await response(scope, receive, send)
+                return
+            await inner(scope, receive, send)
+
+        return app
+
+
+@pytest.fixture
+async def gateway(
+    oidc_provider_factory: OidcProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Deployment]:
+    monkeypatch.setattr(echo_gateway, "EchoConsole", HostileConsole)
+    async with deployment(oidc_provider_factory) as deployed:
+        yield deployed
+
+
+def _hostile(gateway: Deployment, channel: str = "chat") -> HostileConsole:
+    console = gateway.consoles[channel]
+    assert isinstance(console, HostileConsole)
+    return console
+
+
+def _attributes(set_cookie: str) -> dict[str, str]:
+    pairs = (attribute.strip().partition("=") for attribute in set_cookie.split(";")[1:])
+    return {name.lower(): value for name, _, value in pairs}
+
+
+async def _record_of(gateway: Deployment, path: str) -> AccessRecord:
+    await gateway.services.audit.flush()
+    records = [r for r in await gateway.services.access_log.tail(50) if r.path == path]
+    assert records, f"no access record for {path}"
+    return records[-1]
+
+
+async def test_a_console_cookie_is_kept_under_its_prefix_and_made_host_only(gateway: Deployment) -> None:
+    chat = _hostile(gateway)
+    chat.answer = [
+        ("Set-Cookie", "sid=fixated; Path=/; Domain=127.0.0.1"),
+        ("Set-Cookie", "phone_session=fixated; Path=/phone/"),
+        ("Set-Cookie", "theme=dark"),
+    ]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    assert response.status_code == 200
+    cookies = [_attributes(value) for value in response.headers.get_list("set-cookie")]
+    assert [c["path"] for c in cookies] == ["/chat/", "/chat/phone/", "/chat/"]
+    assert not any("domain" in c for c in cookies)
+
+
+async def test_one_consoles_cookies_do_not_reach_another_consoles_upstream(gateway: Deployment) -> None:
+    _hostile(gateway, "phone").answer = [("Set-Cookie", "phone_sid=PHONE-SECRET; Path=/; HttpOnly")]
+    alice = await gateway.login("alice")
+    assert (await alice.get(gateway.url + "/phone/evil")).status_code == 200
+    response = await alice.get(gateway.url + "/chat/echo", headers=JSON)
+    cookies = [v for k, v in response.json()["headers"] if k == "cookie"]
+    assert not any("PHONE-SECRET" in c for c in cookies), cookies
+    back = await alice.get(gateway.url + "/phone/echo", headers=JSON)
+    assert any("PHONE-SECRET" in v for k, v in back.json()["headers"] if k == "cookie")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Set-Cookie", "=channelgate=" + "A" * 43 + "; Path=/"),
+        ("Set-Cookie", "CHANNELGATE=" + "A" * 43 + "; Path=/"),
+        ("Set-Cookie", "__Host-session=x; Path=/; Secure"),
+        ("Set-Cookie", "__secure-session=x; Secure"),
+    ],
+)
+async def test_a_console_cannot_plant_a_nameless_gateway_or_reserved_cookie(
+    gateway: Deployment, name: str, value: str
+) -> None:
+    _hostile(gateway).answer = [(name, value)]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    assert response.status_code == 200
+    assert response.headers.get_list("set-cookie") == []
+
+
+async def test_a_console_redirect_to_its_own_upstream_goes_to_the_public_url_under_its_prefix(
+    gateway: Deployment,
+) -> None:
+    chat = _hostile(gateway)
+    chat.status, chat.answer = 302, [("Location", "http://{host}/login?next=%2F")]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    assert response.status_code == 302
+    assert response.headers["location"] == gateway.url + "/chat/login?next=%2F"
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("/login", "/chat/login"),
+        ("/phone/settings", "/chat/phone/settings"),
+        ("https://idp.example/authorize?x=1", "https://idp.example/authorize?x=1"),
+    ],
+)
+async def test_a_console_redirect_stays_under_its_prefix_unless_it_leaves_the_origin(
+    gateway: Deployment, location: str, expected: str
+) -> None:
+    chat = _hostile(gateway)
+    chat.status, chat.answer = 302, [("Location", location)]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    assert response.headers["location"] == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Clear-Site-Data", '"cookies", "storage"'),  # would log the agent out of the gateway, wipe every console
+        ("Service-Worker-Allowed", "/"),  # would let /chat/sw.js take scope / (the gateway's own pages)
+        ("Strict-Transport-Security", "max-age=0"),  # would turn off the origin's HSTS
+        ("Access-Control-Allow-Origin", "https://evil.example"),
+        ("Access-Control-Allow-Credentials", "true"),
+        ("Origin-Agent-Cluster", "?0"),
+    ],
+)
+async def test_a_console_cannot_change_the_origins_security_posture(gateway: Deployment, name: str, value: str) -> None:
+    _hostile(gateway).answer = [(name, value)]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    assert response.status_code == 200
+    assert name.lower() not in response.headers
+
+
+async def test_a_console_cannot_install_a_service_worker_and_the_refusal_is_recorded(gateway: Deployment) -> None:
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil-sw.js", headers={"Service-Worker": "script"})
+    assert response.status_code == 403
+    assert not [seen for seen in _hostile(gateway).seen if seen.path == "/evil-sw.js"]
+    record = await _record_of(gateway, "/chat/evil-sw.js")
+    assert record.status == 403
+    assert record.detail is not None and record.detail["error"] == "service_worker_refused"
+
+
+async def test_two_copies_of_the_session_cookie_are_not_signed_in_and_are_recorded(gateway: Deployment) -> None:
+    """What a browser sends after a planted copy (same name, another path): the order proves nothing, so neither
+    copy is believed, not even the first."""
+    alice, bob = await gateway.login("alice"), await gateway.login("bob")
+    a, b = alice.cookies["channelgate"], bob.cookies["channelgate"]
+    async with httpx.AsyncClient() as browser:
+        for cookie in (f"channelgate={a}; channelgate={b}", f"channelgate={b}; channelgate={a}"):
+            response = await browser.get(gateway.url + "/chat/echo", headers={**JSON, "Cookie": cookie})
+            assert response.status_code == 401
+        page = await browser.get(
+            gateway.url + "/chat/echo", headers={"Accept": "text/html", "Cookie": f"channelgate={a}; channelgate={a}"}
+        )
+    assert page.status_code == 302 and "/.channelgate/login" in page.headers["location"]
+    assert not [seen for seen in _hostile(gateway).seen if seen.path == "/echo"]
+    record = await _record_of(gateway, "/chat/echo")
+    assert record.status in (401, 302)
+    assert record.detail == {"error": "duplicate_session_cookie"}
