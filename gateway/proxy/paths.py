@@ -102,14 +102,37 @@ def _check_segments(path: str) -> None:
             raise _refuse("a segment becomes '..', a separator or ';' after Unicode normalisation")
 
 
-@functools.lru_cache(maxsize=8192)
-def normalise_path(raw_path: bytes | str) -> str:
-    """Return the canonical path the upstream will see, or raise ``BadRequest`` for ambiguous spellings.
+#: The longest request path taken (bytes as sent, without the query); longer ones are a 414 before any work. Far
+#: above what consoles use, and below nginx's 8 KiB request line.
+MAX_PATH_BYTES = 4096
+#: Paths cached at most this long: the cache is filled before the session is checked, so its size must not
+#: depend on what an anonymous client sends (8,192 entries of 15 KB paths pinned ~250 MB).
+_CACHED_PATH_BYTES = 512
 
-    Pure, so the results for the paths agents actually use are cached (refusals are not).
+
+class PathTooLong(BadRequest):
+    """The request path is longer than channelgate takes (RFC 9110 §15.5.15)."""
+
+    status = 414
+    code = "uri_too_long"
+
+
+def normalise_path(raw_path: bytes | str) -> str:
+    """Return the canonical path the upstream will see, or raise ``BadRequest`` for ambiguous spellings and
+    ``PathTooLong`` past ``MAX_PATH_BYTES``.
+
+    Pure, so the results for the (short) paths agents actually use are cached (refusals are not).
     ``raw_path`` is the undecoded path without the query (ASGI ``scope["raw_path"]``). Bytes are read as
     Latin-1 so that each byte stays one character; non-ASCII bytes are then re-encoded as ``%XX``.
     """
+    if len(raw_path) > MAX_PATH_BYTES:
+        raise PathTooLong(f"The request path was refused: it is longer than {MAX_PATH_BYTES} bytes.")
+    if len(raw_path) > _CACHED_PATH_BYTES:
+        return _normalise(raw_path)
+    return _normalise_cached(raw_path)
+
+
+def _normalise(raw_path: bytes | str) -> str:
     if isinstance(raw_path, bytes):
         text = raw_path.decode("latin-1")
         text = "".join(c if ord(c) < 0x80 else f"%{ord(c):02X}" for c in text)
@@ -125,6 +148,9 @@ def normalise_path(raw_path: bytes | str) -> str:
     return path
 
 
+_normalise_cached = functools.lru_cache(maxsize=8192)(_normalise)
+
+
 _QUERY_KEY_SAFE = "".join(sorted(_LITERAL - {"&", "="})) + "%"
 
 
@@ -134,7 +160,17 @@ def strip_query_values(path: str, query: str) -> str:
     Keys stay percent-encoded as sent and anything else is escaped, so a key cannot inject a line into the log.
     """
     if not query:
-        return path
+        return _bounded(path)
     keys = [part.split("=", 1)[0] for part in query.split("&") if part]
     escaped = [quote(key, safe=_QUERY_KEY_SAFE) for key in keys if key]
-    return f"{path}?{'&'.join(escaped)}" if escaped else path
+    return _bounded(f"{path}?{'&'.join(escaped)}" if escaped else path)
+
+
+#: The longest path the access log keeps of a request: every record is retained and chained for years, and an
+#: anonymous client must not make each of its requests cost kilobytes there (or in the writer's queue).
+MAX_LOGGED_PATH = 1024
+_CUT = "...(cut)"
+
+
+def _bounded(logged: str) -> str:
+    return logged if len(logged) <= MAX_LOGGED_PATH else logged[: MAX_LOGGED_PATH - len(_CUT)] + _CUT

@@ -102,3 +102,31 @@ def test_normalisation_is_idempotent_so_the_upstream_sees_what_was_decided() -> 
 )
 def test_access_log_path_keeps_query_keys_but_never_values(path: str, query: str, expected: str) -> None:
     assert strip_query_values(path, query) == expected
+
+
+def test_a_path_longer_than_the_limit_is_a_414_before_any_work() -> None:
+    from gateway.proxy.paths import MAX_PATH_BYTES, PathTooLong
+
+    assert normalise_path(b"/chat/" + b"a" * (MAX_PATH_BYTES - 6)).startswith("/chat/aaa")
+    with pytest.raises(PathTooLong) as refused:
+        normalise_path(b"/chat/" + b"a" * MAX_PATH_BYTES)
+    assert refused.value.status == 414
+
+
+def test_only_short_paths_are_cached_so_anonymous_long_paths_pin_no_memory() -> None:
+    from gateway.proxy import paths
+
+    paths._normalise_cached.cache_clear()
+    for n in range(50):
+        assert normalise_path(f"/chat/{n}/".encode() + b"x" * 2000) == f"/chat/{n}/" + "x" * 2000
+    assert paths._normalise_cached.cache_info().currsize == 0
+    normalise_path(b"/chat/inbox")
+    assert paths._normalise_cached.cache_info().currsize == 1
+
+
+def test_the_logged_path_is_bounded_whatever_the_request_spells() -> None:
+    from gateway.proxy.paths import MAX_LOGGED_PATH
+
+    logged = strip_query_values("/chat/" + "p" * 3000, "&".join(f"k{n}=v" for n in range(500)))
+    assert len(logged) == MAX_LOGGED_PATH and logged.endswith("...(cut)")
+    assert strip_query_values("/chat/x", "a=1&b=2") == "/chat/x?a&b"
