@@ -11,43 +11,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 import tests.components.echo_gateway as echo_gateway
 from gateway.storage.access_log import AccessRecord
-from tests.components.echo_gateway import Deployment, EchoConsole, deployment
+from tests.components.echo_gateway import Deployment, deployment
+from tests.components.hostile_console import HostileConsole
 from tests.components.oidc_provider import OidcProviderFactory
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 
 JSON = {"Accept": "application/json"}
-
-
-class HostileConsole(EchoConsole):
-    """An echo console whose ``/evil`` paths answer ``status`` and ``answer`` (``{host}``: the Host it got)."""
-
-    def __init__(self, channel: str, hang_seconds: float = 30.0) -> None:
-        self.answer: list[tuple[str, str]] = []
-        self.status = 200
-        super().__init__(channel, hang_seconds)
-
-    def _echo_app(self) -> ASGIApp:  # type: ignore[override]
-        inner = super()._echo_app()
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and "/evil" in scope["path"]:
-                host = Request(scope).headers.get("host", "")
-                response = Response(b"evil", status_code=self.status)
-                response.raw_headers += [
-                    (n.lower().encode(), v.replace("{host}", host).encode()) for n, v in self.answer
-                ]
-                await response(scope, receive, send)
-                return
-            await inner(scope, receive, send)
-
-        return app
 
 
 @pytest.fixture
