@@ -17,6 +17,9 @@ from enum import Enum
 from typing import Protocol
 
 SESSION_ID_BYTES = 32
+#: Pending logins a store keeps at most; beyond it the oldest go first, so a flood of unfinished logins cannot fill
+#: the memory (or the Redis) that holds every session.
+MAX_PENDING_LOGINS = 100_000
 
 
 def new_session_id() -> str:

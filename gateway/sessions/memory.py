@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from gateway.sessions.base import (
+    MAX_PENDING_LOGINS,
     RESYNC_AGENT_ID,
     Lookup,
     PendingLogin,
@@ -32,8 +33,6 @@ from gateway.sessions.base import (
 
 #: How often (in seconds) a write sweeps out expired sessions and pending logins.
 PURGE_INTERVAL_SECONDS = 60.0
-#: Pending logins kept at most; beyond it the oldest go first, so a flood of unfinished logins cannot fill memory.
-MAX_PENDING_LOGINS = 100_000
 #: Single-use keys (``claim_use``) remembered before expired ones are swept out.
 _SEEN_PRUNE_AT = 10_000
 #: What a used single-use key holds instead of its holder (a holder is a uuid4 hex).
@@ -72,6 +71,8 @@ class MemorySessionStore:
         self._seen: dict[str, tuple[float, str]] = {}
         self._last_purge = float("-inf")
         self._last_pending_purge = float("-inf")
+        #: Pending logins kept at most, the oldest dropped first.
+        self.max_pending_logins = MAX_PENDING_LOGINS
         self._closed = False
 
     async def create(self, data: SessionData, now: float) -> Session:
@@ -188,7 +189,7 @@ class MemorySessionStore:
             self._pending = OrderedDict((key, entry) for key, entry in self._pending.items() if entry[0] > now)
         # At the cap (a /login flood) the oldest is dropped, O(1): rebuilding the whole table on every login once it
         # was full cost ~9 ms of the event loop a request.
-        while len(self._pending) >= MAX_PENDING_LOGINS:
+        while len(self._pending) >= self.max_pending_logins:
             self._pending.popitem(last=False)
         self._pending[session_key(login_id)] = (now + ttl_seconds, pending)
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 SESSION_PREFIX = "cg:s:"
 AGENT_PREFIX = "cg:a:"
 LOGIN_PREFIX = "cg:l:"
+#: The pending logins by expiry (PUT_PENDING_LOGIN_SCRIPT keeps it to the cap).
+LOGINS_KEY = "cg:logins"
 ONCE_PREFIX = "cg:o:"
 ACK_PREFIX = "cg:ack:"
 REPLICAS_KEY = "cg:replicas"
@@ -178,6 +180,24 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: the pending login's key, the pending logins' index (sorted by expiry). ARGV: the login's JSON, its TTL s,
+# the cap. As the embedded store: at most the cap live at once, the oldest dropped first, so a /login flood cannot
+# fill the Redis that also holds every session (each pending login is ~2.7 KB for its 600 s).
+PUT_PENDING_LOGIN_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3]) + 1
+if excess > 0 then
+  local oldest = redis.call('ZPOPMIN', KEYS[2], excess)
+  for i = 1, #oldest, 2 do redis.call('DEL', oldest[i]) end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), KEYS[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 

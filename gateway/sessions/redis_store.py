@@ -30,6 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import ConfigError, SessionStoreUnavailable
 from gateway.sessions.base import (
+    MAX_PENDING_LOGINS,
     RESYNC_AGENT_ID,
     Lookup,
     PendingLogin,
@@ -58,9 +59,11 @@ from gateway.sessions.redis_scripts import (
     HEARTBEAT_SCRIPT,
     LIVE_REPLICAS_SCRIPT,
     LOGIN_PREFIX,
+    LOGINS_KEY,
     LOOKUP_SCRIPT,
     ONCE_PREFIX,
     ONCE_USED,
+    PUT_PENDING_LOGIN_SCRIPT,
     RELEASE_ONCE_SCRIPT,
     REPLICAS_KEY,
     REVOCATION_CHANNEL,
@@ -161,6 +164,9 @@ class RedisSessionStore:
         self._heartbeat = self._redis.register_script(HEARTBEAT_SCRIPT)
         self._live_replicas_script = self._redis.register_script(LIVE_REPLICAS_SCRIPT)
         self._claim_once = self._redis.register_script(CLAIM_ONCE_SCRIPT)
+        self._put_pending_login = self._redis.register_script(PUT_PENDING_LOGIN_SCRIPT)
+        #: Pending logins kept at most, the oldest dropped first (as the embedded store).
+        self.max_pending_logins = MAX_PENDING_LOGINS
         self._release_once = self._redis.register_script(RELEASE_ONCE_SCRIPT)
 
     async def create(self, data: SessionData, now: float) -> Session:
@@ -293,7 +299,10 @@ class RedisSessionStore:
                 "created_at": pending.created_at,
             }
         )
-        await self._call(self._redis.set(LOGIN_PREFIX + session_key(login_id), value, ex=ttl_seconds))
+        key = LOGIN_PREFIX + session_key(login_id)
+        await self._call(
+            self._put_pending_login(keys=[key, LOGINS_KEY], args=[value, ttl_seconds, self.max_pending_logins])
+        )
 
     async def take_pending_login(self, login_id: str) -> PendingLogin | None:
         raw = await self._call(self._redis.getdel(LOGIN_PREFIX + session_key(login_id)))

@@ -29,6 +29,7 @@ from gateway.sessions.base import (
     session_key,
 )
 from gateway.sessions.memory import MemorySessionStore
+from gateway.sessions.redis_store import RedisSessionStore
 from gateway.sessions.single_use import TokenInProgress, run_once
 from tests.components.session_stores import (
     ABSOLUTE,
@@ -461,6 +462,22 @@ class TestSessionStoreContract:
         await backend.store.put_pending_login("login-2", PENDING, ttl_seconds=1)
         await asyncio.sleep(1.2)
         assert await backend.store.take_pending_login("login-2") is None
+
+    async def test_a_flood_of_unfinished_logins_keeps_at_most_the_cap_dropping_the_oldest(
+        self, backend: Backend
+    ) -> None:
+        store = backend.store
+        assert isinstance(store, MemorySessionStore | RedisSessionStore)
+        store.max_pending_logins = 10
+        for n in range(25):
+            await store.put_pending_login(f"flood-{n}", PENDING, ttl_seconds=60)
+        if backend.url is not None:  # what the flood left in Redis, not only what can be taken
+            async with Redis.from_url(backend.url, decode_responses=True) as raw:
+                assert len(await raw.keys("cg:l:*")) == 10
+        assert await store.take_pending_login("flood-24") == PENDING
+        assert await store.take_pending_login("flood-15") == PENDING
+        assert await store.take_pending_login("flood-14") is None
+        assert await store.take_pending_login("flood-0") is None
 
     async def test_ping_answers_when_the_store_is_up(self, backend: Backend) -> None:
         await backend.store.ping()
