@@ -15,7 +15,6 @@ obtained. Access-token rows are dropped on their own only an hour after the expi
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -26,13 +25,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
-from urllib.parse import quote_plus, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 from weakref import WeakValueDictionary
 
 import aiohttp
 
 from connectors.base import AgentRef, Capability, Outcome, StepContext, StepResult, UpstreamRequest
 from connectors.context import AgentSecretValue, ConnectorContext, UnreadableSecret
+from connectors.oauth2_errors import CallFailed, client_authorization, client_secret_forms, token_error
 from connectors.secret import Secret
 from connectors.tickets import TicketDesk
 from connectors.vendor_http import read_capped
@@ -56,26 +56,8 @@ MAX_CACHED_AGENTS = 10_000
 REFUSAL_FLOOR_SECONDS = 5.0
 #: Answers to token, revocation and introspection calls are small; a larger one is refused unread.
 MAX_ANSWER_BYTES = 64 * 1024
-#: 4xx answers that mean "not now" rather than "never" (RFC 9110 §15.5.9, §15.5.10; RFC 8470; RFC 6585 §4).
-RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1: what a Bearer header can carry
-_ERROR_CODE = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5.2 "error"
-_DESCRIPTION = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,200}")  # RFC 6749 §5.2 "error_description"
-#: An error_description repeating this many consecutive characters of anything secret we sent is withheld: an
-#: echo need not be whole (a truncated token, the secret's half after a ':') to leak it.
-ECHO_WINDOW = 8
-
 Kind = Literal["access", "refresh"]
-
-
-class _CallFailed(Exception):
-    """A token, revocation or introspection call that did not succeed; ``detail`` is safe to show."""
-
-    def __init__(self, outcome: Outcome, detail: str, code: str | None = None) -> None:
-        super().__init__(detail)
-        self.outcome = outcome
-        self.detail = detail
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,28 +109,6 @@ class _Token:
 
 def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _client_authorization(client_id: str, secret: Secret) -> str:
-    """RFC 6749 §2.3.1: both parts form-urlencoded *before* Basic (RFC 7617), so a ':' in either survives."""
-    pair = f"{quote_plus(client_id)}:{quote_plus(secret.reveal())}"
-    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-
-
-def _client_secret_forms(client_id: str, secret: Secret) -> tuple[str, ...]:
-    """Every form in which the client secret travels in ``_client_authorization``: raw, form-urlencoded, and as
-    the Basic credentials, so an authorization server echoing any of them gets none into a receipt."""
-    raw = secret.reveal()
-    return raw, quote_plus(raw), _client_authorization(client_id, secret).partition(" ")[2]
-
-
-def _repeats_any(text: str, values: Sequence[str]) -> bool:
-    """Whether ``text`` holds ``ECHO_WINDOW`` consecutive characters of any of ``values`` (all of a shorter one)."""
-    for value in values:
-        width = min(len(value), ECHO_WINDOW)
-        if width and any(value[i : i + width] in text for i in range(len(value) - width + 1)):
-            return True
-    return False
 
 
 class OAuth2Connector:
@@ -234,7 +194,7 @@ class OAuth2Connector:
             self._cache.pop(agent.agent_id, None)
             try:
                 token = await self._obtain(agent, refused)
-            except _CallFailed as failure:
+            except CallFailed as failure:
                 # The message is shown to the agent; the detail (hosts, settings to check) goes to the access log.
                 raise UpstreamError(
                     f"The {self.channel} console's sign-in service did not issue you an access token. Try again "
@@ -287,7 +247,7 @@ class OAuth2Connector:
         for refresh in sorted(refreshable, key=lambda token: token.obtained_at, reverse=True):
             try:
                 return await self._refresh(agent, refresh, stored)
-            except _CallFailed as failure:
+            except CallFailed as failure:
                 if failure.code != "invalid_grant":
                     raise
                 # Rotated by another replica, expired or revoked at the server: kept for the pipeline to check.
@@ -320,7 +280,7 @@ class OAuth2Connector:
     async def _token_call(self, form: Mapping[str, str], sent: Sequence[str]) -> Mapping[str, Any]:
         answer = await self._post("token endpoint", self._settings.token_url, form, sent)
         if not isinstance(answer, Mapping):
-            raise _CallFailed(Outcome.FAILED, "the token endpoint answered 200 without a JSON object")
+            raise CallFailed(Outcome.FAILED, "the token endpoint answered 200 without a JSON object")
         return answer
 
     async def _keep(
@@ -338,9 +298,9 @@ class OAuth2Connector:
         access, refresh = answer.get("access_token"), answer.get("refresh_token")
         token_type, issued_type = answer.get("token_type"), answer.get("issued_token_type", ACCESS_TOKEN_TYPE)
         if not (isinstance(access, str) and _B64TOKEN.fullmatch(access)) or str(token_type).lower() != "bearer":
-            raise _CallFailed(Outcome.FAILED, "the token endpoint answered without a usable Bearer access token")
+            raise CallFailed(Outcome.FAILED, "the token endpoint answered without a usable Bearer access token")
         if issued_type != ACCESS_TOKEN_TYPE:
-            raise _CallFailed(Outcome.FAILED, "the token endpoint issued another token type than an access token")
+            raise CallFailed(Outcome.FAILED, "the token endpoint issued another token type than an access token")
         lifetime = _number(answer.get("expires_in"))
         now = self._clock()
         expires_at = now + (lifetime if lifetime is not None and lifetime > 0 else ASSUMED_LIFETIME_SECONDS)
@@ -383,7 +343,7 @@ class OAuth2Connector:
         RETRY; any other status → ``_failure``, which must not repeat ``sent`` or the client secret."""
         credential = await self._context.credential()
         headers = {
-            "Authorization": _client_authorization(self._settings.client_id, credential),
+            "Authorization": client_authorization(self._settings.client_id, credential),
             "Accept": "application/json",
             # Encoded here as aiohttp's FormData would encode it, without building a FormData per call (~40 µs).
             "Content-Type": "application/x-www-form-urlencoded",
@@ -398,7 +358,7 @@ class OAuth2Connector:
                 body = await read_capped(response.content, MAX_ANSWER_BYTES)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _CallFailed(
+            raise CallFailed(
                 Outcome.RETRY, f"the {what} at {origin} cannot be reached ({type(exc).__name__})"
             ) from None
         answer: object = None
@@ -406,32 +366,11 @@ class OAuth2Connector:
             with contextlib.suppress(ValueError):
                 answer = json.loads(body)
         if status != 200:
-            raise self._failure(
-                what, status, answer, (*sent, *_client_secret_forms(self._settings.client_id, credential))
+            secret_forms = client_secret_forms(self._settings.client_id, credential)
+            raise token_error(
+                what, status, answer, (*sent, *secret_forms), client_id=self._settings.client_id, channel=self.channel
             )
         return answer
-
-    def _failure(self, what: str, status: int, answer: object, sent: Sequence[str]) -> _CallFailed:
-        """An RFC 6749 §5.2 error as a safe, actionable detail: the server's description only if it is plain
-        text that repeats no part of anything secret we sent (a hostile or careless server could echo a token or
-        the client secret back, and the detail goes to receipts, the access log and SIEM exports)."""
-        fields = answer if isinstance(answer, Mapping) else {}
-        code = fields.get("error") if isinstance(fields.get("error"), str) else None
-        code = code if code is not None and _ERROR_CODE.fullmatch(code) else None
-        outcome = Outcome.RETRY if status >= 500 or status in RETRY_STATUSES else Outcome.FAILED
-        if status == 401 or code == "invalid_client":
-            detail = (
-                f"the {what} refused the gateway's client authentication (HTTP {status} invalid_client): check "
-                f"client_id {self._settings.client_id!r} in [channels.{self.channel}] and the channel's "
-                f"credential (channelgate channels set-credential {self.channel})"
-            )
-            return _CallFailed(Outcome.FAILED, detail, "invalid_client")
-        detail = f"the {what} answered HTTP {status}" + (f" {code}" if code else "")
-        description = fields.get("error_description")
-        plain = isinstance(description, str) and _DESCRIPTION.fullmatch(description) is not None
-        if plain and not _repeats_any(str(description), sent):
-            detail += f": {description}"
-        return _CallFailed(outcome, detail, code)
 
     # -- the deprovisioning pipeline's side --------------------------------------------------------------------
 
@@ -455,7 +394,7 @@ class OAuth2Connector:
                     await self._post(
                         "revocation endpoint", self._settings.revocation_url, form, (token.value.reveal(),), key
                     )
-                except _CallFailed as failure:
+                except CallFailed as failure:
                     detail = f"{failure.detail} ({done} of {len(pending)} tokens revoked so far)"
                     return StepResult(self.channel, "revoke", failure.outcome, detail=detail)
                 await self._put(agent.agent_id, replace(token, revoked_at=self._clock()))
@@ -487,7 +426,7 @@ class OAuth2Connector:
                 answer = await self._post(
                     "introspection endpoint", self._settings.introspection_url, form, (token.value.reveal(),)
                 )
-            except _CallFailed as failure:
+            except CallFailed as failure:
                 return StepResult(self.channel, "verify_no_access", failure.outcome, detail=failure.detail)
             verdict = answer.get("active") if isinstance(answer, Mapping) else None
             if not isinstance(verdict, bool):

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
+from connectors.base import AgentRef, StepContext, UpstreamRequest
 from connectors.context import AgentSecrets
 from connectors.oauth2 import OAuth2Connector
 from deploy.demo.consoles import create_app
@@ -114,3 +115,33 @@ class Replicas(SharedSecrets):
 def replicas(directory: Path) -> contextlib.AbstractAsyncContextManager[Replicas]:
     """Replicas on a migrated SQLite database in ``directory``."""
     return open_replicas(f"sqlite+aiosqlite:///{directory}/channelgate.db", Replicas)
+
+
+# What the connector tests share (tests/integration/test_connector_oauth2*.py) ----------------------------------
+
+ALICE = AgentRef(agent_id="agent-alice", user_name="alice")
+BOB = AgentRef(agent_id="agent-bob", user_name="bob")
+CTX = StepContext(idempotency_key="run-1:chat:revoke")
+
+
+class Clock:
+    """Wall time plus a shift the test moves, for the connector's expiry decisions only: the console keeps real
+    time, and subject tokens are always signed at real time."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.shift
+
+
+async def prepared(connector: OAuth2Connector, agent: AgentRef = ALICE) -> UpstreamRequest:
+    request = UpstreamRequest("GET", "http://console.internal/")
+    await connector.prepare(agent, request)
+    return request
+
+
+def bearer(request: UpstreamRequest) -> str:
+    scheme, _, token = (request.header("Authorization") or "").partition(" ")
+    assert scheme == "Bearer"
+    return token
