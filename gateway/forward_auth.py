@@ -138,7 +138,9 @@ def ask(scope: Scope, services: Services) -> Asked | None:
         elif name in (b"x-forwarded-uri", b"x-forwarded-method", _MODE_BYTES):
             return None  # Traefik's spelling, or an answer mode: the full path reads those
         elif device_name and name == device_name:
-            device = device if device is not None else raw.decode("latin-1")
+            if device is not None:
+                return None  # twice: the full path reads it as unknown (gateway/policy_point.py says why)
+            device = raw.decode("latin-1")
     if uri is None:
         return None
     session_id = session_id_in(scope["headers"], services.cookies.session_name)

@@ -25,6 +25,7 @@ from gateway.audit.data_access import MAX_BODY, DataAccess, default_action, subj
 from gateway.authn import DuplicateSessionCookie, require_session
 from gateway.errors import AccessDenied, AuthenticationRequired, BadRequest, ChannelgateError, NotFound
 from gateway.pages import error_response, wants_html
+from gateway.policy_point import device_value
 from gateway.proxy.connector_flow import ChannelPlan, ConnectorResend
 from gateway.proxy.forward import ForwardStats
 from gateway.proxy.headers import check_header_size, console_scope, sanitise_request_headers
@@ -244,7 +245,7 @@ def decide(
         peer=client[0] if client else None,
         acr=data.acr,
         amr=data.amr,
-        device_header=connection.headers.get(device_header) if device_header else None,
+        device_header=device_value(connection.headers.getlist(device_header)) if device_header else None,
         via=via,
         now=services.clock(),
     )

@@ -27,6 +27,16 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DEVICE_STATES = frozenset({"managed", "unmanaged"})
 
 
+def device_value(values: Sequence[str]) -> str | None:
+    """The device header's value when the request carries it once; None (read as "unknown") otherwise.
+
+    A trusted front proxy must replace the client's copy; one that appends its own instead (``add_header``-style
+    configurations, Envoy's ``append_action`` default) forwards the client's line first. Taking either line would
+    let a client claim a managed device, so a repeated header decides nothing (fail closed).
+    """
+    return values[0] if len(values) == 1 else None
+
+
 @dataclass(frozen=True, slots=True)
 class Reloaded:
     """The outcome of a reload attempt: the new digest, or the error that kept the old set."""
