@@ -47,6 +47,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Scope, Send
 
 from connectors.base import AgentRef, UpstreamRequest
+from gateway.addresses import parse_address, within
 from gateway.authn import session_id_in
 from gateway.errors import AuthenticationRequired, BadRequest, ChannelgateError, NotFound
 from gateway.forward_auth_memo import Answer, Question, row_tail
@@ -169,11 +170,8 @@ def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress
 
 @functools.lru_cache(maxsize=1024)
 def _trusted_peer(peer: str, cidrs: tuple[str, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in network for network in _networks(cidrs))
+    address = parse_address(peer)
+    return address is not None and within(address, _networks(cidrs))
 
 
 def _caller_allowed(request: Request, services: Services) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from gateway.addresses import parse_address, within
 from gateway.settings_policies import PolicySettings
 from policies.decision import Clock, Context, Decision, Query, Subject, Target, has_mfa
 from policies.engine import PolicyEngine
@@ -114,12 +115,9 @@ class PolicyPoint:
         name = self._network_of.get(client_ip)
         if name is None:
             name = "other"
-            try:
-                address = ipaddress.ip_address(client_ip)
-            except ValueError:
-                address = None
+            address = parse_address(client_ip)
             if address is not None:
-                name = next((n for n, nets in self._networks if any(address in net for net in nets)), "other")
+                name = next((n for n, nets in self._networks if within(address, nets)), "other")
             if len(self._network_of) >= 65_536:
                 self._network_of.clear()
             self._network_of[client_ip] = name
@@ -129,11 +127,8 @@ class PolicyPoint:
         """Device posture is believed only from a trusted front proxy, which must overwrite the client's copy."""
         if value is None or peer is None or not self._trusted:
             return "unknown"
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return "unknown"
-        if not any(address in net for net in self._trusted):
+        address = parse_address(peer)
+        if address is None or not within(address, self._trusted):
             return "unknown"
         state = value.strip().lower()
         return state if state in _DEVICE_STATES else "unknown"

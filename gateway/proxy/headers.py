@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+from gateway.addresses import within
 from gateway.errors import BadRequest
 
 #: RFC 9110 §7.6.1 hop-by-hop fields, plus the obsolete Keep-Alive / Proxy-Connection, plus fields the gateway
@@ -194,7 +195,7 @@ def client_address(peer_ip: str, headers: Sequence[tuple[bytes, bytes]], trusted
     networks = [ipaddress.ip_network(cidr, strict=False) for cidr in trusted_proxies]
 
     def trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return any(ip in net for net in networks)
+        return within(ip, networks)
 
     peer = _parse_forwarded_ip(peer_ip)
     if peer is None or not trusted(peer):

@@ -33,8 +33,9 @@ def _context(**overrides: object):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("address", "network"),
-    [("10.20.1.2", "office"), ("10.99.0.1", "vpn"), ("fd00:99::7", "vpn"), ("192.0.2.1", "other"), ("junk", "other")],
-)
+    [("10.20.1.2", "office"), ("10.99.0.1", "vpn"), ("fd00:99::7", "vpn"), ("192.0.2.1", "other"), ("junk", "other"),
+     ("::ffff:10.20.1.2", "office"), ("::ffff:192.0.2.1", "other")],  # IPv4-mapped (RFC 4291 §2.5.5.2)
+)  # fmt: skip
 def test_the_client_address_is_named_by_the_first_network_holding_it(address: str, network: str) -> None:
     assert _context(client_ip=address).network == network
 
@@ -58,6 +59,8 @@ def test_the_clock_is_local_time_in_the_configured_zone() -> None:
     [
         ("127.0.0.1", "managed", "managed"),
         ("127.0.0.1", " Unmanaged ", "unmanaged"),
+        ("::ffff:127.0.0.1", "managed", "managed"),  # a dual-stack listener's spelling of the trusted proxy
+        ("::ffff:10.20.1.2", "managed", "unknown"),
         ("127.0.0.1", "jailbroken", "unknown"),
         ("127.0.0.1", None, "unknown"),
         ("10.20.1.2", "managed", "unknown"),  # a client cannot claim a managed device itself

@@ -344,3 +344,11 @@ def test_a_console_cannot_send_headers_that_act_on_the_whole_origin(console: Con
         [(name, "x"), ("Content-Type", "text/html")], gateway_cookie_names=COOKIES, console=console
     )
     assert out == [("content-type", "text/html")]
+
+
+def test_a_trusted_proxy_named_in_ipv4_mapped_form_is_still_trusted() -> None:
+    # A dual-stack listener reports an IPv4 peer as ::ffff:a.b.c.d (RFC 4291 §2.5.5.2).
+    headers = raw(("x-forwarded-for", "203.0.113.7"))
+    assert client_address("::ffff:10.0.0.1", headers, ("10.0.0.0/8",)) == "203.0.113.7"
+    hops = raw(("x-forwarded-for", "203.0.113.7, ::ffff:10.0.0.2"))
+    assert client_address("10.0.0.1", hops, ("10.0.0.0/8",)) == "203.0.113.7"
