@@ -370,8 +370,7 @@ async def test_a_receiver_that_stops_reading_holds_the_forwarder_at_one_batch_in
     try:
         await until(lambda: len(receiver.messages) >= 10)
         receiver.pause()
-        await asyncio.sleep(1.0)
-        held = await store.cursor("siem")
+        held = await _settled_cursor(store)  # the kernel's socket buffers take a few more batches first
         await asyncio.sleep(1.0)
         assert await store.cursor("siem") == held < 400  # no progress while the receiver does not read
         buffered = forwarder._transport._writer.transport.get_write_buffer_size()  # type: ignore[attr-defined]
@@ -382,6 +381,19 @@ async def test_a_receiver_that_stops_reading_holds_the_forwarder_at_one_batch_in
         await forwarder.stop()
         await receiver.stop()
     assert sorted(set(syslog_positions(receiver.messages))) == list(range(1, 401))
+
+
+async def _settled_cursor(store: ForwarderStore) -> int:
+    """The forwarder's cursor once it stopped moving for half a second (on a loaded machine the sends that fill
+    the socket buffers take longer than a fixed pause)."""
+    previous = await store.cursor("siem")
+    for _ in range(40):
+        await asyncio.sleep(0.5)
+        current = await store.cursor("siem")
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError("the forwarder's cursor kept moving while the receiver read nothing")
 
 
 def _sealed(*positions: int) -> list[AccessRecord]:
