@@ -199,6 +199,7 @@ async def _heartbeat(services: Services) -> None:
     while True:
         try:
             await services.sessions.heartbeat()
+            await services.revived.sweep_if_due()  # after an outage (and at start), once the store answers
         except ChannelgateError as exc:
             log.warning("session store heartbeat failed: %s", exc.message)
         await asyncio.sleep(HEARTBEAT_SECONDS)

@@ -18,11 +18,6 @@ from gateway.sessions.base import Session, SessionState
 from gateway.storage.access_log import AccessRecord
 from gateway.timeutil import utcnow
 
-#: After the session store failed to answer, how long every session is also checked against the agent's row: a
-#: Redis restarted from its append-only file brings back sessions a deprovisioning during the outage could not
-#: end yet (gateway/deprovision/kill.py retries that kill until it lands). Fail closed meanwhile.
-RECOVERY_CHECK_SECONDS = 60.0
-
 #: What our ids look like (base64url of 32 bytes); anything else is rejected before touching the store.
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -68,9 +63,9 @@ async def require_session(connection: HTTPConnection, services: Services, scope:
     session_id = values[0]
     lookup = await services.sessions.lookup(session_id, services.clock())
     if lookup.state is SessionState.VALID and lookup.session is not None:
-        if services.sessions.unreachable_within(RECOVERY_CHECK_SECONDS) and not await _still_active(
-            services, session_id, lookup.session.data.agent_id
-        ):
+        # Shortly after a session-store outage, and until the sweep after it completed, a session may be one a
+        # restarted Redis brought back: believed only if its agent is still active (gateway/deprovision/revived.py).
+        if services.revived.checking() and not await _still_active(services, session_id, lookup.session.data.agent_id):
             raise AuthenticationRequired("Please sign in to continue.")
         scope.session = lookup.session
         return lookup.session

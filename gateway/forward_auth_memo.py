@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 from starlette.types import Send
 
 from connectors.base import AgentRef, Connector, UpstreamRequest
-from gateway.authn import RECOVERY_CHECK_SECONDS
 from gateway.errors import ChannelgateError
 from gateway.inline_proxy import Checked, request_record
 from gateway.proxy.headers import check_header_size
@@ -129,7 +128,7 @@ class ForwardAuthMemo:
             or services.routes is not answer.routes
             or services.connectors.get(channel) is not answer.connector
             or int(now // 60) != answer.minute
-            or sessions.unreachable_within(RECOVERY_CHECK_SECONDS)
+            or services.revived.checking()
         ):
             return self._stale(asked.question)
         lookup = await sessions.lookup(asked.question[0], now)

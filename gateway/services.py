@@ -22,6 +22,7 @@ from gateway.audit.checkpoints import CheckpointSigner, open_sink
 from gateway.audit.retention import Retention
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
+from gateway.deprovision.revived import RevivedSessions
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
 from gateway.deprovision.worker import PipelineWorker
 from gateway.errors import VaultError
@@ -78,6 +79,8 @@ class Services:
     sessions: SessionStore
     cookies: CookiePolicy
     killer: SessionKiller
+    #: Ends again, after a session-store outage, the sessions a restarted Redis brought back (run by the heartbeat).
+    revived: RevivedSessions
     #: The deprovisioning pipeline's runs and steps (issue 4).
     pipeline: PipelineRepository
     vault: Vault | None
@@ -195,6 +198,9 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         sessions=sessions,
         cookies=CookiePolicy(secure=not settings.server.insecure_dev_cookies),
         killer=killer,
+        revived=RevivedSessions(
+            agents, sessions, audit, metrics, session_lifetime_seconds=settings.sessions.absolute_timeout_seconds
+        ),
         pipeline=pipeline,
         vault=vault,
         connectors=connectors,

@@ -163,6 +163,14 @@ class AgentRepository:
         async with read_transaction(self._engine, conn) as c:
             return [_agent(row) for row in (await c.execute(query)).mappings()]
 
+    async def inactive_since(self, since: datetime) -> builtins.list[Agent]:
+        """Agents disabled or deleted, deleted or not, whose row changed at or after ``since`` (a superset of those
+        made inactive since then): whose sessions a session store that lost writes may have brought back
+        (gateway/deprovision/revived.py)."""
+        query = select(agents).where(agents.c.active.is_(False), agents.c.updated_at >= to_db(since))
+        async with read_transaction(self._engine) as c:
+            return [_agent(row) for row in (await c.execute(query.order_by(agents.c.id))).mappings()]
+
     async def count_workforce(self, since: datetime, *, conn: AsyncConnection | None = None) -> int:
         """Agents that were not deleted before ``since``: the mass-deletion guard's denominator (agents deleted
         or disabled inside the window still count, they are the ones the window is about)."""
