@@ -3,7 +3,12 @@
 An account is disabled when any configured mechanism says so: Active Directory's ``userAccountControl``
 ACCOUNTDISABLE bit (0x2, the bit the ``1.2.840.113556.1.4.803`` filter tests), OpenLDAP ppolicy's administrative
 lock (``pwdAccountLockedTime: 000001010000Z``; a timed lockout after failed binds expires by itself and is not a
-departure), or 389 DS's ``nsAccountLock: true``.
+departure), or 389 DS's ``nsAccountLock: true``. Active Directory's ``accountExpires`` is read here too, as the
+moment it ends the account (``expiry.py``); the sync compares it with its clock when it plans.
+
+A value a mechanism cannot read never disables by itself: only a value that says "disabled" does. An unreadable
+``accountExpires`` is also kept (``expiry_unreadable``) so that the plan can report it and leave the agent as it
+is rather than guess either way.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import string
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import escape_rdn, parse_dn
 
+from gateway.directory.expiry import parse_account_expires
 from gateway.directory.settings import LdapSettings
 
 #: Active Directory ACCOUNTDISABLE (MS-ADTS §2.2.16).
@@ -41,6 +48,10 @@ class DirectoryUser:
     disabled: str | None
     #: DNs of the groups the entry names itself in (memberOf), before nesting.
     member_of: frozenset[str]
+    #: When accountExpires ends the account (None: never, or ``account_expires`` not configured).
+    expires: datetime | None = None
+    #: Why accountExpires could not be read; None when it could (or is not configured).
+    expiry_unreadable: str | None = None
 
 
 def _unescape(value: str) -> str:
@@ -153,6 +164,16 @@ def disabled_reason(attributes: Attributes, settings: LdapSettings) -> str | Non
     return None
 
 
+def account_expiry(attributes: Attributes, settings: LdapSettings) -> tuple[datetime | None, str | None]:
+    """(when the account expires, why that cannot be read) when ``account_expires`` is configured."""
+    if "account_expires" not in settings.disabled_when:
+        return None, None
+    try:
+        return parse_account_expires(_text(_first(attributes, "accountExpires"))), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
 def user_from_entry(dn: str, attributes: Attributes, settings: LdapSettings) -> DirectoryUser | None:
     """The user an entry describes; None when it lacks the stable id or the userName attribute."""
     names = settings.attributes
@@ -160,6 +181,7 @@ def user_from_entry(dn: str, attributes: Attributes, settings: LdapSettings) -> 
     user_name = _text(_first(attributes, names.user_name))
     if entry_id is None or user_name is None:
         return None
+    expires, expiry_unreadable = account_expiry(attributes, settings)
     return DirectoryUser(
         entry_id=entry_id,
         dn=dn,
@@ -170,6 +192,8 @@ def user_from_entry(dn: str, attributes: Attributes, settings: LdapSettings) -> 
         manager_dn=_text(_first(attributes, names.manager)),
         disabled=disabled_reason(attributes, settings),
         member_of=frozenset(normalize_dn(v) for v in map(_text, _all(attributes, names.member_of)) if v),
+        expires=expires,
+        expiry_unreadable=expiry_unreadable,
     )
 
 
@@ -188,6 +212,7 @@ def user_attributes(settings: LdapSettings) -> list[str]:
         "userAccountControl",
         "pwdAccountLockedTime",
         "nsAccountLock",
+        "accountExpires",
     ]
     return list(dict.fromkeys(wanted))
 

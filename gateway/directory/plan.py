@@ -11,6 +11,10 @@ agent disabled by an administrator or another trigger stays disabled, and one de
 administrator) stays deleted: its entry is a conflict, never a second agent. A directory value the database
 cannot store (longer than its column, or holding U+0000, which PostgreSQL refuses) is a conflict of that user
 alone, so it can never fail the writes of everybody else.
+
+A user whose accountExpires cannot be read is a conflict too, and the sync does not guess: a new entry is not
+created, an active agent is not disabled by it and an agent the sync disabled is not made active again until the
+value is readable. The other mechanisms still disable it.
 """
 
 from __future__ import annotations
@@ -65,8 +69,10 @@ class WantedUser:
 
     user: DirectoryUser
     groups: frozenset[str]
-    #: None when it may work; else why not (disabled, locked, not in the agents group).
+    #: None when it may work; else why not (disabled, locked, expired, not in the agents group).
     refusal: str | None
+    #: Why the directory's accountExpires cannot be read: the agent keeps its state on that account (a conflict).
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +155,14 @@ def _unstorable(values: Mapping[str, str | bool | None], sources: Mapping[str, s
     return found
 
 
+def _refused(wanted: WantedUser, sources: Mapping[str, str]) -> dict[str, str]:
+    """Why a new entry is not created: values that cannot be stored, an expiry that cannot be read."""
+    problems = _unstorable(_columns(wanted.user, None), sources)
+    if wanted.unreadable is not None:
+        problems["accountExpires"] = wanted.unreadable
+    return problems
+
+
 def plan(
     known: Mapping[str, KnownAgent],
     view: View,
@@ -170,7 +184,7 @@ def plan(
     deleted = deleted or {}
     sources = _sources(attributes or LdapAttributeMap())
     new = [entry_id for entry_id in view.users if entry_id not in known and entry_id not in deleted]
-    refused = {e: p for e in new if (p := _unstorable(_columns(view.users[e].user, None), sources))}
+    refused = {e: p for e in new if (p := _refused(view.users[e], sources))}
     creating = {entry_id: new_id() for entry_id in new if entry_id not in refused}
     by_dn = dict(managers) if managers is not None else {}
     by_dn |= {normalize_dn(agent.dn): agent.agent_id for agent in known.values()}
@@ -245,6 +259,8 @@ def _changes_of(
             )
         )
         values.pop("user_name")
+    if wanted.unreadable is not None:
+        changes.append(Change("conflict", current.agent_id, user.user_name, current.entry_id, reason=wanted.unreadable))
     if values or normalize_dn(current.dn) != normalize_dn(user.dn):
         changes.append(Change("update", current.agent_id, current.user_name, current.entry_id, values, dn=user.dn))
     # The access-log records of what follows name the agent: by its stored name when the new one cannot be stored.
@@ -253,7 +269,7 @@ def _changes_of(
         changes.append(Change("groups", current.agent_id, name, current.entry_id, groups=wanted.groups))
     if current.active and wanted.refusal is not None:
         changes.append(Change("disable", current.agent_id, name, current.entry_id, reason=wanted.refusal))
-    elif not current.active and wanted.refusal is None and current.disabled_by_sync:
+    elif not current.active and wanted.refusal is None and wanted.unreadable is None and current.disabled_by_sync:
         changes.append(
             Change("reactivate", current.agent_id, name, current.entry_id, reason="enabled in the directory")
         )

@@ -10,8 +10,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.settings_section import Section
 
-#: How the directory says an account is disabled (any one of those configured suffices).
-DisableMechanism = Literal["user_account_control", "ppolicy_lock", "ns_account_lock"]
+#: How the directory says an account is disabled (any one of those configured suffices); ``account_expires`` is
+#: AD's accountExpires once the sync's clock has reached it.
+DisableMechanism = Literal["user_account_control", "ppolicy_lock", "ns_account_lock", "account_expires"]
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -68,7 +69,12 @@ class LdapSettings(Section):
     #: ``local``: nested groups resolved from the group entries read; ``in_chain``: the agents group's members
     #: asked of the server with LDAP_MATCHING_RULE_IN_CHAIN (1.2.840.113556.1.4.1941, Active Directory).
     nested_groups: Literal["local", "in_chain"] = "local"
-    disabled_when: tuple[DisableMechanism, ...] = ("user_account_control", "ppolicy_lock", "ns_account_lock")
+    disabled_when: tuple[DisableMechanism, ...] = (
+        "user_account_control",
+        "ppolicy_lock",
+        "ns_account_lock",
+        "account_expires",
+    )
     attributes: LdapAttributeMap = Field(default_factory=LdapAttributeMap)
     #: Simple paged results (RFC 2696): entries per page.
     page_size: Annotated[int, Field(ge=1, le=10000)] = 500

@@ -6,6 +6,11 @@ Every read completes before anything is written: a directory that is unreachable
 the directory's active agents (counting the disables of the last ``window_seconds``) applies everything but the
 disables, records a quarantine, raises the alert (log, metric, access-log record) and waits for
 ``channelgate ldap approve``.
+
+An accountExpires passing changes no entry, so neither the high-water mark nor the feed brings it: the sync
+remembers the expiries ahead of every user it read and each incremental sync reads again, by id, the entries
+whose time has come. That memory covers the directory only while this object saved the stored high-water mark
+itself; after a restart, or another replica syncing meanwhile, the next incremental sync is a full one.
 """
 
 from __future__ import annotations
@@ -95,6 +100,10 @@ class DirectorySync:
         self.clock = clock
         self._graph: GroupGraph | None = None
         self._agents_members: frozenset[str] | None = None
+        #: Entry id → accountExpires still ahead when last read (an expiry passing changes no entry).
+        self._expiring: dict[str, datetime] = {}
+        #: The high-water mark this object last saved: while it is the stored one, ``_expiring`` is complete.
+        self._high_water: str | None = None
         #: One sync at a time in this process (replicas are kept apart by the runner's lease).
         self.lock = asyncio.Lock()
 
@@ -120,13 +129,14 @@ class DirectorySync:
                     last_result=report.as_dict(),
                     last_error=report.error,
                 )
+                self._high_water = snapshot.high_water
             return self._done(report, started)
 
     async def incremental(self, *, feed_users: Iterable[DirectoryUser] = (), gone: Iterable[str] = ()) -> SyncReport:
         """Users changed at or after the high-water mark, every group, and the users whose memberships changed
         (read again by id: a removal from a group does not touch the user's entry)."""
         state = await self.store.state()
-        if state.high_water is None:
+        if state.high_water is None or not self._expiries_known(state.high_water):
             return await self.full()
         async with self.lock:
             started = time.perf_counter()
@@ -150,6 +160,7 @@ class DirectorySync:
                 last_result=report.as_dict(),
                 last_error=report.error,
             )
+            self._high_water = snapshot.high_water
             return self._done(report, started)
 
     async def feed_batch(self, events: Iterable[FeedEvent]) -> SyncReport | None:
@@ -204,11 +215,13 @@ class DirectorySync:
         users: dict[str, DirectoryUser],
         gone: set[str],
     ) -> set[str]:
-        """Read again the managed agents whose memberships ``graph`` changes, into ``users``; those no longer in
-        scope are added to the returned ``gone``."""
+        """Read again the managed agents whose memberships ``graph`` changes, and the entries whose accountExpires
+        has come since they were read, into ``users``; those no longer in scope are added to the returned ``gone``."""
         skip = users.keys() | gone
         known = (await self.store.known()).values()
         stale = stale_agents(known, graph, self.settings.agents_group, agents_members, skip)
+        now = self.clock()
+        stale += [e for e, expires in self._expiring.items() if expires <= now and e not in skip and e not in stale]
         if not stale:
             return gone
         found = await asyncio.to_thread(reader.read_users, stale)
@@ -257,7 +270,7 @@ class DirectorySync:
             await self._push_groups(renamed)
         agents_group = self.settings.agents_group
         view = View(
-            {u.entry_id: wanted(u, graph, agents_group, self._agents_members) for u in users},
+            {u.entry_id: wanted(u, graph, agents_group, self._agents_members, now) for u in users},
             gone=gone,
             complete=complete,
         )
@@ -286,6 +299,7 @@ class DirectorySync:
         applied = await self._applier.apply(changes, now)
         report.applied = applied.counts
         report.failed = [c.describe() for c in applied.failed]
+        self._remember_expiries(users, gone, now, complete=complete, retry={c.entry_id for c in applied.failed})
         # An approval ends once its disables were carried out: a complete view plans every one still to make
         # (the others were made, or the agents are back in the directory); a partial view says nothing of them.
         pending = approved & {c.agent_id for c in applied.failed if c.kind == "disable"}
@@ -295,6 +309,25 @@ class DirectorySync:
             for change_kind, count in applied.counts.items():
                 self.metrics.changes.labels(change_kind).inc(count)
         return report
+
+    def _expiries_known(self, high_water: str) -> bool:
+        """Whether ``_expiring`` holds every expiry ahead up to ``high_water``: this object saved that mark."""
+        return "account_expires" not in self.settings.disabled_when or high_water == self._high_water
+
+    def _remember_expiries(
+        self, users: list[DirectoryUser], gone: frozenset[str], now: datetime, *, complete: bool, retry: set[str]
+    ) -> None:
+        """The expiries still ahead of the users just applied (all of them after a complete view); an expiry
+        whose disable failed stays, so the next incremental sync tries it again."""
+        if complete:
+            self._expiring = {}
+        for entry_id in gone:
+            self._expiring.pop(entry_id, None)
+        for user in users:
+            if user.expires is not None and (user.expires > now or user.entry_id in retry):
+                self._expiring[user.entry_id] = user.expires
+            else:
+                self._expiring.pop(user.entry_id, None)
 
     async def _current(
         self, users: list[DirectoryUser], gone: frozenset[str], *, complete: bool

@@ -2,10 +2,10 @@
 
 The suffix ``dc=example,dc=com`` sits on an mdb database with the overlays a directory sync meets in the field:
 ``syncprov`` (the RFC 4533 change feed), ``ppolicy`` (``pwdAccountLockedTime`` locks), ``memberof`` and
-``refint``. A small schema adds the Active Directory attributes ``userAccountControl`` and ``sAMAccountName``
-(auxiliary class ``channelgateAdUser``) and 389 DS's ``nsAccountLock``, so AD-style and 389-style disablement
-filters run unchanged. ``tls=True`` also listens with LDAPS on a second port, with a certificate issued by a
-throwaway CA (``ca_file``) for ``127.0.0.1``.
+``refint``. A small schema adds the Active Directory attributes ``userAccountControl``, ``sAMAccountName`` and
+``accountExpires`` (an integer, as AD's Large Integer; auxiliary class ``channelgateAdUser``) and 389 DS's
+``nsAccountLock``, so AD-style and 389-style disablement filters run unchanged. ``tls=True`` also listens with
+LDAPS on a second port, with a certificate issued by a throwaway CA (``ca_file``) for ``127.0.0.1``.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ olcAttributeTypes: ( 1.3.6.1.4.1.99999.1.2 NAME 'sAMAccountName'
   EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
 olcAttributeTypes: ( 1.3.6.1.4.1.99999.1.3 NAME 'nsAccountLock'
   EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+olcAttributeTypes: ( 1.3.6.1.4.1.99999.1.4 NAME 'accountExpires'
+  EQUALITY integerMatch ORDERING integerOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
 olcObjectClasses: ( 1.3.6.1.4.1.99999.2.1 NAME 'channelgateAdUser' AUXILIARY
-  MAY ( userAccountControl $ sAMAccountName $ nsAccountLock ) )
+  MAY ( userAccountControl $ sAMAccountName $ nsAccountLock $ accountExpires ) )
 """
 
 
@@ -163,6 +165,12 @@ userPassword: {SYNC_PASSWORD}
 """
 
 
+def filetime(moment: datetime.datetime) -> int:
+    """``moment`` as Active Directory's accountExpires holds it: 100-ns intervals since 1601-01-01 UTC."""
+    delta = moment - datetime.datetime(1601, 1, 1, tzinfo=datetime.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+
+
 def person_ldif(
     uid: str,
     *,
@@ -170,6 +178,7 @@ def person_ldif(
     employee_number: str | None = None,
     manager: str | None = None,
     user_account_control: int | None = 512,
+    account_expires: int | None = None,
 ) -> str:
     """An ``inetOrgPerson`` (with the AD look-alike class) under ``ou=people``."""
     lines = [
@@ -189,6 +198,8 @@ def person_ldif(
         lines.append(f"manager: uid={manager},{PEOPLE}")
     if user_account_control is not None:
         lines.append(f"userAccountControl: {user_account_control}")
+    if account_expires is not None:
+        lines.append(f"accountExpires: {account_expires}")
     return "\n".join(lines) + "\n"
 
 
