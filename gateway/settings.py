@@ -121,6 +121,16 @@ class ServerSettings(_Section):
         return self
 
 
+def _issuer_url_problem(value: str) -> str | None:
+    """Why ``value`` is not an issuer identifier (OIDC Discovery 1.0 §3), or None when it is one."""
+    url = urlsplit(value)
+    if url.scheme not in {"http", "https"} or not url.hostname or url.query or url.fragment:
+        return "the issuer must be an https URL without query or fragment"
+    if url.scheme != "https" and url.hostname not in {"127.0.0.1", "localhost", "::1"}:
+        return "the issuer must use https (plain http only on loopback for development)"
+    return None
+
+
 class OidcSettings(_Section):
     #: Kept exactly as written: the provider's metadata must name this very string (no normalisation).
     issuer: str
@@ -137,11 +147,9 @@ class OidcSettings(_Section):
     @field_validator("issuer")
     @classmethod
     def _issuer_https(cls, value: str) -> str:
-        url = urlsplit(value)
-        if url.scheme not in {"http", "https"} or not url.hostname or url.query or url.fragment:
-            raise ValueError("the issuer must be an https URL without query or fragment")
-        if url.scheme != "https" and url.hostname not in {"127.0.0.1", "localhost", "::1"}:
-            raise ValueError("the issuer must use https (plain http only on loopback for development)")
+        problem = _issuer_url_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("allowed_algorithms")
@@ -231,6 +239,11 @@ class SsfTransmitterSettings(_Section):
     jwks_uri: AnyHttpUrl
     #: The bearer token it sends with every push (RFC 8935 §2 leaves push authentication to the deployment).
     token: SecretStr
+    #: Issuers, besides its own ``issuer``, whose accounts its SETs may name: ``iss_sub`` subjects of them, and
+    #: ``email`` subjects when this lists the ``[oidc] issuer`` (agents' emails come from that IdP and its
+    #: directory). None by default, so a transmitter that is not the IdP (a chat vendor's) cannot log out or
+    #: disable the IdP's agents. For an IdP whose SETs' ``iss`` is not its OIDC issuer, list the OIDC issuer here.
+    subject_issuers: tuple[str, ...] = ()
 
     @field_validator("token")
     @classmethod
@@ -242,6 +255,28 @@ class SsfTransmitterSettings(_Section):
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         return value
+
+    @field_validator("subject_issuers")
+    @classmethod
+    def _exact_issuers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
+        for issuer in value:
+            if "*" in issuer:
+                problems.append(f"{issuer!r}: wildcards are not supported, list each issuer exactly as its iss")
+            elif problem := _issuer_url_problem(issuer):
+                problems.append(f"{issuer!r}: {problem}")
+        if len(set(value)) != len(value):
+            problems.append("an issuer is listed twice")
+        if problems:
+            raise ValueError(
+                "each subject issuer must be an issuer identifier, compared exactly: " + "; ".join(problems)
+            )
+        return value
+
+    @property
+    def speaks_for(self) -> frozenset[str]:
+        """The issuers whose accounts this transmitter's SETs may name: its own and ``subject_issuers``."""
+        return frozenset((self.issuer, *self.subject_issuers))
 
 
 class SsfSettings(_Section):

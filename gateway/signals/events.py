@@ -7,10 +7,20 @@ and returns the action for each event it carries:
   enabled and may sign in again once the IdP lets them).
 - RISC ``account-disabled``: the whole deprovisioning path (the agent is disabled, sessions end everywhere).
 - anything else: recorded and ignored.
+
+Each transmitter speaks for some account issuers only (``speaks_for``: its own ``iss``, and the ``subject_issuers``
+its settings list). ``authorize`` refuses a SET that names an account of any other issuer anywhere (``sub_id``,
+an event's ``subject``, a member of ``aliases``): else any configured transmitter, a chat vendor's, could log out
+or disable the IdP's agents by naming them with the IdP's ``iss``. Subjects are bound to an issuer as follows
+(RFC 9493 §3.2): ``iss_sub`` to its ``iss``; ``opaque`` to the transmitter's own issuer (an ``id`` known only
+between it and us, never read as another issuer's ``sub``); ``email`` to the gateway's login IdP (``[oidc]
+issuer``), whose ID tokens, SCIM and directory set the emails agents carry; ``aliases`` is not resolved, but each
+member is checked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -62,6 +72,10 @@ class SecurityEvent:
     jti: str
     subject: Subject
     events: tuple[tuple[str, Action], ...]
+    #: The account issuer of every subject identifier in the SET, wherever it is (``authorize`` checks them all).
+    issuers: frozenset[str] = frozenset()
+    #: Whether one of them is an ``email`` subject, counted as an account of the login IdP.
+    names_email: bool = False
 
     @property
     def action(self) -> Action:
@@ -73,22 +87,46 @@ class SecurityEvent:
         return Action.IGNORE
 
 
-def _subject(identifier: Any) -> Subject | None:
-    """An SSF subject identifier (RFC 9493): formats ``iss_sub`` and ``email`` name an agent; others do not."""
+def _subject(identifier: Any, transmitter: str) -> Subject | None:
+    """An SSF subject identifier (RFC 9493 §3.2) that names an agent: ``iss_sub``, ``opaque`` (an account of the
+    ``transmitter``'s own issuer) or ``email``; others do not."""
     if not isinstance(identifier, dict):
         return None
     form = identifier.get("format")
     if form == "iss_sub" and isinstance(identifier.get("iss"), str) and isinstance(identifier.get("sub"), str):
         return Subject(issuer=identifier["iss"], subject=identifier["sub"])
+    if form == "opaque" and isinstance(identifier.get("id"), str) and identifier["id"]:
+        return Subject(issuer=transmitter, subject=identifier["id"])
     if form == "email" and isinstance(identifier.get("email"), str) and identifier["email"]:
         return Subject(email=identifier["email"])
     return None
 
 
+def _identifiers(claims: dict[str, Any], events: dict[str, Any]) -> Iterator[Any]:
+    """Every subject identifier the SET carries: ``sub_id``, each event's ``subject``, the members of ``aliases``."""
+    found = [claims.get("sub_id"), *(event.get("subject") for event in events.values())]
+    for identifier in found:
+        yield identifier
+        if isinstance(identifier, dict) and identifier.get("format") == "aliases":
+            members = identifier.get("identifiers")
+            yield from members if isinstance(members, list) else ()
+
+
+def _issuers(claims: dict[str, Any], events: dict[str, Any], transmitter: str, email_issuer: str) -> set[str]:
+    issuers = set[str]()
+    for identifier in _identifiers(claims, events):
+        if isinstance(identifier, dict) and identifier.get("format") == "iss_sub":
+            issuers.add(str(identifier.get("iss")))  # even a malformed one: the transmitter meant that issuer
+        elif (subject := _subject(identifier, transmitter)) is not None:
+            issuers.add(subject.issuer if subject.issuer is not None else email_issuer)
+    return issuers
+
+
 def security_event(
-    header: dict[str, Any], claims: dict[str, Any], *, issuer: str, audience: str, now: float
+    header: dict[str, Any], claims: dict[str, Any], *, issuer: str, audience: str, now: float, email_issuer: str
 ) -> SecurityEvent:
-    """Check a verified SET from ``issuer`` (RFC 8417 §2.2-2.3); raises ``InvalidSet`` with the RFC 8935 code."""
+    """Check a verified SET from ``issuer`` (RFC 8417 §2.2-2.3); raises ``InvalidSet`` with the RFC 8935 code.
+    ``email_issuer`` is the issuer an ``email`` subject counts as an account of (the login IdP's)."""
     typ = header.get("typ")
     if typ is not None and str(typ).lower() not in ("secevent+jwt", "application/secevent+jwt"):
         raise InvalidSet(f"the SET's typ is {typ!r}, not secevent+jwt")
@@ -114,9 +152,41 @@ def security_event(
     events = claims.get("events")
     if not isinstance(events, dict) or not events or not all(isinstance(v, dict) for v in events.values()):
         raise InvalidSet("the SET's events claim must map event types to objects")
-    subject = _subject(claims.get("sub_id"))
+    subject = _subject(claims.get("sub_id"), issuer)
     if subject is None:  # CAEP/RISC drafts put the subject inside the event
-        subject = next((s for v in events.values() if (s := _subject(v.get("subject"))) is not None), None)
+        subject = next((s for v in events.values() if (s := _subject(v.get("subject"), issuer)) is not None), None)
     if subject is None:
-        raise InvalidSet("the SET names no subject the gateway knows how to match (iss_sub or email)")
-    return SecurityEvent(jti, subject, tuple((name, ACTIONS.get(name, Action.IGNORE)) for name in events))
+        raise InvalidSet("the SET names no subject the gateway knows how to match (iss_sub, opaque or email)")
+    actions = tuple((name, ACTIONS.get(name, Action.IGNORE)) for name in events)
+    names_email = any(isinstance(i, dict) and i.get("format") == "email" for i in _identifiers(claims, events))
+    return SecurityEvent(jti, subject, actions, frozenset(_issuers(claims, events, issuer, email_issuer)), names_email)
+
+
+class NotSpokenFor(InvalidSet):
+    """RFC 8935 §2.4 ``access_denied``: the SET names accounts of issuers its transmitter does not speak for."""
+
+    def __init__(self, message: str, issuers: list[str]) -> None:
+        super().__init__(message, err="access_denied")
+        self.issuers = issuers
+
+
+def _shown(issuers: list[str]) -> str:
+    """Issuers for a description, each cut short: they come from the SET, so their size is the sender's."""
+    cut = [repr(i if len(i) <= 200 else i[:200] + "...(cut)") for i in issuers[:3]]
+    return ", ".join(cut) + (f" and {len(issuers) - 3} more" if len(issuers) > 3 else "")
+
+
+def authorize(event: SecurityEvent, *, transmitter: str, speaks_for: frozenset[str]) -> None:
+    """Refuse a SET naming an account of an issuer that ``transmitter`` does not speak for, anywhere in it. Called
+    before the ``jti`` is claimed (``gateway/sessions/single_use.py``): nothing is done and nothing is used up."""
+    foreign = sorted(event.issuers - speaks_for)
+    if not foreign:
+        return
+    email = " (an email subject counts as an account of the gateway's login IdP)" if event.names_email else ""
+    raise NotSpokenFor(
+        f"not acted on: transmitter {transmitter!r} may name accounts of {_shown(sorted(speaks_for))} only, and this "
+        f"SET names an account of {_shown(foreign)}{email}. Send it from that issuer's own transmitter, or, if "
+        "this transmitter does speak for that issuer, have the gateway's administrator add it to this "
+        "transmitter's subject_issuers ([[ssf.transmitters]])",
+        foreign,
+    )

@@ -8,6 +8,10 @@ strongest action the events ask for runs before the answer: RISC ``account-disab
 ``jti`` is acted on once across replicas, and counts as received only once its action succeeded
 (``gateway/sessions/single_use.py``), so a retry after a 503 is served, not refused as a replay.
 
+A transmitter speaks only for its own issuer and the ``subject_issuers`` its settings list: a SET naming an
+account of any other issuer (``gateway.signals.events.authorize``) is refused with a 400 ``access_denied`` before
+its ``jti`` is claimed, and recorded with the issuers it had no right to name.
+
 An ``email`` subject that several live agents share is ambiguous: a logout ends the sessions of every one of them
 (low harm, and the one meant is among them), a deprovisioning is refused with a 400 (RFC 8935 §2.3) that says
 it was not acted on, since disabling a guess could shut out the wrong person and leave the right one working.
@@ -34,7 +38,16 @@ from gateway.scope import scope_of
 from gateway.services import Services
 from gateway.sessions.single_use import run_once
 from gateway.settings import SsfTransmitterSettings
-from gateway.signals.events import LEEWAY_SECONDS, MAX_AGE_SECONDS, Action, InvalidSet, SecurityEvent, security_event
+from gateway.signals.events import (
+    LEEWAY_SECONDS,
+    MAX_AGE_SECONDS,
+    Action,
+    InvalidSet,
+    NotSpokenFor,
+    SecurityEvent,
+    authorize,
+    security_event,
+)
 from gateway.small_bodies import read_small_body
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent
@@ -156,8 +169,22 @@ async def receive_event(request: Request) -> Response:
         token = await _read(request)
         verified = await _verified(services, transmitter, token)
         event = security_event(
-            verified.header, verified.claims, issuer=transmitter.issuer, audience=audience, now=services.clock()
+            verified.header,
+            verified.claims,
+            issuer=transmitter.issuer,
+            audience=audience,
+            now=services.clock(),
+            email_issuer=services.settings.oidc.issuer,
         )
+        try:
+            authorize(event, transmitter=transmitter.issuer, speaks_for=transmitter.speaks_for)
+        except NotSpokenFor as exc:
+            outcome |= {
+                "events": [name for name, _ in event.events],
+                "action": event.action.value,
+                "foreign_issuers": exc.issuers,
+            }
+            raise
         await run_once(
             services.sessions,
             f"set:{transmitter.issuer}:{event.jti}",

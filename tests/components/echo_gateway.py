@@ -160,9 +160,10 @@ async def deployment(
     route_timeout_seconds: float = 5,
     extra_server_toml: str = "",
     extra_sessions_toml: str = "",
-    extra_toml: str = "",
+    extra_toml: str | Callable[[str], str] = "",
 ) -> AsyncIterator[Deployment]:
-    """The gateway (memory sessions unless ``redis_url``; SQLite file unless ``database_url``) and three consoles."""
+    """The gateway (memory sessions unless ``redis_url``; SQLite file unless ``database_url``) and three consoles.
+    ``extra_toml`` may be a function of the provider's issuer, for tables that name it."""
     base_dir = Path(tempfile.mkdtemp(prefix="channelgate-it-"))
     gateway_sock = bound_socket()
     url = f"http://{LOOPBACK}:{gateway_sock.getsockname()[1]}"
@@ -185,7 +186,8 @@ async def deployment(
     text = text.replace(
         "revocation_ack_timeout_seconds = 2.0\n", f"revocation_ack_timeout_seconds = 2.0\n{extra_sessions_toml}\n"
     )
-    text += f"\n{extra_toml}\n"  # whole tables, appended after the routes
+    extra = extra_toml(provider.issuer) if callable(extra_toml) else extra_toml
+    text += f"\n{extra}\n"  # whole tables, appended after the routes
     config_path = base_dir / "channelgate.toml"
     config_path.write_text(text, encoding="utf-8")
     settings = load_settings(config_path, environ={})

@@ -1,36 +1,26 @@
 """The Shared Signals receiver (RFC 8935 push, RFC 8417 SETs, CAEP and RISC events) end to end.
 
-The transmitter here is a test double that speaks the real protocol: it publishes its signing key as a JWKS
-over HTTP and pushes signed SETs with its bearer token. The gateway is real (npm oidc-provider for the
-logins), and so are its consequences: sessions refused, agents disabled, records in the access log. Only the
-database outage is simulated: the agents lookup raises the StorageError the repository raises when it is down.
+The transmitter here is a test double that speaks the real protocol (tests/components/ssf_transmitter.py): it
+publishes its signing key as a JWKS over HTTP and pushes signed SETs with its bearer token. The gateway is real
+(npm oidc-provider for the logins), and so are its consequences: sessions refused, agents disabled, records in
+the access log. Only the database outage is simulated: the agents lookup raises the StorageError the repository
+raises when it is down.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import secrets
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from joserfc import jwt
-from joserfc.jwk import RSAKey
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from gateway.errors import StorageError
 from gateway.signals.events import CAEP, RISC
 from gateway.storage.agents import AgentRepository
-from tests.components.asgi_server import bound_socket, start_server
 from tests.components.echo_gateway import Deployment, deployment
 from tests.components.oidc_provider import (
     DEMO_PASSWORD,
@@ -39,58 +29,30 @@ from tests.components.oidc_provider import (
     OidcProvider,
     OidcProviderFactory,
     generate_signing_key,
-    public_jwks,
 )
+from tests.components.ssf_transmitter import Transmitter, published, push
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 JSON = {"Accept": "application/json"}
+#: The IdP's transmitter signs SETs as this issuer, not as its OIDC issuer (as Okta's org-level transmitter does
+#: for a custom authorization server), so it is configured to speak for the OIDC issuer too.
 ISSUER = "https://signals.idp.example"
-
-
-@dataclass
-class Transmitter:
-    key: dict[str, Any] = field(default_factory=lambda: generate_signing_key("ssf-1"))
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    sock: Any = field(default_factory=bound_socket)
-
-    @property
-    def jwks_uri(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/jwks"
-
-    def toml(self) -> str:
-        return (
-            f'[ssf]\n[[ssf.transmitters]]\nissuer = "{ISSUER}"\njwks_uri = "{self.jwks_uri}"\ntoken = "{self.token}"\n'
-        )
-
-    def sign(self, events: dict[str, Any], *, header: dict[str, Any] | None = None, key: dict[str, Any] | None = None,
-             **claims: Any) -> str:  # fmt: skip
-        signer = key or self.key
-        body = {"iss": ISSUER, "iat": int(time.time()), "jti": uuid.uuid4().hex, "events": events} | claims
-        body = {name: value for name, value in body.items() if value is not None}
-        head = {"alg": "RS256", "kid": signer["kid"], "typ": "secevent+jwt"} | (header or {})
-        return jwt.encode(head, body, RSAKey.import_key(signer))
 
 
 @pytest.fixture
 async def transmitter() -> AsyncIterator[Transmitter]:
-    sender = Transmitter()
-
-    async def jwks(_request: Request) -> JSONResponse:
-        return JSONResponse(public_jwks({"keys": [sender.key]}))
-
-    config = uvicorn.Config(Starlette(routes=[Route("/jwks", jwks)]), lifespan="off", log_level="critical")
-    server, task = await start_server(config, sender.sock)
-    try:
+    async with published(ISSUER) as sender:
         yield sender
-    finally:
-        server.should_exit = True
-        await task
-        sender.sock.close()
+
+
+def speaking_for_the_idp(transmitter: Transmitter) -> Callable[[str], str]:
+    """The transmitter's table, allowed to name the accounts of the gateway's IdP (whose issuer it is given)."""
+    return lambda idp_issuer: transmitter.toml(subject_issuers=[idp_issuer])
 
 
 @pytest.fixture
 async def gateway(oidc_provider_factory: OidcProviderFactory, transmitter: Transmitter) -> AsyncIterator[Deployment]:
-    async with deployment(oidc_provider_factory, extra_toml=transmitter.toml()) as deployed:
+    async with deployment(oidc_provider_factory, extra_toml=speaking_for_the_idp(transmitter)) as deployed:
         yield deployed
 
 
@@ -110,7 +72,7 @@ async def shared_email_gateway(
     def provider(redirect_uris: Sequence[str], **options: Any) -> OidcProvider:
         return oidc_provider_factory(redirect_uris, **(options | {"accounts": (*STANDARD_ACCOUNTS, MALLORY)}))
 
-    async with deployment(provider, extra_toml=transmitter.toml()) as deployed:
+    async with deployment(provider, extra_toml=speaking_for_the_idp(transmitter)) as deployed:
         yield deployed
 
 
@@ -131,9 +93,7 @@ def fail_once(monkeypatch: pytest.MonkeyPatch, agents: AgentRepository, method: 
 async def _push(
     gateway: Deployment, body: str, token: str | None, content_type: str = "application/secevent+jwt"
 ) -> httpx.Response:
-    headers = {"Content-Type": content_type} | ({"Authorization": f"Bearer {token}"} if token else {})
-    async with httpx.AsyncClient() as client:
-        return await client.post(gateway.url + "/.channelgate/ssf/events", content=body, headers=headers)
+    return await push(gateway.url, body, token, content_type)
 
 
 async def _alice(gateway: Deployment) -> tuple[httpx.AsyncClient, dict[str, Any]]:

@@ -1,0 +1,71 @@
+"""Which account issuers a SET's subjects name (RFC 9493 §3.2), and who may name them (gateway/signals/events.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.signals.events import CAEP, RISC, InvalidSet, NotSpokenFor, Subject, authorize, security_event
+
+VENDOR = "https://chat-vendor.example"
+IDP = "https://idp.example"
+NOW = 1_700_000_000
+ALICE = {"format": "iss_sub", "iss": IDP, "sub": "alice-0001"}
+OWN = {"format": "iss_sub", "iss": VENDOR, "sub": "v-1"}
+
+
+def _event(events: dict[str, Any], **claims: Any) -> Any:
+    body = {"iss": VENDOR, "aud": "https://gw.example", "iat": NOW, "jti": "j-1", "events": events} | claims
+    return security_event({"typ": "secevent+jwt"}, body, issuer=VENDOR, audience="https://gw.example", now=NOW,
+                          email_issuer=IDP)  # fmt: skip
+
+
+#: SETs from the vendor, and the issuers of the accounts they name.
+NAMED: dict[str, tuple[dict[str, Any], dict[str, Any], set[str]]] = {
+    "its own iss_sub": ({RISC + "account-disabled": {}}, {"sub_id": OWN}, {VENDOR}),
+    "the IdP's iss_sub": ({RISC + "account-disabled": {}}, {"sub_id": ALICE}, {IDP}),
+    "an opaque id: its own namespace": (
+        {RISC + "account-disabled": {"subject": {"format": "opaque", "id": "alice-0001"}}}, {}, {VENDOR},
+    ),
+    "an email: the login IdP's": (
+        {CAEP + "session-revoked": {"subject": {"format": "email", "email": "a@example.com"}}}, {}, {IDP},
+    ),
+    "an alias member": (
+        {CAEP + "session-revoked": {"subject": {"format": "aliases", "identifiers": [OWN, ALICE]}}},
+        {"sub_id": OWN}, {VENDOR, IDP},
+    ),
+    "another event's subject": (
+        {CAEP + "session-revoked": {"subject": OWN}, RISC + "account-disabled": {"subject": ALICE}}, {}, {VENDOR, IDP},
+    ),
+    "a malformed iss_sub of the IdP": (
+        {CAEP + "session-revoked": {"subject": {"format": "iss_sub", "iss": IDP}}}, {"sub_id": OWN}, {VENDOR, IDP},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", NAMED, ids=list(NAMED))
+def test_every_subject_identifier_in_a_set_is_bound_to_an_account_issuer(case: str) -> None:
+    events, claims, issuers = NAMED[case]
+    event = _event(events, **claims)
+    assert event.issuers == issuers
+    if issuers <= {VENDOR}:
+        authorize(event, transmitter=VENDOR, speaks_for=frozenset({VENDOR}))
+    else:
+        with pytest.raises(NotSpokenFor) as refused:
+            authorize(event, transmitter=VENDOR, speaks_for=frozenset({VENDOR}))
+        assert refused.value.code == "access_denied" and refused.value.issuers == [IDP]
+    authorize(event, transmitter=VENDOR, speaks_for=frozenset({VENDOR, IDP}))
+
+
+def test_an_opaque_subject_is_resolved_as_the_transmitters_own_account() -> None:
+    event = _event({CAEP + "session-revoked": {"subject": {"format": "opaque", "id": "alice-0001"}}})
+    assert event.subject == Subject(issuer=VENDOR, subject="alice-0001")
+
+
+def test_the_refusal_cuts_an_issuer_the_sender_made_long() -> None:
+    event = _event({RISC + "account-disabled": {}}, sub_id={"format": "iss_sub", "iss": "https://x/" + "a" * 10_000,
+                                                            "sub": "s"})  # fmt: skip
+    with pytest.raises(InvalidSet) as refused:
+        authorize(event, transmitter=VENDOR, speaks_for=frozenset({VENDOR}))
+    assert len(refused.value.message) < 1_000 and "...(cut)" in refused.value.message
