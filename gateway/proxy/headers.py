@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from gateway.addresses import within
 from gateway.errors import BadRequest
+from gateway.proxy.url_fields import as_browser_reads, link_values, refresh_parts
 
 #: RFC 9110 §7.6.1 hop-by-hop fields, plus the obsolete Keep-Alive / Proxy-Connection, plus fields the gateway
 #: answers itself: ``Expect`` (uvicorn sends 100-continue) and ``Sec-WebSocket-*`` (the gateway terminates the
@@ -234,6 +235,14 @@ _RESERVED_COOKIE_PREFIXES = ("__host-", "__secure-")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
+#: Link relations that act beyond the linking page: a ``serviceworker`` link registers a worker (W3C Service
+#: Workers, "Link type serviceworker"; its ``scope`` could be ``/``). Such a link-value is dropped, not rewritten.
+_ORIGIN_WIDE_RELATIONS = frozenset({"serviceworker"})
+#: Link parameters holding a URL other than the target: ``anchor`` (RFC 8288 §3.2, the link's context) and
+#: ``imagesrcset`` (a list of image URLs, HTML preload). Rewriting a second URL grammar is not worth the risk of
+#: reading it unlike the browser: a link-value carrying one is dropped (they are hints; the page still works).
+_OTHER_URL_PARAMS = frozenset({"anchor", "imagesrcset"})
+
 
 def _origin_of(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
     scheme = scheme.lower()
@@ -277,8 +286,10 @@ class ConsoleScope:
     def location(self, value: str) -> str:
         """``Location`` pointing at the console's own upstream → the public URL under the prefix; an
         absolute path (RFC 3986 §4.2) from a stripped route → under the prefix; any other URL unchanged
-        (a redirect elsewhere is the console's business)."""
-        text = value.strip()
+        (a redirect elsewhere is the console's business). The URL is read as the browser will read it
+        (``url_fields.as_browser_reads``: ``\\x01/phone/`` and ``\\phone`` are absolute paths, ``/\\host`` is
+        another host). ``Content-Location``, ``Refresh`` and ``Link`` URLs follow the same rules."""
+        text = as_browser_reads(value, self.public_origin.partition(":")[0])
         if text.startswith("/") and not text.startswith("//"):
             return self.public_path(text) if self.strip_prefix else value
         try:
@@ -292,6 +303,34 @@ class ConsoleScope:
         query = f"?{parts.query}" if parts.query else ""
         fragment = f"#{parts.fragment}" if parts.fragment else ""
         return f"{self.public_origin}{public}{query}{fragment}"
+
+    def refresh(self, value: str) -> str | None:
+        """``Refresh`` (``0; url=…``) with its URL kept as ``location`` keeps a ``Location``'s, written back in
+        one plain form; None (drop it) when a browser would not read it as we do."""
+        parts = refresh_parts(value)
+        if parts is None:
+            return None
+        delay, url = parts
+        if url is None:
+            return value
+        target = self.location(url)
+        # A browser would take a leading quote for one around the URL (HTML refresh steps).
+        return None if target[:1] in ("'", '"') else f"{delay}; url={target}"
+
+    def link(self, value: str) -> str | None:
+        """``Link`` (RFC 8288) with each target kept as ``location`` keeps a ``Location``'s; link-values with an
+        origin-wide relation (``serviceworker``) or a second URL (``anchor``, ``imagesrcset``) dropped; the
+        whole field dropped when it cannot be read with certainty (it is a hint: nothing breaks)."""
+        links = link_values(value)
+        if links is None:
+            return None
+        kept = []
+        for link in links:
+            relations = {rel for text in link.values("rel") for rel in text.lower().split()}
+            if relations & _ORIGIN_WIDE_RELATIONS or any(p.name in _OTHER_URL_PARAMS for p in link.params):
+                continue
+            kept.append(f"<{self.location(link.target)}>" + "".join(f"; {p.raw}" for p in link.params))
+        return ", ".join(kept) or None
 
 
 @functools.lru_cache(maxsize=256)
@@ -342,6 +381,17 @@ def _set_cookie(value: str, gateway_cookie_names: Collection[str], console: Cons
     return "; ".join(kept)
 
 
+#: Answer fields holding a URL the browser follows or fetches, each kept under the console's prefix
+#: (``ConsoleScope``): redirects, ``Content-Location`` (RFC 9110 §8.7), ``Refresh`` (HTML) and ``Link``
+#: (RFC 8288: preload, prefetch, preconnect).
+_URL_FIELDS: dict[str, Callable[[ConsoleScope, str], str | None]] = {
+    "location": ConsoleScope.location,
+    "content-location": ConsoleScope.location,
+    "refresh": ConsoleScope.refresh,
+    "link": ConsoleScope.link,
+}
+
+
 def sanitise_response_headers(
     headers: Iterable[tuple[str, str]],
     *,
@@ -352,9 +402,9 @@ def sanitise_response_headers(
 
     Dropped: hop-by-hop fields, origin-wide fields (``ORIGIN_WIDE``), any ``Set-Cookie`` for a gateway cookie
     (an upstream must not overwrite, or with ``Max-Age=0`` log out, the gateway session), a nameless one and one
-    with a reserved ``__Host-``/``__Secure-`` name. With ``console``, cookies and ``Location`` are kept under the
-    console's prefix (``ConsoleScope``). One origin cannot isolate consoles from each other's JavaScript; see
-    docs/operations/hardening.md.
+    with a reserved ``__Host-``/``__Secure-`` name. With ``console``, cookies and the URLs of ``Location``,
+    ``Content-Location``, ``Refresh`` and ``Link`` are kept under the console's prefix (``ConsoleScope``). One
+    origin cannot isolate consoles from each other's JavaScript; see docs/operations/hardening.md.
     """
     materialised = [(name, normalise_header_name(name), value) for name, value in headers]
     connection_listed = _connection_tokens(value for _, norm, value in materialised if norm == "connection")
@@ -373,7 +423,10 @@ def sanitise_response_headers(
             if cookie is None:
                 continue
             value = cookie
-        elif norm == "location" and console is not None:
-            value = console.location(value)
+        elif console is not None and norm in _URL_FIELDS:
+            kept = _URL_FIELDS[norm](console, value)
+            if kept is None:
+                continue
+            value = kept
         out.append((name.lower(), value))
     return out

@@ -124,6 +124,66 @@ async def test_a_console_redirect_stays_under_its_prefix_unless_it_leaves_the_or
     assert response.headers["location"] == expected
 
 
+async def test_refresh_content_location_and_link_to_the_consoles_upstream_do_not_reveal_its_address(
+    gateway: Deployment,
+) -> None:
+    chat = _hostile(gateway)
+    chat.answer = [
+        ("Refresh", "0; url=http://{host}/inbox"),
+        ("Content-Location", "http://{host}/doc/1"),
+        ("Link", "<http://{host}/app.css>; rel=preload; as=style, <//{host}/>; rel=preconnect"),
+    ]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    assert response.headers["refresh"] == f"0; url={gateway.url}/chat/inbox"
+    assert response.headers["content-location"] == f"{gateway.url}/chat/doc/1"
+    assert response.headers["link"] == (
+        f"<{gateway.url}/chat/app.css>; rel=preload; as=style, <{gateway.url}/chat/>; rel=preconnect"
+    )
+    upstream = f"127.0.0.1:{chat.port}"
+    assert not [value for _, value in response.headers.multi_items() if upstream in value]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("Refresh", "0; url=/phone/settings", "0; url=/chat/phone/settings"),
+        ("Refresh", "0;URL='/.channelgate/logout'", "0; url=/chat/.channelgate/logout"),
+        ("Refresh", "3, /phone/", "3; url=/chat/phone/"),
+        ("Content-Location", "/phone/settings", "/chat/phone/settings"),
+        ("Link", "</phone/app.js>; rel=prefetch", "</chat/phone/app.js>; rel=prefetch"),
+        ("Link", "</mail/inbox>; rel=prerender", "</chat/mail/inbox>; rel=prerender"),
+        ("Refresh", "0; url=https://idp.example/authorize", "0; url=https://idp.example/authorize"),
+    ],
+)
+async def test_refresh_content_location_and_link_stay_under_the_prefix_unless_they_leave_the_origin(
+    gateway: Deployment, name: str, value: str, expected: str
+) -> None:
+    _hostile(gateway).answer = [(name, value)]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    assert response.status_code == 200
+    assert response.headers.get_list(name) == [expected]
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        '</chat/sw.js>; rel="serviceworker"; scope="/"',  # a worker over every console and /.channelgate/
+        '</chat/a.png>; rel=preload; as=image; imagesrcset="/phone/a.png 1x"',
+        "/phone/a.js; rel=prefetch",  # unreadable: dropped, not guessed at
+    ],
+)
+async def test_a_link_that_acts_beyond_the_page_or_cannot_be_read_never_reaches_the_browser(
+    gateway: Deployment, link: str
+) -> None:
+    _hostile(gateway).answer = [("Link", link)]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    assert response.status_code == 200
+    assert "link" not in response.headers
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

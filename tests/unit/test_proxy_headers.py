@@ -306,7 +306,15 @@ def test_a_console_cookie_with_a_name_prefix_reserved_for_the_origin_is_dropped(
         (CHAT, "//10.0.0.5:8080/x", "https://gw.example/chat/x"),
         (CHAT, "/login", "/chat/login"),
         (CHAT, "/phone/settings", "/chat/phone/settings"),
-        (CHAT, "/\\evil.example/", "/chat/\\evil.example/"),
+        (CHAT, "/\\evil.example/", "/\\evil.example/"),  # //evil.example/ to a browser: another site
+        (CHAT, "\x01/phone/x", "/chat/phone/x"),  # a browser strips C0 controls and spaces around a URL
+        (CHAT, "/pho\tne/x", "/chat/phone/x"),  # and removes tabs and newlines in it
+        (CHAT, "\\phone\\x", "/chat/phone/x"),  # "\" is "/" in an http(s) URL
+        (CHAT, "\\\\10.0.0.5:8080\\x", "https://gw.example/chat/x"),
+        (CHAT, "///10.0.0.5:8080/x", "https://gw.example/chat/x"),  # extra slashes before a host are skipped
+        (CHAT, "http:10.0.0.5:8080/x", "https://gw.example/chat/x"),  # a special scheme needs no "//"
+        (CHAT, "https:/phone/x", "/chat/phone/x"),  # the page's own scheme without "//": a relative reference
+        (CHAT, "mailto:agent@example.com", "mailto:agent@example.com"),
         (CHAT, "http://10.0.0.5:9090/x", "http://10.0.0.5:9090/x"),
         (CHAT, "https://idp.example/authorize", "https://idp.example/authorize"),
         (CHAT, "//idp.example/authorize", "//idp.example/authorize"),
@@ -352,3 +360,104 @@ def test_a_trusted_proxy_named_in_ipv4_mapped_form_is_still_trusted() -> None:
     assert client_address("::ffff:10.0.0.1", headers, ("10.0.0.0/8",)) == "203.0.113.7"
     hops = raw(("x-forwarded-for", "203.0.113.7, ::ffff:10.0.0.2"))
     assert client_address("10.0.0.1", hops, ("10.0.0.0/8",)) == "203.0.113.7"
+
+
+@pytest.mark.parametrize(
+    ("console", "sent", "browser_gets"),
+    [
+        (CHAT, "0; url=http://10.0.0.5:8080/x?a=1", "0; url=https://gw.example/chat/x?a=1"),
+        (CHAT, "0;URL='http://10.0.0.5:8080/x'", "0; url=https://gw.example/chat/x"),
+        (CHAT, "5, /phone/x", "5; url=/chat/phone/x"),  # no "url=": the rest is the URL
+        (CHAT, "0 /phone/x", "0; url=/chat/phone/x"),
+        (CHAT, '1.5; url = "/phone/x"ignored', "1.5; url=/chat/phone/x"),  # what follows the quote is ignored
+        (CHAT, "0; urlx", "0; url=urlx"),  # "url" without "=" is part of a relative URL
+        (CHAT, "0; url=https://idp.example/a", "0; url=https://idp.example/a"),
+        (CHAT, "30", "30"),  # reloads the page itself
+        (CHAT_UNDER_BASE, "0; url=/base/login", "0; url=/chat/login"),
+        (CRM_UNSTRIPPED, "0; url=http://crm.internal/crm/a", "0; url=https://gw.example/crm/a"),
+        (CRM_UNSTRIPPED, "0; url=/login", "0; url=/login"),
+        (None, "0; url=http://10.0.0.5:8080/x", "0; url=http://10.0.0.5:8080/x"),
+    ],
+)
+def test_a_console_refresh_goes_where_its_location_would(
+    console: ConsoleScope | None, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers([("Refresh", sent)], gateway_cookie_names=COOKIES, console=console)
+    assert out == [("refresh", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "soon; url=/phone/",  # no delay: browsers ignore it, and we cannot say what another reader would do
+        "; url=/phone/",
+        "0x; url=/phone/",
+        "0; url=\"'/phone/x",  # its URL would start with a quote, which a browser reads as a quote around it
+    ],
+)
+def test_a_refresh_a_browser_would_not_read_as_we_do_is_dropped(sent: str) -> None:
+    assert sanitise_response_headers([("Refresh", sent)], gateway_cookie_names=COOKIES, console=CHAT) == []
+
+
+@pytest.mark.parametrize(
+    ("console", "sent", "browser_gets"),
+    [
+        (CHAT, "http://10.0.0.5:8080/doc/1", "https://gw.example/chat/doc/1"),
+        (CHAT, "/phone/doc", "/chat/phone/doc"),
+        (CHAT, "doc/1", "doc/1"),
+        (CRM_UNSTRIPPED, "http://crm.internal/crm/doc", "https://gw.example/crm/doc"),
+    ],
+)
+def test_a_console_content_location_follows_the_location_rules(
+    console: ConsoleScope, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers([("Content-Location", sent)], gateway_cookie_names=COOKIES, console=console)
+    assert out == [("content-location", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    ("console", "sent", "browser_gets"),
+    [
+        (
+            CHAT,
+            "<http://10.0.0.5:8080/a.css>; rel=preload; as=style",
+            "<https://gw.example/chat/a.css>; rel=preload; as=style",
+        ),
+        (
+            CHAT,
+            "</phone/app.js>;rel=prefetch,</b.js>; rel=modulepreload",
+            "</chat/phone/app.js>; rel=prefetch, </chat/b.js>; rel=modulepreload",
+        ),
+        (CHAT, "<//10.0.0.5:8080/>; rel=preconnect", "<https://gw.example/chat/>; rel=preconnect"),
+        (CHAT, "<https://cdn.example/x.js>; rel=preload", "<https://cdn.example/x.js>; rel=preload"),
+        (CHAT, '</a>; title="x, y; <z>"; rel=next', '</chat/a>; title="x, y; <z>"; rel=next'),
+        (CHAT, "</a.css>; rel=preload; type=text/css;", "</chat/a.css>; rel=preload; type=text/css"),
+        (CHAT, '</sw.js>; rel=serviceworker; scope="/", </a.css>; rel=preload', "</chat/a.css>; rel=preload"),
+        (CRM_UNSTRIPPED, "<http://crm.internal/crm/a.js>; rel=preload", "<https://gw.example/crm/a.js>; rel=preload"),
+        (None, "<http://10.0.0.5:8080/a.css>; rel=preload", "<http://10.0.0.5:8080/a.css>; rel=preload"),
+    ],
+)
+def test_a_console_link_targets_follow_the_location_rules(
+    console: ConsoleScope | None, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers([("Link", sent)], gateway_cookie_names=COOKIES, console=console)
+    assert out == [("link", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        '</chat/sw.js>; rel="serviceworker"; scope="/"',  # a worker scoped over every console
+        '</chat/sw.js>; rel="preload ServiceWorker"',
+        "</chat/sw.js>; rel*=serviceworker",
+        '</a.png>; rel=preload; as=image; imagesrcset="/phone/a.png 1x, /phone/b.png 2x"',
+        '</a>; rel=prefetch; anchor="/phone/"',
+        "/phone/a.js; rel=prefetch",  # not a link-value: the whole field is dropped, not guessed at
+        '</a>; rel="unterminated',
+        "</a; rel=prefetch",
+        "</a>; =x",
+        '</a>; rel=pre"load',
+    ],
+)
+def test_a_link_that_acts_beyond_the_page_or_cannot_be_read_is_dropped(sent: str) -> None:
+    assert sanitise_response_headers([("Link", sent)], gateway_cookie_names=COOKIES, console=CHAT) == []
