@@ -76,6 +76,8 @@ class SecurityEvent:
     issuers: frozenset[str] = frozenset()
     #: Whether one of them is an ``email`` subject, counted as an account of the login IdP.
     names_email: bool = False
+    #: How many different subjects ``sub_id`` and the events' ``subject`` members name (one is acted on).
+    subject_count: int = 1
 
     @property
     def action(self) -> Action:
@@ -152,14 +154,17 @@ def security_event(
     events = claims.get("events")
     if not isinstance(events, dict) or not events or not all(isinstance(v, dict) for v in events.values()):
         raise InvalidSet("the SET's events claim must map event types to objects")
-    subject = _subject(claims.get("sub_id"), issuer)
-    if subject is None:  # CAEP/RISC drafts put the subject inside the event
-        subject = next((s for v in events.values() if (s := _subject(v.get("subject"), issuer)) is not None), None)
-    if subject is None:
+    # ``sub_id`` (SSF) or each event's ``subject`` (CAEP/RISC drafts). A SET is one logical event about one subject
+    # (RFC 8417 §2.2, ``events``): one naming two people is refused (``authorize``), not applied to the first.
+    named = [_subject(claims.get("sub_id"), issuer), *(_subject(v.get("subject"), issuer) for v in events.values())]
+    subjects = list(dict.fromkeys(s for s in named if s is not None))
+    if not subjects:
         raise InvalidSet("the SET names no subject the gateway knows how to match (iss_sub, opaque or email)")
+    subject = subjects[0]
     actions = tuple((name, ACTIONS.get(name, Action.IGNORE)) for name in events)
     names_email = any(isinstance(i, dict) and i.get("format") == "email" for i in _identifiers(claims, events))
-    return SecurityEvent(jti, subject, actions, frozenset(_issuers(claims, events, issuer, email_issuer)), names_email)
+    issuers = frozenset(_issuers(claims, events, issuer, email_issuer))
+    return SecurityEvent(jti, subject, actions, issuers, names_email, len(subjects))
 
 
 class NotSpokenFor(InvalidSet):
@@ -177,10 +182,16 @@ def _shown(issuers: list[str]) -> str:
 
 
 def authorize(event: SecurityEvent, *, transmitter: str, speaks_for: frozenset[str]) -> None:
-    """Refuse a SET naming an account of an issuer that ``transmitter`` does not speak for, anywhere in it. Called
-    before the ``jti`` is claimed (``gateway/sessions/single_use.py``): nothing is done and nothing is used up."""
+    """Refuse a SET naming an account of an issuer that ``transmitter`` does not speak for, anywhere in it, then one
+    naming more than one subject. Called before the ``jti`` is claimed (``gateway/sessions/single_use.py``): nothing
+    is done and nothing is used up."""
     foreign = sorted(event.issuers - speaks_for)
     if not foreign:
+        if event.subject_count > 1:
+            raise InvalidSet(
+                f"the SET names {event.subject_count} different subjects; a SET is about one subject (RFC 8417 §2.2): "
+                "send one SET per account"
+            )
         return
     email = " (an email subject counts as an account of the gateway's login IdP)" if event.names_email else ""
     raise NotSpokenFor(

@@ -55,7 +55,8 @@ def test_every_subject_identifier_in_a_set_is_bound_to_an_account_issuer(case: s
         with pytest.raises(NotSpokenFor) as refused:
             authorize(event, transmitter=VENDOR, speaks_for=frozenset({VENDOR}))
         assert refused.value.code == "access_denied" and refused.value.issuers == [IDP]
-    authorize(event, transmitter=VENDOR, speaks_for=frozenset({VENDOR, IDP}))
+    if event.subject_count == 1:  # else refused for naming two people (below)
+        authorize(event, transmitter=VENDOR, speaks_for=frozenset({VENDOR, IDP}))
 
 
 def test_an_opaque_subject_is_resolved_as_the_transmitters_own_account() -> None:
@@ -69,3 +70,25 @@ def test_the_refusal_cuts_an_issuer_the_sender_made_long() -> None:
     with pytest.raises(InvalidSet) as refused:
         authorize(event, transmitter=VENDOR, speaks_for=frozenset({VENDOR}))
     assert len(refused.value.message) < 1_000 and "...(cut)" in refused.value.message
+
+
+OWN_2 = {**OWN, "sub": "v-2"}
+TWO_PEOPLE = {
+    "two events, two subjects": (
+        {CAEP + "session-revoked": {"subject": OWN}, RISC + "account-disabled": {"subject": OWN_2}}, {},
+    ),
+    "sub_id and an event's subject": ({RISC + "account-disabled": {"subject": OWN_2}}, {"sub_id": OWN}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", TWO_PEOPLE, ids=list(TWO_PEOPLE))
+def test_a_set_naming_two_different_subjects_is_refused_not_applied_to_the_first(case: str) -> None:
+    events, claims = TWO_PEOPLE[case]
+    with pytest.raises(InvalidSet, match="2 different subjects") as refused:
+        authorize(_event(events, **claims), transmitter=VENDOR, speaks_for=frozenset({VENDOR}))
+    assert refused.value.code == "invalid_request"
+
+
+def test_the_same_subject_named_in_sub_id_and_in_the_event_is_one_subject() -> None:
+    event = _event({RISC + "account-disabled": {"subject": dict(OWN)}}, sub_id=OWN)
+    assert event.subject == Subject(issuer=VENDOR, subject="v-1")
