@@ -2,8 +2,10 @@
 filter asks a gateway replica (Redis sessions, PostgreSQL) at /.channelgate/auth + the original path, with a real
 oidc-provider login. The phone route goes to an echo console, so a test sees exactly what reached it.
 
-Proves what every front proxy must (tests/e2e/forward_auth_checks.py) and, for Envoy: a client's X-Original-URI
-describes nothing; spellings Envoy does not normalise away are refused before the console.
+Proves what every front proxy must (tests/e2e/forward_auth_checks.py, tests/e2e/console_isolation_checks.py with
+the phone console hostile) and, for Envoy: a client's X-Original-URI describes nothing; spellings Envoy does not
+normalise away are refused before the console; the sample's Lua filter keeps a console's cookies host-only under
+its prefix and its redirects under its prefix, as the inline proxy does.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import pytest
 from tests.components.echo_gateway import EchoConsole
 from tests.components.envoy_proxy import EnvoyProxy
 from tests.components.fronted_stack import FrontedStack, cookie_header, raw_get
+from tests.components.hostile_console import HostileConsole
 from tests.components.ports import LOOPBACK, free_port
-from tests.e2e.forward_auth_checks import ForwardAuthChecks
+from tests.e2e.console_isolation_checks import TOSSED_COOKIES, ConsoleIsolationChecks
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "deploy" / "envoy" / "forward-auth.yaml"
@@ -33,6 +36,7 @@ def envoy_bootstrap(stack: FrontedStack, console_port: int) -> str:
         "{address: 0.0.0.0, port_value: 8443}": f"{{address: {LOOPBACK}, port_value: {stack.proxy_port}}}",
         "port_value: 8000}": f"port_value: {stack.gateway_ports[0]}}}",
         "port_value: 8102}": f"port_value: {console_port}}}",
+        'upstream: "127.0.0.1:8102"': f'upstream: "{LOOPBACK}:{console_port}"',
         "port_value: 9901}": f"port_value: {free_port()}}}",
         SAMPLE_SECRET: stack.secret,
     }
@@ -42,7 +46,7 @@ def envoy_bootstrap(stack: FrontedStack, console_port: int) -> str:
     return text
 
 
-class TestForwardAuthThroughEnvoy(ForwardAuthChecks):
+class TestForwardAuthThroughEnvoy(ConsoleIsolationChecks):
     # Envoy's form is judged on its request line: this describes nothing.
     forged: ClassVar[Mapping[str, str]] = {"X-Original-URI": "/chat/"}
 
@@ -70,3 +74,47 @@ class TestForwardAuthThroughEnvoy(ForwardAuthChecks):
         status, _ = await raw_get(stack.proxy_port, path, {"Cookie": cookie_header(carol)})
         assert status in (400, 403, 404), f"{path} -> {status}"
         assert console.seen[before:] == []
+
+    async def test_envoy_keeps_a_consoles_cookies_host_only_under_its_prefix_and_drops_reserved_ones(
+        self, stack: FrontedStack, carol: httpx.AsyncClient, hostile: HostileConsole
+    ) -> None:
+        hostile.answer = [
+            *TOSSED_COOKIES,
+            ("Set-Cookie", "pref=1; Path=/settings; Max-Age=60"),
+            ("Set-Cookie", "bare=1"),
+            ("Set-Cookie", "odd=1; Path=relative"),
+        ]
+        answer = await self.answer_of(stack, carol)
+        assert answer.headers.get_list("set-cookie") == [
+            "console_sid=abc; HttpOnly; Path=/phone/",
+            "sticky=1; Path=/phone/chat/",
+            "pref=1; Max-Age=60; Path=/phone/settings",
+            "bare=1; Path=/phone/",
+            "odd=1; Path=/phone/",
+        ]
+
+    @pytest.mark.parametrize(
+        ("location", "kept"),
+        [
+            ("http://{host}/login?next=1", "/phone/login?next=1"),  # the console's view of its own origin
+            ("http://{console}/settings#tab", "/phone/settings#tab"),  # its internal address is not leaked
+            ("//{host}/calls", "/phone/calls"),
+            ("http://{host}", "/phone/"),
+            ("/inbox", "/phone/inbox"),
+            # Read as a browser reads them: "\\" is "/", a tab does not count.
+            ("/\\{host}/calls", "/phone/calls"),
+            ("http:\\\\{console}\\settings", "/phone/settings"),
+            ("/in\tbox", "/phone/inbox"),
+            # Another site is the console's business; a relative reference stays under the prefix by itself.
+            ("https://idp.example/authorize?x=1", "https://idp.example/authorize?x=1"),
+            ("calls?day=1", "calls?day=1"),
+        ],
+    )
+    async def test_envoy_keeps_a_consoles_redirects_under_its_prefix(
+        self, stack: FrontedStack, carol: httpx.AsyncClient, hostile: HostileConsole, location: str, kept: str
+    ) -> None:
+        hostile.status = 302
+        hostile.answer = [("Location", location.replace("{console}", f"{LOOPBACK}:{hostile.port}"))]
+        answer = await self.answer_of(stack, carol)
+        assert answer.status_code == 302, answer.text[:300]
+        assert answer.headers["location"] == kept

@@ -2,7 +2,9 @@
 ForwardAuth middleware asks a gateway replica (Redis sessions, PostgreSQL) at /.channelgate/auth?mode=redirect,
 with a real oidc-provider login. The phone router goes to an echo console, so a test sees exactly what reached it.
 
-Proves what every front proxy must (tests/e2e/forward_auth_checks.py) and, for Traefik: the login redirect's
+Proves what every front proxy must (tests/e2e/forward_auth_checks.py, tests/e2e/console_isolation_checks.py with
+the phone console hostile) and, for Traefik: a console's cookies never reach the browser (stock Traefik cannot
+rewrite their Path or Domain; the sample never sends the console cookies back anyway); the login redirect's
 relative Location is kept; the shared secret, which Traefik can only send because a headers middleware puts it on
 the request, reaches channelgate and never the console, nor does a client's forged copy; a client's forged
 X-Forwarded-Uri and X-Original-URI describe nothing; every spelling of a path is either made one by Traefik before
@@ -20,9 +22,10 @@ import pytest
 
 from tests.components.echo_gateway import EchoConsole
 from tests.components.fronted_stack import FrontedStack, cookie_header, raw_get
+from tests.components.hostile_console import HostileConsole
 from tests.components.ports import LOOPBACK
 from tests.components.traefik_proxy import TraefikProxy
-from tests.e2e.forward_auth_checks import ForwardAuthChecks
+from tests.e2e.console_isolation_checks import TOSSED_COOKIES, ConsoleIsolationChecks
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "deploy" / "traefik" / "traefik.yml"
@@ -59,7 +62,7 @@ def traefik(stack: FrontedStack, console_port: int) -> TraefikProxy:
     return TraefikProxy(static, dynamic, port=stack.proxy_port)
 
 
-class TestForwardAuthThroughTraefik(ForwardAuthChecks):
+class TestForwardAuthThroughTraefik(ConsoleIsolationChecks):
     forged: ClassVar[Mapping[str, str]] = {
         "X-Channelgate-Auth-Secret": "forged",
         # Both would describe another request: the entry point drops the first, ForwardAuth does not copy the second.
@@ -102,3 +105,11 @@ class TestForwardAuthThroughTraefik(ForwardAuthChecks):
             # channelgate refuses //, . and %-encoded unreserved characters: being allowed, it judged the clean path.
             assert status == 200, f"{path} -> {status}"
             assert [seen.path for seen in console.seen[before:]] == [console_path]
+
+    async def test_traefik_drops_every_cookie_a_console_sets(
+        self, stack: FrontedStack, carol: httpx.AsyncClient, hostile: HostileConsole
+    ) -> None:
+        hostile.answer = [*TOSSED_COOKIES, ("Set-Cookie", "bare=1"), ("Set-Cookie", "pref=1; Path=/settings")]
+        answer = await self.answer_of(stack, carol)
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.headers.get_list("set-cookie") == []
