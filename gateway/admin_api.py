@@ -5,7 +5,8 @@ every session on every replica is gone (the channel steps continue in the pipeli
 ``GET /.channelgate/admin/agents/{agent}`` shows the agent's state, its live sessions (``null`` with the reason in
 ``live_sessions_not_checked`` when the session store could not be asked) and every pipeline step per channel;
 ``POST /.channelgate/admin/deprovision/approve`` releases runs held by the mass-deletion guard;
-``POST /.channelgate/admin/deprovision/runs/{run}/retry`` gives a run's dead steps a fresh budget;
+``POST /.channelgate/admin/deprovision/runs/{run}/retry`` gives a run's dead steps a fresh budget (409 for a superseded
+run, which is never retried);
 ``GET /.channelgate/admin/audit/search`` searches the access log (filters, ``limit``, ``before`` → records and a
 ``next`` cursor) and ``GET /.channelgate/admin/audit/export?format=jsonl|cef|syslog|ocsf`` streams every matching
 record; each reading of the log is itself recorded first (``gateway/audit/search.py``).

@@ -17,6 +17,7 @@ database, a file, a setting), a client is shown ``public_message`` and the messa
     │   └── AgentDisabled                the agent was deprovisioned or is not active
     ├── BadRequest                400    malformed input (cookies, headers, paths)
     ├── NotFound                  404
+    ├── RunSuperseded             409    a superseded deprovisioning run is never retried
     ├── UpstreamError             502    the channel console failed or timed out
     └── VaultError                       a channel credential cannot be decrypted or is missing
 """
@@ -107,6 +108,13 @@ class BadRequest(ChannelgateError):
 class NotFound(ChannelgateError):
     status = 404
     code = "not_found"
+
+
+class RunSuperseded(ChannelgateError):
+    """The run's agent was made active again before it finished: retrying it would act against an active agent."""
+
+    status = 409
+    code = "run_superseded"
 
 
 class UpstreamError(ChannelgateError):

@@ -5,7 +5,7 @@
     channelgate migrate                      bring the database schema up to date
     channelgate agents deprovision AGENT --reason TEXT [--successor USER] [--wait [S]]
     channelgate agents status AGENT          the agent, its sessions and every pipeline step per channel
-    channelgate deprovision list [--state held|attention|running|done]
+    channelgate deprovision list [--state held|attention|running|done|superseded]
     channelgate deprovision approve RUN... | --all    release runs held by the mass-deletion guard
     channelgate deprovision retry RUN        fresh budget for a run's dead/failed/blocked steps
     channelgate deprovision work [--within S]        run due steps here until none is due

@@ -100,8 +100,7 @@ def cmd_agents_deprovision(args: argparse.Namespace) -> int:
 
 async def _wait_for_run(settings: Settings, run_id: str, seconds: float) -> int:
     """Follow a run until it finishes (or ``seconds`` pass), printing each step as it changes; 0 only if done."""
-    from gateway.deprovision.plan import RunState
-    from gateway.deprovision.status import render_run, runs_with_steps
+    from gateway.deprovision.status import WAIT_ENDINGS, render_run, runs_with_steps
     from gateway.services import open_core
 
     services = open_core(settings)
@@ -117,14 +116,12 @@ async def _wait_for_run(settings: Settings, run_id: str, seconds: float) -> int:
             if table != shown:
                 print(table, flush=True)
                 shown = table
-            if run.state is RunState.DONE:
-                return 0
-            if run.state is RunState.ATTENTION:
-                print(
-                    "some steps did not complete; see the lines above (channelgate deprovision retry RUN)",
-                    file=sys.stderr,
-                )
-                return 1
+            ending = WAIT_ENDINGS.get(run.state)
+            if ending is not None:
+                code, message = ending
+                if message is not None:
+                    print(message, file=sys.stderr)
+                return code
             if time.monotonic() > deadline:
                 print(f"still {run.state.value} after {seconds:g} s; the pipeline keeps going", file=sys.stderr)
                 return 3
@@ -226,7 +223,7 @@ def register(sub: Subparsers) -> None:
         dest="dp_command", required=True
     )
     p = dp.add_parser("list", help="runs with every step per channel")
-    p.add_argument("--state", action="append", choices=["running", "held", "done", "attention"])
+    p.add_argument("--state", action="append", choices=["running", "held", "done", "attention", "superseded"])
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_deprovision)
     p = dp.add_parser("approve", help="release runs held by the mass-deletion guard")

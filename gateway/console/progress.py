@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, timedelta
 from typing import Any
 
-from gateway.deprovision.plan import RunState, StepState
+from gateway.deprovision.plan import FINISHED_RUNS, RunState, StepKind, StepState, carried_out
 from gateway.deprovision.status import runs_with_steps
 from gateway.errors import NotFound
 from gateway.services import Services
@@ -16,7 +16,7 @@ from gateway.storage.pipeline import RunRecord
 #: Receipts are looked for from a little before the run was created (clocks of replicas differ slightly).
 _SLACK = timedelta(minutes=5)
 _MAX_RECEIPTS = 2000
-FINISHED = frozenset({RunState.DONE.value, RunState.ATTENTION.value})
+FINISHED = frozenset(state.value for state in FINISHED_RUNS)
 #: Step states a person has to look at (the dead-letter queue shows runs with any of them).
 TROUBLE = frozenset({StepState.DEAD.value, StepState.FAILED.value, StepState.BLOCKED.value})
 
@@ -46,7 +46,9 @@ async def receipts_of(services: Services, run: RunRecord) -> list[dict[str, Any]
 
 
 async def run_progress(services: Services, run_id: str) -> dict[str, Any]:
-    """The run, its steps and its receipts; ``finished`` tells the live view to stop polling."""
+    """The run, its steps and its receipts; ``finished`` tells the live view to stop polling. A superseded run
+    names the steps it carried out before its agent was made active again (``carried_out``: what a person may have
+    to undo) and offers no retry."""
     record = await services.pipeline.get_run(run_id[:100])
     if record is None:
         raise NotFound("No deprovisioning run has that id.")
@@ -54,11 +56,18 @@ async def run_progress(services: Services, run_id: str) -> dict[str, Any]:
     steps = run.pop("steps")
     assert isinstance(steps, list)
     channels = sorted({str(step["channel"]) for step in steps})
+    superseded = run["state"] == RunState.SUPERSEDED.value
     return {
         "run": run,
         "channels": channels,
         "steps": steps,
         "receipts": await receipts_of(services, record),
         "finished": run["state"] in FINISHED,
-        "trouble": any(step["state"] in TROUBLE for step in steps),
+        "trouble": not superseded and any(step["state"] in TROUBLE for step in steps),
+        "superseded": superseded,
+        "carried_out": [
+            {"channel": step["channel"], "step": step["step"], "vendor_reference": step["vendor_reference"]}
+            for step in steps
+            if superseded and carried_out(StepKind(step["step"]), StepState(step["state"]))
+        ],
     }

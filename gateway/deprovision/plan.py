@@ -9,6 +9,11 @@ dead revocation is exactly when the record of residual access matters; ``remove`
 that confirmed no access remains, since deleting a seat could also delete the evidence of what is still open.
 
 Irreversible steps (hand-over, removal) are the ones the mass-deletion guard holds for an admin's approval.
+
+A run whose agent is made active again before it finished is *superseded*: its unfinished steps are not taken, and
+the run is neither done nor in attention (it did not end the agent's access, and nobody should retry it). What it
+carried out before (a revocation, a hand-over, a removal: the steps that act, :data:`ACTING`) stays carried out
+for a person to undo where the agent needs it back.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class StepState(StrEnum):
     FAILED = "failed"
     #: Retried until the budget was spent (dead letter).
     DEAD = "dead"
+    #: Not taken: the agent was made active again before the step ran (its run is superseded).
+    SUPERSEDED = "superseded"
 
 
 class RunState(StrEnum):
@@ -51,11 +58,28 @@ class RunState(StrEnum):
     DONE = "done"
     #: Finished, but a step failed, went dead or was blocked: never reported as done.
     ATTENTION = "attention"
+    #: Ended unfinished because its agent was made active again: neither done nor a dead letter, never retried.
+    SUPERSEDED = "superseded"
 
 
+#: The states a run ends in (``finished_at`` set); no step of such a run is due.
+FINISHED_RUNS = frozenset({RunState.DONE, RunState.ATTENTION, RunState.SUPERSEDED})
 IRREVERSIBLE = frozenset({StepKind.HAND_OVER, StepKind.REMOVE})
-FINAL = frozenset({StepState.DONE, StepState.NOT_APPLICABLE, StepState.FAILED, StepState.DEAD, StepState.BLOCKED})
+#: The steps that change something at the channel (``verify`` only reads): what a superseded run may leave undone.
+ACTING = frozenset({StepKind.REVOKE, StepKind.HAND_OVER, StepKind.REMOVE})
+FINAL = frozenset(
+    {
+        StepState.DONE,
+        StepState.NOT_APPLICABLE,
+        StepState.FAILED,
+        StepState.DEAD,
+        StepState.BLOCKED,
+        StepState.SUPERSEDED,
+    }
+)
 SUCCESS = frozenset({StepState.DONE, StepState.NOT_APPLICABLE})
+#: Revoke, then verify, then remove: each step of a channel's chain waits for the one before it.
+_CHAIN = (StepKind.REVOKE, StepKind.VERIFY, StepKind.REMOVE)
 
 _REVOKING = frozenset({Capability.REVOKE_TOKENS, Capability.SEATS, Capability.CONSOLE_LOGOUT})
 
@@ -102,6 +126,10 @@ def unlocked(
     """The channel's waiting steps a final ``state`` of step ``finished`` moves on, and where they go."""
     if state not in FINAL:
         return {}
+    if state is StepState.SUPERSEDED:
+        # Nothing after a step not taken is taken either: the agent is active again.
+        later = _CHAIN[_CHAIN.index(finished) + 1 :] if finished in _CHAIN else ()
+        return {kind: StepState.SUPERSEDED for kind in later if siblings.get(kind) is StepState.WAITING}
     after: StepKind | None = None
     if finished is StepKind.REVOKE:
         after = StepKind.VERIFY if StepKind.VERIFY in siblings else StepKind.REMOVE
@@ -114,7 +142,6 @@ def unlocked(
     return {after: StepState.HELD if held and after in IRREVERSIBLE else StepState.PENDING}
 
 
-_CHAIN = (StepKind.REVOKE, StepKind.VERIFY, StepKind.REMOVE)
 _UNFINISHED_BAD = frozenset({StepState.DEAD, StepState.FAILED, StepState.BLOCKED})
 
 
@@ -141,14 +168,22 @@ def requeue(steps: Mapping[StepKind, StepState], *, held: bool) -> dict[StepKind
 
 
 def run_state(states: Iterable[StepState], *, held: bool) -> RunState:
-    """A run is done only when every step is done or not applicable; finished otherwise means attention. A held run
-    stays held while any step is unfinished, held or not yet: a removal still waiting for its verification is
-    held when it is unlocked, which only a held run does."""
+    """A run is done only when every step is done or not applicable; finished otherwise means attention, or
+    superseded when a step was not taken because the agent is active again. A held run stays held while any step
+    is unfinished, held or not yet: a removal still waiting for its verification is held when it is unlocked,
+    which only a held run does."""
     seen = list(states)
     if any(s in (StepState.PENDING, StepState.WAITING) for s in seen):
         return RunState.HELD if held else RunState.RUNNING
     if StepState.HELD in seen:
         return RunState.HELD
+    if StepState.SUPERSEDED in seen:
+        return RunState.SUPERSEDED
     if all(s in SUCCESS for s in seen):
         return RunState.DONE
     return RunState.ATTENTION
+
+
+def carried_out(kind: StepKind, state: StepState) -> bool:
+    """Whether a step acted at its channel: what a person may have to undo once its run is superseded."""
+    return state is StepState.DONE and kind in ACTING

@@ -3,9 +3,11 @@
 Each attempt that still holds its lease gives its step a state (``plan.step_state_for``; a retry is due again after
 exponential backoff with full jitter, ``backoff.retry_delay``) and a receipt for the access log. A final state
 unlocks the channel's next step (``plan.unlocked``) and may finish the run (``plan.run_state``): done only when
-every step is, with a summary record. The batch is applied in order to one snapshot read inside the transaction
-that records it, so several steps of one run in one batch end exactly as if they had been recorded one by one,
-and an attempt whose lease another worker took over changes nothing (its result is that worker's to record).
+every step is, with a summary record. A step the worker did not take because the run's agent is active again is
+superseded, and so are the later steps of its channel; the run then ends superseded, never done. The batch is
+applied in order to one snapshot read inside the transaction that records it, so several steps of one run in one
+batch end exactly as if they had been recorded one by one, and an attempt whose lease another worker took over
+changes nothing (its result is that worker's to record).
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from datetime import datetime, timedelta
 
 from connectors.base import Outcome, StepResult
 from gateway.deprovision.backoff import retry_delay
-from gateway.deprovision.plan import FINAL, RunState, StepState, run_state, step_state_for, unlocked
+from gateway.deprovision.plan import (
+    FINAL,
+    FINISHED_RUNS,
+    RunState,
+    StepState,
+    carried_out,
+    run_state,
+    step_state_for,
+    unlocked,
+)
 from gateway.settings import DeprovisionSettings
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.pipeline_records import (
@@ -31,7 +42,6 @@ from gateway.storage.pipeline_records import (
     idempotency_key,
 )
 
-FINISHED = (RunState.DONE, RunState.ATTENTION)
 #: The steps a run still has to take; those of a superseded run are not taken.
 UNFINISHED = frozenset({StepState.WAITING, StepState.PENDING, StepState.HELD})
 
@@ -43,6 +53,8 @@ class Attempt:
     step: StepRecord
     run: RunRecord
     result: StepResult
+    #: Not taken: the run's agent was active again at the attempt (``PipelineWorker``), so the run is superseded.
+    superseded: bool = False
 
 
 def settle(
@@ -70,7 +82,11 @@ def settle(
         if step.id not in open_leases:
             continue  # the lease lapsed and another worker owns the step now; its result counts
         open_leases.discard(step.id)
-        state = step_state_for(result.outcome, step.attempts, settings.max_attempts)
+        state = (
+            StepState.SUPERSEDED
+            if attempt.superseded
+            else step_state_for(result.outcome, step.attempts, settings.max_attempts)
+        )
         next_at = now
         if state is StepState.PENDING:
             delay = retry_delay(step.attempts, settings.retry_base_seconds, settings.retry_max_seconds, uniform=uniform)
@@ -94,7 +110,7 @@ def settle(
         if new_state is run_states[run.id]:
             continue
         run_states[run.id] = runs[run.id] = new_state
-        if new_state in FINISHED:
+        if new_state in FINISHED_RUNS:
             records.append(summary(replace(run, state=new_state, finished_at=now), steps, states))
     return Changes(now, finishes, moved, list(runs.items()), records, settled)
 
@@ -133,7 +149,7 @@ def receipt(attempt: Attempt, state: StepState, next_at: datetime, now: datetime
         "run": run.id,
         "step": step.step.value,
         "attempt": step.attempts,
-        "outcome": result.outcome.value,
+        "outcome": "superseded" if attempt.superseded else result.outcome.value,
         "state": state.value,
         "vendor_reference": result.vendor_reference,
         "idempotency_key": step.idempotency_key,
@@ -153,29 +169,59 @@ def receipt(attempt: Attempt, state: StepState, next_at: datetime, now: datetime
     )
 
 
-def summary(run: RunRecord, steps: Iterable[Sibling], states: dict[int, StepState]) -> AccessRecord:
-    """The record of a finished run: every step's final state per channel; "complete" only when the run is done."""
+def summary(
+    run: RunRecord,
+    steps: Iterable[Sibling],
+    states: dict[int, StepState],
+    *,
+    actor: str = "pipeline",
+    reason: str | None = None,
+) -> AccessRecord:
+    """The record of a finished run: every step's final state per channel; "complete" only when the run is done.
+    A superseded run's record (kind ``deprovision``, decision ``superseded``) also lists what it carried out before
+    it was superseded, for a person to undo, and what it did not take."""
     outcome: dict[str, dict[str, str]] = {}
+    acted: list[dict[str, str]] = []
+    not_taken: list[dict[str, str]] = []
     for s in steps:
-        outcome.setdefault(s.channel, {})[s.step.value] = states.get(s.id, s.state).value
+        state = states.get(s.id, s.state)
+        outcome.setdefault(s.channel, {})[s.step.value] = state.value
+        if carried_out(s.step, state):
+            acted.append({"channel": s.channel, "step": s.step.value})
+        elif state is StepState.SUPERSEDED:
+            not_taken.append({"channel": s.channel, "step": s.step.value})
     assert run.finished_at is not None
+    detail: dict[str, object] = {"run": run.id, "source": run.source, "steps": outcome}
+    if run.state is not RunState.SUPERSEDED:
+        return AccessRecord(
+            time=run.finished_at,
+            kind="deprovision_complete" if run.state is RunState.DONE else "deprovision_attention",
+            agent_id=run.agent_id,
+            agent_name=run.user_name,
+            actor=actor,
+            decision=run.state.value,
+            reason=reason or run.reason,
+            detail=detail,
+        )
+    named = ", ".join(f"{a['channel']} {a['step']}" for a in acted) or "nothing"
     return AccessRecord(
         time=run.finished_at,
-        kind="deprovision_complete" if run.state is RunState.DONE else "deprovision_attention",
+        kind="deprovision",
         agent_id=run.agent_id,
         agent_name=run.user_name,
-        actor="pipeline",
-        decision=run.state.value,
-        reason=run.reason,
-        detail={"run": run.id, "source": run.source, "steps": outcome},
+        actor=actor,
+        decision=RunState.SUPERSEDED.value,
+        reason=f"{reason or f'superseded: {run.user_name} is active again'}; carried out before, for a person to "
+        f"undo: {named}"[:500],
+        detail=detail | {"state": run.state.value, "carried_out": acted, "not_taken": not_taken},
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Superseded:
-    """What making an agent active again does to its runs still going: their unfinished steps become not
-    applicable (with ``detail`` as the reason shown), the runs finish, and a receipt per step and a record per run
-    say why."""
+    """What making an agent active again does to its runs still going: their unfinished steps become superseded
+    (with ``detail`` as the reason shown), the runs end superseded, and a receipt per step and a record per run say
+    why (the run's record names what it had carried out)."""
 
     detail: str
     steps: Sequence[int]
@@ -187,8 +233,9 @@ def supersede(
     runs: Sequence[RunRecord], steps: Sequence[Sibling], now: datetime, *, actor: str, reason: str
 ) -> Superseded:
     """The agent of ``runs`` (its running and held runs) was made active again: the disable those runs carry out
-    no longer holds, so they must not revoke, hand over or delete anything of an active agent. What they did
-    already stays done (a disabled seat is enabled again by a person, never by the gateway)."""
+    no longer holds, so they must not revoke, hand over or delete anything of an active agent. They end
+    superseded, not done: they did not end the agent's access. What they did already stays done (a disabled seat
+    is enabled again by a person, never by the gateway), and each run's record lists it."""
     detail = f"superseded: the agent was made active again by {actor} ({reason})"
     states = {s.id: s.state for s in steps}
     cancelled: list[int] = []
@@ -200,7 +247,7 @@ def supersede(
             if s.state not in UNFINISHED:
                 continue
             cancelled.append(s.id)
-            states[s.id] = StepState.NOT_APPLICABLE
+            states[s.id] = StepState.SUPERSEDED
             records.append(
                 AccessRecord(
                     time=now,
@@ -209,33 +256,19 @@ def supersede(
                     agent_name=run.user_name,
                     channel=s.channel,
                     actor=actor,
-                    decision=StepState.NOT_APPLICABLE.value,
+                    decision=StepState.SUPERSEDED.value,
                     reason=detail[:500],
                     detail={
                         "run": run.id,
                         "step": s.step.value,
                         "outcome": "superseded",
-                        "state": StepState.NOT_APPLICABLE.value,
+                        "state": StepState.SUPERSEDED.value,
                         "was": s.state.value,
                         "idempotency_key": idempotency_key(run.id, s.channel, s.step),
                     },
                 )
             )
-        new_state = run_state((states[s.id] for s in mine), held=False)
-        moved.append((run.id, new_state))
-        outcome: dict[str, dict[str, str]] = {}
-        for s in mine:
-            outcome.setdefault(s.channel, {})[s.step.value] = states[s.id].value
-        records.append(
-            AccessRecord(
-                time=now,
-                kind="deprovision",
-                agent_id=run.agent_id,
-                agent_name=run.user_name,
-                actor=actor,
-                decision="superseded",
-                reason=detail[:500],
-                detail={"run": run.id, "source": run.source, "state": new_state.value, "steps": outcome},
-            )
-        )
+        moved.append((run.id, RunState.SUPERSEDED))
+        ended = replace(run, state=RunState.SUPERSEDED, finished_at=now)
+        records.append(summary(ended, mine, states, actor=actor, reason=detail))
     return Superseded(detail, cancelled, moved, records)

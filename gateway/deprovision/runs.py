@@ -31,12 +31,13 @@ log = logging.getLogger("channelgate.deprovision")
 
 def joined_run(previous: Sequence[RunRecord], *, was_active: bool) -> RunRecord | None:
     """The run a trigger joins instead of starting one (IdPs repeat their disable calls): the agent's run that is
-    still going, or, for an agent that was already disabled and has been through the pipeline, its latest run.
-    ``previous`` is newest first."""
+    still going, or, for an agent that was already disabled and has been through the pipeline, its latest run,
+    unless that run was superseded (it did not end the agent's access: a new run does). ``previous`` is newest
+    first."""
     going = [r for r in previous if r.state in (RunState.RUNNING, RunState.HELD)]
     if going:
         return going[0]
-    if previous and not was_active:
+    if previous and not was_active and previous[0].state is not RunState.SUPERSEDED:
         return previous[0]
     return None
 

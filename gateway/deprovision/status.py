@@ -3,7 +3,19 @@ agent's runs, newest first, each with every step per channel (state, attempts, v
 
 from __future__ import annotations
 
+from gateway.deprovision.plan import RunState
 from gateway.storage.pipeline import PipelineRepository, RunRecord
+
+#: What ``agents deprovision --wait`` ends with for a run that finished: its exit code and a line for stderr.
+WAIT_ENDINGS: dict[RunState, tuple[int, str | None]] = {
+    RunState.DONE: (0, None),
+    RunState.ATTENTION: (1, "some steps did not complete; see the lines above (channelgate deprovision retry RUN)"),
+    RunState.SUPERSEDED: (
+        1,
+        "the run was superseded: the agent was made active again before it finished, so its access was not ended; "
+        "steps marked done above were carried out and stay so (undo them by hand if needed)",
+    ),
+}
 
 
 async def runs_with_steps(pipeline: PipelineRepository, runs: list[RunRecord]) -> list[dict[str, object]]:
@@ -27,6 +39,11 @@ def render_run(run: dict[str, object]) -> str:
         f"deprovisioning run {run['run_id']} of {run['user_name']} ({run['source']}, by {run['actor']}): "
         f"{str(run['state']).upper()}"
     ]
+    if run["state"] == RunState.SUPERSEDED.value:
+        lines.append(
+            "  the agent was made active again before this run finished: 'done' steps were carried out (undo them "
+            "by hand if needed), 'superseded' ones were not taken"
+        )
     steps = run.get("steps")
     for step in steps if isinstance(steps, list) else []:
         reference = f" [ref {step['vendor_reference']}]" if step.get("vendor_reference") else ""

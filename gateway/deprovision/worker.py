@@ -69,6 +69,8 @@ class PipelineWorker:
         # run id → agent: read once per run, not once per step. Never the successor: who takes the tickets is
         # read at each hand-over attempt (``_hand_over``), so one disabled meanwhile is no successor.
         self._agents: OrderedDict[str, AgentRef] = OrderedDict()
+        # Steps whose attempt found the run's agent active again (``_skip``): recorded as superseded.
+        self._skipped: set[int] = set()
 
     def wake(self) -> None:
         """Work may be due here (a run was queued, a commit unlocked a step, a slot freed): look now rather than
@@ -168,8 +170,9 @@ class PipelineWorker:
         try:
             async with self._slots:
                 result = await self._run_step(step, run, active)
-            await self._results.put(Attempt(step, run, result))
+            await self._results.put(Attempt(step, run, result, superseded=step.id in self._skipped))
         finally:
+            self._skipped.discard(step.id)
             self._in_flight -= 1
             self.wake()
 
@@ -215,8 +218,11 @@ class PipelineWorker:
         return StepResult(step.channel, step.step.value, Outcome.RETRY, detail=detail)
 
     def _skip(self, step: StepRecord, run: RunRecord) -> StepResult:
-        """The run's agent is active again (re-enabled after the disable this run carries out): a revocation, hand-over
-        or removal now would act against an active agent, so the step is skipped, and its receipt says why."""
+        """The run's agent is active again (re-enabled after the disable this run carries out, by a path that did
+        not supersede the run): a revocation, hand-over or removal now would act against an active agent, so the
+        step is not taken and is recorded as superseded (with the later steps of its channel), and its receipt
+        says why. The run then ends superseded, never done (``results.settle``)."""
+        self._skipped.add(step.id)
         log.warning(
             "deprovisioning run %s: %s at channel %s skipped, %s is active again", run.id, step.step.value,
             step.channel, run.user_name,

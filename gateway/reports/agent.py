@@ -8,10 +8,11 @@ counts, the receipts and the verdict describe the same moment.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.deprovision.plan import StepKind
+from gateway.deprovision.plan import RunState, StepKind, carried_out
 from gateway.errors import ChannelgateError, NotFound
 from gateway.reports.handover import HandOver, read_hand_over
 from gateway.reports.zero_access import (
@@ -89,9 +90,7 @@ class AgentReport:
             ],
             "subjects_truncated": self.subjects_truncated,
             "hand_overs": [h.as_dict() for h in self.hand_overs],
-            "runs": [
-                run.as_dict() | {"steps": [step_dict(s) for s in self.steps if s.run_id == run.id]} for run in self.runs
-            ],
+            "runs": [run_dict(run, [s for s in self.steps if s.run_id == run.id]) for run in self.runs],
             "receipts": [receipt_dict(r) for r in self.receipts],
             "zero_access": {
                 "verdict": self.verdict.statement,
@@ -108,6 +107,15 @@ class AgentReport:
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
+
+
+def run_dict(run: RunRecord, steps: Sequence[StepRecord]) -> dict[str, object]:
+    """A run with its steps; a superseded one also with the steps it carried out before it was (``carried_out``:
+    what a person may have to undo, such as a seat left disabled)."""
+    shown = run.as_dict() | {"steps": [step_dict(s) for s in steps]}
+    if run.state is RunState.SUPERSEDED:
+        shown["carried_out"] = [step_dict(s) for s in steps if carried_out(s.step, s.state)]
+    return shown
 
 
 def step_dict(step: StepRecord) -> dict[str, object]:

@@ -9,7 +9,9 @@ is "ended" only when every check passed:
    stop: a repeated deprovisioning writes a later one that must not move that moment);
 2. the session store holds no live session of the agent (and this process can see the store the gateway uses);
 3. every deprovisioning run is ``done``, and at each channel the revoke and remove steps are done (or had nothing
-   to do) and the verify step is done: the channel itself said the token, seat or console session is gone;
+   to do) and the verify step is done: the channel itself said the token, seat or console session is gone. A run
+   ``superseded`` (its agent was made active again before it finished) is listed but counts neither way: it ended
+   nobody's access, so at least one other run must be done;
 4. no request or login was allowed for the agent after the disable time (a request let in before it and still
    running at it, such as a console WebSocket closed by the session kill, is listed but is not access after it).
 
@@ -117,7 +119,16 @@ def pipeline_check(runs: Sequence[RunRecord], steps: Sequence[StepRecord]) -> Ch
         return Check(name, False, ("no deprovisioning run is recorded for the agent",))
     problems: list[str] = []
     shown: list[str] = []
-    for run in sorted(runs, key=lambda r: r.created_at):
+    ordered = sorted(runs, key=lambda r: r.created_at)
+    set_aside = [
+        f"run {r.id} superseded (the agent was made active again before it finished): not counted"
+        for r in ordered
+        if r.state is RunState.SUPERSEDED
+    ]
+    counted = [r for r in ordered if r.state is not RunState.SUPERSEDED]
+    if not counted:
+        return Check(name, False, ("no deprovisioning run ended the agent's access: each was superseded", *set_aside))
+    for run in counted:
         if run.state is not RunState.DONE:
             problems.append(f"run {run.id} is {run.state.value}, not done")
         of_run = [s for s in steps if s.run_id == run.id]
@@ -140,8 +151,8 @@ def pipeline_check(runs: Sequence[RunRecord], steps: Sequence[StepRecord]) -> Ch
                         f"{step.detail or 'no detail'}"
                     )
     if problems:
-        return Check(name, False, tuple(problems))
-    return Check(name, True, (f"{len(runs)} run(s) done", *shown))
+        return Check(name, False, (*problems, *set_aside))
+    return Check(name, True, (f"{len(counted)} run(s) done", *set_aside, *shown))
 
 
 def admitted_at(record: AccessRecord) -> datetime:

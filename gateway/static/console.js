@@ -40,6 +40,13 @@
     receipts.replaceChildren(
       ...progress.receipts.map((r) => row(RECEIPT_FIELDS.map((f) => (f === "step" ? r.step || r.kind : r[f]))))
     );
+    const note = document.getElementById("superseded-note");
+    note.hidden = !progress.superseded;
+    document.getElementById("carried-out").textContent = progress.carried_out.length
+      ? progress.carried_out
+          .map((c) => c.channel + " " + c.step + (c.vendor_reference ? " (" + c.vendor_reference + ")" : ""))
+          .join(", ")
+      : "nothing";
     root.dataset.finished = progress.finished ? "yes" : "no";
     const retry = document.getElementById("retry-form");
     if (retry) {

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.deprovision.plan import RunState, StepKind, StepState, requeue, run_state
+from gateway.deprovision.plan import FINISHED_RUNS, RunState, StepKind, StepState, requeue, run_state
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.pipeline_batches import Decide, read_people, record_batch, supersede_runs
@@ -227,7 +227,7 @@ class PipelineRepository:
         self, run_id: str, state: RunState, now: datetime, *, conn: AsyncConnection
     ) -> RunRecord | None:
         """Move the run to ``state`` (``finished_at`` set when it leaves running/held); None if unchanged."""
-        finished = state in (RunState.DONE, RunState.ATTENTION)
+        finished = state in FINISHED_RUNS
         result = await conn.execute(
             update(deprovision_runs)
             .where(deprovision_runs.c.id == run_id, deprovision_runs.c.state != state.value)
@@ -303,7 +303,10 @@ class PipelineRepository:
 
         A retry is not an approval: a run the mass-deletion guard held and nobody approved stays held, and its
         irreversible steps wait for ``approve``. That includes a held run that finished in attention (its removal
-        blocked, no hand-over left to hold), known by its ``deprovision_held`` record."""
+        blocked, no hand-over left to hold), known by its ``deprovision_held`` record.
+
+        A superseded run is never retried (0): its agent was made active again, and its steps would act against
+        an active agent. Deprovisioning the agent again starts a new run."""
         async with write_transaction(self._engine, conn) as c:
             # The run's row first, as a worker recording results locks it (no lock-order deadlock on PostgreSQL).
             row = (
@@ -314,6 +317,8 @@ class PipelineRepository:
             if row is None:
                 return 0
             run = run_from_row(row)
+            if run.state is RunState.SUPERSEDED:
+                return 0
             held = run.state is RunState.HELD or (run.approved_by is None and await _was_held(c, run))
             steps = await self.steps_of([run_id], conn=c)
             states = {s.id: s.state for s in steps}

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import FromClause, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.deprovision.plan import RunState, StepState
+from gateway.deprovision.plan import FINISHED_RUNS, RunState, StepState
 from gateway.deprovision.results import supersede
 from gateway.storage._time import to_db
 from gateway.storage.access_log import AccessRecord
@@ -99,13 +99,12 @@ async def _write(c: AsyncConnection, owner: str, changes: Changes) -> None:
             [{"b_id": step_id, "b_state": state.value} for step_id, state in changes.unlocked],
         )
     if changes.runs:
-        finished = (RunState.DONE, RunState.ATTENTION)
         await c.execute(
             update(deprovision_runs)
             .where(deprovision_runs.c.id == bindparam("b_id"))
             .values(state=bindparam("b_state"), finished_at=bindparam("b_finished")),
             [
-                {"b_id": run_id, "b_state": state.value, "b_finished": now if state in finished else None}
+                {"b_id": run_id, "b_state": state.value, "b_finished": now if state in FINISHED_RUNS else None}
                 for run_id, state in changes.runs
             ],
         )
@@ -152,10 +151,10 @@ async def read_people(c: AsyncConnection, run_ids: Collection[str]) -> dict[str,
 
 
 async def supersede_runs(c: AsyncConnection, agent_id: str, now: datetime, *, actor: str, reason: str) -> list[str]:
-    """The agent was made active again in the transaction ``c``: its running and held runs end there, their
-    unfinished steps not applicable, with a receipt for each and a record for each run
-    (``gateway.deprovision.results.supersede``). A worker holding a lease on one of those steps then cannot record
-    it (its step is no longer pending). Returns the runs' ids."""
+    """The agent was made active again in the transaction ``c``: its running and held runs end there, superseded,
+    their unfinished steps superseded (not taken), with a receipt for each and a record for each run naming what it
+    had carried out (``gateway.deprovision.results.supersede``). A worker holding a lease on one of those steps
+    then cannot record it (its step is no longer pending). Returns the runs' ids."""
     going = (RunState.RUNNING.value, RunState.HELD.value)
     # Runs first, then steps, in id order: the order recorders lock in.
     query = (
@@ -183,7 +182,7 @@ async def supersede_runs(c: AsyncConnection, agent_id: str, now: datetime, *, ac
             update(deprovision_steps)
             .where(steps.id.in_(list(decided.steps)))
             .values(
-                state=StepState.NOT_APPLICABLE.value,
+                state=StepState.SUPERSEDED.value,
                 lease_owner=None,
                 lease_until=None,
                 detail=decided.detail[:2000],

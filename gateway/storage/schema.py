@@ -239,7 +239,8 @@ deprovision_runs = Table(
     Column("reason", Text, nullable=False),
     #: Successor given by the trigger (userName); else the agent's manager, else each channel's fallback queue.
     Column("successor", String(256)),
-    #: running | done | attention (a step is dead or failed) | held (waits for an admin's approval)
+    #: running | held (waits for an admin's approval) | done | attention (a step is dead, failed or blocked) |
+    #: superseded (its agent was made active again before it finished); ``gateway.deprovision.plan.RunState``
     Column("state", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
@@ -256,7 +257,8 @@ deprovision_steps = Table(
     Column("channel", String(64), nullable=False),
     #: revoke | hand_over | verify
     Column("step", String(16), nullable=False),
-    #: pending | held | done | not_applicable | failed | dead
+    #: waiting | pending | held | blocked | done | not_applicable | failed | dead | superseded
+    #: (``gateway.deprovision.plan.StepState``)
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from gateway.deprovision.plan import RunState, StepState
+from gateway.deprovision.plan import FINISHED_RUNS, StepState
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.pipeline_records import (
     RUN_STATES,
@@ -245,10 +245,9 @@ def _write(conn: sqlite3.Connection, owner: str, changes: Changes) -> None:
             [(state.value, now, now, step_id) for step_id, state in changes.unlocked],
         )
     if changes.runs:
-        finished = (RunState.DONE, RunState.ATTENTION)
         conn.executemany(
             "UPDATE deprovision_runs SET state = ?, finished_at = ? WHERE id = ?",
-            [(state.value, now if state in finished else None, run_id) for run_id, state in changes.runs],
+            [(state.value, now if state in FINISHED_RUNS else None, run_id) for run_id, state in changes.runs],
         )
     if changes.records:
         conn.executemany(INSERT_LOG, log_rows(changes.records))

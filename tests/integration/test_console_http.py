@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +22,9 @@ from sqlalchemy import text
 
 from gateway.console.csrf import FIELD, csrf_key, token_for
 from gateway.console.render import CONTENT_SECURITY_POLICY, HSTS, security_headers
+from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.storage.access_log import AccessQuery, AccessRecord
+from gateway.storage.pipeline import PlannedStep, RunRecord, supersede_runs
 from tests.components.echo_gateway import Deployment, deployment
 from tests.components.login_gateway import provider_pool
 from tests.components.oidc_provider import DEMO_PASSWORD, STANDARD_ACCOUNTS, OidcAccount, OidcProvider
@@ -280,6 +283,52 @@ async def test_an_admin_deprovisions_an_agent_and_the_disable_is_recorded_with_t
         ("console:adam", "left the company", "console")
     ]
     assert await gateway.services.sessions.sessions_of(bob_id, gateway.services.clock()) == []
+
+
+async def test_a_superseded_run_is_shown_superseded_with_what_it_carried_out_and_is_no_dead_letter_to_retry(
+    gateway: Deployment,
+) -> None:
+    services = gateway.services
+    run_id, agent_id = str(uuid.uuid4()), str(uuid.uuid4())
+    created = datetime.now(UTC)
+    run = RunRecord(run_id, agent_id, "zoe", "scim", "scim:entra", "left", None, RunState.RUNNING, created, None, None)
+    await services.pipeline.create_run(
+        run,
+        [
+            PlannedStep("phone", StepKind.REVOKE, StepState.DONE),  # the seat was disabled
+            PlannedStep("phone", StepKind.VERIFY, StepState.PENDING),
+            PlannedStep("chat", StepKind.REVOKE, StepState.DEAD),  # gave up: once a dead letter
+        ],
+    )
+    async with services.database.begin() as conn:
+        await supersede_runs(conn, agent_id, created, actor="scim:entra", reason="enabled by SCIM")
+    rita, adam = await _signed_in(gateway, "rita"), await _signed_in(gateway, "adam")
+    page = await rita.get(gateway.url + CONSOLE + f"/runs/{run_id}")
+    assert page.status_code == 200
+    assert 'id="run-state" class="state-superseded">superseded<' in page.text
+    note = re.search(r'<p id="superseded-note"[^>]*>(.*?)</p>', page.text, re.S)
+    assert note is not None and "hidden" not in note.group(0).split(">")[0]
+    assert 'id="carried-out">phone revoke<' in note.group(1)
+    progress = (await rita.get(gateway.url + CONSOLE + f"/runs/{run_id}/progress.json")).json()
+    assert (progress["run"]["state"], progress["finished"], progress["superseded"], progress["trouble"]) == (
+        "superseded", True, True, False,
+    )  # fmt: skip
+    assert progress["carried_out"] == [{"channel": "phone", "step": "revoke", "vendor_reference": None}]
+    admin_page = await adam.get(gateway.url + CONSOLE + f"/runs/{run_id}")
+    assert re.search(r'<form [^>]*id="retry-form" hidden>', admin_page.text)
+    dead = await adam.get(gateway.url + CONSOLE + "/dead-letters")
+    assert run_id not in dead.text
+    refused = await adam.post(
+        gateway.url + CONSOLE + f"/runs/{run_id}/retry",
+        data={FIELD: _token(admin_page)},
+        headers={"Origin": gateway.url},
+    )
+    assert refused.status_code == 409 and "was superseded" in refused.text
+    assert {s.state for s in await services.pipeline.steps_of([run_id])} == {
+        StepState.DONE, StepState.SUPERSEDED, StepState.DEAD,
+    }  # fmt: skip
+    after = await services.pipeline.get_run(run_id)
+    assert after is not None and after.state is RunState.SUPERSEDED
 
 
 async def test_get_requests_never_change_state_even_with_action_parameters(gateway: Deployment) -> None:

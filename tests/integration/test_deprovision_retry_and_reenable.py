@@ -141,6 +141,8 @@ async def test_a_step_crashing_its_worker_every_time_is_dead_lettered_instead_of
 
 
 async def test_an_agent_re_enabled_over_scim_keeps_its_seat_and_tickets_although_its_run_was_retrying() -> None:
+    """The run ends superseded (never done), the admin API shows it so and refuses to retry it, and its record
+    names what it had carried out before (the mail console's logout) for a person to undo."""
     async with offboarding_stack(
         {"alice": 1}, ["alice", "carol"], deprovision_toml=FAST_RETRIES + "max_attempts = 1000\n"
     ) as stack:
@@ -159,24 +161,38 @@ async def test_an_agent_re_enabled_over_scim_keeps_its_seat_and_tickets_although
                 [run] = await services.pipeline.runs_of_agent(ids["alice"])
 
                 async def retrying() -> bool:
-                    return bool((await steps_by_channel(services, run))[("phone", "revoke")].attempts >= 2)
+                    steps = await steps_by_channel(services, run)
+                    return bool(
+                        steps[("phone", "revoke")].attempts >= 2 and steps[("mail", "revoke")].state is StepState.DONE
+                    )
 
                 await eventually(retrying, 20)
                 response = await http.patch(url, json=patch_active("True"), headers=headers)
                 assert response.status_code in (200, 204), response.text
+                admin = {"Authorization": f"Bearer {stack.admin_token}"}
+                shown = await http.get(f"{stack.gateway_url}/.channelgate/admin/agents/{ids['alice']}", headers=admin)
+                retried = await http.post(
+                    f"{stack.gateway_url}/.channelgate/admin/deprovision/runs/{run.id}/retry", headers=admin
+                )
             phone.faults.set("ok")
             chat.faults.set("ok")
             await asyncio.sleep(2)
             agent = await services.agents.get(ids["alice"])
             assert agent is not None and agent.active
             after = await services.pipeline.get_run(run.id)
-            assert after is not None and after.state not in (RunState.RUNNING, RunState.HELD)
+            assert after is not None and after.state is RunState.SUPERSEDED
+            [listed] = shown.json()["deprovisioning"]
+            assert (listed["run_id"], listed["state"]) == (run.id, "superseded")
+            assert (retried.status_code, retried.json()["error"]) == (409, "run_superseded")
             steps = await steps_by_channel(services, run)
-            assert steps[("phone", "revoke")].state is StepState.NOT_APPLICABLE
-            assert steps[("phone", "remove")].state is StepState.NOT_APPLICABLE
+            assert steps[("phone", "revoke")].state is StepState.SUPERSEDED
+            assert steps[("phone", "remove")].state is StepState.SUPERSEDED
+            assert steps[("mail", "revoke")].state is StepState.DONE  # carried out: it stays so
             seen = effects_of(await phone.effects(), "alice")
             assert SEAT_DISABLED not in seen and SEAT_DELETED not in seen
             assert REASSIGNED not in effects_of(await chat.effects(), "alice")
             records = await services.audit._repository.tail(500)
-            assert any(r.kind == "deprovision" and r.decision == "superseded" and r.agent_id == ids["alice"]
-                       for r in records)  # fmt: skip
+            [record] = [r for r in records if r.kind == "deprovision" and r.decision == "superseded"]
+            assert record.agent_id == ids["alice"] and record.detail is not None
+            assert {"channel": "mail", "step": "revoke"} in record.detail["carried_out"]
+            assert not any(r.kind == "deprovision_complete" for r in records)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.deprovision.plan import RunState, StepState
@@ -20,6 +21,7 @@ from gateway.timeutil import utcnow
 from tests.components.echo_gateway import eventually
 from tests.components.offboarding import offboarding_stack
 from tests.integration.test_deprovision_pipeline import FAST_RETRIES, finished_run, gateway_of, give_access
+from tests.integration.test_deprovision_retry_and_reenable import patch_active
 
 CHAIN_STEPS = {
     ("chat", "revoke"), ("chat", "hand_over"), ("chat", "verify"),
@@ -177,6 +179,56 @@ async def test_a_request_allowed_after_the_disable_is_flagged_and_access_not_pro
     assert [r.seq for r in report.verdict.in_flight_at_disable] == [closed.seq]
     assert "Requests running when the agent was disabled" in html
     assert 'class="alarm"' in html and "/chat/customers/{id}" in html
+
+
+async def test_a_run_superseded_by_a_scim_re_enable_is_shown_superseded_and_the_next_run_proves_access_ended() -> None:
+    async with offboarding_stack(
+        {"alice": 1}, ["alice", "carol"], deprovision_toml=FAST_RETRIES + "max_attempts = 1000\n"
+    ) as stack:
+        ids = stack.add_agents(["alice", "carol"], managers={"alice": "carol"})
+        async with gateway_of(stack) as services:
+            await give_access(services, "alice")
+            phone = stack.consoles["phone"]
+            phone.faults.set("unavailable", "/admin/")  # the seat vendor is down: the first run stays in flight
+            first = (await services.killer.deprovision("alice", reason="left", actor="t", source="cli")).run
+            assert first is not None
+
+            async def chat_revoked_while_phone_retries() -> bool:
+                steps = {(s.channel, s.step.value): s for s in await services.pipeline.steps_of([first.id])}
+                return steps[("chat", "revoke")].state is StepState.DONE and steps[("phone", "revoke")].attempts >= 2
+
+            await eventually(chat_revoked_while_phone_retries, 20)
+            token = await services.scim_tokens.create("entra", utcnow())
+            async with httpx.AsyncClient() as http:
+                response = await http.patch(
+                    f"{stack.gateway_url}/scim/v2/Users/{ids['alice']}",
+                    json=patch_active("True"),
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"},
+                )
+                assert response.status_code in (200, 204), response.text
+            phone.faults.set("ok")
+            await services.killer.deprovision("alice", reason="left for good", actor="t", source="cli")
+            second = await finished_run(services, "alice")
+            report = await build_agent_report(services, "alice")
+            data: dict[str, Any] = report.as_dict()
+            html = render_agent_html(report)
+
+    assert second.id != first.id and second.state is RunState.DONE
+    runs = {run["run_id"]: run for run in data["runs"]}
+    assert runs[first.id]["state"] == "superseded"
+    carried = {(step["channel"], step["step"]) for step in runs[first.id]["carried_out"]}
+    assert ("chat", "revoke") in carried and ("phone", "revoke") not in carried
+    assert {(s["channel"], s["step"]) for s in runs[first.id]["steps"] if s["state"] == "superseded"} >= {
+        ("phone", "revoke"), ("phone", "verify"), ("phone", "remove"),
+    }  # fmt: skip
+    # The superseded run counts neither way: the second one ended the access, and the verdict says so.
+    assert data["zero_access"]["verdict"] == ENDED, data["zero_access"]["reasons"]
+    [pipeline] = [c for c in data["zero_access"]["checks"] if c["name"] == "every channel revoked and verified"]
+    assert (
+        f"run {first.id} superseded (the agent was made active again before it finished): not counted"
+        in (pipeline["evidence"])
+    )
+    assert "Superseded: the agent was made active again" in html and "chat revoke" in html
 
 
 async def test_an_unknown_agent_is_not_found_with_a_clear_message() -> None:

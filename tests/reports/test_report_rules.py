@@ -148,6 +148,24 @@ def test_any_failing_check_makes_the_verdict_not_proven_and_says_why(case: str, 
     assert len([c for c in checks if not c.passed]) == 1
 
 
+def test_a_superseded_run_counts_neither_as_done_nor_as_a_failure_and_is_listed() -> None:
+    superseded = [
+        step("chat", StepKind.REVOKE, run_id="r1"),
+        step("chat", StepKind.VERIFY, StepState.SUPERSEDED, "superseded: the agent was made active again", run_id="r1"),
+    ]
+    done = [step("chat", kind, run_id="r2") for kind in (StepKind.REVOKE, StepKind.VERIFY)]
+    runs = [run(RunState.SUPERSEDED, "r1"), replace(run(run_id="r2"), created_at=T + timedelta(hours=1))]
+    check = pipeline_check(runs, superseded + done)
+    assert check.passed, check.evidence
+    assert check.evidence[:2] == (
+        "1 run(s) done",
+        "run r1 superseded (the agent was made active again before it finished): not counted",
+    )
+    alone = pipeline_check(runs[:1], superseded)
+    assert not alone.passed
+    assert alone.evidence[0] == "no deprovisioning run ended the agent's access: each was superseded"
+
+
 def test_a_request_let_in_before_the_disable_and_ended_by_the_kill_is_listed_but_not_access_after_it() -> None:
     websocket = AccessRecord(  # opened 10 minutes before the disable, closed 200 ms after it by the kill
         time=T + timedelta(milliseconds=200), kind="request", seq=11, decision="allow", channel="chat",

@@ -18,6 +18,7 @@ from scim2_server.routing import ROUTES
 from starlette.routing import Mount, Route
 
 from gateway.app import create_app
+from gateway.deprovision.plan import RunState, StepState
 from gateway.settings import Settings
 from scim.app import MOUNT_PATH
 from scim.provider import MAX_RESULTS, scim_provider
@@ -119,3 +120,9 @@ def test_the_documented_service_provider_config_matches_what_is_served(document:
     assert described["filter"]["properties"]["maxResults"]["const"] == served.filter.max_results == MAX_RESULTS
     assert described["bulk"]["properties"]["supported"]["const"] is served.bulk.supported is False
     assert described["sort"]["properties"]["supported"]["const"] is served.sort.supported is False
+
+
+def test_the_documented_run_and_step_states_are_exactly_the_pipelines(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert schemas["RunState"]["enum"] == [state.value for state in RunState]
+    assert schemas["Step"]["properties"]["state"]["enum"] == [state.value for state in StepState]

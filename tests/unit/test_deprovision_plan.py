@@ -11,6 +11,7 @@ from gateway.deprovision.plan import (
     RunState,
     StepKind,
     StepState,
+    carried_out,
     initial_state,
     plan_channel,
     run_state,
@@ -88,6 +89,9 @@ def test_outcomes_map_to_states_and_retries_dead_letter_when_the_budget_is_spent
         ([StepState.DONE, StepState.DEAD], RunState.ATTENTION),
         ([StepState.DONE, StepState.FAILED, StepState.BLOCKED], RunState.ATTENTION),
         ([StepState.DONE, StepState.HELD], RunState.HELD),
+        ([StepState.DONE, StepState.SUPERSEDED], RunState.SUPERSEDED),
+        ([StepState.DEAD, StepState.SUPERSEDED], RunState.SUPERSEDED),
+        ([StepState.SUPERSEDED, StepState.PENDING], RunState.RUNNING),
         ([], RunState.DONE),
     ],
 )
@@ -140,3 +144,14 @@ def test_a_retry_of_a_held_run_requeues_irreversible_steps_held_not_due() -> Non
 def test_a_held_run_stays_held_while_a_step_is_unfinished_even_with_no_step_held_yet() -> None:
     assert run_state([StepState.DONE, StepState.PENDING, StepState.WAITING], held=True) is RunState.HELD
     assert run_state([StepState.DONE, StepState.FAILED], held=True) is RunState.ATTENTION
+
+
+def test_a_step_not_taken_for_an_agent_active_again_takes_the_rest_of_its_chain_with_it() -> None:
+    waiting = {R: StepState.SUPERSEDED, V: StepState.WAITING, X: StepState.WAITING}
+    assert unlocked(R, StepState.SUPERSEDED, waiting, held=False) == {V: StepState.SUPERSEDED, X: StepState.SUPERSEDED}
+    assert unlocked(H, StepState.SUPERSEDED, {H: StepState.SUPERSEDED, R: StepState.PENDING}, held=False) == {}
+
+
+def test_only_a_done_revocation_hand_over_or_removal_counts_as_carried_out() -> None:
+    assert [k for k in (R, H, V, X) if carried_out(k, StepState.DONE)] == [R, H, X]
+    assert not any(carried_out(R, s) for s in StepState if s is not StepState.DONE)

@@ -2,7 +2,8 @@
 PostgreSQL: a run and its steps commit with the trigger's transaction or not at all; a claimed step is leased to
 one worker; a lapsed lease is taken over; a worker that lost its lease cannot overwrite the new owner's result;
 a recorded batch writes each result with its receipt, unlocks the next step and finishes the run only when every
-step is done; approvals and retries requeue exactly what they name."""
+step is done; approvals and retries requeue exactly what they name; a run whose agent is made active again ends
+superseded (never done, never a dead letter, never retried), naming what it had carried out."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from connectors.base import Outcome, StepResult
 from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.deprovision.results import Attempt, budget, settle
 from gateway.settings import DeprovisionSettings
-from gateway.storage.access_log import AccessLogRepository
+from gateway.storage.access_log import AccessLogRepository, AccessQuery
 from gateway.storage.database import Database
 from gateway.storage.pipeline import (
     PipelineRepository,
@@ -430,13 +431,84 @@ async def test_making_an_agent_active_again_supersedes_its_going_runs_with_recei
     [(revoke, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     async with database.begin() as conn:
         assert await supersede_runs(conn, "agent-r1", T0, actor="scim:entra", reason="enabled by SCIM") == ["r1"]
-    assert set((await _states(pipeline, "r1")).values()) == {StepState.NOT_APPLICABLE}
+    assert set((await _states(pipeline, "r1")).values()) == {StepState.SUPERSEDED}
     run = await pipeline.get_run("r1")
-    assert run is not None and run.state is RunState.DONE and run.finished_at == T0
+    assert run is not None and run.state is RunState.SUPERSEDED and run.finished_at == T0
     receipts = await _log(engine, "deprovision_step")
     assert sorted(str(r["step"]) for r in receipts) == ["hand_over", "revoke", "verify"]
-    assert {r["outcome"] for r in receipts} == {"superseded"}
+    assert {(r["outcome"], r["decision"]) for r in receipts} == {("superseded", "superseded")}
     [record] = await _log(engine, "deprovision")
-    assert record["decision"] == "superseded" and record["run"] == "r1"
+    assert record["decision"] == "superseded" and record["run"] == "r1" and record["state"] == "superseded"
     # The worker that held the revoke's lease cannot record it any more.
     assert await _record(pipeline, "w1", [(revoke, _run("r1"))], Outcome.DONE, T0) == []
+
+
+async def test_a_superseded_run_ends_superseded_not_done_and_its_record_names_the_steps_it_carried_out(
+    database: Database, engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN)
+    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
+    [revoke] = [(s, r) for s, r in claimed if s.step is StepKind.REVOKE]
+    await _record(pipeline, "w1", [revoke], Outcome.DONE, T0)  # the chat seat is disabled; the hand-over runs on
+    later = T0 + timedelta(seconds=5)
+    async with database.begin() as conn:
+        await supersede_runs(conn, "agent-r1", later, actor="scim:entra", reason="enabled by SCIM")
+    assert await _states(pipeline, "r1") == {
+        ("chat", StepKind.REVOKE): StepState.DONE,
+        ("chat", StepKind.VERIFY): StepState.SUPERSEDED,
+        ("mail", StepKind.HAND_OVER): StepState.SUPERSEDED,
+    }
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.SUPERSEDED and run.finished_at == later
+    assert await pipeline.runs_in_state([RunState.DONE, RunState.ATTENTION]) == []
+    assert [r.id for r in await pipeline.runs_in_state([RunState.SUPERSEDED])] == ["r1"]
+    assert await _log(engine, "deprovision_complete") == [] and await _log(engine, "deprovision_attention") == []
+    [record] = await _log(engine, "deprovision")
+    assert record["carried_out"] == [{"channel": "chat", "step": "revoke"}]
+    assert record["not_taken"] == [{"channel": "chat", "step": "verify"}, {"channel": "mail", "step": "hand_over"}]
+    assert record["steps"] == {"chat": {"revoke": "done", "verify": "superseded"}, "mail": {"hand_over": "superseded"}}
+    [entry] = await AccessLogRepository(engine).search(AccessQuery(kind="deprovision"))
+    assert "for a person to undo: chat revoke" in (entry.reason or "")
+
+
+async def test_a_superseded_run_with_a_dead_step_is_no_dead_letter_and_is_never_retried(
+    database: Database, engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN)
+    await _set_states(engine, "r1", {("chat", "revoke"): "dead"})
+    async with database.begin() as conn:
+        await supersede_runs(conn, "agent-r1", T0, actor="ldap:corp", reason="reactivated")
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.SUPERSEDED
+    assert await pipeline.runs_in_state([RunState.ATTENTION]) == []  # the dead-letter queue
+    assert await pipeline.retry("r1", T0 + timedelta(seconds=1)) == 0
+    assert await _states(pipeline, "r1") == {
+        ("chat", StepKind.REVOKE): StepState.DEAD,
+        ("chat", StepKind.VERIFY): StepState.SUPERSEDED,
+        ("mail", StepKind.HAND_OVER): StepState.SUPERSEDED,
+    }
+    again = await pipeline.get_run("r1")
+    assert again == run
+    assert await pipeline.claim("w1", T0 + timedelta(seconds=1), T0 + timedelta(seconds=60), 10, budget=BUDGET) == []
+
+
+async def test_steps_the_worker_skipped_for_an_agent_active_again_end_the_run_superseded_never_done(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN)
+    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
+    batch = [
+        Attempt(step, run, StepResult(step.channel, step.step.value, Outcome.NOT_APPLICABLE, None, "skipped"), True)
+        for step, run in claimed
+    ]
+    await pipeline.record(
+        "w1", [a.step.id for a in batch], ["r1"], lambda snapshot: settle(batch, snapshot, T0, SETTINGS)
+    )
+    # The verification waiting for the revocation is not taken either: nothing of the chain acts on an active agent.
+    assert set((await _states(pipeline, "r1")).values()) == {StepState.SUPERSEDED}
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.SUPERSEDED and run.finished_at == T0
+    assert await _log(engine, "deprovision_complete") == []
+    [record] = await _log(engine, "deprovision")
+    assert (record["decision"], record["carried_out"]) == ("superseded", [])
+    assert {r["outcome"] for r in await _log(engine, "deprovision_step")} == {"superseded"}
