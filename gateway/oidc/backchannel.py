@@ -5,14 +5,17 @@
 configured issuer; ``aud`` our client id and no one else; ``iat`` recent; ``events`` holding the back-channel
 logout event; ``sub`` or ``sid``; no ``nonce`` (so an ID token can never pass as a logout token); ``typ``, when
 present, ``logout+jwt`` (§2.4, RFC 8725 §3.11); and a ``jti`` not acted on before by any replica (a replay is
-refused). Then ``sid`` ends the agent's sessions of that IdP session, and ``sub`` alone every session of the agent.
-The ``jti`` counts as used only once that succeeded (``gateway/sessions/single_use.py``): a provider retrying
-after a 503 is served, not refused as a replay.
+refused). Then ``sub`` and ``sid`` end the agent's sessions of that IdP session, ``sub`` alone every session of
+the agent, and ``sid`` alone (§2.4: a token carries either, or both) the sessions of that IdP session, found
+through the session store's index of them (``SessionStore.sessions_of_idp_session``) and ended agent by agent as
+with ``sub`` (normally one agent: an IdP session is one user's). A ``sid`` that is not the subject's is refused
+and ends nothing. The ``jti`` counts as used only once that succeeded (``gateway/sessions/single_use.py``): a
+provider retrying after a 503 is served, not refused as a replay.
 
 This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. The answer is 200 with
 ``Cache-Control: no-store``, 400 with an OAuth error body (§2.8), or 503 when the database or the session store
-does not answer (the same token may be sent again); every answer leaves an access-log record.
-A token carrying ``sid`` without ``sub`` is refused: sessions are found through the agent, keyed on (iss, sub).
+does not answer (the same token may be sent again); every answer leaves an access-log record. A ``sid`` that
+matches no live session is a 400 (nothing was logged out here, §2.8), its ``jti`` left unused.
 """
 
 from __future__ import annotations
@@ -91,8 +94,10 @@ def logout_request(token: jwt.Token, *, issuer: str, client_id: str, now: float)
         session_id is not None and not isinstance(session_id, str)
     ):
         raise InvalidLogoutToken("the token's sub and sid must be strings")
-    if not subject:
-        raise InvalidLogoutToken("the token has no sub; a logout by sid alone is not supported")
+    if subject == "":
+        raise InvalidLogoutToken("the token's sub is empty")
+    if not subject and not session_id:
+        raise InvalidLogoutToken("the token has neither sub nor sid")
     return LogoutRequest(issuer, jti, subject, session_id or None)
 
 
@@ -107,7 +112,8 @@ async def _logout_token(request: Request) -> str:
 
 
 async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
-    assert logout.subject is not None
+    if logout.subject is None:
+        return await _apply_by_sid(services, logout)
     agent = await services.agents.find_by_oidc(logout.issuer, logout.subject)
     if agent is None:
         raise InvalidLogoutToken("no agent signed in with this subject")
@@ -121,6 +127,36 @@ async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
         "sid": logout.session_id,
         "replicas_confirmed": sorted(ended.confirmed),
         "replicas_missing": sorted(ended.missing),
+    }
+
+
+async def _apply_by_sid(services: Services, logout: LogoutRequest) -> dict[str, Any]:
+    """§2.4 ``sid`` without ``sub``: end every session of that IdP session, on every replica, agent by agent
+    through the same ``end_sessions`` as a token that names the subject too."""
+    assert logout.session_id is not None
+    found = await services.sessions.sessions_of_idp_session(logout.issuer, logout.session_id, services.clock())
+    agents = {session.data.agent_id: session.data.user_name for session in found}
+    count, confirmed, missing = 0, set[str](), set[str]()
+    for agent_id in sorted(agents):
+        ended = await services.killer.end_sessions(agent_id, logout.session_id)
+        if ended is None:  # they ended meanwhile (a logout, a timeout): nothing of that agent's left to end
+            continue
+        count += ended.count
+        confirmed |= ended.confirmed
+        missing |= ended.missing
+    if count == 0:
+        raise InvalidLogoutToken("no session came from that sid")
+    who: dict[str, Any]
+    if len(agents) == 1:
+        ((agent_id, agent_name),) = agents.items()
+        who = {"agent_id": agent_id, "agent_name": agent_name}
+    else:  # a sid the provider gave several subjects: each one's sessions from it ended
+        who = {"agents": sorted(agents.values())}
+    return who | {
+        "sessions": count,
+        "sid": logout.session_id,
+        "replicas_confirmed": sorted(confirmed - missing),
+        "replicas_missing": sorted(missing),
     }
 
 

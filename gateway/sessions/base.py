@@ -20,6 +20,10 @@ SESSION_ID_BYTES = 32
 #: Pending logins a store keeps at most; beyond it the oldest go first, so a flood of unfinished logins cannot fill
 #: the memory (or the Redis) that holds every session.
 MAX_PENDING_LOGINS = 100_000
+#: Gateway sessions one IdP session (``iss``, ``sid``) holds at once; a login beyond ends the oldest of them (ASVS 5.0
+#: 7.1.2). Their index is how a logout token naming only ``sid`` finds them (OIDC Back-Channel Logout 1.0 §2.4), so
+#: it is bounded by ending sessions, never by forgetting one: a forgotten one would outlive the IdP's logout.
+MAX_SESSIONS_PER_IDP_SESSION = 1_000
 
 
 def new_session_id() -> str:
@@ -143,7 +147,9 @@ class SessionStore(Protocol):
     replica_id: str
 
     async def create(self, data: SessionData, now: float) -> Session:
-        """Store a new session under a fresh id (a new id at every login, ASVS 7.2.4)."""
+        """Store a new session under a fresh id (a new id at every login, ASVS 7.2.4), indexed by its IdP session
+        when it has one; beyond ``MAX_SESSIONS_PER_IDP_SESSION`` of them the oldest ends (its end broadcast as
+        :meth:`delete` does)."""
         ...
 
     async def lookup(self, session_id: str, now: float) -> Lookup:
@@ -177,6 +183,13 @@ class SessionStore(Protocol):
         """End the agent's sessions that came from one IdP session (OIDC Back-Channel Logout 1.0 §2.4 ``sid``) on
         every replica. Broadcasts a revocation for the agent only when a session ended (replicas then close the
         agent's open WebSockets, which reconnect if another of the agent's sessions is still valid)."""
+        ...
+
+    async def sessions_of_idp_session(self, issuer: str, idp_session_id: str, now: float) -> list[Session]:
+        """The live sessions, of whichever agent, that came from one IdP session (``iss``, ``sid``), by storage key
+        as :meth:`sessions_of` lists them: how a logout token naming ``sid`` without ``sub`` finds the sessions to
+        end (OIDC Back-Channel Logout 1.0 §2.4). Read from an index written with each session and emptied as
+        sessions end (logout, revocation, expiry), so no scan of every session."""
         ...
 
     async def claim_use(self, key: str, hold_seconds: int) -> UseClaim:

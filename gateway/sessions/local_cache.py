@@ -131,6 +131,7 @@ class CachedSessionStore:
     # -- writes: drop here, tell the others -------------------------------------------------------------------
 
     async def create(self, data: SessionData, now: float) -> Session:
+        # Sessions it ends (past the cap of its IdP session) are broadcast, and dropped here as any other's end.
         return await self.inner.create(data, now)
 
     async def delete(self, session_id: str) -> SessionData | None:
@@ -195,6 +196,10 @@ class CachedSessionStore:
 
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
         return await self.inner.sessions_of(agent_id, now)
+
+    async def sessions_of_idp_session(self, issuer: str, idp_session_id: str, now: float) -> list[Session]:
+        """Always Redis's index: a logout by ``sid`` must find sessions this replica never read."""
+        return await self.inner.sessions_of_idp_session(issuer, idp_session_id, now)
 
     async def put_pending_login(self, login_id: str, pending: PendingLogin, ttl_seconds: int) -> None:
         await self.inner.put_pending_login(login_id, pending, ttl_seconds)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from gateway.sessions.base import (
     MAX_PENDING_LOGINS,
+    MAX_SESSIONS_PER_IDP_SESSION,
     RESYNC_AGENT_ID,
     Lookup,
     PendingLogin,
@@ -30,6 +33,8 @@ from gateway.sessions.base import (
     new_session_id,
     session_key,
 )
+
+log = logging.getLogger(__name__)
 
 #: How often (in seconds) a write sweeps out expired sessions and pending logins.
 PURGE_INTERVAL_SECONDS = 60.0
@@ -64,6 +69,8 @@ class MemorySessionStore:
         self.absolute_timeout = absolute_timeout
         self._sessions: dict[str, _Stored] = {}
         self._by_agent: dict[str, set[str]] = {}
+        #: (iss, sid) → its sessions' keys, oldest first (a dict keeps insertion order), for a logout by ``sid``.
+        self._by_idp_session: dict[tuple[str, str], dict[str, None]] = {}
         #: Oldest first (each is added once and expires after the same time), so eviction pops from the front.
         self._pending: OrderedDict[str, tuple[float, PendingLogin]] = OrderedDict()
         self._subscribers: set[asyncio.Queue[Revocation | None]] = set()
@@ -73,6 +80,8 @@ class MemorySessionStore:
         self._last_pending_purge = float("-inf")
         #: Pending logins kept at most, the oldest dropped first.
         self.max_pending_logins = MAX_PENDING_LOGINS
+        #: Sessions one IdP session holds at most, the oldest ended first.
+        self.max_sessions_per_idp_session = MAX_SESSIONS_PER_IDP_SESSION
         self._closed = False
 
     async def create(self, data: SessionData, now: float) -> Session:
@@ -81,7 +90,26 @@ class MemorySessionStore:
         key = session_key(session_id)
         self._sessions[key] = _Stored(data, now, now)
         self._by_agent.setdefault(data.agent_id, set()).add(key)
+        if data.idp_session_id is not None:
+            self._index_idp_session(key, (data.issuer, data.idp_session_id))
         return Session(session_id, data, now, now)
+
+    def _index_idp_session(self, key: str, idp_session: tuple[str, str]) -> None:
+        """Add a new session to its IdP session's index; past the cap, end the oldest of them (the new one is last,
+        so never among them) and broadcast their end."""
+        index = self._by_idp_session.setdefault(idp_session, {})
+        index[key] = None
+        excess = len(index) - self.max_sessions_per_idp_session
+        if excess <= 0:
+            return
+        for oldest in list(itertools.islice(index, excess)):
+            ended = self._remove(oldest)
+            assert ended is not None, "every key in an IdP session's index is a stored session"
+            self._broadcast_end(oldest, ended.data.agent_id)
+        log.warning(
+            "a login ended %d older session(s) of its IdP session: at most %d at once",
+            excess, self.max_sessions_per_idp_session,
+        )  # fmt: skip
 
     async def lookup(self, session_id: str, now: float) -> Lookup:
         key = session_key(session_id)
@@ -115,7 +143,9 @@ class MemorySessionStore:
             raise ValueError("'*' is the resync marker, not an agent id")
         keys = self._by_agent.pop(agent_id, set())
         for key in keys:
-            self._sessions.pop(key, None)
+            stored = self._sessions.pop(key, None)
+            if stored is not None:
+                self._unindex_idp_session(key, stored)
         revocation = Revocation(agent_id, uuid.uuid4().hex, self.replica_id)
         for queue in self._subscribers:
             queue.put_nowait(revocation)
@@ -138,7 +168,7 @@ class MemorySessionStore:
         if not ended:
             return 0, None
         for key in ended:
-            del self._sessions[key]
+            self._unindex_idp_session(key, self._sessions.pop(key))
         keys -= ended
         if not keys:
             self._by_agent.pop(agent_id, None)
@@ -176,6 +206,15 @@ class MemorySessionStore:
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
         found = []
         for key in sorted(self._by_agent.get(agent_id, ())):
+            stored = self._sessions[key]
+            state = expiry_state(stored.created_at, stored.last_seen_at, now, self.idle_timeout, self.absolute_timeout)
+            if state is SessionState.VALID:
+                found.append(Session(key, stored.data, stored.created_at, stored.last_seen_at))
+        return found
+
+    async def sessions_of_idp_session(self, issuer: str, idp_session_id: str, now: float) -> list[Session]:
+        found = []
+        for key in sorted(self._by_idp_session.get((issuer, idp_session_id), ())):
             stored = self._sessions[key]
             state = expiry_state(stored.created_at, stored.last_seen_at, now, self.idle_timeout, self.absolute_timeout)
             if state is SessionState.VALID:
@@ -244,7 +283,19 @@ class MemorySessionStore:
                 keys.discard(key)
                 if not keys:
                     del self._by_agent[stored.data.agent_id]
+            self._unindex_idp_session(key, stored)
         return stored
+
+    def _unindex_idp_session(self, key: str, stored: _Stored) -> None:
+        """Every path that ends a session comes here, so the index holds stored sessions only."""
+        if stored.data.idp_session_id is None:
+            return
+        idp_session = (stored.data.issuer, stored.data.idp_session_id)
+        index = self._by_idp_session.get(idp_session)
+        if index is not None:
+            index.pop(key, None)
+            if not index:
+                del self._by_idp_session[idp_session]
 
     def _maybe_purge(self, now: float) -> None:
         """Drop expired sessions at most once per ``PURGE_INTERVAL_SECONDS`` of caller time."""

@@ -2,9 +2,13 @@
 
 Keys (the raw session id is never stored, only its SHA-256, so a dump of Redis yields no usable cookie):
 
-    cg:s:{session_key}     hash: data (JSON), agent, created, seen; TTL = min(idle, remaining absolute) + grace
+    cg:s:{session_key}     hash: data (JSON), agent, created, seen, and idp (its IdP session's index key) when the
+                           session has a ``sid``; TTL = min(idle, remaining absolute) + grace
     cg:a:{agent_id}        set of the agent's session keys (ended ones pruned a few at a time as it is used);
                            TTL never shorter than any of its sessions' (revoke_agent finds a session through it)
+    cg:i:{sha256([iss, sid])}  sorted set of the session keys that came from one IdP session, scored in creation
+                           order; TTL as the agent index's (a logout token naming only ``sid`` finds them through
+                           it); at most the cap: a login beyond ends the oldest session, never just forgets it
     cg:l:{sha256(login)}   a pending OIDC login (JSON), read once with GETDEL
     cg:o:{sha256(key)}     a single-use key: its holder while claimed (short TTL), then ONCE_USED (full TTL)
     cg:replicas            sorted set: replica id scored by its last heartbeat, in Redis's clock (TIME)
@@ -20,8 +24,14 @@ timed by Redis's own clock.
 
 from __future__ import annotations
 
+import json
+
+from gateway.sessions.base import session_key
+
 SESSION_PREFIX = "cg:s:"
 AGENT_PREFIX = "cg:a:"
+#: + the SHA-256 of ``[iss, sid]``: an IdP session's index (``idp_session_index``).
+IDP_SESSION_PREFIX = "cg:i:"
 LOGIN_PREFIX = "cg:l:"
 #: The pending logins by expiry (PUT_PENDING_LOGIN_SCRIPT keeps it to the cap).
 LOGINS_KEY = "cg:logins"
@@ -32,6 +42,13 @@ REVOCATION_CHANNEL = "cg:revocations"
 ACK_TTL_SECONDS = 300
 #: What a single-use key holds once its effect committed (a holder is a uuid4 hex, never this).
 ONCE_USED = "used"
+
+
+def idp_session_index(issuer: str, idp_session_id: str) -> str:
+    """The key of an IdP session's index. Hashed: ``sid`` is the provider's string, of any length and content; the
+    JSON array (ASCII, escaped) keeps ("a:b", "c") and ("a", "b:c") apart."""
+    return IDP_SESSION_PREFIX + session_key(json.dumps([issuer, idp_session_id]))
+
 
 #: + the broadcasting replica's id: the list its acknowledgements come back on (gateway/sessions/redis_acks.py).
 ACKS_TO_PREFIX = "cg:acks:"
@@ -48,9 +65,12 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: session, agent index. ARGV: data, agent, now, ttl ms, index ttl s, member, session prefix.
-# Checks a few random index members and drops the ended ones: O(1) per login, and the index stays near its
-# live size (an agent who logs in daily would otherwise keep every expired key until the index's TTL).
+# KEYS: session, agent index, and its IdP session's index when it has a sid. ARGV: data, agent, now, ttl ms,
+# index ttl s, member, session prefix, agent prefix, sessions per IdP session at most. Checks a few random index
+# members and drops the ended ones: O(1) per login, and the index stays near its live size (an agent who logs in
+# daily would otherwise keep every expired key until the index's TTL). An IdP session's index is scored in
+# creation order (one more than its newest, whatever the replicas' clocks), so past the cap the oldest sessions
+# are ended, never the new one; returns their member, agent pairs, whose end the caller broadcasts.
 CREATE_SCRIPT = """
 redis.call('HSET', KEYS[1], 'data', ARGV[1], 'agent', ARGV[2], 'created', ARGV[3], 'seen', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -59,13 +79,37 @@ for _, member in ipairs(redis.call('SRANDMEMBER', KEYS[2], 8)) do
 end
 redis.call('SADD', KEYS[2], ARGV[6])
 if redis.call('PTTL', KEYS[2]) < ARGV[5] * 1000 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
-return 1
+local ended = {}
+if KEYS[3] then
+  redis.call('HSET', KEYS[1], 'idp', KEYS[3])
+  for _, member in ipairs(redis.call('ZRANDMEMBER', KEYS[3], 8)) do
+    if redis.call('EXISTS', ARGV[7] .. member) == 0 then redis.call('ZREM', KEYS[3], member) end
+  end
+  local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+  redis.call('ZADD', KEYS[3], newest[2] and tonumber(newest[2]) + 1 or 1, ARGV[6])
+  local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[9])
+  if excess > 0 then
+    local oldest = redis.call('ZPOPMIN', KEYS[3], excess)
+    for i = 1, #oldest, 2 do
+      local agent = redis.call('HGET', ARGV[7] .. oldest[i], 'agent')
+      if agent then
+        redis.call('DEL', ARGV[7] .. oldest[i])
+        redis.call('SREM', ARGV[8] .. agent, oldest[i])
+        table.insert(ended, oldest[i])
+        table.insert(ended, agent)
+      end
+    end
+  end
+  if redis.call('PTTL', KEYS[3]) < ARGV[5] * 1000 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
+end
+return ended
 """
 
-# KEYS: session. ARGV: now, idle s, absolute s, grace s, agent prefix, member. The absolute limit wins. The index
-# is given the session's TTL when its own is shorter (put back if it expired: a live session is always in it).
+# KEYS: session. ARGV: now, idle s, absolute s, grace s, agent prefix, member. The absolute limit wins. The indexes
+# (the agent's, the IdP session's) are given the session's TTL when their own is shorter (put back if they expired:
+# a live session is always in them).
 LOOKUP_SCRIPT = """
-local f = redis.call('HMGET', KEYS[1], 'data', 'agent', 'created', 'seen')
+local f = redis.call('HMGET', KEYS[1], 'data', 'agent', 'created', 'seen', 'idp')
 if not f[1] then return {'missing'} end
 local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local created, seen = tonumber(f[3]), tonumber(f[4])
@@ -74,6 +118,7 @@ if now - created >= absolute then state = 'absolute_expired' elseif now - seen >
 if state ~= 'valid' then
   redis.call('DEL', KEYS[1])
   redis.call('SREM', ARGV[5] .. f[2], ARGV[6])
+  if f[5] then redis.call('ZREM', f[5], ARGV[6]) end
   return {state, f[1], f[3], f[4]}
 end
 if now > seen then redis.call('HSET', KEYS[1], 'seen', ARGV[1]); f[4] = ARGV[1] end
@@ -83,15 +128,21 @@ local index = ARGV[5] .. f[2]
 local index_ttl = redis.call('PTTL', index)
 if index_ttl == -2 then redis.call('SADD', index, ARGV[6]) end
 if index_ttl ~= -1 and index_ttl < ttl then redis.call('PEXPIRE', index, ttl) end
+if f[5] then
+  local idp_ttl = redis.call('PTTL', f[5])
+  if idp_ttl == -2 then redis.call('ZADD', f[5], 1, ARGV[6]) end
+  if idp_ttl ~= -1 and idp_ttl < ttl then redis.call('PEXPIRE', f[5], ttl) end
+end
 return {state, f[1], f[3], f[4]}
 """
 
 # KEYS: session. ARGV: agent prefix, member.
 DELETE_SCRIPT = """
-local f = redis.call('HMGET', KEYS[1], 'data', 'agent')
+local f = redis.call('HMGET', KEYS[1], 'data', 'agent', 'idp')
 if not f[1] then return false end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', ARGV[1] .. f[2], ARGV[2])
+if f[3] then redis.call('ZREM', f[3], ARGV[2]) end
 return f[1]
 """
 
@@ -100,6 +151,8 @@ return f[1]
 REVOKE_SCRIPT = """
 local count = 0
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local idp = redis.call('HGET', ARGV[1] .. member, 'idp')
+  if idp then redis.call('ZREM', idp, member) end
   count = count + redis.call('DEL', ARGV[1] .. member)
 end
 redis.call('DEL', KEYS[1])
@@ -113,12 +166,13 @@ return count
 REVOKE_IDP_SESSION_SCRIPT = """
 local count = 0
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local data = redis.call('HGET', ARGV[1] .. member, 'data')
-  if not data then
+  local f = redis.call('HMGET', ARGV[1] .. member, 'data', 'idp')
+  if not f[1] then
     redis.call('SREM', KEYS[1], member)
-  elseif cjson.decode(data)['idp_session_id'] == ARGV[4] then
+  elseif cjson.decode(f[1])['idp_session_id'] == ARGV[4] then
     redis.call('DEL', ARGV[1] .. member)
     redis.call('SREM', KEYS[1], member)
+    if f[2] then redis.call('ZREM', f[2], member) end
     count = count + 1
   end
 end
@@ -166,6 +220,22 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local f = redis.call('HMGET', ARGV[1] .. member, 'data', 'created', 'seen')
   if not f[1] then
     redis.call('SREM', KEYS[1], member)
+  elseif now - tonumber(f[2]) < absolute and now - tonumber(f[3]) < idle then
+    table.insert(out, member); table.insert(out, f[1]); table.insert(out, f[2]); table.insert(out, f[3])
+  end
+end
+return out
+"""
+
+# KEYS: an IdP session's index. ARGV: session prefix, now, idle s, absolute s. As SESSIONS_OF_SCRIPT: member, data,
+# created, seen, ... of its live sessions; members whose session is gone are dropped.
+IDP_SESSIONS_SCRIPT = """
+local out = {}
+local now, idle, absolute = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[1] .. member, 'data', 'created', 'seen')
+  if not f[1] then
+    redis.call('ZREM', KEYS[1], member)
   elseif now - tonumber(f[2]) < absolute and now - tonumber(f[3]) < idle then
     table.insert(out, member); table.insert(out, f[1]); table.insert(out, f[2]); table.insert(out, f[3])
   end

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.errors import ConfigError, SessionStoreUnavailable
 from gateway.sessions.base import (
     MAX_PENDING_LOGINS,
+    MAX_SESSIONS_PER_IDP_SESSION,
     RESYNC_AGENT_ID,
     Lookup,
     PendingLogin,
@@ -57,6 +58,7 @@ from gateway.sessions.redis_scripts import (
     CREATE_SCRIPT,
     DELETE_SCRIPT,
     HEARTBEAT_SCRIPT,
+    IDP_SESSIONS_SCRIPT,
     LIVE_REPLICAS_SCRIPT,
     LOGIN_PREFIX,
     LOGINS_KEY,
@@ -72,6 +74,7 @@ from gateway.sessions.redis_scripts import (
     SESSION_PREFIX,
     SESSIONS_OF_SCRIPT,
     UPDATE_GROUPS_SCRIPT,
+    idp_session_index,
 )
 
 log = logging.getLogger(__name__)
@@ -160,6 +163,9 @@ class RedisSessionStore:
         self._revoke = self._redis.register_script(REVOKE_SCRIPT)
         self._revoke_idp_session = self._redis.register_script(REVOKE_IDP_SESSION_SCRIPT)
         self._sessions_of = self._redis.register_script(SESSIONS_OF_SCRIPT)
+        self._idp_sessions = self._redis.register_script(IDP_SESSIONS_SCRIPT)
+        #: Sessions one IdP session holds at most, the oldest ended first (as the embedded store).
+        self.max_sessions_per_idp_session = MAX_SESSIONS_PER_IDP_SESSION
         self._update_groups = self._redis.register_script(UPDATE_GROUPS_SCRIPT)
         self._heartbeat = self._redis.register_script(HEARTBEAT_SCRIPT)
         self._live_replicas_script = self._redis.register_script(LIVE_REPLICAS_SCRIPT)
@@ -174,13 +180,23 @@ class RedisSessionStore:
         key = session_key(session_id)
         ttl = min(self.idle_timeout, self.absolute_timeout) + self.expiry_grace_seconds
         index_ttl = self.absolute_timeout + self.expiry_grace_seconds
-        await self._call(
+        keys = [SESSION_PREFIX + key, AGENT_PREFIX + data.agent_id]
+        if data.idp_session_id is not None:
+            keys.append(idp_session_index(data.issuer, data.idp_session_id))
+        ended = await self._call(
             self._create(
-                keys=[SESSION_PREFIX + key, AGENT_PREFIX + data.agent_id],
+                keys=keys,
                 args=[encode_data(data), data.agent_id, repr(now), int(ttl * 1000), int(index_ttl) + 1, key,
-                      SESSION_PREFIX],
+                      SESSION_PREFIX, AGENT_PREFIX, self.max_sessions_per_idp_session],
             )
         )  # fmt: skip
+        for i in range(0, len(ended), 2):  # the oldest sessions of its IdP session, past the cap
+            await self._publish_end(ended[i], ended[i + 1])
+        if ended:
+            log.warning(
+                "a login ended %d older session(s) of its IdP session: at most %d at once",
+                len(ended) // 2, self.max_sessions_per_idp_session,
+            )  # fmt: skip
         return Session(session_id, data, now, now)
 
     async def lookup(self, session_id: str, now: float) -> Lookup:
@@ -281,8 +297,15 @@ class RedisSessionStore:
         return int(count)
 
     async def sessions_of(self, agent_id: str, now: float) -> list[Session]:
+        return await self._live_sessions(self._sessions_of, AGENT_PREFIX + agent_id, now)
+
+    async def sessions_of_idp_session(self, issuer: str, idp_session_id: str, now: float) -> list[Session]:
+        return await self._live_sessions(self._idp_sessions, idp_session_index(issuer, idp_session_id), now)
+
+    async def _live_sessions(self, script: AsyncScript, index: str, now: float) -> list[Session]:
+        """The live sessions an index lists (SESSIONS_OF_SCRIPT, IDP_SESSIONS_SCRIPT), by storage key."""
         args: list[str | float] = [SESSION_PREFIX, repr(now), self.idle_timeout, self.absolute_timeout]
-        flat = await self._call(self._sessions_of(keys=[AGENT_PREFIX + agent_id], args=args))
+        flat = await self._call(script(keys=[index], args=args))
         found = [
             Session(flat[i], decode_data(flat[i + 1]), float(flat[i + 2]), float(flat[i + 3]))
             for i in range(0, len(flat), 4)

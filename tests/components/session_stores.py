@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway.sessions.base import PendingLogin, Revocation, SessionData
+from gateway.sessions.base import PendingLogin, Revocation, SessionData, SessionStore
+from gateway.sessions.memory import MemorySessionStore
+from gateway.sessions.redis_scripts import idp_session_index
 from gateway.sessions.redis_store import RedisSessionStore
 
 IDLE = 600.0
@@ -60,3 +63,48 @@ async def wait_for_subscribers(url: str, count: int, timeout: float = 5.0) -> No
 
 async def next_of(feed: AsyncGenerator[Revocation, None]) -> Revocation:
     return await anext(feed)
+
+
+@dataclass
+class Backend:
+    """What a contract test needs to see behind the protocol: the raw stored data, and when a subscriber listens."""
+
+    name: str
+    store: SessionStore
+    url: str | None
+
+    async def stored_text(self) -> str:
+        if isinstance(self.store, MemorySessionStore):
+            return repr(vars(self.store))
+        assert self.url is not None
+        async with Redis.from_url(self.url, decode_responses=True) as raw:
+            parts = []
+            for key in await raw.keys("*"):
+                kind = await raw.type(key)
+                value = (
+                    await raw.hgetall(key) if kind == "hash"
+                    else await raw.smembers(key) if kind == "set"
+                    else await raw.zrange(key, 0, -1) if kind == "zset"
+                    else ""
+                )  # fmt: skip
+                parts.append(f"{key!s}={value!r}")
+            return "\n".join(parts)
+
+    async def idp_index(self, issuer: str, idp_session_id: str) -> list[str] | None:
+        """The storage keys an IdP session's index holds, oldest first, as stored; None when there is no index."""
+        if isinstance(self.store, MemorySessionStore):
+            index = self.store._by_idp_session.get((issuer, idp_session_id))
+            return None if index is None else list(index)
+        assert self.url is not None
+        async with Redis.from_url(self.url, decode_responses=True) as raw:
+            key = idp_session_index(issuer, idp_session_id)
+            if not await raw.exists(key):
+                return None
+            return [str(member) for member in await raw.zrange(key, 0, -1)]
+
+    async def wait_subscribed(self, count: int) -> None:
+        if self.url is None:
+            for _ in range(5):  # the in-process queue is registered on the generator's first step
+                await asyncio.sleep(0)
+        else:
+            await wait_for_subscribers(self.url, count)

@@ -1,6 +1,7 @@
 """Fixtures of the storage contract suites: each test runs against SQLite (a temporary file) and a real PostgreSQL
 server (``database_url``, from tests/components/fixtures.py), on a database created by the migrations (not
-``metadata.create_all``); the Redis session store's outage tests get a Redis server of their own."""
+``metadata.create_all``); each session-store contract test against the embedded store and a real Redis
+(``backend``); the Redis session store's outage tests get a Redis server of their own."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.sessions.base import SessionStore
+from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.redis_store import RedisSessionStore
 from gateway.settings import DatabaseSettings
 from gateway.storage.agents import AgentRepository
 from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade_to_head
 from tests.components.redis_server import RedisServer
-from tests.components.session_stores import redis_store
+from tests.components.session_stores import ABSOLUTE, IDLE, Backend, redis_store
 
 
 @pytest.fixture
@@ -59,3 +62,23 @@ async def replicas(redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, Red
     yield a, b
     await a.close()
     await b.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "memory":
+        return None
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+async def backend(backend_url: str | None) -> AsyncIterator[Backend]:
+    """One session store of each kind: the embedded one, and replica "replica-a"'s on the suite's Redis."""
+    store: SessionStore
+    if backend_url is None:
+        store = MemorySessionStore(IDLE, ABSOLUTE, "replica-a")
+    else:
+        store = redis_store(backend_url, "replica-a")
+    yield Backend("memory" if backend_url is None else "redis", store, backend_url)
+    await store.close()

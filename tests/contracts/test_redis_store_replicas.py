@@ -1,6 +1,7 @@
 """Two Redis session stores on one server, as two gateway replicas: each sees the other's sessions and group
-changes at its next lookup, a session lives in Redis no longer than its timeouts allow, and every replica receives
-the revocation broadcast.
+changes at its next lookup, a session lives in Redis no longer than its timeouts allow (its agent's and its IdP
+session's indexes at least as long, whatever the replicas' clocks), and every replica receives the revocation
+broadcast.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.sessions.base import SessionState, session_key
 from gateway.sessions.redis_codec import encode_data
+from gateway.sessions.redis_scripts import idp_session_index
 from gateway.sessions.redis_store import RedisSessionStore
 from tests.components.session_stores import (
     ABSOLUTE,
@@ -175,5 +177,59 @@ class TestRedisReplicas:
                 index_ttl = await raw.pttl(f"cg:a:{ALICE.agent_id}")  # read first: both end at the same moment
                 assert 0 < await raw.pttl(f"cg:s:{session_key(session.id)}") <= index_ttl
             assert (await store.revoke_agent(ALICE.agent_id))[0] == 1
+        finally:
+            await store.close()
+
+    async def test_an_idp_sessions_index_lives_as_long_as_its_sessions_and_then_expires(self, redis_url: str) -> None:
+        """It is given the agent index's TTL (absolute + grace) at the login, so Redis collects it with its
+        sessions: nothing is left of an IdP session whose sessions all ended by timeout, looked up or not."""
+        timeout, grace = 1.0, 0.5
+        store = RedisSessionStore(redis_url, timeout, timeout, "replica-a", expiry_grace_seconds=grace)
+        index = idp_session_index(ALICE.issuer, "sid-1")
+        try:
+            session = await store.create(ALICE, time.time())
+            async with Redis.from_url(redis_url) as raw:
+                index_ttl = await raw.pttl(index)
+                assert 0 < await raw.pttl(f"cg:s:{session_key(session.id)}") <= index_ttl
+                assert index_ttl <= (timeout + grace + 1) * 1000
+                await asyncio.sleep((timeout + grace + 1) + 0.3)
+                assert not await raw.exists(index, f"cg:s:{session_key(session.id)}")
+        finally:
+            await store.close()
+
+    async def test_a_logout_by_sid_finds_a_session_created_by_a_replica_whose_clock_runs_ahead(
+        self, redis_url: str
+    ) -> None:
+        """As for the agent index: lookups elsewhere keep the session alive past the TTL its IdP session's index
+        got at the login, so each lookup gives that index the session's TTL too."""
+        skew, timeout, grace = 10.0, 2.0, 0.5
+        fast = RedisSessionStore(redis_url, timeout, timeout, "fast", expiry_grace_seconds=grace)
+        right = RedisSessionStore(redis_url, timeout, timeout, "right", expiry_grace_seconds=grace)
+        try:
+            session = await fast.create(ALICE, time.time() + skew)
+            started = time.monotonic()
+            while time.monotonic() - started < timeout + grace + 1:  # past the index's TTL from the login
+                assert (await right.lookup(session.id, time.time())).state is SessionState.VALID
+                await asyncio.sleep(0.25)
+            found = await right.sessions_of_idp_session(ALICE.issuer, "sid-1", time.time())
+            assert [s.id for s in found] == [session_key(session.id)]
+        finally:
+            await fast.close()
+            await right.close()
+
+    async def test_a_lookup_puts_a_live_session_back_into_an_idp_sessions_index_that_expired(
+        self, redis_url: str
+    ) -> None:
+        store = redis_store(redis_url, "replica-a")
+        index = idp_session_index(ALICE.issuer, "sid-1")
+        try:
+            session = await store.create(ALICE, T0)
+            async with Redis.from_url(redis_url) as raw:
+                await raw.delete(index)  # as an index that expired before its session would be
+                assert (await store.lookup(session.id, T0 + 1)).state is SessionState.VALID
+                index_ttl = await raw.pttl(index)  # read first: both end at the same moment
+                assert 0 < await raw.pttl(f"cg:s:{session_key(session.id)}") <= index_ttl
+            found = await store.sessions_of_idp_session(ALICE.issuer, "sid-1", T0 + 1)
+            assert [s.id for s in found] == [session_key(session.id)]
         finally:
             await store.close()

@@ -12,9 +12,9 @@ import asyncio
 import base64
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,7 +24,6 @@ from gateway.errors import BadRequest, StorageError
 from gateway.sessions.base import (
     RESYNC_AGENT_ID,
     SessionState,
-    SessionStore,
     UseState,
     session_key,
 )
@@ -40,57 +39,9 @@ from tests.components.session_stores import (
     ODD_GROUPS,
     PENDING,
     T0,
+    Backend,
     next_of,
-    redis_store,
-    wait_for_subscribers,
 )
-
-
-@dataclass
-class Backend:
-    """What a test needs to see behind the protocol: the raw stored bytes, and when a subscriber is listening."""
-
-    name: str
-    store: SessionStore
-    url: str | None
-
-    async def stored_text(self) -> str:
-        if isinstance(self.store, MemorySessionStore):
-            return repr(vars(self.store))
-        assert self.url is not None
-        async with Redis.from_url(self.url, decode_responses=True) as raw:
-            parts = []
-            for key in await raw.keys("*"):
-                kind = await raw.type(key)
-                value = await raw.hgetall(key) if kind == "hash" else await raw.smembers(key) if kind == "set" else ""
-                parts.append(f"{key!s}={value!r}")
-            return "\n".join(parts)
-
-    async def wait_subscribed(self, count: int) -> None:
-        if self.url is None:
-            for _ in range(5):  # the in-process queue is registered on the generator's first step
-                await asyncio.sleep(0)
-        else:
-            await wait_for_subscribers(self.url, count)
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "memory":
-        return None
-    url: str = request.getfixturevalue("redis_url")
-    return url
-
-
-@pytest.fixture
-async def backend(backend_url: str | None) -> AsyncIterator[Backend]:
-    store: SessionStore
-    if backend_url is None:
-        store = MemorySessionStore(IDLE, ABSOLUTE, "replica-a")
-    else:
-        store = redis_store(backend_url, "replica-a")
-    yield Backend("memory" if backend_url is None else "redis", store, backend_url)
-    await store.close()
 
 
 class TestSessionStoreContract:

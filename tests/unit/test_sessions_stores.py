@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from pydantic import SecretStr
 
@@ -40,6 +42,15 @@ async def test_expired_sessions_are_purged_by_a_later_login_without_being_looked
     await store.create(AGENT, PURGE_INTERVAL_SECONDS + 600)
     assert len(store._sessions) == 1
     assert len(store._by_agent["a1"]) == 1
+
+
+async def test_an_idp_sessions_index_goes_with_its_sessions_purged_by_a_later_login() -> None:
+    store = MemorySessionStore(600, 3600, "r1")
+    for n in range(100):
+        await store.create(dataclasses.replace(AGENT, idp_session_id=f"sid-{n % 10}"), 0)
+    await store.create(AGENT, PURGE_INTERVAL_SECONDS + 600)
+    assert store._by_idp_session == {}
+    assert await store.sessions_of_idp_session(AGENT.issuer, "sid-1", PURGE_INTERVAL_SECONDS + 600) == []
 
 
 async def test_a_flood_of_unfinished_logins_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
