@@ -57,7 +57,7 @@ async def test_a_consoles_cookies_redirects_and_origin_wide_headers_stay_under_i
     bob = await gateway.login("bob")  # chat-agents
     chat.status = 302
     chat.answer = [
-        ("Set-Cookie", "console_sid=abc; Path=/; HttpOnly"),
+        ("Set-Cookie", "console_sid=abc; Path=/; Domain=channelgate.example; HttpOnly"),
         ("Location", "http://{host}/login?next=1"),
         ("Clear-Site-Data", '"cookies", "storage"'),
         ("Service-Worker-Allowed", "/"),
@@ -67,7 +67,10 @@ async def test_a_consoles_cookies_redirects_and_origin_wide_headers_stay_under_i
     ]
     answer = await bob.get(nginx.url + "/chat/evil", headers={"Accept": "application/json"})
     assert answer.status_code == 302, answer.text
-    assert answer.headers["set-cookie"].replace(" ", "").lower().startswith("console_sid=abc;path=/chat/")
+    cookie = answer.headers["set-cookie"].replace(" ", "").lower()
+    assert cookie.startswith("console_sid=abc;path=/chat/"), cookie
+    # Host-only: no Domain, or an empty one, which a browser ignores (RFC 6265 §5.2.3).
+    assert not [av for av in cookie.split(";") if av.startswith("domain=") and av != "domain="], cookie
     assert answer.headers["location"].endswith("/chat/login?next=1"), answer.headers["location"]
     for name in ("clear-site-data", "service-worker-allowed", "strict-transport-security"):
         assert name not in answer.headers
