@@ -21,7 +21,15 @@ from starlette.responses import RedirectResponse, Response
 from starlette.websockets import WebSocket
 
 from connectors.base import AgentRef, UpstreamRequest
-from gateway.audit.data_access import MAX_BODY, DataAccess, default_action, subject_from_body
+from gateway.audit.data_access import (
+    MAX_BODY,
+    UNNAMED_METHOD,
+    DataAccess,
+    classify,
+    default_action,
+    override_candidates,
+    subject_from_body,
+)
 from gateway.authn import DuplicateSessionCookie, require_session
 from gateway.errors import AccessDenied, AuthenticationRequired, BadRequest, ChannelgateError, NotFound
 from gateway.pages import error_response, wants_html
@@ -29,6 +37,7 @@ from gateway.policy_point import device_value
 from gateway.proxy.connector_flow import ChannelPlan, ConnectorResend
 from gateway.proxy.forward import ForwardStats
 from gateway.proxy.headers import check_header_size, console_scope, sanitise_request_headers
+from gateway.proxy.method_override import runs_as
 from gateway.proxy.paths import normalise_path, strip_query_values
 from gateway.proxy.routes import RouteMatch, upstream_url
 from gateway.proxy.websocket import proxy_websocket
@@ -59,6 +68,14 @@ class Forbidden(AccessDenied):
     """Denied by the route's rule; the message explains which group is missing."""
 
     code = "forbidden"
+
+
+class MethodOverrideRefused(Forbidden):
+    """A POST the console may run as another method (its ``_method``; gateway/proxy/method_override.py) which
+    the agent may not do as that method. Decided for POST alone, ``_method=GET`` would fetch what GET is refused
+    (a recording a ``[[routes.data]]`` rule makes a download), since Rails, Laravel, Symfony and Spring honour it."""
+
+    code = "method_override_refused"
 
 
 class ServiceWorkerRefused(AccessDenied):
@@ -172,7 +189,36 @@ async def check_request(
     services.metrics.decision(match.route.channel, decision.allowed).inc()
     if not decision.allowed:
         raise Forbidden(decision.explain())
-    return Checked(match, session, decision, path, query, access)
+    checked = Checked(match, session, decision, path, query, access)
+    await _decide_other_methods(connection, services, scope, checked, method, via)
+    return checked
+
+
+async def _decide_other_methods(
+    connection: HTTPConnection, services: Services, scope: RequestScope, checked: Checked, method: str, via: str
+) -> None:
+    """Decide the request again as each method the console may run it as whose rules give another action or
+    data class (each decision is a cached policy lookup); raise MethodOverrideRefused at the first refusal."""
+    runs = await runs_as(connection, method, checked.query, read_body=via == "inline", max_body=MAX_BODY)
+    if not runs:
+        return
+    assert services.routes is not None
+    rules = services.routes.data_rules(checked.match.route)
+    own = checked.access or DataAccess(None, default_action(method))
+    seen = {(own.action, own.pii)}
+    for other in sorted(runs.methods | (override_candidates(rules) if runs.any else frozenset())):
+        access = classify(rules, other, checked.path, checked.query, connection.headers)
+        if (access.action, access.pii) in seen:
+            continue
+        seen.add((access.action, access.pii))
+        decision = decide(connection, services, scope, checked.session, checked.match, access.pii, via, access.action)
+        if not decision.allowed:
+            name = "another method" if other == UNNAMED_METHOD else other
+            raise MethodOverrideRefused(
+                f"{decision.explain()} This {method} could be run as {name} by the console ({runs.why}), and as "
+                f"{name} it is refused."
+            )
+    scope.decision = checked.decision  # the record names the decision made for the request's own method
 
 
 async def _admit(connection: HTTPConnection, services: Services, scope: RequestScope, method: str) -> Admitted:
@@ -232,10 +278,13 @@ def decide(
     match: RouteMatch,
     pii: str | None,
     via: str,
+    action: str | None = None,
 ) -> Decision:
-    """The policy decision for this request (gateway/policy_point.py), kept on the scope for the access log."""
+    """The policy decision for this request (gateway/policy_point.py), kept on the scope for the access log;
+    for ``scope.action`` unless another ``action`` is asked about."""
     point = services.policy
-    assert point is not None and scope.action is not None
+    action = action or scope.action
+    assert point is not None and action is not None
     route = match.route
     data = session.data
     device_header = point.settings.device_header
@@ -250,7 +299,7 @@ def decide(
         now=services.clock(),
     )
     target = Target(route.channel, route.allowed_groups, route.prefix, pii or "none")
-    decision = point.decide(Subject(data.agent_id, data.user_name, data.groups), target, scope.action, context)
+    decision = point.decide(Subject(data.agent_id, data.user_name, data.groups), target, action, context)
     scope.decision = decision
     return decision
 
@@ -286,7 +335,7 @@ async def proxy_http(request: Request) -> Response:
             response = _login_redirect(request)
         else:
             response = error_response(request, exc, scope.request_id)
-        detail = {"error": exc.code} if isinstance(exc, DuplicateSessionCookie) else None
+        detail = {"error": exc.code} if isinstance(exc, DuplicateSessionCookie | MethodOverrideRefused) else None
         services.audit.submit(
             request_record(
                 scope,

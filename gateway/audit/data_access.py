@@ -24,6 +24,10 @@ MAX_BODY = 64 * 1024
 MAX_SUBJECT = 128
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: What a POST may be run as when its ``_method`` could not be read (gateway/proxy/method_override.py): these,
+#: every method a rule names, and one no rule names (``UNNAMED_METHOD``: the default action, rules without methods).
+_USUAL_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
+UNNAMED_METHOD = "(another method)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,7 @@ class DataRules:
 
     def __init__(self, rules: Sequence[DataRuleSettings]) -> None:
         self._rules = tuple(_Rule.of(rule) for rule in rules)
+        self.methods = frozenset(method for rule in self._rules for method in rule.methods)
 
     def classify(self, method: str, path: str, query: str, headers: Mapping[str, str]) -> DataAccess:
         """Subject and action of a request (``path`` normalised, ``query`` raw); a body subject is left to
@@ -105,6 +110,19 @@ class DataRules:
                 return DataAccess(None, action, rule.pii, body_field=rule.name)
             return DataAccess(subject, action, rule.pii)
         return DataAccess(None, default_action(method))
+
+
+def classify(rules: DataRules | None, method: str, path: str, query: str, headers: Mapping[str, str]) -> DataAccess:
+    """``rules.classify``, or the method's default action for a route without rules."""
+    if rules is None:
+        return DataAccess(None, default_action(method))
+    return rules.classify(method, path, query, headers)
+
+
+def override_candidates(rules: DataRules | None) -> frozenset[str]:
+    """Every method whose rules could decide a POST differently, for a POST that may run as any method."""
+    named = rules.methods if rules is not None else frozenset()
+    return (_USUAL_METHODS | named | {UNNAMED_METHOD}) - {"POST"}
 
 
 def subject_from_body(body: bytes, content_type: str, field: str) -> str | None:
