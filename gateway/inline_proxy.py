@@ -24,6 +24,7 @@ from connectors.base import AgentRef, UpstreamRequest
 from gateway.audit.data_access import (
     MAX_BODY,
     UNNAMED_METHOD,
+    WEBSOCKET,
     DataAccess,
     classify,
     default_action,
@@ -37,7 +38,7 @@ from gateway.policy_point import device_value
 from gateway.proxy.connector_flow import ChannelPlan, ConnectorResend
 from gateway.proxy.forward import ForwardStats
 from gateway.proxy.headers import check_header_size, console_scope, sanitise_request_headers
-from gateway.proxy.method_override import runs_as
+from gateway.proxy.method_override import RunsAs, runs_as
 from gateway.proxy.paths import normalise_path, strip_query_values
 from gateway.proxy.routes import RouteMatch, upstream_url
 from gateway.proxy.websocket import proxy_websocket
@@ -76,6 +77,13 @@ class MethodOverrideRefused(Forbidden):
     (a recording a ``[[routes.data]]`` rule makes a download), since Rails, Laravel, Symfony and Spring honour it."""
 
     code = "method_override_refused"
+
+
+class UpgradeRefused(MethodOverrideRefused):
+    """A GET through forward-auth, which cannot tell a WebSocket upgrade from a plain GET, on a path whose
+    ``[[routes.data]]`` rule for ``WEBSOCKET`` the agent's policy refuses."""
+
+    code = "websocket_refused"
 
 
 class ServiceWorkerRefused(AccessDenied):
@@ -198,8 +206,12 @@ async def _decide_other_methods(
     connection: HTTPConnection, services: Services, scope: RequestScope, checked: Checked, method: str, via: str
 ) -> None:
     """Decide the request again as each method the console may run it as whose rules give another action or
-    data class (each decision is a cached policy lookup); raise MethodOverrideRefused at the first refusal."""
-    runs = await runs_as(connection, method, checked.query, read_body=via == "inline", max_body=MAX_BODY)
+    data class (each decision is a cached policy lookup); raise MethodOverrideRefused at the first refusal. A
+    front proxy's question about a GET may be about a WebSocket upgrade (forward-auth is not told): both."""
+    if via == "forward-auth" and method == "GET":
+        runs = RunsAs(frozenset({WEBSOCKET}), why="forward-auth cannot tell an upgrade from a GET")
+    else:
+        runs = await runs_as(connection, method, checked.query, read_body=via == "inline", max_body=MAX_BODY)
     if not runs:
         return
     assert services.routes is not None
@@ -213,8 +225,9 @@ async def _decide_other_methods(
         seen.add((access.action, access.pii))
         decision = decide(connection, services, scope, checked.session, checked.match, access.pii, via, access.action)
         if not decision.allowed:
-            name = "another method" if other == UNNAMED_METHOD else other
-            raise MethodOverrideRefused(
+            name = {UNNAMED_METHOD: "another method", WEBSOCKET: "a WebSocket"}.get(other, other)
+            refused = UpgradeRefused if other == WEBSOCKET else MethodOverrideRefused
+            raise refused(
                 f"{decision.explain()} This {method} could be run as {name} by the console ({runs.why}), and as "
                 f"{name} it is refused."
             )
@@ -252,7 +265,7 @@ async def _admit(connection: HTTPConnection, services: Services, scope: RequestS
         also_remove=plan.strip,
     )
     url = upstream_url(match, path, checked.query)
-    upstream = UpstreamRequest(method=method, url=url, headers=headers)
+    upstream = UpstreamRequest(method="GET" if method == WEBSOCKET else method, url=url, headers=headers)
     agent = AgentRef(agent_id=session.data.agent_id, user_name=session.data.user_name, email=None)
     await plan.connector.prepare(agent, upstream)
     upstream.headers.append(
@@ -443,7 +456,7 @@ async def proxy_websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=1008)
         return
     try:
-        admitted = await _admit(websocket, services, scope, "GET")
+        admitted = await _admit(websocket, services, scope, WEBSOCKET)
         if admitted.match.redirect:
             raise NotFound("No console is served at this address.")
     except ChannelgateError as exc:

@@ -165,7 +165,8 @@ class DataRuleSettings(_Section):
 
     #: The request path (after normalisation): ``{name}`` captures one segment, ``*`` matches one, ``**`` the rest.
     path: str
-    #: Methods the rule applies to (any when empty).
+    #: Methods the rule applies to (any when empty). ``WEBSOCKET`` names WebSocket upgrades, and only them (an
+    #: agent sends data over one: give it ``action = "change"``); a rule naming ``GET`` applies to upgrades too.
     methods: tuple[str, ...] = ()
     action: DataAction | None = None
     #: Where the data subject is: ``path:NAME`` (a ``{NAME}`` of ``path``), ``query:NAME``, ``body:NAME`` (a JSON

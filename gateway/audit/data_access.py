@@ -24,6 +24,10 @@ MAX_BODY = 64 * 1024
 MAX_SUBJECT = 128
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The method a WebSocket upgrade is classified as. A rule naming it applies to upgrades alone; rules naming GET
+#: apply to them too (an upgrade is a GET, RFC 6455 §4.1), as they always did.
+WEBSOCKET = "WEBSOCKET"
+_UPGRADE_METHODS = frozenset({WEBSOCKET, "GET"})
 #: What a POST may be run as when its ``_method`` could not be read (gateway/proxy/method_override.py): these,
 #: every method a rule names, and one no rule names (``UNNAMED_METHOD``: the default action, rules without methods).
 _USUAL_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
@@ -40,7 +44,7 @@ class DataAccess:
 
 
 def default_action(method: str) -> str:
-    return "view" if method in _SAFE_METHODS or method == "WEBSOCKET" else "change"
+    return "view" if method in _SAFE_METHODS or method == WEBSOCKET else "change"
 
 
 def _pattern(path: str) -> re.Pattern[str]:
@@ -91,7 +95,9 @@ class DataRules:
         """Subject and action of a request (``path`` normalised, ``query`` raw); a body subject is left to
         ``subject_from_body`` once the body was read."""
         for rule in self._rules:
-            if rule.methods and method not in rule.methods:
+            if rule.methods and (
+                rule.methods.isdisjoint(_UPGRADE_METHODS) if method == WEBSOCKET else method not in rule.methods
+            ):
                 continue
             found = rule.pattern.fullmatch(path)
             if found is None:
@@ -122,7 +128,7 @@ def classify(rules: DataRules | None, method: str, path: str, query: str, header
 def override_candidates(rules: DataRules | None) -> frozenset[str]:
     """Every method whose rules could decide a POST differently, for a POST that may run as any method."""
     named = rules.methods if rules is not None else frozenset()
-    return (_USUAL_METHODS | named | {UNNAMED_METHOD}) - {"POST"}
+    return (_USUAL_METHODS | named | {UNNAMED_METHOD}) - {"POST", WEBSOCKET}
 
 
 def subject_from_body(body: bytes, content_type: str, field: str) -> str | None:

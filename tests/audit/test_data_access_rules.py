@@ -47,6 +47,21 @@ def test_the_first_matching_rule_decides_and_methods_narrow_it() -> None:
     assert classify("GET", "/crm/customers/C-7/profile") == ("C-7", "view", "customer", None)
 
 
+def test_a_websocket_rule_gives_upgrades_alone_its_action_and_get_rules_still_apply_to_them() -> None:
+    rules = DataRules(
+        [
+            DataRuleSettings(path="/chat/ws", methods=("WEBSOCKET",), action="change"),
+            DataRuleSettings(path="/chat/customers/{c}/**", methods=("GET",), subject="path:c", pii="customer"),
+        ]
+    )
+    assert rules.classify("WEBSOCKET", "/chat/ws", "", {}).action == "change"
+    assert rules.classify("GET", "/chat/ws", "", {}).action == "view"  # a plain GET of the same path
+    upgrade = rules.classify("WEBSOCKET", "/chat/customers/C-1/live", "", {})
+    assert (upgrade.subject, upgrade.action, upgrade.pii) == ("C-1", "view", "customer")  # as before
+    assert rules.classify("WEBSOCKET", "/chat/other", "", {}).action == "view"  # the default, unchanged
+    assert rules.classify("POST", "/chat/ws", "", {}).action == "change"
+
+
 def test_subjects_come_from_the_query_and_headers() -> None:
     assert classify("GET", "/crm/export", "segment=vip&format=csv") == ("vip", "export", None, None)
     assert classify("GET", "/crm/lookup", headers={"x-customer-id": "C-9"}) == ("C-9", "view", None, None)
