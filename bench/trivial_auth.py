@@ -39,7 +39,7 @@ ANSWER: list[tuple[bytes, bytes]] = [(b"x-channelgate-assertion", b"trivial"), (
 #: The access log, with ``--log``.
 LOGS: list[AuditLog] = []
 #: What channelgate records for an allowed forward-auth check, after the time, the kind and the request id.
-_TAIL = insert_values(
+ROW_TAIL = insert_values(
     AccessRecord(
         time=utcnow(), kind="request", agent_id="00000000-0000-4000-8000-000000000001", agent_name="alice",
         source_ip="127.0.0.1", channel="chat", method="GET", path="/chat/", status=200, decision="allow",
@@ -50,7 +50,7 @@ _TAIL = insert_values(
 
 async def decide(request: Request) -> Response:
     for log in LOGS:
-        log.submit_row((utcnow(), "request", new_request_id(), *_TAIL))
+        log.submit_row((utcnow(), "request", new_request_id(), *ROW_TAIL))
     response = Response(status_code=200)
     response.raw_headers.extend(ANSWER)
     return response
