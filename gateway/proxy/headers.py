@@ -223,9 +223,20 @@ def client_address(peer_ip: str, headers: Sequence[tuple[bytes, bytes]], trusted
 #: them: Clear-Site-Data would wipe the gateway's session cookie and every console's storage, Service-Worker-Allowed
 #: widen a worker's scope past its prefix, Strict-Transport-Security (``max-age=0``) switch off the origin's HSTS,
 #: Origin-Agent-Cluster change the origin's agent cluster, and ``Access-Control-*`` open the origin to other sites
-#: (CORS is the gateway's decision, not a console's).
+#: (CORS is the gateway's decision, not a console's). NEL and Report-To set the origin's network-error reporting
+#: (W3C Network Error Logging): a console could have the browser report every failed request to any console's
+#: paths — URLs, referrers, client addresses — to an endpoint of its choice, for as long as ``max_age``; Alt-Svc
+#: (RFC 7838) sends the browser's later requests for the whole origin to another port or host.
 ORIGIN_WIDE = frozenset(
-    {"clear-site-data", "service-worker-allowed", "strict-transport-security", "origin-agent-cluster"}
+    {
+        "clear-site-data",
+        "service-worker-allowed",
+        "strict-transport-security",
+        "origin-agent-cluster",
+        "nel",
+        "report-to",
+        "alt-svc",
+    }
 )
 _ORIGIN_WIDE_PREFIXES = ("access-control-",)
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gateway.proxy.headers import ORIGIN_WIDE
 from tests.components.echo_gateway import EchoConsole
 from tests.components.fronted_stack import FrontedStack, cookie_header
 from tests.components.hostile_console import HostileConsole
@@ -27,6 +28,9 @@ ORIGIN_WIDE_ANSWER = [
     ("Service-Worker-Allowed", "/"),
     ("Strict-Transport-Security", "max-age=0"),
     ("Origin-Agent-Cluster", "?0"),
+    ("NEL", '{"report_to": "evil", "max_age": 31536000, "include_subdomains": true}'),
+    ("Report-To", '{"group": "evil", "max_age": 31536000, "endpoints": [{"url": "https://evil.example/r"}]}'),
+    ("Alt-Svc", 'h2=":9443"; ma=86400'),
     ("Access-Control-Allow-Origin", "https://evil.example"),
     ("Access-Control-Allow-Credentials", "true"),
     ("Access-Control-Allow-Methods", "DELETE"),
@@ -85,7 +89,7 @@ class ConsoleIsolationChecks(ForwardAuthChecks):
         hostile.answer = ORIGIN_WIDE_ANSWER
         answer = await self.answer_of(stack, carol)
         assert answer.status_code == 200 and answer.text == "evil", answer.text[:300]
-        for name in ("clear-site-data", "service-worker-allowed", "strict-transport-security", "origin-agent-cluster"):
+        for name in ORIGIN_WIDE:
             assert name not in answer.headers, name
         assert not [name for name in answer.headers if name.startswith("access-control-")]
 

@@ -193,6 +193,9 @@ async def test_a_link_that_acts_beyond_the_page_or_cannot_be_read_never_reaches_
         ("Access-Control-Allow-Origin", "https://evil.example"),
         ("Access-Control-Allow-Credentials", "true"),
         ("Origin-Agent-Cluster", "?0"),
+        ("NEL", '{"report_to": "evil", "max_age": 31536000}'),  # the origin's network errors, reported to the console
+        ("Report-To", '{"group": "evil", "max_age": 31536000, "endpoints": [{"url": "https://evil.example/r"}]}'),
+        ("Alt-Svc", 'h2=":9443"; ma=86400'),  # would send the whole origin's requests to another port
     ],
 )
 async def test_a_console_cannot_change_the_origins_security_posture(gateway: Deployment, name: str, value: str) -> None:
