@@ -199,9 +199,19 @@ async def _heartbeat(services: Services) -> None:
     while True:
         try:
             await services.sessions.heartbeat()
-            await services.revived.sweep_if_due()  # after an outage (and at start), once the store answers
         except ChannelgateError as exc:
             log.warning("session store heartbeat failed: %s", exc.message)
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+async def _revived_sessions(services: Services) -> None:
+    """After a session-store outage (and at start), end again what a restarted Redis brought back
+    (gateway/deprovision/revived.py). A task of its own: a sweep waiting on Redis must not delay the heartbeat."""
+    while True:
+        try:
+            await services.revived.sweep_if_due()
+        except ChannelgateError as exc:
+            log.warning("ending sessions a session-store restart may have brought back failed: %s", exc.message)
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
@@ -280,6 +290,7 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
             asyncio.create_task(_revocation_listener(built), name="channelgate-revocations"),
             asyncio.create_task(sweeps, name="channelgate-session-watch"),
             asyncio.create_task(_heartbeat(built), name="channelgate-heartbeat"),
+            asyncio.create_task(_revived_sessions(built), name="channelgate-revived-sessions"),
             asyncio.create_task(worker.run_forever(), name="channelgate-pipeline"),
         ]
         if built.policy is not None and built.settings.policies.reload_interval_seconds > 0:

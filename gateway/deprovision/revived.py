@@ -39,8 +39,8 @@ RECOVERY_CHECK_SECONDS = 60.0
 #: Added to the longest session lifetime when choosing the agents to sweep: replicas' clocks decide expiry
 #: (``expiry_grace_seconds`` lets a lookup see a session a little past it).
 LIFETIME_MARGIN_SECONDS = 600
-#: Agents revoked per round trip to the store.
-BATCH = 500
+#: Agents read again (still inactive?) per query before their sessions are ended.
+BATCH = 100
 
 
 class RevivedSessions:
@@ -64,6 +64,8 @@ class RevivedSessions:
         self._monotonic = monotonic
         #: When the last completed sweep started (monotonic); None before the first.
         self._swept_at: float | None = None
+        #: Records of sessions ended whose write failed: written before anything else at the next turn.
+        self._unwritten: list[AccessRecord] = []
 
     def due(self) -> bool:
         """No sweep has completed since the store last failed to answer (or since the gateway started)."""
@@ -78,23 +80,29 @@ class RevivedSessions:
 
     async def sweep_if_due(self) -> int:
         """Sweep when :meth:`due`; the number of sessions ended. Raises ``ChannelgateError`` (store or database
-        unreachable): the sweep stays due and the caller tries again at its next turn."""
+        unreachable): the sweep stays due and the caller tries again at its next turn, and the records of sessions
+        already ended are kept and written first then (nothing ended goes unrecorded)."""
+        await self._write_records()
         if not self.due():
             return 0
         started = self._monotonic()
-        inactive = await self._agents.inactive_since(utcnow() - self._lifetime)
+        cutoff = utcnow() - self._lifetime
+        inactive = await self._agents.inactive_since(cutoff)
         ended = agents_ended = 0
         for start in range(0, len(inactive), BATCH):
-            batch = inactive[start : start + BATCH]
-            results = await self._sessions.revoke_agents([agent.id for agent in batch])
-            revived = [(agent, count) for agent, (count, _) in zip(batch, results, strict=True) if count]
-            if not revived:
-                continue
-            await self._audit.write(*(_record(agent.id, agent.user_name, count) for agent, count in revived))
-            agents_ended += len(revived)
-            ended += sum(count for _, count in revived)
-            self._metrics.revocations.inc(len(revived))
-            self._metrics.sessions_revoked.inc(sum(count for _, count in revived))
+            # Read again just before ending: an agent made active meanwhile may have signed in anew.
+            batch = await self._agents.inactive_since(cutoff, ids=[a.id for a in inactive[start : start + BATCH]])
+            for agent in batch:
+                # Broadcast only when a session did come back: a sweep after every outage must not send every
+                # replica one revocation per recently disabled agent.
+                count, _ = await self._sessions.revoke_agent_if_any(agent.id)
+                if count:
+                    self._unwritten.append(_record(agent.id, agent.user_name, count))
+                    agents_ended += 1
+                    ended += count
+                    self._metrics.revocations.inc()
+                    self._metrics.sessions_revoked.inc(count)
+            await self._write_records()
         if ended:
             log.warning(
                 "the session store brought back %d session(s) of %d inactive agent(s); they were ended again",
@@ -103,6 +111,11 @@ class RevivedSessions:
             )
         self._swept_at = started
         return ended
+
+    async def _write_records(self) -> None:
+        if self._unwritten:
+            await self._audit.write(*self._unwritten)
+            self._unwritten.clear()
 
 
 def _record(agent_id: str, user_name: str, count: int) -> AccessRecord:

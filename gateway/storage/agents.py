@@ -163,11 +163,13 @@ class AgentRepository:
         async with read_transaction(self._engine, conn) as c:
             return [_agent(row) for row in (await c.execute(query)).mappings()]
 
-    async def inactive_since(self, since: datetime) -> builtins.list[Agent]:
+    async def inactive_since(self, since: datetime, *, ids: Sequence[str] | None = None) -> builtins.list[Agent]:
         """Agents disabled or deleted, deleted or not, whose row changed at or after ``since`` (a superset of those
-        made inactive since then): whose sessions a session store that lost writes may have brought back
-        (gateway/deprovision/revived.py)."""
+        made inactive since then), of ``ids`` if given: whose sessions a session store that lost writes may have
+        brought back (gateway/deprovision/revived.py)."""
         query = select(agents).where(agents.c.active.is_(False), agents.c.updated_at >= to_db(since))
+        if ids is not None:
+            query = query.where(agents.c.id.in_(ids))
         async with read_transaction(self._engine) as c:
             return [_agent(row) for row in (await c.execute(query.order_by(agents.c.id))).mappings()]
 

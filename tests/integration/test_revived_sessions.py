@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from gateway.storage.access_log import AccessQuery
+from gateway.storage.access_log import AccessQuery, AccessRecord
 from tests.components.echo_gateway import Deployment, deployment, eventually
 from tests.components.oidc_provider import OidcProviderFactory
 from tests.components.ports import LOOPBACK
@@ -67,9 +67,7 @@ async def test_a_session_a_restarted_redis_brings_back_is_ended_again_without_an
 
     # Nobody asks with carol's cookie: the next heartbeat after the outage ends the session all the same.
     await eventually(lambda: _none_left(own_redis), timeout=20)
-    await gateway.services.audit.flush()
-    records = await gateway.services.access_log.search(AccessQuery(agent_name="carol", kind="sessions_revoked"))
-    [recovered] = [r for r in records if (r.detail or {}).get("source") == "session-store-recovery"]
+    [recovered] = await eventually(lambda: _recovery_records(gateway), timeout=10)
     assert recovered.detail == {"source": "session-store-recovery", "sessions": 1}
     assert recovered.reason is not None and "revived" in recovered.reason
     assert not gateway.services.revived.due()
@@ -78,3 +76,8 @@ async def test_a_session_a_restarted_redis_brings_back_is_ended_again_without_an
 
 async def _none_left(server: RedisServer) -> bool:
     return _session_keys(server) == 0
+
+
+async def _recovery_records(gateway: Deployment) -> list[AccessRecord]:
+    records = await gateway.services.access_log.search(AccessQuery(agent_name="carol", kind="sessions_revoked"))
+    return [r for r in records if (r.detail or {}).get("source") == "session-store-recovery"]
