@@ -5,7 +5,8 @@ listener (bound to ``::``) reports every IPv4 peer that way, and a front proxy m
 ``X-Forwarded-For``. Python's ``ipaddress`` keeps the two forms apart (``::ffff:10.20.1.2`` is not in
 ``10.20.0.0/16``), so a policy network, a trusted proxy or a forward-auth caller written in IPv4 form would not
 hold the same host spelled the other way: a ``forbid`` for that network bypassed by spelling, a trusted proxy not
-recognised. An address is therefore in a network when it or the IPv4 address it maps is.
+recognised. An address is therefore in a network when it is in either spelling, and a network may be written in
+either.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def parse_address(text: str) -> IPAddress | None:
 
 
 def within(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
-    """Whether ``address``, or the IPv4 address it maps, is in one of ``networks``."""
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return any(address in network or (mapped is not None and mapped in network) for network in networks)
+    """Whether ``address`` is in one of ``networks``, whichever of the two forms either is written in: an IPv4
+    address is also looked for as ``::ffff:a.b.c.d`` (a network copied from a dual-stack listener's logs), an
+    IPv4-mapped one also as the IPv4 address it maps."""
+    if isinstance(address, ipaddress.IPv6Address):
+        other: IPAddress | None = address.ipv4_mapped
+    else:
+        other = ipaddress.IPv6Address(f"::ffff:{address}")
+    return any(address in network or (other is not None and other in network) for network in networks)
