@@ -76,8 +76,11 @@ class SecurityEvent:
     issuers: frozenset[str] = frozenset()
     #: Whether one of them is an ``email`` subject, counted as an account of the login IdP.
     names_email: bool = False
-    #: How many different subjects ``sub_id`` and the events' ``subject`` members name (one is acted on).
+    #: The most different subjects ``sub_id`` and the events' ``subject`` members name in one form (iss_sub or
+    #: email): more than one is two accounts for sure (``authorize`` refuses it).
     subject_count: int = 1
+    #: The other subjects, each in another form than ``subject``: the receiver acts only if they name the same agent.
+    also_named: tuple[Subject, ...] = ()
 
     @property
     def action(self) -> Action:
@@ -102,6 +105,16 @@ def _subject(identifier: Any, transmitter: str) -> Subject | None:
     if form == "email" and isinstance(identifier.get("email"), str) and identifier["email"]:
         return Subject(email=identifier["email"])
     return None
+
+
+def _form(subject: Subject) -> str:
+    return "email" if subject.email is not None else "sub"
+
+
+def _key(subject: Subject) -> tuple[str | None, ...]:
+    if subject.email is not None:
+        return ("email", subject.email.casefold())
+    return ("sub", subject.issuer, subject.subject)
 
 
 def _identifiers(claims: dict[str, Any], events: dict[str, Any]) -> Iterator[Any]:
@@ -157,14 +170,18 @@ def security_event(
     # ``sub_id`` (SSF) or each event's ``subject`` (CAEP/RISC drafts). A SET is one logical event about one subject
     # (RFC 8417 §2.2, ``events``): one naming two people is refused (``authorize``), not applied to the first.
     named = [_subject(claims.get("sub_id"), issuer), *(_subject(v.get("subject"), issuer) for v in events.values())]
-    subjects = list(dict.fromkeys(s for s in named if s is not None))
+    # One account may be named once per form (an iss_sub in sub_id, its email in the event); within a form, values
+    # that name the same account are one (emails compare case-insensitively, as agents are found by email).
+    subjects = list({_key(s): s for s in reversed([s for s in named if s is not None])}.values())[::-1]
+    forms = [_form(s) for s in subjects]
     if not subjects:
         raise InvalidSet("the SET names no subject the gateway knows how to match (iss_sub, opaque or email)")
     subject = subjects[0]
     actions = tuple((name, ACTIONS.get(name, Action.IGNORE)) for name in events)
     names_email = any(isinstance(i, dict) and i.get("format") == "email" for i in _identifiers(claims, events))
     issuers = frozenset(_issuers(claims, events, issuer, email_issuer))
-    return SecurityEvent(jti, subject, actions, issuers, names_email, len(subjects))
+    most = max(forms.count(form) for form in set(forms))
+    return SecurityEvent(jti, subject, actions, issuers, names_email, most, tuple(subjects[1:]))
 
 
 class NotSpokenFor(InvalidSet):

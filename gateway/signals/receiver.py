@@ -45,6 +45,7 @@ from gateway.signals.events import (
     InvalidSet,
     NotSpokenFor,
     SecurityEvent,
+    Subject,
     authorize,
     security_event,
 )
@@ -104,8 +105,19 @@ async def _read(request: Request) -> str:
 
 
 async def _agents(services: Services, event: SecurityEvent) -> list[Agent]:
-    """The live agents the subject names: one, none, or (an email several agents share) more, by userName."""
-    subject = event.subject
+    """The live agents the subject names: one, none, or (an email several agents share) more, by userName. A SET
+    naming its subject in a second form too (an ``iss_sub`` and an email) is acted on only if both name them."""
+    found = await _agents_named(services, event.subject)
+    for other in event.also_named:
+        if {a.id for a in await _agents_named(services, other)} != {a.id for a in found}:
+            raise InvalidSet(
+                "the SET names its subject in two forms that are not the same agent here (RFC 8417 §2.2: a SET is "
+                "about one subject); send one SET per account"
+            )
+    return found
+
+
+async def _agents_named(services: Services, subject: Subject) -> list[Agent]:
     if subject.issuer is not None and subject.subject is not None:
         agent = await services.agents.find_by_oidc(subject.issuer, subject.subject)
         return [agent] if agent is not None and not agent.deleted else []

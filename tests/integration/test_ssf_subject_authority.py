@@ -195,3 +195,33 @@ def test_a_bad_subject_issuers_list_stops_the_gateway_at_start_naming_each_probl
     assert "'*': wildcards are not supported" in message
     assert "'https://idp.example/?tenant=1': the issuer must be an https URL without query or fragment" in message
     assert "'idp.example'" in message and "an issuer is listed twice" in message
+
+
+async def test_an_account_named_twice_in_two_forms_is_acted_on_only_if_both_name_the_same_agent(
+    stack: Signals,
+) -> None:
+    """SSF 1.0's sub_id and the CAEP drafts' event subject, both sent for receivers of either generation: the same
+    account as an iss_sub and as its email (in any letter case) is one subject; naming bob's email beside alice's
+    iss_sub is two people and nothing is done."""
+    gateway, idp = stack.gateway, stack.idp
+    alice, agent = await _alice(gateway)
+    bob = await gateway.login("bob")
+    bob_agent = await gateway.services.agents.find("bob")
+    assert bob_agent is not None and bob_agent.email
+
+    mixed = idp.sign(
+        {CAEP + "session-revoked": {"subject": {"format": "email", "email": bob_agent.email.upper()}}},
+        aud=gateway.url, sub_id=_iss_sub(agent),
+    )  # fmt: skip
+    refused = await push(gateway.url, mixed, idp.token)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["err"] == "invalid_request" and "two forms" in refused.json()["description"]
+    assert await _chat(alice, gateway) == 200 and await _chat(bob, gateway) in (200, 403)
+
+    same = idp.sign(
+        {CAEP + "session-revoked": {"subject": {"format": "email", "email": agent.email.upper()}}},
+        aud=gateway.url, sub_id=_iss_sub(agent),
+    )  # fmt: skip
+    assert (await push(gateway.url, same, idp.token)).status_code == 202
+    assert await _chat(alice, gateway) == 401
+    assert await _chat(bob, gateway) in (200, 403)  # bob's session survives (403: chat may not be his console)

@@ -92,3 +92,25 @@ def test_a_set_naming_two_different_subjects_is_refused_not_applied_to_the_first
 def test_the_same_subject_named_in_sub_id_and_in_the_event_is_one_subject() -> None:
     event = _event({RISC + "account-disabled": {"subject": dict(OWN)}}, sub_id=OWN)
     assert event.subject == Subject(issuer=VENDOR, subject="v-1")
+
+
+IDP_ALICE = {"format": "iss_sub", "iss": IDP, "sub": "alice-1"}
+
+
+@pytest.mark.parametrize(
+    ("sub_id", "event_subject"),
+    [
+        (IDP_ALICE, {"format": "email", "email": "alice@example.com"}),  # SSF 1.0 and CAEP-draft styles together
+        ({"format": "email", "email": "Alice@Example.com"}, {"format": "email", "email": "alice@example.com"}),
+    ],
+    ids=["iss_sub-and-email", "email-case"],
+)
+def test_one_account_named_in_two_forms_or_letter_cases_is_not_refused_as_two(
+    sub_id: dict[str, Any], event_subject: dict[str, Any]
+) -> None:
+    body = {"iss": IDP, "aud": "https://gw.example", "iat": NOW, "jti": "j-1", "sub_id": sub_id,
+            "events": {CAEP + "session-revoked": {"subject": event_subject}}}  # fmt: skip
+    event = security_event({"typ": "secevent+jwt"}, body, issuer=IDP, audience="https://gw.example", now=NOW,
+                           email_issuer=IDP)  # fmt: skip
+    authorize(event, transmitter=IDP, speaks_for=frozenset({IDP}))  # the receiver then checks they are one agent
+    assert event.subject_count == 1
