@@ -272,6 +272,18 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
                 "no assertion signing key is configured: using an ephemeral key; configure "
                 "[assertion] private_key_files so every replica signs with the same keys"
             )
+        for transmitter in built.settings.ssf.transmitters:
+            if built.settings.oidc.issuer not in transmitter.speaks_for:
+                # Not an error (a vendor's transmitter names only its own accounts), but an IdP whose signals
+                # service signs as another issuer gets every SET about its agents refused until this is set.
+                log.warning(
+                    "Shared Signals transmitter %s may name only its own accounts, not those of the login IdP %s "
+                    "(iss_sub subjects of that issuer, emails): if it sends SETs about the IdP's agents, add "
+                    "subject_issuers = [%r] to its [[ssf.transmitters]] table",
+                    transmitter.issuer,
+                    built.settings.oidc.issuer,
+                    built.settings.oidc.issuer,
+                )
         if built.upstream is not None:
             await built.upstream.start()
         built.audit.start()

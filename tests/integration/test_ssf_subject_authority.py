@@ -225,3 +225,13 @@ async def test_an_account_named_twice_in_two_forms_is_acted_on_only_if_both_name
     assert (await push(gateway.url, same, idp.token)).status_code == 202
     assert await _chat(alice, gateway) == 401
     assert await _chat(bob, gateway) in (200, 403)  # bob's session survives (403: chat may not be his console)
+
+
+async def test_a_transmitter_that_may_not_name_the_idps_accounts_is_named_at_start(
+    stack: Signals, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an upgrade a transmitter signing as another issuer than the login IdP's gets every SET about the IdP's
+    agents refused until subject_issuers is set: the start says so, once per such transmitter."""
+    warnings = [r.getMessage() for r in caplog.get_records("setup") if "Shared Signals transmitter" in r.getMessage()]
+    assert len(warnings) == 1
+    assert stack.vendor.issuer in warnings[0] and "subject_issuers" in warnings[0]
