@@ -362,6 +362,7 @@ class UpstreamClient:
             ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers),
             gateway_cookie_names=gateway_cookie_names,
             console=console,
+            request_path=urlsplit(upstream_url).path,
         )
         if on_response is not None:
             try:

@@ -18,7 +18,16 @@ from urllib.parse import quote, urlsplit
 
 from gateway.addresses import within
 from gateway.errors import BadRequest
-from gateway.proxy.url_fields import as_browser_reads, link_values, refresh_parts
+from gateway.proxy.url_fields import (
+    SPECIAL_SCHEMES,
+    as_browser_reads,
+    has_dot_segment,
+    link_values,
+    refresh_parts,
+    remove_dot_segments,
+    scheme_of,
+    split_reference,
+)
 
 #: RFC 9110 §7.6.1 hop-by-hop fields, plus the obsolete Keep-Alive / Proxy-Connection, plus fields the gateway
 #: answers itself: ``Expect`` (uvicorn sends 100-continue) and ``Sec-WebSocket-*`` (the gateway terminates the
@@ -294,43 +303,82 @@ class ConsoleScope:
                 return public
         return self.prefix
 
-    def location(self, value: str) -> str:
-        """``Location`` pointing at the console's own upstream → the public URL under the prefix; an
-        absolute path (RFC 3986 §4.2) from a stripped route → under the prefix; any other URL unchanged
-        (a redirect elsewhere is the console's business). The URL is read as the browser will read it
-        (``url_fields.as_browser_reads``: ``\\x01/phone/`` and ``\\phone`` are absolute paths, ``/\\host`` is
-        another host). ``Content-Location``, ``Refresh`` and ``Link`` URLs follow the same rules."""
+    def location(self, value: str, request_path: str | None = None) -> str | None:
+        """A URL the console sent (``Location`` and the others in ``_URL_FIELDS``) kept under its prefix, or None
+        (drop it) when it would leave the prefix and cannot be kept under it.
+
+        Read as the browser will read it (``url_fields.as_browser_reads``: ``\\x01/phone/`` and ``\\phone`` are
+        absolute paths, ``/\\host`` is another host), dot segments resolved first (RFC 3986 §5.2.4, ``%2e`` as
+        ``.``) so that nothing put under the prefix climbs out of it again. The console's own upstream → the public
+        URL under the prefix; an absolute path, or a relative one with dot segments (resolved against
+        ``request_path``, the path the console was sent), is a path of the console's → under the prefix when the
+        route strips it; a URL on the gateway's public origin stays if under the prefix, else is taken as the
+        console's path. A relative path without dot segments stays under the page's directory and passes, as
+        does any other site's URL (a redirect elsewhere is the console's business). On a route that does not strip
+        its prefix, a path outside it is dropped."""
         text = as_browser_reads(value, self.public_origin.partition(":")[0])
-        if text.startswith("/") and not text.startswith("//"):
-            return self.public_path(text) if self.strip_prefix else value
+        scheme = scheme_of(text)
+        if scheme is None and not text.startswith("//"):
+            path, rest = split_reference(text)
+            if not path.startswith("/"):
+                if not has_dot_segment(path):
+                    return value  # resolves in the page's own directory, which is under the prefix
+                if request_path is None:
+                    return None
+                path = request_path[: request_path.rfind("/") + 1] + path  # RFC 3986 §5.2.3
+            public = self._console_path(remove_dot_segments(path))
+            return None if public is None else public + rest
+        if scheme is not None and scheme not in SPECIAL_SCHEMES:
+            return value  # mailto:, data: …: not a place on any origin
         try:
             parts = urlsplit(text)
-            origin = _origin_of(parts.scheme or self.upstream_origin[0], parts.hostname, parts.port)
+            host, port = parts.hostname, parts.port
         except ValueError:
+            return value  # a browser cannot open it either
+        if not parts.netloc:
             return value
-        if not parts.netloc or origin != self.upstream_origin:
+        rest = (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+        path = remove_dot_segments(parts.path or "/")  # what a browser does to a URL with a host (WHATWG URL)
+        # A scheme-relative URL takes the page's scheme; for the upstream, its own is assumed (it leaked before).
+        if _origin_of(parts.scheme or self.upstream_origin[0], host, port) == self.upstream_origin:
+            public = self._console_path(path)
+        elif (host or "").lower().rstrip(".") == self._public_host:
+            # The gateway's host on any scheme or port: http:// is upgraded to the same origin (HSTS, the front
+            # proxy's redirect), so it is the gateway's too. Taking more as ours only keeps more under the prefix.
+            public = path if path.startswith(self.prefix) else self._console_path(path, public=True)
+        else:
             return value
-        public = self.public_path(parts.path or "/")
-        query = f"?{parts.query}" if parts.query else ""
-        fragment = f"#{parts.fragment}" if parts.fragment else ""
-        return f"{self.public_origin}{public}{query}{fragment}"
+        return None if public is None else f"{self.public_origin}{public}{rest}"
 
-    def refresh(self, value: str) -> str | None:
+    @property
+    def _public_host(self) -> str:
+        return (urlsplit(self.public_origin).hostname or "").rstrip(".")
+
+    def _console_path(self, path: str, *, public: bool = False) -> str | None:
+        """The public path of the console's ``path`` (dot segments already resolved), or None when it is outside
+        the prefix of a route that does not strip it. ``public``: a path written on the gateway's origin, which
+        has no upstream base to remove."""
+        if self.strip_prefix:
+            return self.prefix[:-1] + path if public else self.public_path(path)
+        return path if path.startswith(self.prefix) else None
+
+    def refresh(self, value: str, request_path: str | None = None) -> str | None:
         """``Refresh`` (``0; url=…``) with its URL kept as ``location`` keeps a ``Location``'s, written back in
-        one plain form; None (drop it) when a browser would not read it as we do."""
+        one plain form; None (drop it) when a browser would not read it as we do or it would leave the prefix."""
         parts = refresh_parts(value)
         if parts is None:
             return None
         delay, url = parts
         if url is None:
             return value
-        target = self.location(url)
+        target = self.location(url, request_path)
         # A browser would take a leading quote for one around the URL (HTML refresh steps).
-        return None if target[:1] in ("'", '"') else f"{delay}; url={target}"
+        return None if target is None or target[:1] in ("'", '"') else f"{delay}; url={target}"
 
-    def link(self, value: str) -> str | None:
+    def link(self, value: str, request_path: str | None = None) -> str | None:
         """``Link`` (RFC 8288) with each target kept as ``location`` keeps a ``Location``'s; link-values with an
-        origin-wide relation (``serviceworker``) or a second URL (``anchor``, ``imagesrcset``) dropped; the
+        origin-wide relation (``serviceworker``), a second URL (``anchor``, ``imagesrcset``) or a target that
+        would leave the prefix dropped; the
         whole field dropped when it cannot be read with certainty (it is a hint: nothing breaks)."""
         links = link_values(value)
         if links is None:
@@ -340,7 +388,9 @@ class ConsoleScope:
             relations = {rel for text in link.values("rel") for rel in text.lower().split()}
             if relations & _ORIGIN_WIDE_RELATIONS or any(p.name in _OTHER_URL_PARAMS for p in link.params):
                 continue
-            kept.append(f"<{self.location(link.target)}>" + "".join(f"; {p.raw}" for p in link.params))
+            target = self.location(link.target, request_path)
+            if target is not None:
+                kept.append(f"<{target}>" + "".join(f"; {p.raw}" for p in link.params))
         return ", ".join(kept) or None
 
 
@@ -395,7 +445,7 @@ def _set_cookie(value: str, gateway_cookie_names: Collection[str], console: Cons
 #: Answer fields holding a URL the browser follows or fetches, each kept under the console's prefix
 #: (``ConsoleScope``): redirects, ``Content-Location`` (RFC 9110 §8.7), ``Refresh`` (HTML) and ``Link``
 #: (RFC 8288: preload, prefetch, preconnect).
-_URL_FIELDS: dict[str, Callable[[ConsoleScope, str], str | None]] = {
+_URL_FIELDS: dict[str, Callable[[ConsoleScope, str, str | None], str | None]] = {
     "location": ConsoleScope.location,
     "content-location": ConsoleScope.location,
     "refresh": ConsoleScope.refresh,
@@ -408,13 +458,15 @@ def sanitise_response_headers(
     *,
     gateway_cookie_names: Collection[str],
     console: ConsoleScope | None = None,
+    request_path: str | None = None,
 ) -> list[tuple[str, str]]:
     """A console's answer headers fit for the browser, in one pass.
 
     Dropped: hop-by-hop fields, origin-wide fields (``ORIGIN_WIDE``), any ``Set-Cookie`` for a gateway cookie
     (an upstream must not overwrite, or with ``Max-Age=0`` log out, the gateway session), a nameless one and one
     with a reserved ``__Host-``/``__Secure-`` name. With ``console``, cookies and the URLs of ``Location``,
-    ``Content-Location``, ``Refresh`` and ``Link`` are kept under the console's prefix (``ConsoleScope``). One
+    ``Content-Location``, ``Refresh`` and ``Link`` are kept under the console's prefix (``ConsoleScope``;
+    ``request_path``, the path the console was sent, resolves their relative references). One
     origin cannot isolate consoles from each other's JavaScript; see docs/operations/hardening.md.
     """
     materialised = [(name, normalise_header_name(name), value) for name, value in headers]
@@ -435,7 +487,7 @@ def sanitise_response_headers(
                 continue
             value = cookie
         elif console is not None and norm in _URL_FIELDS:
-            kept = _URL_FIELDS[norm](console, value)
+            kept = _URL_FIELDS[norm](console, value, request_path)
             if kept is None:
                 continue
             value = kept

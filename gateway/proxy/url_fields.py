@@ -160,7 +160,7 @@ def link_values(value: str) -> list[LinkValue] | None:
 
 #: Schemes whose URLs have a host (WHATWG URL "special schemes", but file:, which browsers do not open from a
 #: web page). For them a browser reads ``\`` as ``/`` and skips any number of slashes before the host.
-_SPECIAL = frozenset({"http", "https", "ws", "wss", "ftp"})
+SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 #: What a browser's URL parser strips around a reference (leading and trailing C0 controls and spaces) and
 #: removes inside it (tab, CR, LF): ``"\x01/phone/"`` is ``/phone/`` to it.
@@ -178,7 +178,7 @@ def as_browser_reads(value: str, base_scheme: str) -> str:
     head, tail = text[:cut], text[cut:]
     scheme = _SCHEME.match(head)
     name = scheme.group()[:-1].lower() if scheme else ""
-    if scheme is not None and name not in _SPECIAL:
+    if scheme is not None and name not in SPECIAL_SCHEMES:
         return text  # mailto:, data:, another scheme: nothing of ours
     head = head.replace("\\", "/")
     if scheme is not None:
@@ -189,3 +189,45 @@ def as_browser_reads(value: str, base_scheme: str) -> str:
     if head.startswith("//"):
         return "//" + head.lstrip("/") + tail
     return head + tail
+
+
+#: Dot segments as a browser reads them (WHATWG URL "single-dot / double-dot URL path segment"): ``%2e`` is ``.``.
+_SINGLE_DOT = frozenset({".", "%2e"})
+_DOUBLE_DOT = frozenset({"..", ".%2e", "%2e.", "%2e%2e"})
+
+
+def split_reference(text: str) -> tuple[str, str]:
+    """``(path, rest)`` of a URL reference: ``rest`` is its query and fragment (``?a#b``), kept as they are."""
+    cut = min((at for at in (text.find("?"), text.find("#")) if at >= 0), default=len(text))
+    return text[:cut], text[cut:]
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether a browser would resolve ``.`` or ``..`` in ``path`` (``%2e`` counts as ``.``)."""
+    return any(segment.lower() in _SINGLE_DOT | _DOUBLE_DOT for segment in path.split("/"))
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 on an absolute path, with ``%2e`` read as ``.`` as browsers read it (WHATWG URL): the
+    result never climbs above ``/`` (``/../phone/x`` → ``/phone/x``), so a path put under a prefix after this
+    stays under it."""
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    for at, segment in enumerate(segments):
+        last = at == len(segments) - 1
+        name = segment.lower()
+        if name in _DOUBLE_DOT:
+            if kept:
+                kept.pop()
+        elif name not in _SINGLE_DOT:
+            kept.append(segment)
+            continue
+        if last:
+            kept.append("")  # "/a/.." is "/", "/a/." is "/a/": the last dot segment leaves a directory
+    return "/" + "/".join(kept)
+
+
+def scheme_of(text: str) -> str | None:
+    """The lower-case scheme of an absolute URL reference, None for a relative one (RFC 3986 §3.1, §4.2)."""
+    found = _SCHEME.match(text)
+    return found.group()[:-1].lower() if found else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -108,13 +109,39 @@ class TestForwardAuthThroughEnvoy(ConsoleIsolationChecks):
             # Another site is the console's business; a relative reference stays under the prefix by itself.
             ("https://idp.example/authorize?x=1", "https://idp.example/authorize?x=1"),
             ("calls?day=1", "calls?day=1"),
+            # A special scheme other than the page's (http here) needs no "//" and skips any number of slashes.
+            ("https:{console}/settings", "/phone/settings"),
+            ("https:///{console}/settings", "/phone/settings"),
+            ("///{console}/settings", "/phone/settings"),
+            # The page's own scheme without "//" is a relative reference: "http:/chat/x" is the path /chat/x.
+            ("http:/chat/settings", "/phone/chat/settings"),
+            # Dot segments are resolved before the prefix is added, so the result cannot climb out of it.
+            ("/../chat/settings", "/phone/chat/settings"),
+            ("/%2E%2e/chat/settings", "/phone/chat/settings"),
+            ("http://{console}/../chat/settings", "/phone/chat/settings"),
+            ("../chat/settings?x=/..", "/phone/chat/settings?x=/.."),  # relative to /phone/evil
         ],
     )
     async def test_envoy_keeps_a_consoles_redirects_under_its_prefix(
         self, stack: FrontedStack, carol: httpx.AsyncClient, hostile: HostileConsole, location: str, kept: str
     ) -> None:
+        console = f"{LOOPBACK}:{hostile.port}"
         hostile.status = 302
-        hostile.answer = [("Location", location.replace("{console}", f"{LOOPBACK}:{hostile.port}"))]
+        hostile.answer = [("Location", location.replace("{console}", console))]
         answer = await self.answer_of(stack, carol)
         assert answer.status_code == 302, answer.text[:300]
-        assert answer.headers["location"] == kept
+        assert answer.headers["location"] == kept.replace("{console}", console)
+        landing = urlsplit(urljoin(stack.public_url + "/phone/evil", answer.headers["location"]))
+        assert landing.netloc != console
+        if landing.netloc == urlsplit(stack.public_url).netloc:
+            assert landing.path.startswith("/phone/"), landing
+
+    async def test_envoy_drops_a_redirect_whose_host_it_cannot_read_for_sure(
+        self, stack: FrontedStack, carol: httpx.AsyncClient, hostile: HostileConsole
+    ) -> None:
+        # A browser percent-decodes a host: 127.0.0.%31 is 127.0.0.1, the console's address.
+        hostile.status = 302
+        hostile.answer = [("Location", f"//{LOOPBACK[:-1]}%{ord(LOOPBACK[-1]):02x}:{hostile.port}/settings")]
+        answer = await self.answer_of(stack, carol)
+        assert answer.status_code == 302, answer.text[:300]
+        assert "location" not in answer.headers

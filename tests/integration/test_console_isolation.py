@@ -8,6 +8,7 @@ JavaScript) is in docs/operations/hardening.md.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -142,6 +143,34 @@ async def test_refresh_content_location_and_link_to_the_consoles_upstream_do_not
     )
     upstream = f"127.0.0.1:{chat.port}"
     assert not [value for _, value in response.headers.multi_items() if upstream in value]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("Location", "/../phone/settings", "/chat/phone/settings"),  # /chat/../phone/… is /phone/… to a browser
+        ("Location", "/%2e%2e/phone/settings", "/chat/phone/settings"),  # and so is %2e%2e
+        ("Location", "../../phone/settings", "/chat/phone/settings"),  # relative to /chat/evil/deep
+        ("Location", "{public}/phone/settings", "{public}/chat/phone/settings"),  # the gateway's own origin
+        ("Refresh", "0; url=../phone/settings", "0; url=/chat/phone/settings"),
+        ("Refresh", "0; url={public}/phone/settings", "0; url={public}/chat/phone/settings"),
+        ("Content-Location", "/chat/../phone/doc", "/chat/phone/doc"),
+        ("Link", "</../phone/app.js>; rel=prefetch", "</chat/phone/app.js>; rel=prefetch"),
+        ("Link", "<..\\..\\phone\\app.js>; rel=prefetch", "</chat/phone/app.js>; rel=prefetch"),
+    ],
+)
+async def test_dot_segments_relative_urls_and_the_gateways_own_origin_cannot_take_an_answer_out_of_the_prefix(
+    gateway: Deployment, name: str, value: str, expected: str
+) -> None:
+    chat = _hostile(gateway)
+    chat.status, chat.answer = 302, [(name, value.replace("{public}", gateway.url))]
+    alice = await gateway.login("alice")
+    page = gateway.url + "/chat/evil/deep"
+    response = await alice.get(page)
+    got = response.headers.get_list(name)
+    assert got == [expected.replace("{public}", gateway.url)]
+    url = got[0].partition("url=")[2] if name == "Refresh" else got[0].strip("<").partition(">")[0]
+    assert urlsplit(urljoin(page, url)).path.startswith("/chat/")  # where the browser goes
 
 
 @pytest.mark.parametrize(

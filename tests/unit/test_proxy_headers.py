@@ -323,7 +323,7 @@ def test_a_console_cookie_with_a_name_prefix_reserved_for_the_origin_is_dropped(
         (CHAT_UNDER_BASE, "http://10.0.0.5:8080/base/login", "https://gw.example/chat/login"),
         (CHAT_UNDER_BASE, "/base/login", "/chat/login"),
         (CRM_UNSTRIPPED, "http://crm.internal:80/crm/home", "https://gw.example/crm/home"),
-        (CRM_UNSTRIPPED, "/login", "/login"),
+        (CRM_UNSTRIPPED, "/crm/a/../b", "/crm/b"),
         (None, "http://10.0.0.5:8080/login", "http://10.0.0.5:8080/login"),
     ],
 )
@@ -332,6 +332,95 @@ def test_a_console_redirect_to_itself_stays_under_its_prefix_and_other_sites_pas
 ) -> None:
     out = sanitise_response_headers([("Location", sent)], gateway_cookie_names=COOKIES, console=console)
     assert out == [("location", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    ("console", "sent", "browser_gets"),
+    [
+        (CHAT, "/../phone/settings", "/chat/phone/settings"),  # not /chat/../phone/…, which is /phone/… to a browser
+        (CHAT, "/%2e%2e/phone/settings", "/chat/phone/settings"),  # a browser reads %2e as "."
+        (CHAT, "/a/.%2E/%2E./../phone?x=/../#/..", "/chat/phone?x=/../#/.."),  # query and fragment are not paths
+        (CHAT, "\\..\\phone\\x", "/chat/phone/x"),
+        (CHAT, "https:/../phone/x", "/chat/phone/x"),
+        (CHAT, "/a/b/..", "/chat/a/"),
+        (CHAT, "http://10.0.0.5:8080/../phone/x", "https://gw.example/chat/phone/x"),
+        (CHAT, "//10.0.0.5:8080/%2e%2E/phone/x", "https://gw.example/chat/phone/x"),
+        (CHAT_UNDER_BASE, "/base/../../phone/x", "/chat/phone/x"),
+        (CRM_UNSTRIPPED, "http://crm.internal/crm/../crm/a", "https://gw.example/crm/a"),
+    ],
+)
+def test_dot_segments_in_a_console_redirect_are_resolved_before_the_prefix_so_it_cannot_climb_out(
+    console: ConsoleScope, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers([("Location", sent)], gateway_cookie_names=COOKIES, console=console)
+    assert out == [("location", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    ("console", "request_path", "sent", "browser_gets"),
+    [
+        (CHAT, "/evil", "../phone/settings", "/chat/phone/settings"),  # from /chat/evil: /phone/settings
+        (CHAT, "/a/b/c", "../d?q#f", "/chat/a/d?q#f"),
+        (CHAT, "/a/b", "%2e%2e/%2E%2e/x", "/chat/x"),
+        (CHAT, "/a/b", "..\\..\\phone", "/chat/phone"),
+        (CHAT, "/a/b", "https:../phone", "/chat/phone"),  # the page's own scheme without "//": relative
+        (CHAT, "/a/b", "./c", "/chat/a/c"),
+        (CHAT, "/a/b", "next", "next"),  # no dot segment: it stays in the page's directory, under the prefix
+        (CHAT, "/a/b", "?page=2", "?page=2"),
+        (CHAT_UNDER_BASE, "/base/a/b", "../../../phone", "/chat/phone"),
+        (CRM_UNSTRIPPED, "/crm/a/b", "../c", "/crm/c"),
+    ],
+)
+def test_a_relative_console_redirect_is_resolved_against_the_request_and_kept_under_the_prefix(
+    console: ConsoleScope, request_path: str, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers(
+        [("Location", sent)], gateway_cookie_names=COOKIES, console=console, request_path=request_path
+    )
+    assert out == [("location", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    ("console", "sent", "browser_gets"),
+    [
+        (CHAT, "https://gw.example/phone/settings", "https://gw.example/chat/phone/settings"),
+        (CHAT, "https://GW.example:443/chat/x?a=1", "https://gw.example/chat/x?a=1"),  # already under the prefix
+        (CHAT, "https://gw.example/chat/../phone/x", "https://gw.example/chat/phone/x"),
+        (CHAT, "//gw.example./phone/x", "https://gw.example/chat/phone/x"),
+        (CHAT, "http:gw.example/phone/x", "https://gw.example/chat/phone/x"),
+        (CHAT, "http://gw.example:8443/phone/x", "https://gw.example/chat/phone/x"),  # HSTS: the same origin
+        (CHAT_UNDER_BASE, "https://gw.example/base/x", "https://gw.example/chat/base/x"),  # no upstream base here
+        (CRM_UNSTRIPPED, "https://gw.example/crm/a", "https://gw.example/crm/a"),
+        (CHAT, "https://gw.example.evil/phone/x", "https://gw.example.evil/phone/x"),  # another site
+    ],
+)
+def test_a_console_redirect_to_the_gateways_own_host_is_kept_under_the_prefix(
+    console: ConsoleScope, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers([("Location", sent)], gateway_cookie_names=COOKIES, console=console)
+    assert out == [("location", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    ("console", "request_path", "sent"),
+    [
+        (CRM_UNSTRIPPED, "/crm/a", "/login"),  # the console's paths are public ones: /login is not its own
+        (CRM_UNSTRIPPED, "/crm/a", "/crm/../phone/x"),
+        (CRM_UNSTRIPPED, "/crm/a", "../phone/x"),
+        (CRM_UNSTRIPPED, "/crm/a", "http://crm.internal/login"),
+        (CRM_UNSTRIPPED, "/crm/a", "https://gw.example/phone/x"),
+        (CHAT, None, "../phone/x"),  # nothing to resolve it against: not guessed at
+    ],
+)
+@pytest.mark.parametrize("name", ["Location", "Content-Location", "Refresh", "Link"])
+def test_a_console_url_that_would_leave_the_prefix_and_cannot_be_kept_under_it_is_dropped(
+    console: ConsoleScope, request_path: str | None, sent: str, name: str
+) -> None:
+    value = {"Refresh": f"0; url={sent}", "Link": f"<{sent}>; rel=prefetch"}.get(name, sent)
+    out = sanitise_response_headers(
+        [(name, value)], gateway_cookie_names=COOKIES, console=console, request_path=request_path
+    )
+    assert out == []
 
 
 @pytest.mark.parametrize(
@@ -375,7 +464,9 @@ def test_a_trusted_proxy_named_in_ipv4_mapped_form_is_still_trusted() -> None:
         (CHAT, "30", "30"),  # reloads the page itself
         (CHAT_UNDER_BASE, "0; url=/base/login", "0; url=/chat/login"),
         (CRM_UNSTRIPPED, "0; url=http://crm.internal/crm/a", "0; url=https://gw.example/crm/a"),
-        (CRM_UNSTRIPPED, "0; url=/login", "0; url=/login"),
+        (CRM_UNSTRIPPED, "0; url=/crm/login", "0; url=/crm/login"),
+        (CHAT, "0; url=/../phone/x", "0; url=/chat/phone/x"),
+        (CHAT, "0; url=https://gw.example/phone/x", "0; url=https://gw.example/chat/phone/x"),
         (None, "0; url=http://10.0.0.5:8080/x", "0; url=http://10.0.0.5:8080/x"),
     ],
 )
@@ -434,6 +525,8 @@ def test_a_console_content_location_follows_the_location_rules(
         (CHAT, "</a.css>; rel=preload; type=text/css;", "</chat/a.css>; rel=preload; type=text/css"),
         (CHAT, '</sw.js>; rel=serviceworker; scope="/", </a.css>; rel=preload', "</chat/a.css>; rel=preload"),
         (CRM_UNSTRIPPED, "<http://crm.internal/crm/a.js>; rel=preload", "<https://gw.example/crm/a.js>; rel=preload"),
+        (CHAT, "</../phone/a.js>; rel=prefetch", "</chat/phone/a.js>; rel=prefetch"),
+        (CHAT, "<https://gw.example/phone/a.js>; rel=prefetch", "<https://gw.example/chat/phone/a.js>; rel=prefetch"),
         (None, "<http://10.0.0.5:8080/a.css>; rel=preload", "<http://10.0.0.5:8080/a.css>; rel=preload"),
     ],
 )
@@ -461,3 +554,23 @@ def test_a_console_link_targets_follow_the_location_rules(
 )
 def test_a_link_that_acts_beyond_the_page_or_cannot_be_read_is_dropped(sent: str) -> None:
     assert sanitise_response_headers([("Link", sent)], gateway_cookie_names=COOKIES, console=CHAT) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "sent", "browser_gets"),
+    [
+        ("Refresh", "0; url=../phone/settings", "0; url=/chat/phone/settings"),
+        ("Refresh", "0; url=%2e%2e/phone/settings", "0; url=/chat/phone/settings"),
+        ("Content-Location", "../phone/doc", "/chat/phone/doc"),
+        (
+            "Link",
+            "<../phone/app.js>; rel=prefetch, <b.js>; rel=prefetch",
+            "</chat/phone/app.js>; rel=prefetch, <b.js>; rel=prefetch",
+        ),
+    ],
+)
+def test_relative_refresh_content_location_and_link_urls_are_resolved_against_the_request_under_the_prefix(
+    name: str, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers([(name, sent)], gateway_cookie_names=COOKIES, console=CHAT, request_path="/evil")
+    assert out == [(name.lower(), browser_gets)]
