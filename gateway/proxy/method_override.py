@@ -7,15 +7,17 @@ Laravel and Spring read it from the query too, Laravel from a JSON body as well.
 so the gateway decides a POST as every method it may run as (``inline_proxy.check_request``):
 
 - the query's ``_method`` values, always;
-- the ``_method`` values of a form (urlencoded, or no Content-Type, which Rack reads as a form) or JSON body of
-  known length up to 64 KiB (``data_access.MAX_BODY``), read whole (Starlette keeps it for the upstream);
+- the ``_method`` values of a form (urlencoded, or no or an empty Content-Type, which Rack reads as a form) or JSON
+  body of known length up to 64 KiB (``data_access.MAX_BODY``), read whole (Starlette keeps it for the upstream),
+  and read as each of these it may be when several Content-Types are sent;
 - any method, for a body that may carry the field and is not read (chunked, larger, in forward-auth where no body
-  reaches the gateway), is compressed, does not parse, or is a multipart one that holds ``method`` or an extended
-  ``name*`` parameter anywhere (its parts are not parsed: a parser that differs from the console's is the
-  classic bypass). Other media types (``application/octet-stream``, ``text/plain`` …) carry none.
+  reaches the gateway), is compressed, does not parse, or is a multipart one that holds ``method`` anywhere or a
+  part name the gateway cannot read as every parser does (its parts are not parsed: a parser that differs from the
+  console's is the classic bypass). Other media types (``application/octet-stream``, ``text/plain`` …) carry none.
 
-A field name counts as the frameworks read it: exactly ``_method``, or what PHP stores under ``_method`` (leading
-spaces dropped, `` `` ``.`` and an unclosed ``[`` made ``_``), or what Rack 2 does (brackets around it dropped).
+A field name counts as the frameworks read it: exactly ``_method``, or what PHP stores under ``_method`` (the name
+ends at a NUL, leading spaces dropped, `` `` ``.`` and an unclosed ``[`` made ``_``: ``php_register_variable_ex``),
+or what Rack 2 does (brackets around it dropped).
 A value counts upper-cased as a method token, as all of them read it; anything else is ignored by them.
 Pure but for ``runs_as``, which reads the body.
 """
@@ -55,8 +57,9 @@ NONE = RunsAs()
 
 
 def _php_name(key: str) -> str:
-    """The variable name PHP stores a form field under (``php_register_variable_ex``)."""
-    name = key.lstrip(" ").replace(" ", "_").replace(".", "_")
+    """The variable name PHP stores a form field under (``php_register_variable_ex``, which takes it as a C string:
+    ``_method%00x`` is ``_method``)."""
+    name = key.partition("\0")[0].lstrip(" ").replace(" ", "_").replace(".", "_")
     bracket = name.find("[")
     if bracket >= 0 and "]" not in name[bracket:]:
         name = name[:bracket] + "_" + name[bracket + 1 :]
@@ -112,19 +115,45 @@ def json_overrides(body: bytes) -> frozenset[str] | None:
     return _methods(value for key, value in document if key == FIELD)
 
 
-def _media_type(content_types: list[str]) -> str | None:
-    """What a body may be read as: ``form``, ``multipart``, ``json``, or None when no console reads a method from
-    it. No Content-Type is a form (Rack reads a POST without one so); several are read as the riskiest."""
-    if not content_types:
-        return "form"
+def _media_types(content_types: list[str]) -> frozenset[str]:
+    """What a body may be read as: ``form``, ``multipart``, ``json``; none when no console reads a method from it.
+    No Content-Type is a form, and so is an empty one or one without a media type (Rack reads a POST whose
+    ``CONTENT_TYPE`` is nil or empty so: ``Rack::Request#form_data?``). Several are read as each they may be."""
+    if not content_types or any(not re.split("[;,]", value)[0].strip() for value in content_types):
+        kinds = {"form"}
+    else:
+        kinds = set()
     joined = ",".join(content_types).lower()
     if "multipart" in joined:
-        return "multipart"
+        return frozenset({"multipart"})  # any method if it mentions one: the riskiest reading covers the others
     if "json" in joined:  # Laravel: "/json" or "+json" anywhere in the header
-        return "json"
+        kinds.add("json")
     if "form" in joined:
-        return "form"
-    return None
+        kinds.add("form")
+    return frozenset(kinds)
+
+
+#: A part's ``name`` parameter (on the lower-cased body) whose value the parsers may read otherwise than spelled: a
+#: backslash or an RFC 2047 ``=?`` in it, or a quoted one left open at the line's end. Looked for anywhere (the
+#: parts are not split: a match outside a part's head only costs a decision). Linear: no run is scanned from two
+#: starts (an unquoted value ends at an ``=``, as a token does, and a quoted one at a quote).
+_HIDDEN_NAME = re.compile(rb'name\s*+=\s*+(?:"(?:[^"\\\r\n=]++|=(?!\?))*+(?:\\|=\?|\r|\n|\Z)|[^;\r\n\\=]*+(?:\\|=\?))')
+#: What may not precede a part's ``name`` (``filename=`` is not one).
+_NOT_A_NAME = re.compile(rb"[\w-]")
+
+
+def _multipart_may_name_any(body: bytes) -> bool:
+    """Whether a multipart body may name a ``_method`` part: it mentions ``method`` anywhere (PHP's name rules,
+    Rack's ``Content-ID`` as a name), or a part name is one the parsers read otherwise than spelled: backslash
+    escapes (Rack drops every backslash before a character, PHP those before a backslash or a quote), RFC 2231
+    ``name*=`` (busboy, Go, commons-fileupload decode it though RFC 7578 §4.2 forbids it), RFC 2047 ``=?…?=``
+    words (commons-fileupload decodes them) or a quote left open at the line's end."""
+    lowered = body.lower()
+    if b"method" in lowered or b"name*" in lowered:
+        return True
+    return any(
+        not _NOT_A_NAME.fullmatch(lowered, match.start() - 1, match.start()) for match in _HIDDEN_NAME.finditer(lowered)
+    )
 
 
 def body_overrides(body: bytes, kind: str) -> frozenset[str] | None:
@@ -132,8 +161,7 @@ def body_overrides(body: bytes, kind: str) -> frozenset[str] | None:
     if kind == "json":
         return json_overrides(body)
     if kind == "multipart":
-        lowered = body.lower()
-        return None if b"method" in lowered or b"name*" in lowered else frozenset()
+        return None if _multipart_may_name_any(body) else frozenset()
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -153,18 +181,22 @@ async def runs_as(connection: HTTPConnection, method: str, query: str, *, read_b
     if not read_body or not isinstance(connection, Request):
         return RunsAs(named, any=True, why="its body, which the gateway does not see here, could name one")
     headers = connection.headers
-    kind = _media_type(headers.getlist("content-type"))
+    kinds = _media_types(headers.getlist("content-type"))
     length = headers.get("content-length", "").strip()
     chunked = "transfer-encoding" in headers
-    if kind is None or (not chunked and length in ("", "0")):
+    if not kinds or (not chunked and length in ("", "0")):
         return RunsAs(named, why="its _method query parameter") if named else NONE
     if chunked or not length.isdigit() or int(length) > max_body:
         return RunsAs(
             named, any=True, why=f"its body, which the gateway reads only up to {max_body} bytes, could name one"
         )
     encoding = headers.get("content-encoding", "identity").strip().lower()
-    found = body_overrides(await connection.body(), kind) if encoding == "identity" else None
-    if found is None:
+    if encoding != "identity":
         return RunsAs(named, any=True, why="its body could name one in a way the gateway does not read")
-    named |= found
+    body = await connection.body()
+    for kind in sorted(kinds):
+        found = body_overrides(body, kind)
+        if found is None:
+            return RunsAs(named, any=True, why="its body could name one in a way the gateway does not read")
+        named |= found
     return RunsAs(named, why="its _method field") if named else NONE

@@ -96,9 +96,13 @@ async def test_a_recording_is_refused_to_an_agent_as_a_get(gateway: Deployment) 
         (RECORDING, FORM, b"%5Fmethod=GET"),
         (RECORDING, FORM, b".method=GET"),  # PHP stores it as _method
         (RECORDING, {}, b"_method=GET"),  # no Content-Type: Rack reads a form
+        (RECORDING, {"Content-Type": ""}, b"_method=GET"),  # an empty one is none to Rack
+        (RECORDING, FORM, b"_method%00=GET"),  # PHP ends a name at a NUL: Symfony and Laravel read _method
+        (RECORDING + "?_method%00x=GET", {"Content-Type": "text/plain"}, b"x"),
         (RECORDING + "?_method=GET", {"Content-Type": "text/plain"}, b"x"),  # Symfony, Laravel, Spring
         (RECORDING, {"Content-Type": "application/json"}, b'{"_method": "GET"}'),  # Laravel
         (RECORDING, *_multipart([("_method", b"GET")])),
+        (RECORDING, *_multipart([("\\_\\m\\e\\t\\h\\o\\d", b"GET")])),  # Rack un-escapes a quoted name
         (RECORDING, FORM, b"x=" + b"a" * LARGE + b"&_method=GET"),  # not read: it may name any method
     ],
 )
@@ -111,7 +115,7 @@ async def test_a_post_the_console_would_run_as_a_refused_get_is_refused(
     assert response.json()["error"] == "method_override_refused"
     assert "Only supervisors may download call recordings." in response.json()["message"]
     assert _reached(gateway) == []
-    record = await _record_of(gateway, target.partition("?")[0] + ("?_method" if "?" in target else ""))
+    record = await _record_of(gateway, target.partition("=")[0])  # the query's keys only
     assert (record.status, record.decision, record.reason) == (403, "deny", "recordings-download-supervisors-only")
     assert record.detail == {"error": "method_override_refused"}
 
@@ -134,6 +138,7 @@ async def test_a_chunked_form_upload_may_name_any_method_so_it_is_decided_as_eac
         (FORM, b"_method=POST"),
         ({"Content-Type": "application/json"}, b'{"method": "GET", "note": {"_method": "GET"}}'),  # top level only
         ({"Content-Type": "application/octet-stream"}, b"_method=GET" + b"\0" * LARGE),  # not a form: streams
+        _multipart([("note", b"C:\\calls\\7.wav")]),  # read: plain part names, a backslash only in the data
     ],
 )
 async def test_a_post_that_names_no_other_method_is_decided_as_a_post_and_reaches_the_console_whole(
@@ -185,3 +190,16 @@ async def test_through_forward_auth_a_post_whose_body_the_gateway_never_sees_is_
     assert await ask(carol, "POST", "/mail/inbox") == 200
     record = await _record_of(gateway, RECORDING)
     assert (record.decision, record.reason) == ("allow", "route-groups")  # alice's, decided for POST
+
+
+async def test_an_empty_content_type_reaches_the_console_as_sent_which_rack_reads_as_a_form(
+    gateway: Deployment,
+) -> None:
+    """Why an empty Content-Type is read as a form: the console gets ``Content-Type:`` empty, and Rack's
+    ``Request#content_type`` is nil for an empty one, so ``form_data?`` holds for a POST."""
+    alice = await gateway.login("alice")
+    await alice.post(gateway.url + RECORDING, headers={**JSON, "Content-Type": ""}, content=b"_method=GET")
+    console = gateway.consoles["mail"]
+    assert isinstance(console, HostileConsole)
+    seen = [s for s in console.seen if s.body == b"_method=GET"][-1]
+    assert [v for k, v in seen.headers if k.lower() == "content-type"] == [""]
