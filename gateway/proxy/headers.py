@@ -21,6 +21,7 @@ from gateway.errors import BadRequest
 from gateway.proxy.url_fields import (
     SPECIAL_SCHEMES,
     as_browser_reads,
+    canonical_host,
     has_dot_segment,
     link_values,
     refresh_parts,
@@ -264,9 +265,17 @@ _ORIGIN_WIDE_RELATIONS = frozenset({"serviceworker"})
 _OTHER_URL_PARAMS = frozenset({"anchor", "imagesrcset"})
 
 
-def _origin_of(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
+def _origin_of(scheme: str, host: str, port: int | None) -> tuple[str, str, int | None]:
+    """``host`` already in ``canonical_host`` form."""
     scheme = scheme.lower()
-    return scheme, (host or "").lower().rstrip("."), port or _DEFAULT_PORTS.get(scheme)
+    return scheme, host, port or _DEFAULT_PORTS.get(scheme)
+
+
+def _configured_host(host: str | None) -> str:
+    """A host from the configuration (the upstream's, the public URL's) in ``canonical_host`` form, as written
+    (lower case) if a browser could not read it: then no URL's host compares equal to it."""
+    host = (host or "").lower()
+    return canonical_host(host) or host
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,12 +346,17 @@ class ConsoleScope:
             return value  # a browser cannot open it either
         if not parts.netloc:
             return value
+        # The host as the browser reads it (WHATWG host parser): "2130706433", "0x7f.1" and "%31%32%37.0.0.1" are
+        # 127.0.0.1 to it, so they are compared as such. A host it rejects ("256.0.0.1") cannot be followed.
+        name = canonical_host(host or "")
+        if name is None:
+            return None
         rest = (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "")
         path = remove_dot_segments(parts.path or "/")  # what a browser does to a URL with a host (WHATWG URL)
         # A scheme-relative URL takes the page's scheme; for the upstream, its own is assumed (it leaked before).
-        if _origin_of(parts.scheme or self.upstream_origin[0], host, port) == self.upstream_origin:
+        if _origin_of(parts.scheme or self.upstream_origin[0], name, port) == self.upstream_origin:
             public = self._console_path(path)
-        elif (host or "").lower().rstrip(".") == self._public_host:
+        elif name == self._public_host:
             # The gateway's host on any scheme or port: http:// is upgraded to the same origin (HSTS, the front
             # proxy's redirect), so it is the gateway's too. Taking more as ours only keeps more under the prefix.
             public = path if path.startswith(self.prefix) else self._console_path(path, public=True)
@@ -352,7 +366,7 @@ class ConsoleScope:
 
     @property
     def _public_host(self) -> str:
-        return (urlsplit(self.public_origin).hostname or "").rstrip(".")
+        return _configured_host(urlsplit(self.public_origin).hostname)
 
     def _console_path(self, path: str, *, public: bool = False) -> str | None:
         """The public path of the console's ``path`` (dot segments already resolved), or None when it is outside
@@ -403,7 +417,7 @@ def console_scope(
     return ConsoleScope(
         prefix=prefix,
         strip_prefix=strip_prefix,
-        upstream_origin=_origin_of(up.scheme, up.hostname, up.port),
+        upstream_origin=_origin_of(up.scheme, _configured_host(up.hostname), up.port),
         upstream_base=up.path.rstrip("/"),
         public_origin=f"{pub.scheme}://{pub.netloc}".lower(),
         rewrite_cookies=rewrite_cookies,

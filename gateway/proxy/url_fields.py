@@ -8,9 +8,13 @@ then dropped, never passed on unread. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+import idna
 
 #: HTML's "ASCII whitespace" (the refresh steps skip it) and HTTP's OWS (RFC 9110 §5.6.3).
 _ASCII_WHITESPACE = " \t\n\f\r"
@@ -231,3 +235,86 @@ def scheme_of(text: str) -> str | None:
     """The lower-case scheme of an absolute URL reference, None for a relative one (RFC 3986 §3.1, §4.2)."""
     found = _SCHEME.match(text)
     return found.group()[:-1].lower() if found else None
+
+
+#: WHATWG URL "forbidden domain code points": a host holding one after percent-decoding makes the URL invalid.
+_FORBIDDEN_DOMAIN = frozenset("\x00\t\n\r #/:<>?@[\\]^|%\x7f" + "".join(chr(code) for code in range(0x20)))
+
+
+_DIGITS = {8: "01234567", 10: string.digits, 16: string.hexdigits}
+
+
+def _ipv4_number(part: str) -> int | None:
+    """WHATWG URL "IPv4 number parser": ``0x``/``0X`` makes it hex, a leading ``0`` octal, else decimal."""
+    if not part:
+        return None
+    radix = 10
+    if part[:2] in ("0x", "0X"):
+        part, radix = part[2:], 16
+    elif len(part) > 1 and part[0] == "0":
+        part, radix = part[1:], 8
+    if not part:
+        return 0
+    if not all(char in _DIGITS[radix] for char in part):
+        return None
+    return int(part, radix)
+
+
+def _ipv4(parts: list[str]) -> str | None:
+    """WHATWG URL "IPv4 parser" on a host's dot-separated parts: ``127.1``, ``0x7f000001``, ``0177.0.0.1`` are all
+    ``127.0.0.1``; None (the browser rejects the URL) for a bad part or an overflow."""
+    if parts[-1] == "" and len(parts) > 1:
+        parts = parts[:-1]
+    if len(parts) > 4:
+        return None
+    numbers = [_ipv4_number(part) for part in parts]
+    if any(number is None for number in numbers):
+        return None
+    values = [number for number in numbers if number is not None]
+    if any(value > 255 for value in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
+        return None
+    address = values[-1] + sum(value << (8 * (3 - at)) for at, value in enumerate(values[:-1]))
+    return str(ipaddress.IPv4Address(address))
+
+
+def _ends_in_a_number(parts: list[str]) -> bool:
+    """WHATWG URL "ends in a number checker": the last label (a trailing empty one aside) is all digits or an IPv4
+    number (``0x``, ``0x1f``), so the whole host is read as IPv4 (and a failure there is the URL's)."""
+    if parts[-1] == "" and len(parts) > 1:
+        parts = parts[:-1]
+    last = parts[-1]
+    return bool(last) and ((last.isascii() and last.isdigit()) or _ipv4_number(last) is not None)
+
+
+def canonical_host(host: str) -> str | None:
+    """A URL's host as a browser reads it (WHATWG URL "host parser", special schemes), for comparing hosts: an
+    IPv6 literal (with or without its brackets) in canonical form, an IPv4 address in any spelling the standard
+    accepts (``2130706433``, ``0x7f.1``, ``%31%32%37.0.0.1``) as dotted decimal, a domain percent-decoded and
+    mapped as UTS #46 maps it (``GW.Example`` and fullwidth letters: ``gw.example``), trailing dot removed. None when a
+    browser rejects the host, so the URL cannot be followed: an overflowing or malformed IPv4 address, a
+    forbidden code point, bytes that are not UTF-8. The port is not part of ``host``."""
+    if host.startswith("[") or ":" in host:
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if "%" in inner:
+            return None  # a zone identifier: browsers reject it
+        try:
+            return ipaddress.IPv6Address(inner).compressed
+        except ValueError:
+            return None
+    try:
+        text = unquote_to_bytes(host).decode("utf-8")
+        if not text.isascii():
+            text = idna.uts46_remap(text, std3_rules=False, transitional=False)
+            labels = text.split(".")
+            text = ".".join(
+                label if label.isascii() else "xn--" + label.encode("punycode").decode() for label in labels
+            )
+    except (UnicodeError, idna.IDNAError):
+        return None
+    text = text.lower()
+    if not text or any(char in _FORBIDDEN_DOMAIN for char in text):
+        return None
+    parts = text.split(".")
+    if _ends_in_a_number(parts):
+        return _ipv4(parts)
+    return text.rstrip(".")

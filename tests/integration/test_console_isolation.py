@@ -146,6 +146,24 @@ async def test_refresh_content_location_and_link_to_the_consoles_upstream_do_not
 
 
 @pytest.mark.parametrize(
+    "host",
+    ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0x7f.1", "%31%32%37.0.0.1", "4294967296"],
+)
+async def test_the_consoles_upstream_in_any_ipv4_spelling_a_browser_accepts_is_kept_under_the_prefix(
+    gateway: Deployment, host: str
+) -> None:
+    # 127.0.0.1 as the WHATWG URL host parser reads it: a browser would go to the console's internal address.
+    chat = _hostile(gateway)
+    chat.status, chat.answer = 302, [("Location", f"http://{host}:{chat.port}/x?a=1")]
+    alice = await gateway.login("alice")
+    response = await alice.get(gateway.url + "/chat/evil")
+    if host == "4294967296":  # overflows: a browser rejects the URL, and the field is dropped
+        assert "location" not in response.headers
+    else:
+        assert response.headers["location"] == f"{gateway.url}/chat/x?a=1"
+
+
+@pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
         ("Location", "/../phone/settings", "/chat/phone/settings"),  # /chat/../phone/… is /phone/… to a browser

@@ -401,6 +401,66 @@ def test_a_console_redirect_to_the_gateways_own_host_is_kept_under_the_prefix(
     assert out == [("location", browser_gets)]
 
 
+CHAT_ON_IPV6 = console_scope("/chat/", True, "http://[::1]:8080", "https://gw.example")
+
+
+@pytest.mark.parametrize(
+    ("console", "sent", "browser_gets"),
+    [
+        # 10.0.0.5 in the spellings a browser's IPv4 parser accepts (WHATWG URL): one number, hex, octal, 2-3 parts.
+        (CHAT, "http://167772165:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://0xa000005:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://0XA.0.0.5:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://012.0.0.05:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://10.5:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://10.0.5:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://0xa.0x5:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://10.0.0.5.:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "//167772165:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http:0xa000005:8080/x", "https://gw.example/chat/x"),
+        # Percent-encoded host bytes are decoded before the host is parsed; fullwidth digits and dots are mapped.
+        (CHAT, "http://%31%30.0.0.5:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://%30%78a000005:8080/x", "https://gw.example/chat/x"),
+        (CHAT, "http://\uff11\uff10\u3002\uff10.0.5:8080/x", "https://gw.example/chat/x"),
+        # The gateway's own host spelled otherwise is still the gateway's.
+        (CHAT, "https://%67w.example/phone/x", "https://gw.example/chat/phone/x"),
+        (CHAT, "https://GW%2Eexample/phone/x", "https://gw.example/chat/phone/x"),
+        # An IPv6 upstream compared in canonical form.
+        (CHAT_ON_IPV6, "http://[0:0:0:0:0:0:0:1]:8080/x", "https://gw.example/chat/x"),
+        (CHAT_ON_IPV6, "http://[::0001]:8080/x", "https://gw.example/chat/x"),
+        # Other addresses and sites still pass.
+        (CHAT, "http://167772166:8080/x", "http://167772166:8080/x"),
+        (CHAT, "http://0xa000005:9090/x", "http://0xa000005:9090/x"),
+        (CHAT, "https://10.0.0.5.example/x", "https://10.0.0.5.example/x"),
+        (CHAT_ON_IPV6, "http://[::2]:8080/x", "http://[::2]:8080/x"),
+    ],
+)
+def test_any_host_spelling_a_browser_reads_as_the_upstream_or_the_gateway_is_kept_under_the_prefix(
+    console: ConsoleScope, sent: str, browser_gets: str
+) -> None:
+    out = sanitise_response_headers([("Location", sent)], gateway_cookie_names=COOKIES, console=console)
+    assert out == [("location", browser_gets)]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "http://4294967296:8080/x",  # overflows 32 bits
+        "http://256.0.0.5:8080/x",
+        "http://10.0.0.0x100:8080/x",
+        "http://10.0.0.09:8080/x",  # "09" is not octal
+        "http://1.2.3.4.5:8080/x",
+        "http://internal.0x:8080/x",  # ends in a number, so read as IPv4, and fails
+        "http://%25%31%30.0.0.5:8080/x",  # "%" is left after decoding once
+        "http://%ff.example/x",  # not UTF-8
+    ],
+)
+@pytest.mark.parametrize("name", ["Location", "Content-Location", "Refresh", "Link"])
+def test_a_console_url_whose_host_a_browser_rejects_is_dropped(sent: str, name: str) -> None:
+    value = {"Refresh": f"0; url={sent}", "Link": f"<{sent}>; rel=prefetch"}.get(name, sent)
+    assert sanitise_response_headers([(name, value)], gateway_cookie_names=COOKIES, console=CHAT) == []
+
+
 @pytest.mark.parametrize(
     ("console", "request_path", "sent"),
     [
