@@ -5,7 +5,8 @@ oidc-provider login. The phone route goes to an echo console, so a test sees exa
 Proves what every front proxy must (tests/e2e/forward_auth_checks.py, tests/e2e/console_isolation_checks.py with
 the phone console hostile) and, for Envoy: a client's X-Original-URI describes nothing; spellings Envoy does not
 normalise away are refused before the console; the sample's Lua filter keeps a console's cookies host-only under
-its prefix and its redirects under its prefix, as the inline proxy does.
+its prefix and the URLs of its Location, Content-Location, Refresh and Link under its prefix, as the inline proxy
+does, dropping what it cannot read for sure.
 """
 
 from __future__ import annotations
@@ -145,3 +146,55 @@ class TestForwardAuthThroughEnvoy(ConsoleIsolationChecks):
         answer = await self.answer_of(stack, carol)
         assert answer.status_code == 302, answer.text[:300]
         assert "location" not in answer.headers
+
+    @pytest.mark.parametrize(
+        ("name", "sent", "kept"),
+        [
+            # Refresh, read as the HTML refresh steps read it and written back as "N; url=…".
+            ("Refresh", ["0; url=http://{console}/settings"], ["0; url=/phone/settings"]),
+            ("Refresh", ["5;URL='/chat/inbox'"], ["5; url=/phone/chat/inbox"]),
+            ("Refresh", ["0, //{console}/calls"], ["0; url=/phone/calls"]),
+            ("Refresh", ["0; url=https://idp.example/x"], ["0; url=https://idp.example/x"]),  # another site
+            ("Refresh", ["0; url='/../chat/x'"], ["0; url=/phone/chat/x"]),
+            ("Refresh", ["soon; url=/chat/"], []),  # a browser ignores it
+            ("Refresh", ["0; url=/a", "0; url=/chat/"], []),  # which one a browser follows is not certain
+            # Content-Location, as Location.
+            ("Content-Location", ["http://{console}/calls/1"], ["/phone/calls/1"]),
+            ("Content-Location", ["/chat/inbox"], ["/phone/chat/inbox"]),
+            # Link (RFC 8288): every target as Location, its parameters as written.
+            (
+                "Link",
+                ["<http://{console}/app.js>; rel=preload; as=script"],
+                ["</phone/app.js>; rel=preload; as=script"],
+            ),
+            (
+                "Link",
+                ['</chat/app.js>; rel="prefetch", <https://cdn.example/x.css>; rel=preload; as=style'],
+                ['</phone/chat/app.js>; rel="prefetch", <https://cdn.example/x.css>; rel=preload; as=style'],
+            ),
+            (
+                "Link",
+                ['</sw.js>; rel="serviceworker"; scope="/", </style.css>; rel=preload', "</a.js>; rel=modulepreload"],
+                ["</phone/style.css>; rel=preload", "</phone/a.js>; rel=modulepreload"],
+            ),
+            ("Link", ["</sw.js>; rel=serviceworker; scope=/"], []),
+            ("Link", ['</x.css>; rel=preload; anchor="/chat/"'], []),
+            ("Link", ['</x.png>; rel=preload; as=image; imagesrcset="/chat/a.png 2x"'], []),
+            ("Link", ["/chat/x.css; rel=preload"], []),  # not RFC 8288: not read, not passed
+            ("Link", ['</x.css>; rel="preload'], []),
+        ],
+    )
+    async def test_envoy_keeps_a_consoles_refresh_content_location_and_link_under_its_prefix(
+        self,
+        stack: FrontedStack,
+        carol: httpx.AsyncClient,
+        hostile: HostileConsole,
+        name: str,
+        sent: list[str],
+        kept: list[str],
+    ) -> None:
+        console = f"{LOOPBACK}:{hostile.port}"
+        hostile.answer = [(name, value.replace("{console}", console)) for value in sent]
+        answer = await self.answer_of(stack, carol)
+        assert answer.status_code == 200 and answer.text == "evil", answer.text[:300]
+        assert answer.headers.get_list(name) == kept
