@@ -36,8 +36,9 @@ from gateway.errors import AccessDenied, AuthenticationRequired, BadRequest, Cha
 from gateway.pages import error_response, wants_html
 from gateway.policy_point import device_value
 from gateway.proxy.connector_flow import ChannelPlan, ConnectorResend
+from gateway.proxy.console_scope import console_scope
 from gateway.proxy.forward import ForwardStats
-from gateway.proxy.headers import check_header_size, console_scope, sanitise_request_headers
+from gateway.proxy.headers import check_header_size, sanitise_request_headers
 from gateway.proxy.method_override import RunsAs, runs_as
 from gateway.proxy.paths import normalise_path, strip_query_values
 from gateway.proxy.routes import RouteMatch, upstream_url

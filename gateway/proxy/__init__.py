@@ -5,13 +5,12 @@ The app calls, in order: ``normalise_path`` (before any decision), ``RouteTable.
 ``proxy_websocket``. Nothing here reads a session or makes a policy decision.
 """
 
+from gateway.proxy.console_scope import ConsoleScope, console_scope
 from gateway.proxy.forward import ForwardStats, ProxyResponse, StatsCallback, UpstreamClient, UpstreamTimeout
 from gateway.proxy.headers import (
-    ConsoleScope,
     HeadersTooLarge,
     check_header_size,
     client_address,
-    console_scope,
     is_identity_header,
     normalise_header_name,
     sanitise_request_headers,

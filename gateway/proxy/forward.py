@@ -30,7 +30,8 @@ from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from gateway.errors import UpstreamError
-from gateway.proxy.headers import ConsoleScope, sanitise_response_headers
+from gateway.proxy.console_scope import ConsoleScope
+from gateway.proxy.headers import sanitise_response_headers
 
 #: Headers aiohttp would otherwise invent; the client's own copies (if any) are forwarded instead.
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from gateway.proxy.headers import ORIGIN_WIDE
+from gateway.proxy.console_scope import ORIGIN_WIDE
 from tests.deploy.tools import DEPLOY, run, tool
 
 ENVOY = DEPLOY / "envoy" / "forward-auth.yaml"

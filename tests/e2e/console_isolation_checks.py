@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.proxy.headers import ORIGIN_WIDE
+from gateway.proxy.console_scope import ORIGIN_WIDE
 from tests.components.echo_gateway import EchoConsole
 from tests.components.fronted_stack import FrontedStack, cookie_header
 from tests.components.hostile_console import HostileConsole
