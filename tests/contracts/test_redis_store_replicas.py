@@ -7,14 +7,16 @@ broadcast.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import pytest
 from redis.asyncio import Redis
 
-from gateway.sessions.base import SessionState, session_key
+from gateway.sessions.base import Session, SessionState, session_key
 from gateway.sessions.redis_codec import encode_data
 from gateway.sessions.redis_scripts import idp_session_index
 from gateway.sessions.redis_store import RedisSessionStore
@@ -29,6 +31,25 @@ from tests.components.session_stores import (
     redis_store,
     wait_for_subscribers,
 )
+
+
+@contextlib.asynccontextmanager
+async def _looked_up_past_its_login_ttl(redis_url: str) -> AsyncIterator[tuple[RedisSessionStore, Session]]:
+    """A session created by a replica whose clock runs 10 s ahead, then kept alive by another replica's lookups
+    past the TTL its indexes got at the login (absolute + grace); that other replica and the session."""
+    skew, timeout, grace = 10.0, 2.0, 0.5
+    fast = RedisSessionStore(redis_url, timeout, timeout, "fast", expiry_grace_seconds=grace)
+    right = RedisSessionStore(redis_url, timeout, timeout, "right", expiry_grace_seconds=grace)
+    try:
+        session = await fast.create(ALICE, time.time() + skew)
+        started = time.monotonic()
+        while time.monotonic() - started < timeout + grace + 1:
+            assert (await right.lookup(session.id, time.time())).state is SessionState.VALID
+            await asyncio.sleep(0.25)
+        yield right, session
+    finally:
+        await fast.close()
+        await right.close()
 
 
 @pytest.mark.redis
@@ -152,20 +173,9 @@ class TestRedisReplicas:
         """Replicas pass their own clocks to the scripts: a session created 10 s "in the future" is kept alive by
         lookups elsewhere past the TTL its agent's index got at the login (absolute + grace), so each lookup gives
         the index the session's TTL too, or revoke_agent would no longer find a session every replica serves."""
-        skew, timeout, grace = 10.0, 2.0, 0.5
-        fast = RedisSessionStore(redis_url, timeout, timeout, "fast", expiry_grace_seconds=grace)
-        right = RedisSessionStore(redis_url, timeout, timeout, "right", expiry_grace_seconds=grace)
-        try:
-            session = await fast.create(ALICE, time.time() + skew)
-            started = time.monotonic()
-            while time.monotonic() - started < timeout + grace + 1:  # past the index's TTL from the login
-                assert (await right.lookup(session.id, time.time())).state is SessionState.VALID
-                await asyncio.sleep(0.25)
+        async with _looked_up_past_its_login_ttl(redis_url) as (right, session):
             assert (await right.revoke_agent(ALICE.agent_id))[0] == 1
             assert (await right.lookup(session.id, time.time())).state is SessionState.MISSING
-        finally:
-            await fast.close()
-            await right.close()
 
     async def test_a_lookup_puts_a_live_session_back_into_an_agent_index_that_expired(self, redis_url: str) -> None:
         store = redis_store(redis_url, "replica-a")
@@ -202,20 +212,9 @@ class TestRedisReplicas:
     ) -> None:
         """As for the agent index: lookups elsewhere keep the session alive past the TTL its IdP session's index
         got at the login, so each lookup gives that index the session's TTL too."""
-        skew, timeout, grace = 10.0, 2.0, 0.5
-        fast = RedisSessionStore(redis_url, timeout, timeout, "fast", expiry_grace_seconds=grace)
-        right = RedisSessionStore(redis_url, timeout, timeout, "right", expiry_grace_seconds=grace)
-        try:
-            session = await fast.create(ALICE, time.time() + skew)
-            started = time.monotonic()
-            while time.monotonic() - started < timeout + grace + 1:  # past the index's TTL from the login
-                assert (await right.lookup(session.id, time.time())).state is SessionState.VALID
-                await asyncio.sleep(0.25)
+        async with _looked_up_past_its_login_ttl(redis_url) as (right, session):
             found = await right.sessions_of_idp_session(ALICE.issuer, "sid-1", time.time())
             assert [s.id for s in found] == [session_key(session.id)]
-        finally:
-            await fast.close()
-            await right.close()
 
     async def test_a_lookup_puts_a_live_session_back_into_an_idp_sessions_index_that_expired(
         self, redis_url: str
