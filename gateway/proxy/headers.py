@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Collection, Iterable, Sequence
 from urllib.parse import quote
 
-from gateway.addresses import within
+from gateway.addresses import IPAddress, parse_address, within
 from gateway.errors import BadRequest
 from gateway.proxy.console_scope import URL_FIELDS, ConsoleScope, console_set_cookie, is_origin_wide
 
@@ -174,18 +174,14 @@ def sanitise_request_headers(
     return out
 
 
-def _parse_forwarded_ip(
-    value: str,
-) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _parse_forwarded_ip(value: str) -> IPAddress | None:
+    """A hop of ``X-Forwarded-For`` as an address: quotes, IPv6 brackets and a port taken off."""
     value = value.strip().strip('"')
     if value.startswith("["):
         value = value[1 : value.find("]")]
     elif value.count(":") == 1:
         value = value.split(":", 1)[0]
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        return None
+    return parse_address(value)
 
 
 def client_address(peer_ip: str, headers: Sequence[tuple[bytes, bytes]], trusted_proxies: Sequence[str]) -> str:
@@ -193,7 +189,7 @@ def client_address(peer_ip: str, headers: Sequence[tuple[bytes, bytes]], trusted
     ``X-Forwarded-For`` hop (hops to its left were written by the client and prove nothing)."""
     networks = [ipaddress.ip_network(cidr, strict=False) for cidr in trusted_proxies]
 
-    def trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    def trusted(ip: IPAddress) -> bool:
         return within(ip, networks)
 
     peer = _parse_forwarded_ip(peer_ip)
