@@ -206,44 +206,25 @@ def run_forward_auth(
     alternating order per round; then ``trials`` deprovisionings per variant, each of a fresh agent
     ``agentNNN`` (from ``first_agent``) polled through nginx."""
     work, gateways = bench.work, bench.gateways
-    trivial_port = free_port()
-    trivial = ChildProcess(
-        [sys.executable, "-m", "bench.trivial_auth", "--port", str(trivial_port)],
-        work / "trivial.log",
-        name="trivial decision endpoint",
-        cwd=ROOT,
-    )
-    copy_port = free_port()
     answer_file = work / "answer.json"
-    copy = ChildProcess(
-        [sys.executable, "-m", "bench.trivial_auth", "--port", str(copy_port), "--answer", str(answer_file)],
-        work / "trivial-copy.log",
-        name="trivial decision endpoint with channelgate's answer",
-        cwd=ROOT,
-    )
-    logged_port = free_port()
-    logged = ChildProcess(
-        [
-            sys.executable, "-m", "bench.trivial_auth", "--port", str(logged_port), "--answer", str(answer_file),
-            "--log", f"sqlite+aiosqlite:///{work}/trivial-log.db",
-        ],
-        work / "trivial-log.log",
-        name="trivial decision endpoint with channelgate's answer and access log",
-        cwd=ROOT,
-    )  # fmt: skip
-    raw_port = free_port()
-    raw = ChildProcess(
-        [
-            sys.executable, "-m", "bench.raw_auth", "--port", str(raw_port), "--answer", str(answer_file),
-            "--log", f"sqlite+aiosqlite:///{work}/raw-log.db",
-        ],
-        work / "raw-log.log",
-        name="asyncio-protocol decision endpoint with channelgate's answer and access log",
-        cwd=ROOT,
-    )  # fmt: skip
-    trivials = {
-        "trivial": [trivial_port], "trivial-copy": [copy_port], "trivial-log": [logged_port], "raw-log": [raw_port]
+    answered = ("--answer", str(answer_file))
+    references = {
+        "trivial": _reference(work, "trivial", "bench.trivial_auth", "trivial decision endpoint"),
+        "trivial-copy": _reference(
+            work, "trivial-copy", "bench.trivial_auth", "trivial decision endpoint with channelgate's answer", *answered
+        ),
+        "trivial-log": _reference(
+            work, "trivial-log", "bench.trivial_auth",
+            "trivial decision endpoint with channelgate's answer and access log",
+            *answered, "--log", f"sqlite+aiosqlite:///{work}/trivial-log.db",
+        ),
+        "raw-log": _reference(
+            work, "raw-log", "bench.raw_auth",
+            "asyncio-protocol decision endpoint with channelgate's answer and access log",
+            *answered, "--log", f"sqlite+aiosqlite:///{work}/raw-log.db",
+        ),
     }  # fmt: skip
+    trivials = {name: [reference.port] for name, reference in references.items()}
     deciders = {**trivials, **{n: g.ports for n, g in gateways.items()}}
     nginx = _Nginx(work, deciders, bench.secret)
     result = ForwardAuthResult(duration)
@@ -259,7 +240,7 @@ def run_forward_auth(
         **{name: label for name, (label, _, _) in VARIANTS.items()},
     }
     try:
-        trivial.start()
+        references["trivial"].process.start()
         for name, gateway in gateways.items():
             os.environ[CACHE_ENV] = str(VARIANTS[name][1])
             os.environ[SWITCH_ENV] = str(SWITCH_INTERVAL_MS)
@@ -273,11 +254,11 @@ def run_forward_auth(
             cookie = asyncio.run(session_cookie(gateway, "alice"))
             headers[name] = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
         answer_file.write_text(json.dumps(_answer(gateways["channelgate"], bench.secret, headers["channelgate"])))
-        copy.start()
-        logged.start()
-        raw.start()
-        for port in (trivial_port, copy_port, logged_port, raw_port):
-            wait_for_port(LOOPBACK, port, timeout=30)  # uvicorn listens once the app started (the log: migrated)
+        for name, reference in references.items():
+            if name != "trivial":  # they copy the answer just written
+                reference.process.start()
+        for reference in references.values():
+            wait_for_port(LOOPBACK, reference.port, timeout=30)  # listening once the app and its log started
         nginx.start()
         for name in gateways:
             _check(nginx.url(name), headers[name])
@@ -293,8 +274,8 @@ def run_forward_auth(
                 if target in gateways:
                     m = _sustained(m, _drain(gateways[target]))
                 elif target in ("trivial-log", "raw-log"):
-                    port = logged_port if target == "trivial-log" else raw_port
-                    m = _sustained(m, _drain_queue([f"http://{LOOPBACK}:{port}/queued"], target))
+                    queued = f"http://{LOOPBACK}:{references[target].port}/queued"
+                    m = _sustained(m, _drain_queue([queued], target))
                 measured[target] = m
                 _log(f"round {number + 1}: {target} {m.requests_per_second:,.0f} req/s p99 {m.p99_ms:.1f} ms "
                      f"non-2xx {m.non_2xx}")  # fmt: skip
@@ -310,11 +291,23 @@ def run_forward_auth(
         nginx.process.stop()
         for gateway in gateways.values():
             gateway.stop()
-        trivial.stop()
-        copy.stop()
-        logged.stop()
-        raw.stop()
+        for reference in references.values():
+            reference.process.stop()
     return result
+
+
+@dataclass
+class _Reference:
+    """A reference decision endpoint in a process of its own (bench/trivial_auth.py, bench/raw_auth.py)."""
+
+    process: ChildProcess
+    port: int
+
+
+def _reference(work: Path, target: str, module: str, description: str, *options: str) -> _Reference:
+    port = free_port()
+    argv = [sys.executable, "-m", module, "--port", str(port), *options]
+    return _Reference(ChildProcess(argv, work / f"{target}.log", name=description, cwd=ROOT), port)
 
 
 def _drain(gateway: Gateway, timeout: float = 120.0) -> float:
