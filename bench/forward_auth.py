@@ -5,7 +5,8 @@ One nginx (one worker, like the single-process Python servers) serves four thing
 shipped policies, the channel credential and the signed assertion set upstream), and ``auth_request`` to a
 trivial Starlette endpoint (bench/trivial_auth.py: what a Python decision costs before it decides anything).
 Every gateway variant is started in turn with its own ``[sessions]`` setting; the load is ``wrk -t2 -c50`` with
-a logged-in agent's cookie.
+a logged-in agent's cookie. Around each measured run the CPU time of every process involved is read from /proc, so
+the section shows per request what each one cost against what the goal's rate leaves on this machine.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import secrets
 import statistics
 import sys
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.procstat import cpu_seconds, tree_cpu_seconds
 from bench.revocation import percentile
 from bench.stack import SESSION_COOKIE, Gateway, session_cookie, temporary_dir
 from bench.wrk import WrkResult, run_wrk
@@ -97,6 +100,10 @@ class ForwardAuthResult:
     rounds: list[dict[str, WrkResult]] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     revocations: list[RevocationTrial] = field(default_factory=list)
+    #: Per round, target → process role → CPU microseconds per request (``_CpuWindow``).
+    cpu: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    #: Logical CPUs of the machine the run shared.
+    cpus: int = 1
 
     def median(self, target: str, attribute: str) -> float:
         return float(statistics.median(getattr(r[target], attribute) for r in self.rounds))
@@ -169,7 +176,9 @@ class RevocationTrial:
 class ForwardAuthBench:
     """The gateways are made first: the OpenID provider must know their redirect URIs before it starts."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, redis_pid: int | None = None) -> None:
+        #: The Redis server's process, whose CPU per request the section reports (None: not reported).
+        self.redis_pid = redis_pid
         self.work = temporary_dir("channelgate-bench-fa-")
         self.secret = secrets.token_urlsafe(32)
         self.gateways: dict[str, Gateway] = {}
@@ -265,11 +274,17 @@ def run_forward_auth(
         for name in ("nginx", *trivials):
             headers[name] = headers["channelgate"]
         order = ["nginx", *trivials, *gateways]
+        endpoints = {name: [reference.process.pid or 0] for name, reference in references.items()}
+        endpoints |= {name: gateway.pids for name, gateway in gateways.items()}
+        result.cpus = os.cpu_count() or 1
         for number in range(rounds):
             measured: dict[str, WrkResult] = {}
+            cpu: dict[str, dict[str, float]] = {}
             for target in order if number % 2 == 0 else list(reversed(order)):
                 if warmup > 0:
                     run_wrk(target, nginx.url(target), duration=warmup, headers=headers[target])
+                window = _CpuWindow(nginx.process.pid or 0, endpoints.get(target, []), bench.redis_pid)
+                window.start()
                 m = run_wrk(target, nginx.url(target), duration=duration, headers=headers[target])
                 if target in gateways:
                     m = _sustained(m, _drain(gateways[target]))
@@ -277,9 +292,11 @@ def run_forward_auth(
                     queued = f"http://{LOOPBACK}:{references[target].port}/queued"
                     m = _sustained(m, _drain_queue([queued], target))
                 measured[target] = m
+                cpu[target] = window.per_request(m.total_requests)
                 _log(f"round {number + 1}: {target} {m.requests_per_second:,.0f} req/s p99 {m.p99_ms:.1f} ms "
                      f"non-2xx {m.non_2xx}")  # fmt: skip
             result.rounds.append(measured)
+            result.cpu.append(cpu)
         for name, gateway in gateways.items():
             _check(nginx.url(name), headers[name])
             for trial in range(trials):
@@ -294,6 +311,43 @@ def run_forward_auth(
         for reference in references.values():
             reference.process.stop()
     return result
+
+
+#: The CPU table's process roles, in its column order: the load generator, nginx (master and worker), the decision
+#: endpoint's own process(es), its access-log writer (a child process of each), and the Redis server.
+CPU_ROLES = ("wrk", "nginx", "endpoint", "log writer", "redis")
+
+
+class _CpuWindow:
+    """CPU time each process role used between ``start`` and ``stop``, per request of the run.
+
+    Read from /proc; wrk's from this process's reaped children (``RUSAGE_CHILDREN``): each measured wrk starts and
+    ends inside the window, and nothing else this process started ends there. The window closes after the run's
+    access-log records were drained, so the writer's work for them is counted."""
+
+    def __init__(self, nginx: int, endpoint: list[int], redis: int | None) -> None:
+        self._nginx, self._endpoint, self._redis = nginx, endpoint, redis
+        self._before: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = sum(cpu_seconds(pid) for pid in self._endpoint)
+        tree = sum(tree_cpu_seconds(pid) for pid in self._endpoint)
+        return {
+            "wrk": reaped.ru_utime + reaped.ru_stime,
+            "nginx": tree_cpu_seconds(self._nginx),
+            "endpoint": own,
+            "log writer": tree - own,
+            "redis": cpu_seconds(self._redis) if self._redis is not None else 0.0,
+        }
+
+    def start(self) -> None:
+        self._before = self._read()
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        """Microseconds of CPU per request, by role, since ``start``."""
+        after = self._read()
+        return {role: (after[role] - self._before[role]) * 1e6 / max(requests, 1) for role in CPU_ROLES}
 
 
 @dataclass
@@ -471,6 +525,7 @@ def forward_auth_section(result: ForwardAuthResult) -> list[str]:
             f"reach {raw:.2f}× against (b3)'s {logged:.2f}×. The record alone does not keep a decision endpoint "
             f"below the goal; uvicorn's plumbing plus the record do.",
         ]
+    lines += _cpu_section(result)
     lines += [
         "",
         "### Revocation through nginx, per setting",
@@ -493,6 +548,59 @@ def forward_auth_section(result: ForwardAuthResult) -> list[str]:
             f"{percentile(trials, 99):.1f} | {max(trials):.1f} | {late} | {worst} |"
         )
     lines.append("")
+    return lines
+
+
+def _cpu_section(result: ForwardAuthResult) -> list[str]:
+    """Where each target's CPU went, per request, against what the goal's rate leaves per request."""
+    if not result.cpu:
+        return []
+
+    def median(target: str, role: str) -> float:
+        return float(statistics.median(r[target][role] for r in result.cpu))
+
+    goal_rate = GOAL_RATIO * result.median("nginx", "requests_per_second")
+    budget = result.cpus * 1e6 / goal_rate
+    lines = [
+        "",
+        "### Where the CPU goes",
+        "",
+        "CPU time per request of each process, microseconds (user + system, read from /proc around each measured "
+        "run and its log drain; wrk's from the benchmark's own reaped children), median of rounds. The access-log "
+        "writer is a child process of channelgate and of (b3)/(b4). At the goal's rate in this run "
+        f"({GOAL_RATIO} × (a) = {goal_rate:,.0f} req/s) the machine's {result.cpus} CPUs allow **{budget:.0f} µs "
+        "per request for all of them together**; a target that needs more cannot reach the goal here, whatever "
+        "else waits.",
+        "",
+        "| target | wrk | nginx | decision endpoint | its log writer | Redis | all | all ÷ budget at the goal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for target, label in result.labels.items():
+        values = [median(target, role) for role in CPU_ROLES]
+        total = sum(values)
+        cells = " | ".join("—" if value < 0.05 and role in ("endpoint", "log writer") else f"{value:.1f}"
+                           for role, value in zip(CPU_ROLES, values, strict=True))  # fmt: skip
+        lines.append(f"| {label.split(' ', 1)[0]} | {cells} | {total:.1f} | {total / budget:.2f} |")
+    if "channelgate" in result.labels:
+        around = ("wrk", "nginx", "log writer")
+        others = sum(median("channelgate", role) for role in (*around, "redis"))
+        own = median("channelgate", "endpoint")
+        lines += [
+            "",
+            f"For (c), the goal's line: wrk, nginx (two proxied requests per request), the durable record's writer "
+            f"and Redis took {others:.0f} µs a request at (c)'s rate, {budget - others:.0f} µs against the "
+            f"{budget:.0f} left for channelgate's own process, which used {own:.0f} µs (HTTP, session lookup, "
+            "policy, credential, assertion, the record's submission).",
+        ]
+        if "raw-log" in result.labels:
+            # At a higher rate nginx, wrk and the writer batch more and cost less a request: (b4) shows that floor.
+            floor = sum(median("raw-log", role) for role in around) + median("channelgate", "redis")
+            lines[-1] += (
+                f" At (b4)'s higher rate the same processes cost less a request (they batch more): with (b4)'s "
+                f"wrk, nginx and writer and (c)'s Redis, {floor:.0f} µs, leaving {budget - floor:.0f} µs for the "
+                f"decision endpoint, where (b4)'s, which reads no session and decides nothing, used "
+                f"{median('raw-log', 'endpoint'):.0f} µs."
+            )
     return lines
 
 

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         cleanups.append(scim_replicas.stop)
         # The SCIM disable trials log in their own agents, after those of the revocation trials.
         first_scim_agent = args.trials + args.cli_trials
-        forward_auth_bench = ForwardAuthBench(redis_throughput.url)
+        forward_auth_bench = ForwardAuthBench(redis_throughput.url, redis_throughput.process.pid)
         load_stack: LoadStack | None = None
         if run_load:
             assert postgres is not None
