@@ -75,6 +75,7 @@ from gateway.settings_stores import (
 from gateway.settings_stores import (
     SessionSettings as SessionSettings,
 )
+from gateway.signals.events import DEFAULT_MAX_AGE_SECONDS
 
 ENV_PREFIX = "CHANNELGATE_"
 
@@ -244,6 +245,11 @@ class SsfTransmitterSettings(_Section):
     #: directory). None by default, so a transmitter that is not the IdP (a chat vendor's) cannot log out or
     #: disable the IdP's agents. For an IdP whose SETs' ``iss`` is not its OIDC issuer, list the OIDC issuer here.
     subject_issuers: tuple[str, ...] = ()
+    #: The oldest SET (by ``iat``) acted on, in seconds. A transmitter retries a push the gateway could not take
+    #: (RFC 8935 §2.3: it was down, or answered 503), so a disable sent during an outage arrives late and must still
+    #: count; a late ``account-disabled`` is not acted on if the agent changed here after it was issued (it could
+    #: undo a later re-enable). Each SET's ``jti`` is remembered this long, so none is acted on twice.
+    max_set_age_seconds: Annotated[int, Field(ge=300, le=7 * 86_400)] = DEFAULT_MAX_AGE_SECONDS
 
     @field_validator("token")
     @classmethod

@@ -29,8 +29,13 @@ from gateway.errors import ChannelgateError
 
 CAEP: Final = "https://schemas.openid.net/secevent/caep/event-type/"
 RISC: Final = "https://schemas.openid.net/secevent/risc/event-type/"
-#: Oldest ``iat`` accepted (seconds); a ``jti`` is remembered a little longer, so an older one cannot be replayed.
-MAX_AGE_SECONDS: Final = 300
+#: A SET issued within this many seconds is acted on as it comes. An older one (a transmitter retrying its push
+#: after the gateway was down, RFC 8935 §2.3) is still acted on, up to its transmitter's ``max_set_age_seconds``,
+#: unless acting late could undo a later change (the receiver's stale check).
+RECENT_SECONDS: Final = 300
+#: The default ``[[ssf.transmitters]] max_set_age_seconds``: SETs older than this are refused; each ``jti`` is
+#: remembered a little longer, so an older one cannot be replayed.
+DEFAULT_MAX_AGE_SECONDS: Final = 86_400
 LEEWAY_SECONDS: Final = 60
 
 
@@ -81,6 +86,8 @@ class SecurityEvent:
     subject_count: int = 1
     #: The other subjects, each in another form than ``subject``: the receiver acts only if they name the same agent.
     also_named: tuple[Subject, ...] = ()
+    #: The SET's ``iat`` (seconds since the epoch).
+    issued_at: float = 0.0
 
     @property
     def action(self) -> Action:
@@ -138,10 +145,18 @@ def _issuers(claims: dict[str, Any], events: dict[str, Any], transmitter: str, e
 
 
 def security_event(
-    header: dict[str, Any], claims: dict[str, Any], *, issuer: str, audience: str, now: float, email_issuer: str
+    header: dict[str, Any],
+    claims: dict[str, Any],
+    *,
+    issuer: str,
+    audience: str,
+    now: float,
+    email_issuer: str,
+    max_age: float = DEFAULT_MAX_AGE_SECONDS,
 ) -> SecurityEvent:
     """Check a verified SET from ``issuer`` (RFC 8417 §2.2-2.3); raises ``InvalidSet`` with the RFC 8935 code.
-    ``email_issuer`` is the issuer an ``email`` subject counts as an account of (the login IdP's)."""
+    ``email_issuer`` is the issuer an ``email`` subject counts as an account of (the login IdP's); ``max_age`` the
+    oldest ``iat`` accepted, in seconds before ``now``."""
     typ = header.get("typ")
     if typ is not None and str(typ).lower() not in ("secevent+jwt", "application/secevent+jwt"):
         raise InvalidSet(f"the SET's typ is {typ!r}, not secevent+jwt")
@@ -153,12 +168,10 @@ def security_event(
     if aud != audience and not (isinstance(aud, list) and audience in aud):
         raise InvalidSet("the SET is not addressed to this gateway", err="invalid_audience")
     iat = claims.get("iat")
-    if (
-        not isinstance(iat, int | float)
-        or isinstance(iat, bool)
-        or not now - MAX_AGE_SECONDS <= iat <= now + LEEWAY_SECONDS
-    ):
-        raise InvalidSet(f"the SET's iat is missing or outside the last {MAX_AGE_SECONDS} seconds")
+    if not isinstance(iat, int | float) or isinstance(iat, bool) or not now - max_age <= iat <= now + LEEWAY_SECONDS:
+        raise InvalidSet(
+            f"the SET's iat is missing or outside the last {max_age:g} seconds (this transmitter's max_set_age_seconds)"
+        )
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti:
         raise InvalidSet("the SET has no jti")
@@ -181,7 +194,7 @@ def security_event(
     names_email = any(isinstance(i, dict) and i.get("format") == "email" for i in _identifiers(claims, events))
     issuers = frozenset(_issuers(claims, events, issuer, email_issuer))
     most = max(forms.count(form) for form in set(forms))
-    return SecurityEvent(jti, subject, actions, issuers, names_email, most, tuple(subjects[1:]))
+    return SecurityEvent(jti, subject, actions, issuers, names_email, most, tuple(subjects[1:]), float(iat))
 
 
 class NotSpokenFor(InvalidSet):

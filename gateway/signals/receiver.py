@@ -16,6 +16,10 @@ An ``email`` subject that several live agents share is ambiguous: a logout ends 
 (low harm, and the one meant is among them), a deprovisioning is refused with a 400 (RFC 8935 §2.3) that says
 it was not acted on, since disabling a guess could shut out the wrong person and leave the right one working.
 
+A SET is acted on up to its transmitter's ``max_set_age_seconds`` after its ``iat`` (the transmitter retries
+what the gateway could not take); a late ``account-disabled`` about an agent changed here since is refused
+(``_stale``): it could undo a later re-enable.
+
 The answer is 202 (accepted, including events about an unknown subject or of a type we ignore, so the
 transmitter does not retry them), 400 with an RFC 8935 §2.4 error object, 401, or 503 (try again); every SET
 leaves an access-log record.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from joserfc import jwt
@@ -40,7 +45,7 @@ from gateway.sessions.single_use import run_once
 from gateway.settings import SsfTransmitterSettings
 from gateway.signals.events import (
     LEEWAY_SECONDS,
-    MAX_AGE_SECONDS,
+    RECENT_SECONDS,
     Action,
     InvalidSet,
     NotSpokenFor,
@@ -136,6 +141,26 @@ def _ambiguous(event: SecurityEvent, found: list[Agent]) -> InvalidSet:
     )
 
 
+def _stale(services: Services, event: SecurityEvent, agent: Agent) -> InvalidSet | None:
+    """A late ``account-disabled`` (issued more than ``RECENT_SECONDS`` ago: pushed again after the gateway could not
+    take it) about an agent changed here since it was issued is not acted on: the change may be the re-enable that
+    followed the disable at the IdP (SCIM, the directory, an admin), and disabling now would undo it and revoke,
+    hand over and delete at the channels of an active agent. A recent SET is acted on whatever changed: the IdP's
+    own updates (a rename, a group) arrive just before its disable. The refusal is recorded; an administrator who
+    finds the account still disabled at the IdP deprovisions the agent by hand."""
+    now = services.clock()
+    if now - event.issued_at <= RECENT_SECONDS or agent.updated_at.timestamp() <= event.issued_at:
+        return None
+    issued = datetime.fromtimestamp(event.issued_at, UTC).isoformat(timespec="seconds")
+    return InvalidSet(
+        f"not acted on: this account-disabled SET was issued at {issued}, {(now - event.issued_at) / 60:.0f} "
+        f"minutes ago, and the agent {agent.user_name!r} changed here since (at "
+        f"{agent.updated_at.isoformat(timespec='seconds')}), perhaps made active again; acting on it late could "
+        "undo that. If the account is still disabled at the IdP, have the gateway's administrator deprovision the "
+        "agent (the SET's security_event access-log record names it)."
+    )
+
+
 async def _apply(
     services: Services, transmitter: SsfTransmitterSettings, event: SecurityEvent, outcome: dict[str, Any]
 ) -> None:
@@ -153,6 +178,9 @@ async def _apply(
         if len(found) > 1:
             outcome["result"] = "ambiguous subject: several agents share this email"
             raise _ambiguous(event, found)
+        if stale := _stale(services, event, found[0]):
+            outcome["result"] = "stale: the agent changed here after the SET was issued"
+            raise stale
         kill = await services.killer.deprovision(
             found[0].id, reason=f"account disabled at {transmitter.issuer} (RISC)", actor="ssf", source="ssf"
         )
@@ -187,6 +215,7 @@ async def receive_event(request: Request) -> Response:
             audience=audience,
             now=services.clock(),
             email_issuer=services.settings.oidc.issuer,
+            max_age=transmitter.max_set_age_seconds,
         )
         try:
             authorize(event, transmitter=transmitter.issuer, speaks_for=transmitter.speaks_for)
@@ -201,7 +230,7 @@ async def receive_event(request: Request) -> Response:
             services.sessions,
             f"set:{transmitter.issuer}:{event.jti}",
             functools.partial(_apply, services, transmitter, event, outcome),
-            ttl_seconds=MAX_AGE_SECONDS + LEEWAY_SECONDS,
+            ttl_seconds=transmitter.max_set_age_seconds + LEEWAY_SECONDS,
             replayed=InvalidSet("this SET was already received"),
         )
     except ChannelgateError as exc:

@@ -39,12 +39,13 @@ class Transmitter:
     def jwks_uri(self) -> str:
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}/jwks"
 
-    def toml(self, subject_issuers: Sequence[str] = ()) -> str:
+    def toml(self, subject_issuers: Sequence[str] = (), max_set_age_seconds: int | None = None) -> str:
         """Its ``[[ssf.transmitters]]`` table; ``subject_issuers`` are the other issuers it may speak for."""
         table = (
             f'[[ssf.transmitters]]\nissuer = "{self.issuer}"\njwks_uri = "{self.jwks_uri}"\ntoken = "{self.token}"\n'
         )
-        return table + (f"subject_issuers = {json.dumps(list(subject_issuers))}\n" if subject_issuers else "")
+        table += f"subject_issuers = {json.dumps(list(subject_issuers))}\n" if subject_issuers else ""
+        return table + (f"max_set_age_seconds = {max_set_age_seconds}\n" if max_set_age_seconds else "")
 
     def sign(self, events: dict[str, Any], *, header: dict[str, Any] | None = None, key: dict[str, Any] | None = None,
              **claims: Any) -> str:  # fmt: skip

@@ -13,6 +13,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ import pytest
 from gateway.errors import StorageError
 from gateway.signals.events import CAEP, RISC
 from gateway.storage.agents import AgentRepository
+from gateway.timeutil import utcnow
 from tests.components.echo_gateway import Deployment, deployment
 from tests.components.oidc_provider import (
     DEMO_PASSWORD,
@@ -174,7 +176,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "signed with another key": ({"key": generate_signing_key("ssf-1")}, "invalid_key"),
     "for another audience": ({"aud": "https://someone-else.example"}, "invalid_audience"),
     "from another issuer": ({"iss": "https://evil.example"}, "invalid_issuer"),
-    "issued an hour ago": ({"iat": int(time.time()) - 3600}, "invalid_request"),
+    "issued two days ago": ({"iat": int(time.time()) - 2 * 86_400}, "invalid_request"),
     "an id token (nonce)": ({"nonce": "n"}, "invalid_request"),
     "typed as a plain JWT": ({"header": {"typ": "JWT"}}, "invalid_request"),
     "without jti": ({"jti": None}, "invalid_request"),
@@ -225,6 +227,88 @@ async def test_a_risc_account_disabled_retried_after_a_database_outage_deprovisi
     assert (await _last_record(gateway)).decision == "deprovisioned"
     replayed = await _push(gateway, body, transmitter.token)  # acted on once: now it is a replay
     assert replayed.status_code == 400 and "already received" in replayed.json()["description"]
+
+
+async def _changed(gateway: Deployment, user_name: str, seconds_ago: float) -> None:
+    """The agent's row last changed ``seconds_ago`` (the repository's own update, dated then)."""
+    agent = await gateway.services.agents.find(user_name)
+    assert agent is not None
+    await gateway.services.agents.set_active(agent.id, True, None, utcnow() - timedelta(seconds=seconds_ago))
+
+
+async def test_a_risc_account_disabled_pushed_again_an_hour_after_it_was_issued_deprovisions_the_agent(
+    gateway: Deployment, transmitter: Transmitter
+) -> None:
+    # RFC 8935 §2.3: the transmitter retries a push the gateway could not take; the disable must still count.
+    alice, subject = await _alice(gateway)
+    await _changed(gateway, "alice", seconds_ago=2 * 3600)  # the agent as it was before the IdP disabled it
+    late = transmitter.sign(
+        {RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject, iat=int(time.time()) - 3600
+    )
+
+    response = await _push(gateway, late, transmitter.token)
+
+    assert response.status_code == 202, response.text
+    assert await _chat(alice, gateway) == 401
+    agent = await gateway.services.agents.find_by_oidc(subject["iss"], subject["sub"])
+    assert agent is not None and not agent.active
+    assert (await _last_record(gateway)).decision == "deprovisioned"
+
+
+async def test_a_late_risc_account_disabled_about_an_agent_changed_since_it_was_issued_is_refused_and_changes_nothing(
+    gateway: Deployment, transmitter: Transmitter
+) -> None:
+    alice, subject = await _alice(gateway)
+    await _changed(gateway, "alice", seconds_ago=600)  # made active again 10 minutes ago, after the SET was issued
+    late = transmitter.sign(
+        {RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject, iat=int(time.time()) - 3600
+    )
+
+    response = await _push(gateway, late, transmitter.token)
+
+    assert response.status_code == 400, response.text
+    description = response.json()["description"]
+    assert response.json()["err"] == "invalid_request"
+    assert "not acted on" in description and "'alice' changed here since" in description
+    assert await _chat(alice, gateway) == 200
+    agent = await gateway.services.agents.find("alice")
+    assert agent is not None and agent.active
+    record = await _last_record(gateway)
+    assert (record.decision, record.status, record.agent_name) == ("refused", 400, "alice")
+    assert record.detail["result"].startswith("stale")
+
+
+async def test_a_recent_risc_account_disabled_is_acted_on_even_if_the_agent_changed_after_it_was_issued(
+    gateway: Deployment, transmitter: Transmitter
+) -> None:
+    # The IdP's own updates (a rename, a group) may reach the gateway just before its disable: acted on.
+    alice, subject = await _alice(gateway)
+    recent = transmitter.sign(
+        {RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject, iat=int(time.time()) - 120
+    )
+
+    assert (await _push(gateway, recent, transmitter.token)).status_code == 202
+    assert await _chat(alice, gateway) == 401
+
+
+async def test_a_set_older_than_its_transmitters_max_set_age_is_refused(
+    oidc_provider_factory: OidcProviderFactory, transmitter: Transmitter
+) -> None:
+    def table(idp_issuer: str) -> str:
+        return transmitter.toml(subject_issuers=[idp_issuer], max_set_age_seconds=600)
+
+    async with deployment(oidc_provider_factory, extra_toml=table) as gateway:
+        alice, subject = await _alice(gateway)
+        await _changed(gateway, "alice", seconds_ago=2 * 3600)
+        old = transmitter.sign(
+            {RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject, iat=int(time.time()) - 3600
+        )
+
+        response = await _push(gateway, old, transmitter.token)
+
+        assert response.status_code == 400, response.text
+        assert "outside the last 600 seconds" in response.json()["description"]
+        assert await _chat(alice, gateway) == 200
 
 
 async def test_a_caep_session_revoked_about_an_email_two_agents_share_ends_the_sessions_of_both(

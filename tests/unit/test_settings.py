@@ -208,6 +208,24 @@ def test_a_shared_signals_transmitter_needs_a_real_url_and_a_long_token_which_ne
     assert "ssf.transmitters.0.token" in message and "CHANGE-ME placeholder" in message and placeholder not in message
 
 
+@pytest.mark.parametrize("age", [0, 299, 7 * 86_400 + 1])
+def test_a_transmitters_max_set_age_outside_five_minutes_to_a_week_is_named(tmp_path: Path, age: int) -> None:
+    transmitter = (
+        '\n[[ssf.transmitters]]\nissuer = "https://idp.example"\njwks_uri = "https://idp.example/jwks"\n'
+        f'token = "{"t" * 40}"\nmax_set_age_seconds = {age}\n'
+    )
+    message = _error(tmp_path, GOOD + transmitter)
+    assert "ssf.transmitters.0.max_set_age_seconds" in message
+
+
+def test_a_transmitters_sets_are_acted_on_for_a_day_unless_its_settings_say_otherwise(tmp_path: Path) -> None:
+    transmitter = '\n[[ssf.transmitters]]\nissuer = "https://idp.example"\njwks_uri = "https://idp.example/jwks"\n'
+    table = transmitter + f'token = "{"t" * 40}"\n'
+    assert load_settings(_write(tmp_path, GOOD + table), environ={}).ssf.transmitters[0].max_set_age_seconds == 86_400
+    hour = load_settings(_write(tmp_path, GOOD + table + "max_set_age_seconds = 3600\n"), environ={})
+    assert hour.ssf.transmitters[0].max_set_age_seconds == 3600
+
+
 @pytest.mark.parametrize("token", ["", "Q", "tok-9f2k", "Q" * 31], ids=["empty", "one", "short", "31-characters"])
 def test_an_admin_token_shorter_than_32_characters_is_named_and_never_printed(tmp_path: Path, token: str) -> None:
     message = _error(tmp_path, GOOD.replace("admin-token-s3cret-of-32-characters-ok", token))

@@ -114,3 +114,20 @@ def test_one_account_named_in_two_forms_or_letter_cases_is_not_refused_as_two(
                            email_issuer=IDP)  # fmt: skip
     authorize(event, transmitter=IDP, speaks_for=frozenset({IDP}))  # the receiver then checks they are one agent
     assert event.subject_count == 1
+
+
+@pytest.mark.parametrize("age", [0, 3_600, 86_400])
+def test_a_set_up_to_its_max_age_is_accepted_with_its_iat(age: int) -> None:
+    body = {"iss": VENDOR, "aud": "https://gw.example", "iat": NOW - age, "jti": "j-1", "sub_id": OWN,
+            "events": {RISC + "account-disabled": {}}}  # fmt: skip
+    event = security_event({}, body, issuer=VENDOR, audience="https://gw.example", now=NOW, email_issuer=IDP)
+    assert event.issued_at == NOW - age
+
+
+@pytest.mark.parametrize(("age", "max_age"), [(86_401, 86_400), (601, 600), (-61, 600)])
+def test_a_set_older_than_the_max_age_or_from_the_future_is_refused(age: int, max_age: int) -> None:
+    body = {"iss": VENDOR, "aud": "https://gw.example", "iat": NOW - age, "jti": "j-1", "sub_id": OWN,
+            "events": {RISC + "account-disabled": {}}}  # fmt: skip
+    with pytest.raises(InvalidSet, match=f"outside the last {max_age} seconds"):
+        security_event({}, body, issuer=VENDOR, audience="https://gw.example", now=NOW, email_issuer=IDP,
+                       max_age=max_age)  # fmt: skip
