@@ -90,3 +90,20 @@ async def test_no_console_can_install_a_service_worker_through_nginx(
     assert refused.status_code == 403
     served = await bob.get(nginx.url + "/chat/sw.js", headers={"Accept": "application/json"})
     assert served.status_code == 200
+
+
+async def test_a_consoles_link_and_content_location_do_not_reach_the_browser_through_nginx(
+    fronted: tuple[Deployment, NginxServer, HostileConsole],
+) -> None:
+    # nginx rewrites only Location and Refresh (proxy_redirect): a Link or Content-Location would name the console's
+    # own address or a path outside its prefix, and a Link can ask for a service worker scoped to the whole origin.
+    gateway, nginx, chat = fronted
+    bob = await gateway.login("bob")
+    chat.answer = [
+        ("Link", "</sw.js>; rel=serviceworker; scope=/"),
+        ("Link", "<http://{host}/app.js>; rel=preload; as=script"),
+        ("Content-Location", "http://{host}/inbox/1"),
+    ]
+    answer = await bob.get(nginx.url + "/chat/evil", headers={"Accept": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert "link" not in answer.headers and "content-location" not in answer.headers
