@@ -22,6 +22,7 @@ from gateway.audit.checkpoints import CheckpointSigner, open_sink
 from gateway.audit.retention import Retention
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
+from gateway.deprovision.logouts import Logouts
 from gateway.deprovision.revived import RevivedSessions
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
 from gateway.deprovision.worker import PipelineWorker
@@ -48,6 +49,7 @@ from gateway.storage.groups import GroupRepository
 from gateway.storage.pipeline import PipelineRepository
 from gateway.storage.quick_reads import QuickReads
 from gateway.storage.scim_tokens import ScimTokenRepository
+from gateway.storage.session_ends import SessionEndRepository
 
 if TYPE_CHECKING:
     from gateway.collector import FullCollections
@@ -81,6 +83,8 @@ class Services:
     killer: SessionKiller
     #: Ends again, after a session-store outage, the sessions a restarted Redis brought back (run by the heartbeat).
     revived: RevivedSessions
+    #: Logouts remembered before they are reported done, for that sweep (gateway/deprovision/logouts.py).
+    logouts: Logouts
     #: The deprovisioning pipeline's runs and steps (issue 4).
     pipeline: PipelineRepository
     vault: Vault | None
@@ -172,6 +176,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     }
     connectors = build_connectors(contexts)
     pipeline = PipelineRepository(database.engine)
+    logouts = Logouts(database, SessionEndRepository(database.engine), audit)
     planner = RunPlanner(
         connectors, pipeline, MassDeletionGuard(settings.deprovision.guard, agents, pipeline), audit, metrics
     )
@@ -185,6 +190,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         settings.sessions.revocation_ack_timeout_seconds,
         planner,
         pipeline,
+        logouts,
     )
     chain = ChainStore(database.engine)
     return Services(
@@ -199,8 +205,14 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
         cookies=CookiePolicy(secure=not settings.server.insecure_dev_cookies),
         killer=killer,
         revived=RevivedSessions(
-            agents, sessions, audit, metrics, session_lifetime_seconds=settings.sessions.absolute_timeout_seconds
+            agents,
+            sessions,
+            audit,
+            metrics,
+            session_lifetime_seconds=settings.sessions.absolute_timeout_seconds,
+            logouts=logouts,
         ),
+        logouts=logouts,
         pipeline=pipeline,
         vault=vault,
         connectors=connectors,

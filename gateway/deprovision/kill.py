@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.first_kills import FirstKills
+from gateway.deprovision.logouts import Logouts
 from gateway.deprovision.runs import Hold, RunPlanner, joined_run
 from gateway.errors import ChannelgateError, NotFound, SessionStoreUnavailable
 from gateway.metrics import Metrics
@@ -49,6 +50,7 @@ from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, AgentRepository
 from gateway.storage.database import Database
 from gateway.storage.pipeline import PipelineRepository, RunRecord
+from gateway.storage.session_ends import EndKind, SessionEnd
 from gateway.storage.sqlite_outbox import Outbox
 from gateway.timeutil import utcnow
 
@@ -129,7 +131,9 @@ class SessionKiller:
         ack_timeout: float,
         planner: RunPlanner | None = None,
         runs: PipelineRepository | None = None,
+        logouts: Logouts | None = None,
     ) -> None:
+        """``logouts`` remembers what :meth:`end_sessions` ends (gateway/deprovision/logouts.py)."""
         self._database = database
         self._agents = agents
         self._sessions = sessions
@@ -139,6 +143,7 @@ class SessionKiller:
         self._ack_timeout = ack_timeout
         self._planner = planner
         self._runs = runs
+        self._logouts = logouts
         #: Called after a run was queued and committed (the local worker wakes up instead of waiting to poll).
         self.on_enqueued: Callable[[], None] | None = None
         #: Called when a deprovisioning starts here (the serving process defers its full garbage collection).
@@ -188,8 +193,20 @@ class SessionKiller:
     async def end_sessions(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
         """End the agent's sessions on every replica (all of them, or those of one IdP session ``sid``), close
         its open WebSockets and streams, and wait for every live replica's acknowledgement. A logout (OIDC
-        back-channel, CAEP) stops here; a deprovisioning disables the agent first. None when ``sid`` matched
-        no session (nothing was ended or broadcast)."""
+        back-channel, CAEP, the console) stops here, and is remembered in the database before this returns, so
+        the sweep after a session-store outage ends again what a restarted Redis brings back
+        (gateway/deprovision/logouts.py; raises ``StorageError`` when that write fails, the sessions ended all the
+        same). None when ``sid`` matched no session (nothing was ended or broadcast)."""
+        ended_at = utcnow()  # before the store ends them: a session created after this is not the logout's
+        ended = await self._end_everywhere(agent_id, idp_session_id)
+        if ended is not None and ended.count and self._logouts is not None:
+            kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
+            await self._logouts.remember([SessionEnd(ended_at, kind, agent_id, sid=idp_session_id)])
+        return ended
+
+    async def _end_everywhere(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
+        """:meth:`end_sessions` without remembering it: a deprovisioning's kill (its agent, made inactive, is
+        found again from its row)."""
         if idp_session_id is None:
             count, revocation = await self._sessions.revoke_agent(agent_id)
         else:
@@ -225,7 +242,7 @@ class SessionKiller:
         acknowledgements (in a storm, every replica then applies one revocation per agent, not two)."""
         first = self._ended_first.get(agent_id)
         if first is None or first.revocation is None:
-            ended = await self.end_sessions(agent_id)
+            ended = await self._end_everywhere(agent_id)
             assert ended is not None  # every session of the agent: a revocation is always broadcast
             return ended
         count, revocation = await self._sessions.revoke_agent_if_any(agent_id)

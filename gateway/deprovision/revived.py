@@ -4,7 +4,7 @@ Redis acknowledges a write before it is safe: with AOF ``appendfsync everysec`` 
 host crash, an RDB snapshot loses everything since it was taken, and a failover can promote a replica that had not
 received the last writes (``[sessions.redis] wait_for_replicas`` narrows that, gateway/sessions/redis_replication.py).
 A revocation lost that way brings the ended sessions back, valid: an agent deprovisioned just before the crash could
-go on working.
+go on working, and a copy of a logged-out session's cookie would work again.
 
 Two things answer it. For ``RECOVERY_CHECK_SECONDS`` after the store last failed to answer, every session is also
 checked against its agent's row (gateway/authn.py, gateway/forward_auth_memo.py): a revived session used then is
@@ -14,8 +14,15 @@ sweep ends again the sessions of every agent made inactive recently — within t
 an older session has expired whatever Redis holds — and the check against agents' rows stays on until the sweep has
 completed. Each agent whose sessions it ended gets a ``sessions_revoked`` record saying why.
 
-Not covered: a lost logout or IdP session logout of an agent who is still active (the browser has dropped its
-cookie; a copy of it stays valid until its timeouts) — docs/hardening.md says so.
+The same sweep ends again what the logouts of agents who stay active ended within that time: each logout was
+remembered in the database before it was reported done (gateway/deprovision/logouts.py). A ``/.channelgate/logout``
+names its one session by storage key; a back-channel logout by ``sid`` the agent's sessions from that IdP session,
+and one by ``sub`` (or CAEP, or the console's "end sessions") every session of the agent — in both cases only those
+created before the logout (plus ``CLOCK_MARGIN_SECONDS``), so a session the agent signed in to afterwards stays. Each
+session ended again gets a ``sessions_revoked`` record. The check against agents' rows cannot see a logout (the
+agent is active), so a revived logged-out session is refused only once this sweep has reached it: in the seconds
+between the store answering again and the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) a copy of its
+cookie still works — docs/operations/hardening.md says so.
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from gateway.audit.writer import AuditLog
+from gateway.deprovision.logouts import Logouts
 from gateway.metrics import Metrics
-from gateway.sessions.base import SessionStore
+from gateway.sessions.base import SessionData, SessionStore
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import AgentRepository
+from gateway.storage.session_ends import EndKind, SessionEnd
 from gateway.timeutil import utcnow
 
 log = logging.getLogger("channelgate.sessions")
@@ -41,10 +50,15 @@ RECOVERY_CHECK_SECONDS = 60.0
 LIFETIME_MARGIN_SECONDS = 600
 #: Agents read again (still inactive?) per query before their sessions are ended.
 BATCH = 100
+#: A logout that ended every session of an agent (or of one IdP session) ends again those created up to this long
+#: after it: each replica stamps a session with its own clock, and one running ahead must not hide a session the
+#: logout did end. A login that soon after the logout may be ended too (the agent signs in again): fail closed.
+CLOCK_MARGIN_SECONDS = 60.0
 
 
 class RevivedSessions:
-    """Ends again, after a session-store outage, the sessions of agents made inactive recently."""
+    """Ends again, after a session-store outage, the sessions of agents made inactive recently and those that
+    recent logouts ended."""
 
     def __init__(
         self,
@@ -54,14 +68,20 @@ class RevivedSessions:
         metrics: Metrics,
         *,
         session_lifetime_seconds: float,
+        logouts: Logouts | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` is the sessions' clock (``Services.clock``): their ``created_at`` is compared with a logout's
+        time."""
         self._agents = agents
         self._sessions = sessions
         self._audit = audit
         self._metrics = metrics
         self._lifetime = timedelta(seconds=session_lifetime_seconds + LIFETIME_MARGIN_SECONDS)
+        self._logouts = logouts
         self._monotonic = monotonic
+        self._clock = clock
         #: When the last completed sweep started (monotonic); None before the first.
         self._swept_at: float | None = None
         #: Records of sessions ended whose write failed: written before anything else at the next turn.
@@ -83,10 +103,13 @@ class RevivedSessions:
         unreachable): the sweep stays due and the caller tries again at its next turn, and the records of sessions
         already ended are kept and written first then (nothing ended goes unrecorded)."""
         await self._write_records()
+        cutoff = utcnow() - self._lifetime
+        if self._logouts is not None:
+            await self._logouts.flush()
+            await self._logouts.prune_if_due(cutoff)
         if not self.due():
             return 0
         started = self._monotonic()
-        cutoff = utcnow() - self._lifetime
         inactive = await self._agents.inactive_since(cutoff)
         ended = agents_ended = 0
         for start in range(0, len(inactive), BATCH):
@@ -109,7 +132,42 @@ class RevivedSessions:
                 ended,
                 agents_ended,
             )
+        logged_out = await self._end_logouts_again(cutoff) if self._logouts is not None else 0
+        if logged_out:
+            log.warning("the session store brought back %d logged-out session(s); they were ended again", logged_out)
         self._swept_at = started
+        return ended + logged_out
+
+    async def _end_logouts_again(self, cutoff: datetime) -> int:
+        """End again each session a logout remembered since ``cutoff`` ended; one record per session ended."""
+        assert self._logouts is not None
+        ended = 0
+        for end in await self._logouts.since(cutoff):
+            for data in await self._end_again(end):
+                self._unwritten.append(_logout_record(end, data))
+                ended += 1
+                self._metrics.sessions_revoked.inc()
+            if len(self._unwritten) >= BATCH:
+                await self._write_records()
+        await self._write_records()
+        return ended
+
+    async def _end_again(self, end: SessionEnd) -> list[SessionData]:
+        """What ``end`` ended and the store holds again, deleted by storage key (broadcast only when found)."""
+        if end.kind is EndKind.LOGOUT:
+            assert end.session_key is not None
+            data = await self._sessions.delete_key(end.session_key)
+            return [] if data is None else [data]
+        created_before = end.ended_at.timestamp() + CLOCK_MARGIN_SECONDS
+        ended = []
+        for session in await self._sessions.sessions_of(end.agent_id, self._clock()):
+            if session.created_at >= created_before:
+                continue  # signed in after the logout
+            if end.kind is EndKind.IDP_SESSION and session.data.idp_session_id != end.sid:
+                continue
+            data = await self._sessions.delete_key(session.id)  # sessions_of names them by storage key
+            if data is not None:
+                ended.append(data)
         return ended
 
     async def _write_records(self) -> None:
@@ -128,4 +186,22 @@ def _record(agent_id: str, user_name: str, count: int) -> AccessRecord:
         reason="sessions revived by a session-store restart or failover, ended again",
         decision="revoked",
         detail={"source": "session-store-recovery", "sessions": count},
+    )
+
+
+def _logout_record(end: SessionEnd, data: SessionData) -> AccessRecord:
+    return AccessRecord(
+        time=utcnow(),
+        kind="sessions_revoked",
+        agent_id=data.agent_id,
+        agent_name=data.user_name,
+        actor="channelgate",
+        reason="a logged-out session revived by a session-store restart or failover, ended again",
+        decision="revoked",
+        detail={
+            "source": "session-store-recovery",
+            "sessions": 1,
+            "ended": end.kind.value,
+            "ended_at": end.ended_at.isoformat(),
+        },
     )

@@ -12,7 +12,10 @@ with ``sub`` (normally one agent: an IdP session is one user's). A ``sid`` that 
 and ends nothing. The ``jti`` counts as used only once that succeeded (``gateway/sessions/single_use.py``): a
 provider retrying after a 503 is served, not refused as a replay.
 
-This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. The answer is 200 with
+This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. What it ended is written to
+the database before the answer (``SessionKiller.end_sessions``, gateway/deprovision/logouts.py), so a restarted
+Redis that brings the sessions back has them ended again; when that write fails the answer is a 503 (the sessions
+are ended all the same, the write retried by the replica). The answer is 200 with
 ``Cache-Control: no-store``, 400 with an OAuth error body (§2.8), or 503 when the database or the session store
 does not answer (the same token may be sent again); every answer leaves an access-log record. A ``sid`` that
 matches no live session is a 400 (nothing was logged out here, §2.8), its ``jti`` left unused.

@@ -2,7 +2,9 @@
 
 A new session id is issued at every login and any session the browser already had is ended (ASVS 7.2.4, session
 fixation: Keycloak CVE-2026-7507). Logout is a POST (no state change on GET), deletes the server-side session and
-clears the cookie so a replayed cookie finds nothing (oauth2-proxy CVE-2026-34454).
+clears the cookie so a replayed cookie finds nothing (oauth2-proxy CVE-2026-34454), and is remembered in the
+database so a Redis that loses the deletion does not bring the session back for good (gateway/deprovision/
+logouts.py).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from gateway.oidc.client import Identity
 from gateway.oidc.redirects import safe_return_to
 from gateway.scope import RequestScope, scope_of
 from gateway.services import Services
-from gateway.sessions.base import PendingLogin, SessionData
+from gateway.sessions.base import PendingLogin, SessionData, session_key
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import DIRECTORY_SOURCES, AmbiguousLink, UserNameConflict
+from gateway.storage.session_ends import EndKind, SessionEnd
 from gateway.timeutil import utcnow
 
 PENDING_LOGIN_TTL = 600
@@ -101,8 +104,11 @@ async def callback(request: Request) -> Response:
         )  # fmt: skip
         raise
     old_session = request.cookies.get(services.cookies.session_name)
-    if old_session:
-        await services.sessions.delete(old_session)
+    replaced = await services.sessions.delete(old_session) if old_session else None
+    if old_session and replaced is not None:
+        # Ended as a logout is, so remembered as one (gateway/deprovision/logouts.py): its agent may stay active.
+        end = SessionEnd(utcnow(), EndKind.LOGOUT, replaced.agent_id, session_key=session_key(old_session))
+        await services.logouts.remember([end])
     session = None
     # The directory is authoritative for its agents: a group it removed must not come back from the ID token.
     groups = await services.groups.names_of(agent.id) if agent.source in DIRECTORY_SOURCES else identity.groups
@@ -165,17 +171,21 @@ async def logout(request: Request) -> Response:
         raise BadRequest("Sign-out must come from the gateway's own pages.")
     session_id = request.cookies.get(services.cookies.session_name)
     data = await services.sessions.delete(session_id) if session_id else None
-    if data is not None:
-        await services.audit.write(
-            AccessRecord(
-                time=utcnow(),
-                kind="logout",
-                request_id=scope.request_id,
-                agent_id=data.agent_id,
-                agent_name=data.user_name,
-                source_ip=scope.client_ip,
-            )
+    if session_id and data is not None:
+        # Remembered with its record before the answer, by storage key (never the id): a restarted Redis that
+        # brings the session back has it ended again (gateway/deprovision/logouts.py). A failed write is a 503;
+        # the session is ended all the same.
+        now = utcnow()
+        end = SessionEnd(now, EndKind.LOGOUT, data.agent_id, session_key=session_key(session_id))
+        record = AccessRecord(
+            time=now,
+            kind="logout",
+            request_id=scope.request_id,
+            agent_id=data.agent_id,
+            agent_name=data.user_name,
+            source_ip=scope.client_ip,
         )
+        await services.logouts.remember([end], [record])
     target = await services.oidc.logout_url(data.id_token if data else None, services.public_url + "/")
     response = _redirect(target or "/")
     response.status_code = 303

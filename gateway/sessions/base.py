@@ -162,6 +162,12 @@ class SessionStore(Protocol):
         its live connections. Returns what it held, or None if it did not exist (nothing is broadcast then)."""
         ...
 
+    async def delete_key(self, key: str) -> SessionData | None:
+        """:meth:`delete` of the session stored under ``key`` (``session_key``): how a logout remembered in the
+        database, which never holds the id, is ended again after a restarted Redis brought it back
+        (gateway/deprovision/revived.py)."""
+        ...
+
     async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
         """End every session of one agent on every replica and broadcast the revocation.
 

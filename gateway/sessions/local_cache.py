@@ -141,6 +141,12 @@ class CachedSessionStore:
             self.drop_agent(data.agent_id)
         return data
 
+    async def delete_key(self, key: str) -> SessionData | None:
+        data = await self.inner.delete_key(key)  # broadcasts a refresh for the agent
+        if data is not None:
+            self.drop_agent(data.agent_id)  # its entry is kept by id, which the key does not give back
+        return data
+
     async def revoke_agent(self, agent_id: str) -> tuple[int, Revocation]:
         self.drop_agent(agent_id)
         result = await self.inner.revoke_agent(agent_id)

@@ -125,7 +125,9 @@ class MemorySessionStore:
         return Lookup(SessionState.VALID, Session(session_id, stored.data, stored.created_at, stored.last_seen_at))
 
     async def delete(self, session_id: str) -> SessionData | None:
-        key = session_key(session_id)
+        return await self.delete_key(session_key(session_id))
+
+    async def delete_key(self, key: str) -> SessionData | None:
         stored = self._remove(key)
         if stored is None:
             return None

@@ -216,7 +216,9 @@ class RedisSessionStore:
         return Lookup(state, Session(session_id, data, float(reply[2]), float(reply[3])))
 
     async def delete(self, session_id: str) -> SessionData | None:
-        key = session_key(session_id)
+        return await self.delete_key(session_key(session_id))
+
+    async def delete_key(self, key: str) -> SessionData | None:
         (raw,) = await self._replicated([(self._delete, [SESSION_PREFIX + key], [AGENT_PREFIX, key])])
         if raw is None:
             return None

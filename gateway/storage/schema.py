@@ -330,3 +330,21 @@ ldap_quarantines = Table(
     Column("approved_at", DateTime(timezone=True)),
 )
 Index("ix_ldap_quarantines_directory_state", ldap_quarantines.c.directory, ldap_quarantines.c.state)
+
+#: Logouts of agents who stay active, remembered for the longest a session can live (gateway/deprovision/
+#: logouts.py): a Redis that lost one (a restart from a snapshot, a failover to a lagging replica) brings the
+#: session back valid, and nothing else says it ended. The sweep after an outage ends them again (revived.py).
+session_ends = Table(
+    "session_ends",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("ended_at", DateTime(timezone=True), nullable=False),
+    #: logout (one session, by ``session_key``) | idp_session (the agent's sessions from the IdP session ``sid``) |
+    #: agent (every session of the agent created before ``ended_at``); ``gateway.storage.session_ends.EndKind``
+    Column("kind", String(16), nullable=False),
+    Column("agent_id", String(36), nullable=False),
+    #: The SHA-256 of the session id (``gateway.sessions.base.session_key``), never the id: not a credential.
+    Column("session_key", String(64)),
+    Column("sid", Text),
+)
+Index("ix_session_ends_ended_at", session_ends.c.ended_at)

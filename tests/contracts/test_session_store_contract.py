@@ -101,6 +101,22 @@ class TestSessionStoreContract:
         assert (await backend.store.lookup(session.id, T0)).state is SessionState.MISSING
         assert await backend.store.sessions_of(ALICE.agent_id, T0) == []
 
+    async def test_delete_key_ends_the_session_stored_under_that_key_and_broadcasts_its_end_once(
+        self, backend: Backend
+    ) -> None:
+        """How the sweep after an outage ends a remembered logout again: by the key, never the id (which is not
+        kept anywhere)."""
+        session = await backend.store.create(ALICE, T0)
+        other = await backend.store.create(ALICE, T0)
+        async with aclosing(backend.store.revocations()) as feed:
+            pending = asyncio.create_task(next_of(feed))
+            await backend.wait_subscribed(1)
+            assert await backend.store.delete_key(session_key(session.id)) == ALICE
+            assert await backend.store.delete_key(session_key(session.id)) is None
+            assert (await asyncio.wait_for(pending, timeout=5)).ended_session == session_key(session.id)
+        assert (await backend.store.lookup(session.id, T0)).state is SessionState.MISSING
+        assert [s.id for s in await backend.store.sessions_of(ALICE.agent_id, T0)] == [session_key(other.id)]
+
     async def test_a_logout_broadcasts_the_end_of_that_session_once_as_an_unacknowledged_refresh(
         self, backend: Backend
     ) -> None:

@@ -1,0 +1,85 @@
+"""Logouts of agents who stay active, kept for the sweep after a session-store outage (``session_ends``).
+
+Written when a logout is recorded (gateway/deprovision/logouts.py), read by the sweep (gateway/deprovision/
+revived.py), pruned once older than the longest a session can live. A row names the session by its storage key
+(the SHA-256 of the id, gateway/sessions/base.py ``session_key``), never by the id: a copy of the table is no
+cookie.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.storage._time import from_db, to_db
+from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.schema import session_ends
+
+
+class EndKind(Enum):
+    """What a remembered logout ended."""
+
+    #: One session (``/.channelgate/logout``), by its storage key.
+    LOGOUT = "logout"
+    #: The agent's sessions from one IdP session (back-channel logout naming ``sid``).
+    IDP_SESSION = "idp_session"
+    #: Every session the agent had (back-channel logout naming ``sub`` only, CAEP, the console's "end sessions").
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    ended_at: datetime
+    kind: EndKind
+    agent_id: str
+    session_key: str | None = None
+    sid: str | None = None
+
+
+class SessionEndRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def add(self, ends: Sequence[SessionEnd], conn: AsyncConnection | None = None) -> None:
+        """Insert the rows (in ``conn``'s transaction when given, with the logout's access-log record)."""
+        if not ends:
+            return
+        rows = [
+            {
+                "ended_at": to_db(end.ended_at),
+                "kind": end.kind.value,
+                "agent_id": end.agent_id,
+                "session_key": end.session_key,
+                "sid": end.sid,
+            }
+            for end in ends
+        ]
+        async with write_transaction(self._engine, conn) as tx:
+            await tx.execute(insert(session_ends), rows)
+
+    async def since(self, cutoff: datetime) -> list[SessionEnd]:
+        """Every end at or after ``cutoff``, oldest first (by the ``ended_at`` index)."""
+        query = select(session_ends).where(session_ends.c.ended_at >= to_db(cutoff))
+        async with read_transaction(self._engine) as conn:
+            rows = (await conn.execute(query.order_by(session_ends.c.ended_at, session_ends.c.id))).mappings().all()
+        return [
+            SessionEnd(
+                ended_at=from_db(row["ended_at"]),
+                kind=EndKind(row["kind"]),
+                agent_id=row["agent_id"],
+                session_key=row["session_key"],
+                sid=row["sid"],
+            )
+            for row in rows
+        ]
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the ends older than ``before``; how many."""
+        async with write_transaction(self._engine) as conn:
+            result = await conn.execute(delete(session_ends).where(session_ends.c.ended_at < to_db(before)))
+        return int(result.rowcount or 0)

@@ -1,0 +1,162 @@
+"""Remembered logouts and their replay by the sweep (gateway/deprovision/logouts.py, revived.py), against a real
+Redis and the migrated database on SQLite and PostgreSQL: only logouts within the longest session lifetime are
+replayed (older rows are pruned), a logout of every session spares the ones signed in to after it, and a logout
+whose write fails still ended its session and is written at the sweep task's next turn."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from gateway.audit.writer import AuditLog
+from gateway.deprovision.logouts import Logouts
+from gateway.deprovision.revived import LIFETIME_MARGIN_SECONDS, RevivedSessions
+from gateway.errors import StorageError
+from gateway.metrics import Metrics
+from gateway.sessions.base import SessionData, session_key
+from gateway.sessions.redis_store import RedisSessionStore
+from gateway.settings import DatabaseSettings
+from gateway.storage.access_log import AccessLogRepository, AccessQuery, AccessRecord
+from gateway.storage.agents import AgentRepository
+from gateway.storage.database import Database
+from gateway.storage.migrate import upgrade_to_head
+from gateway.storage.session_ends import EndKind, SessionEnd, SessionEndRepository
+from tests.components.session_stores import redis_store
+
+pytestmark = [pytest.mark.redis]
+LIFETIME = 3600.0
+ALICE = SessionData(agent_id="a-1", user_name="alice", issuer="https://idp.example", subject="s-1", idp_session_id="A")
+
+
+@dataclass
+class World:
+    database: Database
+    ends: SessionEndRepository
+    logouts: Logouts
+    log: AccessLogRepository
+    store: RedisSessionStore
+    sweep: RevivedSessions
+    now: float
+
+
+@pytest.fixture
+async def world(database_url: str, redis_url: str) -> AsyncIterator[World]:
+    await upgrade_to_head(database_url)
+    database = Database.from_settings(DatabaseSettings(url=SecretStr(database_url)))
+    log = AccessLogRepository(database.engine)
+    audit = AuditLog(log)
+    ends = SessionEndRepository(database.engine)
+    logouts = Logouts(database, ends, audit)
+    store = redis_store(redis_url, "replica-a")
+    now = time.time()
+    sweep = RevivedSessions(
+        AgentRepository(database.engine), store, audit, Metrics(),
+        session_lifetime_seconds=LIFETIME, logouts=logouts, clock=lambda: now,
+    )  # fmt: skip
+    yield World(database, ends, logouts, log, store, sweep, now)
+    await store.close()
+    await database.dispose()
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+async def _recovered(world: World) -> list[AccessRecord]:
+    records = await world.log.search(AccessQuery(kind="sessions_revoked"))
+    return [r for r in records if (r.detail or {}).get("source") == "session-store-recovery"]
+
+
+async def test_a_logout_older_than_the_longest_session_lifetime_is_not_replayed_and_is_forgotten(
+    world: World,
+) -> None:
+    recent, old = [await world.store.create(ALICE, world.now) for _ in range(2)]
+    too_old = world.now - LIFETIME - LIFETIME_MARGIN_SECONDS - 60
+    await world.logouts.remember(
+        [
+            SessionEnd(_at(world.now - 30), EndKind.LOGOUT, ALICE.agent_id, session_key=session_key(recent.id)),
+            SessionEnd(_at(too_old), EndKind.LOGOUT, ALICE.agent_id, session_key=session_key(old.id)),
+        ]
+    )
+
+    assert await world.sweep.sweep_if_due() == 1
+
+    assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(old.id)]
+    [record] = await _recovered(world)
+    assert (record.agent_name, record.detail) == (
+        "alice",
+        {
+            "source": "session-store-recovery",
+            "sessions": 1,
+            "ended": "logout",
+            "ended_at": _at(world.now - 30).isoformat(),
+        },
+    )
+    assert [end.session_key for end in await world.ends.since(_at(0))] == [session_key(recent.id)]  # pruned
+
+
+async def test_a_logout_of_every_session_spares_the_sessions_signed_in_to_after_it(world: World) -> None:
+    await world.store.create(ALICE, world.now - 400)  # before the logout: ended again
+    after = await world.store.create(ALICE, world.now)
+    await world.logouts.remember([SessionEnd(_at(world.now - 300), EndKind.AGENT, ALICE.agent_id)])
+
+    assert await world.sweep.sweep_if_due() == 1
+
+    assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(after.id)]
+    assert [(r.detail or {}).get("ended") for r in await _recovered(world)] == ["agent"]
+
+
+async def test_a_logout_of_one_idp_session_ends_only_that_idp_sessions_sessions(world: World) -> None:
+    await world.store.create(ALICE, world.now - 100)
+    from_b = await world.store.create(replace(ALICE, idp_session_id="B"), world.now - 100)
+    await world.logouts.remember([SessionEnd(_at(world.now - 50), EndKind.IDP_SESSION, ALICE.agent_id, sid="A")])
+
+    assert await world.sweep.sweep_if_due() == 1
+
+    assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(from_b.id)]
+
+
+async def test_nothing_is_recorded_when_no_remembered_session_came_back(world: World) -> None:
+    gone = await world.store.create(ALICE, world.now)
+    await world.store.delete(gone.id)
+    await world.logouts.remember(
+        [
+            SessionEnd(_at(world.now), EndKind.LOGOUT, ALICE.agent_id, session_key=session_key(gone.id)),
+            SessionEnd(_at(world.now), EndKind.AGENT, ALICE.agent_id),
+        ]
+    )
+    assert await world.sweep.sweep_if_due() == 0
+    assert await _recovered(world) == []
+
+
+async def test_a_logout_whose_write_fails_is_refused_but_written_at_the_next_turn(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is down when the logout is remembered: the caller gets the StorageError (not reported done),
+    the logout and its record are kept, and the sweep task's next turn writes them before anything else."""
+    real = world.ends.add
+    calls: list[None] = []
+
+    async def down_once(*args: Any, **kwargs: Any) -> None:
+        calls.append(None)
+        if len(calls) == 1:
+            raise StorageError("database write failed on sqlite:///…", detail="database is locked")
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(world.ends, "add", down_once)
+    end = SessionEnd(_at(world.now), EndKind.LOGOUT, ALICE.agent_id, session_key="0" * 64)
+    record = AccessRecord(time=_at(world.now), kind="logout", agent_id=ALICE.agent_id, agent_name="alice")
+    with pytest.raises(StorageError):
+        await world.logouts.remember([end], [record])
+    assert await world.ends.since(_at(0)) == []
+
+    await world.sweep.sweep_if_due()
+
+    assert await world.ends.since(_at(0)) == [end]
+    assert [r.kind for r in await world.log.search(AccessQuery(kind="logout"))] == ["logout"]
