@@ -267,6 +267,12 @@ def create_app(settings: Settings, services: Services | None = None, *, freeze_h
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         built = services or open_gateway(settings)
         app.state.services = built
+        try:
+            # Before anything serves: a Redis that may evict keys is refused (gateway/sessions/redis_eviction.py).
+            await built.sessions.verify_server()
+        except ChannelgateError:
+            await built.close()
+            raise
         if built.signer is not None and built.signer.ephemeral:
             log.warning(
                 "no assertion signing key is configured: using an ephemeral key; configure "

@@ -71,6 +71,12 @@ class Metrics:
             ["channel", "outcome"],
             registry=r,
         )
+        self.session_store_eviction_unsafe = Counter(
+            "channelgate_session_store_eviction_unsafe",
+            "Times this replica found the session store's Redis set to evict keys (maxmemory-policy other than "
+            "noeviction): a deprovisioning may miss sessions whose index was evicted (alert on any increase)",
+            registry=r,
+        )
         self.fail_closed = Counter(
             "channelgate_fail_closed", "Requests refused because a dependency was down", ["dependency"], registry=r
         )

@@ -153,7 +153,9 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     audit = AuditLog(
         AccessLogRepository(database.engine, busy_timeout_seconds=settings.database.connect_timeout_seconds)
     )
-    sessions = create_session_store(settings.sessions, replica_id)
+    sessions = create_session_store(
+        settings.sessions, replica_id, on_eviction_unsafe=metrics.session_store_eviction_unsafe.inc
+    )
     live = LiveConnections()
     vault = Vault.from_settings(settings.vault) if settings.vault.keys else None
 

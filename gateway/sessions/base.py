@@ -257,8 +257,15 @@ class SessionStore(Protocol):
         store's clock, never the replica's: a replica whose clock is behind is still waited for."""
         ...
 
+    async def verify_server(self) -> None:
+        """At start: raise ConfigError if the backend is set up so that it can lose what ends access (a Redis that
+        may evict keys: gateway/sessions/redis_eviction.py). An unreachable backend is not refused here: it shows
+        on first use (503), and the heartbeat checks once it answers."""
+        ...
+
     async def ping(self) -> None:
-        """Raise SessionStoreUnavailable unless the backend answers."""
+        """Raise SessionStoreUnavailable unless the backend answers, ConfigError while :meth:`verify_server` would
+        refuse it (readiness)."""
         ...
 
     def unreachable_within(self, seconds: float) -> bool:

@@ -222,6 +222,9 @@ class CachedSessionStore:
     async def heartbeat(self) -> None:
         await self.inner.heartbeat()
 
+    async def verify_server(self) -> None:
+        await self.inner.verify_server()
+
     async def ping(self) -> None:
         await self.inner.ping()
 

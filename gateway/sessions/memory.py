@@ -268,6 +268,9 @@ class MemorySessionStore:
     def unreachable_within(self, seconds: float) -> bool:
         return False
 
+    async def verify_server(self) -> None:
+        """Nothing to verify: the store is this process."""
+
     async def ping(self) -> None:
         """Always reachable: the store is this process."""
 

@@ -47,6 +47,7 @@ from gateway.sessions.base import (
 from gateway.sessions.redis_acks import AckCollector
 from gateway.sessions.redis_batches import ScriptBatches
 from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
+from gateway.sessions.redis_eviction import EvictionWatch
 from gateway.sessions.redis_replication import ReplicationWatch
 from gateway.sessions.redis_scripts import (
     ACK_PREFIX,
@@ -103,9 +104,11 @@ class RedisSessionStore:
         wait_for_replicas: int = 0,
         wait_for_replicas_timeout: float = 0.5,
         close_also: Callable[[], Awaitable[None]] | None = None,
+        on_eviction_unsafe: Callable[[], None] | None = None,
     ) -> None:
         """``redis`` is a URL or a client built by ``gateway.sessions.redis_client`` (TLS, Sentinel), whose
-        ``socket_timeout`` must be the one given here; ``close_also`` closes what that client needs beside it."""
+        ``socket_timeout`` must be the one given here; ``close_also`` closes what that client needs beside it;
+        ``on_eviction_unsafe`` is called each time Redis is found set to evict keys (a metric)."""
         self.replica_id = replica_id
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
@@ -118,6 +121,8 @@ class RedisSessionStore:
         self._wait_timeout = wait_for_replicas_timeout
         #: Compares the primary's replicas with ``wait_for_replicas`` at each heartbeat.
         self._replication = ReplicationWatch(wait_for_replicas)
+        #: Compares Redis's eviction setting with ``noeviction`` at start, at each heartbeat and readiness probe.
+        self._eviction = EvictionWatch(on_eviction_unsafe)
         #: The read of the live replicas in flight, shared by the acknowledgement waits that start meanwhile.
         self._live_read: asyncio.Future[Any] | None = None
         self._close_also = close_also
@@ -412,6 +417,7 @@ class RedisSessionStore:
         await self._follow_primary()
         await self._call(self._heartbeat(keys=[REPLICAS_KEY], args=[self.replica_id, self.liveness_seconds]))
         await self._watch_replication()
+        await self._watch_eviction()
 
     async def _watch_replication(self) -> None:
         """Tell the operator when the primary's replicas do not match ``wait_for_replicas``
@@ -427,8 +433,34 @@ class RedisSessionStore:
             return  # the heartbeat's own commands report an unreachable Redis
         self._replication.observe(info)
 
+    async def _watch_eviction(self) -> bool:
+        """Compare Redis's eviction setting with ``noeviction`` (gateway/sessions/redis_eviction.py); False when
+        Redis did not answer."""
+        if not self._eviction.active:
+            return True
+        try:
+            info = await self._redis.info("memory")
+        except ResponseError as refused:  # an ACL user without INFO: only this check is off
+            self._eviction.refused(str(refused))
+            return True
+        except (RedisError, OSError):
+            return False  # the store's own commands report an unreachable Redis
+        self._eviction.observe(info)
+        return True
+
+    async def verify_server(self) -> None:
+        """Refuse a Redis that may evict keys: an evicted index would let sessions outlive a deprovisioning."""
+        if not await self._watch_eviction():
+            self._eviction.unreachable_at_start()
+        elif self._eviction.problem is not None:
+            raise ConfigError(self._eviction.problem)
+
     async def ping(self) -> None:
+        """Also not ready while Redis may evict keys (the replica keeps serving, and logged the error once)."""
         await self._call(self._redis.ping())
+        await self._watch_eviction()
+        if self._eviction.problem is not None:
+            raise ConfigError(self._eviction.problem)
 
     async def close(self) -> None:
         self._closed = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -53,8 +54,10 @@ class RedisServer(ServerProcess, Lifecycle):
         startup_timeout: float = 10.0,
         appendonly: bool = False,
         replica_of: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """``replica_of``: the port of a primary on loopback this server replicates."""
+        """``replica_of``: the port of a primary on loopback this server replicates; ``config``: more redis.conf
+        directives, e.g. ``{"maxmemory": "100mb", "maxmemory-policy": "allkeys-lru"}``."""
         self.port = port if port is not None else free_port()
         directory = Path(tempfile.mkdtemp(prefix="channelgate-redis-"))
         binary = require_executable("redis-server", "redis-server")
@@ -72,6 +75,7 @@ class RedisServer(ServerProcess, Lifecycle):
             # No wait for more replicas before a full synchronisation (Redis 7's diskless-sync delay is 5 s).
             "--repl-diskless-sync-delay", "0",
             *(("--replicaof", LOOPBACK, str(replica_of)) if replica_of is not None else ()),
+            *(argument for name, value in (config or {}).items() for argument in (f"--{name}", value)),
         ]  # fmt: skip
         process = ChildProcess(argv, directory / "redis.log", name=f"redis-server :{self.port}")
         super().__init__(process, directory, startup_timeout=startup_timeout)
