@@ -10,6 +10,7 @@ database, a file, a setting), a client is shown ``public_message`` and the messa
     │   └── PolicySetError               a policy file does not parse or validate (the set in force stays)
     ├── StorageError                     database unreachable or a write failed
     ├── SessionStoreUnavailable   503    Redis / session store unreachable: fail closed, never a pass
+    │   └── ClockSkewed                  this host's clock disagrees with Redis's: timeouts would not hold
     ├── AuthenticationRequired    401    no valid session
     │   ├── SessionExpired               idle or absolute timeout (ASVS 7.3)
     │   └── LoginFailed                  OIDC callback rejected (state, nonce, iss, signature, ...)
@@ -68,6 +69,15 @@ class SessionStoreUnavailable(ChannelgateError):
 
     status = 503
     code = "session_store_unavailable"
+
+
+class ClockSkewed(SessionStoreUnavailable):
+    """This host's clock disagrees with the session store's (gateway/sessions/redis_clock.py): session timeouts
+    would be decided wrongly, so sessions are refused here until it agrees again. The message, for the operator,
+    goes to the log; an agent is shown the store's usual 503."""
+
+    code = "clock_skew"
+    public_message = "The gateway cannot check sessions just now. Try again in a moment."
 
 
 class AuthenticationRequired(ChannelgateError):

@@ -204,6 +204,10 @@ class RedisSettings(Section):
     #: the sessions it ended. 0: do not wait. Not confirmed in time: the action fails (503), a kill is retried.
     wait_for_replicas: Annotated[int, Field(ge=0)] = 0
     wait_for_replicas_timeout_seconds: Annotated[float, Field(gt=0)] = 0.5
+    #: How far this host's clock may be from Redis's: session timeouts are decided with this host's clock, so a
+    #: replica further off refuses to start, and a running one refuses sessions (503) and is not ready until it
+    #: agrees again (gateway/sessions/redis_clock.py).
+    max_clock_skew_seconds: Annotated[float, Field(ge=0.5, le=300)] = 5.0
     sentinel: RedisSentinelSettings | None = None
 
     @field_validator("password", mode="before")

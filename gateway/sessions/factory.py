@@ -30,6 +30,7 @@ def create_session_store(
             wait_for_replicas_timeout=settings.redis.wait_for_replicas_timeout_seconds,
             close_also=close_also,
             on_eviction_unsafe=on_eviction_unsafe,
+            max_clock_skew=settings.redis.max_clock_skew_seconds,
         )
         if settings.local_cache_seconds > 0:
             return CachedSessionStore(store, settings.local_cache_seconds)

@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.errors import ConfigError, SessionStoreUnavailable
+from gateway.errors import ClockSkewed, ConfigError, SessionStoreUnavailable
 from gateway.sessions.base import (
     MAX_PENDING_LOGINS,
     MAX_SESSIONS_PER_IDP_SESSION,
@@ -46,6 +46,7 @@ from gateway.sessions.base import (
 )
 from gateway.sessions.redis_acks import AckCollector
 from gateway.sessions.redis_batches import ScriptBatches
+from gateway.sessions.redis_clock import DEFAULT_MAX_CLOCK_SKEW_SECONDS, ClockReading, ClockSkew
 from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
 from gateway.sessions.redis_eviction import EvictionWatch
 from gateway.sessions.redis_replication import ReplicationWatch
@@ -105,10 +106,13 @@ class RedisSessionStore:
         wait_for_replicas_timeout: float = 0.5,
         close_also: Callable[[], Awaitable[None]] | None = None,
         on_eviction_unsafe: Callable[[], None] | None = None,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``redis`` is a URL or a client built by ``gateway.sessions.redis_client`` (TLS, Sentinel), whose
         ``socket_timeout`` must be the one given here; ``close_also`` closes what that client needs beside it;
-        ``on_eviction_unsafe`` is called each time Redis is found set to evict keys (a metric)."""
+        ``on_eviction_unsafe`` is called each time Redis is found set to evict keys (a metric); ``wall_clock`` is
+        this host's clock, compared with Redis's (gateway/sessions/redis_clock.py)."""
         self.replica_id = replica_id
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
@@ -123,6 +127,10 @@ class RedisSessionStore:
         self._replication = ReplicationWatch(wait_for_replicas)
         #: Compares Redis's eviction setting with ``noeviction`` at start, at each heartbeat and readiness probe.
         self._eviction = EvictionWatch(on_eviction_unsafe)
+        #: This host's clock against Redis's, read at start, at each heartbeat and readiness probe: while they
+        #: disagree by more than ``max_clock_skew``, sessions are refused here (session timeouts use this clock).
+        self._clock_skew = ClockSkew(max_clock_skew)
+        self._wall_clock = wall_clock
         #: The read of the live replicas in flight, shared by the acknowledgement waits that start meanwhile.
         self._live_read: asyncio.Future[Any] | None = None
         self._close_also = close_also
@@ -181,6 +189,7 @@ class RedisSessionStore:
         self._release_once = self._redis.register_script(RELEASE_ONCE_SCRIPT)
 
     async def create(self, data: SessionData, now: float) -> Session:
+        self._refuse_if_clock_skewed()
         session_id = new_session_id()
         key = session_key(session_id)
         ttl = min(self.idle_timeout, self.absolute_timeout) + self.expiry_grace_seconds
@@ -205,6 +214,7 @@ class RedisSessionStore:
         return Session(session_id, data, now, now)
 
     async def lookup(self, session_id: str, now: float) -> Lookup:
+        self._refuse_if_clock_skewed()
         key = session_key(session_id)
         args: list[str | float] = [
             repr(now), self.idle_timeout, self.absolute_timeout, self.expiry_grace_seconds, AGENT_PREFIX, key
@@ -418,6 +428,22 @@ class RedisSessionStore:
         await self._call(self._heartbeat(keys=[REPLICAS_KEY], args=[self.replica_id, self.liveness_seconds]))
         await self._watch_replication()
         await self._watch_eviction()
+        await self._watch_clock()
+
+    async def _watch_clock(self) -> bool:
+        """Compare this host's clock with Redis's ``TIME`` (gateway/sessions/redis_clock.py); False when Redis did
+        not answer (the store's own commands report that)."""
+        sent_at = self._wall_clock()
+        try:
+            seconds, microseconds = await self._redis.time()
+        except (RedisError, OSError):
+            return False
+        self._clock_skew.observe(ClockReading(sent_at, seconds + microseconds / 1e6, self._wall_clock()))
+        return True
+
+    def _refuse_if_clock_skewed(self) -> None:
+        if self._clock_skew.broken:
+            raise ClockSkewed(self._clock_skew.problem())
 
     async def _watch_replication(self) -> None:
         """Tell the operator when the primary's replicas do not match ``wait_for_replicas``
@@ -449,11 +475,14 @@ class RedisSessionStore:
         return True
 
     async def verify_server(self) -> None:
-        """Refuse a Redis that may evict keys: an evicted index would let sessions outlive a deprovisioning."""
+        """Refuse a Redis that may evict keys: an evicted index would let sessions outlive a deprovisioning; and a
+        host whose clock disagrees with Redis's: session timeouts would not hold."""
         if not await self._watch_eviction():
             self._eviction.unreachable_at_start()
         elif self._eviction.problem is not None:
             raise ConfigError(self._eviction.problem)
+        elif await self._watch_clock() and self._clock_skew.broken:
+            raise ConfigError(self._clock_skew.problem())
 
     async def ping(self) -> None:
         """Also not ready while Redis may evict keys (the replica keeps serving, and logged the error once)."""
@@ -461,6 +490,8 @@ class RedisSessionStore:
         await self._watch_eviction()
         if self._eviction.problem is not None:
             raise ConfigError(self._eviction.problem)
+        await self._watch_clock()
+        self._refuse_if_clock_skewed()
 
     async def close(self) -> None:
         self._closed = True

@@ -132,6 +132,11 @@ tls = true
             '[sessions]\nstore = "redis"\nredis_url = "redis://r:6379/0"\n[sessions.redis]\nmax_connections = 1\n',
             "sessions.redis.max_connections",
         ),
+        (
+            '[sessions]\nstore = "redis"\nredis_url = "redis://r:6379/0"\n'
+            "[sessions.redis]\nmax_clock_skew_seconds = 0\n",
+            "sessions.redis.max_clock_skew_seconds",
+        ),
     ],
     ids=[
         "no-target",
@@ -143,6 +148,7 @@ tls = true
         "tls-flag-with-url",
         "key-without-cert",
         "pool-too-small",
+        "no-clock-skew-allowed",
     ],
 )
 def test_a_redis_mistake_is_a_config_error_naming_the_field(tmp_path: Path, toml: str, named: str) -> None:
