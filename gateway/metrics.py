@@ -60,7 +60,15 @@ class Metrics:
         )
         self.pipeline_backlog = Gauge(
             "channelgate_deprovision_backlog",
-            "Deprovisioning steps by state (refreshed by each worker)",
+            "Deprovisioning steps by state, read from the database at each scrape (the same on every replica: "
+            "aggregate with max, not sum; NaN when the database did not answer)",
+            ["state"],
+            registry=r,
+        )
+        self.pipeline_runs = Gauge(
+            "channelgate_deprovision_runs",
+            "Deprovisioning runs by state, read from the database at each scrape (alert on attention or held "
+            "above 0; the same on every replica: aggregate with max; NaN when the database did not answer)",
             ["state"],
             registry=r,
         )

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from gateway.deprovision.plan import RunState, StepState
 from gateway.errors import ChannelgateError
 from gateway.services import Services
 
@@ -53,4 +55,23 @@ async def metrics(request: Request) -> Response:
     services.metrics.websockets.set(services.live.websockets.count())
     services.metrics.audit_queue.set(services.audit.pending)
     services.metrics.event_loop_tasks.set(len(asyncio.all_tasks()))
+    await _pipeline_counts(services)
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _pipeline_counts(services: Services) -> None:
+    """Deprovisioning steps and runs by state, read at each scrape: an alert on runs in attention or steps dead
+    needs the count now, whichever replica worked them. Unread (the database not answering), they are NaN rather
+    than the last values, which would look like a settled pipeline."""
+    metrics = services.metrics
+    steps: dict[StepState, float] = dict.fromkeys(StepState, math.nan)
+    runs: dict[RunState, float] = dict.fromkeys(RunState, math.nan)
+    try:
+        steps = dict.fromkeys(StepState, 0.0) | await services.pipeline.count_steps()
+        runs = dict.fromkeys(RunState, 0.0) | await services.pipeline.count_runs()
+    except ChannelgateError as exc:
+        log.warning("metrics: cannot count deprovisioning steps and runs: %s", exc.message)
+    for step_state, count in steps.items():
+        metrics.pipeline_backlog.labels(step_state.value).set(count)
+    for run_state, count in runs.items():
+        metrics.pipeline_runs.labels(run_state.value).set(count)

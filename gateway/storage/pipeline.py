@@ -354,6 +354,11 @@ class PipelineRepository:
         async with read_transaction(self._engine, conn) as c:
             return {StepState(state): int(n) for state, n in (await c.execute(query)).all()}
 
+    async def count_runs(self, *, conn: AsyncConnection | None = None) -> dict[RunState, int]:
+        query = select(deprovision_runs.c.state, func.count()).group_by(deprovision_runs.c.state)
+        async with read_transaction(self._engine, conn) as c:
+            return {RunState(state): int(n) for state, n in (await c.execute(query)).all()}
+
     async def next_due(self, *, conn: AsyncConnection | None = None) -> datetime | None:
         """When the earliest pending step is due (for a worker deciding how long to sleep)."""
         query = select(func.min(deprovision_steps.c.next_attempt_at)).where(

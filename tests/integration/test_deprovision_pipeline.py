@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.base import AgentRef, UpstreamRequest
 from connectors.secret import Secret
@@ -211,6 +212,19 @@ async def test_a_failing_channel_does_not_hold_up_the_others_and_completes_when_
             assert effects_of(await phone.effects(), "alice").count(SEAT_DELETED) == 1
 
 
+async def pipeline_metrics(gateway_url: str) -> dict[tuple[str, str], float]:
+    """``channelgate_deprovision_runs`` and ``_backlog`` (steps) by state, as a Prometheus scrape reads them."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{gateway_url}/.channelgate/metrics")).text
+    kinds = {"channelgate_deprovision_runs": "runs", "channelgate_deprovision_backlog": "steps"}
+    return {
+        (kinds[family.name], sample.labels["state"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name in kinds
+        for sample in family.samples
+    }
+
+
 async def test_a_channel_down_past_the_budget_is_dead_lettered_visible_and_alerting_never_done() -> None:
     toml = FAST_RETRIES + "max_attempts = 3\n"
     async with offboarding_stack({"alice": 1}, ["alice", "carol"], deprovision_toml=toml) as stack:
@@ -240,6 +254,10 @@ async def test_a_channel_down_past_the_budget_is_dead_lettered_visible_and_alert
                 )
             shown = status.json()["deprovisioning"][0]
             assert shown["state"] == "attention"
+            # What an operator's alert reads: the run in attention and its dead step, counted now.
+            counted = await pipeline_metrics(stack.gateway_url)
+            assert counted[("runs", "attention")] == 1.0 and counted[("runs", "done")] == 0.0
+            assert counted[("steps", "dead")] == 2.0  # its revocation, and the verification that followed it
             assert {(s["channel"], s["step"]): s["state"] for s in shown["steps"]}[("chat", "revoke")] == "dead"
             # The channel is fixed; an operator retries the run and it completes.
             stack.consoles["chat"].faults.set("ok")
@@ -251,3 +269,6 @@ async def test_a_channel_down_past_the_budget_is_dead_lettered_visible_and_alert
             assert retried.status_code == 200 and retried.json()["steps_requeued"] >= 1
             await asyncio.sleep(0.2)
             assert (await finished_run(services, "alice")).state is RunState.DONE
+            counted = await pipeline_metrics(stack.gateway_url)
+            assert counted[("runs", "attention")] == 0.0 and counted[("runs", "done")] == 1.0
+            assert counted[("steps", "dead")] == 0.0

@@ -6,11 +6,13 @@ refused; GET never changes state; a deprovision answers only once the agent's se
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from gateway.errors import StorageError
 from tests.components.echo_gateway import (
     Deployment,
     cookie_of,
@@ -187,3 +189,22 @@ async def test_metrics_count_requests_decisions_and_revocations_and_healthz_is_2
     assert _sample(metrics, "channelgate_revocations_total") == 1
     assert _sample(metrics, "channelgate_sessions_revoked_total") == 1
     assert gateway.admin_token not in metrics
+
+
+async def test_deprovisioning_counts_read_while_the_database_is_down_are_not_a_number_not_the_last_values(
+    gateway: Deployment, admin: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = (await admin.get(gateway.url + "/.channelgate/metrics")).text
+    # Every state is a series from the first scrape (0 included), so an alert has something to compare.
+    for state in ("running", "held", "done", "attention", "superseded"):
+        assert f'channelgate_deprovision_runs{{state="{state}"}} 0.0' in counted
+
+    async def down(**_: object) -> None:  # the repository's error when the database does not answer
+        raise StorageError("select deprovision_runs failed on sqlite:///…", detail="database is locked")
+
+    monkeypatch.setattr(gateway.services.pipeline, "count_runs", down)
+    response = await admin.get(gateway.url + "/.channelgate/metrics")
+
+    assert response.status_code == 200  # the other metrics are still scraped
+    assert math.isnan(_sample(response.text, "channelgate_deprovision_runs", state="done"))
+    assert "sqlite" not in response.text
