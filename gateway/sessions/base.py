@@ -268,6 +268,13 @@ class SessionStore(Protocol):
         refuse it (readiness)."""
         ...
 
+    @property
+    def clock_skewed(self) -> bool:
+        """Whether this replica's clock was outvoted by the other replicas' and the store's (gateway/sessions/
+        redis_clock.py): lookups and logins are refused meanwhile, and open connections, whose session cannot be
+        checked, are closed. The embedded store is never: its one process decides every timeout."""
+        ...
+
     def unreachable_within(self, seconds: float) -> bool:
         """Whether the backend failed to answer in the last ``seconds`` (the embedded store never does).
 

@@ -67,7 +67,8 @@ class CachedSessionStore:
     # -- the cache ------------------------------------------------------------------------------------------
 
     async def lookup(self, session_id: str, now: float) -> Lookup:
-        if self.inner.subscribed:
+        # Not from memory while this replica's clock is outvoted: the inner store refuses (ClockSkewed, 503).
+        if self.inner.subscribed and not self.inner.clock_skewed:
             entry = self._entries.get(session_id)
             if entry is not None:
                 session, read_at = entry
@@ -227,6 +228,10 @@ class CachedSessionStore:
 
     async def ping(self) -> None:
         await self.inner.ping()
+
+    @property
+    def clock_skewed(self) -> bool:
+        return self.inner.clock_skewed
 
     def unreachable_within(self, seconds: float) -> bool:
         return self.inner.unreachable_within(seconds)

@@ -265,6 +265,10 @@ class MemorySessionStore:
     async def heartbeat(self) -> None:
         """Liveness is implied: a single replica cannot miss itself."""
 
+    @property
+    def clock_skewed(self) -> bool:
+        return False
+
     def unreachable_within(self, seconds: float) -> bool:
         return False
 

@@ -38,6 +38,8 @@ LOGINS_KEY = "cg:logins"
 ONCE_PREFIX = "cg:o:"
 ACK_PREFIX = "cg:ack:"
 REPLICAS_KEY = "cg:replicas"
+#: A replica's clock offset from Redis's, as it last measured it (gateway/sessions/redis_clock.py).
+CLOCK_PREFIX = "cg:clock:"
 REVOCATION_CHANNEL = "cg:revocations"
 ACK_TTL_SECONDS = 300
 #: What a single-use key holds once its effect committed (a holder is a uuid4 hex, never this).
@@ -272,6 +274,23 @@ return 1
 """
 
 # KEYS: the replicas' sorted set. ARGV: liveness s. The replicas that beat within it, by Redis's clock.
+# KEYS: the live replicas (scored by their heartbeats). ARGV: this replica's id, its offset from Redis's clock (s),
+# how long the offset is kept (ms), the liveness window (s), the clock-offset key prefix. Publishes this replica's
+# offset and returns the other live replicas' (gateway/sessions/redis_clock.py).
+CLOCKS_SCRIPT = """
+redis.call('SET', ARGV[5] .. ARGV[1], ARGV[2], 'PX', ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local offsets = {}
+for _, replica in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[4]), '+inf')) do
+  if replica ~= ARGV[1] then
+    local offset = redis.call('GET', ARGV[5] .. replica)
+    if offset then offsets[#offsets + 1] = offset end
+  end
+end
+return offsets
+"""
+
 LIVE_REPLICAS_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000

@@ -57,6 +57,8 @@ from gateway.sessions.redis_scripts import (
     ACKS_TO_PREFIX,
     AGENT_PREFIX,
     CLAIM_ONCE_SCRIPT,
+    CLOCK_PREFIX,
+    CLOCKS_SCRIPT,
     CREATE_SCRIPT,
     DELETE_SCRIPT,
     HEARTBEAT_SCRIPT,
@@ -182,6 +184,7 @@ class RedisSessionStore:
         self._update_groups = self._redis.register_script(UPDATE_GROUPS_SCRIPT)
         self._heartbeat = self._redis.register_script(HEARTBEAT_SCRIPT)
         self._live_replicas_script = self._redis.register_script(LIVE_REPLICAS_SCRIPT)
+        self._clocks = self._redis.register_script(CLOCKS_SCRIPT)
         self._claim_once = self._redis.register_script(CLAIM_ONCE_SCRIPT)
         self._put_pending_login = self._redis.register_script(PUT_PENDING_LOGIN_SCRIPT)
         #: Pending logins kept at most, the oldest dropped first (as the embedded store).
@@ -431,15 +434,30 @@ class RedisSessionStore:
         await self._watch_clock()
 
     async def _watch_clock(self) -> bool:
-        """Compare this host's clock with Redis's ``TIME`` (gateway/sessions/redis_clock.py); False when Redis did
-        not answer (the store's own commands report that)."""
+        """Compare this host's clock with Redis's ``TIME`` and the other live replicas' (gateway/sessions/
+        redis_clock.py); False when Redis did not answer (the store's own commands report that)."""
         sent_at = self._wall_clock()
         try:
             seconds, microseconds = await self._redis.time()
+            reading = ClockReading(sent_at, seconds + microseconds / 1e6, self._wall_clock())
+            keep_ms = int(self.liveness_seconds * 2000)
+            args: list[str | int | float] = [
+                self.replica_id,
+                repr(reading.offset),
+                keep_ms,
+                self.liveness_seconds,
+                CLOCK_PREFIX,
+            ]
+            peers = await self._clocks(keys=[REPLICAS_KEY], args=args)
         except (RedisError, OSError):
             return False
-        self._clock_skew.observe(ClockReading(sent_at, seconds + microseconds / 1e6, self._wall_clock()))
+        self._clock_skew.observe(reading, [float(offset) for offset in peers])
         return True
+
+    @property
+    def clock_skewed(self) -> bool:
+        """Whether this replica's clock was last outvoted (sessions are refused while it is)."""
+        return self._clock_skew.broken
 
     def _refuse_if_clock_skewed(self) -> None:
         if self._clock_skew.broken:

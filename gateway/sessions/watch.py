@@ -60,6 +60,12 @@ def verdict(binding: SessionBinding, now: float, idle: float, absolute: float) -
 async def sweep(live: LiveConnections, store: SessionStore, now: float, idle: float, absolute: float) -> int:
     """Close the live connections of every session that ended unnoticed; returns how many were closed."""
     closed = 0
+    if store.clock_skewed:
+        # This replica cannot tell whether a session is still valid (its clock was outvoted, the store refuses
+        # lookups): its open connections are closed, as their next request would be refused (fail closed).
+        for binding in live.sessions():
+            closed += await live.close_session(binding.key, reason="this replica's clock cannot be trusted")
+        return closed
     for binding in live.sessions():
         decided = verdict(binding, now, idle, absolute)
         if decided is Verdict.KEEP:

@@ -1,7 +1,8 @@
-"""A replica whose clock disagrees with Redis's decides session timeouts wrongly: refused at start, and sessions
-refused while running until it agrees again, against a real ``redis-server`` (gateway/sessions/redis_clock.py).
+"""A replica whose clock disagrees with the other replicas' and Redis's decides session timeouts wrongly: refused
+at start, and sessions refused while running until it agrees again, against a real ``redis-server``
+(gateway/sessions/redis_clock.py). A Redis whose own clock drifts takes no replica down.
 
-The replica's clock is the store's ``wall_clock``, shifted here as a host without NTP would have it; Redis's is its
+Each replica's clock is its store's ``wall_clock``, shifted here as a host without NTP would have it; Redis's is its
 own ``TIME``.
 """
 
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 
 import pytest
 
 from gateway.errors import ClockSkewed, ConfigError
-from gateway.sessions.base import SessionData, SessionState
+from gateway.proxy.streams import LiveConnections
+from gateway.sessions.base import SessionData, SessionState, session_key
+from gateway.sessions.local_cache import CachedSessionStore
 from gateway.sessions.redis_store import RedisSessionStore
+from gateway.sessions.watch import sweep
 from tests.components.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -23,13 +28,30 @@ ALICE = SessionData(agent_id="a-1", user_name="alice", issuer="https://idp.examp
 
 
 class ShiftedClock:
-    """This host's clock, ``offset`` seconds off the real one."""
+    """A host's clock, ``offset`` seconds off the real one."""
 
-    def __init__(self) -> None:
-        self.offset = 0.0
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
 
     def __call__(self) -> float:
         return time.time() + self.offset
+
+
+class Fleet:
+    """Replicas of one Redis, each with its own clock; ``replica(name)`` starts one (heartbeat included)."""
+
+    def __init__(self, redis: RedisServer, stack: AsyncExitStack) -> None:
+        self._redis, self._stack = redis, stack
+        self.clocks: dict[str, ShiftedClock] = {}
+
+    async def replica(self, name: str, offset: float = 0.0, *, verify: bool = True) -> RedisSessionStore:
+        clock = self.clocks[name] = ShiftedClock(offset)
+        store = RedisSessionStore(self._redis.url, 1800, 28800, name, max_clock_skew=5.0, wall_clock=clock)
+        self._stack.push_async_callback(store.close)
+        if verify:
+            await store.verify_server()
+        await store.heartbeat()
+        return store
 
 
 @pytest.fixture
@@ -39,52 +61,63 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def clock() -> ShiftedClock:
-    return ShiftedClock()
-
-
-@pytest.fixture
-async def store(redis: RedisServer, clock: ShiftedClock) -> AsyncIterator[RedisSessionStore]:
-    store = RedisSessionStore(redis.url, 1800, 28800, "replica-a", max_clock_skew=5.0, wall_clock=clock)
-    try:
-        yield store
-    finally:
-        await store.close()
+async def fleet(redis: RedisServer) -> AsyncIterator[Fleet]:
+    async with AsyncExitStack() as stack:
+        yield Fleet(redis, stack)
 
 
 @pytest.mark.parametrize(("offset", "words"), [(60.0, "60.0 s ahead of Redis's"), (-60.0, "60.0 s behind Redis's")])
-async def test_a_host_clock_off_redis_by_more_than_allowed_is_refused_at_start_and_says_how_to_fix_it(
-    store: RedisSessionStore, clock: ShiftedClock, offset: float, words: str
+async def test_a_replica_whose_clock_disagrees_with_the_others_and_redis_is_refused_at_start(
+    fleet: Fleet, offset: float, words: str
 ) -> None:
-    clock.offset = offset
+    await fleet.replica("replica-a")
     with pytest.raises(ConfigError) as refused:
-        await store.verify_server()
-    assert words in refused.value.message
+        await fleet.replica("replica-b", offset)
+    assert words in refused.value.message and "disagrees with 2 of 2 clocks" in refused.value.message
     assert "max_clock_skew_seconds" in refused.value.message and "NTP" in refused.value.message
 
 
-async def test_a_host_clock_within_the_allowance_starts_and_serves_sessions(
-    store: RedisSessionStore, clock: ShiftedClock
-) -> None:
-    clock.offset = 2.0
-    await store.verify_server()
-    await store.heartbeat()
+async def test_a_clock_within_the_allowance_starts_and_serves_sessions(fleet: Fleet) -> None:
+    await fleet.replica("replica-a")
+    store = await fleet.replica("replica-b", 2.0)
     await store.ping()
     session = await store.create(ALICE, time.time())
     assert (await store.lookup(session.id, time.time())).state is SessionState.VALID
 
 
-async def test_a_clock_that_drifts_while_running_refuses_sessions_and_readiness_until_it_agrees_again(
-    store: RedisSessionStore, clock: ShiftedClock
-) -> None:
-    await store.verify_server()
-    session = await store.create(ALICE, time.time())
+async def test_a_redis_whose_clock_drifted_takes_no_replica_down(fleet: Fleet) -> None:
+    # Both replicas agree with each other and are 30 s off Redis: it is Redis's clock that is wrong.
+    first = await fleet.replica("replica-a", 30.0)
+    second = await fleet.replica("replica-b", 30.0)
+    await first.heartbeat()
+    for store in (first, second):
+        await store.ping()
+        session = await store.create(ALICE, time.time())
+        assert (await store.lookup(session.id, time.time())).state is SessionState.VALID
 
-    clock.offset = -30.0  # the host's clock jumps back (a VM resumed without NTP)
+
+async def test_a_replica_alone_is_not_refused_for_its_offset_from_redis(fleet: Fleet) -> None:
+    # Every timeout is then decided with its one clock, consistently.
+    store = await fleet.replica("replica-a", 60.0)
+    await store.ping()
+
+
+async def test_a_clock_that_drifts_while_running_refuses_sessions_and_readiness_until_it_agrees_again(
+    fleet: Fleet,
+) -> None:
+    await fleet.replica("replica-a")
+    store = await fleet.replica("replica-b")
+    cached = CachedSessionStore(store, 60.0)
+    store.subscribed = True  # as the revocation listener sets it: the cache answers from memory only then
+    session = await cached.create(ALICE, time.time())
+    assert (await cached.lookup(session.id, time.time())).state is SessionState.VALID  # now in the cache
+
+    fleet.clocks["replica-b"].offset = -30.0  # the host's clock jumps back (a VM resumed without NTP)
     await store.heartbeat()
 
+    assert cached.clock_skewed
     with pytest.raises(ClockSkewed) as refused:
-        await store.lookup(session.id, time.time())
+        await cached.lookup(session.id, time.time())  # not from the cache either
     assert refused.value.status == 503 and refused.value.code == "clock_skew"
     assert "30.0 s behind Redis's" in refused.value.message
     assert refused.value.public_message is not None and "Redis" not in refused.value.public_message
@@ -95,8 +128,38 @@ async def test_a_clock_that_drifts_while_running_refuses_sessions_and_readiness_
     ended, _ = await store.revoke_agent(ALICE.agent_id)  # what ends access never waits for the clock
     assert ended == 1
 
-    clock.offset = 0.0
+    fleet.clocks["replica-b"].offset = 0.0
     await store.heartbeat()
     await store.ping()
     again = await store.create(ALICE, time.time())
     assert (await store.lookup(again.id, time.time())).state is SessionState.VALID
+
+
+class RecordingLive(LiveConnections):
+    """Live connections that record what the sweep closed, and why."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed: list[tuple[str, str]] = []
+
+    async def close_session(self, key: str, reason: str = "session ended") -> int:
+        self.closed.append((key, reason))
+        return 1
+
+
+async def test_the_open_connections_of_a_replica_whose_clock_is_outvoted_are_closed_once_not_warned_about(
+    fleet: Fleet,
+) -> None:
+    await fleet.replica("replica-a")
+    store = await fleet.replica("replica-b")
+    session = await store.create(ALICE, time.time())
+    live = RecordingLive()
+    assert live.bind(session) is not None
+    assert await sweep(live, store, time.time(), 1800, 28800) == 0  # fresh: kept
+
+    fleet.clocks["replica-b"].offset = 45.0
+    await store.heartbeat()
+
+    # It cannot tell whether the session is still valid: fail closed, not a warning per connection per second.
+    assert await sweep(live, store, time.time(), 1800, 28800) == 1
+    assert live.closed == [(session_key(session.id), "this replica's clock cannot be trusted")]

@@ -1,4 +1,4 @@
-"""This replica's clock against Redis's (gateway/sessions/redis_clock.py)."""
+"""This replica's clock against the other replicas' and Redis's (gateway/sessions/redis_clock.py)."""
 
 from __future__ import annotations
 
@@ -9,45 +9,57 @@ import pytest
 from gateway.sessions.redis_clock import ClockReading, ClockSkew
 
 
+def test_the_offset_is_from_the_round_trips_midpoint_and_its_slack_is_half_the_round_trip() -> None:
+    assert ClockReading(100.0, 130.0, 100.004).offset == pytest.approx(29.998)  # Redis ahead: this replica behind
+    assert ClockReading(100.0, 70.0, 100.004).offset == pytest.approx(-30.002)
+    assert ClockReading(100.0, 100.0, 100.5).slack == pytest.approx(0.25)
+
+
+def _vote(offset: float, peers: list[float], *, round_trip: float = 0.002, allowed: float = 5.0) -> ClockSkew:
+    clock = ClockSkew(allowed)
+    sent = 1_000.0
+    clock.observe(ClockReading(sent, sent + round_trip / 2 + offset, sent + round_trip), peers)
+    return clock
+
+
 @pytest.mark.parametrize(
-    ("sent_at", "redis_now", "received_at", "skew"),
+    ("offset", "peers", "broken"),
     [
-        (100.0, 100.002, 100.004, 0.0),  # inside the round trip: the clocks agree
-        (100.0, 100.0, 100.5, 0.0),  # a slow round trip hides nothing it could not contain
-        (100.0, 130.0, 100.004, 29.996),  # Redis ahead: this replica is behind
-        (100.0, 70.0, 100.004, -30.0),  # Redis behind: this replica is ahead
+        (0.0, [0.1, -0.2], False),  # everyone agrees
+        (60.0, [0.0, 0.1], True),  # this replica is a minute behind the others and Redis
+        (-60.0, [0.0], True),  # a minute ahead of the other replica and Redis
+        (0.0, [60.0], False),  # two replicas and Redis: the other one is outvoted, not this one
+        (30.0, [30.1, 29.9], False),  # Redis's clock drifted: the replicas agree, none is refused
+        (30.0, [30.0], False),  # the same with two replicas: one vote each way is not a majority against
+        (60.0, [], False),  # alone: every timeout is decided with this one clock, consistently
     ],
+    ids=["agreed", "behind", "ahead", "the-other-one-is-off", "redis-drifted", "redis-drifted-two", "alone"],
 )
-def test_the_skew_is_how_far_redis_reading_lies_outside_the_round_trip(
-    sent_at: float, redis_now: float, received_at: float, skew: float
+def test_a_replica_is_refused_only_when_most_clocks_disagree_with_it(
+    offset: float, peers: list[float], broken: bool
 ) -> None:
-    assert ClockReading(sent_at, redis_now, received_at).skew == pytest.approx(skew)
+    assert _vote(offset, peers).broken is broken
 
 
-def test_a_clock_off_by_more_than_allowed_is_broken_and_says_which_way_and_what_to_do() -> None:
-    clock = ClockSkew(max_skew_seconds=5.0)
-    clock.observe(ClockReading(100.0, 160.0, 100.01))
-    assert clock.broken
-    assert "60.0 s behind Redis's" in clock.problem() and "NTP" in clock.problem()
-    clock.observe(ClockReading(100.0, 40.0, 100.01))
-    assert clock.broken and "60.0 s ahead of Redis's" in clock.problem()
-
-
-def test_a_clock_within_the_allowance_is_not_broken_and_one_fixed_is_served_again() -> None:
-    clock = ClockSkew(max_skew_seconds=5.0)
-    clock.observe(ClockReading(100.0, 104.9, 100.0))
+def test_a_slow_round_trip_never_makes_a_right_clock_wrong() -> None:
+    # Redis read its clock at the very start of a 4 s round trip: 2 s from the midpoint, inside the slack.
+    clock = ClockSkew(1.0)
+    clock.observe(ClockReading(1_000.0, 1_000.0, 1_004.0), [0.0])
     assert not clock.broken
-    clock.observe(ClockReading(100.0, 110.0, 100.0))
-    assert clock.broken
-    clock.observe(ClockReading(200.0, 200.0, 200.001))
-    assert not clock.broken and clock.skew == 0.0
+
+
+def test_the_problem_says_which_way_how_far_how_many_clocks_disagree_and_what_to_do() -> None:
+    assert "60.0 s behind Redis's and disagrees with 2 of 2 clocks" in _vote(60.0, [0.0]).problem()
+    ahead = _vote(-60.0, [0.0, 0.0]).problem()
+    assert "60.0 s ahead of Redis's and disagrees with 3 of 3 clocks" in ahead
+    assert "max_clock_skew_seconds" in ahead and "NTP" in ahead
 
 
 def test_the_problem_is_logged_once_per_change_not_at_every_heartbeat(caplog: pytest.LogCaptureFixture) -> None:
-    clock = ClockSkew(max_skew_seconds=1.0)
+    clock = ClockSkew(1.0)
     with caplog.at_level(logging.WARNING, logger="channelgate.sessions"):
         for _ in range(3):
-            clock.observe(ClockReading(100.0, 110.0, 100.0))
-        clock.observe(ClockReading(100.0, 100.0, 100.0))
-        clock.observe(ClockReading(100.0, 100.0, 100.0))
+            clock.observe(ClockReading(100.0, 110.0, 100.0), [0.0])
+        clock.observe(ClockReading(100.0, 100.0, 100.0), [0.0])
+        clock.observe(ClockReading(100.0, 100.0, 100.0), [0.0])
     assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"]
