@@ -25,6 +25,13 @@ not repeated (an LDAP sync that now sees the agent disabled, a RISC event) would
 while the store is down; a request in the moment between its return and the next attempt can still pass. When the
 database is down instead, the first kill has ended the sessions and the call fails (the agent is not disabled:
 the trigger must be repeated, and a login needs the database too).
+
+What a deprovisioning's kills end is saved to ``session_ends`` as an agent-wide end, timed before each kill (one
+insert for a batch of first kills, gateway/deprovision/first_kills.py; one for a kill after the disable that still
+found a session): the sweep after a session-store outage finds the agent from its row only while it stays inactive,
+and an agent enabled again soon after (a compromised account, its password reset) would otherwise get back the
+sessions a restarted Redis revived. The save follows the kill and never holds it up; when the database fails it is
+kept in this process and written at the sweep task's next turn or at shutdown (gateway/deprovision/logouts.py).
 """
 
 from __future__ import annotations
@@ -153,7 +160,7 @@ class SessionKiller:
         #: What the first kill ended and broadcast, per agent: the kill that follows counts it in its record and
         #: waits for that broadcast's acknowledgements when it finds nothing more to end.
         self._ended_first: dict[str, _FirstEnded] = {}
-        self._first_kills = FirstKills(agents, sessions, live)
+        self._first_kills = FirstKills(agents, sessions, live, self._remember_kill)
         #: The acknowledgements of each first kill's broadcast, collected before the disable.
         self._first_acks: dict[str, tuple[set[str], set[str]]] = {}
         #: Disable transactions in flight at once (the rest wait their turn, their sessions already ended).
@@ -205,8 +212,7 @@ class SessionKiller:
         return ended
 
     async def _end_everywhere(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
-        """:meth:`end_sessions` without remembering it: a deprovisioning's kill (its agent, made inactive, is
-        found again from its row)."""
+        """:meth:`end_sessions` without saving the end (the caller saves it, each in its own way)."""
         if idp_session_id is None:
             count, revocation = await self._sessions.revoke_agent(agent_id)
         else:
@@ -217,6 +223,20 @@ class SessionKiller:
         closed = await self._live.close_agent(agent_id) if self._live is not None else 0
         confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
         return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
+
+    async def _remember_kill(self, ends: list[SessionEnd]) -> None:
+        """Save a deprovisioning's kills as agent-wide ends. A failed write is kept by ``Logouts`` (written at the
+        sweep task's next turn or at shutdown), so it neither fails the deprovisioning nor is dropped."""
+        if self._logouts is None or not ends:
+            return
+        try:
+            await self._logouts.remember(ends)
+        except ChannelgateError as exc:
+            log.warning(
+                "could not save the end of %d deprovisioned agent(s)' sessions, kept to be written later: %s",
+                len(ends),
+                exc.message,
+            )
 
     async def end_sessions_first(self, agent_id: str) -> None:
         """End the agent's sessions everywhere before its disable commits: delete them from the store, broadcast
@@ -241,12 +261,17 @@ class SessionKiller:
         between is left to end: broadcast only if there is one, else wait for the first broadcast's
         acknowledgements (in a storm, every replica then applies one revocation per agent, not two)."""
         first = self._ended_first.get(agent_id)
+        ended_at = utcnow()  # before the kill, as the first kill's
         if first is None or first.revocation is None:
             ended = await self._end_everywhere(agent_id)
             assert ended is not None  # every session of the agent: a revocation is always broadcast
+            if ended.count:
+                await self._remember_kill([SessionEnd(ended_at, EndKind.AGENT, agent_id)])
             return ended
         count, revocation = await self._sessions.revoke_agent_if_any(agent_id)
         closed = await self._live.close_agent(agent_id) if self._live is not None else 0
+        if count:  # a login raced the first kill
+            await self._remember_kill([SessionEnd(ended_at, EndKind.AGENT, agent_id)])
         acknowledged = self._first_acks.pop(agent_id, None)
         if revocation is None and acknowledged is not None:
             confirmed, missing = acknowledged
@@ -321,7 +346,10 @@ class SessionKiller:
             raise
         if run is not None and self.on_enqueued is not None:
             self.on_enqueued()
-        return await self._kill(agent, run, started, reason=reason, actor=actor, source=source)
+        result = await self._kill(agent, run, started, reason=reason, actor=actor, source=source)
+        if first.saved is not None:
+            await first.saved  # "deprovisioned" only once the first kill's end is saved or kept to be
+        return result
 
     async def _disable_found(
         self, found: Agent, identifier: str, reason: str, actor: str, source: str, successor: str | None
