@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -204,12 +204,35 @@ class SessionKiller:
         the sweep after a session-store outage ends again what a restarted Redis brings back
         (gateway/deprovision/logouts.py; raises ``StorageError`` when that write fails, the sessions ended all the
         same). None when ``sid`` matched no session (nothing was ended or broadcast)."""
+        return (await self.end_sessions_of([agent_id], idp_session_id)).get(agent_id)
+
+    async def end_sessions_of(
+        self, agent_ids: Sequence[str], idp_session_id: str | None = None
+    ) -> dict[str, EndedSessions]:
+        """:meth:`end_sessions` for several agents (a back-channel logout naming ``sid`` alone, a CAEP event naming
+        an email several agents share): every agent's sessions are ended first, then what ended is saved in one
+        write, so a database failure leaves no agent's sessions valid. Raises ``StorageError`` when that write
+        fails (the ends kept and written later, gateway/deprovision/logouts.py), or the first session-store error
+        once the other agents' sessions are ended and saved. Agents for whom ``sid`` matched no session are left
+        out."""
         ended_at = utcnow()  # before the store ends them: a session created after this is not the logout's
-        ended = await self._end_everywhere(agent_id, idp_session_id)
-        if ended is not None and ended.count and self._logouts is not None:
-            kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
-            await self._logouts.remember([SessionEnd(ended_at, kind, agent_id, sid=idp_session_id)])
-        return ended
+        kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
+        results: dict[str, EndedSessions] = {}
+        failed: ChannelgateError | None = None
+        for agent_id in agent_ids:
+            try:
+                ended = await self._end_everywhere(agent_id, idp_session_id)
+            except ChannelgateError as exc:
+                failed = failed or exc
+                continue
+            if ended is not None:
+                results[agent_id] = ended
+        ends = [SessionEnd(ended_at, kind, a, sid=idp_session_id) for a, ended in results.items() if ended.count]
+        if ends and self._logouts is not None:
+            await self._logouts.remember(ends)
+        if failed is not None:
+            raise failed
+        return results
 
     async def _end_everywhere(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
         """:meth:`end_sessions` without saving the end (the caller saves it, each in its own way)."""

@@ -26,7 +26,7 @@ from gateway.audit.writer import AuditLog
 from gateway.errors import ChannelgateError
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.database import Database
-from gateway.storage.session_ends import SessionEnd, SessionEndRepository
+from gateway.storage.session_ends import EndKind, SessionEnd, SessionEndRepository
 
 log = logging.getLogger("channelgate.sessions")
 
@@ -74,6 +74,16 @@ class Logouts:
             ends, records = self._unwritten[0]
             await self._write(ends, records)
             self._unwritten.pop(0)
+
+    async def ended_idp_session(self, sid: str, since: datetime, agent_id: str | None = None) -> bool:
+        """Whether the IdP session ``sid`` (of ``agent_id`` when given) was ended at or after ``since``: saved, or
+        kept in process to be (a provider resending a logout token after a 503 is answered as done)."""
+        for ends, _ in self._unwritten:
+            for end in ends:
+                of_agent = agent_id is None or end.agent_id == agent_id
+                if end.kind is EndKind.IDP_SESSION and end.sid == sid and end.ended_at >= since and of_agent:
+                    return True
+        return await self._ends.ended_idp_session(sid, since, agent_id)
 
     async def since(self, cutoff: datetime) -> list[SessionEnd]:
         """The logouts remembered at or after ``cutoff``, oldest first."""

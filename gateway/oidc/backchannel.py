@@ -15,7 +15,9 @@ provider retrying after a 503 is served, not refused as a replay.
 This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. What it ended is written to
 the database before the answer (``SessionKiller.end_sessions``, gateway/deprovision/logouts.py), so a restarted
 Redis that brings the sessions back has them ended again; when that write fails the answer is a 503 (the sessions
-are ended all the same, the write retried by the replica). The answer is 200 with
+are ended all the same, the write retried by the replica), and a ``sid`` naming several agents has every agent's
+sessions ended before that one write. The provider's resend of the token then finds no session of that ``sid`` left
+and is answered 200 when an end of it is saved, or kept to be, within a token's lifetime. The answer is 200 with
 ``Cache-Control: no-store``, 400 with an OAuth error body (§2.8), or 503 when the database or the session store
 does not answer (the same token may be sent again); every answer leaves an access-log record. A ``sid`` that
 matches no live session is a 400 (nothing was logged out here, §2.8), its ``jti`` left unused.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs
 
@@ -122,6 +125,9 @@ async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
         raise InvalidLogoutToken("no agent signed in with this subject")
     ended = await services.killer.end_sessions(agent.id, logout.session_id)
     if ended is None:
+        assert logout.session_id is not None  # a logout of every session always ends (and broadcasts)
+        if await _ended_already(services, logout.session_id, agent.id):
+            return {"agent_id": agent.id, "agent_name": agent.user_name, "sessions": 0, "sid": logout.session_id}
         raise InvalidLogoutToken("no session of this agent came from that sid")
     return {
         "agent_id": agent.id,
@@ -140,14 +146,15 @@ async def _apply_by_sid(services: Services, logout: LogoutRequest) -> dict[str, 
     found = await services.sessions.sessions_of_idp_session(logout.issuer, logout.session_id, services.clock())
     agents = {session.data.agent_id: session.data.user_name for session in found}
     count, confirmed, missing = 0, set[str](), set[str]()
-    for agent_id in sorted(agents):
-        ended = await services.killer.end_sessions(agent_id, logout.session_id)
-        if ended is None:  # they ended meanwhile (a logout, a timeout): nothing of that agent's left to end
-            continue
+    # Every agent's sessions are ended before the one write that saves them: a failed write (503) leaves none valid.
+    # An agent missing from the result had none left (a logout, a timeout meanwhile).
+    for ended in (await services.killer.end_sessions_of(sorted(agents), logout.session_id)).values():
         count += ended.count
         confirmed |= ended.confirmed
         missing |= ended.missing
     if count == 0:
+        if await _ended_already(services, logout.session_id):
+            return {"sessions": 0, "sid": logout.session_id}
         raise InvalidLogoutToken("no session came from that sid")
     who: dict[str, Any]
     if len(agents) == 1:
@@ -161,6 +168,14 @@ async def _apply_by_sid(services: Services, logout: LogoutRequest) -> dict[str, 
         "replicas_confirmed": sorted(confirmed - missing),
         "replicas_missing": sorted(missing),
     }
+
+
+async def _ended_already(services: Services, sid: str, agent_id: str | None = None) -> bool:
+    """Whether a logout of ``sid`` (by ``agent_id``'s sessions when given) was done here within a token's lifetime:
+    the provider resending a token after our 503 (the sessions ended, their save failed) is answered as done
+    (§2.8), not refused because nothing is left to end."""
+    since = utcnow() - timedelta(seconds=MAX_AGE_SECONDS + LEEWAY_SECONDS)
+    return await services.logouts.ended_idp_session(sid, since, agent_id)
 
 
 async def backchannel_logout(request: Request) -> Response:

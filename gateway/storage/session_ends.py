@@ -78,6 +78,18 @@ class SessionEndRepository:
             for row in rows
         ]
 
+    async def ended_idp_session(self, sid: str, since: datetime, agent_id: str | None = None) -> bool:
+        """Whether an end of the IdP session ``sid`` (of ``agent_id`` when given) was saved at or after ``since``."""
+        query = select(session_ends.c.id).where(
+            session_ends.c.ended_at >= to_db(since),
+            session_ends.c.kind == EndKind.IDP_SESSION.value,
+            session_ends.c.sid == sid,
+        )
+        if agent_id is not None:
+            query = query.where(session_ends.c.agent_id == agent_id)
+        async with read_transaction(self._engine) as conn:
+            return (await conn.execute(query.limit(1))).first() is not None
+
     async def prune(self, before: datetime) -> int:
         """Delete the ends older than ``before``; how many."""
         async with write_transaction(self._engine) as conn:

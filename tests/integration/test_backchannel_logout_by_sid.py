@@ -13,10 +13,12 @@ import copy
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.errors import StorageError
 from gateway.sessions.base import Session, session_key
 from tests.components.asgi_server import bound_socket
 from tests.components.browserless_login import login
@@ -170,3 +172,58 @@ async def test_a_sid_the_provider_gave_two_subjects_ends_the_sessions_of_both_an
     (record,) = [r for r in records if r.kind == "backchannel_logout"]
     assert (record.decision, record.agent_id) == ("revoked", None)
     assert record.detail is not None and (record.detail["agents"], record.detail["sessions"]) == (["alice", "bob"], 2)
+
+
+async def test_a_sid_of_two_subjects_whose_save_fails_ends_both_and_the_resent_token_is_answered_done(
+    gateways: tuple[Deployment, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails the save once: every agent's sessions from that sid are ended all the same (not only the
+    first agent's), the provider gets a 503, and its resend of the token, which finds no session left, gets 200
+    because the ends were saved meanwhile."""
+    gateway, replicas = gateways
+    alice, bob = await gateway.login("alice"), await gateway.login("bob")
+    alice_data = (await _session_of(gateway, alice)).data
+    bob_agent = await gateway.services.agents.find("bob")
+    assert bob_agent is not None
+    (bob_session,) = await gateway.services.sessions.sessions_of(bob_agent.id, time.time())
+    shared = replace(bob_session.data, idp_session_id=alice_data.idp_session_id)
+    await gateway.services.sessions.create(shared, time.time())
+    ends = gateway.services.logouts._ends
+    real = ends.add
+    calls: list[None] = []
+
+    async def down_once(*args: Any, **kwargs: Any) -> None:
+        calls.append(None)
+        if len(calls) == 1:
+            raise StorageError("database write failed on sqlite:///…", detail="database is locked")
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(ends, "add", down_once)
+    token = _token(gateway, sid=alice_data.idp_session_id)
+
+    assert (await _post(gateway, token)).status_code == 503
+    assert [s.id for s in await gateway.services.sessions.sessions_of(bob_agent.id, time.time())] == [bob_session.id]
+    assert (await _chat(alice, replicas[-1]), await _chat(bob, replicas[-1])) == (401, 200)
+    await gateway.services.logouts.flush()  # the sweep task's next turn saves the kept ends
+    resent = await _post(gateway, token)
+    assert resent.status_code == 200, resent.text
+
+
+async def test_a_sub_and_sid_logout_whose_save_failed_is_answered_done_when_resent(
+    gateways: tuple[Deployment, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway, _ = gateways
+    alice = await gateway.login("alice")
+    data = (await _session_of(gateway, alice)).data
+    ends = gateway.services.logouts._ends
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StorageError("database write failed on sqlite:///…", detail="database is locked")
+
+    monkeypatch.setattr(ends, "add", down)
+    token = _token(gateway, sub=data.subject, sid=data.idp_session_id)
+
+    assert (await _post(gateway, token)).status_code == 503
+    assert await _chat(alice, gateway.url) == 401
+    resent = await _post(gateway, token)  # the end is still only kept in process, not yet saved
+    assert resent.status_code == 200, resent.text
