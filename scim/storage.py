@@ -278,6 +278,8 @@ class DatabaseStorage(AsyncScimStorage):
                 active = was_active if resource.active is None else resource.active
                 if active != was_active:
                     values |= {"active": active, "disabled_reason": None if active else "deactivated by SCIM"}
+                    if active:  # made active again: a Shared Signals disable issued before this is stale
+                        values["enabled_at"] = to_db(self._clock())
                 await conn.execute(
                     update(agents)
                     .where(agents.c.id == resource.id)

@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 #: How long a claim holds a key while its action runs: longer than an action takes (a deprovisioning waits for
 #: every replica's acknowledgement, seconds), short enough that after a crash mid-action the sender's retry is
-#: served well inside the token's five minutes.
+#: served well inside the token's acceptance window (a logout token's five minutes, a SET's transmitter's
+#: ``max_set_age_seconds``).
 HOLD_SECONDS: Final = 60
 
 

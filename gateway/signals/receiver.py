@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import math
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -141,24 +142,49 @@ def _ambiguous(event: SecurityEvent, found: list[Agent]) -> InvalidSet:
     )
 
 
-def _stale(services: Services, event: SecurityEvent, agent: Agent) -> InvalidSet | None:
-    """A late ``account-disabled`` (issued more than ``RECENT_SECONDS`` ago: pushed again after the gateway could not
-    take it) about an agent changed here since it was issued is not acted on: the change may be the re-enable that
-    followed the disable at the IdP (SCIM, the directory, an admin), and disabling now would undo it and revoke,
-    hand over and delete at the channels of an active agent. A recent SET is acted on whatever changed: the IdP's
-    own updates (a rename, a group) arrive just before its disable. The refusal is recorded; an administrator who
-    finds the account still disabled at the IdP deprovisions the agent by hand."""
-    now = services.clock()
-    if now - event.issued_at <= RECENT_SECONDS or agent.updated_at.timestamp() <= event.issued_at:
+def _late(services: Services, event: SecurityEvent) -> bool:
+    """Issued more than ``RECENT_SECONDS`` ago: pushed again after the gateway could not take it (RFC 8935 §2.3)."""
+    return services.clock() - event.issued_at > RECENT_SECONDS
+
+
+def _when(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+
+
+async def _stale(services: Services, event: SecurityEvent, agent: Agent) -> InvalidSet | None:
+    """A late ``account-disabled`` about an agent that is active again since it was issued is not acted on: disabling
+    now would undo that and revoke, hand over and delete at the channels of an active agent. Active again since
+    means either of what says so: the gateway made it active (SCIM, the directory, an admin: ``enabled_at``, or its
+    creation), or the IdP let it sign in (one of its sessions began after the SET was issued). Anything else — a
+    rename, a group, a profile update — is not a re-enable, and the disable is acted on. A recent SET is acted on
+    whatever happened: the IdP's own updates arrive just before its disable. The refusal is recorded; an
+    administrator who finds the account still disabled at the IdP deprovisions the agent by hand."""
+    if not _late(services, event) or not agent.active:
         return None
-    issued = datetime.fromtimestamp(event.issued_at, UTC).isoformat(timespec="seconds")
+    since = agent.active_since.timestamp()
+    if since > event.issued_at:
+        why = f"was made active here at {_when(since)}"
+    else:
+        sessions = await services.sessions.sessions_of(agent.id, services.clock())
+        later = [s.created_at for s in sessions if s.created_at > event.issued_at]
+        if not later:
+            return None
+        why = f"signed in through the identity provider at {_when(min(later))}"
+    minutes = (services.clock() - event.issued_at) / 60
     return InvalidSet(
-        f"not acted on: this account-disabled SET was issued at {issued}, {(now - event.issued_at) / 60:.0f} "
-        f"minutes ago, and the agent {agent.user_name!r} changed here since (at "
-        f"{agent.updated_at.isoformat(timespec='seconds')}), perhaps made active again; acting on it late could "
-        "undo that. If the account is still disabled at the IdP, have the gateway's administrator deprovision the "
-        "agent (the SET's security_event access-log record names it)."
+        f"not acted on: this account-disabled SET was issued at {_when(event.issued_at)}, {minutes:.0f} minutes ago, "
+        f"and the agent {agent.user_name!r} {why}, after it: acting on it late would undo that. If the account is "
+        "still disabled at the IdP, have the gateway's administrator deprovision the agent (the SET's "
+        "security_event access-log record names it)."
     )
+
+
+async def _signed_in_before(services: Services, agent: Agent, issued_at: float) -> bool:
+    """Whether one of the agent's sessions began before the SET was issued: a late session-revoked or
+    credential-change is about those (all of the agent's sessions end then, as for a recent one); sessions that all
+    began after it were opened with what the event was about already settled, and are spared."""
+    sessions = await services.sessions.sessions_of(agent.id, services.clock())
+    return any(session.created_at <= issued_at for session in sessions)
 
 
 async def _apply(
@@ -178,8 +204,8 @@ async def _apply(
         if len(found) > 1:
             outcome["result"] = "ambiguous subject: several agents share this email"
             raise _ambiguous(event, found)
-        if stale := _stale(services, event, found[0]):
-            outcome["result"] = "stale: the agent changed here after the SET was issued"
+        if stale := await _stale(services, event, found[0]):
+            outcome["result"] = "stale: the agent is active again since the SET was issued"
             raise stale
         kill = await services.killer.deprovision(
             found[0].id, reason=f"account disabled at {transmitter.issuer} (RISC)", actor="ssf", source="ssf"
@@ -187,13 +213,18 @@ async def _apply(
         outcome |= {"result": "deprovisioned", "sessions": kill.sessions_revoked}
     elif event.action is Action.END_SESSIONS:
         # Every agent the subject names: for an ambiguous email that ends the right one's sessions too.
-        sessions, missing = 0, set[str]()
+        sessions, missing, spared = 0, set[str](), list[str]()
         for agent in found:
+            if _late(services, event) and not await _signed_in_before(services, agent, event.issued_at):
+                spared.append(agent.user_name)  # a late logout ends what it was about, not the sign-ins since
+                continue
             ended = await services.killer.end_sessions(agent.id)
             assert ended is not None  # all of the agent's sessions: always broadcast
             sessions += ended.count
             missing |= ended.missing
         outcome |= {"result": "sessions ended", "sessions": sessions, "replicas_missing": sorted(missing)}
+        if spared:
+            outcome["spared"] = spared
     else:
         outcome["result"] = "ignored"
 
@@ -208,12 +239,13 @@ async def receive_event(request: Request) -> Response:
         transmitter = _transmitter(services, request)
         token = await _read(request)
         verified = await _verified(services, transmitter, token)
+        now = services.clock()
         event = security_event(
             verified.header,
             verified.claims,
             issuer=transmitter.issuer,
             audience=audience,
-            now=services.clock(),
+            now=now,
             email_issuer=services.settings.oidc.issuer,
             max_age=transmitter.max_set_age_seconds,
         )
@@ -230,7 +262,8 @@ async def receive_event(request: Request) -> Response:
             services.sessions,
             f"set:{transmitter.issuer}:{event.jti}",
             functools.partial(_apply, services, transmitter, event, outcome),
-            ttl_seconds=transmitter.max_set_age_seconds + LEEWAY_SECONDS,
+            # Until the SET is too old to be accepted at all (counted from its iat, not from now).
+            ttl_seconds=max(1, math.ceil(event.issued_at + transmitter.max_set_age_seconds + LEEWAY_SECONDS - now)),
             replayed=InvalidSet("this SET was already received"),
         )
     except ChannelgateError as exc:

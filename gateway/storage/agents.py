@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import ColumnElement, RowMapping, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, RowMapping, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -68,6 +68,13 @@ class Agent:
     version: int
     created_at: datetime
     updated_at: datetime
+    #: When it was last made active again (None: active since it was created, or never re-enabled).
+    enabled_at: datetime | None = None
+
+    @property
+    def active_since(self) -> datetime:
+        """When the agent last became active: its last re-enable, else its creation."""
+        return self.enabled_at or self.created_at
 
     @property
     def may_sign_in(self) -> bool:
@@ -92,6 +99,7 @@ def _agent(row: RowMapping) -> Agent:
         version=row["version"],
         created_at=from_db(row["created_at"]),
         updated_at=from_db(row["updated_at"]),
+        enabled_at=from_db(enabled) if (enabled := row["enabled_at"]) is not None else None,
     )
 
 
@@ -306,13 +314,12 @@ class AgentRepository:
         *,
         conn: AsyncConnection | None = None,
     ) -> Agent:
-        """Enable or disable a live agent; ``reason`` is kept while disabled. Bumps the version (SCIM ETag)."""
-        return await self._change(
-            agent_id,
-            {"active": active, "disabled_reason": None if active else reason},
-            now,
-            conn,
-        )
+        """Enable or disable a live agent; ``reason`` is kept while disabled. Bumps the version (SCIM ETag). Making
+        an inactive agent active stamps ``enabled_at`` (an already active one keeps its stamp)."""
+        values: dict[str, Any] = {"active": active, "disabled_reason": None if active else reason}
+        if active:
+            values["enabled_at"] = case((agents.c.active.is_(False), to_db(now)), else_=agents.c.enabled_at)
+        return await self._change(agent_id, values, now, conn)
 
     async def mark_deleted(
         self, agent_id: str, reason: str | None, now: datetime, *, conn: AsyncConnection | None = None

@@ -59,6 +59,9 @@ agents = Table(
     Column("version", Integer, nullable=False, default=1),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    #: When the agent was last made active again (SCIM, the directory, an admin), not merely updated: a Shared
+    #: Signals disable issued before it is stale (gateway/signals/receiver.py). None: never since it was created.
+    Column("enabled_at", DateTime(timezone=True)),
     UniqueConstraint("oidc_issuer", "oidc_subject"),
 )
 # Unique userName among live agents only, so a deleted agent's userName can be reused (rehire).

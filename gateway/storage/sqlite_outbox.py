@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 _AGENT = (
     "id, user_name, external_id, display_name, email, active, deleted_at, disabled_reason, oidc_issuer, "
-    "oidc_subject, source, manager_id, employee_number, version, created_at, updated_at"
+    "oidc_subject, source, manager_id, employee_number, version, created_at, updated_at, enabled_at"
 )
 
 
@@ -52,6 +52,7 @@ def _agent(row: Sequence[Any]) -> Agent:
         version=row[13],
         created_at=from_sqlite(row[14]),
         updated_at=from_sqlite(row[15]),
+        enabled_at=from_sqlite(row[16]) if row[16] is not None else None,
     )
 
 

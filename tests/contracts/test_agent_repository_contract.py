@@ -418,3 +418,23 @@ async def test_timestamps_are_stored_and_returned_as_aware_utc(repo: AgentReposi
     assert agent.created_at.tzinfo is UTC
     with pytest.raises(ValueError, match="timezone-aware"):
         await repo.set_active(agent.id, False, "x", datetime(2025, 3, 1, 9, 30))
+
+
+async def test_making_an_inactive_agent_active_stamps_when_and_updating_an_active_one_does_not(
+    repo: AgentRepository,
+) -> None:
+    # A late Shared Signals disable is stale only after a re-enable (gateway/signals/receiver.py), not any update.
+    agent = await repo.link_or_create_from_login(ISSUER, "sub-1", "alice", None, None, NOW, **BY_NAME)
+    assert agent.enabled_at is None and agent.active_since == NOW
+
+    await repo.set_active(agent.id, True, None, NOW + timedelta(hours=1))  # already active: an update
+    assert (await repo.get(agent.id)).active_since == NOW  # type: ignore[union-attr]
+
+    await repo.set_active(agent.id, False, "left", NOW + timedelta(hours=2))
+    disabled = await repo.get(agent.id)
+    assert disabled is not None and disabled.enabled_at is None
+
+    await repo.set_active(agent.id, True, None, NOW + timedelta(hours=3))
+    await repo.set_active(agent.id, True, None, NOW + timedelta(hours=4))
+    enabled = await repo.get(agent.id)
+    assert enabled is not None and enabled.enabled_at == enabled.active_since == NOW + timedelta(hours=3)

@@ -229,53 +229,94 @@ async def test_a_risc_account_disabled_retried_after_a_database_outage_deprovisi
     assert replayed.status_code == 400 and "already received" in replayed.json()["description"]
 
 
-async def _changed(gateway: Deployment, user_name: str, seconds_ago: float) -> None:
-    """The agent's row last changed ``seconds_ago`` (the repository's own update, dated then)."""
+async def _made_active(gateway: Deployment, user_name: str, seconds_ago: float) -> None:
+    """The agent was disabled and made active again ``seconds_ago`` (the repository's own updates, dated then)."""
     agent = await gateway.services.agents.find(user_name)
     assert agent is not None
-    await gateway.services.agents.set_active(agent.id, True, None, utcnow() - timedelta(seconds=seconds_ago))
+    agents, now = gateway.services.agents, utcnow()
+    await agents.set_active(agent.id, False, "on leave", now - timedelta(seconds=seconds_ago + 60))
+    await agents.set_active(agent.id, True, None, now - timedelta(seconds=seconds_ago))
+
+
+async def _signed_out(gateway: Deployment, user_name: str) -> None:
+    agent = await gateway.services.agents.find(user_name)
+    assert agent is not None
+    await gateway.services.killer.end_sessions(agent.id)
+
+
+def _an_hour_ago(transmitter: Transmitter, gateway: Deployment, event: str, subject: dict[str, Any]) -> str:
+    return transmitter.sign({event: {}}, aud=gateway.url, sub_id=subject, iat=int(time.time()) - 3600)
 
 
 async def test_a_risc_account_disabled_pushed_again_an_hour_after_it_was_issued_deprovisions_the_agent(
     gateway: Deployment, transmitter: Transmitter
 ) -> None:
     # RFC 8935 §2.3: the transmitter retries a push the gateway could not take; the disable must still count.
-    alice, subject = await _alice(gateway)
-    await _changed(gateway, "alice", seconds_ago=2 * 3600)  # the agent as it was before the IdP disabled it
-    late = transmitter.sign(
-        {RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject, iat=int(time.time()) - 3600
+    _, subject = await _alice(gateway)
+    await _made_active(gateway, "alice", seconds_ago=2 * 3600)  # active since before the IdP disabled the account
+    await _signed_out(gateway, "alice")  # and not signed in since (the IdP would not let her)
+    agent = await gateway.services.agents.find("alice")
+    assert agent is not None
+    await gateway.services.agents.set_active(agent.id, True, None, utcnow())  # an update since is no re-enable
+
+    response = await _push(
+        gateway, _an_hour_ago(transmitter, gateway, RISC + "account-disabled", subject), transmitter.token
     )
 
-    response = await _push(gateway, late, transmitter.token)
-
     assert response.status_code == 202, response.text
-    assert await _chat(alice, gateway) == 401
     agent = await gateway.services.agents.find_by_oidc(subject["iss"], subject["sub"])
     assert agent is not None and not agent.active
     assert (await _last_record(gateway)).decision == "deprovisioned"
 
 
-async def test_a_late_risc_account_disabled_about_an_agent_changed_since_it_was_issued_is_refused_and_changes_nothing(
+async def test_a_late_risc_account_disabled_about_an_agent_made_active_here_since_is_refused_and_changes_nothing(
     gateway: Deployment, transmitter: Transmitter
 ) -> None:
-    alice, subject = await _alice(gateway)
-    await _changed(gateway, "alice", seconds_ago=600)  # made active again 10 minutes ago, after the SET was issued
-    late = transmitter.sign(
-        {RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject, iat=int(time.time()) - 3600
-    )
+    _, subject = await _alice(gateway)
+    await _made_active(gateway, "alice", seconds_ago=600)  # re-enabled 10 minutes ago, after the SET was issued
+    await _signed_out(gateway, "alice")
 
-    response = await _push(gateway, late, transmitter.token)
+    response = await _push(
+        gateway, _an_hour_ago(transmitter, gateway, RISC + "account-disabled", subject), transmitter.token
+    )
 
     assert response.status_code == 400, response.text
     description = response.json()["description"]
     assert response.json()["err"] == "invalid_request"
-    assert "not acted on" in description and "'alice' changed here since" in description
-    assert await _chat(alice, gateway) == 200
+    assert "not acted on" in description and "'alice' was made active here at" in description
     agent = await gateway.services.agents.find("alice")
     assert agent is not None and agent.active
     record = await _last_record(gateway)
     assert (record.decision, record.status, record.agent_name) == ("refused", 400, "alice")
     assert record.detail["result"].startswith("stale")
+
+
+async def test_a_late_risc_account_disabled_about_an_agent_the_idp_let_sign_in_since_is_refused(
+    gateway: Deployment, transmitter: Transmitter
+) -> None:
+    alice, subject = await _alice(gateway)  # signed in now: the IdP re-enabled the account after the event
+    await _made_active(gateway, "alice", seconds_ago=2 * 3600)
+
+    response = await _push(
+        gateway, _an_hour_ago(transmitter, gateway, RISC + "account-disabled", subject), transmitter.token
+    )
+
+    assert response.status_code == 400, response.text
+    assert "signed in through the identity provider at" in response.json()["description"]
+    assert await _chat(alice, gateway) == 200
+
+
+async def test_a_late_caep_session_revoked_spares_the_sessions_signed_in_after_it(
+    gateway: Deployment, transmitter: Transmitter
+) -> None:
+    alice, subject = await _alice(gateway)  # every session of hers began after the event
+
+    late = _an_hour_ago(transmitter, gateway, CAEP + "session-revoked", subject)
+    assert (await _push(gateway, late, transmitter.token)).status_code == 202
+
+    assert await _chat(alice, gateway) == 200
+    record = await _last_record(gateway)
+    assert record.detail["spared"] == ["alice"] and record.detail["sessions"] == 0
 
 
 async def test_a_recent_risc_account_disabled_is_acted_on_even_if_the_agent_changed_after_it_was_issued(
@@ -299,7 +340,6 @@ async def test_a_set_older_than_its_transmitters_max_set_age_is_refused(
 
     async with deployment(oidc_provider_factory, extra_toml=table) as gateway:
         alice, subject = await _alice(gateway)
-        await _changed(gateway, "alice", seconds_ago=2 * 3600)
         old = transmitter.sign(
             {RISC + "account-disabled": {}}, aud=gateway.url, sub_id=subject, iat=int(time.time()) - 3600
         )

@@ -198,6 +198,11 @@ async def test_reactivation_enables_the_agent_again(gateway: ScimGateway, scim: 
     assert response.status_code in (200, 204)
     agent = await gateway.services.agents.get(created["id"])
     assert agent is not None and agent.may_sign_in and agent.disabled_reason is None
+    # Stamped as a re-enable (a late Shared Signals disable issued before it is stale); a later update is not one.
+    assert agent.enabled_at is not None and agent.enabled_at > agent.created_at
+    await scim.patch(f"/Users/{created['id']}", json=patch({"op": "replace", "path": "displayName", "value": "B"}))
+    updated = await gateway.services.agents.get(created["id"])
+    assert updated is not None and updated.enabled_at == agent.enabled_at
 
 
 async def test_a_put_without_active_never_reactivates(gateway: ScimGateway, scim: httpx.AsyncClient) -> None:
