@@ -66,6 +66,7 @@ async def sweep(live: LiveConnections, store: SessionStore, now: float, idle: fl
         for binding in live.sessions():
             closed += await live.close_session(binding.key, reason="this replica's clock cannot be trusted")
         return closed
+    unchecked: list[str] = []
     for binding in live.sessions():
         decided = verdict(binding, now, idle, absolute)
         if decided is Verdict.KEEP:
@@ -76,10 +77,13 @@ async def sweep(live: LiveConnections, store: SessionStore, now: float, idle: fl
         try:
             valid = await _still_valid(store, binding, now, refresh=decided is Verdict.REFRESH)
         except ChannelgateError as exc:
-            log.warning("could not check the session of open connections: %s", exc.message)
+            unchecked.append(exc.message)  # kept open and checked again next sweep (the store is down)
             continue
         if not valid:
             closed += await live.close_session(binding.key, reason="session ended")
+    if unchecked:
+        # Once a sweep, not once a session: a store outage with thousands of open sockets would flood the log.
+        log.warning("could not check the sessions of open connections (%d): %s", len(unchecked), unchecked[0])
     return closed
 
 

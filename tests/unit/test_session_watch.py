@@ -3,10 +3,13 @@ sweep against the embedded store."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from gateway.errors import SessionStoreUnavailable
 from gateway.proxy.streams import LiveConnections, SessionBinding
-from gateway.sessions.base import SessionData, SessionState, session_key
+from gateway.sessions.base import Session, SessionData, SessionState, session_key
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.watch import Verdict, sweep, verdict
 
@@ -95,3 +98,25 @@ async def test_a_session_that_just_ended_here_binds_no_new_connection() -> None:
     aborted: list[bool] = []
     live.track_stream(session, lambda: aborted.append(True))
     assert aborted == [True] and live.sessions() == []
+
+
+async def test_a_sweep_that_cannot_reach_the_store_keeps_the_connections_and_warns_once_not_per_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemorySessionStore(IDLE, ABSOLUTE, "replica-a")
+    sessions = [await store.create(ALICE, T0) for _ in range(50)]
+    live = RecordingLive()
+    for session in sessions:
+        assert live.bind(session) is not None
+
+    async def down(agent_id: str, now: float) -> list[Session]:
+        raise SessionStoreUnavailable("the session store does not answer")
+
+    store.sessions_of = down  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="gateway.sessions.watch"):
+        assert await sweep(live, store, T0 + IDLE, IDLE, ABSOLUTE) == 0
+
+    assert live.closed == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not check the sessions of open connections (50): the session store does not answer"
+    ]
