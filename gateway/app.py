@@ -212,6 +212,10 @@ async def _revived_sessions(services: Services) -> None:
             await services.revived.sweep_if_due()
         except ChannelgateError as exc:
             log.warning("ending sessions a session-store restart may have brought back failed: %s", exc.message)
+        except Exception:
+            # Anything else (a bug, a row this release cannot read) must not end the task: the sweep would never
+            # complete again, and every request would stay checked against its agent's row.
+            log.exception("ending sessions a session-store restart may have brought back failed unexpectedly")
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 

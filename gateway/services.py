@@ -26,7 +26,7 @@ from gateway.deprovision.logouts import Logouts
 from gateway.deprovision.revived import RevivedSessions
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
 from gateway.deprovision.worker import PipelineWorker
-from gateway.errors import VaultError
+from gateway.errors import ChannelgateError, VaultError
 from gateway.metrics import Metrics
 from gateway.oidc.client import OidcClient
 from gateway.oidc.discovery import ProviderKeys
@@ -126,6 +126,15 @@ class Services:
     def public_url(self) -> str:
         return str(self.settings.server.public_url).rstrip("/")
 
+    async def _flush_logouts(self) -> None:
+        """Write the ends kept in process (their first write failed) before the process goes: else a logout or a
+        deprovisioning that Redis then loses could not be ended again (gateway/deprovision/logouts.py)."""
+        try:
+            await self.logouts.flush()
+        except ChannelgateError as exc:
+            log.error("%d session end(s) could not be written at shutdown and are lost: %s",
+                      self.logouts.unwritten, exc.message)  # fmt: skip
+
     async def close(self) -> None:
         for connector in self.connectors.values():
             await connector.aclose()
@@ -135,6 +144,7 @@ class Services:
             await self.upstream.close()
         if self.idp_http is not None:
             await self.idp_http.close()
+        await self._flush_logouts()
         await self.audit.stop()
         await self.sealer.stop()  # after the audit flush, so the records flushed at shutdown are sealed too
         await self.sessions.close()

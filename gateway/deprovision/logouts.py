@@ -12,7 +12,8 @@ Order and failure, as a revocation's record (gateway/deprovision/kill.py): the s
 first, whatever the database does, then remembered. When that write fails the logout is not reported done (the
 ``StorageError`` reaches the caller: 503, and an IdP sends its logout token again), and what was ended is kept in
 this process and written first at the sweep task's next turn (:meth:`Logouts.flush`). A process that dies in
-between, while Redis also loses the logout, loses it: two failures at once.
+between, while Redis also loses the logout, loses it: two failures at once. At shutdown what is still kept is
+written once more (``Services.close``), and the count logged if that fails too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.audit.writer import AuditLog
@@ -34,6 +36,18 @@ log = logging.getLogger("channelgate.sessions")
 PRUNE_INTERVAL_SECONDS = 3600.0
 #: Unwritten logouts kept while the database is unreachable; beyond it the oldest are dropped (and logged).
 MAX_UNWRITTEN = 10_000
+
+
+#: Turns at which an unwritten entry failed while a later one was written, before it is dropped (logged).
+MAX_FLUSH_FAILURES = 3
+
+
+@dataclass(slots=True)
+class _Unwritten:
+    ends: list[SessionEnd]
+    records: list[AccessRecord]
+    #: Turns at which this entry's write failed while a later entry's succeeded.
+    failures: int = 0
 
 
 class Logouts:
@@ -52,8 +66,13 @@ class Logouts:
         self._audit = audit
         self._monotonic = monotonic
         self._pruned_at: float | None = None
-        #: Logouts whose write failed, oldest first: written before anything else at the next turn.
-        self._unwritten: list[tuple[list[SessionEnd], list[AccessRecord]]] = []
+        #: Logouts whose write failed, oldest first: written at the sweep task's next turn (and at shutdown).
+        self._unwritten: list[_Unwritten] = []
+
+    @property
+    def unwritten(self) -> int:
+        """How many ends are kept in process, not yet written."""
+        return sum(len(entry.ends) for entry in self._unwritten)
 
     async def remember(self, ends: Sequence[SessionEnd], records: Sequence[AccessRecord] = ()) -> None:
         """Write ``ends`` and ``records`` in one transaction. Call it once the store has ended the sessions; when
@@ -61,33 +80,63 @@ class Logouts:
         try:
             await self._write(list(ends), list(records))
         except ChannelgateError:
-            self._unwritten.append((list(ends), list(records)))
+            self._unwritten.append(_Unwritten(list(ends), list(records)))
             if len(self._unwritten) > MAX_UNWRITTEN:
-                dropped, _ = self._unwritten.pop(0)
-                log.error("dropped %d unwritten logout(s): the database has been unreachable too long", len(dropped))
+                dropped = self._unwritten.pop(0)
+                log.error(
+                    "dropped %d unwritten logout(s): the database has been unreachable too long", len(dropped.ends)
+                )
             raise
 
     async def flush(self) -> None:
-        """Write what :meth:`remember` could not, oldest first; raises (keeping the rest) if the database still
-        fails."""
-        while self._unwritten:
-            ends, records = self._unwritten[0]
-            await self._write(ends, records)
-            self._unwritten.pop(0)
+        """Write what :meth:`remember` could not, oldest first; raises the first error (keeping what is left) when
+        a write fails. Two failures in a row end the turn (the database is down). A write that fails while a later
+        one succeeds is the entry's own fault (a value the database refuses): after ``MAX_FLUSH_FAILURES`` such
+        turns it is dropped with an error log, so it cannot keep every later turn failing."""
+        failed: list[_Unwritten] = []
+        kept: list[_Unwritten] = []
+        error: ChannelgateError | None = None
+        for entry in list(self._unwritten):
+            try:
+                await self._write(entry.ends, entry.records)
+            except ChannelgateError as exc:
+                error = error or exc
+                failed.append(entry)
+                kept.append(entry)
+                if len(failed) >= 2:  # two in a row: the database is down, try again next turn
+                    break
+                continue
+            self._unwritten.remove(entry)
+            for stuck in failed:  # a later write succeeded: the database is up, these entries fail on their own
+                stuck.failures += 1
+                if stuck.failures >= MAX_FLUSH_FAILURES and stuck in self._unwritten:
+                    self._unwritten.remove(stuck)
+                    log.error(
+                        "dropped %d logout(s) of agent(s) %s the database refused %d times: %s",
+                        len(stuck.ends),
+                        sorted({end.agent_id for end in stuck.ends}),
+                        stuck.failures,
+                        error.message if error is not None else "",
+                    )
+            failed.clear()
+        if error is not None and any(entry in self._unwritten for entry in kept):
+            raise error
 
     async def ended_idp_session(self, sid: str, since: datetime, agent_id: str | None = None) -> bool:
         """Whether the IdP session ``sid`` (of ``agent_id`` when given) was ended at or after ``since``: saved, or
         kept in process to be (a provider resending a logout token after a 503 is answered as done)."""
-        for ends, _ in self._unwritten:
-            for end in ends:
+        for entry in self._unwritten:
+            for end in entry.ends:
                 of_agent = agent_id is None or end.agent_id == agent_id
                 if end.kind is EndKind.IDP_SESSION and end.sid == sid and end.ended_at >= since and of_agent:
                     return True
         return await self._ends.ended_idp_session(sid, since, agent_id)
 
     async def since(self, cutoff: datetime) -> list[SessionEnd]:
-        """The logouts remembered at or after ``cutoff``, oldest first."""
-        return await self._ends.since(cutoff)
+        """The logouts remembered at or after ``cutoff``, oldest first: those written, then those kept in process
+        (the sweep flushes only after it has run, and must not miss them)."""
+        kept = [end for entry in self._unwritten for end in entry.ends if end.ended_at >= cutoff]
+        return await self._ends.since(cutoff) + kept
 
     async def prune_if_due(self, before: datetime) -> None:
         """Delete the rows older than ``before``, at most once per ``PRUNE_INTERVAL_SECONDS``."""

@@ -104,11 +104,14 @@ class RevivedSessions:
         already ended are kept and written first then (nothing ended goes unrecorded)."""
         await self._write_records()
         cutoff = utcnow() - self._lifetime
+        ended = await self._sweep(cutoff) if self.due() else 0
         if self._logouts is not None:
+            # After the sweep: an end the database keeps refusing must not stop the sweep (Logouts.flush drops it).
             await self._logouts.flush()
             await self._logouts.prune_if_due(cutoff)
-        if not self.due():
-            return 0
+        return ended
+
+    async def _sweep(self, cutoff: datetime) -> int:
         started = self._monotonic()
         inactive = await self._agents.inactive_since(cutoff)
         ended = agents_ended = 0

@@ -8,17 +8,20 @@ cookie.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import RowMapping, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
 from gateway.storage.schema import session_ends
+
+log = logging.getLogger("channelgate.sessions")
 
 
 class EndKind(Enum):
@@ -67,16 +70,7 @@ class SessionEndRepository:
         query = select(session_ends).where(session_ends.c.ended_at >= to_db(cutoff))
         async with read_transaction(self._engine) as conn:
             rows = (await conn.execute(query.order_by(session_ends.c.ended_at, session_ends.c.id))).mappings().all()
-        return [
-            SessionEnd(
-                ended_at=from_db(row["ended_at"]),
-                kind=EndKind(row["kind"]),
-                agent_id=row["agent_id"],
-                session_key=row["session_key"],
-                sid=row["sid"],
-            )
-            for row in rows
-        ]
+        return [end for end in map(_parsed, rows) if end is not None]
 
     async def ended_idp_session(self, sid: str, since: datetime, agent_id: str | None = None) -> bool:
         """Whether an end of the IdP session ``sid`` (of ``agent_id`` when given) was saved at or after ``since``."""
@@ -95,3 +89,18 @@ class SessionEndRepository:
         async with write_transaction(self._engine) as conn:
             result = await conn.execute(delete(session_ends).where(session_ends.c.ended_at < to_db(before)))
         return int(result.rowcount or 0)
+
+
+def _parsed(row: RowMapping) -> SessionEnd | None:
+    """The row's end; None (logged) for one this release cannot read, such as a kind written by a newer release
+    before a rollback: skipped, so it cannot stop the sweep that reads the others."""
+    try:
+        kind = EndKind(row["kind"])
+    except ValueError:
+        log.error("skipped session end %s: unknown kind %r (written by a newer release?)", row["id"], row["kind"])
+        return None
+    if (kind is EndKind.LOGOUT and not row["session_key"]) or (kind is EndKind.IDP_SESSION and not row["sid"]):
+        log.error("skipped session end %s: a %s end without its %s", row["id"], kind.value,
+                  "session_key" if kind is EndKind.LOGOUT else "sid")  # fmt: skip
+        return None
+    return SessionEnd(from_db(row["ended_at"]), kind, row["agent_id"], row["session_key"], row["sid"])

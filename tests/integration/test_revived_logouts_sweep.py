@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import insert
 
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.logouts import Logouts
@@ -26,6 +27,7 @@ from gateway.storage.access_log import AccessLogRepository, AccessQuery, AccessR
 from gateway.storage.agents import AgentRepository
 from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade_to_head
+from gateway.storage.schema import session_ends
 from gateway.storage.session_ends import EndKind, SessionEnd, SessionEndRepository
 from tests.components.session_stores import redis_store
 
@@ -160,3 +162,77 @@ async def test_a_logout_whose_write_fails_is_refused_but_written_at_the_next_tur
 
     assert await world.ends.since(_at(0)) == [end]
     assert [r.kind for r in await world.log.search(AccessQuery(kind="logout"))] == ["logout"]
+
+
+async def test_an_end_kept_in_process_is_replayed_by_the_sweep_before_it_is_written(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep runs before the flush (so an end the database refuses cannot stop it): an end still only kept in
+    process must be replayed all the same."""
+    await world.store.create(ALICE, world.now - 100)
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StorageError("database write failed on sqlite:///…", detail="database is locked")
+
+    monkeypatch.setattr(world.ends, "add", down)
+    with pytest.raises(StorageError):
+        await world.logouts.remember([SessionEnd(_at(world.now - 50), EndKind.AGENT, ALICE.agent_id)])
+
+    with pytest.raises(StorageError):  # the flush after the sweep still fails
+        await world.sweep.sweep_if_due()
+
+    assert await world.store.sessions_of(ALICE.agent_id, world.now) == []
+    assert not world.sweep.due()  # the sweep completed
+
+
+async def test_an_end_the_database_keeps_refusing_neither_stops_the_sweep_nor_stays_forever(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("gateway.deprovision.logouts.MAX_FLUSH_FAILURES", 2)
+    real = world.ends.add
+    down = [True]
+
+    async def refusing(ends: list[SessionEnd], *args: Any, **kwargs: Any) -> None:
+        if down[0] or any(end.agent_id == "poison" for end in ends):
+            raise StorageError("database write failed on sqlite:///…", detail="value too long")
+        await real(ends, *args, **kwargs)
+
+    monkeypatch.setattr(world.ends, "add", refusing)
+    poison = SessionEnd(_at(world.now), EndKind.AGENT, "poison")
+    first, second = (SessionEnd(_at(world.now), EndKind.AGENT, f"a-{i}") for i in (1, 2))
+    for end in (poison, first):
+        with pytest.raises(StorageError):
+            await world.logouts.remember([end])
+    down[0] = False
+    await world.store.create(ALICE, world.now - 100)
+    await world.logouts.remember([SessionEnd(_at(world.now - 50), EndKind.AGENT, ALICE.agent_id)])
+
+    with pytest.raises(StorageError):
+        await world.sweep.sweep_if_due()
+    assert await world.store.sessions_of(ALICE.agent_id, world.now) == []  # the sweep ran all the same
+    assert world.logouts.unwritten == 1  # the poison; `first` was written after it
+
+    down[0] = True
+    with pytest.raises(StorageError):
+        await world.logouts.remember([second])
+    down[0] = False
+    await world.sweep.sweep_if_due()  # the poison fails a second time while `second` is written: dropped
+
+    assert world.logouts.unwritten == 0
+    assert {e.agent_id for e in await world.ends.since(_at(0))} == {"a-1", "a-2", ALICE.agent_id}
+    assert "dropped 1 logout(s) of agent(s) ['poison']" in caplog.text
+
+
+async def test_a_row_of_an_unknown_kind_is_skipped_and_the_others_are_replayed(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row written by a newer release (then rolled back) must not stop the sweep of every other row."""
+    await world.store.create(ALICE, world.now - 100)
+    async with world.database.begin() as conn:
+        await conn.execute(
+            insert(session_ends).values(ended_at=_at(world.now - 60), kind="tenant", agent_id=ALICE.agent_id)
+        )
+    await world.logouts.remember([SessionEnd(_at(world.now - 50), EndKind.AGENT, ALICE.agent_id)])
+
+    assert await world.sweep.sweep_if_due() == 1
+    assert "unknown kind 'tenant'" in caplog.text
