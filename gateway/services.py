@@ -23,7 +23,7 @@ from gateway.audit.retention import Retention
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
 from gateway.deprovision.logouts import Logouts
-from gateway.deprovision.revived import RevivedSessions
+from gateway.deprovision.revived import LIFETIME_MARGIN_SECONDS, RevivedSessions
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
 from gateway.deprovision.worker import PipelineWorker
 from gateway.errors import ChannelgateError, VaultError
@@ -188,7 +188,14 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     }
     connectors = build_connectors(contexts)
     pipeline = PipelineRepository(database.engine)
-    logouts = Logouts(database, SessionEndRepository(database.engine), audit)
+    timeouts = settings.sessions
+    logouts = Logouts(
+        database,
+        SessionEndRepository(database.engine),
+        audit,
+        sessions=sessions,
+        marker_seconds=timeouts.absolute_timeout_seconds + LIFETIME_MARGIN_SECONDS,
+    )
     planner = RunPlanner(
         connectors, pipeline, MassDeletionGuard(settings.deprovision.guard, agents, pipeline), audit, metrics
     )
@@ -221,7 +228,8 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
             sessions,
             audit,
             metrics,
-            session_lifetime_seconds=settings.sessions.absolute_timeout_seconds,
+            session_lifetime_seconds=timeouts.absolute_timeout_seconds,
+            idle_timeout_seconds=timeouts.idle_timeout_seconds,
             logouts=logouts,
         ),
         logouts=logouts,

@@ -14,28 +14,34 @@ sweep ends again the sessions of every agent made inactive recently — within t
 an older session has expired whatever Redis holds — and the check against agents' rows stays on until the sweep has
 completed. Each agent whose sessions it ended gets a ``sessions_revoked`` record saying why.
 
-The same sweep ends again what the logouts of agents who stay active ended within that time: each logout was
-remembered in the database before it was reported done (gateway/deprovision/logouts.py). A ``/.channelgate/logout``
-names its one session by storage key; a back-channel logout by ``sid`` the agent's sessions from that IdP session,
-and one by ``sub`` (or CAEP, or the console's "end sessions") every session of the agent — in both cases only those
-created before the logout (plus ``CLOCK_MARGIN_SECONDS``), so a session the agent signed in to afterwards stays. Each
-session ended again gets a ``sessions_revoked`` record. The check against agents' rows cannot see a logout (the
-agent is active), so a revived logged-out session is refused only once this sweep has reached it: in the seconds
-between the store answering again and the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) a copy of its
-cookie still works — docs/operations/hardening.md says so.
+The same sweep ends again what the ends saved in the database ended (gateway/deprovision/logouts.py): logouts of
+agents who stay active, and deprovisionings' kills (an agent enabled again soon after, its password reset, would
+otherwise get its revived sessions back). It reads the ends of the last idle timeout + ``LIFETIME_MARGIN_SECONDS``,
+counted from when the sweep fell due: a revived session was last seen no later than the end that deleted it (it
+could not be used after it), so it has expired by idle timeout once the end is older — for an agent-wide or
+IdP-session end as for a logout's one session. Each agent with ends is read once (``sessions_of``, ``CONCURRENCY``
+at a time). A ``/.channelgate/logout`` names its one session by storage key: exact. An agent-wide or IdP-session end
+covers the sessions created before it (plus ``CLOCK_MARGIN_SECONDS``), and only if Redis lost it: each such end
+wrote a marker to Redis after its revocation, and Redis keeps its writes in order, so a marker still there means
+the revocation is too (no replay at a plain start or rolling deploy, where nothing was lost). Each session ended
+again gets a ``sessions_revoked`` record. The check against agents' rows cannot see a logout (the agent is
+active), so a revived logged-out session is refused only once this sweep has reached it: between the store
+answering again and the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) plus the sweep's own time, a copy
+of its cookie still works — docs/operations/hardening.md says so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from gateway.audit.writer import AuditLog
-from gateway.deprovision.logouts import Logouts
+from gateway.deprovision.logouts import MARKER_HOLD_SECONDS, Logouts, end_marker, mark_kept
 from gateway.metrics import Metrics
-from gateway.sessions.base import SessionData, SessionStore
+from gateway.sessions.base import Session, SessionData, SessionStore, UseState
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import AgentRepository
 from gateway.storage.session_ends import EndKind, SessionEnd
@@ -50,9 +56,12 @@ RECOVERY_CHECK_SECONDS = 60.0
 LIFETIME_MARGIN_SECONDS = 600
 #: Agents read again (still inactive?) per query before their sessions are ended.
 BATCH = 100
-#: A logout that ended every session of an agent (or of one IdP session) ends again those created up to this long
-#: after it: each replica stamps a session with its own clock, and one running ahead must not hide a session the
-#: logout did end. A login that soon after the logout may be ended too (the agent signs in again): fail closed.
+#: Agents whose saved ends are replayed at once (each one read of its sessions, a round trip to the store).
+CONCURRENCY = 32
+#: An end of every session of an agent (or of one IdP session) that Redis lost ends again those created up to this
+#: long after it: each replica stamps a session with its own clock, and one running ahead must not hide a session
+#: the end did end. A login that soon after may be ended too (the agent signs in again): fail closed, and only
+#: after Redis really lost the end (its marker is gone).
 CLOCK_MARGIN_SECONDS = 60.0
 
 
@@ -68,12 +77,13 @@ class RevivedSessions:
         metrics: Metrics,
         *,
         session_lifetime_seconds: float,
+        idle_timeout_seconds: float | None = None,
         logouts: Logouts | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``clock`` is the sessions' clock (``Services.clock``): their ``created_at`` is compared with a logout's
-        time."""
+        """``clock`` reads the sessions' liveness (``sessions_of``); the wall clock, as the stores stamp sessions with
+        (tests pass their own). ``idle_timeout_seconds`` bounds the replay of saved ends (the lifetime when None)."""
         self._agents = agents
         self._sessions = sessions
         self._audit = audit
@@ -82,6 +92,14 @@ class RevivedSessions:
         self._logouts = logouts
         self._monotonic = monotonic
         self._clock = clock
+        idle = session_lifetime_seconds if idle_timeout_seconds is None else idle_timeout_seconds
+        #: A revived session was last seen no later than the end that deleted it, so it expires by idle timeout.
+        self._replay_window = timedelta(seconds=idle + LIFETIME_MARGIN_SECONDS)
+        #: How long an end's marker is kept: as long as its row may be replayed.
+        self._marker_seconds = int(session_lifetime_seconds + LIFETIME_MARGIN_SECONDS)
+        #: When a sweep was first found due since the last completed one (wall clock): the replay window reaches back
+        #: from there, since a revived session used meanwhile (its ``seen`` moving on) stays alive until swept.
+        self._due_since: datetime | None = None
         #: When the last completed sweep started (monotonic); None before the first.
         self._swept_at: float | None = None
         #: Records of sessions ended whose write failed: written before anything else at the next turn.
@@ -104,7 +122,11 @@ class RevivedSessions:
         already ended are kept and written first then (nothing ended goes unrecorded)."""
         await self._write_records()
         cutoff = utcnow() - self._lifetime
-        ended = await self._sweep(cutoff) if self.due() else 0
+        ended = 0
+        if self.due():
+            self._due_since = self._due_since or utcnow()
+            ended = await self._sweep(cutoff)
+            self._due_since = None
         if self._logouts is not None:
             # After the sweep: an end the database keeps refusing must not stop the sweep (Logouts.flush drops it).
             await self._logouts.flush()
@@ -135,43 +157,79 @@ class RevivedSessions:
                 ended,
                 agents_ended,
             )
-        logged_out = await self._end_logouts_again(cutoff) if self._logouts is not None else 0
+        logged_out = await self._end_logouts_again() if self._logouts is not None else 0
         if logged_out:
             log.warning("the session store brought back %d logged-out session(s); they were ended again", logged_out)
         self._swept_at = started
         return ended + logged_out
 
-    async def _end_logouts_again(self, cutoff: datetime) -> int:
-        """End again each session a logout remembered since ``cutoff`` ended; one record per session ended."""
-        assert self._logouts is not None
+    async def _end_logouts_again(self) -> int:
+        """End again what the ends saved within the replay window ended and the store holds again, each agent once
+        and ``CONCURRENCY`` agents at a time; one record per session ended."""
+        assert self._logouts is not None and self._due_since is not None
+        by_agent: dict[str, list[SessionEnd]] = {}
+        for end in await self._logouts.since(self._due_since - self._replay_window):
+            by_agent.setdefault(end.agent_id, []).append(end)
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def agent_again(ends: list[SessionEnd]) -> list[tuple[SessionEnd, SessionData]]:
+            async with gate:
+                return await self._end_again(ends)
+
         ended = 0
-        for end in await self._logouts.since(cutoff):
-            for data in await self._end_again(end):
+        for found in await asyncio.gather(*(agent_again(ends) for ends in by_agent.values())):
+            for end, data in found:
                 self._unwritten.append(_logout_record(end, data))
                 ended += 1
                 self._metrics.sessions_revoked.inc()
-            if len(self._unwritten) >= BATCH:
-                await self._write_records()
         await self._write_records()
         return ended
 
-    async def _end_again(self, end: SessionEnd) -> list[SessionData]:
-        """What ``end`` ended and the store holds again, deleted by storage key (broadcast only when found)."""
-        if end.kind is EndKind.LOGOUT:
-            assert end.session_key is not None
-            data = await self._sessions.delete_key(end.session_key)
-            return [] if data is None else [data]
-        created_before = end.ended_at.timestamp() + CLOCK_MARGIN_SECONDS
+    async def _end_again(self, ends: list[SessionEnd]) -> list[tuple[SessionEnd, SessionData]]:
+        """One agent's sessions that its saved ``ends`` ended and the store holds again, deleted by storage key
+        (broadcast only then): one read of the agent's sessions, and a marker read only for a session that an
+        agent-wide or IdP-session end would end (``_lost``)."""
         ended = []
-        for session in await self._sessions.sessions_of(end.agent_id, self._clock()):
-            if session.created_at >= created_before:
-                continue  # signed in after the logout
-            if end.kind is EndKind.IDP_SESSION and session.data.idp_session_id != end.sid:
+        lost: dict[SessionEnd, bool] = {}
+        for session in await self._sessions.sessions_of(ends[0].agent_id, self._clock()):
+            end = await self._covering(ends, session, lost)
+            if end is None:
                 continue
             data = await self._sessions.delete_key(session.id)  # sessions_of names them by storage key
             if data is not None:
-                ended.append(data)
+                ended.append((end, data))
+        for end, was_lost in lost.items():
+            if was_lost:  # ended again: the store holds the end now, a later sweep need not replay it
+                await mark_kept(self._sessions, end, self._marker_seconds)
         return ended
+
+    async def _covering(
+        self, ends: list[SessionEnd], session: Session, lost: dict[SessionEnd, bool]
+    ) -> SessionEnd | None:
+        """The saved end that ended ``session``, if any. A logout names it by key (exact). An agent-wide or
+        IdP-session end covers the sessions created before it (+ ``CLOCK_MARGIN_SECONDS``), but only when the store
+        lost that end: its marker, written after the revocation, is gone (``_lost``)."""
+        for end in ends:
+            if end.kind is EndKind.LOGOUT:
+                if end.session_key == session.id:
+                    return end
+                continue
+            if session.created_at >= end.ended_at.timestamp() + CLOCK_MARGIN_SECONDS:
+                continue  # signed in after the end
+            if end.kind is EndKind.IDP_SESSION and session.data.idp_session_id != end.sid:
+                continue
+            if end not in lost:
+                lost[end] = await self._lost(end)
+            if lost[end]:
+                return end
+        return None
+
+    async def _lost(self, end: SessionEnd) -> bool:
+        """Whether the store lost ``end``: its marker (``gateway/deprovision/logouts.py``), written after the
+        revocation, is missing. Redis keeps its writes in order (a snapshot, the append-only file and the
+        replication stream each hold a prefix of them), so a marker still there means the revocation is too."""
+        claim = await self._sessions.claim_use(end_marker(end), MARKER_HOLD_SECONDS)
+        return claim.state is not UseState.USED
 
     async def _write_records(self) -> None:
         if self._unwritten:

@@ -236,3 +236,75 @@ async def test_a_row_of_an_unknown_kind_is_skipped_and_the_others_are_replayed(
 
     assert await world.sweep.sweep_if_due() == 1
     assert "unknown kind 'tenant'" in caplog.text
+
+
+async def test_ends_older_than_the_idle_timeout_are_not_replayed_and_each_agent_is_read_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revived session was last seen no later than the end that deleted it, so it has expired by idle timeout
+    once the end is older than that: only the ends of the last idle timeout (+ margin) are replayed, and all the
+    ends of one agent cost one read of its sessions."""
+    idle = 600.0
+    sweep = RevivedSessions(
+        AgentRepository(world.database.engine), world.store, AuditLog(world.log), Metrics(),
+        session_lifetime_seconds=LIFETIME, idle_timeout_seconds=idle, logouts=world.logouts, clock=lambda: world.now,
+    )  # fmt: skip
+    past_idle = world.now - idle - LIFETIME_MARGIN_SECONDS - 60
+    stale = await world.store.create(ALICE, world.now)  # back in the store, but its end is past any idle timeout
+    await world.logouts.remember(
+        [SessionEnd(_at(past_idle), EndKind.LOGOUT, ALICE.agent_id, session_key=session_key(stale.id))]
+        + [SessionEnd(_at(world.now - i), EndKind.LOGOUT, ALICE.agent_id, session_key=f"{i:064d}") for i in range(5)]
+        + [SessionEnd(_at(world.now - 30 - i), EndKind.AGENT, "a-2") for i in range(3)]
+    )
+    reads: list[str] = []
+    deletes: list[str] = []
+    read, delete = world.store.sessions_of, world.store.delete_key
+
+    async def counted_read(agent_id: str, now: float) -> list[Any]:
+        reads.append(agent_id)
+        return await read(agent_id, now)
+
+    async def counted_delete(key: str) -> Any:
+        deletes.append(key)
+        return await delete(key)
+
+    monkeypatch.setattr(world.store, "sessions_of", counted_read)
+    monkeypatch.setattr(world.store, "delete_key", counted_delete)
+
+    assert await sweep.sweep_if_due() == 0
+
+    assert sorted(reads) == ["a-1", "a-2"] and deletes == []
+    assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(stale.id)]
+
+
+async def test_an_end_everywhere_the_store_kept_spares_a_login_soon_after_it_at_a_plain_start(world: World) -> None:
+    """A rolling deploy: every replica sweeps at start, though the store lost nothing. An agent-wide end whose
+    marker the store still holds is not replayed, so a login within CLOCK_MARGIN_SECONDS after it stays; once the
+    store loses the marker (a restart from a snapshot taken before it, here: the marker deleted), it is."""
+    logouts = Logouts(world.database, world.ends, AuditLog(world.log), sessions=world.store, marker_seconds=3600)
+    sweep = RevivedSessions(
+        AgentRepository(world.database.engine), world.store, AuditLog(world.log), Metrics(),
+        session_lifetime_seconds=LIFETIME, logouts=logouts, clock=lambda: world.now,
+    )  # fmt: skip
+    ended_at = _at(time.time())
+    await logouts.remember([SessionEnd(ended_at, EndKind.AGENT, ALICE.agent_id)])
+    soon_after = await world.store.create(ALICE, time.time())  # signed in again within the clock margin
+
+    assert await sweep.sweep_if_due() == 0
+    assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(soon_after.id)]
+
+    redis = world.store._redis
+    await redis.delete(*[key async for key in redis.scan_iter("cg:o:*")])  # the store lost the end
+    fresh = RevivedSessions(
+        AgentRepository(world.database.engine), world.store, AuditLog(world.log), Metrics(),
+        session_lifetime_seconds=LIFETIME, logouts=logouts, clock=lambda: world.now,
+    )  # fmt: skip
+    assert await fresh.sweep_if_due() == 1  # fail closed: what may be a revived session is ended
+    assert await world.store.sessions_of(ALICE.agent_id, world.now) == []
+    again = RevivedSessions(
+        AgentRepository(world.database.engine), world.store, AuditLog(world.log), Metrics(),
+        session_lifetime_seconds=LIFETIME, logouts=logouts, clock=lambda: world.now,
+    )  # fmt: skip
+    late = await world.store.create(ALICE, time.time())
+    assert await again.sweep_if_due() == 0  # replayed once: the marker is written again
+    assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(late.id)]
