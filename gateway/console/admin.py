@@ -8,6 +8,8 @@ before (or in the same transaction as) the change, and the action does not happe
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import replace
 from urllib.parse import quote
 
 from starlette.responses import RedirectResponse, Response
@@ -16,10 +18,11 @@ from gateway.console.progress import TROUBLE
 from gateway.console.render import page
 from gateway.console.reviewer import find_agent
 from gateway.console.web import Call
+from gateway.deprovision.kill import EndedSessions, EndsNotSaved
 from gateway.deprovision.operator import retry_run
 from gateway.deprovision.plan import RunState
 from gateway.deprovision.status import runs_with_steps
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, ChannelgateError, NotFound
 from gateway.scope import scope_of
 from gateway.storage.access_log import AccessRecord
 from gateway.timeutil import utcnow
@@ -52,27 +55,18 @@ async def end_sessions(call: Call) -> Response:
         reason="an admin ended the agent's sessions from the console",
     )
     await call.services.audit.write(base)
-    ended = await call.services.killer.end_sessions(agent.id)
+    try:
+        ended = await call.services.killer.end_sessions(agent.id)
+    except EndsNotSaved as exc:
+        # The sessions did end: that gets its record too, through the queue (kept and retried while the database
+        # is down), since a strict write would fail like the save did. The admin sees the 503.
+        done = exc.ended.get(agent.id)
+        if done is not None:
+            with contextlib.suppress(ChannelgateError):
+                call.services.audit.submit(_revoked(base, done, saved=False))
+        raise
     assert ended is not None  # without an IdP session id every session is ended and a revocation broadcast
-    await call.services.audit.write(
-        AccessRecord(
-            time=utcnow(),
-            kind="sessions_revoked",
-            request_id=scope.request_id,
-            agent_id=agent.id,
-            agent_name=agent.user_name,
-            source_ip=scope.client_ip,
-            actor=call.user.actor,
-            decision="revoked",
-            reason=base.reason,
-            detail={
-                "source": "console",
-                "sessions": ended.count,
-                "replicas_confirmed": sorted(ended.confirmed),
-                "replicas_missing": sorted(ended.missing),
-            },
-        )
-    )
+    await call.services.audit.write(_revoked(base, ended))
     return _see(_agent_path(agent.id), "sessions-ended" if ended.count else "no-sessions")
 
 
@@ -121,3 +115,21 @@ async def retry(call: Call) -> Response:
     if count and call.services.worker is not None:
         call.services.worker.wake()
     return _see("/runs/" + quote(run_id, safe=""), "retried" if count else "nothing-to-retry")
+
+
+def _revoked(base: AccessRecord, ended: EndedSessions, *, saved: bool = True) -> AccessRecord:
+    """The ``sessions_revoked`` record of the console's "end sessions" (``saved``: its end was written for the
+    sweep after a session-store outage, else kept in process to be)."""
+    detail: dict[str, object] = {
+        "source": "console",
+        "sessions": ended.count,
+        "replicas_confirmed": sorted(ended.confirmed),
+        "replicas_missing": sorted(ended.missing),
+    }
+    return replace(
+        base,
+        time=utcnow(),
+        kind="sessions_revoked",
+        decision="revoked",
+        detail=detail if saved else detail | {"end_saved": False},
+    )

@@ -49,7 +49,7 @@ from gateway.audit.writer import AuditLog
 from gateway.deprovision.first_kills import FirstKills
 from gateway.deprovision.logouts import Logouts
 from gateway.deprovision.runs import Hold, RunPlanner, joined_run
-from gateway.errors import ChannelgateError, NotFound, SessionStoreUnavailable
+from gateway.errors import ChannelgateError, NotFound, SessionStoreUnavailable, StorageError
 from gateway.metrics import Metrics
 from gateway.proxy.streams import LiveConnections
 from gateway.sessions.base import Revocation, SessionStore
@@ -80,6 +80,15 @@ class SessionsNotEnded(SessionStoreUnavailable):
     took the request keeps trying until they are."""
 
     code = "sessions_not_ended"
+
+
+class EndsNotSaved(StorageError):
+    """The sessions were ended but saving their end failed: kept in process and written later
+    (gateway/deprovision/logouts.py). ``ended`` says what ended, so the caller's record can still say it."""
+
+    def __init__(self, message: str, *, detail: str | None = None, ended: dict[str, EndedSessions]) -> None:
+        super().__init__(message, detail=detail)
+        self.ended = ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +220,10 @@ class SessionKiller:
     ) -> dict[str, EndedSessions]:
         """:meth:`end_sessions` for several agents (a back-channel logout naming ``sid`` alone, a CAEP event naming
         an email several agents share): every agent's sessions are ended first, then what ended is saved in one
-        write, so a database failure leaves no agent's sessions valid. Raises ``StorageError`` when that write
-        fails (the ends kept and written later, gateway/deprovision/logouts.py), or the first session-store error
-        once the other agents' sessions are ended and saved. Agents for whom ``sid`` matched no session are left
-        out."""
+        write, so a database failure leaves no agent's sessions valid. Raises ``EndsNotSaved`` (a ``StorageError``
+        saying what ended) when that write fails (the ends kept and written later, gateway/deprovision/logouts.py),
+        or the first session-store error once the other agents' sessions are ended and saved. Agents for whom
+        ``sid`` matched no session are left out."""
         ended_at = utcnow()  # before the store ends them: a session created after this is not the logout's
         kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
         results: dict[str, EndedSessions] = {}
@@ -229,7 +238,10 @@ class SessionKiller:
                 results[agent_id] = ended
         ends = [SessionEnd(ended_at, kind, a, sid=idp_session_id) for a, ended in results.items() if ended.count]
         if ends and self._logouts is not None:
-            await self._logouts.remember(ends)
+            try:
+                await self._logouts.remember(ends)
+            except StorageError as exc:
+                raise EndsNotSaved(exc.message, detail=exc.detail, ended=results) from exc
         if failed is not None:
             raise failed
         return results

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from gateway.console.csrf import FIELD, csrf_key, token_for
 from gateway.console.render import CONTENT_SECURITY_POLICY, HSTS, security_headers
 from gateway.deprovision.plan import RunState, StepKind, StepState
+from gateway.errors import StorageError
 from gateway.storage.access_log import AccessQuery, AccessRecord
 from gateway.storage.pipeline import PlannedStep, RunRecord, supersede_runs
 from tests.components.echo_gateway import Deployment, deployment
@@ -47,6 +48,7 @@ ACCOUNTS = (
     _account("adam", "adam-0102", "gateway-admins"),
     _account("ada", "ada-0103", "gateway-admins"),
     _account("dora", "dora-0104", "chat-agents"),
+    _account("erin", "erin-0105", "phone-agents"),
 )
 
 
@@ -519,3 +521,27 @@ async def test_an_agent_is_not_deprovisioned_when_the_disable_record_cannot_be_w
     ended = await gateway.services.access_log.search(AccessQuery(agent_id=dora_id, kind="sessions_revoked"))
     assert len(ended) == 1 and ended[0].decision == "revoked" and ended[0].detail is not None
     assert ended[0].detail["step"] == "before the disable, which failed" and ended[0].detail["sessions"] >= 1
+
+
+async def test_sessions_ended_whose_end_cannot_be_saved_still_get_their_record(
+    gateway: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails the end's save (for the sweep after a session-store outage): the sessions are ended all
+    the same and the admin gets the 503, and the ending has its record, not only the request's."""
+    erin = await gateway.login("erin")
+    erin_id = await _agent_id(gateway, "erin")
+    adam = await _signed_in(gateway, "adam")
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StorageError("database write failed on sqlite:///…", detail="database is locked")
+
+    monkeypatch.setattr(gateway.services.logouts._ends, "add", down)
+    response = await _admin_post(gateway, adam, f"/agents/{erin_id}/sessions/end")
+    monkeypatch.undo()
+
+    assert response.status_code == 503
+    assert (await erin.get(gateway.url + "/phone/echo", headers={"Accept": "application/json"})).status_code == 401
+    await gateway.services.audit.flush()
+    [ended] = await gateway.services.access_log.search(AccessQuery(agent_id=erin_id, kind="sessions_revoked"))
+    assert ended.actor == "console:adam" and ended.detail is not None
+    assert (ended.detail["sessions"], ended.detail["end_saved"]) == (1, False)
