@@ -144,13 +144,21 @@ async def test_a_redis_user_not_allowed_info_starts_with_a_warning_that_the_evic
 
 
 async def test_an_unreachable_redis_at_start_is_checked_later_not_refused(caplog: pytest.LogCaptureFixture) -> None:
-    """As before: connecting is lazy and an outage shows on first use (503); the heartbeat checks once it is back."""
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    """As before: connecting is lazy and an outage shows on first use (503); the heartbeat checks once it is back
+    (here it comes back evicting keys: the heartbeat finds it, logs it, and readiness says so)."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
     store = create_session_store(SessionSettings.model_validate({"store": "redis", "redis_url": url}), "replica-a")
     try:
         with caplog.at_level(logging.INFO, logger="channelgate.sessions"):
             await store.verify_server()
+            [warning] = _session_logs(caplog, logging.WARNING)
+            assert "eviction" in warning and "heartbeat" in warning
+            with RedisServer(port, config={"maxmemory": "100mb", "maxmemory-policy": "allkeys-lru"}):
+                await store.heartbeat()
+                [error] = _session_logs(caplog, logging.ERROR)
+                assert "maxmemory-policy allkeys-lru" in error
+                with pytest.raises(ConfigError):
+                    await store.ping()
     finally:
         await store.close()
-    [warning] = _session_logs(caplog, logging.WARNING)
-    assert "eviction" in warning and "heartbeat" in warning
