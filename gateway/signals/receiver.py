@@ -38,6 +38,7 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.deprovision.kill import EndedSessions, EndsNotSaved
 from gateway.errors import ChannelgateError
 from gateway.oidc.discovery import ProviderKeys
 from gateway.scope import scope_of
@@ -179,6 +180,12 @@ async def _stale(services: Services, event: SecurityEvent, agent: Agent) -> Inva
     )
 
 
+def _ended(outcome: dict[str, Any], ended: dict[str, EndedSessions], result: str) -> None:
+    missing = sorted({replica for each in ended.values() for replica in each.missing})
+    count = sum(each.count for each in ended.values())
+    outcome |= {"result": result, "sessions": count, "replicas_missing": missing}
+
+
 async def _signed_in_before(services: Services, agent: Agent, issued_at: float) -> bool:
     """Whether one of the agent's sessions began before the SET was issued: a late session-revoked or
     credential-change is about those (all of the agent's sessions end then, as for a recent one); sessions that all
@@ -213,18 +220,22 @@ async def _apply(
         outcome |= {"result": "deprovisioned", "sessions": kill.sessions_revoked}
     elif event.action is Action.END_SESSIONS:
         # Every agent the subject names: for an ambiguous email that ends the right one's sessions too.
-        sessions, missing, spared = 0, set[str](), list[str]()
+        ending, spared = list[str](), list[str]()
         for agent in found:
             if _late(services, event) and not await _signed_in_before(services, agent, event.issued_at):
                 spared.append(agent.user_name)  # a late logout ends what it was about, not the sign-ins since
-                continue
-            ended = await services.killer.end_sessions(agent.id)
-            assert ended is not None  # all of the agent's sessions: always broadcast
-            sessions += ended.count
-            missing |= ended.missing
-        outcome |= {"result": "sessions ended", "sessions": sessions, "replicas_missing": sorted(missing)}
+            else:
+                ending.append(agent.id)
         if spared:
             outcome["spared"] = spared
+        # Every agent's sessions end first, then what ended is saved once: a failed save (503, the transmitter
+        # retries) leaves no agent's sessions valid.
+        try:
+            ended = await services.killer.end_sessions_of(ending) if ending else {}
+        except EndsNotSaved as exc:
+            _ended(outcome, exc.ended, "sessions ended, their end not yet saved")
+            raise
+        _ended(outcome, ended, "sessions ended")
     else:
         outcome["result"] = "ignored"
 

@@ -21,7 +21,6 @@ import pytest
 
 from gateway.errors import StorageError
 from gateway.signals.events import CAEP, RISC
-from gateway.storage.agents import AgentRepository
 from gateway.timeutil import utcnow
 from tests.components.echo_gateway import Deployment, deployment
 from tests.components.oidc_provider import (
@@ -78,9 +77,10 @@ async def shared_email_gateway(
         yield deployed
 
 
-def fail_once(monkeypatch: pytest.MonkeyPatch, agents: AgentRepository, method: str) -> None:
-    """The database is down for the next call of ``agents.<method>`` (the repository's StorageError), then back."""
-    real = getattr(agents, method)
+def fail_once(monkeypatch: pytest.MonkeyPatch, repository: object, method: str) -> None:
+    """The database is down for the next call of ``repository.<method>`` (the repositories' StorageError), then
+    back."""
+    real = getattr(repository, method)
     calls: list[None] = []
 
     async def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -89,7 +89,7 @@ def fail_once(monkeypatch: pytest.MonkeyPatch, agents: AgentRepository, method: 
             raise StorageError("select agents failed on sqlite:///…", detail="database is locked")
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(agents, method, flaky)
+    monkeypatch.setattr(repository, method, flaky)
 
 
 async def _push(
@@ -366,6 +366,26 @@ async def test_a_caep_session_revoked_about_an_email_two_agents_share_ends_the_s
     assert (record.decision, record.agent_name) == ("sessions ended", None)
     assert record.detail["candidates"] == ["alice", "mallory"] and record.detail["sessions"] == 2
     assert await _chat(await gateway.login("alice"), gateway) == 200  # a logout: both stay enabled
+
+
+async def test_a_caep_logout_of_two_agents_whose_save_fails_ends_both_and_the_retry_is_acted_on(
+    shared_email_gateway: Deployment, transmitter: Transmitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails to save the logout's end once: both agents' sessions are ended all the same (not only the
+    first's), the transmitter gets a 503 and retries the same SET (RFC 8935 §2.3), which is acted on, not refused
+    as a replay."""
+    gateway = shared_email_gateway
+    alice, mallory = await gateway.login("alice"), await gateway.login("mallory")
+    fail_once(monkeypatch, gateway.services.logouts._ends, "add")
+    event = {CAEP + "session-revoked": {"subject": {"format": "email", "email": "alice@example.com"}}}
+    body = transmitter.sign(event, aud=gateway.url)
+
+    first = await _push(gateway, body, transmitter.token)
+
+    assert first.status_code == 503 and first.json()["err"] == "temporarily_unavailable", first.text
+    assert "sqlite" not in first.text
+    assert (await _chat(alice, gateway), await _chat(mallory, gateway)) == (401, 401)
+    assert (await _push(gateway, body, transmitter.token)).status_code == 202
 
 
 async def test_a_risc_account_disabled_about_an_email_two_agents_share_is_refused_and_disables_nobody(
