@@ -26,9 +26,9 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from gateway.errors import ClockSkewed, ConfigError, SessionStoreUnavailable
+from gateway.errors import ConfigError, SessionStoreUnavailable
 from gateway.sessions.base import (
     MAX_PENDING_LOGINS,
     MAX_SESSIONS_PER_IDP_SESSION,
@@ -46,10 +46,8 @@ from gateway.sessions.base import (
 )
 from gateway.sessions.redis_acks import AckCollector
 from gateway.sessions.redis_batches import ScriptBatches
-from gateway.sessions.redis_clock import DEFAULT_MAX_CLOCK_SKEW_SECONDS, ClockReading, ClockSkew
+from gateway.sessions.redis_clock import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
-from gateway.sessions.redis_eviction import EvictionWatch
-from gateway.sessions.redis_replication import ReplicationWatch
 from gateway.sessions.redis_scripts import (
     ACK_PREFIX,
     ACK_SCRIPT,
@@ -57,8 +55,6 @@ from gateway.sessions.redis_scripts import (
     ACKS_TO_PREFIX,
     AGENT_PREFIX,
     CLAIM_ONCE_SCRIPT,
-    CLOCK_PREFIX,
-    CLOCKS_SCRIPT,
     CREATE_SCRIPT,
     DELETE_SCRIPT,
     HEARTBEAT_SCRIPT,
@@ -80,6 +76,7 @@ from gateway.sessions.redis_scripts import (
     UPDATE_GROUPS_SCRIPT,
     idp_session_index,
 )
+from gateway.sessions.redis_server_checks import ServerChecks
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +122,6 @@ class RedisSessionStore:
         #: Redis replicas that must hold a write that ends or narrows access before it counts as done (WAIT).
         self._wait_replicas = wait_for_replicas
         self._wait_timeout = wait_for_replicas_timeout
-        #: Compares the primary's replicas with ``wait_for_replicas`` at each heartbeat.
-        self._replication = ReplicationWatch(wait_for_replicas)
-        #: Compares Redis's eviction setting with ``noeviction`` at start, at each heartbeat and readiness probe.
-        self._eviction = EvictionWatch(on_eviction_unsafe)
-        #: This host's clock against Redis's, read at start, at each heartbeat and readiness probe: while they
-        #: disagree by more than ``max_clock_skew``, sessions are refused here (session timeouts use this clock).
-        self._clock_skew = ClockSkew(max_clock_skew)
-        self._wall_clock = wall_clock
         #: The read of the live replicas in flight, shared by the acknowledgement waits that start meanwhile.
         self._live_read: asyncio.Future[Any] | None = None
         self._close_also = close_also
@@ -158,6 +147,12 @@ class RedisSessionStore:
                 )
             except ValueError:
                 raise ConfigError("sessions.redis_url is not a Redis URL (redis://, rediss:// or unix://)") from None
+        #: The Redis server's replication, eviction policy and this host's clock, checked at start, at each
+        #: heartbeat and readiness probe.
+        self._checks = ServerChecks(
+            self._redis, replica_id, liveness_seconds=liveness_seconds, wait_for_replicas=wait_for_replicas,
+            on_eviction_unsafe=on_eviction_unsafe, max_clock_skew=max_clock_skew, wall_clock=wall_clock,
+        )  # fmt: skip
         self._create = self._redis.register_script(CREATE_SCRIPT)
         self._lookup = self._redis.register_script(LOOKUP_SCRIPT)
         #: Lookups of one event-loop turn go to Redis in one round trip (gateway/sessions/redis_batches.py).
@@ -184,7 +179,6 @@ class RedisSessionStore:
         self._update_groups = self._redis.register_script(UPDATE_GROUPS_SCRIPT)
         self._heartbeat = self._redis.register_script(HEARTBEAT_SCRIPT)
         self._live_replicas_script = self._redis.register_script(LIVE_REPLICAS_SCRIPT)
-        self._clocks = self._redis.register_script(CLOCKS_SCRIPT)
         self._claim_once = self._redis.register_script(CLAIM_ONCE_SCRIPT)
         self._put_pending_login = self._redis.register_script(PUT_PENDING_LOGIN_SCRIPT)
         #: Pending logins kept at most, the oldest dropped first (as the embedded store).
@@ -429,87 +423,25 @@ class RedisSessionStore:
         """Scored with Redis's clock (``HEARTBEAT_SCRIPT``), as ``_live_replicas`` reads it."""
         await self._follow_primary()
         await self._call(self._heartbeat(keys=[REPLICAS_KEY], args=[self.replica_id, self.liveness_seconds]))
-        await self._watch_replication()
-        await self._watch_eviction()
-        await self._watch_clock()
-
-    async def _watch_clock(self) -> bool:
-        """Compare this host's clock with Redis's ``TIME`` and the other live replicas' (gateway/sessions/
-        redis_clock.py); False when Redis did not answer (the store's own commands report that)."""
-        sent_at = self._wall_clock()
-        try:
-            seconds, microseconds = await self._redis.time()
-            reading = ClockReading(sent_at, seconds + microseconds / 1e6, self._wall_clock())
-            keep_ms = int(self.liveness_seconds * 2000)
-            args: list[str | int | float] = [
-                self.replica_id,
-                repr(reading.offset),
-                keep_ms,
-                self.liveness_seconds,
-                CLOCK_PREFIX,
-            ]
-            peers = await self._clocks(keys=[REPLICAS_KEY], args=args)
-        except (RedisError, OSError):
-            return False
-        self._clock_skew.observe(reading, [float(offset) for offset in peers])
-        return True
+        await self._checks.at_heartbeat()
 
     @property
     def clock_skewed(self) -> bool:
         """Whether this replica's clock was last outvoted (sessions are refused while it is)."""
-        return self._clock_skew.broken
+        return self._checks.clock_skewed
 
     def _refuse_if_clock_skewed(self) -> None:
-        if self._clock_skew.broken:
-            raise ClockSkewed(self._clock_skew.problem())
-
-    async def _watch_replication(self) -> None:
-        """Tell the operator when the primary's replicas do not match ``wait_for_replicas``
-        (gateway/sessions/redis_replication.py)."""
-        if not self._replication.active:
-            return
-        try:
-            info = await self._redis.info("replication")
-        except ResponseError as refused:  # an ACL user without INFO: only this check is off
-            self._replication.refused(str(refused))
-            return
-        except (RedisError, OSError):
-            return  # the heartbeat's own commands report an unreachable Redis
-        self._replication.observe(info)
-
-    async def _watch_eviction(self) -> bool:
-        """Compare Redis's eviction setting with ``noeviction`` (gateway/sessions/redis_eviction.py); False when
-        Redis did not answer."""
-        if not self._eviction.active:
-            return True
-        try:
-            info = await self._redis.info("memory")
-        except ResponseError as refused:  # an ACL user without INFO: only this check is off
-            self._eviction.refused(str(refused))
-            return True
-        except (RedisError, OSError):
-            return False  # the store's own commands report an unreachable Redis
-        self._eviction.observe(info)
-        return True
+        self._checks.refuse_if_clock_skewed()
 
     async def verify_server(self) -> None:
-        """Refuse a Redis that may evict keys: an evicted index would let sessions outlive a deprovisioning; and a
-        host whose clock disagrees with Redis's: session timeouts would not hold."""
-        if not await self._watch_eviction():
-            self._eviction.unreachable_at_start()
-        elif self._eviction.problem is not None:
-            raise ConfigError(self._eviction.problem)
-        elif await self._watch_clock() and self._clock_skew.broken:
-            raise ConfigError(self._clock_skew.problem())
+        """Refuse a Redis that may evict keys, and a clock the other replicas' and Redis's outvote
+        (gateway/sessions/redis_server_checks.py)."""
+        await self._checks.at_start()
 
     async def ping(self) -> None:
-        """Also not ready while Redis may evict keys (the replica keeps serving, and logged the error once)."""
+        """Also not ready while Redis may evict keys or this replica's clock is outvoted."""
         await self._call(self._redis.ping())
-        await self._watch_eviction()
-        if self._eviction.problem is not None:
-            raise ConfigError(self._eviction.problem)
-        await self._watch_clock()
-        self._refuse_if_clock_skewed()
+        await self._checks.at_readiness()
 
     async def close(self) -> None:
         self._closed = True
