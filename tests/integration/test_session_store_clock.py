@@ -15,11 +15,11 @@ from contextlib import AsyncExitStack
 import pytest
 
 from gateway.errors import ClockSkewed, ConfigError
-from gateway.proxy.streams import LiveConnections
 from gateway.sessions.base import SessionData, SessionState, session_key
 from gateway.sessions.local_cache import CachedSessionStore
 from gateway.sessions.redis_store import RedisSessionStore
 from gateway.sessions.watch import sweep
+from tests.components.recording_live import RecordingLive
 from tests.components.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -133,18 +133,6 @@ async def test_a_clock_that_drifts_while_running_refuses_sessions_and_readiness_
     await store.ping()
     again = await store.create(ALICE, time.time())
     assert (await store.lookup(again.id, time.time())).state is SessionState.VALID
-
-
-class RecordingLive(LiveConnections):
-    """Live connections that record what the sweep closed, and why."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed: list[tuple[str, str]] = []
-
-    async def close_session(self, key: str, reason: str = "session ended") -> int:
-        self.closed.append((key, reason))
-        return 1
 
 
 async def test_the_open_connections_of_a_replica_whose_clock_is_outvoted_are_closed_once_not_warned_about(

@@ -12,6 +12,7 @@ from gateway.proxy.streams import LiveConnections, SessionBinding
 from gateway.sessions.base import Session, SessionData, SessionState, session_key
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.watch import Verdict, sweep, verdict
+from tests.components.recording_live import RecordingLive
 
 IDLE, ABSOLUTE, T0 = 600.0, 3600.0, 1_700_000_000.0
 ALICE = SessionData(agent_id="agent-alice", user_name="alice", issuer="https://idp.example", subject="alice-1")
@@ -50,16 +51,6 @@ def test_the_verdict_of_a_session_with_live_connections(
     created: float, confirmed: float, used: bool, now: float, expected: Verdict
 ) -> None:
     assert verdict(_binding(created=created, confirmed=confirmed, used=used), now, IDLE, ABSOLUTE) is expected
-
-
-class RecordingLive(LiveConnections):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed: list[tuple[str, str]] = []
-
-    async def close_session(self, key: str, reason: str = "session ended") -> int:
-        self.closed.append((key, reason))
-        return 1
 
 
 async def test_a_sweep_refreshes_a_used_session_and_closes_an_idle_one() -> None:
