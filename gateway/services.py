@@ -23,7 +23,7 @@ from gateway.audit.retention import Retention
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
 from gateway.deprovision.logouts import Logouts
-from gateway.deprovision.revived import LIFETIME_MARGIN_SECONDS, RevivedSessions
+from gateway.deprovision.revived import RevivedSessions
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
 from gateway.deprovision.worker import PipelineWorker
 from gateway.errors import ChannelgateError, VaultError
@@ -189,13 +189,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     connectors = build_connectors(contexts)
     pipeline = PipelineRepository(database.engine)
     timeouts = settings.sessions
-    logouts = Logouts(
-        database,
-        SessionEndRepository(database.engine),
-        audit,
-        sessions=sessions,
-        marker_seconds=timeouts.absolute_timeout_seconds + LIFETIME_MARGIN_SECONDS,
-    )
+    logouts = Logouts(database, SessionEndRepository(database.engine), audit)
     planner = RunPlanner(
         connectors, pipeline, MassDeletionGuard(settings.deprovision.guard, agents, pipeline), audit, metrics
     )

@@ -7,8 +7,7 @@ timeouts. So each logout — ``/.channelgate/logout``, a back-channel logout, a 
 "end sessions", a login that replaces the browser's session — and each deprovisioning's kill (its agent may be
 enabled again before Redis loses the kill) is written to ``session_ends``
 (gateway/storage/session_ends.py) once the store has ended the sessions and before the logout is reported done; the
-sweep after an outage reads what ended within the last idle timeout and ends it again. An agent-wide or IdP-session
-end also leaves a marker in Redis (:func:`mark_kept`), so the sweep replays it only when Redis lost it.
+sweep after an outage (and at start) reads what ended within the last idle timeout and ends it again.
 
 Order and failure, as a revocation's record (gateway/deprovision/kill.py): the sessions are ended in the store
 first, whatever the database does, then remembered. When that write fails the logout is not reported done (the
@@ -20,7 +19,6 @@ is written once more (``Services.close``), and the count logged if that fails to
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.audit.writer import AuditLog
-from gateway.errors import ChannelgateError, SessionStoreUnavailable
-from gateway.sessions.base import SessionStore, UseClaim, UseState
+from gateway.errors import ChannelgateError
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.database import Database
 from gateway.storage.session_ends import EndKind, SessionEnd, SessionEndRepository
@@ -54,26 +51,6 @@ class _Unwritten:
     failures: int = 0
 
 
-#: How long the sweep holds an end's marker while it replays it (gateway/sessions/single_use.py's claim).
-MARKER_HOLD_SECONDS = 60
-
-
-def end_marker(end: SessionEnd) -> str:
-    """The single-use key that says the session store still holds an agent-wide or IdP-session ``end``."""
-    micros = round(end.ended_at.timestamp() * 1_000_000)
-    return f"session-end:{end.kind.value}:{end.agent_id}:{end.sid or ''}:{micros}"
-
-
-async def mark_kept(sessions: SessionStore, end: SessionEnd, seconds: int) -> None:
-    """Write ``end``'s marker to the session store, after the revocation it follows: while the marker is there,
-    the store has not lost the revocation (gateway/deprovision/revived.py), and the sweep leaves the sessions
-    created about then alone. Not written (store unreachable): the sweep replays the end, failing closed."""
-    try:
-        await sessions.confirm_use(UseClaim(end_marker(end), "", UseState.CLAIMED), seconds)
-    except SessionStoreUnavailable:
-        log.debug("could not mark the end of agent %s's sessions kept; the sweep will replay it", end.agent_id)
-
-
 class Logouts:
     """Writes each logout's ends (with the logout's access-log records) before it is reported done."""
 
@@ -83,17 +60,11 @@ class Logouts:
         ends: SessionEndRepository,
         audit: AuditLog,
         *,
-        sessions: SessionStore | None = None,
-        marker_seconds: int = 0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``sessions`` gets each agent-wide or IdP-session end's marker for ``marker_seconds`` (:func:`mark_kept`);
-        without it every such end is replayed by the sweep."""
         self._database = database
         self._ends = ends
         self._audit = audit
-        self._sessions = sessions
-        self._marker_seconds = marker_seconds
         self._monotonic = monotonic
         self._pruned_at: float | None = None
         #: Logouts whose write failed, oldest first: written at the sweep task's next turn (and at shutdown).
@@ -111,20 +82,12 @@ class Logouts:
             await self._write(list(ends), list(records))
         except ChannelgateError:
             self._unwritten.append(_Unwritten(list(ends), list(records)))
-            await self._mark_kept(ends)
             if len(self._unwritten) > MAX_UNWRITTEN:
                 dropped = self._unwritten.pop(0)
                 log.error(
                     "dropped %d unwritten logout(s): the database has been unreachable too long", len(dropped.ends)
                 )
             raise
-        await self._mark_kept(ends)
-
-    async def _mark_kept(self, ends: Sequence[SessionEnd]) -> None:
-        """The markers of ``ends`` that need one (a logout is replayed by key: exact, it needs none), together."""
-        if self._sessions is not None:
-            sessions, seconds = self._sessions, self._marker_seconds
-            await asyncio.gather(*(mark_kept(sessions, e, seconds) for e in ends if e.kind is not EndKind.LOGOUT))
 
     async def flush(self) -> None:
         """Write what :meth:`remember` could not, oldest first; raises the first error (keeping what is left) when

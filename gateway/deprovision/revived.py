@@ -21,10 +21,12 @@ counted from when the sweep fell due: a revived session was last seen no later t
 could not be used after it), so it has expired by idle timeout once the end is older — for an agent-wide or
 IdP-session end as for a logout's one session. Each agent with ends is read once (``sessions_of``, ``CONCURRENCY``
 at a time). A ``/.channelgate/logout`` names its one session by storage key: exact. An agent-wide or IdP-session end
-covers the sessions created before it (plus ``CLOCK_MARGIN_SECONDS``), and only if Redis lost it: each such end
-wrote a marker to Redis after its revocation, and Redis keeps its writes in order, so a marker still there means
-the revocation is too (no replay at a plain start or rolling deploy, where nothing was lost). Each session ended
-again gets a ``sessions_revoked`` record. The check against agents' rows cannot see a logout (the agent is
+covers the sessions created before it (plus ``CLOCK_MARGIN_SECONDS``). Whether Redis really lost the end cannot be
+told from Redis afterwards (a marker written after the revocation can reach a Redis restarted without it, between
+the two writes), so every such end in the window is replayed, also at a plain start or rolling deploy: a session
+signed in to within the margin after an agent-wide or IdP-session end is ended then too (fail closed; the agent
+signs in again). Each session ended again gets a ``sessions_revoked`` record, also when another agent's replay in
+the same turn failed. The check against agents' rows cannot see a logout (the agent is
 active), so a revived logged-out session is refused only once this sweep has reached it: between the store
 answering again and the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) plus the sweep's own time, a copy
 of its cookie still works — docs/operations/hardening.md says so.
@@ -39,9 +41,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from gateway.audit.writer import AuditLog
-from gateway.deprovision.logouts import MARKER_HOLD_SECONDS, Logouts, end_marker, mark_kept
+from gateway.deprovision.logouts import Logouts
 from gateway.metrics import Metrics
-from gateway.sessions.base import Session, SessionData, SessionStore, UseState
+from gateway.sessions.base import Session, SessionData, SessionStore
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import AgentRepository
 from gateway.storage.session_ends import EndKind, SessionEnd
@@ -58,11 +60,12 @@ LIFETIME_MARGIN_SECONDS = 600
 BATCH = 100
 #: Agents whose saved ends are replayed at once (each one read of its sessions, a round trip to the store).
 CONCURRENCY = 32
-#: An end of every session of an agent (or of one IdP session) that Redis lost ends again those created up to this
-#: long after it: each replica stamps a session with its own clock, and one running ahead must not hide a session
-#: the end did end. A login that soon after may be ended too (the agent signs in again): fail closed, and only
-#: after Redis really lost the end (its marker is gone).
-CLOCK_MARGIN_SECONDS = 60.0
+#: An end of every session of an agent (or of one IdP session) ends again those created up to this long after it:
+#: each replica stamps a session with its own clock, and one running ahead must not hide a session the end did end.
+#: A replica further than ``[sessions.redis] max_clock_skew_seconds`` (default 5) from the others serves no
+#: sessions (gateway/sessions/redis_clock.py); the rest covers the time the kill itself takes. A login that soon
+#: after is ended too (the agent signs in again): fail closed.
+CLOCK_MARGIN_SECONDS = 15.0
 
 
 class RevivedSessions:
@@ -95,8 +98,6 @@ class RevivedSessions:
         idle = session_lifetime_seconds if idle_timeout_seconds is None else idle_timeout_seconds
         #: A revived session was last seen no later than the end that deleted it, so it expires by idle timeout.
         self._replay_window = timedelta(seconds=idle + LIFETIME_MARGIN_SECONDS)
-        #: How long an end's marker is kept: as long as its row may be replayed.
-        self._marker_seconds = int(session_lifetime_seconds + LIFETIME_MARGIN_SECONDS)
         #: When a sweep was first found due since the last completed one (wall clock): the replay window reaches back
         #: from there, since a revived session used meanwhile (its ``seen`` moving on) stays alive until swept.
         self._due_since: datetime | None = None
@@ -177,59 +178,33 @@ class RevivedSessions:
                 return await self._end_again(ends)
 
         ended = 0
-        for found in await asyncio.gather(*(agent_again(ends) for ends in by_agent.values())):
+        failed: BaseException | None = None
+        # Every agent's outcome, also when another's failed: what was ended is recorded (gather would drop it).
+        for found in await asyncio.gather(*(agent_again(ends) for ends in by_agent.values()), return_exceptions=True):
+            if isinstance(found, BaseException):
+                failed = failed or found
+                continue
             for end, data in found:
                 self._unwritten.append(_logout_record(end, data))
                 ended += 1
                 self._metrics.sessions_revoked.inc()
         await self._write_records()
+        if failed is not None:
+            raise failed
         return ended
 
     async def _end_again(self, ends: list[SessionEnd]) -> list[tuple[SessionEnd, SessionData]]:
         """One agent's sessions that its saved ``ends`` ended and the store holds again, deleted by storage key
-        (broadcast only then): one read of the agent's sessions, and a marker read only for a session that an
-        agent-wide or IdP-session end would end (``_lost``)."""
+        (broadcast only then): one read of the agent's sessions."""
         ended = []
-        lost: dict[SessionEnd, bool] = {}
         for session in await self._sessions.sessions_of(ends[0].agent_id, self._clock()):
-            end = await self._covering(ends, session, lost)
+            end = _covering(ends, session)
             if end is None:
                 continue
             data = await self._sessions.delete_key(session.id)  # sessions_of names them by storage key
             if data is not None:
                 ended.append((end, data))
-        for end, was_lost in lost.items():
-            if was_lost:  # ended again: the store holds the end now, a later sweep need not replay it
-                await mark_kept(self._sessions, end, self._marker_seconds)
         return ended
-
-    async def _covering(
-        self, ends: list[SessionEnd], session: Session, lost: dict[SessionEnd, bool]
-    ) -> SessionEnd | None:
-        """The saved end that ended ``session``, if any. A logout names it by key (exact). An agent-wide or
-        IdP-session end covers the sessions created before it (+ ``CLOCK_MARGIN_SECONDS``), but only when the store
-        lost that end: its marker, written after the revocation, is gone (``_lost``)."""
-        for end in ends:
-            if end.kind is EndKind.LOGOUT:
-                if end.session_key == session.id:
-                    return end
-                continue
-            if session.created_at >= end.ended_at.timestamp() + CLOCK_MARGIN_SECONDS:
-                continue  # signed in after the end
-            if end.kind is EndKind.IDP_SESSION and session.data.idp_session_id != end.sid:
-                continue
-            if end not in lost:
-                lost[end] = await self._lost(end)
-            if lost[end]:
-                return end
-        return None
-
-    async def _lost(self, end: SessionEnd) -> bool:
-        """Whether the store lost ``end``: its marker (``gateway/deprovision/logouts.py``), written after the
-        revocation, is missing. Redis keeps its writes in order (a snapshot, the append-only file and the
-        replication stream each hold a prefix of them), so a marker still there means the revocation is too."""
-        claim = await self._sessions.claim_use(end_marker(end), MARKER_HOLD_SECONDS)
-        return claim.state is not UseState.USED
 
     async def _write_records(self) -> None:
         if self._unwritten:
@@ -266,3 +241,19 @@ def _logout_record(end: SessionEnd, data: SessionData) -> AccessRecord:
             "ended_at": end.ended_at.isoformat(),
         },
     )
+
+
+def _covering(ends: list[SessionEnd], session: Session) -> SessionEnd | None:
+    """The saved end that ended ``session``, if any. A logout names it by key (exact). An agent-wide or IdP-session
+    end covers the sessions created before it (+ ``CLOCK_MARGIN_SECONDS``)."""
+    for end in ends:
+        if end.kind is EndKind.LOGOUT:
+            if end.session_key == session.id:
+                return end
+            continue
+        if session.created_at >= end.ended_at.timestamp() + CLOCK_MARGIN_SECONDS:
+            continue  # signed in after the end
+        if end.kind is EndKind.IDP_SESSION and session.data.idp_session_id != end.sid:
+            continue
+        return end
+    return None

@@ -17,7 +17,7 @@ from sqlalchemy import insert
 
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.logouts import Logouts
-from gateway.deprovision.revived import LIFETIME_MARGIN_SECONDS, RevivedSessions
+from gateway.deprovision.revived import CLOCK_MARGIN_SECONDS, LIFETIME_MARGIN_SECONDS, RevivedSessions
 from gateway.errors import StorageError
 from gateway.metrics import Metrics
 from gateway.sessions.base import SessionData, session_key
@@ -277,34 +277,42 @@ async def test_ends_older_than_the_idle_timeout_are_not_replayed_and_each_agent_
     assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(stale.id)]
 
 
-async def test_an_end_everywhere_the_store_kept_spares_a_login_soon_after_it_at_a_plain_start(world: World) -> None:
-    """A rolling deploy: every replica sweeps at start, though the store lost nothing. An agent-wide end whose
-    marker the store still holds is not replayed, so a login within CLOCK_MARGIN_SECONDS after it stays; once the
-    store loses the marker (a restart from a snapshot taken before it, here: the marker deleted), it is."""
-    logouts = Logouts(world.database, world.ends, AuditLog(world.log), sessions=world.store, marker_seconds=3600)
-    sweep = RevivedSessions(
-        AgentRepository(world.database.engine), world.store, AuditLog(world.log), Metrics(),
-        session_lifetime_seconds=LIFETIME, logouts=logouts, clock=lambda: world.now,
-    )  # fmt: skip
-    ended_at = _at(time.time())
-    await logouts.remember([SessionEnd(ended_at, EndKind.AGENT, ALICE.agent_id)])
-    soon_after = await world.store.create(ALICE, time.time())  # signed in again within the clock margin
+async def test_an_end_everywhere_is_replayed_at_a_plain_start_and_spares_sign_ins_past_the_clock_margin(
+    world: World,
+) -> None:
+    """A rolling deploy: every replica sweeps at start. Whether Redis lost an agent-wide end cannot be told (a marker
+    written after the revocation could reach a Redis restarted without it), so it is replayed: a session signed in
+    to within CLOCK_MARGIN_SECONDS after it is ended too (fail closed), one signed in to later is not."""
+    ended_at = time.time()
+    await world.logouts.remember([SessionEnd(_at(ended_at), EndKind.AGENT, ALICE.agent_id)])
+    soon_after = await world.store.create(ALICE, ended_at + 1)
+    later = await world.store.create(ALICE, ended_at + CLOCK_MARGIN_SECONDS + 1)
 
-    assert await sweep.sweep_if_due() == 0
-    assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(soon_after.id)]
+    assert await world.sweep.sweep_if_due() == 1
 
-    redis = world.store._redis
-    await redis.delete(*[key async for key in redis.scan_iter("cg:o:*")])  # the store lost the end
-    fresh = RevivedSessions(
-        AgentRepository(world.database.engine), world.store, AuditLog(world.log), Metrics(),
-        session_lifetime_seconds=LIFETIME, logouts=logouts, clock=lambda: world.now,
-    )  # fmt: skip
-    assert await fresh.sweep_if_due() == 1  # fail closed: what may be a revived session is ended
-    assert await world.store.sessions_of(ALICE.agent_id, world.now) == []
-    again = RevivedSessions(
-        AgentRepository(world.database.engine), world.store, AuditLog(world.log), Metrics(),
-        session_lifetime_seconds=LIFETIME, logouts=logouts, clock=lambda: world.now,
-    )  # fmt: skip
-    late = await world.store.create(ALICE, time.time())
-    assert await again.sweep_if_due() == 0  # replayed once: the marker is written again
-    assert [s.id for s in await world.store.sessions_of(ALICE.agent_id, world.now)] == [session_key(late.id)]
+    kept = await world.store.sessions_of(ALICE.agent_id, ended_at + CLOCK_MARGIN_SECONDS + 2)
+    assert [s.id for s in kept] == [session_key(later.id)]
+    assert session_key(soon_after.id) not in {s.id for s in kept}
+
+
+async def test_one_agent_the_store_fails_for_does_not_lose_the_records_of_the_others(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bob = replace(ALICE, agent_id="a-2", user_name="bob", subject="s-2", idp_session_id="B")
+    for agent in (ALICE, bob):
+        await world.logouts.remember([SessionEnd(_at(world.now), EndKind.AGENT, agent.agent_id)])
+        await world.store.create(agent, world.now - 10)  # revived: created before the end
+    real = world.store.sessions_of
+
+    async def down_for_bob(agent_id: str, now: float) -> Any:
+        if agent_id == bob.agent_id:
+            raise StorageError("the session store does not answer for this one")
+        return await real(agent_id, now)
+
+    monkeypatch.setattr(world.store, "sessions_of", down_for_bob)
+
+    with pytest.raises(StorageError):
+        await world.sweep.sweep_if_due()
+
+    assert await real(ALICE.agent_id, world.now) == []  # ended again, and recorded, though bob's replay failed
+    assert [r.agent_id for r in await _recovered(world)] == [ALICE.agent_id]
