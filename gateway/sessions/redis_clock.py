@@ -8,13 +8,15 @@ the replicas agree with each other; NTP keeps them within milliseconds.
 
 Each replica reads Redis's ``TIME`` and notes its own clock just before sending and just after the answer: its
 offset from Redis is Redis's reading minus the midpoint, give or take half the round trip. It publishes that
-offset (``CLOCKS_SCRIPT``) and reads the other live replicas'. The voters are those replicas and Redis itself
-(offset 0); a replica that disagrees, by more than ``[sessions.redis] max_clock_skew_seconds`` (plus half its round
-trip), with more of them than it agrees with has a broken clock: it refuses sessions (503, fail closed) and is not
-ready until it agrees again, and says so in its log once per change. Redis is one voter, not the judge: a Redis
-whose own clock drifts (the replicas agree among themselves) takes no replica down, and with two replicas and
-Redis one wrong clock is outvoted. A replica with no other live replica to compare with decides every session with
-its own clock alone, which is consistent, and is never refused for its offset from Redis.
+offset (``CLOCKS_SCRIPT``) and reads the other live replicas'. What must hold is that the replicas agree with each
+other, so the replicas' clocks vote: two agree when their offsets are within ``[sessions.redis]
+max_clock_skew_seconds`` (plus half this round trip). A replica that agrees with more than half of the live
+replicas (itself included) serves; one outside a group of more than half is refused; when no group is larger than
+half (two replicas that disagree, three that all do) Redis's clock breaks the tie: a replica that agrees with it
+serves. Refused, it refuses sessions (503, fail closed) and is not ready until it agrees again, and says so in its
+log once per change. So a Redis whose own clock drifts takes no replica down while most replicas agree, the
+replicas that agree keep serving whatever the others do, and a replica alone is never refused (every timeout is
+then decided with its one clock, consistently).
 """
 
 from __future__ import annotations
@@ -70,11 +72,20 @@ class ClockSkew:
         """Take a reading and the other live replicas' offsets from Redis; log once when the vote turns against
         this replica's clock and once when it no longer does."""
         self._offset = reading.offset
-        voters = [0.0, *peers]  # Redis, then each other replica
         limit = self.max_skew_seconds + reading.slack
-        against = sum(1 for voter in voters if abs(reading.offset - voter) > limit)
-        self._against = (against, len(voters))
-        broken = bool(peers) and against > len(voters) - against
+        offsets = [reading.offset, *peers]
+
+        def agreeing(offset: float) -> int:
+            return sum(1 for other in offsets if abs(offset - other) <= limit)
+
+        mine = agreeing(reading.offset)  # itself included
+        self._against = (len(offsets) - mine, len(offsets))
+        if 2 * mine > len(offsets):
+            broken = False  # with more than half of the replicas
+        elif any(2 * agreeing(other) > len(offsets) for other in peers):
+            broken = True  # more than half of them agree, without it
+        else:
+            broken = abs(reading.offset) > limit  # no majority: Redis's clock breaks the tie
         if broken and not self._broken:
             log.error("%s", self.problem())
         elif self._broken and not broken:
@@ -87,7 +98,7 @@ class ClockSkew:
         against, voters = self._against
         return (
             f"this replica's clock is {abs(self._offset):.1f} s {direction} Redis's and disagrees with {against} of "
-            f"{voters} clocks (Redis and the other live replicas) by more than {self.max_skew_seconds:g} s "
+            f"the {voters} live replicas' clocks by more than {self.max_skew_seconds:g} s "
             "([sessions.redis] max_clock_skew_seconds): session timeouts would be decided wrongly, so sessions are "
             "refused here until it agrees again; synchronise the host's clock (NTP: chrony or systemd-timesyncd)"
         )

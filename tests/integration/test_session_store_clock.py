@@ -73,7 +73,7 @@ async def test_a_replica_whose_clock_disagrees_with_the_others_and_redis_is_refu
     await fleet.replica("replica-a")
     with pytest.raises(ConfigError) as refused:
         await fleet.replica("replica-b", offset)
-    assert words in refused.value.message and "disagrees with 2 of 2 clocks" in refused.value.message
+    assert words in refused.value.message and "disagrees with 1 of the 2 live replicas' clocks" in refused.value.message
     assert "max_clock_skew_seconds" in refused.value.message and "NTP" in refused.value.message
 
 
@@ -151,3 +151,15 @@ async def test_the_open_connections_of_a_replica_whose_clock_is_outvoted_are_clo
     # It cannot tell whether the session is still valid: fail closed, not a warning per connection per second.
     assert await sweep(live, store, time.time(), 1800, 28800) == 1
     assert live.closed == [(session_key(session.id), "this replica's clock cannot be trusted")]
+
+
+async def test_with_redis_drifted_and_a_third_replica_off_the_two_that_agree_serve_and_the_third_is_refused(
+    fleet: Fleet,
+) -> None:
+    first = await fleet.replica("replica-a", 30.0)
+    second = await fleet.replica("replica-b", 30.0)
+    with pytest.raises(ConfigError, match="disagrees with 2 of the 3 live replicas' clocks"):
+        await fleet.replica("replica-c", 90.0)
+    for store in (first, second):
+        await store.heartbeat()
+        await store.ping()

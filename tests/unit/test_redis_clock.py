@@ -26,16 +26,29 @@ def _vote(offset: float, peers: list[float], *, round_trip: float = 0.002, allow
     ("offset", "peers", "broken"),
     [
         (0.0, [0.1, -0.2], False),  # everyone agrees
-        (60.0, [0.0, 0.1], True),  # this replica is a minute behind the others and Redis
-        (-60.0, [0.0], True),  # a minute ahead of the other replica and Redis
-        (0.0, [60.0], False),  # two replicas and Redis: the other one is outvoted, not this one
+        (60.0, [0.0, 0.1], True),  # a minute behind the two others
+        (-60.0, [0.0], True),  # two replicas that disagree: Redis's clock breaks the tie, against this one
+        (0.0, [60.0], False),  # ... and for this one
         (30.0, [30.1, 29.9], False),  # Redis's clock drifted: the replicas agree, none is refused
-        (30.0, [30.0], False),  # the same with two replicas: one vote each way is not a majority against
+        (30.0, [30.0], False),  # the same with two replicas
         (60.0, [], False),  # alone: every timeout is decided with this one clock, consistently
+        (0.0, [100.0, 100.0], True),  # two of three agree: the third is refused, though Redis agrees with it
+        (100.0, [0.0, 100.0], False),  # ... and those two keep serving
+        (0.0, [100.0, -100.0], False),  # three that all disagree: the one Redis agrees with serves
+        (100.0, [0.0, -100.0], True),
+        (30.0, [30.0, 90.0], False),  # Redis drifted and one replica is off: the two that agree serve
+        (90.0, [30.0, 30.0], True),
+        (0.0, [0.0, 100.0, 100.0], False),  # two against two: Redis breaks the tie
+        (100.0, [100.0, 0.0, 0.0], True),
     ],
-    ids=["agreed", "behind", "ahead", "the-other-one-is-off", "redis-drifted", "redis-drifted-two", "alone"],
-)
-def test_a_replica_is_refused_only_when_most_clocks_disagree_with_it(
+    ids=[
+        "agreed", "behind-two", "two-disagree-this-one-off", "two-disagree-other-one-off", "redis-drifted",
+        "redis-drifted-two", "alone", "outvoted-by-two", "the-two", "all-differ-redis-side", "all-differ-other",
+        "redis-drifted-one-off-the-pair", "redis-drifted-one-off-the-odd-one", "two-two-redis-side",
+        "two-two-other-side",
+    ],
+)  # fmt: skip
+def test_a_replica_is_refused_when_most_replicas_clocks_disagree_with_it_and_redis_breaks_ties(
     offset: float, peers: list[float], broken: bool
 ) -> None:
     assert _vote(offset, peers).broken is broken
@@ -49,9 +62,9 @@ def test_a_slow_round_trip_never_makes_a_right_clock_wrong() -> None:
 
 
 def test_the_problem_says_which_way_how_far_how_many_clocks_disagree_and_what_to_do() -> None:
-    assert "60.0 s behind Redis's and disagrees with 2 of 2 clocks" in _vote(60.0, [0.0]).problem()
+    assert "60.0 s behind Redis's and disagrees with 1 of the 2 live replicas' clocks" in _vote(60.0, [0.0]).problem()
     ahead = _vote(-60.0, [0.0, 0.0]).problem()
-    assert "60.0 s ahead of Redis's and disagrees with 3 of 3 clocks" in ahead
+    assert "60.0 s ahead of Redis's and disagrees with 2 of the 3 live replicas' clocks" in ahead
     assert "max_clock_skew_seconds" in ahead and "NTP" in ahead
 
 
