@@ -547,6 +547,18 @@ def forward_auth_section(result: ForwardAuthResult) -> list[str]:
             f"| {label.split(' ', 1)[0]} | {len(trials)} | {percentile(trials, 50):.1f} | "
             f"{percentile(trials, 99):.1f} | {max(trials):.1f} | {late} | {worst} |"
         )
+    slowest = []
+    for name, (label, _, _) in VARIANTS.items():
+        mine = [t for t in result.revocations if t.variant == name]
+        ranked = sorted(range(len(mine)), key=lambda i: mine[i].refused_after, reverse=True)[:3]
+        shown = ", ".join(
+            f"#{i + 1} {mine[i].refused_after * 1000:.1f} ms (call {mine[i].call_seconds * 1000:.0f} ms)"
+            for i in ranked
+        )
+        if shown:
+            slowest.append(f"{label.split(' ', 1)[0]} {shown}")
+    if slowest:
+        lines += ["", "Slowest trials of each setting (trial number in run order): " + "; ".join(slowest) + "."]
     lines.append("")
     return lines
 
