@@ -23,7 +23,7 @@ from gateway.audit.retention import Retention
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.kill import SessionKiller
 from gateway.deprovision.logouts import Logouts
-from gateway.deprovision.revived import RevivedSessions
+from gateway.deprovision.revived import RevivedSessions, clock_margin_seconds
 from gateway.deprovision.runs import MassDeletionGuard, RunPlanner
 from gateway.deprovision.worker import PipelineWorker
 from gateway.errors import ChannelgateError, VaultError
@@ -225,6 +225,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
             session_lifetime_seconds=timeouts.absolute_timeout_seconds,
             idle_timeout_seconds=timeouts.idle_timeout_seconds,
             logouts=logouts,
+            clock_margin=clock_margin_seconds(timeouts.redis.max_clock_skew_seconds),
         ),
         logouts=logouts,
         pipeline=pipeline,

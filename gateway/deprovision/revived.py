@@ -21,13 +21,13 @@ counted from when the sweep fell due: a revived session was last seen no later t
 could not be used after it), so it has expired by idle timeout once the end is older — for an agent-wide or
 IdP-session end as for a logout's one session. Each agent with ends is read once (``sessions_of``, ``CONCURRENCY``
 at a time). A ``/.channelgate/logout`` names its one session by storage key: exact. An agent-wide or IdP-session end
-covers the sessions created before it (plus ``CLOCK_MARGIN_SECONDS``). Whether Redis really lost the end cannot be
-told from Redis afterwards (a marker written after the revocation can reach a Redis restarted without it, between
-the two writes), so every such end in the window is replayed, also at a plain start or rolling deploy: a session
-signed in to within the margin after an agent-wide or IdP-session end is ended then too (fail closed; the agent
-signs in again). Each session ended again gets a ``sessions_revoked`` record, also when another agent's replay in
-the same turn failed. The check against agents' rows cannot see a logout (the agent is
-active), so a revived logged-out session is refused only once this sweep has reached it: between the store
+covers the sessions created before it (plus :func:`clock_margin_seconds`). Whether Redis really lost the end
+cannot be told from Redis afterwards (a marker written after the revocation can reach a Redis restarted without
+it, between the two writes), so every such end in the window is replayed, also at a plain start or rolling deploy:
+a session signed in to within the margin after an agent-wide or IdP-session end is ended then too (fail closed; the
+agent signs in again). Each session ended again gets a ``sessions_revoked`` record, also when another agent's
+replay in the same turn failed. The check against agents' rows cannot see a logout (the agent is active), so a
+revived logged-out session is refused only once this sweep has reached it: between the store
 answering again and the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) plus the sweep's own time, a copy
 of its cookie still works — docs/operations/hardening.md says so.
 """
@@ -44,6 +44,7 @@ from gateway.audit.writer import AuditLog
 from gateway.deprovision.logouts import Logouts
 from gateway.metrics import Metrics
 from gateway.sessions.base import Session, SessionData, SessionStore
+from gateway.sessions.redis_clock import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import AgentRepository
 from gateway.storage.session_ends import EndKind, SessionEnd
@@ -60,12 +61,21 @@ LIFETIME_MARGIN_SECONDS = 600
 BATCH = 100
 #: Agents whose saved ends are replayed at once (each one read of its sessions, a round trip to the store).
 CONCURRENCY = 32
-#: An end of every session of an agent (or of one IdP session) ends again those created up to this long after it:
-#: each replica stamps a session with its own clock, and one running ahead must not hide a session the end did end.
-#: A replica further than ``[sessions.redis] max_clock_skew_seconds`` (default 5) from the others serves no
-#: sessions (gateway/sessions/redis_clock.py); the rest covers the time the kill itself takes. A login that soon
-#: after is ended too (the agent signs in again): fail closed.
-CLOCK_MARGIN_SECONDS = 15.0
+#: What the clock margin adds beyond the replicas' clock skew: the time the kill itself takes.
+KILL_SECONDS = 5.0
+
+
+def clock_margin_seconds(max_clock_skew_seconds: float) -> float:
+    """How long after an end of every session of an agent (or of one IdP session) a session it ended may have been
+    created, by the clock of the replica that created it: each replica stamps with its own clock, and one running
+    ahead of the one that ended them must not hide a session the end did end. Serving replicas each agree with a
+    majority (or with Redis) within ``[sessions.redis] max_clock_skew_seconds`` (gateway/sessions/redis_clock.py),
+    so two of them differ by at most twice that; plus the kill's own time. A login that soon after is ended too
+    (the agent signs in again): fail closed. 15 s with the default skew allowance of 5 s."""
+    return 2 * max_clock_skew_seconds + KILL_SECONDS
+
+
+CLOCK_MARGIN_SECONDS = clock_margin_seconds(DEFAULT_MAX_CLOCK_SKEW_SECONDS)
 
 
 class RevivedSessions:
@@ -84,9 +94,12 @@ class RevivedSessions:
         logouts: Logouts | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
+        clock_margin: float = CLOCK_MARGIN_SECONDS,
     ) -> None:
         """``clock`` reads the sessions' liveness (``sessions_of``); the wall clock, as the stores stamp sessions with
-        (tests pass their own). ``idle_timeout_seconds`` bounds the replay of saved ends (the lifetime when None)."""
+        (tests pass their own). ``idle_timeout_seconds`` bounds the replay of saved ends (the lifetime when None);
+        ``clock_margin`` is :func:`clock_margin_seconds` of the clock skew allowed."""
+        self._clock_margin = clock_margin
         self._agents = agents
         self._sessions = sessions
         self._audit = audit
@@ -198,7 +211,7 @@ class RevivedSessions:
         (broadcast only then): one read of the agent's sessions."""
         ended = []
         for session in await self._sessions.sessions_of(ends[0].agent_id, self._clock()):
-            end = _covering(ends, session)
+            end = _covering(ends, session, self._clock_margin)
             if end is None:
                 continue
             data = await self._sessions.delete_key(session.id)  # sessions_of names them by storage key
@@ -243,15 +256,15 @@ def _logout_record(end: SessionEnd, data: SessionData) -> AccessRecord:
     )
 
 
-def _covering(ends: list[SessionEnd], session: Session) -> SessionEnd | None:
+def _covering(ends: list[SessionEnd], session: Session, margin: float) -> SessionEnd | None:
     """The saved end that ended ``session``, if any. A logout names it by key (exact). An agent-wide or IdP-session
-    end covers the sessions created before it (+ ``CLOCK_MARGIN_SECONDS``)."""
+    end covers the sessions created before it (+ ``margin``)."""
     for end in ends:
         if end.kind is EndKind.LOGOUT:
             if end.session_key == session.id:
                 return end
             continue
-        if session.created_at >= end.ended_at.timestamp() + CLOCK_MARGIN_SECONDS:
+        if session.created_at >= end.ended_at.timestamp() + margin:
             continue  # signed in after the end
         if end.kind is EndKind.IDP_SESSION and session.data.idp_session_id != end.sid:
             continue

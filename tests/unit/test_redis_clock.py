@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from gateway.deprovision.revived import clock_margin_seconds
 from gateway.sessions.redis_clock import ClockReading, ClockSkew
 
 
@@ -76,3 +77,14 @@ def test_the_problem_is_logged_once_per_change_not_at_every_heartbeat(caplog: py
         clock.observe(ClockReading(100.0, 100.0, 100.0), [0.0])
         clock.observe(ClockReading(100.0, 100.0, 100.0), [0.0])
     assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"]
+
+
+def test_two_serving_replicas_differ_by_at_most_twice_the_allowance_which_the_sweeps_clock_margin_covers() -> None:
+    # [-30, +30, 0] with 30 s allowed: each agrees with a majority, all three serve, the outer two 60 s apart.
+    assert [_vote(o, [p for p in (-30.0, 30.0, 0.0) if p != o], allowed=30.0).broken for o in (-30.0, 30.0, 0.0)] == [
+        False,
+        False,
+        False,
+    ]
+    assert clock_margin_seconds(30.0) >= 60.0
+    assert clock_margin_seconds(5.0) == 15.0  # the default
