@@ -20,6 +20,7 @@ import pytest
 
 from gateway.errors import StorageError
 from gateway.sessions.base import Session, session_key
+from gateway.storage.agents import Agent
 from tests.components.asgi_server import bound_socket
 from tests.components.browserless_login import login
 from tests.components.echo_gateway import Deployment, deployment
@@ -149,20 +150,28 @@ async def test_a_sid_that_is_not_the_subjects_is_refused_and_ends_nothing(
     assert (await _chat(alice, gateway.url), await _chat(bob, gateway.url)) == (200, 200)
 
 
+async def _bob_also_signed_in_by_alices_sid(
+    gateway: Deployment,
+) -> tuple[httpx.AsyncClient, httpx.AsyncClient, str | None, Agent, Session]:
+    """Alice and bob signed in, and bob holding a second session the provider tied to alice's ``sid``: alice's and
+    bob's clients, that sid, bob's agent and his own session (from his own provider session)."""
+    alice, bob = await gateway.login("alice"), await gateway.login("bob")
+    sid = (await _session_of(gateway, alice)).data.idp_session_id
+    bob_agent = await gateway.services.agents.find("bob")
+    assert bob_agent is not None
+    (bob_session,) = await gateway.services.sessions.sessions_of(bob_agent.id, time.time())
+    await gateway.services.sessions.create(replace(bob_session.data, idp_session_id=sid), time.time())
+    return alice, bob, sid, bob_agent, bob_session
+
+
 async def test_a_sid_the_provider_gave_two_subjects_ends_the_sessions_of_both_and_the_record_names_them(
     gateways: tuple[Deployment, list[str]],
 ) -> None:
     """Not what a provider should do (an IdP session is one user's), but the token says that IdP session ended."""
     gateway, replicas = gateways
-    alice, bob = await gateway.login("alice"), await gateway.login("bob")
-    alice_data = (await _session_of(gateway, alice)).data
-    bob_agent = await gateway.services.agents.find("bob")
-    assert bob_agent is not None
-    (bob_session,) = await gateway.services.sessions.sessions_of(bob_agent.id, time.time())
-    shared = replace(bob_session.data, idp_session_id=alice_data.idp_session_id)
-    await gateway.services.sessions.create(shared, time.time())
+    alice, bob, sid, bob_agent, bob_session = await _bob_also_signed_in_by_alices_sid(gateway)
 
-    response = await _post(gateway, _token(gateway, sid=alice_data.idp_session_id))
+    response = await _post(gateway, _token(gateway, sid=sid))
 
     assert response.status_code == 200, response.text
     assert (await _chat(alice, replicas[-1]), await _chat(bob, replicas[-1])) == (401, 200)
@@ -181,13 +190,7 @@ async def test_a_sid_of_two_subjects_whose_save_fails_ends_both_and_the_resent_t
     first agent's), the provider gets a 503, and its resend of the token, which finds no session left, gets 200
     because the ends were saved meanwhile."""
     gateway, replicas = gateways
-    alice, bob = await gateway.login("alice"), await gateway.login("bob")
-    alice_data = (await _session_of(gateway, alice)).data
-    bob_agent = await gateway.services.agents.find("bob")
-    assert bob_agent is not None
-    (bob_session,) = await gateway.services.sessions.sessions_of(bob_agent.id, time.time())
-    shared = replace(bob_session.data, idp_session_id=alice_data.idp_session_id)
-    await gateway.services.sessions.create(shared, time.time())
+    alice, bob, sid, bob_agent, bob_session = await _bob_also_signed_in_by_alices_sid(gateway)
     ends = gateway.services.logouts._ends
     real = ends.add
     calls: list[None] = []
@@ -199,7 +202,7 @@ async def test_a_sid_of_two_subjects_whose_save_fails_ends_both_and_the_resent_t
         await real(*args, **kwargs)
 
     monkeypatch.setattr(ends, "add", down_once)
-    token = _token(gateway, sid=alice_data.idp_session_id)
+    token = _token(gateway, sid=sid)
 
     assert (await _post(gateway, token)).status_code == 503
     assert [s.id for s in await gateway.services.sessions.sessions_of(bob_agent.id, time.time())] == [bob_session.id]

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 
-from bench.forward_auth import CPU_ROLES, ForwardAuthResult, _cpu_section, _CpuWindow
+from bench.forward_auth import GOAL_RATIO, ForwardAuthResult
+from bench.forward_auth_cpu import CPU_ROLES, CpuWindow, cpu_section
 from bench.wrk import WrkResult
 
 #: A log writer: spins 0.6 s of CPU, says so, then waits.
@@ -37,7 +38,7 @@ def test_the_budget_is_the_machines_cpus_over_the_goals_rate_and_each_target_is_
     costs = {"wrk": 10.0, "nginx": 40.0, "endpoint": 100.0, "log writer": 30.0, "redis": 12.0}
     result.cpu = [{"nginx": dict.fromkeys(CPU_ROLES, 0.0) | {"wrk": 6.0, "nginx": 16.0}, "channelgate": costs}]
 
-    text = "\n".join(_cpu_section(result))
+    text = "\n".join(cpu_section(result, GOAL_RATIO))
 
     # 0.4 × 62,500 = 25,000 req/s; 2 CPUs → 80 µs a request for every process together.
     assert "25,000 req/s" in text and "**80 µs" in text
@@ -51,7 +52,7 @@ def test_a_window_counts_the_endpoints_own_cpu_apart_from_its_child_writer() -> 
         assert parent.stdout is not None
         child = 0
         try:
-            window = _CpuWindow(nginx=parent.pid, endpoint=[parent.pid], redis=None)
+            window = CpuWindow(nginx=parent.pid, endpoint=[parent.pid], redis=None)
             window.start()
             lines = {parent.stdout.readline().strip(), parent.stdout.readline().strip()}  # both have spun
             child = int(next(line for line in lines if line != "spun"))
