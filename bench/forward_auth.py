@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.client_pauses import client_collector_paused
 from bench.forward_auth_cpu import CpuWindow, cpu_section
 from bench.revocation import percentile
 from bench.stack import SESSION_COOKIE, Gateway, session_cookie, temporary_dir
@@ -391,16 +392,17 @@ async def _revocation_trial(gateway: Gateway, url: str, variant: str, username: 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as http:
         poller = asyncio.create_task(poll(http))
         await asyncio.wait_for(ready.wait(), 10)
-        t0 = state["t0"] = time.perf_counter()
-        async with http.post(
-            f"{gateway.url(0)}/.channelgate/admin/agents/{username}/deprovision",
-            json={"reason": "forward-auth revocation benchmark"},
-            headers={"Authorization": f"Bearer {gateway.admin_token}"},
-        ) as response:
-            if response.status != 200:
-                raise RuntimeError(f"deprovision answered {response.status}: {await response.text()}")
-        returned = state["returned"] = time.perf_counter()
-        refused, late = await asyncio.wait_for(poller, 10)
+        with client_collector_paused():
+            t0 = state["t0"] = time.perf_counter()
+            async with http.post(
+                f"{gateway.url(0)}/.channelgate/admin/agents/{username}/deprovision",
+                json={"reason": "forward-auth revocation benchmark"},
+                headers={"Authorization": f"Bearer {gateway.admin_token}"},
+            ) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"deprovision answered {response.status}: {await response.text()}")
+            returned = state["returned"] = time.perf_counter()
+            refused, late = await asyncio.wait_for(poller, 10)
     return RevocationTrial(variant, refused - t0, returned - t0, late)
 
 

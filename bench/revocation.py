@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bench.client_pauses import client_collector_paused
 from bench.stack import SESSION_COOKIE, Gateway, session_cookie
 
 TRIAL_TIMEOUT = 10.0
@@ -115,30 +116,31 @@ async def _trial(gateway: Gateway, username: str, number: int, method: str) -> T
             for i in range(len(gateway.ports))
         ]
         await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), TRIAL_TIMEOUT)
-        t0 = time.perf_counter()
-        state["t0"] = t0
-        if method == "admin_api":
-            async with http.post(
-                f"{gateway.url(replica)}/.channelgate/admin/agents/{username}/deprovision",
-                json={"reason": "revocation benchmark"},
-                headers={"Authorization": f"Bearer {gateway.admin_token}"},
-            ) as response:
-                body = await response.json()
-                if response.status != 200:
-                    raise RuntimeError(f"deprovision answered {response.status}: {body}")
-        else:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "--config", str(gateway.config_path),
-                "agents", "deprovision", username, "--reason", "revocation benchmark",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, err = await process.communicate()
-            if process.returncode != 0:
-                raise RuntimeError(f"CLI deprovision failed ({process.returncode}): {err.decode()}")
-            body = json.loads(out)
-        returned = time.perf_counter()
-        state["returned"] = returned
-        results = await asyncio.wait_for(asyncio.gather(*pollers), TRIAL_TIMEOUT)
+        with client_collector_paused():
+            t0 = time.perf_counter()
+            state["t0"] = t0
+            if method == "admin_api":
+                async with http.post(
+                    f"{gateway.url(replica)}/.channelgate/admin/agents/{username}/deprovision",
+                    json={"reason": "revocation benchmark"},
+                    headers={"Authorization": f"Bearer {gateway.admin_token}"},
+                ) as response:
+                    body = await response.json()
+                    if response.status != 200:
+                        raise RuntimeError(f"deprovision answered {response.status}: {body}")
+            else:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gateway", "--config", str(gateway.config_path),
+                    "agents", "deprovision", username, "--reason", "revocation benchmark",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, err = await process.communicate()
+                if process.returncode != 0:
+                    raise RuntimeError(f"CLI deprovision failed ({process.returncode}): {err.decode()}")
+                body = json.loads(out)
+            returned = time.perf_counter()
+            state["returned"] = returned
+            results = await asyncio.wait_for(asyncio.gather(*pollers), TRIAL_TIMEOUT)
     rtts = [rtt for _, _, replica_rtts, _ in results for rtt in replica_rtts]
     return Trial(
         method=method,
