@@ -44,7 +44,7 @@ def test_the_budget_is_the_machines_cpus_over_the_goals_rate_and_each_target_is_
     assert "25,000 req/s" in text and "**80 µs" in text
     assert "| (a) | 6.0 | 16.0 | — | — | 0.0 | 22.0 | 0.28 |" in text
     assert "| (c) | 10.0 | 40.0 | 100.0 | 30.0 | 12.0 | 192.0 | 2.40 |" in text
-    assert "took 92 µs a request at (c)'s rate, -12 µs against the 80" in text
+    assert "took 92 µs a request at (c)'s rate, of the 80 µs the goal allows for everything: 12 µs over it" in text
 
 
 def test_a_window_counts_the_endpoints_own_cpu_apart_from_its_child_writer() -> None:
