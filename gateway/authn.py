@@ -64,8 +64,9 @@ async def require_session(connection: HTTPConnection, services: Services, scope:
     lookup = await services.sessions.lookup(session_id, services.clock())
     if lookup.state is SessionState.VALID and lookup.session is not None:
         # Shortly after a session-store outage, and until the sweep after it completed, a session may be one a
-        # restarted Redis brought back: believed only if its agent is still active (gateway/deprovision/revived.py).
-        if services.revived.checking() and not await _still_active(services, session_id, lookup.session.data.agent_id):
+        # restarted Redis brought back: believed only if its agent is still active and no saved logout or kill
+        # ended it (gateway/deprovision/revived.py).
+        if services.revived.checking() and not await services.revived.believed(lookup.session):
             raise AuthenticationRequired("Please sign in to continue.")
         scope.session = lookup.session
         return lookup.session
@@ -83,12 +84,3 @@ async def require_session(connection: HTTPConnection, services: Services, scope:
         )
         raise SessionExpired("Your session has ended. Please sign in again.")
     raise AuthenticationRequired("Please sign in to continue.")
-
-
-async def _still_active(services: Services, session_id: str, agent_id: str) -> bool:
-    """The agent is still active in the database; if not, its revived session is deleted on the spot."""
-    agent = await services.agents.get(agent_id)
-    if agent is not None and agent.active:
-        return True
-    await services.sessions.delete(session_id)
-    return False

@@ -189,7 +189,7 @@ def open_core(settings: Settings, replica_id: str | None = None) -> Services:
     connectors = build_connectors(contexts)
     pipeline = PipelineRepository(database.engine)
     timeouts = settings.sessions
-    logouts = Logouts(database, SessionEndRepository(database.engine), audit)
+    logouts = Logouts(database, SessionEndRepository(database.engine, reads), audit)
     planner = RunPlanner(
         connectors, pipeline, MassDeletionGuard(settings.deprovision.guard, agents, pipeline), audit, metrics
     )

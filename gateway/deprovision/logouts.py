@@ -139,6 +139,13 @@ class Logouts:
         kept = [end for entry in self._unwritten for end in entry.ends if end.ended_at >= cutoff]
         return await self._ends.since(cutoff) + kept
 
+    async def of_agent(self, agent_id: str, since: datetime) -> list[SessionEnd]:
+        """``agent_id``'s logouts remembered at or after ``since``: written, then kept in process."""
+        kept = [
+            end for entry in self._unwritten for end in entry.ends if end.agent_id == agent_id and end.ended_at >= since
+        ]
+        return await self._ends.of_agent(agent_id, since) + kept
+
     async def prune_if_due(self, before: datetime) -> None:
         """Delete the rows older than ``before``, at most once per ``PRUNE_INTERVAL_SECONDS``."""
         now = self._monotonic()

@@ -26,15 +26,16 @@ cannot be told from Redis afterwards (a marker written after the revocation can 
 it, between the two writes), so every such end in the window is replayed, also at a plain start or rolling deploy:
 a session signed in to within the margin after an agent-wide or IdP-session end is ended then too (fail closed; the
 agent signs in again). Each session ended again gets a ``sessions_revoked`` record, also when another agent's
-replay in the same turn failed. The check against agents' rows cannot see a logout (the agent is active), so a
-revived logged-out session is refused only once this sweep has reached it: between the store
-answering again and the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) plus the sweep's own time, a copy
-of its cookie still works — docs/operations/hardening.md says so.
+replay in the same turn failed. While :meth:`RevivedSessions.checking`, a session used is also checked against its
+agent's saved ends (:meth:`RevivedSessions.believed`, one indexed read): the check against agents' rows cannot see a
+logout (the agent is active), so without it a copy of a revived logged-out session's cookie worked from the store
+answering again until the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) and its own time had passed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -42,8 +43,9 @@ from datetime import datetime, timedelta
 
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.logouts import Logouts
+from gateway.errors import ChannelgateError
 from gateway.metrics import Metrics
-from gateway.sessions.base import Session, SessionData, SessionStore
+from gateway.sessions.base import Session, SessionData, SessionStore, session_key
 from gateway.sessions.redis_clock import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import AgentRepository
@@ -130,6 +132,28 @@ class RevivedSessions:
         outage, and for as long as the sweep after it has not completed."""
         return self._sessions.unreachable_within(RECOVERY_CHECK_SECONDS) or self.due()
 
+    async def believed(self, session: Session) -> bool:
+        """Whether ``session`` (found valid, named by its id) may be believed while :meth:`checking`: its agent is
+        still active and no saved end ended it. One that fails is deleted on the spot, so the sweep cannot miss it
+        and the next lookup finds nothing; one a saved end ended gets the sweep's record, saying it was used."""
+        data = session.data
+        agent = await self._agents.get(data.agent_id)
+        if agent is None or not agent.active:
+            await self._sessions.delete(session.id)
+            return False
+        if self._logouts is None:
+            return True
+        ends = await self._logouts.of_agent(data.agent_id, (self._due_since or utcnow()) - self._replay_window)
+        end = _covering(ends, session_key(session.id), session, self._clock_margin)
+        if end is None:
+            return True
+        if await self._sessions.delete(session.id) is not None:
+            self._metrics.sessions_revoked.inc()
+            self._unwritten.append(_logout_record(end, data, used=True))
+            with contextlib.suppress(ChannelgateError):  # kept: the sweep task's next turn writes it first
+                await self._write_records()
+        return False
+
     async def sweep_if_due(self) -> int:
         """Sweep when :meth:`due`; the number of sessions ended. Raises ``ChannelgateError`` (store or database
         unreachable): the sweep stays due and the caller tries again at its next turn, and the records of sessions
@@ -211,7 +235,7 @@ class RevivedSessions:
         (broadcast only then): one read of the agent's sessions."""
         ended = []
         for session in await self._sessions.sessions_of(ends[0].agent_id, self._clock()):
-            end = _covering(ends, session, self._clock_margin)
+            end = _covering(ends, session.id, session, self._clock_margin)
             if end is None:
                 continue
             data = await self._sessions.delete_key(session.id)  # sessions_of names them by storage key
@@ -238,30 +262,35 @@ def _record(agent_id: str, user_name: str, count: int) -> AccessRecord:
     )
 
 
-def _logout_record(end: SessionEnd, data: SessionData) -> AccessRecord:
+def _logout_record(end: SessionEnd, data: SessionData, *, used: bool = False) -> AccessRecord:
+    """The record of a logged-out session ended again: by the sweep, or refused when used before it (``used``)."""
+    detail: dict[str, object] = {
+        "source": "session-store-recovery",
+        "sessions": 1,
+        "ended": end.kind.value,
+        "ended_at": end.ended_at.isoformat(),
+    }
+    if used:
+        detail["refused"] = "on use"
     return AccessRecord(
         time=utcnow(),
         kind="sessions_revoked",
         agent_id=data.agent_id,
         agent_name=data.user_name,
         actor="channelgate",
-        reason="a logged-out session revived by a session-store restart or failover, ended again",
+        reason="a logged-out session revived by a session-store restart or failover, "
+        + ("refused when used and ended again" if used else "ended again"),
         decision="revoked",
-        detail={
-            "source": "session-store-recovery",
-            "sessions": 1,
-            "ended": end.kind.value,
-            "ended_at": end.ended_at.isoformat(),
-        },
+        detail=detail,
     )
 
 
-def _covering(ends: list[SessionEnd], session: Session, margin: float) -> SessionEnd | None:
-    """The saved end that ended ``session``, if any. A logout names it by key (exact). An agent-wide or IdP-session
-    end covers the sessions created before it (+ ``margin``)."""
+def _covering(ends: list[SessionEnd], key: str, session: Session, margin: float) -> SessionEnd | None:
+    """The saved end that ended ``session`` (whose storage key is ``key``), if any. A logout names it by key
+    (exact). An agent-wide or IdP-session end covers the sessions created before it (+ ``margin``)."""
     for end in ends:
         if end.kind is EndKind.LOGOUT:
-            if end.session_key == session.id:
+            if end.session_key == key:
                 return end
             continue
         if session.created_at >= end.ended_at.timestamp() + margin:

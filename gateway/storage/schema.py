@@ -351,3 +351,4 @@ session_ends = Table(
     Column("sid", Text),
 )
 Index("ix_session_ends_ended_at", session_ends.c.ended_at)
+Index("ix_session_ends_agent_id_ended_at", session_ends.c.agent_id, session_ends.c.ended_at)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import session_ends
 
 log = logging.getLogger("channelgate.sessions")
@@ -45,8 +46,10 @@ class SessionEnd:
 
 
 class SessionEndRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: QuickReads | None = None) -> None:
         self._engine = engine
+        #: The hot-path reader (``gateway.storage.quick_reads``) for :meth:`of_agent`, asked on requests.
+        self._reads = reads
 
     async def add(self, ends: Sequence[SessionEnd], conn: AsyncConnection | None = None) -> None:
         """Insert the rows (in ``conn``'s transaction when given, with the logout's access-log record)."""
@@ -70,6 +73,21 @@ class SessionEndRepository:
         query = select(session_ends).where(session_ends.c.ended_at >= to_db(cutoff))
         async with read_transaction(self._engine) as conn:
             rows = (await conn.execute(query.order_by(session_ends.c.ended_at, session_ends.c.id))).mappings().all()
+        return [end for end in map(_parsed, rows) if end is not None]
+
+    async def of_agent(self, agent_id: str, since: datetime) -> list[SessionEnd]:
+        """The ends of ``agent_id``'s sessions at or after ``since``, oldest first (by the agent's index). Asked
+        for requests (shortly after a session-store outage): the quick reader's when there is one."""
+        query = (
+            select(session_ends)
+            .where(session_ends.c.agent_id == agent_id, session_ends.c.ended_at >= to_db(since))
+            .order_by(session_ends.c.ended_at, session_ends.c.id)
+        )
+        if self._reads is not None:
+            rows = await self._reads.run(lambda conn: conn.execute(query).mappings().all())
+        else:
+            async with read_transaction(self._engine) as conn:
+                rows = (await conn.execute(query)).mappings().all()
         return [end for end in map(_parsed, rows) if end is not None]
 
     async def ended_idp_session(self, sid: str, since: datetime, agent_id: str | None = None) -> bool:

@@ -83,6 +83,28 @@ async def test_a_logout_a_restarted_redis_undid_is_ended_again_and_the_copy_of_t
     assert await _recovery_records(gateway, "bob") == []
 
 
+async def test_a_copy_of_a_logged_out_cookie_used_before_the_sweep_after_a_restart_is_refused(
+    gateway: Deployment, own_redis: RedisServer
+) -> None:
+    """The sweep runs at the heartbeat's next turn (up to 5 s later); the copy is used at once after Redis answers
+    again: refused by the check on use, which reads the saved logout (gateway/deprovision/revived.py)."""
+    alice = await gateway.login("alice")
+    copy = str(alice.cookies.get(gateway.services.cookies.session_name))
+    assert _command(own_redis, "SAVE").startswith(b"+OK")
+    logout = await alice.post(gateway.url + "/.channelgate/logout", headers={"Origin": gateway.url})
+    assert logout.status_code == 303
+
+    _restart_from_snapshot(own_redis)
+    assert _session_keys(own_redis) == 1  # the logged-out session is back
+
+    async def answered() -> int | None:  # the first request may meet the connection the restart broke (503)
+        status = await _with_cookie(gateway, copy)
+        return None if status == 503 else status
+
+    assert await eventually(answered, timeout=10) == 401
+    assert _session_keys(own_redis) == 0  # ended by the refusal
+
+
 async def test_a_backchannel_logout_by_sid_a_restarted_redis_undid_is_ended_again(
     gateway: Deployment, own_redis: RedisServer
 ) -> None:
