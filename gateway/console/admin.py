@@ -18,7 +18,7 @@ from gateway.console.progress import TROUBLE
 from gateway.console.render import page
 from gateway.console.reviewer import find_agent
 from gateway.console.web import Call
-from gateway.deprovision.kill import EndedSessions, EndsNotSaved
+from gateway.deprovision.endings import EndedSessions, EndsNotSaved
 from gateway.deprovision.operator import retry_run
 from gateway.deprovision.plan import RunState
 from gateway.deprovision.status import runs_with_steps
@@ -56,7 +56,7 @@ async def end_sessions(call: Call) -> Response:
     )
     await call.services.audit.write(base)
     try:
-        ended = await call.services.killer.end_sessions(agent.id)
+        ended = await call.services.killer.endings.end_sessions(agent.id)
     except EndsNotSaved as exc:
         # The sessions did end: that gets its record too, through the queue (kept and retried while the database
         # is down), since a strict write would fail like the save did. The admin sees the 503.

@@ -39,17 +39,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.writer import AuditLog
+from gateway.deprovision.endings import EndedSessions, SessionEndings
 from gateway.deprovision.first_kills import FirstKills
 from gateway.deprovision.logouts import Logouts
 from gateway.deprovision.runs import Hold, RunPlanner, joined_run
-from gateway.errors import ChannelgateError, NotFound, SessionStoreUnavailable, StorageError
+from gateway.errors import ChannelgateError, NotFound, SessionStoreUnavailable
 from gateway.metrics import Metrics
 from gateway.proxy.streams import LiveConnections
 from gateway.sessions.base import Revocation, SessionStore
@@ -80,25 +81,6 @@ class SessionsNotEnded(SessionStoreUnavailable):
     took the request keeps trying until they are."""
 
     code = "sessions_not_ended"
-
-
-class EndsNotSaved(StorageError):
-    """The sessions were ended but saving their end failed: kept in process and written later
-    (gateway/deprovision/logouts.py). ``ended`` says what ended, so the caller's record can still say it."""
-
-    def __init__(self, message: str, *, detail: str | None = None, ended: dict[str, EndedSessions]) -> None:
-        super().__init__(message, detail=detail)
-        self.ended = ended
-
-
-@dataclass(frozen=True, slots=True)
-class EndedSessions:
-    """Steps 2-3 for one agent: how many sessions ended, and which replicas confirmed closing its connections."""
-
-    count: int
-    closed_here: int
-    confirmed: frozenset[str]
-    missing: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +131,7 @@ class SessionKiller:
         runs: PipelineRepository | None = None,
         logouts: Logouts | None = None,
     ) -> None:
-        """``logouts`` remembers what :meth:`end_sessions` ends (gateway/deprovision/logouts.py)."""
+        """``logouts`` remembers what the kills end (gateway/deprovision/logouts.py)."""
         self._database = database
         self._agents = agents
         self._sessions = sessions
@@ -159,7 +141,6 @@ class SessionKiller:
         self._ack_timeout = ack_timeout
         self._planner = planner
         self._runs = runs
-        self._logouts = logouts
         #: Called after a run was queued and committed (the local worker wakes up instead of waiting to poll).
         self.on_enqueued: Callable[[], None] | None = None
         #: Called when a deprovisioning starts here (the serving process defers its full garbage collection).
@@ -169,7 +150,9 @@ class SessionKiller:
         #: What the first kill ended and broadcast, per agent: the kill that follows counts it in its record and
         #: waits for that broadcast's acknowledgements when it finds nothing more to end.
         self._ended_first: dict[str, _FirstEnded] = {}
-        self._first_kills = FirstKills(agents, sessions, live, self._remember_kill)
+        #: Ends sessions everywhere and saves what ended: logouts call it directly, the kills below through it.
+        self.endings = SessionEndings(sessions, live, ack_timeout, logouts)
+        self._first_kills = FirstKills(agents, sessions, live, self.endings.remember_kill)
         #: The acknowledgements of each first kill's broadcast, collected before the disable.
         self._first_acks: dict[str, tuple[set[str], set[str]]] = {}
         #: Disable transactions in flight at once (the rest wait their turn, their sessions already ended).
@@ -206,73 +189,6 @@ class SessionKiller:
         await self._audit.write(_disabled_record(agent, utcnow(), reason, actor, source), conn=conn)
         return await self.enqueue_in(conn, agent, was_active=was_active, source=source, actor=actor, reason=reason)
 
-    async def end_sessions(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
-        """End the agent's sessions on every replica (all of them, or those of one IdP session ``sid``), close
-        its open WebSockets and streams, and wait for every live replica's acknowledgement. A logout (OIDC
-        back-channel, CAEP, the console) stops here, and is remembered in the database before this returns, so
-        the sweep after a session-store outage ends again what a restarted Redis brings back
-        (gateway/deprovision/logouts.py; raises ``StorageError`` when that write fails, the sessions ended all the
-        same). None when ``sid`` matched no session (nothing was ended or broadcast)."""
-        return (await self.end_sessions_of([agent_id], idp_session_id)).get(agent_id)
-
-    async def end_sessions_of(
-        self, agent_ids: Sequence[str], idp_session_id: str | None = None
-    ) -> dict[str, EndedSessions]:
-        """:meth:`end_sessions` for several agents (a back-channel logout naming ``sid`` alone, a CAEP event naming
-        an email several agents share): every agent's sessions are ended first, then what ended is saved in one
-        write, so a database failure leaves no agent's sessions valid. Raises ``EndsNotSaved`` (a ``StorageError``
-        saying what ended) when that write fails (the ends kept and written later, gateway/deprovision/logouts.py),
-        or the first session-store error once the other agents' sessions are ended and saved. Agents for whom
-        ``sid`` matched no session are left out."""
-        ended_at = utcnow()  # before the store ends them: a session created after this is not the logout's
-        kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
-        results: dict[str, EndedSessions] = {}
-        failed: ChannelgateError | None = None
-        for agent_id in agent_ids:
-            try:
-                ended = await self._end_everywhere(agent_id, idp_session_id)
-            except ChannelgateError as exc:
-                failed = failed or exc
-                continue
-            if ended is not None:
-                results[agent_id] = ended
-        ends = [SessionEnd(ended_at, kind, a, sid=idp_session_id) for a, ended in results.items() if ended.count]
-        if ends and self._logouts is not None:
-            try:
-                await self._logouts.remember(ends)
-            except StorageError as exc:
-                raise EndsNotSaved(exc.message, detail=exc.detail, ended=results) from exc
-        if failed is not None:
-            raise failed
-        return results
-
-    async def _end_everywhere(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
-        """:meth:`end_sessions` without saving the end (the caller saves it, each in its own way)."""
-        if idp_session_id is None:
-            count, revocation = await self._sessions.revoke_agent(agent_id)
-        else:
-            count, found = await self._sessions.revoke_idp_session(agent_id, idp_session_id)
-            if found is None:
-                return None
-            revocation = found
-        closed = await self._live.close_agent(agent_id) if self._live is not None else 0
-        confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
-        return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
-
-    async def _remember_kill(self, ends: list[SessionEnd]) -> None:
-        """Save a deprovisioning's kills as agent-wide ends. A failed write is kept by ``Logouts`` (written at the
-        sweep task's next turn or at shutdown), so it neither fails the deprovisioning nor is dropped."""
-        if self._logouts is None or not ends:
-            return
-        try:
-            await self._logouts.remember(ends)
-        except ChannelgateError as exc:
-            log.warning(
-                "could not save the end of %d deprovisioned agent(s)' sessions, kept to be written later: %s",
-                len(ends),
-                exc.message,
-            )
-
     async def end_sessions_first(self, agent_id: str) -> None:
         """End the agent's sessions everywhere before its disable commits: delete them from the store, broadcast
         the revocation, close its connections here; the acknowledgements are awaited by the kill after the commit.
@@ -298,15 +214,15 @@ class SessionKiller:
         first = self._ended_first.get(agent_id)
         ended_at = utcnow()  # before the kill, as the first kill's
         if first is None or first.revocation is None:
-            ended = await self._end_everywhere(agent_id)
+            ended = await self.endings.end_everywhere(agent_id)
             assert ended is not None  # every session of the agent: a revocation is always broadcast
             if ended.count:
-                await self._remember_kill([SessionEnd(ended_at, EndKind.AGENT, agent_id)])
+                await self.endings.remember_kill([SessionEnd(ended_at, EndKind.AGENT, agent_id)])
             return ended
         count, revocation = await self._sessions.revoke_agent_if_any(agent_id)
         closed = await self._live.close_agent(agent_id) if self._live is not None else 0
         if count:  # a login raced the first kill
-            await self._remember_kill([SessionEnd(ended_at, EndKind.AGENT, agent_id)])
+            await self.endings.remember_kill([SessionEnd(ended_at, EndKind.AGENT, agent_id)])
         acknowledged = self._first_acks.pop(agent_id, None)
         if revocation is None and acknowledged is not None:
             confirmed, missing = acknowledged

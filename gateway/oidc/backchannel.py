@@ -13,7 +13,7 @@ and ends nothing. The ``jti`` counts as used only once that succeeded (``gateway
 provider retrying after a 503 is served, not refused as a replay.
 
 This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. What it ended is written to
-the database before the answer (``SessionKiller.end_sessions``, gateway/deprovision/logouts.py), so a restarted
+the database before the answer (``SessionEndings.end_sessions``, gateway/deprovision/endings.py), so a restarted
 Redis that brings the sessions back has them ended again; when that write fails the answer is a 503 (the sessions
 are ended all the same, the write retried by the replica), and a ``sid`` naming several agents has every agent's
 sessions ended before that one write. The provider's resend of the token then finds no session of that ``sid`` left
@@ -123,7 +123,7 @@ async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
     agent = await services.agents.find_by_oidc(logout.issuer, logout.subject)
     if agent is None:
         raise InvalidLogoutToken("no agent signed in with this subject")
-    ended = await services.killer.end_sessions(agent.id, logout.session_id)
+    ended = await services.killer.endings.end_sessions(agent.id, logout.session_id)
     if ended is None:
         assert logout.session_id is not None  # a logout of every session always ends (and broadcasts)
         if await _ended_already(services, logout.session_id, agent.id):
@@ -148,7 +148,7 @@ async def _apply_by_sid(services: Services, logout: LogoutRequest) -> dict[str, 
     count, confirmed, missing = 0, set[str](), set[str]()
     # Every agent's sessions are ended before the one write that saves them: a failed write (503) leaves none valid.
     # An agent missing from the result had none left (a logout, a timeout meanwhile).
-    for ended in (await services.killer.end_sessions_of(sorted(agents), logout.session_id)).values():
+    for ended in (await services.killer.endings.end_sessions_of(sorted(agents), logout.session_id)).values():
         count += ended.count
         confirmed |= ended.confirmed
         missing |= ended.missing

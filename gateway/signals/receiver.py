@@ -38,7 +38,7 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.deprovision.kill import EndedSessions, EndsNotSaved
+from gateway.deprovision.endings import EndedSessions, EndsNotSaved
 from gateway.errors import ChannelgateError
 from gateway.oidc.discovery import ProviderKeys
 from gateway.scope import scope_of
@@ -231,7 +231,7 @@ async def _apply(
         # Every agent's sessions end first, then what ended is saved once: a failed save (503, the transmitter
         # retries) leaves no agent's sessions valid.
         try:
-            ended = await services.killer.end_sessions_of(ending) if ending else {}
+            ended = await services.killer.endings.end_sessions_of(ending) if ending else {}
         except EndsNotSaved as exc:
             _ended(outcome, exc.ended, "sessions ended, their end not yet saved")
             raise

@@ -70,7 +70,7 @@ async def test_a_logout_redis_lost_while_it_waited_for_acknowledgements_is_ended
 
         store.wait_for_acks = crash_while_waiting  # type: ignore[method-assign]
         try:
-            await killer.end_sessions(alice.id)  # a CAEP / console / back-channel logout, reported done
+            await killer.endings.end_sessions(alice.id)  # a CAEP / console / back-channel logout, reported done
         finally:
             store.wait_for_acks = real_wait  # type: ignore[method-assign]
         assert (await store.lookup(stolen.id, time.time())).state is SessionState.VALID  # revived

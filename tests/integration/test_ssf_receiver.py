@@ -241,7 +241,7 @@ async def _made_active(gateway: Deployment, user_name: str, seconds_ago: float) 
 async def _signed_out(gateway: Deployment, user_name: str) -> None:
     agent = await gateway.services.agents.find(user_name)
     assert agent is not None
-    await gateway.services.killer.end_sessions(agent.id)
+    await gateway.services.killer.endings.end_sessions(agent.id)
 
 
 def _an_hour_ago(transmitter: Transmitter, gateway: Deployment, event: str, subject: dict[str, Any]) -> str:

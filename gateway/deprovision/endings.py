@@ -1,0 +1,127 @@
+"""Ending an agent's sessions everywhere, and saving what ended before the end is reported done.
+
+One agent's sessions (all of them, or those of one IdP session ``sid``) are deleted from the shared store, which
+broadcasts the revocation; this replica closes the agent's open WebSockets and streams; every live replica
+acknowledges once it closed its own (ASVS 7.4.2: ended means no replica serves them). A logout of an agent who
+stays active — an OIDC back-channel logout, a CAEP session revocation, the console's "end sessions" — stops here;
+a deprovisioning's kills (gateway/deprovision/kill.py, first_kills.py) end sessions the same way.
+
+What ended is saved to ``session_ends`` (gateway/deprovision/logouts.py) after the store ended it and before the
+logout is reported done, so the sweep after a session-store outage ends again what a restarted Redis brings back
+(gateway/deprovision/revived.py). The store ends the sessions first, whatever the database does: a failed save
+still leaves them ended, and says so (``EndsNotSaved``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.deprovision.logouts import Logouts
+from gateway.errors import ChannelgateError, StorageError
+from gateway.proxy.streams import LiveConnections
+from gateway.sessions.base import SessionStore
+from gateway.storage.session_ends import EndKind, SessionEnd
+from gateway.timeutil import utcnow
+
+log = logging.getLogger("channelgate.deprovision")
+
+
+class EndsNotSaved(StorageError):
+    """The sessions were ended but saving their end failed: kept in process and written later
+    (gateway/deprovision/logouts.py). ``ended`` says what ended, so the caller's record can still say it."""
+
+    def __init__(self, message: str, *, detail: str | None = None, ended: dict[str, EndedSessions]) -> None:
+        super().__init__(message, detail=detail)
+        self.ended = ended
+
+
+@dataclass(frozen=True, slots=True)
+class EndedSessions:
+    """Steps 2-3 for one agent: how many sessions ended, and which replicas confirmed closing its connections."""
+
+    count: int
+    closed_here: int
+    confirmed: frozenset[str]
+    missing: frozenset[str]
+
+
+class SessionEndings:
+    """Ends agents' sessions on every replica and saves what ended (see the module docstring)."""
+
+    def __init__(
+        self, sessions: SessionStore, live: LiveConnections | None, ack_timeout: float, logouts: Logouts | None = None
+    ) -> None:
+        """``logouts`` remembers what :meth:`end_sessions` ends (gateway/deprovision/logouts.py)."""
+        self._sessions = sessions
+        self._live = live
+        self._ack_timeout = ack_timeout
+        self._logouts = logouts
+
+    async def end_sessions(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
+        """End the agent's sessions on every replica (all of them, or those of one IdP session ``sid``), close
+        its open WebSockets and streams, and wait for every live replica's acknowledgement. A logout (OIDC
+        back-channel, CAEP, the console) stops here, and is remembered in the database before this returns, so
+        the sweep after a session-store outage ends again what a restarted Redis brings back
+        (gateway/deprovision/logouts.py; raises ``StorageError`` when that write fails, the sessions ended all the
+        same). None when ``sid`` matched no session (nothing was ended or broadcast)."""
+        return (await self.end_sessions_of([agent_id], idp_session_id)).get(agent_id)
+
+    async def end_sessions_of(
+        self, agent_ids: Sequence[str], idp_session_id: str | None = None
+    ) -> dict[str, EndedSessions]:
+        """:meth:`end_sessions` for several agents (a back-channel logout naming ``sid`` alone, a CAEP event naming
+        an email several agents share): every agent's sessions are ended first, then what ended is saved in one
+        write, so a database failure leaves no agent's sessions valid. Raises ``EndsNotSaved`` (a ``StorageError``
+        saying what ended) when that write fails (the ends kept and written later, gateway/deprovision/logouts.py),
+        or the first session-store error once the other agents' sessions are ended and saved. Agents for whom
+        ``sid`` matched no session are left out."""
+        ended_at = utcnow()  # before the store ends them: a session created after this is not the logout's
+        kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
+        results: dict[str, EndedSessions] = {}
+        failed: ChannelgateError | None = None
+        for agent_id in agent_ids:
+            try:
+                ended = await self.end_everywhere(agent_id, idp_session_id)
+            except ChannelgateError as exc:
+                failed = failed or exc
+                continue
+            if ended is not None:
+                results[agent_id] = ended
+        ends = [SessionEnd(ended_at, kind, a, sid=idp_session_id) for a, ended in results.items() if ended.count]
+        if ends and self._logouts is not None:
+            try:
+                await self._logouts.remember(ends)
+            except StorageError as exc:
+                raise EndsNotSaved(exc.message, detail=exc.detail, ended=results) from exc
+        if failed is not None:
+            raise failed
+        return results
+
+    async def end_everywhere(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
+        """:meth:`end_sessions` without saving the end (the caller saves it, each in its own way)."""
+        if idp_session_id is None:
+            count, revocation = await self._sessions.revoke_agent(agent_id)
+        else:
+            count, found = await self._sessions.revoke_idp_session(agent_id, idp_session_id)
+            if found is None:
+                return None
+            revocation = found
+        closed = await self._live.close_agent(agent_id) if self._live is not None else 0
+        confirmed, missing = await self._sessions.wait_for_acks(revocation, self._ack_timeout)
+        return EndedSessions(count, closed, frozenset(confirmed), frozenset(missing))
+
+    async def remember_kill(self, ends: list[SessionEnd]) -> None:
+        """Save a deprovisioning's kills as agent-wide ends. A failed write is kept by ``Logouts`` (written at the
+        sweep task's next turn or at shutdown), so it neither fails the deprovisioning nor is dropped."""
+        if self._logouts is None or not ends:
+            return
+        try:
+            await self._logouts.remember(ends)
+        except ChannelgateError as exc:
+            log.warning(
+                "could not save the end of %d deprovisioned agent(s)' sessions, kept to be written later: %s",
+                len(ends),
+                exc.message,
+            )
