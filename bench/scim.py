@@ -23,7 +23,7 @@ from uuid import uuid4
 
 import aiohttp
 import httpx
-from scim2_models import Email, Name
+from scim2_models import Name
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -32,6 +32,7 @@ from bench.stack import Gateway, session_cookie
 from bench.wrk import WrkResult, parse
 from gateway.storage.schema import agents
 from scim.mapping import UserModel, user_columns
+from scim.provider import ScimEmail
 from tests.components.process import require_executable
 
 AGENTS = 100_000
@@ -87,7 +88,7 @@ def _template() -> str:
         display_name=f"Agent {user_name(0)}",
         external_id=f"ext-{user_name(0)}",
         name=Name(given_name=user_name(0), family_name="Bench"),
-        emails=[Email(value=f"{user_name(0)}@example.org", type="work", primary=True)],
+        emails=[ScimEmail(value=f"{user_name(0)}@example.org", type="work", primary=True)],
         active=True,
     )
     return json.dumps(user_columns(user))
