@@ -38,7 +38,7 @@ from gateway.audit.writer import AuditLog
 from gateway.metrics import Metrics
 from gateway.settings import DatabaseSettings
 from gateway.storage.access_log import AccessLogRepository, AccessQuery, AccessRecord, insert_row
-from gateway.storage.audit_chain import ChainStore
+from gateway.storage.audit_chain import CHAIN_COLUMNS, ChainStore
 from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade_to_head
 from tests.components.postgres_server import DURABLE_SETTINGS, PostgresServer
@@ -126,6 +126,10 @@ def _sealer(database: Database, directory: Path) -> Sealer:
         ChainStore(database.engine), AuditSettings(checkpoints=settings, seal_interval_seconds=0.2), Metrics(),
         CheckpointSigner(settings), FileSink(directory / "checkpoints.jsonl"),
     )  # fmt: skip
+
+
+#: Where a row of ``ChainStore.rows_after`` holds its chain position: the chain's own columns close each row.
+_CHAIN_POS = CHAIN_COLUMNS.index("chain_pos") - len(CHAIN_COLUMNS)
 
 
 async def _open(url: str) -> Database:
@@ -240,7 +244,7 @@ async def _verify(url: str, directory: Path, count: int, label: str) -> VerifyRo
     started = time.perf_counter()
     after = 0
     while rows := await sealer.store.rows_after(after, count, 20_000):
-        after = int(rows[-1][-5])
+        after = int(rows[-1][_CHAIN_POS])
     scanned = time.perf_counter() - started
     repository.close()
     await database.dispose()
