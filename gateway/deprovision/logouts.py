@@ -139,12 +139,18 @@ class Logouts:
         kept = [end for entry in self._unwritten for end in entry.ends if end.ended_at >= cutoff]
         return await self._ends.since(cutoff) + kept
 
-    async def of_agent(self, agent_id: str, since: datetime) -> list[SessionEnd]:
-        """``agent_id``'s logouts remembered at or after ``since``: written, then kept in process."""
+    async def may_cover(
+        self, agent_id: str, since: datetime, *, session_key: str, sid: str | None, created_after: datetime
+    ) -> list[SessionEnd]:
+        """``agent_id``'s logouts at or after ``since`` that may have ended one session
+        (``SessionEndRepository.may_cover``): written, then every one of the agent's kept in process."""
         kept = [
             end for entry in self._unwritten for end in entry.ends if end.agent_id == agent_id and end.ended_at >= since
         ]
-        return await self._ends.of_agent(agent_id, since) + kept
+        written = await self._ends.may_cover(
+            agent_id, since, session_key=session_key, sid=sid, created_after=created_after
+        )
+        return written + kept
 
     async def prune_if_due(self, before: datetime) -> None:
         """Delete the rows older than ``before``, at most once per ``PRUNE_INTERVAL_SECONDS``."""

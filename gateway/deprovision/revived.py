@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.logouts import Logouts
@@ -120,6 +120,7 @@ class RevivedSessions:
         self._swept_at: float | None = None
         #: Records of sessions ended whose write failed: written before anything else at the next turn.
         self._unwritten: list[AccessRecord] = []
+        self._writing = asyncio.Lock()
 
     def due(self) -> bool:
         """No sweep has completed since the store last failed to answer (or since the gateway started)."""
@@ -143,8 +144,15 @@ class RevivedSessions:
             return False
         if self._logouts is None:
             return True
-        ends = await self._logouts.of_agent(data.agent_id, (self._due_since or utcnow()) - self._replay_window)
-        end = _covering(ends, session_key(session.id), session, self._clock_margin)
+        key = session_key(session.id)
+        ends = await self._logouts.may_cover(
+            data.agent_id,
+            (self._due_since or utcnow()) - self._replay_window,
+            session_key=key,
+            sid=data.idp_session_id,
+            created_after=datetime.fromtimestamp(session.created_at - self._clock_margin, UTC),
+        )
+        end = _covering(ends, key, session, self._clock_margin)
         if end is None:
             return True
         if await self._sessions.delete(session.id) is not None:
@@ -244,9 +252,14 @@ class RevivedSessions:
         return ended
 
     async def _write_records(self) -> None:
-        if self._unwritten:
-            await self._audit.write(*self._unwritten)
-            self._unwritten.clear()
+        """Write the records kept so far. Requests (:meth:`believed`) and the sweep task both add and write: one
+        writer at a time, and what is added while a write is in flight stays for the next."""
+        async with self._writing:
+            if not self._unwritten:
+                return
+            batch = list(self._unwritten)
+            await self._audit.write(*batch)
+            del self._unwritten[: len(batch)]
 
 
 def _record(agent_id: str, user_name: str, count: int) -> AccessRecord:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sqlalchemy import RowMapping, delete, insert, select
+from sqlalchemy import RowMapping, and_, delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.storage._time import from_db, to_db
@@ -23,6 +23,10 @@ from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import session_ends
 
 log = logging.getLogger("channelgate.sessions")
+
+#: Rows :meth:`SessionEndRepository.may_cover` returns at most: one covering end is enough, and the read runs inline
+#: on the event loop (gateway/storage/quick_reads.py: bounded reads only).
+MAX_COVERING = 10
 
 
 class EndKind(Enum):
@@ -48,7 +52,7 @@ class SessionEnd:
 class SessionEndRepository:
     def __init__(self, engine: AsyncEngine, reads: QuickReads | None = None) -> None:
         self._engine = engine
-        #: The hot-path reader (``gateway.storage.quick_reads``) for :meth:`of_agent`, asked on requests.
+        #: The hot-path reader (``gateway.storage.quick_reads``) for :meth:`may_cover`, asked on requests.
         self._reads = reads
 
     async def add(self, ends: Sequence[SessionEnd], conn: AsyncConnection | None = None) -> None:
@@ -75,13 +79,23 @@ class SessionEndRepository:
             rows = (await conn.execute(query.order_by(session_ends.c.ended_at, session_ends.c.id))).mappings().all()
         return [end for end in map(_parsed, rows) if end is not None]
 
-    async def of_agent(self, agent_id: str, since: datetime) -> list[SessionEnd]:
-        """The ends of ``agent_id``'s sessions at or after ``since``, oldest first (by the agent's index). Asked
-        for requests (shortly after a session-store outage): the quick reader's when there is one."""
+    async def may_cover(
+        self, agent_id: str, since: datetime, *, session_key: str, sid: str | None, created_after: datetime
+    ) -> list[SessionEnd]:
+        """``agent_id``'s ends at or after ``since`` that may have ended one session (by the agent's index): a logout
+        naming its storage key, or an end of every session of the agent, or of its IdP session ``sid``, later than
+        ``created_after`` (the session's creation less the clock margin). At most ``MAX_COVERING`` rows, oldest
+        first. Asked for requests (shortly after a session-store outage): the quick reader's when there is one."""
+        c = session_ends.c
+        later = c.ended_at > to_db(created_after)
+        which = [c.session_key == session_key, and_(c.kind == EndKind.AGENT.value, later)]
+        if sid is not None:
+            which.append(and_(c.kind == EndKind.IDP_SESSION.value, c.sid == sid, later))
         query = (
             select(session_ends)
-            .where(session_ends.c.agent_id == agent_id, session_ends.c.ended_at >= to_db(since))
-            .order_by(session_ends.c.ended_at, session_ends.c.id)
+            .where(c.agent_id == agent_id, c.ended_at >= to_db(since), or_(*which))
+            .order_by(c.ended_at, c.id)
+            .limit(MAX_COVERING)
         )
         if self._reads is not None:
             rows = await self._reads.run(lambda conn: conn.execute(query).mappings().all())

@@ -9,6 +9,7 @@ next turn. No sweep runs here (no app, no heartbeat): what refuses the session i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -163,3 +164,49 @@ async def test_a_session_no_end_names_is_believed_and_kept(world: World) -> None
 
     assert await world.revived.believed(session)
     assert not await _is_gone(world, session)
+
+
+async def test_the_record_of_a_session_refused_on_use_is_kept_when_its_write_fails_and_written_at_the_next_turn(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing ended goes unrecorded: the session is refused and ended all the same, the record written later."""
+    session = await world.store.create(world.alice, world.now - 100)
+    await world.logouts.remember(
+        [SessionEnd(_at(world.now - 50), EndKind.LOGOUT, world.alice.agent_id, session_key=session_key(session.id))]
+    )
+    real = world.log.append
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StorageError("database write failed on sqlite:///…", detail="database is locked")
+
+    monkeypatch.setattr(world.log, "append", down)
+    assert not await world.revived.believed(session)
+    assert await _is_gone(world, session)
+    assert await _refused_on_use(world) == []
+
+    monkeypatch.setattr(world.log, "append", real)
+    await world.revived.sweep_if_due()
+    [record] = await _refused_on_use(world)
+    assert record.detail is not None and record.detail["ended"] == "logout"
+
+
+async def test_the_records_of_sessions_refused_at_the_same_time_are_each_written_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests and the sweep task keep and write records concurrently: none is written twice or dropped."""
+    first, second = [await world.store.create(world.alice, world.now - 100) for _ in range(2)]
+    await world.logouts.remember(
+        [
+            SessionEnd(_at(world.now - 50), EndKind.LOGOUT, world.alice.agent_id, session_key=session_key(s.id))
+            for s in (first, second)
+        ]
+    )
+    real = world.log.append
+
+    async def slow(*args: Any, **kwargs: Any) -> list[AccessRecord]:
+        await asyncio.sleep(0.05)  # the other request's refusal arrives while this write is in flight
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(world.log, "append", slow)
+    assert list(await asyncio.gather(world.revived.believed(first), world.revived.believed(second))) == [False, False]
+    assert len(await _refused_on_use(world)) == 2
