@@ -14,9 +14,11 @@ still leaves them ended, and says so (``EndsNotSaved``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from gateway.deprovision.logouts import Logouts
 from gateway.errors import ChannelgateError, StorageError
@@ -26,6 +28,44 @@ from gateway.storage.session_ends import EndKind, SessionEnd
 from gateway.timeutil import utcnow
 
 log = logging.getLogger("channelgate.deprovision")
+
+
+class EndClock:
+    """When a saved end says the sessions ended: this host's clock, shifted onto the serving replicas' clock.
+
+    The sweep after a session-store outage replays an agent-wide or IdP-session end over the sessions created before
+    it (plus a margin for the replicas' clock skew, gateway/deprovision/revived.py), and each replica stamps the
+    sessions it creates with its own clock, kept in agreement by their vote (gateway/sessions/redis_clock.py). A
+    serving replica stamps ends with its own clock too (no ``read_shift``). A process outside that vote — the CLI's
+    ``agents deprovision``, ``ldap sync`` and ``ldap approve`` — would stamp a kill early if its host's clock ran
+    behind, and a replay would spare sessions created before the kill: it reads, before its first kill, how far to
+    shift its stamps so they read no earlier than any serving replica's clock (``SessionStore.replicas_clock_shift``).
+    """
+
+    def __init__(self, read_shift: Callable[[], Awaitable[float]] | None = None) -> None:
+        self.read_shift = read_shift
+        self.shift_seconds = 0.0
+        self._read: asyncio.Future[None] | None = None
+
+    async def ready(self) -> None:
+        """Outside the vote, read the shift once, before the process's first kill (the replicas' clocks and this
+        host's drift apart by parts per million: a long LDAP sync needs no second read). Every kill that starts
+        meanwhile waits for the same read, so kills arriving together still share one first-kill batch
+        (gateway/deprovision/first_kills.py). Nothing to wait for in a serving replica."""
+        if self.read_shift is None:
+            return
+        if self._read is None or self._read.get_loop() is not asyncio.get_running_loop():
+            self._read = asyncio.ensure_future(self._read_shift(self.read_shift))
+        await asyncio.shield(self._read)
+
+    async def _read_shift(self, read: Callable[[], Awaitable[float]]) -> None:
+        try:
+            self.shift_seconds = await read()
+        except Exception:  # the kill matters more than its stamp: never let this read stop a deprovisioning
+            log.exception("could not read the replicas' clocks: session ends are stamped with this host's clock")
+
+    def __call__(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.shift_seconds)
 
 
 class EndsNotSaved(StorageError):
@@ -51,9 +91,16 @@ class SessionEndings:
     """Ends agents' sessions on every replica and saves what ended (see the module docstring)."""
 
     def __init__(
-        self, sessions: SessionStore, live: LiveConnections | None, ack_timeout: float, logouts: Logouts | None = None
+        self,
+        sessions: SessionStore,
+        live: LiveConnections | None,
+        ack_timeout: float,
+        logouts: Logouts | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        """``logouts`` remembers what :meth:`end_sessions` ends (gateway/deprovision/logouts.py)."""
+        """``logouts`` remembers what :meth:`end_sessions` ends (gateway/deprovision/logouts.py), stamped by
+        ``clock`` (an ``EndClock``)."""
+        self._clock = clock
         self._sessions = sessions
         self._live = live
         self._ack_timeout = ack_timeout
@@ -77,7 +124,7 @@ class SessionEndings:
         saying what ended) when that write fails (the ends kept and written later, gateway/deprovision/logouts.py),
         or the first session-store error once the other agents' sessions are ended and saved. Agents for whom
         ``sid`` matched no session are left out."""
-        ended_at = utcnow()  # before the store ends them: a session created after this is not the logout's
+        ended_at = self._clock()  # before the store ends them: a session created after this is not the logout's
         kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
         results: dict[str, EndedSessions] = {}
         failed: ChannelgateError | None = None

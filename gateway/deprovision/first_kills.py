@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from gateway.errors import SessionStoreUnavailable
 from gateway.proxy.streams import LiveConnections
@@ -57,7 +58,10 @@ class FirstKills:
         sessions: SessionStore,
         live: LiveConnections | None,
         remember: Remember | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``clock`` stamps the ends ``remember`` saves (gateway/deprovision/endings.py ``EndClock``)."""
+        self._clock = clock
         self._agents = agents
         self._sessions = sessions
         self._live = live
@@ -119,7 +123,7 @@ class FirstKills:
     ) -> tuple[dict[str, _Ended], list[SessionEnd]]:
         """Each identifier's answer, and the agent-wide ends to save (agents with a session ended)."""
         found = await self._agents.find_many(identifiers)
-        ended_at = utcnow()  # before the kill: a session created after this is not one it ended
+        ended_at = self._clock()  # before the kill: a session created after this is not one it ended
         agent_ids = sorted({agent.id for agent in found.values()})
         counts: dict[str, int] = {}
         revocations: dict[str, Revocation] = {}

@@ -46,7 +46,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.writer import AuditLog
-from gateway.deprovision.endings import EndedSessions, SessionEndings
+from gateway.deprovision.endings import EndClock, EndedSessions, SessionEndings
 from gateway.deprovision.first_kills import FirstKills
 from gateway.deprovision.logouts import Logouts
 from gateway.deprovision.runs import Hold, RunPlanner, joined_run
@@ -150,9 +150,11 @@ class SessionKiller:
         #: What the first kill ended and broadcast, per agent: the kill that follows counts it in its record and
         #: waits for that broadcast's acknowledgements when it finds nothing more to end.
         self._ended_first: dict[str, _FirstEnded] = {}
+        #: Stamps the ends saved; outside the replicas' clock vote (the CLI) shifted onto their clock before a kill.
+        self.end_clock = EndClock(sessions.replicas_clock_shift)
         #: Ends sessions everywhere and saves what ended: logouts call it directly, the kills below through it.
-        self.endings = SessionEndings(sessions, live, ack_timeout, logouts)
-        self._first_kills = FirstKills(agents, sessions, live, self.endings.remember_kill)
+        self.endings = SessionEndings(sessions, live, ack_timeout, logouts, self.end_clock)
+        self._first_kills = FirstKills(agents, sessions, live, self.endings.remember_kill, self.end_clock)
         #: The acknowledgements of each first kill's broadcast, collected before the disable.
         self._first_acks: dict[str, tuple[set[str], set[str]]] = {}
         #: Disable transactions in flight at once (the rest wait their turn, their sessions already ended).
@@ -212,7 +214,7 @@ class SessionKiller:
         between is left to end: broadcast only if there is one, else wait for the first broadcast's
         acknowledgements (in a storm, every replica then applies one revocation per agent, not two)."""
         first = self._ended_first.get(agent_id)
-        ended_at = utcnow()  # before the kill, as the first kill's
+        ended_at = self.end_clock()  # before the kill, as the first kill's
         if first is None or first.revocation is None:
             ended = await self.endings.end_everywhere(agent_id)
             assert ended is not None  # every session of the agent: a revocation is always broadcast
@@ -281,6 +283,7 @@ class SessionKiller:
         started = time.perf_counter()
         if self.on_ending is not None:
             self.on_ending()
+        await self.end_clock.ready()
         # The first kill, batched with those of other deprovisionings arriving meanwhile (a storm).
         first = await self._first_kills.end(identifier)
         found = first.agent
@@ -343,6 +346,7 @@ class SessionKiller:
         """Kill every session everywhere of an agent that a committed transaction already disabled (and queued
         the run of, :meth:`disabled_in`): the SCIM path, which would otherwise disable it a second time."""
         started = time.perf_counter()
+        await self.end_clock.ready()
         agent = await self._agents.get(agent_id)
         if agent is None:
             raise NotFound(f"No agent has the id {agent_id!r}.")

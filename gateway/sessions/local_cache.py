@@ -236,6 +236,9 @@ class CachedSessionStore:
     def unreachable_within(self, seconds: float) -> bool:
         return self.inner.unreachable_within(seconds)
 
+    async def replicas_clock_shift(self) -> float:
+        return await self.inner.replicas_clock_shift()
+
     async def close(self) -> None:
         self.clear()
         await self.inner.close()

@@ -272,6 +272,9 @@ class MemorySessionStore:
     def unreachable_within(self, seconds: float) -> bool:
         return False
 
+    async def replicas_clock_shift(self) -> float:
+        return 0.0
+
     async def verify_server(self) -> None:
         """Nothing to verify: the store is this process."""
 

@@ -74,18 +74,9 @@ class ClockSkew:
         self._offset = reading.offset
         limit = self.max_skew_seconds + reading.slack
         offsets = [reading.offset, *peers]
-
-        def agreeing(offset: float) -> int:
-            return sum(1 for other in offsets if abs(offset - other) <= limit)
-
-        mine = agreeing(reading.offset)  # itself included
+        mine = sum(1 for other in offsets if abs(reading.offset - other) <= limit)  # itself included
         self._against = (len(offsets) - mine, len(offsets))
-        if 2 * mine > len(offsets):
-            broken = False  # with more than half of the replicas
-        elif any(2 * agreeing(other) > len(offsets) for other in peers):
-            broken = True  # more than half of them agree, without it
-        else:
-            broken = abs(reading.offset) > limit  # no majority: Redis's clock breaks the tie
+        broken = outvoted(reading.offset, offsets, limit)
         if broken and not self._broken:
             log.error("%s", self.problem())
         elif self._broken and not broken:
@@ -102,3 +93,34 @@ class ClockSkew:
             "([sessions.redis] max_clock_skew_seconds): session timeouts would be decided wrongly, so sessions are "
             "refused here until it agrees again; synchronise the host's clock (NTP: chrony or systemd-timesyncd)"
         )
+
+
+def outvoted(offset: float, offsets: Sequence[float], limit: float) -> bool:
+    """Whether the replica whose offset from Redis is ``offset`` is refused, among the live replicas' ``offsets``
+    (its own included): it agrees with more than half of them (within ``limit``) and serves; else it is refused when
+    more than half of them agree without it; else (no majority) Redis's clock breaks the tie."""
+
+    def agreeing(mine: float) -> int:
+        return sum(1 for other in offsets if abs(mine - other) <= limit)
+
+    if 2 * agreeing(offset) > len(offsets):
+        return False
+    if any(2 * agreeing(other) > len(offsets) for other in offsets):
+        return True
+    return abs(offset) > limit
+
+
+def shift_onto_replicas(reading: ClockReading, replicas: Sequence[float], max_skew_seconds: float) -> float:
+    """Seconds to add to this host's clock so that it reads no earlier than any serving replica's clock, for a
+    process outside the vote that stamps a session end (``channelgate agents deprovision``, ``ldap sync``).
+
+    Only the replicas the vote lets serve stamp sessions, so only their clocks count (an outvoted one, however far
+    off, would drag the stamp along); of those, the one reading latest: an end covers the sessions created before
+    it, so a later stamp covers every serving replica's sessions (fail closed: it may also end sessions signed in to
+    within the serving replicas' skew after the kill). With no serving replica live, the later of this host's and
+    Redis's clocks."""
+    limit = max_skew_seconds + reading.slack
+    serving = [offset for offset in replicas if not outvoted(offset, replicas, limit)]
+    if not serving:
+        return max(0.0, reading.offset)
+    return reading.offset - min(serving)  # a replica's clock is Redis's minus its offset: the least reads latest

@@ -273,12 +273,12 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: the replicas' sorted set. ARGV: liveness s. The replicas that beat within it, by Redis's clock.
 # KEYS: the live replicas (scored by their heartbeats). ARGV: this replica's id, its offset from Redis's clock (s),
 # how long the offset is kept (ms), the liveness window (s), the clock-offset key prefix. Publishes this replica's
-# offset and returns the other live replicas' (gateway/sessions/redis_clock.py).
+# offset and returns the other live replicas' (gateway/sessions/redis_clock.py). An empty id (the CLI, no replica)
+# publishes nothing and returns every live replica's.
 CLOCKS_SCRIPT = """
-redis.call('SET', ARGV[5] .. ARGV[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[1] ~= '' then redis.call('SET', ARGV[5] .. ARGV[1], ARGV[2], 'PX', ARGV[3]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local offsets = {}

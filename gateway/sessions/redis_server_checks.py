@@ -11,16 +11,19 @@ unreachable Redis (503).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import ClockSkewed, ConfigError
-from gateway.sessions.redis_clock import ClockReading, ClockSkew
+from gateway.sessions.redis_clock import ClockReading, ClockSkew, shift_onto_replicas
 from gateway.sessions.redis_eviction import EvictionWatch
 from gateway.sessions.redis_replication import ReplicationWatch
 from gateway.sessions.redis_scripts import CLOCK_PREFIX, CLOCKS_SCRIPT, REPLICAS_KEY
+
+log = logging.getLogger("channelgate.sessions")
 
 
 class ServerChecks:
@@ -98,6 +101,26 @@ class ServerChecks:
             return False
         self._clock.observe(reading, [float(offset) for offset in peers])
         return True
+
+    async def replicas_shift(self) -> float:
+        """For a process that is not a replica (the CLI): seconds to add to its clock to read no earlier than any
+        serving replica's (``shift_onto_replicas``); publishes nothing. 0 (its own clock, logged) when Redis does not
+        answer: the kill that follows fails then too."""
+        sent_at = self._wall_clock()
+        try:
+            seconds, microseconds = await self._redis.time()
+            reading = ClockReading(sent_at, seconds + microseconds / 1e6, self._wall_clock())
+            peers = await self._clocks(keys=[REPLICAS_KEY], args=["", 0, 0, self._liveness_seconds, CLOCK_PREFIX])
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "could not read the replicas' clocks from Redis (%s): session ends are stamped with this host's clock",
+                type(exc).__name__,
+            )
+            return 0.0
+        offsets = [float(offset) for offset in peers]
+        if not offsets:
+            log.warning("no replica is live: session ends are stamped with the later of this host's and Redis's clocks")
+        return shift_onto_replicas(reading, offsets, self._clock.max_skew_seconds)
 
     async def _watch_replication(self) -> None:
         """Tell the operator when the primary's replicas do not match ``wait_for_replicas``."""

@@ -21,7 +21,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -47,7 +46,7 @@ from gateway.sessions.base import (
 from gateway.sessions.redis_acks import AckCollector
 from gateway.sessions.redis_batches import ScriptBatches
 from gateway.sessions.redis_clock import DEFAULT_MAX_CLOCK_SKEW_SECONDS
-from gateway.sessions.redis_codec import decode_data, decode_revocation, encode_data, encode_revocation
+from gateway.sessions.redis_codec import decode_data, encode_data, encode_revocation
 from gateway.sessions.redis_scripts import (
     ACK_PREFIX,
     ACK_SCRIPT,
@@ -77,6 +76,7 @@ from gateway.sessions.redis_scripts import (
     idp_session_index,
 )
 from gateway.sessions.redis_server_checks import ServerChecks
+from gateway.sessions.redis_subscription import RevocationSubscription
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,7 @@ class RedisSessionStore:
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
         self.liveness_seconds = liveness_seconds
-        self.reconnect_backoff = reconnect_backoff
         self.expiry_grace_seconds = expiry_grace_seconds
-        self._socket_timeout = socket_timeout
         #: Redis replicas that must hold a write that ends or narrows access before it counts as done (WAIT).
         self._wait_replicas = wait_for_replicas
         self._wait_timeout = wait_for_replicas_timeout
@@ -128,9 +126,6 @@ class RedisSessionStore:
         self._closed = False
         #: When Redis last failed to answer (monotonic), for ``unreachable_within``.
         self._unreachable_at: float | None = None
-        #: True while this replica's broadcast subscription is confirmed; an in-process session cache serves only
-        #: then (gateway/sessions/local_cache.py), since a revocation published meanwhile would not reach it.
-        self.subscribed = False
         if not isinstance(redis, str):
             self._redis: Redis = redis
         else:
@@ -169,6 +164,10 @@ class RedisSessionStore:
             keep_seconds=ACK_TTL_SECONDS,
             call=self._call,
         )
+        self._subscription = RevocationSubscription(
+            self._redis, replica_id, socket_timeout=socket_timeout, reconnect_backoff=reconnect_backoff,
+            on_lost=self._lost,
+        )  # fmt: skip
         self._delete = self._redis.register_script(DELETE_SCRIPT)
         self._revoke = self._redis.register_script(REVOKE_SCRIPT)
         self._revoke_idp_session = self._redis.register_script(REVOKE_IDP_SESSION_SCRIPT)
@@ -351,44 +350,19 @@ class RedisSessionStore:
         )
 
     async def revocations(self, *, resync: bool = False) -> AsyncGenerator[Revocation, None]:
-        """Follow the broadcast channel for as long as the store is open, resubscribing with backoff.
+        """Follow the broadcast channel for as long as the store is open (gateway/sessions/redis_subscription.py)."""
+        async for revocation in self._subscription.follow(resync=resync):
+            yield revocation
 
-        Anything published while the subscription was down is lost (pub/sub keeps nothing), so every reconnect
-        (and with ``resync`` the first subscription too) yields a resync marker before the next broadcast.
-        """
-        first, backoff = not resync, self.reconnect_backoff[0]
-        while not self._closed:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
-            try:
-                await self._subscribe(pubsub)
-                self.subscribed = True
-                if not first:
-                    log.info("revocation channel is back; resyncing open connections")
-                    yield Revocation(RESYNC_AGENT_ID, uuid.uuid4().hex, self.replica_id)
-                first, backoff = False, self.reconnect_backoff[0]
-                while not self._closed:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._socket_timeout)
-                    if message is None or message["type"] != "message":
-                        continue
-                    try:
-                        revocation = decode_revocation(message["data"])
-                    except ValueError as malformed:
-                        log.warning("ignored a malformed message on %s (%s)", REVOCATION_CHANNEL, malformed)
-                        continue
-                    yield revocation
-            except (RedisError, OSError, UnicodeDecodeError) as exc:
-                # Not UTF-8 (a stray publisher): redis-py drops the connection to resubscribe silently on the next
-                # read, losing what was published meanwhile, so it is handled as a lost subscription.
-                self.subscribed = False
-                if self._closed:
-                    return
-                self._unreachable_at = time.monotonic()
-                log.warning("revocation channel lost (%s); reconnecting in %.1f s", type(exc).__name__, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.reconnect_backoff[1])
-            finally:
-                self.subscribed = False
-                await self._close_pubsub(pubsub)
+    @property
+    def subscribed(self) -> bool:
+        """True while this replica's broadcast subscription is confirmed; an in-process session cache serves only
+        then (gateway/sessions/local_cache.py), since a revocation published meanwhile would not reach it."""
+        return self._subscription.subscribed
+
+    @subscribed.setter
+    def subscribed(self, value: bool) -> None:
+        self._subscription.subscribed = value
 
     async def acknowledge(self, revocation: Revocation) -> None:
         keys = [ACKS_TO_PREFIX + revocation.origin_replica, ACK_PREFIX + revocation.revocation_id]
@@ -445,6 +419,7 @@ class RedisSessionStore:
 
     async def close(self) -> None:
         self._closed = True
+        self._subscription.close()
         self._ack_collector.close()
         await self._redis.aclose()
         if self._close_also is not None:
@@ -465,23 +440,6 @@ class RedisSessionStore:
         if known is not None and address != known:
             log.warning("Sentinel names a new Redis primary; reconnecting every session-store connection")
             await pool.disconnect(inuse_connections=True)
-
-    async def _subscribe(self, pubsub: PubSub) -> None:
-        """Subscribe and wait for Redis to confirm, so nothing published after this returns can be missed."""
-        await pubsub.subscribe(REVOCATION_CHANNEL)
-        while True:
-            message = await pubsub.get_message(timeout=self._socket_timeout)
-            if message is None:
-                raise TimeoutError("no subscribe confirmation")
-            if message["type"] == "subscribe":
-                return
-
-    @staticmethod
-    async def _close_pubsub(pubsub: PubSub) -> None:
-        try:
-            await pubsub.aclose()
-        except (RedisError, OSError):
-            log.debug("closing a broken pub/sub connection failed", exc_info=True)
 
     async def _replicated(self, calls: Sequence[tuple[AsyncScript, list[str], list[Any]]]) -> list[Any]:
         """Run the scripts in one round trip; with ``wait_for_replicas``, on one connection followed by Redis's
@@ -513,14 +471,20 @@ class RedisSessionStore:
                 )
         return replies
 
+    async def replicas_clock_shift(self) -> float:
+        return await self._checks.replicas_shift()
+
     def unreachable_within(self, seconds: float) -> bool:
         return self._unreachable_at is not None and time.monotonic() - self._unreachable_at < seconds
+
+    def _lost(self) -> None:
+        self._unreachable_at = time.monotonic()
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
-            self._unreachable_at = time.monotonic()
+            self._lost()
             _unavailable(exc)
 
 

@@ -21,6 +21,7 @@ from gateway.sessions.redis_store import RedisSessionStore
 from gateway.sessions.watch import sweep
 from tests.components.recording_live import RecordingLive
 from tests.components.redis_server import RedisServer
+from tests.integration.test_revived_sessions import _command
 
 pytestmark = pytest.mark.redis
 
@@ -163,3 +164,27 @@ async def test_with_redis_drifted_and_a_third_replica_off_the_two_that_agree_ser
     for store in (first, second):
         await store.heartbeat()
         await store.ping()
+
+
+async def test_a_process_outside_the_vote_reads_the_replicas_clock_without_taking_part(
+    fleet: Fleet, redis: RedisServer
+) -> None:
+    """The CLI's deprovisioning stamps its saved end on the replicas' clock (gateway/deprovision/endings.py)."""
+    await fleet.replica("replica-a", 60.0, verify=False)  # both replicas' clocks 60 s ahead of Redis's
+    await fleet.replica("replica-b", 60.0, verify=False)
+    await fleet.replica("replica-c", -300.0, verify=False)  # outvoted: its clock must not count
+    cli = RedisSessionStore(redis.url, 1800, 28800, "cli", wall_clock=ShiftedClock(-20.0))
+    try:
+        assert await cli.replicas_clock_shift() == pytest.approx(80.0, abs=1.0)  # 20 s behind Redis, 80 behind them
+    finally:
+        await cli.close()
+    published = _command(redis, "EVAL", "return #redis.call('KEYS', 'cg:clock:*')", "0")
+    assert published == b":3\r\n"  # the three replicas' offsets: the CLI published none
+
+
+async def test_with_no_replica_alive_a_process_outside_the_vote_reads_redis_clock(redis: RedisServer) -> None:
+    cli = RedisSessionStore(redis.url, 1800, 28800, "cli", wall_clock=ShiftedClock(-20.0))
+    try:
+        assert await cli.replicas_clock_shift() == pytest.approx(20.0, abs=1.0)
+    finally:
+        await cli.close()

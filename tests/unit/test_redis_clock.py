@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from gateway.deprovision.revived import clock_margin_seconds
-from gateway.sessions.redis_clock import ClockReading, ClockSkew
+from gateway.sessions.redis_clock import ClockReading, ClockSkew, shift_onto_replicas
 
 
 def test_the_offset_is_from_the_round_trips_midpoint_and_its_slack_is_half_the_round_trip() -> None:
@@ -88,3 +88,17 @@ def test_two_serving_replicas_differ_by_at_most_twice_the_allowance_which_the_sw
     ]
     assert clock_margin_seconds(30.0) >= 60.0
     assert clock_margin_seconds(5.0) == 15.0  # the default
+
+
+def test_a_process_outside_the_vote_reads_no_earlier_than_the_latest_serving_replica() -> None:
+    behind_redis = ClockReading(sent_at=100.0, redis_now=130.0, received_at=100.0)  # 30 s behind Redis
+    # Two serving replicas 10 and 12 s ahead of Redis; one 500 s behind it, outvoted: its clock does not count.
+    assert shift_onto_replicas(behind_redis, [-10.0, -12.0, 500.0], 5.0) == pytest.approx(42.0)
+    # No majority, Redis breaks the tie: the replica 40 s behind Redis is refused, the one on Redis's clock serves.
+    assert shift_onto_replicas(behind_redis, [0.0, 40.0], 5.0) == pytest.approx(30.0)
+
+
+def test_with_no_serving_replica_a_process_outside_the_vote_reads_the_later_of_its_clock_and_redis() -> None:
+    assert shift_onto_replicas(ClockReading(100.0, 130.0, 100.0), [], 5.0) == pytest.approx(30.0)
+    assert shift_onto_replicas(ClockReading(100.0, 70.0, 100.0), [], 5.0) == 0.0  # Redis behind: this host's
+    assert shift_onto_replicas(ClockReading(100.0, 130.0, 100.0), [20.0, -20.0], 5.0) == pytest.approx(30.0)
