@@ -260,8 +260,9 @@ def start_worker(services: Services) -> PipelineWorker:
 def open_gateway(settings: Settings, replica_id: str | None = None) -> Services:
     """Everything the HTTP gateway needs on top of the core."""
     services = open_core(settings, replica_id)
-    # A serving replica stamps session ends with its own clock, which the replicas' vote keeps in agreement.
-    services.killer.end_clock.read_shift = None
+    # A serving replica stamps session ends with its own clock while the replicas' vote agrees with it.
+    sessions = services.sessions
+    services.killer.end_clock.trusted = lambda: not sessions.clock_skewed
     timeout = aiohttp.ClientTimeout(total=settings.oidc.http_timeout_seconds)
     services.idp_http = aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
     services.oidc = OidcClient(settings.oidc, services.public_url + "/.channelgate/callback", services.idp_http)

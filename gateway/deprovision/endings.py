@@ -42,27 +42,45 @@ class EndClock:
     shift its stamps so they read no earlier than any serving replica's clock (``SessionStore.replicas_clock_shift``).
     """
 
-    def __init__(self, read_shift: Callable[[], Awaitable[float]] | None = None) -> None:
+    def __init__(self, read_shift: Callable[[], Awaitable[float | None]] | None = None) -> None:
+        #: Reads the shift (None when it could not be read); None: this host's clock, unshifted.
         self.read_shift = read_shift
+        #: In a serving replica: whether the vote agrees with its clock (then it stamps with its own). An outvoted
+        #: replica may still end sessions (its directory sync, a kill retried): it reads the shift at each kill.
+        self.trusted: Callable[[], bool] | None = None
         self.shift_seconds = 0.0
         self._read: asyncio.Future[None] | None = None
 
     async def ready(self) -> None:
-        """Outside the vote, read the shift once, before the process's first kill (the replicas' clocks and this
-        host's drift apart by parts per million: a long LDAP sync needs no second read). Every kill that starts
-        meanwhile waits for the same read, so kills arriving together still share one first-kill batch
-        (gateway/deprovision/first_kills.py). Nothing to wait for in a serving replica."""
+        """Before a kill: read the shift if this process's clock is not to be trusted as it is.
+
+        Outside the vote (the CLI) the shift is read once, before the process's first kill (the replicas' clocks and
+        this host's drift apart by parts per million: a long LDAP sync needs no second read), and every kill that
+        starts meanwhile waits for the same read, so kills arriving together still share one first-kill batch
+        (gateway/deprovision/first_kills.py); a read that failed is tried again at the next kill. A serving replica
+        the vote agrees with waits for nothing."""
         if self.read_shift is None:
+            return
+        if self.trusted is not None:
+            if self.trusted():
+                self.shift_seconds = 0.0
+            else:
+                await self._read_shift(self.read_shift)
             return
         if self._read is None or self._read.get_loop() is not asyncio.get_running_loop():
             self._read = asyncio.ensure_future(self._read_shift(self.read_shift))
         await asyncio.shield(self._read)
 
-    async def _read_shift(self, read: Callable[[], Awaitable[float]]) -> None:
+    async def _read_shift(self, read: Callable[[], Awaitable[float | None]]) -> None:
         try:
-            self.shift_seconds = await read()
+            shift = await read()
         except Exception:  # the kill matters more than its stamp: never let this read stop a deprovisioning
             log.exception("could not read the replicas' clocks: session ends are stamped with this host's clock")
+            shift = None
+        if shift is None:
+            self._read = None  # not read: the next kill tries again
+            return
+        self.shift_seconds = shift
 
     def __call__(self) -> datetime:
         return utcnow() + timedelta(seconds=self.shift_seconds)
@@ -96,11 +114,11 @@ class SessionEndings:
         live: LiveConnections | None,
         ack_timeout: float,
         logouts: Logouts | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: EndClock | None = None,
     ) -> None:
         """``logouts`` remembers what :meth:`end_sessions` ends (gateway/deprovision/logouts.py), stamped by
-        ``clock`` (an ``EndClock``)."""
-        self._clock = clock
+        ``clock``."""
+        self._clock = clock or EndClock()
         self._sessions = sessions
         self._live = live
         self._ack_timeout = ack_timeout
@@ -124,6 +142,7 @@ class SessionEndings:
         saying what ended) when that write fails (the ends kept and written later, gateway/deprovision/logouts.py),
         or the first session-store error once the other agents' sessions are ended and saved. Agents for whom
         ``sid`` matched no session are left out."""
+        await self._clock.ready()
         ended_at = self._clock()  # before the store ends them: a session created after this is not the logout's
         kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
         results: dict[str, EndedSessions] = {}

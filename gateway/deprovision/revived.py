@@ -59,6 +59,7 @@ RECOVERY_CHECK_SECONDS = 60.0
 #: Added to the longest session lifetime when choosing the agents to sweep: replicas' clocks decide expiry
 #: (``expiry_grace_seconds`` lets a lookup see a session a little past it).
 LIFETIME_MARGIN_SECONDS = 600
+_MICROSECOND = timedelta(microseconds=1)
 #: Agents read again (still inactive?) per query before their sessions are ended.
 BATCH = 100
 #: Agents whose saved ends are replayed at once (each one read of its sessions, a round trip to the store).
@@ -150,7 +151,8 @@ class RevivedSessions:
             (self._due_since or utcnow()) - self._replay_window,
             session_key=key,
             sid=data.idp_session_id,
-            created_after=datetime.fromtimestamp(session.created_at - self._clock_margin, UTC),
+            # A microsecond less: the stored time is rounded to microseconds, the comparison is strict.
+            created_after=datetime.fromtimestamp(session.created_at - self._clock_margin, UTC) - _MICROSECOND,
         )
         end = _covering(ends, key, session, self._clock_margin)
         if end is None:

@@ -275,10 +275,10 @@ class SessionStore(Protocol):
         checked, are closed. The embedded store is never: its one process decides every timeout."""
         ...
 
-    async def replicas_clock_shift(self) -> float:
+    async def replicas_clock_shift(self) -> float | None:
         """Seconds to add to this host's clock to read the serving replicas' clock, for a process that is not a
-        replica (the CLI's deprovisioning stamps the end it saves with it: gateway/deprovision/endings.py). 0 for the
-        embedded store (its one process stamps everything) or when the store does not answer."""
+        replica, or one the vote outvoted (the end a kill saves is stamped with it: gateway/deprovision/endings.py). 0
+        for the embedded store (its one process stamps everything); None when the store does not answer."""
         ...
 
     def unreachable_within(self, seconds: float) -> bool:

@@ -236,7 +236,7 @@ class CachedSessionStore:
     def unreachable_within(self, seconds: float) -> bool:
         return self.inner.unreachable_within(seconds)
 
-    async def replicas_clock_shift(self) -> float:
+    async def replicas_clock_shift(self) -> float | None:
         return await self.inner.replicas_clock_shift()
 
     async def close(self) -> None:

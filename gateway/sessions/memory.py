@@ -272,7 +272,7 @@ class MemorySessionStore:
     def unreachable_within(self, seconds: float) -> bool:
         return False
 
-    async def replicas_clock_shift(self) -> float:
+    async def replicas_clock_shift(self) -> float | None:
         return 0.0
 
     async def verify_server(self) -> None:

@@ -102,10 +102,10 @@ class ServerChecks:
         self._clock.observe(reading, [float(offset) for offset in peers])
         return True
 
-    async def replicas_shift(self) -> float:
+    async def replicas_shift(self) -> float | None:
         """For a process that is not a replica (the CLI): seconds to add to its clock to read no earlier than any
-        serving replica's (``shift_onto_replicas``); publishes nothing. 0 (its own clock, logged) when Redis does not
-        answer: the kill that follows fails then too."""
+        serving replica's (``shift_onto_replicas``); publishes nothing. None (logged) when Redis does not answer: the
+        kill that follows fails then too, and the next one reads again."""
         sent_at = self._wall_clock()
         try:
             seconds, microseconds = await self._redis.time()
@@ -116,7 +116,7 @@ class ServerChecks:
                 "could not read the replicas' clocks from Redis (%s): session ends are stamped with this host's clock",
                 type(exc).__name__,
             )
-            return 0.0
+            return None
         offsets = [float(offset) for offset in peers]
         if not offsets:
             log.warning("no replica is live: session ends are stamped with the later of this host's and Redis's clocks")

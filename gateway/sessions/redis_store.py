@@ -471,7 +471,7 @@ class RedisSessionStore:
                 )
         return replies
 
-    async def replicas_clock_shift(self) -> float:
+    async def replicas_clock_shift(self) -> float | None:
         return await self._checks.replicas_shift()
 
     def unreachable_within(self, seconds: float) -> bool:

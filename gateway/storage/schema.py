@@ -351,4 +351,5 @@ session_ends = Table(
     Column("sid", Text),
 )
 Index("ix_session_ends_ended_at", session_ends.c.ended_at)
-Index("ix_session_ends_agent_id_ended_at", session_ends.c.agent_id, session_ends.c.ended_at)
+Index("ix_session_ends_session_key", session_ends.c.session_key)
+Index("ix_session_ends_agent_kind_ended_at", session_ends.c.agent_id, session_ends.c.kind, session_ends.c.ended_at)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sqlalchemy import RowMapping, and_, delete, insert, or_, select
+from sqlalchemy import Connection, RowMapping, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.storage._time import from_db, to_db
@@ -23,10 +23,6 @@ from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import session_ends
 
 log = logging.getLogger("channelgate.sessions")
-
-#: Rows :meth:`SessionEndRepository.may_cover` returns at most: one covering end is enough, and the read runs inline
-#: on the event loop (gateway/storage/quick_reads.py: bounded reads only).
-MAX_COVERING = 10
 
 
 class EndKind(Enum):
@@ -82,26 +78,31 @@ class SessionEndRepository:
     async def may_cover(
         self, agent_id: str, since: datetime, *, session_key: str, sid: str | None, created_after: datetime
     ) -> list[SessionEnd]:
-        """``agent_id``'s ends at or after ``since`` that may have ended one session (by the agent's index): a logout
-        naming its storage key, or an end of every session of the agent, or of its IdP session ``sid``, later than
-        ``created_after`` (the session's creation less the clock margin). At most ``MAX_COVERING`` rows, oldest
-        first. Asked for requests (shortly after a session-store outage): the quick reader's when there is one."""
+        """``agent_id``'s ends at or after ``since`` that may have ended one session: the logout naming its storage
+        key, the latest end of every session of the agent, and of its IdP session ``sid``, later than
+        ``created_after`` (the session's creation less the clock margin). Asked for requests shortly after a
+        session-store outage, inline on the event loop on SQLite (the quick reader's when there is one), so each is
+        one lookup by an index that names it (migration 0010), never a scan of the agent's other logouts."""
         c = session_ends.c
+        mine = (c.agent_id == agent_id, c.ended_at >= to_db(since))
         later = c.ended_at > to_db(created_after)
-        which = [c.session_key == session_key, and_(c.kind == EndKind.AGENT.value, later)]
+        latest = (c.ended_at.desc(),)
+        queries = [
+            select(session_ends).where(c.session_key == session_key, *mine).limit(1),
+            select(session_ends).where(c.kind == EndKind.AGENT.value, later, *mine).order_by(*latest).limit(1),
+        ]
         if sid is not None:
-            which.append(and_(c.kind == EndKind.IDP_SESSION.value, c.sid == sid, later))
-        query = (
-            select(session_ends)
-            .where(c.agent_id == agent_id, c.ended_at >= to_db(since), or_(*which))
-            .order_by(c.ended_at, c.id)
-            .limit(MAX_COVERING)
-        )
+            of_sid = (c.kind == EndKind.IDP_SESSION.value, c.sid == sid, later, *mine)
+            queries.append(select(session_ends).where(*of_sid).order_by(*latest).limit(1))
+
+        def read(conn: Connection) -> list[RowMapping]:
+            return [row for query in queries for row in conn.execute(query).mappings().all()]
+
         if self._reads is not None:
-            rows = await self._reads.run(lambda conn: conn.execute(query).mappings().all())
+            rows = await self._reads.run(read)
         else:
             async with read_transaction(self._engine) as conn:
-                rows = (await conn.execute(query)).mappings().all()
+                rows = await conn.run_sync(read)
         return [end for end in map(_parsed, rows) if end is not None]
 
     async def ended_idp_session(self, sid: str, since: datetime, agent_id: str | None = None) -> bool:

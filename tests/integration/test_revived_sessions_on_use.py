@@ -210,3 +210,18 @@ async def test_the_records_of_sessions_refused_at_the_same_time_are_each_written
     monkeypatch.setattr(world.log, "append", slow)
     assert list(await asyncio.gather(world.revived.believed(first), world.revived.believed(second))) == [False, False]
     assert len(await _refused_on_use(world)) == 2
+
+
+async def test_a_session_is_found_among_many_saved_logouts_of_its_agent(world: World) -> None:
+    """The ends that may cover a session are each one index lookup, not a page of the agent's other logouts."""
+    named = await world.store.create(world.alice, world.now - 200)
+    other = await world.store.create(world.alice, world.now - 200)
+    many = [
+        SessionEnd(_at(world.now - 100 + i / 10), EndKind.LOGOUT, world.alice.agent_id, session_key=f"{i:064x}")
+        for i in range(60)
+    ]
+    mine = SessionEnd(_at(world.now - 10), EndKind.LOGOUT, world.alice.agent_id, session_key=session_key(named.id))
+    await world.logouts.remember([*many, mine])
+
+    assert not await world.revived.believed(named)
+    assert await world.revived.believed(other)

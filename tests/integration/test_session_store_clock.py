@@ -170,12 +170,13 @@ async def test_a_process_outside_the_vote_reads_the_replicas_clock_without_takin
     fleet: Fleet, redis: RedisServer
 ) -> None:
     """The CLI's deprovisioning stamps its saved end on the replicas' clock (gateway/deprovision/endings.py)."""
-    await fleet.replica("replica-a", 60.0, verify=False)  # both replicas' clocks 60 s ahead of Redis's
-    await fleet.replica("replica-b", 60.0, verify=False)
+    await fleet.replica("replica-a", 60.0, verify=False)  # two replicas 60 and 63 s ahead of Redis: they agree
+    await fleet.replica("replica-b", 63.0, verify=False)
     await fleet.replica("replica-c", -300.0, verify=False)  # outvoted: its clock must not count
     cli = RedisSessionStore(redis.url, 1800, 28800, "cli", wall_clock=ShiftedClock(-20.0))
     try:
-        assert await cli.replicas_clock_shift() == pytest.approx(80.0, abs=1.0)  # 20 s behind Redis, 80 behind them
+        # 20 s behind Redis: no earlier than the latest serving clock is 83 s on (the median of all three: 80).
+        assert await cli.replicas_clock_shift() == pytest.approx(83.0, abs=1.0)
     finally:
         await cli.close()
     published = _command(redis, "EVAL", "return #redis.call('KEYS', 'cg:clock:*')", "0")
