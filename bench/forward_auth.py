@@ -21,11 +21,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import aiohttp
-
-from bench.client_pauses import client_collector_paused
 from bench.forward_auth_cpu import CpuWindow, cpu_section
-from bench.revocation import percentile
+from bench.forward_auth_revocation import RevocationTrial, revocation_section, revocation_trial
 from bench.stack import SESSION_COOKIE, Gateway, session_cookie, temporary_dir
 from bench.wrk import WrkResult, run_wrk
 from gateway.forward_auth import SECRET_HEADER
@@ -163,16 +160,6 @@ VARIANTS: dict[str, tuple[str, float, int]] = {
 }
 
 
-@dataclass
-class RevocationTrial:
-    variant: str
-    #: Seconds from the deprovision call's start until nginx refused the agent.
-    refused_after: float
-    call_seconds: float
-    #: Requests sent after the call returned that were still let through (must be 0).
-    late_allows: int
-
-
 class ForwardAuthBench:
     """The gateways are made first: the OpenID provider must know their redirect URIs before it starts."""
 
@@ -301,7 +288,7 @@ def run_forward_auth(
             _check(nginx.url(name), headers[name])
             for trial in range(trials):
                 username = f"agent{first_agent + trial:03d}"
-                result.revocations.append(asyncio.run(_revocation_trial(gateway, nginx.url(name), name, username)))
+                result.revocations.append(asyncio.run(revocation_trial(gateway, nginx.url(name), name, username)))
             worst = max(t.refused_after for t in result.revocations if t.variant == name)
             _log(f"{name}: {trials} revocations, worst {worst * 1000:.1f} ms")
     finally:
@@ -360,50 +347,6 @@ def _sustained(run: WrkResult, drain: float) -> WrkResult:
     """``run`` with its rate counted until its last access-log record was committed, not just answered."""
     seconds = run.total_requests / run.requests_per_second + drain
     return replace(run, requests_per_second=run.total_requests / seconds, drain_seconds=drain)
-
-
-async def _revocation_trial(gateway: Gateway, url: str, variant: str, username: str) -> RevocationTrial:
-    """Poll ``url`` through nginx with the agent's session until refused; deprovision through the admin API."""
-    cookie = await session_cookie(gateway, username)
-    headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
-    state: dict[str, float | None] = {"t0": None, "returned": None}
-    ready = asyncio.Event()
-
-    async def poll(http: aiohttp.ClientSession) -> tuple[float, int]:
-        late = ok = 0
-        while True:
-            sent = time.perf_counter()
-            async with http.get(url, headers=headers, allow_redirects=False) as response:
-                await response.read()
-                status = response.status
-            if status in (401, 403):
-                if state["t0"] is None:
-                    raise RuntimeError(f"{url} refused {username} before the deprovision call")
-                return time.perf_counter(), late
-            if status != 200:
-                raise RuntimeError(f"{url} answered {status} while polling")
-            ok += 1
-            returned = state["returned"]
-            if returned is not None and sent > returned:
-                late += 1
-            if ok >= 3:
-                ready.set()
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as http:
-        poller = asyncio.create_task(poll(http))
-        await asyncio.wait_for(ready.wait(), 10)
-        with client_collector_paused():
-            t0 = state["t0"] = time.perf_counter()
-            async with http.post(
-                f"{gateway.url(0)}/.channelgate/admin/agents/{username}/deprovision",
-                json={"reason": "forward-auth revocation benchmark"},
-                headers={"Authorization": f"Bearer {gateway.admin_token}"},
-            ) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"deprovision answered {response.status}: {await response.text()}")
-            returned = state["returned"] = time.perf_counter()
-            refused, late = await asyncio.wait_for(poller, 10)
-    return RevocationTrial(variant, refused - t0, returned - t0, late)
 
 
 #: The answer headers a front proxy copies upstream (the rest — date, server, length — every endpoint sends).
@@ -490,39 +433,7 @@ def forward_auth_section(result: ForwardAuthResult) -> list[str]:
             f"below the goal; uvicorn's plumbing plus the record do.",
         ]
     lines += cpu_section(result, GOAL_RATIO)
-    lines += [
-        "",
-        "### Revocation through nginx, per setting",
-        "",
-        "Per trial a fresh agent logs in, one client requests `/chat/` through nginx in a loop (so a cached session "
-        "is hot), and the admin API deprovisions the agent; the latency is from the call's start until nginx "
-        "refused. A request sent after the call returned and still let through would be a late allow (must be 0).",
-        "",
-        "| setting | trials | p50 ms | p99 ms | max ms | late allows | worst case if the broadcast dies silently |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, (label, cache, _) in VARIANTS.items():
-        trials = [t.refused_after * 1000 for t in result.revocations if t.variant == name]
-        if not trials:
-            continue
-        late = sum(t.late_allows for t in result.revocations if t.variant == name)
-        worst = f"{cache:g} s (the cache's lifetime)" if cache else "none: every request reads Redis"
-        lines.append(
-            f"| {label.split(' ', 1)[0]} | {len(trials)} | {percentile(trials, 50):.1f} | "
-            f"{percentile(trials, 99):.1f} | {max(trials):.1f} | {late} | {worst} |"
-        )
-    slowest = []
-    for name, (label, _, _) in VARIANTS.items():
-        mine = [t for t in result.revocations if t.variant == name]
-        ranked = sorted(range(len(mine)), key=lambda i: mine[i].refused_after, reverse=True)[:3]
-        shown = ", ".join(
-            f"#{i + 1} {mine[i].refused_after * 1000:.1f} ms (call {mine[i].call_seconds * 1000:.0f} ms)"
-            for i in ranked
-        )
-        if shown:
-            slowest.append(f"{label.split(' ', 1)[0]} {shown}")
-    if slowest:
-        lines += ["", "Slowest trials of each setting (trial number in run order): " + "; ".join(slowest) + "."]
+    lines += revocation_section(result.revocations, VARIANTS)
     lines.append("")
     return lines
 

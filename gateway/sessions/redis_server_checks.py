@@ -88,39 +88,41 @@ class ServerChecks:
     async def _watch_clock(self) -> bool:
         """Read Redis's ``TIME``, publish this replica's offset and read the other live replicas' (``CLOCKS_SCRIPT``);
         False when Redis did not answer."""
-        sent_at = self._wall_clock()
         try:
-            seconds, microseconds = await self._redis.time()
-            reading = ClockReading(sent_at, seconds + microseconds / 1e6, self._wall_clock())
-            keep_ms = int(self._liveness_seconds * 2000)
-            args: list[str | int | float] = [
-                self._replica_id, repr(reading.offset), keep_ms, self._liveness_seconds, CLOCK_PREFIX
-            ]  # fmt: skip
-            peers = await self._clocks(keys=[REPLICAS_KEY], args=args)
+            reading, peers = await self._read_clocks(self._replica_id)
         except (RedisError, OSError):
             return False
-        self._clock.observe(reading, [float(offset) for offset in peers])
+        self._clock.observe(reading, peers)
         return True
 
     async def replicas_shift(self) -> float | None:
         """For a process that is not a replica (the CLI): seconds to add to its clock to read no earlier than any
         serving replica's (``shift_onto_replicas``); publishes nothing. None (logged) when Redis does not answer: the
         kill that follows fails then too, and the next one reads again."""
-        sent_at = self._wall_clock()
         try:
-            seconds, microseconds = await self._redis.time()
-            reading = ClockReading(sent_at, seconds + microseconds / 1e6, self._wall_clock())
-            peers = await self._clocks(keys=[REPLICAS_KEY], args=["", 0, 0, self._liveness_seconds, CLOCK_PREFIX])
+            reading, offsets = await self._read_clocks("")
         except (RedisError, OSError) as exc:
             log.warning(
                 "could not read the replicas' clocks from Redis (%s): session ends are stamped with this host's clock",
                 type(exc).__name__,
             )
             return None
-        offsets = [float(offset) for offset in peers]
         if not offsets:
             log.warning("no replica is live: session ends are stamped with the later of this host's and Redis's clocks")
         return shift_onto_replicas(reading, offsets, self._clock.max_skew_seconds)
+
+    async def _read_clocks(self, replica_id: str) -> tuple[ClockReading, list[float]]:
+        """This host's clock against Redis's ``TIME``, and the offsets the other live replicas published; publishes
+        this one's as ``replica_id`` (an empty id publishes nothing). Raises what Redis or the connection raised."""
+        sent_at = self._wall_clock()
+        seconds, microseconds = await self._redis.time()
+        reading = ClockReading(sent_at, seconds + microseconds / 1e6, self._wall_clock())
+        keep_ms = int(self._liveness_seconds * 2000)
+        args: list[str | int | float] = [
+            replica_id, repr(reading.offset), keep_ms, self._liveness_seconds, CLOCK_PREFIX
+        ]  # fmt: skip
+        peers = await self._clocks(keys=[REPLICAS_KEY], args=args)
+        return reading, [float(offset) for offset in peers]
 
     async def _watch_replication(self) -> None:
         """Tell the operator when the primary's replicas do not match ``wait_for_replicas``."""
