@@ -410,7 +410,8 @@ def render(
         "`python -m bench.run --quick` is a smoke run of a few minutes. The sources are in `bench/`: `bare_proxy.py` "
         "(the baseline proxy), `nginx.py`, `wrk.py`, `stack.py` (gateway processes and the real login), "
         "`throughput.py`, `revocation.py`, `scim.py`, `offboarding.py`, `audit.py`, `ldap.py`, `policies.py`, "
-        "`forward_auth.py` (with `trivial_auth.py`), `load.py` (with `load_stack.py`, `load_nginx.py`, "
+        "`forward_auth.py` (with `trivial_auth.py`, `raw_auth.py`, `forward_auth_cpu.py`, "
+        "`forward_auth_revocation.py`), `client_pauses.py`, `load.py` (with `load_stack.py`, `load_nginx.py`, "
         "`load_wrk.py` + `load_wrk.lua`, `load_ws.py`, `load_checks.py`, `load_report.py`), `scaling.py` (with "
         "`cpu_cap.py`), `procstat.py`. A run with `--skip` keeps the skipped sections of the previous page, marked "
         "with the date they were measured.",
