@@ -23,6 +23,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from connectors.base import AgentRef, Connector, Outcome, StepContext, StepResult
+from gateway.deprovision.people_reads import NOBODY, PeopleReads
 from gateway.deprovision.plan import StepKind, StepState
 from gateway.deprovision.results import Attempt, settle, spent_attempts
 from gateway.errors import ChannelgateError
@@ -39,8 +40,6 @@ COMMIT_BATCH = 200
 COMMIT_RETRY_SECONDS = 1.0
 #: Runs whose agent is remembered (a run's steps all act for the same agent).
 AGENT_CACHE = 4096
-#: What the storage answers for a run it has no people for.
-NOBODY = RunPeople(None, None, None)
 
 
 class PipelineWorker:
@@ -56,6 +55,7 @@ class PipelineWorker:
     ) -> None:
         self._settings = settings
         self._runs = runs
+        self._people = PeopleReads(runs.people_of)
         self._connectors = connectors
         self._metrics = metrics
         self.owner = owner
@@ -195,8 +195,7 @@ class PipelineWorker:
                 return await self._hand_over(connector, step, run, ctx, limit)
             # Removal is irreversible: whether its agent is active again is read at the attempt itself.
             if step.step is StepKind.REMOVE or (step.step is StepKind.REVOKE and active is None):
-                found = await self._runs.people_of([run.id])
-                active = _active(found.get(run.id, NOBODY))
+                active = _active(await self._people.of(run.id))
             if active and step.step is not StepKind.VERIFY:
                 return self._skip(step, run)
             agent = await self._agent_of(run)
@@ -235,8 +234,7 @@ class PipelineWorker:
     ) -> StepResult:
         """Hand the agent's open work over to the successor as the directory has them now: read at every attempt,
         so a successor disabled or deleted while the step was retrying gets nothing, and the receipt says why."""
-        found = await self._runs.people_of([run.id])
-        people = found.get(run.id, NOBODY)
+        people = await self._people.of(run.id)
         if _active(people):
             return self._skip(step, run)
         agent = agent_ref(run, people)
@@ -271,8 +269,7 @@ class PipelineWorker:
     async def _agent_of(self, run: RunRecord) -> AgentRef:
         agent = self._agents.get(run.id)
         if agent is None:
-            found = await self._runs.people_of([run.id])
-            agent = agent_ref(run, found.get(run.id, NOBODY))
+            agent = agent_ref(run, await self._people.of(run.id))
             self._remember(run.id, agent)
         return agent
 

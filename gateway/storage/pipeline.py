@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.deprovision.plan import FINISHED_RUNS, RunState, StepKind, StepState, requeue, run_state
@@ -132,11 +132,7 @@ class PipelineRepository:
         if conn is None and self.direct is not None:
             return await self.direct.claim(owner, now, lease_until, limit, budget)
         steps = deprovision_steps.c
-        free = [
-            steps.state == StepState.PENDING.value,
-            steps.next_attempt_at <= to_db(now),
-            or_(steps.lease_until.is_(None), steps.lease_until < to_db(now)),
-        ]
+        free = due_and_free(now)
         async with write_transaction(self._engine, conn) as c:
             await bury_spent(c, owner, now, free, budget)
             free.append(steps.attempts < budget.max_attempts)
@@ -382,6 +378,23 @@ async def _runs(c: AsyncConnection, run_ids: Collection[str]) -> dict[str, RunRe
     return {r["id"]: run_from_row(r) for r in (await c.execute(query)).mappings()}
 
 
+def due_and_free(now: datetime) -> list[ColumnElement[bool]]:
+    """A step that may be claimed at ``now``: pending, due, and its lease free or lapsed."""
+    steps = deprovision_steps.c
+    return [
+        steps.state == StepState.PENDING.value,
+        steps.next_attempt_at <= to_db(now),
+        or_(steps.lease_until.is_(None), steps.lease_until < to_db(now)),
+    ]
+
+
+def spent_steps(free: Sequence[ColumnElement[bool]], max_attempts: int) -> Select[int, str]:
+    """The claimable steps whose budget of attempts is spent, found by ``ix_deprovision_steps_spent`` (migration
+    0011): nearly never any, and each claim asks."""
+    steps = deprovision_steps.c
+    return select(steps.id, steps.run_id).where(*free, steps.attempts >= max_attempts).limit(COMMIT_LIMIT)
+
+
 async def bury_spent(
     c: AsyncConnection, owner: str, now: datetime, free: Sequence[ColumnElement[bool]], budget: Budget
 ) -> Changes | None:
@@ -389,8 +402,7 @@ async def bury_spent(
     their runs locked first (the order recorders lock in), then their leases taken over by ``owner``, so the
     death is written as a result this worker records (``record_batch``)."""
     steps = deprovision_steps.c
-    spent = select(steps.id, steps.run_id).where(*free, steps.attempts >= budget.max_attempts).limit(COMMIT_LIMIT)
-    found = (await c.execute(spent)).all()
+    found = (await c.execute(spent_steps(free, budget.max_attempts))).all()
     if not found:
         return None
     run_ids = sorted({row[1] for row in found})

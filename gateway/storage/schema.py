@@ -276,6 +276,14 @@ deprovision_steps = Table(
     UniqueConstraint("run_id", "channel", "step"),
 )
 Index("ix_deprovision_steps_due", deprovision_steps.c.state, deprovision_steps.c.next_attempt_at)
+#: The claim's search for spent steps (``attempts >= max_attempts``, nearly never any): a lookup, not a read of every
+#: due step (migration 0011).
+Index(
+    "ix_deprovision_steps_spent",
+    deprovision_steps.c.state,
+    deprovision_steps.c.attempts,
+    deprovision_steps.c.next_attempt_at,
+)
 
 #: Directory entries behind the agents an LDAP directory manages (issue 6), by the entry's stable id (entryUUID,
 #: objectGUID): a rename or a move keeps the agent. ``disabled_by_sync``: only an agent the sync disabled is

@@ -125,6 +125,6 @@ async def test_migrations_run_from_the_package_without_an_alembic_ini(
     assert await database_revision(url) is None
     await upgrade_to_head(url)
 
-    assert await database_revision(url) == head_revision() == "0010"
+    assert await database_revision(url) == head_revision() == "0011"
     assert (MIGRATIONS / "env.py").is_file()
     assert not list(tmp_path.glob("*.ini"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from gateway.storage.groups import GroupRepository
 from gateway.storage.pipeline import PipelineRepository
 from scim.triggers import GatewayLifecycle
 from tests.components.echo_gateway import eventually
+from tests.contracts.three_way.agent_rows import insert_agent
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -76,16 +76,7 @@ def killer(database: Database, backend: str) -> SessionKiller:
 
 
 async def _agent(engine: AsyncEngine, user_name: str) -> str:
-    agent_id = str(uuid.uuid4())
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO agents (id, user_name, user_name_key, email, active, source, attributes, version, "
-                "created_at, updated_at) VALUES (:id, :name, :key, :email, true, 'scim', '{}', 3, :now, :now)"
-            ),
-            {"id": agent_id, "name": user_name, "key": user_name.lower(), "email": f"{user_name}@x.test", "now": T0},
-        )
-    return agent_id
+    return await insert_agent(engine, T0, user_name, version=3)
 
 
 async def _log(engine: AsyncEngine, agent_id: str) -> list[AccessRecord]:

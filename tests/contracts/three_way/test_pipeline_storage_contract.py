@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -29,9 +28,13 @@ from gateway.storage.pipeline import (
     RunRecord,
     StepFinish,
     StepRecord,
+    due_and_free,
     idempotency_key,
+    spent_steps,
     supersede_runs,
 )
+from gateway.storage.sqlite_pipeline import _SPENT, SPENT_LIMIT
+from tests.contracts.three_way.agent_rows import insert_agent
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 SETTINGS = DeprovisionSettings(max_attempts=2, retry_base_seconds=1.0, retry_max_seconds=1.0)
@@ -277,37 +280,14 @@ async def test_two_workers_recording_the_last_steps_of_one_run_at_once_finish_it
     assert len(await _log(engine, "deprovision_complete")) == 10
 
 
-async def _agent(engine: AsyncEngine, user_name: str, *, manager: str | None = None, **state: object) -> str:
-    agent_id = str(uuid.uuid4())
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO agents (id, user_name, user_name_key, email, manager_id, active, deleted_at, source, "
-                "attributes, version, created_at, updated_at) VALUES (:id, :name, :key, :email, :manager, :active, "
-                ":deleted, 'scim', '{}', 1, :now, :now)"
-            ),
-            {
-                "id": agent_id,
-                "name": user_name,
-                "key": user_name.lower(),
-                "email": f"{user_name}@example.com",
-                "manager": manager,
-                "active": state.get("active", True),
-                "deleted": T0 if state.get("deleted") else None,
-                "now": T0,
-            },
-        )
-    return agent_id
-
-
 async def test_the_people_of_a_run_are_its_agent_its_live_manager_and_the_live_successor_it_names(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
-    lead = await _agent(engine, "Lead")
-    gone = await _agent(engine, "gone", deleted=True)
-    alice = await _agent(engine, "alice", manager=lead)
-    bob = await _agent(engine, "bob", manager=gone)
-    await _agent(engine, "Dave", active=False)
+    lead = await insert_agent(engine, T0, "Lead")
+    gone = await insert_agent(engine, T0, "gone", deleted=True)
+    alice = await insert_agent(engine, T0, "alice", manager=lead)
+    bob = await insert_agent(engine, T0, "bob", manager=gone)
+    await insert_agent(engine, T0, "Dave", active=False)
     runs = {
         "r1": RunRecord("r1", alice, "alice", "cli", "cli", "left", None, RunState.RUNNING, T0, None, None),
         "r2": RunRecord("r2", bob, "bob", "cli", "cli", "left", "lead", RunState.RUNNING, T0, None, None),
@@ -385,6 +365,35 @@ async def test_a_step_that_crashes_its_worker_every_time_is_dead_lettered_by_the
     assert (dead["decision"], dead["attempt"]) == ("dead", 2)
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.RUNNING
+
+
+async def test_the_claims_search_for_spent_steps_is_an_index_lookup_not_a_read_of_every_due_step(
+    engine: AsyncEngine, backend: str, pipeline: PipelineRepository
+) -> None:
+    """With 3,000 due steps (a bulk offboarding's queue) and the statistics ANALYZE leaves, the search each claim
+    makes for spent steps reads them by ``ix_deprovision_steps_spent``; by the due index it read all 3,000 at every
+    claim, and a 10,000-agent offboarding took time growing with the square of its size (migration 0011)."""
+    if backend == "engine":
+        return  # the SQLAlchemy path runs on PostgreSQL; SQLite in production takes the direct statement
+    await pipeline.create_run(_run("bulk"), [])
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO deprovision_steps (run_id, channel, step, state, attempts, next_attempt_at, "
+                "idempotency_key, updated_at) VALUES ('bulk', :channel, 'revoke', 'pending', 0, :t, :key, :t)"
+            ),
+            [{"channel": f"ch{n}", "key": f"k{n}", "t": T0 + timedelta(microseconds=n)} for n in range(3000)],
+        )
+        await conn.execute(text("ANALYZE"))
+        if backend == "postgresql":
+            free = due_and_free(T0 + timedelta(seconds=1))
+            compiled = spent_steps(free, 2).compile(engine, compile_kwargs={"literal_binds": True})
+            plan = " ".join(row[0] for row in await conn.execute(text(f"EXPLAIN {compiled}")))
+        else:
+            moment = "2026-12-04 12:00:01.000000"
+            args = ("w", moment, moment, "pending", moment, moment, 2, SPENT_LIMIT)
+            plan = " ".join(str(row[-1]) for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {_SPENT}", args))
+    assert "ix_deprovision_steps_spent" in plan, plan
 
 
 async def test_retrying_a_held_run_keeps_it_held_and_its_irreversible_steps_wait_for_approval(
