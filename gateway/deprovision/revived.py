@@ -21,15 +21,18 @@ counted from when the sweep fell due: a revived session was last seen no later t
 could not be used after it), so it has expired by idle timeout once the end is older — for an agent-wide or
 IdP-session end as for a logout's one session. Each agent with ends is read once (``sessions_of``, ``CONCURRENCY``
 at a time). A ``/.channelgate/logout`` names its one session by storage key: exact. An agent-wide or IdP-session end
-covers the sessions created before it (plus :func:`clock_margin_seconds`). Whether Redis really lost the end
-cannot be told from Redis afterwards (a marker written after the revocation can reach a Redis restarted without
-it, between the two writes), so every such end in the window is replayed, also at a plain start or rolling deploy:
-a session signed in to within the margin after an agent-wide or IdP-session end is ended then too (fail closed; the
-agent signs in again). Each session ended again gets a ``sessions_revoked`` record, also when another agent's
-replay in the same turn failed. While :meth:`RevivedSessions.checking`, a session used is also checked against its
-agent's saved ends (:meth:`RevivedSessions.believed`, one indexed read): the check against agents' rows cannot see a
-logout (the agent is active), so without it a copy of a revived logged-out session's cookie worked from the store
-answering again until the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) and its own time had passed.
+covers the sessions created before it (plus :func:`clock_margin_seconds`). Whether Redis really lost the end cannot
+be told from Redis afterwards (a marker written after the revocation can reach a Redis restarted without it, between
+the two writes), so every such end in the window is replayed, also at a plain start or rolling deploy: a session
+signed in to within the margin after an agent-wide or IdP-session end is ended then too (fail closed; the agent
+signs in again) — unless its login had read that end as saved (``SessionData.after_ends``,
+:meth:`RevivedSessions.ends_before_login`): an end is saved after its kill ran, so a login that saw it came after
+the kill, and its session cannot be one the kill ended. Each session ended again gets a ``sessions_revoked`` record,
+also when another agent's replay in the same turn failed. While :meth:`RevivedSessions.checking`, a session used is
+also checked against its agent's saved ends (:meth:`RevivedSessions.believed`, one indexed read): the check against
+agents' rows cannot see a logout (the agent is active), so without it a copy of a revived logged-out session's
+cookie worked from the store answering again until the sweep's next turn (``HEARTBEAT_SECONDS``, gateway/app.py) and
+its own time had passed.
 """
 
 from __future__ import annotations
@@ -163,6 +166,15 @@ class RevivedSessions:
             with contextlib.suppress(ChannelgateError):  # kept: the sweep task's next turn writes it first
                 await self._write_records()
         return False
+
+    async def ends_before_login(self, agent_id: str) -> tuple[int, ...]:
+        """For a login about to create a session: the agent's agent-wide and IdP-session ends saved by now that could
+        cover a session created now (within twice the clock margin: the end's stamp and this replica's clock may
+        differ by the margin themselves). The session lists them (``SessionData.after_ends``) and is never ended for
+        them: each was saved after its kill ran, before the session existed. Raises ``StorageError``."""
+        if self._logouts is None:
+            return ()
+        return await self._logouts.saved_before_login(agent_id, utcnow() - timedelta(seconds=2 * self._clock_margin))
 
     async def sweep_if_due(self) -> int:
         """Sweep when :meth:`due`; the number of sessions ended. Raises ``ChannelgateError`` (store or database
@@ -310,6 +322,8 @@ def _covering(ends: list[SessionEnd], key: str, session: Session, margin: float)
             continue
         if session.created_at >= end.ended_at.timestamp() + margin:
             continue  # signed in after the end
+        if end.id is not None and end.id in session.data.after_ends:
+            continue  # saved before this session's login read it: its kill ran before the session existed
         if end.kind is EndKind.IDP_SESSION and session.data.idp_session_id != end.sid:
             continue
         return end

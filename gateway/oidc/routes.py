@@ -10,6 +10,7 @@ logouts.py).
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -114,6 +115,8 @@ async def callback(request: Request) -> Response:
     groups = await services.groups.names_of(agent.id) if agent.source in DIRECTORY_SOURCES else identity.groups
     if agent.active:
         data = _session_data(agent.id, agent.user_name, identity, groups)
+        # Read before creating: the ends saved so far cannot have ended this session (gateway/deprovision/revived.py).
+        data = replace(data, after_ends=await services.revived.ends_before_login(agent.id))
         session = await services.sessions.create(data, services.clock())
         # A deprovisioning that committed while this login was in flight must win: re-read after creating.
         current = await services.agents.get(agent.id)

@@ -20,6 +20,8 @@ def encode_data(data: SessionData) -> str:
             "acr": data.acr,
             "amr": list(data.amr),
             "auth_time": data.auth_time,
+            # Last, and only when set: the groups splice (redis_scripts.UPDATE_GROUPS_SCRIPT) keeps every other byte.
+            **({"after_ends": list(data.after_ends)} if data.after_ends else {}),
         },
         separators=(",", ":"),
     )
@@ -38,6 +40,7 @@ def decode_data(raw: str) -> SessionData:
         acr=value["acr"],
         amr=tuple(value["amr"]),
         auth_time=value["auth_time"],
+        after_ends=tuple(value.get("after_ends", ())),  # absent in sessions of earlier releases
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
@@ -43,6 +43,9 @@ class SessionEnd:
     agent_id: str
     session_key: str | None = None
     sid: str | None = None
+    #: The row's id once saved (None for an end kept in process): a session lists the ends saved before it was created
+    #: (``SessionData.after_ends``), which therefore cannot have ended it.
+    id: int | None = field(default=None, compare=False)  # storage's, not the end's: equal ends compare equal
 
 
 class SessionEndRepository:
@@ -105,6 +108,18 @@ class SessionEndRepository:
                 rows = await conn.run_sync(read)
         return [end for end in map(_parsed, rows) if end is not None]
 
+    async def saved_before_login(self, agent_id: str, since: datetime) -> tuple[int, ...]:
+        """The ids of ``agent_id``'s agent-wide and IdP-session ends saved (committed) now and ended at or after
+        ``since``, read by a login before it creates its session (one lookup by the agent's index)."""
+        c = session_ends.c
+        query = select(c.id).where(
+            c.agent_id == agent_id,
+            c.kind.in_([EndKind.AGENT.value, EndKind.IDP_SESSION.value]),
+            c.ended_at >= to_db(since),
+        )
+        async with read_transaction(self._engine) as conn:
+            return tuple(sorted(int(row[0]) for row in (await conn.execute(query)).all()))
+
     async def ended_idp_session(self, sid: str, since: datetime, agent_id: str | None = None) -> bool:
         """Whether an end of the IdP session ``sid`` (of ``agent_id`` when given) was saved at or after ``since``."""
         query = select(session_ends.c.id).where(
@@ -136,4 +151,4 @@ def _parsed(row: RowMapping) -> SessionEnd | None:
         log.error("skipped session end %s: a %s end without its %s", row["id"], kind.value,
                   "session_key" if kind is EndKind.LOGOUT else "sid")  # fmt: skip
         return None
-    return SessionEnd(from_db(row["ended_at"]), kind, row["agent_id"], row["session_key"], row["sid"])
+    return SessionEnd(from_db(row["ended_at"]), kind, row["agent_id"], row["session_key"], row["sid"], row["id"])

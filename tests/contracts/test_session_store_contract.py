@@ -316,6 +316,21 @@ class TestSessionStoreContract:
         assert found.session is not None and found.session.data == BOB
         assert {s.data.groups for s in await backend.store.sessions_of(ALICE.agent_id, T0 + 10)} == {groups}
 
+    async def test_the_ends_a_login_read_as_saved_are_kept_as_written_through_lookups_and_group_updates(
+        self, backend: Backend
+    ) -> None:
+        """``SessionData.after_ends`` decides which saved ends the sweep after an outage may not replay against the
+        session (gateway/deprovision/revived.py): it must come back exactly, also after Redis's in-place splice of
+        the groups."""
+        listed = replace(ALICE, after_ends=(7, 12))
+        session = await backend.store.create(listed, T0)
+        assert await backend.store.update_agent_groups(ALICE.agent_id, frozenset({"voice", "]"})) == 1
+        found = await backend.store.lookup(session.id, T0 + 1)
+        assert found.session is not None
+        assert found.session.data == replace(listed, groups=frozenset({"voice", "]"}))
+        [again] = await backend.store.sessions_of(ALICE.agent_id, T0 + 1)
+        assert again.data.after_ends == (7, 12)
+
     async def test_each_group_update_replaces_the_last_one(self, backend: Backend) -> None:
         session = await backend.store.create(ALICE, T0)
         for step, groups in enumerate([*ODD_GROUPS, ALICE.groups], start=1):

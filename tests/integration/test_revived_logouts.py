@@ -144,5 +144,32 @@ async def test_a_session_a_new_login_replaced_is_ended_again_after_a_restart(
     assert recovered.detail is not None and recovered.detail["ended"] == "logout"
 
 
+async def test_a_sign_in_right_after_an_end_everywhere_is_not_ended_by_the_sweep_after_a_restart(
+    gateway: Deployment, own_redis: RedisServer
+) -> None:
+    """The IdP ends every session of alice (a back-channel logout naming her ``sub`` only) and she signs in again at
+    once, inside the clock margin after the end. Her login read the end as saved (``SessionData.after_ends``), so the
+    sweep after a Redis restart does not end her new session; before, it did, at every restart for an idle timeout."""
+    laptop = await gateway.login("alice")
+    subject = (await _session_of(gateway, laptop)).data.subject
+    assert (await _post(gateway, _token(gateway, sub=subject))).status_code == 200
+    assert (await laptop.get(gateway.url + "/chat/", headers=JSON)).status_code == 401
+    again = await gateway.login("alice")
+    data = (await _session_of(gateway, again)).data
+    assert len(data.after_ends) == 1  # the end of every session, saved before this login created its session
+    assert _command(own_redis, "SAVE").startswith(b"+OK")  # the snapshot holds the new session
+
+    _restart_from_snapshot(own_redis)
+    await eventually(lambda: _swept(gateway), timeout=20)
+
+    assert (await again.get(gateway.url + "/chat/", headers=JSON)).status_code == 200
+    assert await _recovery_records(gateway, "alice") == []
+
+
+async def _swept(gateway: Deployment) -> bool:
+    """The sweep after the outage has completed (and the store answers: the check on use is off)."""
+    return not gateway.services.revived.checking()
+
+
 async def _keys_left(server: RedisServer, count: int) -> bool:
     return _session_keys(server) == count

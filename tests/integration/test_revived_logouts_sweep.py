@@ -295,6 +295,26 @@ async def test_an_end_everywhere_is_replayed_at_a_plain_start_and_spares_sign_in
     assert session_key(soon_after.id) not in {s.id for s in kept}
 
 
+async def test_a_session_whose_login_read_an_end_as_saved_is_never_ended_for_it_though_inside_the_margin(
+    world: World,
+) -> None:
+    """An end is saved after its kill ran, so a login that read it as saved created its session after the kill: the
+    end is not replayed against that session (``SessionData.after_ends``), only against the others it covers."""
+    ended_at = time.time()
+    before = await world.store.create(ALICE, ended_at - 100)
+    await world.logouts.remember([SessionEnd(_at(ended_at), EndKind.AGENT, ALICE.agent_id)])
+    listed = await world.sweep.ends_before_login(ALICE.agent_id)
+    assert len(listed) == 1
+    read_it = await world.store.create(replace(ALICE, after_ends=listed), ended_at + 1)
+    did_not = await world.store.create(ALICE, ended_at + 1)  # e.g. a login racing the kill: ended, fail closed
+
+    assert await world.sweep.sweep_if_due() == 2
+
+    kept = await world.store.sessions_of(ALICE.agent_id, ended_at + 2)
+    assert [s.id for s in kept] == [session_key(read_it.id)]
+    assert {session_key(before.id), session_key(did_not.id)}.isdisjoint({s.id for s in kept})
+
+
 async def test_one_agent_the_store_fails_for_does_not_lose_the_records_of_the_others(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
