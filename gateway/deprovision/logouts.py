@@ -152,8 +152,8 @@ class Logouts:
         )
         return written + kept
 
-    async def saved_before_login(self, agent_id: str, since: datetime) -> tuple[int, ...]:
-        """The ids of the agent's agent-wide and IdP-session ends saved by now (``SessionEndRepository``): a login
+    async def saved_before_login(self, agent_id: str, since: datetime) -> tuple[str, ...]:
+        """The keys of the agent's agent-wide and IdP-session ends saved by now (``SessionEndRepository``): a login
         lists them in its session (``SessionData.after_ends``) before creating it. Each was saved after its kill had
         run, so none of them ended that session, and the sweep does not replay them against it (gateway/deprovision/
         revived.py). An end kept in process is not listed: it is replayed against every session, as before."""

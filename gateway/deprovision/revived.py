@@ -167,7 +167,7 @@ class RevivedSessions:
                 await self._write_records()
         return False
 
-    async def ends_before_login(self, agent_id: str) -> tuple[int, ...]:
+    async def ends_before_login(self, agent_id: str) -> tuple[str, ...]:
         """For a login about to create a session: the agent's agent-wide and IdP-session ends saved by now that could
         cover a session created now (within twice the clock margin: the end's stamp and this replica's clock may
         differ by the margin themselves). The session lists them (``SessionData.after_ends``) and is never ended for
@@ -322,7 +322,7 @@ def _covering(ends: list[SessionEnd], key: str, session: Session, margin: float)
             continue
         if session.created_at >= end.ended_at.timestamp() + margin:
             continue  # signed in after the end
-        if end.id is not None and end.id in session.data.after_ends:
+        if end.saved_key is not None and end.saved_key in session.data.after_ends:
             continue  # saved before this session's login read it: its kill ran before the session existed
         if end.kind is EndKind.IDP_SESSION and session.data.idp_session_id != end.sid:
             continue

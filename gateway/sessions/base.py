@@ -52,11 +52,11 @@ class SessionData:
     acr: str | None = None
     amr: tuple[str, ...] = ()
     auth_time: float | None = None
-    #: The saved agent-wide and IdP-session ends (``session_ends`` row ids) committed before this session was created:
-    #: their kills ran before it existed, so the sweep after a session-store outage never ends it for them (a login
-    #: within the clock margin after such an end would otherwise be ended at every replica start; gateway/deprovision/
-    #: revived.py). Set by the login, never changed afterwards.
-    after_ends: tuple[int, ...] = ()
+    #: The saved agent-wide and IdP-session ends (``gateway.storage.session_ends.saved_key``: row id and time)
+    #: committed before this session was created: their kills ran before it existed, so the sweep after a session-store
+    #: outage never ends it for them (a login within the clock margin after such an end would otherwise be ended at
+    #: every replica start; gateway/deprovision/revived.py). Set by the login, never changed afterwards.
+    after_ends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

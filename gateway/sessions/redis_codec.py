@@ -40,7 +40,7 @@ def decode_data(raw: str) -> SessionData:
         acr=value["acr"],
         amr=tuple(value["amr"]),
         auth_time=value["auth_time"],
-        after_ends=tuple(value.get("after_ends", ())),  # absent in sessions of earlier releases
+        after_ends=tuple(str(key) for key in value.get("after_ends", ())),  # absent in earlier releases' sessions
     )
 
 

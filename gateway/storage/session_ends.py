@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from sqlalchemy import Connection, RowMapping, delete, insert, select
@@ -44,8 +44,24 @@ class SessionEnd:
     session_key: str | None = None
     sid: str | None = None
     #: The row's id once saved (None for an end kept in process): a session lists the ends saved before it was created
-    #: (``SessionData.after_ends``), which therefore cannot have ended it.
+    #: (``SessionData.after_ends``, by :func:`saved_key`), which therefore cannot have ended it.
     id: int | None = field(default=None, compare=False)  # storage's, not the end's: equal ends compare equal
+
+    @property
+    def saved_key(self) -> str | None:
+        """How a session names this end once saved (None before): see :func:`saved_key`."""
+        return None if self.id is None else saved_key(self.id, self.ended_at)
+
+
+def saved_key(row_id: int, ended_at: datetime) -> str:
+    """A saved end's name in ``SessionData.after_ends``: its row id *and* its time, since SQLite (no AUTOINCREMENT)
+    gives a pruned highest row's id to the next end, and a restored backup re-issues ids on either database; a later
+    end never has the same time in microseconds."""
+    return f"{row_id}@{(ended_at - _EPOCH) // _MICROSECOND}"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class SessionEndRepository:
@@ -82,21 +98,23 @@ class SessionEndRepository:
         self, agent_id: str, since: datetime, *, session_key: str, sid: str | None, created_after: datetime
     ) -> list[SessionEnd]:
         """``agent_id``'s ends at or after ``since`` that may have ended one session: the logout naming its storage
-        key, the latest end of every session of the agent, and of its IdP session ``sid``, later than
-        ``created_after`` (the session's creation less the clock margin). Asked for requests shortly after a
+        key, and the ends of every session of the agent, and of its IdP session ``sid``, later than ``created_after``
+        (the session's creation less the clock margin: a few at most). Asked for requests shortly after a
         session-store outage, inline on the event loop on SQLite (the quick reader's when there is one), so each is
-        one lookup by an index that names it (migration 0010), never a scan of the agent's other logouts."""
+        one range of an index that names it (migration 0010), never a scan of the agent's other logouts."""
         c = session_ends.c
         mine = (c.agent_id == agent_id, c.ended_at >= to_db(since))
         later = c.ended_at > to_db(created_after)
         latest = (c.ended_at.desc(),)
         queries = [
             select(session_ends).where(c.session_key == session_key, *mine).limit(1),
-            select(session_ends).where(c.kind == EndKind.AGENT.value, later, *mine).order_by(*latest).limit(1),
+            # Every one, not the latest alone: the session may list the latest as read by its login
+            # (``SessionData.after_ends``) while an earlier-stamped one, saved after it, did end it.
+            select(session_ends).where(c.kind == EndKind.AGENT.value, later, *mine).order_by(*latest),
         ]
         if sid is not None:
             of_sid = (c.kind == EndKind.IDP_SESSION.value, c.sid == sid, later, *mine)
-            queries.append(select(session_ends).where(*of_sid).order_by(*latest).limit(1))
+            queries.append(select(session_ends).where(*of_sid).order_by(*latest))
 
         def read(conn: Connection) -> list[RowMapping]:
             return [row for query in queries for row in conn.execute(query).mappings().all()]
@@ -108,17 +126,18 @@ class SessionEndRepository:
                 rows = await conn.run_sync(read)
         return [end for end in map(_parsed, rows) if end is not None]
 
-    async def saved_before_login(self, agent_id: str, since: datetime) -> tuple[int, ...]:
-        """The ids of ``agent_id``'s agent-wide and IdP-session ends saved (committed) now and ended at or after
-        ``since``, read by a login before it creates its session (one lookup by the agent's index)."""
+    async def saved_before_login(self, agent_id: str, since: datetime) -> tuple[str, ...]:
+        """The :func:`saved_key` of ``agent_id``'s agent-wide and IdP-session ends saved (committed) now and ended at
+        or after ``since``, read by a login before it creates its session (one lookup by the agent's index)."""
         c = session_ends.c
-        query = select(c.id).where(
+        query = select(c.id, c.ended_at).where(
             c.agent_id == agent_id,
             c.kind.in_([EndKind.AGENT.value, EndKind.IDP_SESSION.value]),
             c.ended_at >= to_db(since),
         )
         async with read_transaction(self._engine) as conn:
-            return tuple(sorted(int(row[0]) for row in (await conn.execute(query)).all()))
+            rows = (await conn.execute(query.order_by(c.id))).all()
+        return tuple(saved_key(int(row[0]), from_db(row[1])) for row in rows)
 
     async def ended_idp_session(self, sid: str, since: datetime, agent_id: str | None = None) -> bool:
         """Whether an end of the IdP session ``sid`` (of ``agent_id`` when given) was saved at or after ``since``."""

@@ -322,14 +322,14 @@ class TestSessionStoreContract:
         """``SessionData.after_ends`` decides which saved ends the sweep after an outage may not replay against the
         session (gateway/deprovision/revived.py): it must come back exactly, also after Redis's in-place splice of
         the groups."""
-        listed = replace(ALICE, after_ends=(7, 12))
+        listed = replace(ALICE, after_ends=("7@1733460000000000", "12@1733460001000000"))
         session = await backend.store.create(listed, T0)
         assert await backend.store.update_agent_groups(ALICE.agent_id, frozenset({"voice", "]"})) == 1
         found = await backend.store.lookup(session.id, T0 + 1)
         assert found.session is not None
         assert found.session.data == replace(listed, groups=frozenset({"voice", "]"}))
         [again] = await backend.store.sessions_of(ALICE.agent_id, T0 + 1)
-        assert again.data.after_ends == (7, 12)
+        assert again.data.after_ends == listed.after_ends
 
     async def test_each_group_update_replaces_the_last_one(self, backend: Backend) -> None:
         session = await backend.store.create(ALICE, T0)

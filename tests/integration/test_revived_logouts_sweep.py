@@ -30,6 +30,7 @@ from gateway.storage.migrate import upgrade_to_head
 from gateway.storage.schema import session_ends
 from gateway.storage.session_ends import EndKind, SessionEnd, SessionEndRepository
 from tests.components.session_stores import redis_store
+from tests.contracts.three_way.agent_rows import insert_agent
 
 pytestmark = [pytest.mark.redis]
 LIFETIME = 3600.0
@@ -299,20 +300,44 @@ async def test_a_session_whose_login_read_an_end_as_saved_is_never_ended_for_it_
     world: World,
 ) -> None:
     """An end is saved after its kill ran, so a login that read it as saved created its session after the kill: the
-    end is not replayed against that session (``SessionData.after_ends``), only against the others it covers."""
+    end is not replayed against that session (``SessionData.after_ends``), only against the others it covers,
+    including one that lists another end, or an end of the same row id at another time (SQLite reuses a pruned
+    highest row's id)."""
     ended_at = time.time()
     before = await world.store.create(ALICE, ended_at - 100)
     await world.logouts.remember([SessionEnd(_at(ended_at), EndKind.AGENT, ALICE.agent_id)])
     listed = await world.sweep.ends_before_login(ALICE.agent_id)
-    assert len(listed) == 1
+    [(row, _)] = [key.split("@") for key in listed]
     read_it = await world.store.create(replace(ALICE, after_ends=listed), ended_at + 1)
     did_not = await world.store.create(ALICE, ended_at + 1)  # e.g. a login racing the kill: ended, fail closed
+    other = await world.store.create(replace(ALICE, after_ends=(f"{int(row) + 1}@1",)), ended_at + 1)
+    reused = await world.store.create(replace(ALICE, after_ends=(f"{row}@1",)), ended_at + 1)
 
-    assert await world.sweep.sweep_if_due() == 2
+    assert await world.sweep.sweep_if_due() == 4
 
     kept = await world.store.sessions_of(ALICE.agent_id, ended_at + 2)
     assert [s.id for s in kept] == [session_key(read_it.id)]
-    assert {session_key(before.id), session_key(did_not.id)}.isdisjoint({s.id for s in kept})
+    gone = {session_key(s.id) for s in (before, did_not, other, reused)}
+    assert gone.isdisjoint({s.id for s in kept})
+
+
+async def test_the_check_on_use_applies_an_earlier_stamped_end_saved_after_the_one_the_login_read(
+    world: World,
+) -> None:
+    """Two replicas' clocks differ: the end alice's login read is stamped later than another end saved after her
+    login, whose kill did delete her session (and a restarted Redis brought it back). The check on use reads every
+    end that may cover the session, not the latest alone, and refuses it."""
+    now = time.time()
+    alice = replace(ALICE, agent_id=await insert_agent(world.database.engine, _at(now), "alice"))
+    await world.logouts.remember([SessionEnd(_at(now + 4), EndKind.AGENT, alice.agent_id)])  # a clock ahead
+    listed = await world.sweep.ends_before_login(alice.agent_id)
+    session = await world.store.create(replace(alice, after_ends=listed), now + 1)
+    await world.logouts.remember([SessionEnd(_at(now + 2), EndKind.AGENT, alice.agent_id)])  # its kill ended it
+    assert world.sweep.checking()  # a replica just started: its first sweep has not run
+
+    assert not await world.sweep.believed(session)
+
+    assert await world.store.sessions_of(alice.agent_id, now + 2) == []
 
 
 async def test_one_agent_the_store_fails_for_does_not_lose_the_records_of_the_others(
