@@ -46,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.logouts import Logouts
-from gateway.errors import ChannelgateError
+from gateway.errors import ChannelgateError, StorageError
 from gateway.metrics import Metrics
 from gateway.sessions.base import Session, SessionData, SessionStore, session_key
 from gateway.sessions.redis_clock import DEFAULT_MAX_CLOCK_SKEW_SECONDS
@@ -171,10 +171,16 @@ class RevivedSessions:
         """For a login about to create a session: the agent's agent-wide and IdP-session ends saved by now that could
         cover a session created now (within twice the clock margin: the end's stamp and this replica's clock may
         differ by the margin themselves). The session lists them (``SessionData.after_ends``) and is never ended for
-        them: each was saved after its kill ran, before the session existed. Raises ``StorageError``."""
+        them: each was saved after its kill ran, before the session existed. None listed when the database does not
+        answer (logged): the login goes on, and a sweep may end that session later (fail closed: a nuisance only)."""
         if self._logouts is None:
             return ()
-        return await self._logouts.saved_before_login(agent_id, utcnow() - timedelta(seconds=2 * self._clock_margin))
+        since = utcnow() - timedelta(seconds=2 * self._clock_margin)
+        try:
+            return await self._logouts.saved_before_login(agent_id, since)
+        except StorageError as exc:
+            log.warning("could not read agent %s's saved session ends at login: %s", agent_id, exc.message)
+            return ()
 
     async def sweep_if_due(self) -> int:
         """Sweep when :meth:`due`; the number of sessions ended. Raises ``ChannelgateError`` (store or database

@@ -321,6 +321,20 @@ async def test_a_session_whose_login_read_an_end_as_saved_is_never_ended_for_it_
     assert gone.isdisjoint({s.id for s in kept})
 
 
+async def test_a_login_whose_read_of_the_saved_ends_fails_lists_none_and_goes_on(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read is a convenience (it spares a new session from the sweep), not a condition of signing in: when the
+    database does not answer, the login lists nothing, and a sweep may end that session later (fail closed)."""
+    await world.logouts.remember([SessionEnd(_at(world.now), EndKind.AGENT, ALICE.agent_id)])
+
+    async def down(*args: Any, **kwargs: Any) -> tuple[str, ...]:
+        raise StorageError("database read failed on sqlite:///…", detail="database is locked")
+
+    monkeypatch.setattr(world.ends, "saved_before_login", down)
+    assert await world.sweep.ends_before_login(ALICE.agent_id) == ()
+
+
 async def test_the_check_on_use_applies_an_earlier_stamped_end_saved_after_the_one_the_login_read(
     world: World,
 ) -> None:
