@@ -59,10 +59,6 @@ class AuditLog:
         """Write now (strict): raises StorageError if the records cannot be committed."""
         await self._repository.append(list(records), conn=conn)
 
-    async def answers(self) -> bool:
-        """Whether the database answers a read now (a write it refused is then the record's own fault)."""
-        return await self._repository.answers()
-
     def submit(self, record: AccessRecord) -> None:
         """Queue a request record for the next batch."""
         self.submit_row(insert_values(record))

@@ -42,7 +42,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 from gateway.audit.writer import AuditLog
@@ -70,9 +69,6 @@ BATCH = 100
 CONCURRENCY = 32
 #: What the clock margin adds beyond the replicas' clock skew: the time the kill itself takes.
 KILL_SECONDS = 5.0
-#: A record the database refused this many turns while answering reads is dropped, logged in full: a value it will
-#: never take must not stop every later sweep (the saved ends have the same rule, gateway/deprovision/logouts.py).
-MAX_REFUSALS = 3
 
 
 def clock_margin_seconds(max_clock_skew_seconds: float) -> float:
@@ -128,8 +124,6 @@ class RevivedSessions:
         self._swept_at: float | None = None
         #: Records of sessions ended whose write failed: written before anything else at the next turn.
         self._unwritten: list[AccessRecord] = []
-        #: Turns a record of ``_unwritten`` (by identity) was refused while the database answered.
-        self._refusals: dict[int, int] = {}
         self._writing = asyncio.Lock()
 
     def due(self) -> bool:
@@ -279,48 +273,13 @@ class RevivedSessions:
 
     async def _write_records(self) -> None:
         """Write the records kept so far. Requests (:meth:`believed`) and the sweep task both add and write: one
-        writer at a time, and what is added while a write is in flight stays for the next. When the write fails
-        while the database answers reads, each record is written on its own: one the database refuses is kept and
-        counted, and after ``MAX_REFUSALS`` turns dropped with an error log that holds all of it (it cannot be
-        stored; it must not keep every later sweep from running). Raises while any record is left."""
+        writer at a time, and what is added while a write is in flight stays for the next."""
         async with self._writing:
             if not self._unwritten:
                 return
             batch = list(self._unwritten)
-            try:
-                await self._audit.write(*batch)
-            except ChannelgateError:
-                if len(batch) == 1 and not await self._audit.answers():
-                    raise  # the database is down: kept, not counted
-                await self._write_each(batch)
-                return
+            await self._audit.write(*batch)
             del self._unwritten[: len(batch)]
-            for record in batch:  # ids are reused once an object is gone: no count may outlive its record
-                self._refusals.pop(id(record), None)
-
-    async def _write_each(self, batch: list[AccessRecord]) -> None:
-        """``batch`` one record at a time (under ``_writing``); see :meth:`_write_records`."""
-        error: ChannelgateError | None = None
-        for record in batch:
-            try:
-                await self._audit.write(record)
-            except ChannelgateError as exc:
-                error = error or exc
-                if not await self._audit.answers():
-                    raise  # down meanwhile: what is left stays, uncounted
-                refused = self._refusals.get(id(record), 0) + 1
-                if refused < MAX_REFUSALS:
-                    self._refusals[id(record)] = refused
-                    continue
-                log.error(
-                    "dropped a session-store recovery record the database refused %d times (%s): %s", refused,
-                    exc.message, {k: v for k, v in asdict(record).items() if v is not None},
-                )  # fmt: skip
-            self._refusals.pop(id(record), None)
-            # By identity: an equal record added meanwhile is another session's, and stays.
-            self._unwritten[:] = [kept for kept in self._unwritten if kept is not record]
-        if error is not None and any(id(record) in self._refusals for record in batch):
-            raise error
 
 
 def _record(agent_id: str, user_name: str, count: int) -> AccessRecord:

@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import RowMapping, Select, and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.errors import StorageError
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_gate, write_transaction
 from gateway.storage.schema import access_log
@@ -152,16 +151,6 @@ class AccessLogRepository:
         return [
             replace(record, seq=seq, time=from_db(to_db(record.time))) for record, seq in zip(batch, seqs, strict=True)
         ]
-
-    async def answers(self) -> bool:
-        """Whether the database answers a read (``SELECT 1``): tells a write it refused (a value it will never take)
-        from a database that is down."""
-        try:
-            async with read_transaction(self._engine) as conn:
-                await conn.execute(select(1))
-        except StorageError:
-            return False
-        return True
 
     async def append_batch(self, records: Sequence[AccessRecord]) -> None:
         """``append_rows`` of these records."""

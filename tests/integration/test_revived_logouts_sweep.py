@@ -17,12 +17,7 @@ from sqlalchemy import insert
 
 from gateway.audit.writer import AuditLog
 from gateway.deprovision.logouts import Logouts
-from gateway.deprovision.revived import (
-    CLOCK_MARGIN_SECONDS,
-    LIFETIME_MARGIN_SECONDS,
-    MAX_REFUSALS,
-    RevivedSessions,
-)
+from gateway.deprovision.revived import CLOCK_MARGIN_SECONDS, LIFETIME_MARGIN_SECONDS, RevivedSessions
 from gateway.errors import StorageError
 from gateway.metrics import Metrics
 from gateway.sessions.base import SessionData, session_key
@@ -227,38 +222,6 @@ async def test_an_end_the_database_keeps_refusing_neither_stops_the_sweep_nor_st
     assert world.logouts.unwritten == 0
     assert {e.agent_id for e in await world.ends.since(_at(0))} == {"a-1", "a-2", ALICE.agent_id}
     assert "dropped 1 logout(s) of agent(s) ['poison']" in caplog.text
-
-
-async def test_a_record_the_database_refuses_neither_stops_the_sweep_for_good_nor_the_others_records(
-    world: World, database_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """PostgreSQL refuses a NUL character in text (SQLite stores it). A revived session whose agent name holds one
-    (Redis keeps any bytes) gives a record the database will never take: the others' records are written, the
-    sweep stays due for MAX_REFUSALS turns, then the record is dropped with an error log holding it, and the sweep
-    completes. Before, every later turn failed on it and the sweep never completed."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite stores a NUL character: no record it refuses")
-    odd = await world.store.create(replace(ALICE, user_name="al\x00ice"), world.now - 100)
-    bob = replace(ALICE, agent_id="a-2", user_name="bob", subject="s-2")
-    fine = await world.store.create(bob, world.now - 100)
-    await world.logouts.remember(
-        [
-            SessionEnd(_at(world.now - 50), EndKind.LOGOUT, ALICE.agent_id, session_key=session_key(odd.id)),
-            SessionEnd(_at(world.now - 50), EndKind.LOGOUT, bob.agent_id, session_key=session_key(fine.id)),
-        ]
-    )
-
-    for _ in range(MAX_REFUSALS - 1):
-        with pytest.raises(StorageError):
-            await world.sweep.sweep_if_due()
-        assert world.sweep.due()
-    await world.sweep.sweep_if_due()
-
-    assert not world.sweep.due()
-    assert [r.agent_name for r in await _recovered(world)] == ["bob"]
-    assert await world.store.sessions_of(ALICE.agent_id, world.now) == []  # ended all the same
-    assert "dropped a session-store recovery record the database refused 3 times" in caplog.text
-    assert "sessions_revoked" in caplog.text
 
 
 async def test_a_row_of_an_unknown_kind_is_skipped_and_the_others_are_replayed(

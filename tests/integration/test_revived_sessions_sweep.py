@@ -96,9 +96,6 @@ class FailingOnce:
             raise StorageError("database write failed")
         await self.inner.write(*records, conn=conn)
 
-    async def answers(self) -> bool:
-        return False  # as while the database is unreachable: a failed write is no refusal
-
 
 async def test_sessions_the_sweep_ended_are_recorded_even_when_the_first_write_fails(world: World) -> None:
     """The sweep ends the revived sessions, then writes their record; when that write fails the record is kept and
