@@ -126,6 +126,11 @@ class RevivedSessions:
         self._unwritten: list[AccessRecord] = []
         self._writing = asyncio.Lock()
 
+    @property
+    def clock_margin(self) -> float:
+        """Seconds an end stamped by one replica may read early on another's clock (:func:`clock_margin_seconds`)."""
+        return self._clock_margin
+
     def due(self) -> bool:
         """No sweep has completed since the store last failed to answer (or since the gateway started)."""
         if self._swept_at is None:

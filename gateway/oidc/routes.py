@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -129,6 +130,17 @@ async def callback(request: Request) -> Response:
             if fresh != groups:
                 await services.sessions.update_agent_groups(agent.id, fresh)
                 groups = fresh
+    if session is not None and await _idp_session_ended(services, identity, agent.id, pending):
+        await services.sessions.delete(session.id)
+        await _audit_login(
+            services, scope, "login_refused", "refused", agent_id=agent.id, agent_name=agent.user_name,
+            reason="idp_session_ended", detail={"sid": identity.idp_session_id},
+        )  # fmt: skip
+        raise LoginFailed(
+            "Your sign-in at your organisation's identity provider was ended while it was on its way here. "
+            "Please sign in again.",
+            reason="idp_session_ended",
+        )
     if session is None:
         await _audit_login(
             services, scope, "login_refused", "refused", agent_id=agent.id, agent_name=agent.user_name,
@@ -148,6 +160,20 @@ async def callback(request: Request) -> Response:
     )
     services.cookies.clear(response, services.cookies.login_name)
     return response
+
+
+async def _idp_session_ended(services: Services, identity: Identity, agent_id: str, pending: PendingLogin) -> bool:
+    """Whether the provider ended this login's IdP session (a back-channel logout naming its ``sid``, OIDC
+    Back-Channel Logout 1.0 §2.7) while the login was on its way: the logout ended the agent's other sessions of
+    that ``sid`` and saved its end, but the session this login has just created did not exist yet. Read after
+    creating it, so a logout that comes later finds the session itself. Ends from when the login started at the
+    gateway, less the replicas' clock margin (the end is stamped by the replica that took the logout)."""
+    sid = identity.idp_session_id
+    if sid is None:
+        return False
+    started = pending.created_at or services.clock()
+    since = datetime.fromtimestamp(started - services.revived.clock_margin, UTC)
+    return await services.logouts.ended_idp_session(sid, since, agent_id)
 
 
 def _session_data(agent_id: str, user_name: str, identity: Identity, groups: frozenset[str]) -> SessionData:

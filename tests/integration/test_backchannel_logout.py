@@ -23,8 +23,10 @@ from joserfc import jwt
 from joserfc.jwk import DictKey, RSAKey
 
 from gateway.oidc.backchannel import LOGOUT_EVENT
+from gateway.storage.access_log import AccessQuery
+from tests.components.browserless_login import complete_login, login_steps
 from tests.components.echo_gateway import Deployment, deployment, eventually
-from tests.components.oidc_provider import TEST_CLIENT_ID, OidcProviderFactory, generate_signing_key
+from tests.components.oidc_provider import DEMO_PASSWORD, TEST_CLIENT_ID, OidcProviderFactory, generate_signing_key
 from tests.integration.test_ssf_receiver import fail_once
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
@@ -193,3 +195,26 @@ async def test_an_unsigned_logout_token_is_refused(gateway: Deployment) -> None:
               "events": {LOGOUT_EVENT: {}}, "sub": data.subject}  # fmt: skip
     response = await _post(gateway, f"{part({'alg': 'none', 'typ': 'logout+jwt'})}.{part(claims)}.")
     assert response.status_code == 400
+
+
+async def test_a_login_whose_idp_session_the_provider_ends_on_its_way_is_refused_and_recorded(
+    gateway: Deployment,
+) -> None:
+    """The provider ends an IdP session (a logout token naming ``sub`` and ``sid``) while a second sign-in of the
+    same browser, in that IdP session, is between the provider and the gateway's callback: the logout ends the
+    first session; the session the callback then creates belongs to the ended IdP session and is refused and
+    deleted, with a ``login_refused`` record. Before, it lived on."""
+    browser = await gateway.login("alice")
+    [data] = await _session_data(gateway, "alice")
+    assert data.idp_session_id is not None
+    steps = await login_steps(gateway.url, "alice", DEMO_PASSWORD, client=browser)  # stops before the callback
+    response = await _post(gateway, _token(gateway, sub=data.subject, sid=data.idp_session_id))
+    assert response.status_code == 200
+
+    answer = await complete_login(steps.client, steps.callback_url)
+
+    assert answer.status_code == 401
+    assert await _session_data(gateway, "alice") == []
+    [refused] = await gateway.services.access_log.search(AccessQuery(kind="login_refused", agent_name="alice"))
+    assert refused.reason == "idp_session_ended"
+    assert refused.detail == {"sid": data.idp_session_id}
