@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway.deprovision.logouts import Logouts
-from gateway.errors import ChannelgateError, StorageError
+from gateway.errors import ChannelgateError, SessionStoreUnavailable, StorageError
 from gateway.proxy.streams import LiveConnections
 from gateway.sessions.base import SessionStore
 from gateway.storage.session_ends import EndKind, SessionEnd
@@ -161,9 +161,22 @@ class SessionEndings:
                 await self._logouts.remember(ends)
             except StorageError as exc:
                 raise EndsNotSaved(exc.message, detail=exc.detail, ended=results) from exc
+            if idp_session_id is not None:
+                await self._end_late_sign_ins(ends, idp_session_id)
         if failed is not None:
             raise failed
         return results
+
+    async def _end_late_sign_ins(self, ends: Sequence[SessionEnd], idp_session_id: str) -> None:
+        """After the ends of an IdP session are saved: end once more what a sign-in of that IdP session created
+        between the revocation and the save. Its callback reads the saved end after creating its session
+        (gateway/oidc/routes.py), so it missed this end only if it read before the save; then its session existed
+        before the save, and this revocation, after it, ends it."""
+        for end in ends:
+            try:
+                await self._sessions.revoke_idp_session(end.agent_id, idp_session_id)
+            except SessionStoreUnavailable:
+                log.warning("could not end again the sessions of an ended IdP session of agent %s", end.agent_id)
 
     async def end_everywhere(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
         """:meth:`end_sessions` without saving the end (the caller saves it, each in its own way)."""

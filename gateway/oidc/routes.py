@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from gateway.errors import AgentDisabled, BadRequest, LoginFailed
+from gateway.errors import AgentDisabled, BadRequest, ChannelgateError, LoginFailed
 from gateway.oidc.client import Identity
 from gateway.oidc.redirects import safe_return_to
 from gateway.scope import RequestScope, scope_of
@@ -130,7 +130,14 @@ async def callback(request: Request) -> Response:
             if fresh != groups:
                 await services.sessions.update_agent_groups(agent.id, fresh)
                 groups = fresh
-    if session is not None and await _idp_session_ended(services, identity, agent.id, pending):
+    ended = False
+    if session is not None:
+        try:
+            ended = await _idp_session_ended(services, identity, agent.id, pending)
+        except ChannelgateError:
+            await services.sessions.delete(session.id)  # its cookie was never sent: no session is left behind
+            raise
+    if session is not None and ended:
         await services.sessions.delete(session.id)
         await _audit_login(
             services, scope, "login_refused", "refused", agent_id=agent.id, agent_name=agent.user_name,
@@ -166,12 +173,15 @@ async def _idp_session_ended(services: Services, identity: Identity, agent_id: s
     """Whether the provider ended this login's IdP session (a back-channel logout naming its ``sid``, OIDC
     Back-Channel Logout 1.0 §2.7) while the login was on its way: the logout ended the agent's other sessions of
     that ``sid`` and saved its end, but the session this login has just created did not exist yet. Read after
-    creating it, so a logout that comes later finds the session itself. Ends from when the login started at the
-    gateway, less the replicas' clock margin (the end is stamped by the replica that took the logout)."""
+    creating it: a logout whose end is saved later revokes that ``sid`` once more after saving it
+    (gateway/deprovision/endings.py), so the session is caught either way. Ends from when the login started at the
+    gateway, or from the user's authentication at the provider if that came later (the provider vouched for the
+    session after an end before it: a provider that keeps the ``sid`` across a new sign-in), less the replicas' clock
+    margin (the end is stamped by the replica that took the logout)."""
     sid = identity.idp_session_id
     if sid is None:
         return False
-    started = pending.created_at or services.clock()
+    started = max(pending.created_at or services.clock(), identity.auth_time or 0.0)
     since = datetime.fromtimestamp(started - services.revived.clock_margin, UTC)
     return await services.logouts.ended_idp_session(sid, since, agent_id)
 

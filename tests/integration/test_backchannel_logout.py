@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, cast
 
 import httpx
@@ -23,6 +24,9 @@ from joserfc import jwt
 from joserfc.jwk import DictKey, RSAKey
 
 from gateway.oidc.backchannel import LOGOUT_EVENT
+from gateway.oidc.client import Identity
+from gateway.oidc.routes import _idp_session_ended
+from gateway.sessions.base import PendingLogin
 from gateway.storage.access_log import AccessQuery
 from tests.components.browserless_login import complete_login, login_steps
 from tests.components.echo_gateway import Deployment, deployment, eventually
@@ -218,3 +222,27 @@ async def test_a_login_whose_idp_session_the_provider_ends_on_its_way_is_refused
     [refused] = await gateway.services.access_log.search(AccessQuery(kind="login_refused", agent_name="alice"))
     assert refused.reason == "idp_session_ended"
     assert refused.detail == {"sid": data.idp_session_id}
+
+
+async def test_a_sign_in_the_provider_authenticated_after_the_end_of_its_sid_is_not_refused(
+    gateway: Deployment,
+) -> None:
+    """A provider that keeps the ``sid`` across a new authentication vouches for the session after the end: only ends
+    since the later of the login's start and the authentication (less the clock margin) refuse a sign-in."""
+    browser = await gateway.login("alice")
+    [data] = await _session_data(gateway, "alice")
+    assert (await _post(gateway, _token(gateway, sub=data.subject, sid=data.idp_session_id))).status_code == 200
+    agent = await gateway.services.agents.find("alice")
+    assert agent is not None
+    margin = gateway.services.revived.clock_margin
+    started = time.time()
+    pending = PendingLogin("state", "nonce", "verifier", "/", created_at=started)
+    identity = Identity(
+        data.issuer, data.subject, "alice", None, False, None, frozenset(), data.idp_session_id, None, (), None, "t"
+    )
+    assert await _idp_session_ended(gateway.services, identity, agent.id, pending)  # the end is 0 s before it
+    authenticated_later = replace(identity, auth_time=started + margin + 1)
+    assert not await _idp_session_ended(gateway.services, authenticated_later, agent.id, pending)
+    other_sid = replace(identity, idp_session_id="another-idp-session")
+    assert not await _idp_session_ended(gateway.services, other_sid, agent.id, pending)
+    await browser.aclose()

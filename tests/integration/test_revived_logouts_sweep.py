@@ -16,11 +16,12 @@ from pydantic import SecretStr
 from sqlalchemy import insert
 
 from gateway.audit.writer import AuditLog
+from gateway.deprovision.endings import SessionEndings
 from gateway.deprovision.logouts import Logouts
 from gateway.deprovision.revived import CLOCK_MARGIN_SECONDS, LIFETIME_MARGIN_SECONDS, RevivedSessions
 from gateway.errors import StorageError
 from gateway.metrics import Metrics
-from gateway.sessions.base import SessionData, session_key
+from gateway.sessions.base import Session, SessionData, session_key
 from gateway.sessions.redis_store import RedisSessionStore
 from gateway.settings import DatabaseSettings
 from gateway.storage.access_log import AccessLogRepository, AccessQuery, AccessRecord
@@ -352,6 +353,28 @@ async def test_the_check_on_use_applies_an_earlier_stamped_end_saved_after_the_o
     assert not await world.sweep.believed(session)
 
     assert await world.store.sessions_of(alice.agent_id, now + 2) == []
+
+
+async def test_a_sign_in_of_an_ended_idp_session_created_before_its_end_was_saved_is_ended_after_the_save(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A back-channel logout by ``sid`` revokes the IdP session's sessions, then saves the end. A sign-in of that IdP
+    session whose callback created its session in between, and read the saved ends before the save, missed both;
+    the logout ends that IdP session's sessions once more after the save (gateway/deprovision/endings.py)."""
+    endings = SessionEndings(world.store, None, 1.0, world.logouts)
+    await world.store.create(ALICE, world.now - 100)  # the session the provider's logout is for
+    late: list[Session] = []
+    save = world.logouts.remember
+
+    async def sign_in_then_save(ends: Any, *args: Any, **kwargs: Any) -> None:
+        late.append(await world.store.create(ALICE, time.time()))  # the callback, between revocation and save
+        await save(ends, *args, **kwargs)
+
+    monkeypatch.setattr(world.logouts, "remember", sign_in_then_save)
+    ended = await endings.end_sessions(ALICE.agent_id, ALICE.idp_session_id)
+
+    assert ended is not None and ended.count == 1
+    assert late and await world.store.sessions_of(ALICE.agent_id, time.time()) == []
 
 
 async def test_one_agent_the_store_fails_for_does_not_lose_the_records_of_the_others(
