@@ -11,6 +11,7 @@ alike, and both meet tests/contracts/three_way/test_pipeline_storage_contract.py
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -44,6 +45,7 @@ _PERSON = "{0}.id, {0}.user_name, {0}.email, {0}.active, {0}.deleted_at"
 LOG_COLUMNS = tuple(column.name for column in access_log.columns if column.name != "seq")
 INSERT_LOG = f"INSERT INTO access_log ({', '.join(LOG_COLUMNS)}) VALUES ({', '.join('?' for _ in LOG_COLUMNS)})"  # noqa: S608 - names from our schema
 _PENDING = StepState.PENDING.value
+log = logging.getLogger("channelgate.deprovision")
 #: Spent steps dead-lettered by one claim at most (the rest by the next).
 SPENT_LIMIT = 200
 # The statements, written once; "(?*)" stands for as many placeholders as the call has values (``_listing``).
@@ -155,8 +157,8 @@ class SqlitePipeline:
         ceiling = budget.max_attempts
 
         def unit(conn: sqlite3.Connection) -> list[tuple[StepRecord, RunRecord]]:
-            spent = conn.execute(_SPENT, (owner, moment, moment, _PENDING, moment, moment, ceiling, SPENT_LIMIT))
-            pairs = _with_runs(conn, [step_row(row) for row in spent.fetchall()])
+            spent = _spent_steps(conn, (owner, moment, moment, _PENDING, moment, moment, ceiling, SPENT_LIMIT))
+            pairs = _with_runs(conn, [step_row(row) for row in spent])
             if pairs:
                 _record(conn, owner, [s.id for s, _ in pairs], [r.id for _, r in pairs],
                         lambda snapshot: budget.bury(pairs, snapshot, now))  # fmt: skip
@@ -191,6 +193,25 @@ class SqlitePipeline:
             }
 
         return await self._access.reader.run(read)
+
+
+def _spent_steps(conn: sqlite3.Connection, values: Sequence[Any]) -> list[Any]:
+    """``_SPENT``; on a file not yet migrated to 0011 (this release started before ``channelgate migrate`` ran) the
+    same statement without the index it names: slower, never stopped (logged)."""
+    try:
+        return conn.execute(_SPENT, values).fetchall()
+    except sqlite3.OperationalError as error:
+        if "no such index" not in str(error):
+            raise
+    global _UNMIGRATED_LOGGED
+    if not _UNMIGRATED_LOGGED:
+        log.warning("the database is not migrated to this release (no ix_deprovision_steps_spent): run "
+                    "`channelgate migrate`; claims are slower until then")  # fmt: skip
+        _UNMIGRATED_LOGGED = True
+    return conn.execute(_SPENT.replace(" INDEXED BY ix_deprovision_steps_spent", ""), values).fetchall()
+
+
+_UNMIGRATED_LOGGED = False
 
 
 def _with_runs(conn: sqlite3.Connection, steps: Iterable[StepRecord]) -> list[tuple[StepRecord, RunRecord]]:

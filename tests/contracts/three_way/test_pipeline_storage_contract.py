@@ -396,6 +396,21 @@ async def test_the_claims_search_for_spent_steps_is_an_index_lookup_not_a_read_o
     assert "ix_deprovision_steps_spent" in plan, plan
 
 
+async def test_claims_go_on_on_a_sqlite_file_not_yet_migrated_to_the_spent_steps_index(
+    engine: AsyncEngine, backend: str, pipeline: PipelineRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This release started before ``channelgate migrate`` ran: the direct claim names an index the file lacks, and
+    falls back to the same statement without it (slower, logged) instead of stopping the pipeline."""
+    if backend != "direct":
+        return  # only the direct SQLite statement names the index
+    await pipeline.create_run(_run("r1"), CHAIN[:2])
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP INDEX ix_deprovision_steps_spent"))
+    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
+    assert [(s.channel, s.step) for s, _ in claimed] == [("chat", StepKind.REVOKE)]
+    assert "not migrated to this release" in caplog.text
+
+
 async def test_retrying_a_held_run_keeps_it_held_and_its_irreversible_steps_wait_for_approval(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
