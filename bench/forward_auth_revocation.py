@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from bench.client_pauses import client_collector_paused
-from bench.revocation import percentile
+from bench.revocation import PollTally, percentile
 from bench.stack import SESSION_COOKIE, Gateway, session_cookie
 
 
@@ -38,24 +38,16 @@ async def revocation_trial(gateway: Gateway, url: str, variant: str, username: s
     ready = asyncio.Event()
 
     async def poll(http: aiohttp.ClientSession) -> tuple[float, int]:
-        late = ok = 0
+        tally = PollTally(url, username, ready, state)
         while True:
             sent = time.perf_counter()
             async with http.get(url, headers=headers, allow_redirects=False) as response:
                 await response.read()
                 status = response.status
             if status in (401, 403):
-                if state["t0"] is None:
-                    raise RuntimeError(f"{url} refused {username} before the deprovision call")
-                return time.perf_counter(), late
-            if status != 200:
-                raise RuntimeError(f"{url} answered {status} while polling")
-            ok += 1
-            returned = state["returned"]
-            if returned is not None and sent > returned:
-                late += 1
-            if ok >= 3:
-                ready.set()
+                tally.refused()
+                return time.perf_counter(), tally.late
+            tally.allowed(status, sent)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as http:
         poller = asyncio.create_task(poll(http))

@@ -69,13 +69,43 @@ def _log(message: str) -> None:
     print(f"[revocation] {message}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class PollTally:
+    """One revocation poller's answers: a refusal must come after the deprovision call started (``state["t0"]``),
+    every other answer must be 200, one sent after the call returned (``state["returned"]``) is a late allow, and
+    the poller is ready once three were allowed."""
+
+    url: str
+    who: str
+    ready: asyncio.Event
+    state: dict[str, float | None]
+    ok: int = 0
+    late: int = 0
+
+    def refused(self) -> None:
+        if self.state["t0"] is None:
+            raise RuntimeError(f"{self.url} refused {self.who} before the deprovision call")
+
+    def allowed(self, status: int, sent: float) -> None:
+        if status != 200:
+            raise RuntimeError(f"{self.url} answered {status} while polling")
+        self.ok += 1
+        returned = self.state["returned"]
+        if returned is not None and sent > returned:
+            self.late += 1
+        if self.ok >= 3:
+            self.ready.set()
+
+
 async def _poll(
     http: aiohttp.ClientSession, url: str, cookie: str, started: asyncio.Event, state: dict[str, float | None]
 ) -> tuple[float, int, list[float], int]:
     """Request ``url`` until a 401 arrives; return (arrival time of the 401, late allows, round trips, cut
     responses)."""
     headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
-    late, rtts, ok, cut = 0, [], 0, 0
+    tally = PollTally(url, "the session", started, state)
+    rtts: list[float] = []
+    cut = 0
     while True:
         sent = time.perf_counter()
         try:
@@ -91,17 +121,9 @@ async def _poll(
             continue
         rtts.append(arrived - sent)
         if status == 401:
-            if state["t0"] is None:
-                raise RuntimeError(f"{url} refused the session before the deprovision call")
-            return arrived, late, rtts, cut
-        if status != 200:
-            raise RuntimeError(f"{url} answered {status} while polling")
-        ok += 1
-        returned = state["returned"]
-        if returned is not None and sent > returned:
-            late += 1
-        if ok >= 3:
-            started.set()
+            tally.refused()
+            return arrived, tally.late, rtts, cut
+        tally.allowed(status, sent)
 
 
 async def _trial(gateway: Gateway, username: str, number: int, method: str) -> Trial:
