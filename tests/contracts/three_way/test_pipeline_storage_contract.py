@@ -28,12 +28,9 @@ from gateway.storage.pipeline import (
     RunRecord,
     StepFinish,
     StepRecord,
-    due_and_free,
     idempotency_key,
-    spent_steps,
     supersede_runs,
 )
-from gateway.storage.sqlite_pipeline import _SPENT, SPENT_LIMIT
 from tests.contracts.three_way.agent_rows import insert_agent
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -365,50 +362,6 @@ async def test_a_step_that_crashes_its_worker_every_time_is_dead_lettered_by_the
     assert (dead["decision"], dead["attempt"]) == ("dead", 2)
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.RUNNING
-
-
-async def test_the_claims_search_for_spent_steps_is_an_index_lookup_not_a_read_of_every_due_step(
-    engine: AsyncEngine, backend: str, pipeline: PipelineRepository
-) -> None:
-    """With 3,000 due steps (a bulk offboarding's queue) and the statistics ANALYZE leaves, the search each claim
-    makes for spent steps reads them by ``ix_deprovision_steps_spent``; by the due index it read all 3,000 at every
-    claim, and a 10,000-agent offboarding took time growing with the square of its size (migration 0011)."""
-    if backend == "engine":
-        return  # the SQLAlchemy path runs on PostgreSQL; SQLite in production takes the direct statement
-    await pipeline.create_run(_run("bulk"), [])
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO deprovision_steps (run_id, channel, step, state, attempts, next_attempt_at, "
-                "idempotency_key, updated_at) VALUES ('bulk', :channel, 'revoke', 'pending', 0, :t, :key, :t)"
-            ),
-            [{"channel": f"ch{n}", "key": f"k{n}", "t": T0 + timedelta(microseconds=n)} for n in range(3000)],
-        )
-        await conn.execute(text("ANALYZE"))
-        if backend == "postgresql":
-            free = due_and_free(T0 + timedelta(seconds=1))
-            compiled = spent_steps(free, 2).compile(engine, compile_kwargs={"literal_binds": True})
-            plan = " ".join(row[0] for row in await conn.execute(text(f"EXPLAIN {compiled}")))
-        else:
-            moment = "2026-12-04 12:00:01.000000"
-            args = ("w", moment, moment, "pending", moment, moment, 2, SPENT_LIMIT)
-            plan = " ".join(str(row[-1]) for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {_SPENT}", args))
-    assert "ix_deprovision_steps_spent" in plan, plan
-
-
-async def test_claims_go_on_on_a_sqlite_file_not_yet_migrated_to_the_spent_steps_index(
-    engine: AsyncEngine, backend: str, pipeline: PipelineRepository, caplog: pytest.LogCaptureFixture
-) -> None:
-    """This release started before ``channelgate migrate`` ran: the direct claim names an index the file lacks, and
-    falls back to the same statement without it (slower, logged) instead of stopping the pipeline."""
-    if backend != "direct":
-        return  # only the direct SQLite statement names the index
-    await pipeline.create_run(_run("r1"), CHAIN[:2])
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP INDEX ix_deprovision_steps_spent"))
-    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
-    assert [(s.channel, s.step) for s, _ in claimed] == [("chat", StepKind.REVOKE)]
-    assert "not migrated to this release" in caplog.text
 
 
 async def test_retrying_a_held_run_keeps_it_held_and_its_irreversible_steps_wait_for_approval(
