@@ -208,9 +208,10 @@ def _spent_steps(conn: sqlite3.Connection, values: Sequence[Any]) -> list[Any]:
         log.warning("the database is not migrated to this release (no ix_deprovision_steps_spent): run "
                     "`channelgate migrate`; claims are slower until then")  # fmt: skip
         _UNMIGRATED_LOGGED = True
-    return conn.execute(_SPENT.replace(" INDEXED BY ix_deprovision_steps_spent", ""), values).fetchall()
+    return conn.execute(_SPENT_UNMIGRATED, values).fetchall()
 
 
+_SPENT_UNMIGRATED = _SPENT.replace(" INDEXED BY ix_deprovision_steps_spent", "")
 _UNMIGRATED_LOGGED = False
 
 
