@@ -117,6 +117,12 @@ class Connector(Protocol):
         cookie jar's session cookie) to the request headers."""
         ...
 
+    def prepare_from_memory(self, agent: AgentRef, request: UpstreamRequest) -> bool:
+        """:meth:`prepare`, when the credential for ``agent`` is held fresh in this process and adding it needs no
+        I/O; False (``request`` untouched) means "await :meth:`prepare`". The forward-auth listener answers from
+        inside a parser callback with it (gateway/forward_auth_protocol.py)."""
+        ...
+
     async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
         """The upstream answered 401 to ``request``: refresh the credential once (RFC 6749 §6 refresh grant, a
         re-login, a re-read of the vault) and rewrite ``request``. True means "resend it", at most once."""

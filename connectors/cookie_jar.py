@@ -185,6 +185,13 @@ class CookieJarConnector:
             held = await self._usable_jar(agent, stale=held)
         self._present(agent.agent_id, request, held)
 
+    def prepare_from_memory(self, agent: AgentRef, request: UpstreamRequest) -> bool:
+        held = self._jars.get(agent.agent_id)
+        if held is None or not held.jar.live(self.clock()):
+            return False
+        self._present(agent.agent_id, request, held)
+        return True
+
     async def _usable_jar(self, agent: AgentRef, stale: HeldJar | None) -> HeldJar:
         async with self._lock(agent.agent_id):
             held = self._jars.get(agent.agent_id)

@@ -147,6 +147,13 @@ class OAuth2Connector:
         token = await self._access_token(agent)
         request.set_header("Authorization", f"Bearer {token.value.reveal()}")
 
+    def prepare_from_memory(self, agent: AgentRef, request: UpstreamRequest) -> bool:
+        cached = self._cache.get(agent.agent_id)
+        if cached is None or not self._usable(cached, self._clock()):
+            return False
+        request.set_header("Authorization", f"Bearer {cached.value.reveal()}")
+        return True
+
     async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
         """The console refused the token (RFC 6750 §3.1 invalid_token): refresh, or exchange anew, once. A token
         obtained less than ``REFUSAL_FLOOR_SECONDS`` ago is kept and the 401 passed on."""

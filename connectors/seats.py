@@ -126,6 +126,13 @@ class SeatsConnector:
             key = await _once(self._loading, agent.agent_id, lambda: self._load_or_provision(agent))
         request.set_header(self._header, self._present(key))
 
+    def prepare_from_memory(self, agent: AgentRef, request: UpstreamRequest) -> bool:
+        key = self._keys.get(agent.agent_id)
+        if key is None:
+            return False
+        request.set_header(self._header, self._present(key))
+        return True
+
     async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
         """Use a key another replica stored or rotated; otherwise rotate once. A disabled seat's refusal is a
         403, not a 401, so it never comes here and never gets a new key."""

@@ -113,6 +113,12 @@ class StaticCredentialConnector:
     async def prepare(self, agent: AgentRef, request: UpstreamRequest) -> None:
         request.set_header(self._header, self._presentation(await self._credential()))
 
+    def prepare_from_memory(self, agent: AgentRef, request: UpstreamRequest) -> bool:
+        if self._cached is None or not self._fresh(CACHE_SECONDS):
+            return False
+        request.set_header(self._header, self._presentation(self._cached))
+        return True
+
     async def on_upstream_unauthorized(self, agent: AgentRef, request: UpstreamRequest) -> bool:
         """Read the vault again (a rotated credential) and resend only if the request would now carry another."""
         sent = request.header(self._header)

@@ -325,6 +325,7 @@ def _keep(
         checked=checked,
         url=upstream_url(checked.match, checked.path, checked.query),
         tail=answer_tail(checked),
+        counters=(services.metrics.decision(channel, True), services.metrics.request(channel, 200)),
         row_tail=row_tail(asked.question, checked, scope.action, log_path),
     )
     services.forward_auth_memo.keep(asked.question, answer)

@@ -25,10 +25,11 @@ routes with personal-data rules (whose classification reads any header) always t
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import Send
 
@@ -70,6 +71,8 @@ class Answer:
     url: str
     #: The answer's own headers after the credential and the assertion, ready to send.
     tail: tuple[tuple[bytes, bytes], ...]
+    #: The metrics a request this answer allows counts: its decision and its status.
+    counters: tuple[Any, ...]
     #: The access-log row of a request this answer allows, after its time, kind and request id (``ROW_HEAD``):
     #: the same agent, client, channel, method, path, status, decision and policies every time.
     row_tail: LogRow
@@ -84,6 +87,18 @@ def row_tail(question: Question, checked: Checked, action: str, log_path: str) -
     return insert_values(record)[len(ROW_HEAD) :]
 
 
+#: What uvicorn's send refuses in a header value (control characters but tab: RFC 9110 §5.5).
+_UNSENDABLE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def upstream_channel(answer: Answer) -> str:
+    return answer.checked.match.route.channel
+
+
+def _agent(data: SessionData) -> AgentRef:
+    return AgentRef(agent_id=data.agent_id, user_name=data.user_name, email=None)
+
+
 class ForwardAuthMemo:
     def __init__(self, size: int = MAX_ANSWERS) -> None:
         self._size = size
@@ -92,6 +107,8 @@ class ForwardAuthMemo:
         self._answers: OrderedDict[Question, Answer] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        #: Of the hits, those answered from the HTTP parser's callback (``answer_now``).
+        self.immediate_hits = 0
 
     def keep(self, question: Question, answer: Answer) -> None:
         if len(question[2]) > MAX_KEPT_URI:
@@ -115,50 +132,98 @@ class ForwardAuthMemo:
         send: Send,
     ) -> bool:
         """Send the kept answer to ``asked`` if it still holds; False (nothing sent) means take the full path."""
-        answer = self._answers.get(asked.question)
-        if answer is None or not caller_allowed:
+        now = services.clock()
+        answer = self._holding(asked, services, caller_allowed, now)
+        if answer is None:
             self.misses += 1
             return False
-        now = services.clock()
-        point, sessions = services.policy, services.sessions
-        channel = answer.checked.match.route.channel
-        if (
-            point is None
-            or point.engine.id != answer.engine_id
-            or services.routes is not answer.routes
-            or services.connectors.get(channel) is not answer.connector
-            or int(now // 60) != answer.minute
-            or services.revived.checking()
-        ):
-            return self._stale(asked.question)
-        lookup = await sessions.lookup(asked.question[0], now)
+        lookup = await services.sessions.lookup(asked.question[0], now)
         session = lookup.session
         if lookup.state is not SessionState.VALID or session is None or session.data != answer.data:
             return self._stale(asked.question)
         try:
             check_header_size(headers, services.settings.server.max_header_bytes)
             services.audit.check_capacity()
-            data = session.data
             upstream = UpstreamRequest(asked.question[1], answer.url, [])
-            await answer.connector.prepare(
-                AgentRef(agent_id=data.agent_id, user_name=data.user_name, email=None), upstream
-            )
+            await answer.connector.prepare(_agent(session.data), upstream)
         except ChannelgateError:
             return self._stale(asked.question)  # the full path refuses it, with its own record
+        sent = self._headers(answer, services, session.data, upstream, now)
+        self._record(answer, services)
+        await send({"type": "http.response.start", "status": 200, "headers": sent})
+        await send({"type": "http.response.body", "body": b""})
+        return True
+
+    def answer_now(
+        self, asked: Asked, headers: Sequence[tuple[bytes, bytes]], services: Services, caller_allowed: bool
+    ) -> list[tuple[bytes, bytes]] | None:
+        """The headers of the kept answer to ``asked`` when it holds and nothing needs I/O to tell (the session
+        held in process, the credential too: ``SessionStore.held``, ``Connector.prepare_from_memory``), with its
+        record and metrics done; None changes nothing and counts nothing: :meth:`answer` then decides."""
+        now = services.clock()
+        answer = self._holding(asked, services, caller_allowed, now)
+        if answer is None:
+            return None
+        session = services.sessions.held(asked.question[0], now)
+        if session is None or (session.data is not answer.data and session.data != answer.data):
+            return None
+        try:
+            check_header_size(headers, services.settings.server.max_header_bytes)
+            services.audit.check_capacity()
+        except ChannelgateError:
+            return None
+        upstream = UpstreamRequest(asked.question[1], answer.url, [])
+        try:
+            if not answer.connector.prepare_from_memory(_agent(session.data), upstream):
+                return None
+        except ChannelgateError:
+            return None
+        sent = self._headers(answer, services, session.data, upstream, now)
+        if any(_UNSENDABLE.search(value) for _, value in sent[1 : len(upstream.headers) + 1]):
+            return None  # a control character in the credential: the full path refuses it (uvicorn's send)
+        self._record(answer, services)
+        self.immediate_hits += 1
+        return sent
+
+    def _holding(self, asked: Asked, services: Services, caller_allowed: bool, now: float) -> Answer | None:
+        """The kept answer, if nothing it was decided from changed in this process (the session is checked
+        after, by the caller)."""
+        answer = self._answers.get(asked.question)
+        if answer is None or not caller_allowed:
+            return None
+        point = services.policy
+        if (
+            point is None
+            or point.engine.id != answer.engine_id
+            or services.routes is not answer.routes
+            or services.connectors.get(answer.checked.match.route.channel) is not answer.connector
+            or int(now // 60) != answer.minute
+            or services.revived.checking()
+        ):
+            self._answers.pop(asked.question, None)
+            return None
+        return answer
+
+    @staticmethod
+    def _headers(
+        answer: Answer, services: Services, data: SessionData, upstream: UpstreamRequest, now: float
+    ) -> list[tuple[bytes, bytes]]:
+        """The answer's headers, as the full path's Response(status_code=200) sends them: the length, the
+        credential, the assertion, the rest."""
         assert services.signer is not None
-        assertion = services.signer.sign(data.agent_id, data.user_name, data.groups, channel, now)
-        # As the full path's Response(status_code=200) sends them: the length, the credential, the assertion, the rest.
+        assertion = services.signer.sign(data.agent_id, data.user_name, data.groups, upstream_channel(answer), now)
         sent = [(b"content-length", b"0")]
         sent += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in upstream.headers]
         sent.append((services.settings.assertion.header.lower().encode("latin-1"), assertion.encode("latin-1")))
         sent.extend(answer.tail)
-        await send({"type": "http.response.start", "status": 200, "headers": sent})
-        await send({"type": "http.response.body", "body": b""})
+        return sent
+
+    def _record(self, answer: Answer, services: Services) -> None:
+        """The request's access-log record and metrics."""
         self.hits += 1
         services.audit.submit_row((utcnow(), "request", new_request_id(), *answer.row_tail))
-        services.metrics.decision(channel, True).inc()
-        services.metrics.request(channel, 200).inc()
-        return True
+        for counter in answer.counters:
+            counter.inc()
 
     def _stale(self, question: Question) -> bool:
         self._answers.pop(question, None)

@@ -162,6 +162,12 @@ class SessionStore(Protocol):
         end broadcast as :meth:`delete` does (only by the lookup that found it so)."""
         ...
 
+    def held(self, session_id: str, now: float) -> Session | None:
+        """The session, if this process holds it valid in memory (as :meth:`lookup` would answer, with the same
+        idle-clock refresh) and can vouch for it without any I/O; None means "ask :meth:`lookup`", never "gone".
+        The forward-auth listener answers from it inside a parser callback (gateway/forward_auth_protocol.py)."""
+        ...
+
     async def delete(self, session_id: str) -> SessionData | None:
         """End one session (logout) and broadcast its end (``Revocation.ended_session``), so every replica closes
         its live connections. Returns what it held, or None if it did not exist (nothing is broadcast then)."""

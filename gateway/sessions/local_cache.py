@@ -66,22 +66,32 @@ class CachedSessionStore:
 
     # -- the cache ------------------------------------------------------------------------------------------
 
+    def held(self, session_id: str, now: float) -> Session | None:
+        # Not from memory while this replica's clock is outvoted (lookup() then refuses: ClockSkewed, 503) or its
+        # subscription to the broadcast is unconfirmed (lookup() then clears the cache).
+        if not self.inner.subscribed or self.inner.clock_skewed:
+            return None
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        session, read_at = entry
+        # Fresh, and still inside both timeouts as Redis would judge them (a clock that went back makes the entry
+        # stale rather than longer-lived).
+        if (
+            read_at <= now < read_at + self.seconds
+            and now < session.created_at + self.absolute_timeout
+            and now < session.last_seen_at + self.idle_timeout
+        ):
+            self.hits += 1
+            return session
+        return None
+
     async def lookup(self, session_id: str, now: float) -> Lookup:
-        # Not from memory while this replica's clock is outvoted: the inner store refuses (ClockSkewed, 503).
+        session = self.held(session_id, now)
+        if session is not None:
+            return Lookup(SessionState.VALID, session)
         if self.inner.subscribed and not self.inner.clock_skewed:
-            entry = self._entries.get(session_id)
-            if entry is not None:
-                session, read_at = entry
-                # Fresh, and still inside both timeouts as Redis would judge them (a clock that went back
-                # makes the entry stale rather than longer-lived).
-                if (
-                    read_at <= now < read_at + self.seconds
-                    and now < session.created_at + self.absolute_timeout
-                    and now < session.last_seen_at + self.idle_timeout
-                ):
-                    self.hits += 1
-                    return Lookup(SessionState.VALID, session)
-                self._drop_session(session_id)
+            self._drop_session(session_id)
         else:
             self.clear()
         self.misses += 1

@@ -124,6 +124,16 @@ class MemorySessionStore:
         stored.last_seen_at = max(stored.last_seen_at, now)
         return Lookup(SessionState.VALID, Session(session_id, stored.data, stored.created_at, stored.last_seen_at))
 
+    def held(self, session_id: str, now: float) -> Session | None:
+        stored = self._sessions.get(session_key(session_id))
+        if stored is None:
+            return None
+        state = expiry_state(stored.created_at, stored.last_seen_at, now, self.idle_timeout, self.absolute_timeout)
+        if state is not SessionState.VALID:
+            return None  # lookup() deletes it and broadcasts its end
+        stored.last_seen_at = max(stored.last_seen_at, now)
+        return Session(session_id, stored.data, stored.created_at, stored.last_seen_at)
+
     async def delete(self, session_id: str) -> SessionData | None:
         return await self.delete_key(session_key(session_id))
 

@@ -209,6 +209,9 @@ class RedisSessionStore:
             )  # fmt: skip
         return Session(session_id, data, now, now)
 
+    def held(self, session_id: str, now: float) -> Session | None:
+        return None  # every lookup reads Redis (``[sessions] local_cache_seconds`` keeps copies in process)
+
     async def lookup(self, session_id: str, now: float) -> Lookup:
         self._refuse_if_clock_skewed()
         key = session_key(session_id)

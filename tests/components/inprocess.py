@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import uvicorn
 
 from gateway.app import create_app
+from gateway.forward_auth_protocol import forward_auth_protocol
 from gateway.services import Services, open_gateway
 from gateway.settings import Settings
 from gateway.storage.migrate import upgrade_to_head
@@ -25,8 +26,14 @@ async def running_gateway(settings: Settings, sock: socket.socket) -> AsyncItera
     server afterwards, its lifespan closing the services."""
     await upgrade_to_head(settings.database.url.get_secret_value())
     services = open_gateway(settings)
+    app = create_app(settings, services)
     config = uvicorn.Config(
-        create_app(settings, services), log_level="warning", proxy_headers=False, lifespan="on", ws="websockets-sansio"
+        app,
+        http=forward_auth_protocol(app),  # as `channelgate serve` runs it
+        log_level="warning",
+        proxy_headers=False,
+        lifespan="on",
+        ws="websockets-sansio",
     )
     server, task = await start_server(config, sock)
     try:

@@ -1,0 +1,167 @@
+"""A kept forward-auth answer is written from uvicorn's parser callback (gateway/forward_auth_protocol.py) with the
+bytes the full path sends, and only when nothing else is in flight on the connection: the real gateway in this
+process under uvicorn with the protocol `channelgate serve` runs, spoken to over a raw socket as nginx speaks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from gateway.forward_auth import SECRET_HEADER
+from tests.components.echo_gateway import Deployment, deployment
+from tests.components.oidc_provider import OidcProviderFactory
+
+pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
+
+SECRET = secrets.token_urlsafe(32)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis-cached", marks=pytest.mark.redis)])
+async def gateway(
+    request: pytest.FixtureRequest, oidc_provider_factory: OidcProviderFactory
+) -> AsyncIterator[Deployment]:
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis-cached" else None
+    async with deployment(
+        oidc_provider_factory,
+        redis_url=redis_url,
+        extra_sessions_toml="local_cache_seconds = 5" if redis_url else "",
+        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
+    ) as deployed:
+        yield deployed
+
+
+class Connection:
+    """One keep-alive connection to the gateway, as nginx's upstream keepalive holds it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def send(self, *requests: bytes) -> None:
+        self.writer.write(b"".join(requests))
+
+    async def answer(self) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        status, *lines = head[:-4].split(b"\r\n")
+        headers = [(name.lower(), value) for name, _, value in (line.partition(b": ") for line in lines)]
+        length = int(dict(headers).get(b"content-length", b"0"))
+        return status, headers, await self.reader.readexactly(length)
+
+
+@pytest.fixture
+async def connect(gateway: Deployment) -> AsyncIterator[Callable[[], Awaitable[Connection]]]:
+    """New connections to the gateway, all closed at the end."""
+    opened: list[Connection] = []
+
+    async def connection() -> Connection:
+        host, _, port = gateway.url.removeprefix("http://").partition(":")
+        opened.append(Connection(*await asyncio.open_connection(host, int(port))))
+        return opened[-1]
+
+    yield connection
+    for each in opened:
+        each.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await each.writer.wait_closed()
+
+
+Connect = Callable[[], Awaitable[Connection]]
+
+
+def _question(
+    cookie: str, uri: str = "/chat/echo", *, version: bytes = b"1.1", extra: bytes = b"", body: bytes = b""
+) -> bytes:
+    return (
+        b"GET /.channelgate/auth HTTP/" + version + b"\r\nHost: gateway\r\nX-Original-Method: GET\r\n"
+        b"X-Original-URI: " + uri.encode() + b"\r\n" + SECRET_HEADER.encode() + b": " + SECRET.encode() + b"\r\n"
+        b"Cookie: " + cookie.encode() + b"\r\n" + extra + b"\r\n" + body
+    )
+
+
+async def _cookie(gateway: Deployment, user: str) -> str:
+    client = await gateway.login(user)
+    name = gateway.services.cookies.session_name
+    return f"{name}={client.cookies[name]}"
+
+
+def _counts(gateway: Deployment) -> tuple[int, int]:
+    memo = gateway.services.forward_auth_memo
+    return memo.hits, memo.immediate_hits
+
+
+async def test_a_kept_answer_is_written_from_the_parser_with_the_full_paths_bytes(
+    gateway: Deployment, connect: Connect
+) -> None:
+    cookie = await _cookie(gateway, "alice")
+    connection = await connect()
+    connection.send(_question(cookie))
+    full = await connection.answer()
+    assert full[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (0, 0)
+    connection.send(_question(cookie))
+    immediate = await connection.answer()
+    assert _counts(gateway) == (1, 1)
+    # Byte for byte the full path's answer, header order included, but for the date and the assertion's own time.
+    own = {b"date", b"x-channelgate-assertion"}
+    assert immediate[0] == full[0] and immediate[2] == full[2] == b""
+    assert [h for h in immediate[1] if h[0] not in own] == [h for h in full[1] if h[0] not in own]
+    assert [n for n, _ in immediate[1]] == [n for n, _ in full[1]]
+    assertion = dict(immediate[1])[b"x-channelgate-assertion"].decode()
+    claims = await gateway.verify_assertion(assertion, "chat")
+    assert claims["preferred_username"] == "alice"
+    await gateway.services.audit.flush()
+    records = [r for r in await gateway.services.access_log.tail(10) if r.kind == "request"][-2:]
+    assert [(r.agent_name, r.status, r.detail) for r in records] == [("alice", 200, {"via": "forward-auth"})] * 2
+
+
+async def test_a_question_with_a_body_over_http_1_0_or_closing_its_connection_takes_the_full_path(
+    gateway: Deployment, connect: Connect
+) -> None:
+    cookie = await _cookie(gateway, "alice")
+    connection = await connect()
+    connection.send(_question(cookie))
+    assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+    # A body (nginx's sample sends none) is read by uvicorn; the connection goes on from where it left off.
+    connection.send(_question(cookie, extra=b"Content-Length: 4\r\n", body=b"abcd"))
+    assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (1, 0)
+    connection.send(_question(cookie))
+    assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (2, 1)
+    connection.send(_question(cookie, version=b"1.0"))
+    assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (3, 1)
+    closing = await connect()
+    closing.send(_question(cookie, extra=b"Connection: close\r\n"))
+    status, headers, _ = await closing.answer()
+    assert status == b"HTTP/1.1 200 OK" and (b"connection", b"close") in headers and _counts(gateway) == (4, 1)
+    assert await asyncio.wait_for(closing.reader.read(), 10) == b""  # closed after its answer, as uvicorn does
+
+
+async def test_pipelined_questions_are_answered_in_their_order(gateway: Deployment, connect: Connect) -> None:
+    """The second question is refused by the full path (a task): the third, which has a kept answer, waits for it
+    and is answered by the full path too, after it."""
+    cookie = await _cookie(gateway, "alice")
+    connection = await connect()
+    connection.send(_question(cookie))
+    await connection.answer()
+    connection.send(_question(cookie), _question(cookie, "/nowhere/"), _question(cookie))
+    answers = [await connection.answer() for _ in range(3)]
+    assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 403 Forbidden", b"HTTP/1.1 200 OK"]
+    assert _counts(gateway) == (2, 1)
+
+
+async def test_a_revoked_session_is_refused_on_the_next_question_on_the_same_connection(
+    gateway: Deployment, connect: Connect
+) -> None:
+    cookie = await _cookie(gateway, "bob")
+    connection = await connect()
+    for _ in range(2):
+        connection.send(_question(cookie))
+        assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+    assert _counts(gateway) == (1, 1)
+    agent = await gateway.services.agents.find_by_user_name("bob")
+    assert agent is not None
+    await gateway.services.sessions.revoke_agent(agent.id)
+    connection.send(_question(cookie))
+    status, _, _ = await connection.answer()
+    assert status == b"HTTP/1.1 401 Unauthorized" and _counts(gateway) == (1, 1)
