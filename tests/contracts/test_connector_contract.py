@@ -123,6 +123,21 @@ class ConnectorContract:
         for marker in markers:
             assert all(marker not in text for text in elsewhere)
 
+    async def test_prepare_from_memory_adds_exactly_what_prepare_adds_or_leaves_the_request_untouched(
+        self, connector: Connector, url: str
+    ) -> None:
+        """The forward-auth listener's answer from a parser callback (gateway/forward_auth_protocol.py). Before
+        prepare() ran, a credential may be held (a seat provisioned by this process) or not (False, untouched);
+        once prepare() has read it, it is held, and the headers are prepare()'s, client copies replaced."""
+        first = UpstreamRequest("GET", url, list(CLIENT_HEADERS))
+        held_first = connector.prepare_from_memory(AGENT, first)
+        prepared = await _prepared(connector, url=url)
+        assert first.headers == (prepared.headers if held_first else CLIENT_HEADERS)
+        forged = [(name.upper(), "forged-by-client") for name in connector.injected_headers()]
+        from_memory = UpstreamRequest("GET", url, [*CLIENT_HEADERS, *forged])
+        assert connector.prepare_from_memory(AGENT, from_memory) is True
+        assert from_memory.headers == prepared.headers
+
     @pytest.mark.parametrize("spelling", [str.upper, str.lower])
     async def test_a_client_copy_of_an_injected_header_is_replaced_in_any_spelling(
         self, connector: Connector, spelling: object, url: str

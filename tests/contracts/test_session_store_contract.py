@@ -94,6 +94,19 @@ class TestSessionStoreContract:
         assert (found.state, found.data) == (SessionState.ABSOLUTE_EXPIRED, ALICE)
         assert (await backend.store.lookup(session.id, T0 + ABSOLUTE)).state is SessionState.MISSING
 
+    async def test_held_answers_a_valid_session_as_lookup_would_or_not_at_all(self, backend: Backend) -> None:
+        """``held`` (the forward-auth listener's answer without I/O): the embedded store holds every session, Redis
+        alone none; never one that lookup() would refuse, and a held answer refreshes the idle clock as lookup()."""
+        session = await backend.store.create(ALICE, T0)
+        held = backend.store.held(session.id, T0 + IDLE - 1)
+        if held is not None:
+            assert (held.id, held.data, held.created_at, held.last_seen_at) == (session.id, ALICE, T0, T0 + IDLE - 1)
+            assert (await backend.store.lookup(session.id, T0 + 2 * IDLE - 2)).state is SessionState.VALID
+        assert backend.store.held(session.id, T0 + ABSOLUTE + 1) is None
+        assert backend.store.held("no-such-session", T0 + 1) is None
+        await backend.store.revoke_agent(ALICE.agent_id)
+        assert backend.store.held(session.id, T0 + 2) is None
+
     async def test_delete_returns_the_data_once_and_ends_the_session(self, backend: Backend) -> None:
         session = await backend.store.create(ALICE, T0)
         assert await backend.store.delete(session.id) == ALICE

@@ -76,9 +76,11 @@ async def test_a_revocation_on_another_replica_empties_this_cache_before_the_lis
     a, b = replicas
     session = await b.store.create(ALICE, T0)
     assert (await a.store.lookup(session.id, T0)).state is SessionState.VALID
+    assert a.store.held(session.id, T0 + 0.05) is not None  # the parser-callback answer's read (no I/O)
     await b.store.revoke_agent(ALICE.agent_id)
     revocation = await asyncio.wait_for(a.seen.get(), 5)
     assert revocation.agent_id == ALICE.agent_id
+    assert a.store.held(session.id, T0 + 0.1) is None
     assert (await a.store.lookup(session.id, T0 + 0.1)).state is SessionState.MISSING
 
 
@@ -129,6 +131,7 @@ async def test_without_a_confirmed_subscription_nothing_is_served_from_memory(re
         session = await store.create(ALICE, T0)
         for step in range(3):
             await store.lookup(session.id, T0 + step)
+            assert store.held(session.id, T0 + step) is None
         assert store.hits == 0
     finally:
         await store.close()
@@ -147,6 +150,7 @@ async def test_when_redis_goes_away_the_cache_stops_answering_and_the_store_fail
             while replica.store.inner.subscribed:
                 assert asyncio.get_running_loop().time() < deadline, "the lost subscription was never noticed"
                 await asyncio.sleep(0.05)
+            assert replica.store.held(session.id, T0 + 0.5) is None
             with pytest.raises(SessionStoreUnavailable):
                 await replica.store.lookup(session.id, T0 + 0.5)
         finally:
