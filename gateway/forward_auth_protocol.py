@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.app import PROXIED_METHODS
 from gateway.forward_auth import MOUNT, ask, caller_allowed
 
 if TYPE_CHECKING:
@@ -83,15 +84,15 @@ class ForwardAuthProtocol(HttpToolsProtocol):
             or parser.get_http_version() != "1.1"
         ):
             return False
+        method = parser.get_method().decode("ascii")
+        if method not in PROXIED_METHODS:  # the router answers those (405), as gateway/app.py sends them there
+            return False
         headers = self.headers
         for name, _ in headers:
             if name in _BODY_HEADERS:
                 return False
         # What ask() reads of a scope, no more.
-        scope: dict[str, Any] = {
-            "raw_path": _MOUNT_BYTES, "headers": headers, "client": self.client,
-            "method": parser.get_method().decode("ascii"),
-        }  # fmt: skip
+        scope: dict[str, Any] = {"raw_path": _MOUNT_BYTES, "headers": headers, "client": self.client, "method": method}
         try:
             asked = ask(scope, services)
             if asked is None:

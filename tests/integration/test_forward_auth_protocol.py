@@ -116,7 +116,7 @@ async def test_a_kept_answer_is_written_from_the_parser_with_the_full_paths_byte
     assert [(r.agent_name, r.status, r.detail) for r in records] == [("alice", 200, {"via": "forward-auth"})] * 2
 
 
-async def test_a_question_with_a_body_over_http_1_0_or_closing_its_connection_takes_the_full_path(
+async def test_a_question_with_a_body_over_http_1_0_by_another_method_or_closing_takes_the_full_path(
     gateway: Deployment, connect: Connect
 ) -> None:
     cookie = await _cookie(gateway, "alice")
@@ -128,6 +128,8 @@ async def test_a_question_with_a_body_over_http_1_0_or_closing_its_connection_ta
     assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (1, 0)
     connection.send(_question(cookie))
     assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (2, 1)
+    connection.send(_question(cookie).replace(b"GET ", b"TRACE ", 1))  # not a method the gateway answers
+    assert (await connection.answer())[0] == b"HTTP/1.1 405 Method Not Allowed" and _counts(gateway) == (2, 1)
     connection.send(_question(cookie, version=b"1.0"))
     assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (3, 1)
     closing = await connect()
