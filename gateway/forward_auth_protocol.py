@@ -21,6 +21,8 @@ tests/integration/test_forward_auth_protocol.py runs the listener through real n
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -37,6 +39,33 @@ log = logging.getLogger(__name__)
 _MOUNT_BYTES = MOUNT.encode()
 #: A request carrying a body takes uvicorn's path (nginx's sample sends none: ``proxy_pass_request_body off``).
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+
+
+class Failures:
+    """Logs the first failure of the in-callback answer with its traceback, then at most one line a minute with
+    the count: a failure that repeats does so at the proxy's request rate."""
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = every
+        self._clock = clock
+        self._next = 0.0
+        self._since = 0
+
+    def log(self) -> None:
+        self._since += 1
+        now = self._clock()
+        if now < self._next:
+            return
+        self._next = now + self._every
+        log.error(
+            "forward-auth: the in-callback answer failed %d time(s); those requests took the full path",
+            self._since,
+            exc_info=True,
+        )
+        self._since = 0
+
+
+_failures = Failures()
 
 
 class _Answered:
@@ -65,6 +94,9 @@ class ForwardAuthProtocol(HttpToolsProtocol):
         return None
 
     def on_headers_complete(self) -> None:
+        # A request is under way: no keep-alive timer may run. uvicorn stops it when data arrives, before parsing;
+        # an answer written here restarts it (on_response_complete) while the same data may hold another request.
+        self._unset_keepalive_if_required()
         if self.url == _MOUNT_BYTES and self._answer_now():
             return
         super().on_headers_complete()
@@ -75,6 +107,8 @@ class ForwardAuthProtocol(HttpToolsProtocol):
         parser = self.parser
         if (
             services is None
+            or self.limit_concurrency is not None  # uvicorn's 503 past its limit, and a root path it prepends,
+            or self.root_path  # are for its own path to apply (`channelgate serve` sets neither)
             or (cycle is not None and not cycle.response_complete)
             or self.pipeline
             or self.flow.write_paused
@@ -100,7 +134,7 @@ class ForwardAuthProtocol(HttpToolsProtocol):
             allowed = caller_allowed(services, asked.peer, asked.secret)
             sent = services.forward_auth_memo.answer_now(asked, headers, services, allowed)
         except Exception:  # the ASGI path decides instead, and fails closed on its own
-            log.exception("forward-auth: the in-callback answer failed; the request takes the full path")
+            _failures.log()
             return False
         if sent is None:
             return False

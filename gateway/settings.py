@@ -62,6 +62,7 @@ from gateway.settings_channels import (
 from gateway.settings_channels import check_cookie_jar_routes
 from gateway.settings_policies import ForwardAuthSettings as ForwardAuthSettings
 from gateway.settings_policies import PolicySettings as PolicySettings
+from gateway.settings_section import HeaderName
 from gateway.settings_section import Section as _Section
 from gateway.settings_stores import (
     DatabaseSettings as DatabaseSettings,
@@ -177,7 +178,7 @@ class AssertionSettings(_Section):
     #: PEM private keys; the first signs, the rest stay published in the JWKS during rotation.
     private_keys: tuple[SecretStr, ...] = ()
     private_key_files: tuple[Path, ...] = ()
-    header: str = "X-Channelgate-Assertion"
+    header: HeaderName = "X-Channelgate-Assertion"
     lifetime_seconds: Annotated[int, Field(ge=5, le=600)] = 60
 
 

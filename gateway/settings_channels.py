@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.settings_section import HeaderName
 from gateway.settings_section import Section as _Section
 
 
@@ -50,7 +51,7 @@ class StaticChannelSettings(_ChannelBase):
     #: How the credential is presented upstream.
     inject: Literal["bearer", "header", "basic"] = "bearer"
     #: For ``inject = "header"``: the header name.
-    header_name: str | None = None
+    header_name: HeaderName | None = None
 
     @model_validator(mode="after")
     def _header_name(self) -> StaticChannelSettings:
@@ -84,7 +85,7 @@ class SeatsChannelSettings(_ChannelBase):
     #: Base URL of the seats admin API (``{admin_url}seats``, ``{admin_url}seats/{userName}``).
     admin_url: AnyHttpUrl
     inject: Literal["bearer", "header"] = "bearer"
-    header_name: str | None = None
+    header_name: HeaderName | None = None
     remove: Literal["disable", "delete"] = "disable"
     #: A side-effect-free URL at the console that answers 2xx to a live seat key and 401/403 to any other (like
     #: Slack's ``auth.test``); when set, the final check also proves the agent's old key is refused there.

@@ -3,7 +3,13 @@ section is immutable once validated."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+#: A header name we set (RFC 9110 §5.1 field-name, narrowed to letters, digits and hyphens): anything else would
+#: be refused by the HTTP server at every answer, or, with a line break, write headers of its own.
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 
 
 class Section(BaseModel):

@@ -167,3 +167,30 @@ async def test_a_revoked_session_is_refused_on_the_next_question_on_the_same_con
     connection.send(_question(cookie))
     status, _, _ = await connection.answer()
     assert status == b"HTTP/1.1 401 Unauthorized" and _counts(gateway) == (1, 1)
+
+
+async def test_a_slow_request_behind_an_answered_one_in_the_same_read_is_not_cut_by_the_keep_alive_timer(
+    oidc_provider_factory: OidcProviderFactory,
+) -> None:
+    """The answer written from the parser restarts uvicorn's keep-alive timer (5 s) while the same read holds the
+    next request; the console behind it takes 7 s (the route's timeout, then 504): the connection must stay."""
+    async with deployment(
+        oidc_provider_factory,
+        route_timeout_seconds=7,
+        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
+    ) as gateway:
+        cookie = await _cookie(gateway, "alice")
+        host, _, port = gateway.url.removeprefix("http://").partition(":")
+        connection = Connection(*await asyncio.open_connection(host, int(port)))
+        try:
+            connection.send(_question(cookie))
+            await connection.answer()
+            slow = b"GET /chat/hang HTTP/1.1\r\nHost: gateway\r\nCookie: " + cookie.encode() + b"\r\n\r\n"
+            connection.send(_question(cookie), slow)
+            assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (1, 1)
+            status, _, _ = await connection.answer()
+            assert status == b"HTTP/1.1 504 Gateway Timeout"
+        finally:
+            connection.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await connection.writer.wait_closed()

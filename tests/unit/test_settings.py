@@ -282,3 +282,31 @@ def test_a_configuration_path_that_cannot_be_opened_is_a_config_error(tmp_path: 
     with pytest.raises(ConfigError) as raised:
         load_settings(path, environ={})
     assert str(path) in raised.value.message and "cannot be read: Not a directory" in raised.value.message
+
+
+@pytest.mark.parametrize("name", ["X-Assertion\r\nX-Admin: yes", "X Assertion", "X-Assertion:", ""])
+@pytest.mark.parametrize(
+    ("section", "template"),
+    [
+        ("assertion", '\n[assertion]\nheader = "{name}"\n'),
+        ("channels.chat", None),
+    ],
+)
+def test_a_header_name_we_set_that_is_not_a_plain_token_is_refused(
+    tmp_path: Path, name: str, section: str, template: str | None
+) -> None:
+    """The assertion's header and a static channel's credential header go out in every answer: a line break would
+    write headers of its own, a space or colon is refused by the HTTP server at every answer."""
+    escaped = name.replace("\r", "\\r").replace("\n", "\\n")
+    if template is None:
+        text = GOOD.replace('inject = "bearer"', f'inject = "header"\nheader_name = "{escaped}"')
+    else:
+        text = GOOD + template.format(name=escaped)
+    message = _error(tmp_path, text)
+    assert section in message and ("header" in message)
+
+
+def test_plain_header_names_are_accepted(tmp_path: Path) -> None:
+    text = GOOD.replace('inject = "bearer"', 'inject = "header"\nheader_name = "X-Api-Key"')
+    settings = load_settings(_write(tmp_path, text + '\n[assertion]\nheader = "X-Agent-Assertion"\n'), environ={})
+    assert settings.assertion.header == "X-Agent-Assertion"
