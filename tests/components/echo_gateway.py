@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from jose import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -258,3 +259,24 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
             assert value, f"still {value!r} after {timeout} s"
             return value
         await asyncio.sleep(0.1)
+
+
+#: The session stores a forward-auth test runs against: embedded, and Redis behind the in-process cache (the
+#: settings whose kept answers need no I/O: gateway/forward_auth_protocol.py).
+FORWARD_AUTH_STORES = ["memory", pytest.param("redis-cached", marks=pytest.mark.redis)]
+
+
+@contextlib.asynccontextmanager
+async def forward_auth_deployment(
+    request: pytest.FixtureRequest, oidc_provider_factory: OidcProviderFactory, secret: str
+) -> AsyncIterator[Deployment]:
+    """``deployment`` with ``[forward_auth]`` on for ``secret``, its sessions in the store ``request.param`` names
+    (one of ``FORWARD_AUTH_STORES``)."""
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis-cached" else None
+    async with deployment(
+        oidc_provider_factory,
+        redis_url=redis_url,
+        extra_sessions_toml="local_cache_seconds = 5" if redis_url else "",
+        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{secret}"\n',
+    ) as deployed:
+        yield deployed

@@ -18,7 +18,7 @@ from gateway.storage.access_log import AccessRecord
 from policies.decision import Context, Decision, Subject, Target
 from policies.engine import PolicyEngine
 from policies.loader import PolicySource, default_policy_dir, load
-from tests.components.echo_gateway import Deployment, deployment
+from tests.components.echo_gateway import FORWARD_AUTH_STORES, Deployment, forward_auth_deployment
 from tests.components.oidc_provider import OidcProviderFactory
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
@@ -31,17 +31,11 @@ ANSWER = ("content-length", "authorization", "x-channelgate-assertion", "x-chann
           "x-channelgate-policy", "cache-control")  # fmt: skip
 
 
-@pytest.fixture(params=["memory", pytest.param("redis-cached", marks=pytest.mark.redis)])
+@pytest.fixture(params=FORWARD_AUTH_STORES)
 async def gateway(
     request: pytest.FixtureRequest, oidc_provider_factory: OidcProviderFactory
 ) -> AsyncIterator[Deployment]:
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis-cached" else None
-    async with deployment(
-        oidc_provider_factory,
-        redis_url=redis_url,
-        extra_sessions_toml="local_cache_seconds = 5" if redis_url else "",
-        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
-    ) as deployed:
+    async with forward_auth_deployment(request, oidc_provider_factory, SECRET) as deployed:
         yield deployed
 
 

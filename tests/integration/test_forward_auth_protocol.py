@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from gateway.forward_auth import SECRET_HEADER
-from tests.components.echo_gateway import Deployment, deployment
+from tests.components.echo_gateway import FORWARD_AUTH_STORES, Deployment, deployment, forward_auth_deployment
 from tests.components.oidc_provider import OidcProviderFactory
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
@@ -20,18 +20,16 @@ pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
 SECRET = secrets.token_urlsafe(32)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis-cached", marks=pytest.mark.redis)])
+@pytest.fixture(params=FORWARD_AUTH_STORES)
 async def gateway(
     request: pytest.FixtureRequest, oidc_provider_factory: OidcProviderFactory
 ) -> AsyncIterator[Deployment]:
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis-cached" else None
-    async with deployment(
-        oidc_provider_factory,
-        redis_url=redis_url,
-        extra_sessions_toml="local_cache_seconds = 5" if redis_url else "",
-        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
-    ) as deployed:
+    async with forward_auth_deployment(request, oidc_provider_factory, SECRET) as deployed:
         yield deployed
+
+
+#: A response: its status line, its headers (names lower-cased, in order), its body.
+Answer = tuple[bytes, list[tuple[bytes, bytes]], bytes]
 
 
 class Connection:
@@ -43,7 +41,7 @@ class Connection:
     def send(self, *requests: bytes) -> None:
         self.writer.write(b"".join(requests))
 
-    async def answer(self) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    async def answer(self) -> Answer:
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
         status, *lines = head[:-4].split(b"\r\n")
         headers = [(name.lower(), value) for name, _, value in (line.partition(b": ") for line in lines)]
@@ -87,6 +85,15 @@ async def _cookie(gateway: Deployment, user: str) -> str:
     return f"{name}={client.cookies[name]}"
 
 
+async def _asked_once(gateway: Deployment, connect: Connect) -> tuple[str, Connection, Answer]:
+    """alice's cookie, and a connection on which her question was asked once: answered by the full path, which
+    keeps the answer."""
+    cookie = await _cookie(gateway, "alice")
+    connection = await connect()
+    connection.send(_question(cookie))
+    return cookie, connection, await connection.answer()
+
+
 def _counts(gateway: Deployment) -> tuple[int, int]:
     memo = gateway.services.forward_auth_memo
     return memo.hits, memo.immediate_hits
@@ -95,10 +102,7 @@ def _counts(gateway: Deployment) -> tuple[int, int]:
 async def test_a_kept_answer_is_written_from_the_parser_with_the_full_paths_bytes(
     gateway: Deployment, connect: Connect
 ) -> None:
-    cookie = await _cookie(gateway, "alice")
-    connection = await connect()
-    connection.send(_question(cookie))
-    full = await connection.answer()
+    cookie, connection, full = await _asked_once(gateway, connect)
     assert full[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (0, 0)
     connection.send(_question(cookie))
     immediate = await connection.answer()
@@ -119,10 +123,8 @@ async def test_a_kept_answer_is_written_from_the_parser_with_the_full_paths_byte
 async def test_a_question_with_a_body_over_http_1_0_by_another_method_or_closing_takes_the_full_path(
     gateway: Deployment, connect: Connect
 ) -> None:
-    cookie = await _cookie(gateway, "alice")
-    connection = await connect()
-    connection.send(_question(cookie))
-    assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+    cookie, connection, first = await _asked_once(gateway, connect)
+    assert first[0] == b"HTTP/1.1 200 OK"
     # A body (nginx's sample sends none) is read by uvicorn; the connection goes on from where it left off.
     connection.send(_question(cookie, extra=b"Content-Length: 4\r\n", body=b"abcd"))
     assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (1, 0)
@@ -142,10 +144,7 @@ async def test_a_question_with_a_body_over_http_1_0_by_another_method_or_closing
 async def test_pipelined_questions_are_answered_in_their_order(gateway: Deployment, connect: Connect) -> None:
     """The second question is refused by the full path (a task): the third, which has a kept answer, waits for it
     and is answered by the full path too, after it."""
-    cookie = await _cookie(gateway, "alice")
-    connection = await connect()
-    connection.send(_question(cookie))
-    await connection.answer()
+    cookie, connection, _ = await _asked_once(gateway, connect)
     connection.send(_question(cookie), _question(cookie, "/nowhere/"), _question(cookie))
     answers = [await connection.answer() for _ in range(3)]
     assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 403 Forbidden", b"HTTP/1.1 200 OK"]
