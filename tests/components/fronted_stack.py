@@ -78,9 +78,10 @@ class FrontedStack(GatewayStack):
 
 @contextlib.contextmanager
 def fronted_stack(
-    redis_server: RedisServer, postgres_server: PostgresServer, policy_dir: Path
+    redis_server: RedisServer, postgres_server: PostgresServer, policy_dir: Path, local_cache_seconds: float = 0
 ) -> Iterator[FrontedStack]:
-    """The provider and one replica (about 8 s to start); the caller starts its proxy on ``proxy_port``."""
+    """The provider and one replica (about 8 s to start); the caller starts its proxy on ``proxy_port``.
+    ``local_cache_seconds``: the replica's ``[sessions] local_cache_seconds`` (0: off)."""
     for server in (redis_server, postgres_server):
         if not server.running:
             server.start()
@@ -99,6 +100,7 @@ def fronted_stack(
     mp = pytest.MonkeyPatch()
     # The proxy is the trusted proxy: its X-Forwarded-For names the client (a new table cannot reopen [server]).
     mp.setenv("CHANNELGATE_SERVER__TRUSTED_PROXIES", '["127.0.0.1/32"]')
+    mp.setenv("CHANNELGATE_SESSIONS__LOCAL_CACHE_SECONDS", str(local_cache_seconds))
     try:
         provider.start()
         stack.issuer = provider.issuer
