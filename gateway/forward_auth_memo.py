@@ -77,6 +77,10 @@ class Answer:
     #: the same agent, client, channel, method, path, status, decision and policies every time.
     row_tail: LogRow
 
+    @property
+    def channel(self) -> str:
+        return self.checked.match.route.channel
+
 
 def row_tail(question: Question, checked: Checked, action: str, log_path: str) -> LogRow:
     """What ``request_record`` gives for a request the answer allows, after ``ROW_HEAD``: as the full path
@@ -89,10 +93,6 @@ def row_tail(question: Question, checked: Checked, action: str, log_path: str) -
 
 #: What uvicorn's send refuses in a header value (control characters but tab: RFC 9110 §5.5).
 _UNSENDABLE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def upstream_channel(answer: Answer) -> str:
-    return answer.checked.match.route.channel
 
 
 def _agent(data: SessionData) -> AgentRef:
@@ -170,10 +170,7 @@ class ForwardAuthMemo:
         try:
             check_header_size(headers, services.settings.server.max_header_bytes)
             services.audit.check_capacity()
-        except ChannelgateError:
-            return None
-        upstream = UpstreamRequest(asked.question[1], answer.url, [])
-        try:
+            upstream = UpstreamRequest(asked.question[1], answer.url, [])
             if not answer.connector.prepare_from_memory(_agent(session.data), upstream):
                 return None
         except ChannelgateError:
@@ -196,7 +193,7 @@ class ForwardAuthMemo:
             point is None
             or point.engine.id != answer.engine_id
             or services.routes is not answer.routes
-            or services.connectors.get(answer.checked.match.route.channel) is not answer.connector
+            or services.connectors.get(answer.channel) is not answer.connector
             or int(now // 60) != answer.minute
             or services.revived.checking()
         ):
@@ -211,7 +208,7 @@ class ForwardAuthMemo:
         """The answer's headers, as the full path's Response(status_code=200) sends them: the length, the
         credential, the assertion, the rest."""
         assert services.signer is not None
-        assertion = services.signer.sign(data.agent_id, data.user_name, data.groups, upstream_channel(answer), now)
+        assertion = services.signer.sign(data.agent_id, data.user_name, data.groups, answer.channel, now)
         sent = [(b"content-length", b"0")]
         sent += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in upstream.headers]
         sent.append((services.settings.assertion.header.lower().encode("latin-1"), assertion.encode("latin-1")))
