@@ -68,6 +68,8 @@ _SECRET_BYTES = SECRET_HEADER.encode()
 _MODE_BYTES = MODE_HEADER.encode()
 #: Where ``answer_from_memo`` leaves the question for the full path, which keeps its answer under it.
 _ASKED = "channelgate.forward_auth_question"
+#: Set by ``memo_missed``: the memo was asked about this request already.
+_MEMO_MISSED = "channelgate.forward_auth_memo_missed"
 
 
 class OriginalRequest:
@@ -192,12 +194,21 @@ def caller_allowed(services: Services, peer: str | None, sent: str) -> bool:
 async def answer_from_memo(services: Services, scope: Scope, send: Send) -> bool:
     """Answer from ``services.forward_auth_memo`` (gateway/forward_auth_memo.py) when a kept answer still
     holds; False when the request must take the full path (which then keeps its answer for next time)."""
+    if scope.get(_MEMO_MISSED):
+        return False
     asked = ask(scope, services)
     if asked is None:
         return False
     scope[_ASKED] = asked
     allowed = caller_allowed(services, asked.peer, asked.secret)
     return await services.forward_auth_memo.answer(asked, scope["headers"], services, allowed, send)
+
+
+def memo_missed(scope: Scope, asked: Asked) -> None:
+    """The memo was asked ``asked`` for this request (gateway/forward_auth_protocol.py) and missed: the full path
+    decides, and keeps its answer under ``asked``, without asking the memo again (a second read, a second miss)."""
+    scope[_ASKED] = asked
+    scope[_MEMO_MISSED] = True
 
 
 def answer_mode(request: Request, original: OriginalRequest) -> str:

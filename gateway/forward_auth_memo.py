@@ -39,7 +39,7 @@ from gateway.inline_proxy import Checked, request_record
 from gateway.proxy.headers import check_header_size
 from gateway.scope import RequestScope, new_request_id
 from gateway.services import Services
-from gateway.sessions.base import SessionData, SessionState
+from gateway.sessions.base import Session, SessionData, SessionState
 from gateway.storage.access_log import ROW_HEAD, LogRow, insert_values
 from gateway.timeutil import utcnow
 
@@ -95,6 +95,19 @@ def row_tail(question: Question, checked: Checked, action: str, log_path: str) -
 _UNSENDABLE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def _unsendable(sent: list[tuple[bytes, bytes]], upstream: UpstreamRequest) -> bool:
+    """A control character in the credential's values: uvicorn's send refuses it, so the full path answers."""
+    return any(_UNSENDABLE.search(value) for _, value in sent[1 : len(upstream.headers) + 1])
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """``answer_now``'s "a kept answer may hold, but telling needs I/O": the session, if it was held in process
+    (the credential must then be prepared), for ``answer_later`` to use rather than read it again."""
+
+    session: Session | None
+
+
 def _agent(data: SessionData) -> AgentRef:
     return AgentRef(agent_id=data.agent_id, user_name=data.user_name, email=None)
 
@@ -109,6 +122,9 @@ class ForwardAuthMemo:
         self.misses = 0
         #: Of the hits, those answered from the HTTP parser's callback (``answer_now``).
         self.immediate_hits = 0
+        #: Of the hits, those the HTTP protocol answered after ``answer_later`` read what it needed, without the
+        #: ASGI application (gateway/forward_auth_protocol.py counts them).
+        self.awaited_hits = 0
 
     def keep(self, question: Question, answer: Answer) -> None:
         if len(question[2]) > MAX_KEPT_URI:
@@ -132,52 +148,81 @@ class ForwardAuthMemo:
         send: Send,
     ) -> bool:
         """Send the kept answer to ``asked`` if it still holds; False (nothing sent) means take the full path."""
+        try:
+            sent = await self.answer_later(asked, headers, services, caller_allowed)
+        except ChannelgateError:  # the session store failed: the full path fails closed, with its page and record
+            return False
+        if sent is None:
+            return False
+        await send({"type": "http.response.start", "status": 200, "headers": sent})
+        await send({"type": "http.response.body", "body": b""})
+        return True
+
+    async def answer_later(
+        self,
+        asked: Asked,
+        headers: Sequence[tuple[bytes, bytes]],
+        services: Services,
+        caller_allowed: bool,
+        session: Session | None = None,
+    ) -> list[tuple[bytes, bytes]] | None:
+        """The headers of the kept answer to ``asked`` if it still holds, its session read from the store (unless
+        ``session``, held in process a moment ago, is given: ``Later.session``), with its record and metrics done;
+        None (counted as a miss, the answer forgotten) means take the full path."""
         now = services.clock()
         answer = self._holding(asked, services, caller_allowed, now)
         if answer is None:
             self.misses += 1
-            return False
-        lookup = await services.sessions.lookup(asked.question[0], now)
-        session = lookup.session
-        if lookup.state is not SessionState.VALID or session is None or session.data != answer.data:
-            return self._stale(asked.question)
+            return None
+        if session is None:
+            lookup = await services.sessions.lookup(asked.question[0], now)
+            session = lookup.session if lookup.state is SessionState.VALID else None
+        if session is None or session.data != answer.data:
+            self._stale(asked.question)
+            return None
         try:
             check_header_size(headers, services.settings.server.max_header_bytes)
             services.audit.check_capacity()
             upstream = UpstreamRequest(asked.question[1], answer.url, [])
             await answer.connector.prepare(_agent(session.data), upstream)
         except ChannelgateError:
-            return self._stale(asked.question)  # the full path refuses it, with its own record
+            self._stale(asked.question)  # the full path refuses it, with its own record
+            return None
         sent = self._headers(answer, services, session.data, upstream, now)
+        if _unsendable(sent, upstream):
+            self._stale(asked.question)
+            return None
         self._record(answer, services)
-        await send({"type": "http.response.start", "status": 200, "headers": sent})
-        await send({"type": "http.response.body", "body": b""})
-        return True
+        return sent
 
     def answer_now(
         self, asked: Asked, headers: Sequence[tuple[bytes, bytes]], services: Services, caller_allowed: bool
-    ) -> list[tuple[bytes, bytes]] | None:
+    ) -> list[tuple[bytes, bytes]] | Later | None:
         """The headers of the kept answer to ``asked`` when it holds and nothing needs I/O to tell (the session
         held in process, the credential too: ``SessionStore.held``, ``Connector.prepare_from_memory``), with its
-        record and metrics done; None changes nothing and counts nothing: :meth:`answer` then decides."""
+        record and metrics done. ``Later`` when a kept answer may hold but the session must be read or the
+        credential prepared: :meth:`answer_later` tells. None changes nothing and counts nothing: :meth:`answer`
+        then decides."""
         now = services.clock()
         answer = self._holding(asked, services, caller_allowed, now)
         if answer is None:
             return None
         session = services.sessions.held(asked.question[0], now)
-        if session is None or (session.data is not answer.data and session.data != answer.data):
+        if session is None:
+            return Later(None)
+        if session.data is not answer.data and session.data != answer.data:
             return None
         try:
             check_header_size(headers, services.settings.server.max_header_bytes)
             services.audit.check_capacity()
             upstream = UpstreamRequest(asked.question[1], answer.url, [])
             if not answer.connector.prepare_from_memory(_agent(session.data), upstream):
-                return None
+                return Later(session)
         except ChannelgateError:
             return None
         sent = self._headers(answer, services, session.data, upstream, now)
-        if any(_UNSENDABLE.search(value) for _, value in sent[1 : len(upstream.headers) + 1]):
-            return None  # a control character in the credential: the full path refuses it (uvicorn's send)
+        if _unsendable(sent, upstream):
+            return None  # the full path refuses it (uvicorn's send)
         self._record(answer, services)
         self.immediate_hits += 1
         return sent
@@ -222,7 +267,6 @@ class ForwardAuthMemo:
         for counter in answer.counters:
             counter.inc()
 
-    def _stale(self, question: Question) -> bool:
+    def _stale(self, question: Question) -> None:
         self._answers.pop(question, None)
         self.misses += 1
-        return False

@@ -261,9 +261,13 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
         await asyncio.sleep(0.1)
 
 
-#: The session stores a forward-auth test runs against: embedded, and Redis behind the in-process cache (the
-#: settings whose kept answers need no I/O: gateway/forward_auth_protocol.py).
-FORWARD_AUTH_STORES = ["memory", pytest.param("redis-cached", marks=pytest.mark.redis)]
+#: The session stores a forward-auth test runs against: embedded, Redis behind the in-process cache (the settings
+#: whose kept answers need no I/O: gateway/forward_auth_protocol.py), and Redis read on every request.
+FORWARD_AUTH_STORES = [
+    "memory",
+    pytest.param("redis-cached", marks=pytest.mark.redis),
+    pytest.param("redis", marks=pytest.mark.redis),
+]
 
 
 @contextlib.asynccontextmanager
@@ -272,11 +276,11 @@ async def forward_auth_deployment(
 ) -> AsyncIterator[Deployment]:
     """``deployment`` with ``[forward_auth]`` on for ``secret``, its sessions in the store ``request.param`` names
     (one of ``FORWARD_AUTH_STORES``)."""
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis-cached" else None
+    redis_url = request.getfixturevalue("redis_url") if request.param != "memory" else None
     async with deployment(
         oidc_provider_factory,
         redis_url=redis_url,
-        extra_sessions_toml="local_cache_seconds = 5" if redis_url else "",
+        extra_sessions_toml="local_cache_seconds = 5" if request.param == "redis-cached" else "",
         extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{secret}"\n',
     ) as deployed:
         yield deployed

@@ -71,8 +71,8 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[FrontedStack, NginxServer]]:
     """One stack for the module (about 8 s to start); each test leaves the policy file as it found it. Every test
-    runs with Redis read on every request and with the in-process session cache, whose repeated answers are
-    written from the HTTP parser (gateway/forward_auth_protocol.py)."""
+    runs with Redis read on every request (repeated answers written by the HTTP protocol after the read) and with
+    the in-process session cache (written from the HTTP parser): gateway/forward_auth_protocol.py."""
     policies = tmp_path_factory.mktemp("policies")
     with fronted_stack(redis_server, postgres_server, policies, local_cache_seconds=request.param) as gateway:
         nginx = NginxServer(nginx_http(gateway), port=gateway.proxy_port)

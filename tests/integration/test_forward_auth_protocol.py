@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.forward_auth import SECRET_HEADER
-from tests.components.echo_gateway import FORWARD_AUTH_STORES, Deployment, deployment, forward_auth_deployment
+from tests.components.echo_gateway import (
+    FORWARD_AUTH_STORES,
+    Deployment,
+    deployment,
+    eventually,
+    forward_auth_deployment,
+)
 from tests.components.oidc_provider import OidcProviderFactory
 
 pytestmark = [pytest.mark.oidc, pytest.mark.timeout(90)]
@@ -95,8 +103,10 @@ async def _asked_once(gateway: Deployment, connect: Connect) -> tuple[str, Conne
 
 
 def _counts(gateway: Deployment) -> tuple[int, int]:
+    """Kept answers given, and of those the ones the protocol wrote without the ASGI application: from the parser
+    callback when the session is held in process, after reading it from Redis otherwise."""
     memo = gateway.services.forward_auth_memo
-    return memo.hits, memo.immediate_hits
+    return memo.hits, memo.immediate_hits + memo.awaited_hits
 
 
 async def test_a_kept_answer_is_written_from_the_parser_with_the_full_paths_bytes(
@@ -193,3 +203,85 @@ async def test_a_slow_request_behind_an_answered_one_in_the_same_read_is_not_cut
             connection.writer.close()
             with contextlib.suppress(ConnectionError):
                 await connection.writer.wait_closed()
+
+
+async def _now(value: bool) -> bool:
+    return value
+
+
+@pytest.fixture
+async def redis_gateway(oidc_provider_factory: OidcProviderFactory, redis_url: str) -> AsyncIterator[Deployment]:
+    """Sessions in Redis alone: every kept answer waits for its session's read."""
+    async with deployment(
+        oidc_provider_factory,
+        redis_url=redis_url,
+        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
+    ) as deployed:
+        yield deployed
+
+
+@contextlib.asynccontextmanager
+async def _redis_paused(redis_url: str, milliseconds: int) -> AsyncIterator[None]:
+    """Redis holds every client's commands for ``milliseconds`` (CLIENT PAUSE ... ALL), from inside the block."""
+    client = Redis.from_url(redis_url)
+    try:
+        await client.client_pause(milliseconds, all=True)
+        yield
+    finally:
+        await client.client_unpause()
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_client_that_leaves_while_its_session_is_read_is_written_nothing_and_others_go_on(
+    redis_gateway: Deployment, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = redis_gateway
+    cookie = await _cookie(gateway, "alice")
+    host, _, port = gateway.url.removeprefix("http://").partition(":")
+    first = Connection(*await asyncio.open_connection(host, int(port)))
+    first.send(_question(cookie))
+    assert (await first.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (0, 0)
+    async with _redis_paused(redis_url, 600):
+        first.send(_question(cookie))
+        await asyncio.sleep(0.2)  # read by the gateway, its session's read held by Redis
+        first.writer.close()
+        await first.writer.wait_closed()
+        await asyncio.sleep(0.6)
+    memo = gateway.services.forward_auth_memo
+    await eventually(lambda: _now(memo.awaited_hits == 1))  # decided and recorded, as the full path does, not written
+    second = Connection(*await asyncio.open_connection(host, int(port)))
+    try:
+        second.send(_question(cookie))
+        assert (await second.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (2, 2)
+    finally:
+        second.writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.redis
+async def test_a_session_read_that_times_out_is_refused_by_the_full_path_with_503_and_no_error_logged(
+    redis_gateway: Deployment, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kept answer's read fails after `socket_timeout_seconds` (1 s): the full path decides, and fails closed
+    with its own page and record, not uvicorn's 500 for an exception out of the application."""
+    gateway = redis_gateway
+    cookie = await _cookie(gateway, "alice")
+    host, _, port = gateway.url.removeprefix("http://").partition(":")
+    connection = Connection(*await asyncio.open_connection(host, int(port)))
+    try:
+        connection.send(_question(cookie))
+        assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+        async with _redis_paused(redis_url, 3000):
+            connection.send(_question(cookie))
+            status, _, _ = await connection.answer()
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert gateway.services.forward_auth_memo.hits == 0
+        connection.send(_question(cookie))  # Redis is back: allowed again, on the same connection
+        assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+    finally:
+        connection.writer.close()
+    await gateway.services.audit.flush()
+    records = [r for r in await gateway.services.access_log.tail(10) if r.kind == "request"]
+    assert [r.status for r in records][-3:] == [200, 503, 200]
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -22,7 +22,7 @@ def test_repeated_failures_are_logged_once_a_minute_with_their_count(caplog: pyt
             failures.log()
     messages = [record.getMessage() for record in caplog.records]
     assert messages == [
-        "forward-auth: the in-callback answer failed 1 time(s); those requests took the full path",
-        "forward-auth: the in-callback answer failed 60 time(s); those requests took the full path",
+        "forward-auth: the protocol's own answer failed 1 time(s); those requests took the full path",
+        "forward-auth: the protocol's own answer failed 60 time(s); those requests took the full path",
     ]
     assert all(record.exc_info and record.exc_info[0] is RuntimeError for record in caplog.records)
