@@ -150,8 +150,18 @@ class _Nginx:
 
 #: Gateway variants: target name → (label, ``[sessions] local_cache_seconds``, replicas).
 VARIANTS: dict[str, tuple[str, float, int]] = {
-    "channelgate": ("(c) nginx `auth_request` → channelgate, Redis sessions read on every request", 0.0, 1),
-    "channelgate-cached": ("(d) the same with `[sessions] local_cache_seconds = 2` (in-process session cache)", 2.0, 1),
+    "channelgate": (
+        "(c) nginx `auth_request` → channelgate, Redis sessions read on every request (a repeated answer written by"
+        " the HTTP protocol after the read)",
+        0.0,
+        1,
+    ),
+    "channelgate-cached": (
+        "(d) the same with `[sessions] local_cache_seconds = 2` (in-process session cache; a repeated answer written"
+        " from the HTTP parser's callback)",
+        2.0,
+        1,
+    ),
     "channelgate-cached-2": (
         "(e) (d) with two replicas (two processes, one Redis and one SQLite file) in one nginx upstream group",
         2.0,
