@@ -201,17 +201,15 @@ class ForwardAuthMemo:
         """The headers of the kept answer to ``asked`` when it holds and nothing needs I/O to tell (the session
         held in process, the credential too: ``SessionStore.held``, ``Connector.prepare_from_memory``), with its
         record and metrics done. ``Later`` when a kept answer may hold but the session must be read or the
-        credential prepared: :meth:`answer_later` tells. None changes nothing and counts nothing: :meth:`answer`
-        then decides."""
+        credential prepared, or the session held changed: :meth:`answer_later` tells. None changes nothing and
+        counts nothing: :meth:`answer` then decides."""
         now = services.clock()
         answer = self._holding(asked, services, caller_allowed, now)
         if answer is None:
             return None
         session = services.sessions.held(asked.question[0], now)
-        if session is None:
-            return Later(None)
-        if session.data is not answer.data and session.data != answer.data:
-            return None
+        if session is None or (session.data is not answer.data and session.data != answer.data):
+            return Later(session)  # to read it; or, changed, for answer_later to forget the answer (one miss)
         try:
             check_header_size(headers, services.settings.server.max_header_bytes)
             services.audit.check_capacity()

@@ -285,3 +285,36 @@ async def test_a_session_read_that_times_out_is_refused_by_the_full_path_with_50
     records = [r for r in await gateway.services.access_log.tail(10) if r.kind == "request"]
     assert [r.status for r in records][-3:] == [200, 503, 200]
     assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.redis
+async def test_a_question_waiting_for_its_session_when_the_server_stops_is_answered_then_its_connection_closed(
+    oidc_provider_factory: OidcProviderFactory, redis_url: str
+) -> None:
+    """uvicorn's graceful shutdown lets a request in flight finish with ``connection: close``; so must an answer
+    written by the protocol after the session's read."""
+    pauser = Redis.from_url(redis_url)
+    try:
+        async with deployment(
+            oidc_provider_factory,
+            redis_url=redis_url,
+            extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
+        ) as gateway:
+            cookie = await _cookie(gateway, "alice")
+            host, _, port = gateway.url.removeprefix("http://").partition(":")
+            connection = Connection(*await asyncio.open_connection(host, int(port)))
+            connection.send(_question(cookie))
+            assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+            await pauser.client_pause(800, all=True)  # runs out by itself, while the server stops
+            connection.send(_question(cookie))
+            await asyncio.sleep(0.2)
+            answer = asyncio.create_task(connection.answer())
+            memo = gateway.services.forward_auth_memo
+        status, headers, _ = await answer
+        assert status == b"HTTP/1.1 200 OK" and (b"connection", b"close") in headers
+        assert memo.awaited_hits == 1
+        assert await asyncio.wait_for(connection.reader.read(), 10) == b""
+        connection.writer.close()
+    finally:
+        await pauser.client_unpause()
+        await pauser.aclose()
