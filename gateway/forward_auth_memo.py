@@ -259,9 +259,9 @@ class ForwardAuthMemo:
         return sent
 
     def _record(self, answer: Answer, services: Services) -> None:
-        """The request's access-log record and metrics."""
-        self.hits += 1
+        """The request's access-log record and metrics; a hit once its record is queued (a full queue raises)."""
         services.audit.submit_row((utcnow(), "request", new_request_id(), *answer.row_tail))
+        self.hits += 1
         for counter in answer.counters:
             counter.inc()
 

@@ -189,31 +189,42 @@ class ForwardAuthProtocol(HttpToolsProtocol):
         memo = services.forward_auth_memo
         scope = cast(Scope, cycle.scope)
         try:
-            sent = await memo.answer_later(asked, scope["headers"], services, allowed, later.session)
-        except ChannelgateError:  # the session store failed: the full path fails closed, with its page and record
-            sent = None
-        except Exception:
-            _failures.log()
-            sent = None
-        if sent is None:
-            memo_missed(scope, asked)
-            await cycle.run_asgi(app)
-            return
-        memo.awaited_hits += 1
-        try:
-            if self.flow.write_paused and not cycle.disconnected:
-                await self.flow.drain()
-            if cycle.disconnected:  # the client left while the session was read: nothing to write, as uvicorn
+            try:
+                sent = await memo.answer_later(asked, scope["headers"], services, allowed, later.session)
+            except ChannelgateError:  # the session store failed: the full path fails closed, with its page and record
+                sent = None
+            except Exception:
+                _failures.log()
+                sent = None
+            if sent is not None:
+                memo.awaited_hits += 1
+                await self._send(cycle, sent)
+                cycle.on_response = _nothing  # as run_asgi leaves it
                 return
-            cycle.response_started = True
-            self.transport.write(self._response(sent, keep_alive=cycle.keep_alive))
-            cycle.response_complete = True
-            cycle.message_event.set()
-            if not cycle.keep_alive:  # the server is shutting down (uvicorn's shutdown() cleared it)
+        except BaseException as exc:  # cancelled (uvicorn's graceful shutdown timed out), or a bug: as run_asgi does
+            log.error("forward-auth: the answer after the session's read was not written", exc_info=exc)
+            if not cycle.response_started and not cycle.disconnected:
+                await cycle.send_500_response()
+            else:
                 self.transport.close()
-            cycle.on_response()
-        finally:
-            cycle.on_response = _nothing  # as run_asgi leaves it
+            cycle.on_response = _nothing
+            return
+        memo_missed(scope, asked)
+        await cycle.run_asgi(app)  # which completes the cycle, or closes the connection, whatever happens
+
+    async def _send(self, cycle: RequestResponseCycle, sent: list[tuple[bytes, bytes]]) -> None:
+        """Write the 200 with ``sent`` and complete ``cycle``, as uvicorn's ``send`` does for the ASGI path."""
+        if self.flow.write_paused and not cycle.disconnected:
+            await self.flow.drain()
+        if cycle.disconnected:  # the client left while the session was read: nothing to write, as uvicorn
+            return
+        cycle.response_started = True
+        self.transport.write(self._response(sent, keep_alive=cycle.keep_alive))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:  # the server is shutting down (uvicorn's shutdown() cleared it)
+            self.transport.close()
+        cycle.on_response()
 
     def _response(self, sent: list[tuple[bytes, bytes]], *, keep_alive: bool) -> bytes:
         """A 200 with ``sent``, as uvicorn's ``send`` writes it (its default headers first)."""
