@@ -9,6 +9,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -320,3 +321,35 @@ async def test_a_question_waiting_for_its_session_when_the_server_stops_is_answe
     finally:
         await pauser.client_unpause()
         await pauser.aclose()
+
+
+@pytest.mark.redis
+async def test_a_question_cancelled_while_its_session_is_read_gets_uvicorns_500_and_its_connection_closed(
+    redis_gateway: Deployment, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn cancels the requests' tasks when its graceful shutdown times out; its own request task then answers
+    500 and closes the connection (run_asgi), and so must the protocol's."""
+    gateway = redis_gateway
+    cookie = await _cookie(gateway, "alice")
+    host, _, port = gateway.url.removeprefix("http://").partition(":")
+    connection = Connection(*await asyncio.open_connection(host, int(port)))
+    try:
+        connection.send(_question(cookie))
+        assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+        async with _redis_paused(redis_url, 800):
+            connection.send(_question(cookie))
+
+            async def reading() -> asyncio.Task[Any] | None:
+                names = {getattr(t.get_coro(), "__qualname__", ""): t for t in asyncio.all_tasks()}
+                return names.get("ForwardAuthProtocol._answer_later")
+
+            (await eventually(reading, timeout=0.6)).cancel()
+            status, headers, body = await connection.answer()
+        assert (status, body) == (b"HTTP/1.1 500 Internal Server Error", b"Internal Server Error")
+        assert (b"connection", b"close") in headers
+        assert await asyncio.wait_for(connection.reader.read(), 10) == b""
+    finally:
+        connection.writer.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "forward-auth: the answer after the session's read was not written"
+    ]
