@@ -125,7 +125,7 @@ class ForwardAuthProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         later = self._later
-        if later is None or cycle is not self.cycle:
+        if later is None or cycle is not self.cycle or app is not self.app:  # only the request just parsed, as usual
             super()._start_asgi_task(cycle, app)
             return
         self._later = None
