@@ -9,6 +9,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -64,8 +65,7 @@ async def connect(gateway: Deployment) -> AsyncIterator[Callable[[], Awaitable[C
     opened: list[Connection] = []
 
     async def connection() -> Connection:
-        host, _, port = gateway.url.removeprefix("http://").partition(":")
-        opened.append(Connection(*await asyncio.open_connection(host, int(port))))
+        opened.append(await _open(gateway))
         return opened[-1]
 
     yield connection
@@ -76,6 +76,13 @@ async def connect(gateway: Deployment) -> AsyncIterator[Callable[[], Awaitable[C
 
 
 Connect = Callable[[], Awaitable[Connection]]
+#: The gateway's forward-auth section, with this module's secret.
+FORWARD_AUTH_TOML = f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n'
+
+
+async def _open(gateway: Deployment) -> Connection:
+    host, _, port = gateway.url.removeprefix("http://").partition(":")
+    return Connection(*await asyncio.open_connection(host, int(port)))
 
 
 def _question(
@@ -189,14 +196,10 @@ async def test_a_slow_request_behind_an_answered_one_in_the_same_read_is_not_cut
     async with deployment(
         oidc_provider_factory,
         route_timeout_seconds=7,
-        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
+        extra_toml=FORWARD_AUTH_TOML,
     ) as gateway:
-        cookie = await _cookie(gateway, "alice")
-        host, _, port = gateway.url.removeprefix("http://").partition(":")
-        connection = Connection(*await asyncio.open_connection(host, int(port)))
+        cookie, connection, _ = await _asked_once(gateway, lambda: _open(gateway))
         try:
-            connection.send(_question(cookie))
-            await connection.answer()
             slow = b"GET /chat/hang HTTP/1.1\r\nHost: gateway\r\nCookie: " + cookie.encode() + b"\r\n\r\n"
             connection.send(_question(cookie), slow)
             assert (await connection.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (1, 1)
@@ -212,27 +215,34 @@ async def _now(value: bool) -> bool:
     return value
 
 
+def _redis_only(oidc_provider_factory: OidcProviderFactory, redis_url: str) -> AbstractAsyncContextManager[Deployment]:
+    """Sessions in Redis alone: every kept answer waits for its session's read."""
+    return deployment(oidc_provider_factory, redis_url=redis_url, extra_toml=FORWARD_AUTH_TOML)
+
+
 @pytest.fixture
 async def redis_gateway(oidc_provider_factory: OidcProviderFactory, redis_url: str) -> AsyncIterator[Deployment]:
-    """Sessions in Redis alone: every kept answer waits for its session's read."""
-    async with deployment(
-        oidc_provider_factory,
-        redis_url=redis_url,
-        extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
-    ) as deployed:
+    async with _redis_only(oidc_provider_factory, redis_url) as deployed:
         yield deployed
 
 
 @contextlib.asynccontextmanager
-async def _redis_paused(redis_url: str, milliseconds: int) -> AsyncIterator[None]:
-    """Redis holds every client's commands for ``milliseconds`` (CLIENT PAUSE ... ALL), from inside the block."""
+async def _pauser(redis_url: str) -> AsyncIterator[Redis]:
+    """A client to pause Redis with (CLIENT PAUSE ... ALL); whatever pause is left is lifted at the end."""
     client = Redis.from_url(redis_url)
     try:
-        await client.client_pause(milliseconds, all=True)
-        yield
+        yield client
     finally:
         await client.client_unpause()
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _redis_paused(redis_url: str, milliseconds: int) -> AsyncIterator[None]:
+    """Redis holds every client's commands for ``milliseconds``, from inside the block."""
+    async with _pauser(redis_url) as client:
+        await client.client_pause(milliseconds, all=True)
+        yield
 
 
 @pytest.mark.redis
@@ -240,11 +250,8 @@ async def test_a_client_that_leaves_while_its_session_is_read_is_written_nothing
     redis_gateway: Deployment, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = redis_gateway
-    cookie = await _cookie(gateway, "alice")
-    host, _, port = gateway.url.removeprefix("http://").partition(":")
-    first = Connection(*await asyncio.open_connection(host, int(port)))
-    first.send(_question(cookie))
-    assert (await first.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (0, 0)
+    cookie, first, answer = await _asked_once(gateway, lambda: _open(gateway))
+    assert answer[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (0, 0)
     async with _redis_paused(redis_url, 600):
         first.send(_question(cookie))
         await asyncio.sleep(0.2)  # read by the gateway, its session's read held by Redis
@@ -253,7 +260,7 @@ async def test_a_client_that_leaves_while_its_session_is_read_is_written_nothing
         await asyncio.sleep(0.6)
     memo = gateway.services.forward_auth_memo
     await eventually(lambda: _now(memo.awaited_hits == 1))  # decided and recorded, as the full path does, not written
-    second = Connection(*await asyncio.open_connection(host, int(port)))
+    second = await _open(gateway)
     try:
         second.send(_question(cookie))
         assert (await second.answer())[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (2, 2)
@@ -269,12 +276,9 @@ async def test_a_session_read_that_times_out_is_refused_by_the_full_path_with_50
     """The kept answer's read fails after `socket_timeout_seconds` (1 s): the full path decides, and fails closed
     with its own page and record, not uvicorn's 500 for an exception out of the application."""
     gateway = redis_gateway
-    cookie = await _cookie(gateway, "alice")
-    host, _, port = gateway.url.removeprefix("http://").partition(":")
-    connection = Connection(*await asyncio.open_connection(host, int(port)))
+    cookie, connection, answer = await _asked_once(gateway, lambda: _open(gateway))
     try:
-        connection.send(_question(cookie))
-        assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+        assert answer[0] == b"HTTP/1.1 200 OK"
         async with _redis_paused(redis_url, 3000):
             connection.send(_question(cookie))
             status, _, _ = await connection.answer()
@@ -296,18 +300,10 @@ async def test_a_question_waiting_for_its_session_when_the_server_stops_is_answe
 ) -> None:
     """uvicorn's graceful shutdown lets a request in flight finish with ``connection: close``; so must an answer
     written by the protocol after the session's read."""
-    pauser = Redis.from_url(redis_url)
-    try:
-        async with deployment(
-            oidc_provider_factory,
-            redis_url=redis_url,
-            extra_toml=f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n',
-        ) as gateway:
-            cookie = await _cookie(gateway, "alice")
-            host, _, port = gateway.url.removeprefix("http://").partition(":")
-            connection = Connection(*await asyncio.open_connection(host, int(port)))
-            connection.send(_question(cookie))
-            assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+    async with _pauser(redis_url) as pauser:
+        async with _redis_only(oidc_provider_factory, redis_url) as gateway:
+            cookie, connection, first = await _asked_once(gateway, lambda: _open(gateway))
+            assert first[0] == b"HTTP/1.1 200 OK"
             await pauser.client_pause(800, all=True)  # runs out by itself, while the server stops
             connection.send(_question(cookie))
             await asyncio.sleep(0.2)
@@ -318,9 +314,6 @@ async def test_a_question_waiting_for_its_session_when_the_server_stops_is_answe
         assert memo.awaited_hits == 1
         assert await asyncio.wait_for(connection.reader.read(), 10) == b""
         connection.writer.close()
-    finally:
-        await pauser.client_unpause()
-        await pauser.aclose()
 
 
 @pytest.mark.redis
@@ -330,12 +323,9 @@ async def test_a_question_cancelled_while_its_session_is_read_gets_uvicorns_500_
     """uvicorn cancels the requests' tasks when its graceful shutdown times out; its own request task then answers
     500 and closes the connection (run_asgi), and so must the protocol's."""
     gateway = redis_gateway
-    cookie = await _cookie(gateway, "alice")
-    host, _, port = gateway.url.removeprefix("http://").partition(":")
-    connection = Connection(*await asyncio.open_connection(host, int(port)))
+    cookie, connection, answer = await _asked_once(gateway, lambda: _open(gateway))
     try:
-        connection.send(_question(cookie))
-        assert (await connection.answer())[0] == b"HTTP/1.1 200 OK"
+        assert answer[0] == b"HTTP/1.1 200 OK"
         async with _redis_paused(redis_url, 800):
             connection.send(_question(cookie))
 
