@@ -148,10 +148,7 @@ class ForwardAuthMemo:
         send: Send,
     ) -> bool:
         """Send the kept answer to ``asked`` if it still holds; False (nothing sent) means take the full path."""
-        try:
-            sent = await self.answer_later(asked, headers, services, caller_allowed)
-        except ChannelgateError:  # the session store failed: the full path fails closed, with its page and record
-            return False
+        sent = await self.answer_later(asked, headers, services, caller_allowed)
         if sent is None:
             return False
         await send({"type": "http.response.start", "status": 200, "headers": sent})
@@ -168,22 +165,24 @@ class ForwardAuthMemo:
     ) -> list[tuple[bytes, bytes]] | None:
         """The headers of the kept answer to ``asked`` if it still holds, its session read from the store (unless
         ``session``, held in process a moment ago, is given: ``Later.session``), with its record and metrics done;
-        None (counted as a miss, the answer forgotten) means take the full path."""
+        None means take the full path (a miss, the answer forgotten; or the session store or the access log failed,
+        which the full path then refuses with its own page and record)."""
         now = services.clock()
         answer = self._holding(asked, services, caller_allowed, now)
         if answer is None:
             self.misses += 1
             return None
         if session is None:
-            lookup = await services.sessions.lookup(asked.question[0], now)
+            try:
+                lookup = await services.sessions.lookup(asked.question[0], now)
+            except ChannelgateError:
+                return None
             session = lookup.session if lookup.state is SessionState.VALID else None
         if session is None or session.data != answer.data:
             self._stale(asked.question)
             return None
         try:
-            check_header_size(headers, services.settings.server.max_header_bytes)
-            services.audit.check_capacity()
-            upstream = UpstreamRequest(asked.question[1], answer.url, [])
+            upstream = self._upstream(asked, answer, headers, services)
             await answer.connector.prepare(_agent(session.data), upstream)
         except ChannelgateError:
             self._stale(asked.question)  # the full path refuses it, with its own record
@@ -192,7 +191,10 @@ class ForwardAuthMemo:
         if _unsendable(sent, upstream):
             self._stale(asked.question)
             return None
-        self._record(answer, services)
+        try:
+            self._record(answer, services)
+        except ChannelgateError:  # the access log's queue filled while the credential was prepared
+            return None
         return sent
 
     def answer_now(
@@ -211,9 +213,7 @@ class ForwardAuthMemo:
         if session is None or (session.data is not answer.data and session.data != answer.data):
             return Later(session)  # to read it; or, changed, for answer_later to forget the answer (one miss)
         try:
-            check_header_size(headers, services.settings.server.max_header_bytes)
-            services.audit.check_capacity()
-            upstream = UpstreamRequest(asked.question[1], answer.url, [])
+            upstream = self._upstream(asked, answer, headers, services)
             if not answer.connector.prepare_from_memory(_agent(session.data), upstream):
                 return Later(session)
         except ChannelgateError:
@@ -243,6 +243,16 @@ class ForwardAuthMemo:
             self._answers.pop(asked.question, None)
             return None
         return answer
+
+    @staticmethod
+    def _upstream(
+        asked: Asked, answer: Answer, headers: Sequence[tuple[bytes, bytes]], services: Services
+    ) -> UpstreamRequest:
+        """The request whose credential the connector prepares, once the limits the full path checks first hold
+        (the question's header size, room in the access log's queue); raises ``ChannelgateError`` otherwise."""
+        check_header_size(headers, services.settings.server.max_header_bytes)
+        services.audit.check_capacity()
+        return UpstreamRequest(asked.question[1], answer.url, [])
 
     @staticmethod
     def _headers(

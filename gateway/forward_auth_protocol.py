@@ -40,7 +40,6 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from gateway.app import PROXIED_METHODS
-from gateway.errors import ChannelgateError
 from gateway.forward_auth import MOUNT, Asked, ask, caller_allowed, memo_missed
 from gateway.forward_auth_memo import Later
 
@@ -191,8 +190,6 @@ class ForwardAuthProtocol(HttpToolsProtocol):
         try:
             try:
                 sent = await memo.answer_later(asked, scope["headers"], services, allowed, later.session)
-            except ChannelgateError:  # the session store failed: the full path fails closed, with its page and record
-                sent = None
             except Exception:
                 _failures.log()
                 sent = None
