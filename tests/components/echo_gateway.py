@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from connectors.vault import store_credential
 from gateway.services import Services
-from gateway.settings import load_settings
+from gateway.settings import Settings, load_settings
 from gateway.timeutil import utcnow
 from tests.components.asgi_server import AsgiServer, bound_socket, stop_all
 from tests.components.browserless_login import login
@@ -168,36 +168,31 @@ async def deployment(
     base_dir = Path(tempfile.mkdtemp(prefix="channelgate-it-"))
     gateway_sock = bound_socket()
     url = f"http://{LOOPBACK}:{gateway_sock.getsockname()[1]}"
-    provider = oidc_provider_factory(
-        [url + "/.channelgate/callback"], backchannel_logout_uri=url + "/.channelgate/backchannel-logout"
-    )
-    consoles = {channel: EchoConsole(channel) for channel in CHANNELS}
-    admin_token = secrets.token_urlsafe(24)
-    text = config_toml(
-        base_dir=base_dir,
-        public_url=url,
-        issuer=provider.issuer,
-        database_url=database_url or f"sqlite+aiosqlite:///{base_dir / 'channelgate.db'}",
-        console_ports={channel: console.port for channel, console in consoles.items()},
-        admin_token=admin_token,
-        redis_url=redis_url,
-    )
-    text = text.replace("timeout_seconds = 5\n", f"timeout_seconds = {route_timeout_seconds}\n")
-    text = text.replace("insecure_dev_cookies = true\n", f"insecure_dev_cookies = true\n{extra_server_toml}\n")
-    text = text.replace(
-        "revocation_ack_timeout_seconds = 2.0\n", f"revocation_ack_timeout_seconds = 2.0\n{extra_sessions_toml}\n"
-    )
-    extra = extra_toml(provider.issuer) if callable(extra_toml) else extra_toml
-    text += f"\n{extra}\n"  # whole tables, appended after the routes
-    config_path = base_dir / "channelgate.toml"
-    config_path.write_text(text, encoding="utf-8")
-    settings = load_settings(config_path, environ={})
     try:
         async with contextlib.AsyncExitStack() as stack:
+            # Everything bound so far is let go of even when the provider or a console does not start.
+            provider = oidc_provider_factory(
+                [url + "/.channelgate/callback"], backchannel_logout_uri=url + "/.channelgate/backchannel-logout"
+            )
+            consoles: dict[str, EchoConsole] = {}
             stack.push_async_callback(stop_all, consoles.values())
+            for channel in CHANNELS:
+                consoles[channel] = EchoConsole(channel)
+            settings = _settings(
+                base_dir,
+                url,
+                provider.issuer,
+                {channel: console.port for channel, console in consoles.items()},
+                database_url=database_url,
+                redis_url=redis_url,
+                route_timeout_seconds=route_timeout_seconds,
+                extra_server_toml=extra_server_toml,
+                extra_sessions_toml=extra_sessions_toml,
+                extra_toml=extra_toml,
+            )
             for console in consoles.values():
                 await console.start()
-            services = await stack.enter_async_context(running_gateway(settings, gateway_sock))
+            services = await stack.enter_async_context(running_gateway(settings.settings, gateway_sock))
             assert services.vault is not None
             credentials = {}
             for channel in CHANNELS:
@@ -205,7 +200,9 @@ async def deployment(
                 await store_credential(
                     services.credentials, services.vault, channel, credentials[channel].encode(), utcnow()
                 )
-            deployed = Deployment(url, services, config_path, admin_token, consoles, credentials, provider=provider)
+            deployed = Deployment(
+                url, services, settings.path, settings.admin_token, consoles, credentials, provider=provider
+            )
             try:
                 yield deployed
             finally:
@@ -214,6 +211,50 @@ async def deployment(
     finally:
         gateway_sock.close()
         shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """The configuration file a deployment's gateway reads, and the settings loaded from it."""
+
+    path: Path
+    settings: Settings
+    admin_token: str
+
+
+def _settings(
+    base_dir: Path,
+    url: str,
+    issuer: str,
+    console_ports: dict[str, int],
+    *,
+    database_url: str | None,
+    redis_url: str | None,
+    route_timeout_seconds: float,
+    extra_server_toml: str,
+    extra_sessions_toml: str,
+    extra_toml: str | Callable[[str], str],
+) -> _Written:
+    admin_token = secrets.token_urlsafe(24)
+    text = config_toml(
+        base_dir=base_dir,
+        public_url=url,
+        issuer=issuer,
+        database_url=database_url or f"sqlite+aiosqlite:///{base_dir / 'channelgate.db'}",
+        console_ports=console_ports,
+        admin_token=admin_token,
+        redis_url=redis_url,
+    )
+    text = text.replace("timeout_seconds = 5\n", f"timeout_seconds = {route_timeout_seconds}\n")
+    text = text.replace("insecure_dev_cookies = true\n", f"insecure_dev_cookies = true\n{extra_server_toml}\n")
+    text = text.replace(
+        "revocation_ack_timeout_seconds = 2.0\n", f"revocation_ack_timeout_seconds = 2.0\n{extra_sessions_toml}\n"
+    )
+    extra = extra_toml(issuer) if callable(extra_toml) else extra_toml
+    text += f"\n{extra}\n"  # whole tables, appended after the routes
+    config_path = base_dir / "channelgate.toml"
+    config_path.write_text(text, encoding="utf-8")
+    return _Written(config_path, load_settings(config_path, environ={}), admin_token)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from connectors.vault import store_credential
 from deploy.demo.consoles import create_app
 from deploy.demo.form_login import FormLogin
 from gateway.services import Services
-from gateway.settings import load_settings
+from gateway.settings import Settings, load_settings
 from gateway.timeutil import utcnow
 from tests.components.asgi_server import AsgiServer, bound_socket
 from tests.components.browserless_login import login
@@ -169,38 +169,25 @@ async def form_deployment(
     base_dir = Path(tempfile.mkdtemp(prefix="channelgate-form-"))
     sockets = [bound_socket() for _ in range(replicas)]
     urls = [f"http://{LOOPBACK}:{sock.getsockname()[1]}" for sock in sockets]
-    provider = oidc_provider_factory([urls[0] + "/.channelgate/callback"])
-    jwks, issuer = urls[0] + "/.channelgate/jwks.json", urls[0]
-    mail_app: Starlette = create_app("mail", SERVICE_CREDENTIAL, jwks, issuer, auth="form", accounts=ACCOUNTS)
-    login_form: FormLogin = mail_app.state.form_login
-    clock = Clock()
-    login_form.sessions.clock = clock
-    mail = RunningConsole(Recorder(mail_app))
-    chat = RunningConsole(Recorder(create_app("chat", CHAT_CREDENTIAL, jwks, issuer)))
-    phone = EchoConsole("phone")
-    admin_token = secrets.token_urlsafe(24)
-    text = config_toml(
-        base_dir=base_dir,
-        public_url=urls[0],
-        issuer=provider.issuer,
-        database_url=f"sqlite+aiosqlite:///{base_dir / 'channelgate.db'}",
-        console_ports={"chat": chat.port, "phone": phone.port, "mail": mail.port},
-        admin_token=admin_token,
-        redis_url=redis_url,
-    )
-    static_mail = '[channels.mail]\ninject = "basic"\n'
-    assert static_mail in text
-    text = text.replace(static_mail, _mail_channel(mail.url))
-    config_path = base_dir / "channelgate.toml"
-    config_path.write_text(text, encoding="utf-8")
-    settings = load_settings(config_path, environ={})
     try:
         async with contextlib.AsyncExitStack() as stack:
-            for console in (mail, chat):
-                await console.start()
-                stack.push_async_callback(console.stop)
-            await phone.start()
+            # Every socket held so far is let go of even when the provider or a console does not start.
+            provider = oidc_provider_factory([urls[0] + "/.channelgate/callback"])
+            jwks, issuer = urls[0] + "/.channelgate/jwks.json", urls[0]
+            mail_app: Starlette = create_app("mail", SERVICE_CREDENTIAL, jwks, issuer, auth="form", accounts=ACCOUNTS)
+            login_form: FormLogin = mail_app.state.form_login
+            clock = Clock()
+            login_form.sessions.clock = clock
+            mail = RunningConsole(Recorder(mail_app))
+            stack.push_async_callback(mail.stop)
+            chat = RunningConsole(Recorder(create_app("chat", CHAT_CREDENTIAL, jwks, issuer)))
+            stack.push_async_callback(chat.stop)
+            phone = EchoConsole("phone")
             stack.push_async_callback(phone.stop)
+            admin_token = secrets.token_urlsafe(24)
+            settings = _settings(base_dir, urls[0], provider.issuer, mail, chat, phone, admin_token, redis_url)
+            for console in (mail, chat, phone):
+                await console.start()
             running: list[Services] = []
             for sock in sockets:
                 services = await stack.enter_async_context(running_gateway(settings, sock))
@@ -225,3 +212,31 @@ async def form_deployment(
         for sock in sockets:
             sock.close()
         shutil.rmtree(base_dir, ignore_errors=True)
+
+
+def _settings(
+    base_dir: Path,
+    url: str,
+    issuer: str,
+    mail: AsgiServer,
+    chat: AsgiServer,
+    phone: AsgiServer,
+    admin_token: str,
+    redis_url: str | None,
+) -> Settings:
+    """The deployment's configuration file, written and loaded: mail signs in through its login form."""
+    text = config_toml(
+        base_dir=base_dir,
+        public_url=url,
+        issuer=issuer,
+        database_url=f"sqlite+aiosqlite:///{base_dir / 'channelgate.db'}",
+        console_ports={"chat": chat.port, "phone": phone.port, "mail": mail.port},
+        admin_token=admin_token,
+        redis_url=redis_url,
+    )
+    static_mail = '[channels.mail]\ninject = "basic"\n'
+    assert static_mail in text
+    text = text.replace(static_mail, _mail_channel(mail.url))
+    config_path = base_dir / "channelgate.toml"
+    config_path.write_text(text, encoding="utf-8")
+    return load_settings(config_path, environ={})

@@ -210,39 +210,40 @@ async def offboarding_stack(
     gateway_port = free_port()
     issuer = f"http://{LOOPBACK}:{gateway_port}"
     consoles: dict[str, LiveConsole] = {}
-    for channel, (mode, has_tickets) in CHANNEL_MODES.items():
-        credential = f"{channel}-service-{secrets.token_urlsafe(16)}"
-        app = console_app(
-            channel,
-            credential,
-            issuer + "/.channelgate/jwks.json",
-            issuer,
-            auth=mode,
-            tickets=_tickets(open_tickets) if has_tickets else None,
-            accounts={user: PASSWORD for user in accounts} if mode == "form" else None,
+    try:  # each console's socket is let go of even when a later step fails before the stack is handed out
+        for channel, (mode, has_tickets) in CHANNEL_MODES.items():
+            credential = f"{channel}-service-{secrets.token_urlsafe(16)}"
+            app = console_app(
+                channel,
+                credential,
+                issuer + "/.channelgate/jwks.json",
+                issuer,
+                auth=mode,
+                tickets=_tickets(open_tickets) if has_tickets else None,
+                accounts={user: PASSWORD for user in accounts} if mode == "form" else None,
+            )
+            consoles[channel] = LiveConsole(channel, mode, credential, AsgiServer(app))
+        admin_token = secrets.token_urlsafe(24)
+        config_path = base_dir / "channelgate.toml"
+        config_path.write_text(
+            gateway_config(base_dir, gateway_port, admin_token, {c: console.url for c, console in consoles.items()})
+            + f"\n[deprovision]\n{deprovision_toml}\n",
+            encoding="utf-8",
         )
-        consoles[channel] = LiveConsole(channel, mode, credential, AsgiServer(app))
-    admin_token = secrets.token_urlsafe(24)
-    config_path = base_dir / "channelgate.toml"
-    config_path.write_text(
-        gateway_config(base_dir, gateway_port, admin_token, {c: console.url for c, console in consoles.items()})
-        + f"\n[deprovision]\n{deprovision_toml}\n",
-        encoding="utf-8",
-    )
-    settings = load_settings(config_path, environ={})
-    await upgrade_to_head(settings.database.url.get_secret_value())
-    services = open_core(settings)
-    try:
-        assert services.vault is not None
-        for channel, console in consoles.items():
-            await store_credential(services.credentials, services.vault, channel, console.credential.encode(), utcnow())
-    finally:
-        await services.close()
-    for console in consoles.values():
-        await console.start()
-    stack = OffboardingStack(base_dir, gateway_port, admin_token, consoles, config_path, base_dir / "channelgate.db")
-    try:
-        yield stack
+        settings = load_settings(config_path, environ={})
+        await upgrade_to_head(settings.database.url.get_secret_value())
+        services = open_core(settings)
+        try:
+            assert services.vault is not None
+            for channel, console in consoles.items():
+                await store_credential(
+                    services.credentials, services.vault, channel, console.credential.encode(), utcnow()
+                )
+        finally:
+            await services.close()
+        for console in consoles.values():
+            await console.start()
+        yield OffboardingStack(base_dir, gateway_port, admin_token, consoles, config_path, base_dir / "channelgate.db")
     finally:
         for console in consoles.values():
             await console.stop()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import secrets
+import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -24,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.components.browserless_login import LoginRejected, login, login_steps, provider_login, provider_logout
+from tests.components.echo_gateway import deployment
 from tests.components.oidc_provider import (
     DEMO_PASSWORD,
     TEST_CLIENT_ID,
@@ -170,6 +175,36 @@ def _relying_party(port: int, provider: OidcProvider | None = None) -> Iterator[
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_free_ports_are_outside_the_kernels_own_choices_and_not_handed_out_twice() -> None:
+    """The kernel picks ports for connect() and bind(0) from the ephemeral range: a port below it cannot be taken
+    between free_port() and the server's bind by anything the suite does not start itself."""
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < port < first_ephemeral for port in ports), ports
+    with socket.socket() as held:  # what the kernel hands a server binding port 0 never collides with them
+        held.bind((LOOPBACK, 0))
+        assert held.getsockname()[1] >= first_ephemeral
+    held_port = free_port()
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, held_port))
+        listener.listen()
+        assert held_port not in {free_port() for _ in range(200)}
+
+
+async def test_a_deployment_whose_provider_does_not_start_lets_go_of_every_socket_it_held() -> None:
+    def provider_that_fails(*args: object, **kwargs: object) -> OidcProvider:
+        raise RuntimeError("oidc-provider exited: EADDRINUSE")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(RuntimeError, match="EADDRINUSE"):
+            async with deployment(provider_that_fails):
+                pass
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
 
 
 async def test_redis_answers_ping_and_restarts_on_the_same_port() -> None:
