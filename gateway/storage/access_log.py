@@ -9,6 +9,7 @@ that must see every record (exports, forwarders) follow ``chain_pos``, which is 
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -19,11 +20,14 @@ from typing import Any
 from sqlalchemy import RowMapping, Select, and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.errors import StorageError
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_gate, write_transaction
 from gateway.storage.schema import access_log
 from gateway.storage.sqlite_batch_process import BatchWriterProcess
 from gateway.storage.sqlite_batches import sqlite_file
+
+log = logging.getLogger("channelgate.audit")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +137,9 @@ class AccessLogRepository:
                 path, access_log.name, INSERT_COLUMNS, busy_timeout_seconds=busy_timeout_seconds, chained=True
             )
         )
+        #: (first row, last row, count) of the last batch whose transaction failed through SQLAlchemy: it may
+        #: have committed all the same (the connection lost after COMMIT was sent, before its answer came back).
+        self._unsure: tuple[LogRow, LogRow, int] | None = None
 
     def close(self) -> None:
         """Stop the batch writer's process (the engine is disposed by its owner)."""
@@ -159,16 +166,56 @@ class AccessLogRepository:
     async def append_rows(self, rows: Sequence[LogRow]) -> None:
         """Insert many records, given as rows, in order in one transaction, returning nothing: the fast path for
         the batched request records (no RETURNING, no per-row copies). On SQLite the rows go through ``sqlite3``
-        in a process of its own (``gateway.storage.sqlite_batch_process``), chained as they are inserted."""
+        in a process of its own (``gateway.storage.sqlite_batch_process``), chained as they are inserted. Elsewhere,
+        after a failed write the next call first asks whether that batch committed after all (not writing it twice).
+        """
         if not rows:
             return
         if self._sqlite_batches is not None:
             async with write_gate(self._sqlite_gate):
                 await self._sqlite_batches.write(rows)
             return
+        if self._unsure is not None:
+            rows = await self._settle(rows)
+            if not rows:
+                return
         values = [dict(zip(INSERT_COLUMNS, row, strict=True)) | {"time": to_db(row[0])} for row in rows]
-        async with write_transaction(self._engine) as c:
-            await c.execute(insert(access_log), values)
+        try:
+            async with write_transaction(self._engine) as c:
+                await c.execute(insert(access_log), values)
+        except StorageError:
+            self._unsure = (rows[0], rows[-1], len(rows))
+            raise
+
+    async def _settle(self, rows: Sequence[LogRow]) -> Sequence[LogRow]:
+        """``rows`` without the records of the unsure batch if that one did commit (a retry starts with it).
+
+        A transaction commits whole or not at all, so its first and last records tell; the time index finds
+        them, and (time, kind, request_id) names a request's record. Raises ``StorageError`` (the question kept
+        for next time) when the database cannot be asked.
+        """
+        assert self._unsure is not None
+        first, last, count = self._unsure
+        committed = (
+            len(rows) >= count
+            and rows[0] == first
+            and rows[count - 1] == last
+            and await self._contains(first)
+            and await self._contains(last)
+        )
+        self._unsure = None
+        if committed:
+            log.warning("%d access-log records committed although their write failed; not written again", count)
+            return rows[count:]
+        return rows
+
+    async def _contains(self, row: LogRow) -> bool:
+        moment, kind, request_id = row[: len(ROW_HEAD)]
+        c = access_log.c
+        same_request = c.request_id.is_(None) if request_id is None else c.request_id == request_id
+        query = select(c.seq).where(c.time == to_db(moment), c.kind == kind, same_request).limit(1)
+        async with read_transaction(self._engine) as connection:
+            return (await connection.execute(query)).first() is not None
 
     async def tail(self, limit: int = 100, *, conn: AsyncConnection | None = None) -> list[AccessRecord]:
         """The newest ``limit`` records, newest last."""

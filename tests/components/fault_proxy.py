@@ -8,6 +8,9 @@ Faults are switched at runtime and apply at once, to new and to already open con
     "blackhole" connections are accepted and read, nothing is forwarded either way (no connection to the target)
     "refuse"    the listening socket is closed: connecting fails with ECONNREFUSED; open connections carry on
 
+``cut_after`` (bytes): the next chunk from a client that contains them is forwarded, then that connection is reset
+before any answer reaches the client — a server that acted on a request (a COMMIT) whose answer was lost.
+
 ``reset_all()`` resets every open connection now. ``open_connections`` counts the client connections the proxy
 holds, so a test can prove the client behind it does not leak them. Runs in the caller's event loop.
 """
@@ -43,6 +46,8 @@ def _reset(writer: asyncio.StreamWriter | None) -> None:
 class _Connection:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
+    #: Cut (``FaultProxy.cut_after``): what the target sends is dropped until the reset.
+    muted: bool = False
 
     def reset(self) -> None:
         _reset(self.client)
@@ -63,6 +68,7 @@ class FaultCounts:
     resets: int = 0
     blackholed: int = 0
     target_unreachable: int = 0
+    cuts: int = 0
 
 
 @dataclass
@@ -72,6 +78,10 @@ class FaultProxy:
     port: int = field(default_factory=free_port)
     latency: float = 0.0
     mode: Mode = "forward"
+    #: One cut after these bytes from a client (see the module's docstring), then None again.
+    cut_after: bytes | None = None
+    #: How long the target gets to act on the chunk before the cut.
+    cut_delay: float = 0.3
     counts: FaultCounts = field(default_factory=FaultCounts)
     _server: asyncio.Server | None = field(default=None, repr=False)
     _open: set[_Connection] = field(default_factory=set, repr=False)
@@ -164,8 +174,8 @@ class FaultProxy:
             connection.reset()
             return
         pumps = [
-            asyncio.create_task(self._pump(connection, reader, connection.upstream)),
-            asyncio.create_task(self._pump(connection, upstream_reader, connection.client)),
+            asyncio.create_task(self._pump(connection, reader, connection.upstream, from_client=True)),
+            asyncio.create_task(self._pump(connection, upstream_reader, connection.client, from_client=False)),
         ]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
@@ -183,7 +193,9 @@ class FaultProxy:
                     self.counts.resets += 1
                     return
 
-    async def _pump(self, connection: _Connection, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, connection: _Connection, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, from_client: bool
+    ) -> None:
         """Copy one direction chunk by chunk, applying the fault of the moment; half-close on EOF."""
         while chunk := await source.read(CHUNK):
             if self.latency > 0:
@@ -192,11 +204,20 @@ class FaultProxy:
                 connection.reset()
                 self.counts.resets += 1
                 raise ConnectionResetError("reset by the fault proxy")
-            if self.mode == "blackhole":
+            if self.mode == "blackhole" or connection.muted:
                 continue
+            cut = from_client and self.cut_after is not None and self.cut_after in chunk
+            if cut:
+                self.cut_after = None
+                connection.muted = True  # before the target can answer: no byte of its answer gets through
             sink.write(chunk)
             await sink.drain()
             self.counts.forwarded_bytes += len(chunk)
+            if cut:
+                await asyncio.sleep(self.cut_delay)
+                connection.reset()
+                self.counts.cuts += 1
+                raise ConnectionResetError("cut by the fault proxy")
         if sink.can_write_eof() and not sink.transport.is_closing():
             sink.write_eof()
 
