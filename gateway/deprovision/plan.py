@@ -58,7 +58,8 @@ class RunState(StrEnum):
     DONE = "done"
     #: Finished, but a step failed, went dead or was blocked: never reported as done.
     ATTENTION = "attention"
-    #: Ended unfinished because its agent was made active again: neither done nor a dead letter, never retried.
+    #: Ended unfinished because its agent was made active again (before it finished, or after it ended in
+    #: attention): neither done nor a dead letter, never retried.
     SUPERSEDED = "superseded"
 
 

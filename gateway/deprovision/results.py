@@ -232,10 +232,11 @@ class Superseded:
 def supersede(
     runs: Sequence[RunRecord], steps: Sequence[Sibling], now: datetime, *, actor: str, reason: str
 ) -> Superseded:
-    """The agent of ``runs`` (its running and held runs) was made active again: the disable those runs carry out
-    no longer holds, so they must not revoke, hand over or delete anything of an active agent. They end
-    superseded, not done: they did not end the agent's access. What they did already stays done (a disabled seat
-    is enabled again by a person, never by the gateway), and each run's record lists it."""
+    """The agent of ``runs`` (its running and held runs, and those that ended needing attention) was made active
+    again: the disable those runs carry out no longer holds, so they must not revoke, hand over or delete anything
+    of an active agent. They end superseded, not done: they did not end the agent's access. What they did already
+    stays done (a disabled seat is enabled again by a person, never by the gateway), and each run's record lists
+    it."""
     detail = f"superseded: the agent was made active again by {actor} ({reason})"
     states = {s.id: s.state for s in steps}
     cancelled: list[int] = []

@@ -154,8 +154,11 @@ async def supersede_runs(c: AsyncConnection, agent_id: str, now: datetime, *, ac
     """The agent was made active again in the transaction ``c``: its running and held runs end there, superseded,
     their unfinished steps superseded (not taken), with a receipt for each and a record for each run naming what it
     had carried out (``gateway.deprovision.results.supersede``). A worker holding a lease on one of those steps
-    then cannot record it (its step is no longer pending). Returns the runs' ids."""
-    going = (RunState.RUNNING.value, RunState.HELD.value)
+    then cannot record it (its step is no longer pending). Runs that ended needing attention are superseded too,
+    their steps left as they ended: what failed there no longer keeps an active agent's access from ending, and a
+    person's only work left is what the record lists to undo (a done run ended the access; it stays done).
+    Returns the runs' ids."""
+    going = (RunState.RUNNING.value, RunState.HELD.value, RunState.ATTENTION.value)
     # Runs first, then steps, in id order: the order recorders lock in.
     query = (
         select(deprovision_runs)

@@ -17,7 +17,7 @@ from deploy.demo.seats_api import DISABLED as SEAT_DISABLED
 from deploy.demo.tickets_api import REASSIGNED
 from gateway.deprovision.plan import RunState, StepState
 from gateway.deprovision.results import budget
-from gateway.services import open_core
+from gateway.services import Services, open_core
 from gateway.settings import load_settings
 from gateway.timeutil import utcnow
 from tests.components.echo_gateway import eventually
@@ -28,6 +28,7 @@ from tests.integration.test_deprovision_pipeline import (
     finished_run,
     gateway_of,
     give_access,
+    pipeline_metrics,
     steps_by_channel,
 )
 
@@ -36,6 +37,15 @@ GUARD = (
     "[deprovision.guard]\nmax_share = 0.25\nmin_agents = 1\nwindow_seconds = 3600\n"
 )
 TEAM = ["ann", "ben", "cat", "dan", "eve", "fay", "gus", "hal"]
+
+
+async def _scim_user(services: Services, gateway_url: str, agent_id: str) -> tuple[str, dict[str, str]]:
+    """The agent's SCIM resource and the headers an IdP (a new SCIM token) sends it with."""
+    token = await services.scim_tokens.create("entra", utcnow())
+    return f"{gateway_url}/scim/v2/Users/{agent_id}", {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/scim+json",
+    }
 
 
 def patch_active(value: str) -> dict[str, object]:
@@ -152,9 +162,7 @@ async def test_an_agent_re_enabled_over_scim_keeps_its_seat_and_tickets_although
             phone, chat = stack.consoles["phone"], stack.consoles["chat"]
             phone.faults.set("unavailable", "/admin/")
             chat.faults.set("unavailable", "/api/")
-            token = await services.scim_tokens.create("entra", utcnow())
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
-            url = f"{stack.gateway_url}/scim/v2/Users/{ids['alice']}"
+            url, headers = await _scim_user(services, stack.gateway_url, ids["alice"])
             async with httpx.AsyncClient() as http:
                 response = await http.patch(url, json=patch_active("False"), headers=headers)
                 assert response.status_code in (200, 204), response.text
@@ -196,3 +204,39 @@ async def test_an_agent_re_enabled_over_scim_keeps_its_seat_and_tickets_although
             assert record.agent_id == ids["alice"] and record.detail is not None
             assert {"channel": "mail", "step": "revoke"} in record.detail["carried_out"]
             assert not any(r.kind == "deprovision_complete" for r in records)
+
+
+async def test_an_agent_re_enabled_after_its_run_ended_in_attention_clears_the_attention_and_its_alert() -> None:
+    """The dead revocation no longer keeps an active agent's access from ending: the run ends superseded, the
+    attention count an operator alerts on drops to 0, and the run is never retried."""
+    async with offboarding_stack(
+        {"alice": 1}, ["alice", "carol"], deprovision_toml=FAST_RETRIES + "max_attempts = 2\n"
+    ) as stack:
+        ids = stack.add_agents(["alice", "carol"], managers={"alice": "carol"})
+        async with gateway_of(stack) as services:
+            await give_access(services, "alice")
+            stack.consoles["chat"].faults.set("unavailable", "/oauth/")
+            url, headers = await _scim_user(services, stack.gateway_url, ids["alice"])
+            admin = {"Authorization": f"Bearer {stack.admin_token}"}
+            async with httpx.AsyncClient() as http:
+                response = await http.patch(url, json=patch_active("False"), headers=headers)
+                assert response.status_code in (200, 204), response.text
+                run = await finished_run(services, "alice")
+                assert run.state is RunState.ATTENTION
+                assert (await pipeline_metrics(stack.gateway_url))[("runs", "attention")] == 1.0
+
+                response = await http.patch(url, json=patch_active("True"), headers=headers)
+                assert response.status_code in (200, 204), response.text
+                retried = await http.post(
+                    f"{stack.gateway_url}/.channelgate/admin/deprovision/runs/{run.id}/retry", headers=admin
+                )
+            assert (retried.status_code, retried.json()["error"]) == (409, "run_superseded")
+            after = await services.pipeline.get_run(run.id)
+            assert after is not None and after.state is RunState.SUPERSEDED
+            counted = await pipeline_metrics(stack.gateway_url)
+            assert counted[("runs", "attention")] == 0.0 and counted[("runs", "superseded")] == 1.0
+            steps = await steps_by_channel(services, run)
+            assert steps[("chat", "revoke")].state is StepState.DEAD  # as it ended: the history stays
+            records = await services.audit._repository.tail(500)
+            [record] = [r for r in records if r.kind == "deprovision" and r.decision == "superseded"]
+            assert record.detail is not None and {"channel": "phone", "step": "remove"} in record.detail["carried_out"]

@@ -469,6 +469,49 @@ async def test_a_superseded_run_with_a_dead_step_is_no_dead_letter_and_is_never_
     assert await pipeline.claim("w1", T0 + timedelta(seconds=1), T0 + timedelta(seconds=60), 10, budget=BUDGET) == []
 
 
+async def test_a_run_that_ended_needing_attention_is_superseded_when_its_agent_is_active_again(
+    database: Database, engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    """Its failed step no longer keeps an active agent's access from ending: the run leaves the attention list
+    (and its alert), its steps stay as they were, and its record names what it carried out, for a person to
+    undo."""
+    await pipeline.create_run(_run("r1"), CHAIN)
+    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
+    [revoke] = [(s, r) for s, r in claimed if s.step is StepKind.REVOKE]
+    [hand_over] = [(s, r) for s, r in claimed if s.step is StepKind.HAND_OVER]
+    await _record(pipeline, "w1", [revoke], Outcome.FAILED, T0)
+    await _record(pipeline, "w1", [hand_over], Outcome.DONE, T0)
+    verify = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
+    await _record(pipeline, "w1", verify, Outcome.FAILED, T0)  # the token still works: access did not end
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.ATTENTION
+    steps_before = await _states(pipeline, "r1")
+
+    later = T0 + timedelta(minutes=5)
+    async with database.begin() as conn:
+        assert await supersede_runs(conn, "agent-r1", later, actor="scim:entra", reason="enabled by SCIM") == ["r1"]
+
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.SUPERSEDED and run.finished_at == later
+    assert await pipeline.runs_in_state([RunState.ATTENTION]) == []
+    assert await _states(pipeline, "r1") == steps_before
+    assert await pipeline.retry("r1", later) == 0
+    [record] = await _log(engine, "deprovision")
+    assert record["decision"] == "superseded" and record["carried_out"] == [{"channel": "mail", "step": "hand_over"}]
+
+
+async def test_a_run_that_ended_done_is_not_superseded_when_its_agent_is_active_again(
+    database: Database, pipeline: PipelineRepository
+) -> None:
+    await pipeline.create_run(_run("r1"), CHAIN[:1])
+    await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET),
+                  Outcome.DONE, T0)  # fmt: skip
+    async with database.begin() as conn:
+        assert await supersede_runs(conn, "agent-r1", T0, actor="scim:entra", reason="enabled by SCIM") == []
+    run = await pipeline.get_run("r1")
+    assert run is not None and run.state is RunState.DONE
+
+
 async def test_steps_the_worker_skipped_for_an_agent_active_again_end_the_run_superseded_never_done(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
