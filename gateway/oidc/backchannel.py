@@ -8,9 +8,11 @@ present, ``logout+jwt`` (§2.4, RFC 8725 §3.11); and a ``jti`` not acted on bef
 refused). Then ``sub`` and ``sid`` end the agent's sessions of that IdP session, ``sub`` alone every session of
 the agent, and ``sid`` alone (§2.4: a token carries either, or both) the sessions of that IdP session, found
 through the session store's index of them (``SessionStore.sessions_of_idp_session``) and ended agent by agent as
-with ``sub`` (normally one agent: an IdP session is one user's). A ``sid`` that is not the subject's is refused
-and ends nothing. The ``jti`` counts as used only once that succeeded (``gateway/sessions/single_use.py``): a
-provider retrying after a 503 is served, not refused as a replay.
+with ``sub`` (normally one agent: an IdP session is one user's). ``sub`` and a ``sid`` from which none of the
+subject's sessions here came end nothing, but that end is saved all the same (``end_unseen_idp_session``): a
+sign-in of that ``sid`` still on its way from the provider — the agent's first here in that IdP session — is then
+refused when it reaches the callback (gateway/oidc/routes.py). The ``jti`` counts as used only once that
+succeeded (``gateway/sessions/single_use.py``): a provider retrying after a 503 is served, not refused as a replay.
 
 This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. What it ended is written to
 the database before the answer (``SessionEndings.end_sessions``, gateway/deprovision/endings.py), so a restarted
@@ -19,8 +21,9 @@ are ended all the same, the write retried by the replica), and a ``sid`` naming 
 sessions ended before that one write. The provider's resend of the token then finds no session of that ``sid`` left
 and is answered 200 when an end of it is saved, or kept to be, within a token's lifetime. The answer is 200 with
 ``Cache-Control: no-store``, 400 with an OAuth error body (§2.8), or 503 when the database or the session store
-does not answer (the same token may be sent again); every answer leaves an access-log record. A ``sid`` that
-matches no live session is a 400 (nothing was logged out here, §2.8), its ``jti`` left unused.
+does not answer (the same token may be sent again); every answer leaves an access-log record. A ``sid`` alone that
+matches no live session is a 400 (nothing was logged out here, §2.8, and no agent is named to save its end for),
+its ``jti`` left unused.
 """
 
 from __future__ import annotations
@@ -123,12 +126,17 @@ async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
     agent = await services.agents.find_by_oidc(logout.issuer, logout.subject)
     if agent is None:
         raise InvalidLogoutToken("no agent signed in with this subject")
-    ended = await services.killer.endings.end_sessions(agent.id, logout.session_id)
+    endings = services.killer.endings
+    ended = await endings.end_sessions(agent.id, logout.session_id)
     if ended is None:
         assert logout.session_id is not None  # a logout of every session always ends (and broadcasts)
+        done = {"agent_id": agent.id, "agent_name": agent.user_name, "sessions": 0, "sid": logout.session_id}
         if await _ended_already(services, logout.session_id, agent.id):
-            return {"agent_id": agent.id, "agent_name": agent.user_name, "sessions": 0, "sid": logout.session_id}
-        raise InvalidLogoutToken("no session of this agent came from that sid")
+            return done
+        # No session here came from that sid, yet: a sign-in of it may still be on its way from the provider
+        # (the agent's first here in that IdP session). Its end is saved, so that sign-in is refused when it lands.
+        await endings.end_unseen_idp_session(agent.id, logout.session_id)
+        return done | {"sign_ins_in_flight_refused": True}
     return {
         "agent_id": agent.id,
         "agent_name": agent.user_name,

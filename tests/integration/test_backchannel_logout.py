@@ -2,9 +2,10 @@
 
 The first test lets the real provider send its logout token (RP sessions end when the user logs out at the
 provider). The others post tokens signed with the provider's own key, to cover what a provider never sends:
-replays, forgeries, ID tokens posing as logout tokens, unknown sessions. Each is refused with a 400, changes
-nothing, and leaves a record in the access log. A token the gateway could not act on (the database down: a 503)
-is served when the provider sends it again.
+replays, forgeries, ID tokens posing as logout tokens, unknown subjects. Each is refused with a 400, changes
+nothing, and leaves a record in the access log. A ``sid`` of the subject's from which no session here came is no
+bad token: it ends nothing, and a sign-in of it still on its way is refused. A token the gateway could not act on
+(the database down: a 503) is served when the provider sends it again.
 """
 
 from __future__ import annotations
@@ -159,7 +160,6 @@ BAD_TOKENS: dict[str, dict[str, Any]] = {
     "without jti": {"jti": None},
     "issued an hour ago": {"iat": int(time.time()) - 3600, "exp": None},
     "typed as a plain JWT": {"header": {"typ": "JWT"}},
-    "for an unknown sid": {"sid": "sid-that-never-was"},
     "for an unknown subject": {"sub": "nobody-at-all"},
 }
 
@@ -222,6 +222,35 @@ async def test_a_login_whose_idp_session_the_provider_ends_on_its_way_is_refused
     [refused] = await gateway.services.access_log.search(AccessQuery(kind="login_refused", agent_name="alice"))
     assert refused.reason == "idp_session_ended"
     assert refused.detail == {"sid": data.idp_session_id}
+
+
+async def test_a_first_sign_in_whose_idp_session_the_provider_ends_on_its_way_is_refused_and_recorded(
+    gateway: Deployment,
+) -> None:
+    """The logout (``sub`` and ``sid``) finds no session of that ``sid`` here — the browser's earlier one was ended
+    by the gateway's own logout, the sign-in in flight has not reached the callback — and ends nothing, but its end
+    is saved: the session the callback then creates belongs to the ended IdP session and is refused. Before, the
+    logout was a 400 that saved nothing, and the sign-in lived on."""
+    browser = await gateway.login("alice")
+    [data] = await _session_data(gateway, "alice")
+    assert data.idp_session_id is not None
+    await browser.post(gateway.url + "/.channelgate/logout", headers={"Origin": gateway.url})  # the provider's stays
+    assert await _session_data(gateway, "alice") == []
+    steps = await login_steps(gateway.url, "alice", DEMO_PASSWORD, client=browser)  # stops before the callback
+
+    response = await _post(gateway, _token(gateway, sub=data.subject, sid=data.idp_session_id))
+    assert response.status_code == 200, response.text
+    answer = await complete_login(steps.client, steps.callback_url)
+
+    assert answer.status_code == 401
+    assert await _session_data(gateway, "alice") == []
+    [logout] = await gateway.services.access_log.search(AccessQuery(kind="backchannel_logout", agent_name="alice"))
+    assert (logout.decision, logout.status) == ("revoked", 200)
+    assert logout.detail == {"sessions": 0, "sid": data.idp_session_id, "sign_ins_in_flight_refused": True}
+    [refused] = await gateway.services.access_log.search(AccessQuery(kind="login_refused", agent_name="alice"))
+    assert refused.reason == "idp_session_ended"
+    assert await _chat(browser, gateway) == 401
+    await browser.aclose()
 
 
 async def test_a_sign_in_the_provider_authenticated_after_the_end_of_its_sid_is_not_refused(

@@ -13,6 +13,7 @@ import copy
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ import pytest
 from gateway.errors import StorageError
 from gateway.sessions.base import Session, session_key
 from gateway.storage.agents import Agent
+from gateway.timeutil import utcnow
 from tests.components.asgi_server import bound_socket
 from tests.components.browserless_login import login
 from tests.components.echo_gateway import Deployment, deployment
@@ -134,20 +136,28 @@ async def test_a_sid_with_no_live_session_is_refused_and_its_token_stays_unused(
     assert [r.decision for r in records if r.kind == "backchannel_logout"] == ["refused", "refused"]
 
 
-async def test_a_sid_that_is_not_the_subjects_is_refused_and_ends_nothing(
+async def test_a_sid_that_is_not_the_subjects_ends_nothing_and_only_the_subjects_sign_ins_of_it_are_refused(
     gateways: tuple[Deployment, list[str]],
 ) -> None:
+    """No session of alice's came from that ``sid``: nothing of hers or of bob's ends, and the end saved for it
+    (for a sign-in of it on its way) is alice's alone."""
     gateway, _ = gateways
     alice, bob = await gateway.login("alice"), await gateway.login("bob")
     alice_data = (await _session_of(gateway, alice)).data
     bob_agent = await gateway.services.agents.find("bob")
     assert bob_agent is not None
     (bob_session,) = await gateway.services.sessions.sessions_of(bob_agent.id, time.time())
+    sid = bob_session.data.idp_session_id
+    assert sid is not None
+    before = utcnow() - timedelta(seconds=5)
 
-    response = await _post(gateway, _token(gateway, sub=alice_data.subject, sid=bob_session.data.idp_session_id))
+    response = await _post(gateway, _token(gateway, sub=alice_data.subject, sid=sid))
 
-    assert response.status_code == 400 and response.json()["error"] == "invalid_request", response.text
+    assert response.status_code == 200, response.text
     assert (await _chat(alice, gateway.url), await _chat(bob, gateway.url)) == (200, 200)
+    logouts = gateway.services.logouts
+    assert await logouts.ended_idp_session(sid, before, alice_data.agent_id)
+    assert not await logouts.ended_idp_session(sid, before, bob_agent.id)
 
 
 async def _bob_also_signed_in_by_alices_sid(
