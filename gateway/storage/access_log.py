@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import RowMapping, Select, and_, insert, or_, select
+from sqlalchemy import RowMapping, Select, String, and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import StorageError
@@ -107,8 +107,46 @@ INSERT_COLUMNS = tuple(name for name in _COLUMNS if name != "seq")
 #: frozen 26-field dataclass costs ~4 µs to build, the forward-auth answer memo builds a row from a kept template
 #: in a fraction of that (gateway/forward_auth_memo.py).
 LogRow = tuple[Any, ...]
-#: A record's row.
-insert_values: Callable[[AccessRecord], LogRow] = operator.attrgetter(*INSERT_COLUMNS)
+_values: Callable[[AccessRecord], LogRow] = operator.attrgetter(*INSERT_COLUMNS)
+
+#: The text columns with a length, and that length. PostgreSQL refuses a longer value, and the writer keeps and
+#: retries a refused batch (nothing lost): one such record held up every record queued behind it until the queue
+#: filled and the gateway refused all traffic. Some of these values come from outside — the method nginx passes to
+#: forward-auth as ``X-Original-Method`` is the client's, whatever its length — so every writer fits them first.
+BOUNDED: tuple[tuple[str, int], ...] = tuple(
+    (column.name, column.type.length)
+    for column in access_log.columns
+    if isinstance(column.type, String) and column.type.length is not None
+)
+#: What ends a value that was cut: a reviewer sees it is not all of it.
+CUT = "…"
+
+
+def fitted(record: AccessRecord) -> AccessRecord:
+    """``record`` with each value longer than its column cut to fit, ending in ``CUT`` (itself when none is)."""
+    cuts = {
+        name: value[: length - len(CUT)] + CUT
+        for name, length in BOUNDED
+        if (value := getattr(record, name)) is not None and len(value) > length
+    }
+    return replace(record, **cuts) if cuts else record
+
+
+#: ``BOUNDED`` by position in a row.
+_BOUNDED_AT = tuple((INSERT_COLUMNS.index(name), length) for name, length in BOUNDED)
+
+
+def insert_values(record: AccessRecord) -> LogRow:
+    """A record's row, its values fitted to their columns (:func:`fitted`). Every request's record goes through
+    here: the lengths are checked on the row already read (~0.4 µs), the record copied only when one is too long."""
+    row = _values(record)
+    for index, length in _BOUNDED_AT:
+        value = row[index]
+        if value is not None and len(value) > length:
+            return _values(fitted(record))
+    return row
+
+
 #: A row starts with these, in this order; what follows is the same for every request a memoised forward-auth
 #: answer allows (gateway/forward_auth_memo.py keeps it).
 ROW_HEAD = ("time", "kind", "request_id")
@@ -117,8 +155,8 @@ if INSERT_COLUMNS[: len(ROW_HEAD)] != ROW_HEAD:  # the schema's column order, ch
 
 
 def insert_row(record: AccessRecord) -> dict[str, Any]:
-    """The values an INSERT of ``record`` writes (``seq`` comes from the database)."""
-    row = asdict(record)
+    """The values an INSERT of ``record`` writes (``seq`` comes from the database), fitted to their columns."""
+    row = asdict(fitted(record))
     del row["seq"]
     row["time"] = to_db(record.time)
     return row
@@ -147,8 +185,9 @@ class AccessLogRepository:
             self._sqlite_batches.close()
 
     async def append(self, records: Iterable[AccessRecord], conn: AsyncConnection | None = None) -> list[AccessRecord]:
-        """Insert ``records`` in order, in one transaction (or in ``conn``'s); return them with ``seq`` set."""
-        batch = list(records)
+        """Insert ``records`` in order, in one transaction (or in ``conn``'s); return them as written: with ``seq``
+        set, and fitted to their columns (:func:`fitted`)."""
+        batch = [fitted(record) for record in records]
         if not batch:
             return []
         rows = [insert_row(record) for record in batch]

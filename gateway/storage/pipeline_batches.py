@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.deprovision.plan import FINISHED_RUNS, RunState, StepState
 from gateway.deprovision.results import supersede
 from gateway.storage._time import to_db
-from gateway.storage.access_log import AccessRecord
+from gateway.storage.access_log import AccessRecord, insert_row
 from gateway.storage.pipeline_records import (
     RUN_STATES,
     STEP_KINDS,
@@ -36,7 +36,6 @@ from gateway.storage.schema import access_log, agents, deprovision_runs, deprovi
 #: (``gateway.deprovision.results.settle``).
 Decide = Callable[[Snapshot], Changes]
 
-_LOG_COLUMNS = tuple(column.name for column in access_log.columns if column.name != "seq")
 _PENDING = StepState.PENDING.value
 
 
@@ -204,7 +203,5 @@ async def supersede_runs(c: AsyncConnection, agent_id: str, now: datetime, *, ac
 
 async def _insert_records(c: AsyncConnection, records: Sequence[AccessRecord]) -> None:
     if records:
-        rows = [
-            {name: getattr(record, name) for name in _LOG_COLUMNS} | {"time": to_db(record.time)} for record in records
-        ]
+        rows = [insert_row(record) for record in records]
         await c.execute(insert(access_log), rows)

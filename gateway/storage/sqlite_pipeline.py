@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.deprovision.plan import FINISHED_RUNS, StepState
-from gateway.storage.access_log import AccessRecord
+from gateway.storage.access_log import AccessRecord, fitted
 from gateway.storage.pipeline_records import (
     RUN_STATES,
     STEP_KINDS,
@@ -129,7 +129,7 @@ def log_rows(records: Iterable[AccessRecord]) -> list[list[Any]]:
     times: dict[datetime, str] = {}  # a batch's records mostly share one moment
     rows = []
     for record in records:
-        row = list(_LOG_VALUES(record))
+        row = list(_LOG_VALUES(fitted(record)))
         text = times.get(record.time)
         if text is None:
             text = times[record.time] = sqlite_datetime(record.time)

@@ -1,0 +1,89 @@
+"""A value longer than its access-log column never stops the access log.
+
+PostgreSQL refuses a text longer than its column (``method`` holds 16 characters), and the writer keeps and
+retries a refused batch: one such record would hold up every record queued behind it until the queue filled and
+the gateway refused all traffic (fail closed). Some of these values come from outside: nginx passes the client's
+request method to forward-auth as ``X-Original-Method``, whatever its length. Every writer cuts a bounded value to
+its column, marking the cut with "…".
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.audit.writer import AuditLog
+from gateway.forward_auth import SECRET_HEADER
+from gateway.settings import DatabaseSettings
+from gateway.storage.access_log import AccessLogRepository, AccessQuery, AccessRecord
+from gateway.storage.database import create_engine
+from gateway.storage.migrate import upgrade_to_head
+from tests.components.echo_gateway import Deployment, deployment
+from tests.components.oidc_provider import OidcProviderFactory
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(90)]
+
+SECRET = secrets.token_urlsafe(32)
+
+
+@pytest.fixture
+async def gateway(oidc_provider_factory: OidcProviderFactory, postgres_url: str) -> AsyncIterator[Deployment]:
+    toml = f'[forward_auth]\nenabled = true\nsecret = "{SECRET}"\n'
+    async with deployment(oidc_provider_factory, database_url=postgres_url, extra_toml=toml) as deployed:
+        yield deployed
+
+
+async def test_a_forward_auth_method_longer_than_its_column_is_recorded_cut_and_the_log_goes_on(
+    gateway: Deployment,
+) -> None:
+    alice = await gateway.login("alice")
+    cookie = "; ".join(f"{name}={value}" for name, value in alice.cookies.items())
+    asked = {SECRET_HEADER: SECRET, "X-Original-URI": "/chat/echo"}
+    async with httpx.AsyncClient() as nginx:
+        strange = await nginx.get(gateway.url + "/.channelgate/auth", headers=asked | {"X-Original-Method": "A" * 40})
+        await gateway.services.audit.flush()  # raised StorageError for ever before, the batch kept and retried
+        usual = await nginx.get(
+            gateway.url + "/.channelgate/auth", headers=asked | {"X-Original-Method": "GET", "Cookie": cookie}
+        )
+    await gateway.services.audit.flush()
+    assert strange.status_code in (401, 403, 405)
+    assert usual.status_code == 200
+    assert gateway.services.audit.pending == 0
+    records = await gateway.services.access_log.search(AccessQuery(channel="chat"))
+    assert [r.method for r in records if r.path == "/chat/echo"] == ["GET", "A" * 15 + "…"]
+
+
+async def test_every_bounded_value_is_cut_to_its_column_by_the_batch_and_the_strict_writer(postgres_url: str) -> None:
+    await upgrade_to_head(postgres_url)
+    engine = create_engine(DatabaseSettings.model_validate({"url": postgres_url}))
+    repository = AccessLogRepository(engine)
+    audit = AuditLog(repository)
+    long: dict[str, Any] = {
+        "method": "M" * 17,
+        "source_ip": "1" * 65,
+        "agent_name": "n" * 257,
+        "actor": "a" * 300,
+        "subject": "s" * 257,
+        "channel": "c" * 65,
+    }
+    try:
+        audit.submit(AccessRecord(time=datetime.now(UTC), kind="request", request_id="batched", **long))
+        await audit.flush()
+        [written] = await audit.repository.append(
+            [AccessRecord(time=datetime.now(UTC), kind="login", request_id="strict", **long)]
+        )
+        stored = await repository.tail(10)
+    finally:
+        await engine.dispose()
+    assert [r.request_id for r in stored] == ["batched", "strict"]
+    for record in stored:
+        for name, value in long.items():
+            kept = getattr(record, name)
+            assert kept == value[: len(kept) - 1] + "…", name
+        assert (len(record.method or ""), len(record.agent_name or "")) == (16, 256)
+    assert written.method == stored[1].method
