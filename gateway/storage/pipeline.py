@@ -179,7 +179,7 @@ class PipelineRepository:
                 lease_owner=None,
                 lease_until=None,
                 vendor_reference=finish.vendor_reference,
-                detail=finish.detail[:2000],
+                detail=finish.detail,
                 updated_at=to_db(now),
             )
             .returning(*deprovision_steps.c)

@@ -19,8 +19,10 @@ from gateway.deprovision.plan import FINISHED_RUNS, RunState, StepState
 from gateway.deprovision.results import supersede
 from gateway.storage._time import to_db
 from gateway.storage.access_log import AccessRecord, insert_row
+from gateway.storage.limits import fit_text
 from gateway.storage.pipeline_records import (
     RUN_STATES,
+    STEP_DETAIL_LENGTH,
     STEP_KINDS,
     STEP_STATES,
     Changes,
@@ -85,7 +87,7 @@ async def _write(c: AsyncConnection, owner: str, changes: Changes) -> None:
                     "b_state": f.state.value,
                     "b_next": to_db(f.next_attempt_at),
                     "b_reference": f.vendor_reference,
-                    "b_detail": f.detail[:2000],
+                    "b_detail": f.detail,
                 }
                 for f in changes.finishes
             ],
@@ -187,7 +189,7 @@ async def supersede_runs(c: AsyncConnection, agent_id: str, now: datetime, *, ac
                 state=StepState.SUPERSEDED.value,
                 lease_owner=None,
                 lease_until=None,
-                detail=decided.detail[:2000],
+                detail=fit_text(decided.detail, STEP_DETAIL_LENGTH),
                 updated_at=moment,
             )
         )

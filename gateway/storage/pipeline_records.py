@@ -16,6 +16,7 @@ from sqlalchemy import RowMapping
 from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.storage._time import from_db
 from gateway.storage.access_log import AccessRecord
+from gateway.storage.limits import fit_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +87,27 @@ class PlannedStep:
     state: StepState
 
 
+#: ``deprovision_steps.vendor_reference``'s length, and the part of a result's detail a step keeps.
+VENDOR_REFERENCE_LENGTH = 256
+STEP_DETAIL_LENGTH = 2000
+
+
 @dataclass(frozen=True, slots=True)
 class StepFinish:
-    """What a worker learned from one attempt; written by :meth:`PipelineRepository.finish` (or ``record``)."""
+    """What a worker learned from one attempt; written by :meth:`PipelineRepository.finish` (or ``record``). The
+    console's reference and the detail come from the console: fitted here to what the database holds
+    (gateway/storage/limits.py), as a refused write would be refused again at every retry of the step."""
 
     step_id: int
     state: StepState
     next_attempt_at: datetime
     vendor_reference: str | None
     detail: str
+
+    def __post_init__(self) -> None:
+        if self.vendor_reference is not None:
+            object.__setattr__(self, "vendor_reference", fit_text(self.vendor_reference, VENDOR_REFERENCE_LENGTH))
+        object.__setattr__(self, "detail", fit_text(self.detail, STEP_DETAIL_LENGTH))
 
 
 def run_from_row(row: RowMapping) -> RunRecord:

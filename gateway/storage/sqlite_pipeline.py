@@ -255,7 +255,7 @@ def _write(conn: sqlite3.Connection, owner: str, changes: Changes) -> None:
                     f.state.value,
                     sqlite_datetime(f.next_attempt_at),
                     f.vendor_reference,
-                    f.detail[:2000],
+                    f.detail,
                     now,
                     f.step_id,
                     owner,

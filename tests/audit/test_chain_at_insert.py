@@ -100,15 +100,20 @@ async def test_a_batch_continues_the_chain_from_a_purge_anchor(tmp_path: Path) -
         assert head.chain_pos == position + 1
 
 
-async def test_a_batch_keeps_every_character_of_its_values_and_still_verifies(tmp_path: Path) -> None:
-    """The batch goes to SQLite as multi-row INSERTs of bound parameters: a NUL or any other character survives."""
+async def test_a_batch_keeps_every_character_of_its_values_but_nul_and_still_verifies(tmp_path: Path) -> None:
+    """The batch goes to SQLite as multi-row INSERTs of bound parameters: any character survives but a NUL in a
+    text, replaced by U+FFFD as on PostgreSQL, which holds none (gateway/storage/limits.py); in ``detail``'s JSON it
+    survives too."""
     names = ["a\x00b", "é\u2028😀", "back\\u0000slash", 'quote"s']
+    kept = ["a\ufffdb", *names[1:]]
     async with chain_on(_url(tmp_path), tmp_path) as chain:
         for number, name in enumerate(names):
             await chain.write([record(number, agent_name=name, detail={"k": name})], batch=True)
         await chain.write([record(9, agent_name=name) for name in names], batch=True)
         rows = await chain.sql("SELECT agent_name FROM access_log ORDER BY seq")
-        assert [name for (name,) in rows] == [*names, *names]
+        assert [name for (name,) in rows] == [*kept, *kept]
+        details = [r.detail for r in await chain.repository.tail(8)][:4]
+        assert details == [{"k": name} for name in names]
         await chain.seal_and_sign()
         report = await chain.verify()
         assert report.ok and report.checked == 8, report.problem

@@ -1,10 +1,11 @@
-"""A value longer than its access-log column never stops the access log.
+"""A value its access-log column cannot hold never stops the access log.
 
-PostgreSQL refuses a text longer than its column (``method`` holds 16 characters), and the writer keeps and
-retries a refused batch: one such record would hold up every record queued behind it until the queue filled and
-the gateway refused all traffic (fail closed). Some of these values come from outside: nginx passes the client's
-request method to forward-auth as ``X-Original-Method``, whatever its length. Every writer cuts a bounded value to
-its column, marking the cut with "…".
+PostgreSQL refuses a text longer than its column (``method`` holds 16 characters) and a NUL character in any text,
+and the writer keeps and retries a refused batch: one such record would hold up every record queued behind it
+until the queue filled and the gateway refused all traffic (fail closed). Some of these values come from outside:
+nginx passes the client's request method to forward-auth as ``X-Original-Method``, whatever its length, and a
+request for ``/chat/a%00b`` is logged with its path decoded. Every writer fits them: a bounded value cut to its
+column, the cut marked with "…", a NUL replaced by U+FFFD.
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ async def test_a_forward_auth_method_longer_than_its_column_is_recorded_cut_and_
     assert gateway.services.audit.pending == 0
     records = await gateway.services.access_log.search(AccessQuery(channel="chat"))
     assert [r.method for r in records if r.path == "/chat/echo"] == ["GET", "A" * 15 + "…"]
+
+
+async def test_a_nul_in_a_requests_path_is_recorded_replaced_and_the_log_goes_on(gateway: Deployment) -> None:
+    alice = await gateway.login("alice")
+    async with httpx.AsyncClient() as anybody:
+        unsigned = await anybody.get(gateway.url + "/chat/a%00b", headers={"Accept": "application/json"})
+    signed = await alice.get(gateway.url + "/chat/c%00d", headers={"Accept": "application/json"})
+    await gateway.services.audit.flush()  # raised StorageError for ever before: invalid byte sequence 0x00
+    assert gateway.services.audit.pending == 0
+    assert (unsigned.status_code, signed.status_code) != (200, 200)
+    paths = [r.path for r in await gateway.services.access_log.tail(50)]
+    assert "/chat/a\ufffdb" in paths and "/chat/c\ufffdd" in paths
 
 
 async def test_every_bounded_value_is_cut_to_its_column_by_the_batch_and_the_strict_writer(postgres_url: str) -> None:

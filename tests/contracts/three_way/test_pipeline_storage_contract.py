@@ -204,6 +204,26 @@ async def test_a_recorded_batch_writes_each_result_with_its_receipt_and_unlocks_
     assert verify.step is StepKind.VERIFY
 
 
+async def test_a_consoles_reference_and_detail_are_fitted_so_its_result_is_recorded_on_every_database(
+    engine: AsyncEngine, pipeline: PipelineRepository
+) -> None:
+    """A console chooses its ticket reference and its error text: a NUL (which no PostgreSQL text holds) and a
+    reference longer than its column made the result's write fail at every retry, and the step never ended."""
+    await pipeline.create_run(_run("r1"), CHAIN[:1])
+    [(revoke, run)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
+    result = StepResult("chat", "revoke", Outcome.FAILED, "T-" + "9" * 400, "HTTP 400: bad\x00request " + "x" * 3000)
+    batch = [Attempt(revoke, run, result)]
+    await pipeline.record("w1", [revoke.id], ["r1"], lambda snapshot: settle(batch, snapshot, T0, SETTINGS))
+    [step] = await pipeline.steps_of(["r1"])
+    assert step.state is StepState.FAILED
+    assert step.vendor_reference is not None and len(step.vendor_reference) == 256
+    assert step.vendor_reference.startswith("T-999") and step.vendor_reference.endswith("…")
+    assert step.detail is not None and step.detail.startswith("HTTP 400: bad\ufffdrequest xxx")
+    assert len(step.detail) == 2000
+    [receipt] = await _log(engine, "deprovision_step")
+    assert receipt["vendor_reference"] == result.vendor_reference  # the receipt's JSON holds it whole
+
+
 async def test_a_run_is_done_only_when_every_step_is_and_its_summary_is_written_once(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
