@@ -57,12 +57,16 @@ from gateway.sessions.base import Revocation, SessionStore
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import Agent, AgentRepository
 from gateway.storage.database import Database
+from gateway.storage.limits import fit_text, length_of
 from gateway.storage.pipeline import PipelineRepository, RunRecord
+from gateway.storage.schema import deprovision_runs
 from gateway.storage.session_ends import EndKind, SessionEnd
 from gateway.storage.sqlite_outbox import Outbox
 from gateway.timeutil import utcnow
 
 log = logging.getLogger("channelgate.deprovision")
+#: What a run's actor and successor hold (the successor a userName, which holds no more).
+_ACTOR_LENGTH, _SUCCESSOR_LENGTH = length_of(deprovision_runs.c.actor), length_of(deprovision_runs.c.successor)
 
 #: Delays between the attempts to end a disabled agent's sessions while the session store is down (seconds).
 RETRY_FIRST_DELAY = 0.1
@@ -279,8 +283,14 @@ class SessionKiller:
         self, identifier: str, *, reason: str, actor: str, source: str, successor: str | None = None
     ) -> KillResult:
         """Disable the agent named by id or userName, queue its pipeline run, and kill every session everywhere
-        before returning. ``successor`` (a userName) takes the agent's open tickets instead of its manager."""
+        before returning. ``successor`` (a userName) takes the agent's open tickets instead of its manager.
+
+        The reason, the actor and the successor come from an admin's request: fitted first to what the database
+        holds (gateway/storage/limits.py), since a value it refused failed the disable's transaction after the
+        sessions had ended, and the agent stayed enabled."""
         started = time.perf_counter()
+        reason, actor = fit_text(reason, length_of(deprovision_runs.c.reason)), fit_text(actor, _ACTOR_LENGTH)
+        successor = fit_text(successor, _SUCCESSOR_LENGTH) if successor is not None else None
         if self.on_ending is not None:
             self.on_ending()
         await self.end_clock.ready()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import String, Table
+from sqlalchemy import Column, String, Table
 
 #: What ends a value that was cut: a reviewer sees it is not all of it.
 CUT = "…"
@@ -54,3 +54,8 @@ def fit_text(value: str, length: int | None) -> str:
     longer."""
     value = value.replace(NUL, NUL_STANDS_FOR)
     return value if length is None or len(value) <= length else value[: length - len(CUT)] + CUT
+
+
+def length_of(column: Column[Any]) -> int | None:
+    """The most characters ``column`` holds; None for an unbounded text."""
+    return column.type.length if isinstance(column.type, String) else None

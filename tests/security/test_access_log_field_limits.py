@@ -100,3 +100,24 @@ async def test_every_bounded_value_is_cut_to_its_column_by_the_batch_and_the_str
             assert kept == value[: len(kept) - 1] + "…", name
         assert (len(record.method or ""), len(record.agent_name or "")) == (16, 256)
     assert written.method == stored[1].method
+
+
+async def test_a_deprovisioning_whose_reason_or_successor_the_database_cannot_hold_still_ends_the_access(
+    gateway: Deployment,
+) -> None:
+    """The reason and the successor come from an admin's request: a NUL in the reason or a successor longer than any
+    userName failed the disable's transaction on PostgreSQL, after the sessions had ended, and the agent stayed
+    enabled. Fitted (the NUL replaced, the name cut), the agent is disabled and its run queued."""
+    alice = await gateway.login("alice")
+    body = {"reason": "left\u0000 the company", "successor": "s" * 300}
+    async with httpx.AsyncClient() as admin:
+        response = await admin.post(
+            gateway.url + "/.channelgate/admin/agents/alice/deprovision", json=body, headers=gateway.admin_headers()
+        )
+    assert response.status_code == 200, response.text
+    agent = await gateway.services.agents.find("alice")
+    assert agent is not None and not agent.active
+    [run] = await gateway.services.pipeline.runs_of_agent(agent.id)
+    assert run.reason == "left\ufffd the company"
+    assert run.successor is not None and len(run.successor) == 256 and run.successor.endswith("…")
+    assert (await alice.get(gateway.url + "/chat/echo", headers={"Accept": "application/json"})).status_code == 401
