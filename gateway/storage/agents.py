@@ -25,6 +25,7 @@ from gateway.errors import AccessDenied, NotFound
 from gateway.settings import LinkRule
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.limits import NUL
 from gateway.storage.quick_reads import QuickReads
 from gateway.storage.schema import agents
 
@@ -118,16 +119,22 @@ class AgentRepository:
 
     async def get(self, agent_id: str, *, conn: AsyncConnection | None = None) -> Agent | None:
         """The live agent with this id; a deleted agent is not found."""
+        if NUL in agent_id:  # no stored value holds one (PostgreSQL would refuse the query, not find nothing)
+            return None
         async with read_transaction(self._engine, conn) as c:
             return await self._one(c, agents.c.id == agent_id, _LIVE)
 
     async def get_any(self, agent_id: str, *, conn: AsyncConnection | None = None) -> Agent | None:
         """The agent with this id, deleted or not (the deprovisioning pipeline acts for deleted agents too)."""
+        if NUL in agent_id:
+            return None
         async with read_transaction(self._engine, conn) as c:
             return await self._one(c, agents.c.id == agent_id)
 
     async def find_by_user_name(self, user_name: str, *, conn: AsyncConnection | None = None) -> Agent | None:
         """The live agent with this userName, compared case-insensitively."""
+        if NUL in user_name:
+            return None
         async with read_transaction(self._engine, conn) as c:
             return await self._one(c, agents.c.user_name_key == user_name_key(user_name), _LIVE)
 
@@ -138,6 +145,8 @@ class AgentRepository:
 
     async def find_by_email(self, email: str, *, conn: AsyncConnection | None = None) -> builtins.list[Agent]:
         """The live agents with this email, compared case-insensitively, by userName (several: it is ambiguous)."""
+        if NUL in email:
+            return []
         query = (
             select(agents).where(func.lower(agents.c.email) == email.lower(), _LIVE).order_by(agents.c.user_name_key)
         )
@@ -148,6 +157,8 @@ class AgentRepository:
         """The live agent whose id, else whose userName, is ``identifier`` (admin API and CLI). Outside a
         transaction it is the quick reader's (two indexed lookups): a deprovisioning storm must not queue its
         first step, ending the sessions, behind the transactions of the calls before it."""
+        if NUL in identifier:  # an admin's typo or a probe: no agent, not a database failure
+            return None
         if conn is None and self._reads is not None:
             return (await self.find_many([identifier])).get(identifier)
         async with read_transaction(self._engine, conn) as c:
@@ -158,6 +169,9 @@ class AgentRepository:
     async def find_many(self, identifiers: Sequence[str]) -> dict[str, Agent]:
         """:meth:`find` for several identifiers in one read (a deprovisioning storm's first kills); the ones not
         found are left out."""
+        identifiers = [identifier for identifier in identifiers if NUL not in identifier]
+        if not identifiers:
+            return {}
         if self._reads is not None:
             return await self._reads.run(lambda c: _find_in(c, identifiers))
         async with read_transaction(self._engine) as c:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.deprovision.plan import FINISHED_RUNS, RunState, StepKind, StepState, requeue, run_state
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_transaction
+from gateway.storage.limits import NUL
 from gateway.storage.pipeline_batches import Decide, read_people, record_batch, supersede_runs
 from gateway.storage.pipeline_records import (
     Budget,
@@ -234,6 +235,8 @@ class PipelineRepository:
         return None if row is None else run_from_row(row)
 
     async def get_run(self, run_id: str, *, conn: AsyncConnection | None = None) -> RunRecord | None:
+        if NUL in run_id:  # from a request: no run has it (PostgreSQL would refuse the query, not find nothing)
+            return None
         async with read_transaction(self._engine, conn) as c:
             row = (await c.execute(select(deprovision_runs).where(deprovision_runs.c.id == run_id))).mappings().first()
         return None if row is None else run_from_row(row)
@@ -274,6 +277,8 @@ class PipelineRepository:
         self, run_ids: Sequence[str] | None, actor: str, now: datetime, *, conn: AsyncConnection | None = None
     ) -> list[str]:
         """Release held runs (all of them when ``run_ids`` is None): their held steps become due."""
+        if run_ids is not None:
+            run_ids = [run_id for run_id in run_ids if NUL not in run_id]
         async with write_transaction(self._engine, conn) as c:
             query = select(deprovision_runs.c.id).where(deprovision_runs.c.state == RunState.HELD.value)
             if run_ids is not None:
@@ -303,6 +308,8 @@ class PipelineRepository:
 
         A superseded run is never retried (0): its agent was made active again, and its steps would act against
         an active agent. Deprovisioning the agent again starts a new run."""
+        if NUL in run_id:
+            return 0
         async with write_transaction(self._engine, conn) as c:
             # The run's row first, as a worker recording results locks it (no lock-order deadlock on PostgreSQL).
             row = (

@@ -5,7 +5,8 @@ and the writer keeps and retries a refused batch: one such record would hold up 
 until the queue filled and the gateway refused all traffic (fail closed). Some of these values come from outside:
 nginx passes the client's request method to forward-auth as ``X-Original-Method``, whatever its length, and a
 request for ``/chat/a%00b`` is logged with its path decoded. Every writer fits them: a bounded value cut to its
-column, the cut marked with "…", a NUL replaced by U+FFFD.
+column, the cut marked with "…", a NUL replaced by U+FFFD. The same limits made a deprovisioning fail after the
+sessions had ended, and a lookup by an id holding a NUL answer "the database is not answering".
 """
 
 from __future__ import annotations
@@ -121,3 +122,17 @@ async def test_a_deprovisioning_whose_reason_or_successor_the_database_cannot_ho
     assert run.reason == "left\ufffd the company"
     assert run.successor is not None and len(run.successor) == 256 and run.successor.endswith("…")
     assert (await alice.get(gateway.url + "/chat/echo", headers={"Accept": "application/json"})).status_code == 401
+
+
+async def test_an_id_or_name_with_a_nul_names_no_agent_and_no_run_rather_than_failing_the_database(
+    gateway: Deployment,
+) -> None:
+    """PostgreSQL refuses a query comparing with a NUL: the admin API answered 503 "the database is not answering"
+    for ``/agents/a%00b``. No stored id or name holds one, so nothing is found."""
+    async with httpx.AsyncClient(headers=gateway.admin_headers()) as admin:
+        base = gateway.url + "/.channelgate/admin"
+        shown = await admin.get(base + "/agents/a%00b")
+        ended = await admin.post(base + "/agents/a%00b/deprovision", json={"reason": "left"})
+        retried = await admin.post(base + "/deprovision/runs/r%00/retry")
+    answers = (shown, ended, retried)
+    assert [r.status_code for r in answers] == [404, 404, 404], [r.text for r in answers]
