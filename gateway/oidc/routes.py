@@ -25,6 +25,8 @@ from gateway.services import Services
 from gateway.sessions.base import PendingLogin, SessionData, session_key
 from gateway.storage.access_log import AccessRecord
 from gateway.storage.agents import DIRECTORY_SOURCES, AmbiguousLink, UserNameConflict
+from gateway.storage.limits import fit_text, length_of, unstorable
+from gateway.storage.schema import agents
 from gateway.storage.session_ends import EndKind, SessionEnd
 from gateway.timeutil import utcnow
 
@@ -88,13 +90,26 @@ async def callback(request: Request) -> Response:
         detail = {"detail": exc.detail} if exc.detail else None
         await _audit_login(services, scope, "login_failed", "failed", reason=exc.reason, detail=detail)
         raise
+    problem = unstorable(agents, _IDENTITY_CLAIMS, _identity_columns(identity))
+    if problem is not None:
+        await _audit_login(
+            services, scope, "login_refused", "refused", agent_name=identity.user_name, reason="unstorable_identity",
+            detail={"detail": problem, "subject": identity.subject},
+        )  # fmt: skip
+        raise LoginFailed(
+            f"Your organisation's identity provider sent an account the gateway cannot keep: {problem}. Ask your "
+            "administrator to correct it there.",
+            reason="unstorable_identity",
+        )
+    display_name = identity.display_name
     try:
         agent = await services.agents.link_or_create_from_login(
             issuer=identity.issuer,
             subject=identity.subject,
             user_name=identity.user_name,
             email=identity.email,
-            display_name=identity.display_name,
+            # Shown to people only: a name too long for its column is cut rather than the sign-in refused.
+            display_name=fit_text(display_name, _DISPLAY_NAME_LENGTH) if display_name is not None else None,
             now=utcnow(),
             link_by=services.settings.scim.link_by,
             email_verified=identity.email_verified,
@@ -167,6 +182,27 @@ async def callback(request: Request) -> Response:
     )
     services.cookies.clear(response, services.cookies.login_name)
     return response
+
+
+#: The ID token's claims an agent's row keeps, by column: one the database cannot hold (too long, a NUL) refuses
+#: the sign-in with a message naming it, as SCIM and the directory sync refuse such values, rather than a failed
+#: write reported as the database not answering.
+_IDENTITY_CLAIMS = {
+    "user_name": "the user name (preferred_username)",
+    "email": "the email",
+    "oidc_subject": "the subject (sub)",
+    "oidc_issuer": "the issuer (iss)",
+}
+_DISPLAY_NAME_LENGTH = length_of(agents.c.display_name)
+
+
+def _identity_columns(identity: Identity) -> dict[str, str | None]:
+    return {
+        "user_name": identity.user_name,
+        "email": identity.email,
+        "oidc_subject": identity.subject,
+        "oidc_issuer": identity.issuer,
+    }
 
 
 async def _idp_session_ended(services: Services, identity: Identity, agent_id: str, pending: PendingLogin) -> bool:

@@ -12,7 +12,7 @@ sessions had ended, and a lookup by an id holding a NUL answer "the database is 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +25,9 @@ from gateway.settings import DatabaseSettings
 from gateway.storage.access_log import AccessLogRepository, AccessQuery, AccessRecord
 from gateway.storage.database import create_engine
 from gateway.storage.migrate import upgrade_to_head
+from tests.components.browserless_login import login_steps
 from tests.components.echo_gateway import Deployment, deployment
-from tests.components.oidc_provider import OidcProviderFactory
+from tests.components.oidc_provider import DEMO_PASSWORD, OidcAccount, OidcProvider, OidcProviderFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(90)]
 
@@ -136,3 +137,42 @@ async def test_an_id_or_name_with_a_nul_names_no_agent_and_no_run_rather_than_fa
         retried = await admin.post(base + "/deprovision/runs/r%00/retry")
     answers = (shown, ended, retried)
     assert [r.status_code for r in answers] == [404, 404, 404], [r.text for r in answers]
+
+
+LONG_NAME = "Dr. " + "Very Long Name " * 20  # 304 characters: the column holds 256
+
+
+@pytest.fixture
+async def long_accounts(oidc_provider_factory: OidcProviderFactory, postgres_url: str) -> AsyncIterator[Deployment]:
+    accounts = (
+        OidcAccount("long-0001", "l" * 300, DEMO_PASSWORD, "long@example.com", "Long Username", ("chat-agents",)),
+        OidcAccount("name-0002", "named", DEMO_PASSWORD, "named@example.com", LONG_NAME, ("chat-agents",)),
+    )
+
+    def provider(redirect_uris: Sequence[str], **kwargs: Any) -> OidcProvider:
+        return oidc_provider_factory(redirect_uris, **(kwargs | {"accounts": accounts}))
+
+    async with deployment(provider, database_url=postgres_url) as deployed:
+        yield deployed
+
+
+async def test_a_sign_in_whose_claims_the_database_cannot_hold_is_refused_by_name_or_fitted(
+    long_accounts: Deployment,
+) -> None:
+    """A user name over 256 characters was a failed write on PostgreSQL, answered as the database not answering:
+    the sign-in is refused naming the claim, as SCIM refuses it. A display name is only shown: cut, not refused."""
+    steps = await login_steps(long_accounts.url, "l" * 300, DEMO_PASSWORD)
+    try:
+        refused = await steps.client.get(steps.callback_url)
+    finally:
+        await steps.client.aclose()
+    assert refused.status_code == 401, refused.text
+    assert "user name (preferred_username) is 300 characters long; the gateway stores at most 256" in refused.text
+    [record] = await long_accounts.services.access_log.search(AccessQuery(kind="login_refused"))
+    assert record.reason == "unstorable_identity"
+
+    named = await long_accounts.login("named")
+    echoed = await named.get(long_accounts.url + "/chat/echo", headers={"Accept": "application/json"})
+    assert echoed.status_code == 200
+    agent = await long_accounts.services.agents.find("named")
+    assert agent is not None and agent.display_name == LONG_NAME[:255] + "…"
