@@ -167,18 +167,20 @@ class SessionEndings:
             raise failed
         return results
 
-    async def end_unseen_idp_session(self, agent_id: str, idp_session_id: str) -> None:
+    async def end_unseen_idp_session(self, agent_id: str, idp_session_id: str) -> bool:
         """The provider ended the agent's IdP session ``sid`` and no session here came from it: save that end all the
         same, so that a sign-in of that ``sid`` still on its way from the provider — the agent's first at the gateway
         in that IdP session — is refused when it reaches the callback (gateway/oidc/routes.py reads the saved ends
-        after creating its session), and end once more what such a sign-in created before the save. Raises
-        ``StorageError`` when the save fails (the end kept in process and written later, as any end)."""
+        after creating its session), and end once more what such a sign-in created before the save. False when
+        nothing saves ends here (no database). Raises ``StorageError`` when the save fails (the end kept in process
+        and written later, as any end)."""
         if self._logouts is None:
-            return
+            return False
         await self._clock.ready()
         ends = [SessionEnd(self._clock(), EndKind.IDP_SESSION, agent_id, sid=idp_session_id)]
         await self._logouts.remember(ends)
         await self._end_late_sign_ins(ends, idp_session_id)
+        return True
 
     async def _end_late_sign_ins(self, ends: Sequence[SessionEnd], idp_session_id: str) -> None:
         """After the ends of an IdP session are saved: end once more what a sign-in of that IdP session created

@@ -135,8 +135,7 @@ async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
             return done
         # No session here came from that sid, yet: a sign-in of it may still be on its way from the provider
         # (the agent's first here in that IdP session). Its end is saved, so that sign-in is refused when it lands.
-        await endings.end_unseen_idp_session(agent.id, logout.session_id)
-        return done | {"sign_ins_in_flight_refused": True}
+        return done | {"sign_ins_in_flight_refused": await endings.end_unseen_idp_session(agent.id, logout.session_id)}
     return {
         "agent_id": agent.id,
         "agent_name": agent.user_name,

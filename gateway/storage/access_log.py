@@ -119,12 +119,19 @@ TEXTS: tuple[tuple[str, int | None], ...] = tuple(
 )
 
 
+#: The ``detail`` key naming the fields ``fitted`` changed, so a reviewer knows which values are not as received.
+FITTED = "fitted"
+
+
 def fitted(record: AccessRecord) -> AccessRecord:
-    """``record`` with its texts fitted to their columns (``fit_text``); ``record`` itself when none needed it."""
+    """``record`` with its texts fitted to their columns (``fit_text``) and their names listed in its ``detail``
+    under ``FITTED``; ``record`` itself when none needed it."""
     fits: dict[str, Any] = {
         name: fit_text(value, length) for name, length in TEXTS if needs_fitting(value := getattr(record, name), length)
     }
-    return replace(record, **fits) if fits else record
+    if not fits:
+        return record
+    return replace(record, **fits, detail={**(record.detail or {}), FITTED: sorted(fits)})
 
 
 #: ``TEXTS`` by position in a row.

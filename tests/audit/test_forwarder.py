@@ -374,7 +374,7 @@ async def test_a_receiver_that_stops_reading_holds_the_forwarder_at_one_batch_in
         await asyncio.sleep(1.0)
         assert await store.cursor("siem") == held < 400  # no progress while the receiver does not read
         transport = forwarder._transport._writer.transport  # type: ignore[attr-defined]
-        # At most the one batch in flight, never the backlog (400 records, ~40 MB): a batch is written once the
+        # At most the one batch in flight, never the backlog (400 records, ~80 MB): a batch is written once the
         # last drain returned, which leaves up to the transport's high-water mark of the one before unsent.
         frame = max(len(message.encode()) for message in receiver.messages) + 16  # the length prefix and its space
         assert transport.get_write_buffer_size() <= 10 * frame + transport.get_write_buffer_limits()[1]

@@ -57,8 +57,10 @@ async def test_a_forward_auth_method_longer_than_its_column_is_recorded_cut_and_
     assert strange.status_code in (401, 403, 405)
     assert usual.status_code == 200
     assert gateway.services.audit.pending == 0
-    records = await gateway.services.access_log.search(AccessQuery(channel="chat"))
-    assert [r.method for r in records if r.path == "/chat/echo"] == ["GET", "A" * 15 + "…"]
+    chat = await gateway.services.access_log.search(AccessQuery(channel="chat"))
+    records = [r for r in chat if r.path == "/chat/echo"]
+    assert [r.method for r in records] == ["GET", "A" * 15 + "…"]
+    assert [(r.detail or {}).get("fitted") for r in records] == [None, ["method"]]  # which value is not as received
 
 
 async def test_a_nul_in_a_requests_path_is_recorded_replaced_and_the_log_goes_on(gateway: Deployment) -> None:
@@ -69,8 +71,8 @@ async def test_a_nul_in_a_requests_path_is_recorded_replaced_and_the_log_goes_on
     await gateway.services.audit.flush()  # raised StorageError for ever before: invalid byte sequence 0x00
     assert gateway.services.audit.pending == 0
     assert (unsigned.status_code, signed.status_code) != (200, 200)
-    paths = [r.path for r in await gateway.services.access_log.tail(50)]
-    assert "/chat/a\ufffdb" in paths and "/chat/c\ufffdd" in paths
+    fitted = {r.path: (r.detail or {}).get("fitted") for r in await gateway.services.access_log.tail(50)}
+    assert fitted["/chat/a\ufffdb"] == fitted["/chat/c\ufffdd"] == ["path"]
 
 
 async def test_every_bounded_value_is_cut_to_its_column_by_the_batch_and_the_strict_writer(postgres_url: str) -> None:
@@ -101,6 +103,7 @@ async def test_every_bounded_value_is_cut_to_its_column_by_the_batch_and_the_str
             kept = getattr(record, name)
             assert kept == value[: len(kept) - 1] + "…", name
         assert (len(record.method or ""), len(record.agent_name or "")) == (16, 256)
+        assert record.detail == {"fitted": sorted(long)}
     assert written.method == stored[1].method
 
 
