@@ -215,14 +215,42 @@ async def _now(value: bool) -> bool:
     return value
 
 
-def _redis_only(oidc_provider_factory: OidcProviderFactory, redis_url: str) -> AbstractAsyncContextManager[Deployment]:
-    """Sessions in Redis alone: every kept answer waits for its session's read."""
-    return deployment(oidc_provider_factory, redis_url=redis_url, extra_toml=FORWARD_AUTH_TOML)
+def _reading() -> asyncio.Task[Any] | None:
+    """The task of a kept answer waiting for its session's read (``ForwardAuthProtocol._answer_later``)."""
+    names = {getattr(t.get_coro(), "__qualname__", ""): t for t in asyncio.all_tasks()}
+    return names.get("ForwardAuthProtocol._answer_later")
+
+
+async def _reading_now() -> asyncio.Task[Any] | None:
+    return _reading()
+
+
+def _redis_only(
+    oidc_provider_factory: OidcProviderFactory, redis_url: str, *, socket_timeout_seconds: float = 1.0
+) -> AbstractAsyncContextManager[Deployment]:
+    """Sessions in Redis alone: every kept answer waits for its session's read, failed after
+    ``socket_timeout_seconds``."""
+    redis = f"[sessions.redis]\nsocket_timeout_seconds = {socket_timeout_seconds}\n"
+    return deployment(oidc_provider_factory, redis_url=redis_url, extra_toml=FORWARD_AUTH_TOML + redis)
 
 
 @pytest.fixture
 async def redis_gateway(oidc_provider_factory: OidcProviderFactory, redis_url: str) -> AsyncIterator[Deployment]:
     async with _redis_only(oidc_provider_factory, redis_url) as deployed:
+        yield deployed
+
+
+#: For the tests that hold a session's read with a Redis pause and act meanwhile: a read that times out takes
+#: the full path instead, so the pause (and with it the time to act) must end well before the timeout does, even
+#: when the other test worker keeps this process's event loop waiting.
+PATIENT_SECONDS = 10.0
+
+
+@pytest.fixture
+async def patient_redis_gateway(
+    oidc_provider_factory: OidcProviderFactory, redis_url: str
+) -> AsyncIterator[Deployment]:
+    async with _redis_only(oidc_provider_factory, redis_url, socket_timeout_seconds=PATIENT_SECONDS) as deployed:
         yield deployed
 
 
@@ -247,18 +275,18 @@ async def _redis_paused(redis_url: str, milliseconds: int) -> AsyncIterator[None
 
 @pytest.mark.redis
 async def test_a_client_that_leaves_while_its_session_is_read_is_written_nothing_and_others_go_on(
-    redis_gateway: Deployment, redis_url: str, caplog: pytest.LogCaptureFixture
+    patient_redis_gateway: Deployment, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    gateway = redis_gateway
+    gateway = patient_redis_gateway
     cookie, first, answer = await _asked_once(gateway, lambda: _open(gateway))
     assert answer[0] == b"HTTP/1.1 200 OK" and _counts(gateway) == (0, 0)
-    async with _redis_paused(redis_url, 600):
+    memo = gateway.services.forward_auth_memo
+    async with _redis_paused(redis_url, 3000):
         first.send(_question(cookie))
-        await asyncio.sleep(0.2)  # read by the gateway, its session's read held by Redis
+        await eventually(lambda: _now(_reading() is not None), timeout=2.5)  # its session's read held by Redis
         first.writer.close()
         await first.writer.wait_closed()
-        await asyncio.sleep(0.6)
-    memo = gateway.services.forward_auth_memo
+    # The pause lifted: the read completes.
     await eventually(lambda: _now(memo.awaited_hits == 1))  # decided and recorded, as the full path does, not written
     second = await _open(gateway)
     try:
@@ -301,12 +329,12 @@ async def test_a_question_waiting_for_its_session_when_the_server_stops_is_answe
     """uvicorn's graceful shutdown lets a request in flight finish with ``connection: close``; so must an answer
     written by the protocol after the session's read."""
     async with _pauser(redis_url) as pauser:
-        async with _redis_only(oidc_provider_factory, redis_url) as gateway:
+        async with _redis_only(oidc_provider_factory, redis_url, socket_timeout_seconds=PATIENT_SECONDS) as gateway:
             cookie, connection, first = await _asked_once(gateway, lambda: _open(gateway))
             assert first[0] == b"HTTP/1.1 200 OK"
-            await pauser.client_pause(800, all=True)  # runs out by itself, while the server stops
+            await pauser.client_pause(1500, all=True)  # runs out by itself, while the server stops
             connection.send(_question(cookie))
-            await asyncio.sleep(0.2)
+            await eventually(_reading_now, timeout=1.2)  # its session's read held by Redis
             answer = asyncio.create_task(connection.answer())
             memo = gateway.services.forward_auth_memo
         status, headers, _ = await answer
@@ -318,22 +346,17 @@ async def test_a_question_waiting_for_its_session_when_the_server_stops_is_answe
 
 @pytest.mark.redis
 async def test_a_question_cancelled_while_its_session_is_read_gets_uvicorns_500_and_its_connection_closed(
-    redis_gateway: Deployment, redis_url: str, caplog: pytest.LogCaptureFixture
+    patient_redis_gateway: Deployment, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """uvicorn cancels the requests' tasks when its graceful shutdown times out; its own request task then answers
     500 and closes the connection (run_asgi), and so must the protocol's."""
-    gateway = redis_gateway
+    gateway = patient_redis_gateway
     cookie, connection, answer = await _asked_once(gateway, lambda: _open(gateway))
     try:
         assert answer[0] == b"HTTP/1.1 200 OK"
-        async with _redis_paused(redis_url, 800):
+        async with _redis_paused(redis_url, 3000):
             connection.send(_question(cookie))
-
-            async def reading() -> asyncio.Task[Any] | None:
-                names = {getattr(t.get_coro(), "__qualname__", ""): t for t in asyncio.all_tasks()}
-                return names.get("ForwardAuthProtocol._answer_later")
-
-            (await eventually(reading, timeout=0.6)).cancel()
+            (await eventually(_reading_now, timeout=2.5)).cancel()
             status, headers, body = await connection.answer()
         assert (status, body) == (b"HTTP/1.1 500 Internal Server Error", b"Internal Server Error")
         assert (b"connection", b"close") in headers
