@@ -65,8 +65,12 @@ from gateway.storage.sqlite_outbox import Outbox
 from gateway.timeutil import utcnow
 
 log = logging.getLogger("channelgate.deprovision")
-#: What a run's actor and successor hold (the successor a userName, which holds no more).
-_ACTOR_LENGTH, _SUCCESSOR_LENGTH = length_of(deprovision_runs.c.actor), length_of(deprovision_runs.c.successor)
+#: What a run's reason, actor and successor hold (the successor a userName, which holds no more).
+_REASON_LENGTH, _ACTOR_LENGTH, _SUCCESSOR_LENGTH = (
+    length_of(deprovision_runs.c.reason),
+    length_of(deprovision_runs.c.actor),
+    length_of(deprovision_runs.c.successor),
+)
 
 #: Delays between the attempts to end a disabled agent's sessions while the session store is down (seconds).
 RETRY_FIRST_DELAY = 0.1
@@ -289,7 +293,7 @@ class SessionKiller:
         holds (gateway/storage/limits.py), since a value it refused failed the disable's transaction after the
         sessions had ended, and the agent stayed enabled."""
         started = time.perf_counter()
-        reason, actor = fit_text(reason, length_of(deprovision_runs.c.reason)), fit_text(actor, _ACTOR_LENGTH)
+        reason, actor = fit_text(reason, _REASON_LENGTH), fit_text(actor, _ACTOR_LENGTH)
         successor = fit_text(successor, _SUCCESSOR_LENGTH) if successor is not None else None
         if self.on_ending is not None:
             self.on_ending()

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.errors import StorageError
 from gateway.storage._time import from_db, to_db
 from gateway.storage.database import read_transaction, write_gate, write_transaction
-from gateway.storage.limits import NUL, fit_text, needs_fitting
+from gateway.storage.limits import NUL, fit_text, length_of, needs_fitting
 from gateway.storage.schema import access_log
 from gateway.storage.sqlite_batch_process import BatchWriterProcess
 from gateway.storage.sqlite_batches import sqlite_file
@@ -115,7 +115,7 @@ _values: Callable[[AccessRecord], LogRow] = operator.attrgetter(*INSERT_COLUMNS)
 #: method nginx passes to forward-auth as ``X-Original-Method`` is the client's, whatever its length — and a batch
 #: PostgreSQL refused for one of them was retried for ever: the queue filled and the gateway refused all traffic.
 TEXTS: tuple[tuple[str, int | None], ...] = tuple(
-    (column.name, column.type.length) for column in access_log.columns if isinstance(column.type, String)
+    (column.name, length_of(column)) for column in access_log.columns if isinstance(column.type, String)
 )
 
 
@@ -144,6 +144,7 @@ def insert_values(record: AccessRecord) -> LogRow:
     row = _values(record)
     for index, length in _TEXTS_AT:
         value = row[index]
+        # needs_fitting, inlined: a call per text would double this loop's cost on every request.
         if value is not None and ((length is not None and len(value) > length) or NUL in value):
             return _values(fitted(record))
     return row

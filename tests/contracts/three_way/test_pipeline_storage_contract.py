@@ -2,58 +2,45 @@
 PostgreSQL: a run and its steps commit with the trigger's transaction or not at all; a claimed step is leased to
 one worker; a lapsed lease is taken over; a worker that lost its lease cannot overwrite the new owner's result;
 a recorded batch writes each result with its receipt, unlocks the next step and finishes the run only when every
-step is done; approvals and retries requeue exactly what they name; a run whose agent is made active again ends
-superseded (never done, never a dead letter, never retried), naming what it had carried out."""
+step is done; approvals and retries requeue exactly what they name. A run whose agent is made active again:
+test_pipeline_supersede_contract.py."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import Outcome, StepResult
 from gateway.deprovision.plan import RunState, StepKind, StepState
-from gateway.deprovision.results import Attempt, budget, settle
-from gateway.settings import DeprovisionSettings
-from gateway.storage.access_log import AccessLogRepository, AccessQuery
+from gateway.deprovision.results import Attempt, settle
 from gateway.storage.database import Database
 from gateway.storage.pipeline import (
     PipelineRepository,
     PlannedStep,
     RunRecord,
     StepFinish,
-    StepRecord,
     idempotency_key,
-    supersede_runs,
 )
 from tests.contracts.three_way.agent_rows import insert_agent
+from tests.contracts.three_way.pipeline_contract import (
+    BUDGET,
+    CHAIN,
+    SETTINGS,
+    STEPS,
+    T0,
+    logged,
+    pipeline,
+    record_outcome,
+    run_record,
+    set_states,
+    states_of,
+)
 
-T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
-SETTINGS = DeprovisionSettings(max_attempts=2, retry_base_seconds=1.0, retry_max_seconds=1.0)
-BUDGET = budget(SETTINGS)
-
-
-def _run(run_id: str, *, state: RunState = RunState.RUNNING, created: datetime = T0) -> RunRecord:
-    return RunRecord(
-        run_id, f"agent-{run_id}", f"user-{run_id}", "cli", "cli", "left", None, state, created, None, None
-    )
-
-
-STEPS = [
-    PlannedStep("chat", StepKind.REVOKE, StepState.PENDING),
-    PlannedStep("chat", StepKind.VERIFY, StepState.WAITING),
-    PlannedStep("mail", StepKind.HAND_OVER, StepState.HELD),
-]
-
-
-@pytest.fixture
-def pipeline(engine: AsyncEngine, backend: str) -> PipelineRepository:
-    return PipelineRepository(engine, direct=backend == "direct")
+__all__ = ["pipeline"]  # the fixture, used by name
 
 
 async def test_a_run_rolled_back_with_its_trigger_leaves_no_step(
@@ -61,7 +48,7 @@ async def test_a_run_rolled_back_with_its_trigger_leaves_no_step(
 ) -> None:
     async def trigger_that_fails_after_queueing() -> None:
         async with database.begin() as conn:
-            await pipeline.create_run(_run("r1"), STEPS, conn=conn)
+            await pipeline.create_run(run_record("r1"), STEPS, conn=conn)
             raise RuntimeError("the trigger's transaction fails after queueing")
 
     with pytest.raises(RuntimeError):
@@ -71,7 +58,7 @@ async def test_a_run_rolled_back_with_its_trigger_leaves_no_step(
 
 
 async def test_steps_carry_a_stable_idempotency_key_per_run_channel_and_step(pipeline: PipelineRepository) -> None:
-    await pipeline.create_run(_run("r1"), STEPS)
+    await pipeline.create_run(run_record("r1"), STEPS)
     keys = [s.idempotency_key for s in await pipeline.steps_of(["r1"])]
     assert keys == [idempotency_key("r1", s.channel, s.step) for s in STEPS]
     assert len(set(keys)) == 3
@@ -80,7 +67,7 @@ async def test_steps_carry_a_stable_idempotency_key_per_run_channel_and_step(pip
 async def test_only_due_pending_steps_are_claimed_and_each_claim_counts_an_attempt(
     pipeline: PipelineRepository,
 ) -> None:
-    await pipeline.create_run(_run("r1"), STEPS)
+    await pipeline.create_run(run_record("r1"), STEPS)
     claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     assert [(s.channel, s.step, s.attempts) for s, _ in claimed] == [("chat", StepKind.REVOKE, 1)]
     assert claimed[0][1].user_name == "user-r1"
@@ -90,7 +77,7 @@ async def test_only_due_pending_steps_are_claimed_and_each_claim_counts_an_attem
 async def test_a_lapsed_lease_is_taken_over_and_the_old_owner_cannot_finish(
     database: Database, pipeline: PipelineRepository
 ) -> None:
-    await pipeline.create_run(_run("r1"), STEPS)
+    await pipeline.create_run(run_record("r1"), STEPS)
     [(step, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     later = T0 + timedelta(seconds=61)
     [(again, _)] = await pipeline.claim("w2", later, later + timedelta(seconds=60), 10, budget=BUDGET)
@@ -104,7 +91,7 @@ async def test_a_lapsed_lease_is_taken_over_and_the_old_owner_cannot_finish(
 
 async def test_concurrent_claims_never_hand_one_step_to_two_workers(pipeline: PipelineRepository) -> None:
     for n in range(20):
-        await pipeline.create_run(_run(f"r{n}"), STEPS)
+        await pipeline.create_run(run_record(f"r{n}"), STEPS)
     lease = T0 + timedelta(seconds=60)
     results = await asyncio.gather(*(pipeline.claim(f"w{n}", T0, lease, 3, budget=BUDGET) for n in range(8)))
     ids = [s.id for claimed in results for s, _ in claimed]
@@ -112,8 +99,8 @@ async def test_concurrent_claims_never_hand_one_step_to_two_workers(pipeline: Pi
 
 
 async def test_approval_releases_held_steps_of_the_named_runs_only(pipeline: PipelineRepository) -> None:
-    await pipeline.create_run(_run("r1", state=RunState.HELD), STEPS)
-    await pipeline.create_run(_run("r2", state=RunState.HELD), STEPS)
+    await pipeline.create_run(run_record("r1", state=RunState.HELD), STEPS)
+    await pipeline.create_run(run_record("r2", state=RunState.HELD), STEPS)
     assert await pipeline.approve(["r1"], "admin", T0) == ["r1"]
     states = {(s.run_id, s.step): s.state for s in await pipeline.steps_of(["r1", "r2"])}
     assert states[("r1", StepKind.HAND_OVER)] is StepState.PENDING
@@ -126,7 +113,7 @@ async def test_approval_releases_held_steps_of_the_named_runs_only(pipeline: Pip
 async def test_retry_gives_dead_steps_a_fresh_budget_and_reopens_the_run(
     database: Database, pipeline: PipelineRepository
 ) -> None:
-    await pipeline.create_run(_run("r1"), STEPS[:1])
+    await pipeline.create_run(run_record("r1"), STEPS[:1])
     [(step, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     async with database.begin() as conn:
         await pipeline.finish("w1", StepFinish(step.id, StepState.DEAD, T0, None, "gave up"), T0, conn=conn)
@@ -139,61 +126,26 @@ async def test_retry_gives_dead_steps_a_fresh_budget_and_reopens_the_run(
 
 
 async def test_the_guard_counts_distinct_agents_deprovisioned_in_the_window(pipeline: PipelineRepository) -> None:
-    await pipeline.create_run(_run("old", created=T0 - timedelta(hours=2)), [])
-    await pipeline.create_run(_run("r1"), [])
-    await pipeline.create_run(_run("r2"), [])
+    await pipeline.create_run(run_record("old", created=T0 - timedelta(hours=2)), [])
+    await pipeline.create_run(run_record("r1"), [])
+    await pipeline.create_run(run_record("r2"), [])
     assert await pipeline.runs_started_since(T0 - timedelta(hours=1)) == 2
-
-
-CHAIN = [
-    PlannedStep("chat", StepKind.REVOKE, StepState.PENDING),
-    PlannedStep("chat", StepKind.VERIFY, StepState.WAITING),
-    PlannedStep("mail", StepKind.HAND_OVER, StepState.PENDING),
-]
-
-
-async def _record(
-    pipeline: PipelineRepository,
-    owner: str,
-    claimed: list[tuple[StepRecord, RunRecord]],
-    outcome: Outcome,
-    at: datetime,
-) -> list[tuple[int, StepState]]:
-    batch = [
-        Attempt(step, run, StepResult(step.channel, step.step.value, outcome, "ref", "said")) for step, run in claimed
-    ]
-    changes = await pipeline.record(
-        owner,
-        [a.step.id for a in batch],
-        [a.run.id for a in batch],
-        lambda snapshot: settle(batch, snapshot, at, SETTINGS, uniform=lambda low, high: high),
-    )
-    return list(changes.settled)
-
-
-async def _states(pipeline: PipelineRepository, run_id: str) -> Mapping[tuple[str, StepKind], StepState]:
-    return {(s.channel, s.step): s.state for s in await pipeline.steps_of([run_id])}
-
-
-async def _log(engine: AsyncEngine, kind: str) -> list[dict[str, object]]:
-    records = await AccessLogRepository(engine).tail(1000)
-    return [{"channel": r.channel, "decision": r.decision, **(r.detail or {})} for r in records if r.kind == kind]
 
 
 async def test_a_recorded_batch_writes_each_result_with_its_receipt_and_unlocks_the_next_step(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN)
+    await pipeline.create_run(run_record("r1"), CHAIN)
     claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     assert len(claimed) == 2
-    settled = await _record(pipeline, "w1", claimed, Outcome.DONE, T0)
+    settled = await record_outcome(pipeline, "w1", claimed, Outcome.DONE, T0)
     assert sorted(state for _, state in settled) == [StepState.DONE, StepState.DONE]
-    assert await _states(pipeline, "r1") == {
+    assert await states_of(pipeline, "r1") == {
         ("chat", StepKind.REVOKE): StepState.DONE,
         ("chat", StepKind.VERIFY): StepState.PENDING,
         ("mail", StepKind.HAND_OVER): StepState.DONE,
     }
-    receipts = await _log(engine, "deprovision_step")
+    receipts = await logged(engine, "deprovision_step")
     assert sorted((r["channel"], r["step"], r["decision"], r["attempt"]) for r in receipts) == [
         ("chat", "revoke", "done", 1),
         ("mail", "hand_over", "done", 1),
@@ -209,7 +161,7 @@ async def test_a_consoles_reference_and_detail_are_fitted_so_its_result_is_recor
 ) -> None:
     """A console chooses its ticket reference and its error text: a NUL (which no PostgreSQL text holds) and a
     reference longer than its column made the result's write fail at every retry, and the step never ended."""
-    await pipeline.create_run(_run("r1"), CHAIN[:1])
+    await pipeline.create_run(run_record("r1"), CHAIN[:1])
     [(revoke, run)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     result = StepResult("chat", "revoke", Outcome.FAILED, "T-" + "9" * 400, "HTTP 400: bad\x00request " + "x" * 3000)
     batch = [Attempt(revoke, run, result)]
@@ -220,20 +172,20 @@ async def test_a_consoles_reference_and_detail_are_fitted_so_its_result_is_recor
     assert step.vendor_reference.startswith("T-999") and step.vendor_reference.endswith("…")
     assert step.detail is not None and step.detail.startswith("HTTP 400: bad\ufffdrequest xxx")
     assert len(step.detail) == 2000
-    [receipt] = await _log(engine, "deprovision_step")
+    [receipt] = await logged(engine, "deprovision_step")
     assert receipt["vendor_reference"] == result.vendor_reference  # the receipt's JSON holds it whole
 
 
 async def test_a_run_is_done_only_when_every_step_is_and_its_summary_is_written_once(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN)
+    await pipeline.create_run(run_record("r1"), CHAIN)
     later = T0 + timedelta(seconds=1)
-    await _record(
+    await record_outcome(
         pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET), Outcome.DONE, T0
     )
-    assert await _log(engine, "deprovision_complete") == []
-    await _record(
+    assert await logged(engine, "deprovision_complete") == []
+    await record_outcome(
         pipeline,
         "w1",
         await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET),
@@ -242,15 +194,15 @@ async def test_a_run_is_done_only_when_every_step_is_and_its_summary_is_written_
     )
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.DONE and run.finished_at == later
-    [summary] = await _log(engine, "deprovision_complete")
+    [summary] = await logged(engine, "deprovision_complete")
     assert summary["steps"] == {"chat": {"revoke": "done", "verify": "done"}, "mail": {"hand_over": "done"}}
 
 
 async def test_a_retry_is_due_after_its_backoff_and_a_spent_budget_is_dead_never_done(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN[:2])
-    await _record(
+    await pipeline.create_run(run_record("r1"), CHAIN[:2])
+    await record_outcome(
         pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET), Outcome.RETRY, T0
     )
     [revoke, _] = await pipeline.steps_of(["r1"])
@@ -258,25 +210,25 @@ async def test_a_retry_is_due_after_its_backoff_and_a_spent_budget_is_dead_never
     assert await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET) == []
     again = T0 + timedelta(seconds=1)
     claimed = await pipeline.claim("w1", again, again + timedelta(seconds=60), 10, budget=BUDGET)
-    assert await _record(pipeline, "w1", claimed, Outcome.RETRY, again) == [(revoke.id, StepState.DEAD)]
-    states = await _states(pipeline, "r1")
+    assert await record_outcome(pipeline, "w1", claimed, Outcome.RETRY, again) == [(revoke.id, StepState.DEAD)]
+    states = await states_of(pipeline, "r1")
     assert states[("chat", StepKind.REVOKE)] is StepState.DEAD
     assert states[("chat", StepKind.VERIFY)] is StepState.PENDING  # a dead revocation is exactly when to look
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.RUNNING
-    assert [r["decision"] for r in await _log(engine, "deprovision_step")] == ["pending", "dead"]
+    assert [r["decision"] for r in await logged(engine, "deprovision_step")] == ["pending", "dead"]
 
 
 async def test_a_result_whose_lease_was_taken_over_is_not_recorded_and_leaves_no_receipt(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN[:1])
+    await pipeline.create_run(run_record("r1"), CHAIN[:1])
     first = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
     later = T0 + timedelta(seconds=61)
     second = await pipeline.claim("w2", later, later + timedelta(seconds=60), 10, budget=BUDGET)
-    assert await _record(pipeline, "w1", first, Outcome.FAILED, later) == []
-    assert await _log(engine, "deprovision_step") == []
-    assert await _record(pipeline, "w2", second, Outcome.DONE, later) == [(second[0][0].id, StepState.DONE)]
+    assert await record_outcome(pipeline, "w1", first, Outcome.FAILED, later) == []
+    assert await logged(engine, "deprovision_step") == []
+    assert await record_outcome(pipeline, "w2", second, Outcome.DONE, later) == [(second[0][0].id, StepState.DONE)]
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.DONE
 
@@ -286,15 +238,15 @@ async def test_two_workers_recording_the_last_steps_of_one_run_at_once_finish_it
 ) -> None:
     steps = [PlannedStep(c, StepKind.REVOKE, StepState.PENDING) for c in ("chat", "mail", "phone", "sms")]
     for n in range(10):
-        await pipeline.create_run(_run(f"r{n}"), steps)
+        await pipeline.create_run(run_record(f"r{n}"), steps)
     lease = T0 + timedelta(seconds=60)
     claims = [await pipeline.claim(f"w{n}", T0, lease, 10, budget=BUDGET) for n in range(4)]
     assert sum(len(c) for c in claims) == 40
-    await asyncio.gather(*(_record(pipeline, f"w{n}", claims[n], Outcome.DONE, T0) for n in range(4)))
+    await asyncio.gather(*(record_outcome(pipeline, f"w{n}", claims[n], Outcome.DONE, T0) for n in range(4)))
     for n in range(10):
         run = await pipeline.get_run(f"r{n}")
         assert run is not None and run.state is RunState.DONE
-    assert len(await _log(engine, "deprovision_complete")) == 10
+    assert len(await logged(engine, "deprovision_complete")) == 10
 
 
 async def test_the_people_of_a_run_are_its_agent_its_live_manager_and_the_live_successor_it_names(
@@ -330,11 +282,11 @@ async def test_the_direct_and_the_engine_path_write_the_same_rows(engine: AsyncE
     assert database is not None
     for direct, run_id in ((True, "direct"), (False, "engine")):
         pipeline = PipelineRepository(engine, direct=direct)
-        await pipeline.create_run(_run(run_id), CHAIN)
+        await pipeline.create_run(run_record(run_id), CHAIN)
         claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
-        await _record(pipeline, "w1", claimed, Outcome.DONE, T0)
+        await record_outcome(pipeline, "w1", claimed, Outcome.DONE, T0)
         claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
-        await _record(pipeline, "w1", claimed, Outcome.RETRY, T0)
+        await record_outcome(pipeline, "w1", claimed, Outcome.RETRY, T0)
     with sqlite3.connect(database) as db:
         steps = {
             run_id: db.execute(
@@ -357,28 +309,19 @@ async def test_the_direct_and_the_engine_path_write_the_same_rows(engine: AsyncE
     assert log["direct"] == log["engine"]
 
 
-async def _set_states(engine: AsyncEngine, run_id: str, states: Mapping[tuple[str, str], str]) -> None:
-    async with engine.begin() as conn:
-        for (channel, step), state in states.items():
-            await conn.execute(
-                text("UPDATE deprovision_steps SET state = :state WHERE run_id = :run AND channel = :ch AND step = :s"),
-                {"state": state, "run": run_id, "ch": channel, "s": step},
-            )
-
-
 async def test_a_step_that_crashes_its_worker_every_time_is_dead_lettered_by_the_claim_past_its_budget(
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN[:2])
+    await pipeline.create_run(run_record("r1"), CHAIN[:2])
     lease = timedelta(seconds=60)
     now, seen = T0, []
     for crash in range(3):  # each worker claims what is due and dies before recording it; the lease lapses
         seen += [s.attempts for s, _ in await pipeline.claim(f"w{crash}", now, now + lease, 10, budget=BUDGET)]
         now += lease + timedelta(seconds=1)
     assert seen == [1, 2, 1]  # the revoke twice (its budget), then the verification its death unlocked
-    states = await _states(pipeline, "r1")
+    states = await states_of(pipeline, "r1")
     assert states[("chat", StepKind.REVOKE)] is StepState.DEAD
-    [dead] = [r for r in await _log(engine, "deprovision_step") if r["step"] == "revoke"]
+    [dead] = [r for r in await logged(engine, "deprovision_step") if r["step"] == "revoke"]
     assert (dead["decision"], dead["attempt"]) == ("dead", 2)
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.RUNNING
@@ -388,12 +331,12 @@ async def test_retrying_a_held_run_keeps_it_held_and_its_irreversible_steps_wait
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
     steps = [*STEPS, PlannedStep("chat", StepKind.REMOVE, StepState.WAITING)]
-    await pipeline.create_run(_run("r1", state=RunState.HELD), steps)
-    await _set_states(
+    await pipeline.create_run(run_record("r1", state=RunState.HELD), steps)
+    await set_states(
         engine, "r1", {("chat", "revoke"): "dead", ("chat", "verify"): "failed", ("chat", "remove"): "blocked"}
     )
     assert await pipeline.retry("r1", T0) == 1
-    states = await _states(pipeline, "r1")
+    states = await states_of(pipeline, "r1")
     assert states[("chat", StepKind.REVOKE)] is StepState.PENDING
     assert states[("mail", StepKind.HAND_OVER)] is StepState.HELD
     run = await pipeline.get_run("r1")
@@ -404,151 +347,18 @@ async def test_a_retried_revocation_has_its_verification_redone_so_no_step_waits
     engine: AsyncEngine, pipeline: PipelineRepository
 ) -> None:
     steps = [*CHAIN[:2], PlannedStep("chat", StepKind.REMOVE, StepState.WAITING)]
-    await pipeline.create_run(_run("r1", state=RunState.ATTENTION), steps)
-    await _set_states(
+    await pipeline.create_run(run_record("r1", state=RunState.ATTENTION), steps)
+    await set_states(
         engine, "r1", {("chat", "revoke"): "dead", ("chat", "verify"): "done", ("chat", "remove"): "failed"}
     )
     assert await pipeline.retry("r1", T0) == 1
-    assert await _states(pipeline, "r1") == {
+    assert await states_of(pipeline, "r1") == {
         ("chat", StepKind.REVOKE): StepState.PENDING,
         ("chat", StepKind.VERIFY): StepState.WAITING,
         ("chat", StepKind.REMOVE): StepState.WAITING,
     }
     for _ in range(3):
-        await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET),
-                      Outcome.DONE, T0)  # fmt: skip
+        claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
+        await record_outcome(pipeline, "w1", claimed, Outcome.DONE, T0)
     run = await pipeline.get_run("r1")
     assert run is not None and run.state is RunState.DONE
-
-
-async def test_making_an_agent_active_again_supersedes_its_going_runs_with_receipts(
-    database: Database, engine: AsyncEngine, pipeline: PipelineRepository
-) -> None:
-    await pipeline.create_run(_run("r1", state=RunState.HELD), STEPS)
-    [(revoke, _)] = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
-    async with database.begin() as conn:
-        assert await supersede_runs(conn, "agent-r1", T0, actor="scim:entra", reason="enabled by SCIM") == ["r1"]
-    assert set((await _states(pipeline, "r1")).values()) == {StepState.SUPERSEDED}
-    run = await pipeline.get_run("r1")
-    assert run is not None and run.state is RunState.SUPERSEDED and run.finished_at == T0
-    receipts = await _log(engine, "deprovision_step")
-    assert sorted(str(r["step"]) for r in receipts) == ["hand_over", "revoke", "verify"]
-    assert {(r["outcome"], r["decision"]) for r in receipts} == {("superseded", "superseded")}
-    [record] = await _log(engine, "deprovision")
-    assert record["decision"] == "superseded" and record["run"] == "r1" and record["state"] == "superseded"
-    # The worker that held the revoke's lease cannot record it any more.
-    assert await _record(pipeline, "w1", [(revoke, _run("r1"))], Outcome.DONE, T0) == []
-
-
-async def test_a_superseded_run_ends_superseded_not_done_and_its_record_names_the_steps_it_carried_out(
-    database: Database, engine: AsyncEngine, pipeline: PipelineRepository
-) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN)
-    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
-    [revoke] = [(s, r) for s, r in claimed if s.step is StepKind.REVOKE]
-    await _record(pipeline, "w1", [revoke], Outcome.DONE, T0)  # the chat seat is disabled; the hand-over runs on
-    later = T0 + timedelta(seconds=5)
-    async with database.begin() as conn:
-        await supersede_runs(conn, "agent-r1", later, actor="scim:entra", reason="enabled by SCIM")
-    assert await _states(pipeline, "r1") == {
-        ("chat", StepKind.REVOKE): StepState.DONE,
-        ("chat", StepKind.VERIFY): StepState.SUPERSEDED,
-        ("mail", StepKind.HAND_OVER): StepState.SUPERSEDED,
-    }
-    run = await pipeline.get_run("r1")
-    assert run is not None and run.state is RunState.SUPERSEDED and run.finished_at == later
-    assert await pipeline.runs_in_state([RunState.DONE, RunState.ATTENTION]) == []
-    assert [r.id for r in await pipeline.runs_in_state([RunState.SUPERSEDED])] == ["r1"]
-    assert await _log(engine, "deprovision_complete") == [] and await _log(engine, "deprovision_attention") == []
-    [record] = await _log(engine, "deprovision")
-    assert record["carried_out"] == [{"channel": "chat", "step": "revoke"}]
-    assert record["not_taken"] == [{"channel": "chat", "step": "verify"}, {"channel": "mail", "step": "hand_over"}]
-    assert record["steps"] == {"chat": {"revoke": "done", "verify": "superseded"}, "mail": {"hand_over": "superseded"}}
-    [entry] = await AccessLogRepository(engine).search(AccessQuery(kind="deprovision"))
-    assert "for a person to undo: chat revoke" in (entry.reason or "")
-
-
-async def test_a_superseded_run_with_a_dead_step_is_no_dead_letter_and_is_never_retried(
-    database: Database, engine: AsyncEngine, pipeline: PipelineRepository
-) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN)
-    await _set_states(engine, "r1", {("chat", "revoke"): "dead"})
-    async with database.begin() as conn:
-        await supersede_runs(conn, "agent-r1", T0, actor="ldap:corp", reason="reactivated")
-    run = await pipeline.get_run("r1")
-    assert run is not None and run.state is RunState.SUPERSEDED
-    assert await pipeline.runs_in_state([RunState.ATTENTION]) == []  # the dead-letter queue
-    assert await pipeline.retry("r1", T0 + timedelta(seconds=1)) == 0
-    assert await _states(pipeline, "r1") == {
-        ("chat", StepKind.REVOKE): StepState.DEAD,
-        ("chat", StepKind.VERIFY): StepState.SUPERSEDED,
-        ("mail", StepKind.HAND_OVER): StepState.SUPERSEDED,
-    }
-    again = await pipeline.get_run("r1")
-    assert again == run
-    assert await pipeline.claim("w1", T0 + timedelta(seconds=1), T0 + timedelta(seconds=60), 10, budget=BUDGET) == []
-
-
-async def test_a_run_that_ended_needing_attention_is_superseded_when_its_agent_is_active_again(
-    database: Database, engine: AsyncEngine, pipeline: PipelineRepository
-) -> None:
-    """Its failed step no longer keeps an active agent's access from ending: the run leaves the attention list
-    (and its alert), its steps stay as they were, and its record names what it carried out, for a person to
-    undo."""
-    await pipeline.create_run(_run("r1"), CHAIN)
-    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
-    [revoke] = [(s, r) for s, r in claimed if s.step is StepKind.REVOKE]
-    [hand_over] = [(s, r) for s, r in claimed if s.step is StepKind.HAND_OVER]
-    await _record(pipeline, "w1", [revoke], Outcome.FAILED, T0)
-    await _record(pipeline, "w1", [hand_over], Outcome.DONE, T0)
-    verify = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
-    await _record(pipeline, "w1", verify, Outcome.FAILED, T0)  # the token still works: access did not end
-    run = await pipeline.get_run("r1")
-    assert run is not None and run.state is RunState.ATTENTION
-    steps_before = await _states(pipeline, "r1")
-
-    later = T0 + timedelta(minutes=5)
-    async with database.begin() as conn:
-        assert await supersede_runs(conn, "agent-r1", later, actor="scim:entra", reason="enabled by SCIM") == ["r1"]
-
-    run = await pipeline.get_run("r1")
-    assert run is not None and run.state is RunState.SUPERSEDED and run.finished_at == later
-    assert await pipeline.runs_in_state([RunState.ATTENTION]) == []
-    assert await _states(pipeline, "r1") == steps_before
-    assert await pipeline.retry("r1", later) == 0
-    [record] = await _log(engine, "deprovision")
-    assert record["decision"] == "superseded" and record["carried_out"] == [{"channel": "mail", "step": "hand_over"}]
-
-
-async def test_a_run_that_ended_done_is_not_superseded_when_its_agent_is_active_again(
-    database: Database, pipeline: PipelineRepository
-) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN[:1])
-    await _record(pipeline, "w1", await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET),
-                  Outcome.DONE, T0)  # fmt: skip
-    async with database.begin() as conn:
-        assert await supersede_runs(conn, "agent-r1", T0, actor="scim:entra", reason="enabled by SCIM") == []
-    run = await pipeline.get_run("r1")
-    assert run is not None and run.state is RunState.DONE
-
-
-async def test_steps_the_worker_skipped_for_an_agent_active_again_end_the_run_superseded_never_done(
-    engine: AsyncEngine, pipeline: PipelineRepository
-) -> None:
-    await pipeline.create_run(_run("r1"), CHAIN)
-    claimed = await pipeline.claim("w1", T0, T0 + timedelta(seconds=60), 10, budget=BUDGET)
-    batch = [
-        Attempt(step, run, StepResult(step.channel, step.step.value, Outcome.NOT_APPLICABLE, None, "skipped"), True)
-        for step, run in claimed
-    ]
-    await pipeline.record(
-        "w1", [a.step.id for a in batch], ["r1"], lambda snapshot: settle(batch, snapshot, T0, SETTINGS)
-    )
-    # The verification waiting for the revocation is not taken either: nothing of the chain acts on an active agent.
-    assert set((await _states(pipeline, "r1")).values()) == {StepState.SUPERSEDED}
-    run = await pipeline.get_run("r1")
-    assert run is not None and run.state is RunState.SUPERSEDED and run.finished_at == T0
-    assert await _log(engine, "deprovision_complete") == []
-    [record] = await _log(engine, "deprovision")
-    assert (record["decision"], record["carried_out"]) == ("superseded", [])
-    assert {r["outcome"] for r in await _log(engine, "deprovision_step")} == {"superseded"}
