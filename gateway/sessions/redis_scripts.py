@@ -107,9 +107,13 @@ end
 return ended
 """
 
-# KEYS: session. ARGV: now, idle s, absolute s, grace s, agent prefix, member. The absolute limit wins. The indexes
-# (the agent's, the IdP session's) are given the session's TTL when their own is shorter (put back if they expired:
-# a live session is always in them).
+# KEYS: session. ARGV: now, idle s, absolute s, grace s, agent prefix, member, touch s. The absolute limit wins. A
+# lookup within ``touch`` seconds of ``seen`` (either way: another replica's clock may run a little ahead) writes
+# nothing: the idle clock then runs from up to ``touch`` seconds before the latest request (a session may idle out
+# that much early, never late), and a busy session costs Redis — and its replicas and AOF, which a script's writes
+# reach — a write a second, not one a request. Otherwise ``seen`` moves, and the indexes (the agent's, the IdP
+# session's) are given the session's TTL when their own is shorter (put back if they expired: a live session is
+# always in them); the TTLs set at the last touch outlast ``touch`` by the grace.
 LOOKUP_SCRIPT = """
 local f = redis.call('HMGET', KEYS[1], 'data', 'agent', 'created', 'seen', 'idp')
 if not f[1] then return {'missing'} end
@@ -123,6 +127,7 @@ if state ~= 'valid' then
   if f[5] then redis.call('ZREM', f[5], ARGV[6]) end
   return {state, f[1], f[3], f[4]}
 end
+if math.abs(now - seen) < tonumber(ARGV[7]) then return {state, f[1], f[3], f[4]} end
 if now > seen then redis.call('HSET', KEYS[1], 'seen', ARGV[1]); f[4] = ARGV[1] end
 local ttl = math.ceil((math.min(idle, absolute - (now - created)) + tonumber(ARGV[4])) * 1000)
 redis.call('PEXPIRE', KEYS[1], ttl)

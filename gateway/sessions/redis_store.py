@@ -83,6 +83,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 UNAVAILABLE = "the session store (Redis) is unreachable; requests are refused until it is back"
+#: A lookup this close to the session's ``seen`` leaves it (and the TTLs) as they are (``LOOKUP_SCRIPT``): far below
+#: any idle timeout, so a session idles out at most this much early; a busy session is written once a second.
+LOOKUP_TOUCH_SECONDS = 1.0
 
 
 class RedisSessionStore:
@@ -216,7 +219,8 @@ class RedisSessionStore:
         self._refuse_if_clock_skewed()
         key = session_key(session_id)
         args: list[str | float] = [
-            repr(now), self.idle_timeout, self.absolute_timeout, self.expiry_grace_seconds, AGENT_PREFIX, key
+            repr(now), self.idle_timeout, self.absolute_timeout, self.expiry_grace_seconds, AGENT_PREFIX, key,
+            LOOKUP_TOUCH_SECONDS,
         ]  # fmt: skip
         reply = await self._call(self._lookups.run([SESSION_PREFIX + key], args))
         state = SessionState(reply[0])
