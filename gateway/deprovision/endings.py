@@ -161,37 +161,43 @@ class SessionEndings:
                 await self._logouts.remember(ends)
             except StorageError as exc:
                 raise EndsNotSaved(exc.message, detail=exc.detail, ended=results) from exc
-            if idp_session_id is not None:
-                await self._end_late_sign_ins(ends, idp_session_id)
+            await self._end_late_sign_ins(ends, idp_session_id)
         if failed is not None:
             raise failed
         return results
 
-    async def end_unseen_idp_session(self, agent_id: str, idp_session_id: str) -> bool:
-        """The provider ended the agent's IdP session ``sid`` and no session here came from it: save that end all the
-        same, so that a sign-in of that ``sid`` still on its way from the provider — the agent's first at the gateway
-        in that IdP session — is refused when it reaches the callback (gateway/oidc/routes.py reads the saved ends
-        after creating its session), and end once more what such a sign-in created before the save. False when
-        nothing saves ends here (no database). Raises ``StorageError`` when the save fails (the end kept in process
-        and written later, as any end)."""
+    async def end_unseen(self, agent_id: str, idp_session_id: str | None = None) -> bool:
+        """The provider ended the agent's sessions — every one (a back-channel logout naming ``sub`` alone) or those
+        of its IdP session ``sid`` — and no session here was one of them: save that end all the same, so that a
+        sign-in still on its way from the provider — the agent's first here, or its first in that IdP session — is
+        refused when it reaches the callback (gateway/oidc/routes.py reads the saved ends after creating its
+        session), and end once more what such a sign-in created before the save. False when nothing saves ends
+        here (no database). Raises ``StorageError`` when the save fails (the end kept in process and written later,
+        as any end)."""
         if self._logouts is None:
             return False
         await self._clock.ready()
-        ends = [SessionEnd(self._clock(), EndKind.IDP_SESSION, agent_id, sid=idp_session_id)]
+        kind = EndKind.AGENT if idp_session_id is None else EndKind.IDP_SESSION
+        ends = [SessionEnd(self._clock(), kind, agent_id, sid=idp_session_id)]
         await self._logouts.remember(ends)
         await self._end_late_sign_ins(ends, idp_session_id)
         return True
 
-    async def _end_late_sign_ins(self, ends: Sequence[SessionEnd], idp_session_id: str) -> None:
-        """After the ends of an IdP session are saved: end once more what a sign-in of that IdP session created
-        between the revocation and the save. Its callback reads the saved end after creating its session
-        (gateway/oidc/routes.py), so it missed this end only if it read before the save; then its session existed
-        before the save, and this revocation, after it, ends it."""
+    async def _end_late_sign_ins(self, ends: Sequence[SessionEnd], idp_session_id: str | None) -> None:
+        """After the ends are saved: end once more what a sign-in created between the revocation (and the wait for
+        the replicas' acknowledgements) and the save, of the agent (``idp_session_id`` None) or of that IdP session.
+        Its callback reads the saved ends after creating its session (gateway/oidc/routes.py), so it missed this end
+        only if it read before the save; then its session existed before the save, and this revocation, after it,
+        ends it. A sign-in that started after the end and created its session in that window is ended too: its
+        browser is asked to sign in again."""
         for end in ends:
             try:
-                await self._sessions.revoke_idp_session(end.agent_id, idp_session_id)
+                if idp_session_id is None:
+                    await self._sessions.revoke_agent_if_any(end.agent_id)
+                else:
+                    await self._sessions.revoke_idp_session(end.agent_id, idp_session_id)
             except SessionStoreUnavailable:
-                log.warning("could not end again the sessions of an ended IdP session of agent %s", end.agent_id)
+                log.warning("could not end again the sessions of agent %s signed in as they ended", end.agent_id)
 
     async def end_everywhere(self, agent_id: str, idp_session_id: str | None = None) -> EndedSessions | None:
         """:meth:`end_sessions` without saving the end (the caller saves it, each in its own way)."""

@@ -133,6 +133,23 @@ class Logouts:
                     return True
         return await self._ends.ended_idp_session(sid, since, agent_id)
 
+    async def ended_for_sign_in(
+        self, agent_id: str, sid: str | None, *, since: datetime, agent_wide_since: datetime
+    ) -> EndKind | None:
+        """Whether ``agent_id``'s sessions of the IdP session ``sid`` were ended at or after ``since``, or every one
+        of them at or after ``agent_wide_since`` (``SessionEndRepository.ended_for_sign_in``): saved, or kept in
+        process to be."""
+        found = await self._ends.ended_for_sign_in(agent_id, sid, since=since, agent_wide_since=agent_wide_since)
+        for entry in self._unwritten:
+            for end in entry.ends:
+                if end.agent_id != agent_id or found is EndKind.IDP_SESSION:
+                    continue
+                if end.kind is EndKind.IDP_SESSION and sid is not None and end.sid == sid and end.ended_at >= since:
+                    found = EndKind.IDP_SESSION
+                elif end.kind is EndKind.AGENT and end.ended_at >= agent_wide_since:
+                    found = EndKind.AGENT
+        return found
+
     async def since(self, cutoff: datetime) -> list[SessionEnd]:
         """The logouts remembered at or after ``cutoff``, oldest first: those written, then those kept in process
         (the sweep flushes only after it has run, and must not miss them)."""

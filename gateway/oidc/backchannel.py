@@ -9,9 +9,10 @@ refused). Then ``sub`` and ``sid`` end the agent's sessions of that IdP session,
 the agent, and ``sid`` alone (§2.4: a token carries either, or both) the sessions of that IdP session, found
 through the session store's index of them (``SessionStore.sessions_of_idp_session``) and ended agent by agent as
 with ``sub`` (normally one agent: an IdP session is one user's). ``sub`` and a ``sid`` from which none of the
-subject's sessions here came end nothing, but that end is saved all the same (``end_unseen_idp_session``): a
+subject's sessions here came end nothing, but that end is saved all the same (``SessionEndings.end_unseen``): a
 sign-in of that ``sid`` still on its way from the provider — the agent's first here in that IdP session — is then
-refused when it reaches the callback (gateway/oidc/routes.py). The ``jti`` counts as used only once that
+refused when it reaches the callback (gateway/oidc/routes.py); so is any sign-in of the agent on its way when
+``sub`` comes alone, whether or not the agent has a session here yet. The ``jti`` counts as used only once that
 succeeded (``gateway/sessions/single_use.py``): a provider retrying after a 503 is served, not refused as a replay.
 
 This is a logout, not a deprovisioning: the agent stays enabled and may sign in again. What it ended is written to
@@ -135,7 +136,11 @@ async def _apply(services: Services, logout: LogoutRequest) -> dict[str, Any]:
             return done
         # No session here came from that sid, yet: a sign-in of it may still be on its way from the provider
         # (the agent's first here in that IdP session). Its end is saved, so that sign-in is refused when it lands.
-        return done | {"sign_ins_in_flight_refused": await endings.end_unseen_idp_session(agent.id, logout.session_id)}
+        return done | {"sign_ins_in_flight_refused": await endings.end_unseen(agent.id, logout.session_id)}
+    if not ended.count and logout.session_id is None:
+        # No session of the agent here, yet: its first sign-in may be on its way from the provider. Likewise saved.
+        return {"agent_id": agent.id, "agent_name": agent.user_name, "sessions": 0,
+                "sign_ins_in_flight_refused": await endings.end_unseen(agent.id)}  # fmt: skip
     return {
         "agent_id": agent.id,
         "agent_name": agent.user_name,

@@ -145,24 +145,21 @@ async def callback(request: Request) -> Response:
             if fresh != groups:
                 await services.sessions.update_agent_groups(agent.id, fresh)
                 groups = fresh
-    ended = False
+    ended: EndKind | None = None
     if session is not None:
         try:
-            ended = await _idp_session_ended(services, identity, agent.id, pending)
+            ended = await _ended_on_its_way(services, identity, agent.id, pending)
         except ChannelgateError:
             await services.sessions.delete(session.id)  # its cookie was never sent: no session is left behind
             raise
-    if session is not None and ended:
+    if session is not None and ended is not None:
         await services.sessions.delete(session.id)
+        reason, names_sid, message = _ENDED_ON_ITS_WAY[ended]
         await _audit_login(
             services, scope, "login_refused", "refused", agent_id=agent.id, agent_name=agent.user_name,
-            reason="idp_session_ended", detail={"sid": identity.idp_session_id},
+            reason=reason, detail={"sid": identity.idp_session_id} if names_sid else None,
         )  # fmt: skip
-        raise LoginFailed(
-            "Your sign-in at your organisation's identity provider was ended while it was on its way here. "
-            "Please sign in again.",
-            reason="idp_session_ended",
-        )
+        raise LoginFailed(message, reason=reason)
     if session is None:
         await _audit_login(
             services, scope, "login_refused", "refused", agent_id=agent.id, agent_name=agent.user_name,
@@ -205,21 +202,47 @@ def _identity_columns(identity: Identity) -> dict[str, str | None]:
     }
 
 
-async def _idp_session_ended(services: Services, identity: Identity, agent_id: str, pending: PendingLogin) -> bool:
-    """Whether the provider ended this login's IdP session (a back-channel logout naming its ``sid``, OIDC
-    Back-Channel Logout 1.0 §2.7) while the login was on its way: the logout ended the agent's other sessions of
-    that ``sid`` and saved its end, but the session this login has just created did not exist yet. Read after
-    creating it: a logout whose end is saved later revokes that ``sid`` once more after saving it
-    (gateway/deprovision/endings.py), so the session is caught either way. Ends from when the login started at the
-    gateway, or from the user's authentication at the provider if that came later (the provider vouched for the
-    session after an end before it: a provider that keeps the ``sid`` across a new sign-in), less the replicas' clock
-    margin (the end is stamped by the replica that took the logout)."""
-    sid = identity.idp_session_id
-    if sid is None:
-        return False
+#: A sign-in refused because its sessions were ended on its way here: the record's reason, whether its detail names
+#: the ``sid``, and what the agent reads.
+_ENDED_ON_ITS_WAY = {
+    EndKind.IDP_SESSION: (
+        "idp_session_ended",
+        True,
+        "Your sign-in at your organisation's identity provider was ended while it was on its way here. "
+        "Please sign in again.",
+    ),
+    EndKind.AGENT: (
+        "sessions_ended",
+        False,
+        "Your sessions were ended by your organisation while this sign-in was on its way here. Please sign in again.",
+    ),
+}
+
+
+async def _ended_on_its_way(
+    services: Services, identity: Identity, agent_id: str, pending: PendingLogin
+) -> EndKind | None:
+    """Whether the agent's sessions were ended while this login was on its way — those of the login's own IdP
+    session (a back-channel logout naming its ``sid``, OIDC Back-Channel Logout 1.0 §2.7) or every one (a
+    back-channel logout naming ``sub`` alone, a CAEP session revocation, the console's "end sessions") — and which:
+    the logout ended the sessions that existed, and saved its end, but the session this login has just created did
+    not exist yet. Read after creating it: a logout whose end is saved later ends the sessions once more after
+    saving it (gateway/deprovision/endings.py), so the session is caught either way. Ends from when the login started
+    at the gateway, or from the user's authentication at the provider if that came later (the provider vouched for
+    the session after an end before it: a provider that keeps the ``sid`` across a new sign-in).
+
+    An end of the ``sid`` counts from the replicas' clock margin before that (it is stamped by the replica that took
+    the logout, whose clock may differ): a new sign-in rarely comes back with the same ``sid``. An end of every
+    session counts from the start itself, so the agent may sign in again at once after a logout (it stays enabled);
+    with replicas' clocks apart, a sign-in that started less than their difference before such an end may pass,
+    unless the second revocation after the save ended its session."""
     started = max(pending.created_at or services.clock(), identity.auth_time or 0.0)
-    since = datetime.fromtimestamp(started - services.revived.clock_margin, UTC)
-    return await services.logouts.ended_idp_session(sid, since, agent_id)
+    return await services.logouts.ended_for_sign_in(
+        agent_id,
+        identity.idp_session_id,
+        since=datetime.fromtimestamp(started - services.revived.clock_margin, UTC),
+        agent_wide_since=datetime.fromtimestamp(started, UTC),
+    )
 
 
 def _session_data(agent_id: str, user_name: str, identity: Identity, groups: frozenset[str]) -> SessionData:

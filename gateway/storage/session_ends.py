@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 
-from sqlalchemy import Connection, RowMapping, delete, insert, select
+from sqlalchemy import Connection, RowMapping, and_, delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.storage._time import from_db, to_db
@@ -150,6 +150,24 @@ class SessionEndRepository:
             query = query.where(session_ends.c.agent_id == agent_id)
         async with read_transaction(self._engine) as conn:
             return (await conn.execute(query.limit(1))).first() is not None
+
+    async def ended_for_sign_in(
+        self, agent_id: str, sid: str | None, *, since: datetime, agent_wide_since: datetime
+    ) -> EndKind | None:
+        """Whether an end reaches a session ``agent_id`` signs in with from the IdP session ``sid``: one of that IdP
+        session saved at or after ``since``, or one of every session of the agent at or after ``agent_wide_since``;
+        its kind (``IDP_SESSION`` first: it names the sign-in's own IdP session), or None."""
+        c = session_ends.c
+        kinds = and_(c.kind == EndKind.AGENT.value, c.ended_at >= to_db(agent_wide_since))
+        if sid is not None:
+            kinds = or_(kinds, and_(c.kind == EndKind.IDP_SESSION.value, c.sid == sid, c.ended_at >= to_db(since)))
+        query = select(c.kind).where(c.agent_id == agent_id, kinds).distinct()
+        async with read_transaction(self._engine) as conn:
+            found = {row[0] for row in await conn.execute(query)}
+        for kind in (EndKind.IDP_SESSION, EndKind.AGENT):
+            if kind.value in found:
+                return kind
+        return None
 
     async def prune(self, before: datetime) -> int:
         """Delete the ends older than ``before``; how many."""

@@ -26,9 +26,10 @@ from joserfc.jwk import DictKey, RSAKey
 
 from gateway.oidc.backchannel import LOGOUT_EVENT
 from gateway.oidc.client import Identity
-from gateway.oidc.routes import _idp_session_ended
+from gateway.oidc.routes import _ended_on_its_way
 from gateway.sessions.base import PendingLogin
 from gateway.storage.access_log import AccessQuery
+from gateway.storage.session_ends import EndKind
 from tests.components.browserless_login import complete_login, login_steps
 from tests.components.echo_gateway import Deployment, deployment, eventually
 from tests.components.oidc_provider import DEMO_PASSWORD, TEST_CLIENT_ID, OidcProviderFactory, generate_signing_key
@@ -269,9 +270,61 @@ async def test_a_sign_in_the_provider_authenticated_after_the_end_of_its_sid_is_
     identity = Identity(
         data.issuer, data.subject, "alice", None, False, None, frozenset(), data.idp_session_id, None, (), None, "t"
     )
-    assert await _idp_session_ended(gateway.services, identity, agent.id, pending)  # the end is 0 s before it
+    ended = _ended_on_its_way
+    assert await ended(gateway.services, identity, agent.id, pending) is EndKind.IDP_SESSION  # 0 s before it
     authenticated_later = replace(identity, auth_time=started + margin + 1)
-    assert not await _idp_session_ended(gateway.services, authenticated_later, agent.id, pending)
+    assert await ended(gateway.services, authenticated_later, agent.id, pending) is None
     other_sid = replace(identity, idp_session_id="another-idp-session")
-    assert not await _idp_session_ended(gateway.services, other_sid, agent.id, pending)
+    assert await ended(gateway.services, other_sid, agent.id, pending) is None
+    # A logout of every session of the agent (``sub`` alone) reaches a sign-in of any IdP session, or of none.
+    assert (await _post(gateway, _token(gateway, sub=data.subject))).status_code == 200
+    assert await ended(gateway.services, other_sid, agent.id, pending) is EndKind.AGENT
+    assert await ended(gateway.services, replace(identity, idp_session_id=None), agent.id, pending) is EndKind.AGENT
+    assert await ended(gateway.services, authenticated_later, agent.id, pending) is None
+    await browser.aclose()
+
+
+async def test_a_sign_in_on_its_way_when_the_provider_logs_the_subject_out_everywhere_is_refused_and_recorded(
+    gateway: Deployment,
+) -> None:
+    """A logout token naming ``sub`` alone ends every session of the agent while a second sign-in is between the
+    provider and the callback: the session the callback then creates is refused and deleted, with a record. Before,
+    only a logout naming the sign-in's ``sid`` refused it, and this one lived on."""
+    browser = await gateway.login("alice")
+    [data] = await _session_data(gateway, "alice")
+    steps = await login_steps(gateway.url, "alice", DEMO_PASSWORD, client=browser)  # stops before the callback
+    response = await _post(gateway, _token(gateway, sub=data.subject))
+    assert response.status_code == 200, response.text
+
+    answer = await complete_login(steps.client, steps.callback_url)
+
+    assert answer.status_code == 401
+    assert "ended by your organisation while this sign-in was on its way" in answer.text
+    assert await _session_data(gateway, "alice") == []
+    [refused] = await gateway.services.access_log.search(AccessQuery(kind="login_refused", agent_name="alice"))
+    assert (refused.reason, refused.detail) == ("sessions_ended", None)
+    assert await _chat(browser, gateway) == 401
+    await browser.aclose()
+
+
+async def test_a_first_sign_in_on_its_way_when_a_sub_only_logout_finds_no_session_is_refused(
+    gateway: Deployment,
+) -> None:
+    """``sub`` alone while the agent has no session here (its earlier one ended by the gateway's own logout) ends
+    nothing, but its end is saved: the sign-in then on its way is refused. Before, nothing was saved and that
+    sign-in lived on. (One that started after the end and its clock margin is not refused: the test above.)"""
+    browser = await gateway.login("alice")
+    [data] = await _session_data(gateway, "alice")
+    await browser.post(gateway.url + "/.channelgate/logout", headers={"Origin": gateway.url})
+    steps = await login_steps(gateway.url, "alice", DEMO_PASSWORD, client=browser)  # stops before the callback
+
+    response = await _post(gateway, _token(gateway, sub=data.subject))
+    assert response.status_code == 200, response.text
+    answer = await complete_login(steps.client, steps.callback_url)
+
+    assert answer.status_code == 401
+    [logout] = await gateway.services.access_log.search(AccessQuery(kind="backchannel_logout", agent_name="alice"))
+    assert logout.detail == {"sessions": 0, "sign_ins_in_flight_refused": True}
+    [refused] = await gateway.services.access_log.search(AccessQuery(kind="login_refused", agent_name="alice"))
+    assert refused.reason == "sessions_ended"
     await browser.aclose()

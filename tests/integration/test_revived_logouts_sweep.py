@@ -355,12 +355,14 @@ async def test_the_check_on_use_applies_an_earlier_stamped_end_saved_after_the_o
     assert await world.store.sessions_of(alice.agent_id, now + 2) == []
 
 
-async def test_a_sign_in_of_an_ended_idp_session_created_before_its_end_was_saved_is_ended_after_the_save(
-    world: World, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("by_sid", [True, False], ids=["of-its-idp-session", "of-every-session"])
+async def test_a_sign_in_created_between_a_logouts_revocation_and_its_save_is_ended_after_the_save(
+    world: World, monkeypatch: pytest.MonkeyPatch, by_sid: bool
 ) -> None:
-    """A back-channel logout by ``sid`` revokes the IdP session's sessions, then saves the end. A sign-in of that IdP
-    session whose callback created its session in between, and read the saved ends before the save, missed both;
-    the logout ends that IdP session's sessions once more after the save (gateway/deprovision/endings.py)."""
+    """A logout — by ``sid``, or of every session of the agent (``sub`` alone, CAEP, the console) — revokes the
+    sessions, waits for the replicas, then saves the end. A sign-in whose callback created its session in between,
+    and read the saved ends before the save, missed both; the logout ends the sessions once more after the save
+    (gateway/deprovision/endings.py). Before, an agent-wide logout left that session alive."""
     endings = SessionEndings(world.store, None, 1.0, world.logouts)
     await world.store.create(ALICE, world.now - 100)  # the session the provider's logout is for
     late: list[Session] = []
@@ -371,7 +373,7 @@ async def test_a_sign_in_of_an_ended_idp_session_created_before_its_end_was_save
         await save(ends, *args, **kwargs)
 
     monkeypatch.setattr(world.logouts, "remember", sign_in_then_save)
-    ended = await endings.end_sessions(ALICE.agent_id, ALICE.idp_session_id)
+    ended = await endings.end_sessions(ALICE.agent_id, ALICE.idp_session_id if by_sid else None)
 
     assert ended is not None and ended.count == 1
     assert late and await world.store.sessions_of(ALICE.agent_id, time.time()) == []
@@ -398,3 +400,38 @@ async def test_one_agent_the_store_fails_for_does_not_lose_the_records_of_the_ot
 
     assert await real(ALICE.agent_id, world.now) == []  # ended again, and recorded, though bob's replay failed
     assert [r.agent_id for r in await _recovered(world)] == [ALICE.agent_id]
+
+
+async def test_a_sign_in_is_reached_by_its_own_sids_ends_and_the_agents_agent_wide_ends_from_their_own_times(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Logouts.ended_for_sign_in``, which the login callback asks after creating its session: an end of the
+    sign-in's ``sid`` from ``since``, an end of every session from ``agent_wide_since``, nobody else's ends and no
+    other ``sid``'s; saved, or kept in process when the write failed."""
+    t = world.now
+    bob = "a-2"
+    await world.logouts.remember([
+        SessionEnd(_at(t), EndKind.IDP_SESSION, ALICE.agent_id, sid="A"),
+        SessionEnd(_at(t + 10), EndKind.AGENT, ALICE.agent_id),
+        SessionEnd(_at(t + 20), EndKind.AGENT, bob),
+        SessionEnd(_at(t + 30), EndKind.IDP_SESSION, bob, sid="A"),
+    ])  # fmt: skip
+
+    async def reached(sid: str | None, since: float, agent_wide_since: float) -> EndKind | None:
+        return await world.logouts.ended_for_sign_in(
+            ALICE.agent_id, sid, since=_at(since), agent_wide_since=_at(agent_wide_since)
+        )
+
+    assert await reached("A", t, t + 11) is EndKind.IDP_SESSION  # its sid's end first, whatever else
+    assert await reached("A", t + 1, t + 10) is EndKind.AGENT
+    assert await reached("B", t, t + 10) is EndKind.AGENT  # another sid: only the agent-wide end
+    assert await reached(None, t, t + 10) is EndKind.AGENT  # a provider that sends no sid
+    assert await reached("A", t + 1, t + 11) is None  # both before the sign-in; bob's are not alice's
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StorageError("the database does not answer")
+
+    monkeypatch.setattr(world.logouts, "_write", down)
+    with pytest.raises(StorageError):
+        await world.logouts.remember([SessionEnd(_at(t + 40), EndKind.AGENT, ALICE.agent_id)])
+    assert await reached("A", t + 41, t + 40) is EndKind.AGENT  # kept in process, to be written
