@@ -44,41 +44,57 @@ async def database(database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
+def _restart_without_what_came_since_the_save(server: RedisServer) -> None:
+    """Redis crashes inside its ``everysec`` window and restarts from the last durable point (the test's SAVE)."""
+    server.kill()
+    server.start()
+
+
 async def test_a_logout_redis_lost_while_it_waited_for_acknowledgements_is_ended_again_by_the_sweep(
     database: Database,
 ) -> None:
+    """Redis loses the logout's revocation while it waits for the replicas, and again its second revocation after
+    the end is saved (gateway/deprovision/endings.py, which alone would end the revived session): the sweep ends it."""
     with RedisServer() as server:
         agents = AgentRepository(database.engine)
         audit = AuditLog(AccessLogRepository(database.engine))
         store = redis_store(server.url, "replica-a")
-        logouts = Logouts(database, SessionEndRepository(database.engine), audit)
-        killer = SessionKiller(database, agents, store, None, audit, Metrics(), 1.0, logouts=logouts)
-        alice = await agents.link_or_create_from_login(
-            "https://idp.example", "sub-alice", "alice", None, None, datetime.now(UTC),
-            link_by="user_name_is_preferred_username", email_verified=False,
-        )  # fmt: skip
-        stolen = await store.create(SessionData(alice.id, "alice", "https://idp.example", "sub-alice"), time.time())
-        assert _command(server, "SAVE").startswith(b"+OK")  # the last durable point still holds the session
-        real_wait = store.wait_for_acks
-
-        async def crash_while_waiting(revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:
-            server.kill()
-            server.start()  # Redis restarts without the revocation
-            with contextlib.suppress(ChannelgateError):
-                await store.ping()  # the pool reconnects
-            return await real_wait(revocation, timeout)
-
-        store.wait_for_acks = crash_while_waiting  # type: ignore[method-assign]
         try:
-            await killer.endings.end_sessions(alice.id)  # a CAEP / console / back-channel logout, reported done
-        finally:
-            store.wait_for_acks = real_wait  # type: ignore[method-assign]
-        assert (await store.lookup(stolen.id, time.time())).state is SessionState.VALID  # revived
+            logouts = Logouts(database, SessionEndRepository(database.engine), audit)
+            killer = SessionKiller(database, agents, store, None, audit, Metrics(), 1.0, logouts=logouts)
+            alice = await agents.link_or_create_from_login(
+                "https://idp.example", "sub-alice", "alice", None, None, datetime.now(UTC),
+                link_by="user_name_is_preferred_username", email_verified=False,
+            )  # fmt: skip
+            data = SessionData(alice.id, "alice", "https://idp.example", "sub-alice")
+            stolen = await store.create(data, time.time())
+            assert _command(server, "SAVE").startswith(b"+OK")  # the last durable point still holds the session
+            real_wait, real_again = store.wait_for_acks, store.revoke_agent_if_any
 
-        sweep = RevivedSessions(agents, store, audit, Metrics(), session_lifetime_seconds=3600, logouts=logouts)
-        await sweep.sweep_if_due()
+            async def crash_while_waiting(revocation: Revocation, timeout: float) -> tuple[set[str], set[str]]:
+                _restart_without_what_came_since_the_save(server)  # Redis restarts without the revocation
+                with contextlib.suppress(ChannelgateError):
+                    await store.ping()  # the pool reconnects
+                return await real_wait(revocation, timeout)
 
-        try:
+            async def crash_after_the_second(agent_id: str) -> tuple[int, Revocation | None]:
+                ended = await real_again(agent_id)
+                _restart_without_what_came_since_the_save(server)  # and without the second one
+                with contextlib.suppress(ChannelgateError):
+                    await store.ping()
+                return ended
+
+            store.wait_for_acks = crash_while_waiting  # type: ignore[method-assign]
+            store.revoke_agent_if_any = crash_after_the_second  # type: ignore[method-assign]
+            try:
+                await killer.endings.end_sessions(alice.id)  # a CAEP / console / back-channel logout, reported done
+            finally:
+                store.wait_for_acks, store.revoke_agent_if_any = real_wait, real_again  # type: ignore[method-assign]
+            assert (await store.lookup(stolen.id, time.time())).state is SessionState.VALID  # revived
+
+            sweep = RevivedSessions(agents, store, audit, Metrics(), session_lifetime_seconds=3600, logouts=logouts)
+            await sweep.sweep_if_due()
+
             assert (await store.lookup(stolen.id, time.time())).state is not SessionState.VALID
         finally:
             await store.close()
