@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from gateway.deprovision.plan import FINISHED_RUNS, StepState
-from gateway.storage.access_log import AccessRecord, fitted
+from gateway.storage.access_log import INSERT_COLUMNS, AccessRecord, insert_values
 from gateway.storage.pipeline_records import (
     RUN_STATES,
     STEP_KINDS,
@@ -119,8 +118,9 @@ def run_row(row: Sequence[Any]) -> RunRecord:
     )
 
 
-_LOG_VALUES = operator.attrgetter(*LOG_COLUMNS)
 _TIME, _DETAIL = LOG_COLUMNS.index("time"), LOG_COLUMNS.index("detail")
+if LOG_COLUMNS != INSERT_COLUMNS:  # insert_values' row is written as it is
+    raise RuntimeError("the access log's columns are not in INSERT_COLUMNS order")
 
 
 def log_rows(records: Iterable[AccessRecord]) -> list[list[Any]]:
@@ -129,11 +129,11 @@ def log_rows(records: Iterable[AccessRecord]) -> list[list[Any]]:
     times: dict[datetime, str] = {}  # a batch's records mostly share one moment
     rows = []
     for record in records:
-        row = list(_LOG_VALUES(fitted(record)))
+        row = list(insert_values(record))  # fitted to the columns, the record copied only when one needs it
         text = times.get(record.time)
         if text is None:
             text = times[record.time] = sqlite_datetime(record.time)
-        row[_TIME], row[_DETAIL] = text, json.dumps(record.detail)
+        row[_TIME], row[_DETAIL] = text, json.dumps(row[_DETAIL])  # the detail as fitted: it may name what was
         rows.append(row)
     return rows
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from connectors.base import Outcome, StepResult
 from gateway.deprovision.plan import RunState, StepKind, StepState
 from gateway.deprovision.results import Attempt, settle
+from gateway.storage.access_log import AccessLogRepository
 from gateway.storage.database import Database
 from gateway.storage.pipeline import (
     PipelineRepository,
@@ -174,6 +175,9 @@ async def test_a_consoles_reference_and_detail_are_fitted_so_its_result_is_recor
     assert len(step.detail) == 2000
     [receipt] = await logged(engine, "deprovision_step")
     assert receipt["vendor_reference"] == result.vendor_reference  # the receipt's JSON holds it whole
+    [record] = [r for r in await AccessLogRepository(engine).tail(10) if r.kind == "deprovision_step"]
+    assert record.reason is not None and record.reason.startswith("HTTP 400: bad\ufffdrequest")
+    assert receipt["fitted"] == ["reason"]  # on every path, the direct SQLite writer's too (it once dropped this)
 
 
 async def test_a_run_is_done_only_when_every_step_is_and_its_summary_is_written_once(
