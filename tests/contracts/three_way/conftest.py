@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.storage.pipeline import PipelineRepository
 
 
 @pytest.fixture(
@@ -26,3 +29,9 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
         url: str = request.getfixturevalue("postgres_url")
         return url
     return f"sqlite+aiosqlite:///{tmp_path}/data/channelgate.db"
+
+
+@pytest.fixture
+def pipeline(engine: AsyncEngine, backend: str) -> PipelineRepository:
+    """The pipeline's storage on ``backend``'s path (the direct ``sqlite3`` one for "direct")."""
+    return PipelineRepository(engine, direct=backend == "direct")

@@ -1,13 +1,12 @@
 """What the pipeline's storage contracts share: a run and its steps, a recorded batch, the states and receipts read
 back, on each path the ``backend`` fixture names (SQLite by ``sqlite3`` directly, SQLite through the engine,
-PostgreSQL)."""
+PostgreSQL); the ``pipeline`` fixture is in conftest.py."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,11 +33,6 @@ STEPS = [
     PlannedStep("chat", StepKind.VERIFY, StepState.WAITING),
     PlannedStep("mail", StepKind.HAND_OVER, StepState.HELD),
 ]
-
-
-@pytest.fixture
-def pipeline(engine: AsyncEngine, backend: str) -> PipelineRepository:
-    return PipelineRepository(engine, direct=backend == "direct")
 
 
 CHAIN = [

@@ -23,11 +23,6 @@ from tests.contracts.three_way.agent_rows import insert_agent
 T0 = datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def pipeline(engine: AsyncEngine, backend: str) -> PipelineRepository:
-    return PipelineRepository(engine, direct=backend == "direct")
-
-
 class CountedReads:
     """The repository's own read, counted, and held at the gate while a test needs a read in flight."""
 

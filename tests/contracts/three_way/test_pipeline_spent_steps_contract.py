@@ -30,11 +30,6 @@ def _run(run_id: str) -> RunRecord:
                      None, None)  # fmt: skip
 
 
-@pytest.fixture
-def pipeline(engine: AsyncEngine, backend: str) -> PipelineRepository:
-    return PipelineRepository(engine, direct=backend == "direct")
-
-
 async def test_the_claims_search_for_spent_steps_is_an_index_lookup_not_a_read_of_every_due_step(
     engine: AsyncEngine, backend: str, pipeline: PipelineRepository
 ) -> None:

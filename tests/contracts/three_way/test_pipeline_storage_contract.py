@@ -34,14 +34,11 @@ from tests.contracts.three_way.pipeline_contract import (
     STEPS,
     T0,
     logged,
-    pipeline,
     record_outcome,
     run_record,
     set_states,
     states_of,
 )
-
-__all__ = ["pipeline"]  # the fixture, used by name
 
 
 async def test_a_run_rolled_back_with_its_trigger_leaves_no_step(

@@ -21,14 +21,11 @@ from tests.contracts.three_way.pipeline_contract import (
     STEPS,
     T0,
     logged,
-    pipeline,
     record_outcome,
     run_record,
     set_states,
     states_of,
 )
-
-__all__ = ["pipeline"]  # the fixture, used by name
 
 
 async def test_making_an_agent_active_again_supersedes_its_going_runs_with_receipts(
