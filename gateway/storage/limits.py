@@ -37,8 +37,7 @@ def unstorable(table: Table, attributes: Mapping[str, str], columns: Mapping[str
             continue
         if NUL in value:
             return f"{attribute} contains the character U+0000, which cannot be stored; remove it"
-        column_type = table.c[column].type
-        limit = column_type.length if isinstance(column_type, String) else None
+        limit = length_of(table.c[column])
         if limit is not None and len(value) > limit:
             return f"{attribute} is {len(value)} characters long; the gateway stores at most {limit}"
     return None
